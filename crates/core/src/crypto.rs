@@ -1,0 +1,253 @@
+//! Sealing (AES-256-GCM), envelopes (optional zstd), keyed ids and password derivation.
+
+use crate::format::{BlobId, BlobKind, Id};
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use rand::RngCore;
+
+/// Nonce length of a sealed object.
+pub const NONCE_LEN: usize = 12;
+/// GCM tag length.
+pub const TAG_LEN: usize = 16;
+/// Bytes `seal` adds to its input.
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+
+/// Envelope compression byte: stored as is.
+pub const COMPRESSION_NONE: u8 = 0;
+/// Envelope compression byte: a zstd frame.
+pub const COMPRESSION_ZSTD: u8 = 1;
+
+/// Upper bound on a decompressed envelope, so a hostile frame cannot exhaust memory.
+pub const MAX_PLAINTEXT: usize = 256 << 20;
+
+/// Failure to open a sealed object.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CryptoError {
+    /// The GCM tag did not verify: wrong key, or the bytes were altered.
+    #[error("authentication failed (wrong key or corrupted data)")]
+    Authentication,
+    /// The sealed bytes are too short to hold a nonce and tag.
+    #[error("sealed object too short ({0} bytes)")]
+    TooShort(usize),
+    /// The envelope's compression byte or frame is invalid.
+    #[error("bad envelope: {0}")]
+    Envelope(String),
+}
+
+/// A 256-bit AES-GCM key.
+#[derive(Clone)]
+pub struct SealKey {
+    cipher: Aes256Gcm,
+}
+
+impl std::fmt::Debug for SealKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealKey(..)")
+    }
+}
+
+impl SealKey {
+    /// A key from 32 bytes.
+    pub fn new(bytes: &[u8; 32]) -> Self {
+        Self {
+            cipher: Aes256Gcm::new(bytes.into()),
+        }
+    }
+
+    /// Seals `plaintext` with a random nonce and associated data `aad`.
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let ct = self
+            .cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
+            .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+        let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        out
+    }
+
+    /// Opens bytes produced by [`SealKey::seal`] with the same `aad`.
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err(CryptoError::TooShort(sealed.len()));
+        }
+        let (nonce, ct) = sealed.split_at(NONCE_LEN);
+        self.cipher
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
+            .map_err(|_| CryptoError::Authentication)
+    }
+
+    /// Seals an envelope: `body` compressed with zstd at `level` when that
+    /// makes it smaller (`level` 0 disables compression).
+    pub fn seal_envelope(&self, aad: &[u8], body: &[u8], level: i32) -> Vec<u8> {
+        self.seal(aad, &envelope(body, level))
+    }
+
+    /// Opens an envelope sealed by [`SealKey::seal_envelope`].
+    pub fn open_envelope(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let plain = self.open(aad, sealed)?;
+        unenvelope(plain)
+    }
+}
+
+/// Builds an envelope plaintext: a compression byte then the (maybe compressed) body.
+pub fn envelope(body: &[u8], level: i32) -> Vec<u8> {
+    if level != 0 && body.len() > 64 {
+        if let Ok(frame) = zstd::bulk::compress(body, level) {
+            if frame.len() < body.len() {
+                let mut out = Vec::with_capacity(frame.len() + 1);
+                out.push(COMPRESSION_ZSTD);
+                out.extend_from_slice(&frame);
+                return out;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(body.len() + 1);
+    out.push(COMPRESSION_NONE);
+    out.extend_from_slice(body);
+    out
+}
+
+/// Decodes an envelope plaintext back to its body.
+pub fn unenvelope(mut plain: Vec<u8>) -> Result<Vec<u8>, CryptoError> {
+    match plain.first() {
+        Some(&COMPRESSION_NONE) => {
+            plain.remove(0);
+            Ok(plain)
+        }
+        Some(&COMPRESSION_ZSTD) => {
+            let frame = &plain[1..];
+            let capacity = match zstd::zstd_safe::get_frame_content_size(frame) {
+                Ok(Some(size)) if size as usize > MAX_PLAINTEXT => {
+                    return Err(CryptoError::Envelope(format!(
+                        "declared size {size} exceeds the {MAX_PLAINTEXT}-byte limit"
+                    )))
+                }
+                Ok(Some(size)) => size as usize,
+                _ => MAX_PLAINTEXT,
+            };
+            zstd::bulk::decompress(frame, capacity)
+                .map_err(|e| CryptoError::Envelope(format!("zstd: {e}")))
+        }
+        Some(b) => Err(CryptoError::Envelope(format!("unknown compression byte {b}"))),
+        None => Err(CryptoError::Envelope("empty".into())),
+    }
+}
+
+/// Associated data of a stored blob: its id and kind.
+pub fn blob_aad(id: &BlobId, kind: BlobKind) -> [u8; 33] {
+    let mut aad = [0u8; 33];
+    aad[..32].copy_from_slice(id.as_bytes());
+    aad[32] = kind.code();
+    aad
+}
+
+/// Keyed BLAKE3 with the repository's id key.
+#[derive(Clone)]
+pub struct IdHasher {
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for IdHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdHasher(..)")
+    }
+}
+
+impl IdHasher {
+    /// A hasher with `key`.
+    pub fn new(key: [u8; 32]) -> Self {
+        Self { key }
+    }
+    /// The blob id of `data`.
+    pub fn blob_id(&self, data: &[u8]) -> BlobId {
+        BlobId(Id(*blake3::keyed_hash(&self.key, data).as_bytes()))
+    }
+}
+
+/// argon2id parameters stored in a key file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KdfParams {
+    /// Memory cost in KiB.
+    pub m_cost: u32,
+    /// Iterations.
+    pub t_cost: u32,
+    /// Parallelism.
+    pub p_cost: u32,
+}
+
+impl Default for KdfParams {
+    fn default() -> Self {
+        Self {
+            m_cost: 64 * 1024,
+            t_cost: 3,
+            p_cost: 1,
+        }
+    }
+}
+
+/// Derives a 32-byte key-encryption key from a password with argon2id.
+pub fn derive_key(password: &[u8], salt: &[u8], params: KdfParams) -> Result<[u8; 32], String> {
+    let p = argon2::Params::new(params.m_cost, params.t_cost, params.p_cost, Some(32))
+        .map_err(|e| format!("invalid argon2 parameters: {e}"))?;
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, p);
+    let mut out = [0u8; 32];
+    argon
+        .hash_password_into(password, salt, &mut out)
+        .map_err(|e| format!("argon2: {e}"))?;
+    Ok(out)
+}
+
+/// 32 random bytes.
+pub fn random_key() -> [u8; 32] {
+    let mut k = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut k);
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_round_trip_and_tamper() {
+        let key = SealKey::new(&[7u8; 32]);
+        let sealed = key.seal(b"aad", b"hello");
+        assert_eq!(sealed.len(), 5 + SEAL_OVERHEAD);
+        assert_eq!(key.open(b"aad", &sealed).unwrap(), b"hello");
+        assert_eq!(key.open(b"other", &sealed), Err(CryptoError::Authentication));
+        let mut bad = sealed.clone();
+        bad[13] ^= 1;
+        assert_eq!(key.open(b"aad", &bad), Err(CryptoError::Authentication));
+        assert_eq!(key.open(b"aad", &sealed[..10]), Err(CryptoError::TooShort(10)));
+    }
+
+    #[test]
+    fn envelope_compresses_only_when_smaller() {
+        let zeros = vec![0u8; 10_000];
+        let env = envelope(&zeros, 3);
+        assert_eq!(env[0], COMPRESSION_ZSTD);
+        assert!(env.len() < 1000);
+        assert_eq!(unenvelope(env).unwrap(), zeros);
+        let random: Vec<u8> = (0..10_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let env = envelope(&random, 3);
+        assert_eq!(unenvelope(env).unwrap(), random);
+        assert_eq!(envelope(b"abc", 0)[0], COMPRESSION_NONE);
+        assert!(unenvelope(vec![9, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn keyed_ids_depend_on_key() {
+        let a = IdHasher::new([1; 32]).blob_id(b"x");
+        let b = IdHasher::new([2; 32]).blob_id(b"x");
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,130 @@
+//! Per-directory ignore files (`.cairnignore`) in gitignore syntax, parsed once per
+//! directory and cached.
+//!
+//! Invariants: a directory's chain lists the ignore files that apply to its entries, from the
+//! backup root down to the directory itself; the deepest file with a matching rule decides
+//! (a `!` rule there re-includes), as in git. The cache holds at most [`CACHE_DIRS`]
+//! directories and is cleared when full, so memory does not grow with the tree; a miss
+//! only costs re-reading the ignore files of the directory's ancestors.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+use ignore::Match;
+
+/// Directories whose chains are cached at once. A walker descending in order needs only the
+/// chains of the directories it is inside, far fewer than this.
+const CACHE_DIRS: usize = 4096;
+
+/// The ignore files applying to one directory's entries, shallowest first.
+type Chain = Arc<Vec<Arc<Gitignore>>>;
+
+#[derive(Debug)]
+pub(crate) struct IgnoreFiles {
+    root: PathBuf,
+    file_name: String,
+    cache: RwLock<HashMap<PathBuf, Chain>>,
+}
+
+impl IgnoreFiles {
+    pub(crate) fn new(root: &Path, file_name: &str) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            file_name: file_name.to_string(),
+            cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The rule excluding `path` (an entry below the root), as `<ignore file>:<pattern>`,
+    /// or `None` when no ignore file excludes it or the deepest match re-includes it.
+    pub(crate) fn matched(&self, path: &Path, is_dir: bool) -> Option<String> {
+        let dir = path.parent()?;
+        let chain = self.chain_for(dir);
+        for gitignore in chain.iter().rev() {
+            match gitignore.matched(path, is_dir) {
+                Match::None => continue,
+                Match::Whitelist(_) => return None,
+                Match::Ignore(glob) => {
+                    let file = glob
+                        .from()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| self.file_name.clone());
+                    return Some(format!("{file}:{}", glob.original()));
+                }
+            }
+        }
+        None
+    }
+
+    /// The chain of `dir`, from the cache or built from its parent's chain. `dir` must be the
+    /// root or below it.
+    fn chain_for(&self, dir: &Path) -> Chain {
+        if let Some(chain) = self
+            .cache
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(dir)
+        {
+            return chain.clone();
+        }
+        let parent_chain = match dir.parent() {
+            Some(parent) if dir != self.root && parent.starts_with(&self.root) => {
+                self.chain_for(parent)
+            }
+            _ => Arc::new(Vec::new()),
+        };
+        let chain = match self.load(dir) {
+            Some(own) => {
+                let mut files = parent_chain.as_ref().clone();
+                files.push(Arc::new(own));
+                Arc::new(files)
+            }
+            None => parent_chain,
+        };
+        let mut cache = self
+            .cache
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if cache.len() >= CACHE_DIRS {
+            cache.clear();
+        }
+        cache.insert(dir.to_path_buf(), chain.clone());
+        chain
+    }
+
+    /// Parses `dir`'s ignore file. A missing file is `None`; an unreadable file or bad lines
+    /// are logged and skipped (the backup goes on with the rules that could be read).
+    fn load(&self, dir: &Path) -> Option<Gitignore> {
+        let path = dir.join(&self.file_name);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read ignore file; its rules are not applied");
+                return None;
+            }
+        };
+        let mut builder = GitignoreBuilder::new(dir);
+        for (index, line) in text.lines().enumerate() {
+            if let Err(e) = builder.add_line(Some(path.clone()), line) {
+                tracing::warn!(
+                    path = %path.display(),
+                    line = index + 1,
+                    error = %e,
+                    "skipping invalid line in ignore file"
+                );
+            }
+        }
+        match builder.build() {
+            Ok(gitignore) if gitignore.is_empty() => None,
+            Ok(gitignore) => Some(gitignore),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot use ignore file; its rules are not applied");
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! Storage errors: what failed, on which object, and whether retrying can help.
+
+/// Broad class of a storage failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageErrorKind {
+    /// The object does not exist.
+    NotFound,
+    /// Credentials are missing or refused.
+    PermissionDenied,
+    /// A temporary failure (network, throttling, timeout): retrying can help.
+    Temporary,
+    /// The location or its options are malformed.
+    InvalidConfig,
+    /// The device or bucket is out of space or quota.
+    NoSpace,
+    /// Anything else; not retried.
+    Other,
+}
+
+/// A failed storage operation.
+#[derive(Debug, thiserror::Error)]
+#[error("{op}: {message}")]
+pub struct StorageError {
+    /// What kind of failure this is.
+    pub kind: StorageErrorKind,
+    /// The operation and object, e.g. `read packs/ab/ab12...`.
+    pub op: String,
+    /// Human-readable cause.
+    pub message: String,
+}
+
+impl StorageError {
+    /// Builds an error.
+    pub fn new(kind: StorageErrorKind, op: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            op: op.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Whether retrying the same operation can succeed.
+    pub fn is_temporary(&self) -> bool {
+        self.kind == StorageErrorKind::Temporary
+    }
+
+    /// Whether the object was missing.
+    pub fn is_not_found(&self) -> bool {
+        self.kind == StorageErrorKind::NotFound
+    }
+}
