@@ -198,10 +198,16 @@ mod tests {
 
     #[test]
     fn normalize_rejects_root_parent_and_bad_globs() {
-        assert!(normalize_entry("/").unwrap_err().contains("volume root itself"));
-        assert!(normalize_entry("./").unwrap_err().contains("volume root itself"));
+        assert!(normalize_entry("/")
+            .unwrap_err()
+            .contains("volume root itself"));
+        assert!(normalize_entry("./")
+            .unwrap_err()
+            .contains("volume root itself"));
         assert!(normalize_entry("a/../../b").unwrap_err().contains("'..'"));
-        assert!(normalize_entry("a[b").unwrap_err().contains("not a valid glob"));
+        assert!(normalize_entry("a[b")
+            .unwrap_err()
+            .contains("not a valid glob"));
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub mod retention;
 
 pub use error::PolicyError;
 pub use exclude::{ExcludeOptions, Excluder};
-pub use hooks::{run_hook, BodyOutcome, HookOutcome, HookPhase, Hooks, HooksRun};
+pub use hooks::{run_hook, with_hooks, BodyOutcome, HookOutcome, HookPhase, Hooks, HooksRun};
 pub use kdmp::{parse_exclude_list, ExcludeList};
-pub use retention::{apply, GroupDecision, KeepReason, KeptSnapshot, RetentionPolicy, SnapshotInfo};
+pub use retention::{
+    apply, GroupDecision, KeepReason, KeptSnapshot, RetentionPolicy, SnapshotInfo,
+};

@@ -375,8 +375,14 @@ mod tests {
 
     #[test]
     fn reasons_read_well() {
-        assert_eq!(KeepReason::Bucket(BucketRule::Daily).to_string(), "daily snapshot");
-        assert_eq!(KeepReason::Oldest(BucketRule::Yearly).to_string(), "oldest yearly snapshot");
+        assert_eq!(
+            KeepReason::Bucket(BucketRule::Daily).to_string(),
+            "daily snapshot"
+        );
+        assert_eq!(
+            KeepReason::Oldest(BucketRule::Yearly).to_string(),
+            "oldest yearly snapshot"
+        );
         assert_eq!(
             KeepReason::Within(Duration::from_secs(7 * 86400)).to_string(),
             "within 7days"

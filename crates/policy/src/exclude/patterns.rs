@@ -26,10 +26,11 @@ pub(crate) fn class_rule(
     storage_class: Option<&str>,
     entry: &str,
 ) -> Result<PatternRule, PolicyError> {
-    let normalized = normalize_entry(entry.trim()).map_err(|reason| PolicyError::InvalidPattern {
-        pattern: entry.to_string(),
-        reason,
-    })?;
+    let normalized =
+        normalize_entry(entry.trim()).map_err(|reason| PolicyError::InvalidPattern {
+            pattern: entry.to_string(),
+            reason,
+        })?;
     let (glob, dir_only) = match normalized.strip_suffix('/') {
         Some(glob) => (glob.to_string(), true),
         None => (normalized.clone(), false),
@@ -217,7 +218,10 @@ mod tests {
     #[test]
     fn trailing_slash_means_directories_only() {
         let rules = [exclude_rule("cache/").unwrap()];
-        assert_eq!(matches(&rules, "a/cache", true).as_deref(), Some("pattern:cache/"));
+        assert_eq!(
+            matches(&rules, "a/cache", true).as_deref(),
+            Some("pattern:cache/")
+        );
         assert_eq!(matches(&rules, "a/cache", false), None);
     }
 
