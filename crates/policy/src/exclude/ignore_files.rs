@@ -25,14 +25,21 @@ type Chain = Arc<Vec<Arc<Gitignore>>>;
 pub(crate) struct IgnoreFiles {
     root: PathBuf,
     file_name: String,
+    /// Most directories cached at once; [`CACHE_DIRS`] outside tests.
+    capacity: usize,
     cache: RwLock<HashMap<PathBuf, Chain>>,
 }
 
 impl IgnoreFiles {
     pub(crate) fn new(root: &Path, file_name: &str) -> Self {
+        Self::with_capacity(root, file_name, CACHE_DIRS)
+    }
+
+    fn with_capacity(root: &Path, file_name: &str, capacity: usize) -> Self {
         Self {
             root: root.to_path_buf(),
             file_name: file_name.to_string(),
+            capacity: capacity.max(1),
             cache: RwLock::new(HashMap::new()),
         }
     }
@@ -87,7 +94,7 @@ impl IgnoreFiles {
             .cache
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if cache.len() >= CACHE_DIRS {
+        if cache.len() >= self.capacity {
             cache.clear();
         }
         cache.insert(dir.to_path_buf(), chain.clone());
@@ -125,6 +132,36 @@ impl IgnoreFiles {
                 tracing::warn!(path = %path.display(), error = %e, "cannot use ignore file; its rules are not applied");
                 None
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `.bak` below `root` is matched by the root rule, except in `d1` whose own file
+    /// re-includes it; checked in two rounds so the second one runs on evicted chains.
+    #[test]
+    fn rules_stay_right_when_the_cache_overflows() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::write(r.join(".cairnignore"), "*.bak\n").unwrap();
+        for i in 0..10 {
+            std::fs::create_dir_all(r.join(format!("d{i}/deeper"))).unwrap();
+        }
+        std::fs::write(r.join("d1/.cairnignore"), "!x.bak\n").unwrap();
+        let files = IgnoreFiles::with_capacity(r, ".cairnignore", 3);
+        for _round in 0..2 {
+            for i in 0..10 {
+                let expect_excluded = i != 1;
+                for path in [format!("d{i}/x.bak"), format!("d{i}/deeper/x.bak")] {
+                    let matched = files.matched(&r.join(&path), false);
+                    assert_eq!(matched.is_some(), expect_excluded, "{path}: {matched:?}");
+                }
+                assert_eq!(files.matched(&r.join(format!("d{i}/x.txt")), false), None);
+            }
+            assert!(files.cache.read().unwrap().len() <= 3);
         }
     }
 }
