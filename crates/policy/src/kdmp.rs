@@ -34,6 +34,22 @@ impl ExcludeList {
             .map(|c| c.entries.as_slice())
     }
 
+    /// The entries for a volume of `storage_class`, empty when the class is not listed; that
+    /// case is logged at info, as users expect to see why nothing was excluded.
+    pub fn entries_for_volume(&self, storage_class: &str) -> &[String] {
+        match self.entries_for(storage_class) {
+            Some(entries) => entries,
+            None => {
+                tracing::info!(
+                    storage_class,
+                    listed = ?self.storage_classes().collect::<Vec<_>>(),
+                    "no KDMP exclude entries for storage class; no class excludes apply"
+                );
+                &[]
+            }
+        }
+    }
+
     /// The storage classes listed, in input order.
     pub fn storage_classes(&self) -> impl Iterator<Item = &str> {
         self.classes.iter().map(|c| c.class.as_str())

@@ -446,3 +446,40 @@ fn forms_combine_and_all_are_recorded() {
         ]
     );
 }
+
+/// The example of docs/EXCLUDES.md.
+#[test]
+fn documented_cairnignore_example() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    make_tree(
+        r,
+        &[
+            "a.bak",
+            "keep.bak",
+            "src/b.bak",
+            "src/keep.bak",
+            "db/schema.bak",
+            "db/old.bak",
+            "scratch/s",
+            "src/scratch/t",
+        ],
+    );
+    fs::write(r.join(".cairnignore"), "*.bak\n!keep.bak\n/scratch/\n").unwrap();
+    fs::write(r.join("db/.cairnignore"), "!schema.bak\n").unwrap();
+    let ex = excluder(r, ExcludeOptions::default());
+    assert_eq!(
+        included(&ex, r),
+        set(&[
+            ".cairnignore",
+            "db/",
+            "db/.cairnignore",
+            "db/schema.bak",
+            "keep.bak",
+            "src/",
+            "src/keep.bak",
+            "src/scratch/",
+            "src/scratch/t",
+        ])
+    );
+}

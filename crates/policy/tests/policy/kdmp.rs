@@ -245,7 +245,7 @@ fn class_not_listed_excludes_nothing() {
     let list = parse_exclude_list("px-db=dir1,file1\n").unwrap();
     let opts = ExcludeOptions {
         storage_class: Some("mysql".into()),
-        class_entries: list.entries_for("mysql").unwrap_or_default().to_vec(),
+        class_entries: list.entries_for_volume("mysql").to_vec(),
         ..ExcludeOptions::default()
     };
     let excluder = Excluder::new(&opts, root.path()).unwrap();
@@ -253,4 +253,21 @@ fn class_not_listed_excludes_nothing() {
         included(&excluder, root.path()),
         set(&["dir1/", "dir1/a", "file1"])
     );
+}
+
+#[test]
+fn class_entries_may_reach_any_depth_with_double_star() {
+    let root = tempfile::tempdir().unwrap();
+    make_tree(root.path(), &["a.log", "x/b.log", "x/y/c.log", "x/keep"]);
+    let list = parse_exclude_list("px-db=**/*.log\n").unwrap();
+    let opts = ExcludeOptions {
+        class_entries: list.entries_for_volume("px-db").to_vec(),
+        ..ExcludeOptions::default()
+    };
+    let excluder = Excluder::new(&opts, root.path()).unwrap();
+    assert_eq!(
+        included(&excluder, root.path()),
+        set(&["x/", "x/keep", "x/y/"])
+    );
+    assert_eq!(excluder.rules()[0], "class:**/*.log");
 }

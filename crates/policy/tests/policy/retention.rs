@@ -343,6 +343,34 @@ fn daily_two_years_table() {
     }
 }
 
+/// The first example of docs/RETENTION.md, reasons included.
+#[test]
+fn documented_two_year_example_reasons() {
+    let policy = RetentionPolicy {
+        keep_daily: Some(7),
+        keep_weekly: Some(4),
+        keep_monthly: Some(12),
+        keep_yearly: Some(3),
+        ..policy()
+    };
+    let group = single_group(&policy, &daily_two_years(), at(2024, 1, 1, 0, 0));
+    assert_eq!(group.keep.len(), 23);
+    assert_eq!(
+        reasons_of(&group, "2023-12-31"),
+        [
+            "daily snapshot",
+            "weekly snapshot",
+            "monthly snapshot",
+            "yearly snapshot"
+        ]
+    );
+    assert_eq!(reasons_of(&group, "2023-12-25"), ["daily snapshot"]);
+    assert_eq!(reasons_of(&group, "2023-12-24"), ["weekly snapshot"]);
+    assert_eq!(reasons_of(&group, "2023-11-30"), ["monthly snapshot"]);
+    assert_eq!(reasons_of(&group, "2022-12-31"), ["yearly snapshot"]);
+    assert_eq!(reasons_of(&group, "2022-01-01"), ["oldest yearly snapshot"]);
+}
+
 #[test]
 fn weekly_count_of_the_two_year_timeline() {
     // 2022-01-02 to 2023-12-31 is 728 days, 104 weeks: 105 Sundays, plus the oldest.
