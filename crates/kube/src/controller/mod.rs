@@ -1,0 +1,165 @@
+//! The controller's decisions: pure functions from observed objects to [`Action`]s.
+//!
+//! Nothing here talks to the API server. The adapter ([`crate::adapter`]) observes, calls a
+//! `decide_*` function, and executes what it returns. Every step that changes the world also
+//! patches the owner's status, so the next reconcile sees where the previous one left off.
+
+mod backup;
+mod objects;
+mod repository;
+mod restore;
+
+pub use backup::{decide_backup, record_hook, BackupObserved, SnapshotClassInfo, SnapshotInfo};
+pub use objects::{job_name, short_hash, JobKind, LABEL_JOB_KIND, LABEL_OWNER, LABEL_REPOSITORY};
+pub use repository::{decide_repository, RepositoryObserved};
+pub use restore::{decide_restore, RestoreObserved};
+
+use crate::config::Config;
+use crate::crd::{BackupRepositoryStatus, VolumeBackupStatus, VolumeRestoreStatus};
+use jiff::Timestamp;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use std::time::Duration;
+
+/// What the controller needs besides the ConfigMap to build Jobs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobSettings {
+    /// The cairn image; Jobs run it in job mode.
+    pub image: String,
+    /// ServiceAccount (in each namespace that has backups) the Jobs run as.
+    pub service_account: String,
+    /// Jobs created per backup or restore before it is marked Failed (1 = no retry).
+    pub max_attempts: u32,
+    /// Seconds a finished Job (and its pod logs) stay around.
+    pub ttl_seconds_after_finished: i32,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings {
+            image: "ghcr.io/cairn/cairn:latest".into(),
+            service_account: "cairn-job".into(),
+            max_attempts: 3,
+            ttl_seconds_after_finished: 86_400,
+        }
+    }
+}
+
+/// Everything a decision depends on besides the observed objects.
+#[derive(Clone, Debug)]
+pub struct DecideContext {
+    /// Parsed ConfigMap.
+    pub config: Config,
+    /// Job image and identity.
+    pub jobs: JobSettings,
+    /// The current time.
+    pub now: Timestamp,
+}
+
+/// A Job as the controller sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct JobInfo {
+    /// Job name.
+    pub name: String,
+    /// Whether it ended with success.
+    pub succeeded: bool,
+    /// Whether it ended with failure (backoff exhausted, deadline, ...).
+    pub failed: bool,
+    /// The pod's termination message, when a pod terminated.
+    pub termination_message: Option<String>,
+    /// Reason/message from the Job's Failed condition.
+    pub failure_message: Option<String>,
+}
+
+impl JobInfo {
+    /// Whether the Job is still running or waiting to run.
+    pub fn is_running(&self) -> bool {
+        !self.succeeded && !self.failed
+    }
+}
+
+/// Which side of a BackupRule runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookSide {
+    /// Before the snapshot.
+    Pre,
+    /// After the snapshot.
+    Post,
+}
+
+impl HookSide {
+    /// `pre` or `post`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookSide::Pre => "pre",
+            HookSide::Post => "post",
+        }
+    }
+}
+
+/// One thing the adapter does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Create a `snapshot.storage.k8s.io/v1` VolumeSnapshot (the whole object).
+    CreateVolumeSnapshot(serde_json::Value),
+    /// Delete a VolumeSnapshot.
+    DeleteVolumeSnapshot {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// Create a PVC: a backupPVC or a restore target.
+    CreatePvc(Box<PersistentVolumeClaim>),
+    /// Delete a PVC the controller created.
+    DeletePvc {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// Create a Job, counting against the limit of its kind.
+    CreateJob(Box<Job>),
+    /// Delete a Job and its pods.
+    DeleteJob {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// Run one side of a BackupRule for a VolumeBackup, then record the outcome in
+    /// `status.hooks` of that VolumeBackup.
+    RunRule {
+        /// Namespace of the rule, the pods and the VolumeBackup.
+        namespace: String,
+        /// BackupRule name.
+        rule: String,
+        /// Pre or post.
+        side: HookSide,
+        /// VolumeBackup name.
+        volume_backup: String,
+    },
+    /// Replace the status of a VolumeBackup.
+    PatchBackupStatus(Box<VolumeBackupStatus>),
+    /// Replace the status of a VolumeRestore.
+    PatchRestoreStatus(Box<VolumeRestoreStatus>),
+    /// Replace the status of a BackupRepository.
+    PatchRepositoryStatus(Box<BackupRepositoryStatus>),
+    /// Reconcile again after this long even if nothing changes.
+    RequeueAfter(Duration),
+}
+
+/// Requeue delay while waiting on something that is not watched (VolumeSnapshots, job slots).
+pub const POLL: Duration = Duration::from_secs(5);
+/// Requeue delay while blocked on configuration or a missing object a user must create.
+pub const BLOCKED_POLL: Duration = Duration::from_secs(30);
+
+/// Shortens `d` to what a human reads in a message (`5m`, `1h30m`).
+pub(crate) fn human(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+/// `t` as a Kubernetes timestamp.
+pub(crate) fn time(t: Timestamp) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t)
+}
