@@ -8,6 +8,10 @@
 //! `CAIRN_BACKUP_STATUS` (`success`, `failure` or `skipped`). Every outcome (exit code,
 //! output, duration) is logged and returned for the snapshot summary, so the integrator
 //! writes the snapshot record after the post hook.
+//!
+//! Each hook runs in its own process group, so a timeout kills everything it started; a
+//! process it leaves running in the background is not killed when the hook exits (output
+//! capture just stops after a short grace period).
 
 use std::collections::VecDeque;
 use std::io::Read;
@@ -23,7 +27,7 @@ pub const MAX_HOOK_OUTPUT: usize = 64 * 1024;
 
 /// How long output is still read after the shell exits while a process it started in the
 /// background keeps the output pipe open. Capture then stops; the process is left running.
-const OUTPUT_GRACE: Duration = Duration::from_secs(5);
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
 /// When a hook runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -81,6 +81,18 @@ fn timeout_kills_the_hook_and_what_it_started() {
 }
 
 #[test]
+fn a_background_process_holding_the_output_does_not_hang_the_hook() {
+    let outcome = run("echo daemon starting; sleep 4 & echo done");
+    assert!(outcome.success);
+    assert_eq!(outcome.exit_code, Some(0));
+    assert!(
+        outcome.output.contains("output capture stopped"),
+        "{}",
+        outcome.output
+    );
+}
+
+#[test]
 fn a_hook_within_its_timeout_succeeds() {
     let outcome = run_hook(
         HookPhase::Pre,

@@ -5,4 +5,5 @@ mod exclude;
 mod hooks;
 mod kdmp;
 mod retention;
+mod retention_props;
 mod walk;
