@@ -297,6 +297,7 @@ pub enum BodyOutcome<T, E> {
 
 /// Everything that happened in [`Hooks::run`].
 #[derive(Debug)]
+#[must_use = "a skipped body means no snapshot may be written, and the outcomes belong in the snapshot"]
 pub struct HooksRun<T, E> {
     /// The pre hook, if one was given.
     pub pre: Option<HookOutcome>,
