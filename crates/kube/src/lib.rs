@@ -10,3 +10,4 @@ pub use crd::crds_yaml;
 pub mod config;
 pub mod controller;
 pub mod protocol;
+pub mod job;

@@ -1,0 +1,141 @@
+//! The storage engine as job mode sees it: a trait the CLI implements with cairn-core, and
+//! the requests and results that cross it.
+
+use crate::crd::MaintenanceKind;
+use jiff::Timestamp;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+/// Bytes processed so far, reported by the engine while it works.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EngineProgress {
+    /// Bytes read (backup) or written (restore).
+    pub bytes_done: u64,
+    /// Bytes to process, when known (0 otherwise).
+    pub total_bytes: u64,
+}
+
+/// How to open the repository. Secrets are redacted from `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RepositoryAccess {
+    /// Repository URL (`s3://bucket/prefix`, `fs:///path`, ...).
+    pub location: String,
+    /// Repository password.
+    pub password: String,
+    /// Storage credentials: file name -> content, from the mounted Secret.
+    pub credentials: BTreeMap<String, String>,
+    /// Local cache directory.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl fmt::Debug for RepositoryAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RepositoryAccess")
+            .field("location", &self.location)
+            .field("password", &"<redacted>")
+            .field("credentials", &self.credentials.keys().collect::<Vec<_>>())
+            .field("cache_dir", &self.cache_dir)
+            .finish()
+    }
+}
+
+/// Back up a directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupJobRequest {
+    /// The repository.
+    pub repository: RepositoryAccess,
+    /// Directory to back up (the mounted volume).
+    pub source: PathBuf,
+    /// Name recorded as the snapshot's source (`namespace/pvc`), which finds the parent.
+    pub source_name: String,
+    /// Tags recorded in the snapshot.
+    pub tags: BTreeMap<String, String>,
+    /// The source PVC's storage class, selecting the KDMP exclude entries.
+    pub storage_class: Option<String>,
+    /// Raw KDMP_EXCLUDE_FILE_LIST text, parsed by the engine (cairn-policy).
+    pub exclude_config: Option<String>,
+}
+
+/// What a backup produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupJobResult {
+    /// The new snapshot.
+    pub snapshot_id: String,
+    /// Bytes processed.
+    pub bytes_done: u64,
+    /// Bytes in the source.
+    pub total_bytes: u64,
+    /// One-line summary for the termination message.
+    pub summary: String,
+}
+
+/// Restore a snapshot into a directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoreJobRequest {
+    /// The repository.
+    pub repository: RepositoryAccess,
+    /// Snapshot id or unique prefix.
+    pub snapshot: String,
+    /// Directory to restore into (the mounted target volume).
+    pub target: PathBuf,
+    /// Paths to restore; everything when empty.
+    pub include_paths: Vec<String>,
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoreJobResult {
+    /// Bytes written.
+    pub bytes_done: u64,
+    /// Bytes in the snapshot.
+    pub total_bytes: u64,
+    /// One-line summary.
+    pub summary: String,
+}
+
+/// Run maintenance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaintenanceJobRequest {
+    /// The repository.
+    pub repository: RepositoryAccess,
+    /// Quick or full.
+    pub kind: MaintenanceKind,
+}
+
+/// One snapshot, for the RepositorySnapshot mirror.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotSummary {
+    /// Full id.
+    pub id: String,
+    /// When it was taken.
+    pub time: Timestamp,
+    /// Source recorded in it (`namespace/pvc` for VolumeBackups).
+    pub source: String,
+    /// Logical size in bytes.
+    pub size_bytes: u64,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// An engine failure: what went wrong and whether running again can help.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct EngineError {
+    /// What went wrong and what to do about it.
+    pub message: String,
+    /// Transient (network, storage throttling): a retry resumes and may succeed.
+    pub retryable: bool,
+}
+
+/// The storage engine. Calls are blocking; job mode runs them off the async runtime.
+pub trait Engine: Send + Sync {
+    /// Backs up `req.source`, calling `progress` as bytes are processed.
+    fn backup(&self, req: &BackupJobRequest, progress: &dyn Fn(EngineProgress)) -> Result<BackupJobResult, EngineError>;
+    /// Restores a snapshot, calling `progress` as bytes are written.
+    fn restore(&self, req: &RestoreJobRequest, progress: &dyn Fn(EngineProgress)) -> Result<RestoreJobResult, EngineError>;
+    /// Runs maintenance; returns a one-line summary.
+    fn maintenance(&self, req: &MaintenanceJobRequest) -> Result<String, EngineError>;
+    /// Lists the repository's complete snapshots.
+    fn list_snapshots(&self, repository: &RepositoryAccess) -> Result<Vec<SnapshotSummary>, EngineError>;
+}

@@ -1,0 +1,198 @@
+//! Job mode: what the cairn binary does inside the Jobs the controller creates. It runs the
+//! engine, patches progress into the owner's status every few seconds, mirrors snapshots
+//! into RepositorySnapshot objects, and leaves a [`JobOutcome`] in the termination message.
+
+mod catalog;
+mod engine;
+mod params;
+
+pub use catalog::{snapshot_object, snapshot_object_name};
+pub use engine::{
+    BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress, MaintenanceJobRequest,
+    RepositoryAccess, RestoreJobRequest, RestoreJobResult, SnapshotSummary,
+};
+pub use params::{JobCommand, JobParams};
+
+use crate::crd::{VolumeBackup, VolumeRestore};
+use crate::protocol::JobOutcome;
+use kube::api::{Patch, PatchParams};
+use kube::Api;
+use serde_json::json;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Job-mode failures outside the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Bad or missing arguments.
+    #[error("job arguments: {0}")]
+    Usage(String),
+    /// A mounted Secret could not be read: check the BackupRepository's Secret refs.
+    #[error("reading a mounted secret: {0}")]
+    Secret(String),
+    /// The termination message could not be written.
+    #[error("writing the termination message to {path}: {source}")]
+    Termination {
+        /// The path.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The engine thread panicked.
+    #[error("the engine stopped unexpectedly: {0}")]
+    Engine(String),
+}
+
+/// Runs one job to its end and writes the outcome to `params.termination_log`.
+///
+/// With a client, progress is patched into the VolumeBackup (or VolumeRestore) status every
+/// `params.progress_interval` while it changes, and snapshots are mirrored as
+/// RepositorySnapshots. API failures only log: the repository, not the API server, holds
+/// the result. Returns the outcome, whose `succeeded` decides the process exit code.
+pub async fn run_job(params: JobParams, engine: Arc<dyn Engine>, client: Option<kube::Client>) -> Result<JobOutcome, JobError> {
+    let (tx, rx) = watch::channel(None::<engine::EngineProgress>);
+    let reporter = client.clone().and_then(|c| progress_target(&params, c)).map(|target| {
+        let interval = params.progress_interval;
+        tokio::spawn(report_progress(target, rx, interval))
+    });
+    let work = {
+        let params = params.clone();
+        let engine = engine.clone();
+        tokio::task::spawn_blocking(move || run_engine(&params, engine.as_ref(), &move |p| {
+            tx.send_replace(Some(p));
+        }))
+    };
+    let result = work.await.map_err(|e| JobError::Engine(e.to_string()));
+    if let Some(reporter) = reporter {
+        // The sender dropped with the engine closure: the reporter sends the last value and ends.
+        let _ = reporter.await;
+    }
+    let (mut outcome, snapshots) = result?;
+    if let (Some(client), true) = (client, outcome.succeeded) {
+        if let Err(e) = catalog::mirror(&params, client, snapshots).await {
+            tracing::warn!(error = %e, "could not update the RepositorySnapshot mirror");
+            if params.command == JobCommand::Catalog {
+                outcome = JobOutcome { succeeded: false, retryable: true, message: format!("updating RepositorySnapshots: {e}"), ..outcome };
+            }
+        }
+    }
+    let path = params.termination_log.clone();
+    tokio::fs::write(&path, outcome.to_message())
+        .await
+        .map_err(|source| JobError::Termination { path: path.display().to_string(), source })?;
+    Ok(outcome)
+}
+
+/// What the catalog step should do after the engine ran.
+enum Mirror {
+    Nothing,
+    /// Add or refresh one snapshot (a backup just made it).
+    One(SnapshotSummary),
+    /// Replace the whole mirror.
+    All(Vec<SnapshotSummary>),
+}
+
+fn run_engine(params: &JobParams, engine: &dyn Engine, progress: &dyn Fn(EngineProgress)) -> (JobOutcome, Mirror) {
+    let repository = params.repository.clone();
+    let failed = |e: EngineError| (JobOutcome { succeeded: false, message: e.message, retryable: e.retryable, ..Default::default() }, Mirror::Nothing);
+    match params.command {
+        JobCommand::Backup => {
+            let req = BackupJobRequest {
+                repository,
+                source: params.source.clone().unwrap_or_default(),
+                source_name: params.source_name.clone().unwrap_or_default(),
+                tags: params.tags.clone(),
+                storage_class: params.storage_class.clone(),
+                exclude_config: params.exclude_config.clone(),
+            };
+            match engine.backup(&req, progress) {
+                Ok(r) => {
+                    progress(EngineProgress { bytes_done: r.bytes_done, total_bytes: r.total_bytes });
+                    let summary = SnapshotSummary {
+                        id: r.snapshot_id.clone(),
+                        time: jiff::Timestamp::now(),
+                        source: req.source_name.clone(),
+                        size_bytes: r.total_bytes,
+                        tags: req.tags.clone(),
+                    };
+                    let outcome = JobOutcome { succeeded: true, snapshot_id: Some(r.snapshot_id), bytes_done: r.bytes_done, total_bytes: r.total_bytes, message: r.summary, retryable: false };
+                    (outcome, Mirror::One(summary))
+                }
+                Err(e) => failed(e),
+            }
+        }
+        JobCommand::Restore => {
+            let req = RestoreJobRequest {
+                repository,
+                snapshot: params.snapshot.clone().unwrap_or_default(),
+                target: params.target.clone().unwrap_or_default(),
+                include_paths: params.include_paths.clone(),
+            };
+            match engine.restore(&req, progress) {
+                Ok(r) => {
+                    progress(EngineProgress { bytes_done: r.bytes_done, total_bytes: r.total_bytes });
+                    let outcome = JobOutcome { succeeded: true, bytes_done: r.bytes_done, total_bytes: r.total_bytes, message: r.summary, ..Default::default() };
+                    (outcome, Mirror::Nothing)
+                }
+                Err(e) => failed(e),
+            }
+        }
+        JobCommand::Maintenance => match engine.maintenance(&MaintenanceJobRequest { repository: repository.clone(), kind: params.maintenance_kind }) {
+            // Maintenance may have removed snapshots: refresh the mirror while we are here.
+            Ok(summary) => {
+                let mirror = engine.list_snapshots(&repository).map(Mirror::All).unwrap_or(Mirror::Nothing);
+                (JobOutcome { succeeded: true, message: summary, ..Default::default() }, mirror)
+            }
+            Err(e) => failed(e),
+        },
+        JobCommand::Catalog => match engine.list_snapshots(&repository) {
+            Ok(list) => {
+                let message = format!("{} snapshots", list.len());
+                (JobOutcome { succeeded: true, message, ..Default::default() }, Mirror::All(list))
+            }
+            Err(e) => failed(e),
+        },
+    }
+}
+
+/// Where progress goes: the status of the VolumeBackup or VolumeRestore the job serves.
+enum ProgressTarget {
+    Backup(Api<VolumeBackup>, String),
+    Restore(Api<VolumeRestore>, String),
+}
+
+fn progress_target(params: &JobParams, client: kube::Client) -> Option<ProgressTarget> {
+    let ns = params.namespace.as_deref()?;
+    match params.command {
+        JobCommand::Backup => Some(ProgressTarget::Backup(Api::namespaced(client, ns), params.volume_backup.clone()?)),
+        JobCommand::Restore => Some(ProgressTarget::Restore(Api::namespaced(client, ns), params.volume_restore.clone()?)),
+        _ => None,
+    }
+}
+
+/// Patches the latest progress every `interval` while it changes, and once more when the
+/// engine ends (the sender is dropped), so the last patch always carries the final numbers.
+async fn report_progress(target: ProgressTarget, mut rx: watch::Receiver<Option<EngineProgress>>, interval: std::time::Duration) {
+    let mut sent = None;
+    loop {
+        let open = rx.changed().await.is_ok();
+        let latest = *rx.borrow_and_update();
+        if let Some(p) = latest.filter(|p| Some(*p) != sent) {
+            let body = json!({ "status": { "progress": { "bytesDone": p.bytes_done, "totalBytes": p.total_bytes } } });
+            let patch = Patch::Merge(&body);
+            let pp = PatchParams::default();
+            let result = match &target {
+                ProgressTarget::Backup(api, name) => api.patch_status(name, &pp, &patch).await.map(drop),
+                ProgressTarget::Restore(api, name) => api.patch_status(name, &pp, &patch).await.map(drop),
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "progress patch failed; continuing");
+            }
+            sent = Some(p);
+        }
+        if !open {
+            return;
+        }
+        tokio::time::sleep(interval).await;
+    }
+}

@@ -1,0 +1,191 @@
+//! Job-mode parameters from arguments, with `CAIRN_<FLAG>` environment fallbacks, and the
+//! Secret files mounted into the pod.
+//!
+//! Flags are `--name value` or `--name=value`; repeatable flags (`--tag`, `--include`)
+//! collect every occurrence. The environment supplies a flag that is absent from the
+//! arguments: `--password-file` <- `CAIRN_PASSWORD_FILE`.
+
+use super::engine::RepositoryAccess;
+use super::JobError;
+use crate::crd::MaintenanceKind;
+use crate::protocol::{ENV_EXCLUDE_FILE_LIST, TERMINATION_LOG};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What a job does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobCommand {
+    /// `cairn job backup`.
+    Backup,
+    /// `cairn job restore`.
+    Restore,
+    /// `cairn job maintenance`.
+    Maintenance,
+    /// `cairn job catalog`: refresh the RepositorySnapshot mirror.
+    Catalog,
+}
+
+impl std::str::FromStr for JobCommand {
+    type Err = JobError;
+    fn from_str(s: &str) -> Result<Self, JobError> {
+        match s {
+            "backup" => Ok(JobCommand::Backup),
+            "restore" => Ok(JobCommand::Restore),
+            "maintenance" => Ok(JobCommand::Maintenance),
+            "catalog" => Ok(JobCommand::Catalog),
+            other => Err(JobError::Usage(format!("unknown job {other:?}; expected backup, restore, maintenance or catalog"))),
+        }
+    }
+}
+
+/// Everything a job needs, parsed and read.
+#[derive(Clone, Debug)]
+pub struct JobParams {
+    /// What to do.
+    pub command: JobCommand,
+    /// Namespace of the cairn resources.
+    pub namespace: Option<String>,
+    /// BackupRepository name.
+    pub repository_name: Option<String>,
+    /// How to open the repository.
+    pub repository: RepositoryAccess,
+    /// VolumeBackup whose status receives progress (backup).
+    pub volume_backup: Option<String>,
+    /// VolumeRestore whose status receives progress (restore).
+    pub volume_restore: Option<String>,
+    /// Source directory (backup).
+    pub source: Option<PathBuf>,
+    /// Source name (backup).
+    pub source_name: Option<String>,
+    /// Storage class of the source (backup).
+    pub storage_class: Option<String>,
+    /// Raw KDMP exclude list (backup).
+    pub exclude_config: Option<String>,
+    /// Tags (backup).
+    pub tags: BTreeMap<String, String>,
+    /// Snapshot to restore.
+    pub snapshot: Option<String>,
+    /// Restore target directory.
+    pub target: Option<PathBuf>,
+    /// Paths to restore.
+    pub include_paths: Vec<String>,
+    /// Maintenance kind.
+    pub maintenance_kind: MaintenanceKind,
+    /// Where the outcome is written.
+    pub termination_log: PathBuf,
+    /// Time between progress patches.
+    pub progress_interval: Duration,
+}
+
+fn env_name(flag: &str) -> String {
+    format!("CAIRN_{}", flag.to_uppercase().replace('-', "_"))
+}
+
+/// Flags that take a value; anything else is a usage error (typos fail loudly).
+const FLAGS: &[&str] = &[
+    "namespace", "repository", "location", "password-file", "credentials-dir", "cache-dir", "volume-backup",
+    "volume-restore", "source", "source-name", "storage-class", "exclude-config", "tag", "snapshot", "target",
+    "include", "kind", "termination-log", "progress-interval",
+];
+
+impl JobParams {
+    /// Parses `args` (after the job command) with `env` as fallback, and reads the password
+    /// and credential files they name.
+    pub fn parse(command: JobCommand, args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<JobParams, JobError> {
+        let mut flags: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            let Some(body) = arg.strip_prefix("--") else {
+                return Err(JobError::Usage(format!("unexpected argument {arg:?}")));
+            };
+            let (name, value) = match body.split_once('=') {
+                Some((n, v)) => (n, v.to_string()),
+                None => (body, it.next().cloned().ok_or_else(|| JobError::Usage(format!("--{body} needs a value")))?),
+            };
+            let Some(known) = FLAGS.iter().find(|f| **f == name) else {
+                return Err(JobError::Usage(format!("unknown flag --{name}")));
+            };
+            flags.entry(known).or_default().push(value);
+        }
+        let one = |name: &str| -> Option<String> {
+            flags.get(name).and_then(|v| v.last().cloned()).or_else(|| env(&env_name(name)))
+        };
+        let many = |name: &str| -> Vec<String> { flags.get(name).cloned().unwrap_or_default() };
+        let required = |name: &str| one(name).ok_or_else(|| JobError::Usage(format!("--{name} (or {}) is required", env_name(name))));
+
+        let location = required("location")?;
+        let password = match (one("password-file"), env("CAIRN_PASSWORD")) {
+            (Some(file), _) => read_secret_file(Path::new(&file))?,
+            (None, Some(password)) => password,
+            (None, None) => return Err(JobError::Usage("--password-file (or CAIRN_PASSWORD) is required".into())),
+        };
+        let mut credentials = BTreeMap::new();
+        if let Some(dir) = one("credentials-dir") {
+            let entries = std::fs::read_dir(&dir).map_err(|e| JobError::Secret(format!("{dir}: {e}")))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| JobError::Secret(format!("{dir}: {e}")))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // Secret volumes hold `..data` and timestamped directories next to the keys.
+                if name.starts_with('.') || entry.path().is_dir() {
+                    continue;
+                }
+                credentials.insert(name, read_secret_file(&entry.path())?);
+            }
+        }
+        let exclude_config = match one("exclude-config") {
+            Some(file) => Some(std::fs::read_to_string(&file).map_err(|e| JobError::Usage(format!("--exclude-config {file}: {e}")))?),
+            None => env(ENV_EXCLUDE_FILE_LIST),
+        };
+        let mut tags = BTreeMap::new();
+        for tag in many("tag") {
+            let (k, v) = tag.split_once('=').ok_or_else(|| JobError::Usage(format!("--tag {tag:?}: expected key=value")))?;
+            tags.insert(k.to_string(), v.to_string());
+        }
+        let maintenance_kind = match one("kind").as_deref() {
+            None | Some("quick") => MaintenanceKind::Quick,
+            Some("full") => MaintenanceKind::Full,
+            Some(other) => return Err(JobError::Usage(format!("--kind {other:?}: expected quick or full"))),
+        };
+        let progress_interval = match one("progress-interval") {
+            None => Duration::from_secs(5),
+            Some(text) => crate::config::parse_duration(&text).map_err(|e| JobError::Usage(format!("--progress-interval: {e}")))?,
+        };
+        let params = JobParams {
+            command,
+            namespace: one("namespace").or_else(|| env("POD_NAMESPACE")),
+            repository_name: one("repository"),
+            repository: RepositoryAccess { location, password, credentials, cache_dir: one("cache-dir").map(PathBuf::from) },
+            volume_backup: one("volume-backup"),
+            volume_restore: one("volume-restore"),
+            source: one("source").map(PathBuf::from),
+            source_name: one("source-name"),
+            storage_class: one("storage-class").filter(|s| !s.is_empty()),
+            exclude_config,
+            tags,
+            snapshot: one("snapshot"),
+            target: one("target").map(PathBuf::from),
+            include_paths: many("include"),
+            maintenance_kind,
+            termination_log: one("termination-log").map(PathBuf::from).unwrap_or_else(|| TERMINATION_LOG.into()),
+            progress_interval,
+        };
+        match command {
+            JobCommand::Backup if params.source.is_none() => Err(JobError::Usage("backup needs --source".into())),
+            JobCommand::Restore if params.snapshot.is_none() || params.target.is_none() => {
+                Err(JobError::Usage("restore needs --snapshot and --target".into()))
+            }
+            JobCommand::Catalog if params.namespace.is_none() || params.repository_name.is_none() => {
+                Err(JobError::Usage("catalog needs --namespace and --repository".into()))
+            }
+            _ => Ok(params),
+        }
+    }
+}
+
+/// Reads a mounted Secret key, dropping one trailing newline (`kubectl create secret
+/// --from-file` keeps it; passwords never end in one).
+fn read_secret_file(path: &Path) -> Result<String, JobError> {
+    let text = std::fs::read_to_string(path).map_err(|e| JobError::Secret(format!("{}: {e}", path.display())))?;
+    Ok(text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_string())
+}
