@@ -217,8 +217,12 @@ mod tests {
     #[test]
     fn counts_requests_per_kind_and_folder_with_bytes() {
         let counting = CountingStorage::new(Arc::new(MemStorage::new()));
-        counting.write("packs/ab/ab12", Bytes::from_static(b"12345")).unwrap();
-        counting.write("index/01", Bytes::from_static(b"xy")).unwrap();
+        counting
+            .write("packs/ab/ab12", Bytes::from_static(b"12345"))
+            .unwrap();
+        counting
+            .write("index/01", Bytes::from_static(b"xy"))
+            .unwrap();
         counting.write("config", Bytes::from_static(b"c")).unwrap();
         let before = counting.snapshot();
         counting.read_range("packs/ab/ab12", 1..3).unwrap();

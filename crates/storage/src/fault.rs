@@ -188,8 +188,7 @@ impl FaultStorage {
                 *slot - 1
             };
             let rates = plan.rates_for(kind);
-            let can_short =
-                can_short && (kind == OpKind::ReadRange || plan.short_whole_reads);
+            let can_short = can_short && (kind == OpKind::ReadRange || plan.short_whole_reads);
             let u = draw(plan.seed, kind, key, repeat);
             if u < rates.error {
                 Fault::Error
@@ -225,7 +224,9 @@ impl FaultStorage {
                 StorageError::new(
                     StorageErrorKind::Other,
                     op,
-                    format!("injected fault: storage gone after {limit} requests (simulated crash)"),
+                    format!(
+                        "injected fault: storage gone after {limit} requests (simulated crash)"
+                    ),
                 )
             }
             Fault::Timeout => StorageError::new(
@@ -338,7 +339,10 @@ mod tests {
                 ..FaultRates::default()
             }));
             (0..200)
-                .map(|i| s.write(&format!("o/{}", i % 20), Bytes::from_static(b"x")).is_ok())
+                .map(|i| {
+                    s.write(&format!("o/{}", i % 20), Bytes::from_static(b"x"))
+                        .is_ok()
+                })
                 .collect::<Vec<_>>()
         };
         let first = run();
@@ -382,7 +386,9 @@ mod tests {
             short_read: 1.0,
             ..FaultRates::default()
         }));
-        s.inner.write("p", Bytes::from_static(b"0123456789")).unwrap();
+        s.inner
+            .write("p", Bytes::from_static(b"0123456789"))
+            .unwrap();
         assert_eq!(&s.read_range("p", 2..8).unwrap()[..], b"234");
         assert_eq!(s.read("p").unwrap().len(), 10);
         s.set_plan(FaultPlan {
@@ -399,7 +405,8 @@ mod tests {
     fn countdown_fails_everything_after_n_requests_until_disarmed() {
         let s = storage(FaultPlan::new(0).fail_after(3));
         for i in 0..3 {
-            s.write(&format!("k/{i}"), Bytes::from_static(b"v")).unwrap();
+            s.write(&format!("k/{i}"), Bytes::from_static(b"v"))
+                .unwrap();
         }
         let e = s.read("k/0").unwrap_err();
         assert_eq!(e.kind, StorageErrorKind::Other);

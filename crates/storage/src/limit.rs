@@ -61,7 +61,11 @@ impl LimitStorage {
 
     /// Requests running in the inner storage right now.
     pub fn in_flight(&self) -> usize {
-        *self.permits.in_use.lock().unwrap_or_else(|p| p.into_inner())
+        *self
+            .permits
+            .in_use
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -98,5 +102,72 @@ impl Storage for LimitStorage {
 
     fn location(&self) -> String {
         self.inner.location()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::MemStorage;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// Records the most calls ever inside it at once; each call lingers so
+    /// that callers overlap.
+    #[derive(Debug, Default)]
+    struct Gauge {
+        inner: MemStorage,
+        now: AtomicUsize,
+        peak: AtomicUsize,
+    }
+
+    impl Storage for Gauge {
+        fn read(&self, path: &str) -> Result<Bytes> {
+            self.inner.read(path)
+        }
+        fn read_range(&self, path: &str, range: Range<u64>) -> Result<Bytes> {
+            self.inner.read_range(path, range)
+        }
+        fn write(&self, path: &str, data: Bytes) -> Result<()> {
+            let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(n, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            self.inner.write(path, data)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+            self.inner.list(prefix)
+        }
+        fn stat(&self, path: &str) -> Result<ObjectInfo> {
+            self.inner.stat(path)
+        }
+        fn delete(&self, path: &str) -> Result<()> {
+            self.inner.delete(path)
+        }
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+    }
+
+    #[test]
+    fn never_more_than_max_requests_run_at_once() {
+        let gauge = Arc::new(Gauge::default());
+        let limited = LimitStorage::new(gauge.clone(), 3);
+        std::thread::scope(|scope| {
+            for t in 0..8 {
+                let limited = &limited;
+                scope.spawn(move || {
+                    for i in 0..10 {
+                        limited
+                            .write(&format!("o/{t}/{i}"), Bytes::from_static(b"x"))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let peak = gauge.peak.load(Ordering::SeqCst);
+        assert!((1..=3).contains(&peak), "peak {peak}");
+        assert_eq!(limited.in_flight(), 0);
+        assert_eq!(gauge.inner.list("o/").unwrap().len(), 80);
     }
 }

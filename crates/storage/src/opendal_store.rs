@@ -10,7 +10,7 @@ use crate::location::{process_env, Location};
 use crate::{ObjectInfo, Result, Storage, StorageError, StorageErrorKind, StorageOptions};
 use bytes::Bytes;
 use opendal::{ErrorKind, Operator};
-use std::future::Future;
+use std::future::IntoFuture;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,11 +113,11 @@ impl OpendalStorage {
         &self,
         op: &str,
         deadline: Duration,
-        fut: impl Future<Output = opendal::Result<T>>,
+        fut: impl IntoFuture<Output = opendal::Result<T>>,
     ) -> Result<T> {
         let outcome = self
             .runtime
-            .block_on(async { tokio::time::timeout(deadline, fut).await });
+            .block_on(async { tokio::time::timeout(deadline, fut.into_future()).await });
         match outcome {
             Ok(result) => result.map_err(|e| self.context.map(e, op)),
             Err(_) => Err(StorageError::new(
@@ -180,9 +180,13 @@ impl ErrorContext {
     fn map(&self, e: opendal::Error, op: &str) -> StorageError {
         let text = e.to_string();
         if let Some(bucket) = &self.bucket {
-            if ["NoSuchBucket", "ContainerNotFound", "The specified bucket does not exist"]
-                .iter()
-                .any(|marker| text.contains(marker))
+            if [
+                "NoSuchBucket",
+                "ContainerNotFound",
+                "The specified bucket does not exist",
+            ]
+            .iter()
+            .any(|marker| text.contains(marker))
             {
                 return StorageError::new(
                     StorageErrorKind::InvalidConfig,
@@ -194,6 +198,18 @@ impl ErrorContext {
                     ),
                 );
             }
+        }
+        if text.contains("LoadCredential") || text.contains("loading credential") {
+            // Credentials that cannot be found will not appear on retry.
+            return StorageError::new(
+                StorageErrorKind::PermissionDenied,
+                op,
+                format!(
+                    "cannot load credentials for {}: {text}; {} (outside EC2, set \
+                     AWS_EC2_METADATA_DISABLED=true to skip the instance metadata service)",
+                    self.location, self.credential_hint
+                ),
+            );
         }
         let (kind, hint) = match e.kind() {
             ErrorKind::NotFound => (StorageErrorKind::NotFound, None),
@@ -276,11 +292,7 @@ impl Storage for OpendalStorage {
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let op = format!("list {prefix}");
-        let listed = self.run(
-            &op,
-            self.timeout,
-            self.op.list_with(prefix).recursive(true),
-        );
+        let listed = self.run(&op, self.timeout, self.op.list_with(prefix).recursive(true));
         let entries = match listed {
             Ok(entries) => entries,
             // A folder that was never written (fs) is an empty listing.

@@ -36,7 +36,11 @@ pub enum TestBackend {
 }
 
 fn config_error(message: String) -> StorageError {
-    StorageError::new(StorageErrorKind::InvalidConfig, "choose test backend", message)
+    StorageError::new(
+        StorageErrorKind::InvalidConfig,
+        "choose test backend",
+        message,
+    )
 }
 
 impl TestBackend {
@@ -98,7 +102,13 @@ pub fn fresh_location_on(backend: &TestBackend, name: &str) -> Result<TestLocati
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let safe: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let unique = format!(
         "{safe}-{}-{}-{}",

@@ -34,7 +34,10 @@ impl TokenBucket {
         let rate = rate.max(1) as f64;
         Self {
             rate,
-            state: Mutex::new(BucketState { tokens: rate, last: now }),
+            state: Mutex::new(BucketState {
+                tokens: rate,
+                last: now,
+            }),
         }
     }
 
