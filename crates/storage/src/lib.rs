@@ -26,6 +26,7 @@ mod error;
 mod fault;
 mod limit;
 mod location;
+mod opendal_error;
 mod opendal_store;
 mod options;
 mod retry;

@@ -7,8 +7,10 @@
 //! size of every object.
 
 use crate::location::{process_env, Location};
+use crate::opendal_error::{ErrorContext, Failure};
 use crate::{ObjectInfo, Result, Storage, StorageError, StorageErrorKind, StorageOptions};
 use bytes::Bytes;
+use futures::TryStreamExt;
 use opendal::{ErrorKind, Operator};
 use std::future::IntoFuture;
 use std::ops::Range;
@@ -29,14 +31,6 @@ pub struct OpendalStorage {
     context: Arc<ErrorContext>,
     timeout: Duration,
     io_timeout: Duration,
-}
-
-/// What error messages may say about the service (never credentials).
-#[derive(Debug, Default)]
-struct ErrorContext {
-    credential_hint: String,
-    bucket: Option<String>,
-    location: String,
 }
 
 impl std::fmt::Debug for OpendalStorage {
@@ -115,130 +109,79 @@ impl OpendalStorage {
         deadline: Duration,
         fut: impl IntoFuture<Output = opendal::Result<T>>,
     ) -> Result<T> {
-        let outcome = self
-            .runtime
-            .block_on(async { tokio::time::timeout(deadline, fut.into_future()).await });
-        match outcome {
-            Ok(result) => result.map_err(|e| self.context.map(e, op)),
-            Err(_) => Err(StorageError::new(
-                StorageErrorKind::Temporary,
-                op,
-                format!(
-                    "timed out after {deadline:?} waiting for {}; is the endpoint reachable?",
-                    self.context.location
-                ),
-            )),
-        }
+        self.runtime
+            .block_on(within(deadline, fut))
+            .map_err(|f| self.context.fail(f, op))
     }
 
-    /// Fills in sizes the service's listing did not report (the filesystem
-    /// lister does not stat). A listed size of 0 is confirmed with one stat
-    /// per such object: every object on fs, only truly empty objects on S3,
-    /// Azure, GCS and WebDAV, whose listings carry sizes. An object deleted
-    /// between the listing and its stat is dropped from the result.
-    fn confirm_sizes(&self, op: &str, objects: Vec<ObjectInfo>) -> Result<Vec<ObjectInfo>> {
+    /// Lists `prefix` recursively. Each page request and each size lookup
+    /// has its own deadline, so a listing of any length is bounded per
+    /// request, not in total.
+    ///
+    /// Sizes the service's listing did not report (the filesystem lister
+    /// does not stat) are looked up: a listed size of 0 is confirmed with
+    /// one stat, which is every object on fs and only truly empty objects
+    /// on S3, Azure, GCS and WebDAV, whose listings carry sizes. An object
+    /// deleted between the listing and its stat is left out.
+    async fn list_sized(
+        operator: Operator,
+        prefix: String,
+        deadline: Duration,
+    ) -> std::result::Result<Vec<ObjectInfo>, Failure> {
+        let mut lister = within(deadline, operator.lister_with(&prefix).recursive(true)).await?;
+        let mut objects = Vec::new();
+        while let Some(entry) = within(deadline, lister.try_next()).await? {
+            let path = entry.path();
+            if entry.metadata().is_dir() || path.ends_with('/') || path.starts_with(FS_STAGING_DIR)
+            {
+                continue;
+            }
+            objects.push(ObjectInfo {
+                path: path.to_string(),
+                size: entry.metadata().content_length(),
+            });
+        }
         if objects.iter().all(|o| o.size > 0) {
             return Ok(objects);
         }
-        let operator = self.op.clone();
-        let fut = async move {
-            let permits = Arc::new(tokio::sync::Semaphore::new(LIST_STAT_CONCURRENCY));
-            let mut tasks = tokio::task::JoinSet::new();
-            for (i, object) in objects.iter().enumerate().filter(|(_, o)| o.size == 0) {
-                let operator = operator.clone();
-                let permits = permits.clone();
-                let path = object.path.clone();
-                tasks.spawn(async move {
-                    let _permit = permits.acquire_owned().await;
-                    match operator.stat(&path).await {
-                        Ok(meta) => Ok((i, Some(meta.content_length()))),
-                        Err(e) if e.kind() == ErrorKind::NotFound => Ok((i, None)),
-                        Err(e) => Err(e),
-                    }
-                });
-            }
-            let mut sizes: Vec<Option<u64>> = objects.iter().map(|o| Some(o.size)).collect();
-            while let Some(joined) = tasks.join_next().await {
-                let joined = joined.map_err(|e| {
-                    opendal::Error::new(ErrorKind::Unexpected, format!("stat task failed: {e}"))
-                })?;
-                let (i, size) = joined?;
-                sizes[i] = size;
-            }
-            Ok(objects
-                .into_iter()
-                .zip(sizes)
-                .filter_map(|(object, size)| size.map(|size| ObjectInfo { size, ..object }))
-                .collect())
-        };
-        self.run(op, self.timeout, fut)
+        let permits = Arc::new(tokio::sync::Semaphore::new(LIST_STAT_CONCURRENCY));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, object) in objects.iter().enumerate().filter(|(_, o)| o.size == 0) {
+            let operator = operator.clone();
+            let permits = permits.clone();
+            let path = object.path.clone();
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                match within(deadline, operator.stat(&path)).await {
+                    Ok(meta) => Ok((i, Some(meta.content_length()))),
+                    Err(Failure::Backend(e)) if e.kind() == ErrorKind::NotFound => Ok((i, None)),
+                    Err(f) => Err(f),
+                }
+            });
+        }
+        let mut sizes: Vec<Option<u64>> = objects.iter().map(|o| Some(o.size)).collect();
+        while let Some(joined) = tasks.join_next().await {
+            let (i, size) = joined.map_err(|e| {
+                opendal::Error::new(ErrorKind::Unexpected, format!("stat task failed: {e}"))
+            })??;
+            sizes[i] = size;
+        }
+        Ok(objects
+            .into_iter()
+            .zip(sizes)
+            .filter_map(|(object, size)| size.map(|size| ObjectInfo { size, ..object }))
+            .collect())
     }
 }
 
-impl ErrorContext {
-    /// Maps an OpenDAL error for operation `op`, adding what the user can do.
-    fn map(&self, e: opendal::Error, op: &str) -> StorageError {
-        let text = e.to_string();
-        if let Some(bucket) = &self.bucket {
-            if [
-                "NoSuchBucket",
-                "ContainerNotFound",
-                "The specified bucket does not exist",
-            ]
-            .iter()
-            .any(|marker| text.contains(marker))
-            {
-                return StorageError::new(
-                    StorageErrorKind::InvalidConfig,
-                    op,
-                    format!(
-                        "bucket {bucket:?} does not exist at {}: create it, or fix the \
-                         repository URL ({text})",
-                        self.location
-                    ),
-                );
-            }
-        }
-        if text.contains("LoadCredential") || text.contains("loading credential") {
-            // Credentials that cannot be found will not appear on retry.
-            return StorageError::new(
-                StorageErrorKind::PermissionDenied,
-                op,
-                format!(
-                    "cannot load credentials for {}: {text}; {} (outside EC2, set \
-                     AWS_EC2_METADATA_DISABLED=true to skip the instance metadata service)",
-                    self.location, self.credential_hint
-                ),
-            );
-        }
-        let (kind, hint) = match e.kind() {
-            ErrorKind::NotFound => (StorageErrorKind::NotFound, None),
-            ErrorKind::PermissionDenied => (
-                StorageErrorKind::PermissionDenied,
-                Some(self.credential_hint.clone()),
-            ),
-            ErrorKind::ConfigInvalid => (StorageErrorKind::InvalidConfig, None),
-            _ if text.contains("No space left") || text.contains("os error 28") => (
-                StorageErrorKind::NoSpace,
-                Some("free space on the device or raise the quota".to_string()),
-            ),
-            _ if text.contains("Read-only file system") || text.contains("os error 30") => (
-                StorageErrorKind::PermissionDenied,
-                Some("the repository is on a read-only file system".to_string()),
-            ),
-            ErrorKind::RateLimited => (StorageErrorKind::Temporary, None),
-            _ if e.is_temporary() => {
-                let hint = (text.contains("send http request") || text.contains("connect"))
-                    .then(|| format!("is {} reachable?", self.location));
-                (StorageErrorKind::Temporary, hint)
-            }
-            _ => (StorageErrorKind::Other, None),
-        };
-        let message = match hint {
-            Some(hint) => format!("{text}; {hint}"),
-            None => text,
-        };
-        StorageError::new(kind, op, message)
+/// Awaits `fut` for at most `deadline`.
+async fn within<T>(
+    deadline: Duration,
+    fut: impl IntoFuture<Output = opendal::Result<T>>,
+) -> std::result::Result<T, Failure> {
+    match tokio::time::timeout(deadline, fut.into_future()).await {
+        Ok(result) => result.map_err(Failure::Backend),
+        Err(_) => Err(Failure::TimedOut(deadline)),
     }
 }
 
@@ -292,23 +235,17 @@ impl Storage for OpendalStorage {
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let op = format!("list {prefix}");
-        let listed = self.run(&op, self.timeout, self.op.list_with(prefix).recursive(true));
-        let entries = match listed {
-            Ok(entries) => entries,
+        let listed = self.runtime.block_on(Self::list_sized(
+            self.op.clone(),
+            prefix.to_string(),
+            self.timeout,
+        ));
+        match listed.map_err(|f| self.context.fail(f, &op)) {
+            Ok(objects) => Ok(objects),
             // A folder that was never written (fs) is an empty listing.
-            Err(e) if e.kind == StorageErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let objects: Vec<ObjectInfo> = entries
-            .into_iter()
-            .filter(|entry| !entry.metadata().is_dir() && !entry.path().ends_with('/'))
-            .filter(|entry| !entry.path().starts_with(FS_STAGING_DIR))
-            .map(|entry| ObjectInfo {
-                path: entry.path().to_string(),
-                size: entry.metadata().content_length(),
-            })
-            .collect();
-        self.confirm_sizes(&op, objects)
+            Err(e) if e.kind == StorageErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
     }
 
     fn stat(&self, path: &str) -> Result<ObjectInfo> {

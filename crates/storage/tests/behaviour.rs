@@ -90,6 +90,30 @@ fn list_is_recursive_with_real_sizes_and_no_folders() {
 }
 
 #[test]
+fn a_listing_longer_than_one_page_returns_every_object() {
+    // S3 pages listings by 1000 keys.
+    let (_loc, s) = open_fresh("list-pages");
+    let threads = 4;
+    let per_thread = 260;
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let s = Arc::clone(&s);
+            scope.spawn(move || {
+                for i in 0..per_thread {
+                    s.write(&format!("index/{t}-{i:04}"), pattern(t as u8, 1 + i % 7))
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let listed = s.list("index/").unwrap();
+    assert_eq!(listed.len(), threads * per_thread);
+    let total: u64 = listed.iter().map(|o| o.size).sum();
+    let expected: u64 = (0..per_thread).map(|i| (1 + i % 7) as u64).sum::<u64>() * threads as u64;
+    assert_eq!(total, expected);
+}
+
+#[test]
 fn listing_a_folder_never_written_is_empty() {
     let (_loc, s) = open_fresh("list-empty");
     assert_eq!(s.list("locks/").unwrap(), Vec::new());
