@@ -12,3 +12,5 @@ pub mod controller;
 pub mod protocol;
 pub mod job;
 pub mod validate;
+pub mod adapter;
+pub mod runner;
