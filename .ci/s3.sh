@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Starts and stops a local S3 server (moto) for cairn's S3 test runs.
 #
-#   eval "$(.ci/s3.sh start)"    # installs moto if needed, starts it, prints `export` lines
+#   s3_env="$(.ci/s3.sh start)" && eval "$s3_env"
+#                                # installs moto if needed, starts it, prints `export` lines
+#                                # (assign first: `eval "$(...)"` would hide a failed start)
 #   .ci/s3.sh stop               # stops the server started by `start` (by its pid)
 #   .ci/s3.sh status             # exit 0 if the recorded server is alive
 #
@@ -36,7 +38,18 @@ install_moto() {
         return
     fi
     log "installing moto into $venv (about 20 s)"
-    python3 -m venv "$venv" >&2
+    if ! python3 -m venv "$venv" >&2; then
+        # Debian ships venv support separately.
+        if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+            log "python3 -m venv failed; installing python3-venv"
+            rm -rf "$venv"
+            apt-get install -y python3-venv >&2
+            python3 -m venv "$venv" >&2
+        else
+            log "python3 -m venv failed; install python3-venv (Debian) and retry"
+            return 1
+        fi
+    fi
     "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5,<6' >&2
 }
 
