@@ -14,3 +14,4 @@ pub mod job;
 pub mod validate;
 pub mod adapter;
 pub mod runner;
+pub mod mount;

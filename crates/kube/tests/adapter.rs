@@ -160,3 +160,31 @@ fn status_patch_nulls_removed_fields_only() {
     let body = status_patch(&json!({"a": 1, "b": 2}), &json!({"a": 3, "c": 4}));
     assert_eq!(body, json!({"status": {"a": 3, "b": null, "c": 4}}));
 }
+
+#[tokio::test]
+async fn mount_resolves_repository_secrets_and_snapshot() {
+    let (client, _) = mock_client(|r: &Recorded| {
+        let path = r.path.as_str();
+        if path.ends_with("/volumebackups/db-nightly") {
+            (200, json!({"apiVersion": "cairn.io/v1alpha1", "kind": "VolumeBackup", "metadata": {"name": "db-nightly", "namespace": "shop"},
+                         "spec": {"source": {"persistentVolumeClaim": "x"}, "repository": "main"},
+                         "status": {"phase": "Completed", "snapshotId": "5f3a"}}))
+        } else if path.ends_with("/backuprepositories/main") {
+            (200, json!({"apiVersion": "cairn.io/v1alpha1", "kind": "BackupRepository", "metadata": {"name": "main"},
+                         "spec": {"location": "s3://b/p", "credentialsSecret": {"name": "creds"}, "passwordSecret": {"name": "pw", "key": "password"}}}))
+        } else if path.ends_with("/secrets/pw") {
+            (200, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pw"}, "data": {"password": "czNjcmV0"}}))
+        } else if path.ends_with("/secrets/creds") {
+            (200, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"}, "data": {"AWS_ACCESS_KEY_ID": "QUtJQQ=="}}))
+        } else {
+            not_found()
+        }
+    });
+    let target = cairn_kube::mount::resolve_mount(&client, "shop", "db-nightly").await.unwrap();
+    assert_eq!(target.snapshot_id, "5f3a");
+    assert_eq!(target.repository.location, "s3://b/p");
+    assert_eq!(target.repository.password, "s3cret");
+    assert_eq!(target.repository.credentials["AWS_ACCESS_KEY_ID"], "AKIA");
+    let missing = cairn_kube::mount::resolve_mount(&client, "shop", "other").await.unwrap_err();
+    assert!(missing.to_string().contains("reading VolumeBackup shop/other"), "{missing}");
+}
