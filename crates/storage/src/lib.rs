@@ -32,6 +32,7 @@ mod options;
 mod retry;
 pub mod testing;
 mod throttle;
+mod wire;
 
 pub use counting::{CountingStorage, OpCounts, RequestCounts};
 pub use error::{StorageError, StorageErrorKind};
@@ -42,6 +43,7 @@ pub use opendal_store::OpendalStorage;
 pub use options::StorageOptions;
 pub use retry::{RetryPolicy, RetryStorage};
 pub use throttle::ThrottleStorage;
+pub use wire::HttpCounts;
 
 use bytes::Bytes;
 use std::ops::Range;

@@ -8,9 +8,11 @@
 
 use crate::location::{process_env, Location};
 use crate::opendal_error::{ErrorContext, Failure};
+use crate::wire::{Counters, CountingFetch, HttpCounts};
 use crate::{ObjectInfo, Result, Storage, StorageError, StorageErrorKind, StorageOptions};
 use bytes::Bytes;
 use futures::TryStreamExt;
+use opendal::layers::HttpClientLayer;
 use opendal::{ErrorKind, Operator};
 use std::future::IntoFuture;
 use std::ops::Range;
@@ -31,6 +33,7 @@ pub struct OpendalStorage {
     context: Arc<ErrorContext>,
     timeout: Duration,
     io_timeout: Duration,
+    http: Arc<Counters>,
 }
 
 impl std::fmt::Debug for OpendalStorage {
@@ -60,7 +63,10 @@ impl OpendalStorage {
     /// Opens `location` with the timeouts of `opts`; credentials come from
     /// the process environment (see docs/STORAGE.md).
     pub fn open(location: &Location, opts: &StorageOptions) -> Result<Self> {
-        let op = location.operator(&process_env)?;
+        let http = Arc::new(Counters::default());
+        let op = location
+            .operator(&process_env)?
+            .layer(HttpClientLayer::new(CountingFetch::client(http.clone())));
         let context = ErrorContext {
             credential_hint: location.credential_hint().to_string(),
             bucket: location.bucket().map(str::to_string),
@@ -73,7 +79,15 @@ impl OpendalStorage {
             context: Arc::new(context),
             timeout: opts.timeout,
             io_timeout: opts.io_timeout,
+            http,
         })
+    }
+
+    /// The HTTP requests this storage has sent so far (all zero on fs).
+    /// Requests of an operator given to [`Self::from_operator`] are not
+    /// counted.
+    pub fn http_requests(&self) -> HttpCounts {
+        self.http.snapshot()
     }
 
     /// A local directory (or mounted NFS share) with default timeouts.
@@ -98,6 +112,7 @@ impl OpendalStorage {
             location,
             timeout: opts.timeout,
             io_timeout: opts.io_timeout,
+            http: Arc::new(Counters::default()),
         })
     }
 

@@ -249,3 +249,78 @@ fn location_names_the_repository_without_credentials() {
         }
     }
 }
+
+#[test]
+fn each_call_costs_the_documented_requests_on_the_wire() {
+    use cairn_storage::{HttpCounts, Location, OpendalStorage};
+    let loc = cairn_storage::testing::fresh_location("wire").unwrap();
+    let s = Arc::new(
+        OpendalStorage::open(
+            &Location::parse(loc.location()).unwrap(),
+            &behaviour::support::test_options(),
+        )
+        .unwrap(),
+    );
+    let is_http = loc.local_root().is_none();
+    let step = |f: &dyn Fn()| {
+        let before = s.http_requests();
+        f();
+        let after = s.http_requests();
+        HttpCounts {
+            get: after.get - before.get,
+            put: after.put - before.put,
+            head: after.head - before.head,
+            delete: after.delete - before.delete,
+            list: after.list - before.list,
+            multipart: after.multipart - before.multipart,
+            other: after.other - before.other,
+        }
+    };
+    let one = |field: fn(&mut HttpCounts) -> &mut u64| {
+        let mut c = HttpCounts::default();
+        if is_http {
+            *field(&mut c) = 1;
+        }
+        c
+    };
+    let big = pattern(1, 17 * 1024 * 1024);
+    // A 17 MiB pack is one PUT, not a multipart upload.
+    assert_eq!(
+        step(&|| s.write("packs/aa/big", big.clone()).unwrap()),
+        one(|c| &mut c.put)
+    );
+    assert_eq!(
+        step(&|| drop(s.read_range("packs/aa/big", 5..500).unwrap())),
+        one(|c| &mut c.get)
+    );
+    assert_eq!(
+        step(&|| drop(s.read("packs/aa/big").unwrap())),
+        one(|c| &mut c.get)
+    );
+    assert_eq!(
+        step(&|| drop(s.stat("packs/aa/big").unwrap())),
+        one(|c| &mut c.head)
+    );
+    assert_eq!(
+        step(&|| s.delete("packs/aa/big").unwrap()),
+        one(|c| &mut c.delete)
+    );
+    // A listing costs one request per 1000 keys.
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let s = Arc::clone(&s);
+            scope.spawn(move || {
+                for i in 0..251 {
+                    s.write(&format!("index/{t}-{i:03}"), pattern(2, 10))
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let listing = step(&|| assert_eq!(s.list("index/").unwrap().len(), 1004));
+    let mut expected = HttpCounts::default();
+    if is_http {
+        expected.list = 2;
+    }
+    assert_eq!(listing, expected);
+}
