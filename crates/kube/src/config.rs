@@ -46,11 +46,21 @@ pub const BACKUP_KEYS: &[&str] = &[
     KEY_BACKUP_PVC,
 ];
 /// Keys whose problems block restores.
-pub const RESTORE_KEYS: &[&str] =
-    &[KEY_RESTORE_JOB_LIMIT, KEY_REQUEST_CPU, KEY_LIMIT_CPU, KEY_REQUEST_MEMORY, KEY_LIMIT_MEMORY];
+pub const RESTORE_KEYS: &[&str] = &[
+    KEY_RESTORE_JOB_LIMIT,
+    KEY_REQUEST_CPU,
+    KEY_LIMIT_CPU,
+    KEY_REQUEST_MEMORY,
+    KEY_LIMIT_MEMORY,
+];
 /// Keys whose problems block maintenance and catalog refreshes.
-pub const MAINTENANCE_KEYS: &[&str] =
-    &[KEY_MAINTENANCE_JOB_LIMIT, KEY_REQUEST_CPU, KEY_LIMIT_CPU, KEY_REQUEST_MEMORY, KEY_LIMIT_MEMORY];
+pub const MAINTENANCE_KEYS: &[&str] = &[
+    KEY_MAINTENANCE_JOB_LIMIT,
+    KEY_REQUEST_CPU,
+    KEY_LIMIT_CPU,
+    KEY_REQUEST_MEMORY,
+    KEY_LIMIT_MEMORY,
+];
 
 /// Default concurrent Jobs of each type.
 pub const DEFAULT_JOB_LIMIT: u32 = 5;
@@ -140,7 +150,10 @@ impl Config {
         };
         let get = |key: &str| data.get(key).map(|v| v.trim()).filter(|v| !v.is_empty());
 
-        config.exclude_file_list = data.get(KEY_EXCLUDE_FILE_LIST).filter(|v| !v.trim().is_empty()).cloned();
+        config.exclude_file_list = data
+            .get(KEY_EXCLUDE_FILE_LIST)
+            .filter(|v| !v.trim().is_empty())
+            .cloned();
         for (key, slot) in [
             (KEY_BACKUP_JOB_LIMIT, &mut config.backup_job_limit),
             (KEY_RESTORE_JOB_LIMIT, &mut config.restore_job_limit),
@@ -149,7 +162,12 @@ impl Config {
             if let Some(value) = get(key) {
                 match value.parse::<u32>() {
                     Ok(n) if n > 0 => *slot = n,
-                    _ => note(key, format!("{key}: {value:?} is not a positive integer; use for example \"5\"")),
+                    _ => note(
+                        key,
+                        format!(
+                            "{key}: {value:?} is not a positive integer; use for example \"5\""
+                        ),
+                    ),
                 }
             }
         }
@@ -166,11 +184,20 @@ impl Config {
                 }
             }
         }
-        for (request, limit) in [(KEY_REQUEST_CPU, KEY_LIMIT_CPU), (KEY_REQUEST_MEMORY, KEY_LIMIT_MEMORY)] {
-            let pair = (get(request).map(parse_quantity), get(limit).map(parse_quantity));
+        for (request, limit) in [
+            (KEY_REQUEST_CPU, KEY_LIMIT_CPU),
+            (KEY_REQUEST_MEMORY, KEY_LIMIT_MEMORY),
+        ] {
+            let pair = (
+                get(request).map(parse_quantity),
+                get(limit).map(parse_quantity),
+            );
             if let (Some(Ok(r)), Some(Ok(l))) = pair {
                 if r > l {
-                    note(limit, format!("{limit} is smaller than {request}; Kubernetes rejects such a pod"));
+                    note(
+                        limit,
+                        format!("{limit} is smaller than {request}; Kubernetes rejects such a pod"),
+                    );
                 }
             }
         }
@@ -184,7 +211,10 @@ impl Config {
             match value {
                 "Generic" => config.force_direct = true,
                 "CSI" | "Native" => config.force_direct = false,
-                _ => note(KEY_BACKUP_TYPE, format!("{KEY_BACKUP_TYPE}: {value:?} is not one of Generic, CSI")),
+                _ => note(
+                    KEY_BACKUP_TYPE,
+                    format!("{KEY_BACKUP_TYPE}: {value:?} is not one of Generic, CSI"),
+                ),
             }
         }
         config.image_pull_secret = get(KEY_IMAGE_SECRET).map(str::to_string);
@@ -200,8 +230,11 @@ impl Config {
 
     /// The problems among `keys`, joined into one message, or None when they are all valid.
     pub fn problems_with(&self, keys: &[&str]) -> Option<String> {
-        let found: Vec<&str> =
-            keys.iter().filter_map(|k| self.problems.get(*k)).map(String::as_str).collect();
+        let found: Vec<&str> = keys
+            .iter()
+            .filter_map(|k| self.problems.get(*k))
+            .map(String::as_str)
+            .collect();
         (!found.is_empty()).then(|| found.join("; "))
     }
 }
@@ -231,9 +264,13 @@ fn parse_backup_pvc(text: &str) -> Result<BTreeMap<String, BackupPvcConfig>, Str
 /// Parses a Kubernetes quantity (`0.2`, `100m`, `700Mi`, `1Gi`, `1e3`) into its value in
 /// base units, for comparing a request with its limit.
 pub fn parse_quantity(text: &str) -> Result<f64, String> {
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(text.len());
     let (number, suffix) = text.split_at(split);
-    let base: f64 = number.parse().map_err(|_| format!("{number:?} is not a number"))?;
+    let base: f64 = number
+        .parse()
+        .map_err(|_| format!("{number:?} is not a number"))?;
     if base < 0.0 {
         return Err("negative".into());
     }
@@ -273,10 +310,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     let mut total = 0f64;
     while !rest.is_empty() {
-        let n = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        let value: f64 = rest[..n].parse().map_err(|_| format!("expected a number in {text:?}"))?;
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let value: f64 = rest[..n]
+            .parse()
+            .map_err(|_| format!("expected a number in {text:?}"))?;
         rest = &rest[n..];
-        let u = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let u = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let seconds = match &rest[..u] {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
@@ -284,7 +327,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
-            unit => return Err(format!("unknown unit {unit:?} in {text:?} (use h, m, s, ms)")),
+            unit => {
+                return Err(format!(
+                    "unknown unit {unit:?} in {text:?} (use h, m, s, ms)"
+                ))
+            }
         };
         rest = &rest[u..];
         total += value * seconds;
@@ -297,7 +344,10 @@ mod tests {
     use super::*;
 
     fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -305,7 +355,10 @@ mod tests {
         let config = Config::from_data(&data(&[
             ("KDMP_BACKUP_JOB_LIMIT", "5"),
             ("KDMP_DELETE_JOB_LIMIT", "5"),
-            ("KDMP_EXCLUDE_FILE_LIST", "px-db=dir1,file1,dir2\nmysql=dir1,file1,dir2\n"),
+            (
+                "KDMP_EXCLUDE_FILE_LIST",
+                "px-db=dir1,file1,dir2\nmysql=dir1,file1,dir2\n",
+            ),
             ("KDMP_KOPIAEXECUTOR_IMAGE", "kopiaexecutor:1.2.10"),
             ("KDMP_KOPIAEXECUTOR_IMAGE_SECRET", ""),
             ("KDMP_KOPIAEXECUTOR_LIMIT_CPU", "0.2"),
@@ -317,7 +370,14 @@ mod tests {
             ("SNAPSHOT_TIMEOUT", ""),
         ]));
         assert_eq!(config.problems, BTreeMap::new());
-        assert_eq!((config.backup_job_limit, config.restore_job_limit, config.maintenance_job_limit), (5, 4, 3));
+        assert_eq!(
+            (
+                config.backup_job_limit,
+                config.restore_job_limit,
+                config.maintenance_job_limit
+            ),
+            (5, 4, 3)
+        );
         assert_eq!(config.snapshot_timeout, DEFAULT_SNAPSHOT_TIMEOUT);
         assert_eq!(config.resources.limit_cpu.as_deref(), Some("0.2"));
         assert_eq!(config.image_pull_secret, None);
@@ -337,9 +397,18 @@ mod tests {
         let keys: Vec<&str> = config.problems.keys().map(String::as_str).collect();
         assert_eq!(
             keys,
-            ["KDMP_BACKUP_JOB_LIMIT", "KDMP_KOPIAEXECUTOR_LIMIT_MEMORY", "KDMP_RESTORE_JOB_LIMIT", "SNAPSHOT_TIMEOUT", "backupPVC"]
+            [
+                "KDMP_BACKUP_JOB_LIMIT",
+                "KDMP_KOPIAEXECUTOR_LIMIT_MEMORY",
+                "KDMP_RESTORE_JOB_LIMIT",
+                "SNAPSHOT_TIMEOUT",
+                "backupPVC"
+            ]
         );
-        assert!(config.problems_with(MAINTENANCE_KEYS).unwrap().contains("1GB"));
+        assert!(config
+            .problems_with(MAINTENANCE_KEYS)
+            .unwrap()
+            .contains("1GB"));
         assert!(config.problems_with(&[KEY_MAINTENANCE_JOB_LIMIT]).is_none());
     }
 
@@ -359,7 +428,13 @@ mod tests {
         let config = Config::from_data(&data(&[("backupPVC", velero)]));
         assert_eq!(config.problems, BTreeMap::new());
         assert_eq!(config.backup_pvc.len(), 3);
-        assert_eq!(config.backup_pvc["storage-class-3"], BackupPvcConfig { storage_class: None, read_only: Some(true) });
+        assert_eq!(
+            config.backup_pvc["storage-class-3"],
+            BackupPvcConfig {
+                storage_class: None,
+                read_only: Some(true)
+            }
+        );
         let bare = Config::from_data(&data(&[("backupPVC", r#"{"gp3": {"storageClass": ""}}"#)]));
         assert_eq!(bare.backup_pvc["gp3"], BackupPvcConfig::default());
         let typo = Config::from_data(&data(&[("backupPVC", r#"{"gp3": {"readonly": true}}"#)]));

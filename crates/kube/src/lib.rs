@@ -7,11 +7,11 @@
 pub mod crd;
 
 pub use crd::crds_yaml;
+pub mod adapter;
 pub mod config;
 pub mod controller;
-pub mod protocol;
 pub mod job;
-pub mod validate;
-pub mod adapter;
-pub mod runner;
 pub mod mount;
+pub mod protocol;
+pub mod runner;
+pub mod validate;

@@ -22,7 +22,9 @@ pub enum MountError {
     #[error("VolumeBackup {0} is {1:?}, not Completed: there is no snapshot to mount yet")]
     NotCompleted(String, VolumeBackupPhase),
     /// A Secret lacks the key the repository names.
-    #[error("Secret {secret} has no key {key:?}; fix passwordSecret in BackupRepository {repository}")]
+    #[error(
+        "Secret {secret} has no key {key:?}; fix passwordSecret in BackupRepository {repository}"
+    )]
     MissingKey {
         /// Secret name.
         secret: String,
@@ -53,32 +55,65 @@ fn secret_strings(secret: Secret) -> BTreeMap<String, String> {
 }
 
 /// Resolves `namespace/name` to its repository access and snapshot id.
-pub async fn resolve_mount(client: &kube::Client, namespace: &str, name: &str) -> Result<MountTarget, MountError> {
+pub async fn resolve_mount(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<MountTarget, MountError> {
     let err = |what: String| move |source| MountError::Api { what, source };
-    let vb = Api::<VolumeBackup>::namespaced(client.clone(), namespace).get(name).await.map_err(err(format!("reading VolumeBackup {namespace}/{name}")))?;
+    let vb = Api::<VolumeBackup>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .map_err(err(format!("reading VolumeBackup {namespace}/{name}")))?;
     let status = vb.status.unwrap_or_default();
-    let Some(snapshot_id) = status.snapshot_id.filter(|_| status.phase == VolumeBackupPhase::Completed) else {
-        return Err(MountError::NotCompleted(format!("{namespace}/{name}"), status.phase));
+    let Some(snapshot_id) = status
+        .snapshot_id
+        .filter(|_| status.phase == VolumeBackupPhase::Completed)
+    else {
+        return Err(MountError::NotCompleted(
+            format!("{namespace}/{name}"),
+            status.phase,
+        ));
     };
     let repo_name = vb.spec.repository;
     let repo = Api::<BackupRepository>::namespaced(client.clone(), namespace)
         .get(&repo_name)
         .await
-        .map_err(err(format!("reading BackupRepository {namespace}/{repo_name}")))?;
+        .map_err(err(format!(
+            "reading BackupRepository {namespace}/{repo_name}"
+        )))?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let pw = &repo.spec.password_secret;
-    let password_data = secret_strings(secrets.get(&pw.name).await.map_err(err(format!("reading Secret {namespace}/{}", pw.name)))?);
-    let password = password_data.get(&pw.key).cloned().ok_or_else(|| MountError::MissingKey {
-        secret: pw.name.clone(),
-        key: pw.key.clone(),
-        repository: repo_name.clone(),
-    })?;
+    let password_data = secret_strings(
+        secrets
+            .get(&pw.name)
+            .await
+            .map_err(err(format!("reading Secret {namespace}/{}", pw.name)))?,
+    );
+    let password = password_data
+        .get(&pw.key)
+        .cloned()
+        .ok_or_else(|| MountError::MissingKey {
+            secret: pw.name.clone(),
+            key: pw.key.clone(),
+            repository: repo_name.clone(),
+        })?;
     let credentials = match &repo.spec.credentials_secret {
-        Some(c) => secret_strings(secrets.get(&c.name).await.map_err(err(format!("reading Secret {namespace}/{}", c.name)))?),
+        Some(c) => secret_strings(
+            secrets
+                .get(&c.name)
+                .await
+                .map_err(err(format!("reading Secret {namespace}/{}", c.name)))?,
+        ),
         None => BTreeMap::new(),
     };
     Ok(MountTarget {
-        repository: RepositoryAccess { location: repo.spec.location, password, credentials, cache_dir: None },
+        repository: RepositoryAccess {
+            location: repo.spec.location,
+            password,
+            credentials,
+            cache_dir: None,
+        },
         snapshot_id,
     })
 }

@@ -57,7 +57,10 @@ impl JobOutcome {
             if text.len() <= TERMINATION_MESSAGE_MAX || outcome.message.is_empty() {
                 return text;
             }
-            let keep = outcome.message.len().saturating_sub(text.len() - TERMINATION_MESSAGE_MAX + 3);
+            let keep = outcome
+                .message
+                .len()
+                .saturating_sub(text.len() - TERMINATION_MESSAGE_MAX + 3);
             let mut cut = keep.min(outcome.message.len());
             while !outcome.message.is_char_boundary(cut) {
                 cut -= 1;
@@ -78,7 +81,11 @@ mod tests {
 
     #[test]
     fn long_messages_are_cut_to_the_kubernetes_limit_and_still_parse() {
-        let outcome = JobOutcome { message: "é".repeat(5000), snapshot_id: Some("abc".into()), ..Default::default() };
+        let outcome = JobOutcome {
+            message: "é".repeat(5000),
+            snapshot_id: Some("abc".into()),
+            ..Default::default()
+        };
         let text = outcome.to_message();
         assert!(text.len() <= TERMINATION_MESSAGE_MAX, "{}", text.len());
         let back = JobOutcome::parse(&text).unwrap();

@@ -43,24 +43,40 @@ struct Context {
 }
 
 /// Runs the controller until the process is stopped (SIGTERM/ctrl-c).
-pub async fn run_controller(client: kube::Client, options: ControllerOptions) -> Result<(), ControllerError> {
-    let ctx = Arc::new(Context { client: client.clone(), options, lock: Mutex::new(()) });
+pub async fn run_controller(
+    client: kube::Client,
+    options: ControllerOptions,
+) -> Result<(), ControllerError> {
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        options,
+        lock: Mutex::new(()),
+    });
     let jobs = || watcher::Config::default().labels(LABEL_JOB_KIND);
-    let backups = Controller::new(Api::<VolumeBackup>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Job>::all(client.clone()), jobs())
-        .shutdown_on_signal()
-        .run(reconcile_backup, retry, ctx.clone())
-        .for_each(log_result);
-    let restores = Controller::new(Api::<VolumeRestore>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Job>::all(client.clone()), jobs())
-        .shutdown_on_signal()
-        .run(reconcile_restore, retry, ctx.clone())
-        .for_each(log_result);
-    let repositories = Controller::new(Api::<BackupRepository>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Job>::all(client), jobs())
-        .shutdown_on_signal()
-        .run(reconcile_repository, retry, ctx)
-        .for_each(log_result);
+    let backups = Controller::new(
+        Api::<VolumeBackup>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Job>::all(client.clone()), jobs())
+    .shutdown_on_signal()
+    .run(reconcile_backup, retry, ctx.clone())
+    .for_each(log_result);
+    let restores = Controller::new(
+        Api::<VolumeRestore>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Job>::all(client.clone()), jobs())
+    .shutdown_on_signal()
+    .run(reconcile_restore, retry, ctx.clone())
+    .for_each(log_result);
+    let repositories = Controller::new(
+        Api::<BackupRepository>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Job>::all(client), jobs())
+    .shutdown_on_signal()
+    .run(reconcile_repository, retry, ctx)
+    .for_each(log_result);
     futures::join!(backups, restores, repositories);
     Ok(())
 }
@@ -77,7 +93,12 @@ fn retry<K>(_: Arc<K>, error: &ControllerError, _: Arc<Context>) -> Requeue {
 }
 
 /// Executes `actions` for `target`, releasing `guard` before a rule runs.
-async fn execute(ctx: &Context, target: Target, actions: Vec<Action>, guard: tokio::sync::MutexGuard<'_, ()>) -> Result<Requeue, ControllerError> {
+async fn execute(
+    ctx: &Context,
+    target: Target,
+    actions: Vec<Action>,
+    guard: tokio::sync::MutexGuard<'_, ()>,
+) -> Result<Requeue, ControllerError> {
     let mut guard = Some(guard);
     let mut requeue = None;
     for action in &actions {
@@ -91,12 +112,20 @@ async fn execute(ctx: &Context, target: Target, actions: Vec<Action>, guard: tok
         };
     }
     drop(guard);
-    Ok(requeue.map_or_else(|| Requeue::requeue(Duration::from_secs(300)), Requeue::requeue))
+    Ok(requeue.map_or_else(
+        || Requeue::requeue(Duration::from_secs(300)),
+        Requeue::requeue,
+    ))
 }
 
 async fn decide_context(ctx: &Context) -> Result<DecideContext, ControllerError> {
-    let config = adapter::read_config(&ctx.client, &ctx.options.namespace, &ctx.options.config_map).await?;
-    Ok(DecideContext { config, jobs: ctx.options.jobs.clone(), now: jiff::Timestamp::now() })
+    let config =
+        adapter::read_config(&ctx.client, &ctx.options.namespace, &ctx.options.config_map).await?;
+    Ok(DecideContext {
+        config,
+        jobs: ctx.options.jobs.clone(),
+        now: jiff::Timestamp::now(),
+    })
 }
 
 fn target<K: kube::Resource>(object: &K, status: Option<serde_json::Value>) -> Target {
@@ -107,30 +136,48 @@ fn target<K: kube::Resource>(object: &K, status: Option<serde_json::Value>) -> T
     }
 }
 
-async fn reconcile_backup(vb: Arc<VolumeBackup>, ctx: Arc<Context>) -> Result<Requeue, ControllerError> {
+async fn reconcile_backup(
+    vb: Arc<VolumeBackup>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, ControllerError> {
     let guard = ctx.lock.lock().await;
     let decide = decide_context(&ctx).await?;
     let observed = adapter::observe_backup(&ctx.client, &vb).await?;
     let actions = controller::decide_backup(&observed, &decide);
     tracing::debug!(backup = %vb.name_any(), ?actions, "decided");
-    let old = vb.status.as_ref().and_then(|s| serde_json::to_value(s).ok());
+    let old = vb
+        .status
+        .as_ref()
+        .and_then(|s| serde_json::to_value(s).ok());
     execute(&ctx, target(vb.as_ref(), old), actions, guard).await
 }
 
-async fn reconcile_restore(vr: Arc<VolumeRestore>, ctx: Arc<Context>) -> Result<Requeue, ControllerError> {
+async fn reconcile_restore(
+    vr: Arc<VolumeRestore>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, ControllerError> {
     let guard = ctx.lock.lock().await;
     let decide = decide_context(&ctx).await?;
     let observed = adapter::observe_restore(&ctx.client, &vr).await?;
     let actions = controller::decide_restore(&observed, &decide);
-    let old = vr.status.as_ref().and_then(|s| serde_json::to_value(s).ok());
+    let old = vr
+        .status
+        .as_ref()
+        .and_then(|s| serde_json::to_value(s).ok());
     execute(&ctx, target(vr.as_ref(), old), actions, guard).await
 }
 
-async fn reconcile_repository(repo: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Requeue, ControllerError> {
+async fn reconcile_repository(
+    repo: Arc<BackupRepository>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, ControllerError> {
     let guard = ctx.lock.lock().await;
     let decide = decide_context(&ctx).await?;
     let observed = adapter::observe_repository(&ctx.client, &repo).await?;
     let actions = controller::decide_repository(&observed, &decide);
-    let old = repo.status.as_ref().and_then(|s| serde_json::to_value(s).ok());
+    let old = repo
+        .status
+        .as_ref()
+        .and_then(|s| serde_json::to_value(s).ok());
     execute(&ctx, target(repo.as_ref(), old), actions, guard).await
 }

@@ -21,14 +21,25 @@ fn check(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
         }
         return;
     }
-    if schema.get("x-kubernetes-int-or-string").and_then(Value::as_bool) == Some(true) {
+    if schema
+        .get("x-kubernetes-int-or-string")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
         if !(value.is_i64() || value.is_u64() || value.is_string()) {
             out.push(format!("{path}: expected an integer or a string"));
         }
         return;
     }
-    if let Some(any_of) = schema.get("anyOf").or_else(|| schema.get("oneOf")).and_then(Value::as_array) {
-        let matches = any_of.iter().filter(|s| validate_at(s, value, path).is_empty()).count();
+    if let Some(any_of) = schema
+        .get("anyOf")
+        .or_else(|| schema.get("oneOf"))
+        .and_then(Value::as_array)
+    {
+        let matches = any_of
+            .iter()
+            .filter(|s| validate_at(s, value, path).is_empty())
+            .count();
         if matches == 0 {
             out.push(format!("{path}: matches none of the allowed shapes"));
         }
@@ -47,12 +58,18 @@ fn check(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
         }
     };
     if !type_ok {
-        out.push(format!("{path}: expected {}, found {value}", schema["type"]));
+        out.push(format!(
+            "{path}: expected {}, found {value}",
+            schema["type"]
+        ));
         return;
     }
     if let Some(options) = schema.get("enum").and_then(Value::as_array) {
         if !options.contains(value) {
-            out.push(format!("{path}: {value} is not one of {}", Value::Array(options.clone())));
+            out.push(format!(
+                "{path}: {value} is not one of {}",
+                Value::Array(options.clone())
+            ));
         }
     }
     if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
@@ -65,8 +82,15 @@ fn check(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
             check(items, item, &format!("{path}[{i}]"), out);
         }
     }
-    let Some(object) = value.as_object() else { return };
-    for name in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
+    let Some(object) = value.as_object() else {
+        return;
+    };
+    for name in schema
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(name) = name.as_str() {
             if !object.contains_key(name) {
                 out.push(format!("{path}: missing required field {name:?}"));
@@ -75,7 +99,10 @@ fn check(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
     }
     let properties = schema.get("properties").and_then(Value::as_object);
     let additional = schema.get("additionalProperties");
-    let preserve = schema.get("x-kubernetes-preserve-unknown-fields").and_then(Value::as_bool) == Some(true);
+    let preserve = schema
+        .get("x-kubernetes-preserve-unknown-fields")
+        .and_then(Value::as_bool)
+        == Some(true);
     for (key, field) in object {
         let child = format!("{path}.{key}");
         match (properties.and_then(|p| p.get(key)), additional) {
@@ -83,7 +110,10 @@ fn check(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
             (None, Some(sub)) if sub.is_object() => check(sub, field, &child, out),
             (None, Some(Value::Bool(true))) => {}
             // apiVersion, kind and metadata are checked by the API server, not by the CRD schema.
-            (None, _) if preserve || (path == "$" && ["apiVersion", "kind", "metadata"].contains(&key.as_str())) => {}
+            (None, _)
+                if preserve
+                    || (path == "$"
+                        && ["apiVersion", "kind", "metadata"].contains(&key.as_str())) => {}
             (None, _) if properties.is_none() && schema.get("type").is_none() => {}
             (None, _) => out.push(format!("{child}: unknown field")),
         }
@@ -107,13 +137,23 @@ mod tests {
             "spec": {"type": "object", "required": ["size"], "properties": {
                 "size": {"type": "integer"}, "mode": {"type": "string", "enum": ["A", "B"]},
                 "tags": {"type": "object", "additionalProperties": {"type": "string"}}}}}});
-        assert!(validate(&schema, &json!({"spec": {"size": 1, "mode": "A", "tags": {"x": "y"}}})).is_empty());
-        let problems = validate(&schema, &json!({"spec": {"mode": "C", "tpyo": 1, "tags": {"x": 1}}}));
-        assert_eq!(problems, [
-            "$.spec: missing required field \"size\"",
-            "$.spec.mode: \"C\" is not one of [\"A\",\"B\"]",
-            "$.spec.tags.x: expected \"string\", found 1",
-            "$.spec.tpyo: unknown field",
-        ]);
+        assert!(validate(
+            &schema,
+            &json!({"spec": {"size": 1, "mode": "A", "tags": {"x": "y"}}})
+        )
+        .is_empty());
+        let problems = validate(
+            &schema,
+            &json!({"spec": {"mode": "C", "tpyo": 1, "tags": {"x": 1}}}),
+        );
+        assert_eq!(
+            problems,
+            [
+                "$.spec: missing required field \"size\"",
+                "$.spec.mode: \"C\" is not one of [\"A\",\"B\"]",
+                "$.spec.tags.x: expected \"string\", found 1",
+                "$.spec.tpyo: unknown field",
+            ]
+        );
     }
 }

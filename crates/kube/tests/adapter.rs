@@ -21,7 +21,11 @@ fn vb(status: Value) -> VolumeBackup {
 }
 
 fn target(old: Value) -> Target {
-    Target { namespace: "shop".into(), name: "db-nightly".into(), old_status: old }
+    Target {
+        namespace: "shop".into(),
+        name: "db-nightly".into(),
+        old_status: old,
+    }
 }
 
 fn echo(r: &Recorded) -> (u16, Value) {
@@ -35,7 +39,10 @@ fn echo(r: &Recorded) -> (u16, Value) {
             (201, body)
         }
         "DELETE" if r.path.contains("persistentvolumeclaims") => not_found(),
-        _ => (200, json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
+        _ => (
+            200,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+        ),
     }
 }
 
@@ -44,30 +51,64 @@ async fn actions_become_the_expected_requests() {
     let (client, log) = mock_client(echo);
     let mut obs_json = json!({"phase": "Uploading", "attempts": 3, "jobName": "db-nightly-backup-3", "backupPvcName": "db-nightly-backup-pvc", "volumeSnapshotName": "db-nightly-snapshot"});
     let owner = k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-        api_version: "cairn.io/v1alpha1".into(), kind: "VolumeBackup".into(), name: "db-nightly".into(), uid: "uid-vb".into(),
-        controller: Some(true), ..Default::default()
+        api_version: "cairn.io/v1alpha1".into(),
+        kind: "VolumeBackup".into(),
+        name: "db-nightly".into(),
+        uid: "uid-vb".into(),
+        controller: Some(true),
+        ..Default::default()
     };
-    let vs = cairn_kube::controller::volume_snapshot("shop", "db-nightly-snapshot", "data-db-0", "ebs", &owner);
+    let vs = cairn_kube::controller::volume_snapshot(
+        "shop",
+        "db-nightly-snapshot",
+        "data-db-0",
+        "ebs",
+        &owner,
+    );
     let actions = vec![
         Action::CreateVolumeSnapshot(vs.clone()),
-        Action::DeleteVolumeSnapshot { namespace: "shop".into(), name: "db-nightly-snapshot".into() },
-        Action::DeletePvc { namespace: "shop".into(), name: "db-nightly-backup-pvc".into() },
-        Action::DeleteJob { namespace: "shop".into(), name: "db-nightly-backup-3".into() },
+        Action::DeleteVolumeSnapshot {
+            namespace: "shop".into(),
+            name: "db-nightly-snapshot".into(),
+        },
+        Action::DeletePvc {
+            namespace: "shop".into(),
+            name: "db-nightly-backup-pvc".into(),
+        },
+        Action::DeleteJob {
+            namespace: "shop".into(),
+            name: "db-nightly-backup-3".into(),
+        },
         Action::RequeueAfter(Duration::from_secs(30)),
         Action::RequeueAfter(Duration::from_secs(5)),
     ];
-    let requeue = execute(&client, &target(obs_json.clone()), &actions).await.unwrap();
-    assert_eq!(requeue, Some(Duration::from_secs(5)), "the shortest requeue wins");
+    let requeue = execute(&client, &target(obs_json.clone()), &actions)
+        .await
+        .unwrap();
+    assert_eq!(
+        requeue,
+        Some(Duration::from_secs(5)),
+        "the shortest requeue wins"
+    );
 
     // A status patch removes fields that disappeared (the deleted snapshot's name).
     obs_json["phase"] = json!("Uploading");
     let mut new_status = vb(obs_json.clone()).status.unwrap();
     new_status.volume_snapshot_name = None;
     new_status.phase = cairn_kube::crd::VolumeBackupPhase::Failed;
-    execute(&client, &target(obs_json.clone()), &[Action::PatchBackupStatus(Box::new(new_status))]).await.unwrap();
+    execute(
+        &client,
+        &target(obs_json.clone()),
+        &[Action::PatchBackupStatus(Box::new(new_status))],
+    )
+    .await
+    .unwrap();
 
     let log = log.lock().unwrap().clone();
-    let calls: Vec<(&str, &str)> = log.iter().map(|r| (r.method.as_str(), r.path.as_str())).collect();
+    let calls: Vec<(&str, &str)> = log
+        .iter()
+        .map(|r| (r.method.as_str(), r.path.as_str()))
+        .collect();
     assert_eq!(
         calls,
         [
@@ -79,27 +120,57 @@ async fn actions_become_the_expected_requests() {
         ]
     );
     assert_eq!(log[0].body, vs);
-    assert_eq!(log[3].body["propagationPolicy"], "Background", "a deleted Job takes its pods with it");
+    assert_eq!(
+        log[3].body["propagationPolicy"], "Background",
+        "a deleted Job takes its pods with it"
+    );
     let patch = &log[4];
     assert_eq!(patch.content_type, "application/merge-patch+json");
     assert_eq!(patch.body["status"]["phase"], "Failed");
     assert_eq!(patch.body["status"]["volumeSnapshotName"], Value::Null);
-    assert!(patch.body["status"].as_object().unwrap().contains_key("volumeSnapshotName"));
+    assert!(patch.body["status"]
+        .as_object()
+        .unwrap()
+        .contains_key("volumeSnapshotName"));
 }
 
 #[tokio::test]
 async fn create_conflicts_and_delete_not_found_are_tolerated_other_errors_are_not() {
     let (client, _) = mock_client(|r: &Recorded| match r.method.as_str() {
-        "POST" if r.path.contains("jobs") => (409, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409})),
-        "POST" => (403, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403, "message": "no"})),
+        "POST" if r.path.contains("jobs") => (
+            409,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409}),
+        ),
+        "POST" => (
+            403,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403, "message": "no"}),
+        ),
         _ => not_found(),
     });
-    let job: k8s_openapi::api::batch::v1::Job = serde_json::from_value(json!({"metadata": {"name": "j", "namespace": "shop"}})).unwrap();
-    execute(&client, &target(Value::Null), &[Action::CreateJob(Box::new(job)), Action::DeleteJob { namespace: "shop".into(), name: "j".into() }])
-        .await
-        .unwrap();
-    let pvc: k8s_openapi::api::core::v1::PersistentVolumeClaim = serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "shop"}})).unwrap();
-    let err = execute(&client, &target(Value::Null), &[Action::CreatePvc(Box::new(pvc))]).await.unwrap_err();
+    let job: k8s_openapi::api::batch::v1::Job =
+        serde_json::from_value(json!({"metadata": {"name": "j", "namespace": "shop"}})).unwrap();
+    execute(
+        &client,
+        &target(Value::Null),
+        &[
+            Action::CreateJob(Box::new(job)),
+            Action::DeleteJob {
+                namespace: "shop".into(),
+                name: "j".into(),
+            },
+        ],
+    )
+    .await
+    .unwrap();
+    let pvc: k8s_openapi::api::core::v1::PersistentVolumeClaim =
+        serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "shop"}})).unwrap();
+    let err = execute(
+        &client,
+        &target(Value::Null),
+        &[Action::CreatePvc(Box::new(pvc))],
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("creating PVC shop/p"), "{err}");
 }
 
@@ -108,27 +179,48 @@ async fn observing_a_new_backup_reads_what_the_decision_needs() {
     let (client, log) = mock_client(|r: &Recorded| {
         let path = r.path.as_str();
         if path.ends_with("/backuprepositories/main") {
-            (200, json!({"apiVersion": "cairn.io/v1alpha1", "kind": "BackupRepository", "metadata": {"name": "main", "namespace": "shop", "uid": "u"},
-                         "spec": {"location": "fs:///r", "passwordSecret": {"name": "p", "key": "k"}}}))
+            (
+                200,
+                json!({"apiVersion": "cairn.io/v1alpha1", "kind": "BackupRepository", "metadata": {"name": "main", "namespace": "shop", "uid": "u"},
+                         "spec": {"location": "fs:///r", "passwordSecret": {"name": "p", "key": "k"}}}),
+            )
         } else if path.ends_with("/persistentvolumeclaims/data-db-0") {
-            (200, json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data-db-0", "namespace": "shop"},
-                         "spec": {"storageClassName": "gp3", "accessModes": ["ReadWriteOnce"]}}))
+            (
+                200,
+                json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data-db-0", "namespace": "shop"},
+                         "spec": {"storageClassName": "gp3", "accessModes": ["ReadWriteOnce"]}}),
+            )
         } else if path.ends_with("/storageclasses/gp3") {
-            (200, json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "gp3"}, "provisioner": "ebs.csi.aws.com"}))
+            (
+                200,
+                json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "gp3"}, "provisioner": "ebs.csi.aws.com"}),
+            )
         } else if path.ends_with("/volumesnapshotclasses") {
-            (200, json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClassList", "metadata": {}, "items": [
+            (
+                200,
+                json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClassList", "metadata": {}, "items": [
                 {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass", "driver": "ebs.csi.aws.com", "deletionPolicy": "Delete",
-                 "metadata": {"name": "ebs", "annotations": {"snapshot.storage.kubernetes.io/is-default-class": "true"}}}]}))
+                 "metadata": {"name": "ebs", "annotations": {"snapshot.storage.kubernetes.io/is-default-class": "true"}}}]}),
+            )
         } else if path.ends_with("/pods") {
-            (200, json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
+            (
+                200,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
                 {"metadata": {"name": "db-0"}, "spec": {"nodeName": "node-a", "containers": [], "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data-db-0"}}]},
-                 "status": {"phase": "Running"}}]}))
+                 "status": {"phase": "Running"}}]}),
+            )
         } else if path.ends_with("/jobs") {
-            (200, json!({"apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": [
+            (
+                200,
+                json!({"apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": [
                 {"metadata": {"name": "a"}, "status": {"active": 1}},
-                {"metadata": {"name": "b"}, "status": {"conditions": [{"type": "Complete", "status": "True"}]}}]}))
+                {"metadata": {"name": "b"}, "status": {"conditions": [{"type": "Complete", "status": "True"}]}}]}),
+            )
         } else if path.ends_with("/configmaps/cairn-config") {
-            (200, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cairn-config"}, "data": {"KDMP_BACKUP_JOB_LIMIT": "1"}}))
+            (
+                200,
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cairn-config"}, "data": {"KDMP_BACKUP_JOB_LIMIT": "1"}}),
+            )
         } else {
             not_found()
         }
@@ -142,15 +234,27 @@ async fn observing_a_new_backup_reads_what_the_decision_needs() {
     assert_eq!(obs.pvc_node.as_deref(), Some("node-a"));
     assert_eq!(obs.running_backup_jobs, 1, "finished Jobs do not count");
     assert!(obs.rule.is_none() && obs.job.is_none() && obs.volume_snapshot.is_none());
-    let config = read_config(&client, "cairn-system", "cairn-config").await.unwrap();
+    let config = read_config(&client, "cairn-system", "cairn-config")
+        .await
+        .unwrap();
     assert_eq!(config.backup_job_limit, 1);
 
     let log = log.lock().unwrap().clone();
-    let jobs = log.iter().find(|r| r.path == "/apis/batch/v1/jobs").expect("jobs are counted cluster-wide");
+    let jobs = log
+        .iter()
+        .find(|r| r.path == "/apis/batch/v1/jobs")
+        .expect("jobs are counted cluster-wide");
     assert_eq!(jobs.query, "&labelSelector=cairn.io%2Fjob-kind%3Dbackup");
-    assert!(log.iter().all(|r| r.method == "GET"), "observing never writes");
+    assert!(
+        log.iter().all(|r| r.method == "GET"),
+        "observing never writes"
+    );
 
-    let ctx = DecideContext { config, jobs: JobSettings::default(), now: "2025-06-01T12:00:00Z".parse().unwrap() };
+    let ctx = DecideContext {
+        config,
+        jobs: JobSettings::default(),
+        now: "2025-06-01T12:00:00Z".parse().unwrap(),
+    };
     let actions = decide_backup(&obs, &ctx);
     assert!(actions.iter().any(|a| matches!(a, Action::CreateVolumeSnapshot(v) if v["spec"]["volumeSnapshotClassName"] == "ebs")));
 }
@@ -166,25 +270,46 @@ async fn mount_resolves_repository_secrets_and_snapshot() {
     let (client, _) = mock_client(|r: &Recorded| {
         let path = r.path.as_str();
         if path.ends_with("/volumebackups/db-nightly") {
-            (200, json!({"apiVersion": "cairn.io/v1alpha1", "kind": "VolumeBackup", "metadata": {"name": "db-nightly", "namespace": "shop"},
+            (
+                200,
+                json!({"apiVersion": "cairn.io/v1alpha1", "kind": "VolumeBackup", "metadata": {"name": "db-nightly", "namespace": "shop"},
                          "spec": {"source": {"persistentVolumeClaim": "x"}, "repository": "main"},
-                         "status": {"phase": "Completed", "snapshotId": "5f3a"}}))
+                         "status": {"phase": "Completed", "snapshotId": "5f3a"}}),
+            )
         } else if path.ends_with("/backuprepositories/main") {
-            (200, json!({"apiVersion": "cairn.io/v1alpha1", "kind": "BackupRepository", "metadata": {"name": "main"},
-                         "spec": {"location": "s3://b/p", "credentialsSecret": {"name": "creds"}, "passwordSecret": {"name": "pw", "key": "password"}}}))
+            (
+                200,
+                json!({"apiVersion": "cairn.io/v1alpha1", "kind": "BackupRepository", "metadata": {"name": "main"},
+                         "spec": {"location": "s3://b/p", "credentialsSecret": {"name": "creds"}, "passwordSecret": {"name": "pw", "key": "password"}}}),
+            )
         } else if path.ends_with("/secrets/pw") {
-            (200, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pw"}, "data": {"password": "czNjcmV0"}}))
+            (
+                200,
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pw"}, "data": {"password": "czNjcmV0"}}),
+            )
         } else if path.ends_with("/secrets/creds") {
-            (200, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"}, "data": {"AWS_ACCESS_KEY_ID": "QUtJQQ=="}}))
+            (
+                200,
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"}, "data": {"AWS_ACCESS_KEY_ID": "QUtJQQ=="}}),
+            )
         } else {
             not_found()
         }
     });
-    let target = cairn_kube::mount::resolve_mount(&client, "shop", "db-nightly").await.unwrap();
+    let target = cairn_kube::mount::resolve_mount(&client, "shop", "db-nightly")
+        .await
+        .unwrap();
     assert_eq!(target.snapshot_id, "5f3a");
     assert_eq!(target.repository.location, "s3://b/p");
     assert_eq!(target.repository.password, "s3cret");
     assert_eq!(target.repository.credentials["AWS_ACCESS_KEY_ID"], "AKIA");
-    let missing = cairn_kube::mount::resolve_mount(&client, "shop", "other").await.unwrap_err();
-    assert!(missing.to_string().contains("reading VolumeBackup shop/other"), "{missing}");
+    let missing = cairn_kube::mount::resolve_mount(&client, "shop", "other")
+        .await
+        .unwrap_err();
+    assert!(
+        missing
+            .to_string()
+            .contains("reading VolumeBackup shop/other"),
+        "{missing}"
+    );
 }

@@ -3,11 +3,12 @@
 
 use cairn_kube::config::Config;
 use cairn_kube::controller::{
-    decide_backup, Action, BackupObserved, DecideContext, HookSide, JobInfo, JobSettings, SnapshotClassInfo,
-    SnapshotInfo,
+    decide_backup, Action, BackupObserved, DecideContext, HookSide, JobInfo, JobSettings,
+    SnapshotClassInfo, SnapshotInfo,
 };
 use cairn_kube::crd::{
-    BackupRepository, BackupRule, HookOutcome, VolumeBackup, VolumeBackupPhase as Phase, VolumeBackupStatus,
+    BackupRepository, BackupRule, HookOutcome, VolumeBackup, VolumeBackupPhase as Phase,
+    VolumeBackupStatus,
 };
 use jiff::Timestamp;
 use serde_json::{json, Value};
@@ -19,16 +20,27 @@ fn now() -> Timestamp {
 }
 
 fn ctx_with(data: &[(&str, &str)]) -> DecideContext {
-    let data: BTreeMap<String, String> = data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    DecideContext { config: Config::from_data(&data), jobs: JobSettings::default(), now: now() }
+    let data: BTreeMap<String, String> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    DecideContext {
+        config: Config::from_data(&data),
+        jobs: JobSettings::default(),
+        now: now(),
+    }
 }
 
 fn ctx() -> DecideContext {
-    ctx_with(&[("KDMP_EXCLUDE_FILE_LIST", "gp3=lost+found,*.tmp\n"), ("KDMP_KOPIAEXECUTOR_LIMIT_CPU", "2")])
+    ctx_with(&[
+        ("KDMP_EXCLUDE_FILE_LIST", "gp3=lost+found,*.tmp\n"),
+        ("KDMP_KOPIAEXECUTOR_LIMIT_CPU", "2"),
+    ])
 }
 
 fn backup(spec: Value, status: Value) -> VolumeBackup {
-    let mut full = json!({ "source": {"persistentVolumeClaim": "data-db-0"}, "repository": "main" });
+    let mut full =
+        json!({ "source": {"persistentVolumeClaim": "data-db-0"}, "repository": "main" });
     for (k, v) in spec.as_object().unwrap() {
         full[k] = v.clone();
     }
@@ -76,9 +88,21 @@ fn observed(vb: VolumeBackup) -> BackupObserved {
         pvc: Some(pvc(&["ReadWriteOnce"])),
         provisioner: Some("ebs.csi.aws.com".into()),
         snapshot_classes: vec![
-            SnapshotClassInfo { name: "ebs-default".into(), driver: "ebs.csi.aws.com".into(), is_default: true },
-            SnapshotClassInfo { name: "ebs-other".into(), driver: "ebs.csi.aws.com".into(), is_default: false },
-            SnapshotClassInfo { name: "pd".into(), driver: "pd.csi.storage.gke.io".into(), is_default: true },
+            SnapshotClassInfo {
+                name: "ebs-default".into(),
+                driver: "ebs.csi.aws.com".into(),
+                is_default: true,
+            },
+            SnapshotClassInfo {
+                name: "ebs-other".into(),
+                driver: "ebs.csi.aws.com".into(),
+                is_default: false,
+            },
+            SnapshotClassInfo {
+                name: "pd".into(),
+                driver: "pd.csi.storage.gke.io".into(),
+                is_default: true,
+            },
         ],
         rule: None,
         volume_snapshot: None,
@@ -110,7 +134,11 @@ fn created_job(actions: &[Action]) -> Value {
 }
 
 fn condition<'a>(status: &'a VolumeBackupStatus, type_: &str) -> &'a cairn_kube::crd::Condition {
-    status.conditions.iter().find(|c| c.type_ == type_).expect(type_)
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .expect(type_)
 }
 
 fn in_phase(phase: &str, extra: Value) -> Value {
@@ -123,11 +151,21 @@ fn in_phase(phase: &str, extra: Value) -> Value {
 }
 
 fn ready_snapshot() -> Option<SnapshotInfo> {
-    Some(SnapshotInfo { name: "db-nightly-snapshot".into(), ready: true, restore_size: Some("10Gi".into()), ..Default::default() })
+    Some(SnapshotInfo {
+        name: "db-nightly-snapshot".into(),
+        ready: true,
+        restore_size: Some("10Gi".into()),
+        ..Default::default()
+    })
 }
 
 fn failed_job(name: &str, message: &str) -> Option<JobInfo> {
-    Some(JobInfo { name: name.into(), failed: true, termination_message: Some(message.into()), ..Default::default() })
+    Some(JobInfo {
+        name: name.into(),
+        failed: true,
+        termination_message: Some(message.into()),
+        ..Default::default()
+    })
 }
 
 #[test]
@@ -135,14 +173,20 @@ fn new_backup_cuts_a_snapshot_with_the_drivers_default_class() {
     let actions = decide_backup(&observed(backup(json!({}), json!(null))), &ctx());
     let status = status_of(&actions);
     assert_eq!(status.phase, Phase::SnapshotInProgress);
-    assert_eq!(status.volume_snapshot_name.as_deref(), Some("db-nightly-snapshot"));
+    assert_eq!(
+        status.volume_snapshot_name.as_deref(),
+        Some("db-nightly-snapshot")
+    );
     let vs = actions.iter().find_map(|a| match a {
         Action::CreateVolumeSnapshot(v) => Some(v.clone()),
         _ => None,
     });
     let vs = vs.expect("CreateVolumeSnapshot");
     assert_eq!(vs["spec"]["volumeSnapshotClassName"], "ebs-default");
-    assert_eq!(vs["spec"]["source"]["persistentVolumeClaimName"], "data-db-0");
+    assert_eq!(
+        vs["spec"]["source"]["persistentVolumeClaimName"],
+        "data-db-0"
+    );
     assert_eq!(vs["metadata"]["ownerReferences"][0]["uid"], "uid-vb");
 }
 
@@ -157,16 +201,41 @@ fn pre_rule_runs_before_the_snapshot_and_post_rule_right_after_it() {
         side: HookSide::Pre,
         volume_backup: "db-nightly".into()
     }));
-    assert!(!actions.iter().any(|a| matches!(a, Action::CreateVolumeSnapshot(_))));
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::CreateVolumeSnapshot(_))));
 
-    obs.backup = backup(json!({"rule": {"name": "cassandra"}}), json!({"hooks": {"pre": {"succeeded": true}}}));
+    obs.backup = backup(
+        json!({"rule": {"name": "cassandra"}}),
+        json!({"hooks": {"pre": {"succeeded": true}}}),
+    );
     let actions = decide_backup(&obs, &ctx());
-    assert!(actions.iter().any(|a| matches!(a, Action::CreateVolumeSnapshot(_))));
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::CreateVolumeSnapshot(_))));
 
-    obs.backup = backup(json!({"rule": {"name": "cassandra"}}), in_phase("SnapshotInProgress", json!({"hooks": {"pre": {"succeeded": true}}})));
-    obs.volume_snapshot = Some(SnapshotInfo { name: "db-nightly-snapshot".into(), ..Default::default() });
+    obs.backup = backup(
+        json!({"rule": {"name": "cassandra"}}),
+        in_phase(
+            "SnapshotInProgress",
+            json!({"hooks": {"pre": {"succeeded": true}}}),
+        ),
+    );
+    obs.volume_snapshot = Some(SnapshotInfo {
+        name: "db-nightly-snapshot".into(),
+        ..Default::default()
+    });
     let actions = decide_backup(&obs, &ctx());
-    assert!(actions.iter().any(|a| matches!(a, Action::RunRule { side: HookSide::Post, .. })), "{actions:?}");
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            Action::RunRule {
+                side: HookSide::Post,
+                ..
+            }
+        )),
+        "{actions:?}"
+    );
 }
 
 #[test]
@@ -175,36 +244,68 @@ fn pre_rule_failure_still_runs_post_then_fails_with_the_reason() {
     let mut obs = observed(backup(json!({"rule": {"name": "cassandra"}}), failed));
     obs.rule = Some(rule(true, true));
     let actions = decide_backup(&obs, &ctx());
-    assert!(actions.iter().any(|a| matches!(a, Action::RunRule { side: HookSide::Post, .. })));
-    assert!(!actions.iter().any(|a| matches!(a, Action::CreateVolumeSnapshot(_))));
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::RunRule {
+            side: HookSide::Post,
+            ..
+        }
+    )));
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::CreateVolumeSnapshot(_))));
 
     let mut status: VolumeBackupStatus = obs.backup.status.clone().unwrap();
-    cairn_kube::controller::record_hook(&mut status, HookSide::Post, HookOutcome { succeeded: true, message: String::new() });
+    cairn_kube::controller::record_hook(
+        &mut status,
+        HookSide::Post,
+        HookOutcome {
+            succeeded: true,
+            message: String::new(),
+        },
+    );
     obs.backup.status = Some(status);
     let status = status_of(&decide_backup(&obs, &ctx()));
     assert_eq!(status.phase, Phase::Failed);
-    assert!(status.failure_reason.unwrap().contains("pre rule failed: nodetool: connection refused"));
+    assert!(status
+        .failure_reason
+        .unwrap()
+        .contains("pre rule failed: nodetool: connection refused"));
 }
 
 #[test]
 fn snapshot_not_ready_requeues_then_times_out_and_is_deleted() {
     let mut obs = observed(backup(json!({}), in_phase("SnapshotInProgress", json!({}))));
     let created: Timestamp = "2025-06-01T11:58:00Z".parse().unwrap();
-    obs.volume_snapshot = Some(SnapshotInfo { name: "db-nightly-snapshot".into(), created: Some(created), ..Default::default() });
+    obs.volume_snapshot = Some(SnapshotInfo {
+        name: "db-nightly-snapshot".into(),
+        created: Some(created),
+        ..Default::default()
+    });
     let actions = decide_backup(&obs, &ctx());
     assert_eq!(actions, vec![Action::RequeueAfter(Duration::from_secs(5))]);
 
     let actions = decide_backup(&obs, &ctx_with(&[("SNAPSHOT_TIMEOUT", "2m")]));
     let status = status_of(&actions);
     assert_eq!(status.phase, Phase::Failed);
-    assert!(status.failure_reason.unwrap().contains("not ready to use after 2m"));
-    assert!(actions.contains(&Action::DeleteVolumeSnapshot { namespace: "shop".into(), name: "db-nightly-snapshot".into() }));
+    assert!(status
+        .failure_reason
+        .unwrap()
+        .contains("not ready to use after 2m"));
+    assert!(actions.contains(&Action::DeleteVolumeSnapshot {
+        namespace: "shop".into(),
+        name: "db-nightly-snapshot".into()
+    }));
 }
 
 #[test]
 fn snapshot_error_fails_the_backup() {
     let mut obs = observed(backup(json!({}), in_phase("SnapshotInProgress", json!({}))));
-    obs.volume_snapshot = Some(SnapshotInfo { name: "db-nightly-snapshot".into(), error: Some("quota exceeded".into()), ..Default::default() });
+    obs.volume_snapshot = Some(SnapshotInfo {
+        name: "db-nightly-snapshot".into(),
+        error: Some("quota exceeded".into()),
+        ..Default::default()
+    });
     let status = status_of(&decide_backup(&obs, &ctx()));
     assert_eq!(status.phase, Phase::Failed);
     assert!(status.failure_reason.unwrap().contains("quota exceeded"));
@@ -212,12 +313,21 @@ fn snapshot_error_fails_the_backup() {
 
 #[test]
 fn ready_snapshot_is_exposed_through_a_backup_pvc_with_the_class_override() {
-    let mut obs = observed(backup(json!({}), in_phase("SnapshotInProgress", json!({"backupPvcName": null}))));
+    let mut obs = observed(backup(
+        json!({}),
+        in_phase("SnapshotInProgress", json!({"backupPvcName": null})),
+    ));
     obs.volume_snapshot = ready_snapshot();
-    let config = ctx_with(&[("backupPVC", r#"{"backupPVC": {"gp3": {"storageClass": "gp3-single-replica", "readOnly": true}}}"#)]);
+    let config = ctx_with(&[(
+        "backupPVC",
+        r#"{"backupPVC": {"gp3": {"storageClass": "gp3-single-replica", "readOnly": true}}}"#,
+    )]);
     let actions = decide_backup(&obs, &config);
     assert_eq!(status_of(&actions).phase, Phase::Exposing);
-    assert_eq!(status_of(&actions).backup_pvc_name.as_deref(), Some("db-nightly-backup-pvc"));
+    assert_eq!(
+        status_of(&actions).backup_pvc_name.as_deref(),
+        Some("db-nightly-backup-pvc")
+    );
     let pvc = actions.iter().find_map(|a| match a {
         Action::CreatePvc(p) => Some(serde_json::to_value(p).unwrap()),
         _ => None,
@@ -235,12 +345,18 @@ fn ready_snapshot_is_exposed_through_a_backup_pvc_with_the_class_override() {
         _ => None,
     });
     assert_eq!(pvc.as_ref().unwrap()["spec"]["storageClassName"], "gp3");
-    assert_eq!(pvc.unwrap()["spec"]["accessModes"], json!(["ReadWriteOnce"]));
+    assert_eq!(
+        pvc.unwrap()["spec"]["accessModes"],
+        json!(["ReadWriteOnce"])
+    );
 }
 
 #[test]
 fn exposed_backup_starts_a_job_with_the_backup_pvc_credentials_and_resources() {
-    let mut obs = observed(backup(json!({"tags": {"app": "shop"}}), in_phase("Exposing", json!({}))));
+    let mut obs = observed(backup(
+        json!({"tags": {"app": "shop"}}),
+        in_phase("Exposing", json!({})),
+    ));
     obs.volume_snapshot = ready_snapshot();
     obs.backup_pvc_exists = true;
     let actions = decide_backup(&obs, &ctx());
@@ -253,20 +369,44 @@ fn exposed_backup_starts_a_job_with_the_backup_pvc_credentials_and_resources() {
     assert_eq!(job["spec"]["backoffLimit"], 0);
     let volumes = pod["volumes"].as_array().unwrap();
     let data = volumes.iter().find(|v| v["name"] == "data").unwrap();
-    assert_eq!(data["persistentVolumeClaim"], json!({"claimName": "db-nightly-backup-pvc", "readOnly": true}));
-    assert!(volumes.iter().any(|v| v["secret"]["secretName"] == "s3-creds"));
-    assert!(volumes.iter().any(|v| v["secret"]["secretName"] == "repo-pass"));
+    assert_eq!(
+        data["persistentVolumeClaim"],
+        json!({"claimName": "db-nightly-backup-pvc", "readOnly": true})
+    );
+    assert!(volumes
+        .iter()
+        .any(|v| v["secret"]["secretName"] == "s3-creds"));
+    assert!(volumes
+        .iter()
+        .any(|v| v["secret"]["secretName"] == "repo-pass"));
     let c = &pod["containers"][0];
-    assert!(c["volumeMounts"].as_array().unwrap().contains(&json!({"name": "data", "mountPath": "/data", "readOnly": true})));
+    assert!(c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .contains(&json!({"name": "data", "mountPath": "/data", "readOnly": true})));
     assert_eq!(c["resources"]["limits"]["cpu"], "2");
     assert_eq!(c["resources"]["requests"]["memory"], "700Mi");
-    let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-    for pair in [["job", "backup"], ["--storage-class", "gp3"], ["--tag", "app=shop"], ["--credentials-dir", "/etc/cairn/credentials"]] {
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    for pair in [
+        ["job", "backup"],
+        ["--storage-class", "gp3"],
+        ["--tag", "app=shop"],
+        ["--credentials-dir", "/etc/cairn/credentials"],
+    ] {
         assert!(args.windows(2).any(|w| w == pair), "{pair:?} in {args:?}");
     }
-    assert!(args.windows(2).any(|w| w == ["--password-file", "/etc/cairn/password/password"]));
+    assert!(args
+        .windows(2)
+        .any(|w| w == ["--password-file", "/etc/cairn/password/password"]));
     let env = c["env"].as_array().unwrap();
-    assert!(env.contains(&json!({"name": "CAIRN_KDMP_EXCLUDE_FILE_LIST", "value": "gp3=lost+found,*.tmp\n"})));
+    assert!(env.contains(
+        &json!({"name": "CAIRN_KDMP_EXCLUDE_FILE_LIST", "value": "gp3=lost+found,*.tmp\n"})
+    ));
     assert!(pod.get("nodeName").is_none(), "snapshot mode is not pinned");
 }
 
@@ -280,59 +420,117 @@ fn job_limit_reached_waits_with_a_condition() {
     assert!(actions.contains(&Action::RequeueAfter(Duration::from_secs(5))));
     let status = status_of(&actions);
     assert_eq!(status.phase, Phase::Exposing);
-    assert!(condition(&status, "WaitingForJobSlot").message.contains("limit (KDMP_BACKUP_JOB_LIMIT) is 2"));
+    assert!(condition(&status, "WaitingForJobSlot")
+        .message
+        .contains("limit (KDMP_BACKUP_JOB_LIMIT) is 2"));
 }
 
 #[test]
 fn failed_job_is_retried_then_the_backup_fails_with_the_jobs_reason() {
-    let mut obs = observed(backup(json!({}), in_phase("Uploading", json!({"attempts": 1, "jobName": "db-nightly-backup-1"}))));
+    let mut obs = observed(backup(
+        json!({}),
+        in_phase(
+            "Uploading",
+            json!({"attempts": 1, "jobName": "db-nightly-backup-1"}),
+        ),
+    ));
     obs.volume_snapshot = ready_snapshot();
     obs.backup_pvc_exists = true;
     let message = r#"{"succeeded":false,"message":"s3: connection reset","retryable":true}"#;
     obs.job = failed_job("db-nightly-backup-1", message);
     let actions = decide_backup(&obs, &ctx());
-    assert!(actions.contains(&Action::DeleteJob { namespace: "shop".into(), name: "db-nightly-backup-1".into() }));
+    assert!(actions.contains(&Action::DeleteJob {
+        namespace: "shop".into(),
+        name: "db-nightly-backup-1".into()
+    }));
     let status = status_of(&actions);
-    assert_eq!((status.phase, status.attempts, status.job_name.as_deref()), (Phase::Uploading, 2, Some("db-nightly-backup-2")));
-    assert!(condition(&status, "Retrying").message.contains("resumes from the repository's checkpoints"));
+    assert_eq!(
+        (status.phase, status.attempts, status.job_name.as_deref()),
+        (Phase::Uploading, 2, Some("db-nightly-backup-2"))
+    );
+    assert!(condition(&status, "Retrying")
+        .message
+        .contains("resumes from the repository's checkpoints"));
     let job = created_job(&actions);
-    assert_eq!(job["spec"]["template"]["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "data").unwrap()["persistentVolumeClaim"]["claimName"], "db-nightly-backup-pvc");
+    assert_eq!(
+        job["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "data")
+            .unwrap()["persistentVolumeClaim"]["claimName"],
+        "db-nightly-backup-pvc"
+    );
 
-    obs.backup = backup(json!({}), in_phase("Uploading", json!({"attempts": 3, "jobName": "db-nightly-backup-3"})));
+    obs.backup = backup(
+        json!({}),
+        in_phase(
+            "Uploading",
+            json!({"attempts": 3, "jobName": "db-nightly-backup-3"}),
+        ),
+    );
     obs.job = failed_job("db-nightly-backup-3", message);
     let actions = decide_backup(&obs, &ctx());
     let status = status_of(&actions);
     assert_eq!(status.phase, Phase::Failed);
-    assert_eq!(status.failure_reason.as_deref(), Some("s3: connection reset (after 3 attempts)"));
-    assert!(actions.contains(&Action::DeletePvc { namespace: "shop".into(), name: "db-nightly-backup-pvc".into() }));
-    assert!(actions.contains(&Action::DeleteVolumeSnapshot { namespace: "shop".into(), name: "db-nightly-snapshot".into() }));
+    assert_eq!(
+        status.failure_reason.as_deref(),
+        Some("s3: connection reset (after 3 attempts)")
+    );
+    assert!(actions.contains(&Action::DeletePvc {
+        namespace: "shop".into(),
+        name: "db-nightly-backup-pvc".into()
+    }));
+    assert!(actions.contains(&Action::DeleteVolumeSnapshot {
+        namespace: "shop".into(),
+        name: "db-nightly-snapshot".into()
+    }));
     assert!(!actions.iter().any(|a| matches!(a, Action::CreateJob(_))));
 }
 
 #[test]
 fn crashed_job_reports_the_log_tail() {
-    let mut obs = observed(backup(json!({}), in_phase("Uploading", json!({"attempts": 3, "jobName": "j"}))));
+    let mut obs = observed(backup(
+        json!({}),
+        in_phase("Uploading", json!({"attempts": 3, "jobName": "j"})),
+    ));
     obs.job = failed_job("j", "thread 'main' panicked at out of memory");
     let status = status_of(&decide_backup(&obs, &ctx()));
-    assert!(status.failure_reason.unwrap().contains("crashed: thread 'main' panicked"));
+    assert!(status
+        .failure_reason
+        .unwrap()
+        .contains("crashed: thread 'main' panicked"));
 }
 
 #[test]
 fn completed_job_completes_the_backup_and_keeps_the_snapshot_only_with_offload() {
     for offload in [true, false] {
-        let mut obs = observed(backup(json!({"offload": offload}), in_phase("Uploading", json!({"attempts": 1, "jobName": "j"}))));
+        let mut obs = observed(backup(
+            json!({"offload": offload}),
+            in_phase("Uploading", json!({"attempts": 1, "jobName": "j"})),
+        ));
         obs.volume_snapshot = ready_snapshot();
         obs.backup_pvc_exists = true;
         let message = r#"{"succeeded":true,"snapshotId":"5f3a9c","bytesDone":1000,"totalBytes":1000,"message":"ok"}"#;
-        obs.job = Some(JobInfo { name: "j".into(), succeeded: true, termination_message: Some(message.into()), ..Default::default() });
+        obs.job = Some(JobInfo {
+            name: "j".into(),
+            succeeded: true,
+            termination_message: Some(message.into()),
+            ..Default::default()
+        });
         let actions = decide_backup(&obs, &ctx());
         let status = status_of(&actions);
         assert_eq!(status.phase, Phase::Completed);
         assert_eq!(status.snapshot_id.as_deref(), Some("5f3a9c"));
         assert_eq!(status.progress.unwrap().bytes_done, 1000);
         assert_eq!(condition(&status, "Ready").status, "True");
-        assert!(actions.contains(&Action::DeletePvc { namespace: "shop".into(), name: "db-nightly-backup-pvc".into() }));
-        let deletes_snapshot = actions.iter().any(|a| matches!(a, Action::DeleteVolumeSnapshot { .. }));
+        assert!(actions.contains(&Action::DeletePvc {
+            namespace: "shop".into(),
+            name: "db-nightly-backup-pvc".into()
+        }));
+        let deletes_snapshot = actions
+            .iter()
+            .any(|a| matches!(a, Action::DeleteVolumeSnapshot { .. }));
         assert_eq!(deletes_snapshot, !offload, "offload={offload}");
         assert_eq!(status.volume_snapshot_name.is_some(), offload);
     }
@@ -340,8 +538,15 @@ fn completed_job_completes_the_backup_and_keeps_the_snapshot_only_with_offload()
 
 #[test]
 fn job_that_exits_0_without_a_snapshot_id_counts_as_failed() {
-    let mut obs = observed(backup(json!({}), in_phase("Uploading", json!({"attempts": 3, "jobName": "j"}))));
-    obs.job = Some(JobInfo { name: "j".into(), succeeded: true, ..Default::default() });
+    let mut obs = observed(backup(
+        json!({}),
+        in_phase("Uploading", json!({"attempts": 3, "jobName": "j"})),
+    ));
+    obs.job = Some(JobInfo {
+        name: "j".into(),
+        succeeded: true,
+        ..Default::default()
+    });
     let status = status_of(&decide_backup(&obs, &ctx()));
     assert_eq!(status.phase, Phase::Failed);
 }
@@ -352,7 +557,10 @@ fn missing_pvc_fails_the_backup() {
     obs.pvc = None;
     let status = status_of(&decide_backup(&obs, &ctx()));
     assert_eq!(status.phase, Phase::Failed);
-    assert_eq!(status.failure_reason.as_deref(), Some("PersistentVolumeClaim \"data-db-0\" not found in namespace \"shop\""));
+    assert_eq!(
+        status.failure_reason.as_deref(),
+        Some("PersistentVolumeClaim \"data-db-0\" not found in namespace \"shop\"")
+    );
 }
 
 #[test]
@@ -361,16 +569,30 @@ fn storage_class_without_snapshot_class_fails_in_snapshot_mode_and_goes_direct_i
     obs.provisioner = Some("efs.csi.aws.com".into());
     let status = status_of(&decide_backup(&obs, &ctx()));
     assert_eq!(status.phase, Phase::Failed);
-    assert!(status.failure_reason.unwrap().contains("storage class \"gp3\" (provisioner \"efs.csi.aws.com\") has no VolumeSnapshotClass"));
+    assert!(status.failure_reason.unwrap().contains(
+        "storage class \"gp3\" (provisioner \"efs.csi.aws.com\") has no VolumeSnapshotClass"
+    ));
 
     obs.backup = backup(json!({}), json!(null));
     let actions = decide_backup(&obs, &ctx());
     let status = status_of(&actions);
-    assert_eq!((status.phase, status.mode), (Phase::Uploading, Some(cairn_kube::crd::BackupMode::Direct)));
+    assert_eq!(
+        (status.phase, status.mode),
+        (Phase::Uploading, Some(cairn_kube::crd::BackupMode::Direct))
+    );
     let job = created_job(&actions);
     let pod = &job["spec"]["template"]["spec"];
-    assert_eq!(pod["nodeName"], "node-a", "a ReadWriteOnce volume pins the Job to its node");
-    let data = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "data").unwrap().clone();
+    assert_eq!(
+        pod["nodeName"], "node-a",
+        "a ReadWriteOnce volume pins the Job to its node"
+    );
+    let data = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "data")
+        .unwrap()
+        .clone();
     assert_eq!(data["persistentVolumeClaim"]["claimName"], "data-db-0");
 
     obs.pvc = Some(pvc(&["ReadWriteMany"]));
@@ -380,25 +602,49 @@ fn storage_class_without_snapshot_class_fails_in_snapshot_mode_and_goes_direct_i
 
 #[test]
 fn named_snapshot_class_must_exist_and_backup_type_generic_forces_direct() {
-    let obs = observed(backup(json!({"volumeSnapshotClassName": "nope"}), json!(null)));
+    let obs = observed(backup(
+        json!({"volumeSnapshotClassName": "nope"}),
+        json!(null),
+    ));
     let status = status_of(&decide_backup(&obs, &ctx()));
-    assert_eq!(status.failure_reason.as_deref(), Some("VolumeSnapshotClass \"nope\" does not exist"));
+    assert_eq!(
+        status.failure_reason.as_deref(),
+        Some("VolumeSnapshotClass \"nope\" does not exist")
+    );
     let obs = observed(backup(json!({}), json!(null)));
-    let status = status_of(&decide_backup(&obs, &ctx_with(&[("BACKUP_TYPE", "Generic")])));
+    let status = status_of(&decide_backup(
+        &obs,
+        &ctx_with(&[("BACKUP_TYPE", "Generic")]),
+    ));
     assert_eq!(status.mode, Some(cairn_kube::crd::BackupMode::Direct));
 }
 
 #[test]
 fn cancel_deletes_the_job_backup_pvc_and_snapshot() {
-    let mut obs = observed(backup(json!({"cancel": true}), in_phase("Uploading", json!({"attempts": 1, "jobName": "j"}))));
+    let mut obs = observed(backup(
+        json!({"cancel": true}),
+        in_phase("Uploading", json!({"attempts": 1, "jobName": "j"})),
+    ));
     obs.volume_snapshot = ready_snapshot();
     obs.backup_pvc_exists = true;
-    obs.job = Some(JobInfo { name: "j".into(), ..Default::default() });
+    obs.job = Some(JobInfo {
+        name: "j".into(),
+        ..Default::default()
+    });
     let actions = decide_backup(&obs, &ctx());
     assert_eq!(status_of(&actions).phase, Phase::Canceled);
-    assert!(actions.contains(&Action::DeleteJob { namespace: "shop".into(), name: "j".into() }));
-    assert!(actions.contains(&Action::DeletePvc { namespace: "shop".into(), name: "db-nightly-backup-pvc".into() }));
-    assert!(actions.contains(&Action::DeleteVolumeSnapshot { namespace: "shop".into(), name: "db-nightly-snapshot".into() }));
+    assert!(actions.contains(&Action::DeleteJob {
+        namespace: "shop".into(),
+        name: "j".into()
+    }));
+    assert!(actions.contains(&Action::DeletePvc {
+        namespace: "shop".into(),
+        name: "db-nightly-backup-pvc".into()
+    }));
+    assert!(actions.contains(&Action::DeleteVolumeSnapshot {
+        namespace: "shop".into(),
+        name: "db-nightly-snapshot".into()
+    }));
 }
 
 #[test]
@@ -408,8 +654,13 @@ fn bad_config_value_blocks_with_a_condition_and_changes_nothing_else() {
     let status = status_of(&actions);
     assert_eq!(status.phase, Phase::New);
     let c = condition(&status, "ConfigValid");
-    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "InvalidConfigMap"));
-    assert!(c.message.contains("SNAPSHOT_TIMEOUT: \"five minutes\" is not a duration"));
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "InvalidConfigMap")
+    );
+    assert!(c
+        .message
+        .contains("SNAPSHOT_TIMEOUT: \"five minutes\" is not a duration"));
     assert_eq!(actions.len(), 2, "{actions:?}");
 }
 
@@ -424,11 +675,20 @@ fn missing_repository_waits_for_it() {
 
 #[test]
 fn finished_backup_only_cleans_up_leftovers() {
-    let mut obs = observed(backup(json!({}), in_phase("Completed", json!({"snapshotId": "5f3a9c"}))));
+    let mut obs = observed(backup(
+        json!({}),
+        in_phase("Completed", json!({"snapshotId": "5f3a9c"})),
+    ));
     obs.volume_snapshot = ready_snapshot();
     obs.backup_pvc_exists = true;
     let actions = decide_backup(&obs, &ctx());
-    assert_eq!(actions, vec![Action::DeletePvc { namespace: "shop".into(), name: "db-nightly-backup-pvc".into() }]);
+    assert_eq!(
+        actions,
+        vec![Action::DeletePvc {
+            namespace: "shop".into(),
+            name: "db-nightly-backup-pvc".into()
+        }]
+    );
     obs.backup_pvc_exists = false;
     assert_eq!(decide_backup(&obs, &ctx()), vec![]);
 }

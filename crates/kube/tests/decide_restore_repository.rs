@@ -2,17 +2,28 @@
 
 use cairn_kube::config::Config;
 use cairn_kube::controller::{
-    decide_repository, decide_restore, Action, DecideContext, JobInfo, JobSettings, RepositoryObserved, RestoreObserved,
+    decide_repository, decide_restore, Action, DecideContext, JobInfo, JobSettings,
+    RepositoryObserved, RestoreObserved,
 };
-use cairn_kube::crd::{BackupRepository, BackupRepositoryStatus, VolumeBackup, VolumeRestore, VolumeRestorePhase as Phase, VolumeRestoreStatus};
+use cairn_kube::crd::{
+    BackupRepository, BackupRepositoryStatus, VolumeBackup, VolumeRestore,
+    VolumeRestorePhase as Phase, VolumeRestoreStatus,
+};
 use jiff::Timestamp;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 fn ctx_at(now: &str, data: &[(&str, &str)]) -> DecideContext {
-    let data: BTreeMap<String, String> = data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    DecideContext { config: Config::from_data(&data), jobs: JobSettings::default(), now: now.parse::<Timestamp>().unwrap() }
+    let data: BTreeMap<String, String> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    DecideContext {
+        config: Config::from_data(&data),
+        jobs: JobSettings::default(),
+        now: now.parse::<Timestamp>().unwrap(),
+    }
 }
 
 fn ctx() -> DecideContext {
@@ -61,19 +72,42 @@ fn restore_obs(vr: VolumeRestore) -> RestoreObserved {
 }
 
 fn restore_status(actions: &[Action]) -> VolumeRestoreStatus {
-    actions.iter().find_map(|a| match a { Action::PatchRestoreStatus(s) => Some((**s).clone()), _ => None }).expect("status patch")
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::PatchRestoreStatus(s) => Some((**s).clone()),
+            _ => None,
+        })
+        .expect("status patch")
 }
 
 fn repo_status(actions: &[Action]) -> BackupRepositoryStatus {
-    actions.iter().find_map(|a| match a { Action::PatchRepositoryStatus(s) => Some((**s).clone()), _ => None }).expect("status patch")
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::PatchRepositoryStatus(s) => Some((**s).clone()),
+            _ => None,
+        })
+        .expect("status patch")
 }
 
 fn jobs(actions: &[Action]) -> Vec<Value> {
-    actions.iter().filter_map(|a| match a { Action::CreateJob(j) => Some(serde_json::to_value(j).unwrap()), _ => None }).collect()
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CreateJob(j) => Some(serde_json::to_value(j).unwrap()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn args(job: &Value) -> Vec<String> {
-    job["spec"]["template"]["spec"]["containers"][0]["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect()
+    job["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
 }
 
 const NEW_TARGET: &str = r#"{"source": {"volumeBackup": "nightly"}, "target": {"persistentVolumeClaim": "data-restored", "create": {"size": "10Gi", "storageClassName": "gp3"}}, "includePaths": ["etc"]}"#;
@@ -84,10 +118,26 @@ fn restore_creates_a_missing_target_then_runs_the_job_into_it() {
     let mut obs = restore_obs(restore(spec.clone(), json!(null)));
     let actions = decide_restore(&obs, &ctx());
     let status = restore_status(&actions);
-    assert_eq!((status.phase, status.created_target, status.snapshot_id.as_deref()), (Phase::PreparingTarget, true, Some("5f3a")));
-    let pvc = actions.iter().find_map(|a| match a { Action::CreatePvc(p) => Some(serde_json::to_value(p).unwrap()), _ => None }).unwrap();
+    assert_eq!(
+        (
+            status.phase,
+            status.created_target,
+            status.snapshot_id.as_deref()
+        ),
+        (Phase::PreparingTarget, true, Some("5f3a"))
+    );
+    let pvc = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::CreatePvc(p) => Some(serde_json::to_value(p).unwrap()),
+            _ => None,
+        })
+        .unwrap();
     assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "10Gi");
-    assert!(pvc["metadata"].get("ownerReferences").is_none(), "restored data outlives the VolumeRestore");
+    assert!(
+        pvc["metadata"].get("ownerReferences").is_none(),
+        "restored data outlives the VolumeRestore"
+    );
 
     obs.restore = restore(spec, serde_json::to_value(&status).unwrap());
     obs.target_exists = true;
@@ -95,11 +145,25 @@ fn restore_creates_a_missing_target_then_runs_the_job_into_it() {
     assert_eq!(restore_status(&actions).phase, Phase::Restoring);
     let job = &jobs(&actions)[0];
     let a = args(job);
-    for pair in [["job", "restore"], ["--snapshot", "5f3a"], ["--include", "etc"], ["--target", "/data"]] {
+    for pair in [
+        ["job", "restore"],
+        ["--snapshot", "5f3a"],
+        ["--include", "etc"],
+        ["--target", "/data"],
+    ] {
         assert!(a.windows(2).any(|w| w == pair), "{pair:?} in {a:?}");
     }
-    let data = job["spec"]["template"]["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "data").unwrap().clone();
-    assert_eq!(data["persistentVolumeClaim"], json!({"claimName": "data-restored", "readOnly": false}));
+    let data = job["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "data")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        data["persistentVolumeClaim"],
+        json!({"claimName": "data-restored", "readOnly": false})
+    );
 }
 
 #[test]
@@ -109,7 +173,10 @@ fn restore_into_a_missing_pvc_without_create_fails() {
     obs.source_backup = None;
     let status = restore_status(&decide_restore(&obs, &ctx()));
     assert_eq!(status.phase, Phase::Failed);
-    assert!(status.failure_reason.unwrap().contains("spec.target.create is not set"));
+    assert!(status
+        .failure_reason
+        .unwrap()
+        .contains("spec.target.create is not set"));
 }
 
 #[test]
@@ -126,44 +193,89 @@ fn restore_waits_for_an_unfinished_backup_and_for_a_job_slot() {
     let mut obs = restore_obs(restore(spec, json!(null)));
     obs.target_exists = true;
     obs.running_restore_jobs = 1;
-    let actions = decide_restore(&obs, &ctx_at("2025-06-01T12:00:00Z", &[("KDMP_RESTORE_JOB_LIMIT", "1")]));
+    let actions = decide_restore(
+        &obs,
+        &ctx_at("2025-06-01T12:00:00Z", &[("KDMP_RESTORE_JOB_LIMIT", "1")]),
+    );
     assert!(jobs(&actions).is_empty());
-    assert!(restore_status(&actions).conditions.iter().any(|c| c.type_ == "WaitingForJobSlot"));
+    assert!(restore_status(&actions)
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "WaitingForJobSlot"));
 }
 
 #[test]
 fn restore_job_failure_retries_then_fails_and_success_completes() {
     let spec: Value = serde_json::from_str(NEW_TARGET).unwrap();
-    let mut obs = restore_obs(restore(spec.clone(), json!({"phase": "Restoring", "attempts": 1, "jobName": "db-restore-restore-1"})));
+    let mut obs = restore_obs(restore(
+        spec.clone(),
+        json!({"phase": "Restoring", "attempts": 1, "jobName": "db-restore-restore-1"}),
+    ));
     obs.target_exists = true;
-    obs.job = Some(JobInfo { name: "db-restore-restore-1".into(), failed: true, termination_message: Some(r#"{"succeeded":false,"message":"disk full"}"#.into()), ..Default::default() });
+    obs.job = Some(JobInfo {
+        name: "db-restore-restore-1".into(),
+        failed: true,
+        termination_message: Some(r#"{"succeeded":false,"message":"disk full"}"#.into()),
+        ..Default::default()
+    });
     let actions = decide_restore(&obs, &ctx());
     assert_eq!(restore_status(&actions).attempts, 2);
-    assert!(actions.contains(&Action::DeleteJob { namespace: "shop".into(), name: "db-restore-restore-1".into() }));
+    assert!(actions.contains(&Action::DeleteJob {
+        namespace: "shop".into(),
+        name: "db-restore-restore-1".into()
+    }));
 
-    obs.restore = restore(spec.clone(), json!({"phase": "Restoring", "attempts": 3, "jobName": "db-restore-restore-1"}));
+    obs.restore = restore(
+        spec.clone(),
+        json!({"phase": "Restoring", "attempts": 3, "jobName": "db-restore-restore-1"}),
+    );
     let status = restore_status(&decide_restore(&obs, &ctx()));
     assert_eq!(status.phase, Phase::Failed);
-    assert_eq!(status.failure_reason.as_deref(), Some("disk full (after 3 attempts)"));
+    assert_eq!(
+        status.failure_reason.as_deref(),
+        Some("disk full (after 3 attempts)")
+    );
 
-    obs.job = Some(JobInfo { name: "db-restore-restore-1".into(), succeeded: true, termination_message: Some(r#"{"succeeded":true,"bytesDone":7,"totalBytes":7}"#.into()), ..Default::default() });
+    obs.job = Some(JobInfo {
+        name: "db-restore-restore-1".into(),
+        succeeded: true,
+        termination_message: Some(r#"{"succeeded":true,"bytesDone":7,"totalBytes":7}"#.into()),
+        ..Default::default()
+    });
     let status = restore_status(&decide_restore(&obs, &ctx()));
-    assert_eq!((status.phase, status.progress.unwrap().bytes_done), (Phase::Completed, 7));
+    assert_eq!(
+        (status.phase, status.progress.unwrap().bytes_done),
+        (Phase::Completed, 7)
+    );
 }
 
 #[test]
 fn restore_cancel_deletes_the_job() {
     let mut spec: Value = serde_json::from_str(NEW_TARGET).unwrap();
     spec["cancel"] = json!(true);
-    let mut obs = restore_obs(restore(spec, json!({"phase": "Restoring", "attempts": 1, "jobName": "j"})));
-    obs.job = Some(JobInfo { name: "j".into(), ..Default::default() });
+    let mut obs = restore_obs(restore(
+        spec,
+        json!({"phase": "Restoring", "attempts": 1, "jobName": "j"}),
+    ));
+    obs.job = Some(JobInfo {
+        name: "j".into(),
+        ..Default::default()
+    });
     let actions = decide_restore(&obs, &ctx());
     assert_eq!(restore_status(&actions).phase, Phase::Canceled);
-    assert!(actions.contains(&Action::DeleteJob { namespace: "shop".into(), name: "j".into() }));
+    assert!(actions.contains(&Action::DeleteJob {
+        namespace: "shop".into(),
+        name: "j".into()
+    }));
 }
 
 fn repo_obs(status: Value) -> RepositoryObserved {
-    RepositoryObserved { repository: repository(status), maintenance_job: None, catalog_job: None, running_maintenance_jobs: 0 }
+    RepositoryObserved {
+        repository: repository(status),
+        maintenance_job: None,
+        catalog_job: None,
+        running_maintenance_jobs: 0,
+    }
 }
 
 #[test]
@@ -171,10 +283,20 @@ fn new_repository_gets_full_maintenance_and_a_catalog_refresh() {
     let actions = decide_repository(&repo_obs(json!(null)), &ctx());
     let created = jobs(&actions);
     assert_eq!(created.len(), 2);
-    assert!(args(&created[0]).windows(3).any(|w| w == ["maintenance", "--kind", "full"]));
+    assert!(args(&created[0])
+        .windows(3)
+        .any(|w| w == ["maintenance", "--kind", "full"]));
     assert_eq!(args(&created[1])[1], "catalog");
-    assert!(created.iter().all(|j| j["metadata"]["labels"]["cairn.io/job-kind"] == "maintenance"));
-    assert!(created.iter().all(|j| j["spec"]["template"]["spec"]["volumes"].as_array().unwrap().iter().all(|v| v["name"] != "data")));
+    assert!(created
+        .iter()
+        .all(|j| j["metadata"]["labels"]["cairn.io/job-kind"] == "maintenance"));
+    assert!(created
+        .iter()
+        .all(|j| j["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["name"] != "data")));
     let status = repo_status(&actions);
     assert_eq!(status.maintenance.last_full.unwrap().result, "Running");
     assert!(status.catalog_job.is_some());
@@ -190,15 +312,33 @@ fn quick_maintenance_runs_on_its_interval_and_results_are_recorded() {
         "lastCatalogRefresh": "2025-06-01T11:55:00Z"
     });
     let mut obs = repo_obs(status.clone());
-    obs.maintenance_job = Some(JobInfo { name: "main-quick-1".into(), ..Default::default() });
+    obs.maintenance_job = Some(JobInfo {
+        name: "main-quick-1".into(),
+        ..Default::default()
+    });
     let actions = decide_repository(&obs, &ctx());
-    assert!(jobs(&actions).is_empty(), "one maintenance Job per repository at a time");
-    assert_eq!(actions, vec![Action::RequeueAfter(Duration::from_secs(600))], "next: the catalog refresh in 10 minutes");
+    assert!(
+        jobs(&actions).is_empty(),
+        "one maintenance Job per repository at a time"
+    );
+    assert_eq!(
+        actions,
+        vec![Action::RequeueAfter(Duration::from_secs(600))],
+        "next: the catalog refresh in 10 minutes"
+    );
 
-    obs.maintenance_job = Some(JobInfo { name: "main-quick-1".into(), succeeded: true, termination_message: Some(r#"{"succeeded":true,"message":"3 segments merged"}"#.into()), ..Default::default() });
+    obs.maintenance_job = Some(JobInfo {
+        name: "main-quick-1".into(),
+        succeeded: true,
+        termination_message: Some(r#"{"succeeded":true,"message":"3 segments merged"}"#.into()),
+        ..Default::default()
+    });
     let recorded = repo_status(&decide_repository(&obs, &ctx()));
     let quick = recorded.maintenance.last_quick.unwrap();
-    assert_eq!((quick.result.as_str(), quick.message.as_str()), ("Succeeded", "3 segments merged"));
+    assert_eq!(
+        (quick.result.as_str(), quick.message.as_str()),
+        ("Succeeded", "3 segments merged")
+    );
 
     // An hour after the last quick run started, the next one is due.
     let later = ctx_at("2025-06-01T12:31:00Z", &[]);
@@ -206,15 +346,29 @@ fn quick_maintenance_runs_on_its_interval_and_results_are_recorded() {
     done["maintenance"]["lastQuick"]["result"] = json!("Succeeded");
     let actions = decide_repository(&repo_obs(done), &later);
     let created = jobs(&actions);
-    assert!(args(&created[0]).windows(3).any(|w| w == ["maintenance", "--kind", "quick"]), "{:?}", args(&created[0]));
+    assert!(
+        args(&created[0])
+            .windows(3)
+            .any(|w| w == ["maintenance", "--kind", "quick"]),
+        "{:?}",
+        args(&created[0])
+    );
 }
 
 #[test]
 fn failed_maintenance_is_recorded_and_bad_intervals_block_with_a_condition() {
     let status = json!({"maintenance": {"lastFull": {"jobName": "f", "startTime": "2025-06-01T11:00:00Z", "result": "Running"}}});
     let mut obs = repo_obs(status);
-    obs.maintenance_job = Some(JobInfo { name: "f".into(), failed: true, failure_message: Some("DeadlineExceeded: too slow".into()), ..Default::default() });
-    let full = repo_status(&decide_repository(&obs, &ctx())).maintenance.last_full.unwrap();
+    obs.maintenance_job = Some(JobInfo {
+        name: "f".into(),
+        failed: true,
+        failure_message: Some("DeadlineExceeded: too slow".into()),
+        ..Default::default()
+    });
+    let full = repo_status(&decide_repository(&obs, &ctx()))
+        .maintenance
+        .last_full
+        .unwrap();
     assert_eq!(full.result, "Failed");
     assert!(full.message.contains("DeadlineExceeded"));
 
@@ -222,7 +376,11 @@ fn failed_maintenance_is_recorded_and_bad_intervals_block_with_a_condition() {
     bad.repository.spec.maintenance.quick_interval = Some("hourly".into());
     let actions = decide_repository(&bad, &ctx());
     assert!(jobs(&actions).is_empty());
-    let c = repo_status(&actions).conditions.into_iter().find(|c| c.type_ == "ConfigValid").unwrap();
+    let c = repo_status(&actions)
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "ConfigValid")
+        .unwrap();
     assert!(c.message.contains("quickInterval: \"hourly\""));
 }
 
@@ -230,8 +388,17 @@ fn failed_maintenance_is_recorded_and_bad_intervals_block_with_a_condition() {
 fn maintenance_respects_the_job_limit() {
     let mut obs = repo_obs(json!(null));
     obs.running_maintenance_jobs = 2;
-    let actions = decide_repository(&obs, &ctx_at("2025-06-01T12:00:00Z", &[("KDMP_MAINTENANCE_JOB_LIMIT", "2")]));
+    let actions = decide_repository(
+        &obs,
+        &ctx_at(
+            "2025-06-01T12:00:00Z",
+            &[("KDMP_MAINTENANCE_JOB_LIMIT", "2")],
+        ),
+    );
     assert!(jobs(&actions).is_empty());
-    assert!(repo_status(&actions).conditions.iter().any(|c| c.type_ == "WaitingForJobSlot"));
+    assert!(repo_status(&actions)
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "WaitingForJobSlot"));
     assert!(actions.contains(&Action::RequeueAfter(Duration::from_secs(5))));
 }

@@ -5,8 +5,9 @@ mod common;
 
 use cairn_kube::crd::MaintenanceKind;
 use cairn_kube::job::{
-    run_job, BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress, JobCommand, JobParams,
-    MaintenanceJobRequest, RepositoryAccess, RestoreJobRequest, RestoreJobResult, SnapshotSummary,
+    run_job, BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress, JobCommand,
+    JobParams, MaintenanceJobRequest, RepositoryAccess, RestoreJobRequest, RestoreJobResult,
+    SnapshotSummary,
 };
 use cairn_kube::protocol::JobOutcome;
 use common::{mock_client, Recorded};
@@ -21,20 +22,43 @@ struct FakeEngine {
 }
 
 impl Engine for FakeEngine {
-    fn backup(&self, req: &BackupJobRequest, progress: &dyn Fn(EngineProgress)) -> Result<BackupJobResult, EngineError> {
+    fn backup(
+        &self,
+        req: &BackupJobRequest,
+        progress: &dyn Fn(EngineProgress),
+    ) -> Result<BackupJobResult, EngineError> {
         self.seen.lock().unwrap().push(format!("{req:?}"));
         for done in [0, 250, 500, 1000] {
-            progress(EngineProgress { bytes_done: done, total_bytes: 1000 });
+            progress(EngineProgress {
+                bytes_done: done,
+                total_bytes: 1000,
+            });
         }
         match &self.fail {
             Some(e) => Err(e.clone()),
-            None => Ok(BackupJobResult { snapshot_id: "5f3a9c0011223344aabb".into(), bytes_done: 1000, total_bytes: 1000, summary: "1 file, 1000 B".into() }),
+            None => Ok(BackupJobResult {
+                snapshot_id: "5f3a9c0011223344aabb".into(),
+                bytes_done: 1000,
+                total_bytes: 1000,
+                summary: "1 file, 1000 B".into(),
+            }),
         }
     }
-    fn restore(&self, req: &RestoreJobRequest, progress: &dyn Fn(EngineProgress)) -> Result<RestoreJobResult, EngineError> {
+    fn restore(
+        &self,
+        req: &RestoreJobRequest,
+        progress: &dyn Fn(EngineProgress),
+    ) -> Result<RestoreJobResult, EngineError> {
         self.seen.lock().unwrap().push(format!("{req:?}"));
-        progress(EngineProgress { bytes_done: 10, total_bytes: 10 });
-        Ok(RestoreJobResult { bytes_done: 10, total_bytes: 10, summary: "restored".into() })
+        progress(EngineProgress {
+            bytes_done: 10,
+            total_bytes: 10,
+        });
+        Ok(RestoreJobResult {
+            bytes_done: 10,
+            total_bytes: 10,
+            summary: "restored".into(),
+        })
     }
     fn maintenance(&self, req: &MaintenanceJobRequest) -> Result<String, EngineError> {
         self.seen.lock().unwrap().push(format!("{:?}", req.kind));
@@ -76,14 +100,23 @@ fn args(list: &[&str]) -> Vec<String> {
 fn respond(r: &Recorded) -> (u16, Value) {
     // Echo a plausible object: the status patch returns the VolumeBackup, apply returns the body.
     if r.path.ends_with("/status") {
-        (200, json!({"apiVersion": "cairn.io/v1alpha1", "kind": "VolumeBackup", "metadata": {"name": "db-nightly", "namespace": "shop"},
-                      "spec": {"source": {"persistentVolumeClaim": "data-db-0"}, "repository": "main"}}))
+        (
+            200,
+            json!({"apiVersion": "cairn.io/v1alpha1", "kind": "VolumeBackup", "metadata": {"name": "db-nightly", "namespace": "shop"},
+                      "spec": {"source": {"persistentVolumeClaim": "data-db-0"}, "repository": "main"}}),
+        )
     } else if r.method == "GET" {
-        (200, json!({"apiVersion": "cairn.io/v1alpha1", "kind": "RepositorySnapshotList", "metadata": {}, "items": [
+        (
+            200,
+            json!({"apiVersion": "cairn.io/v1alpha1", "kind": "RepositorySnapshotList", "metadata": {}, "items": [
             {"apiVersion": "cairn.io/v1alpha1", "kind": "RepositorySnapshot", "metadata": {"name": "main-gone", "namespace": "shop"},
-             "spec": {"repository": "main", "snapshotId": "gone", "source": {"path": "x"}, "time": "2025-01-01T00:00:00Z", "sizeBytes": 1}}]}))
+             "spec": {"repository": "main", "snapshotId": "gone", "source": {"path": "x"}, "time": "2025-01-01T00:00:00Z", "sizeBytes": 1}}]}),
+        )
     } else if r.method == "DELETE" {
-        (200, json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
+        (
+            200,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+        )
     } else {
         (200, r.body.clone())
     }
@@ -101,17 +134,40 @@ async fn backup_job_patches_progress_mirrors_the_snapshot_and_writes_its_outcome
     let params = JobParams::parse(
         JobCommand::Backup,
         &args(&[
-            "--namespace", "shop", "--repository", "main", "--volume-backup", "db-nightly",
-            "--password-file", &m.path("password/password"), "--credentials-dir", &m.path("creds"),
-            "--source", "/data", "--source-name", "shop/data-db-0", "--storage-class=gp3",
-            "--tag", "app=shop", "--termination-log", &termination, "--progress-interval", "0s",
+            "--namespace",
+            "shop",
+            "--repository",
+            "main",
+            "--volume-backup",
+            "db-nightly",
+            "--password-file",
+            &m.path("password/password"),
+            "--credentials-dir",
+            &m.path("creds"),
+            "--source",
+            "/data",
+            "--source-name",
+            "shop/data-db-0",
+            "--storage-class=gp3",
+            "--tag",
+            "app=shop",
+            "--termination-log",
+            &termination,
+            "--progress-interval",
+            "0s",
         ]),
         &env,
     )
     .unwrap();
     assert_eq!(params.repository.password, "s3cret");
-    assert_eq!(params.repository.credentials.keys().collect::<Vec<_>>(), ["AWS_ACCESS_KEY_ID"]);
-    assert!(!format!("{params:?}").contains("s3cret"), "secrets are redacted from Debug");
+    assert_eq!(
+        params.repository.credentials.keys().collect::<Vec<_>>(),
+        ["AWS_ACCESS_KEY_ID"]
+    );
+    assert!(
+        !format!("{params:?}").contains("s3cret"),
+        "secrets are redacted from Debug"
+    );
 
     let engine = Arc::new(FakeEngine::default());
     let (client, log) = mock_client(respond);
@@ -121,7 +177,10 @@ async fn backup_job_patches_progress_mirrors_the_snapshot_and_writes_its_outcome
     let written = JobOutcome::parse(&std::fs::read_to_string(&termination).unwrap()).unwrap();
     assert_eq!(written, outcome);
     let request = engine.seen.lock().unwrap()[0].clone();
-    assert!(request.contains("storage_class: Some(\"gp3\")") && request.contains("gp3=lost+found"), "{request}");
+    assert!(
+        request.contains("storage_class: Some(\"gp3\")") && request.contains("gp3=lost+found"),
+        "{request}"
+    );
 
     let log = log.lock().unwrap().clone();
     let patches: Vec<&Recorded> = log.iter().filter(|r| r.path.ends_with("/status")).collect();
@@ -129,42 +188,92 @@ async fn backup_job_patches_progress_mirrors_the_snapshot_and_writes_its_outcome
     let mut last_done = 0;
     for p in &patches {
         assert_eq!(p.method, "PATCH");
-        assert_eq!(p.path, "/apis/cairn.io/v1alpha1/namespaces/shop/volumebackups/db-nightly/status");
+        assert_eq!(
+            p.path,
+            "/apis/cairn.io/v1alpha1/namespaces/shop/volumebackups/db-nightly/status"
+        );
         assert_eq!(p.content_type, "application/merge-patch+json");
         let done = p.body["status"]["progress"]["bytesDone"].as_u64().unwrap();
         assert!(done >= last_done, "progress never goes back");
         last_done = done;
         assert_eq!(p.body["status"]["progress"]["totalBytes"], 1000);
-        assert_eq!(p.body["status"].as_object().unwrap().len(), 1, "the job only touches progress");
+        assert_eq!(
+            p.body["status"].as_object().unwrap().len(),
+            1,
+            "the job only touches progress"
+        );
     }
     assert_eq!(last_done, 1000, "the last patch carries the final numbers");
 
-    let apply = log.iter().find(|r| r.path.contains("repositorysnapshots")).expect("the snapshot is mirrored");
+    let apply = log
+        .iter()
+        .find(|r| r.path.contains("repositorysnapshots"))
+        .expect("the snapshot is mirrored");
     assert_eq!(apply.method, "PATCH");
-    assert_eq!(apply.path, "/apis/cairn.io/v1alpha1/namespaces/shop/repositorysnapshots/main-5f3a9c0011223344");
+    assert_eq!(
+        apply.path,
+        "/apis/cairn.io/v1alpha1/namespaces/shop/repositorysnapshots/main-5f3a9c0011223344"
+    );
     assert_eq!(apply.content_type, "application/apply-patch+yaml");
     assert!(apply.query.contains("fieldManager=cairn-job") && apply.query.contains("force=true"));
-    assert_eq!(apply.body["spec"]["source"]["persistentVolumeClaim"], "data-db-0");
-    assert_eq!(apply.body["metadata"]["labels"]["cairn.io/repository"], "main");
-    assert!(!log.iter().any(|r| r.method == "DELETE"), "a backup never deletes mirror objects");
+    assert_eq!(
+        apply.body["spec"]["source"]["persistentVolumeClaim"],
+        "data-db-0"
+    );
+    assert_eq!(
+        apply.body["metadata"]["labels"]["cairn.io/repository"],
+        "main"
+    );
+    assert!(
+        !log.iter().any(|r| r.method == "DELETE"),
+        "a backup never deletes mirror objects"
+    );
 }
 
 #[tokio::test]
 async fn failed_backup_writes_a_retryable_outcome_and_no_mirror() {
     let m = Mounted::new();
     let termination = m.path("t");
-    let engine = Arc::new(FakeEngine { fail: Some(EngineError { message: "s3: 503 slow down".into(), retryable: true }), ..Default::default() });
+    let engine = Arc::new(FakeEngine {
+        fail: Some(EngineError {
+            message: "s3: 503 slow down".into(),
+            retryable: true,
+        }),
+        ..Default::default()
+    });
     let params = JobParams::parse(
         JobCommand::Backup,
-        &args(&["--location", "fs:///repo", "--source", "/data", "--termination-log", &termination, "--namespace", "shop", "--volume-backup", "vb", "--progress-interval", "0s"]),
+        &args(&[
+            "--location",
+            "fs:///repo",
+            "--source",
+            "/data",
+            "--termination-log",
+            &termination,
+            "--namespace",
+            "shop",
+            "--volume-backup",
+            "vb",
+            "--progress-interval",
+            "0s",
+        ]),
         &|name: &str| (name == "CAIRN_PASSWORD").then(|| "pw".to_string()),
     )
     .unwrap();
     let (client, log) = mock_client(respond);
     let outcome = run_job(params, engine, Some(client)).await.unwrap();
     assert!(!outcome.succeeded && outcome.retryable);
-    assert_eq!(JobOutcome::parse(&std::fs::read_to_string(&termination).unwrap()).unwrap().message, "s3: 503 slow down");
-    assert!(!log.lock().unwrap().iter().any(|r| r.path.contains("repositorysnapshots")));
+    assert_eq!(
+        JobOutcome::parse(&std::fs::read_to_string(&termination).unwrap())
+            .unwrap()
+            .message,
+        "s3: 503 slow down"
+    );
+    assert!(!log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|r| r.path.contains("repositorysnapshots")));
 }
 
 #[tokio::test]
@@ -172,21 +281,47 @@ async fn catalog_job_applies_every_snapshot_and_deletes_vanished_ones() {
     let m = Mounted::new();
     let params = JobParams::parse(
         JobCommand::Catalog,
-        &args(&["--location", "fs:///repo", "--password-file", &m.path("password/password"), "--namespace", "shop", "--repository", "main", "--termination-log", &m.path("t")]),
+        &args(&[
+            "--location",
+            "fs:///repo",
+            "--password-file",
+            &m.path("password/password"),
+            "--namespace",
+            "shop",
+            "--repository",
+            "main",
+            "--termination-log",
+            &m.path("t"),
+        ]),
         &|_: &str| None,
     )
     .unwrap();
     let (client, log) = mock_client(respond);
-    let outcome = run_job(params, Arc::new(FakeEngine::default()), Some(client)).await.unwrap();
+    let outcome = run_job(params, Arc::new(FakeEngine::default()), Some(client))
+        .await
+        .unwrap();
     assert!(outcome.succeeded, "{outcome:?}");
     let log = log.lock().unwrap().clone();
-    let methods: Vec<(String, String)> = log.iter().map(|r| (r.method.clone(), r.path.clone())).collect();
+    let methods: Vec<(String, String)> = log
+        .iter()
+        .map(|r| (r.method.clone(), r.path.clone()))
+        .collect();
     assert_eq!(
         methods,
         [
-            ("PATCH".into(), "/apis/cairn.io/v1alpha1/namespaces/shop/repositorysnapshots/main-aabbccddeeff0011".into()),
-            ("GET".into(), "/apis/cairn.io/v1alpha1/namespaces/shop/repositorysnapshots".into()),
-            ("DELETE".into(), "/apis/cairn.io/v1alpha1/namespaces/shop/repositorysnapshots/main-gone".into()),
+            (
+                "PATCH".into(),
+                "/apis/cairn.io/v1alpha1/namespaces/shop/repositorysnapshots/main-aabbccddeeff0011"
+                    .into()
+            ),
+            (
+                "GET".into(),
+                "/apis/cairn.io/v1alpha1/namespaces/shop/repositorysnapshots".into()
+            ),
+            (
+                "DELETE".into(),
+                "/apis/cairn.io/v1alpha1/namespaces/shop/repositorysnapshots/main-gone".into()
+            ),
         ]
     );
     assert_eq!(log[1].query, "&labelSelector=cairn.io%2Frepository%3Dmain");
@@ -196,14 +331,35 @@ async fn catalog_job_applies_every_snapshot_and_deletes_vanished_ones() {
 async fn maintenance_and_restore_run_without_an_api_server() {
     let m = Mounted::new();
     let engine = Arc::new(FakeEngine::default());
-    let base = ["--location", "fs:///repo", "--password-file", &m.path("password/password"), "--termination-log", &m.path("t")];
+    let base = [
+        "--location",
+        "fs:///repo",
+        "--password-file",
+        &m.path("password/password"),
+        "--termination-log",
+        &m.path("t"),
+    ];
     let mut maintenance = args(&base);
     maintenance.extend(args(&["--kind", "full"]));
     let params = JobParams::parse(JobCommand::Maintenance, &maintenance, &|_: &str| None).unwrap();
     assert_eq!(params.maintenance_kind, MaintenanceKind::Full);
-    assert!(run_job(params, engine.clone(), None).await.unwrap().succeeded);
+    assert!(
+        run_job(params, engine.clone(), None)
+            .await
+            .unwrap()
+            .succeeded
+    );
     let mut restore = args(&base);
-    restore.extend(args(&["--snapshot", "5f3a", "--target", "/data", "--include", "etc", "--include", "var/lib"]));
+    restore.extend(args(&[
+        "--snapshot",
+        "5f3a",
+        "--target",
+        "/data",
+        "--include",
+        "etc",
+        "--include",
+        "var/lib",
+    ]));
     let params = JobParams::parse(JobCommand::Restore, &restore, &|_: &str| None).unwrap();
     assert_eq!(params.include_paths, ["etc", "var/lib"]);
     let outcome = run_job(params, engine.clone(), None).await.unwrap();
@@ -214,9 +370,21 @@ async fn maintenance_and_restore_run_without_an_api_server() {
 #[test]
 fn bad_arguments_are_usage_errors() {
     let env = |_: &str| None;
-    for bad in [&["--location"][..], &["--locaton", "x"], &["stray"], &["--location", "x", "--password-file", "/nonexistent/pw"]] {
-        assert!(JobParams::parse(JobCommand::Maintenance, &args(bad), &env).is_err(), "{bad:?}");
+    for bad in [
+        &["--location"][..],
+        &["--locaton", "x"],
+        &["stray"],
+        &["--location", "x", "--password-file", "/nonexistent/pw"],
+    ] {
+        assert!(
+            JobParams::parse(JobCommand::Maintenance, &args(bad), &env).is_err(),
+            "{bad:?}"
+        );
     }
-    let missing_source = JobParams::parse(JobCommand::Backup, &args(&["--location", "x"]), &|n: &str| (n == "CAIRN_PASSWORD").then(|| "p".into()));
+    let missing_source = JobParams::parse(
+        JobCommand::Backup,
+        &args(&["--location", "x"]),
+        &|n: &str| (n == "CAIRN_PASSWORD").then(|| "p".into()),
+    );
     assert!(missing_source.unwrap_err().to_string().contains("--source"));
 }

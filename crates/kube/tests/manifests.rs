@@ -25,7 +25,13 @@ fn schemas() -> BTreeMap<String, Value> {
     cairn_kube::crd::crds()
         .into_iter()
         .map(|crd| {
-            let schema = crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.clone().unwrap();
+            let schema = crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .unwrap()
+                .open_api_v3_schema
+                .clone()
+                .unwrap();
             (crd.spec.names.kind, serde_json::to_value(schema).unwrap())
         })
         .collect()
@@ -34,7 +40,10 @@ fn schemas() -> BTreeMap<String, Value> {
 #[test]
 fn committed_crds_match_the_code() {
     let generated = cairn_kube::crds_yaml();
-    for path in [deploy().join("crds.yaml"), deploy().join("helm/cairn/crds/crds.yaml")] {
+    for path in [
+        deploy().join("crds.yaml"),
+        deploy().join("helm/cairn/crds/crds.yaml"),
+    ] {
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
             committed == generated,
@@ -48,11 +57,34 @@ fn committed_crds_match_the_code() {
 fn every_crd_has_status_subresource_and_printer_columns() {
     for crd in cairn_kube::crd::crds() {
         let version = &crd.spec.versions[0];
-        assert_eq!((crd.spec.group.as_str(), version.name.as_str()), ("cairn.io", "v1alpha1"));
-        assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "{}", crd.spec.names.kind);
-        assert!(version.additional_printer_columns.as_ref().is_some_and(|c| c.len() >= 3), "{}", crd.spec.names.kind);
+        assert_eq!(
+            (crd.spec.group.as_str(), version.name.as_str()),
+            ("cairn.io", "v1alpha1")
+        );
+        assert!(
+            version
+                .subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some(),
+            "{}",
+            crd.spec.names.kind
+        );
+        assert!(
+            version
+                .additional_printer_columns
+                .as_ref()
+                .is_some_and(|c| c.len() >= 3),
+            "{}",
+            crd.spec.names.kind
+        );
         let schema = serde_json::to_value(version.schema.as_ref().unwrap()).unwrap();
-        assert!(schema["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"].is_object(), "{}", crd.spec.names.kind);
+        assert!(
+            schema["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"]
+                .is_object(),
+            "{}",
+            crd.spec.names.kind
+        );
     }
 }
 
@@ -60,13 +92,18 @@ fn every_crd_has_status_subresource_and_printer_columns() {
 fn every_sample_validates_against_the_generated_schema() {
     let schemas = schemas();
     let mut seen = std::collections::BTreeSet::new();
-    let mut entries: Vec<_> = std::fs::read_dir(deploy().join("samples")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(deploy().join("samples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     entries.sort();
     for path in entries {
         for doc in documents(&path) {
             let kind = doc["kind"].as_str().unwrap().to_string();
             assert_eq!(doc["apiVersion"], "cairn.io/v1alpha1", "{}", path.display());
-            let schema = schemas.get(&kind).unwrap_or_else(|| panic!("{}: unknown kind {kind}", path.display()));
+            let schema = schemas
+                .get(&kind)
+                .unwrap_or_else(|| panic!("{}: unknown kind {kind}", path.display()));
             let problems = validate(schema, &doc);
             assert!(problems.is_empty(), "{}: {problems:#?}", path.display());
             seen.insert(kind);
@@ -84,9 +121,22 @@ fn a_broken_sample_is_rejected() {
     )
     .unwrap();
     let problems = validate(&schemas["VolumeBackup"], &bad);
-    assert!(problems.iter().any(|p| p.contains("$.spec.mode")), "{problems:?}");
-    assert!(problems.iter().any(|p| p.contains("$.spec.source.pvc: unknown field")), "{problems:?}");
-    assert!(problems.iter().any(|p| p.contains("missing required field \"persistentVolumeClaim\"")), "{problems:?}");
+    assert!(
+        problems.iter().any(|p| p.contains("$.spec.mode")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("$.spec.source.pvc: unknown field")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("missing required field \"persistentVolumeClaim\"")),
+        "{problems:?}"
+    );
 }
 
 #[test]
@@ -96,18 +146,35 @@ fn sample_configmap_parses_without_problems() {
     let config = Config::from_data(&data);
     assert_eq!(config.problems, BTreeMap::new());
     assert_eq!(config.backup_pvc.len(), 3);
-    for key in ["KDMP_EXCLUDE_FILE_LIST", "KDMP_BACKUP_JOB_LIMIT", "KDMP_RESTORE_JOB_LIMIT", "KDMP_MAINTENANCE_JOB_LIMIT",
-        "KDMP_KOPIAEXECUTOR_REQUEST_CPU", "KDMP_KOPIAEXECUTOR_LIMIT_CPU", "KDMP_KOPIAEXECUTOR_REQUEST_MEMORY",
-        "KDMP_KOPIAEXECUTOR_LIMIT_MEMORY", "SNAPSHOT_TIMEOUT", "backupPVC"] {
+    for key in [
+        "KDMP_EXCLUDE_FILE_LIST",
+        "KDMP_BACKUP_JOB_LIMIT",
+        "KDMP_RESTORE_JOB_LIMIT",
+        "KDMP_MAINTENANCE_JOB_LIMIT",
+        "KDMP_KOPIAEXECUTOR_REQUEST_CPU",
+        "KDMP_KOPIAEXECUTOR_LIMIT_CPU",
+        "KDMP_KOPIAEXECUTOR_REQUEST_MEMORY",
+        "KDMP_KOPIAEXECUTOR_LIMIT_MEMORY",
+        "SNAPSHOT_TIMEOUT",
+        "backupPVC",
+    ] {
         assert!(data.contains_key(key), "sample ConfigMap documents {key}");
     }
 }
 
 #[test]
 fn every_manifest_is_well_formed_yaml_with_a_kind() {
-    for name in ["rbac.yaml", "controller.yaml", "configmap.yaml", "namespace.yaml"] {
+    for name in [
+        "rbac.yaml",
+        "controller.yaml",
+        "configmap.yaml",
+        "namespace.yaml",
+    ] {
         for doc in documents(&deploy().join(name)) {
-            assert!(doc["kind"].is_string() && doc["apiVersion"].is_string(), "{name}: {doc}");
+            assert!(
+                doc["kind"].is_string() && doc["apiVersion"].is_string(),
+                "{name}: {doc}"
+            );
         }
     }
 }

@@ -16,7 +16,12 @@ const DEFAULT_TIMEOUT: u32 = 60;
 
 /// A LabelSelector in the `labelSelector` query syntax.
 pub fn selector_string(selector: &LabelSelector) -> String {
-    let mut parts: Vec<String> = selector.match_labels.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut parts: Vec<String> = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     for e in selector.match_expressions.iter().flatten() {
         let values = e.values.clone().unwrap_or_default().join(",");
         parts.push(match e.operator.as_str() {
@@ -31,10 +36,23 @@ pub fn selector_string(selector: &LabelSelector) -> String {
 
 /// Runs one side of `rule` in every running pod it selects, stopping at the first failure.
 /// A missing rule or no matching pod is a failure: the application would not be quiesced.
-pub async fn run_rule(client: &kube::Client, namespace: &str, rule: &str, side: HookSide, volume_backup: &str) -> Result<HookOutcome, AdapterError> {
+pub async fn run_rule(
+    client: &kube::Client,
+    namespace: &str,
+    rule: &str,
+    side: HookSide,
+    volume_backup: &str,
+) -> Result<HookOutcome, AdapterError> {
     let rules: Api<BackupRule> = Api::namespaced(client.clone(), namespace);
-    let Some(found) = rules.get_opt(rule).await.map_err(api_err(format!("reading BackupRule {namespace}/{rule}")))? else {
-        return Ok(HookOutcome { succeeded: false, message: format!("BackupRule {rule:?} not found") });
+    let Some(found) = rules
+        .get_opt(rule)
+        .await
+        .map_err(api_err(format!("reading BackupRule {namespace}/{rule}")))?
+    else {
+        return Ok(HookOutcome {
+            succeeded: false,
+            message: format!("BackupRule {rule:?} not found"),
+        });
     };
     let actions = match side {
         HookSide::Pre => &found.spec.pre,
@@ -45,58 +63,115 @@ pub async fn run_rule(client: &kube::Client, namespace: &str, rule: &str, side: 
     let list = pods
         .list(&ListParams::default().labels(&selector))
         .await
-        .map_err(api_err(format!("listing pods for BackupRule {namespace}/{rule}")))?;
-    let running: Vec<&Pod> = list.items.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")).collect();
+        .map_err(api_err(format!(
+            "listing pods for BackupRule {namespace}/{rule}"
+        )))?;
+    let running: Vec<&Pod> = list
+        .items
+        .iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .collect();
     let outcome = if running.is_empty() {
-        HookOutcome { succeeded: false, message: format!("no running pod matches {selector:?}") }
+        HookOutcome {
+            succeeded: false,
+            message: format!("no running pod matches {selector:?}"),
+        }
     } else {
         let mut failure = None;
         'pods: for pod in &running {
             for action in actions {
-                let timeout = Duration::from_secs(u64::from(action.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT)));
-                if let Err(why) = exec_one(&pods, pod, found.spec.container.as_deref(), &action.command, timeout).await {
-                    failure = Some(format!("{:?} in pod {}: {why}", action.command.join(" "), pod.name_any()));
+                let timeout = Duration::from_secs(u64::from(
+                    action.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT),
+                ));
+                if let Err(why) = exec_one(
+                    &pods,
+                    pod,
+                    found.spec.container.as_deref(),
+                    &action.command,
+                    timeout,
+                )
+                .await
+                {
+                    failure = Some(format!(
+                        "{:?} in pod {}: {why}",
+                        action.command.join(" "),
+                        pod.name_any()
+                    ));
                     break 'pods;
                 }
             }
         }
         match failure {
-            Some(message) => HookOutcome { succeeded: false, message },
-            None => HookOutcome { succeeded: true, message: format!("{} commands ran in {} pods", actions.len(), running.len()) },
+            Some(message) => HookOutcome {
+                succeeded: false,
+                message,
+            },
+            None => HookOutcome {
+                succeeded: true,
+                message: format!("{} commands ran in {} pods", actions.len(), running.len()),
+            },
         }
     };
     let run = RuleRun {
         time: Time(jiff::Timestamp::now()),
         side: side.as_str().into(),
         volume_backup: volume_backup.into(),
-        result: if outcome.succeeded { "Succeeded" } else { "Failed" }.into(),
+        result: if outcome.succeeded {
+            "Succeeded"
+        } else {
+            "Failed"
+        }
+        .into(),
         message: outcome.message.clone(),
     };
     // The rule's own status is informational; the VolumeBackup records what matters.
-    if let Err(e) = rules.patch_status(rule, &PatchParams::default(), &Patch::Merge(json!({ "status": { "lastRun": run } }))).await {
+    if let Err(e) = rules
+        .patch_status(
+            rule,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": { "lastRun": run } })),
+        )
+        .await
+    {
         tracing::warn!(error = %e, rule, "could not record the rule run on the BackupRule");
     }
     Ok(outcome)
 }
 
-async fn exec_one(pods: &Api<Pod>, pod: &Pod, container: Option<&str>, command: &[String], timeout: Duration) -> Result<(), String> {
-    let mut params = AttachParams::default().stdin(false).stdout(false).stderr(false);
+async fn exec_one(
+    pods: &Api<Pod>,
+    pod: &Pod,
+    container: Option<&str>,
+    command: &[String],
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut params = AttachParams::default()
+        .stdin(false)
+        .stdout(false)
+        .stderr(false);
     if let Some(c) = container {
         params = params.container(c);
     }
     let run = async {
-        let mut process = pods.exec(&pod.name_any(), command.to_vec(), &params).await.map_err(|e| e.to_string())?;
+        let mut process = pods
+            .exec(&pod.name_any(), command.to_vec(), &params)
+            .await
+            .map_err(|e| e.to_string())?;
         let status = match process.take_status() {
             Some(status) => status.await,
             None => None,
         };
         let _ = process.join().await;
         match status {
-            Some(s) if s.status.as_deref() == Some("Failure") => Err(s.message.unwrap_or_else(|| "command failed".into())),
+            Some(s) if s.status.as_deref() == Some("Failure") => {
+                Err(s.message.unwrap_or_else(|| "command failed".into()))
+            }
             _ => Ok(()),
         }
     };
-    tokio::time::timeout(timeout, run).await.map_err(|_| format!("timed out after {}s", timeout.as_secs()))?
+    tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| format!("timed out after {}s", timeout.as_secs()))?
 }
 
 #[cfg(test)]
@@ -114,6 +189,9 @@ mod tests {
             ]
         }))
         .unwrap();
-        assert_eq!(selector_string(&selector), "app=cassandra,tier in (db,cache),!canary,zone");
+        assert_eq!(
+            selector_string(&selector),
+            "app=cassandra,tier in (db,cache),!canary,zone"
+        );
     }
 }

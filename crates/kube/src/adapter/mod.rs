@@ -14,7 +14,10 @@ use crate::controller::Action;
 use crate::crd::{BackupRepository, VolumeBackup, VolumeRestore};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
-use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+    PropagationPolicy,
+};
 use kube::Api;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -42,12 +45,20 @@ pub(crate) fn api_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> 
 
 /// The VolumeSnapshot API resource (`snapshot.storage.k8s.io/v1`).
 pub fn volume_snapshot_resource() -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", "VolumeSnapshot"))
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "snapshot.storage.k8s.io",
+        "v1",
+        "VolumeSnapshot",
+    ))
 }
 
 /// The VolumeSnapshotClass API resource.
 pub fn snapshot_class_resource() -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", "VolumeSnapshotClass"))
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "snapshot.storage.k8s.io",
+        "v1",
+        "VolumeSnapshotClass",
+    ))
 }
 
 /// The resource whose reconcile produced the actions: status patches and rule runs target it.
@@ -68,7 +79,11 @@ fn code(e: &kube::Error) -> Option<u16> {
     }
 }
 
-fn tolerate(result: Result<(), kube::Error>, ok_code: u16, action: String) -> Result<(), AdapterError> {
+fn tolerate(
+    result: Result<(), kube::Error>,
+    ok_code: u16,
+    action: String,
+) -> Result<(), AdapterError> {
     match result {
         Err(e) if code(&e) == Some(ok_code) => Ok(()),
         other => other.map_err(api_err(action)),
@@ -87,64 +102,129 @@ pub fn status_patch(old: &Value, new: &Value) -> Value {
 }
 
 /// Executes actions in order and returns the requeue delay they ask for (the shortest).
-pub async fn execute(client: &kube::Client, target: &Target, actions: &[Action]) -> Result<Option<Duration>, AdapterError> {
+pub async fn execute(
+    client: &kube::Client,
+    target: &Target,
+    actions: &[Action],
+) -> Result<Option<Duration>, AdapterError> {
     let mut requeue: Option<Duration> = None;
     let ns = target.namespace.as_str();
     let pp = PostParams::default();
-    let background = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..DeleteParams::default() };
+    let background = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..DeleteParams::default()
+    };
     for action in actions {
         match action {
             Action::CreateVolumeSnapshot(object) => {
-                let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &volume_snapshot_resource());
-                let object: DynamicObject = serde_json::from_value(object.clone()).map_err(|e| AdapterError::Convert(e.to_string()))?;
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(client.clone(), ns, &volume_snapshot_resource());
+                let object: DynamicObject = serde_json::from_value(object.clone())
+                    .map_err(|e| AdapterError::Convert(e.to_string()))?;
                 let name = object.metadata.name.clone().unwrap_or_default();
-                tolerate(api.create(&pp, &object).await.map(drop), 409, format!("creating VolumeSnapshot {ns}/{name}"))?;
+                tolerate(
+                    api.create(&pp, &object).await.map(drop),
+                    409,
+                    format!("creating VolumeSnapshot {ns}/{name}"),
+                )?;
             }
             Action::DeleteVolumeSnapshot { namespace, name } => {
-                let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &volume_snapshot_resource());
-                tolerate(api.delete(name, &DeleteParams::default()).await.map(drop), 404, format!("deleting VolumeSnapshot {namespace}/{name}"))?;
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(client.clone(), namespace, &volume_snapshot_resource());
+                tolerate(
+                    api.delete(name, &DeleteParams::default()).await.map(drop),
+                    404,
+                    format!("deleting VolumeSnapshot {namespace}/{name}"),
+                )?;
             }
             Action::CreatePvc(pvc) => {
                 let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
                 let name = pvc.metadata.name.clone().unwrap_or_default();
-                tolerate(api.create(&pp, pvc).await.map(drop), 409, format!("creating PVC {ns}/{name}"))?;
+                tolerate(
+                    api.create(&pp, pvc).await.map(drop),
+                    409,
+                    format!("creating PVC {ns}/{name}"),
+                )?;
             }
             Action::DeletePvc { namespace, name } => {
                 let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
-                tolerate(api.delete(name, &DeleteParams::default()).await.map(drop), 404, format!("deleting PVC {namespace}/{name}"))?;
+                tolerate(
+                    api.delete(name, &DeleteParams::default()).await.map(drop),
+                    404,
+                    format!("deleting PVC {namespace}/{name}"),
+                )?;
             }
             Action::CreateJob(job) => {
                 let api: Api<Job> = Api::namespaced(client.clone(), ns);
                 let name = job.metadata.name.clone().unwrap_or_default();
-                tolerate(api.create(&pp, job).await.map(drop), 409, format!("creating Job {ns}/{name}"))?;
+                tolerate(
+                    api.create(&pp, job).await.map(drop),
+                    409,
+                    format!("creating Job {ns}/{name}"),
+                )?;
             }
             Action::DeleteJob { namespace, name } => {
                 let api: Api<Job> = Api::namespaced(client.clone(), namespace);
-                tolerate(api.delete(name, &background).await.map(drop), 404, format!("deleting Job {namespace}/{name}"))?;
+                tolerate(
+                    api.delete(name, &background).await.map(drop),
+                    404,
+                    format!("deleting Job {namespace}/{name}"),
+                )?;
             }
-            Action::RunRule { namespace, rule, side, volume_backup } => {
+            Action::RunRule {
+                namespace,
+                rule,
+                side,
+                volume_backup,
+            } => {
                 let outcome = run_rule(client, namespace, rule, *side, volume_backup).await?;
                 let key = side.as_str();
                 let body = json!({ "status": { "hooks": { key: outcome } } });
                 let api: Api<VolumeBackup> = Api::namespaced(client.clone(), namespace);
                 api.patch_status(volume_backup, &PatchParams::default(), &Patch::Merge(&body))
                     .await
-                    .map_err(api_err(format!("recording the {key} rule result on {namespace}/{volume_backup}")))?;
+                    .map_err(api_err(format!(
+                        "recording the {key} rule result on {namespace}/{volume_backup}"
+                    )))?;
             }
             Action::PatchBackupStatus(status) => {
                 let api: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
-                let body = status_patch(&target.old_status, &serde_json::to_value(status).unwrap_or_default());
-                api.patch_status(&target.name, &PatchParams::default(), &Patch::Merge(&body)).await.map_err(api_err(format!("patching VolumeBackup {ns}/{} status", target.name)))?;
+                let body = status_patch(
+                    &target.old_status,
+                    &serde_json::to_value(status).unwrap_or_default(),
+                );
+                api.patch_status(&target.name, &PatchParams::default(), &Patch::Merge(&body))
+                    .await
+                    .map_err(api_err(format!(
+                        "patching VolumeBackup {ns}/{} status",
+                        target.name
+                    )))?;
             }
             Action::PatchRestoreStatus(status) => {
                 let api: Api<VolumeRestore> = Api::namespaced(client.clone(), ns);
-                let body = status_patch(&target.old_status, &serde_json::to_value(status).unwrap_or_default());
-                api.patch_status(&target.name, &PatchParams::default(), &Patch::Merge(&body)).await.map_err(api_err(format!("patching VolumeRestore {ns}/{} status", target.name)))?;
+                let body = status_patch(
+                    &target.old_status,
+                    &serde_json::to_value(status).unwrap_or_default(),
+                );
+                api.patch_status(&target.name, &PatchParams::default(), &Patch::Merge(&body))
+                    .await
+                    .map_err(api_err(format!(
+                        "patching VolumeRestore {ns}/{} status",
+                        target.name
+                    )))?;
             }
             Action::PatchRepositoryStatus(status) => {
                 let api: Api<BackupRepository> = Api::namespaced(client.clone(), ns);
-                let body = status_patch(&target.old_status, &serde_json::to_value(status).unwrap_or_default());
-                api.patch_status(&target.name, &PatchParams::default(), &Patch::Merge(&body)).await.map_err(api_err(format!("patching BackupRepository {ns}/{} status", target.name)))?;
+                let body = status_patch(
+                    &target.old_status,
+                    &serde_json::to_value(status).unwrap_or_default(),
+                );
+                api.patch_status(&target.name, &PatchParams::default(), &Patch::Merge(&body))
+                    .await
+                    .map_err(api_err(format!(
+                        "patching BackupRepository {ns}/{} status",
+                        target.name
+                    )))?;
             }
             Action::RequeueAfter(d) => requeue = Some(requeue.map_or(*d, |r| r.min(*d))),
         }

@@ -3,7 +3,10 @@
 
 use super::{api_err, snapshot_class_resource, volume_snapshot_resource, AdapterError};
 use crate::config::Config;
-use crate::controller::{BackupObserved, JobInfo, JobKind, RepositoryObserved, RestoreObserved, SnapshotClassInfo, SnapshotInfo, LABEL_JOB_KIND};
+use crate::controller::{
+    BackupObserved, JobInfo, JobKind, RepositoryObserved, RestoreObserved, SnapshotClassInfo,
+    SnapshotInfo, LABEL_JOB_KIND,
+};
 use crate::crd::{BackupRepository, BackupRule, VolumeBackup, VolumeRestore};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
@@ -12,35 +15,72 @@ use kube::api::{DynamicObject, ListParams};
 use kube::{Api, ResourceExt};
 
 /// Reads and parses the ConfigMap; a missing ConfigMap means all defaults.
-pub async fn read_config(client: &kube::Client, namespace: &str, name: &str) -> Result<Config, AdapterError> {
+pub async fn read_config(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Config, AdapterError> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let cm = api.get_opt(name).await.map_err(api_err(format!("reading ConfigMap {namespace}/{name}")))?;
-    Ok(Config::from_data(&cm.and_then(|c| c.data).unwrap_or_default()))
+    let cm = api
+        .get_opt(name)
+        .await
+        .map_err(api_err(format!("reading ConfigMap {namespace}/{name}")))?;
+    Ok(Config::from_data(
+        &cm.and_then(|c| c.data).unwrap_or_default(),
+    ))
 }
 
-async fn job_info(client: &kube::Client, ns: &str, name: Option<&str>) -> Result<Option<JobInfo>, AdapterError> {
+async fn job_info(
+    client: &kube::Client,
+    ns: &str,
+    name: Option<&str>,
+) -> Result<Option<JobInfo>, AdapterError> {
     let Some(name) = name else { return Ok(None) };
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
-    let Some(job) = jobs.get_opt(name).await.map_err(api_err(format!("reading Job {ns}/{name}")))? else {
+    let Some(job) = jobs
+        .get_opt(name)
+        .await
+        .map_err(api_err(format!("reading Job {ns}/{name}")))?
+    else {
         return Ok(None);
     };
     let status = job.status.unwrap_or_default();
-    let condition = |t: &str| status.conditions.iter().flatten().find(|c| c.type_ == t && c.status == "True").cloned();
+    let condition = |t: &str| {
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == t && c.status == "True")
+            .cloned()
+    };
     let failed = condition("Failed");
     let mut info = JobInfo {
         name: name.to_string(),
         succeeded: condition("Complete").is_some() || status.succeeded.unwrap_or(0) > 0,
         failed: failed.is_some(),
-        failure_message: failed.map(|c| format!("{}: {}", c.reason.unwrap_or_default(), c.message.unwrap_or_default())),
+        failure_message: failed.map(|c| {
+            format!(
+                "{}: {}",
+                c.reason.unwrap_or_default(),
+                c.message.unwrap_or_default()
+            )
+        }),
         termination_message: None,
     };
     if !info.is_running() {
         let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-        let list = pods.list(&ListParams::default().labels(&format!("job-name={name}"))).await.map_err(api_err(format!("listing pods of Job {ns}/{name}")))?;
+        let list = pods
+            .list(&ListParams::default().labels(&format!("job-name={name}")))
+            .await
+            .map_err(api_err(format!("listing pods of Job {ns}/{name}")))?;
         info.termination_message = list
             .items
             .iter()
-            .flat_map(|p| p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()))
+            .flat_map(|p| {
+                p.status
+                    .iter()
+                    .flat_map(|s| s.container_statuses.iter().flatten())
+            })
             .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
             .next_back();
     }
@@ -55,21 +95,38 @@ async fn running_jobs(client: &kube::Client, kind: JobKind) -> Result<u32, Adapt
         .map_err(api_err(format!("counting {} Jobs", kind.as_str())))?;
     let running = list.items.iter().filter(|j| {
         let s = j.status.clone().unwrap_or_default();
-        !s.conditions.iter().flatten().any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        !s.conditions
+            .iter()
+            .flatten()
+            .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
     });
     Ok(u32::try_from(running.count()).unwrap_or(u32::MAX))
 }
 
 /// Node of a running pod that mounts `claim`.
-async fn claim_node(client: &kube::Client, ns: &str, claim: &str) -> Result<Option<String>, AdapterError> {
+async fn claim_node(
+    client: &kube::Client,
+    ns: &str,
+    claim: &str,
+) -> Result<Option<String>, AdapterError> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let list = pods.list(&ListParams::default()).await.map_err(api_err(format!("listing pods in {ns}")))?;
+    let list = pods
+        .list(&ListParams::default())
+        .await
+        .map_err(api_err(format!("listing pods in {ns}")))?;
     Ok(list
         .items
         .into_iter()
         .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
         .find(|p| {
-            p.spec.iter().flat_map(|s| s.volumes.iter().flatten()).any(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == claim))
+            p.spec
+                .iter()
+                .flat_map(|s| s.volumes.iter().flatten())
+                .any(|v| {
+                    v.persistent_volume_claim
+                        .as_ref()
+                        .is_some_and(|c| c.claim_name == claim)
+                })
         })
         .and_then(|p| p.spec?.node_name))
 }
@@ -78,27 +135,51 @@ fn snapshot_info(object: DynamicObject) -> SnapshotInfo {
     let status = object.data.get("status").cloned().unwrap_or_default();
     SnapshotInfo {
         name: object.name_any(),
-        ready: status.get("readyToUse").and_then(|v| v.as_bool()).unwrap_or(false),
-        error: status.pointer("/error/message").and_then(|v| v.as_str()).map(str::to_string),
-        restore_size: status.get("restoreSize").and_then(|v| v.as_str()).map(str::to_string),
+        ready: status
+            .get("readyToUse")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
+        error: status
+            .pointer("/error/message")
+            .and_then(|v| v.as_str())
+            .map(str::to_string),
+        restore_size: status
+            .get("restoreSize")
+            .and_then(|v| v.as_str())
+            .map(str::to_string),
         created: object.metadata.creation_timestamp.map(|t| t.0),
     }
 }
 
 /// Observes everything [`crate::controller::decide_backup`] needs.
-pub async fn observe_backup(client: &kube::Client, vb: &VolumeBackup) -> Result<BackupObserved, AdapterError> {
+pub async fn observe_backup(
+    client: &kube::Client,
+    vb: &VolumeBackup,
+) -> Result<BackupObserved, AdapterError> {
     let ns = vb.namespace().unwrap_or_default();
     let status = vb.status.clone().unwrap_or_default();
     let repos: Api<BackupRepository> = Api::namespaced(client.clone(), &ns);
-    let repository = repos.get_opt(&vb.spec.repository).await.map_err(api_err("reading the BackupRepository"))?;
+    let repository = repos
+        .get_opt(&vb.spec.repository)
+        .await
+        .map_err(api_err("reading the BackupRepository"))?;
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
     let claim = &vb.spec.source.persistent_volume_claim;
-    let pvc = pvcs.get_opt(claim).await.map_err(api_err(format!("reading PVC {ns}/{claim}")))?;
-    let class_name = pvc.as_ref().and_then(|p| p.spec.as_ref()?.storage_class_name.clone());
+    let pvc = pvcs
+        .get_opt(claim)
+        .await
+        .map_err(api_err(format!("reading PVC {ns}/{claim}")))?;
+    let class_name = pvc
+        .as_ref()
+        .and_then(|p| p.spec.as_ref()?.storage_class_name.clone());
     let provisioner = match class_name {
         Some(name) => {
             let classes: Api<StorageClass> = Api::all(client.clone());
-            classes.get_opt(&name).await.map_err(api_err(format!("reading StorageClass {name}")))?.map(|c| c.provisioner)
+            classes
+                .get_opt(&name)
+                .await
+                .map_err(api_err(format!("reading StorageClass {name}")))?
+                .map(|c| c.provisioner)
         }
         None => None,
     };
@@ -110,8 +191,16 @@ pub async fn observe_backup(client: &kube::Client, vb: &VolumeBackup) -> Result<
             .items
             .into_iter()
             .map(|c| SnapshotClassInfo {
-                is_default: c.annotations().get("snapshot.storage.kubernetes.io/is-default-class").is_some_and(|v| v == "true"),
-                driver: c.data.get("driver").and_then(|d| d.as_str()).unwrap_or_default().to_string(),
+                is_default: c
+                    .annotations()
+                    .get("snapshot.storage.kubernetes.io/is-default-class")
+                    .is_some_and(|v| v == "true"),
+                driver: c
+                    .data
+                    .get("driver")
+                    .and_then(|d| d.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
                 name: c.name_any(),
             })
             .collect()
@@ -119,18 +208,29 @@ pub async fn observe_backup(client: &kube::Client, vb: &VolumeBackup) -> Result<
         Vec::new()
     };
     let rule = match &vb.spec.rule {
-        Some(r) => Api::<BackupRule>::namespaced(client.clone(), &ns).get_opt(&r.name).await.map_err(api_err("reading the BackupRule"))?,
+        Some(r) => Api::<BackupRule>::namespaced(client.clone(), &ns)
+            .get_opt(&r.name)
+            .await
+            .map_err(api_err("reading the BackupRule"))?,
         None => None,
     };
     let volume_snapshot = match &status.volume_snapshot_name {
         Some(name) => {
-            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &volume_snapshot_resource());
-            api.get_opt(name).await.map_err(api_err(format!("reading VolumeSnapshot {ns}/{name}")))?.map(snapshot_info)
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), &ns, &volume_snapshot_resource());
+            api.get_opt(name)
+                .await
+                .map_err(api_err(format!("reading VolumeSnapshot {ns}/{name}")))?
+                .map(snapshot_info)
         }
         None => None,
     };
     let backup_pvc_exists = match &status.backup_pvc_name {
-        Some(name) => pvcs.get_opt(name).await.map_err(api_err(format!("reading PVC {ns}/{name}")))?.is_some(),
+        Some(name) => pvcs
+            .get_opt(name)
+            .await
+            .map_err(api_err(format!("reading PVC {ns}/{name}")))?
+            .is_some(),
         None => false,
     };
     let terminal = status.phase.is_terminal();
@@ -144,49 +244,90 @@ pub async fn observe_backup(client: &kube::Client, vb: &VolumeBackup) -> Result<
         volume_snapshot,
         backup_pvc_exists,
         job: job_info(client, &ns, status.job_name.as_deref()).await?,
-        pvc_node: if terminal { None } else { claim_node(client, &ns, claim).await? },
-        running_backup_jobs: if terminal { 0 } else { running_jobs(client, JobKind::Backup).await? },
+        pvc_node: if terminal {
+            None
+        } else {
+            claim_node(client, &ns, claim).await?
+        },
+        running_backup_jobs: if terminal {
+            0
+        } else {
+            running_jobs(client, JobKind::Backup).await?
+        },
     })
 }
 
 /// Observes everything [`crate::controller::decide_restore`] needs.
-pub async fn observe_restore(client: &kube::Client, vr: &VolumeRestore) -> Result<RestoreObserved, AdapterError> {
+pub async fn observe_restore(
+    client: &kube::Client,
+    vr: &VolumeRestore,
+) -> Result<RestoreObserved, AdapterError> {
     let ns = vr.namespace().unwrap_or_default();
     let status = vr.status.clone().unwrap_or_default();
     let source_backup = match &vr.spec.source.volume_backup {
-        Some(name) => Api::<VolumeBackup>::namespaced(client.clone(), &ns).get_opt(name).await.map_err(api_err("reading the source VolumeBackup"))?,
+        Some(name) => Api::<VolumeBackup>::namespaced(client.clone(), &ns)
+            .get_opt(name)
+            .await
+            .map_err(api_err("reading the source VolumeBackup"))?,
         None => None,
     };
-    let repo_name = source_backup.as_ref().map(|b| b.spec.repository.clone()).or_else(|| vr.spec.source.repository.clone());
+    let repo_name = source_backup
+        .as_ref()
+        .map(|b| b.spec.repository.clone())
+        .or_else(|| vr.spec.source.repository.clone());
     let repository = match repo_name {
-        Some(name) => Api::<BackupRepository>::namespaced(client.clone(), &ns).get_opt(&name).await.map_err(api_err("reading the BackupRepository"))?,
+        Some(name) => Api::<BackupRepository>::namespaced(client.clone(), &ns)
+            .get_opt(&name)
+            .await
+            .map_err(api_err("reading the BackupRepository"))?,
         None => None,
     };
     let target = &vr.spec.target.persistent_volume_claim;
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-    let target_pvc = pvcs.get_opt(target).await.map_err(api_err(format!("reading PVC {ns}/{target}")))?;
-    let rwo = target_pvc.as_ref().and_then(|p| p.spec.as_ref()?.access_modes.clone()).unwrap_or_default() == ["ReadWriteOnce"];
+    let target_pvc = pvcs
+        .get_opt(target)
+        .await
+        .map_err(api_err(format!("reading PVC {ns}/{target}")))?;
+    let rwo = target_pvc
+        .as_ref()
+        .and_then(|p| p.spec.as_ref()?.access_modes.clone())
+        .unwrap_or_default()
+        == ["ReadWriteOnce"];
     let terminal = status.phase.is_terminal();
     Ok(RestoreObserved {
         restore: vr.clone(),
         source_backup,
         repository,
         target_exists: target_pvc.is_some(),
-        target_node: if rwo && !terminal { claim_node(client, &ns, target).await? } else { None },
+        target_node: if rwo && !terminal {
+            claim_node(client, &ns, target).await?
+        } else {
+            None
+        },
         job: job_info(client, &ns, status.job_name.as_deref()).await?,
-        running_restore_jobs: if terminal { 0 } else { running_jobs(client, JobKind::Restore).await? },
+        running_restore_jobs: if terminal {
+            0
+        } else {
+            running_jobs(client, JobKind::Restore).await?
+        },
     })
 }
 
 /// Observes everything [`crate::controller::decide_repository`] needs.
-pub async fn observe_repository(client: &kube::Client, repo: &BackupRepository) -> Result<RepositoryObserved, AdapterError> {
+pub async fn observe_repository(
+    client: &kube::Client,
+    repo: &BackupRepository,
+) -> Result<RepositoryObserved, AdapterError> {
     let ns = repo.namespace().unwrap_or_default();
     let status = repo.status.clone().unwrap_or_default();
-    let running = [&status.maintenance.last_quick, &status.maintenance.last_full]
-        .into_iter()
-        .flatten()
-        .find(|r| r.result == "Running")
-        .map(|r| r.job_name.clone());
+    let running = [
+        &status.maintenance.last_quick,
+        &status.maintenance.last_full,
+    ]
+    .into_iter()
+    .flatten()
+    .find(|r| r.result == "Running")
+    .map(|r| r.job_name.clone());
     Ok(RepositoryObserved {
         repository: repo.clone(),
         maintenance_job: job_info(client, &ns, running.as_deref()).await?,

@@ -9,8 +9,8 @@ use super::objects::{self, DataVolume, JobKind, JobSpec};
 use super::{human, time, Action, DecideContext, HookSide, JobInfo, BLOCKED_POLL, POLL};
 use crate::config::BACKUP_KEYS;
 use crate::crd::{
-    set_condition, BackupMode, BackupRepository, BackupRule, Condition, HookOutcome, Progress, VolumeBackup,
-    VolumeBackupPhase as Phase, VolumeBackupStatus,
+    set_condition, BackupMode, BackupRepository, BackupRule, Condition, HookOutcome, Progress,
+    VolumeBackup, VolumeBackupPhase as Phase, VolumeBackupStatus,
 };
 use crate::protocol::JobOutcome;
 use jiff::Timestamp;
@@ -81,20 +81,29 @@ struct Plan {
 
 impl Plan {
     fn condition(&mut self, type_: &str, ok: bool, reason: &str, message: impl Into<String>) {
-        set_condition(&mut self.status.conditions, Condition::new(type_, ok, reason, message, time(self.now)));
+        set_condition(
+            &mut self.status.conditions,
+            Condition::new(type_, ok, reason, message, time(self.now)),
+        );
     }
 
     fn terminal(&mut self, phase: Phase, reason: Option<String>) {
         self.status.phase = phase;
         self.status.completion_time = Some(time(self.now));
         let message = reason.clone().unwrap_or_else(|| "backup complete".into());
-        self.condition("Ready", phase == Phase::Completed, &format!("{phase:?}"), message);
+        self.condition(
+            "Ready",
+            phase == Phase::Completed,
+            &format!("{phase:?}"),
+            message,
+        );
         self.status.failure_reason = reason;
     }
 
     fn finish(mut self) -> Vec<Action> {
         if self.status != self.before {
-            self.actions.insert(0, Action::PatchBackupStatus(Box::new(self.status)));
+            self.actions
+                .insert(0, Action::PatchBackupStatus(Box::new(self.status)));
         }
         self.actions
     }
@@ -103,7 +112,12 @@ impl Plan {
 /// Decides the next steps for one VolumeBackup.
 pub fn decide_backup(obs: &BackupObserved, ctx: &DecideContext) -> Vec<Action> {
     let before = obs.backup.status.clone().unwrap_or_default();
-    let mut plan = Plan { status: before.clone(), before, actions: Vec::new(), now: ctx.now };
+    let mut plan = Plan {
+        status: before.clone(),
+        before,
+        actions: Vec::new(),
+        now: ctx.now,
+    };
     step(obs, ctx, &mut plan);
     plan.finish()
 }
@@ -121,7 +135,10 @@ fn step(obs: &BackupObserved, ctx: &DecideContext, plan: &mut Plan) {
     }
     if vb.spec.cancel {
         if let Some(job) = &obs.job {
-            plan.actions.push(Action::DeleteJob { namespace: ns.clone(), name: job.name.clone() });
+            plan.actions.push(Action::DeleteJob {
+                namespace: ns.clone(),
+                name: job.name.clone(),
+            });
         }
         if run_post_if_owed(obs, plan) {
             return;
@@ -141,24 +158,42 @@ fn step(obs: &BackupObserved, ctx: &DecideContext, plan: &mut Plan) {
             "RepositoryFound",
             false,
             "RepositoryNotFound",
-            format!("BackupRepository {:?} does not exist in namespace {ns:?}; create it", vb.spec.repository),
+            format!(
+                "BackupRepository {:?} does not exist in namespace {ns:?}; create it",
+                vb.spec.repository
+            ),
         );
         plan.actions.push(Action::RequeueAfter(BLOCKED_POLL));
         return;
     };
-    plan.status.conditions.retain(|c| c.type_ != "RepositoryFound");
+    plan.status
+        .conditions
+        .retain(|c| c.type_ != "RepositoryFound");
     let pvc_name = &vb.spec.source.persistent_volume_claim;
     let Some(pvc) = &obs.pvc else {
         if run_post_if_owed(obs, plan) {
             return;
         }
-        plan.terminal(Phase::Failed, Some(format!("PersistentVolumeClaim {pvc_name:?} not found in namespace {ns:?}")));
+        plan.terminal(
+            Phase::Failed,
+            Some(format!(
+                "PersistentVolumeClaim {pvc_name:?} not found in namespace {ns:?}"
+            )),
+        );
         cleanup(obs, plan, false);
         return;
     };
     if vb.spec.rule.is_some() && obs.rule.is_none() && phase == Phase::New {
-        let name = vb.spec.rule.as_ref().map(|r| r.name.clone()).unwrap_or_default();
-        plan.terminal(Phase::Failed, Some(format!("BackupRule {name:?} not found in namespace {ns:?}")));
+        let name = vb
+            .spec
+            .rule
+            .as_ref()
+            .map(|r| r.name.clone())
+            .unwrap_or_default();
+        plan.terminal(
+            Phase::Failed,
+            Some(format!("BackupRule {name:?} not found in namespace {ns:?}")),
+        );
         return;
     }
     let mode = match plan.status.mode {
@@ -191,13 +226,24 @@ fn step(obs: &BackupObserved, ctx: &DecideContext, plan: &mut Plan) {
     }
     match (mode, phase) {
         (BackupMode::Direct, Phase::New) => {
-            let data = DataVolume { claim: pvc_name.clone(), read_only: true, node: rwo_node(pvc, obs) };
+            let data = DataVolume {
+                claim: pvc_name.clone(),
+                read_only: true,
+                node: rwo_node(pvc, obs),
+            };
             create_job(obs, ctx, plan, repository, data);
         }
         (_, Phase::New) => {
             let class = snapshot_class(obs).unwrap_or_default();
             let name = objects::job_name(&vb.name_any(), "snapshot");
-            plan.actions.push(Action::CreateVolumeSnapshot(objects::volume_snapshot(&ns, &name, pvc_name, &class, &owner(vb))));
+            plan.actions
+                .push(Action::CreateVolumeSnapshot(objects::volume_snapshot(
+                    &ns,
+                    &name,
+                    pvc_name,
+                    &class,
+                    &owner(vb),
+                )));
             plan.status.volume_snapshot_name = Some(name);
             plan.status.phase = Phase::SnapshotInProgress;
         }
@@ -208,7 +254,17 @@ fn step(obs: &BackupObserved, ctx: &DecideContext, plan: &mut Plan) {
                 plan.actions.push(expose(obs, ctx, pvc));
             }
             let claim = plan.status.backup_pvc_name.clone().unwrap_or_default();
-            create_job(obs, ctx, plan, repository, DataVolume { claim, read_only: true, node: None });
+            create_job(
+                obs,
+                ctx,
+                plan,
+                repository,
+                DataVolume {
+                    claim,
+                    read_only: true,
+                    node: None,
+                },
+            );
         }
         (_, Phase::Uploading) => uploading(obs, ctx, plan, repository, pvc),
         (_, Phase::Completed | Phase::Failed | Phase::Canceled) => {}
@@ -222,7 +278,8 @@ fn owner(vb: &VolumeBackup) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::O
 /// Picks Snapshot or Direct for this backup.
 fn resolve_mode(obs: &BackupObserved, ctx: &DecideContext) -> Result<BackupMode, String> {
     let spec = &obs.backup.spec;
-    if spec.mode == BackupMode::Direct || (spec.mode == BackupMode::Auto && ctx.config.force_direct) {
+    if spec.mode == BackupMode::Direct || (spec.mode == BackupMode::Auto && ctx.config.force_direct)
+    {
         return Ok(BackupMode::Direct);
     }
     if let Some(name) = &spec.volume_snapshot_class_name {
@@ -236,7 +293,11 @@ fn resolve_mode(obs: &BackupObserved, ctx: &DecideContext) -> Result<BackupMode,
         (Some(_), _) => Ok(BackupMode::Snapshot),
         (None, BackupMode::Auto) => Ok(BackupMode::Direct),
         (None, _) => {
-            let class = obs.pvc.as_ref().and_then(|p| p.spec.as_ref()?.storage_class_name.clone()).unwrap_or_default();
+            let class = obs
+                .pvc
+                .as_ref()
+                .and_then(|p| p.spec.as_ref()?.storage_class_name.clone())
+                .unwrap_or_default();
             let driver = obs.provisioner.clone().unwrap_or_else(|| "unknown".into());
             Err(format!(
                 "storage class {class:?} (provisioner {driver:?}) has no VolumeSnapshotClass: create one, \
@@ -253,7 +314,11 @@ fn snapshot_class(obs: &BackupObserved) -> Option<String> {
         return Some(name.clone());
     }
     let driver = obs.provisioner.as_deref()?;
-    let mut classes: Vec<&SnapshotClassInfo> = obs.snapshot_classes.iter().filter(|c| c.driver == driver).collect();
+    let mut classes: Vec<&SnapshotClassInfo> = obs
+        .snapshot_classes
+        .iter()
+        .filter(|c| c.driver == driver)
+        .collect();
     classes.sort_by_key(|c| !c.is_default);
     match classes.as_slice() {
         [only] => Some(only.name.clone()),
@@ -265,7 +330,13 @@ fn snapshot_class(obs: &BackupObserved) -> Option<String> {
 fn rule_action(obs: &BackupObserved, side: HookSide) -> Action {
     Action::RunRule {
         namespace: obs.backup.namespace().unwrap_or_default(),
-        rule: obs.backup.spec.rule.as_ref().map(|r| r.name.clone()).unwrap_or_default(),
+        rule: obs
+            .backup
+            .spec
+            .rule
+            .as_ref()
+            .map(|r| r.name.clone())
+            .unwrap_or_default(),
         side,
         volume_backup: obs.backup.name_any(),
     }
@@ -281,30 +352,47 @@ fn run_post_if_owed(obs: &BackupObserved, plan: &mut Plan) -> bool {
     let Some(rule) = &obs.rule else { return false };
     let pre_ran = rule.spec.pre.is_empty() || plan.status.hooks.pre.is_some();
     let capture_started = plan.status.phase != Phase::New || plan.status.hooks.pre.is_some();
-    if rule.spec.post.is_empty() || plan.status.hooks.post.is_some() || !pre_ran || !capture_started {
+    if rule.spec.post.is_empty() || plan.status.hooks.post.is_some() || !pre_ran || !capture_started
+    {
         return false;
     }
     plan.actions.push(rule_action(obs, HookSide::Post));
     true
 }
 
-fn snapshot_in_progress(obs: &BackupObserved, ctx: &DecideContext, plan: &mut Plan, pvc: &PersistentVolumeClaim) {
+fn snapshot_in_progress(
+    obs: &BackupObserved,
+    ctx: &DecideContext,
+    plan: &mut Plan,
+    pvc: &PersistentVolumeClaim,
+) {
     // The snapshot is cut once the VolumeSnapshot exists: release the application now.
     if obs.volume_snapshot.is_some() && run_post_if_owed(obs, plan) {
         return;
     }
     let name = plan.status.volume_snapshot_name.clone().unwrap_or_default();
     let Some(vs) = &obs.volume_snapshot else {
-        plan.terminal(Phase::Failed, Some(format!("VolumeSnapshot {name:?} disappeared before it was ready")));
+        plan.terminal(
+            Phase::Failed,
+            Some(format!(
+                "VolumeSnapshot {name:?} disappeared before it was ready"
+            )),
+        );
         return;
     };
     if let Some(error) = &vs.error {
-        plan.terminal(Phase::Failed, Some(format!("VolumeSnapshot {name:?} failed: {error}")));
+        plan.terminal(
+            Phase::Failed,
+            Some(format!("VolumeSnapshot {name:?} failed: {error}")),
+        );
         cleanup(obs, plan, false);
         return;
     }
     if !vs.ready {
-        let started = vs.created.or(plan.status.start_time.as_ref().map(|t| t.0)).unwrap_or(ctx.now);
+        let started = vs
+            .created
+            .or(plan.status.start_time.as_ref().map(|t| t.0))
+            .unwrap_or(ctx.now);
         let waited = ctx.now.duration_since(started).unsigned_abs();
         let timeout = ctx.config.snapshot_timeout;
         if waited >= timeout {
@@ -318,7 +406,8 @@ fn snapshot_in_progress(obs: &BackupObserved, ctx: &DecideContext, plan: &mut Pl
             );
             cleanup(obs, plan, false);
         } else {
-            plan.actions.push(Action::RequeueAfter(POLL.min(timeout - waited)));
+            plan.actions
+                .push(Action::RequeueAfter(POLL.min(timeout - waited)));
         }
         return;
     }
@@ -338,23 +427,56 @@ fn expose(obs: &BackupObserved, ctx: &DecideContext, pvc: &PersistentVolumeClaim
         .and_then(|vs| vs.restore_size.clone())
         .or_else(|| pvc_size(pvc))
         .unwrap_or_else(|| "1Gi".into());
-    let cfg = source_class.as_ref().and_then(|c| ctx.config.backup_pvc.get(c));
+    let cfg = source_class
+        .as_ref()
+        .and_then(|c| ctx.config.backup_pvc.get(c));
     let name = objects::job_name(&vb.name_any(), "backup-pvc");
-    let snapshot = obs.volume_snapshot.as_ref().map(|v| v.name.clone()).unwrap_or_default();
-    Action::CreatePvc(Box::new(objects::backup_pvc(&ns, &name, &snapshot, source_class.as_deref(), &size, cfg, &owner(vb))))
+    let snapshot = obs
+        .volume_snapshot
+        .as_ref()
+        .map(|v| v.name.clone())
+        .unwrap_or_default();
+    Action::CreatePvc(Box::new(objects::backup_pvc(
+        &ns,
+        &name,
+        &snapshot,
+        source_class.as_deref(),
+        &size,
+        cfg,
+        &owner(vb),
+    )))
 }
 
 fn pvc_size(pvc: &PersistentVolumeClaim) -> Option<String> {
-    let from_status = pvc.status.as_ref().and_then(|s| s.capacity.as_ref()?.get("storage").cloned());
-    let from_spec = || pvc.spec.as_ref()?.resources.as_ref()?.requests.as_ref()?.get("storage").cloned();
+    let from_status = pvc
+        .status
+        .as_ref()
+        .and_then(|s| s.capacity.as_ref()?.get("storage").cloned());
+    let from_spec = || {
+        pvc.spec
+            .as_ref()?
+            .resources
+            .as_ref()?
+            .requests
+            .as_ref()?
+            .get("storage")
+            .cloned()
+    };
     from_status.or_else(from_spec).map(|q| q.0)
 }
 
 /// The node to pin a direct-mode Job to: a ReadWriteOnce volume can only be mounted
 /// again on the node that already has it.
 fn rwo_node(pvc: &PersistentVolumeClaim, obs: &BackupObserved) -> Option<String> {
-    let modes = pvc.spec.as_ref().and_then(|s| s.access_modes.clone()).unwrap_or_default();
-    let rwo = modes.iter().any(|m| m == "ReadWriteOnce") && !modes.iter().any(|m| m == "ReadWriteMany" || m == "ReadOnlyMany");
+    let modes = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.access_modes.clone())
+        .unwrap_or_default();
+    let rwo = modes.iter().any(|m| m == "ReadWriteOnce")
+        && !modes
+            .iter()
+            .any(|m| m == "ReadWriteMany" || m == "ReadOnlyMany");
     if rwo {
         obs.pvc_node.clone()
     } else {
@@ -363,24 +485,39 @@ fn rwo_node(pvc: &PersistentVolumeClaim, obs: &BackupObserved) -> Option<String>
 }
 
 /// Creates the next backup Job if a slot is free; otherwise waits with a condition saying so.
-fn create_job(obs: &BackupObserved, ctx: &DecideContext, plan: &mut Plan, repository: &BackupRepository, data: DataVolume) {
+fn create_job(
+    obs: &BackupObserved,
+    ctx: &DecideContext,
+    plan: &mut Plan,
+    repository: &BackupRepository,
+    data: DataVolume,
+) {
     let limit = JobKind::Backup.limit(&ctx.config);
     if obs.running_backup_jobs >= limit {
         plan.condition(
             "WaitingForJobSlot",
             true,
             "JobLimitReached",
-            format!("{} backup Jobs are running, the limit (KDMP_BACKUP_JOB_LIMIT) is {limit}", obs.running_backup_jobs),
+            format!(
+                "{} backup Jobs are running, the limit (KDMP_BACKUP_JOB_LIMIT) is {limit}",
+                obs.running_backup_jobs
+            ),
         );
         plan.actions.push(Action::RequeueAfter(POLL));
         return;
     }
-    plan.status.conditions.retain(|c| c.type_ != "WaitingForJobSlot");
+    plan.status
+        .conditions
+        .retain(|c| c.type_ != "WaitingForJobSlot");
     let vb = &obs.backup;
     let ns = vb.namespace().unwrap_or_default();
     let attempt = plan.status.attempts + 1;
     let name = objects::job_name(&vb.name_any(), &format!("backup-{attempt}"));
-    let class = obs.pvc.as_ref().and_then(|p| p.spec.as_ref()?.storage_class_name.clone()).unwrap_or_default();
+    let class = obs
+        .pvc
+        .as_ref()
+        .and_then(|p| p.spec.as_ref()?.storage_class_name.clone())
+        .unwrap_or_default();
     let mut args = vec![
         "backup".to_string(),
         "--volume-backup".into(),
@@ -406,27 +543,45 @@ fn create_job(obs: &BackupObserved, ctx: &DecideContext, plan: &mut Plan, reposi
         data: Some(data),
         with_excludes: true,
     };
-    plan.actions.push(Action::CreateJob(Box::new(objects::job(&spec, &ctx.config, &ctx.jobs))));
+    plan.actions.push(Action::CreateJob(Box::new(objects::job(
+        &spec,
+        &ctx.config,
+        &ctx.jobs,
+    ))));
     plan.status.job_name = Some(name);
     plan.status.attempts = attempt;
     plan.status.phase = Phase::Uploading;
 }
 
-fn uploading(obs: &BackupObserved, ctx: &DecideContext, plan: &mut Plan, repository: &BackupRepository, pvc: &PersistentVolumeClaim) {
+fn uploading(
+    obs: &BackupObserved,
+    ctx: &DecideContext,
+    plan: &mut Plan,
+    repository: &BackupRepository,
+    pvc: &PersistentVolumeClaim,
+) {
     let ns = obs.backup.namespace().unwrap_or_default();
     let job_name = plan.status.job_name.clone().unwrap_or_default();
     let failure = match &obs.job {
         Some(job) if job.is_running() => {
-            plan.actions.push(Action::RequeueAfter(Duration::from_secs(60)));
+            plan.actions
+                .push(Action::RequeueAfter(Duration::from_secs(60)));
             return;
         }
-        Some(job) if job.succeeded => match job.termination_message.as_deref().and_then(JobOutcome::parse) {
+        Some(job) if job.succeeded => match job
+            .termination_message
+            .as_deref()
+            .and_then(JobOutcome::parse)
+        {
             Some(outcome) if outcome.succeeded && outcome.snapshot_id.is_some() => {
                 if run_post_if_owed(obs, plan) {
                     return;
                 }
                 plan.status.snapshot_id = outcome.snapshot_id;
-                plan.status.progress = Some(Progress { bytes_done: outcome.bytes_done, total_bytes: outcome.total_bytes });
+                plan.status.progress = Some(Progress {
+                    bytes_done: outcome.bytes_done,
+                    total_bytes: outcome.total_bytes,
+                });
                 plan.terminal(Phase::Completed, None);
                 cleanup(obs, plan, true);
                 return;
@@ -438,7 +593,10 @@ fn uploading(obs: &BackupObserved, ctx: &DecideContext, plan: &mut Plan, reposit
     };
     if plan.status.attempts < ctx.jobs.max_attempts {
         if obs.job.is_some() {
-            plan.actions.push(Action::DeleteJob { namespace: ns, name: job_name });
+            plan.actions.push(Action::DeleteJob {
+                namespace: ns,
+                name: job_name,
+            });
         }
         plan.condition(
             "Retrying",
@@ -450,7 +608,11 @@ fn uploading(obs: &BackupObserved, ctx: &DecideContext, plan: &mut Plan, reposit
             ),
         );
         let data = match plan.status.backup_pvc_name.clone() {
-            Some(claim) if plan.status.mode != Some(BackupMode::Direct) => DataVolume { claim, read_only: true, node: None },
+            Some(claim) if plan.status.mode != Some(BackupMode::Direct) => DataVolume {
+                claim,
+                read_only: true,
+                node: None,
+            },
             _ => DataVolume {
                 claim: obs.backup.spec.source.persistent_volume_claim.clone(),
                 read_only: true,
@@ -463,16 +625,27 @@ fn uploading(obs: &BackupObserved, ctx: &DecideContext, plan: &mut Plan, reposit
     if run_post_if_owed(obs, plan) {
         return;
     }
-    plan.terminal(Phase::Failed, Some(format!("{failure} (after {} attempts)", plan.status.attempts)));
+    plan.terminal(
+        Phase::Failed,
+        Some(format!(
+            "{failure} (after {} attempts)",
+            plan.status.attempts
+        )),
+    );
     cleanup(obs, plan, false);
 }
 
 /// Why a Job failed, from its termination message or its Failed condition.
 pub(crate) fn failure_reason(job: &JobInfo) -> String {
-    let outcome = job.termination_message.as_deref().and_then(JobOutcome::parse);
+    let outcome = job
+        .termination_message
+        .as_deref()
+        .and_then(JobOutcome::parse);
     match (outcome, &job.termination_message, &job.failure_message) {
         (Some(o), _, _) if !o.message.is_empty() => o.message,
-        (None, Some(log_tail), _) if !log_tail.trim().is_empty() => format!("Job {:?} crashed: {}", job.name, log_tail.trim()),
+        (None, Some(log_tail), _) if !log_tail.trim().is_empty() => {
+            format!("Job {:?} crashed: {}", job.name, log_tail.trim())
+        }
         (_, _, Some(m)) => format!("Job {:?} failed: {m}", job.name),
         _ => format!("Job {:?} failed", job.name),
     }
@@ -484,12 +657,18 @@ fn cleanup(obs: &BackupObserved, plan: &mut Plan, completed: bool) {
     let ns = obs.backup.namespace().unwrap_or_default();
     if obs.backup_pvc_exists {
         if let Some(name) = plan.status.backup_pvc_name.clone() {
-            plan.actions.push(Action::DeletePvc { namespace: ns.clone(), name });
+            plan.actions.push(Action::DeletePvc {
+                namespace: ns.clone(),
+                name,
+            });
         }
     }
     let keep = completed && obs.backup.spec.offload;
     if let (Some(vs), false) = (&obs.volume_snapshot, keep) {
-        plan.actions.push(Action::DeleteVolumeSnapshot { namespace: ns, name: vs.name.clone() });
+        plan.actions.push(Action::DeleteVolumeSnapshot {
+            namespace: ns,
+            name: vs.name.clone(),
+        });
         plan.status.volume_snapshot_name = None;
     }
 }

@@ -10,7 +10,9 @@ mod repository;
 mod restore;
 
 pub use backup::{decide_backup, record_hook, BackupObserved, SnapshotClassInfo, SnapshotInfo};
-pub use objects::{job_name, short_hash, volume_snapshot, JobKind, LABEL_JOB_KIND, LABEL_OWNER, LABEL_REPOSITORY};
+pub use objects::{
+    job_name, short_hash, volume_snapshot, JobKind, LABEL_JOB_KIND, LABEL_OWNER, LABEL_REPOSITORY,
+};
 pub use repository::{decide_repository, RepositoryObserved};
 pub use restore::{decide_restore, RestoreObserved};
 

@@ -7,7 +7,9 @@
 use crate::config::{BackupPvcConfig, Config};
 use crate::controller::JobSettings;
 use crate::crd::BackupRepository;
-use crate::protocol::{CACHE_DIR, CREDENTIALS_DIR, DATA_DIR, ENV_EXCLUDE_FILE_LIST, PASSWORD_DIR, TERMINATION_LOG};
+use crate::protocol::{
+    CACHE_DIR, CREDENTIALS_DIR, DATA_DIR, ENV_EXCLUDE_FILE_LIST, PASSWORD_DIR, TERMINATION_LOG,
+};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -73,7 +75,11 @@ pub fn job_name(base: &str, suffix: &str) -> String {
     }
     let room = MAX_LABEL_NAME - suffix.len() - 10;
     let cut: String = base.chars().take(room).collect();
-    format!("{}-{}-{suffix}", cut.trim_end_matches(['-', '.']), short_hash(&full))
+    format!(
+        "{}-{}-{suffix}",
+        cut.trim_end_matches(['-', '.']),
+        short_hash(&full)
+    )
 }
 
 /// Deserializes an object built by this module. The shapes are fixed and covered by tests;
@@ -83,7 +89,13 @@ fn typed<T: serde::de::DeserializeOwned>(value: Value) -> T {
 }
 
 /// The VolumeSnapshot of `pvc` with `class`.
-pub fn volume_snapshot(namespace: &str, name: &str, pvc: &str, class: &str, owner: &OwnerReference) -> Value {
+pub fn volume_snapshot(
+    namespace: &str,
+    name: &str,
+    pvc: &str,
+    class: &str,
+    owner: &OwnerReference,
+) -> Value {
     json!({
         "apiVersion": "snapshot.storage.k8s.io/v1",
         "kind": "VolumeSnapshot",
@@ -110,8 +122,14 @@ pub fn backup_pvc(
     cfg: Option<&BackupPvcConfig>,
     owner: &OwnerReference,
 ) -> PersistentVolumeClaim {
-    let class = cfg.and_then(|c| c.storage_class.as_deref()).or(source_class);
-    let mode = if cfg.and_then(|c| c.read_only) == Some(true) { "ReadOnlyMany" } else { "ReadWriteOnce" };
+    let class = cfg
+        .and_then(|c| c.storage_class.as_deref())
+        .or(source_class);
+    let mode = if cfg.and_then(|c| c.read_only) == Some(true) {
+        "ReadOnlyMany"
+    } else {
+        "ReadWriteOnce"
+    };
     typed(json!({
         "metadata": {
             "name": name, "namespace": namespace,
@@ -128,9 +146,18 @@ pub fn backup_pvc(
 }
 
 /// A restore target PVC. Not owned by the VolumeRestore: restored data outlives it.
-pub fn target_pvc(namespace: &str, name: &str, class: Option<&str>, size: &str, modes: &[String]) -> PersistentVolumeClaim {
-    let modes: Vec<&str> =
-        if modes.is_empty() { vec!["ReadWriteOnce"] } else { modes.iter().map(String::as_str).collect() };
+pub fn target_pvc(
+    namespace: &str,
+    name: &str,
+    class: Option<&str>,
+    size: &str,
+    modes: &[String],
+) -> PersistentVolumeClaim {
+    let modes: Vec<&str> = if modes.is_empty() {
+        vec!["ReadWriteOnce"]
+    } else {
+        modes.iter().map(String::as_str).collect()
+    };
     typed(json!({
         "metadata": { "name": name, "namespace": namespace, "labels": { "app.kubernetes.io/created-by": "cairn" } },
         "spec": { "storageClassName": class, "accessModes": modes, "resources": { "requests": { "storage": size } } }
@@ -200,7 +227,8 @@ pub fn job(spec: &JobSpec<'_>, config: &Config, settings: &JobSettings) -> Job {
     if let Some(secret) = &repo.credentials_secret {
         args.extend(["--credentials-dir".into(), CREDENTIALS_DIR.into()]);
         volumes.push(json!({ "name": "credentials", "secret": { "secretName": secret.name } }));
-        mounts.push(json!({ "name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": true }));
+        mounts
+            .push(json!({ "name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": true }));
     }
     let mut node_name = None;
     if let Some(data) = &spec.data {
@@ -216,7 +244,10 @@ pub fn job(spec: &JobSpec<'_>, config: &Config, settings: &JobSettings) -> Job {
     }
     let r = &config.resources;
     let pick = |pairs: [(&str, &Option<String>); 2]| -> serde_json::Map<String, Value> {
-        pairs.into_iter().filter_map(|(k, v)| Some((k.to_string(), json!(v.as_ref()?)))).collect()
+        pairs
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_string(), json!(v.as_ref()?))))
+            .collect()
     };
     let requests = pick([("cpu", &r.request_cpu), ("memory", &r.request_memory)]);
     let limits = pick([("cpu", &r.limit_cpu), ("memory", &r.limit_memory)]);
@@ -227,8 +258,11 @@ pub fn job(spec: &JobSpec<'_>, config: &Config, settings: &JobSettings) -> Job {
         "app.kubernetes.io/name": "cairn",
         "app.kubernetes.io/component": "job",
     });
-    let pull_secrets: Vec<Value> =
-        config.image_pull_secret.iter().map(|s| json!({ "name": s })).collect();
+    let pull_secrets: Vec<Value> = config
+        .image_pull_secret
+        .iter()
+        .map(|s| json!({ "name": s }))
+        .collect();
     typed(json!({
         "metadata": { "name": spec.name, "namespace": spec.namespace, "labels": labels, "ownerReferences": [spec.owner] },
         "spec": {

@@ -41,19 +41,38 @@ pub fn decide_repository(obs: &RepositoryObserved, ctx: &DecideContext) -> Vec<A
     let mut status = before.clone();
     let mut actions = Vec::new();
     let now = ctx.now;
-    let cond = |status: &mut crate::crd::BackupRepositoryStatus, t: &str, ok: bool, r: &str, m: String| {
-        set_condition(&mut status.conditions, Condition::new(t, ok, r, m, time(now)));
-    };
+    let cond =
+        |status: &mut crate::crd::BackupRepositoryStatus, t: &str, ok: bool, r: &str, m: String| {
+            set_condition(
+                &mut status.conditions,
+                Condition::new(t, ok, r, m, time(now)),
+            );
+        };
     let schedule = &repo.spec.maintenance;
     let intervals = [
-        ("quickInterval", schedule.quick_interval.as_deref(), DEFAULT_QUICK),
-        ("fullInterval", schedule.full_interval.as_deref(), DEFAULT_FULL),
-        ("catalogRefreshInterval", repo.spec.catalog_refresh_interval.as_deref(), DEFAULT_CATALOG),
+        (
+            "quickInterval",
+            schedule.quick_interval.as_deref(),
+            DEFAULT_QUICK,
+        ),
+        (
+            "fullInterval",
+            schedule.full_interval.as_deref(),
+            DEFAULT_FULL,
+        ),
+        (
+            "catalogRefreshInterval",
+            repo.spec.catalog_refresh_interval.as_deref(),
+            DEFAULT_CATALOG,
+        ),
     ]
     .map(|(field, text, default)| match text.map(parse_duration) {
         None => Ok(default),
         Some(Ok(d)) if !d.is_zero() => Ok(d),
-        Some(_) => Err(format!("{field}: {:?} is not a duration; use for example \"6h\"", text.unwrap_or_default())),
+        Some(_) => Err(format!(
+            "{field}: {:?} is not a duration; use for example \"6h\"",
+            text.unwrap_or_default()
+        )),
     });
     let problems: Vec<String> = ctx
         .config
@@ -62,7 +81,13 @@ pub fn decide_repository(obs: &RepositoryObserved, ctx: &DecideContext) -> Vec<A
         .chain(intervals.iter().filter_map(|r| r.clone().err()))
         .collect();
     if !problems.is_empty() {
-        cond(&mut status, "ConfigValid", false, "InvalidConfiguration", problems.join("; "));
+        cond(
+            &mut status,
+            "ConfigValid",
+            false,
+            "InvalidConfiguration",
+            problems.join("; "),
+        );
         actions.push(Action::RequeueAfter(BLOCKED_POLL));
         return finish(before, status, actions);
     }
@@ -70,9 +95,15 @@ pub fn decide_repository(obs: &RepositoryObserved, ctx: &DecideContext) -> Vec<A
     let [quick_every, full_every, catalog_every] = intervals.map(|r| r.unwrap_or_default());
 
     // Record finished runs.
-    for slot in [&mut status.maintenance.last_quick, &mut status.maintenance.last_full] {
+    for slot in [
+        &mut status.maintenance.last_quick,
+        &mut status.maintenance.last_full,
+    ] {
         if let Some(run) = slot.as_mut().filter(|r| r.result == "Running") {
-            let job = obs.maintenance_job.as_ref().filter(|j| j.name == run.job_name);
+            let job = obs
+                .maintenance_job
+                .as_ref()
+                .filter(|j| j.name == run.job_name);
             if let Some(done) = settle(job, &run.job_name) {
                 run.completion_time = Some(time(now));
                 (run.result, run.message) = done;
@@ -85,20 +116,40 @@ pub fn decide_repository(obs: &RepositoryObserved, ctx: &DecideContext) -> Vec<A
             status.catalog_job = None;
             status.last_catalog_refresh = Some(time(now));
             let ok = result == "Succeeded";
-            let message = if ok { "the repository opened and its snapshots are mirrored".into() } else { message };
-            cond(&mut status, "Ready", ok, if ok { "CatalogRefreshed" } else { "CatalogRefreshFailed" }, message);
+            let message = if ok {
+                "the repository opened and its snapshots are mirrored".into()
+            } else {
+                message
+            };
+            cond(
+                &mut status,
+                "Ready",
+                ok,
+                if ok {
+                    "CatalogRefreshed"
+                } else {
+                    "CatalogRefreshFailed"
+                },
+                message,
+            );
         }
     }
 
     let mut running = obs.running_maintenance_jobs;
     let limit = JobKind::Maintenance.limit(&ctx.config);
     let mut next_due = catalog_every.min(quick_every);
-    let maintenance_running = [&status.maintenance.last_quick, &status.maintenance.last_full]
-        .iter()
-        .any(|r| r.as_ref().is_some_and(|r| r.result == "Running"));
+    let maintenance_running = [
+        &status.maintenance.last_quick,
+        &status.maintenance.last_full,
+    ]
+    .iter()
+    .any(|r| r.as_ref().is_some_and(|r| r.result == "Running"));
     if !schedule.suspend && !maintenance_running {
         let due = |last: &Option<MaintenanceRun>, every: Duration| -> Option<Duration> {
-            let started = last.as_ref().and_then(|r| r.start_time.as_ref()).map(|t| t.0);
+            let started = last
+                .as_ref()
+                .and_then(|r| r.start_time.as_ref())
+                .map(|t| t.0);
             remaining(started, every, now)
         };
         let full_wait = due(&status.maintenance.last_full, full_every);
@@ -116,10 +167,24 @@ pub fn decide_repository(obs: &RepositoryObserved, ctx: &DecideContext) -> Vec<A
                 cond(&mut status, "WaitingForJobSlot", true, "JobLimitReached", format!("{running} maintenance Jobs are running, the limit (KDMP_MAINTENANCE_JOB_LIMIT) is {limit}"));
                 next_due = POLL;
             } else {
-                let name = objects::job_name(&repo.name_any(), &format!("{}-{}", kind.as_str(), now.as_second()));
-                actions.push(create_job(repo, ctx, &name, vec!["maintenance".into(), "--kind".into(), kind.as_str().into()]));
+                let name = objects::job_name(
+                    &repo.name_any(),
+                    &format!("{}-{}", kind.as_str(), now.as_second()),
+                );
+                actions.push(create_job(
+                    repo,
+                    ctx,
+                    &name,
+                    vec!["maintenance".into(), "--kind".into(), kind.as_str().into()],
+                ));
                 running += 1;
-                let run = MaintenanceRun { job_name: name, start_time: Some(time(now)), completion_time: None, result: "Running".into(), message: String::new() };
+                let run = MaintenanceRun {
+                    job_name: name,
+                    start_time: Some(time(now)),
+                    completion_time: None,
+                    result: "Running".into(),
+                    message: String::new(),
+                };
                 match kind {
                     MaintenanceKind::Quick => status.maintenance.last_quick = Some(run),
                     MaintenanceKind::Full => status.maintenance.last_full = Some(run),
@@ -129,10 +194,15 @@ pub fn decide_repository(obs: &RepositoryObserved, ctx: &DecideContext) -> Vec<A
         }
     }
     if status.catalog_job.is_none() {
-        match remaining(status.last_catalog_refresh.as_ref().map(|t| t.0), catalog_every, now) {
+        match remaining(
+            status.last_catalog_refresh.as_ref().map(|t| t.0),
+            catalog_every,
+            now,
+        ) {
             Some(wait) => next_due = next_due.min(wait),
             None if running < limit => {
-                let name = objects::job_name(&repo.name_any(), &format!("catalog-{}", now.as_second()));
+                let name =
+                    objects::job_name(&repo.name_any(), &format!("catalog-{}", now.as_second()));
                 actions.push(create_job(repo, ctx, &name, vec!["catalog".into()]));
                 status.catalog_job = Some(name);
             }
@@ -143,7 +213,11 @@ pub fn decide_repository(obs: &RepositoryObserved, ctx: &DecideContext) -> Vec<A
     finish(before, status, actions)
 }
 
-fn finish(before: crate::crd::BackupRepositoryStatus, status: crate::crd::BackupRepositoryStatus, mut actions: Vec<Action>) -> Vec<Action> {
+fn finish(
+    before: crate::crd::BackupRepositoryStatus,
+    status: crate::crd::BackupRepositoryStatus,
+    mut actions: Vec<Action>,
+) -> Vec<Action> {
     if status != before {
         actions.insert(0, Action::PatchRepositoryStatus(Box::new(status)));
     }
@@ -162,17 +236,38 @@ fn settle(job: Option<&JobInfo>, name: &str) -> Option<(String, String)> {
     match job {
         Some(j) if j.is_running() => None,
         Some(j) if j.succeeded => {
-            let outcome = j.termination_message.as_deref().and_then(JobOutcome::parse).unwrap_or_default();
+            let outcome = j
+                .termination_message
+                .as_deref()
+                .and_then(JobOutcome::parse)
+                .unwrap_or_default();
             Some(("Succeeded".into(), outcome.message))
         }
         Some(j) => Some(("Failed".into(), failure_reason(j))),
-        None => Some(("Failed".into(), format!("Job {name:?} was deleted before it finished"))),
+        None => Some((
+            "Failed".into(),
+            format!("Job {name:?} was deleted before it finished"),
+        )),
     }
 }
 
-fn create_job(repo: &BackupRepository, ctx: &DecideContext, name: &str, args: Vec<String>) -> Action {
+fn create_job(
+    repo: &BackupRepository,
+    ctx: &DecideContext,
+    name: &str,
+    args: Vec<String>,
+) -> Action {
     let ns = repo.namespace().unwrap_or_default();
     let owner = repo.controller_owner_ref(&()).unwrap_or_default();
-    let spec = JobSpec { name: name.to_string(), namespace: &ns, kind: JobKind::Maintenance, owner: &owner, repository: repo, args, data: None, with_excludes: false };
+    let spec = JobSpec {
+        name: name.to_string(),
+        namespace: &ns,
+        kind: JobKind::Maintenance,
+        owner: &owner,
+        repository: repo,
+        args,
+        data: None,
+        with_excludes: false,
+    };
     Action::CreateJob(Box::new(objects::job(&spec, &ctx.config, &ctx.jobs)))
 }

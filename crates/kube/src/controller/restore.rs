@@ -6,8 +6,8 @@ use super::objects::{self, DataVolume, JobKind, JobSpec};
 use super::{time, Action, DecideContext, JobInfo, BLOCKED_POLL, POLL};
 use crate::config::RESTORE_KEYS;
 use crate::crd::{
-    set_condition, BackupRepository, Condition, Progress, VolumeBackup, VolumeBackupPhase, VolumeRestore,
-    VolumeRestorePhase as Phase, VolumeRestoreStatus,
+    set_condition, BackupRepository, Condition, Progress, VolumeBackup, VolumeBackupPhase,
+    VolumeRestore, VolumeRestorePhase as Phase, VolumeRestoreStatus,
 };
 use crate::protocol::JobOutcome;
 use kube::{Resource, ResourceExt};
@@ -44,19 +44,46 @@ pub fn decide_restore(obs: &RestoreObserved, ctx: &DecideContext) -> Vec<Action>
     actions
 }
 
-fn condition(status: &mut VolumeRestoreStatus, ctx: &DecideContext, type_: &str, ok: bool, reason: &str, message: String) {
-    set_condition(&mut status.conditions, Condition::new(type_, ok, reason, message, time(ctx.now)));
+fn condition(
+    status: &mut VolumeRestoreStatus,
+    ctx: &DecideContext,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+) {
+    set_condition(
+        &mut status.conditions,
+        Condition::new(type_, ok, reason, message, time(ctx.now)),
+    );
 }
 
-fn terminal(status: &mut VolumeRestoreStatus, ctx: &DecideContext, phase: Phase, reason: Option<String>) {
+fn terminal(
+    status: &mut VolumeRestoreStatus,
+    ctx: &DecideContext,
+    phase: Phase,
+    reason: Option<String>,
+) {
     status.phase = phase;
     status.completion_time = Some(time(ctx.now));
     let message = reason.clone().unwrap_or_else(|| "restore complete".into());
-    condition(status, ctx, "Ready", phase == Phase::Completed, &format!("{phase:?}"), message);
+    condition(
+        status,
+        ctx,
+        "Ready",
+        phase == Phase::Completed,
+        &format!("{phase:?}"),
+        message,
+    );
     status.failure_reason = reason;
 }
 
-fn step(obs: &RestoreObserved, ctx: &DecideContext, status: &mut VolumeRestoreStatus, actions: &mut Vec<Action>) {
+fn step(
+    obs: &RestoreObserved,
+    ctx: &DecideContext,
+    status: &mut VolumeRestoreStatus,
+    actions: &mut Vec<Action>,
+) {
     let vr = &obs.restore;
     let ns = vr.namespace().unwrap_or_default();
     if status.phase.is_terminal() {
@@ -67,13 +94,23 @@ fn step(obs: &RestoreObserved, ctx: &DecideContext, status: &mut VolumeRestoreSt
     }
     if vr.spec.cancel {
         if let Some(job) = &obs.job {
-            actions.push(Action::DeleteJob { namespace: ns, name: job.name.clone() });
+            actions.push(Action::DeleteJob {
+                namespace: ns,
+                name: job.name.clone(),
+            });
         }
         terminal(status, ctx, Phase::Canceled, None);
         return;
     }
     if let Some(problem) = ctx.config.problems_with(RESTORE_KEYS) {
-        condition(status, ctx, "ConfigValid", false, "InvalidConfigMap", problem);
+        condition(
+            status,
+            ctx,
+            "ConfigValid",
+            false,
+            "InvalidConfigMap",
+            problem,
+        );
         actions.push(Action::RequeueAfter(BLOCKED_POLL));
         return;
     }
@@ -81,13 +118,25 @@ fn step(obs: &RestoreObserved, ctx: &DecideContext, status: &mut VolumeRestoreSt
     let source = &vr.spec.source;
     let snapshot_id = match (&source.volume_backup, &source.snapshot_id) {
         (Some(name), None) => match &obs.source_backup {
-            None => return terminal(status, ctx, Phase::Failed, Some(format!("VolumeBackup {name:?} not found in namespace {ns:?}"))),
+            None => {
+                return terminal(
+                    status,
+                    ctx,
+                    Phase::Failed,
+                    Some(format!(
+                        "VolumeBackup {name:?} not found in namespace {ns:?}"
+                    )),
+                )
+            }
             Some(vb) => {
                 let st = vb.status.clone().unwrap_or_default();
                 match (st.phase, st.snapshot_id) {
                     (VolumeBackupPhase::Completed, Some(id)) => id,
                     (VolumeBackupPhase::Failed | VolumeBackupPhase::Canceled, _) => {
-                        let why = format!("VolumeBackup {name:?} ended {:?}; it has no snapshot to restore", st.phase);
+                        let why = format!(
+                            "VolumeBackup {name:?} ended {:?}; it has no snapshot to restore",
+                            st.phase
+                        );
                         return terminal(status, ctx, Phase::Failed, Some(why));
                     }
                     _ => {
@@ -101,7 +150,8 @@ fn step(obs: &RestoreObserved, ctx: &DecideContext, status: &mut VolumeRestoreSt
         },
         (None, Some(id)) if source.repository.is_some() => id.clone(),
         _ => {
-            let why = "spec.source needs either volumeBackup, or snapshotId with repository".to_string();
+            let why =
+                "spec.source needs either volumeBackup, or snapshotId with repository".to_string();
             return terminal(status, ctx, Phase::Failed, Some(why));
         }
     };
@@ -109,7 +159,14 @@ fn step(obs: &RestoreObserved, ctx: &DecideContext, status: &mut VolumeRestoreSt
     status.snapshot_id = Some(snapshot_id.clone());
     let Some(repository) = &obs.repository else {
         let why = "the BackupRepository of the source does not exist; create it".to_string();
-        condition(status, ctx, "RepositoryFound", false, "RepositoryNotFound", why);
+        condition(
+            status,
+            ctx,
+            "RepositoryFound",
+            false,
+            "RepositoryNotFound",
+            why,
+        );
         actions.push(Action::RequeueAfter(BLOCKED_POLL));
         return;
     };
@@ -117,7 +174,13 @@ fn step(obs: &RestoreObserved, ctx: &DecideContext, status: &mut VolumeRestoreSt
     if !obs.target_exists {
         match (&target.create, status.created_target) {
             (Some(new), false) => {
-                let pvc = objects::target_pvc(&ns, &target.persistent_volume_claim, new.storage_class_name.as_deref(), &new.size, &new.access_modes);
+                let pvc = objects::target_pvc(
+                    &ns,
+                    &target.persistent_volume_claim,
+                    new.storage_class_name.as_deref(),
+                    &new.size,
+                    &new.access_modes,
+                );
                 actions.push(Action::CreatePvc(Box::new(pvc)));
                 status.created_target = true;
                 status.phase = Phase::PreparingTarget;
@@ -132,7 +195,10 @@ fn step(obs: &RestoreObserved, ctx: &DecideContext, status: &mut VolumeRestoreSt
                     target.persistent_volume_claim
                 );
                 if let Some(job) = &obs.job {
-                    actions.push(Action::DeleteJob { namespace: ns, name: job.name.clone() });
+                    actions.push(Action::DeleteJob {
+                        namespace: ns,
+                        name: job.name.clone(),
+                    });
                 }
                 terminal(status, ctx, Phase::Failed, Some(why));
             }
@@ -140,7 +206,9 @@ fn step(obs: &RestoreObserved, ctx: &DecideContext, status: &mut VolumeRestoreSt
         return;
     }
     match status.phase {
-        Phase::New | Phase::PreparingTarget => create_job(obs, ctx, status, actions, repository, &snapshot_id),
+        Phase::New | Phase::PreparingTarget => {
+            create_job(obs, ctx, status, actions, repository, &snapshot_id)
+        }
         Phase::Restoring => {
             let job_name = status.job_name.clone().unwrap_or_default();
             let failure = match &obs.job {
@@ -149,8 +217,15 @@ fn step(obs: &RestoreObserved, ctx: &DecideContext, status: &mut VolumeRestoreSt
                     return;
                 }
                 Some(job) if job.succeeded => {
-                    let outcome = job.termination_message.as_deref().and_then(JobOutcome::parse).unwrap_or_default();
-                    status.progress = Some(Progress { bytes_done: outcome.bytes_done, total_bytes: outcome.total_bytes });
+                    let outcome = job
+                        .termination_message
+                        .as_deref()
+                        .and_then(JobOutcome::parse)
+                        .unwrap_or_default();
+                    status.progress = Some(Progress {
+                        bytes_done: outcome.bytes_done,
+                        total_bytes: outcome.total_bytes,
+                    });
                     return terminal(status, ctx, Phase::Completed, None);
                 }
                 Some(job) => failure_reason(job),
@@ -158,9 +233,15 @@ fn step(obs: &RestoreObserved, ctx: &DecideContext, status: &mut VolumeRestoreSt
             };
             if status.attempts < ctx.jobs.max_attempts {
                 if obs.job.is_some() {
-                    actions.push(Action::DeleteJob { namespace: ns, name: job_name });
+                    actions.push(Action::DeleteJob {
+                        namespace: ns,
+                        name: job_name,
+                    });
                 }
-                let why = format!("attempt {} of {} failed ({failure}); retrying", status.attempts, ctx.jobs.max_attempts);
+                let why = format!(
+                    "attempt {} of {} failed ({failure}); retrying",
+                    status.attempts, ctx.jobs.max_attempts
+                );
                 condition(status, ctx, "Retrying", true, "JobFailed", why);
                 create_job(obs, ctx, status, actions, repository, &snapshot_id);
             } else {
@@ -182,8 +263,18 @@ fn create_job(
 ) {
     let limit = JobKind::Restore.limit(&ctx.config);
     if obs.running_restore_jobs >= limit {
-        let why = format!("{} restore Jobs are running, the limit (KDMP_RESTORE_JOB_LIMIT) is {limit}", obs.running_restore_jobs);
-        condition(status, ctx, "WaitingForJobSlot", true, "JobLimitReached", why);
+        let why = format!(
+            "{} restore Jobs are running, the limit (KDMP_RESTORE_JOB_LIMIT) is {limit}",
+            obs.running_restore_jobs
+        );
+        condition(
+            status,
+            ctx,
+            "WaitingForJobSlot",
+            true,
+            "JobLimitReached",
+            why,
+        );
         actions.push(Action::RequeueAfter(POLL));
         return;
     }
@@ -205,9 +296,26 @@ fn create_job(
         args.extend(["--include".into(), path.clone()]);
     }
     let owner = vr.controller_owner_ref(&()).unwrap_or_default();
-    let data = DataVolume { claim: vr.spec.target.persistent_volume_claim.clone(), read_only: false, node: obs.target_node.clone() };
-    let spec = JobSpec { name: name.clone(), namespace: &ns, kind: JobKind::Restore, owner: &owner, repository, args, data: Some(data), with_excludes: false };
-    actions.push(Action::CreateJob(Box::new(objects::job(&spec, &ctx.config, &ctx.jobs))));
+    let data = DataVolume {
+        claim: vr.spec.target.persistent_volume_claim.clone(),
+        read_only: false,
+        node: obs.target_node.clone(),
+    };
+    let spec = JobSpec {
+        name: name.clone(),
+        namespace: &ns,
+        kind: JobKind::Restore,
+        owner: &owner,
+        repository,
+        args,
+        data: Some(data),
+        with_excludes: false,
+    };
+    actions.push(Action::CreateJob(Box::new(objects::job(
+        &spec,
+        &ctx.config,
+        &ctx.jobs,
+    ))));
     status.job_name = Some(name);
     status.attempts = attempt;
     status.phase = Phase::Restoring;

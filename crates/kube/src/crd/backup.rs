@@ -17,13 +17,31 @@ use std::collections::BTreeMap;
     status = "VolumeBackupStatus",
     shortname = "vb",
     category = "cairn",
-    printcolumn(name = "PVC", type_ = "string", json_path = ".spec.source.persistentVolumeClaim"),
+    printcolumn(
+        name = "PVC",
+        type_ = "string",
+        json_path = ".spec.source.persistentVolumeClaim"
+    ),
     printcolumn(name = "Repository", type_ = "string", json_path = ".spec.repository"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Done", type_ = "integer", json_path = ".status.progress.bytesDone", priority = "1"),
-    printcolumn(name = "Total", type_ = "integer", json_path = ".status.progress.totalBytes", priority = "1"),
+    printcolumn(
+        name = "Done",
+        type_ = "integer",
+        json_path = ".status.progress.bytesDone",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Total",
+        type_ = "integer",
+        json_path = ".status.progress.totalBytes",
+        priority = "1"
+    ),
     printcolumn(name = "Snapshot", type_ = "string", json_path = ".status.snapshotId"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeBackupSpec {

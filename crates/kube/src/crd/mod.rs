@@ -3,10 +3,17 @@
 //! Every resource is namespaced and has a status subresource with conditions. The CRD
 //! documents are generated from these types (`crds_yaml`), never written by hand.
 
+// kube's `printcolumn(...)` repeats keys such as `type_` across columns, which clippy
+// mistakes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 mod backup;
+#[allow(clippy::duplicated_attributes)]
 mod repository;
+#[allow(clippy::duplicated_attributes)]
 mod restore;
+#[allow(clippy::duplicated_attributes)]
 mod rule;
+#[allow(clippy::duplicated_attributes)]
 mod snapshot;
 
 pub use backup::{
@@ -57,7 +64,13 @@ pub struct Condition {
 
 impl Condition {
     /// A condition with status `True` or `False`, stamped `now`.
-    pub fn new(type_: &str, status: bool, reason: &str, message: impl Into<String>, now: Time) -> Self {
+    pub fn new(
+        type_: &str,
+        status: bool,
+        reason: &str,
+        message: impl Into<String>,
+        now: Time,
+    ) -> Self {
         Condition {
             type_: type_.to_string(),
             status: if status { "True" } else { "False" }.to_string(),
@@ -74,15 +87,24 @@ pub fn set_condition(conditions: &mut Vec<Condition>, new: Condition) {
     match conditions.iter_mut().find(|c| c.type_ == new.type_) {
         Some(old) => {
             let keep_time = old.status == new.status;
-            let time = if keep_time { old.last_transition_time.clone() } else { new.last_transition_time.clone() };
-            *old = Condition { last_transition_time: time, ..new };
+            let time = if keep_time {
+                old.last_transition_time.clone()
+            } else {
+                new.last_transition_time.clone()
+            };
+            *old = Condition {
+                last_transition_time: time,
+                ..new
+            };
         }
         None => conditions.push(new),
     }
 }
 
 /// The CRDs of every cairn resource, in a stable order.
-pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
+pub fn crds(
+) -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
     vec![
         BackupRepository::crd(),
         VolumeBackup::crd(),

@@ -17,10 +17,26 @@ use serde::{Deserialize, Serialize};
     shortname = "brepo",
     category = "cairn",
     printcolumn(name = "Location", type_ = "string", json_path = ".spec.location"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Last Quick", type_ = "date", json_path = ".status.maintenance.lastQuick.completionTime"),
-    printcolumn(name = "Last Full", type_ = "date", json_path = ".status.maintenance.lastFull.completionTime"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Last Quick",
+        type_ = "date",
+        json_path = ".status.maintenance.lastQuick.completionTime"
+    ),
+    printcolumn(
+        name = "Last Full",
+        type_ = "date",
+        json_path = ".status.maintenance.lastFull.completionTime"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BackupRepositorySpec {

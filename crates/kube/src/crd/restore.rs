@@ -16,10 +16,18 @@ use serde::{Deserialize, Serialize};
     status = "VolumeRestoreStatus",
     shortname = "vr",
     category = "cairn",
-    printcolumn(name = "Target", type_ = "string", json_path = ".spec.target.persistentVolumeClaim"),
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".spec.target.persistentVolumeClaim"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Snapshot", type_ = "string", json_path = ".status.snapshotId"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeRestoreSpec {

@@ -19,8 +19,16 @@ use serde::{Deserialize, Serialize};
     shortname = "brule",
     category = "cairn",
     printcolumn(name = "Last Run", type_ = "date", json_path = ".status.lastRun.time"),
-    printcolumn(name = "Result", type_ = "string", json_path = ".status.lastRun.result"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Result",
+        type_ = "string",
+        json_path = ".status.lastRun.result"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BackupRuleSpec {

@@ -20,11 +20,20 @@ use std::collections::BTreeMap;
     shortname = "rsnap",
     category = "cairn",
     printcolumn(name = "Repository", type_ = "string", json_path = ".spec.repository"),
-    printcolumn(name = "Source PVC", type_ = "string", json_path = ".spec.source.persistentVolumeClaim"),
+    printcolumn(
+        name = "Source PVC",
+        type_ = "string",
+        json_path = ".spec.source.persistentVolumeClaim"
+    ),
     printcolumn(name = "Time", type_ = "date", json_path = ".spec.time"),
     printcolumn(name = "Size", type_ = "integer", json_path = ".spec.sizeBytes"),
     printcolumn(name = "Tags", type_ = "string", json_path = ".spec.tags"),
-    printcolumn(name = "Id", type_ = "string", json_path = ".spec.snapshotId", priority = "1")
+    printcolumn(
+        name = "Id",
+        type_ = "string",
+        json_path = ".spec.snapshotId",
+        priority = "1"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RepositorySnapshotSpec {

@@ -16,7 +16,11 @@ const MANAGER: &str = "cairn-job";
 pub fn snapshot_object_name(repository: &str, id: &str) -> String {
     let short: String = id.chars().take(16).collect::<String>().to_lowercase();
     let base = format!("{repository}-{short}");
-    if base.len() <= 253 && base.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
+    if base.len() <= 253
+        && base
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
         base
     } else {
         format!("snapshot-{}", short_hash(&format!("{repository}/{id}")))
@@ -24,15 +28,25 @@ pub fn snapshot_object_name(repository: &str, id: &str) -> String {
 }
 
 /// The RepositorySnapshot for one snapshot of `repository` in `namespace`.
-pub fn snapshot_object(namespace: &str, repository: &str, s: &SnapshotSummary) -> RepositorySnapshot {
+pub fn snapshot_object(
+    namespace: &str,
+    repository: &str,
+    s: &SnapshotSummary,
+) -> RepositorySnapshot {
     let (pvc_ns, pvc) = match s.source.split_once('/') {
-        Some((ns, pvc)) if !ns.is_empty() && !pvc.is_empty() && !pvc.contains('/') => (Some(ns.to_string()), Some(pvc.to_string())),
+        Some((ns, pvc)) if !ns.is_empty() && !pvc.is_empty() && !pvc.contains('/') => {
+            (Some(ns.to_string()), Some(pvc.to_string()))
+        }
         _ => (None, None),
     };
     let spec = RepositorySnapshotSpec {
         repository: repository.to_string(),
         snapshot_id: s.id.clone(),
-        source: SnapshotSource { namespace: pvc_ns, persistent_volume_claim: pvc, path: s.source.clone() },
+        source: SnapshotSource {
+            namespace: pvc_ns,
+            persistent_volume_claim: pvc,
+            path: s.source.clone(),
+        },
         time: Time(s.time),
         size_bytes: s.size_bytes,
         tags: s.tags.clone(),
@@ -43,8 +57,15 @@ pub fn snapshot_object(namespace: &str, repository: &str, s: &SnapshotSummary) -
     object
 }
 
-pub(super) async fn mirror(params: &JobParams, client: kube::Client, mirror: Mirror) -> Result<(), kube::Error> {
-    let (Some(ns), Some(repo)) = (params.namespace.as_deref(), params.repository_name.as_deref()) else {
+pub(super) async fn mirror(
+    params: &JobParams,
+    client: kube::Client,
+    mirror: Mirror,
+) -> Result<(), kube::Error> {
+    let (Some(ns), Some(repo)) = (
+        params.namespace.as_deref(),
+        params.repository_name.as_deref(),
+    ) else {
         return Ok(());
     };
     let api: Api<RepositorySnapshot> = Api::namespaced(client, ns);
@@ -63,9 +84,16 @@ pub(super) async fn mirror(params: &JobParams, client: kube::Client, mirror: Mir
         keep.insert(name);
     }
     if full {
-        let existing = api.list(&ListParams::default().labels(&format!("{LABEL_REPOSITORY}={repo}"))).await?;
-        for object in existing.items.iter().filter(|o| !keep.contains(&o.name_any())) {
-            api.delete(&object.name_any(), &DeleteParams::default()).await?;
+        let existing = api
+            .list(&ListParams::default().labels(&format!("{LABEL_REPOSITORY}={repo}")))
+            .await?;
+        for object in existing
+            .items
+            .iter()
+            .filter(|o| !keep.contains(&o.name_any()))
+        {
+            api.delete(&object.name_any(), &DeleteParams::default())
+                .await?;
         }
     }
     Ok(())

@@ -131,11 +131,22 @@ pub struct EngineError {
 /// The storage engine. Calls are blocking; job mode runs them off the async runtime.
 pub trait Engine: Send + Sync {
     /// Backs up `req.source`, calling `progress` as bytes are processed.
-    fn backup(&self, req: &BackupJobRequest, progress: &dyn Fn(EngineProgress)) -> Result<BackupJobResult, EngineError>;
+    fn backup(
+        &self,
+        req: &BackupJobRequest,
+        progress: &dyn Fn(EngineProgress),
+    ) -> Result<BackupJobResult, EngineError>;
     /// Restores a snapshot, calling `progress` as bytes are written.
-    fn restore(&self, req: &RestoreJobRequest, progress: &dyn Fn(EngineProgress)) -> Result<RestoreJobResult, EngineError>;
+    fn restore(
+        &self,
+        req: &RestoreJobRequest,
+        progress: &dyn Fn(EngineProgress),
+    ) -> Result<RestoreJobResult, EngineError>;
     /// Runs maintenance; returns a one-line summary.
     fn maintenance(&self, req: &MaintenanceJobRequest) -> Result<String, EngineError>;
     /// Lists the repository's complete snapshots.
-    fn list_snapshots(&self, repository: &RepositoryAccess) -> Result<Vec<SnapshotSummary>, EngineError>;
+    fn list_snapshots(
+        &self,
+        repository: &RepositoryAccess,
+    ) -> Result<Vec<SnapshotSummary>, EngineError>;
 }

@@ -49,18 +49,27 @@ pub enum JobError {
 /// `params.progress_interval` while it changes, and snapshots are mirrored as
 /// RepositorySnapshots. API failures only log: the repository, not the API server, holds
 /// the result. Returns the outcome, whose `succeeded` decides the process exit code.
-pub async fn run_job(params: JobParams, engine: Arc<dyn Engine>, client: Option<kube::Client>) -> Result<JobOutcome, JobError> {
+pub async fn run_job(
+    params: JobParams,
+    engine: Arc<dyn Engine>,
+    client: Option<kube::Client>,
+) -> Result<JobOutcome, JobError> {
     let (tx, rx) = watch::channel(None::<engine::EngineProgress>);
-    let reporter = client.clone().and_then(|c| progress_target(&params, c)).map(|target| {
-        let interval = params.progress_interval;
-        tokio::spawn(report_progress(target, rx, interval))
-    });
+    let reporter = client
+        .clone()
+        .and_then(|c| progress_target(&params, c))
+        .map(|target| {
+            let interval = params.progress_interval;
+            tokio::spawn(report_progress(target, rx, interval))
+        });
     let work = {
         let params = params.clone();
         let engine = engine.clone();
-        tokio::task::spawn_blocking(move || run_engine(&params, engine.as_ref(), &move |p| {
-            tx.send_replace(Some(p));
-        }))
+        tokio::task::spawn_blocking(move || {
+            run_engine(&params, engine.as_ref(), &move |p| {
+                tx.send_replace(Some(p));
+            })
+        })
     };
     let result = work.await.map_err(|e| JobError::Engine(e.to_string()));
     if let Some(reporter) = reporter {
@@ -72,14 +81,22 @@ pub async fn run_job(params: JobParams, engine: Arc<dyn Engine>, client: Option<
         if let Err(e) = catalog::mirror(&params, client, snapshots).await {
             tracing::warn!(error = %e, "could not update the RepositorySnapshot mirror");
             if params.command == JobCommand::Catalog {
-                outcome = JobOutcome { succeeded: false, retryable: true, message: format!("updating RepositorySnapshots: {e}"), ..outcome };
+                outcome = JobOutcome {
+                    succeeded: false,
+                    retryable: true,
+                    message: format!("updating RepositorySnapshots: {e}"),
+                    ..outcome
+                };
             }
         }
     }
     let path = params.termination_log.clone();
     tokio::fs::write(&path, outcome.to_message())
         .await
-        .map_err(|source| JobError::Termination { path: path.display().to_string(), source })?;
+        .map_err(|source| JobError::Termination {
+            path: path.display().to_string(),
+            source,
+        })?;
     Ok(outcome)
 }
 
@@ -92,9 +109,23 @@ enum Mirror {
     All(Vec<SnapshotSummary>),
 }
 
-fn run_engine(params: &JobParams, engine: &dyn Engine, progress: &dyn Fn(EngineProgress)) -> (JobOutcome, Mirror) {
+fn run_engine(
+    params: &JobParams,
+    engine: &dyn Engine,
+    progress: &dyn Fn(EngineProgress),
+) -> (JobOutcome, Mirror) {
     let repository = params.repository.clone();
-    let failed = |e: EngineError| (JobOutcome { succeeded: false, message: e.message, retryable: e.retryable, ..Default::default() }, Mirror::Nothing);
+    let failed = |e: EngineError| {
+        (
+            JobOutcome {
+                succeeded: false,
+                message: e.message,
+                retryable: e.retryable,
+                ..Default::default()
+            },
+            Mirror::Nothing,
+        )
+    };
     match params.command {
         JobCommand::Backup => {
             let req = BackupJobRequest {
@@ -107,7 +138,10 @@ fn run_engine(params: &JobParams, engine: &dyn Engine, progress: &dyn Fn(EngineP
             };
             match engine.backup(&req, progress) {
                 Ok(r) => {
-                    progress(EngineProgress { bytes_done: r.bytes_done, total_bytes: r.total_bytes });
+                    progress(EngineProgress {
+                        bytes_done: r.bytes_done,
+                        total_bytes: r.total_bytes,
+                    });
                     let summary = SnapshotSummary {
                         id: r.snapshot_id.clone(),
                         time: jiff::Timestamp::now(),
@@ -115,7 +149,14 @@ fn run_engine(params: &JobParams, engine: &dyn Engine, progress: &dyn Fn(EngineP
                         size_bytes: r.total_bytes,
                         tags: req.tags.clone(),
                     };
-                    let outcome = JobOutcome { succeeded: true, snapshot_id: Some(r.snapshot_id), bytes_done: r.bytes_done, total_bytes: r.total_bytes, message: r.summary, retryable: false };
+                    let outcome = JobOutcome {
+                        succeeded: true,
+                        snapshot_id: Some(r.snapshot_id),
+                        bytes_done: r.bytes_done,
+                        total_bytes: r.total_bytes,
+                        message: r.summary,
+                        retryable: false,
+                    };
                     (outcome, Mirror::One(summary))
                 }
                 Err(e) => failed(e),
@@ -130,25 +171,54 @@ fn run_engine(params: &JobParams, engine: &dyn Engine, progress: &dyn Fn(EngineP
             };
             match engine.restore(&req, progress) {
                 Ok(r) => {
-                    progress(EngineProgress { bytes_done: r.bytes_done, total_bytes: r.total_bytes });
-                    let outcome = JobOutcome { succeeded: true, bytes_done: r.bytes_done, total_bytes: r.total_bytes, message: r.summary, ..Default::default() };
+                    progress(EngineProgress {
+                        bytes_done: r.bytes_done,
+                        total_bytes: r.total_bytes,
+                    });
+                    let outcome = JobOutcome {
+                        succeeded: true,
+                        bytes_done: r.bytes_done,
+                        total_bytes: r.total_bytes,
+                        message: r.summary,
+                        ..Default::default()
+                    };
                     (outcome, Mirror::Nothing)
                 }
                 Err(e) => failed(e),
             }
         }
-        JobCommand::Maintenance => match engine.maintenance(&MaintenanceJobRequest { repository: repository.clone(), kind: params.maintenance_kind }) {
+        JobCommand::Maintenance => match engine.maintenance(&MaintenanceJobRequest {
+            repository: repository.clone(),
+            kind: params.maintenance_kind,
+        }) {
             // Maintenance may have removed snapshots: refresh the mirror while we are here.
             Ok(summary) => {
-                let mirror = engine.list_snapshots(&repository).map(Mirror::All).unwrap_or(Mirror::Nothing);
-                (JobOutcome { succeeded: true, message: summary, ..Default::default() }, mirror)
+                let mirror = engine
+                    .list_snapshots(&repository)
+                    .map(Mirror::All)
+                    .unwrap_or(Mirror::Nothing);
+                (
+                    JobOutcome {
+                        succeeded: true,
+                        message: summary,
+                        ..Default::default()
+                    },
+                    mirror,
+                )
             }
             Err(e) => failed(e),
         },
         JobCommand::Catalog => match engine.list_snapshots(&repository) {
             Ok(list) => {
                 let message = format!("{} snapshots", list.len());
-                (JobOutcome { succeeded: true, message, ..Default::default() }, Mirror::All(list))
+                (
+                    JobOutcome {
+                        succeeded: true,
+                        message,
+                        ..Default::default()
+                    },
+                    Mirror::All(list),
+                )
             }
             Err(e) => failed(e),
         },
@@ -164,15 +234,25 @@ enum ProgressTarget {
 fn progress_target(params: &JobParams, client: kube::Client) -> Option<ProgressTarget> {
     let ns = params.namespace.as_deref()?;
     match params.command {
-        JobCommand::Backup => Some(ProgressTarget::Backup(Api::namespaced(client, ns), params.volume_backup.clone()?)),
-        JobCommand::Restore => Some(ProgressTarget::Restore(Api::namespaced(client, ns), params.volume_restore.clone()?)),
+        JobCommand::Backup => Some(ProgressTarget::Backup(
+            Api::namespaced(client, ns),
+            params.volume_backup.clone()?,
+        )),
+        JobCommand::Restore => Some(ProgressTarget::Restore(
+            Api::namespaced(client, ns),
+            params.volume_restore.clone()?,
+        )),
         _ => None,
     }
 }
 
 /// Patches the latest progress every `interval` while it changes, and once more when the
 /// engine ends (the sender is dropped), so the last patch always carries the final numbers.
-async fn report_progress(target: ProgressTarget, mut rx: watch::Receiver<Option<EngineProgress>>, interval: std::time::Duration) {
+async fn report_progress(
+    target: ProgressTarget,
+    mut rx: watch::Receiver<Option<EngineProgress>>,
+    interval: std::time::Duration,
+) {
     let mut sent = None;
     loop {
         let open = rx.changed().await.is_ok();
@@ -182,8 +262,12 @@ async fn report_progress(target: ProgressTarget, mut rx: watch::Receiver<Option<
             let patch = Patch::Merge(&body);
             let pp = PatchParams::default();
             let result = match &target {
-                ProgressTarget::Backup(api, name) => api.patch_status(name, &pp, &patch).await.map(drop),
-                ProgressTarget::Restore(api, name) => api.patch_status(name, &pp, &patch).await.map(drop),
+                ProgressTarget::Backup(api, name) => {
+                    api.patch_status(name, &pp, &patch).await.map(drop)
+                }
+                ProgressTarget::Restore(api, name) => {
+                    api.patch_status(name, &pp, &patch).await.map(drop)
+                }
             };
             if let Err(e) = result {
                 tracing::warn!(error = %e, "progress patch failed; continuing");

@@ -34,7 +34,9 @@ impl std::str::FromStr for JobCommand {
             "restore" => Ok(JobCommand::Restore),
             "maintenance" => Ok(JobCommand::Maintenance),
             "catalog" => Ok(JobCommand::Catalog),
-            other => Err(JobError::Usage(format!("unknown job {other:?}; expected backup, restore, maintenance or catalog"))),
+            other => Err(JobError::Usage(format!(
+                "unknown job {other:?}; expected backup, restore, maintenance or catalog"
+            ))),
         }
     }
 }
@@ -84,15 +86,35 @@ fn env_name(flag: &str) -> String {
 
 /// Flags that take a value; anything else is a usage error (typos fail loudly).
 const FLAGS: &[&str] = &[
-    "namespace", "repository", "location", "password-file", "credentials-dir", "cache-dir", "volume-backup",
-    "volume-restore", "source", "source-name", "storage-class", "exclude-config", "tag", "snapshot", "target",
-    "include", "kind", "termination-log", "progress-interval",
+    "namespace",
+    "repository",
+    "location",
+    "password-file",
+    "credentials-dir",
+    "cache-dir",
+    "volume-backup",
+    "volume-restore",
+    "source",
+    "source-name",
+    "storage-class",
+    "exclude-config",
+    "tag",
+    "snapshot",
+    "target",
+    "include",
+    "kind",
+    "termination-log",
+    "progress-interval",
 ];
 
 impl JobParams {
     /// Parses `args` (after the job command) with `env` as fallback, and reads the password
     /// and credential files they name.
-    pub fn parse(command: JobCommand, args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<JobParams, JobError> {
+    pub fn parse(
+        command: JobCommand,
+        args: &[String],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<JobParams, JobError> {
         let mut flags: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -101,7 +123,12 @@ impl JobParams {
             };
             let (name, value) = match body.split_once('=') {
                 Some((n, v)) => (n, v.to_string()),
-                None => (body, it.next().cloned().ok_or_else(|| JobError::Usage(format!("--{body} needs a value")))?),
+                None => (
+                    body,
+                    it.next()
+                        .cloned()
+                        .ok_or_else(|| JobError::Usage(format!("--{body} needs a value")))?,
+                ),
             };
             let Some(known) = FLAGS.iter().find(|f| **f == name) else {
                 return Err(JobError::Usage(format!("unknown flag --{name}")));
@@ -109,20 +136,32 @@ impl JobParams {
             flags.entry(known).or_default().push(value);
         }
         let one = |name: &str| -> Option<String> {
-            flags.get(name).and_then(|v| v.last().cloned()).or_else(|| env(&env_name(name)))
+            flags
+                .get(name)
+                .and_then(|v| v.last().cloned())
+                .or_else(|| env(&env_name(name)))
         };
         let many = |name: &str| -> Vec<String> { flags.get(name).cloned().unwrap_or_default() };
-        let required = |name: &str| one(name).ok_or_else(|| JobError::Usage(format!("--{name} (or {}) is required", env_name(name))));
+        let required = |name: &str| {
+            one(name).ok_or_else(|| {
+                JobError::Usage(format!("--{name} (or {}) is required", env_name(name)))
+            })
+        };
 
         let location = required("location")?;
         let password = match (one("password-file"), env("CAIRN_PASSWORD")) {
             (Some(file), _) => read_secret_file(Path::new(&file))?,
             (None, Some(password)) => password,
-            (None, None) => return Err(JobError::Usage("--password-file (or CAIRN_PASSWORD) is required".into())),
+            (None, None) => {
+                return Err(JobError::Usage(
+                    "--password-file (or CAIRN_PASSWORD) is required".into(),
+                ))
+            }
         };
         let mut credentials = BTreeMap::new();
         if let Some(dir) = one("credentials-dir") {
-            let entries = std::fs::read_dir(&dir).map_err(|e| JobError::Secret(format!("{dir}: {e}")))?;
+            let entries =
+                std::fs::read_dir(&dir).map_err(|e| JobError::Secret(format!("{dir}: {e}")))?;
             for entry in entries {
                 let entry = entry.map_err(|e| JobError::Secret(format!("{dir}: {e}")))?;
                 let name = entry.file_name().to_string_lossy().into_owned();
@@ -134,28 +173,43 @@ impl JobParams {
             }
         }
         let exclude_config = match one("exclude-config") {
-            Some(file) => Some(std::fs::read_to_string(&file).map_err(|e| JobError::Usage(format!("--exclude-config {file}: {e}")))?),
+            Some(file) => Some(
+                std::fs::read_to_string(&file)
+                    .map_err(|e| JobError::Usage(format!("--exclude-config {file}: {e}")))?,
+            ),
             None => env(ENV_EXCLUDE_FILE_LIST),
         };
         let mut tags = BTreeMap::new();
         for tag in many("tag") {
-            let (k, v) = tag.split_once('=').ok_or_else(|| JobError::Usage(format!("--tag {tag:?}: expected key=value")))?;
+            let (k, v) = tag
+                .split_once('=')
+                .ok_or_else(|| JobError::Usage(format!("--tag {tag:?}: expected key=value")))?;
             tags.insert(k.to_string(), v.to_string());
         }
         let maintenance_kind = match one("kind").as_deref() {
             None | Some("quick") => MaintenanceKind::Quick,
             Some("full") => MaintenanceKind::Full,
-            Some(other) => return Err(JobError::Usage(format!("--kind {other:?}: expected quick or full"))),
+            Some(other) => {
+                return Err(JobError::Usage(format!(
+                    "--kind {other:?}: expected quick or full"
+                )))
+            }
         };
         let progress_interval = match one("progress-interval") {
             None => Duration::from_secs(5),
-            Some(text) => crate::config::parse_duration(&text).map_err(|e| JobError::Usage(format!("--progress-interval: {e}")))?,
+            Some(text) => crate::config::parse_duration(&text)
+                .map_err(|e| JobError::Usage(format!("--progress-interval: {e}")))?,
         };
         let params = JobParams {
             command,
             namespace: one("namespace").or_else(|| env("POD_NAMESPACE")),
             repository_name: one("repository"),
-            repository: RepositoryAccess { location, password, credentials, cache_dir: one("cache-dir").map(PathBuf::from) },
+            repository: RepositoryAccess {
+                location,
+                password,
+                credentials,
+                cache_dir: one("cache-dir").map(PathBuf::from),
+            },
             volume_backup: one("volume-backup"),
             volume_restore: one("volume-restore"),
             source: one("source").map(PathBuf::from),
@@ -167,16 +221,24 @@ impl JobParams {
             target: one("target").map(PathBuf::from),
             include_paths: many("include"),
             maintenance_kind,
-            termination_log: one("termination-log").map(PathBuf::from).unwrap_or_else(|| TERMINATION_LOG.into()),
+            termination_log: one("termination-log")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| TERMINATION_LOG.into()),
             progress_interval,
         };
         match command {
-            JobCommand::Backup if params.source.is_none() => Err(JobError::Usage("backup needs --source".into())),
-            JobCommand::Restore if params.snapshot.is_none() || params.target.is_none() => {
-                Err(JobError::Usage("restore needs --snapshot and --target".into()))
+            JobCommand::Backup if params.source.is_none() => {
+                Err(JobError::Usage("backup needs --source".into()))
             }
-            JobCommand::Catalog if params.namespace.is_none() || params.repository_name.is_none() => {
-                Err(JobError::Usage("catalog needs --namespace and --repository".into()))
+            JobCommand::Restore if params.snapshot.is_none() || params.target.is_none() => Err(
+                JobError::Usage("restore needs --snapshot and --target".into()),
+            ),
+            JobCommand::Catalog
+                if params.namespace.is_none() || params.repository_name.is_none() =>
+            {
+                Err(JobError::Usage(
+                    "catalog needs --namespace and --repository".into(),
+                ))
             }
             _ => Ok(params),
         }
@@ -186,6 +248,11 @@ impl JobParams {
 /// Reads a mounted Secret key, dropping one trailing newline (`kubectl create secret
 /// --from-file` keeps it; passwords never end in one).
 fn read_secret_file(path: &Path) -> Result<String, JobError> {
-    let text = std::fs::read_to_string(path).map_err(|e| JobError::Secret(format!("{}: {e}", path.display())))?;
-    Ok(text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_string())
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| JobError::Secret(format!("{}: {e}", path.display())))?;
+    Ok(text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text)
+        .to_string())
 }

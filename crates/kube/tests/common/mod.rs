@@ -22,7 +22,9 @@ pub struct Recorded {
 pub type Log = Arc<Mutex<Vec<Recorded>>>;
 
 /// A client whose every request goes to `respond`, which returns (status, JSON body).
-pub fn mock_client(respond: impl Fn(&Recorded) -> (u16, Value) + Send + 'static) -> (kube::Client, Log) {
+pub fn mock_client(
+    respond: impl Fn(&Recorded) -> (u16, Value) + Send + 'static,
+) -> (kube::Client, Log) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let log: Log = Arc::default();
     let seen = log.clone();
@@ -34,8 +36,16 @@ pub fn mock_client(respond: impl Fn(&Recorded) -> (u16, Value) + Send + 'static)
                 method: parts.method.to_string(),
                 path: parts.uri.path().to_string(),
                 query: parts.uri.query().unwrap_or_default().to_string(),
-                content_type: parts.headers.get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default(),
-                body: if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() },
+                content_type: parts
+                    .headers
+                    .get("content-type")
+                    .map(|v| v.to_str().unwrap().to_string())
+                    .unwrap_or_default(),
+                body: if bytes.is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_slice(&bytes).unwrap()
+                },
             };
             let (status, reply) = respond(&recorded);
             seen.lock().unwrap().push(recorded);
@@ -52,5 +62,8 @@ pub fn mock_client(respond: impl Fn(&Recorded) -> (u16, Value) + Send + 'static)
 
 /// A Kubernetes 404 Status.
 pub fn not_found() -> (u16, Value) {
-    (404, serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}))
+    (
+        404,
+        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+    )
 }
