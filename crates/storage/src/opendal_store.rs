@@ -28,12 +28,22 @@ const FS_STAGING_DIR: &str = ".tmp/";
 /// A repository root on any OpenDAL service.
 pub struct OpendalStorage {
     op: Operator,
-    runtime: tokio::runtime::Runtime,
+    /// Always `Some` until drop, which shuts it down without blocking.
+    runtime: Option<tokio::runtime::Runtime>,
     location: String,
     context: Arc<ErrorContext>,
     timeout: Duration,
     io_timeout: Duration,
     http: Arc<Counters>,
+}
+
+impl Drop for OpendalStorage {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which panics inside async code.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for OpendalStorage {
@@ -74,7 +84,7 @@ impl OpendalStorage {
         };
         Ok(Self {
             op,
-            runtime: runtime()?,
+            runtime: Some(runtime()?),
             location: location.redacted(),
             context: Arc::new(context),
             timeout: opts.timeout,
@@ -103,7 +113,7 @@ impl OpendalStorage {
         let opts = StorageOptions::default();
         Ok(Self {
             op,
-            runtime: runtime()?,
+            runtime: Some(runtime()?),
             context: Arc::new(ErrorContext {
                 credential_hint: "check the backend's credentials".to_string(),
                 bucket: None,
@@ -116,6 +126,34 @@ impl OpendalStorage {
         })
     }
 
+    /// Drives `fut` to completion on the private runtime.
+    ///
+    /// The trait is synchronous and meant for plain threads. Called from a
+    /// multi-threaded tokio runtime's worker, the worker is handed over to
+    /// blocking first; from a current-thread runtime that is impossible and
+    /// the call fails instead of deadlocking.
+    fn block_on<F: std::future::Future>(&self, fut: F) -> Result<F::Output> {
+        let Some(runtime) = self.runtime.as_ref() else {
+            return Err(StorageError::new(
+                StorageErrorKind::Other,
+                "storage request",
+                "the storage has been shut down",
+            ));
+        };
+        match tokio::runtime::Handle::try_current() {
+            Err(_) => Ok(runtime.block_on(fut)),
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                Ok(tokio::task::block_in_place(|| runtime.block_on(fut)))
+            }
+            Ok(_) => Err(StorageError::new(
+                StorageErrorKind::Other,
+                "storage request",
+                "storage called from a single-threaded async runtime; call it from \
+                 tokio::task::spawn_blocking or a plain thread",
+            )),
+        }
+    }
+
     /// Runs one request under `deadline`; a request that exceeds it is
     /// dropped (cancelling its I/O) and becomes a `Temporary` error.
     fn run<T>(
@@ -124,8 +162,7 @@ impl OpendalStorage {
         deadline: Duration,
         fut: impl IntoFuture<Output = opendal::Result<T>>,
     ) -> Result<T> {
-        self.runtime
-            .block_on(within(deadline, fut))
+        self.block_on(within(deadline, fut))?
             .map_err(|f| self.context.fail(f, op))
     }
 
@@ -250,12 +287,12 @@ impl Storage for OpendalStorage {
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let op = format!("list {prefix}");
-        let listed = self.runtime.block_on(Self::list_sized(
+        let listed = self.block_on(Self::list_sized(
             self.op.clone(),
             prefix.to_string(),
             self.timeout,
         ));
-        match listed.map_err(|f| self.context.fail(f, &op)) {
+        match listed?.map_err(|f| self.context.fail(f, &op)) {
             Ok(objects) => Ok(objects),
             // A folder that was never written (fs) is an empty listing.
             Err(e) if e.kind == StorageErrorKind::NotFound => Ok(Vec::new()),
@@ -290,5 +327,33 @@ impl Storage for OpendalStorage {
 
     fn location(&self) -> String {
         self.location.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fs_storage(dir: &tempfile::TempDir) -> OpendalStorage {
+        let location = Location::parse(&dir.path().to_string_lossy()).unwrap();
+        OpendalStorage::open(&location, &StorageOptions::default()).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn works_and_drops_inside_a_multi_threaded_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = fs_storage(&dir);
+        s.write("a/b", Bytes::from_static(b"xyz")).unwrap();
+        assert_eq!(s.list("a/").unwrap()[0].size, 3);
+        drop(s);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn refuses_a_single_threaded_runtime_instead_of_deadlocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = fs_storage(&dir);
+        let e = s.read("x").unwrap_err();
+        assert_eq!(e.kind, StorageErrorKind::Other);
+        assert!(e.message.contains("spawn_blocking"), "{e}");
     }
 }
