@@ -38,7 +38,7 @@ pub use counting::{CountingStorage, OpCounts, RequestCounts};
 pub use error::{StorageError, StorageErrorKind};
 pub use fault::{FaultPlan, FaultRates, FaultStats, FaultStorage};
 pub use limit::LimitStorage;
-pub use location::Location;
+pub use location::{Location, WEBDAV_PASSWORD_ENV, WEBDAV_USER_ENV};
 pub use opendal_store::OpendalStorage;
 pub use options::StorageOptions;
 pub use retry::{RetryPolicy, RetryStorage};
