@@ -137,7 +137,9 @@ pub fn unenvelope(mut plain: Vec<u8>) -> Result<Vec<u8>, CryptoError> {
             zstd::bulk::decompress(frame, capacity)
                 .map_err(|e| CryptoError::Envelope(format!("zstd: {e}")))
         }
-        Some(b) => Err(CryptoError::Envelope(format!("unknown compression byte {b}"))),
+        Some(b) => Err(CryptoError::Envelope(format!(
+            "unknown compression byte {b}"
+        ))),
         None => Err(CryptoError::Envelope("empty".into())),
     }
 }
@@ -223,11 +225,17 @@ mod tests {
         let sealed = key.seal(b"aad", b"hello");
         assert_eq!(sealed.len(), 5 + SEAL_OVERHEAD);
         assert_eq!(key.open(b"aad", &sealed).unwrap(), b"hello");
-        assert_eq!(key.open(b"other", &sealed), Err(CryptoError::Authentication));
+        assert_eq!(
+            key.open(b"other", &sealed),
+            Err(CryptoError::Authentication)
+        );
         let mut bad = sealed.clone();
         bad[13] ^= 1;
         assert_eq!(key.open(b"aad", &bad), Err(CryptoError::Authentication));
-        assert_eq!(key.open(b"aad", &sealed[..10]), Err(CryptoError::TooShort(10)));
+        assert_eq!(
+            key.open(b"aad", &sealed[..10]),
+            Err(CryptoError::TooShort(10))
+        );
     }
 
     #[test]
@@ -237,7 +245,9 @@ mod tests {
         assert_eq!(env[0], COMPRESSION_ZSTD);
         assert!(env.len() < 1000);
         assert_eq!(unenvelope(env).unwrap(), zeros);
-        let random: Vec<u8> = (0..10_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let random: Vec<u8> = (0..10_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let env = envelope(&random, 3);
         assert_eq!(unenvelope(env).unwrap(), random);
         assert_eq!(envelope(b"abc", 0)[0], COMPRESSION_NONE);

@@ -1,1 +1,22 @@
-//! placeholder
+//! cairn's repository engine: the on-disk format, keys, packs, index,
+//! trees and snapshots, and the backup and restore pipelines on top.
+//!
+//! Start with [`Repository::init`] / [`Repository::open`], then
+//! [`backup::backup`] and [`restore::restore`].
+
+pub mod backup;
+pub mod browse;
+pub mod cache;
+pub mod crypto;
+pub mod error;
+pub mod format;
+pub mod fsmeta;
+pub mod packer;
+pub mod progress;
+pub mod repo;
+pub mod restore;
+
+pub use error::{Error, ErrorKind, Result};
+pub use format::snapshot::Snapshot;
+pub use format::{BlobId, BlobKind, IndexId, PackId, SnapshotId};
+pub use repo::{InitOptions, OpenOptions, Repository, SnapshotFilter};

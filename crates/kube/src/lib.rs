@@ -3,15 +3,23 @@
 //! and job mode, which the same binary runs inside those Jobs.
 //!
 //! The storage engine is reached only through [`job::Engine`], implemented by the CLI.
+//! Entry points for the CLI: [`crds_yaml`] (`cairn kube crds`), [`run_controller`]
+//! (`cairn kube controller`), [`run_job`] (`cairn job ...`) and [`resolve_mount`]
+//! (`cairn kube mount`).
 
-pub mod crd;
+#![deny(missing_docs)]
 
-pub use crd::crds_yaml;
 pub mod adapter;
 pub mod config;
 pub mod controller;
+pub mod crd;
 pub mod job;
 pub mod mount;
 pub mod protocol;
 pub mod runner;
 pub mod validate;
+
+pub use crd::crds_yaml;
+pub use job::{run_job, Engine, JobCommand, JobParams};
+pub use mount::{resolve_mount, MountTarget};
+pub use runner::{run_controller, ControllerOptions};

@@ -105,7 +105,10 @@ impl Config {
         let mut r = Reader::new(data, "config");
         let version = r.u32()?;
         if version != CONFIG_VERSION {
-            return Err(DecodeError::new("config", format!("unsupported version {version}")));
+            return Err(DecodeError::new(
+                "config",
+                format!("unsupported version {version}"),
+            ));
         }
         let cfg = Config {
             repo_id: r.id()?,

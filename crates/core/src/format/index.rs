@@ -37,7 +37,8 @@ impl IndexSegment {
 
     /// Encodes the body.
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::with_capacity(16 + self.blob_count() * ENTRY_LEN + self.packs.len() * 44);
+        let mut w =
+            Writer::with_capacity(16 + self.blob_count() * ENTRY_LEN + self.packs.len() * 44);
         w.u32(INDEX_VERSION);
         w.u32(self.supersedes.len() as u32);
         for s in &self.supersedes {
@@ -60,7 +61,10 @@ impl IndexSegment {
         let mut r = Reader::new(data, "index segment");
         let version = r.u32()?;
         if version != INDEX_VERSION {
-            return Err(DecodeError::new("index segment", format!("unsupported version {version}")));
+            return Err(DecodeError::new(
+                "index segment",
+                format!("unsupported version {version}"),
+            ));
         }
         let n = r.count(32)?;
         let mut supersedes = Vec::with_capacity(n);
@@ -91,13 +95,20 @@ mod tests {
     use proptest::prelude::*;
 
     fn entry() -> impl Strategy<Value = BlobEntry> {
-        (any::<[u8; 32]>(), 0u8..3, any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(id, k, o, s, r)| BlobEntry {
-            id: BlobId(Id(id)),
-            kind: BlobKind::from_code(k).unwrap(),
-            offset: o,
-            stored_len: s,
-            raw_len: r,
-        })
+        (
+            any::<[u8; 32]>(),
+            0u8..3,
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+        )
+            .prop_map(|(id, k, o, s, r)| BlobEntry {
+                id: BlobId(Id(id)),
+                kind: BlobKind::from_code(k).unwrap(),
+                offset: o,
+                stored_len: s,
+                raw_len: r,
+            })
     }
 
     proptest! {

@@ -90,7 +90,9 @@ impl KeyFile {
         }
         let version = r.u32()?;
         if version != KEY_VERSION {
-            return Err(DecodeError::new("key file", format!("unsupported version {version}")).into());
+            return Err(
+                DecodeError::new("key file", format!("unsupported version {version}")).into(),
+            );
         }
         let kdf = KdfParams {
             m_cost: r.u32()?,
@@ -141,7 +143,10 @@ mod tests {
         let dec = KeyFile::decode(&k.encode()).unwrap();
         assert_eq!(dec, k);
         assert_eq!(dec.open(b"pw").unwrap(), [9; 32]);
-        assert!(matches!(dec.open(b"nope"), Err(KeyFileError::WrongPassword)));
+        assert!(matches!(
+            dec.open(b"nope"),
+            Err(KeyFileError::WrongPassword)
+        ));
         // Tampering with the parameters breaks the seal.
         let mut enc = k.encode();
         enc[16] ^= 1;

@@ -160,7 +160,12 @@ pub fn parse_footer(pack_len: u64, footer: &[u8]) -> Result<(u64, u32), DecodeEr
     let start = pack_len
         .checked_sub(FOOTER_LEN as u64 + len as u64)
         .filter(|s| *s >= FIRST_BLOB_OFFSET as u64)
-        .ok_or_else(|| DecodeError::new("pack footer", format!("trailer length {len} exceeds the pack")))?;
+        .ok_or_else(|| {
+            DecodeError::new(
+                "pack footer",
+                format!("trailer length {len} exceeds the pack"),
+            )
+        })?;
     Ok((start, len))
 }
 

@@ -121,7 +121,11 @@ pub struct Snapshot {
     #[serde(serialize_with = "hex_id", deserialize_with = "parse_hex")]
     pub tree: BlobId,
     /// Parent snapshot used to skip unchanged files.
-    #[serde(default, serialize_with = "hex_opt", deserialize_with = "parse_hex_opt")]
+    #[serde(
+        default,
+        serialize_with = "hex_opt",
+        deserialize_with = "parse_hex_opt"
+    )]
     pub parent: Option<SnapshotId>,
     /// False for a checkpoint of an unfinished backup.
     #[serde(default = "default_true")]

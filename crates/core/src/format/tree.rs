@@ -235,14 +235,25 @@ impl Tree {
         let mut r = Reader::new(data, "tree");
         let version = r.u32()?;
         if version != TREE_VERSION {
-            return Err(DecodeError::new("tree", format!("unsupported version {version}")));
+            return Err(DecodeError::new(
+                "tree",
+                format!("unsupported version {version}"),
+            ));
         }
         let n = r.count(MIN_ENTRY_LEN)?;
         let mut nodes: Vec<Node> = Vec::with_capacity(n);
         for _ in 0..n {
             let name = r.lbytes()?.to_vec();
-            if name.is_empty() || name.contains(&b'/') || name.contains(&0) || name == b"." || name == b".." {
-                return Err(DecodeError::new("tree", format!("invalid entry name {:?}", String::from_utf8_lossy(&name))));
+            if name.is_empty()
+                || name.contains(&b'/')
+                || name.contains(&0)
+                || name == b"."
+                || name == b".."
+            {
+                return Err(DecodeError::new(
+                    "tree",
+                    format!("invalid entry name {:?}", String::from_utf8_lossy(&name)),
+                ));
             }
             if let Some(prev) = nodes.last() {
                 if prev.name >= name {
@@ -291,7 +302,12 @@ impl Tree {
                         }
                         Payload::File(Content::Lists(lists))
                     }
-                    f => return Err(DecodeError::new("tree", format!("unknown content form {f}"))),
+                    f => {
+                        return Err(DecodeError::new(
+                            "tree",
+                            format!("unknown content form {f}"),
+                        ))
+                    }
                 },
                 NodeType::Dir => Payload::Dir(BlobId(r.id()?)),
                 NodeType::Symlink => Payload::Symlink(r.lbytes()?.to_vec()),
@@ -330,8 +346,11 @@ pub fn encode_list(chunks: &[ChunkRef]) -> Vec<u8> {
 
 /// Decodes a list blob.
 pub fn decode_list(data: &[u8]) -> Result<Vec<ChunkRef>, DecodeError> {
-    if data.len() % CHUNK_REF_LEN != 0 {
-        return Err(DecodeError::new("list", format!("length {} is not a multiple of {CHUNK_REF_LEN}", data.len())));
+    if !data.len().is_multiple_of(CHUNK_REF_LEN) {
+        return Err(DecodeError::new(
+            "list",
+            format!("length {} is not a multiple of {CHUNK_REF_LEN}", data.len()),
+        ));
     }
     let mut r = Reader::new(data, "list");
     let mut out = Vec::with_capacity(data.len() / CHUNK_REF_LEN);
@@ -347,18 +366,35 @@ mod tests {
     use proptest::prelude::*;
 
     fn chunk() -> impl Strategy<Value = ChunkRef> {
-        (any::<[u8; 32]>(), any::<u32>()).prop_map(|(id, len)| ChunkRef { id: BlobId(Id(id)), len })
+        (any::<[u8; 32]>(), any::<u32>()).prop_map(|(id, len)| ChunkRef {
+            id: BlobId(Id(id)),
+            len,
+        })
     }
 
     fn payload(kind: NodeType) -> BoxedStrategy<Payload> {
         match kind {
             NodeType::File => prop_oneof![
-                proptest::collection::vec(chunk(), 0..5).prop_map(|c| Payload::File(Content::Inline(c))),
+                proptest::collection::vec(chunk(), 0..5)
+                    .prop_map(|c| Payload::File(Content::Inline(c))),
                 proptest::collection::vec((any::<[u8; 32]>(), any::<u64>(), any::<u64>()), 0..3)
-                    .prop_map(|l| Payload::File(Content::Lists(l.into_iter().map(|(id, chunks, bytes)| ListRef { id: BlobId(Id(id)), chunks, bytes }).collect()))),
-            ].boxed(),
-            NodeType::Dir => any::<[u8; 32]>().prop_map(|i| Payload::Dir(BlobId(Id(i)))).boxed(),
-            NodeType::Symlink => proptest::collection::vec(any::<u8>(), 0..40).prop_map(Payload::Symlink).boxed(),
+                    .prop_map(|l| Payload::File(Content::Lists(
+                        l.into_iter()
+                            .map(|(id, chunks, bytes)| ListRef {
+                                id: BlobId(Id(id)),
+                                chunks,
+                                bytes
+                            })
+                            .collect()
+                    ))),
+            ]
+            .boxed(),
+            NodeType::Dir => any::<[u8; 32]>()
+                .prop_map(|i| Payload::Dir(BlobId(Id(i))))
+                .boxed(),
+            NodeType::Symlink => proptest::collection::vec(any::<u8>(), 0..40)
+                .prop_map(Payload::Symlink)
+                .boxed(),
             _ => Just(Payload::None).boxed(),
         }
     }
@@ -367,15 +403,44 @@ mod tests {
         (1u8..8).prop_flat_map(|code| {
             let kind = NodeType::from_code(code).unwrap();
             (
-                proptest::collection::vec(1u8..=255, 1..20).prop_filter("valid name", |n| !n.contains(&b'/') && n != b"." && n != b".."),
+                proptest::collection::vec(1u8..=255, 1..20).prop_filter("valid name", |n| {
+                    !n.contains(&b'/') && n != b"." && n != b".."
+                }),
                 any::<(u32, u32, u32, i64, i64, u64)>(),
                 any::<(u64, u64, u64, u64)>(),
-                proptest::collection::vec((proptest::collection::vec(any::<u8>(), 1..10), proptest::collection::vec(any::<u8>(), 0..10)), 0..3),
+                proptest::collection::vec(
+                    (
+                        proptest::collection::vec(any::<u8>(), 1..10),
+                        proptest::collection::vec(any::<u8>(), 0..10),
+                    ),
+                    0..3,
+                ),
                 payload(kind),
             )
-                .prop_map(move |(name, (mode, uid, gid, mtime_ns, ctime_ns, size), (inode, dev, nlink, rdev), xattrs, payload)| Node {
-                    name, kind, mode, uid, gid, mtime_ns, ctime_ns, size, inode, dev, nlink, rdev, xattrs, payload,
-                })
+                .prop_map(
+                    move |(
+                        name,
+                        (mode, uid, gid, mtime_ns, ctime_ns, size),
+                        (inode, dev, nlink, rdev),
+                        xattrs,
+                        payload,
+                    )| Node {
+                        name,
+                        kind,
+                        mode,
+                        uid,
+                        gid,
+                        mtime_ns,
+                        ctime_ns,
+                        size,
+                        inode,
+                        dev,
+                        nlink,
+                        rdev,
+                        xattrs,
+                        payload,
+                    },
+                )
         })
     }
 
@@ -402,10 +467,24 @@ mod tests {
     #[test]
     fn unsorted_tree_is_rejected() {
         let mk = |name: &[u8]| Node {
-            name: name.to_vec(), kind: NodeType::Fifo, mode: 0, uid: 0, gid: 0, mtime_ns: 0, ctime_ns: 0,
-            size: 0, inode: 0, dev: 0, nlink: 1, rdev: 0, xattrs: vec![], payload: Payload::None,
+            name: name.to_vec(),
+            kind: NodeType::Fifo,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            size: 0,
+            inode: 0,
+            dev: 0,
+            nlink: 1,
+            rdev: 0,
+            xattrs: vec![],
+            payload: Payload::None,
         };
-        let t = Tree { nodes: vec![mk(b"b"), mk(b"a")] };
+        let t = Tree {
+            nodes: vec![mk(b"b"), mk(b"a")],
+        };
         assert!(Tree::decode(&t.encode()).is_err());
     }
 }

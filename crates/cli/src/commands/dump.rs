@@ -1,0 +1,34 @@
+//! `cairn dump`: write one file of a snapshot to standard output.
+
+use super::FilterOpts;
+use crate::common::GlobalOpts;
+use anyhow::{bail, Result};
+use cairn_core::browse::{dump, resolve, Resolved};
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args, Debug)]
+pub struct DumpArgs {
+    /// Snapshot id prefix or `latest`.
+    pub snapshot: String,
+    /// File inside the snapshot.
+    pub path: PathBuf,
+    #[command(flatten)]
+    pub filter: FilterOpts,
+}
+
+pub fn run(g: &GlobalOpts, a: DumpArgs) -> Result<ExitCode> {
+    let repo = g.open()?;
+    let (_, snap) = repo.find_snapshot(&a.snapshot, &a.filter.filter())?;
+    let Resolved::Node(node) = resolve(&repo, &snap.tree, &a.path)? else {
+        bail!(
+            "{} is the snapshot's root directory; dump prints regular files",
+            a.path.display()
+        );
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    dump(&repo, &node, &mut out)?;
+    Ok(ExitCode::SUCCESS)
+}

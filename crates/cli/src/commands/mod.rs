@@ -1,0 +1,80 @@
+//! The command tree; each command lives in its own file.
+
+mod backup;
+mod dump;
+mod init;
+mod key;
+mod ls;
+mod restore;
+mod snapshots;
+
+use crate::common::GlobalOpts;
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use std::process::ExitCode;
+
+/// cairn: deduplicated, compressed, encrypted backups of directories and volumes.
+#[derive(Parser, Debug)]
+#[command(name = "cairn", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Selects snapshots for `latest`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct FilterOpts {
+    /// Only snapshots of this source.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Only snapshots of this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only snapshots with this tag (repeatable: all must match).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+impl FilterOpts {
+    pub fn filter(&self) -> cairn_core::SnapshotFilter {
+        cairn_core::SnapshotFilter {
+            source: self.source.clone(),
+            host: self.host.clone(),
+            tags: self.tags.clone(),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new repository.
+    Init(init::InitArgs),
+    /// Back up files and directories into a new snapshot.
+    Backup(backup::BackupArgs),
+    /// List snapshots.
+    Snapshots(snapshots::SnapshotsArgs),
+    /// List the files of a snapshot.
+    Ls(ls::LsArgs),
+    /// Write one file of a snapshot to standard output.
+    Dump(dump::DumpArgs),
+    /// Restore a snapshot into a directory.
+    Restore(restore::RestoreArgs),
+    /// Manage the repository's passwords.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init(a) => init::run(g, a),
+        Command::Backup(a) => backup::run(g, a),
+        Command::Snapshots(a) => snapshots::run(g, a),
+        Command::Ls(a) => ls::run(g, a),
+        Command::Dump(a) => dump::run(g, a),
+        Command::Restore(a) => restore::run(g, a),
+        Command::Key(k) => key::run(g, k),
+    }
+}

@@ -1,0 +1,108 @@
+//! `cairn restore`: restore a snapshot into a directory.
+
+use super::FilterOpts;
+use crate::common::GlobalOpts;
+use crate::output::size;
+use anyhow::Result;
+use cairn_core::progress::Progress;
+use cairn_core::restore::{restore, RestoreOptions};
+use clap::Args;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot id prefix or `latest`.
+    pub snapshot: String,
+    /// Directory to restore into (created if missing; must be empty unless --overwrite).
+    #[arg(long, short = 't')]
+    pub target: PathBuf,
+    /// Restore only this path of the snapshot (repeatable).
+    #[arg(long = "include")]
+    pub includes: Vec<PathBuf>,
+    /// Restore into a non-empty directory, replacing what is in the way.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Re-read every restored file and check it against the snapshot.
+    #[arg(long)]
+    pub verify: bool,
+    /// Print a JSON summary instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub filter: FilterOpts,
+}
+
+pub fn run(g: &GlobalOpts, a: RestoreArgs) -> Result<ExitCode> {
+    let repo = g.open()?;
+    let (id, snap) = repo.find_snapshot(&a.snapshot, &a.filter.filter())?;
+    let progress = Arc::new(Progress::default());
+    let opts = RestoreOptions {
+        target: a.target.clone(),
+        includes: a.includes.clone(),
+        overwrite: a.overwrite,
+        owners: nix_is_root(),
+        verify: a.verify,
+        workers: 0,
+        progress: Some(progress.clone()),
+    };
+    let bar = (!a.json && !g.quiet && std::io::stderr().is_terminal())
+        .then(|| crate::output::ProgressBar::start(progress, "restoring"));
+    let stats = restore(&repo, &snap.tree, &opts);
+    if let Some(bar) = bar {
+        bar.finish();
+    }
+    let stats = stats?;
+    if a.json {
+        let failed: Vec<_> = stats
+            .failed
+            .iter()
+            .map(|(p, r)| serde_json::json!({"path": p, "error": r}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "snapshot_id": id.to_hex(),
+                "files": stats.files, "dirs": stats.dirs, "others": stats.others,
+                "bytes": stats.bytes, "packs_read": stats.packs_read, "ranges_read": stats.ranges_read,
+                "verified": stats.verified, "failed": failed,
+            }))?
+        );
+    } else {
+        println!(
+            "restored snapshot {} to {}: {} files, {} dirs, {} other entries, {}",
+            id.short(),
+            a.target.display(),
+            stats.files,
+            stats.dirs,
+            stats.others,
+            size(stats.bytes)
+        );
+        if a.verify {
+            println!("verified {} files", stats.verified);
+        }
+        for (p, r) in &stats.failed {
+            eprintln!("failed: {}: {r}", p.display());
+        }
+    }
+    if stats.failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "error: {} entries could not be restored",
+            stats.failed.len()
+        );
+        Ok(ExitCode::from(3))
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.uid() == 0
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,75 @@
+//! Human-readable sizes, times and errors, and exit codes.
+
+use cairn_core::ErrorKind;
+
+/// Exit code for an error: 1 in general, 2 usage, 10 wrong password,
+/// 11 not a repository, 12 damaged repository.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<cairn_core::Error>().map(|e| e.kind()) {
+        Some(ErrorKind::WrongPassword) => 10,
+        Some(ErrorKind::NotARepository) => 11,
+        Some(ErrorKind::Corrupt) => 12,
+        Some(ErrorKind::Usage) => 2,
+        _ => 1,
+    }
+}
+
+/// The error with its causes, one line.
+pub fn describe_error(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+}
+
+/// Bytes as `1.2 MiB`.
+pub fn size(n: u64) -> String {
+    bytesize::ByteSize::b(n).to_string_as(true)
+}
+
+/// A timestamp in local time, to the second.
+pub fn time(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.with_timezone(&chrono::Local)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+/// A terminal progress bar fed by engine counters.
+pub struct ProgressBar {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl ProgressBar {
+    /// Starts drawing `progress` on stderr every 100 ms.
+    pub fn start(
+        progress: std::sync::Arc<cairn_core::progress::Progress>,
+        verb: &'static str,
+    ) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            while !stop2.load(Ordering::Relaxed) {
+                let p = progress.snapshot();
+                bar.set_length(p.bytes_total.max(p.bytes_done));
+                bar.set_position(p.bytes_done);
+                bar.set_message(format!("{verb} {}/{} files", p.files_done, p.files_total));
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            bar.finish_and_clear();
+        });
+        Self { stop, handle }
+    }
+
+    /// Stops and clears the bar.
+    pub fn finish(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.handle.join();
+    }
+}

@@ -1,0 +1,141 @@
+//! The engine's public error: what went wrong, on which object, and whether retrying helps.
+
+use crate::format::codec::DecodeError;
+use cairn_storage::StorageError;
+use std::path::PathBuf;
+
+/// Result type of engine operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Broad classes of failure, for exit codes and for deciding whether to retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The password opens no key.
+    WrongPassword,
+    /// The location is not a cairn repository (or not one this version reads).
+    NotARepository,
+    /// An object is missing or its bytes are damaged.
+    Corrupt,
+    /// The storage failed (maybe temporarily).
+    Storage,
+    /// A local file could not be read or written.
+    Io,
+    /// The user asked for something that cannot be done as asked.
+    Usage,
+    /// The local cache failed.
+    Cache,
+}
+
+/// A failed engine operation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No key file opens with the password.
+    #[error("wrong password: no key of the repository at {location} opens with it")]
+    WrongPassword {
+        /// Repository location.
+        location: String,
+    },
+    /// Not a repository.
+    #[error("{location} is not a cairn repository: {reason}")]
+    NotARepository {
+        /// Location.
+        location: String,
+        /// Why.
+        reason: String,
+    },
+    /// init on an existing repository.
+    #[error("{location} already holds a cairn repository; refusing to overwrite it")]
+    AlreadyExists {
+        /// Location.
+        location: String,
+    },
+    /// A damaged object.
+    #[error("corrupt object {object}: {reason}")]
+    Corrupt {
+        /// Object path (e.g. `packs/ab/ab12…`) or blob description.
+        object: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A blob the repository should hold is not in the index.
+    #[error(
+        "{kind} blob {id} is not in the index: the repository is missing data (run `cairn check`)"
+    )]
+    BlobNotFound {
+        /// Blob kind.
+        kind: crate::format::BlobKind,
+        /// Blob id (hex).
+        id: String,
+    },
+    /// A storage failure.
+    #[error("storage error at {location}: {source}")]
+    Storage {
+        /// Location.
+        location: String,
+        /// Cause.
+        #[source]
+        source: StorageError,
+    },
+    /// A local file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The cache failed.
+    #[error("local cache {path}: {reason}")]
+    Cache {
+        /// Cache file.
+        path: PathBuf,
+        /// Cause.
+        reason: String,
+    },
+    /// A request that cannot be carried out as asked.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Error {
+    /// The class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::WrongPassword { .. } => ErrorKind::WrongPassword,
+            Error::NotARepository { .. } | Error::AlreadyExists { .. } => ErrorKind::NotARepository,
+            Error::Corrupt { .. } | Error::BlobNotFound { .. } => ErrorKind::Corrupt,
+            Error::Storage { source, .. } if source.is_not_found() => ErrorKind::Corrupt,
+            Error::Storage { .. } => ErrorKind::Storage,
+            Error::Io { .. } => ErrorKind::Io,
+            Error::Cache { .. } => ErrorKind::Cache,
+            Error::Usage(_) => ErrorKind::Usage,
+        }
+    }
+
+    /// Whether running the same operation again can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Storage { source, .. } if source.is_temporary())
+    }
+
+    /// A local I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A damaged object.
+    pub fn corrupt(object: impl Into<String>, reason: impl ToString) -> Self {
+        Error::Corrupt {
+            object: object.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// A decode failure of `object`.
+    pub fn decode(object: impl Into<String>, e: DecodeError) -> Self {
+        Error::corrupt(object, e)
+    }
+}

@@ -1,0 +1,271 @@
+//! Writes blobs into packs, uploads finished packs on bounded threads and
+//! records them in index segments.
+//!
+//! Invariant: an index segment names only packs whose upload succeeded, and
+//! a snapshot is written only after the segments naming its blobs.
+
+use crate::error::{Error, Result};
+use crate::format::index::{IndexSegment, IndexedPack};
+use crate::format::pack::PackBuilder;
+use crate::format::{BlobId, BlobKind, Id, IndexId, PackId};
+use crate::repo::Repository;
+use bytes::Bytes;
+use crossbeam_channel::{bounded, Receiver, Sender};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// Packs written per index segment before a segment is flushed.
+pub const PACKS_PER_SEGMENT: usize = 64;
+
+/// Totals of what a writer added.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Blobs added.
+    pub blobs: u64,
+    /// Stored bytes of those blobs.
+    pub stored_bytes: u64,
+    /// Packs uploaded.
+    pub packs: u64,
+    /// Index segments written.
+    pub segments: u64,
+}
+
+struct Shared {
+    done: Mutex<Vec<IndexedPack>>,
+    error: Mutex<Option<Error>>,
+    packs: AtomicU64,
+    segments: AtomicU64,
+}
+
+/// Accepts sealed blobs and turns them into uploaded, indexed packs.
+pub struct PackWriter {
+    repo: Repository,
+    data: Mutex<PackBuilder>,
+    meta: Mutex<PackBuilder>,
+    pending: Mutex<HashSet<BlobId>>,
+    tx: Option<Sender<PackBuilder>>,
+    uploaders: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    blobs: AtomicU64,
+    stored_bytes: AtomicU64,
+    written_segments: Mutex<Vec<IndexId>>,
+}
+
+impl PackWriter {
+    /// A writer with `uploaders` upload threads (at least one).
+    pub fn new(repo: &Repository, uploaders: usize) -> Self {
+        let uploaders = uploaders.max(1);
+        let (tx, rx) = bounded::<PackBuilder>(uploaders);
+        let shared = Arc::new(Shared {
+            done: Mutex::new(Vec::new()),
+            error: Mutex::new(None),
+            packs: AtomicU64::new(0),
+            segments: AtomicU64::new(0),
+        });
+        let handles = (0..uploaders)
+            .map(|i| {
+                let rx: Receiver<PackBuilder> = rx.clone();
+                let repo = repo.clone();
+                let shared = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("cairn-upload-{i}"))
+                    .spawn(move || upload_loop(repo, rx, shared))
+                    .expect("spawn uploader thread")
+            })
+            .collect();
+        Self {
+            repo: repo.clone(),
+            data: Mutex::new(PackBuilder::new()),
+            meta: Mutex::new(PackBuilder::new()),
+            pending: Mutex::new(HashSet::new()),
+            tx: Some(tx),
+            uploaders: handles,
+            shared,
+            blobs: AtomicU64::new(0),
+            stored_bytes: AtomicU64::new(0),
+            written_segments: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn check_error(&self) -> Result<()> {
+        match self.shared.error.lock().expect("lock").take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the repository or this writer already holds blob `id`.
+    pub fn contains(&self, id: &BlobId) -> Result<bool> {
+        if self.pending.lock().expect("lock").contains(id) {
+            return Ok(true);
+        }
+        self.repo.has_blob(id)
+    }
+
+    /// Claims `id` for this writer: true when the caller must store the
+    /// blob, false when it is already stored or being stored.
+    pub fn claim(&self, id: &BlobId) -> Result<bool> {
+        if self.repo.has_blob(id)? {
+            return Ok(false);
+        }
+        Ok(self.pending.lock().expect("lock").insert(*id))
+    }
+
+    /// Seals and adds a blob unless it is already stored; returns whether it was added.
+    pub fn add_plain(&self, kind: BlobKind, plaintext: &[u8]) -> Result<(BlobId, bool)> {
+        let id = self.repo.blob_id(plaintext);
+        if !self.claim(&id)? {
+            return Ok((id, false));
+        }
+        let stored = self.repo.seal_blob_with_id(kind, id, plaintext);
+        self.add_sealed(kind, id, &stored, plaintext.len() as u32)?;
+        Ok((id, true))
+    }
+
+    /// Adds an already-sealed blob (the caller claimed it).
+    pub fn add_sealed(
+        &self,
+        kind: BlobKind,
+        id: BlobId,
+        stored: &[u8],
+        raw_len: u32,
+    ) -> Result<()> {
+        self.check_error()?;
+        let (builder, target) = if kind.is_metadata() {
+            (&self.meta, self.repo.config().meta_pack_size as usize)
+        } else {
+            (&self.data, self.repo.config().data_pack_size as usize)
+        };
+        let full = {
+            let mut b = builder.lock().expect("lock");
+            b.add(id, kind, stored, raw_len);
+            if b.len() >= target {
+                Some(std::mem::take(&mut *b))
+            } else {
+                None
+            }
+        };
+        self.blobs.fetch_add(1, Ordering::Relaxed);
+        self.stored_bytes
+            .fetch_add(stored.len() as u64, Ordering::Relaxed);
+        if let Some(pack) = full {
+            self.send(pack)?;
+        }
+        Ok(())
+    }
+
+    fn send(&self, pack: PackBuilder) -> Result<()> {
+        let tx = self.tx.as_ref().expect("writer not finished");
+        if tx.send(pack).is_err() {
+            self.check_error()?;
+            return Err(Error::Usage("pack upload threads stopped".into()));
+        }
+        if self.shared.done.lock().expect("lock").len() >= PACKS_PER_SEGMENT {
+            self.write_segment()?;
+        }
+        Ok(())
+    }
+
+    /// Sends the partly filled packs to upload now (used at checkpoints).
+    pub fn flush_packs(&self) -> Result<()> {
+        for builder in [&self.data, &self.meta] {
+            let pack = {
+                let mut b = builder.lock().expect("lock");
+                if b.is_empty() {
+                    continue;
+                }
+                std::mem::take(&mut *b)
+            };
+            self.send(pack)?;
+        }
+        Ok(())
+    }
+
+    /// Writes an index segment naming every pack uploaded since the last one.
+    pub fn write_segment(&self) -> Result<Option<IndexId>> {
+        let packs = std::mem::take(&mut *self.shared.done.lock().expect("lock"));
+        if packs.is_empty() {
+            return Ok(None);
+        }
+        let seg = IndexSegment {
+            supersedes: Vec::new(),
+            packs,
+        };
+        let id = self.repo.save_segment(&seg)?;
+        self.shared.segments.fetch_add(1, Ordering::Relaxed);
+        self.written_segments.lock().expect("lock").push(id);
+        // Blobs in an indexed segment are found through the index now.
+        let mut pending = self.pending.lock().expect("lock");
+        for p in &seg.packs {
+            for b in &p.blobs {
+                pending.remove(&b.id);
+            }
+        }
+        Ok(Some(id))
+    }
+
+    /// Uploads what is left, waits for every upload and writes the last
+    /// index segment.
+    pub fn finish(mut self) -> Result<WriteStats> {
+        let flushed = self.flush_packs();
+        drop(self.tx.take());
+        for h in self.uploaders.drain(..) {
+            let _ = h.join();
+        }
+        flushed?;
+        self.check_error()?;
+        self.write_segment()?;
+        Ok(self.stats())
+    }
+
+    /// Totals so far.
+    pub fn stats(&self) -> WriteStats {
+        WriteStats {
+            blobs: self.blobs.load(Ordering::Relaxed),
+            stored_bytes: self.stored_bytes.load(Ordering::Relaxed),
+            packs: self.shared.packs.load(Ordering::Relaxed),
+            segments: self.shared.segments.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for PackWriter {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        for h in self.uploaders.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+fn upload_loop(repo: Repository, rx: Receiver<PackBuilder>, shared: Arc<Shared>) {
+    for builder in rx {
+        if shared.error.lock().expect("lock").is_some() {
+            continue;
+        }
+        let (bytes, blobs) = builder.finish(&repo.0.key);
+        let id = PackId(Id::hash(&bytes));
+        let len = bytes.len() as u64;
+        match repo.storage().write(&id.path(), Bytes::from(bytes)) {
+            Ok(()) => {
+                shared.packs.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .done
+                    .lock()
+                    .expect("lock")
+                    .push(IndexedPack { id, len, blobs });
+            }
+            Err(e) => {
+                let mut slot = shared.error.lock().expect("lock");
+                if slot.is_none() {
+                    *slot = Some(Error::Storage {
+                        location: repo.location().to_string(),
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+}

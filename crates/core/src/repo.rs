@@ -1,0 +1,740 @@
+//! The repository handle: init, open with a password, keys, blob and tree
+//! reads, snapshots, and index synchronisation with the local cache.
+
+use crate::cache::{BlobLocation, Cache, CachedKind};
+use crate::crypto::{blob_aad, IdHasher, KdfParams, SealKey};
+use crate::error::{Error, Result};
+use crate::format::config::{Config, CONFIG_AAD, CONFIG_PATH};
+use crate::format::header::{Header, HeaderError, HEADER_PATH};
+use crate::format::index::{IndexSegment, INDEX_AAD};
+use crate::format::key::{KeyFile, KeyFileError};
+use crate::format::snapshot::{Snapshot, SNAPSHOT_AAD};
+use crate::format::tree::{decode_list, ChunkRef, Content, Tree};
+use crate::format::{BlobId, BlobKind, Id, IndexId, SnapshotId};
+use bytes::Bytes;
+use cairn_storage::{DynStorage, StorageError};
+use rayon::prelude::*;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// How `init` lays out a new repository.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// argon2id parameters of the first key.
+    pub kdf: KdfParams,
+    /// Chunker minimum, average and maximum sizes.
+    pub chunk_sizes: (u32, u32, u32),
+    /// Data and metadata pack target sizes.
+    pub pack_sizes: (u32, u32),
+    /// Default zstd level.
+    pub zstd_level: i32,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        let c = Config::new(Id::default());
+        Self {
+            kdf: KdfParams::default(),
+            chunk_sizes: (c.chunk_min, c.chunk_avg, c.chunk_max),
+            pack_sizes: (c.data_pack_size, c.meta_pack_size),
+            zstd_level: c.zstd_level,
+        }
+    }
+}
+
+/// How `open` uses the local cache.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Directory holding `<repository id>/cache.sqlite`; `None` keeps the
+    /// cache in memory for this process only.
+    pub cache_dir: Option<PathBuf>,
+    /// Open even when index segments are damaged (check, repair); the
+    /// damaged ones are reported by [`Repository::damaged_segments`].
+    pub tolerate_damage: bool,
+}
+
+impl OpenOptions {
+    /// The default cache location: `$CAIRN_CACHE_DIR`, else the XDG cache dir.
+    pub fn default_cache_dir() -> Option<PathBuf> {
+        if let Some(dir) = std::env::var_os("CAIRN_CACHE_DIR") {
+            return Some(PathBuf::from(dir));
+        }
+        dirs::cache_dir().map(|d| d.join("cairn"))
+    }
+}
+
+/// A key file as listed by `key list`.
+#[derive(Debug, Clone)]
+pub struct KeyInfo {
+    /// Key id.
+    pub id: String,
+    /// `user@host` that added it.
+    pub label: String,
+    /// Creation time, seconds since the epoch.
+    pub created: i64,
+    /// Whether this process opened the repository with it.
+    pub current: bool,
+}
+
+pub(crate) struct Inner {
+    pub(crate) storage: DynStorage,
+    pub(crate) location: String,
+    pub(crate) config: Config,
+    pub(crate) key: SealKey,
+    pub(crate) hasher: IdHasher,
+    master: [u8; 32],
+    key_id: String,
+    pub(crate) cache: Cache,
+    damaged_segments: std::sync::Mutex<Vec<(IndexId, String)>>,
+}
+
+/// An open repository. Cheap to clone; clones share the cache and keys.
+#[derive(Clone)]
+pub struct Repository(pub(crate) Arc<Inner>);
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Repository({})", self.0.location)
+    }
+}
+
+/// `user@host` of the current process, for key labels and snapshots.
+pub fn user_at_host() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| {
+        nix::unistd::User::from_uid(nix::unistd::getuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| "unknown".into())
+    });
+    format!("{user}@{}", hostname())
+}
+
+/// This machine's host name.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn storage_err(location: &str) -> impl Fn(StorageError) -> Error {
+    let location = location.to_string();
+    move |source| Error::Storage {
+        location: location.clone(),
+        source,
+    }
+}
+
+fn random_key_id() -> String {
+    hex::encode(&crate::crypto::random_key()[..16])
+}
+
+impl Repository {
+    /// Creates a repository in empty storage and opens it.
+    pub fn init(
+        storage: DynStorage,
+        password: &str,
+        opts: &InitOptions,
+        open: &OpenOptions,
+    ) -> Result<Self> {
+        let location = storage.location();
+        let serr = storage_err(&location);
+        match storage.stat(HEADER_PATH) {
+            Ok(_) => return Err(Error::AlreadyExists { location }),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(serr(e)),
+        }
+        if password.is_empty() {
+            return Err(Error::Usage("the password must not be empty".into()));
+        }
+        // Leftovers of an init killed before it wrote the header.
+        for stale in storage.list("keys/").map_err(&serr)? {
+            storage.delete(&stale.path).map_err(&serr)?;
+        }
+        let repo_id = Id(crate::crypto::random_key());
+        let mut config = Config::new(repo_id);
+        (config.chunk_min, config.chunk_avg, config.chunk_max) = opts.chunk_sizes;
+        (config.data_pack_size, config.meta_pack_size) = opts.pack_sizes;
+        config.zstd_level = opts.zstd_level;
+        config
+            .validate()
+            .map_err(|e| Error::Usage(format!("invalid repository options: {e}")))?;
+        let master = crate::crypto::random_key();
+        let key = SealKey::new(&master);
+        storage
+            .write(
+                CONFIG_PATH,
+                Bytes::from(key.seal_envelope(CONFIG_AAD, &config.encode(), 0)),
+            )
+            .map_err(&serr)?;
+        let key_file = KeyFile::create(
+            password.as_bytes(),
+            &master,
+            opts.kdf,
+            user_at_host(),
+            now_secs(),
+        )
+        .map_err(|e| Error::Usage(e.to_string()))?;
+        let key_id = random_key_id();
+        storage
+            .write(&format!("keys/{key_id}"), Bytes::from(key_file.encode()))
+            .map_err(&serr)?;
+        // The header goes last: until it exists this is not a repository.
+        storage
+            .write(HEADER_PATH, Bytes::from(Header::new(repo_id).encode()))
+            .map_err(&serr)?;
+        Self::assemble(storage, location, config, master, key_id, open)
+    }
+
+    /// Opens a repository with a password.
+    pub fn open(storage: DynStorage, password: &str, opts: &OpenOptions) -> Result<Self> {
+        let location = storage.location();
+        let serr = storage_err(&location);
+        let header_bytes = match storage.read(HEADER_PATH) {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => {
+                return Err(Error::NotARepository {
+                    location,
+                    reason: format!("no {HEADER_PATH} object (run `cairn init` to create one)"),
+                })
+            }
+            Err(e) => return Err(serr(e)),
+        };
+        let header = Header::decode(&header_bytes).map_err(|e| Error::NotARepository {
+            location: location.clone(),
+            reason: match e {
+                HeaderError::UnsupportedVersion { .. } => e.to_string(),
+                _ => format!("{HEADER_PATH} is damaged or not cairn's: {e}"),
+            },
+        })?;
+        let mut keys = storage.list("keys/").map_err(&serr)?;
+        keys.sort_by(|a, b| a.path.cmp(&b.path));
+        if keys.is_empty() {
+            return Err(Error::corrupt("keys/", "the repository has no key files"));
+        }
+        let mut opened = None;
+        for obj in &keys {
+            let bytes = storage.read(&obj.path).map_err(&serr)?;
+            let file = match KeyFile::decode(&bytes) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!("skipping damaged key file {}: {e}", obj.path);
+                    continue;
+                }
+            };
+            match file.open(password.as_bytes()) {
+                Ok(master) => {
+                    let id = obj.path.trim_start_matches("keys/").to_string();
+                    opened = Some((master, id));
+                    break;
+                }
+                Err(KeyFileError::WrongPassword) => continue,
+                Err(e) => tracing::warn!("key file {}: {e}", obj.path),
+            }
+        }
+        let Some((master, key_id)) = opened else {
+            return Err(Error::WrongPassword { location });
+        };
+        let sealed = storage.read(CONFIG_PATH).map_err(&serr)?;
+        let body = SealKey::new(&master)
+            .open_envelope(CONFIG_AAD, &sealed)
+            .map_err(|e| Error::corrupt(CONFIG_PATH, e))?;
+        let config = Config::decode(&body).map_err(|e| Error::decode(CONFIG_PATH, e))?;
+        if config.repo_id != header.repo_id {
+            return Err(Error::corrupt(
+                CONFIG_PATH,
+                "repository id differs from the header's",
+            ));
+        }
+        Self::assemble(storage, location, config, master, key_id, opts)
+    }
+
+    fn assemble(
+        storage: DynStorage,
+        location: String,
+        config: Config,
+        master: [u8; 32],
+        key_id: String,
+        opts: &OpenOptions,
+    ) -> Result<Self> {
+        let fingerprint = blake3::hash(&config.encode());
+        let cache_path = opts
+            .cache_dir
+            .as_ref()
+            .map(|d| d.join(config.repo_id.to_hex()).join("cache.sqlite"));
+        let cache = Cache::open(
+            cache_path.as_deref(),
+            &config.repo_id,
+            fingerprint.as_bytes(),
+        )?;
+        let repo = Repository(Arc::new(Inner {
+            hasher: IdHasher::new(config.id_key),
+            key: SealKey::new(&master),
+            storage,
+            location,
+            config,
+            master,
+            key_id,
+            cache,
+            damaged_segments: Default::default(),
+        }));
+        repo.sync_index(opts.tolerate_damage)?;
+        Ok(repo)
+    }
+
+    /// Where the repository is.
+    pub fn location(&self) -> &str {
+        &self.0.location
+    }
+
+    /// The storage it lives on.
+    pub fn storage(&self) -> &DynStorage {
+        &self.0.storage
+    }
+
+    /// The repository config.
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+
+    /// The repository id.
+    pub fn id(&self) -> Id {
+        self.0.config.repo_id
+    }
+
+    /// The local cache.
+    pub fn cache(&self) -> &Cache {
+        &self.0.cache
+    }
+
+    /// The blob id of `data`.
+    pub fn blob_id(&self, data: &[u8]) -> BlobId {
+        self.0.hasher.blob_id(data)
+    }
+
+    pub(crate) fn serr(&self) -> impl Fn(StorageError) -> Error {
+        storage_err(&self.0.location)
+    }
+
+    /// Index segments that failed to load (only with `tolerate_damage`).
+    pub fn damaged_segments(&self) -> Vec<(IndexId, String)> {
+        self.0.damaged_segments.lock().expect("lock").clone()
+    }
+
+    /// Brings the cached index in line with `index/`: ingests new segments,
+    /// drops vanished ones. Lists `index/` once.
+    pub fn sync_index(&self, tolerate_damage: bool) -> Result<()> {
+        let listed = self.0.storage.list("index/").map_err(self.serr())?;
+        let mut present = std::collections::HashSet::new();
+        for obj in &listed {
+            let name = obj.path.trim_start_matches("index/");
+            match IndexId::from_hex(name) {
+                Some(id) => {
+                    present.insert(id);
+                }
+                None => tracing::warn!("ignoring unexpected object {}", obj.path),
+            }
+        }
+        let cached: std::collections::HashSet<IndexId> =
+            self.0.cache.segments()?.into_iter().collect();
+        for gone in cached.difference(&present) {
+            self.0.cache.remove_segment(gone)?;
+        }
+        let new: Vec<IndexId> = present.difference(&cached).copied().collect();
+        let loaded: Vec<(IndexId, Result<IndexSegment>)> = new
+            .par_iter()
+            .map(|id| (*id, self.load_segment(id)))
+            .collect();
+        let mut damaged = Vec::new();
+        for (id, seg) in loaded {
+            match seg {
+                Ok(seg) => {
+                    let packs: Vec<_> = seg
+                        .packs
+                        .into_iter()
+                        .map(|p| (p.id, p.len, p.blobs))
+                        .collect();
+                    self.0.cache.add_segment(&id, &packs)?;
+                }
+                Err(e) if tolerate_damage => {
+                    tracing::warn!("{e}");
+                    damaged.push((id, e.to_string()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        *self.0.damaged_segments.lock().expect("lock") = damaged;
+        Ok(())
+    }
+
+    /// Reads, verifies and decodes one index segment.
+    pub fn load_segment(&self, id: &IndexId) -> Result<IndexSegment> {
+        let path = id.path();
+        let stored = self.0.storage.read(&path).map_err(self.serr())?;
+        if Id::hash(&stored) != id.0 {
+            return Err(Error::corrupt(
+                &path,
+                "content does not match its name (BLAKE3 mismatch)",
+            ));
+        }
+        let body = self
+            .0
+            .key
+            .open_envelope(INDEX_AAD, &stored)
+            .map_err(|e| Error::corrupt(&path, e))?;
+        IndexSegment::decode(&body).map_err(|e| Error::decode(path, e))
+    }
+
+    /// Writes an index segment and adds it to the cache; returns its id.
+    pub fn save_segment(&self, seg: &IndexSegment) -> Result<IndexId> {
+        let stored = self.0.key.seal_envelope(INDEX_AAD, &seg.encode(), 1);
+        let id = IndexId(Id::hash(&stored));
+        self.0
+            .storage
+            .write(&id.path(), Bytes::from(stored))
+            .map_err(self.serr())?;
+        let packs: Vec<_> = seg
+            .packs
+            .iter()
+            .map(|p| (p.id, p.len, p.blobs.clone()))
+            .collect();
+        self.0.cache.add_segment(&id, &packs)?;
+        Ok(id)
+    }
+
+    /// Where a blob is stored, if indexed.
+    pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
+        self.0.cache.lookup(id)
+    }
+
+    /// Whether the index holds blob `id`.
+    pub fn has_blob(&self, id: &BlobId) -> Result<bool> {
+        Ok(self.lookup(id)?.is_some())
+    }
+
+    /// Seals a blob for storage: returns its id and stored bytes.
+    pub fn seal_blob(&self, kind: BlobKind, plaintext: &[u8]) -> (BlobId, Vec<u8>) {
+        let id = self.blob_id(plaintext);
+        (id, self.seal_blob_with_id(kind, id, plaintext))
+    }
+
+    /// Seals a blob whose id is already known.
+    pub fn seal_blob_with_id(&self, kind: BlobKind, id: BlobId, plaintext: &[u8]) -> Vec<u8> {
+        let level = if kind.is_metadata() {
+            self.0.config.zstd_level.max(1)
+        } else {
+            self.0.config.zstd_level
+        };
+        self.0
+            .key
+            .seal_envelope(&blob_aad(&id, kind), plaintext, level)
+    }
+
+    /// Opens a stored blob and checks its id.
+    pub fn open_blob(
+        &self,
+        kind: BlobKind,
+        id: &BlobId,
+        stored: &[u8],
+        object: &str,
+    ) -> Result<Vec<u8>> {
+        let plain = self
+            .0
+            .key
+            .open_envelope(&blob_aad(id, kind), stored)
+            .map_err(|e| Error::corrupt(object, format!("{kind} blob {}: {e}", id.short())))?;
+        if self.blob_id(&plain) != *id {
+            return Err(Error::corrupt(
+                object,
+                format!("{kind} blob {} does not hash to its id", id.short()),
+            ));
+        }
+        Ok(plain)
+    }
+
+    /// Reads, decrypts and verifies one blob.
+    pub fn read_blob(&self, kind: BlobKind, id: &BlobId) -> Result<Vec<u8>> {
+        let loc = self.lookup(id)?.ok_or_else(|| Error::BlobNotFound {
+            kind,
+            id: id.to_hex(),
+        })?;
+        let path = loc.pack.path();
+        let stored = self
+            .0
+            .storage
+            .read_range(
+                &path,
+                loc.offset as u64..loc.offset as u64 + loc.stored_len as u64,
+            )
+            .map_err(self.serr())?;
+        self.open_blob(kind, id, &stored, &path)
+    }
+
+    /// Loads a tree, from the cache when possible.
+    pub fn load_tree(&self, id: &BlobId) -> Result<Tree> {
+        if let Some(data) = self.0.cache.get_object(CachedKind::Tree, &id.0)? {
+            if self.blob_id(&data) == *id {
+                if let Ok(tree) = Tree::decode(&data) {
+                    return Ok(tree);
+                }
+            }
+            tracing::warn!("cached tree {} is damaged; fetching it again", id.short());
+            self.0.cache.remove_object(&id.0)?;
+        }
+        let data = self.read_blob(BlobKind::Tree, id)?;
+        let tree =
+            Tree::decode(&data).map_err(|e| Error::corrupt(format!("tree {}", id.to_hex()), e))?;
+        self.0.cache.put_object(CachedKind::Tree, &id.0, &data)?;
+        Ok(tree)
+    }
+
+    /// The full chunk list of a file's content (loading list blobs).
+    pub fn chunk_list(&self, content: &Content) -> Result<Vec<ChunkRef>> {
+        match content {
+            Content::Inline(chunks) => Ok(chunks.clone()),
+            Content::Lists(lists) => {
+                let mut out = Vec::new();
+                for l in lists {
+                    let data = self.read_blob(BlobKind::List, &l.id)?;
+                    out.extend(
+                        decode_list(&data).map_err(|e| {
+                            Error::corrupt(format!("list blob {}", l.id.to_hex()), e)
+                        })?,
+                    );
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Writes a snapshot manifest; returns its id.
+    pub fn save_snapshot(&self, snap: &Snapshot) -> Result<SnapshotId> {
+        let stored = self.0.key.seal_envelope(SNAPSHOT_AAD, &snap.to_json(), 1);
+        let id = SnapshotId(Id::hash(&stored));
+        self.0
+            .storage
+            .write(&id.path(), Bytes::from(stored.clone()))
+            .map_err(self.serr())?;
+        self.0
+            .cache
+            .put_object(CachedKind::Snapshot, &id.0, &stored)?;
+        Ok(id)
+    }
+
+    /// Deletes a snapshot manifest (its data stays until garbage collection).
+    pub fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
+        self.0.storage.delete(&id.path()).map_err(self.serr())?;
+        self.0.cache.remove_object(&id.0)
+    }
+
+    /// Loads one snapshot manifest, from the cache when possible.
+    pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        let path = id.path();
+        let cached = self.0.cache.get_object(CachedKind::Snapshot, &id.0)?;
+        let stored = match cached {
+            Some(s) if Id::hash(&s) == id.0 => s,
+            _ => {
+                let s = self.0.storage.read(&path).map_err(self.serr())?.to_vec();
+                if Id::hash(&s) != id.0 {
+                    return Err(Error::corrupt(
+                        &path,
+                        "content does not match its name (BLAKE3 mismatch)",
+                    ));
+                }
+                self.0.cache.put_object(CachedKind::Snapshot, &id.0, &s)?;
+                s
+            }
+        };
+        let body = self
+            .0
+            .key
+            .open_envelope(SNAPSHOT_AAD, &stored)
+            .map_err(|e| Error::corrupt(&path, e))?;
+        Snapshot::from_json(&body).map_err(|e| Error::corrupt(&path, e))
+    }
+
+    /// Every snapshot, oldest first.
+    pub fn list_snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
+        let listed = self.0.storage.list("snapshots/").map_err(self.serr())?;
+        let ids: Vec<SnapshotId> = listed
+            .iter()
+            .filter_map(|o| SnapshotId::from_hex(o.path.trim_start_matches("snapshots/")))
+            .collect();
+        let mut out = ids
+            .par_iter()
+            .map(|id| self.load_snapshot(id).map(|s| (*id, s)))
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// Resolves `spec` (`latest` or a hex prefix of at least 4 characters)
+    /// among the snapshots `filter` accepts.
+    pub fn find_snapshot(
+        &self,
+        spec: &str,
+        filter: &SnapshotFilter,
+    ) -> Result<(SnapshotId, Snapshot)> {
+        let all: Vec<_> = self
+            .list_snapshots()?
+            .into_iter()
+            .filter(|(_, s)| filter.matches(s))
+            .collect();
+        if spec == "latest" {
+            return all
+                .into_iter()
+                .rev()
+                .find(|(_, s)| s.complete)
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "no complete snapshot matches {}",
+                        filter.describe()
+                    ))
+                });
+        }
+        let spec_l = spec.to_ascii_lowercase();
+        if spec_l.len() < 4 || !spec_l.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::Usage(format!(
+                "{spec:?} is not a snapshot id: give `latest` or at least 4 hex characters of an id"
+            )));
+        }
+        let mut found: Vec<_> = all
+            .into_iter()
+            .filter(|(id, _)| id.to_hex().starts_with(&spec_l))
+            .collect();
+        match found.len() {
+            0 => Err(Error::Usage(format!(
+                "no snapshot {spec} (see `cairn snapshots`)"
+            ))),
+            1 => Ok(found.remove(0)),
+            n => Err(Error::Usage(format!(
+                "{n} snapshots start with {spec}; give more characters"
+            ))),
+        }
+    }
+
+    /// Adds a key for `password`; returns its id.
+    pub fn add_key(&self, password: &str, kdf: KdfParams) -> Result<String> {
+        if password.is_empty() {
+            return Err(Error::Usage("the password must not be empty".into()));
+        }
+        let file = KeyFile::create(
+            password.as_bytes(),
+            &self.0.master,
+            kdf,
+            user_at_host(),
+            now_secs(),
+        )
+        .map_err(|e| Error::Usage(e.to_string()))?;
+        let id = random_key_id();
+        self.0
+            .storage
+            .write(&format!("keys/{id}"), Bytes::from(file.encode()))
+            .map_err(self.serr())?;
+        Ok(id)
+    }
+
+    /// Every key file.
+    pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
+        let mut out = Vec::new();
+        for obj in self.0.storage.list("keys/").map_err(self.serr())? {
+            let id = obj.path.trim_start_matches("keys/").to_string();
+            let bytes = self.0.storage.read(&obj.path).map_err(self.serr())?;
+            let file = KeyFile::decode(&bytes).map_err(|e| Error::corrupt(&obj.path, e))?;
+            out.push(KeyInfo {
+                current: id == self.0.key_id,
+                id,
+                label: file.label,
+                created: file.created,
+            });
+        }
+        out.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Removes a key. The key this process opened with cannot be removed
+    /// (use `change_password`), and neither can the last key.
+    pub fn remove_key(&self, id_prefix: &str) -> Result<String> {
+        let keys = self.list_keys()?;
+        let matching: Vec<_> = keys
+            .iter()
+            .filter(|k| k.id.starts_with(id_prefix))
+            .collect();
+        let key = match matching.as_slice() {
+            [] => {
+                return Err(Error::Usage(format!(
+                    "no key {id_prefix} (see `cairn key list`)"
+                )))
+            }
+            [k] => *k,
+            _ => {
+                return Err(Error::Usage(format!(
+                    "several keys start with {id_prefix}; give more characters"
+                )))
+            }
+        };
+        if key.current {
+            return Err(Error::Usage(
+                "refusing to remove the key this command opened the repository with; use `key passwd` or open with another password".into(),
+            ));
+        }
+        self.0
+            .storage
+            .delete(&format!("keys/{}", key.id))
+            .map_err(self.serr())?;
+        Ok(key.id.clone())
+    }
+
+    /// Replaces the current key with one for `new_password`; returns the new key id.
+    pub fn change_password(&self, new_password: &str, kdf: KdfParams) -> Result<String> {
+        let id = self.add_key(new_password, kdf)?;
+        self.0
+            .storage
+            .delete(&format!("keys/{}", self.0.key_id))
+            .map_err(self.serr())?;
+        Ok(id)
+    }
+}
+
+/// Narrows which snapshots a command considers.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotFilter {
+    /// Only this source.
+    pub source: Option<String>,
+    /// Only this host.
+    pub host: Option<String>,
+    /// Only snapshots carrying all these tags.
+    pub tags: Vec<String>,
+}
+
+impl SnapshotFilter {
+    /// Whether `s` passes the filter.
+    pub fn matches(&self, s: &Snapshot) -> bool {
+        self.source.as_ref().is_none_or(|x| *x == s.source)
+            && self.host.as_ref().is_none_or(|x| *x == s.host)
+            && self.tags.iter().all(|t| s.tags.contains(t))
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(s) = &self.source {
+            parts.push(format!("source {s}"));
+        }
+        if let Some(h) = &self.host {
+            parts.push(format!("host {h}"));
+        }
+        for t in &self.tags {
+            parts.push(format!("tag {t}"));
+        }
+        if parts.is_empty() {
+            "the repository".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
