@@ -7,14 +7,18 @@
 pub mod backup;
 pub mod browse;
 pub mod cache;
+pub mod check;
 pub mod crypto;
 pub mod error;
 pub mod format;
 pub mod fsmeta;
+pub mod lock;
 pub mod packer;
 pub mod progress;
+pub mod repair;
 pub mod repo;
 pub mod restore;
+pub mod stats;
 
 pub use error::{Error, ErrorKind, Result};
 pub use format::snapshot::Snapshot;
