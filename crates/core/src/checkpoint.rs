@@ -1,0 +1,294 @@
+//! Backup checkpoints and the writer's half of the garbage-collection
+//! protocol.
+//!
+//! Every checkpoint interval a backup makes what it stored so far durable
+//! and referenced: it flushes its packs, writes an index segment, and
+//! writes an incomplete snapshot (`complete: false`) whose tree references
+//! every blob the backup has used so far. A re-run after a crash finds
+//! those blobs through the index and uploads only what came after the last
+//! checkpoint; garbage collection keeps them because a snapshot references
+//! them.
+//!
+//! Invariant (see docs/MAINTENANCE.md): before any snapshot of the backup
+//! is written, every blob it references is indexed in a pack that no `gc/`
+//! plan seen at that moment lists; blobs found only in planned packs are
+//! copied into new packs first ([`Checkpointer::protect`]).
+
+use crate::error::{Error, Result};
+use crate::format::snapshot::{Snapshot, Summary};
+use crate::format::tree::{
+    encode_list, ChunkRef, Content, ListRef, Node, NodeType, Payload, Tree, LIST_CHUNKS_MAX,
+};
+use crate::format::{BlobId, BlobKind, Id, SnapshotId};
+use crate::packer::PackWriter;
+use crate::repo::Repository;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+/// When a backup writes checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointOptions {
+    /// At most this long between checkpoints (`Duration::ZERO` disables
+    /// time-based checkpoints). Must stay well under the GC safety window.
+    pub every: Duration,
+    /// Also after this many new blobs (0 disables count-based checkpoints).
+    pub every_blobs: u64,
+}
+
+impl Default for CheckpointOptions {
+    fn default() -> Self {
+        Self {
+            every: Duration::from_secs(300),
+            every_blobs: 0,
+        }
+    }
+}
+
+/// The blobs a running backup references, kept compact: a finished
+/// directory's tree stands for everything below it, so only the finished
+/// subtrees and the chunks of files not yet inside one are held.
+#[derive(Debug, Default)]
+pub struct Refs {
+    chunks: Vec<ChunkRef>,
+    lists: Vec<ListRef>,
+    trees: Vec<BlobId>,
+}
+
+/// Lengths of [`Refs`] when a directory was entered.
+#[derive(Debug, Clone, Copy)]
+pub struct RefsMark(usize, usize, usize);
+
+impl Refs {
+    /// Called when the walk enters a directory.
+    pub fn enter(&self) -> RefsMark {
+        RefsMark(self.chunks.len(), self.lists.len(), self.trees.len())
+    }
+
+    /// Called when the directory entered at `mark` is stored as `tree`:
+    /// the tree now references everything recorded since.
+    pub fn leave(&mut self, mark: RefsMark, tree: BlobId) {
+        self.chunks.truncate(mark.0);
+        self.lists.truncate(mark.1);
+        self.trees.truncate(mark.2);
+        self.trees.push(tree);
+    }
+
+    /// Records a file's content.
+    pub fn add_content(&mut self, content: &Content) {
+        match content {
+            Content::Inline(chunks) => self
+                .chunks
+                .extend(chunks.iter().filter(|c| !c.is_hole()).copied()),
+            Content::Lists(lists) => self.lists.extend(lists.iter().copied()),
+        }
+    }
+}
+
+fn synthetic(name: &str, kind: NodeType, payload: Payload) -> Node {
+    Node {
+        name: name.as_bytes().to_vec(),
+        kind,
+        mode: 0o700,
+        uid: 0,
+        gid: 0,
+        mtime_ns: 0,
+        ctime_ns: 0,
+        size: 0,
+        inode: 0,
+        dev: 0,
+        nlink: 1,
+        rdev: 0,
+        xattrs: Vec::new(),
+        payload,
+    }
+}
+
+/// Decides when to checkpoint and writes checkpoints for one backup.
+pub struct Checkpointer {
+    opts: CheckpointOptions,
+    started: Instant,
+    last: Instant,
+    blobs_at_last: u64,
+    written: Vec<SnapshotId>,
+    plans_seen: Vec<Id>,
+    template: Snapshot,
+}
+
+impl Checkpointer {
+    /// Starts tracking; `template` supplies the checkpoint snapshots'
+    /// host, source, paths, tags, start time and parent. Loads the current
+    /// `gc/` plans so deduplication ignores planned packs from the start.
+    pub fn new(repo: &Repository, opts: CheckpointOptions, template: Snapshot) -> Result<Self> {
+        repo.refresh_plans()?;
+        Ok(Self {
+            opts,
+            started: Instant::now(),
+            last: Instant::now(),
+            blobs_at_last: 0,
+            written: Vec::new(),
+            plans_seen: repo.planned_packs().plan_ids(),
+            template,
+        })
+    }
+
+    /// Whether a checkpoint is due, given the blobs the writer has added.
+    pub fn due(&self, blobs_added: u64) -> bool {
+        (!self.opts.every.is_zero() && self.last.elapsed() >= self.opts.every)
+            || (self.opts.every_blobs > 0
+                && blobs_added >= self.blobs_at_last + self.opts.every_blobs)
+    }
+
+    /// Writes a checkpoint: the caller has drained its sealing workers, so
+    /// every blob in `refs` has been handed to `writer`.
+    pub fn write(
+        &mut self,
+        repo: &Repository,
+        writer: &PackWriter,
+        refs: &Refs,
+        summary: &Summary,
+    ) -> Result<SnapshotId> {
+        let tree = self.checkpoint_tree(writer, refs)?;
+        writer.sync()?;
+        self.protect(repo, writer, &[tree])?;
+        let mut snap = self.template.clone();
+        snap.tree = tree;
+        snap.complete = false;
+        snap.summary = summary.clone();
+        snap.summary.duration_ms = self.started.elapsed().as_millis() as u64;
+        let id = repo.save_snapshot(&snap)?;
+        // The new checkpoint covers everything the old ones did.
+        for old in self.written.drain(..) {
+            repo.delete_snapshot(&old)?;
+        }
+        self.written.push(id);
+        self.last = Instant::now();
+        self.blobs_at_last = writer.stats().blobs;
+        tracing::info!("checkpoint {} written", id.short());
+        Ok(id)
+    }
+
+    fn checkpoint_tree(&self, writer: &PackWriter, refs: &Refs) -> Result<BlobId> {
+        let mut nodes = Vec::new();
+        let mut lists = Vec::new();
+        for part in refs.chunks.chunks(LIST_CHUNKS_MAX) {
+            let (id, _) = writer.add_plain(BlobKind::List, &encode_list(part))?;
+            lists.push(ListRef {
+                id,
+                chunks: part.len() as u64,
+                bytes: part.iter().map(|c| c.len as u64).sum(),
+            });
+        }
+        lists.extend(refs.lists.iter().copied());
+        if !lists.is_empty() {
+            let mut node = synthetic("data", NodeType::File, Payload::File(Content::Lists(lists)));
+            node.size = match &node.payload {
+                Payload::File(Content::Lists(l)) => l.iter().map(|l| l.bytes).sum(),
+                _ => 0,
+            };
+            nodes.push(node);
+        }
+        for (i, t) in refs.trees.iter().enumerate() {
+            nodes.push(synthetic(
+                &format!("t{i:08}"),
+                NodeType::Dir,
+                Payload::Dir(*t),
+            ));
+        }
+        let (id, _) = writer.add_plain(BlobKind::Tree, &Tree { nodes }.encode())?;
+        Ok(id)
+    }
+
+    /// Makes sure every blob reachable from `roots` is indexed in a pack no
+    /// current `gc/` plan lists, copying the others into new packs. Cheap
+    /// unless a plan appeared since the last call: only then are the roots
+    /// walked. The caller has synced `writer` (everything is indexed).
+    pub fn protect(
+        &mut self,
+        repo: &Repository,
+        writer: &PackWriter,
+        roots: &[BlobId],
+    ) -> Result<()> {
+        repo.refresh_plans()?;
+        let plans = repo.planned_packs().plan_ids();
+        if plans.iter().all(|p| self.plans_seen.contains(p)) {
+            self.plans_seen = plans;
+            return Ok(());
+        }
+        let mut rewritten = 0u64;
+        let mut seen: HashSet<BlobId> = HashSet::new();
+        let mut stack: Vec<BlobId> = roots.to_vec();
+        let mut keep = |id: &BlobId| -> Result<()> {
+            if !repo.has_blob(id)? {
+                crate::gc::rewrite_blob(repo, writer, id)?;
+                rewritten += 1;
+            }
+            Ok(())
+        };
+        while let Some(t) = stack.pop() {
+            if !seen.insert(t) {
+                continue;
+            }
+            keep(&t)?;
+            let tree = repo.load_tree(&t)?;
+            for node in &tree.nodes {
+                match &node.payload {
+                    Payload::Dir(sub) => stack.push(*sub),
+                    Payload::File(Content::Inline(chunks)) => {
+                        for c in chunks.iter().filter(|c| !c.is_hole()) {
+                            if seen.insert(c.id) {
+                                keep(&c.id)?;
+                            }
+                        }
+                    }
+                    Payload::File(Content::Lists(lists)) => {
+                        for l in lists {
+                            if !seen.insert(l.id) {
+                                continue;
+                            }
+                            keep(&l.id)?;
+                            for c in repo.chunk_list(&Content::Lists(vec![*l]))? {
+                                if !c.is_hole() && seen.insert(c.id) {
+                                    keep(&c.id)?;
+                                }
+                            }
+                        }
+                    }
+                    Payload::Symlink(_) | Payload::None => {}
+                }
+            }
+        }
+        if rewritten > 0 {
+            tracing::info!("{rewritten} reused blobs sat in packs planned for deletion; stored them again");
+            writer.sync()?;
+        }
+        self.plans_seen = plans;
+        Ok(())
+    }
+
+    /// Checkpoints this backup wrote and has not yet replaced.
+    pub fn written(&self) -> &[SnapshotId] {
+        &self.written
+    }
+}
+
+/// Deletes the checkpoints of the backup that produced `finished` (same
+/// start time, host and source, incomplete), once `finished` is saved.
+pub fn remove_checkpoints(repo: &Repository, finished: &Snapshot) -> Result<u64> {
+    if !finished.complete {
+        return Err(Error::Usage(
+            "refusing to remove checkpoints for an incomplete snapshot".into(),
+        ));
+    }
+    let mut n = 0;
+    for (id, s) in repo.list_snapshots()? {
+        if !s.complete
+            && s.time == finished.time
+            && s.host == finished.host
+            && s.source == finished.source
+        {
+            repo.delete_snapshot(&id)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}

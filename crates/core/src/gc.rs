@@ -1,0 +1,643 @@
+//! Two-phase, lock-free garbage collection: `gc/` plan objects, the mark
+//! phase (reachability, repack of sparse packs, orphan packs) and the sweep
+//! phase (re-check, index rewrite, deletion). docs/MAINTENANCE.md argues why
+//! no snapshot can end up referencing a deleted blob.
+//!
+//! Invariants:
+//! - a pack is deleted only by a sweep, only when a plan listing it is at
+//!   least one safety window old, and only when no snapshot present at the
+//!   sweep references a blob that lives in it and in no unplanned pack;
+//! - a sweep writes the index segment superseding the segments that list a
+//!   doomed pack before deleting those segments, and deletes them before the
+//!   pack, so a crash leaves at worst an unindexed (orphan) pack.
+
+use crate::crypto::SealKey;
+use crate::error::{Error, Result};
+use crate::format::codec::{DecodeError, Reader, Writer};
+use crate::format::index::IndexSegment;
+use crate::format::snapshot::Snapshot;
+use crate::format::tree::{Content, Payload};
+use crate::format::{BlobId, BlobKind, Id, IndexId, PackId, SnapshotId};
+use crate::packer::PackWriter;
+use crate::repo::Repository;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+/// Associated data of a sealed plan.
+pub const PLAN_AAD: &[u8] = b"cairn.gc-plan";
+/// Plan body version.
+pub const PLAN_VERSION: u32 = 1;
+/// Default safety window: longer than any backup runs between checkpoints.
+pub const DEFAULT_SAFETY_WINDOW: Duration = Duration::from_secs(6 * 3600);
+/// Default repack threshold: packs whose live bytes are under this fraction
+/// of their stored bytes are rewritten.
+pub const DEFAULT_REPACK_THRESHOLD: f64 = 0.5;
+
+/// A `gc/<id>` object: packs a mark found unused (or emptied by a repack,
+/// or not indexed at all), and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcPlan {
+    /// When the mark wrote it, seconds since the epoch.
+    pub created: i64,
+    /// Packs to delete once the plan is a safety window old, sorted.
+    pub packs: Vec<PackId>,
+}
+
+impl GcPlan {
+    /// Encodes the plan body (see docs/FORMAT.md `gc/`).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(16 + 32 * self.packs.len());
+        w.u32(PLAN_VERSION);
+        w.i64(self.created);
+        w.u32(self.packs.len() as u32);
+        for p in &self.packs {
+            w.id(&p.0);
+        }
+        w.finish()
+    }
+
+    /// Decodes a plan body.
+    pub fn decode(data: &[u8]) -> std::result::Result<Self, DecodeError> {
+        let mut r = Reader::new(data, "gc plan");
+        let version = r.u32()?;
+        if version != PLAN_VERSION {
+            return Err(DecodeError::new(
+                "gc plan",
+                format!("unsupported version {version}"),
+            ));
+        }
+        let created = r.i64()?;
+        let n = r.count(32)?;
+        let mut packs = Vec::with_capacity(n);
+        for _ in 0..n {
+            packs.push(PackId(r.id()?));
+        }
+        r.finish()?;
+        Ok(Self { created, packs })
+    }
+
+    fn seal(&self, key: &SealKey) -> Vec<u8> {
+        key.seal_envelope(PLAN_AAD, &self.encode(), 1)
+    }
+}
+
+/// The plans present in `gc/` and the union of their packs.
+#[derive(Debug, Clone, Default)]
+pub struct PlanSet {
+    plans: BTreeMap<Id, GcPlan>,
+    packs: HashSet<PackId>,
+}
+
+impl PlanSet {
+    /// Whether no plan lists any pack.
+    pub fn is_empty(&self) -> bool {
+        self.packs.is_empty()
+    }
+    /// Whether some plan lists `pack`.
+    pub fn contains(&self, pack: &PackId) -> bool {
+        self.packs.contains(pack)
+    }
+    /// Ids of the plans.
+    pub fn plan_ids(&self) -> Vec<Id> {
+        self.plans.keys().copied().collect()
+    }
+    /// Every plan with its id.
+    pub fn plans(&self) -> impl Iterator<Item = (&Id, &GcPlan)> {
+        self.plans.iter()
+    }
+    /// Every planned pack.
+    pub fn packs(&self) -> &HashSet<PackId> {
+        &self.packs
+    }
+}
+
+fn plan_path(id: &Id) -> String {
+    format!("gc/{}", id.to_hex())
+}
+
+/// Lists `gc/` and returns its plans, reusing the already-decoded ones of
+/// `known` (plans are immutable) and dropping vanished ones.
+pub fn load_plan_set(repo: &Repository, known: &PlanSet) -> Result<PlanSet> {
+    let listed = repo.storage().list("gc/").map_err(repo.serr())?;
+    let mut plans = BTreeMap::new();
+    for obj in listed {
+        let Some(id) = Id::from_hex(obj.path.trim_start_matches("gc/")) else {
+            tracing::warn!("ignoring unexpected object {}", obj.path);
+            continue;
+        };
+        if let Some(p) = known.plans.get(&id) {
+            plans.insert(id, p.clone());
+            continue;
+        }
+        let stored = match repo.storage().read(&obj.path) {
+            Ok(b) => b,
+            // Swept by a concurrent maintenance run between list and read.
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(repo.serr()(e)),
+        };
+        if Id::hash(&stored) != id {
+            return Err(Error::corrupt(&obj.path, "content does not match its name"));
+        }
+        let body = repo
+            .0
+            .key
+            .open_envelope(PLAN_AAD, &stored)
+            .map_err(|e| Error::corrupt(&obj.path, e))?;
+        let plan = GcPlan::decode(&body).map_err(|e| Error::decode(&obj.path, e))?;
+        plans.insert(id, plan);
+    }
+    let packs = plans
+        .values()
+        .flat_map(|p| p.packs.iter().copied())
+        .collect();
+    Ok(PlanSet { plans, packs })
+}
+
+/// Writes a plan; returns its id.
+pub fn save_plan(repo: &Repository, plan: &GcPlan) -> Result<Id> {
+    let stored = plan.seal(&repo.0.key);
+    let id = Id::hash(&stored);
+    repo.storage()
+        .write(&plan_path(&id), Bytes::from(stored))
+        .map_err(repo.serr())?;
+    Ok(id)
+}
+
+/// How garbage collection decides and what it may do.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// How old a plan must be before its packs may be deleted, and how old
+    /// an incomplete (checkpoint) snapshot must be before it counts as dead.
+    pub safety_window: Duration,
+    /// Packs whose live stored bytes fall under this fraction are repacked
+    /// (0 disables repacking).
+    pub repack_threshold: f64,
+    /// The current time (tests move it forward).
+    pub now: DateTime<Utc>,
+    /// Compute and report, change nothing.
+    pub dry_run: bool,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        Self {
+            safety_window: DEFAULT_SAFETY_WINDOW,
+            repack_threshold: DEFAULT_REPACK_THRESHOLD,
+            now: Utc::now(),
+            dry_run: false,
+        }
+    }
+}
+
+impl GcOptions {
+    fn window_secs(&self) -> i64 {
+        self.safety_window.as_secs() as i64
+    }
+}
+
+/// What a mark did (or would do, in a dry run).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MarkReport {
+    /// Snapshots whose references were followed.
+    pub snapshots: u64,
+    /// Distinct blobs they reference.
+    pub referenced_blobs: u64,
+    /// Indexed packs with no referenced blob, newly planned.
+    pub unused_packs: u64,
+    /// Packs repacked (their live blobs rewritten), newly planned.
+    pub repacked_packs: u64,
+    /// Live blobs rewritten by the repack.
+    pub repacked_blobs: u64,
+    /// Stored bytes the repack wrote.
+    pub repacked_bytes: u64,
+    /// Packs in `packs/` that no index segment lists, newly planned.
+    pub orphan_packs: u64,
+    /// Bytes of every newly planned pack: reclaimed by a sweep after the window.
+    pub planned_bytes: u64,
+    /// The plan written, if any.
+    pub plan: Option<Id>,
+}
+
+/// What a sweep did (or would do, in a dry run).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Plans old enough to act on.
+    pub plans_due: u64,
+    /// Plans not yet a safety window old.
+    pub plans_waiting: u64,
+    /// Packs deleted.
+    pub packs_deleted: u64,
+    /// Planned packs kept because a snapshot written since the mark uses them.
+    pub packs_kept: u64,
+    /// Index segments superseded (rewritten without the deleted packs).
+    pub segments_rewritten: u64,
+    /// Bytes reclaimed.
+    pub bytes_reclaimed: u64,
+}
+
+/// Every blob the given snapshots reference (trees, lists and data),
+/// following each tree once.
+pub fn referenced_blobs<'a>(
+    repo: &Repository,
+    snapshots: impl IntoIterator<Item = &'a Snapshot>,
+) -> Result<HashSet<BlobId>> {
+    let mut seen: HashSet<BlobId> = HashSet::new();
+    let mut stack: Vec<BlobId> = Vec::new();
+    for s in snapshots {
+        if seen.insert(s.tree) {
+            stack.push(s.tree);
+        }
+    }
+    while let Some(tree_id) = stack.pop() {
+        let tree = repo.load_tree(&tree_id)?;
+        for node in &tree.nodes {
+            match &node.payload {
+                Payload::Dir(sub) => {
+                    if seen.insert(*sub) {
+                        stack.push(*sub);
+                    }
+                }
+                Payload::File(content) => add_content(repo, content, &mut seen)?,
+                Payload::Symlink(_) | Payload::None => {}
+            }
+        }
+    }
+    Ok(seen)
+}
+
+fn add_content(repo: &Repository, content: &Content, seen: &mut HashSet<BlobId>) -> Result<()> {
+    match content {
+        Content::Inline(chunks) => {
+            seen.extend(chunks.iter().filter(|c| !c.is_hole()).map(|c| c.id));
+        }
+        Content::Lists(lists) => {
+            for l in lists {
+                if seen.insert(l.id) {
+                    let chunks = repo.chunk_list(&Content::Lists(vec![*l]))?;
+                    seen.extend(chunks.iter().filter(|c| !c.is_hole()).map(|c| c.id));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// When an incomplete (checkpoint) snapshot was written.
+pub fn written_at(s: &Snapshot) -> DateTime<Utc> {
+    s.time + chrono::Duration::milliseconds(s.summary.duration_ms as i64)
+}
+
+/// Deletes incomplete snapshots written more than a safety window ago:
+/// checkpoints of backups that died (a running backup replaces its
+/// checkpoint far more often). Returns how many it deleted.
+pub fn remove_stale_checkpoints(repo: &Repository, opts: &GcOptions) -> Result<u64> {
+    let mut n = 0;
+    for (id, s) in repo.list_snapshots()? {
+        let age = (opts.now - written_at(&s)).num_seconds();
+        if !s.complete && age >= opts.window_secs() {
+            if !opts.dry_run {
+                repo.delete_snapshot(&id)?;
+            }
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// The snapshots present now and what they reference.
+pub struct Roots {
+    ids: Vec<SnapshotId>,
+    /// Every referenced blob.
+    pub blobs: HashSet<BlobId>,
+}
+
+impl Roots {
+    /// Lists the snapshots (complete and incomplete) and follows them.
+    pub fn load(repo: &Repository) -> Result<Self> {
+        let snaps = repo.list_snapshots()?;
+        let blobs = referenced_blobs(repo, snaps.iter().map(|(_, s)| s))?;
+        let mut ids: Vec<SnapshotId> = snaps.into_iter().map(|(id, _)| id).collect();
+        ids.sort();
+        Ok(Self { ids, blobs })
+    }
+
+    /// The same roots if the snapshot list has not changed, else fresh ones.
+    pub fn reload(self, repo: &Repository) -> Result<Self> {
+        let mut ids: Vec<SnapshotId> = repo
+            .storage()
+            .list("snapshots/")
+            .map_err(repo.serr())?
+            .iter()
+            .filter_map(|o| SnapshotId::from_hex(o.path.trim_start_matches("snapshots/")))
+            .collect();
+        ids.sort();
+        if ids == self.ids {
+            Ok(self)
+        } else {
+            Self::load(repo)
+        }
+    }
+
+    /// No snapshots (for a sweep that has nothing due).
+    pub fn empty() -> Self {
+        Self {
+            ids: Vec::new(),
+            blobs: HashSet::new(),
+        }
+    }
+
+    /// Number of snapshots.
+    pub fn snapshot_count(&self) -> u64 {
+        self.ids.len() as u64
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct PackUse {
+    len: u64,
+    stored: u64,
+    live: u64,
+}
+
+/// Phase 1: plans the deletion of unused packs, repacks sparse ones and
+/// plans them too, and plans orphan packs. `roots` must be computed after
+/// stale checkpoints were removed and before this call.
+pub fn mark(repo: &Repository, roots: &Roots, opts: &GcOptions) -> Result<MarkReport> {
+    repo.sync_index(false)?;
+    repo.refresh_plans()?;
+    let planned = repo.planned_packs();
+    let live = &roots.blobs;
+    let mut report = MarkReport {
+        snapshots: roots.snapshot_count(),
+        referenced_blobs: live.len() as u64,
+        ..Default::default()
+    };
+    let mut usage: HashMap<PackId, PackUse> = HashMap::new();
+    repo.cache().for_each_location(|pack, len, e| {
+        let u = usage.entry(pack).or_default();
+        u.len = len;
+        u.stored += e.stored_len as u64;
+        if live.contains(&e.id) {
+            u.live += e.stored_len as u64;
+        }
+        Ok(())
+    })?;
+    let mut doomed: HashSet<PackId> = HashSet::new();
+    let mut repack: HashSet<PackId> = HashSet::new();
+    for (pack, u) in &usage {
+        if planned.contains(pack) {
+            continue;
+        }
+        if u.live == 0 {
+            doomed.insert(*pack);
+            report.unused_packs += 1;
+            report.planned_bytes += u.len;
+        } else if (u.live as f64) < opts.repack_threshold * u.stored as f64 {
+            repack.insert(*pack);
+        }
+    }
+    // A live blob must stay readable from a kept pack: find those whose
+    // every location is in a pack being repacked (or already planned).
+    let mut covered: HashSet<BlobId> = HashSet::new();
+    let mut candidates: HashMap<BlobId, (PackId, crate::format::pack::BlobEntry)> = HashMap::new();
+    repo.cache().for_each_location(|pack, _, e| {
+        if !live.contains(&e.id) {
+            return Ok(());
+        }
+        if repack.contains(&pack) || planned.contains(&pack) {
+            if repack.contains(&pack) {
+                candidates.entry(e.id).or_insert((pack, e));
+            }
+        } else {
+            covered.insert(e.id);
+        }
+        Ok(())
+    })?;
+    candidates.retain(|id, _| !covered.contains(id));
+    drop(covered);
+    report.repacked_packs = repack.len() as u64;
+    for p in &repack {
+        report.planned_bytes += usage.get(p).map_or(0, |u| u.len);
+    }
+    report.repacked_blobs = candidates.len() as u64;
+    report.repacked_bytes = candidates
+        .values()
+        .map(|(_, e)| e.stored_len as u64)
+        .sum();
+    if !opts.dry_run && !candidates.is_empty() {
+        rewrite_blobs(repo, candidates.into_values().collect())?;
+    }
+    doomed.extend(repack);
+    // Orphans: packs nobody indexed (interrupted uploads). A running
+    // backup indexes its packs within one checkpoint interval, far less
+    // than the window, so an orphan still unindexed at the sweep is dead.
+    for obj in repo.storage().list("packs/").map_err(repo.serr())? {
+        let name = obj.path.rsplit('/').next().unwrap_or("");
+        let Some(pack) = PackId::from_hex(name) else {
+            continue;
+        };
+        if !usage.contains_key(&pack) && !planned.contains(&pack) && doomed.insert(pack) {
+            report.orphan_packs += 1;
+            report.planned_bytes += obj.size;
+        }
+    }
+    if !doomed.is_empty() && !opts.dry_run {
+        let mut packs: Vec<PackId> = doomed.into_iter().collect();
+        packs.sort();
+        let plan = GcPlan {
+            created: opts.now.timestamp(),
+            packs,
+        };
+        report.plan = Some(save_plan(repo, &plan)?);
+        repo.refresh_plans()?;
+    }
+    Ok(report)
+}
+
+/// Copies the sealed bytes of `blobs` into new packs (sealed blobs do not
+/// depend on their pack, so no re-encryption is needed) and indexes them.
+fn rewrite_blobs(
+    repo: &Repository,
+    mut blobs: Vec<(PackId, crate::format::pack::BlobEntry)>,
+) -> Result<()> {
+    blobs.sort_by_key(|(p, e)| (*p, e.offset));
+    let writer = PackWriter::new(repo, 2);
+    for (pack, e) in blobs {
+        let range = e.offset as u64..e.end();
+        let stored = repo
+            .storage()
+            .read_range(&pack.path(), range)
+            .map_err(repo.serr())?;
+        writer.add_sealed(e.kind, e.id, &stored, e.raw_len)?;
+    }
+    writer.finish()?;
+    Ok(())
+}
+
+/// Re-stores one blob whose only indexed copies sit in planned packs, so a
+/// writer that reused it keeps a copy the sweep will not delete.
+pub fn rewrite_blob(repo: &Repository, writer: &PackWriter, id: &BlobId) -> Result<()> {
+    let loc = repo.lookup(id)?.ok_or_else(|| Error::BlobNotFound {
+        kind: BlobKind::Data,
+        id: id.to_hex(),
+    })?;
+    let range = loc.offset as u64..loc.offset as u64 + loc.stored_len as u64;
+    let stored = repo
+        .storage()
+        .read_range(&loc.pack.path(), range)
+        .map_err(repo.serr())?;
+    writer.add_sealed(loc.kind, *id, &stored, loc.raw_len)
+}
+
+/// Phase 2: for every plan at least a safety window old, re-checks its
+/// packs against the snapshots present now and deletes those still
+/// unused: new index segment first, then the superseded segments, then
+/// the packs, then the plan.
+pub fn sweep(repo: &Repository, roots: &Roots, opts: &GcOptions) -> Result<SweepReport> {
+    let mut report = SweepReport::default();
+    let plans = load_plan_set(repo, &repo.planned_packs())?;
+    let mut due_plans = Vec::new();
+    let mut doomed: HashSet<PackId> = HashSet::new();
+    for (id, plan) in plans.plans() {
+        if opts.now.timestamp() - plan.created >= opts.window_secs() {
+            due_plans.push(*id);
+            doomed.extend(plan.packs.iter().copied());
+        } else {
+            report.plans_waiting += 1;
+        }
+    }
+    report.plans_due = due_plans.len() as u64;
+    if due_plans.is_empty() {
+        return Ok(report);
+    }
+    repo.sync_index(false)?;
+    // A referenced blob in a doomed pack is safe only if a pack outside
+    // every plan also holds it; otherwise its doomed pack is kept.
+    let live = &roots.blobs;
+    let mut safe: HashSet<BlobId> = HashSet::new();
+    let mut at_risk: Vec<(PackId, BlobId)> = Vec::new();
+    let mut sizes: HashMap<PackId, u64> = HashMap::new();
+    repo.cache().for_each_location(|pack, len, e| {
+        if doomed.contains(&pack) {
+            sizes.insert(pack, len);
+            if live.contains(&e.id) {
+                at_risk.push((pack, e.id));
+            }
+        } else if !plans.contains(&pack) && live.contains(&e.id) {
+            safe.insert(e.id);
+        }
+        Ok(())
+    })?;
+    let keep: HashSet<PackId> = at_risk
+        .iter()
+        .filter(|(_, b)| !safe.contains(b))
+        .map(|(p, _)| *p)
+        .collect();
+    report.packs_kept = keep.len() as u64;
+    let delete: Vec<PackId> = doomed.difference(&keep).copied().collect();
+    // Unindexed (orphan) packs: their size comes from the listing.
+    let mut unindexed: HashMap<PackId, u64> = HashMap::new();
+    if delete.iter().any(|p| !sizes.contains_key(p)) {
+        for obj in repo.storage().list("packs/").map_err(repo.serr())? {
+            if let Some(p) = PackId::from_hex(obj.path.rsplit('/').next().unwrap_or("")) {
+                unindexed.insert(p, obj.size);
+            }
+        }
+    }
+    let mut present = Vec::new();
+    for p in &delete {
+        match sizes.get(p).or(unindexed.get(p)) {
+            Some(len) => {
+                report.bytes_reclaimed += len;
+                present.push(*p);
+            }
+            None => {} // already gone (an earlier sweep crashed after deleting it)
+        }
+    }
+    report.packs_deleted = present.len() as u64;
+    let delete_set: HashSet<PackId> = delete.iter().copied().collect();
+    let mut segments: Vec<IndexId> = Vec::new();
+    for p in &delete {
+        segments.extend(repo.cache().segments_listing(p)?);
+    }
+    segments.sort();
+    segments.dedup();
+    report.segments_rewritten = segments.len() as u64;
+    if opts.dry_run {
+        return Ok(report);
+    }
+    supersede_segments(repo, &segments, |p| !delete_set.contains(p))?;
+    for p in &present {
+        repo.storage().delete(&p.path()).map_err(repo.serr())?;
+    }
+    for id in due_plans {
+        repo.storage()
+            .delete(&plan_path(&id))
+            .map_err(repo.serr())?;
+    }
+    repo.sync_index(false)?;
+    repo.refresh_plans()?;
+    Ok(report)
+}
+
+/// Writes one segment holding the packs of `old` that `keep` accepts and
+/// superseding `old`, then deletes `old`. Crash-safe in this order: until
+/// the old segments are gone both describe the same (kept) packs.
+pub fn supersede_segments(
+    repo: &Repository,
+    old: &[IndexId],
+    keep: impl Fn(&PackId) -> bool,
+) -> Result<Option<IndexId>> {
+    if old.is_empty() {
+        return Ok(None);
+    }
+    let mut merged = IndexSegment {
+        supersedes: old.to_vec(),
+        packs: Vec::new(),
+    };
+    let mut seen: HashSet<PackId> = HashSet::new();
+    for id in old {
+        let seg = match repo.load_segment(id) {
+            Ok(s) => s,
+            Err(Error::Storage { source, .. }) if source.is_not_found() => continue,
+            Err(e) => return Err(e),
+        };
+        for p in seg.packs {
+            if keep(&p.id) && seen.insert(p.id) {
+                merged.packs.push(p);
+            }
+        }
+    }
+    let new_id = if merged.packs.is_empty() {
+        None
+    } else {
+        Some(repo.save_segment(&merged)?)
+    };
+    for id in old {
+        if Some(*id) != new_id {
+            repo.storage().delete(&id.path()).map_err(repo.serr())?;
+        }
+    }
+    Ok(new_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn plan_round_trip(created in any::<i64>(), packs in proptest::collection::vec(any::<[u8; 32]>(), 0..20)) {
+            let plan = GcPlan { created, packs: packs.into_iter().map(|p| PackId(Id(p))).collect() };
+            prop_assert_eq!(GcPlan::decode(&plan.encode()).unwrap(), plan);
+        }
+
+        #[test]
+        fn plan_decode_never_panics(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = GcPlan::decode(&data);
+        }
+    }
+}

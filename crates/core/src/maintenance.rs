@@ -1,0 +1,138 @@
+//! Repository maintenance: `prune` (mark and sweep), `maintenance run
+//! --quick` (index compaction, sweep of due plans) and `--full` (stale
+//! checkpoints, sweep, mark with repack and orphans, compaction). Runs
+//! beside backups without locks; see docs/MAINTENANCE.md.
+
+use crate::error::Result;
+use crate::format::IndexId;
+use crate::gc::{self, GcOptions, MarkReport, Roots, SweepReport};
+use crate::repo::Repository;
+
+/// Segments holding fewer blobs than this are merged by compaction.
+pub const SMALL_SEGMENT_BLOBS: usize = 50_000;
+
+/// Which maintenance to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Index compaction and the sweep of due plans: cheap, no tree walk
+    /// unless a plan is due.
+    Quick,
+    /// Stale checkpoints, sweep, mark (with repack and orphans), compaction.
+    #[default]
+    Full,
+    /// Garbage collection only: stale checkpoints, mark, sweep.
+    Prune,
+}
+
+/// Options of a maintenance run.
+#[derive(Debug, Clone, Default)]
+pub struct MaintenanceOptions {
+    /// What to run.
+    pub mode: Mode,
+    /// Safety window, repack threshold, clock and dry run.
+    pub gc: GcOptions,
+}
+
+/// What a maintenance run did (or would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MaintenanceReport {
+    /// Dead checkpoints removed.
+    pub stale_checkpoints: u64,
+    /// The sweep, when one ran.
+    pub sweep: Option<SweepReport>,
+    /// The mark, when one ran.
+    pub mark: Option<MarkReport>,
+    /// Index segments merged by compaction.
+    pub segments_compacted: u64,
+}
+
+impl MaintenanceReport {
+    /// Bytes deleted by this run.
+    pub fn bytes_reclaimed(&self) -> u64 {
+        self.sweep.as_ref().map_or(0, |s| s.bytes_reclaimed)
+    }
+    /// Bytes planned by this run, reclaimed by a run after the window.
+    pub fn bytes_planned(&self) -> u64 {
+        self.mark.as_ref().map_or(0, |m| m.planned_bytes)
+    }
+}
+
+/// Runs maintenance. Every step is safe to interrupt at any point: a
+/// re-run finishes what a killed run started.
+pub fn run(repo: &Repository, opts: &MaintenanceOptions) -> Result<MaintenanceReport> {
+    let g = &opts.gc;
+    let mut report = MaintenanceReport::default();
+    match opts.mode {
+        Mode::Quick => {
+            report.sweep = Some(sweep_due(repo, g)?);
+            report.segments_compacted = compact_index(repo, g.dry_run)?;
+        }
+        Mode::Full => {
+            report.stale_checkpoints = gc::remove_stale_checkpoints(repo, g)?;
+            let roots = Roots::load(repo)?;
+            report.sweep = Some(gc::sweep(repo, &roots, g)?);
+            let roots = roots.reload(repo)?;
+            report.mark = Some(gc::mark(repo, &roots, g)?);
+            report.segments_compacted = compact_index(repo, g.dry_run)?;
+        }
+        Mode::Prune => {
+            report.stale_checkpoints = gc::remove_stale_checkpoints(repo, g)?;
+            let roots = Roots::load(repo)?;
+            report.mark = Some(gc::mark(repo, &roots, g)?);
+            // With a zero window the plan just written is due at once.
+            let roots = roots.reload(repo)?;
+            report.sweep = Some(gc::sweep(repo, &roots, g)?);
+        }
+    }
+    Ok(report)
+}
+
+/// Sweeps due plans, walking the snapshots only when some plan is due.
+fn sweep_due(repo: &Repository, g: &GcOptions) -> Result<SweepReport> {
+    let plans = gc::load_plan_set(repo, &repo.planned_packs())?;
+    let any_due = plans
+        .plans()
+        .any(|(_, p)| g.now.timestamp() - p.created >= g.safety_window.as_secs() as i64);
+    if !any_due {
+        return gc::sweep(repo, &Roots::empty(), g);
+    }
+    let roots = Roots::load(repo)?;
+    gc::sweep(repo, &roots, g)
+}
+
+/// Merges index segments holding fewer than [`SMALL_SEGMENT_BLOBS`] blobs
+/// into one (when there are at least two). Segments listing a planned pack
+/// are left for the sweep to rewrite, so a compaction never re-lists a pack
+/// a concurrent sweep deletes. Returns how many segments were merged.
+pub fn compact_index(repo: &Repository, dry_run: bool) -> Result<u64> {
+    repo.sync_index(false)?;
+    repo.refresh_plans()?;
+    let planned = repo.planned_packs();
+    let mut small: Vec<IndexId> = Vec::new();
+    let mut blobs = 0usize;
+    for id in repo.cache().segments()? {
+        let seg = match repo.load_segment(&id) {
+            Ok(s) => s,
+            Err(crate::Error::Storage { source, .. }) if source.is_not_found() => continue,
+            Err(e) => return Err(e),
+        };
+        if seg.blob_count() >= SMALL_SEGMENT_BLOBS
+            || seg.packs.iter().any(|p| planned.contains(&p.id))
+        {
+            continue;
+        }
+        if blobs + seg.blob_count() > SMALL_SEGMENT_BLOBS * 4 {
+            break;
+        }
+        blobs += seg.blob_count();
+        small.push(id);
+    }
+    if small.len() < 2 {
+        return Ok(0);
+    }
+    if !dry_run {
+        gc::supersede_segments(repo, &small, |_| true)?;
+        repo.sync_index(false)?;
+    }
+    Ok(small.len() as u64)
+}
