@@ -291,6 +291,106 @@ impl Cache {
         .transpose()
     }
 
+    /// Every place blob `id` is stored (several packs when concurrent
+    /// writers or a repack stored it more than once).
+    pub fn locations(&self, id: &BlobId) -> Result<Vec<BlobLocation>> {
+        let err = sql_err(&self.path);
+        let conn = self.conn.lock().expect("cache lock");
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT p.id, b.kind, b.offset, b.stored_len, b.raw_len FROM blobs b JOIN packs p ON p.seq = b.pack WHERE b.id = ?1",
+            )
+            .map_err(&err)?;
+        let rows = stmt
+            .query_map([&id.0 .0[..]], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, u8>(1)?,
+                    r.get::<_, u32>(2)?,
+                    r.get::<_, u32>(3)?,
+                    r.get::<_, u32>(4)?,
+                ))
+            })
+            .map_err(&err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (pack, kind, offset, stored_len, raw_len) = row.map_err(&err)?;
+            let bad = || Error::Cache {
+                path: self.path.clone(),
+                reason: "malformed index row".into(),
+            };
+            out.push(BlobLocation {
+                pack: PackId(Id(pack.as_slice().try_into().map_err(|_| bad())?)),
+                kind: BlobKind::from_code(kind).ok_or_else(bad)?,
+                offset,
+                stored_len,
+                raw_len,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Calls `f(pack, pack length, entry)` for every indexed blob location,
+    /// streaming rows so memory stays flat however large the index is.
+    pub fn for_each_location(
+        &self,
+        mut f: impl FnMut(PackId, u64, BlobEntry) -> Result<()>,
+    ) -> Result<()> {
+        let err = sql_err(&self.path);
+        let conn = self.conn.lock().expect("cache lock");
+        let mut stmt = conn
+            .prepare(
+                "SELECT p.id, p.len, b.id, b.kind, b.offset, b.stored_len, b.raw_len FROM blobs b JOIN packs p ON p.seq = b.pack",
+            )
+            .map_err(&err)?;
+        let mut rows = stmt.query([]).map_err(&err)?;
+        let bad = || Error::Cache {
+            path: self.path.clone(),
+            reason: "malformed index row".into(),
+        };
+        while let Some(r) = rows.next().map_err(&err)? {
+            let pack: Vec<u8> = r.get(0).map_err(&err)?;
+            let len: i64 = r.get(1).map_err(&err)?;
+            let blob: Vec<u8> = r.get(2).map_err(&err)?;
+            let kind: u8 = r.get(3).map_err(&err)?;
+            let entry = BlobEntry {
+                id: BlobId(Id(blob.as_slice().try_into().map_err(|_| bad())?)),
+                kind: BlobKind::from_code(kind).ok_or_else(bad)?,
+                offset: r.get(4).map_err(&err)?,
+                stored_len: r.get(5).map_err(&err)?,
+                raw_len: r.get(6).map_err(&err)?,
+            };
+            f(
+                PackId(Id(pack.as_slice().try_into().map_err(|_| bad())?)),
+                len as u64,
+                entry,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The ingested segments that list pack `pack`.
+    pub fn segments_listing(&self, pack: &PackId) -> Result<Vec<IndexId>> {
+        let err = sql_err(&self.path);
+        let conn = self.conn.lock().expect("cache lock");
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT DISTINCT s.id FROM packs p JOIN segments s ON s.seq = p.seg WHERE p.id = ?1",
+            )
+            .map_err(&err)?;
+        let rows = stmt
+            .query_map([&pack.0 .0[..]], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(&err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let bytes = row.map_err(&err)?;
+            if let Ok(id) = <[u8; 32]>::try_from(bytes.as_slice()) {
+                out.push(IndexId(Id(id)));
+            }
+        }
+        Ok(out)
+    }
+
     /// Number of distinct blobs indexed.
     pub fn blob_count(&self) -> Result<u64> {
         let conn = self.conn.lock().expect("cache lock");

@@ -51,6 +51,10 @@ pub struct PackWriter {
     blobs: AtomicU64,
     stored_bytes: AtomicU64,
     written_segments: Mutex<Vec<IndexId>>,
+    /// Packs handed to the uploaders (compared with `shared.packs` by `sync`).
+    sent: AtomicU64,
+    /// Blobs claimed but not yet added (still being sealed elsewhere).
+    unsealed: Mutex<HashSet<BlobId>>,
 }
 
 impl PackWriter {
@@ -86,6 +90,8 @@ impl PackWriter {
             blobs: AtomicU64::new(0),
             stored_bytes: AtomicU64::new(0),
             written_segments: Mutex::new(Vec::new()),
+            sent: AtomicU64::new(0),
+            unsealed: Mutex::new(HashSet::new()),
         }
     }
 
@@ -110,7 +116,25 @@ impl PackWriter {
         if self.repo.has_blob(id)? {
             return Ok(false);
         }
-        Ok(self.pending.lock().expect("lock").insert(*id))
+        let claimed = self.pending.lock().expect("lock").insert(*id);
+        if claimed {
+            self.unsealed.lock().expect("lock").insert(*id);
+        }
+        Ok(claimed)
+    }
+
+    /// Waits until every blob claimed before this call has been added
+    /// (sealing workers are done with it); `check` reports their failures.
+    pub fn drain_claims(&self, check: impl Fn() -> Result<()>) -> Result<()> {
+        let waiting: Vec<BlobId> = self.unsealed.lock().expect("lock").iter().copied().collect();
+        for id in waiting {
+            while self.unsealed.lock().expect("lock").contains(&id) {
+                check()?;
+                self.check_error()?;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        Ok(())
     }
 
     /// Seals and adds a blob unless it is already stored; returns whether it was added.
@@ -142,11 +166,15 @@ impl PackWriter {
             let mut b = builder.lock().expect("lock");
             b.add(id, kind, stored, raw_len);
             if b.len() >= target {
+                // Counted while the builder lock is held, so `sync` waits for it.
+                self.sent.fetch_add(1, Ordering::SeqCst);
                 Some(std::mem::take(&mut *b))
             } else {
                 None
             }
         };
+        // In a builder now: a later `sync` uploads and indexes it.
+        self.unsealed.lock().expect("lock").remove(&id);
         self.blobs.fetch_add(1, Ordering::Relaxed);
         self.stored_bytes
             .fetch_add(stored.len() as u64, Ordering::Relaxed);
@@ -176,11 +204,25 @@ impl PackWriter {
                 if b.is_empty() {
                     continue;
                 }
+                self.sent.fetch_add(1, Ordering::SeqCst);
                 std::mem::take(&mut *b)
             };
             self.send(pack)?;
         }
         Ok(())
+    }
+
+    /// Uploads the partly filled packs, waits until every pack handed to
+    /// the uploaders is stored, and indexes them: afterwards every blob
+    /// added so far is findable through the index (a checkpoint).
+    pub fn sync(&self) -> Result<Option<IndexId>> {
+        self.flush_packs()?;
+        while self.shared.packs.load(Ordering::SeqCst) < self.sent.load(Ordering::SeqCst) {
+            self.check_error()?;
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        self.check_error()?;
+        self.write_segment()
     }
 
     /// Writes an index segment naming every pack uploaded since the last one.
@@ -250,12 +292,13 @@ fn upload_loop(repo: Repository, rx: Receiver<PackBuilder>, shared: Arc<Shared>)
         let len = bytes.len() as u64;
         match repo.storage().write(&id.path(), Bytes::from(bytes)) {
             Ok(()) => {
-                shared.packs.fetch_add(1, Ordering::Relaxed);
                 shared
                     .done
                     .lock()
                     .expect("lock")
                     .push(IndexedPack { id, len, blobs });
+                // Counted after `done` holds it, so `sync` sees it indexed.
+                shared.packs.fetch_add(1, Ordering::SeqCst);
             }
             Err(e) => {
                 let mut slot = shared.error.lock().expect("lock");

@@ -86,6 +86,9 @@ pub(crate) struct Inner {
     key_id: String,
     pub(crate) cache: Cache,
     damaged_segments: std::sync::Mutex<Vec<(IndexId, String)>>,
+    /// Packs listed in `gc/` plans: their blobs count as absent for dedup
+    /// (see docs/MAINTENANCE.md). Refreshed by [`Repository::refresh_plans`].
+    pub(crate) plans: std::sync::RwLock<crate::gc::PlanSet>,
 }
 
 /// An open repository. Cheap to clone; clones share the cache and keys.
@@ -282,8 +285,10 @@ impl Repository {
             key_id,
             cache,
             damaged_segments: Default::default(),
+            plans: Default::default(),
         }));
         repo.sync_index(opts.tolerate_damage)?;
+        repo.refresh_plans()?;
         Ok(repo)
     }
 
@@ -407,14 +412,50 @@ impl Repository {
         Ok(id)
     }
 
-    /// Where a blob is stored, if indexed.
+    /// Where a blob is stored, if indexed; a pack outside every `gc/` plan
+    /// is preferred, but a planned pack is returned when it is the only one.
     pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
-        self.0.cache.lookup(id)
+        let plans = self.0.plans.read().expect("plans lock");
+        if plans.is_empty() {
+            return self.0.cache.lookup(id);
+        }
+        let all = self.0.cache.locations(id)?;
+        Ok(all
+            .iter()
+            .find(|l| !plans.contains(&l.pack))
+            .or(all.first())
+            .copied())
     }
 
-    /// Whether the index holds blob `id`.
+    /// Whether the index holds blob `id` in a pack no `gc/` plan lists.
+    /// Writers deduplicate only against such blobs: a blob whose packs are
+    /// all planned for deletion counts as absent and is written again.
     pub fn has_blob(&self, id: &BlobId) -> Result<bool> {
-        Ok(self.lookup(id)?.is_some())
+        let plans = self.0.plans.read().expect("plans lock");
+        if plans.is_empty() {
+            return Ok(self.0.cache.lookup(id)?.is_some());
+        }
+        Ok(self
+            .0
+            .cache
+            .locations(id)?
+            .iter()
+            .any(|l| !plans.contains(&l.pack)))
+    }
+
+    /// Re-reads the `gc/` plans (lists `gc/`, loads only plans not seen
+    /// before); returns whether the set of planned packs changed.
+    pub fn refresh_plans(&self) -> Result<bool> {
+        let current = self.0.plans.read().expect("plans lock").clone();
+        let fresh = crate::gc::load_plan_set(self, &current)?;
+        let changed = fresh.plan_ids() != current.plan_ids();
+        *self.0.plans.write().expect("plans lock") = fresh;
+        Ok(changed)
+    }
+
+    /// The packs listed in the `gc/` plans seen by the last refresh.
+    pub fn planned_packs(&self) -> crate::gc::PlanSet {
+        self.0.plans.read().expect("plans lock").clone()
     }
 
     /// Seals a blob for storage: returns its id and stored bytes.
