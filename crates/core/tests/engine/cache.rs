@@ -1,0 +1,180 @@
+//! The local cache is only a cache: deleting it loses nothing, and a cache
+//! of another repository or a garbage file is detected and rebuilt.
+
+use crate::support::*;
+use cairn_core::cache::Cache;
+use cairn_core::format::Id;
+use cairn_core::Repository;
+use cairn_golden::assert_same_tree;
+use cairn_golden::fixture::{golden_tree, golden_update};
+use std::path::PathBuf;
+
+fn cache_file(t: &TestRepo, repo: &Repository) -> PathBuf {
+    t.cache.path().join(repo.id().to_hex()).join("cache.sqlite")
+}
+
+#[test]
+fn deleting_the_cache_loses_nothing() {
+    let t = TestRepo::new("cache-deleted");
+    let (_s, src) = temp_sub("src");
+    golden_tree(&src).unwrap();
+    let first = backup_dir(&t.repo, &src);
+    let file = cache_file(&t, &t.repo);
+    assert!(file.exists());
+    let TestRepo { loc, cache, repo } = t;
+    drop(repo);
+
+    std::fs::remove_dir_all(cache.path()).unwrap();
+    let repo = open_repo(&loc, cache.path());
+    assert!(file.exists(), "the cache is rebuilt");
+    let (_d, dst) = temp_sub("dst");
+    restore_all(&repo, &first, &dst);
+    assert_same_tree(&src, &dst, &compare_opts(&src));
+
+    // Backups still skip unchanged files: the parent's trees are fetched again.
+    golden_update(&src).unwrap();
+    let second = backup_dir(&repo, &src);
+    assert!(
+        second.snapshot.summary.files_unchanged > 0,
+        "{:?}",
+        second.snapshot.summary
+    );
+    let (_d2, dst2) = temp_sub("dst2");
+    restore_all(&repo, &second, &dst2);
+    assert_same_tree(&src, &dst2, &compare_opts(&src));
+}
+
+#[test]
+fn a_cache_of_another_repository_is_rebuilt() {
+    let a = TestRepo::new("cache-a");
+    let b = TestRepo::new("cache-b");
+    let (_s, src) = temp_sub("src");
+    golden_tree(&src).unwrap();
+    let snap_b = backup_dir(&b.repo, &src);
+    let (_s2, other) = temp_sub("other");
+    std::fs::write(other.join("only-in-a"), b"a").unwrap();
+    backup_dir(&a.repo, &other);
+    let a_file = cache_file(&a, &a.repo);
+    let b_file = cache_file(&b, &b.repo);
+    let TestRepo { loc, cache, repo } = b;
+    drop(repo);
+
+    // B's cache file now holds A's index and trees.
+    std::fs::copy(&a_file, &b_file).unwrap();
+    drop(a);
+    for suffix in ["-wal", "-shm"] {
+        let mut p = b_file.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+    let repo = open_repo(&loc, cache.path());
+    assert!(repo.cache().blob_count().unwrap() > 0);
+    let (_d, dst) = temp_sub("dst");
+    restore_all(&repo, &snap_b, &dst);
+    assert_same_tree(&src, &dst, &compare_opts(&src));
+}
+
+#[test]
+fn a_garbage_cache_file_is_rebuilt() {
+    let t = TestRepo::new("cache-garbage");
+    let (_s, src) = temp_sub("src");
+    golden_tree(&src).unwrap();
+    let snap = backup_dir(&t.repo, &src);
+    let file = cache_file(&t, &t.repo);
+    let TestRepo { loc, cache, repo } = t;
+    drop(repo);
+    for suffix in ["-wal", "-shm"] {
+        let mut p = file.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+    std::fs::write(&file, vec![0xA5u8; 10_000]).unwrap();
+    let repo = open_repo(&loc, cache.path());
+    let (_d, dst) = temp_sub("dst");
+    restore_all(&repo, &snap, &dst);
+    assert_same_tree(&src, &dst, &compare_opts(&src));
+}
+
+#[test]
+fn cache_open_discards_foreign_and_garbage_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x/cache.sqlite");
+    let (a, b) = (Id([1; 32]), Id([2; 32]));
+    {
+        let c = Cache::open(Some(&path), &a, b"fp-a").unwrap();
+        c.put_object(cairn_core::cache::CachedKind::Tree, &a, b"tree of a")
+            .unwrap();
+    }
+    // Same repository and fingerprint: kept.
+    let c = Cache::open(Some(&path), &a, b"fp-a").unwrap();
+    assert!(c
+        .get_object(cairn_core::cache::CachedKind::Tree, &a)
+        .unwrap()
+        .is_some());
+    drop(c);
+    // Same repository, other configuration: rebuilt empty.
+    let c = Cache::open(Some(&path), &a, b"fp-other").unwrap();
+    assert!(c
+        .get_object(cairn_core::cache::CachedKind::Tree, &a)
+        .unwrap()
+        .is_none());
+    c.put_object(cairn_core::cache::CachedKind::Tree, &a, b"tree")
+        .unwrap();
+    drop(c);
+    // Another repository: rebuilt empty.
+    let c = Cache::open(Some(&path), &b, b"fp-other").unwrap();
+    assert!(c
+        .get_object(cairn_core::cache::CachedKind::Tree, &a)
+        .unwrap()
+        .is_none());
+    drop(c);
+    // Garbage: rebuilt.
+    for suffix in ["-wal", "-shm"] {
+        let mut p = path.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+    std::fs::write(&path, b"this is not an SQLite database, not at all, no").unwrap();
+    let c = Cache::open(Some(&path), &b, b"fp").unwrap();
+    assert!(c.segments().unwrap().is_empty());
+}
+
+#[test]
+fn a_damaged_cached_tree_is_fetched_again() {
+    let t = TestRepo::new("cache-tree");
+    let (_s, src) = temp_sub("src");
+    golden_tree(&src).unwrap();
+    let snap = backup_dir(&t.repo, &src);
+    // Replace the cached root tree with other bytes: the hash check catches it.
+    t.repo
+        .cache()
+        .put_object(
+            cairn_core::cache::CachedKind::Tree,
+            &snap.snapshot.tree.0,
+            b"garbage tree",
+        )
+        .unwrap();
+    let (_d, dst) = temp_sub("dst");
+    restore_all(&t.repo, &snap, &dst);
+    assert_same_tree(&src, &dst, &compare_opts(&src));
+}
+
+#[test]
+fn a_vanished_index_segment_is_dropped_from_the_cache() {
+    let t = TestRepo::new("cache-stale");
+    let (_s, src) = temp_sub("src");
+    golden_tree(&src).unwrap();
+    backup_dir(&t.repo, &src);
+    let storage = t.storage();
+    let before = t.repo.cache().blob_count().unwrap();
+    assert!(before > 0);
+    for seg in names(&storage, "index/") {
+        storage.delete(&seg).unwrap();
+    }
+    let repo = t.reopen();
+    assert_eq!(
+        repo.cache().blob_count().unwrap(),
+        0,
+        "stale index rows survived"
+    );
+}

@@ -1,0 +1,214 @@
+//! Damaged repositories: a missing or garbled pack or index segment gives
+//! an error naming the object, never a panic, and a missing data pack fails
+//! only the files that need it.
+
+use crate::support::*;
+use bytes::Bytes;
+use cairn_core::backup::BackupResult;
+use cairn_core::browse::{dump, resolve, Resolved};
+use cairn_core::format::tree::Payload;
+use cairn_core::restore::restore;
+use cairn_core::{ErrorKind, Repository};
+use cairn_golden::fixture::golden_tree;
+use std::path::Path;
+
+/// A repository holding one snapshot of the golden tree.
+fn golden_repo(
+    name: &str,
+) -> (
+    TestRepo,
+    BackupResult,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
+    let t = TestRepo::new(name);
+    let (s, src) = temp_sub("src");
+    golden_tree(&src).unwrap();
+    let r = backup_dir(&t.repo, &src);
+    (t, r, s, src)
+}
+
+/// A handle with an empty cache, so nothing damaged is served from it.
+fn cold_open(t: &TestRepo) -> (Repository, tempfile::TempDir) {
+    let cache = tempfile::tempdir().unwrap();
+    let repo = Repository::open(t.storage(), PASSWORD, &open_opts(cache.path())).unwrap();
+    (repo, cache)
+}
+
+/// The pack object holding the first stored chunk of `path`, and its offset.
+fn data_pack_of(repo: &Repository, r: &BackupResult, path: &str) -> (String, u64) {
+    let Resolved::Node(node) = resolve(repo, &r.snapshot.tree, Path::new(path)).unwrap() else {
+        panic!("root")
+    };
+    let Payload::File(content) = &node.payload else {
+        panic!("not a file")
+    };
+    let chunk = repo
+        .chunk_list(content)
+        .unwrap()
+        .into_iter()
+        .find(|c| !c.is_hole())
+        .unwrap();
+    let loc = repo.lookup(&chunk.id).unwrap().unwrap();
+    (loc.pack.path(), loc.offset as u64)
+}
+
+fn flip(t: &TestRepo, object: &str, at: u64) {
+    let storage = t.storage();
+    let mut bytes = storage.read(object).unwrap().to_vec();
+    bytes[at as usize] ^= 0x40;
+    storage.write(object, Bytes::from(bytes)).unwrap();
+}
+
+fn dump_error(repo: &Repository, r: &BackupResult, path: &str) -> cairn_core::Error {
+    let Resolved::Node(node) = resolve(repo, &r.snapshot.tree, Path::new(path)).unwrap() else {
+        panic!("root")
+    };
+    dump(repo, &node, &mut Vec::new()).expect_err("dump of a damaged file must fail")
+}
+
+fn failed_with<'a>(stats: &'a cairn_core::restore::RestoreStats, file: &str) -> &'a str {
+    stats
+        .failed
+        .iter()
+        .find(|(p, _)| p.ends_with(file))
+        .map(|(_, why)| why.as_str())
+        .unwrap_or_else(|| panic!("{file} not among the failed: {:#?}", stats.failed))
+}
+
+#[test]
+fn missing_data_pack_fails_only_its_files_and_names_the_pack() {
+    let (t, r, _s, src) = golden_repo("missing-pack");
+    let (pack, _) = data_pack_of(&t.repo, &r, "data/random.bin");
+    t.storage().delete(&pack).unwrap();
+    let (repo, _c) = cold_open(&t);
+    let (_d, dst) = temp_sub("dst");
+    let stats = restore(&repo, &r.snapshot.tree, &restore_opts(&dst)).unwrap();
+    let why = failed_with(&stats, "data/random.bin");
+    assert!(why.contains(&pack), "{why}");
+    // Everything in other packs came back.
+    assert_eq!(
+        std::fs::read(dst.join("hello.txt")).unwrap(),
+        std::fs::read(src.join("hello.txt")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_link(dst.join("link-to-hello")).unwrap(),
+        Path::new("hello.txt")
+    );
+    let e = dump_error(&repo, &r, "data/random.bin");
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains(&pack), "{e}");
+}
+
+#[test]
+fn flipped_byte_in_a_data_blob_is_caught_and_named() {
+    let (t, r, _s, _src) = golden_repo("flipped-data");
+    let (pack, offset) = data_pack_of(&t.repo, &r, "data/random.bin");
+    flip(&t, &pack, offset + 20);
+    let (repo, _c) = cold_open(&t);
+    let (_d, dst) = temp_sub("dst");
+    let stats = restore(&repo, &r.snapshot.tree, &restore_opts(&dst)).unwrap();
+    let why = failed_with(&stats, "data/random.bin");
+    assert!(why.contains(&pack) && why.contains("data blob"), "{why}");
+    let e = dump_error(&repo, &r, "data/random.bin");
+    assert_eq!(e.kind(), ErrorKind::Corrupt);
+    assert!(e.to_string().contains(&pack), "{e}");
+}
+
+#[test]
+fn truncated_data_pack_is_named() {
+    let (t, r, _s, _src) = golden_repo("truncated-pack");
+    let (pack, _) = data_pack_of(&t.repo, &r, "data/random.bin");
+    let storage = t.storage();
+    let bytes = storage.read(&pack).unwrap();
+    storage
+        .write(&pack, bytes.slice(..bytes.len() / 3))
+        .unwrap();
+    let (repo, _c) = cold_open(&t);
+    let (_d, dst) = temp_sub("dst");
+    let stats = restore(&repo, &r.snapshot.tree, &restore_opts(&dst)).unwrap();
+    let why = failed_with(&stats, "data/random.bin");
+    assert!(why.contains(&pack), "{why}");
+}
+
+#[test]
+fn damaged_tree_pack_is_named() {
+    let (t, r, _s, _src) = golden_repo("flipped-tree");
+    let loc = t.repo.lookup(&r.snapshot.tree).unwrap().unwrap();
+    let pack = loc.pack.path();
+    flip(&t, &pack, loc.offset as u64 + 20);
+    let (repo, _c) = cold_open(&t);
+    let (_d, dst) = temp_sub("dst");
+    let e =
+        restore(&repo, &r.snapshot.tree, &restore_opts(&dst)).expect_err("root tree is damaged");
+    assert_eq!(e.kind(), ErrorKind::Corrupt);
+    assert!(e.to_string().contains(&pack), "{e}");
+}
+
+#[test]
+fn garbled_index_segment_is_named_on_open() {
+    let (t, _r, _s, _src) = golden_repo("garbled-index");
+    let storage = t.storage();
+    let seg = names(&storage, "index/").into_iter().next().unwrap();
+    flip(&t, &seg, 30);
+    let cache = tempfile::tempdir().unwrap();
+    let e = Repository::open(t.storage(), PASSWORD, &open_opts(cache.path()))
+        .expect_err("damaged index");
+    assert_eq!(e.kind(), ErrorKind::Corrupt);
+    assert!(e.to_string().contains(&seg), "{e}");
+    // check and repair can still open it and see which segment is damaged.
+    let opts = cairn_core::OpenOptions {
+        tolerate_damage: true,
+        ..open_opts(cache.path())
+    };
+    let repo = Repository::open(t.storage(), PASSWORD, &opts).unwrap();
+    let damaged = repo.damaged_segments();
+    assert_eq!(damaged.len(), 1);
+    assert_eq!(damaged[0].0.path(), seg);
+}
+
+#[test]
+fn missing_index_segment_makes_blobs_unknown_not_a_panic() {
+    let (t, r, _s, _src) = golden_repo("missing-index");
+    let storage = t.storage();
+    for seg in names(&storage, "index/") {
+        storage.delete(&seg).unwrap();
+    }
+    let (repo, _c) = cold_open(&t);
+    let (_d, dst) = temp_sub("dst");
+    let e = restore(&repo, &r.snapshot.tree, &restore_opts(&dst)).expect_err("nothing is indexed");
+    assert_eq!(e.kind(), ErrorKind::Corrupt);
+    let msg = e.to_string();
+    assert!(
+        msg.contains("not in the index") && msg.contains(&r.snapshot.tree.to_hex()),
+        "{msg}"
+    );
+}
+
+#[test]
+fn missing_or_damaged_config_is_named() {
+    let (t, _r, _s, _src) = golden_repo("config");
+    let storage = t.storage();
+    let config = storage.read("config").unwrap();
+    flip(&t, "config", 40);
+    let cache = tempfile::tempdir().unwrap();
+    let e = Repository::open(t.storage(), PASSWORD, &open_opts(cache.path())).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("config"), "{e}");
+    storage.delete("config").unwrap();
+    let e = Repository::open(t.storage(), PASSWORD, &open_opts(cache.path())).unwrap_err();
+    assert!(e.to_string().contains("config"), "{e}");
+    storage.write("config", config).unwrap();
+    Repository::open(t.storage(), PASSWORD, &open_opts(cache.path())).unwrap();
+}
+
+#[test]
+fn garbled_snapshot_is_named() {
+    let (t, r, _s, _src) = golden_repo("garbled-snapshot");
+    let path = r.id.path();
+    flip(&t, &path, 20);
+    let (repo, _c) = cold_open(&t);
+    let e = repo.list_snapshots().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt);
+    assert!(e.to_string().contains(&path), "{e}");
+}
