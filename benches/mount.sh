@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# FUSE mount benchmark (docs/PERFORMANCE.md, "FUSE mount"):
+#  1. sequential read of a multi-GiB file through `cairn mount` vs `cairn restore`
+#     of the same file (target: mount >= 70% of restore throughput);
+#  2. `find` and `du -s` over a 100k-file snapshot, after a first walk, vs the
+#     same on the original directory (target: within 3x).
+# Also prints the mount process's peak RSS (target: bounded by --cache-size).
+#
+# Usage: benches/mount.sh [CAIRN_BINARY]
+# Env: SIZE_MIB (default 2048), FILES (default 100000), WORK (scratch dir,
+#      default a new dir under /var/tmp), CACHE_SIZE (default 256MiB).
+# Needs root or fuse3's fusermount3, ~2.5x SIZE_MIB of free disk.
+set -euo pipefail
+
+CAIRN=${1:-${CAIRN:-target/release/cairn}}
+CAIRN=$(realpath "$CAIRN")
+SIZE_MIB=${SIZE_MIB:-2048}
+FILES=${FILES:-100000}
+CACHE_SIZE=${CACHE_SIZE:-256MiB}
+WORK=${WORK:-$(mktemp -d /var/tmp/cairn-mount-bench.XXXXXX)}
+export CAIRN_PASSWORD=bench CAIRN_REPOSITORY=$WORK/repo CAIRN_CACHE_DIR=$WORK/cache
+
+MNT=$WORK/mnt
+MOUNT_PID=
+cleanup() {
+    if mountpoint -q "$MNT" 2>/dev/null; then fusermount3 -u -z "$MNT" || true; fi
+    if [[ -n $MOUNT_PID ]]; then kill "$MOUNT_PID" 2>/dev/null || true; wait "$MOUNT_PID" 2>/dev/null || true; fi
+    if [[ -z ${KEEP:-} ]]; then rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+now() { date +%s.%N; }
+elapsed() { echo "$(now) - $1" | bc -l; }
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
+mib_s() { echo "scale=1; $SIZE_MIB / $1" | bc -l; }
+
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM, load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "binary: $CAIRN; work dir: $WORK"
+
+mkdir -p "$WORK/big" "$WORK/tree" "$MNT"
+# Multi-GiB file: 3 of every 4 MiB random (incompressible), 1 MiB zeros (holes).
+python3 - "$WORK/big/big.img" "$SIZE_MIB" <<'EOF'
+import os, sys
+path, mib = sys.argv[1], int(sys.argv[2])
+with open(path, "wb") as f:
+    for i in range(mib):
+        f.write(b"\0" * (1 << 20) if i % 4 == 3 else os.urandom(1 << 20))
+EOF
+# FILES small files in directories of 1000.
+python3 - "$WORK/tree" "$FILES" <<'EOF'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = os.path.join(root, f"d{i // 1000:04d}")
+    if i % 1000 == 0:
+        os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i:06d}"), "wb") as f:
+        f.write(os.urandom(64 + i % 512))
+EOF
+
+"$CAIRN" init >/dev/null
+t=$(now); "$CAIRN" backup "$WORK/big" --tag big -q >/dev/null; echo "backup big file: $(elapsed "$t") s"
+t=$(now); "$CAIRN" backup "$WORK/tree" --tag tree -q >/dev/null; echo "backup $FILES files: $(elapsed "$t") s"
+
+# 1. Sequential read: restore vs cat through the mount (both cold).
+drop_caches
+t=$(now); "$CAIRN" restore latest --tag big -t "$WORK/restored" -q >/dev/null; restore_s=$(elapsed "$t")
+cmp "$WORK/big/big.img" "$WORK/restored/big.img"
+rm -rf "$WORK/restored"
+
+"$CAIRN" mount --cache-size "$CACHE_SIZE" "$MNT" 2>"$WORK/mount.log" &
+MOUNT_PID=$!
+until mountpoint -q "$MNT"; do sleep 0.1; done
+snap=$(ls -d "$MNT"/tags/big/*)
+drop_caches
+t=$(now); cat "$snap/big.img" >/dev/null; mount_s=$(elapsed "$t")
+peak_rss=$(awk '/VmHWM/{print $2 " " $3}' "/proc/$MOUNT_PID/status")
+echo "sequential read of $SIZE_MIB MiB: restore $restore_s s ($(mib_s "$restore_s") MiB/s), mount $mount_s s ($(mib_s "$mount_s") MiB/s)"
+echo "  mount / restore throughput: $(echo "scale=2; $restore_s / $mount_s" | bc -l) (target >= 0.70)"
+cmp "$WORK/big/big.img" "$snap/big.img" && echo "  content verified"
+
+# 2. find and du -s after a first walk.
+tree=$(ls -d "$MNT"/tags/tree/*)
+find "$tree" >/dev/null; du -s "$tree" >/dev/null
+find "$WORK/tree" >/dev/null; du -s "$WORK/tree" >/dev/null
+t=$(now); find "$WORK/tree" >/dev/null; find_src=$(elapsed "$t")
+t=$(now); find "$tree" >/dev/null; find_mnt=$(elapsed "$t")
+t=$(now); du -s "$WORK/tree" >/dev/null; du_src=$(elapsed "$t")
+t=$(now); du -s "$tree" >/dev/null; du_mnt=$(elapsed "$t")
+echo "find over $FILES files: source $find_src s, mount $find_mnt s, ratio $(echo "scale=2; $find_mnt / $find_src" | bc -l) (target <= 3)"
+echo "du -s over $FILES files: source $du_src s, mount $du_mnt s, ratio $(echo "scale=2; $du_mnt / $du_src" | bc -l) (target <= 3)"
+peak_rss2=$(awk '/VmHWM/{print $2 " " $3}' "/proc/$MOUNT_PID/status")
+echo "mount peak RSS: $peak_rss after the big read, $peak_rss2 after the walks (cache size $CACHE_SIZE)"
+
+fusermount3 -u "$MNT"
+wait "$MOUNT_PID"; MOUNT_PID=
+echo "unmounted cleanly"

@@ -1,0 +1,302 @@
+//! cairn's FUSE mount: every snapshot of a repository as a read-only
+//! directory tree (`snapshots/`, `sources/`, `tags/`, `hosts/`), or one
+//! snapshot at the root. Layout and behaviour: docs/MOUNT.md.
+//!
+//! [`mount`] runs in the calling thread until the file system is unmounted
+//! (SIGINT, SIGTERM, SIGHUP or `fusermount3 -u`); [`spawn_mount`] returns a
+//! [`MountHandle`] once the mount is ready. The mount takes no repository
+//! lock: maintenance runs beside it, and a blob that vanishes under it
+//! fails only the reads that need it (EIO).
+
+mod chunks;
+mod fs;
+mod inodes;
+mod layout;
+
+use crate::fs::{CairnFs, FsConfig};
+use crate::layout::{Layout, SnapInfo};
+use cairn_core::{Repository, SnapshotId};
+use crossbeam_channel::Receiver;
+use fuser::{MountOption, SessionACL, SessionUnmounter};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How to mount.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// Mount only this snapshot, at the root, instead of the whole repository.
+    pub snapshot: Option<SnapshotId>,
+    /// Bytes of decrypted chunks kept in memory.
+    pub cache_size: u64,
+    /// Bytes fetched ahead of a sequential reader (0: no readahead).
+    pub readahead: u64,
+    /// Threads answering kernel requests (concurrent readers).
+    pub threads: usize,
+    /// Background threads fetching chunks ahead.
+    pub readahead_threads: usize,
+    /// How often the snapshot list may be re-read (new snapshots appear).
+    pub refresh: Duration,
+    /// Name shown as the mount's source in `mount`/`df` (default: `cairn`).
+    pub fsname: Option<String>,
+    /// Let other users read the mount (`allow_other`; non-root users need
+    /// `user_allow_other` in /etc/fuse.conf).
+    pub allow_other: bool,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        Self {
+            snapshot: None,
+            cache_size: 256 << 20,
+            readahead: 8 << 20,
+            threads: 8,
+            readahead_threads: 4,
+            refresh: Duration::from_secs(2),
+            fsname: None,
+            allow_other: false,
+        }
+    }
+}
+
+/// A mount that could not be made or did not end cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// The mountpoint cannot be used.
+    #[error("mountpoint {path}: {reason}")]
+    Mountpoint {
+        /// The mountpoint given.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// Reading the snapshot list or the snapshot to mount failed.
+    #[error(transparent)]
+    Engine(#[from] cairn_core::Error),
+    /// The kernel refused the mount, or the session failed.
+    #[error("FUSE mount at {path}: {source} (is fuse3 installed and /dev/fuse available?)")]
+    Fuse {
+        /// The mountpoint.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Unmounting failed; the mount may still be there (`fusermount3 -u -z DIR`).
+    #[error("unmounting {path}: {source}; run `fusermount3 -u -z {path}`")]
+    Unmount {
+        /// The mountpoint.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Checks that `dir` is an existing, empty directory.
+pub fn check_mountpoint(dir: &Path) -> Result<(), MountError> {
+    let err = |reason: String| MountError::Mountpoint {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(err("does not exist; create an empty directory first".into()))
+        }
+        Err(e) => return Err(err(format!("cannot be read: {e}"))),
+    };
+    if !meta.is_dir() {
+        return Err(err("is not a directory".into()));
+    }
+    let mut entries = std::fs::read_dir(dir).map_err(|e| err(format!("cannot be listed: {e}")))?;
+    if let Some(first) = entries.next() {
+        let name = first
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        return Err(err(format!(
+            "is not empty (it holds {name:?}); mount on an empty directory"
+        )));
+    }
+    Ok(())
+}
+
+/// A live mount. Dropping it unmounts.
+pub struct MountHandle {
+    dir: PathBuf,
+    unmounter: SessionUnmounter,
+    done: Receiver<io::Result<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for MountHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MountHandle({})", self.dir.display())
+    }
+}
+
+/// Mounts `repo` at `dir` and serves it on background threads; returns
+/// once the kernel has the mount (readable at once).
+pub fn spawn_mount(
+    repo: Repository,
+    dir: &Path,
+    opts: &MountOptions,
+) -> Result<MountHandle, MountError> {
+    check_mountpoint(dir)?;
+    let (layout, single) = match &opts.snapshot {
+        Some(id) => {
+            let snap = repo.load_snapshot(id)?;
+            let info = SnapInfo {
+                id: *id,
+                tree: snap.tree,
+                time: snap.time,
+            };
+            (Layout::default(), Some(Arc::new(info)))
+        }
+        None => (Layout::build(&repo.list_snapshots()?), None),
+    };
+    let fsname = opts.fsname.clone().unwrap_or_else(|| "cairn".into());
+    let fs = CairnFs::new(
+        repo,
+        FsConfig {
+            readahead: opts.readahead,
+            refresh: opts.refresh,
+            cache_size: opts.cache_size,
+            readahead_workers: opts.readahead_threads,
+        },
+        layout,
+        single,
+    );
+    let root = nix::unistd::geteuid().is_root();
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::FSName(fsname),
+        MountOption::Subtype("cairn".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    // As root, fusermount3 stays behind and unmounts even if this process
+    // is killed with SIGKILL (it needs allow_other, which root may set).
+    if root {
+        config.mount_options.push(MountOption::AutoUnmount);
+    }
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else if root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(opts.threads.max(1));
+    let fuse_err = |source| MountError::Fuse {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut session = fuser::Session::new(fs, dir, &config).map_err(fuse_err)?;
+    let unmounter = session.unmount_callable();
+    let (tx, done) = crossbeam_channel::bounded(1);
+    let thread = std::thread::Builder::new()
+        .name("cairn-fuse".into())
+        .spawn(move || {
+            let _ = tx.send(session.run());
+        })
+        .map_err(fuse_err)?;
+    tracing::info!("mounted at {}", dir.display());
+    Ok(MountHandle {
+        dir: dir.to_path_buf(),
+        unmounter,
+        done,
+        thread: Some(thread),
+    })
+}
+
+/// Mounts `repo` at `dir` and serves it until it is unmounted: by SIGINT,
+/// SIGTERM or SIGHUP (this function unmounts), or by `fusermount3 -u DIR`.
+pub fn mount(repo: Repository, dir: &Path, opts: &MountOptions) -> Result<(), MountError> {
+    spawn_mount(repo, dir, opts)?.serve_until_signal()
+}
+
+impl MountHandle {
+    /// The mountpoint.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Waits until the mount ends: returns after an external unmount, or
+    /// unmounts on SIGINT, SIGTERM or SIGHUP and then returns.
+    pub fn serve_until_signal(mut self) -> Result<(), MountError> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals =
+            signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|source| {
+                MountError::Fuse {
+                    path: self.dir.clone(),
+                    source,
+                }
+            })?;
+        let sig_handle = signals.handle();
+        let (sig_tx, sig_rx) = crossbeam_channel::bounded(1);
+        let waiter = std::thread::spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                let _ = sig_tx.send(sig);
+            }
+        });
+        let result = crossbeam_channel::select! {
+            recv(self.done) -> r => {
+                self.join();
+                r.unwrap_or(Ok(())).map_err(|source| MountError::Fuse { path: self.dir.clone(), source })
+            }
+            recv(sig_rx) -> sig => {
+                tracing::info!("signal {}: unmounting {}", sig.unwrap_or(0), self.dir.display());
+                self.unmount_and_wait()
+            }
+        };
+        sig_handle.close();
+        let _ = waiter.join();
+        result
+    }
+
+    /// Unmounts and waits until the session has ended.
+    pub fn unmount(mut self) -> Result<(), MountError> {
+        self.unmount_and_wait()
+    }
+
+    fn unmount_and_wait(&mut self) -> Result<(), MountError> {
+        if self.thread.is_none() {
+            return Ok(());
+        }
+        if let Err(e) = self.unmounter.unmount() {
+            // Busy (a shell sits inside it): detach now, the kernel finishes
+            // once the last user leaves.
+            tracing::info!("unmount of {}: {e}; detaching lazily", self.dir.display());
+            nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
+                MountError::Unmount {
+                    path: self.dir.clone(),
+                    source: e.into(),
+                }
+            })?;
+        }
+        let r = self.done.recv().unwrap_or(Ok(()));
+        self.join();
+        r.map_err(|source| MountError::Fuse {
+            path: self.dir.clone(),
+            source,
+        })
+    }
+
+    fn join(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for MountHandle {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount_and_wait() {
+            tracing::warn!("{e}");
+        }
+    }
+}
