@@ -1,0 +1,278 @@
+//! kill -9 at random points of backups and of maintenance, 50 trials each.
+//!
+//! The test binary re-executes itself as the victim (`child_main`, selected
+//! by `CAIRN_CRASH_CHILD`), so the killed process runs exactly the library
+//! code, with small checkpoint intervals. Kill delays come from a fixed
+//! seed, spread over the length of an uninterrupted run.
+//!
+//! After a killed backup: `check` is clean, a re-run succeeds and uploads
+//! only what the index did not already hold. After a killed maintenance:
+//! every snapshot restores bit-exact, before and after a completing re-run.
+
+use cairn_core::backup::{backup, BackupOptions, ParentChoice};
+use cairn_core::check::{check, CheckOptions};
+use cairn_core::checkpoint::CheckpointOptions;
+use cairn_core::crypto::KdfParams;
+use cairn_core::gc::{GcOptions, Roots};
+use cairn_core::maintenance::{self, MaintenanceOptions, Mode};
+use cairn_core::restore::{restore, RestoreOptions};
+use cairn_core::{BlobId, InitOptions, OpenOptions, Repository};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PW: &str = "pw";
+const TRIALS: u64 = 50;
+
+fn open(dir: &Path) -> Repository {
+    let storage = cairn_storage::open(dir.to_str().unwrap()).unwrap();
+    Repository::open(storage, PW, &OpenOptions::default()).unwrap()
+}
+
+fn init(dir: &Path) -> Repository {
+    let opts = InitOptions {
+        kdf: KdfParams {
+            m_cost: 64,
+            t_cost: 1,
+            p_cost: 1,
+        },
+        chunk_sizes: (256, 1024, 4096),
+        pack_sizes: (16 << 10, 8 << 10),
+        zstd_level: 0,
+    };
+    let storage = cairn_storage::open(dir.to_str().unwrap()).unwrap();
+    Repository::init(storage, PW, &opts, &OpenOptions::default()).unwrap()
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn write_tree(root: &Path, seed: u64, dirs: usize) {
+    let mut rng = Rng(seed | 1);
+    for d in 0..dirs {
+        let dir = root.join(format!("dir{d:03}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..3 {
+            let len = 1000 + (rng.next() % 6000) as usize;
+            let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            std::fs::write(dir.join(format!("f{f}")), data).unwrap();
+        }
+    }
+}
+
+fn backup_opts(src: &Path, every_blobs: u64) -> BackupOptions {
+    BackupOptions {
+        paths: vec![src.to_path_buf()],
+        host: Some("h".into()),
+        source: Some("src".into()),
+        parent: ParentChoice::None,
+        workers: 2,
+        checkpoint: CheckpointOptions {
+            every: Duration::ZERO,
+            every_blobs,
+        },
+        ..Default::default()
+    }
+}
+
+/// The victim: runs what `CAIRN_CRASH_CHILD` says, until killed.
+#[test]
+fn child_main() {
+    let Ok(what) = std::env::var("CAIRN_CRASH_CHILD") else {
+        return;
+    };
+    let repo_dir = PathBuf::from(std::env::var("CAIRN_CRASH_REPO").unwrap());
+    let repo = open(&repo_dir);
+    match what.as_str() {
+        "backup" => {
+            let src = PathBuf::from(std::env::var("CAIRN_CRASH_SRC").unwrap());
+            backup(&repo, &backup_opts(&src, 12)).unwrap();
+        }
+        "maintenance" => {
+            let opts = MaintenanceOptions {
+                mode: Mode::Full,
+                gc: GcOptions {
+                    safety_window: Duration::ZERO,
+                    repack_threshold: 0.9,
+                    ..Default::default()
+                },
+            };
+            maintenance::run(&repo, &opts).unwrap();
+        }
+        other => panic!("unknown child {other}"),
+    }
+}
+
+/// Runs the child for `delay` then kills it (SIGKILL); returns whether it
+/// finished before the kill.
+fn run_child(what: &str, repo: &Path, src: &Path, delay: Option<Duration>) -> bool {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
+        .env("CAIRN_CRASH_CHILD", what)
+        .env("CAIRN_CRASH_REPO", repo)
+        .env("CAIRN_CRASH_SRC", src)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let Some(delay) = delay else {
+        assert!(child.wait().unwrap().success(), "uninterrupted child failed");
+        return true;
+    };
+    let deadline = Instant::now() + delay;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "child failed before the kill");
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    false
+}
+
+fn indexed(repo: &Repository) -> HashSet<BlobId> {
+    let mut out = HashSet::new();
+    repo.cache()
+        .for_each_location(|_, _, e| {
+            out.insert(e.id);
+            Ok(())
+        })
+        .unwrap();
+    out
+}
+
+#[test]
+fn kill_backups_at_random_points() {
+    let src = tempfile::tempdir().unwrap();
+    write_tree(src.path(), 42, 40);
+    // Calibrate: how long an uninterrupted child run takes here.
+    let probe = tempfile::tempdir().unwrap();
+    init(probe.path());
+    let t = Instant::now();
+    run_child("backup", probe.path(), src.path(), None);
+    let full = t.elapsed();
+    let mut rng = Rng(0x5eed);
+    let (mut killed, mut reused_trials) = (0, 0);
+    for trial in 0..TRIALS {
+        let repo_dir = tempfile::tempdir().unwrap();
+        init(repo_dir.path());
+        let delay = Duration::from_micros(rng.next() % (full.as_micros() as u64 + 1));
+        if !run_child("backup", repo_dir.path(), src.path(), Some(delay)) {
+            killed += 1;
+        }
+        let repo = open(repo_dir.path());
+        let report = check(&repo, &CheckOptions::default()).unwrap();
+        assert!(report.is_clean(), "trial {trial}: {:?}", report.damage);
+        let before = indexed(&repo);
+        let rerun = backup(&repo, &backup_opts(src.path(), 0)).unwrap();
+        let referenced = Roots::load(&repo).unwrap().blobs;
+        let missing = referenced.difference(&before).count() as u64;
+        // The re-run stores only what the index lacked: everything indexed
+        // before (up to the last checkpoint) is reused.
+        assert!(
+            rerun.snapshot.summary.blobs_added <= missing,
+            "trial {trial}: added {} blobs, only {missing} were missing",
+            rerun.snapshot.summary.blobs_added
+        );
+        if referenced.intersection(&before).next().is_some() {
+            reused_trials += 1;
+        }
+        let report = check(&open(repo_dir.path()), &CheckOptions::default()).unwrap();
+        assert!(report.is_clean(), "trial {trial} after re-run: {:?}", report.damage);
+    }
+    assert!(killed > TRIALS / 2, "most trials must be killed mid-run ({killed})");
+    assert!(reused_trials > 0, "some killed backups left checkpointed data to reuse");
+}
+
+fn assert_restores(repo: &Repository, tree: &BlobId, src: &Path) {
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("r");
+    let stats = restore(
+        repo,
+        tree,
+        &RestoreOptions {
+            target: target.clone(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(stats.failed.is_empty(), "{:?}", stats.failed);
+    let status = Command::new("diff")
+        .args(["-r", "-q"])
+        .arg(src)
+        .arg(&target)
+        .status()
+        .unwrap();
+    assert!(status.success(), "restore differs from {}", src.display());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn kill_maintenance_at_random_points() {
+    // A repository with history: three versions, the middle one forgotten.
+    let work = tempfile::tempdir().unwrap();
+    let base = work.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    let repo = init(&base);
+    let versions: Vec<PathBuf> = (0..3).map(|i| work.path().join(format!("v{i}"))).collect();
+    let mut kept = Vec::new();
+    for (i, v) in versions.iter().enumerate() {
+        write_tree(v, 7, 20);
+        write_tree(&v.join(format!("extra{i}")), 100 + i as u64, 8);
+        let s = backup(&repo, &backup_opts(v, 0)).unwrap();
+        if i == 1 {
+            repo.delete_snapshot(&s.id).unwrap();
+        } else {
+            kept.push((s.snapshot.tree, v.clone()));
+        }
+    }
+    drop(repo);
+    let probe = work.path().join("probe");
+    copy_dir(&base, &probe);
+    let t = Instant::now();
+    run_child("maintenance", &probe, &probe, None);
+    let full = t.elapsed();
+    let mut rng = Rng(0xdead_beef);
+    let mut killed = 0;
+    for trial in 0..TRIALS {
+        let dir = work.path().join(format!("t{trial}"));
+        copy_dir(&base, &dir);
+        let delay = Duration::from_micros(rng.next() % (full.as_micros() as u64 + 1));
+        if !run_child("maintenance", &dir, &dir, Some(delay)) {
+            killed += 1;
+        }
+        let repo = open(&dir);
+        for (tree, src) in &kept {
+            assert_restores(&repo, tree, src);
+        }
+        // A completing re-run finishes the job and loses nothing.
+        run_child("maintenance", &dir, &dir, None);
+        let repo = open(&dir);
+        let report = check(&repo, &CheckOptions::default()).unwrap();
+        assert!(report.is_clean(), "trial {trial}: {:?}", report.damage);
+        for (tree, src) in &kept {
+            assert_restores(&repo, tree, src);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    assert!(killed > TRIALS / 2, "most trials must be killed mid-run ({killed})");
+}
