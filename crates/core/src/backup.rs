@@ -100,6 +100,16 @@ struct Walker<'a> {
 
 /// Backs up `opts.paths` into `repo` and writes a snapshot.
 pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
+    let snapshot = backup_unsaved(repo, opts)?;
+    let id = repo.save_snapshot(&snapshot)?;
+    Ok(BackupResult { id, snapshot })
+}
+
+/// Backs up like [`backup`] but returns the snapshot without writing it, for callers that
+/// record what happens after the data is stored (a post-exec hook's outcome) before saving
+/// it with [`Repository::save_snapshot`]. Data, trees and index segments are already in the
+/// repository when this returns; until the snapshot is saved nothing references them.
+pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapshot> {
     let started = Instant::now();
     let time = chrono::Utc::now();
     if opts.paths.is_empty() {
@@ -235,8 +245,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
         excludes: opts.exclude_rules.clone(),
         hooks: opts.hooks.clone(),
     };
-    let id = repo.save_snapshot(&snapshot)?;
-    Ok(BackupResult { id, snapshot })
+    Ok(snapshot)
 }
 
 /// Counts files and bytes to back up, for progress totals.
