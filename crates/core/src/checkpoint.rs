@@ -280,7 +280,7 @@ pub fn remove_checkpoints(repo: &Repository, finished: &Snapshot) -> Result<u64>
         ));
     }
     let mut n = 0;
-    for (id, s) in repo.list_snapshots()? {
+    for (id, s) in crate::gc::list_snapshots(repo)? {
         if !s.complete
             && s.time == finished.time
             && s.host == finished.host

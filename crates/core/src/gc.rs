@@ -284,6 +284,24 @@ fn add_content(repo: &Repository, content: &Content, seen: &mut HashSet<BlobId>)
     Ok(())
 }
 
+/// Every snapshot present, oldest first, skipping those deleted between
+/// the listing and the read (a backup replacing its checkpoint).
+pub fn list_snapshots(repo: &Repository) -> Result<Vec<(SnapshotId, Snapshot)>> {
+    let mut out = Vec::new();
+    for obj in repo.storage().list("snapshots/").map_err(repo.serr())? {
+        let Some(id) = SnapshotId::from_hex(obj.path.trim_start_matches("snapshots/")) else {
+            continue;
+        };
+        match repo.load_snapshot(&id) {
+            Ok(s) => out.push((id, s)),
+            Err(Error::Storage { source, .. }) if source.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+    Ok(out)
+}
+
 /// When an incomplete (checkpoint) snapshot was written.
 pub fn written_at(s: &Snapshot) -> DateTime<Utc> {
     s.time + chrono::Duration::milliseconds(s.summary.duration_ms as i64)
@@ -294,7 +312,7 @@ pub fn written_at(s: &Snapshot) -> DateTime<Utc> {
 /// checkpoint far more often). Returns how many it deleted.
 pub fn remove_stale_checkpoints(repo: &Repository, opts: &GcOptions) -> Result<u64> {
     let mut n = 0;
-    for (id, s) in repo.list_snapshots()? {
+    for (id, s) in list_snapshots(repo)? {
         let age = (opts.now - written_at(&s)).num_seconds();
         if !s.complete && age >= opts.window_secs() {
             if !opts.dry_run {
@@ -315,8 +333,12 @@ pub struct Roots {
 
 impl Roots {
     /// Lists the snapshots (complete and incomplete) and follows them.
+    /// The index is synced after the listing: a writer stores a
+    /// snapshot's segments before the snapshot, so every blob a listed
+    /// snapshot references is then indexed.
     pub fn load(repo: &Repository) -> Result<Self> {
-        let snaps = repo.list_snapshots()?;
+        let snaps = list_snapshots(repo)?;
+        repo.sync_index(false)?;
         let blobs = referenced_blobs(repo, snaps.iter().map(|(_, s)| s))?;
         let mut ids: Vec<SnapshotId> = snaps.into_iter().map(|(id, _)| id).collect();
         ids.sort();

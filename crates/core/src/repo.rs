@@ -366,6 +366,8 @@ impl Repository {
                         .collect();
                     self.0.cache.add_segment(&id, &packs)?;
                 }
+                // Superseded and deleted by maintenance since the listing.
+                Err(Error::Storage { source, .. }) if source.is_not_found() => {}
                 Err(e) if tolerate_damage => {
                     tracing::warn!("{e}");
                     damaged.push((id, e.to_string()));

@@ -309,3 +309,331 @@ fn stale_checkpoints_are_removed_and_finished_backups_remove_theirs() {
     assert_eq!(n, 1);
     assert_eq!(repo.list_snapshots().unwrap().len(), 1);
 }
+
+#[test]
+fn concurrent_backups_and_maintenance_never_lose_a_referenced_blob() {
+    let repo_dir = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let srcs: Vec<_> = (0..2).map(|i| src.path().join(format!("s{i}"))).collect();
+    for (i, s) in srcs.iter().enumerate() {
+        write_tree(s, 10 + i as u64, 9);
+    }
+    init(repo_dir.path());
+    let path = repo_dir.path().to_path_buf();
+    for round in 0..8u64 {
+        std::thread::scope(|scope| {
+            for (i, s) in srcs.iter().enumerate() {
+                let path = path.clone();
+                scope.spawn(move || {
+                    let repo = reopen(&path);
+                    for k in 0..3u64 {
+                        // Change a third of the files, back up, forget all
+                        // but the newest snapshot of this source.
+                        for (j, f) in walk(s).into_iter().enumerate() {
+                            if (j as u64 + k + round) % 3 == 0 {
+                                std::fs::write(&f, format!("{i}/{round}/{k}/{j}").repeat(200 + j)).unwrap();
+                            }
+                        }
+                        let mut o = opts(s);
+                        o.source = Some(format!("src{i}"));
+                        backup(&repo, &o).unwrap();
+                        let mine: Vec<_> = gc::list_snapshots(&repo)
+                            .unwrap()
+                            .into_iter()
+                            .filter(|(_, sn)| sn.source == format!("src{i}") && sn.complete)
+                            .collect();
+                        for (id, _) in &mine[..mine.len() - 1] {
+                            repo.delete_snapshot(id).unwrap();
+                        }
+                    }
+                });
+            }
+            let path = path.clone();
+            scope.spawn(move || {
+                let repo = reopen(&path);
+                for _ in 0..4 {
+                    let m = MaintenanceOptions {
+                        mode: Mode::Full,
+                        gc: GcOptions {
+                            // Shortened window: plans from earlier rounds are swept
+                            // while backups run.
+                            safety_window: Duration::from_secs(2),
+                            repack_threshold: 0.7,
+                            now: chrono::Utc::now(),
+                            dry_run: false,
+                        },
+                    };
+                    maintenance::run(&repo, &m).unwrap();
+                    std::thread::sleep(Duration::from_millis(150));
+                }
+            });
+        });
+        assert_no_dangling(&path);
+    }
+    let repo = reopen(&path);
+    for (i, s) in srcs.iter().enumerate() {
+        let (_, snap) = repo
+            .list_snapshots()
+            .unwrap()
+            .into_iter()
+            .rev()
+            .find(|(_, sn)| sn.source == format!("src{i}") && sn.complete)
+            .unwrap();
+        assert_restores(&repo, &snap.tree, s);
+    }
+}
+
+/// The protocol as an abstract model: packs, plans, snapshots, backups
+/// that reuse or write blobs and checkpoint, marks split in two (listing
+/// and plan write) so backups interleave, sweeps and a clock.
+mod model {
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+
+    const W: u64 = 10; // safety window
+    const C: u64 = 4; // every live backup checkpoints at least this often
+    const BLOBS: u32 = 12;
+
+    #[derive(Debug, Clone)]
+    pub enum Op {
+        Start,
+        Use(usize, u32),
+        Checkpoint(usize),
+        Finish(usize),
+        Kill(usize),
+        Forget(usize),
+        MarkBegin,
+        MarkEnd,
+        Sweep,
+        Advance(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            1 => Just(Op::Start),
+            6 => (0..4usize, 0..BLOBS).prop_map(|(b, x)| Op::Use(b, x)),
+            2 => (0..4usize).prop_map(Op::Checkpoint),
+            2 => (0..4usize).prop_map(Op::Finish),
+            1 => (0..4usize).prop_map(Op::Kill),
+            2 => (0..6usize).prop_map(Op::Forget),
+            2 => Just(Op::MarkBegin),
+            2 => Just(Op::MarkEnd),
+            2 => Just(Op::Sweep),
+            3 => (1..4u64).prop_map(Op::Advance),
+        ]
+    }
+
+    struct Pack {
+        blobs: Vec<u32>,
+        indexed: bool,
+        deleted: bool,
+    }
+    struct Plan {
+        created: u64,
+        packs: Vec<usize>,
+        live: bool,
+    }
+    struct Snap {
+        refs: HashSet<u32>,
+        complete: bool,
+        written: u64,
+        present: bool,
+    }
+    struct Backup {
+        alive: bool,
+        refs: HashSet<u32>,
+        pending: Vec<usize>,
+        seen: HashSet<usize>,
+        last: u64,
+        ckpt: Option<usize>,
+    }
+
+    #[derive(Default)]
+    struct World {
+        clock: u64,
+        packs: Vec<Pack>,
+        plans: Vec<Plan>,
+        snaps: Vec<Snap>,
+        backups: Vec<Backup>,
+        mark: Option<(HashSet<u32>, Vec<usize>)>,
+    }
+
+    impl World {
+        fn live_plans(&self) -> HashSet<usize> {
+            (0..self.plans.len()).filter(|&p| self.plans[p].live).collect()
+        }
+        fn planned(&self, plans: &HashSet<usize>) -> HashSet<usize> {
+            plans.iter().flat_map(|&p| self.plans[p].packs.iter().copied()).collect()
+        }
+        fn readable(&self, b: u32) -> bool {
+            self.packs.iter().any(|p| p.indexed && !p.deleted && p.blobs.contains(&b))
+        }
+        fn has_blob(&self, b: u32, plans: &HashSet<usize>) -> bool {
+            let planned = self.planned(plans);
+            self.packs.iter().enumerate().any(|(i, p)| {
+                p.indexed && !p.deleted && !planned.contains(&i) && p.blobs.contains(&b)
+            })
+        }
+        fn new_pack(&mut self, blobs: Vec<u32>, indexed: bool) -> usize {
+            self.packs.push(Pack { blobs, indexed, deleted: false });
+            self.packs.len() - 1
+        }
+        fn roots(&self) -> HashSet<u32> {
+            self.snaps.iter().filter(|s| s.present).flat_map(|s| s.refs.iter().copied()).collect()
+        }
+        fn remove_stale(&mut self) {
+            let clock = self.clock;
+            for s in &mut self.snaps {
+                if s.present && !s.complete && s.written + W <= clock {
+                    s.present = false;
+                }
+            }
+        }
+
+        /// Writer side: index pending packs, refresh plans, store again
+        /// reused blobs that only planned packs hold, write a snapshot.
+        fn checkpoint(&mut self, b: usize, complete: bool) {
+            for p in std::mem::take(&mut self.backups[b].pending) {
+                self.packs[p].indexed = true;
+            }
+            let plans = self.live_plans();
+            if !plans.is_subset(&self.backups[b].seen) {
+                let refs: Vec<u32> = self.backups[b].refs.iter().copied().collect();
+                for x in refs {
+                    if !self.has_blob(x, &plans) {
+                        if !self.readable(x) {
+                            // The backup fails (safe): it writes no snapshot.
+                            self.backups[b].alive = false;
+                            return;
+                        }
+                        self.new_pack(vec![x], true);
+                    }
+                }
+            }
+            self.backups[b].seen = plans;
+            let snap = Snap {
+                refs: self.backups[b].refs.clone(),
+                complete,
+                written: self.clock,
+                present: true,
+            };
+            self.snaps.push(snap);
+            if let Some(old) = self.backups[b].ckpt.take() {
+                self.snaps[old].present = false;
+            }
+            if complete {
+                self.backups[b].alive = false;
+            } else {
+                self.backups[b].ckpt = Some(self.snaps.len() - 1);
+            }
+            self.backups[b].last = self.clock;
+        }
+
+        fn apply(&mut self, op: &Op) {
+            let alive = |w: &World, b: usize| w.backups.get(b).is_some_and(|x| x.alive);
+            match *op {
+                Op::Start => {
+                    let seen = self.live_plans();
+                    self.backups.push(Backup { alive: true, refs: HashSet::new(), pending: vec![], seen, last: self.clock, ckpt: None });
+                }
+                Op::Use(b, x) if alive(self, b) => {
+                    let seen = self.backups[b].seen.clone();
+                    if !self.has_blob(x, &seen) && !self.backups[b].refs.contains(&x) {
+                        let p = self.new_pack(vec![x], false);
+                        self.backups[b].pending.push(p);
+                    }
+                    self.backups[b].refs.insert(x);
+                }
+                Op::Checkpoint(b) if alive(self, b) => self.checkpoint(b, false),
+                Op::Finish(b) if alive(self, b) => self.checkpoint(b, true),
+                Op::Kill(b) if alive(self, b) => self.backups[b].alive = false,
+                Op::Forget(i) => {
+                    if let Some(s) = self.snaps.iter_mut().filter(|s| s.present && s.complete).nth(i) {
+                        s.present = false;
+                    }
+                }
+                Op::MarkBegin => {
+                    self.remove_stale();
+                    let roots = self.roots();
+                    let planned = self.planned(&self.live_plans());
+                    let mut doomed = Vec::new();
+                    for (i, p) in self.packs.iter().enumerate() {
+                        if p.deleted || planned.contains(&i) {
+                            continue;
+                        }
+                        let live = p.blobs.iter().any(|b| roots.contains(b));
+                        if !p.indexed || !live {
+                            doomed.push(i);
+                        }
+                    }
+                    self.mark = Some((roots, doomed));
+                }
+                Op::MarkEnd => {
+                    if let Some((_, doomed)) = self.mark.take() {
+                        if !doomed.is_empty() {
+                            self.plans.push(Plan { created: self.clock, packs: doomed, live: true });
+                        }
+                    }
+                }
+                Op::Sweep => {
+                    self.remove_stale();
+                    let roots = self.roots();
+                    let all = self.planned(&self.live_plans());
+                    for pi in 0..self.plans.len() {
+                        if !self.plans[pi].live || self.clock < self.plans[pi].created + W {
+                            continue;
+                        }
+                        for &p in &self.plans[pi].packs.clone() {
+                            let keep = self.packs[p].blobs.iter().any(|b| {
+                                roots.contains(b)
+                                    && !self.packs.iter().enumerate().any(|(j, q)| {
+                                        j != p && q.indexed && !q.deleted && !all.contains(&j) && q.blobs.contains(b)
+                                    })
+                            });
+                            if !keep {
+                                self.packs[p].deleted = true;
+                            }
+                        }
+                        self.plans[pi].live = false;
+                    }
+                }
+                Op::Advance(d) => {
+                    // Environment assumption: live backups checkpoint at least every C.
+                    for b in 0..self.backups.len() {
+                        if self.backups[b].alive && self.clock + d > self.backups[b].last + C {
+                            self.checkpoint(b, false);
+                        }
+                    }
+                    self.clock += d;
+                }
+                _ => {}
+            }
+        }
+
+        fn check(&self) -> Result<(), String> {
+            for (i, s) in self.snaps.iter().enumerate() {
+                if !s.present {
+                    continue;
+                }
+                for b in &s.refs {
+                    if !self.readable(*b) {
+                        return Err(format!("snapshot {i} references deleted blob {b}"));
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn no_snapshot_ever_references_a_deleted_blob(ops in proptest::collection::vec(op(), 1..80)) {
+            let mut w = World::default();
+            for o in &ops {
+                w.apply(o);
+                prop_assert!(w.check().is_ok(), "after {:?}: {}", o, w.check().unwrap_err());
+            }
+        }
+    }
+}
