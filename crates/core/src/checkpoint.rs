@@ -258,7 +258,9 @@ impl Checkpointer {
             }
         }
         if rewritten > 0 {
-            tracing::info!("{rewritten} reused blobs sat in packs planned for deletion; stored them again");
+            tracing::info!(
+                "{rewritten} reused blobs sat in packs planned for deletion; stored them again"
+            );
             writer.sync()?;
         }
         self.plans_seen = plans;

@@ -444,10 +444,7 @@ pub fn mark(repo: &Repository, roots: &Roots, opts: &GcOptions) -> Result<MarkRe
         report.planned_bytes += usage.get(p).map_or(0, |u| u.len);
     }
     report.repacked_blobs = candidates.len() as u64;
-    report.repacked_bytes = candidates
-        .values()
-        .map(|(_, e)| e.stored_len as u64)
-        .sum();
+    report.repacked_bytes = candidates.values().map(|(_, e)| e.stored_len as u64).sum();
     if !opts.dry_run && !candidates.is_empty() {
         rewrite_blobs(repo, candidates.into_values().collect())?;
     }
@@ -570,12 +567,10 @@ pub fn sweep(repo: &Repository, roots: &Roots, opts: &GcOptions) -> Result<Sweep
     }
     let mut present = Vec::new();
     for p in &delete {
-        match sizes.get(p).or(unindexed.get(p)) {
-            Some(len) => {
-                report.bytes_reclaimed += len;
-                present.push(*p);
-            }
-            None => {} // already gone (an earlier sweep crashed after deleting it)
+        // Absent from both: an earlier sweep crashed after deleting it.
+        if let Some(len) = sizes.get(p).or(unindexed.get(p)) {
+            report.bytes_reclaimed += len;
+            present.push(*p);
         }
     }
     report.packs_deleted = present.len() as u64;

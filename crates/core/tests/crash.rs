@@ -124,7 +124,10 @@ fn run_child(what: &str, repo: &Path, src: &Path, delay: Option<Duration>) -> bo
         .spawn()
         .unwrap();
     let Some(delay) = delay else {
-        assert!(child.wait().unwrap().success(), "uninterrupted child failed");
+        assert!(
+            child.wait().unwrap().success(),
+            "uninterrupted child failed"
+        );
         return true;
     };
     let deadline = Instant::now() + delay;
@@ -188,10 +191,20 @@ fn kill_backups_at_random_points() {
             reused_trials += 1;
         }
         let report = check(&open(repo_dir.path()), &CheckOptions::default()).unwrap();
-        assert!(report.is_clean(), "trial {trial} after re-run: {:?}", report.damage);
+        assert!(
+            report.is_clean(),
+            "trial {trial} after re-run: {:?}",
+            report.damage
+        );
     }
-    assert!(killed > TRIALS / 2, "most trials must be killed mid-run ({killed})");
-    assert!(reused_trials > 0, "some killed backups left checkpointed data to reuse");
+    assert!(
+        killed > TRIALS / 2,
+        "most trials must be killed mid-run ({killed})"
+    );
+    assert!(
+        reused_trials > 0,
+        "some killed backups left checkpointed data to reuse"
+    );
 }
 
 fn assert_restores(repo: &Repository, tree: &BlobId, src: &Path) {
@@ -274,5 +287,8 @@ fn kill_maintenance_at_random_points() {
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
-    assert!(killed > TRIALS / 2, "most trials must be killed mid-run ({killed})");
+    assert!(
+        killed > TRIALS / 2,
+        "most trials must be killed mid-run ({killed})"
+    );
 }

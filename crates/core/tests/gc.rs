@@ -143,7 +143,13 @@ fn prune_reclaims_forgotten_data_and_keeps_the_rest() {
     let sa = backup(&repo, &opts(&a)).unwrap();
     let sb = backup(&repo, &opts(&b)).unwrap();
     repo.delete_snapshot(&sa.id).unwrap();
-    let before: u64 = repo.storage().list("packs/").unwrap().iter().map(|o| o.size).sum();
+    let before: u64 = repo
+        .storage()
+        .list("packs/")
+        .unwrap()
+        .iter()
+        .map(|o| o.size)
+        .sum();
 
     let dry = MaintenanceOptions {
         mode: Mode::Prune,
@@ -154,7 +160,13 @@ fn prune_reclaims_forgotten_data_and_keeps_the_rest() {
     };
     let r = maintenance::run(&repo, &dry).unwrap();
     assert!(r.bytes_planned() > 0);
-    let same: u64 = repo.storage().list("packs/").unwrap().iter().map(|o| o.size).sum();
+    let same: u64 = repo
+        .storage()
+        .list("packs/")
+        .unwrap()
+        .iter()
+        .map(|o| o.size)
+        .sum();
     assert_eq!(before, same, "a dry run deletes nothing");
 
     let wet = MaintenanceOptions {
@@ -162,10 +174,19 @@ fn prune_reclaims_forgotten_data_and_keeps_the_rest() {
         gc: now_opts(chrono::Utc::now(), 0),
     };
     let r = maintenance::run(&repo, &wet).unwrap();
-    let after: u64 = repo.storage().list("packs/").unwrap().iter().map(|o| o.size).sum();
+    let after: u64 = repo
+        .storage()
+        .list("packs/")
+        .unwrap()
+        .iter()
+        .map(|o| o.size)
+        .sum();
     assert!(r.bytes_reclaimed() > 0);
     assert!(after < before);
-    assert!(r.bytes_reclaimed() >= before - after, "report covers what storage lost");
+    assert!(
+        r.bytes_reclaimed() >= before - after,
+        "report covers what storage lost"
+    );
     assert!(repo.storage().list("gc/").unwrap().is_empty());
     assert_no_dangling(repo_dir.path());
     assert_restores(&reopen(repo_dir.path()), &sb.snapshot.tree, &b);
@@ -184,14 +205,24 @@ fn sweep_waits_for_the_window_and_writers_avoid_planned_packs() {
     let m = gc::mark(&repo, &Roots::load(&repo).unwrap(), &g).unwrap();
     assert!(m.plan.is_some() && m.unused_packs > 0);
     // Too early: nothing goes.
-    let early = gc::sweep(&repo, &Roots::load(&repo).unwrap(), &now_opts(t0 + chrono::Duration::minutes(30), 3600)).unwrap();
+    let early = gc::sweep(
+        &repo,
+        &Roots::load(&repo).unwrap(),
+        &now_opts(t0 + chrono::Duration::minutes(30), 3600),
+    )
+    .unwrap();
     assert_eq!((early.plans_due, early.packs_deleted), (0, 0));
     // The same data backed up again is stored again, not deduplicated
     // against packs planned for deletion.
     let writer = reopen(repo_dir.path());
     let s2 = backup(&writer, &opts(src.path())).unwrap();
     assert!(s2.snapshot.summary.blobs_added > 0);
-    let late = gc::sweep(&repo, &Roots::load(&repo).unwrap(), &now_opts(t0 + chrono::Duration::hours(2), 3600)).unwrap();
+    let late = gc::sweep(
+        &repo,
+        &Roots::load(&repo).unwrap(),
+        &now_opts(t0 + chrono::Duration::hours(2), 3600),
+    )
+    .unwrap();
     assert_eq!(late.plans_due, 1);
     assert!(late.packs_deleted > 0);
     assert_no_dangling(repo_dir.path());
@@ -218,13 +249,22 @@ fn a_writer_that_reused_blobs_of_a_later_plan_stores_them_again() {
     // ... so before writing its snapshot the writer copies them out.
     let pw = PackWriter::new(&writer_repo, 1);
     pw.sync().unwrap();
-    ckpt.protect(&writer_repo, &pw, &[s1.snapshot.tree]).unwrap();
+    ckpt.protect(&writer_repo, &pw, &[s1.snapshot.tree])
+        .unwrap();
     let stats = pw.finish().unwrap();
-    assert!(stats.blobs > 0, "reused blobs in planned packs are stored again");
+    assert!(
+        stats.blobs > 0,
+        "reused blobs in planned packs are stored again"
+    );
     let mut snap = s1.snapshot.clone();
     snap.time = chrono::Utc::now();
     writer_repo.save_snapshot(&snap).unwrap();
-    let r = gc::sweep(&repo, &Roots::load(&repo).unwrap(), &now_opts(t0 + chrono::Duration::seconds(120), 60)).unwrap();
+    let r = gc::sweep(
+        &repo,
+        &Roots::load(&repo).unwrap(),
+        &now_opts(t0 + chrono::Duration::seconds(120), 60),
+    )
+    .unwrap();
     assert!(r.packs_deleted > 0);
     assert_no_dangling(repo_dir.path());
     assert_restores(&reopen(repo_dir.path()), &snap.tree, src.path());
@@ -243,7 +283,12 @@ fn sweep_keeps_planned_packs_a_new_snapshot_uses() {
     // A snapshot referencing the planned blobs appears (a writer that did
     // not follow the protocol, or a checkpoint written before the plan).
     repo.save_snapshot(&s1.snapshot).unwrap();
-    let r = gc::sweep(&repo, &Roots::load(&repo).unwrap(), &now_opts(t0 + chrono::Duration::seconds(120), 60)).unwrap();
+    let r = gc::sweep(
+        &repo,
+        &Roots::load(&repo).unwrap(),
+        &now_opts(t0 + chrono::Duration::seconds(120), 60),
+    )
+    .unwrap();
     assert_eq!(r.packs_deleted, 0);
     assert!(r.packs_kept > 0);
     assert_no_dangling(repo_dir.path());
@@ -259,7 +304,7 @@ fn repack_rewrites_live_blobs_out_of_sparse_packs() {
     // Change most files: old packs become mostly garbage.
     let old: Vec<_> = repo.list_snapshots().unwrap();
     for (i, f) in walk(src.path()).into_iter().enumerate() {
-        if i % 4 != 0 {
+        if !i.is_multiple_of(4) {
             std::fs::write(&f, format!("new content {i}").repeat(300)).unwrap();
         }
     }
@@ -267,7 +312,17 @@ fn repack_rewrites_live_blobs_out_of_sparse_packs() {
     for (id, _) in old {
         repo.delete_snapshot(&id).unwrap();
     }
-    let r = maintenance::run(&repo, &MaintenanceOptions { mode: Mode::Prune, gc: GcOptions { repack_threshold: 0.9, ..now_opts(chrono::Utc::now(), 0) } }).unwrap();
+    let r = maintenance::run(
+        &repo,
+        &MaintenanceOptions {
+            mode: Mode::Prune,
+            gc: GcOptions {
+                repack_threshold: 0.9,
+                ..now_opts(chrono::Utc::now(), 0)
+            },
+        },
+    )
+    .unwrap();
     let m = r.mark.unwrap();
     assert!(m.repacked_packs > 0 && m.repacked_blobs > 0, "{m:?}");
     assert_no_dangling(repo_dir.path());
@@ -281,12 +336,23 @@ fn orphan_packs_are_deleted_after_the_window_and_compaction_merges_segments() {
     write_tree(src.path(), 7, 6);
     let repo = init(repo_dir.path());
     let s = backup(&repo, &opts(src.path())).unwrap();
-    repo.storage().write("packs/ab/ab00000000000000000000000000000000000000000000000000000000000000", bytes::Bytes::from_static(b"interrupted upload")).unwrap();
+    repo.storage()
+        .write(
+            "packs/ab/ab00000000000000000000000000000000000000000000000000000000000000",
+            bytes::Bytes::from_static(b"interrupted upload"),
+        )
+        .unwrap();
     let t0 = chrono::Utc::now();
-    let full = |now| MaintenanceOptions { mode: Mode::Full, gc: now_opts(now, 60) };
+    let full = |now| MaintenanceOptions {
+        mode: Mode::Full,
+        gc: now_opts(now, 60),
+    };
     let r1 = maintenance::run(&repo, &full(t0)).unwrap();
     assert_eq!(r1.mark.as_ref().unwrap().orphan_packs, 1);
-    assert!(r1.segments_compacted >= 2, "checkpoints wrote several small segments");
+    assert!(
+        r1.segments_compacted >= 2,
+        "checkpoints wrote several small segments"
+    );
     let r2 = maintenance::run(&repo, &full(t0 + chrono::Duration::seconds(61))).unwrap();
     assert_eq!(r2.sweep.unwrap().packs_deleted, 1);
     assert_no_dangling(repo_dir.path());
@@ -300,7 +366,13 @@ fn stale_checkpoints_are_removed_and_finished_backups_remove_theirs() {
     write_tree(src.path(), 8, 9);
     let repo = init(repo_dir.path());
     let s = backup(&repo, &opts(src.path())).unwrap();
-    assert!(repo.list_snapshots().unwrap().iter().all(|(_, s)| s.complete), "checkpoints removed");
+    assert!(
+        repo.list_snapshots()
+            .unwrap()
+            .iter()
+            .all(|(_, s)| s.complete),
+        "checkpoints removed"
+    );
     let mut ck = s.snapshot.clone();
     ck.complete = false;
     ck.time = chrono::Utc::now() - chrono::Duration::hours(2);
@@ -330,8 +402,9 @@ fn concurrent_backups_and_maintenance_never_lose_a_referenced_blob() {
                         // Change a third of the files, back up, forget all
                         // but the newest snapshot of this source.
                         for (j, f) in walk(s).into_iter().enumerate() {
-                            if (j as u64 + k + round) % 3 == 0 {
-                                std::fs::write(&f, format!("{i}/{round}/{k}/{j}").repeat(200 + j)).unwrap();
+                            if (j as u64 + k + round).is_multiple_of(3) {
+                                std::fs::write(&f, format!("{i}/{round}/{k}/{j}").repeat(200 + j))
+                                    .unwrap();
                             }
                         }
                         let mut o = opts(s);
@@ -460,13 +533,20 @@ mod model {
 
     impl World {
         fn live_plans(&self) -> HashSet<usize> {
-            (0..self.plans.len()).filter(|&p| self.plans[p].live).collect()
+            (0..self.plans.len())
+                .filter(|&p| self.plans[p].live)
+                .collect()
         }
         fn planned(&self, plans: &HashSet<usize>) -> HashSet<usize> {
-            plans.iter().flat_map(|&p| self.plans[p].packs.iter().copied()).collect()
+            plans
+                .iter()
+                .flat_map(|&p| self.plans[p].packs.iter().copied())
+                .collect()
         }
         fn readable(&self, b: u32) -> bool {
-            self.packs.iter().any(|p| p.indexed && !p.deleted && p.blobs.contains(&b))
+            self.packs
+                .iter()
+                .any(|p| p.indexed && !p.deleted && p.blobs.contains(&b))
         }
         fn has_blob(&self, b: u32, plans: &HashSet<usize>) -> bool {
             let planned = self.planned(plans);
@@ -475,11 +555,19 @@ mod model {
             })
         }
         fn new_pack(&mut self, blobs: Vec<u32>, indexed: bool) -> usize {
-            self.packs.push(Pack { blobs, indexed, deleted: false });
+            self.packs.push(Pack {
+                blobs,
+                indexed,
+                deleted: false,
+            });
             self.packs.len() - 1
         }
         fn roots(&self) -> HashSet<u32> {
-            self.snaps.iter().filter(|s| s.present).flat_map(|s| s.refs.iter().copied()).collect()
+            self.snaps
+                .iter()
+                .filter(|s| s.present)
+                .flat_map(|s| s.refs.iter().copied())
+                .collect()
         }
         fn remove_stale(&mut self) {
             let clock = self.clock;
@@ -534,7 +622,14 @@ mod model {
             match *op {
                 Op::Start => {
                     let seen = self.live_plans();
-                    self.backups.push(Backup { alive: true, refs: HashSet::new(), pending: vec![], seen, last: self.clock, ckpt: None });
+                    self.backups.push(Backup {
+                        alive: true,
+                        refs: HashSet::new(),
+                        pending: vec![],
+                        seen,
+                        last: self.clock,
+                        ckpt: None,
+                    });
                 }
                 Op::Use(b, x) if alive(self, b) => {
                     let seen = self.backups[b].seen.clone();
@@ -548,7 +643,12 @@ mod model {
                 Op::Finish(b) if alive(self, b) => self.checkpoint(b, true),
                 Op::Kill(b) if alive(self, b) => self.backups[b].alive = false,
                 Op::Forget(i) => {
-                    if let Some(s) = self.snaps.iter_mut().filter(|s| s.present && s.complete).nth(i) {
+                    if let Some(s) = self
+                        .snaps
+                        .iter_mut()
+                        .filter(|s| s.present && s.complete)
+                        .nth(i)
+                    {
                         s.present = false;
                     }
                 }
@@ -571,7 +671,11 @@ mod model {
                 Op::MarkEnd => {
                     if let Some((_, doomed)) = self.mark.take() {
                         if !doomed.is_empty() {
-                            self.plans.push(Plan { created: self.clock, packs: doomed, live: true });
+                            self.plans.push(Plan {
+                                created: self.clock,
+                                packs: doomed,
+                                live: true,
+                            });
                         }
                     }
                 }
@@ -587,7 +691,11 @@ mod model {
                             let keep = self.packs[p].blobs.iter().any(|b| {
                                 roots.contains(b)
                                     && !self.packs.iter().enumerate().any(|(j, q)| {
-                                        j != p && q.indexed && !q.deleted && !all.contains(&j) && q.blobs.contains(b)
+                                        j != p
+                                            && q.indexed
+                                            && !q.deleted
+                                            && !all.contains(&j)
+                                            && q.blobs.contains(b)
                                     })
                             });
                             if !keep {

@@ -84,7 +84,10 @@ pub fn execute(g: &GlobalOpts, mode: Mode, a: &GcArgs) -> Result<ExitCode> {
     };
     let report = maintenance::run(&repo, &opts)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report_json(&report, a.dry_run))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report_json(&report, a.dry_run))?
+        );
     } else if !g.quiet {
         print_report(&report, a.dry_run);
     }
@@ -154,7 +157,11 @@ fn print_report(r: &MaintenanceReport, dry_run: bool) {
     if r.segments_compacted > 0 {
         println!("index: {} segment(s) {would}merged", r.segments_compacted);
     }
-    println!("reclaimed: {}{}", size(r.bytes_reclaimed()), if dry_run { " (dry run)" } else { "" });
+    println!(
+        "reclaimed: {}{}",
+        size(r.bytes_reclaimed()),
+        if dry_run { " (dry run)" } else { "" }
+    );
     if r.bytes_planned() > 0 {
         println!(
             "planned for deletion after the safety window: {}",
