@@ -72,7 +72,13 @@ pub fn run(g: &GlobalOpts, k: KeyCommand) -> Result<ExitCode> {
             }
         }
         KeyCommand::Remove { id } => {
+            // Removing a key must not race another key removal or a repair.
+            let lock = cairn_core::lock::ExclusiveLock::acquire(
+                &repo,
+                &cairn_core::lock::LockOptions::new("key remove"),
+            )?;
             let removed = repo.remove_key(&id)?;
+            lock.release()?;
             println!("removed key {removed}");
         }
         KeyCommand::Passwd(a) => {

@@ -1,12 +1,18 @@
 //! The command tree; each command lives in its own file.
 
 mod backup;
+mod check;
+mod diff;
 mod dump;
+mod find;
 mod init;
 mod key;
 mod ls;
+mod repair;
 mod restore;
 mod snapshots;
+mod stats;
+mod unlock;
 
 use crate::common::GlobalOpts;
 use anyhow::Result;
@@ -64,6 +70,20 @@ pub enum Command {
     /// Manage the repository's passwords.
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Verify the repository (structure; with --read-data also the data) and
+    /// name the snapshots and files any damage affects.
+    Check(check::CheckArgs),
+    /// Repair a damaged repository: rebuild the index, rewrite damaged snapshots.
+    #[command(subcommand)]
+    Repair(repair::RepairCommand),
+    /// Sizes before and after deduplication and compression.
+    Stats(stats::StatsArgs),
+    /// Paths added, removed and modified between two snapshots.
+    Diff(diff::DiffArgs),
+    /// Find paths matching glob patterns in snapshots.
+    Find(find::FindArgs),
+    /// Remove stale exclusive locks.
+    Unlock(unlock::UnlockArgs),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -76,5 +96,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Dump(a) => dump::run(g, a),
         Command::Restore(a) => restore::run(g, a),
         Command::Key(k) => key::run(g, k),
+        Command::Check(a) => check::run(g, a),
+        Command::Repair(c) => repair::run(g, c),
+        Command::Stats(a) => stats::run(g, a),
+        Command::Diff(a) => diff::run(g, a),
+        Command::Find(a) => find::run(g, a),
+        Command::Unlock(a) => unlock::run(g, a),
     }
 }
