@@ -22,6 +22,10 @@ pub(crate) struct ReadError(pub String);
 
 type Chunk = Arc<[u8]>;
 
+/// How far from the previous read's end a read may start and still count
+/// as sequential.
+const SEQUENTIAL_SLACK: u64 = 1 << 20;
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicking holder cannot leave these maps inconsistent (each update
     // is one insert or remove), so a poisoned lock is still usable.
@@ -283,7 +287,9 @@ impl OpenFile {
             pos = start + to as u64;
             i += 1;
         }
-        let sequential = self.next.swap(end, Ordering::Relaxed) == offset;
+        // The kernel's own readahead sends neighbouring requests from
+        // several threads, slightly out of order: "near the last end" counts.
+        let sequential = self.next.swap(end, Ordering::Relaxed).abs_diff(offset) <= SEQUENTIAL_SLACK;
         if let (true, Some((pool, readahead))) = (sequential, prefetch) {
             let limit = end.saturating_add(readahead);
             let mut j = i.saturating_sub(1);

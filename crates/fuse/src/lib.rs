@@ -216,7 +216,56 @@ pub fn spawn_mount(
 /// Mounts `repo` at `dir` and serves it until it is unmounted: by SIGINT,
 /// SIGTERM or SIGHUP (this function unmounts), or by `fusermount3 -u DIR`.
 pub fn mount(repo: Repository, dir: &Path, opts: &MountOptions) -> Result<(), MountError> {
-    spawn_mount(repo, dir, opts)?.serve_until_signal()
+    mount_notify(repo, dir, opts, |_| {})
+}
+
+/// [`mount`], calling `ready` once the mount is usable. The signal
+/// handlers are in place before the mount appears, so a SIGTERM sent as
+/// soon as it is visible still unmounts cleanly.
+pub fn mount_notify(
+    repo: Repository,
+    dir: &Path,
+    opts: &MountOptions,
+    ready: impl FnOnce(&Path),
+) -> Result<(), MountError> {
+    let signals = ShutdownSignals::register(dir)?;
+    let handle = spawn_mount(repo, dir, opts)?;
+    ready(handle.dir());
+    handle.serve(signals)
+}
+
+/// SIGINT, SIGTERM and SIGHUP, caught while a mount is served.
+struct ShutdownSignals {
+    handle: signal_hook::iterator::Handle,
+    rx: Receiver<i32>,
+    waiter: std::thread::JoinHandle<()>,
+}
+
+impl ShutdownSignals {
+    fn register(dir: &Path) -> Result<Self, MountError> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals =
+            signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|source| {
+                MountError::Fuse {
+                    path: dir.to_path_buf(),
+                    source,
+                }
+            })?;
+        let handle = signals.handle();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let waiter = std::thread::spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                let _ = tx.send(sig);
+            }
+        });
+        Ok(Self { handle, rx, waiter })
+    }
+
+    /// Stops catching (the handlers stay installed but deliver nowhere).
+    fn close(self) {
+        self.handle.close();
+        let _ = self.waiter.join();
+    }
 }
 
 impl MountHandle {
@@ -226,35 +275,26 @@ impl MountHandle {
     }
 
     /// Waits until the mount ends: returns after an external unmount, or
-    /// unmounts on SIGINT, SIGTERM or SIGHUP and then returns.
-    pub fn serve_until_signal(mut self) -> Result<(), MountError> {
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-        let mut signals =
-            signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|source| {
-                MountError::Fuse {
-                    path: self.dir.clone(),
-                    source,
-                }
-            })?;
-        let sig_handle = signals.handle();
-        let (sig_tx, sig_rx) = crossbeam_channel::bounded(1);
-        let waiter = std::thread::spawn(move || {
-            if let Some(sig) = signals.forever().next() {
-                let _ = sig_tx.send(sig);
-            }
-        });
+    /// unmounts on SIGINT, SIGTERM or SIGHUP and then returns. (A signal
+    /// arriving before this call takes its default action; [`mount_notify`]
+    /// has no such window.)
+    pub fn serve_until_signal(self) -> Result<(), MountError> {
+        let signals = ShutdownSignals::register(&self.dir)?;
+        self.serve(signals)
+    }
+
+    fn serve(mut self, signals: ShutdownSignals) -> Result<(), MountError> {
         let result = crossbeam_channel::select! {
             recv(self.done) -> r => {
                 self.join();
                 r.unwrap_or(Ok(())).map_err(|source| MountError::Fuse { path: self.dir.clone(), source })
             }
-            recv(sig_rx) -> sig => {
+            recv(signals.rx) -> sig => {
                 tracing::info!("signal {}: unmounting {}", sig.unwrap_or(0), self.dir.display());
                 self.unmount_and_wait()
             }
         };
-        sig_handle.close();
-        let _ = waiter.join();
+        signals.close();
         result
     }
 

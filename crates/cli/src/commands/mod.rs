@@ -8,6 +8,7 @@ mod find;
 mod init;
 mod key;
 mod ls;
+mod mount;
 mod repair;
 mod restore;
 mod snapshots;
@@ -70,6 +71,8 @@ pub enum Command {
     /// Manage the repository's passwords.
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Browse the repository's snapshots as a read-only file system.
+    Mount(mount::MountArgs),
     /// Verify the repository (structure; with --read-data also the data) and
     /// name the snapshots and files any damage affects.
     Check(check::CheckArgs),
@@ -96,6 +99,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Dump(a) => dump::run(g, a),
         Command::Restore(a) => restore::run(g, a),
         Command::Key(k) => key::run(g, k),
+        Command::Mount(a) => mount::run(g, a),
         Command::Check(a) => check::run(g, a),
         Command::Repair(c) => repair::run(g, c),
         Command::Stats(a) => stats::run(g, a),
