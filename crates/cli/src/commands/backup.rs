@@ -1,16 +1,22 @@
-//! `cairn backup`: back up paths into a new snapshot.
+//! `cairn backup`: back up paths into a new snapshot, leaving out what the exclusion rules
+//! name (docs/EXCLUDES.md) and running the `--pre-exec` / `--post-exec` hooks around it
+//! (docs/HOOKS.md).
 
-use crate::common::GlobalOpts;
+use crate::common::{parse_size, GlobalOpts};
 use crate::output::size;
-use anyhow::Result;
-use cairn_core::backup::{backup, BackupOptions, ParentChoice};
+use anyhow::{anyhow, Context, Result};
+use cairn_core::backup::{backup_unsaved, BackupOptions, ParentChoice};
+use cairn_core::exclude::RootExcluders;
 use cairn_core::progress::Progress;
-use cairn_core::SnapshotId;
+use cairn_core::{Repository, Snapshot, SnapshotId};
+use cairn_policy::exclude::ExcludeOptions;
+use cairn_policy::hooks::{BodyOutcome, HookOutcome, HookPhase, Hooks};
 use clap::Args;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct BackupArgs {
@@ -35,6 +41,82 @@ pub struct BackupArgs {
     /// Print a JSON summary instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub exclude: ExcludeArgs,
+    #[command(flatten)]
+    pub hooks: HookArgs,
+}
+
+/// What to leave out (docs/EXCLUDES.md).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ExcludeArgs {
+    /// Leave out entries matching PATTERN (glob; a leading / anchors it at the backup root,
+    /// a trailing / matches directories only). Repeatable.
+    #[arg(long = "exclude", value_name = "PATTERN")]
+    pub patterns: Vec<String>,
+    /// Read exclude patterns from FILE, one per line, # comments. Repeatable.
+    #[arg(long = "exclude-file", value_name = "FILE")]
+    pub pattern_files: Vec<PathBuf>,
+    /// Leave out directories containing an entry named NAME. Repeatable.
+    #[arg(long = "exclude-if-present", value_name = "NAME")]
+    pub if_present: Vec<String>,
+    /// Leave out directories holding a valid CACHEDIR.TAG.
+    #[arg(long)]
+    pub exclude_caches: bool,
+    /// Leave out regular files larger than SIZE (e.g. 10MiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub exclude_larger_than: Option<u64>,
+    /// Leave out entries on another file system than the backup path.
+    #[arg(long)]
+    pub one_file_system: bool,
+    /// KDMP exclude list (the KDMP_EXCLUDE_FILE_LIST format: one
+    /// `<storageClass>=<entry>,<entry>,...` line per storage class).
+    #[arg(long, value_name = "FILE", requires = "storage_class")]
+    pub exclude_config: Option<PathBuf>,
+    /// The storage class whose line of --exclude-config applies; entries are relative to
+    /// each backup path.
+    #[arg(long, value_name = "NAME", requires = "exclude_config")]
+    pub storage_class: Option<String>,
+}
+
+impl ExcludeArgs {
+    /// The exclusion options, reading the KDMP list when one is given. A storage class with
+    /// no line gets no class excludes (logged at info by cairn-policy).
+    fn options(&self) -> Result<ExcludeOptions> {
+        let mut opts = ExcludeOptions {
+            patterns: self.patterns.clone(),
+            pattern_files: self.pattern_files.clone(),
+            if_present: self.if_present.clone(),
+            exclude_caches: self.exclude_caches,
+            larger_than: self.exclude_larger_than,
+            one_file_system: self.one_file_system,
+            ..ExcludeOptions::default()
+        };
+        if let (Some(file), Some(class)) = (&self.exclude_config, &self.storage_class) {
+            let list = cairn_policy::kdmp::load_exclude_list(file).map_err(|e| {
+                anyhow!(cairn_core::Error::Usage(format!(
+                    "invalid --exclude-config: {e}"
+                )))
+            })?;
+            opts.class_entries = list.entries_for_volume(class).to_vec();
+            opts.storage_class = Some(class.clone());
+        }
+        Ok(opts)
+    }
+}
+
+/// Application-consistent hooks (docs/HOOKS.md).
+#[derive(Args, Debug, Clone, Default)]
+pub struct HookArgs {
+    /// Run CMD (with `sh -c`) before the backup; if it fails, no backup is made.
+    #[arg(long, value_name = "CMD")]
+    pub pre_exec: Option<String>,
+    /// Run CMD (with `sh -c`) after the backup, whether it succeeded, failed or was skipped.
+    #[arg(long, value_name = "CMD")]
+    pub post_exec: Option<String>,
+    /// Kill a hook (and everything it started) after this long (e.g. 5m).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub hook_timeout: Option<Duration>,
 }
 
 pub fn run(g: &GlobalOpts, a: BackupArgs) -> Result<ExitCode> {
@@ -46,6 +128,9 @@ pub fn run(g: &GlobalOpts, a: BackupArgs) -> Result<ExitCode> {
     } else {
         ParentChoice::Auto
     };
+    // Rules are compiled before any hook runs: a typo in them never freezes an application.
+    let excluders = RootExcluders::new(&a.exclude.options()?, &a.paths)
+        .map_err(|e| anyhow!(cairn_core::Error::Usage(e.to_string())))?;
     let progress = Arc::new(Progress::default());
     let opts = BackupOptions {
         paths: a.paths.clone(),
@@ -53,25 +138,89 @@ pub fn run(g: &GlobalOpts, a: BackupArgs) -> Result<ExitCode> {
         source: a.source.clone(),
         tags: a.tags.clone(),
         parent,
+        exclude_rules: excluders.rules(),
+        exclude: Some(Arc::new(excluders)),
         progress: Some(progress.clone()),
         ..Default::default()
     };
-    let bar = (!a.json && !g.quiet && std::io::stderr().is_terminal())
-        .then(|| crate::output::ProgressBar::start(progress.clone(), "backing up"));
-    let result = backup(&repo, &opts);
-    if let Some(bar) = bar {
-        bar.finish();
+    let hooks = Hooks {
+        pre_exec: a.hooks.pre_exec.clone(),
+        post_exec: a.hooks.post_exec.clone(),
+        env: Vec::new(),
+        timeout: a.hooks.hook_timeout,
+    };
+    let show_bar = !a.json && !g.quiet && std::io::stderr().is_terminal();
+    let run = hooks.run(|| {
+        let bar =
+            show_bar.then(|| crate::output::ProgressBar::start(progress.clone(), "backing up"));
+        let result = backup_unsaved(&repo, &opts);
+        if let Some(bar) = bar {
+            bar.finish();
+        }
+        result
+    });
+    let outcomes = run.outcomes();
+    let post_note = post_note(run.post.as_ref());
+    let mut snapshot = match run.body {
+        BodyOutcome::Skipped => {
+            let pre = run.pre.as_ref().map(describe).unwrap_or_default();
+            return Err(anyhow!(
+                "pre-exec hook failed ({pre}): backup aborted, no snapshot written{post_note}"
+            ));
+        }
+        BodyOutcome::Finished(Err(e)) => {
+            return Err(anyhow::Error::from(e).context(format!("backup failed{post_note}")));
+        }
+        BodyOutcome::Finished(Ok(snapshot)) => snapshot,
+    };
+    snapshot.hooks = outcomes
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<_, _>>()
+        .context("recording the hook outcomes")?;
+    let id = save(&repo, &snapshot)?;
+    print_summary(&id, &snapshot, a.json)?;
+    if let Some(post) = run.post.as_ref().filter(|p| !p.success) {
+        eprintln!(
+            "warning: snapshot {} saved, but the post-exec hook failed ({})",
+            id.short(),
+            describe(post)
+        );
+        return Ok(ExitCode::from(3));
     }
-    let result = result?;
-    print_summary(&result.id, &result.snapshot, a.json)?;
-    Ok(if result.snapshot.summary.errors > 0 {
+    Ok(if snapshot.summary.errors > 0 {
         ExitCode::from(3)
     } else {
         ExitCode::SUCCESS
     })
 }
 
-fn print_summary(id: &SnapshotId, snap: &cairn_core::Snapshot, json: bool) -> Result<()> {
+/// Writes the finished snapshot, then drops the backup's checkpoints it supersedes.
+fn save(repo: &Repository, snapshot: &Snapshot) -> Result<SnapshotId> {
+    let id = repo.save_snapshot(snapshot)?;
+    cairn_core::checkpoint::remove_checkpoints(repo, snapshot)?;
+    Ok(id)
+}
+
+/// `exit code 3`, `timed out`, `could not run`.
+fn describe(outcome: &HookOutcome) -> String {
+    match outcome.exit_code {
+        _ if outcome.timed_out => "timed out".to_string(),
+        Some(code) => format!("exit code {code}"),
+        None => "killed or could not start".to_string(),
+    }
+}
+
+/// What the error message says about the post hook, which ran in any case.
+fn post_note(post: Option<&HookOutcome>) -> String {
+    match post {
+        None => String::new(),
+        Some(p) if p.success => "; the post-exec hook ran".to_string(),
+        Some(p) => format!("; the post-exec hook failed too ({})", describe(p)),
+    }
+}
+
+fn print_summary(id: &SnapshotId, snap: &Snapshot, json: bool) -> Result<()> {
     let s = &snap.summary;
     if json {
         let v = serde_json::json!({
@@ -82,6 +231,8 @@ fn print_summary(id: &SnapshotId, snap: &cairn_core::Snapshot, json: bool) -> Re
             "tags": snap.tags,
             "parent": snap.parent.map(|p| p.to_hex()),
             "summary": s,
+            "excludes": snap.excludes,
+            "hooks": snap.hooks,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -103,6 +254,23 @@ fn print_summary(id: &SnapshotId, snap: &cairn_core::Snapshot, json: bool) -> Re
         s.blobs_added
     );
     println!("duration: {:.2}s", s.duration_ms as f64 / 1000.0);
+    if !snap.excludes.is_empty() {
+        println!("excludes: {}", snap.excludes.join(" "));
+    }
+    for hook in &snap.hooks {
+        if let Ok(h) = serde_json::from_value::<HookOutcome>(hook.clone()) {
+            let state = if h.success { "ok" } else { "failed" };
+            let phase = match h.phase {
+                HookPhase::Pre => "pre-exec",
+                HookPhase::Post => "post-exec",
+            };
+            println!(
+                "hook:     {phase} {state} ({}, {} ms)",
+                describe(&h),
+                h.duration_ms
+            );
+        }
+    }
     if s.errors > 0 {
         println!(
             "warning:  {} entries could not be read (see the log above)",

@@ -5,6 +5,7 @@ mod check;
 mod diff;
 mod dump;
 mod find;
+mod forget;
 mod init;
 mod key;
 mod ls;
@@ -87,6 +88,8 @@ pub enum Command {
     Find(find::FindArgs),
     /// Remove stale exclusive locks.
     Unlock(unlock::UnlockArgs),
+    /// Remove the snapshots a retention policy does not keep (per host and source).
+    Forget(forget::ForgetArgs),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -106,5 +109,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Diff(a) => diff::run(g, a),
         Command::Find(a) => find::run(g, a),
         Command::Unlock(a) => unlock::run(g, a),
+        Command::Forget(a) => forget::run(g, a),
     }
 }
