@@ -2,9 +2,12 @@
 //! pack and upload, then write the trees and the snapshot.
 //!
 //! The walk runs on one thread in name order so trees come out sorted; file
-//! content is chunked and hashed there, and new chunks go through a bounded
-//! channel to sealing workers, so memory does not grow with file size or
-//! tree size.
+//! content is read, chunked and hashed on a pool of reader threads (see
+//! [`read`]) with one result slot per file, and new chunks go through a
+//! bounded channel to sealing workers, so memory does not grow with file
+//! size or tree size.
+
+mod read;
 
 use crate::error::{Error, Result};
 use crate::format::snapshot::{RawPath, Snapshot, Summary, SNAPSHOT_VERSION};
@@ -17,7 +20,7 @@ use crate::fsmeta::{node_from_meta, read_xattrs};
 use crate::packer::PackWriter;
 use crate::progress::Progress;
 use crate::repo::{hostname, Repository, SnapshotFilter};
-use crossbeam_channel::{bounded, Sender};
+use crossbeam_channel::bounded;
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::Metadata;
@@ -87,15 +90,27 @@ struct SealJob {
     data: Vec<u8>,
 }
 
+/// A directory entry whose node is complete, or a file still being read.
+enum Pending {
+    Ready(Node),
+    Reading {
+        node: Node,
+        path: PathBuf,
+        was_file: bool,
+        slot: crossbeam_channel::Receiver<read::ReadOutcome>,
+    },
+}
+
 struct Walker<'a> {
     repo: &'a Repository,
     writer: Arc<PackWriter>,
-    seal_tx: Sender<SealJob>,
     worker_error: Arc<Mutex<Option<Error>>>,
     exclude: Option<Arc<dyn Exclude>>,
     progress: Arc<Progress>,
     summary: Summary,
     hardlinks: HashMap<(u64, u64), Content>,
+    reader: read::ReadCtx,
+    pool: read::ReaderPool,
 }
 
 /// Backs up `opts.paths` into `repo` and writes a snapshot.
@@ -196,24 +211,36 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
         })
         .collect();
 
+    let reader = read::ReadCtx {
+        repo: repo.clone(),
+        writer: writer.clone(),
+        seal_tx,
+        worker_error: worker_error.clone(),
+        progress: progress.clone(),
+    };
+    let pool = read::ReaderPool::new(&reader, workers);
     let mut walker = Walker {
         repo,
         writer: writer.clone(),
-        seal_tx,
         worker_error: worker_error.clone(),
         exclude: opts.exclude.clone(),
         progress: progress.clone(),
         summary: Summary::default(),
         hardlinks: HashMap::new(),
+        reader,
+        pool,
     };
     let walked = walker.root_tree(&paths, parent_tree.as_ref());
     let Walker {
-        seal_tx,
         mut summary,
         writer: walker_writer,
+        reader,
+        pool,
         ..
     } = walker;
-    drop(seal_tx);
+    // Readers hold the only senders to the sealing workers.
+    pool.finish();
+    drop(reader);
     drop(walker_writer);
     for t in seal_threads {
         let _ = t.join();
@@ -315,24 +342,27 @@ impl Walker<'_> {
                 return self.dir(only, parent);
             }
         }
-        let mut nodes: Vec<Node> = Vec::new();
+        let mut pending = Vec::new();
+        let mut names: Vec<OsString> = Vec::new();
         for p in paths {
             let name = p
                 .file_name()
                 .map(|n| n.to_os_string())
                 .unwrap_or_else(|| OsString::from("root"));
-            if nodes.iter().any(|n| n.name == name.as_bytes()) {
+            if names.contains(&name) {
                 return Err(Error::Usage(format!(
                     "two paths end in {:?}; back them up separately or from a common parent",
                     name
                 )));
             }
+            names.push(name.clone());
             let meta = std::fs::symlink_metadata(p).map_err(|e| Error::io(p, e))?;
             let old = parent.and_then(|t| t.get(name.as_bytes()));
             if let Some(node) = self.entry(p, &name, &meta, old)? {
-                nodes.push(node);
+                pending.push(node);
             }
         }
+        let mut nodes = self.resolve(pending)?;
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         self.store_tree(&Tree { nodes })
     }
@@ -360,7 +390,7 @@ impl Walker<'_> {
             }
         };
         entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        let mut nodes = Vec::with_capacity(entries.len());
+        let mut pending = Vec::with_capacity(entries.len());
         for (name, child) in entries {
             let meta = match std::fs::symlink_metadata(&child) {
                 Ok(m) => m,
@@ -378,11 +408,53 @@ impl Walker<'_> {
             }
             let old = parent.and_then(|t| t.get(name.as_bytes()));
             if let Some(node) = self.entry(&child, &name, &meta, old)? {
-                nodes.push(node);
+                pending.push(node);
             }
         }
+        let nodes = self.resolve(pending)?;
         self.summary.dirs += 1;
         self.store_tree(&Tree { nodes })
+    }
+
+    /// Waits for the files of one directory still being read, in order.
+    fn resolve(&mut self, pending: Vec<Pending>) -> Result<Vec<Node>> {
+        let mut nodes = Vec::with_capacity(pending.len());
+        for p in pending {
+            let (mut node, path, was_file, slot) = match p {
+                Pending::Ready(node) => {
+                    nodes.push(node);
+                    continue;
+                }
+                Pending::Reading {
+                    node,
+                    path,
+                    was_file,
+                    slot,
+                } => (node, path, was_file, slot),
+            };
+            let outcome = read::wait(&slot);
+            if matches!(outcome, read::ReadOutcome::Stopped) {
+                self.check_workers()?;
+            }
+            let Some((chunks, read)) = read::into_result(outcome, |e| self.skip(&path, e))? else {
+                continue;
+            };
+            self.count_read(was_file, read);
+            node.size = read;
+            node.payload = Payload::File(self.content_from_chunks(chunks)?);
+            self.progress.file_done();
+            nodes.push(node);
+        }
+        Ok(nodes)
+    }
+
+    fn count_read(&mut self, was_file: bool, read: u64) {
+        self.summary.bytes_read += read;
+        if was_file {
+            self.summary.files_changed += 1;
+        } else {
+            self.summary.files_new += 1;
+        }
     }
 
     fn skip(&self, path: &Path, err: &std::io::Error) {
@@ -390,14 +462,15 @@ impl Walker<'_> {
         self.progress.errors.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Builds the node of one entry; `None` when it vanished or cannot be read.
+    /// Builds the node of one entry (a file maybe still being read); `None`
+    /// when it vanished or cannot be read.
     fn entry(
         &mut self,
         path: &Path,
         name: &std::ffi::OsStr,
         meta: &Metadata,
         old: Option<&Node>,
-    ) -> Result<Option<Node>> {
+    ) -> Result<Option<Pending>> {
         let mut node = node_from_meta(name, meta);
         node.xattrs = read_xattrs(path);
         match node.kind {
@@ -419,16 +492,11 @@ impl Walker<'_> {
                 }
             },
             NodeType::File => {
-                let Some((content, size)) = self.file(path, meta, &node, old)? else {
-                    return Ok(None);
-                };
-                node.size = size;
-                node.payload = Payload::File(content);
-                self.progress.file_done();
+                return self.file(path, meta, node, old);
             }
             _ => self.summary.others += 1,
         }
-        Ok(Some(node))
+        Ok(Some(Pending::Ready(node)))
     }
 
     fn content_known(&self, content: &Content) -> Result<bool> {
@@ -452,54 +520,66 @@ impl Walker<'_> {
         }
     }
 
+    /// A file's node: reused from the parent when unchanged, else read on
+    /// the pool (hard-linked files inline, so later links find their content).
     fn file(
         &mut self,
         path: &Path,
         meta: &Metadata,
-        node: &Node,
+        mut node: Node,
         old: Option<&Node>,
-    ) -> Result<Option<(Content, u64)>> {
+    ) -> Result<Option<Pending>> {
         let size = meta.size();
         self.summary.bytes_total += size;
+        let reuse = |node: &mut Node, content: &Content| {
+            node.size = size;
+            node.payload = Payload::File(content.clone());
+        };
         if meta.nlink() > 1 {
             if let Some(content) = self.hardlinks.get(&(meta.dev(), meta.ino())) {
                 self.summary.files_unchanged += 1;
-                return Ok(Some((content.clone(), size)));
+                reuse(&mut node, content);
+                self.progress.file_done();
+                return Ok(Some(Pending::Ready(node)));
             }
         }
         if let Some(old) = old {
             if let Payload::File(content) = &old.payload {
-                if file_unchanged(node, old) && self.content_known(content)? {
+                if file_unchanged(&node, old) && self.content_known(content)? {
                     self.summary.files_unchanged += 1;
                     self.progress.add_bytes(size);
                     self.remember_link(meta, content);
-                    return Ok(Some((content.clone(), size)));
+                    reuse(&mut node, content);
+                    self.progress.file_done();
+                    return Ok(Some(Pending::Ready(node)));
                 }
             }
         }
-        let file = match std::fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) => {
-                self.skip(path, &e);
-                return Ok(None);
-            }
-        };
-        let (chunks, read) = match self.chunk_file(file) {
-            Ok(r) => r,
-            Err(ChunkError::Read(e)) => {
-                self.skip(path, &e);
-                return Ok(None);
-            }
-            Err(ChunkError::Repo(e)) => return Err(e),
-        };
-        if old.is_some_and(|o| o.kind == NodeType::File) {
-            self.summary.files_changed += 1;
-        } else {
-            self.summary.files_new += 1;
+        let was_file = old.is_some_and(|o| o.kind == NodeType::File);
+        if meta.nlink() <= 1 {
+            let slot = self.pool.submit(path.to_path_buf(), size);
+            return Ok(Some(Pending::Reading {
+                node,
+                path: path.to_path_buf(),
+                was_file,
+                slot,
+            }));
         }
+        self.check_workers()?;
+        let outcome = read::read_file(&self.reader, path, size);
+        if matches!(outcome, read::ReadOutcome::Stopped) {
+            self.check_workers()?;
+        }
+        let Some((chunks, read)) = read::into_result(outcome, |e| self.skip(path, e))? else {
+            return Ok(None);
+        };
+        self.count_read(was_file, read);
         let content = self.content_from_chunks(chunks)?;
         self.remember_link(meta, &content);
-        Ok(Some((content, read)))
+        node.size = read;
+        node.payload = Payload::File(content);
+        self.progress.file_done();
+        Ok(Some(Pending::Ready(node)))
     }
 
     fn remember_link(&mut self, meta: &Metadata, content: &Content) {
@@ -507,45 +587,6 @@ impl Walker<'_> {
             self.hardlinks
                 .insert((meta.dev(), meta.ino()), content.clone());
         }
-    }
-
-    fn chunk_file(
-        &mut self,
-        file: std::fs::File,
-    ) -> std::result::Result<(Vec<ChunkRef>, u64), ChunkError> {
-        let cfg = self.repo.config();
-        let chunker =
-            fastcdc::v2020::StreamCDC::new(file, cfg.chunk_min, cfg.chunk_avg, cfg.chunk_max);
-        let mut chunks = Vec::new();
-        let mut total = 0u64;
-        for chunk in chunker {
-            let chunk = chunk.map_err(|e| match e {
-                fastcdc::v2020::Error::IoError(io) => ChunkError::Read(io),
-                other => ChunkError::Read(std::io::Error::other(other.to_string())),
-            })?;
-            let len = chunk.length as u32;
-            total += chunk.length as u64;
-            self.summary.bytes_read += chunk.length as u64;
-            self.progress.add_bytes(chunk.length as u64);
-            if is_zero(&chunk.data) {
-                chunks.push(ChunkRef::hole(len));
-                continue;
-            }
-            let id = self.repo.blob_id(&chunk.data);
-            chunks.push(ChunkRef { id, len });
-            if self.writer.claim(&id).map_err(ChunkError::Repo)? {
-                self.check_workers().map_err(ChunkError::Repo)?;
-                self.seal_tx
-                    .send(SealJob {
-                        id,
-                        data: chunk.data,
-                    })
-                    .map_err(|_| {
-                        ChunkError::Repo(Error::Usage("sealing workers stopped".into()))
-                    })?;
-            }
-        }
-        Ok((chunks, total))
     }
 
     fn content_from_chunks(&mut self, chunks: Vec<ChunkRef>) -> Result<Content> {
@@ -563,11 +604,6 @@ impl Walker<'_> {
         }
         Ok(Content::Lists(lists))
     }
-}
-
-enum ChunkError {
-    Read(std::io::Error),
-    Repo(Error),
 }
 
 /// Whether every byte is zero. Checks 4 KiB blocks word-wise and stops at
