@@ -178,8 +178,8 @@ pub fn spawn_mount(
         MountOption::NoDev,
         MountOption::NoSuid,
     ];
-    // As root, fusermount3 stays behind and unmounts even if this process
-    // is killed with SIGKILL (it needs allow_other, which root may set).
+    // As root, let fusermount3 unmount even if this process is killed
+    // with SIGKILL (auto_unmount needs allow_other, which root may set).
     if root {
         config.mount_options.push(MountOption::AutoUnmount);
     }
@@ -206,7 +206,7 @@ pub fn spawn_mount(
         .map_err(fuse_err)?;
     tracing::info!("mounted at {}", dir.display());
     Ok(MountHandle {
-        dir: dir.to_path_buf(),
+        dir: dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()),
         unmounter,
         done,
         thread: Some(thread),
@@ -307,16 +307,33 @@ impl MountHandle {
         if self.thread.is_none() {
             return Ok(());
         }
+        // Releases fuser's hold on the mount (for an `auto_unmount` mount
+        // that only closes the socket fusermount3 watched).
         if let Err(e) = self.unmounter.unmount() {
-            // Busy (a shell sits inside it): detach now, the kernel finishes
-            // once the last user leaves.
-            tracing::info!("unmount of {}: {e}; detaching lazily", self.dir.display());
-            nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
-                MountError::Unmount {
+            tracing::debug!("fuser unmount of {}: {e}", self.dir.display());
+        }
+        use nix::errno::Errno;
+        use nix::mount::{umount2, MntFlags};
+        match umount2(&self.dir, MntFlags::empty()) {
+            // Unmounted now, or already (EINVAL: no longer a mount point).
+            Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+            // Not root: fuser went through `fusermount3 -u` above.
+            Err(Errno::EPERM) => {}
+            // Busy (a shell sits inside it): detach now; the kernel
+            // finishes once the last user leaves.
+            Err(Errno::EBUSY) => {
+                tracing::info!("{} is busy; detaching it lazily", self.dir.display());
+                umount2(&self.dir, MntFlags::MNT_DETACH).map_err(|e| MountError::Unmount {
                     path: self.dir.clone(),
                     source: e.into(),
-                }
-            })?;
+                })?;
+            }
+            Err(e) => {
+                return Err(MountError::Unmount {
+                    path: self.dir.clone(),
+                    source: e.into(),
+                })
+            }
         }
         let r = self.done.recv().unwrap_or(Ok(()));
         self.join();
