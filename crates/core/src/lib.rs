@@ -9,6 +9,7 @@ pub mod browse;
 pub mod cache;
 pub mod check;
 pub mod checkpoint;
+pub mod copy;
 pub mod crypto;
 pub mod error;
 pub mod exclude;

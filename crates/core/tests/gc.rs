@@ -745,3 +745,48 @@ mod model {
         }
     }
 }
+
+#[test]
+fn copy_rewrites_ids_for_the_destination_and_a_second_copy_adds_nothing() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let src = tempfile::tempdir().unwrap();
+    write_tree(src.path(), 9, 10);
+    // A big file: its chunk list goes to list blobs.
+    std::fs::write(
+        src.path().join("big"),
+        (0..400_000u32)
+            .flat_map(|i: u32| i.wrapping_mul(2654435761).to_le_bytes())
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let a = init(a_dir.path());
+    let b = init(b_dir.path());
+    let s = backup(&a, &opts(src.path())).unwrap();
+    let first = cairn_core::copy::copy_snapshots(&a, &b, &[s.id]).unwrap();
+    assert_eq!(first.copied.len(), 1);
+    assert!(first.blobs_added > 0);
+    let second = cairn_core::copy::copy_snapshots(&a, &reopen(b_dir.path()), &[s.id]).unwrap();
+    assert_eq!(
+        (
+            second.blobs_added,
+            second.copied.len(),
+            second.skipped.len()
+        ),
+        (0, 0, 1)
+    );
+    let b = reopen(b_dir.path());
+    let snaps = b.list_snapshots().unwrap();
+    assert_eq!(snaps.len(), 1);
+    assert_ne!(
+        snaps[0].1.tree, s.snapshot.tree,
+        "ids are keyed per repository"
+    );
+    assert_eq!(
+        (&snaps[0].1.host, snaps[0].1.time),
+        (&s.snapshot.host, s.snapshot.time)
+    );
+    assert_restores(&b, &snaps[0].1.tree, src.path());
+    assert!(cairn_core::check::check(&b, &Default::default())
+        .unwrap()
+        .is_clean());
+}

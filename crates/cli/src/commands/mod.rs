@@ -1,6 +1,7 @@
 //! The command tree; each command lives in its own file.
 
 mod backup;
+mod copy;
 mod check;
 mod diff;
 mod dump;
@@ -9,7 +10,9 @@ mod forget;
 mod init;
 mod key;
 mod ls;
+mod maintenance;
 mod mount;
+mod prune;
 mod repair;
 mod restore;
 mod snapshots;
@@ -74,6 +77,14 @@ pub enum Command {
     Key(key::KeyCommand),
     /// Browse the repository's snapshots as a read-only file system.
     Mount(mount::MountArgs),
+    /// Copy snapshots to another repository (deduplicated there).
+    Copy(copy::CopyArgs),
+    /// Garbage collection: plan unused packs, delete those planned more than
+    /// a safety window ago. Safe while backups run.
+    Prune(prune::PruneArgs),
+    /// Repository maintenance (GC, repack, orphan packs, index compaction).
+    #[command(subcommand)]
+    Maintenance(maintenance::MaintenanceCommand),
     /// Verify the repository (structure; with --read-data also the data) and
     /// name the snapshots and files any damage affects.
     Check(check::CheckArgs),
@@ -103,6 +114,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Restore(a) => restore::run(g, a),
         Command::Key(k) => key::run(g, k),
         Command::Mount(a) => mount::run(g, a),
+        Command::Copy(a) => copy::run(g, a),
+        Command::Prune(a) => prune::run(g, a),
+        Command::Maintenance(c) => maintenance::run(g, c),
         Command::Check(a) => check::run(g, a),
         Command::Repair(c) => repair::run(g, c),
         Command::Stats(a) => stats::run(g, a),
