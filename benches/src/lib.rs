@@ -1,0 +1,6 @@
+//! Shared pieces of cairn's benchmarks: deterministic test data that
+//! compresses like real files, and the single-core rate measurements the
+//! limit report and the criterion benches both use.
+
+pub mod data;
+pub mod limits;
