@@ -83,9 +83,8 @@ pub fn run(g: &GlobalOpts, a: FindArgs) -> Result<ExitCode> {
     let mut found = Vec::new();
     for (id, snap) in &snaps {
         walk(&repo, &snap.tree, &mut |path, node| {
-            let name = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
-                node.name.as_slice(),
-            );
+            let name =
+                <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(node.name.as_slice());
             if m.names.is_match(name) || m.paths.is_match(path) {
                 found.push((id, snap, path.to_path_buf(), node.size));
             }
