@@ -3,6 +3,7 @@
 
 mod commands;
 mod common;
+mod engine;
 mod output;
 
 use clap::Parser;

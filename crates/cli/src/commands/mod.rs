@@ -8,7 +8,9 @@ mod dump;
 mod find;
 mod forget;
 mod init;
+mod job;
 mod key;
+mod kube;
 mod ls;
 mod maintenance;
 mod mount;
@@ -75,6 +77,12 @@ pub enum Command {
     /// Manage the repository's passwords.
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Kubernetes: print the CRDs, run the controller, mount a VolumeBackup.
+    #[command(subcommand)]
+    Kube(kube::KubeCommand),
+    /// Job mode: what the Jobs the controller creates run (backup, restore, maintenance,
+    /// catalog).
+    Job(job::JobArgs),
     /// Browse the repository's snapshots as a read-only file system.
     Mount(mount::MountArgs),
     /// Copy snapshots to another repository (deduplicated there).
@@ -113,6 +121,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Dump(a) => dump::run(g, a),
         Command::Restore(a) => restore::run(g, a),
         Command::Key(k) => key::run(g, k),
+        Command::Kube(k) => kube::run(k),
+        Command::Job(a) => job::run(a),
         Command::Mount(a) => mount::run(g, a),
         Command::Copy(a) => copy::run(g, a),
         Command::Prune(a) => prune::run(g, a),

@@ -77,6 +77,18 @@ pub async fn run_job(
         let _ = reporter.await;
     }
     let (mut outcome, snapshots) = result?;
+    if params.command == JobCommand::Catalog && client.is_none() && outcome.succeeded {
+        // The mirror is the catalog job's whole purpose: listing alone did nothing.
+        outcome = JobOutcome {
+            succeeded: false,
+            retryable: true,
+            message: format!(
+                "{}, but no Kubernetes API access to update RepositorySnapshots",
+                outcome.message
+            ),
+            ..outcome
+        };
+    }
     if let (Some(client), true) = (client, outcome.succeeded) {
         if let Err(e) = catalog::mirror(&params, client, snapshots).await {
             tracing::warn!(error = %e, "could not update the RepositorySnapshot mirror");

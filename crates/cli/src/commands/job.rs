@@ -1,0 +1,99 @@
+//! `cairn job backup|restore|maintenance|catalog [--flag value ...]`: job mode, what the
+//! binary runs inside the Jobs `cairn kube controller` creates. Flags, their `CAIRN_<FLAG>`
+//! fallbacks and the mounted Secret files are cairn-kube's [`JobParams`]; the engine is
+//! cairn-core ([`CoreEngine`]).
+//!
+//! Exit status: 0 when the job succeeded, 1 when it failed (the outcome, with the reason,
+//! is in the termination message), 2 for bad arguments.
+
+use crate::engine::{export_credentials, CoreEngine};
+use anyhow::{Context, Result};
+use cairn_kube::job::{run_job, JobCommand, JobParams};
+use clap::{Args, ValueEnum};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Args, Debug)]
+pub struct JobArgs {
+    /// What the job does.
+    #[arg(value_enum)]
+    pub kind: JobKind,
+    /// Job flags: --location URL --password-file FILE [--credentials-dir DIR]
+    /// [--cache-dir DIR] [--namespace NS --repository NAME] [--termination-log FILE],
+    /// then per kind: backup --source DIR [--source-name NS/PVC] [--volume-backup NAME]
+    /// [--storage-class C] [--exclude-config FILE] [--tag K=V]...; restore --snapshot ID
+    /// --target DIR [--volume-restore NAME] [--include PATH]...; maintenance [--kind
+    /// quick|full]. Every flag falls back to CAIRN_<FLAG> (docs/KUBERNETES.md).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "FLAGS")]
+    pub flags: Vec<String>,
+}
+
+/// The kinds of job.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum JobKind {
+    /// Back up a mounted volume.
+    Backup,
+    /// Restore a snapshot into a mounted volume.
+    Restore,
+    /// Maintain the repository.
+    Maintenance,
+    /// Refresh the RepositorySnapshot mirror.
+    Catalog,
+}
+
+impl From<JobKind> for JobCommand {
+    fn from(kind: JobKind) -> JobCommand {
+        match kind {
+            JobKind::Backup => JobCommand::Backup,
+            JobKind::Restore => JobCommand::Restore,
+            JobKind::Maintenance => JobCommand::Maintenance,
+            JobKind::Catalog => JobCommand::Catalog,
+        }
+    }
+}
+
+pub fn run(a: JobArgs) -> Result<ExitCode> {
+    let env = |name: &str| std::env::var(name).ok();
+    let params = match JobParams::parse(a.kind.into(), &a.flags, &env) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    // Before any thread exists: changing the environment races with threads reading it.
+    export_credentials(&params.repository.credentials);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let outcome = runtime.block_on(async move {
+        let client = api_client(&params).await;
+        run_job(params, Arc::new(CoreEngine), client).await
+    })?;
+    println!("{}", outcome.to_message());
+    if outcome.succeeded {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("error: {}", outcome.message);
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// The cluster API, when the job serves a cairn resource (it has a namespace): in a pod the
+/// service account, elsewhere the kubeconfig. Without one the job still runs; only the
+/// progress patches and the snapshot mirror are skipped, and the outcome says what happened.
+async fn api_client(params: &JobParams) -> Option<kube::Client> {
+    params.namespace.as_ref()?;
+    match kube::Client::try_default().await {
+        Ok(client) => Some(client),
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "no Kubernetes API access: progress and RepositorySnapshots will not be written"
+            );
+            None
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! The storage engine of job mode: [`cairn_kube::job::Engine`] on cairn-core, so the Jobs
+//! the controller launches back up, restore, maintain and list a repository with the same
+//! code as the `cairn` commands.
+//!
+//! Invariants: every snapshot a job writes records host [`JOB_HOST`] and the source name
+//! the controller passes (`namespace/pvc`), so successive backups of one PVC find each other
+//! as parents and group per PVC; storage credentials reach the storage layer through the
+//! process environment (see [`export_credentials`]).
+
+use cairn_core::backup::{backup, BackupOptions, ParentChoice};
+use cairn_core::progress::Progress;
+use cairn_core::restore::{restore, RestoreOptions};
+use cairn_core::{OpenOptions, Repository, SnapshotFilter};
+use cairn_kube::crd::MaintenanceKind;
+use cairn_kube::job::{
+    BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress, MaintenanceJobRequest,
+    RepositoryAccess, RestoreJobRequest, RestoreJobResult, SnapshotSummary,
+};
+use cairn_policy::exclude::{ExcludeOptions, Excluder};
+use cairn_core::gc::GcOptions;
+use cairn_core::maintenance::{self, MaintenanceOptions, Mode};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Host name recorded in snapshots written by jobs. Job pods have random names, so the
+/// pod's host name would give every backup a new host and no parent.
+pub const JOB_HOST: &str = "kubernetes";
+
+/// How often the engine's counters are handed to job mode while an operation runs.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Failed restore entries named in a failure message; the job log lists all.
+const FAILED_SHOWN: usize = 5;
+
+/// The cairn-core engine. Stateless: each call opens the repository it is given.
+#[derive(Debug, Default)]
+pub struct CoreEngine;
+
+/// Puts storage credentials into the process environment, where the storage layer's
+/// backends read them (`AWS_ACCESS_KEY_ID`, `AZURE_STORAGE_KEY`, ...; docs/STORAGE.md):
+/// cairn-storage takes no credentials as arguments. Keys that are not environment variable
+/// names (`service-account.json`) are left alone: they stay readable as files in the
+/// mounted Secret, for variables such as `GOOGLE_APPLICATION_CREDENTIALS` to point at.
+///
+/// Changing the environment races with threads reading it, so the job command calls this
+/// before it starts any thread; the engine calls it again when it opens a repository, where
+/// it changes nothing unless a library caller skipped that step.
+pub fn export_credentials(credentials: &BTreeMap<String, String>) {
+    for (name, value) in credentials {
+        if !is_env_name(name) {
+            tracing::debug!(key = %name, "credential key is not a variable name; left as a file");
+            continue;
+        }
+        if std::env::var(name).ok().as_deref() != Some(value.as_str()) {
+            std::env::set_var(name, value);
+        }
+    }
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// An engine error from a cairn-core error: its message, and whether a retry can help.
+fn core_error(context: &str, e: cairn_core::Error) -> EngineError {
+    EngineError {
+        message: format!("{context}: {e}"),
+        retryable: e.is_retryable(),
+    }
+}
+
+/// A failure that running again cannot fix (bad input, bad configuration).
+fn permanent(message: String) -> EngineError {
+    EngineError {
+        message,
+        retryable: false,
+    }
+}
+
+/// Opens the repository `access` names.
+fn open(access: &RepositoryAccess) -> Result<Repository, EngineError> {
+    export_credentials(&access.credentials);
+    let storage = cairn_storage::open_with(&access.location, &Default::default()).map_err(|e| {
+        EngineError {
+            retryable: e.is_temporary(),
+            message: format!("opening the repository storage: {e}"),
+        }
+    })?;
+    let opts = OpenOptions {
+        cache_dir: access.cache_dir.clone(),
+        tolerate_damage: false,
+    };
+    Repository::open(storage, &access.password, &opts)
+        .map_err(|e| core_error("opening the repository", e))
+}
+
+/// Runs `work` on a scoped thread and hands `progress` the counters every second until it
+/// ends, then once more with the final counters.
+fn with_progress<T: Send>(
+    counters: &Progress,
+    progress: &dyn Fn(EngineProgress),
+    work: impl FnOnce() -> T + Send,
+) -> T {
+    let report = || {
+        let p = counters.snapshot();
+        progress(EngineProgress {
+            bytes_done: p.bytes_done,
+            // The total grows while the scan runs; the contract is 0 until it is known.
+            total_bytes: if p.scan_done { p.bytes_total } else { 0 },
+        });
+    };
+    std::thread::scope(|s| {
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let worker = s.spawn(move || {
+            let result = work();
+            drop(done_tx);
+            result
+        });
+        while let Err(mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(PROGRESS_EVERY) {
+            report();
+        }
+        report();
+        match worker.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+/// The exclusion rules of a volume backup: the KDMP entries of its storage class, plus the
+/// volume's own `.cairnignore` files (as `cairn backup` honours them).
+fn excluder(req: &BackupJobRequest, root: &Path) -> Result<Excluder, EngineError> {
+    let class_entries = match (&req.exclude_config, &req.storage_class) {
+        (Some(text), Some(class)) => cairn_policy::parse_exclude_list(text)
+            .map_err(|e| {
+                permanent(format!(
+                    "KDMP_EXCLUDE_FILE_LIST in the cairn ConfigMap is invalid: {e}"
+                ))
+            })?
+            .entries_for_volume(class)
+            .to_vec(),
+        _ => Vec::new(),
+    };
+    let opts = ExcludeOptions {
+        storage_class: req.storage_class.clone(),
+        class_entries,
+        ..Default::default()
+    };
+    Excluder::new(&opts, root).map_err(|e| permanent(format!("exclusion rules: {e}")))
+}
+
+/// `key=value` snapshot tags from a VolumeBackup's tag map, in key order.
+fn tags_to_snapshot(tags: &BTreeMap<String, String>) -> Vec<String> {
+    tags.iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// The tag map back from snapshot tags; a tag without `=` becomes a key with no value.
+fn tags_from_snapshot(tags: &[String]) -> BTreeMap<String, String> {
+    tags.iter()
+        .map(|t| match t.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (t.clone(), String::new()),
+        })
+        .collect()
+}
+
+fn timestamp(t: &chrono::DateTime<chrono::Utc>) -> jiff::Timestamp {
+    jiff::Timestamp::new(t.timestamp(), t.timestamp_subsec_nanos() as i32)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
+fn size(n: u64) -> String {
+    crate::output::size(n)
+}
+
+/// Whether this process may restore file owners.
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Runs cairn-core maintenance (docs/MAINTENANCE.md) with the default safety window, which
+/// keeps it safe beside the backup Jobs of the same repository: quick = sweep of due GC
+/// plans and index compaction; full = also stale checkpoints and the mark (repack, orphans).
+fn maintain(repo: &Repository, kind: MaintenanceKind) -> Result<String, EngineError> {
+    let mode = match kind {
+        MaintenanceKind::Quick => Mode::Quick,
+        MaintenanceKind::Full => Mode::Full,
+    };
+    let opts = MaintenanceOptions {
+        mode,
+        gc: GcOptions::default(),
+    };
+    let r = maintenance::run(repo, &opts).map_err(|e| core_error("maintenance", e))?;
+    let mut parts = vec![format!("{} maintenance", kind.as_str())];
+    if r.stale_checkpoints > 0 {
+        parts.push(format!(
+            "{} checkpoints of dead backups removed",
+            r.stale_checkpoints
+        ));
+    }
+    if let Some(s) = &r.sweep {
+        parts.push(format!(
+            "{} packs deleted ({}), {} plans waiting",
+            s.packs_deleted,
+            size(s.bytes_reclaimed),
+            s.plans_waiting
+        ));
+    }
+    if let Some(m) = &r.mark {
+        parts.push(format!(
+            "{} snapshots marked, {} packs planned for deletion ({}), {} repacked",
+            m.snapshots,
+            m.unused_packs + m.orphan_packs,
+            size(m.planned_bytes),
+            m.repacked_packs
+        ));
+    }
+    parts.push(format!("{} index segments compacted", r.segments_compacted));
+    Ok(parts.join("; "))
+}
+
+impl Engine for CoreEngine {
+    fn backup(
+        &self,
+        req: &BackupJobRequest,
+        progress: &dyn Fn(EngineProgress),
+    ) -> Result<BackupJobResult, EngineError> {
+        let root = std::path::absolute(&req.source).map_err(|e| {
+            permanent(format!(
+                "backup source {}: {e}",
+                req.source.to_string_lossy()
+            ))
+        })?;
+        if !root.is_dir() {
+            return Err(permanent(format!(
+                "backup source {} is not a directory: is the volume mounted?",
+                root.display()
+            )));
+        }
+        let excluder = excluder(req, &root)?;
+        let repo = open(&req.repository)?;
+        let counters = Arc::new(Progress::default());
+        let opts = BackupOptions {
+            paths: vec![root],
+            host: Some(JOB_HOST.to_string()),
+            source: Some(req.source_name.clone()).filter(|s| !s.is_empty()),
+            tags: tags_to_snapshot(&req.tags),
+            parent: ParentChoice::Auto,
+            exclude_rules: excluder.rules(),
+            exclude: Some(Arc::new(excluder)),
+            progress: Some(counters.clone()),
+            ..Default::default()
+        };
+        let result = with_progress(&counters, progress, || backup(&repo, &opts))
+            .map_err(|e| core_error("backup", e))?;
+        let s = &result.snapshot.summary;
+        let mut summary = format!(
+            "snapshot {}: {} files new, {} changed, {} unchanged; read {} of {}, added {}",
+            result.id.short(),
+            s.files_new,
+            s.files_changed,
+            s.files_unchanged,
+            size(s.bytes_read),
+            size(s.bytes_total),
+            size(s.bytes_added),
+        );
+        if s.errors > 0 {
+            // The snapshot holds everything else; running again would skip the same entries.
+            summary.push_str(&format!(
+                "; {} entries could not be read (see the job log)",
+                s.errors
+            ));
+        }
+        tracing::info!(%summary, "backup done");
+        Ok(BackupJobResult {
+            snapshot_id: result.id.to_hex(),
+            bytes_done: counters.snapshot().bytes_done.max(s.bytes_total),
+            total_bytes: s.bytes_total,
+            summary,
+        })
+    }
+
+    fn restore(
+        &self,
+        req: &RestoreJobRequest,
+        progress: &dyn Fn(EngineProgress),
+    ) -> Result<RestoreJobResult, EngineError> {
+        let repo = open(&req.repository)?;
+        let (id, snap) = repo
+            .find_snapshot(&req.snapshot, &SnapshotFilter::default())
+            .map_err(|e| core_error("finding the snapshot to restore", e))?;
+        let counters = Arc::new(Progress::default());
+        let opts = RestoreOptions {
+            target: req.target.clone(),
+            includes: req.include_paths.iter().map(PathBuf::from).collect(),
+            // The target is a volume: a fresh one holds lost+found, an existing one is
+            // restored into on purpose (the VolumeRestore names it).
+            overwrite: true,
+            owners: is_root(),
+            verify: false,
+            workers: 0,
+            progress: Some(counters.clone()),
+        };
+        let stats = with_progress(&counters, progress, || restore(&repo, &snap.tree, &opts))
+            .map_err(|e| core_error("restore", e))?;
+        if !stats.failed.is_empty() {
+            for (path, reason) in &stats.failed {
+                tracing::error!(path = %path.display(), %reason, "not restored");
+            }
+            let shown: Vec<String> = stats
+                .failed
+                .iter()
+                .take(FAILED_SHOWN)
+                .map(|(p, r)| format!("{}: {r}", p.display()))
+                .collect();
+            return Err(permanent(format!(
+                "{} entries of snapshot {} could not be restored: {}",
+                stats.failed.len(),
+                id.short(),
+                shown.join("; ")
+            )));
+        }
+        let total = counters.snapshot().bytes_total.max(stats.bytes);
+        let summary = format!(
+            "restored snapshot {}: {} files, {} dirs, {} other entries, {}",
+            id.short(),
+            stats.files,
+            stats.dirs,
+            stats.others,
+            size(stats.bytes)
+        );
+        tracing::info!(%summary, "restore done");
+        Ok(RestoreJobResult {
+            bytes_done: stats.bytes,
+            total_bytes: total,
+            summary,
+        })
+    }
+
+    fn maintenance(&self, req: &MaintenanceJobRequest) -> Result<String, EngineError> {
+        let repo = open(&req.repository)?;
+        maintain(&repo, req.kind)
+    }
+
+    fn list_snapshots(
+        &self,
+        repository: &RepositoryAccess,
+    ) -> Result<Vec<SnapshotSummary>, EngineError> {
+        let repo = open(repository)?;
+        let list = repo
+            .list_snapshots()
+            .map_err(|e| core_error("listing snapshots", e))?;
+        Ok(list
+            .into_iter()
+            .filter(|(_, s)| s.complete)
+            .map(|(id, s)| SnapshotSummary {
+                id: id.to_hex(),
+                time: timestamp(&s.time),
+                source: s.source.clone(),
+                size_bytes: s.summary.bytes_total,
+                tags: tags_from_snapshot(&s.tags),
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_keys_that_are_not_variable_names_stay_files() {
+        assert!(is_env_name("AWS_ACCESS_KEY_ID"));
+        assert!(is_env_name("_X1"));
+        assert!(!is_env_name("service-account.json"));
+        assert!(!is_env_name("1AWS"));
+        assert!(!is_env_name(""));
+    }
+
+    #[test]
+    fn tags_round_trip_through_snapshot_tags() {
+        let map: BTreeMap<String, String> = [("app", "shop"), ("schedule", "a=b")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let tags = tags_to_snapshot(&map);
+        assert_eq!(tags, ["app=shop", "schedule=a=b"]);
+        assert_eq!(tags_from_snapshot(&tags), map);
+        assert_eq!(
+            tags_from_snapshot(&["manual".to_string()]),
+            [("manual".to_string(), String::new())].into()
+        );
+    }
+
+    #[test]
+    fn timestamps_keep_subsecond_precision() {
+        let t = chrono::DateTime::from_timestamp(1_700_000_000, 123_456_789).unwrap();
+        assert_eq!(timestamp(&t).as_nanosecond(), 1_700_000_000_123_456_789);
+    }
+}
