@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -120,14 +120,22 @@ impl Mounted {
     fn wait_mounted(&mut self) {
         let start = Instant::now();
         while !is_mounted(&self.dir) {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 let mut err = String::new();
                 if let Some(mut e) = self.child.as_mut().and_then(|c| c.stderr.take()) {
                     let _ = e.read_to_string(&mut err);
                 }
                 panic!("cairn mount exited ({status}) before mounting: {err}");
             }
-            assert!(start.elapsed() < PATIENCE, "no mount at {} after {PATIENCE:?}", self.dir.display());
+            assert!(
+                start.elapsed() < PATIENCE,
+                "no mount at {} after {PATIENCE:?}",
+                self.dir.display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -184,19 +192,32 @@ fn fill_source(src: &Path) {
     // (All-zero chunks become holes; zeros longer than the 8 MiB maximum
     // chunk guarantee at least one.)
     let sparse = fs::File::create(src.join("dir/sparse.img")).expect("create");
-    sparse.write_all_at(&pseudo_random(9, 300_000), 0).expect("write");
-    sparse.write_all_at(&pseudo_random(11, 100_000), 300_000 + (20 << 20)).expect("write");
+    sparse
+        .write_all_at(&pseudo_random(9, 300_000), 0)
+        .expect("write");
+    sparse
+        .write_all_at(&pseudo_random(11, 100_000), 300_000 + (20 << 20))
+        .expect("write");
     for i in 0..40 {
-        fs::write(src.join(format!("dir/f{i:02}")), pseudo_random(i, 1000 * i as usize)).expect("write");
+        fs::write(
+            src.join(format!("dir/f{i:02}")),
+            pseudo_random(i, 1000 * i as usize),
+        )
+        .expect("write");
     }
     std::os::unix::fs::symlink("small.txt", src.join("link")).expect("symlink");
     std::os::unix::fs::symlink("/nowhere/at/all", src.join("dangling")).expect("symlink");
-    let mut p = fs::Permissions::from(fs::metadata(src.join("small.txt")).expect("meta").permissions());
+    let mut p = fs::metadata(src.join("small.txt"))
+        .expect("meta")
+        .permissions();
     use std::os::unix::fs::PermissionsExt;
     p.set_mode(0o640);
     fs::set_permissions(src.join("small.txt"), p).expect("chmod");
     let _ = xattr::set(src.join("small.txt"), "user.cairn", b"value");
-    let status = Command::new("mkfifo").arg(src.join("fifo")).status().expect("mkfifo");
+    let status = Command::new("mkfifo")
+        .arg(src.join("fifo"))
+        .status()
+        .expect("mkfifo");
     assert!(status.success());
 }
 
@@ -208,7 +229,11 @@ fn sha256_tree(root: &Path) -> BTreeMap<String, String> {
         .current_dir(root)
         .output()
         .expect("sha256sum");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_once("  "))
@@ -217,9 +242,17 @@ fn sha256_tree(root: &Path) -> BTreeMap<String, String> {
 }
 
 fn only_entry(dir: &Path) -> PathBuf {
-    let mut names: Vec<_> = fs::read_dir(dir).expect("read_dir").map(|e| e.expect("entry").path()).collect();
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
     names.sort();
-    assert_eq!(names.len(), 1, "expected one entry in {}: {names:?}", dir.display());
+    assert_eq!(
+        names.len(),
+        1,
+        "expected one entry in {}: {names:?}",
+        dir.display()
+    );
     names.remove(0)
 }
 
@@ -233,7 +266,10 @@ fn mounted_snapshot_matches_the_source() {
     env.backup(&["nightly"]);
     let m = env.mount("mnt", &[]);
     let top: Vec<_> = {
-        let mut v: Vec<_> = fs::read_dir(&m.dir).expect("root").map(|e| e.expect("e").file_name()).collect();
+        let mut v: Vec<_> = fs::read_dir(&m.dir)
+            .expect("root")
+            .map(|e| e.expect("e").file_name())
+            .collect();
         v.sort();
         v
     };
@@ -248,14 +284,28 @@ fn mounted_snapshot_matches_the_source() {
         .arg(&snap)
         .output()
         .expect("diff");
-    assert!(diff.status.success(), "diff -r: {}", String::from_utf8_lossy(&diff.stdout));
+    assert!(
+        diff.status.success(),
+        "diff -r: {}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
 
     // The same snapshot under sources/ (with latest), tags/ and hosts/.
-    let source_dir = m.dir.join("sources").join(src.to_str().expect("utf-8").replace('%', "%25").replace('/', "%2F"));
+    let source_dir = m.dir.join("sources").join(
+        src.to_str()
+            .expect("utf-8")
+            .replace('%', "%25")
+            .replace('/', "%2F"),
+    );
     let latest = fs::read_link(source_dir.join("latest")).expect("latest link");
     assert!(source_dir.join(&latest).join("small.txt").is_file());
-    assert_eq!(fs::read(source_dir.join("latest/small.txt")).expect("read"), b"hello, mount\n");
-    assert!(only_entry(&m.dir.join("tags/nightly")).join("big.bin").is_file());
+    assert_eq!(
+        fs::read(source_dir.join("latest/small.txt")).expect("read"),
+        b"hello, mount\n"
+    );
+    assert!(only_entry(&m.dir.join("tags/nightly"))
+        .join("big.bin")
+        .is_file());
     let host = only_entry(&m.dir.join("hosts"));
     assert!(only_entry(&host).join("dir/sub/deeper/leaf").is_file());
 
@@ -263,7 +313,15 @@ fn mounted_snapshot_matches_the_source() {
     assert_eq!(sha256_tree(&snap), sha256_tree(&src));
 
     // Attributes.
-    for rel in ["small.txt", "big.bin", "dir", "dir/sparse.img", "link", "fifo", "empty"] {
+    for rel in [
+        "small.txt",
+        "big.bin",
+        "dir",
+        "dir/sparse.img",
+        "link",
+        "fifo",
+        "empty",
+    ] {
         let a = fs::symlink_metadata(src.join(rel)).expect("src meta");
         let b = fs::symlink_metadata(snap.join(rel)).expect("mount meta");
         assert_eq!(a.mode(), b.mode(), "{rel} mode");
@@ -278,37 +336,79 @@ fn mounted_snapshot_matches_the_source() {
     let big = fs::metadata(snap.join("big.bin")).expect("meta");
     assert!(big.blocks() * 512 >= big.size(), "blocks cover the data");
     let sparse = fs::metadata(snap.join("dir/sparse.img")).expect("meta");
-    assert!(sparse.blocks() * 512 < sparse.size(), "holes take no blocks");
-    assert!(fs::symlink_metadata(snap.join("fifo")).expect("fifo").file_type().is_symlink() == false);
-    assert_eq!(fs::read_link(snap.join("dangling")).expect("readlink"), Path::new("/nowhere/at/all"));
-    if xattr::get(src.join("small.txt"), "user.cairn").ok().flatten().is_some() {
-        assert_eq!(xattr::get(snap.join("small.txt"), "user.cairn").expect("getxattr"), Some(b"value".to_vec()));
-        let names: Vec<_> = xattr::list(snap.join("small.txt")).expect("listxattr").collect();
+    assert!(
+        sparse.blocks() * 512 < sparse.size(),
+        "holes take no blocks"
+    );
+    assert!(fs::symlink_metadata(snap.join("fifo"))
+        .expect("fifo")
+        .file_type()
+        .is_fifo());
+    assert_eq!(
+        fs::read_link(snap.join("dangling")).expect("readlink"),
+        Path::new("/nowhere/at/all")
+    );
+    if xattr::get(src.join("small.txt"), "user.cairn")
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        assert_eq!(
+            xattr::get(snap.join("small.txt"), "user.cairn").expect("getxattr"),
+            Some(b"value".to_vec())
+        );
+        let names: Vec<_> = xattr::list(snap.join("small.txt"))
+            .expect("listxattr")
+            .collect();
         assert_eq!(names, ["user.cairn"]);
     }
-    assert!(fs::write(snap.join("small.txt"), b"x").is_err(), "read-only");
-    let statfs = Command::new("stat").arg("-f").arg(&m.dir).output().expect("stat -f");
+    assert!(
+        fs::write(snap.join("small.txt"), b"x").is_err(),
+        "read-only"
+    );
+    let statfs = Command::new("stat")
+        .arg("-f")
+        .arg(&m.dir)
+        .output()
+        .expect("stat -f");
     assert!(statfs.status.success());
 
     // tar c through the mount: same bytes as tar of the source.
     let tar = |dir: &Path| {
         let out = Command::new("tar")
-            .args(["c", "--sort=name", "--owner=0", "--group=0", "--numeric-owner", "--mtime=@0", "-C"])
+            .args([
+                "c",
+                "--sort=name",
+                "--owner=0",
+                "--group=0",
+                "--numeric-owner",
+                "--mtime=@0",
+                "-C",
+            ])
             .arg(dir)
             .args(["--exclude=./fifo", "."])
             .output()
             .expect("tar");
-        assert!(out.status.success(), "tar: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "tar: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out.stdout
     };
-    assert!(tar(&snap) == tar(&src), "tar of the mount differs from tar of the source");
+    assert!(
+        tar(&snap) == tar(&src),
+        "tar of the mount differs from tar of the source"
+    );
 
     // pread at pseudo-random offsets and lengths.
     let want = fs::read(src.join("big.bin")).expect("read");
     let f = fs::File::open(snap.join("big.bin")).expect("open");
     let mut x = 12345u64;
     for _ in 0..300 {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let off = (x >> 20) % (want.len() as u64 + 100);
         let len = ((x >> 8) % (3 << 20)) as usize;
         let mut buf = vec![0u8; len];
@@ -331,7 +431,13 @@ fn mounted_snapshot_matches_the_source() {
         for t in 0..8 {
             let (files, src, snap) = (&files, &src, &snap);
             s.spawn(move || {
-                for (i, rel) in files.iter().enumerate().cycle().skip(t * 5).take(files.len()) {
+                for (i, rel) in files
+                    .iter()
+                    .enumerate()
+                    .cycle()
+                    .skip(t * 5)
+                    .take(files.len())
+                {
                     let _ = i;
                     assert_eq!(
                         fs::read(snap.join(rel)).expect("read through mount"),
@@ -360,15 +466,25 @@ fn new_snapshot_appears_and_fusermount_unmounts() {
     // The mount re-reads the snapshot list every ~2 s.
     let start = Instant::now();
     while fs::read_dir(&snaps).expect("list").count() < 2 {
-        assert!(start.elapsed() < PATIENCE, "the new snapshot never appeared");
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the new snapshot never appeared"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let mut names: Vec<_> = fs::read_dir(&snaps).expect("list").map(|e| e.expect("e").path()).collect();
+    let mut names: Vec<_> = fs::read_dir(&snaps)
+        .expect("list")
+        .map(|e| e.expect("e").path())
+        .collect();
     names.sort();
     assert_eq!(fs::read(names[1].join("second")).expect("new file"), b"2");
     assert!(!names[0].join("second").exists());
 
-    let status = Command::new("fusermount3").arg("-u").arg(&m.dir).status().expect("fusermount3");
+    let status = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&m.dir)
+        .status()
+        .expect("fusermount3");
     assert!(status.success());
     let (status, err) = m.wait_exit();
     assert!(status.success(), "mount exited with {status}: {err}");
@@ -385,7 +501,10 @@ fn sigterm_unmounts_and_single_snapshot_mounts_at_the_root() {
     env.backup(&[]);
     let mut m = env.mount("mnt", &["--snapshot", "latest"]);
     assert_eq!(fs::read(m.dir.join("only")).expect("read"), b"root file");
-    let status = Command::new("kill").args(["-TERM", &m.pid().to_string()]).status().expect("kill");
+    let status = Command::new("kill")
+        .args(["-TERM", &m.pid().to_string()])
+        .status()
+        .expect("kill");
     assert!(status.success());
     let (status, err) = m.wait_exit();
     assert!(status.success(), "mount exited with {status}: {err}");
@@ -404,7 +523,10 @@ fn daemon_detaches_once_mounted() {
     fs::create_dir(&dir).expect("mkdir");
     let dir = dir.canonicalize().expect("canonical");
     // The guard unmounts even if an assertion below fails.
-    let _guard = Mounted { dir: dir.clone(), child: None };
+    let _guard = Mounted {
+        dir: dir.clone(),
+        child: None,
+    };
     let out = env.cairn(&["mount", "--daemon", dir.to_str().expect("utf-8")]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
@@ -418,14 +540,22 @@ fn daemon_detaches_once_mounted() {
         .and_then(|s| s.split(')').next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no pid in {err:?}"));
-    assert!(Command::new("fusermount3").arg("-u").arg(&dir).status().expect("fusermount3").success());
+    assert!(Command::new("fusermount3")
+        .arg("-u")
+        .arg(&dir)
+        .status()
+        .expect("fusermount3")
+        .success());
     let start = Instant::now();
     while Path::new(&format!("/proc/{pid}")).exists() {
         let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         if state.contains(") Z ") {
             break;
         }
-        assert!(start.elapsed() < PATIENCE, "the daemon did not exit after unmount");
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the daemon did not exit after unmount"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!is_mounted(&dir));
@@ -443,7 +573,10 @@ fn deleted_pack_gives_eio_for_its_file_only() {
     fs::write(env.src().join("lost"), pseudo_random(2, 2 << 20)).expect("write");
     env.backup(&[]);
     let m = env.mount("mnt", &["--cache-size", "1MiB"]);
-    let mut names: Vec<_> = fs::read_dir(m.dir.join("snapshots")).expect("list").map(|e| e.expect("e").path()).collect();
+    let mut names: Vec<_> = fs::read_dir(m.dir.join("snapshots"))
+        .expect("list")
+        .map(|e| e.expect("e").path())
+        .collect();
     names.sort();
     let snap = names.last().expect("snapshot").clone();
     // Walk first: the trees are loaded while everything is there.
@@ -459,8 +592,11 @@ fn deleted_pack_gives_eio_for_its_file_only() {
     let err = fs::read(snap.join("lost")).expect_err("reading a file whose pack is gone");
     assert_eq!(err.raw_os_error(), Some(libc_eio()), "{err}");
     // The mount survives: other files still read, listings still work.
-    assert_eq!(fs::read(snap.join("kept")).expect("kept"), pseudo_random(1, 200_000));
-    assert!(fs::read_dir(&m.dir.join("snapshots")).expect("list").count() == 2);
+    assert_eq!(
+        fs::read(snap.join("kept")).expect("kept"),
+        pseudo_random(1, 200_000)
+    );
+    assert!(fs::read_dir(m.dir.join("snapshots")).expect("list").count() == 2);
     let err = fs::read(snap.join("lost")).expect_err("still gone");
     assert_eq!(err.raw_os_error(), Some(libc_eio()));
 }

@@ -129,10 +129,7 @@ impl ChunkCache {
                 if let Some(r) = done.as_ref() {
                     return r.clone();
                 }
-                done = flight
-                    .cv
-                    .wait(done)
-                    .unwrap_or_else(PoisonError::into_inner);
+                done = flight.cv.wait(done).unwrap_or_else(PoisonError::into_inner);
             }
         }
         self.fetched.fetch_add(1, Ordering::Relaxed);
@@ -289,7 +286,8 @@ impl OpenFile {
         }
         // The kernel's own readahead sends neighbouring requests from
         // several threads, slightly out of order: "near the last end" counts.
-        let sequential = self.next.swap(end, Ordering::Relaxed).abs_diff(offset) <= SEQUENTIAL_SLACK;
+        let sequential =
+            self.next.swap(end, Ordering::Relaxed).abs_diff(offset) <= SEQUENTIAL_SLACK;
         if let (true, Some((pool, readahead))) = (sequential, prefetch) {
             let limit = end.saturating_add(readahead);
             let mut j = i.saturating_sub(1);
@@ -313,9 +311,15 @@ mod tests {
     #[test]
     fn offsets_find_the_right_chunk() {
         let f = OpenFile::new(vec![
-            ChunkRef { id: BlobId(Id([1; 32])), len: 10 },
+            ChunkRef {
+                id: BlobId(Id([1; 32])),
+                len: 10,
+            },
             ChunkRef::hole(5),
-            ChunkRef { id: BlobId(Id([2; 32])), len: 1 },
+            ChunkRef {
+                id: BlobId(Id([2; 32])),
+                len: 1,
+            },
         ]);
         assert_eq!(f.len(), 16);
         assert_eq!(f.chunk_at(0), 0);

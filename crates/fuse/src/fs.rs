@@ -51,6 +51,9 @@ impl Dir {
 /// One listing handed out by `opendir`, read by `readdir` at offsets.
 type Listing = Arc<Vec<(u64, FileType, OsString)>>;
 
+/// An open file handle: the chunk table and the node (for log lines).
+type OpenEntry = (Arc<OpenFile>, Arc<Node>);
+
 /// Settings of the file system proper.
 pub(crate) struct FsConfig {
     pub readahead: u64,
@@ -72,7 +75,7 @@ pub(crate) struct CairnFs {
     trees: Mutex<LruCache<BlobId, Arc<Dir>>>,
     cache: Arc<ChunkCache>,
     prefetch: Prefetcher,
-    files: Mutex<HashMap<u64, (Arc<OpenFile>, Arc<Node>)>>,
+    files: Mutex<HashMap<u64, OpenEntry>>,
     dirs: Mutex<HashMap<u64, Listing>>,
     next_fh: AtomicU64,
     uid: u32,
@@ -269,10 +272,9 @@ impl CairnFs {
         };
         match kind {
             Kind::Virtual(_) => {
-                let t = self
-                    .current_layout()
-                    .newest
-                    .map_or(self.started, |t| system_time(t.timestamp_nanos_opt().unwrap_or(0)));
+                let t = self.current_layout().newest.map_or(self.started, |t| {
+                    system_time(t.timestamp_nanos_opt().unwrap_or(0))
+                });
                 dir_time(t)
             }
             Kind::SnapRoot(info) => {
@@ -394,14 +396,15 @@ impl CairnFs {
     fn fh(&self) -> u64 {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
-
 }
 
 impl fuser::Filesystem for CairnFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Let the kernel read ahead as far as it allows; our own readahead
         // fetches whole chunks behind it.
-        let _ = config.set_max_readahead(1 << 20).or_else(|max| config.set_max_readahead(max));
+        let _ = config
+            .set_max_readahead(1 << 20)
+            .or_else(|max| config.set_max_readahead(max));
         Ok(())
     }
 
@@ -410,13 +413,18 @@ impl fuser::Filesystem for CairnFs {
             "unmounted: {} chunks fetched, {} bytes cached, {} inodes",
             self.cache.fetched.load(Ordering::Relaxed),
             self.cache.bytes(),
-            self.inodes.read().unwrap_or_else(PoisonError::into_inner).len()
+            self.inodes
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len()
         );
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.do_lookup(parent.0, name) {
-            Ok((ino, kind)) => reply.entry(&Self::ttl(&kind), &self.attr(ino, &kind), Generation(0)),
+            Ok((ino, kind)) => {
+                reply.entry(&Self::ttl(&kind), &self.attr(ino, &kind), Generation(0))
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -587,7 +595,10 @@ impl fuser::Filesystem for CairnFs {
         let Some(node) = self.node_of(ino.0) else {
             return reply.error(Errno::ENODATA);
         };
-        let Some((_, value)) = node.xattrs.iter().find(|(k, _)| k.as_slice() == name.as_bytes())
+        let Some((_, value)) = node
+            .xattrs
+            .iter()
+            .find(|(k, _)| k.as_slice() == name.as_bytes())
         else {
             return reply.error(Errno::ENODATA);
         };
@@ -635,8 +646,9 @@ mod tests {
     fn rdev_is_encoded_like_the_kernel() {
         // makedev(8, 1) in glibc's encoding is 0x801; the kernel's is the same.
         assert_eq!(kernel_rdev(0x801), 0x801);
-        // makedev(259, 65536): major 0x103, minor 0x10000.
-        let glibc = (0x103u64 & 0xfff) << 8 | (0x10000u64 & 0xff) | ((0x10000u64 & !0xff) << 12);
+        // makedev(259, 65536): major 0x103, minor 0x10000; glibc puts the
+        // low 8 minor bits at 0, major bits at 8..20, high minor bits at 20..
+        let glibc: u64 = (0x103 << 8) | ((0x10000 & !0xff) << 12);
         assert_eq!(kernel_rdev(glibc), (0x103 << 8) | ((0x10000 & !0xff) << 12));
     }
 

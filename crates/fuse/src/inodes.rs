@@ -108,7 +108,10 @@ mod tests {
         let a = t.child(ROOT, OsStr::new("a"), Kind::Virtual(VDir::Snapshots));
         let b = t.child(ROOT, OsStr::new("b"), Kind::Link("x".into()));
         assert_ne!(a, b);
-        assert_eq!(t.child(ROOT, OsStr::new("a"), Kind::Virtual(VDir::Snapshots)), a);
+        assert_eq!(
+            t.child(ROOT, OsStr::new("a"), Kind::Virtual(VDir::Snapshots)),
+            a
+        );
         // Same name under another parent: another inode.
         let c = t.child(a, OsStr::new("a"), Kind::Link("y".into()));
         assert!(c != a && c != b);

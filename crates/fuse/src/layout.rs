@@ -138,7 +138,10 @@ impl Layout {
             if !snap.complete {
                 continue;
             }
-            by_source.entry(&snap.source).or_default().push(info.clone());
+            by_source
+                .entry(&snap.source)
+                .or_default()
+                .push(info.clone());
             let host = VDir::Host(snap.host.clone());
             dirs.get_mut(&VDir::Hosts)
                 .expect("hosts dir")
@@ -219,7 +222,14 @@ mod tests {
     use cairn_core::format::snapshot::SNAPSHOT_VERSION;
     use cairn_core::format::Id;
 
-    fn snap(n: u8, secs: i64, source: &str, host: &str, tags: &[&str], complete: bool) -> (SnapshotId, Snapshot) {
+    fn snap(
+        n: u8,
+        secs: i64,
+        source: &str,
+        host: &str,
+        tags: &[&str],
+        complete: bool,
+    ) -> (SnapshotId, Snapshot) {
         (
             SnapshotId(Id([n; 32])),
             Snapshot {
@@ -241,7 +251,9 @@ mod tests {
     }
 
     fn names(l: &Layout, d: &VDir) -> Vec<String> {
-        l.list(d).map(|m| m.keys().cloned().collect()).unwrap_or_default()
+        l.list(d)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     #[test]
@@ -267,7 +279,10 @@ mod tests {
             snap(1, 100, "/data/vol", "h1", &["daily", "x/y"], true),
             snap(3, 300, "/other", "h2", &[], false),
         ]);
-        assert_eq!(names(&l, &VDir::Root), ["hosts", "snapshots", "sources", "tags"]);
+        assert_eq!(
+            names(&l, &VDir::Root),
+            ["hosts", "snapshots", "sources", "tags"]
+        );
         assert_eq!(
             names(&l, &VDir::Snapshots),
             [
