@@ -8,6 +8,8 @@
 //! process environment (see [`export_credentials`]).
 
 use cairn_core::backup::{backup, BackupOptions, ParentChoice};
+use cairn_core::gc::GcOptions;
+use cairn_core::maintenance::{self, MaintenanceOptions, Mode};
 use cairn_core::progress::Progress;
 use cairn_core::restore::{restore, RestoreOptions};
 use cairn_core::{OpenOptions, Repository, SnapshotFilter};
@@ -17,8 +19,6 @@ use cairn_kube::job::{
     RepositoryAccess, RestoreJobRequest, RestoreJobResult, SnapshotSummary,
 };
 use cairn_policy::exclude::{ExcludeOptions, Excluder};
-use cairn_core::gc::GcOptions;
-use cairn_core::maintenance::{self, MaintenanceOptions, Mode};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;

@@ -486,7 +486,10 @@ fn second_backup_uses_the_first_as_parent_and_catalog_and_maintenance_refresh_th
         assert!(out.status.success(), "{kind}: {}", text(&out));
         assert_eq!(outcome["succeeded"], true, "{outcome}");
         let message = outcome["message"].as_str().unwrap();
-        assert!(message.contains(&format!("{kind} maintenance")), "{message}");
+        assert!(
+            message.contains(&format!("{kind} maintenance")),
+            "{message}"
+        );
     }
 }
 
@@ -503,7 +506,10 @@ fn failures_end_in_a_failed_outcome_and_a_nonzero_exit() {
     assert_eq!(outcome["succeeded"], false, "{outcome}");
     assert_eq!(outcome["retryable"], false, "{outcome}");
     assert!(
-        outcome["message"].as_str().unwrap().contains("wrong password"),
+        outcome["message"]
+            .as_str()
+            .unwrap()
+            .contains("wrong password"),
         "{outcome}"
     );
     std::fs::write(pod.path("password/password"), PASSWORD).unwrap();

@@ -24,7 +24,11 @@ pub struct JobArgs {
     /// [--storage-class C] [--exclude-config FILE] [--tag K=V]...; restore --snapshot ID
     /// --target DIR [--volume-restore NAME] [--include PATH]...; maintenance [--kind
     /// quick|full]. Every flag falls back to CAIRN_<FLAG> (docs/KUBERNETES.md).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "FLAGS")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "FLAGS"
+    )]
     pub flags: Vec<String>,
 }
 
