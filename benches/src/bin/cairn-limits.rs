@@ -34,7 +34,8 @@ fn main() -> anyhow::Result<()> {
     println!("|---|---:|---:|");
     let text = measure(DataKind::Text, mib << 20, min_time);
     let bin = measure(DataKind::Binary, mib << 20, min_time);
-    let rows: [(&str, fn(&cairn_benches::limits::StageRates) -> f64); 5] = [
+    type Stage = fn(&cairn_benches::limits::StageRates) -> f64;
+    let rows: [(&str, Stage); 5] = [
         ("chunk (FastCDC)", |r| r.chunk),
         ("zero check", |r| r.zero_check),
         ("hash (keyed BLAKE3)", |r| r.hash),
