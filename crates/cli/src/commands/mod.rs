@@ -77,22 +77,6 @@ pub enum Command {
     /// Manage the repository's passwords.
     #[command(subcommand)]
     Key(key::KeyCommand),
-    /// Kubernetes: print the CRDs, run the controller, mount a VolumeBackup.
-    #[command(subcommand)]
-    Kube(kube::KubeCommand),
-    /// Job mode: what the Jobs the controller creates run (backup, restore, maintenance,
-    /// catalog).
-    Job(job::JobArgs),
-    /// Browse the repository's snapshots as a read-only file system.
-    Mount(mount::MountArgs),
-    /// Copy snapshots to another repository (deduplicated there).
-    Copy(copy::CopyArgs),
-    /// Garbage collection: plan unused packs, delete those planned more than
-    /// a safety window ago. Safe while backups run.
-    Prune(prune::PruneArgs),
-    /// Repository maintenance (GC, repack, orphan packs, index compaction).
-    #[command(subcommand)]
-    Maintenance(maintenance::MaintenanceCommand),
     /// Verify the repository (structure; with --read-data also the data) and
     /// name the snapshots and files any damage affects.
     Check(check::CheckArgs),
@@ -107,8 +91,24 @@ pub enum Command {
     Find(find::FindArgs),
     /// Remove stale exclusive locks.
     Unlock(unlock::UnlockArgs),
+    /// Browse the repository's snapshots as a read-only file system.
+    Mount(mount::MountArgs),
+    /// Kubernetes: print the CRDs, run the controller, mount a VolumeBackup.
+    #[command(subcommand)]
+    Kube(kube::KubeCommand),
+    /// Job mode: what the Jobs the controller creates run (backup, restore, maintenance,
+    /// catalog).
+    Job(job::JobArgs),
     /// Remove the snapshots a retention policy does not keep (per host and source).
     Forget(forget::ForgetArgs),
+    /// Copy snapshots to another repository (deduplicated there).
+    Copy(copy::CopyArgs),
+    /// Garbage collection: plan unused packs, delete those planned more than
+    /// a safety window ago. Safe while backups run.
+    Prune(prune::PruneArgs),
+    /// Repository maintenance (GC, repack, orphan packs, index compaction).
+    #[command(subcommand)]
+    Maintenance(maintenance::MaintenanceCommand),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -121,18 +121,18 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Dump(a) => dump::run(g, a),
         Command::Restore(a) => restore::run(g, a),
         Command::Key(k) => key::run(g, k),
-        Command::Kube(k) => kube::run(k),
-        Command::Job(a) => job::run(a),
-        Command::Mount(a) => mount::run(g, a),
-        Command::Copy(a) => copy::run(g, a),
-        Command::Prune(a) => prune::run(g, a),
-        Command::Maintenance(c) => maintenance::run(g, c),
         Command::Check(a) => check::run(g, a),
         Command::Repair(c) => repair::run(g, c),
         Command::Stats(a) => stats::run(g, a),
         Command::Diff(a) => diff::run(g, a),
         Command::Find(a) => find::run(g, a),
         Command::Unlock(a) => unlock::run(g, a),
+        Command::Mount(a) => mount::run(g, a),
+        Command::Kube(k) => kube::run(k),
+        Command::Job(a) => job::run(a),
         Command::Forget(a) => forget::run(g, a),
+        Command::Copy(a) => copy::run(g, a),
+        Command::Prune(a) => prune::run(g, a),
+        Command::Maintenance(c) => maintenance::run(g, c),
     }
 }
