@@ -278,7 +278,7 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
                         let res = std::fs::OpenOptions::new()
                             .write(true)
                             .open(&file.path)
-                            .and_then(|f| f.write_all_at(&plain, t.offset));
+                            .and_then(|f| write_sparse(&f, &plain, t.offset));
                         match res {
                             Ok(()) => {
                                 bytes.fetch_add(plain.len() as u64, Ordering::Relaxed);
@@ -438,6 +438,33 @@ fn merge_ranges(blobs: &[PackBlob]) -> Vec<&[PackBlob]> {
     out
 }
 
+/// Granularity at which zeros inside a data chunk are left as holes.
+const SPARSE_BLOCK: usize = 4096;
+
+/// Writes `data` at `offset`, skipping all-zero 4 KiB blocks: the file was
+/// created at its final size with `set_len`, so skipped ranges stay holes
+/// and read back as zeros. Keeps files sparse even where a hole is smaller
+/// than a chunk.
+fn write_sparse(file: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<()> {
+    let mut run_start: Option<usize> = None;
+    for (i, block) in data.chunks(SPARSE_BLOCK).enumerate() {
+        let at = i * SPARSE_BLOCK;
+        let zero = crate::backup::is_zero(block);
+        match (zero, run_start) {
+            (false, None) => run_start = Some(at),
+            (true, Some(start)) => {
+                file.write_all_at(&data[start..at], offset + start as u64)?;
+                run_start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(start) = run_start {
+        file.write_all_at(&data[start..], offset + start as u64)?;
+    }
+    Ok(())
+}
+
 fn clear_path(path: &Path, overwrite: bool) -> Result<()> {
     match std::fs::symlink_metadata(path) {
         Err(_) => Ok(()),
@@ -523,4 +550,26 @@ fn verify_file(repo: &Repository, f: &FileTask) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn zero_blocks_inside_a_chunk_stay_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut data = vec![0u8; 1 << 20];
+        data[..10].fill(7);
+        data[(1 << 20) - 5..].fill(9);
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(data.len() as u64).unwrap();
+        write_sparse(&f, &data, 0).unwrap();
+        drop(f);
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        // Two 4 KiB blocks hold data; the rest stays unallocated.
+        assert!(std::fs::metadata(&path).unwrap().blocks() * 512 <= 64 * 1024);
+    }
 }
