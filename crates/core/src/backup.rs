@@ -74,6 +74,8 @@ pub struct BackupOptions {
     pub uploaders: usize,
     /// Live progress counters.
     pub progress: Option<Arc<Progress>>,
+    /// When to write checkpoints (index segment + incomplete snapshot).
+    pub checkpoint: crate::checkpoint::CheckpointOptions,
 }
 
 /// The result of a backup.
@@ -108,6 +110,8 @@ struct Walker<'a> {
     exclude: Option<Arc<dyn Exclude>>,
     progress: Arc<Progress>,
     summary: Summary,
+    ckpt: crate::checkpoint::Checkpointer,
+    refs: crate::checkpoint::Refs,
     hardlinks: HashMap<(u64, u64), Content>,
     reader: read::ReadCtx,
     pool: read::ReaderPool,
@@ -117,13 +121,16 @@ struct Walker<'a> {
 pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
     let snapshot = backup_unsaved(repo, opts)?;
     let id = repo.save_snapshot(&snapshot)?;
+    crate::checkpoint::remove_checkpoints(repo, &snapshot)?;
     Ok(BackupResult { id, snapshot })
 }
 
 /// Backs up like [`backup`] but returns the snapshot without writing it, for callers that
 /// record what happens after the data is stored (a post-exec hook's outcome) before saving
 /// it with [`Repository::save_snapshot`]. Data, trees and index segments are already in the
-/// repository when this returns; until the snapshot is saved nothing references them.
+/// repository when this returns; until the snapshot is saved only the backup's last
+/// checkpoint references them: save it promptly (well within the GC safety window), then
+/// call [`crate::checkpoint::remove_checkpoints`].
 pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapshot> {
     let started = Instant::now();
     let time = chrono::Utc::now();
@@ -169,6 +176,23 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
         }
         None => None,
     };
+
+    let template = Snapshot {
+        version: SNAPSHOT_VERSION,
+        time,
+        host: host.clone(),
+        source: source.clone(),
+        paths: paths.iter().cloned().map(RawPath).collect(),
+        tags: opts.tags.clone(),
+        tree: BlobId::default(),
+        parent: parent_id,
+        complete: false,
+        summary: Summary::default(),
+        program_version: format!("cairn {}", env!("CARGO_PKG_VERSION")),
+        excludes: opts.exclude_rules.clone(),
+        hooks: Vec::new(),
+    };
+    let ckpt = crate::checkpoint::Checkpointer::new(repo, opts.checkpoint, template)?;
 
     let progress = opts.progress.clone().unwrap_or_default();
     let scan = spawn_scan(paths.clone(), opts.exclude.clone(), progress.clone());
@@ -229,6 +253,8 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
         hardlinks: HashMap::new(),
         reader,
         pool,
+        ckpt,
+        refs: Default::default(),
     };
     let walked = walker.root_tree(&paths, parent_tree.as_ref());
     let Walker {
@@ -236,6 +262,7 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
         writer: walker_writer,
         reader,
         pool,
+        mut ckpt,
         ..
     } = walker;
     // Readers hold the only senders to the sealing workers.
@@ -252,6 +279,9 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
     }
     let writer =
         Arc::try_unwrap(writer).map_err(|_| Error::Usage("pack writer still shared".into()))?;
+    // Every blob the snapshot references must sit in an unplanned pack.
+    writer.sync()?;
+    ckpt.protect(repo, &writer, &[root])?;
     let stats = writer.finish()?;
     summary.blobs_added = stats.blobs;
     summary.bytes_added = stats.stored_bytes;
@@ -374,6 +404,7 @@ impl Walker<'_> {
 
     fn dir(&mut self, path: &Path, parent: Option<&Tree>) -> Result<BlobId> {
         self.check_workers()?;
+        let mark = self.refs.enter();
         let mut entries: Vec<(OsString, PathBuf)> = match std::fs::read_dir(path) {
             Ok(rd) => rd
                 .filter_map(|e| match e {
@@ -413,7 +444,22 @@ impl Walker<'_> {
         }
         let nodes = self.resolve(pending)?;
         self.summary.dirs += 1;
-        self.store_tree(&Tree { nodes })
+        let id = self.store_tree(&Tree { nodes })?;
+        self.refs.leave(mark, id);
+        self.maybe_checkpoint()?;
+        Ok(id)
+    }
+
+    /// Writes a checkpoint when one is due (between directories: every
+    /// finished directory is then covered by it).
+    fn maybe_checkpoint(&mut self) -> Result<()> {
+        if !self.ckpt.due(self.writer.stats().blobs) {
+            return Ok(());
+        }
+        self.writer.drain_claims(|| self.check_workers())?;
+        self.ckpt
+            .write(self.repo, &self.writer, &self.refs, &self.summary)?;
+        Ok(())
     }
 
     /// Waits for the files of one directory still being read, in order.

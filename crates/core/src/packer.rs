@@ -126,7 +126,13 @@ impl PackWriter {
     /// Waits until every blob claimed before this call has been added
     /// (sealing workers are done with it); `check` reports their failures.
     pub fn drain_claims(&self, check: impl Fn() -> Result<()>) -> Result<()> {
-        let waiting: Vec<BlobId> = self.unsealed.lock().expect("lock").iter().copied().collect();
+        let waiting: Vec<BlobId> = self
+            .unsealed
+            .lock()
+            .expect("lock")
+            .iter()
+            .copied()
+            .collect();
         for id in waiting {
             while self.unsealed.lock().expect("lock").contains(&id) {
                 check()?;
