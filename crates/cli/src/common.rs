@@ -81,7 +81,10 @@ impl GlobalOpts {
 
     /// Storage at the repository location.
     pub fn storage(&self) -> Result<cairn_storage::DynStorage> {
-        Ok(cairn_storage::open_with(self.location()?, &self.storage_options())?)
+        Ok(cairn_storage::open_with(
+            self.location()?,
+            &self.storage_options(),
+        )?)
     }
 
     /// Cache options for opening.

@@ -1,8 +1,8 @@
 //! The command tree; each command lives in its own file.
 
 mod backup;
-mod copy;
 mod check;
+mod copy;
 mod diff;
 mod dump;
 mod find;
