@@ -64,22 +64,7 @@ fn matcher(patterns: &[String]) -> Result<Matcher> {
 pub fn run(g: &GlobalOpts, a: FindArgs) -> Result<ExitCode> {
     let m = matcher(&a.patterns)?;
     let repo = g.open()?;
-    let filter = a.filter.filter();
-    let snaps = if a.snapshots.is_empty() {
-        repo.list_snapshots()?
-            .into_iter()
-            .filter(|(_, s)| filter.matches(s))
-            .collect()
-    } else {
-        let mut v = Vec::new();
-        for s in &a.snapshots {
-            v.push(
-                repo.find_snapshot(s, &filter)
-                    .with_context(|| format!("snapshot {s}"))?,
-            );
-        }
-        v
-    };
+    let snaps = a.filter.select(&repo, &a.snapshots)?;
     let mut found = Vec::new();
     for (id, snap) in &snaps {
         walk(&repo, &snap.tree, &mut |path, node| {

@@ -51,6 +51,31 @@ pub struct FilterOpts {
 }
 
 impl FilterOpts {
+    /// The snapshots named by `specs` (id prefixes or `latest`), or every
+    /// snapshot the filter accepts when `specs` is empty.
+    pub fn select(
+        &self,
+        repo: &cairn_core::Repository,
+        specs: &[String],
+    ) -> Result<Vec<(cairn_core::SnapshotId, cairn_core::Snapshot)>> {
+        use anyhow::Context;
+        let filter = self.filter();
+        if specs.is_empty() {
+            return Ok(repo
+                .list_snapshots()?
+                .into_iter()
+                .filter(|(_, s)| filter.matches(s))
+                .collect());
+        }
+        specs
+            .iter()
+            .map(|s| {
+                repo.find_snapshot(s, &filter)
+                    .with_context(|| format!("snapshot {s}"))
+            })
+            .collect()
+    }
+
     pub fn filter(&self) -> cairn_core::SnapshotFilter {
         cairn_core::SnapshotFilter {
             source: self.source.clone(),

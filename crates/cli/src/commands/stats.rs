@@ -3,7 +3,7 @@
 use super::FilterOpts;
 use crate::common::GlobalOpts;
 use crate::output::size;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use std::process::ExitCode;
 
@@ -20,22 +20,7 @@ pub struct StatsArgs {
 
 pub fn run(g: &GlobalOpts, a: StatsArgs) -> Result<ExitCode> {
     let repo = g.open()?;
-    let filter = a.filter.filter();
-    let snaps = if a.snapshots.is_empty() {
-        repo.list_snapshots()?
-            .into_iter()
-            .filter(|(_, s)| filter.matches(s))
-            .collect()
-    } else {
-        let mut v = Vec::new();
-        for s in &a.snapshots {
-            v.push(
-                repo.find_snapshot(s, &filter)
-                    .with_context(|| format!("snapshot {s}"))?,
-            );
-        }
-        v
-    };
+    let snaps = a.filter.select(&repo, &a.snapshots)?;
     let st = cairn_core::stats::stats(&repo, &snaps)?;
     if a.json {
         let mut v = serde_json::to_value(&st)?;
