@@ -4,12 +4,15 @@
 use super::{api_err, AdapterError};
 use crate::controller::HookSide;
 use crate::crd::{BackupRule, HookOutcome, RuleRun};
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use kube::api::{AttachParams, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, ReadHalf, SimplexStream};
 
 /// Default seconds a rule command may run per pod.
 const DEFAULT_TIMEOUT: u32 = 60;
@@ -138,6 +141,14 @@ pub async fn run_rule(
     Ok(outcome)
 }
 
+/// Bytes kept of each output stream (its end) for a failure message.
+const OUTPUT_TAIL: usize = 2048;
+
+/// Runs `command` in `pod` and waits for its exit status, at most `timeout`.
+///
+/// Invariant: stdout and stderr are drained while the command runs. The client buffers
+/// only about a kilobyte per stream; a full buffer would stall its message loop before the
+/// exit status arrives.
 async fn exec_one(
     pods: &Api<Pod>,
     pod: &Pod,
@@ -147,8 +158,8 @@ async fn exec_one(
 ) -> Result<(), String> {
     let mut params = AttachParams::default()
         .stdin(false)
-        .stdout(false)
-        .stderr(false);
+        .stdout(true)
+        .stderr(true);
     if let Some(c) = container {
         params = params.container(c);
     }
@@ -156,22 +167,130 @@ async fn exec_one(
         let mut process = pods
             .exec(&pod.name_any(), command.to_vec(), &params)
             .await
-            .map_err(|e| e.to_string())?;
-        let status = match process.take_status() {
-            Some(status) => status.await,
-            None => None,
+            .map_err(|e| format!("could not start it: {e}"))?;
+        let mut stdout = Tail::new(process.stdout());
+        let mut stderr = Tail::new(process.stderr());
+        let Some(status) = process.take_status() else {
+            return Err("the exec client gave no exit status".into());
         };
-        let _ = process.join().await;
-        match status {
-            Some(s) if s.status.as_deref() == Some("Failure") => {
-                Err(s.message.unwrap_or_else(|| "command failed".into()))
+        tokio::pin!(status);
+        let status = loop {
+            tokio::select! {
+                status = &mut status => break status,
+                () = stdout.read_some(), if stdout.is_open() => {}
+                () = stderr.read_some(), if stderr.is_open() => {}
             }
-            _ => Ok(()),
-        }
+        };
+        // The status comes after all output, so what is left is already buffered.
+        stdout.read_buffered();
+        stderr.read_buffered();
+        let ended = process.join().await;
+        verdict(
+            status.as_ref(),
+            ended.err().map(|e| e.to_string()),
+            &stdout.text(),
+            &stderr.text(),
+        )
     };
-    tokio::time::timeout(timeout, run)
-        .await
-        .map_err(|_| format!("timed out after {}s", timeout.as_secs()))?
+    tokio::time::timeout(timeout, run).await.map_err(|_| {
+        format!(
+            "no exit status within {}s (timeoutSeconds); the command may still be running",
+            timeout.as_secs()
+        )
+    })?
+}
+
+/// The end of one output stream of an exec'd command.
+struct Tail {
+    reader: Option<ReadHalf<SimplexStream>>,
+    kept: Vec<u8>,
+}
+
+impl Tail {
+    fn new(reader: Option<ReadHalf<SimplexStream>>) -> Tail {
+        Tail {
+            reader,
+            kept: Vec::new(),
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.reader.is_some()
+    }
+
+    fn keep(&mut self, bytes: &[u8]) {
+        self.kept.extend_from_slice(bytes);
+        let excess = self.kept.len().saturating_sub(OUTPUT_TAIL);
+        self.kept.drain(..excess);
+    }
+
+    /// Reads what arrives next; closes the stream at its end or on an error.
+    async fn read_some(&mut self) {
+        let mut buf = [0; 1024];
+        let read = match self.reader.as_mut() {
+            Some(r) => r.read(&mut buf).await,
+            None => return,
+        };
+        match read {
+            Ok(n) if n > 0 => self.keep(&buf[..n]),
+            _ => self.reader = None,
+        }
+    }
+
+    /// Reads what is buffered without waiting for more.
+    fn read_buffered(&mut self) {
+        while self.is_open() {
+            if self.read_some().now_or_never().is_none() {
+                break;
+            }
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.kept).trim().to_string()
+    }
+}
+
+/// Judges one exec from its exit status (None: the stream ended without one), the client's
+/// error if its message loop failed, and the end of the command's output.
+fn verdict(
+    status: Option<&Status>,
+    client_error: Option<String>,
+    stdout: &str,
+    stderr: &str,
+) -> Result<(), String> {
+    let output = if !stderr.is_empty() {
+        format!("; stderr: {stderr}")
+    } else if !stdout.is_empty() {
+        format!("; stdout: {stdout}")
+    } else {
+        String::new()
+    };
+    let Some(status) = status else {
+        let why = client_error.map(|e| format!(": {e}")).unwrap_or_default();
+        return Err(format!(
+            "the exec stream ended before the command's exit status arrived{why}{output}"
+        ));
+    };
+    if status.status.as_deref() == Some("Success") {
+        return Ok(());
+    }
+    let exit_code = status
+        .details
+        .as_ref()
+        .and_then(|d| d.causes.as_ref())
+        .into_iter()
+        .flatten()
+        .find(|c| c.reason.as_deref() == Some("ExitCode"))
+        .and_then(|c| c.message.clone());
+    let message = status
+        .message
+        .clone()
+        .unwrap_or_else(|| "the command failed".into());
+    Err(match exit_code {
+        Some(code) => format!("exit code {code}: {message}{output}"),
+        None => format!("{message}{output}"),
+    })
 }
 
 #[cfg(test)]
@@ -193,5 +312,70 @@ mod tests {
             selector_string(&selector),
             "app=cassandra,tier in (db,cache),!canary,zone"
         );
+    }
+
+    fn status(value: serde_json::Value) -> Status {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn success_is_ok_whatever_the_output() {
+        let ok = status(json!({"metadata": {}, "status": "Success"}));
+        assert_eq!(verdict(Some(&ok), None, "flushed", "a warning"), Ok(()));
+    }
+
+    #[test]
+    fn failure_names_the_exit_code_and_the_end_of_stderr() {
+        let failed = status(json!({
+            "metadata": {}, "status": "Failure",
+            "message": "command terminated with non-zero exit code: exit status 3",
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": "3"}]},
+        }));
+        assert_eq!(
+            verdict(Some(&failed), None, "progress", "flush failed"),
+            Err(
+                "exit code 3: command terminated with non-zero exit code: exit status 3; \
+                 stderr: flush failed"
+                    .into()
+            )
+        );
+        // Without stderr, stdout is the best clue.
+        assert_eq!(
+            verdict(Some(&failed), None, "progress", ""),
+            Err(
+                "exit code 3: command terminated with non-zero exit code: exit status 3; \
+                 stdout: progress"
+                    .into()
+            )
+        );
+        // A failure to start (no exit code) keeps the server's message.
+        let not_found = status(json!({"metadata": {}, "status": "Failure",
+            "message": "executable file not found in $PATH"}));
+        assert_eq!(
+            verdict(Some(&not_found), None, "", ""),
+            Err("executable file not found in $PATH".into())
+        );
+    }
+
+    #[test]
+    fn a_stream_without_exit_status_is_a_failure() {
+        let Err(message) = verdict(None, Some("connection reset".into()), "", "half") else {
+            panic!("no status must not pass");
+        };
+        assert_eq!(
+            message,
+            "the exec stream ended before the command's exit status arrived: connection reset; \
+             stderr: half"
+        );
+    }
+
+    #[test]
+    fn tails_keep_the_end_of_long_output() {
+        let mut tail = Tail::new(None);
+        tail.keep(&[b'a'; OUTPUT_TAIL]);
+        tail.keep(b"the end");
+        assert_eq!(tail.kept.len(), OUTPUT_TAIL);
+        assert!(tail.text().ends_with("aaathe end"));
     }
 }
