@@ -2,7 +2,7 @@
 //! credentials and snapshot id through the cluster API, for the CLI to FUSE-mount locally.
 
 use crate::crd::{BackupRepository, VolumeBackup, VolumeBackupPhase};
-use crate::job::RepositoryAccess;
+use crate::job::{secret_value, RepositoryAccess};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use std::collections::BTreeMap;
@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 /// Why a VolumeBackup cannot be mounted.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    /// An object is missing or the API refused.
+    /// The API refused or could not be reached.
     #[error("{what}: {source}")]
     Api {
         /// What was being read.
@@ -18,19 +18,37 @@ pub enum MountError {
         /// The client error.
         source: kube::Error,
     },
-    /// The backup has no snapshot (yet).
-    #[error("VolumeBackup {0} is {1:?}, not Completed: there is no snapshot to mount yet")]
-    NotCompleted(String, VolumeBackupPhase),
+    /// An object the backup depends on does not exist.
+    #[error("{object} not found; {hint}")]
+    NotFound {
+        /// Kind and `namespace/name`.
+        object: String,
+        /// Where the name came from, or what to check.
+        hint: String,
+    },
+    /// The backup has no snapshot.
+    #[error(
+        "VolumeBackup {name} is {phase:?}{reason}: only a Completed VolumeBackup has a snapshot \
+         to mount"
+    )]
+    NotCompleted {
+        /// `namespace/name`.
+        name: String,
+        /// Its phase.
+        phase: VolumeBackupPhase,
+        /// `: <failure reason>` when it Failed.
+        reason: String,
+    },
     /// A Secret lacks the key the repository names.
     #[error(
         "Secret {secret} has no key {key:?}; fix passwordSecret in BackupRepository {repository}"
     )]
     MissingKey {
-        /// Secret name.
+        /// Secret `namespace/name`.
         secret: String,
         /// Key.
         key: String,
-        /// Repository name.
+        /// Repository `namespace/name`.
         repository: String,
     },
 }
@@ -54,57 +72,93 @@ fn secret_strings(secret: Secret) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Resolves `namespace/name` to its repository access and snapshot id.
+/// Reads `namespace/name`, turning a 404 into [`MountError::NotFound`] with `hint`.
+async fn get<K>(api: &Api<K>, namespace: &str, name: &str, hint: String) -> Result<K, MountError>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let object = format!("{} {namespace}/{name}", K::kind(&()));
+    match api.get_opt(name).await {
+        Ok(Some(found)) => Ok(found),
+        Ok(None) => Err(MountError::NotFound { object, hint }),
+        Err(source) => Err(MountError::Api {
+            what: format!("reading {object}"),
+            source,
+        }),
+    }
+}
+
+/// Resolves the VolumeBackup `namespace/name` to its repository access and snapshot id:
+/// reads the VolumeBackup, its BackupRepository, the password Secret and the credentials
+/// Secret (when the repository names one), all in `namespace`.
 pub async fn resolve_mount(
     client: &kube::Client,
     namespace: &str,
     name: &str,
 ) -> Result<MountTarget, MountError> {
-    let err = |what: String| move |source| MountError::Api { what, source };
-    let vb = Api::<VolumeBackup>::namespaced(client.clone(), namespace)
-        .get(name)
-        .await
-        .map_err(err(format!("reading VolumeBackup {namespace}/{name}")))?;
+    let vb: VolumeBackup = get(
+        &Api::namespaced(client.clone(), namespace),
+        namespace,
+        name,
+        "check the name and the namespace (-n NAMESPACE or NAMESPACE/NAME)".into(),
+    )
+    .await?;
     let status = vb.status.unwrap_or_default();
     let Some(snapshot_id) = status
         .snapshot_id
         .filter(|_| status.phase == VolumeBackupPhase::Completed)
     else {
-        return Err(MountError::NotCompleted(
-            format!("{namespace}/{name}"),
-            status.phase,
-        ));
+        return Err(MountError::NotCompleted {
+            name: format!("{namespace}/{name}"),
+            phase: status.phase,
+            reason: status
+                .failure_reason
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default(),
+        });
     };
     let repo_name = vb.spec.repository;
-    let repo = Api::<BackupRepository>::namespaced(client.clone(), namespace)
-        .get(&repo_name)
-        .await
-        .map_err(err(format!(
-            "reading BackupRepository {namespace}/{repo_name}"
-        )))?;
+    let repo: BackupRepository = get(
+        &Api::namespaced(client.clone(), namespace),
+        namespace,
+        &repo_name,
+        format!("VolumeBackup {namespace}/{name} names it in spec.repository"),
+    )
+    .await?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let pw = &repo.spec.password_secret;
     let password_data = secret_strings(
-        secrets
-            .get(&pw.name)
-            .await
-            .map_err(err(format!("reading Secret {namespace}/{}", pw.name)))?,
+        get(
+            &secrets,
+            namespace,
+            &pw.name,
+            format!("BackupRepository {namespace}/{repo_name} names it in spec.passwordSecret"),
+        )
+        .await?,
     );
     let password = password_data
         .get(&pw.key)
-        .cloned()
+        .map(|p| secret_value(p).to_string())
         .ok_or_else(|| MountError::MissingKey {
-            secret: pw.name.clone(),
+            secret: format!("{namespace}/{}", pw.name),
             key: pw.key.clone(),
-            repository: repo_name.clone(),
+            repository: format!("{namespace}/{repo_name}"),
         })?;
     let credentials = match &repo.spec.credentials_secret {
         Some(c) => secret_strings(
-            secrets
-                .get(&c.name)
-                .await
-                .map_err(err(format!("reading Secret {namespace}/{}", c.name)))?,
-        ),
+            get(
+                &secrets,
+                namespace,
+                &c.name,
+                format!(
+                    "BackupRepository {namespace}/{repo_name} names it in spec.credentialsSecret"
+                ),
+            )
+            .await?,
+        )
+        .into_iter()
+        .map(|(k, v)| (k, secret_value(&v).to_string()))
+        .collect(),
         None => BTreeMap::new(),
     };
     Ok(MountTarget {

@@ -11,7 +11,7 @@ pub use engine::{
     BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress, MaintenanceJobRequest,
     RepositoryAccess, RestoreJobRequest, RestoreJobResult, SnapshotSummary,
 };
-pub use params::{JobCommand, JobParams};
+pub use params::{secret_value, JobCommand, JobParams};
 
 use crate::crd::{VolumeBackup, VolumeRestore};
 use crate::protocol::JobOutcome;

@@ -250,9 +250,14 @@ impl JobParams {
 fn read_secret_file(path: &Path) -> Result<String, JobError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| JobError::Secret(format!("{}: {e}", path.display())))?;
-    Ok(text
-        .strip_suffix('\n')
+    Ok(secret_value(&text).to_string())
+}
+
+/// A Secret value as a Job sees it: one trailing newline (`\n` or `\r\n`) dropped, the way
+/// [`JobParams`] reads mounted Secret files. `cairn kube mount` reads Secrets through the
+/// API and must open the repository with the same password.
+pub fn secret_value(text: &str) -> &str {
+    text.strip_suffix('\n')
         .map(|t| t.strip_suffix('\r').unwrap_or(t))
-        .unwrap_or(&text)
-        .to_string())
+        .unwrap_or(text)
 }
