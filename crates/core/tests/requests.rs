@@ -1,0 +1,517 @@
+//! Requests per repository operation: the proportions docs/STORAGE.md
+//! ("Requests per operation") promises, held with `CountingStorage`.
+//!
+//! Each repository sits on the backend `CAIRN_TEST_BACKEND` names (fs or
+//! s3) with `CountingStorage` (and a recorder of object names) between the
+//! backend and the production retry and concurrency layers, so retries
+//! would be counted too. The measured counts are printed (`--nocapture`)
+//! so the table can be checked against them.
+
+use bytes::Bytes;
+use cairn_core::backup::{backup, BackupOptions, BackupResult};
+use cairn_core::check::{check, CheckOptions, DataSubset};
+use cairn_core::crypto::KdfParams;
+use cairn_core::format::tree::{Content, Payload};
+use cairn_core::restore::{restore, RestoreOptions};
+use cairn_core::{BlobId, InitOptions, OpenOptions, PackId, Repository};
+use cairn_golden::fixture::Rng;
+use cairn_storage::testing::{fresh_location, TestLocation};
+use cairn_storage::{
+    open_backend, wrap, CountingStorage, DynStorage, ObjectInfo, OpCounts, OpKind, RequestCounts,
+    Storage, StorageOptions,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+const PASSWORD: &str = "count me";
+
+/// Records the kind and object of every request, for "which packs were read".
+#[derive(Debug)]
+struct Recorder {
+    inner: DynStorage,
+    log: Mutex<Vec<(OpKind, String)>>,
+}
+
+impl Recorder {
+    fn note(&self, kind: OpKind, path: &str) {
+        self.log
+            .lock()
+            .expect("log lock")
+            .push((kind, path.to_string()));
+    }
+
+    /// Takes the requests recorded since the last call.
+    fn take(&self) -> Vec<(OpKind, String)> {
+        std::mem::take(&mut *self.log.lock().expect("log lock"))
+    }
+}
+
+impl Storage for Recorder {
+    fn read(&self, path: &str) -> cairn_storage::Result<Bytes> {
+        self.note(OpKind::Read, path);
+        self.inner.read(path)
+    }
+    fn read_range(&self, path: &str, range: Range<u64>) -> cairn_storage::Result<Bytes> {
+        self.note(OpKind::ReadRange, path);
+        self.inner.read_range(path, range)
+    }
+    fn write(&self, path: &str, data: Bytes) -> cairn_storage::Result<()> {
+        self.note(OpKind::Write, path);
+        self.inner.write(path, data)
+    }
+    fn list(&self, prefix: &str) -> cairn_storage::Result<Vec<ObjectInfo>> {
+        self.note(OpKind::List, prefix);
+        self.inner.list(prefix)
+    }
+    fn stat(&self, path: &str) -> cairn_storage::Result<ObjectInfo> {
+        self.note(OpKind::Stat, path);
+        self.inner.stat(path)
+    }
+    fn delete(&self, path: &str) -> cairn_storage::Result<()> {
+        self.note(OpKind::Delete, path);
+        self.inner.delete(path)
+    }
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+}
+
+/// A repository whose every request is counted and recorded.
+struct Counted {
+    _loc: TestLocation,
+    cache: tempfile::TempDir,
+    counting: Arc<CountingStorage>,
+    recorder: Arc<Recorder>,
+    stack: DynStorage,
+}
+
+fn init_options() -> InitOptions {
+    InitOptions {
+        kdf: KdfParams {
+            m_cost: 64,
+            t_cost: 1,
+            p_cost: 1,
+        },
+        chunk_sizes: (256, 1024, 4096),
+        pack_sizes: (128 << 10, 32 << 10),
+        zstd_level: 1,
+    }
+}
+
+impl Counted {
+    /// A fresh location, not yet a repository.
+    fn new(name: &str) -> Self {
+        let loc = fresh_location(name).expect("test location");
+        let opts = StorageOptions::default();
+        let counting = Arc::new(CountingStorage::new(
+            open_backend(loc.location(), &opts).expect("backend"),
+        ));
+        let recorder = Arc::new(Recorder {
+            inner: counting.clone(),
+            log: Mutex::default(),
+        });
+        let stack = wrap(recorder.clone(), &opts);
+        Self {
+            _loc: loc,
+            cache: tempfile::tempdir().expect("cache dir"),
+            counting,
+            recorder,
+            stack,
+        }
+    }
+
+    fn init(&self) -> Repository {
+        Repository::init(
+            self.stack.clone(),
+            PASSWORD,
+            &init_options(),
+            &self.open_opts(Some(self.cache.path())),
+        )
+        .expect("init")
+    }
+
+    fn open_opts(&self, cache: Option<&Path>) -> OpenOptions {
+        OpenOptions {
+            cache_dir: cache.map(Path::to_path_buf),
+            tolerate_damage: false,
+        }
+    }
+
+    /// Opens with the repository's cache directory (`warm`) or with an
+    /// empty in-memory cache.
+    fn open(&self, warm: bool) -> Repository {
+        let cache = warm.then(|| self.cache.path());
+        Repository::open(self.stack.clone(), PASSWORD, &self.open_opts(cache)).expect("open")
+    }
+
+    /// Counts and recorded requests since the last call; resets both.
+    fn take(&self) -> (RequestCounts, Vec<(OpKind, String)>) {
+        let counts = self.counting.snapshot();
+        self.counting.reset();
+        (counts, self.recorder.take())
+    }
+
+    /// Objects under `prefix`, listed without being counted.
+    fn listed(&self, prefix: &str) -> BTreeSet<String> {
+        let listing = self.stack.list(prefix).expect("list");
+        self.take();
+        listing.into_iter().map(|o| o.path).collect()
+    }
+}
+
+fn show(what: &str, c: &RequestCounts) {
+    let fmt = |o: &OpCounts| {
+        OpKind::ALL
+            .iter()
+            .filter(|k| o.get(**k) > 0)
+            .map(|k| format!("{} {}", o.get(*k), k.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    eprintln!("{what}: {} requests ({})", c.all.total(), fmt(&c.all));
+    for (prefix, o) in &c.by_prefix {
+        eprintln!("    {prefix}: {}", fmt(o));
+    }
+}
+
+/// `dirs` directories of `files` pseudo-random files each, `min..max` bytes.
+fn write_tree(root: &Path, seed: u64, dirs: usize, files: usize, sizes: Range<u64>) {
+    let mut rng = Rng::new(seed);
+    for d in 0..dirs {
+        let dir = root.join(format!("d{d:02}"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for f in 0..files {
+            let len = sizes.start + rng.below(sizes.end - sizes.start);
+            std::fs::write(dir.join(format!("f{f:04}")), rng.bytes(len as usize)).expect("write");
+        }
+    }
+}
+
+fn backup_of(repo: &Repository, src: &Path) -> BackupResult {
+    backup(
+        repo,
+        &BackupOptions {
+            paths: vec![src.to_path_buf()],
+            host: Some("count-host".into()),
+            source: Some("count-source".into()),
+            ..BackupOptions::default()
+        },
+    )
+    .expect("backup")
+}
+
+#[test]
+fn init_and_open_cost_a_fixed_number_of_requests_and_list_the_index_once() {
+    let c = Counted::new("requests-open");
+    let repo = c.init();
+    let (init, _) = c.take();
+    show("init", &init);
+    assert_eq!(
+        init.prefix("cairn.repository").stat,
+        1,
+        "refuse an existing repository"
+    );
+    assert_eq!(
+        init.prefix("keys").list,
+        1,
+        "leftovers of an interrupted init"
+    );
+    assert_eq!(init.all.write, 3, "config, key, header");
+    assert_eq!(init.all.reads(), 0);
+
+    // Three backups of different content: three index segments at least.
+    let src = tempfile::tempdir().expect("src");
+    for seed in 0..3 {
+        write_tree(src.path(), seed, 2, 10, 500..3000);
+        backup_of(&repo, src.path());
+    }
+    drop(repo);
+    let segments = c.listed("index/").len() as u64;
+    assert!(segments >= 3, "{segments} segments");
+
+    for warm in [false, true] {
+        let _repo = c.open(warm);
+        let (open, log) = c.take();
+        show(
+            &format!(
+                "open ({} cache, {segments} segments)",
+                if warm { "warm" } else { "cold" }
+            ),
+            &open,
+        );
+        let index_lists = log
+            .iter()
+            .filter(|(k, p)| *k == OpKind::List && p == "index/")
+            .count();
+        assert_eq!(index_lists, 1, "the index is listed exactly once: {log:?}");
+        assert_eq!(open.prefix("index").list, 1);
+        let segment_reads = if warm { 0 } else { segments };
+        assert_eq!(
+            open.prefix("index").read,
+            segment_reads,
+            "one read per segment not in the cache"
+        );
+        assert_eq!(open.prefix("cairn.repository").read, 1);
+        assert_eq!(open.prefix("keys").list, 1);
+        assert_eq!(open.prefix("keys").read, 1, "the first key opens");
+        assert_eq!(open.prefix("config").read, 1);
+        assert_eq!(open.prefix("gc").list, 1, "maintenance plans");
+        assert_eq!(open.all.total(), 6 + segment_reads, "nothing else: {log:?}");
+        assert_eq!(open.all.write + open.all.delete + open.all.read_range, 0);
+    }
+}
+
+#[test]
+fn backup_writes_in_proportion_to_packs_not_files() {
+    const DIRS: usize = 20;
+    const FILES: usize = 100;
+    let c = Counted::new("requests-backup");
+    let repo = c.init();
+    let src = tempfile::tempdir().expect("src");
+    write_tree(src.path(), 7, DIRS, FILES, 100..600);
+    c.take();
+
+    backup_of(&repo, src.path());
+    let (first, log) = c.take();
+    show(&format!("first backup of {} files", DIRS * FILES), &first);
+    let packs = c.listed("packs/").len() as u64;
+    let segments = c.listed("index/").len() as u64;
+    let snapshots = c.listed("snapshots/").len() as u64;
+    eprintln!("    -> {packs} packs, {segments} segments, {snapshots} snapshots");
+    assert_eq!(snapshots, 1);
+    // One write per pack, per index segment and per snapshot; nothing else.
+    assert_eq!(first.prefix("packs").write, packs, "one PUT per pack");
+    assert_eq!(first.prefix("index").write, segments, "one PUT per segment");
+    assert_eq!(first.prefix("snapshots").write, 1);
+    assert_eq!(first.all.write, packs + segments + snapshots, "{log:?}");
+    assert!(
+        first.all.write * 20 < (DIRS * FILES) as u64,
+        "{} writes for {} files",
+        first.all.write,
+        DIRS * FILES
+    );
+    // A first backup reads no pack, and makes no request per file.
+    assert_eq!(first.prefix("packs").reads(), 0, "{log:?}");
+    assert!(
+        first.all.total() < packs + segments + 20,
+        "{} requests: {log:?}",
+        first.all.total()
+    );
+
+    // Nothing changed: no pack, no segment, one snapshot; the parent's
+    // trees are read (one range read per tree not in the cache).
+    let second = backup_of(&repo, src.path());
+    let (again, log) = c.take();
+    show("unchanged backup", &again);
+    assert_eq!(
+        second.snapshot.summary.files_unchanged,
+        (DIRS * FILES) as u64
+    );
+    assert_eq!(again.all.write, 1, "only the snapshot: {log:?}");
+    assert_eq!(again.prefix("snapshots").write, 1);
+    assert!(
+        again.prefix("packs").read_range <= (DIRS + 1) as u64,
+        "at most one read per parent tree: {log:?}"
+    );
+    assert_eq!(again.prefix("packs").read, 0);
+}
+
+/// Packs holding the blobs a restore of `include` (a top-level directory)
+/// needs: metadata (its ancestors' and its own trees, list blobs) and data.
+struct Needed {
+    meta_blobs: BTreeSet<BlobId>,
+    meta_packs: BTreeSet<PackId>,
+    data_packs: BTreeSet<PackId>,
+}
+
+fn needed(repo: &Repository, root: &BlobId, include: Option<&str>) -> Needed {
+    let mut n = Needed {
+        meta_blobs: BTreeSet::new(),
+        meta_packs: BTreeSet::new(),
+        data_packs: BTreeSet::new(),
+    };
+    let pack_of = |id: &BlobId| repo.lookup(id).expect("lookup").expect("indexed").pack;
+    let mut stack = vec![*root];
+    let mut top = true;
+    while let Some(t) = stack.pop() {
+        n.meta_blobs.insert(t);
+        n.meta_packs.insert(pack_of(&t));
+        let tree = repo.load_tree(&t).expect("tree");
+        for node in &tree.nodes {
+            if top && include.is_some_and(|i| node.name != i.as_bytes()) {
+                continue;
+            }
+            match &node.payload {
+                Payload::Dir(sub) => stack.push(*sub),
+                Payload::File(content) => {
+                    if let Content::Lists(lists) = content {
+                        for l in lists {
+                            n.meta_blobs.insert(l.id);
+                            n.meta_packs.insert(pack_of(&l.id));
+                        }
+                    }
+                    for chunk in repo.chunk_list(content).expect("chunk list") {
+                        if !chunk.is_hole() {
+                            n.data_packs.insert(pack_of(&chunk.id));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        top = false;
+    }
+    n
+}
+
+/// Distinct packs range-read, and range reads per pack, in a request log.
+fn packs_read(log: &[(OpKind, String)]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for (kind, path) in log {
+        if path.starts_with("packs/") {
+            assert_eq!(
+                *kind,
+                OpKind::ReadRange,
+                "restore reads packs by range: {path}"
+            );
+            *out.entry(path.clone()).or_default() += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn restore_reads_only_the_packs_it_needs_about_once_each() {
+    const DIRS: usize = 8;
+    let c = Counted::new("requests-restore");
+    let repo = c.init();
+    let src = tempfile::tempdir().expect("src");
+    // 8 directories of 40 files of 2-6 KiB: each directory fills one or
+    // two 128 KiB data packs; a 300 KiB file in d05 needs list blobs.
+    write_tree(src.path(), 3, DIRS, 40, 2048..6144);
+    std::fs::write(src.path().join("d05/big"), Rng::new(99).bytes(300 << 10)).expect("big file");
+    let result = backup_of(&repo, src.path());
+    let root = result.snapshot.tree;
+    let all_packs = c.listed("packs/");
+
+    for include in [Some("d03"), Some("d05"), None] {
+        // A cold cache: trees and list blobs are fetched too.
+        let cold = c.open(false);
+        let need = needed(&repo, &root, include);
+        c.take();
+        let out = tempfile::tempdir().expect("restore dir");
+        let stats = restore(
+            &cold,
+            &root,
+            &RestoreOptions {
+                target: out.path().join("dst"),
+                includes: include.map(PathBuf::from).into_iter().collect(),
+                ..RestoreOptions::default()
+            },
+        )
+        .expect("restore");
+        assert!(stats.failed.is_empty(), "{:#?}", stats.failed);
+        let (counts, log) = c.take();
+        let what = format!("restore of {}", include.unwrap_or("everything"));
+        show(&what, &counts);
+        let read = packs_read(&log);
+        let expected: BTreeSet<String> = need
+            .meta_packs
+            .iter()
+            .chain(&need.data_packs)
+            .map(|p| p.path())
+            .collect();
+        eprintln!(
+            "    -> {} of {} packs read ({} data, {} metadata packs needed), {} range reads, {} metadata blobs",
+            read.len(),
+            all_packs.len(),
+            need.data_packs.len(),
+            need.meta_packs.len(),
+            counts.all.read_range,
+            need.meta_blobs.len(),
+        );
+        let read_set: BTreeSet<String> = read.keys().cloned().collect();
+        assert_eq!(read_set, expected, "{what}: packs read vs packs needed");
+        if include.is_some() {
+            assert!(read.len() < all_packs.len(), "{what} reads a subset");
+        }
+        // Data packs: one merged range read each. Metadata: one range read
+        // per tree or list blob fetched (not cached yet).
+        let data_reads: u64 = need
+            .data_packs
+            .iter()
+            .map(|p| read.get(&p.path()).copied().unwrap_or(0))
+            .sum::<u64>();
+        assert!(
+            need.meta_packs.is_disjoint(&need.data_packs),
+            "data and metadata never share a pack"
+        );
+        assert_eq!(data_reads, stats.ranges_read, "{what}: {log:?}");
+        assert_eq!(
+            stats.ranges_read,
+            need.data_packs.len() as u64,
+            "{what}: one range per data pack"
+        );
+        assert_eq!(
+            counts.prefix("packs").read_range,
+            stats.ranges_read + need.meta_blobs.len() as u64,
+            "{what}: plus one per tree or list blob"
+        );
+        // Nothing but pack range reads.
+        assert_eq!(
+            counts.all.total(),
+            counts.prefix("packs").read_range,
+            "{log:?}"
+        );
+    }
+}
+
+#[test]
+fn listing_snapshots_costs_one_list_and_one_read_per_snapshot() {
+    let c = Counted::new("requests-snapshots");
+    let repo = c.init();
+    let src = tempfile::tempdir().expect("src");
+    for seed in 0..4 {
+        write_tree(src.path(), seed, 1, 5, 100..1000);
+        backup_of(&repo, src.path());
+    }
+    drop(repo);
+    for warm in [false, true] {
+        let repo = c.open(warm);
+        c.take();
+        let snapshots = repo.list_snapshots().expect("list snapshots");
+        let (counts, log) = c.take();
+        show(
+            &format!("snapshots ({} cache)", if warm { "warm" } else { "cold" }),
+            &counts,
+        );
+        assert_eq!(snapshots.len(), 4);
+        assert_eq!(counts.prefix("snapshots").list, 1);
+        let reads = if warm { 0 } else { 4 };
+        assert_eq!(
+            counts.prefix("snapshots").read,
+            reads,
+            "cached manifests are not read again"
+        );
+        assert_eq!(counts.all.total(), 1 + reads, "{log:?}");
+    }
+
+    // check: one listing of packs/; with --read-data one read per pack.
+    let repo = c.open(true);
+    c.take();
+    let packs = c.listed("packs/").len() as u64;
+    for read_data in [None, Some(DataSubset::All)] {
+        let report = check(&repo, &CheckOptions { read_data }).expect("check");
+        assert!(report.is_clean(), "{:?}", report.damage);
+        let (counts, log) = c.take();
+        show(
+            &format!("check (read_data {read_data:?}, {packs} packs)"),
+            &counts,
+        );
+        assert_eq!(counts.prefix("packs").list, 1, "{log:?}");
+        let expected = if read_data.is_some() { packs } else { 0 };
+        assert_eq!(counts.prefix("packs").read, expected, "{log:?}");
+    }
+}
