@@ -1,9 +1,10 @@
 //! Sealing (AES-256-GCM), envelopes (optional zstd), keyed ids and password derivation.
 
 use crate::format::{BlobId, BlobKind, Id};
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use rand::RngCore;
+use std::cell::RefCell;
 
 /// Nonce length of a sealed object.
 pub const NONCE_LEN: usize = 12;
@@ -86,9 +87,28 @@ impl SealKey {
     }
 
     /// Seals an envelope: `body` compressed with zstd at `level` when that
-    /// makes it smaller (`level` 0 disables compression).
+    /// makes it smaller (`level` 0 disables compression). The envelope is
+    /// built and encrypted in place in the one buffer that is returned.
     pub fn seal_envelope(&self, aad: &[u8], body: &[u8], level: i32) -> Vec<u8> {
-        self.seal(aad, &envelope(body, level))
+        let mut out = Vec::new();
+        with_compressed(body, level, |compressed| {
+            let (code, bytes) = match compressed {
+                Some(frame) => (COMPRESSION_ZSTD, frame),
+                None => (COMPRESSION_NONE, body),
+            };
+            out.reserve_exact(SEAL_OVERHEAD + 1 + bytes.len());
+            out.extend_from_slice(&[0u8; NONCE_LEN]);
+            rand::thread_rng().fill_bytes(&mut out[..NONCE_LEN]);
+            out.push(code);
+            out.extend_from_slice(bytes);
+        });
+        let (nonce, msg) = out.split_at_mut(NONCE_LEN);
+        let tag = self
+            .cipher
+            .encrypt_in_place_detached(Nonce::from_slice(nonce), aad, msg)
+            .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+        out.extend_from_slice(&tag);
+        out
     }
 
     /// Opens an envelope sealed by [`SealKey::seal_envelope`].
@@ -98,22 +118,67 @@ impl SealKey {
     }
 }
 
+thread_local! {
+    /// One zstd compression context per thread: creating a context per blob
+    /// cost more CPU than compressing a small file.
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { RefCell::new(None) };
+    /// The frame being built, reused across blobs.
+    static FRAME: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// One zstd decompression context per thread.
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// Calls `f` with the zstd frame of `body` at `level`, or `None` when
+/// compression is off, does not shrink `body`, or fails.
+fn with_compressed<R>(body: &[u8], level: i32, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
+    if level == 0 || body.len() <= 64 {
+        return f(None);
+    }
+    let framed = COMPRESSOR.with_borrow_mut(|slot| {
+        let compressor = match slot {
+            Some((l, c)) if *l == level => c,
+            _ => {
+                let c = zstd::bulk::Compressor::new(level).ok()?;
+                &mut slot.insert((level, c)).1
+            }
+        };
+        FRAME.with_borrow_mut(|frame| {
+            frame.clear();
+            frame.reserve(zstd::zstd_safe::compress_bound(body.len()));
+            match compressor.compress_to_buffer(body, frame) {
+                Ok(n) if n < body.len() => Some(std::mem::take(frame)),
+                _ => None,
+            }
+        })
+    });
+    match framed {
+        Some(frame) => {
+            let r = f(Some(&frame));
+            FRAME.with_borrow_mut(|slot| {
+                if slot.capacity() < frame.capacity() {
+                    *slot = frame;
+                }
+            });
+            r
+        }
+        None => f(None),
+    }
+}
+
 /// Builds an envelope plaintext: a compression byte then the (maybe compressed) body.
 pub fn envelope(body: &[u8], level: i32) -> Vec<u8> {
-    if level != 0 && body.len() > 64 {
-        if let Ok(frame) = zstd::bulk::compress(body, level) {
-            if frame.len() < body.len() {
-                let mut out = Vec::with_capacity(frame.len() + 1);
-                out.push(COMPRESSION_ZSTD);
-                out.extend_from_slice(&frame);
-                return out;
-            }
-        }
-    }
-    let mut out = Vec::with_capacity(body.len() + 1);
-    out.push(COMPRESSION_NONE);
-    out.extend_from_slice(body);
-    out
+    with_compressed(body, level, |compressed| {
+        let (code, bytes) = match compressed {
+            Some(frame) => (COMPRESSION_ZSTD, frame),
+            None => (COMPRESSION_NONE, body),
+        };
+        let mut out = Vec::with_capacity(bytes.len() + 1);
+        out.push(code);
+        out.extend_from_slice(bytes);
+        out
+    })
 }
 
 /// Decodes an envelope plaintext back to its body.
@@ -134,7 +199,14 @@ pub fn unenvelope(mut plain: Vec<u8>) -> Result<Vec<u8>, CryptoError> {
                 Ok(Some(size)) => size as usize,
                 _ => MAX_PLAINTEXT,
             };
-            zstd::bulk::decompress(frame, capacity)
+            DECOMPRESSOR
+                .with_borrow_mut(|slot| {
+                    let d = match slot {
+                        Some(d) => d,
+                        None => slot.insert(zstd::bulk::Decompressor::new()?),
+                    };
+                    d.decompress(frame, capacity)
+                })
                 .map_err(|e| CryptoError::Envelope(format!("zstd: {e}")))
         }
         Some(b) => Err(CryptoError::Envelope(format!(
