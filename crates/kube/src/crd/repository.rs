@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct BackupRepositorySpec {
     /// Repository URL: `s3://bucket/prefix`, `azblob://container/prefix`, `gcs://bucket/prefix`,
-    /// `webdav://host/path` or `fs:///path`.
+    /// `webdav://host/path` or `file:///path`.
     pub location: String,
     /// Secret whose keys are the storage credentials (for S3: `AWS_ACCESS_KEY_ID`,
     /// `AWS_SECRET_ACCESS_KEY`, optional `AWS_REGION` and `AWS_ENDPOINT_URL`). Every key is

@@ -19,7 +19,7 @@ pub struct EngineProgress {
 /// How to open the repository. Secrets are redacted from `Debug`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RepositoryAccess {
-    /// Repository URL (`s3://bucket/prefix`, `fs:///path`, ...).
+    /// Repository URL (`s3://bucket/prefix`, `file:///path`, ...).
     pub location: String,
     /// Repository password.
     pub password: String,
