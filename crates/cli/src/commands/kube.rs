@@ -4,7 +4,7 @@
 //! FUSE-mounts the snapshot of a VolumeBackup on this machine.
 
 use crate::engine::export_credentials;
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use cairn_core::{OpenOptions, Repository, SnapshotFilter};
 use cairn_fuse::{check_mountpoint, spawn_mount, MountOptions};
 use cairn_kube::controller::JobSettings;
@@ -26,11 +26,12 @@ pub enum KubeCommand {
 
 #[derive(Args, Debug)]
 pub struct MountArgs {
-    /// The VolumeBackup.
+    /// The VolumeBackup: NAME, or NAMESPACE/NAME.
     pub volume_backup: String,
     /// Empty directory to mount on.
     pub dir: PathBuf,
-    /// Namespace of the VolumeBackup (default: the kubeconfig context's).
+    /// Namespace of the VolumeBackup (default: the one in NAMESPACE/NAME, else the
+    /// kubeconfig context's).
     #[arg(long, short = 'n')]
     pub namespace: Option<String>,
     /// Let other users read the mount (allow_other).
@@ -69,10 +70,31 @@ pub fn run(command: KubeCommand) -> Result<ExitCode> {
     }
 }
 
+/// Splits `NAMESPACE/NAME` (or `NAME`) and reconciles it with `-n`.
+fn volume_backup_name(arg: &str, flag: Option<&str>) -> Result<(Option<String>, String)> {
+    let usage = |m: String| anyhow!(cairn_core::Error::Usage(m));
+    let (namespace, name) = match arg.split_once('/') {
+        Some((ns, name)) => (Some(ns), name),
+        None => (None, arg),
+    };
+    if name.is_empty() || name.contains('/') || namespace == Some("") {
+        return Err(usage(format!(
+            "{arg:?} is not a VolumeBackup name: use NAME or NAMESPACE/NAME"
+        )));
+    }
+    match (namespace, flag) {
+        (Some(a), Some(b)) if a != b => Err(usage(format!(
+            "{arg:?} is in namespace {a:?} but -n says {b:?}; give one of them"
+        ))),
+        (ns, flag) => Ok((ns.or(flag).map(str::to_string), name.to_string())),
+    }
+}
+
 fn mount(a: MountArgs) -> Result<ExitCode> {
+    let (namespace, name) = volume_backup_name(&a.volume_backup, a.namespace.as_deref())?;
     // Check before talking to the cluster.
     check_mountpoint(&a.dir)?;
-    let target = {
+    let (namespace, target) = {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -82,13 +104,10 @@ fn mount(a: MountArgs) -> Result<ExitCode> {
             let client = ::kube::Client::try_default()
                 .await
                 .context("connecting to the Kubernetes API (KUBECONFIG)")?;
-            let namespace = a
-                .namespace
-                .clone()
-                .unwrap_or_else(|| client.default_namespace().to_string());
-            resolve_mount(&client, &namespace, &a.volume_backup)
-                .await
-                .with_context(|| format!("resolving VolumeBackup {namespace}/{}", a.volume_backup))
+            let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+            // The errors name what was read and why it failed.
+            let target = resolve_mount(&client, &namespace, &name).await?;
+            anyhow::Ok((namespace, target))
         })?
         // The runtime's threads end here, before the environment changes.
     };
@@ -99,20 +118,31 @@ fn mount(a: MountArgs) -> Result<ExitCode> {
         cache_dir: OpenOptions::default_cache_dir(),
         tolerate_damage: false,
     };
-    let repo = Repository::open(storage, &access.password, &open)?;
-    let (snapshot, _) = repo.find_snapshot(&target.snapshot_id, &SnapshotFilter::default())?;
+    let repo = Repository::open(storage, &access.password, &open).with_context(|| {
+        format!(
+            "opening {} for VolumeBackup {namespace}/{name}",
+            access.location
+        )
+    })?;
+    let (snapshot, _) = repo
+        .find_snapshot(&target.snapshot_id, &SnapshotFilter::default())
+        .with_context(|| {
+            format!(
+                "finding snapshot {} of VolumeBackup {namespace}/{name} in {}",
+                target.snapshot_id, access.location
+            )
+        })?;
     let opts = MountOptions {
         snapshot: Some(snapshot),
-        fsname: Some(format!("cairn:{}", a.volume_backup)),
+        fsname: Some(format!("cairn:{namespace}/{name}")),
         allow_other: a.allow_other,
         ..MountOptions::default()
     };
     let handle = spawn_mount(repo, &a.dir, &opts)?;
     eprintln!(
-        "snapshot {} of VolumeBackup {} mounted at {}; press Ctrl-C or run `fusermount3 -u {}` \
-         to unmount",
+        "snapshot {} of VolumeBackup {namespace}/{name} mounted at {}; press Ctrl-C or run \
+         `fusermount3 -u {}` to unmount",
         snapshot.short(),
-        a.volume_backup,
         a.dir.display(),
         a.dir.display()
     );
@@ -145,4 +175,28 @@ fn controller(a: ControllerArgs) -> Result<ExitCode> {
             .context("running the controller")
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_backup_names_take_the_namespace_from_the_name_or_the_flag() {
+        let ok = |arg, flag| volume_backup_name(arg, flag).unwrap();
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(ok("db", None), (None, "db".into()));
+        assert_eq!(ok("db", Some("shop")), (some("shop"), "db".into()));
+        assert_eq!(ok("shop/db", None), (some("shop"), "db".into()));
+        assert_eq!(ok("shop/db", Some("shop")), (some("shop"), "db".into()));
+        for (arg, flag) in [("a/b/c", None), ("/db", None), ("shop/", None), ("", None)] {
+            let e = volume_backup_name(arg, flag).unwrap_err();
+            assert_eq!(crate::output::exit_code(&e), 2, "{arg:?}: {e}");
+        }
+        let e = volume_backup_name("shop/db", Some("prod")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "\"shop/db\" is in namespace \"shop\" but -n says \"prod\"; give one of them"
+        );
+    }
 }
