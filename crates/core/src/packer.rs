@@ -10,6 +10,7 @@ use crate::format::pack::PackBuilder;
 use crate::format::{BlobId, BlobKind, Id, IndexId, PackId};
 use crate::repo::Repository;
 use bytes::Bytes;
+use cairn_storage::StorageError;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,7 +35,10 @@ pub struct WriteStats {
 
 struct Shared {
     done: Mutex<Vec<IndexedPack>>,
-    error: Mutex<Option<Error>>,
+    /// The first upload failure. Kept, not taken, once set: every caller
+    /// waiting on uploads (`sync`, sealing workers, the walker) must see it,
+    /// or one that missed it would wait forever for the failed pack.
+    error: Mutex<Option<StorageError>>,
     packs: AtomicU64,
     segments: AtomicU64,
 }
@@ -61,7 +65,10 @@ impl PackWriter {
     /// A writer with `uploaders` upload threads (at least one).
     pub fn new(repo: &Repository, uploaders: usize) -> Self {
         let uploaders = uploaders.max(1);
-        let (tx, rx) = bounded::<PackBuilder>(uploaders);
+        // A rendezvous channel: a full pack waits for a free uploader, so
+        // at most `uploaders` finished packs are held besides the two being
+        // filled.
+        let (tx, rx) = bounded::<PackBuilder>(0);
         let shared = Arc::new(Shared {
             done: Mutex::new(Vec::new()),
             error: Mutex::new(None),
@@ -81,8 +88,8 @@ impl PackWriter {
             .collect();
         Self {
             repo: repo.clone(),
-            data: Mutex::new(PackBuilder::new()),
-            meta: Mutex::new(PackBuilder::new()),
+            data: Mutex::new(fresh_builder(repo.config().data_pack_size as usize)),
+            meta: Mutex::new(fresh_builder(repo.config().meta_pack_size as usize)),
             pending: Mutex::new(HashSet::new()),
             tx: Some(tx),
             uploaders: handles,
@@ -96,8 +103,11 @@ impl PackWriter {
     }
 
     fn check_error(&self) -> Result<()> {
-        match self.shared.error.lock().expect("lock").take() {
-            Some(e) => Err(e),
+        match &*self.shared.error.lock().expect("lock") {
+            Some(e) => Err(Error::Storage {
+                location: self.repo.location().to_string(),
+                source: StorageError::new(e.kind, e.op.clone(), e.message.clone()),
+            }),
             None => Ok(()),
         }
     }
@@ -174,7 +184,7 @@ impl PackWriter {
             if b.len() >= target {
                 // Counted while the builder lock is held, so `sync` waits for it.
                 self.sent.fetch_add(1, Ordering::SeqCst);
-                Some(std::mem::take(&mut *b))
+                Some(std::mem::replace(&mut *b, fresh_builder(target)))
             } else {
                 None
             }
@@ -204,14 +214,19 @@ impl PackWriter {
 
     /// Sends the partly filled packs to upload now (used at checkpoints).
     pub fn flush_packs(&self) -> Result<()> {
-        for builder in [&self.data, &self.meta] {
+        let config = self.repo.config();
+        let targets = [
+            (&self.data, config.data_pack_size as usize),
+            (&self.meta, config.meta_pack_size as usize),
+        ];
+        for (builder, target) in targets {
             let pack = {
                 let mut b = builder.lock().expect("lock");
                 if b.is_empty() {
                     continue;
                 }
                 self.sent.fetch_add(1, Ordering::SeqCst);
-                std::mem::take(&mut *b)
+                std::mem::replace(&mut *b, fresh_builder(target))
             };
             self.send(pack)?;
         }
@@ -288,6 +303,11 @@ impl Drop for PackWriter {
     }
 }
 
+/// A builder sized for a pack of `target` bytes plus one typical blob.
+fn fresh_builder(target: usize) -> PackBuilder {
+    PackBuilder::with_capacity(target + (1 << 20))
+}
+
 fn upload_loop(repo: Repository, rx: Receiver<PackBuilder>, shared: Arc<Shared>) {
     for builder in rx {
         if shared.error.lock().expect("lock").is_some() {
@@ -309,10 +329,7 @@ fn upload_loop(repo: Repository, rx: Receiver<PackBuilder>, shared: Arc<Shared>)
             Err(e) => {
                 let mut slot = shared.error.lock().expect("lock");
                 if slot.is_none() {
-                    *slot = Some(Error::Storage {
-                        location: repo.location().to_string(),
-                        source: e,
-                    });
+                    *slot = Some(e);
                 }
             }
         }

@@ -492,3 +492,56 @@ fn storage_lost_mid_backup_leaves_a_consistent_repository() {
         rig.assert_consistent(&format!("after the cut at {cut}"));
     }
 }
+
+/// Regression: an upload failure taken by a sealing worker (still busy
+/// with a large file of the parent directory) was never seen by the walker
+/// waiting in a checkpoint's `PackWriter::sync` for the failed pack: the
+/// backup hung. Now every waiter sees the first upload failure.
+#[test]
+fn storage_lost_while_a_checkpoint_waits_for_uploads_fails_instead_of_hanging() {
+    let dir = tempfile::tempdir().expect("source dir");
+    let root = dir.path().join("src");
+    std::fs::create_dir_all(root.join("b")).expect("mkdir");
+    let mut rng = cairn_golden::fixture::Rng::new(5);
+    // `a.bin` is still being read and sealed when `b/` ends and its
+    // checkpoint waits for the packs in flight.
+    std::fs::write(root.join("a.bin"), rng.bytes(16 << 20)).expect("big file");
+    for f in 0..20 {
+        std::fs::write(root.join("b").join(format!("f{f:03}")), rng.bytes(3000)).expect("file");
+    }
+    for k in 0..12u64 {
+        let rig = Rig::new(&format!("faults-checkpoint-hang-{k}"));
+        // Cuts between the first pack uploads and the first checkpoint.
+        rig.fault.set_plan(FaultPlan::new(k).fail_after(8 + k));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let storage = rig.patient.clone();
+        let cache = rig.cache.path().to_path_buf();
+        let opts = BackupOptions {
+            checkpoint: CheckpointOptions {
+                every: Duration::ZERO,
+                every_blobs: 5,
+            },
+            ..backup_options(&root)
+        };
+        std::thread::spawn(move || {
+            let open = OpenOptions {
+                cache_dir: Some(cache),
+                tolerate_damage: false,
+            };
+            let result = Repository::open(storage, PASSWORD, &open)
+                .and_then(|repo| backup(&repo, &opts).map(|_| ()));
+            let _ = tx.send(result);
+        });
+        // A watchdog, not a timing assertion: the run takes well under a
+        // second; only a hang reaches the limit.
+        let result = rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("cut after {} requests: the backup hangs", 8 + k));
+        let e = result
+            .err()
+            .unwrap_or_else(|| panic!("cut after {} requests: the backup must fail", 8 + k));
+        assert_clear(&e, "backup cut during a checkpoint");
+        assert!(e.to_string().contains("simulated crash"), "{e}");
+        rig.assert_consistent(&format!("cut after {} requests", 8 + k));
+    }
+}
