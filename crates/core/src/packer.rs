@@ -65,10 +65,7 @@ impl PackWriter {
     /// A writer with `uploaders` upload threads (at least one).
     pub fn new(repo: &Repository, uploaders: usize) -> Self {
         let uploaders = uploaders.max(1);
-        // A rendezvous channel: a full pack waits for a free uploader, so
-        // at most `uploaders` finished packs are held besides the two being
-        // filled.
-        let (tx, rx) = bounded::<PackBuilder>(0);
+        let (tx, rx) = bounded::<PackBuilder>(uploaders);
         let shared = Arc::new(Shared {
             done: Mutex::new(Vec::new()),
             error: Mutex::new(None),
@@ -88,8 +85,8 @@ impl PackWriter {
             .collect();
         Self {
             repo: repo.clone(),
-            data: Mutex::new(fresh_builder(repo.config().data_pack_size as usize)),
-            meta: Mutex::new(fresh_builder(repo.config().meta_pack_size as usize)),
+            data: Mutex::new(PackBuilder::new()),
+            meta: Mutex::new(PackBuilder::new()),
             pending: Mutex::new(HashSet::new()),
             tx: Some(tx),
             uploaders: handles,
@@ -184,7 +181,7 @@ impl PackWriter {
             if b.len() >= target {
                 // Counted while the builder lock is held, so `sync` waits for it.
                 self.sent.fetch_add(1, Ordering::SeqCst);
-                Some(std::mem::replace(&mut *b, fresh_builder(target)))
+                Some(std::mem::take(&mut *b))
             } else {
                 None
             }
@@ -214,19 +211,14 @@ impl PackWriter {
 
     /// Sends the partly filled packs to upload now (used at checkpoints).
     pub fn flush_packs(&self) -> Result<()> {
-        let config = self.repo.config();
-        let targets = [
-            (&self.data, config.data_pack_size as usize),
-            (&self.meta, config.meta_pack_size as usize),
-        ];
-        for (builder, target) in targets {
+        for builder in [&self.data, &self.meta] {
             let pack = {
                 let mut b = builder.lock().expect("lock");
                 if b.is_empty() {
                     continue;
                 }
                 self.sent.fetch_add(1, Ordering::SeqCst);
-                std::mem::replace(&mut *b, fresh_builder(target))
+                std::mem::take(&mut *b)
             };
             self.send(pack)?;
         }
@@ -301,11 +293,6 @@ impl Drop for PackWriter {
             let _ = h.join();
         }
     }
-}
-
-/// A builder sized for a pack of `target` bytes plus one typical blob.
-fn fresh_builder(target: usize) -> PackBuilder {
-    PackBuilder::with_capacity(target + (1 << 20))
 }
 
 fn upload_loop(repo: Repository, rx: Receiver<PackBuilder>, shared: Arc<Shared>) {
