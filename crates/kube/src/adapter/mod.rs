@@ -18,8 +18,11 @@ use kube::api::{
     ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
     PropagationPolicy,
 };
-use kube::Api;
+use kube::{Api, Resource};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{json, Value};
+use std::fmt::Debug;
 use std::time::Duration;
 
 /// Adapter failures: an API call failed (retried by requeueing the reconcile).
@@ -90,6 +93,61 @@ fn tolerate(
     }
 }
 
+/// Creates `object`; one that exists already counts as created.
+async fn create<K>(api: &Api<K>, ns: &str, kind: &str, object: &K) -> Result<(), AdapterError>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let name = object.meta().name.as_deref().unwrap_or_default();
+    tolerate(
+        api.create(&PostParams::default(), object).await.map(drop),
+        409,
+        format!("creating {kind} {ns}/{name}"),
+    )
+}
+
+/// Deletes `name`; one that is gone already counts as deleted.
+async fn delete<K>(
+    api: &Api<K>,
+    ns: &str,
+    kind: &str,
+    name: &str,
+    params: &DeleteParams,
+) -> Result<(), AdapterError>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    tolerate(
+        api.delete(name, params).await.map(drop),
+        404,
+        format!("deleting {kind} {ns}/{name}"),
+    )
+}
+
+/// Merge-patches the target's status to `status` (see [`status_patch`]).
+async fn patch_status<K>(
+    api: &Api<K>,
+    target: &Target,
+    status: &impl Serialize,
+) -> Result<(), AdapterError>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let body = status_patch(
+        &target.old_status,
+        &serde_json::to_value(status).unwrap_or_default(),
+    );
+    api.patch_status(&target.name, &PatchParams::default(), &Patch::Merge(&body))
+        .await
+        .map(drop)
+        .map_err(api_err(format!(
+            "patching {} {}/{} status",
+            K::kind(&()),
+            target.namespace,
+            target.name
+        )))
+}
+
 /// A merge patch of `status` that also removes the fields `old` had and `new` lacks.
 pub fn status_patch(old: &Value, new: &Value) -> Value {
     let mut body = new.clone();
@@ -109,7 +167,6 @@ pub async fn execute(
 ) -> Result<Option<Duration>, AdapterError> {
     let mut requeue: Option<Duration> = None;
     let ns = target.namespace.as_str();
-    let pp = PostParams::default();
     let background = DeleteParams {
         propagation_policy: Some(PropagationPolicy::Background),
         ..DeleteParams::default()
@@ -117,59 +174,33 @@ pub async fn execute(
     for action in actions {
         match action {
             Action::CreateVolumeSnapshot(object) => {
-                let api: Api<DynamicObject> =
-                    Api::namespaced_with(client.clone(), ns, &volume_snapshot_resource());
                 let object: DynamicObject = serde_json::from_value(object.clone())
                     .map_err(|e| AdapterError::Convert(e.to_string()))?;
-                let name = object.metadata.name.clone().unwrap_or_default();
-                tolerate(
-                    api.create(&pp, &object).await.map(drop),
-                    409,
-                    format!("creating VolumeSnapshot {ns}/{name}"),
-                )?;
+                let api = Api::namespaced_with(client.clone(), ns, &volume_snapshot_resource());
+                create(&api, ns, "VolumeSnapshot", &object).await?;
             }
             Action::DeleteVolumeSnapshot { namespace, name } => {
                 let api: Api<DynamicObject> =
                     Api::namespaced_with(client.clone(), namespace, &volume_snapshot_resource());
-                tolerate(
-                    api.delete(name, &DeleteParams::default()).await.map(drop),
-                    404,
-                    format!("deleting VolumeSnapshot {namespace}/{name}"),
-                )?;
+                let params = DeleteParams::default();
+                delete(&api, namespace, "VolumeSnapshot", name, &params).await?;
             }
             Action::CreatePvc(pvc) => {
                 let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
-                let name = pvc.metadata.name.clone().unwrap_or_default();
-                tolerate(
-                    api.create(&pp, pvc).await.map(drop),
-                    409,
-                    format!("creating PVC {ns}/{name}"),
-                )?;
+                create(&api, ns, "PVC", pvc).await?;
             }
             Action::DeletePvc { namespace, name } => {
                 let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
-                tolerate(
-                    api.delete(name, &DeleteParams::default()).await.map(drop),
-                    404,
-                    format!("deleting PVC {namespace}/{name}"),
-                )?;
+                let params = DeleteParams::default();
+                delete(&api, namespace, "PVC", name, &params).await?;
             }
             Action::CreateJob(job) => {
                 let api: Api<Job> = Api::namespaced(client.clone(), ns);
-                let name = job.metadata.name.clone().unwrap_or_default();
-                tolerate(
-                    api.create(&pp, job).await.map(drop),
-                    409,
-                    format!("creating Job {ns}/{name}"),
-                )?;
+                create(&api, ns, "Job", job).await?;
             }
             Action::DeleteJob { namespace, name } => {
                 let api: Api<Job> = Api::namespaced(client.clone(), namespace);
-                tolerate(
-                    api.delete(name, &background).await.map(drop),
-                    404,
-                    format!("deleting Job {namespace}/{name}"),
-                )?;
+                delete(&api, namespace, "Job", name, &background).await?;
             }
             Action::RunRule {
                 namespace,
@@ -189,42 +220,15 @@ pub async fn execute(
             }
             Action::PatchBackupStatus(status) => {
                 let api: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
-                let body = status_patch(
-                    &target.old_status,
-                    &serde_json::to_value(status).unwrap_or_default(),
-                );
-                api.patch_status(&target.name, &PatchParams::default(), &Patch::Merge(&body))
-                    .await
-                    .map_err(api_err(format!(
-                        "patching VolumeBackup {ns}/{} status",
-                        target.name
-                    )))?;
+                patch_status(&api, target, status).await?;
             }
             Action::PatchRestoreStatus(status) => {
                 let api: Api<VolumeRestore> = Api::namespaced(client.clone(), ns);
-                let body = status_patch(
-                    &target.old_status,
-                    &serde_json::to_value(status).unwrap_or_default(),
-                );
-                api.patch_status(&target.name, &PatchParams::default(), &Patch::Merge(&body))
-                    .await
-                    .map_err(api_err(format!(
-                        "patching VolumeRestore {ns}/{} status",
-                        target.name
-                    )))?;
+                patch_status(&api, target, status).await?;
             }
             Action::PatchRepositoryStatus(status) => {
                 let api: Api<BackupRepository> = Api::namespaced(client.clone(), ns);
-                let body = status_patch(
-                    &target.old_status,
-                    &serde_json::to_value(status).unwrap_or_default(),
-                );
-                api.patch_status(&target.name, &PatchParams::default(), &Patch::Merge(&body))
-                    .await
-                    .map_err(api_err(format!(
-                        "patching BackupRepository {ns}/{} status",
-                        target.name
-                    )))?;
+                patch_status(&api, target, status).await?;
             }
             Action::RequeueAfter(d) => requeue = Some(requeue.map_or(*d, |r| r.min(*d))),
         }
