@@ -4,6 +4,7 @@
 //! Invariant: an index segment names only packs whose upload succeeded, and
 //! a snapshot is written only after the segments naming its blobs.
 
+use crate::cache::CachedKind;
 use crate::error::{Error, Result};
 use crate::format::index::{IndexSegment, IndexedPack};
 use crate::format::pack::PackBuilder;
@@ -13,6 +14,7 @@ use bytes::Bytes;
 use cairn_storage::StorageError;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -158,6 +160,14 @@ impl PackWriter {
         }
         let stored = self.repo.seal_blob_with_id(kind, id, plaintext);
         self.add_sealed(kind, id, &stored, plaintext.len() as u32)?;
+        if kind == BlobKind::Tree && self.repo.cache().path() != Path::new(":memory:") {
+            // The next backup compares against this tree: keep it so that
+            // backup does not fetch it again (one range read per directory).
+            // Not in an in-memory cache, whose size would grow with the tree.
+            self.repo
+                .cache()
+                .put_object(CachedKind::Tree, &id.0, plaintext)?;
+        }
         Ok((id, true))
     }
 
