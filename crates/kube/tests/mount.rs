@@ -105,7 +105,7 @@ async fn a_completed_backup_resolves_to_its_repository_secrets_and_snapshot() {
 
 #[tokio::test]
 async fn a_repository_without_credentials_reads_no_second_secret() {
-    let repo = json!({"location": "fs:///srv/backups",
+    let repo = json!({"location": "file:///srv/backups",
                       "passwordSecret": {"name": "repo-password", "key": "password"}});
     let (client, log) = mock_client(cluster(completed(), repo, json!({})));
     let err = resolve_mount(&client, "shop", "db-nightly")
@@ -119,7 +119,7 @@ async fn a_repository_without_credentials_reads_no_second_secret() {
     );
     assert_eq!(calls(&log), gets(&[VB, REPO, PW]));
 
-    let repo = json!({"location": "fs:///srv/backups",
+    let repo = json!({"location": "file:///srv/backups",
                       "passwordSecret": {"name": "repo-password", "key": "password"}});
     let (client, log) = mock_client(cluster(
         completed(),
@@ -185,29 +185,28 @@ async fn missing_objects_are_named_with_where_the_name_came_from() {
         gets(&["/apis/cairn.io/v1alpha1/namespaces/shop/volumebackups/db-weekly"])
     );
 
-    let other_repo = json!({"location": "fs:///x", "passwordSecret": {"name": "gone", "key": "k"}});
-    let (client, log) = mock_client(cluster(completed(), other_repo, password()));
-    let err = resolve_mount(&client, "shop", "db-nightly")
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "Secret shop/gone not found; BackupRepository shop/main names it in \
-         spec.passwordSecret"
-    );
-    assert_eq!(calls(&log)[2].1, "/api/v1/namespaces/shop/secrets/gone");
-
-    let no_creds = json!({"location": "s3://b/p", "credentialsSecret": {"name": "gone"},
-                          "passwordSecret": {"name": "repo-password", "key": "password"}});
-    let (client, _) = mock_client(cluster(completed(), no_creds, password()));
-    let err = resolve_mount(&client, "shop", "db-nightly")
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "Secret shop/gone not found; BackupRepository shop/main names it in \
-         spec.credentialsSecret"
-    );
+    for (repo, secret, message) in [
+        (
+            json!({"location": "file:///x", "passwordSecret": {"name": "gone", "key": "k"}}),
+            "/api/v1/namespaces/shop/secrets/gone",
+            "Secret shop/gone not found; BackupRepository shop/main names it in \
+             spec.passwordSecret",
+        ),
+        (
+            json!({"location": "s3://b/p", "credentialsSecret": {"name": "gone"},
+                   "passwordSecret": {"name": "repo-password", "key": "password"}}),
+            "/api/v1/namespaces/shop/secrets/gone",
+            "Secret shop/gone not found; BackupRepository shop/main names it in \
+             spec.credentialsSecret",
+        ),
+    ] {
+        let (client, log) = mock_client(cluster(completed(), repo, password()));
+        let err = resolve_mount(&client, "shop", "db-nightly")
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), message);
+        assert_eq!(calls(&log).last().unwrap().1, secret);
+    }
 
     // The repository itself.
     let (client, _) = mock_client(|r: &Recorded| {

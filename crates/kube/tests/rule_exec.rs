@@ -8,6 +8,7 @@
 
 use cairn_kube::adapter::run_rule;
 use cairn_kube::controller::HookSide;
+use cairn_kube::crd::HookOutcome;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -288,27 +289,32 @@ fn by_command(command: &str) -> Script {
     }
 }
 
+/// Serves `rule` (answering exec with `protocol`) and runs one side of it for db-nightly.
+async fn run(rule: Value, protocol: &'static str, side: HookSide) -> (Server, HookOutcome) {
+    let server = Server::start(Setup {
+        rule,
+        protocol,
+        script: by_command,
+    })
+    .await;
+    let outcome = run_rule(&server.client(), "shop", "quiesce", side, "db-nightly")
+        .await
+        .unwrap();
+    (server, outcome)
+}
+
 #[tokio::test]
 async fn pre_commands_run_in_every_running_pod_through_exec() {
-    let server = Server::start(Setup {
-        rule: rule(
+    let (server, outcome) = run(
+        rule(
             json!([{"command": ["fsfreeze", "--freeze", "/data"]},
                    {"command": ["sh", "-c", "sync && echo done"]}]),
             json!([{"command": ["fsfreeze", "--unfreeze", "/data"]}]),
         ),
-        protocol: "v5.channel.k8s.io",
-        script: by_command,
-    })
-    .await;
-    let outcome = run_rule(
-        &server.client(),
-        "shop",
-        "quiesce",
+        "v5.channel.k8s.io",
         HookSide::Pre,
-        "db-nightly",
     )
-    .await
-    .unwrap();
+    .await;
     assert!(outcome.succeeded, "{}", outcome.message);
     assert_eq!(outcome.message, "2 commands ran in 2 pods");
 
@@ -378,24 +384,15 @@ async fn pre_commands_run_in_every_running_pod_through_exec() {
 
 #[tokio::test]
 async fn a_failing_command_fails_the_hook_with_its_exit_code_and_stderr() {
-    let server = Server::start(Setup {
-        rule: rule(
+    let (server, outcome) = run(
+        rule(
             json!([{"command": ["nodetool", "flush"]}, {"command": ["never", "reached"]}]),
             json!([]),
         ),
-        protocol: "v4.channel.k8s.io",
-        script: by_command,
-    })
-    .await;
-    let outcome = run_rule(
-        &server.client(),
-        "shop",
-        "quiesce",
+        "v4.channel.k8s.io",
         HookSide::Pre,
-        "db-nightly",
     )
-    .await
-    .unwrap();
+    .await;
     assert!(!outcome.succeeded);
     assert_eq!(
         outcome.message,
@@ -414,24 +411,15 @@ async fn a_failing_command_fails_the_hook_with_its_exit_code_and_stderr() {
 
 #[tokio::test]
 async fn post_commands_with_output_beyond_the_client_buffers_complete() {
-    let server = Server::start(Setup {
-        rule: rule(
+    let (server, outcome) = run(
+        rule(
             json!([{"command": ["nodetool", "flush"]}]),
             json!([{"command": ["sh", "-c", "cat /var/log/huge"], "timeoutSeconds": 30}]),
         ),
-        protocol: "v4.channel.k8s.io",
-        script: by_command,
-    })
-    .await;
-    let outcome = run_rule(
-        &server.client(),
-        "shop",
-        "quiesce",
+        "v4.channel.k8s.io",
         HookSide::Post,
-        "db-nightly",
     )
-    .await
-    .unwrap();
+    .await;
     assert!(outcome.succeeded, "{}", outcome.message);
     assert_eq!(
         server.execs(),
@@ -446,21 +434,12 @@ async fn post_commands_with_output_beyond_the_client_buffers_complete() {
 
 #[tokio::test]
 async fn a_stream_cut_before_the_exit_status_fails_the_hook() {
-    let server = Server::start(Setup {
-        rule: rule(json!([{"command": ["sh", "-c", "cut"]}]), json!([])),
-        protocol: "v5.channel.k8s.io",
-        script: by_command,
-    })
-    .await;
-    let outcome = run_rule(
-        &server.client(),
-        "shop",
-        "quiesce",
+    let (server, outcome) = run(
+        rule(json!([{"command": ["sh", "-c", "cut"]}]), json!([])),
+        "v5.channel.k8s.io",
         HookSide::Pre,
-        "db-nightly",
     )
-    .await
-    .unwrap();
+    .await;
     assert!(!outcome.succeeded);
     assert!(
         outcome.message.starts_with(
@@ -474,24 +453,15 @@ async fn a_stream_cut_before_the_exit_status_fails_the_hook() {
 
 #[tokio::test]
 async fn a_silent_command_times_out_instead_of_hanging() {
-    let server = Server::start(Setup {
-        rule: rule(
+    let (server, outcome) = run(
+        rule(
             json!([{"command": ["sleep", "forever"], "timeoutSeconds": 1}]),
             json!([]),
         ),
-        protocol: "v5.channel.k8s.io",
-        script: by_command,
-    })
-    .await;
-    let outcome = run_rule(
-        &server.client(),
-        "shop",
-        "quiesce",
+        "v5.channel.k8s.io",
         HookSide::Pre,
-        "db-nightly",
     )
-    .await
-    .unwrap();
+    .await;
     assert!(!outcome.succeeded);
     assert_eq!(
         outcome.message,
@@ -503,24 +473,15 @@ async fn a_silent_command_times_out_instead_of_hanging() {
 
 #[tokio::test]
 async fn an_unanswered_exec_request_times_out_instead_of_hanging() {
-    let server = Server::start(Setup {
-        rule: rule(
+    let (server, outcome) = run(
+        rule(
             json!([{"command": ["unanswered"], "timeoutSeconds": 1}]),
             json!([]),
         ),
-        protocol: "v5.channel.k8s.io",
-        script: by_command,
-    })
-    .await;
-    let outcome = run_rule(
-        &server.client(),
-        "shop",
-        "quiesce",
+        "v5.channel.k8s.io",
         HookSide::Pre,
-        "db-nightly",
     )
-    .await
-    .unwrap();
+    .await;
     assert!(!outcome.succeeded);
     assert!(
         outcome.message.ends_with(
