@@ -449,6 +449,12 @@ async fn a_stream_cut_before_the_exit_status_fails_the_hook() {
         "{}",
         outcome.message
     );
+    assert_eq!(
+        server.execs().len(),
+        1,
+        "db-1 is not tried after the failure"
+    );
+    assert_eq!(server.last_run()["result"], "Failed");
 }
 
 #[tokio::test]
@@ -489,5 +495,10 @@ async fn an_unanswered_exec_request_times_out_instead_of_hanging() {
         ),
         "{}",
         outcome.message
+    );
+    assert_eq!(
+        server.execs(),
+        [("db-0".to_string(), "unanswered".to_string())],
+        "the request reached the server, which never answered it"
     );
 }
