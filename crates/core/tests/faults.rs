@@ -77,7 +77,7 @@ impl Source {
             &root,
             &RichOptions {
                 seed: 11,
-                small_files: 300,
+                small_files: 200,
                 depth: 6,
                 large_sizes: vec![40 << 10, 300 << 10],
                 ..RichOptions::default()
