@@ -44,6 +44,8 @@ enum Script {
     Silent,
     /// Never answers the upgrade request.
     NoAnswer,
+    /// Refuses the upgrade with a 403 Status (RBAC without pods/exec).
+    Forbidden,
 }
 
 /// The loopback API server: the BackupRule `quiesce` and its pods in namespace `shop`.
@@ -207,10 +209,26 @@ fn respond(seen: &Seen, rule: &Value) -> Value {
 
 /// Answers an exec upgrade and plays `script` on the websocket.
 async fn exec(mut stream: TcpStream, key: &str, protocol: &str, script: Script) {
-    if let Script::NoAnswer = script {
-        // Hold the connection until the client gives up.
-        let _ = stream.read_to_end(&mut Vec::new()).await;
-        return;
+    match script {
+        Script::NoAnswer => {
+            // Hold the connection until the client gives up.
+            let _ = stream.read_to_end(&mut Vec::new()).await;
+            return;
+        }
+        Script::Forbidden => {
+            let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                "status": "Failure", "reason": "Forbidden", "code": 403,
+                "message": "pods \"db-0\" is forbidden: User \"system:serviceaccount:cairn-system:cairn-controller\" cannot create resource \"pods/exec\""})
+            .to_string();
+            let head = format!(
+                "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                status.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(status.as_bytes()).await;
+            return;
+        }
+        _ => {}
     }
     let head = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -256,7 +274,7 @@ async fn exec(mut stream: TcpStream, key: &str, protocol: &str, script: Script) 
                 while let Some(Ok(_)) = ws.next().await {}
                 Ok(())
             }
-            Script::NoAnswer => unreachable!("handled before the upgrade"),
+            Script::NoAnswer | Script::Forbidden => unreachable!("handled before the upgrade"),
         }
     }
     .await;
@@ -283,6 +301,7 @@ fn by_command(command: &str) -> Script {
         "sh -c cut" => Script::Cut,
         "sleep forever" => Script::Silent,
         "unanswered" => Script::NoAnswer,
+        "forbidden" => Script::Forbidden,
         _ => Script::Succeed {
             stdout: b"ok\n".to_vec(),
         },
@@ -501,4 +520,22 @@ async fn an_unanswered_exec_request_times_out_instead_of_hanging() {
         [("db-0".to_string(), "unanswered".to_string())],
         "the request reached the server, which never answered it"
     );
+}
+
+#[tokio::test]
+async fn a_refused_exec_fails_the_hook_with_the_api_message() {
+    let (server, outcome) = run(
+        rule(json!([{"command": ["forbidden"]}]), json!([])),
+        "v5.channel.k8s.io",
+        HookSide::Pre,
+    )
+    .await;
+    assert!(!outcome.succeeded);
+    assert_eq!(
+        outcome.message,
+        "\"forbidden\" in pod db-0: could not start it: pods \"db-0\" is forbidden: User \
+         \"system:serviceaccount:cairn-system:cairn-controller\" cannot create resource \
+         \"pods/exec\" (Forbidden)"
+    );
+    assert_eq!(server.last_run()["result"], "Failed");
 }

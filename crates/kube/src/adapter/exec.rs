@@ -167,7 +167,11 @@ async fn exec_one(
         let mut process = pods
             .exec(&pod.name_any(), command.to_vec(), &params)
             .await
-            .map_err(|e| format!("could not start it: {e}"))?;
+            .map_err(|e| match e {
+                // The API's own words, without the client's dump of the Status object.
+                kube::Error::Api(s) => format!("could not start it: {} ({})", s.message, s.reason),
+                other => format!("could not start it: {other}"),
+            })?;
         let mut stdout = Tail::new(process.stdout());
         let mut stderr = Tail::new(process.stderr());
         let Some(status) = process.take_status() else {
