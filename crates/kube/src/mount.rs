@@ -1,6 +1,7 @@
 //! `cairn kube mount VOLUMEBACKUP DIR`: resolve a VolumeBackup to its repository, password,
 //! credentials and snapshot id through the cluster API, for the CLI to FUSE-mount locally.
 
+use crate::adapter::describe;
 use crate::crd::{BackupRepository, VolumeBackup, VolumeBackupPhase};
 use crate::job::{secret_value, RepositoryAccess};
 use k8s_openapi::api::core::v1::Secret;
@@ -11,7 +12,7 @@ use std::collections::BTreeMap;
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
     /// The API refused or could not be reached.
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", describe(source))]
     Api {
         /// What was being read.
         what: String,

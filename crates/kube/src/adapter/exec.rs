@@ -1,7 +1,7 @@
 //! Running BackupRule commands in pods through the pods/exec API (a websocket), and the
 //! label selector they are matched with.
 
-use super::{api_err, AdapterError};
+use super::{api_err, describe, AdapterError};
 use crate::controller::HookSide;
 use crate::crd::{BackupRule, HookOutcome, RuleRun};
 use futures::FutureExt;
@@ -167,11 +167,7 @@ async fn exec_one(
         let mut process = pods
             .exec(&pod.name_any(), command.to_vec(), &params)
             .await
-            .map_err(|e| match e {
-                // The API's own words, without the client's dump of the Status object.
-                kube::Error::Api(s) => format!("could not start it: {} ({})", s.message, s.reason),
-                other => format!("could not start it: {other}"),
-            })?;
+            .map_err(|e| format!("could not start it: {}", describe(&e)))?;
         let mut stdout = Tail::new(process.stdout());
         let mut stderr = Tail::new(process.stderr());
         let Some(status) = process.take_status() else {

@@ -29,7 +29,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum AdapterError {
     /// The API server refused or could not be reached.
-    #[error("{action}: {source}")]
+    #[error("{action}: {}", describe(source))]
     Api {
         /// What was being done.
         action: String,
@@ -39,6 +39,15 @@ pub enum AdapterError {
     /// An object from the API could not be converted.
     #[error("{0}")]
     Convert(String),
+}
+
+/// A client error in the API's own words: for a refusal, its message and reason without
+/// the client's dump of the Status object.
+pub(crate) fn describe(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} ({})", s.message, s.reason),
+        other => other.to_string(),
+    }
 }
 
 pub(crate) fn api_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> AdapterError {
