@@ -402,33 +402,6 @@ async fn pre_commands_run_in_every_running_pod_through_exec() {
 }
 
 #[tokio::test]
-async fn a_failing_command_fails_the_hook_with_its_exit_code_and_stderr() {
-    let (server, outcome) = run(
-        rule(
-            json!([{"command": ["nodetool", "flush"]}, {"command": ["never", "reached"]}]),
-            json!([]),
-        ),
-        "v4.channel.k8s.io",
-        HookSide::Pre,
-    )
-    .await;
-    assert!(!outcome.succeeded);
-    assert_eq!(
-        outcome.message,
-        "\"nodetool flush\" in pod db-0: exit code 3: command terminated with non-zero exit \
-         code: exit status 3; stderr: error: flush failed: disk full"
-    );
-    assert_eq!(
-        server.execs(),
-        [("db-0".to_string(), "nodetool flush".to_string())],
-        "the first failure stops the side: no further command, no further pod"
-    );
-    let run = server.last_run();
-    assert_eq!(run["result"], "Failed");
-    assert_eq!(run["message"], json!(outcome.message));
-}
-
-#[tokio::test]
 async fn post_commands_with_output_beyond_the_client_buffers_complete() {
     let (server, outcome) = run(
         rule(
@@ -451,91 +424,88 @@ async fn post_commands_with_output_beyond_the_client_buffers_complete() {
     assert_eq!(server.last_run()["side"], "post");
 }
 
-#[tokio::test]
-async fn a_stream_cut_before_the_exit_status_fails_the_hook() {
+/// Runs a pre side whose first command fails: checks that the side failed at db-0 without
+/// trying anything more, that the BackupRule records it, and returns the message.
+async fn failing_pre(action: Value, protocol: &'static str) -> String {
+    let command: Vec<&str> = action["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let command = command.join(" ");
     let (server, outcome) = run(
-        rule(json!([{"command": ["sh", "-c", "cut"]}]), json!([])),
-        "v5.channel.k8s.io",
+        rule(
+            json!([action, {"command": ["never", "reached"]}]),
+            json!([]),
+        ),
+        protocol,
         HookSide::Pre,
     )
     .await;
-    assert!(!outcome.succeeded);
-    assert!(
-        outcome.message.starts_with(
-            "\"sh -c cut\" in pod db-0: the exec stream ended before the command's exit \
-             status arrived"
-        ) && outcome.message.ends_with("; stdout: half a line"),
-        "{}",
-        outcome.message
-    );
+    assert!(!outcome.succeeded, "{command}: {}", outcome.message);
     assert_eq!(
-        server.execs().len(),
-        1,
-        "db-1 is not tried after the failure"
+        server.execs(),
+        [("db-0".to_string(), command.clone())],
+        "the first failure stops the side: no further command, no further pod"
     );
-    assert_eq!(server.last_run()["result"], "Failed");
+    let run = server.last_run();
+    assert_eq!(run["result"], "Failed");
+    assert_eq!(run["message"], json!(outcome.message));
+    let prefix = format!("\"{command}\" in pod db-0: ");
+    assert!(outcome.message.starts_with(&prefix), "{}", outcome.message);
+    outcome.message[prefix.len()..].to_string()
+}
+
+#[tokio::test]
+async fn a_failing_command_fails_the_hook_with_its_exit_code_and_stderr() {
+    let message = failing_pre(
+        json!({"command": ["nodetool", "flush"]}),
+        "v4.channel.k8s.io",
+    )
+    .await;
+    assert_eq!(
+        message,
+        "exit code 3: command terminated with non-zero exit code: exit status 3; stderr: \
+         error: flush failed: disk full"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_cut_before_the_exit_status_fails_the_hook() {
+    let message = failing_pre(json!({"command": ["sh", "-c", "cut"]}), "v5.channel.k8s.io").await;
+    assert!(
+        message.starts_with("the exec stream ended before the command's exit status arrived")
+            && message.ends_with("; stdout: half a line"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
 async fn a_silent_command_times_out_instead_of_hanging() {
-    let (server, outcome) = run(
-        rule(
-            json!([{"command": ["sleep", "forever"], "timeoutSeconds": 1}]),
-            json!([]),
-        ),
-        "v5.channel.k8s.io",
-        HookSide::Pre,
-    )
-    .await;
-    assert!(!outcome.succeeded);
+    let action = json!({"command": ["sleep", "forever"], "timeoutSeconds": 1});
     assert_eq!(
-        outcome.message,
-        "\"sleep forever\" in pod db-0: no exit status within 1s (timeoutSeconds); the command \
-         may still be running"
+        failing_pre(action, "v5.channel.k8s.io").await,
+        "no exit status within 1s (timeoutSeconds); the command may still be running"
     );
-    assert_eq!(server.last_run()["result"], "Failed");
 }
 
 #[tokio::test]
 async fn an_unanswered_exec_request_times_out_instead_of_hanging() {
-    let (server, outcome) = run(
-        rule(
-            json!([{"command": ["unanswered"], "timeoutSeconds": 1}]),
-            json!([]),
-        ),
-        "v5.channel.k8s.io",
-        HookSide::Pre,
-    )
-    .await;
-    assert!(!outcome.succeeded);
-    assert!(
-        outcome.message.ends_with(
-            "no exit status within 1s (timeoutSeconds); the command may still be running"
-        ),
-        "{}",
-        outcome.message
-    );
+    // The request reached the server (failing_pre checks it), which never answered.
+    let action = json!({"command": ["unanswered"], "timeoutSeconds": 1});
     assert_eq!(
-        server.execs(),
-        [("db-0".to_string(), "unanswered".to_string())],
-        "the request reached the server, which never answered it"
+        failing_pre(action, "v5.channel.k8s.io").await,
+        "no exit status within 1s (timeoutSeconds); the command may still be running"
     );
 }
 
 #[tokio::test]
 async fn a_refused_exec_fails_the_hook_with_the_api_message() {
-    let (server, outcome) = run(
-        rule(json!([{"command": ["forbidden"]}]), json!([])),
-        "v5.channel.k8s.io",
-        HookSide::Pre,
-    )
-    .await;
-    assert!(!outcome.succeeded);
     assert_eq!(
-        outcome.message,
-        "\"forbidden\" in pod db-0: could not start it: pods \"db-0\" is forbidden: User \
+        failing_pre(json!({"command": ["forbidden"]}), "v5.channel.k8s.io").await,
+        "could not start it: pods \"db-0\" is forbidden: User \
          \"system:serviceaccount:cairn-system:cairn-controller\" cannot create resource \
          \"pods/exec\" (Forbidden)"
     );
-    assert_eq!(server.last_run()["result"], "Failed");
 }
