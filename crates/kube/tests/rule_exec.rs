@@ -3,8 +3,9 @@
 //! to a websocket speaking the Kubernetes channel protocol (byte 1 stdout, 2 stderr, 3 the
 //! exit Status as JSON). Checks each request (method, path, query), a command that
 //! succeeds, one that fails (the hook fails with the exit code and stderr), output larger
-//! than the client's buffers, a stream cut without a status, and servers that never answer
-//! (the per-command timeout ends the hook with a clear message instead of hanging).
+//! than the client's buffers, a stream cut without a status, a refused exec (403), and
+//! servers that never answer (the per-command timeout ends the hook with a clear message
+//! instead of hanging).
 
 use cairn_kube::adapter::run_rule;
 use cairn_kube::controller::HookSide;
