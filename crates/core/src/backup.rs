@@ -9,6 +9,7 @@
 
 mod read;
 
+use crate::bufpool::BufferPool;
 use crate::error::{Error, Result};
 use crate::format::snapshot::{RawPath, Snapshot, Summary, SNAPSHOT_VERSION};
 use crate::format::tree::{
@@ -86,6 +87,11 @@ pub struct BackupResult {
     /// The snapshot written.
     pub snapshot: Snapshot,
 }
+
+/// Chunk buffers larger than this are freed rather than kept for reuse
+/// (chunks average `chunk_avg`, 1 MiB by default; few exceed 2 MiB), so
+/// the spare buffers do not ratchet up to the largest chunk seen.
+const CHUNK_BUFFER_KEEP_MAX: usize = 2 << 20;
 
 struct SealJob {
     id: BlobId,
@@ -202,13 +208,23 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
     } else {
         opts.workers
     };
+    // A local file system stores a pack in milliseconds: one uploader keeps
+    // up and holds one pack buffer. Object stores get two PUTs in flight.
     let uploaders = if opts.uploaders == 0 {
-        2
+        let location = repo.location();
+        if !location.contains("://") || location.starts_with("file://") {
+            1
+        } else {
+            2
+        }
     } else {
         opts.uploaders
     };
     let writer = Arc::new(PackWriter::new(repo, uploaders));
-    let (seal_tx, seal_rx) = bounded::<SealJob>(workers * 2);
+    let (seal_tx, seal_rx) = bounded::<SealJob>(workers);
+    // Chunk and sealed-blob buffers in flight: the queue, one being sealed
+    // (plain and sealed) per worker, one being sent per reader.
+    let bufs = Arc::new(BufferPool::new(workers * 4, CHUNK_BUFFER_KEEP_MAX));
     let worker_error: Arc<Mutex<Option<Error>>> = Arc::default();
     let seal_threads: Vec<_> = (0..workers)
         .map(|i| {
@@ -216,11 +232,13 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
             let repo = repo.clone();
             let writer = writer.clone();
             let err = worker_error.clone();
+            let bufs = bufs.clone();
             std::thread::Builder::new()
                 .name(format!("cairn-seal-{i}"))
                 .spawn(move || {
                     for job in rx {
-                        let stored = repo.seal_blob_with_id(BlobKind::Data, job.id, &job.data);
+                        let mut stored = bufs.take(job.data.len() + 64);
+                        repo.seal_blob_into(BlobKind::Data, job.id, &job.data, &mut stored);
                         if let Err(e) = writer.add_sealed(
                             BlobKind::Data,
                             job.id,
@@ -229,6 +247,8 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
                         ) {
                             err.lock().expect("lock").get_or_insert(e);
                         }
+                        bufs.give(stored);
+                        bufs.give(job.data);
                     }
                 })
                 .expect("spawn seal thread")
@@ -237,6 +257,7 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
 
     let reader = read::ReadCtx {
         repo: repo.clone(),
+        bufs,
         writer: writer.clone(),
         seal_tx,
         worker_error: worker_error.clone(),
@@ -603,7 +624,7 @@ impl Walker<'_> {
         }
         let was_file = old.is_some_and(|o| o.kind == NodeType::File);
         if meta.nlink() <= 1 {
-            let slot = self.pool.submit(path.to_path_buf(), size);
+            let slot = self.pool.submit(path.to_path_buf());
             return Ok(Some(Pending::Reading {
                 node,
                 path: path.to_path_buf(),
@@ -612,7 +633,7 @@ impl Walker<'_> {
             }));
         }
         self.check_workers()?;
-        let outcome = read::read_file(&self.reader, path, size);
+        let outcome = read::read_file(&self.reader, path);
         if matches!(outcome, read::ReadOutcome::Stopped) {
             self.check_workers()?;
         }

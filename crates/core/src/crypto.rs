@@ -91,24 +91,37 @@ impl SealKey {
     /// built and encrypted in place in the one buffer that is returned.
     pub fn seal_envelope(&self, aad: &[u8], body: &[u8], level: i32) -> Vec<u8> {
         let mut out = Vec::new();
-        with_compressed(body, level, |compressed| {
-            let (code, bytes) = match compressed {
-                Some(frame) => (COMPRESSION_ZSTD, frame),
-                None => (COMPRESSION_NONE, body),
-            };
-            out.reserve_exact(SEAL_OVERHEAD + 1 + bytes.len());
-            out.extend_from_slice(&[0u8; NONCE_LEN]);
-            rand::thread_rng().fill_bytes(&mut out[..NONCE_LEN]);
-            out.push(code);
-            out.extend_from_slice(bytes);
-        });
+        self.seal_envelope_into(aad, body, level, &mut out);
+        out
+    }
+
+    /// Like [`SealKey::seal_envelope`], into `out` (cleared first), so a
+    /// caller can reuse one buffer for many blobs. The zstd frame is written
+    /// into `out` itself and moved up behind the nonce and compression byte.
+    pub fn seal_envelope_into(&self, aad: &[u8], body: &[u8], level: i32, out: &mut Vec<u8>) {
+        const HEAD: usize = NONCE_LEN + 1;
+        out.clear();
+        match compress_into(body, level, out) {
+            Some(n) => {
+                out.resize(HEAD + n, 0);
+                out.copy_within(0..n, HEAD);
+                out[NONCE_LEN] = COMPRESSION_ZSTD;
+            }
+            None => {
+                out.clear();
+                out.reserve_exact(HEAD + body.len() + TAG_LEN);
+                out.resize(HEAD, 0);
+                out[NONCE_LEN] = COMPRESSION_NONE;
+                out.extend_from_slice(body);
+            }
+        }
+        rand::thread_rng().fill_bytes(&mut out[..NONCE_LEN]);
         let (nonce, msg) = out.split_at_mut(NONCE_LEN);
         let tag = self
             .cipher
             .encrypt_in_place_detached(Nonce::from_slice(nonce), aad, msg)
             .expect("AES-GCM encryption of an in-memory buffer cannot fail");
         out.extend_from_slice(&tag);
-        out
     }
 
     /// Opens an envelope sealed by [`SealKey::seal_envelope`].
@@ -123,20 +136,19 @@ thread_local! {
     /// cost more CPU than compressing a small file.
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
         const { RefCell::new(None) };
-    /// The frame being built, reused across blobs.
-    static FRAME: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// One zstd decompression context per thread.
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { RefCell::new(None) };
 }
 
-/// Calls `f` with the zstd frame of `body` at `level`, or `None` when
-/// compression is off, does not shrink `body`, or fails.
-fn with_compressed<R>(body: &[u8], level: i32, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
+/// Writes the zstd frame of `body` at `level` into `out` (from its start)
+/// and returns its length; `None` when compression is off, does not shrink
+/// `body`, or fails.
+fn compress_into(body: &[u8], level: i32, out: &mut Vec<u8>) -> Option<usize> {
     if level == 0 || body.len() <= 64 {
-        return f(None);
+        return None;
     }
-    let framed = COMPRESSOR.with_borrow_mut(|slot| {
+    COMPRESSOR.with_borrow_mut(|slot| {
         let compressor = match slot {
             Some((l, c)) if *l == level => c,
             _ => {
@@ -144,41 +156,30 @@ fn with_compressed<R>(body: &[u8], level: i32, f: impl FnOnce(Option<&[u8]>) -> 
                 &mut slot.insert((level, c)).1
             }
         };
-        FRAME.with_borrow_mut(|frame| {
-            frame.clear();
-            frame.reserve(zstd::zstd_safe::compress_bound(body.len()));
-            match compressor.compress_to_buffer(body, frame) {
-                Ok(n) if n < body.len() => Some(std::mem::take(frame)),
-                _ => None,
-            }
-        })
-    });
-    match framed {
-        Some(frame) => {
-            let r = f(Some(&frame));
-            FRAME.with_borrow_mut(|slot| {
-                if slot.capacity() < frame.capacity() {
-                    *slot = frame;
-                }
-            });
-            r
+        out.clear();
+        out.reserve(zstd::zstd_safe::compress_bound(body.len()) + NONCE_LEN + 1 + TAG_LEN);
+        match compressor.compress_to_buffer(body, out) {
+            Ok(n) if n < body.len() => Some(n),
+            _ => None,
         }
-        None => f(None),
-    }
+    })
 }
 
 /// Builds an envelope plaintext: a compression byte then the (maybe compressed) body.
 pub fn envelope(body: &[u8], level: i32) -> Vec<u8> {
-    with_compressed(body, level, |compressed| {
-        let (code, bytes) = match compressed {
-            Some(frame) => (COMPRESSION_ZSTD, frame),
-            None => (COMPRESSION_NONE, body),
-        };
-        let mut out = Vec::with_capacity(bytes.len() + 1);
-        out.push(code);
-        out.extend_from_slice(bytes);
-        out
-    })
+    let mut out = Vec::new();
+    match compress_into(body, level, &mut out) {
+        Some(n) => {
+            out.truncate(n);
+            out.insert(0, COMPRESSION_ZSTD);
+        }
+        None => {
+            out.clear();
+            out.push(COMPRESSION_NONE);
+            out.extend_from_slice(body);
+        }
+    }
+    out
 }
 
 /// Decodes an envelope plaintext back to its body.

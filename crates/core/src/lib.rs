@@ -6,6 +6,7 @@
 
 pub mod backup;
 pub mod browse;
+pub mod bufpool;
 pub mod cache;
 pub mod check;
 pub mod checkpoint;

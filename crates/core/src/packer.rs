@@ -4,6 +4,7 @@
 //! Invariant: an index segment names only packs whose upload succeeded, and
 //! a snapshot is written only after the segments naming its blobs.
 
+use crate::bufpool::BufferPool;
 use crate::cache::CachedKind;
 use crate::error::{Error, Result};
 use crate::format::index::{IndexSegment, IndexedPack};
@@ -36,6 +37,8 @@ pub struct WriteStats {
 }
 
 struct Shared {
+    /// Buffers of uploaded packs, for the next packs.
+    buffers: BufferPool,
     done: Mutex<Vec<IndexedPack>>,
     /// The first upload failure. Kept, not taken, once set: every caller
     /// waiting on uploads (`sync`, sealing workers, the walker) must see it,
@@ -67,8 +70,16 @@ impl PackWriter {
     /// A writer with `uploaders` upload threads (at least one).
     pub fn new(repo: &Repository, uploaders: usize) -> Self {
         let uploaders = uploaders.max(1);
-        let (tx, rx) = bounded::<PackBuilder>(uploaders);
+        // A rendezvous channel: a full pack waits for a free uploader, so
+        // at most `uploaders` finished packs are held besides the two being
+        // filled.
+        let (tx, rx) = bounded::<PackBuilder>(0);
+        let config = repo.config();
+        let largest = config.data_pack_size.max(config.meta_pack_size) as usize;
         let shared = Arc::new(Shared {
+            // One buffer per uploader and per builder; the buffer of a pack
+            // that grew past its target (one oversized blob) is not kept.
+            buffers: BufferPool::new(uploaders + 2, largest + largest / 16),
             done: Mutex::new(Vec::new()),
             error: Mutex::new(None),
             packs: AtomicU64::new(0),
@@ -87,8 +98,8 @@ impl PackWriter {
             .collect();
         Self {
             repo: repo.clone(),
-            data: Mutex::new(PackBuilder::new()),
-            meta: Mutex::new(PackBuilder::new()),
+            data: Mutex::new(fresh_builder(&shared, config.data_pack_size as usize)),
+            meta: Mutex::new(fresh_builder(&shared, config.meta_pack_size as usize)),
             pending: Mutex::new(HashSet::new()),
             tx: Some(tx),
             uploaders: handles,
@@ -185,34 +196,43 @@ impl PackWriter {
         } else {
             (&self.data, self.repo.config().data_pack_size as usize)
         };
-        let full = {
+        {
             let mut b = builder.lock().expect("lock");
-            b.add(id, kind, stored, raw_len);
-            if b.len() >= target {
-                // Counted while the builder lock is held, so `sync` waits for it.
-                self.sent.fetch_add(1, Ordering::SeqCst);
-                Some(std::mem::take(&mut *b))
-            } else {
-                None
+            // A pack closes before the blob that would take it past its
+            // target, so its buffer never grows beyond the target (a blob
+            // larger than the target gets a pack of its own).
+            if !b.is_empty() && b.len() + stored.len() > target {
+                self.close_pack(&mut b, target)?;
             }
-        };
+            b.add(id, kind, stored, raw_len);
+        }
         // In a builder now: a later `sync` uploads and indexes it.
         self.unsealed.lock().expect("lock").remove(&id);
         self.blobs.fetch_add(1, Ordering::Relaxed);
         self.stored_bytes
             .fetch_add(stored.len() as u64, Ordering::Relaxed);
-        if let Some(pack) = full {
-            self.send(pack)?;
-        }
-        Ok(())
+        self.maybe_write_segment()
     }
 
-    fn send(&self, pack: PackBuilder) -> Result<()> {
+    /// Hands the pack in `builder` (locked by the caller) to an uploader and
+    /// starts a new one. The hand-off waits for a free uploader before the
+    /// new pack's buffer is taken, so a writer holds one buffer per builder
+    /// and one per uploader: the one just handed over waits for no one.
+    fn close_pack(&self, builder: &mut PackBuilder, target: usize) -> Result<()> {
+        // Counted while the builder lock is held, so `sync` waits for it.
+        self.sent.fetch_add(1, Ordering::SeqCst);
+        let pack = std::mem::replace(builder, PackBuilder::with_buffer(Vec::new()));
         let tx = self.tx.as_ref().expect("writer not finished");
         if tx.send(pack).is_err() {
             self.check_error()?;
             return Err(Error::Usage("pack upload threads stopped".into()));
         }
+        *builder = fresh_builder(&self.shared, target);
+        Ok(())
+    }
+
+    /// Writes a segment once enough uploaded packs wait for one.
+    fn maybe_write_segment(&self) -> Result<()> {
         if self.shared.done.lock().expect("lock").len() >= PACKS_PER_SEGMENT {
             self.write_segment()?;
         }
@@ -221,18 +241,18 @@ impl PackWriter {
 
     /// Sends the partly filled packs to upload now (used at checkpoints).
     pub fn flush_packs(&self) -> Result<()> {
-        for builder in [&self.data, &self.meta] {
-            let pack = {
-                let mut b = builder.lock().expect("lock");
-                if b.is_empty() {
-                    continue;
-                }
-                self.sent.fetch_add(1, Ordering::SeqCst);
-                std::mem::take(&mut *b)
-            };
-            self.send(pack)?;
+        let config = self.repo.config();
+        let targets = [
+            (&self.data, config.data_pack_size as usize),
+            (&self.meta, config.meta_pack_size as usize),
+        ];
+        for (builder, target) in targets {
+            let mut b = builder.lock().expect("lock");
+            if !b.is_empty() {
+                self.close_pack(&mut b, target)?;
+            }
         }
-        Ok(())
+        self.maybe_write_segment()
     }
 
     /// Uploads the partly filled packs, waits until every pack handed to
@@ -305,6 +325,12 @@ impl Drop for PackWriter {
     }
 }
 
+/// A builder for a pack of `target` bytes and its trailer, in a reused
+/// buffer when one is spare.
+fn fresh_builder(shared: &Shared, target: usize) -> PackBuilder {
+    PackBuilder::with_buffer(shared.buffers.take(target + target / 16))
+}
+
 fn upload_loop(repo: Repository, rx: Receiver<PackBuilder>, shared: Arc<Shared>) {
     for builder in rx {
         if shared.error.lock().expect("lock").is_some() {
@@ -313,7 +339,12 @@ fn upload_loop(repo: Repository, rx: Receiver<PackBuilder>, shared: Arc<Shared>)
         let (bytes, blobs) = builder.finish(&repo.0.key);
         let id = PackId(Id::hash(&bytes));
         let len = bytes.len() as u64;
-        match repo.storage().write(&id.path(), Bytes::from(bytes)) {
+        let bytes = Bytes::from(bytes);
+        let written = repo.storage().write(&id.path(), bytes.clone());
+        // The storage is done with the bytes: take the buffer back (no copy
+        // when this is the last reference).
+        shared.buffers.give(Vec::from(bytes));
+        match written {
             Ok(()) => {
                 shared
                     .done

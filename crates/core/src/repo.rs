@@ -468,6 +468,13 @@ impl Repository {
 
     /// Seals a blob whose id is already known.
     pub fn seal_blob_with_id(&self, kind: BlobKind, id: BlobId, plaintext: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.seal_blob_into(kind, id, plaintext, &mut out);
+        out
+    }
+
+    /// Seals a blob whose id is already known into `out` (cleared first).
+    pub fn seal_blob_into(&self, kind: BlobKind, id: BlobId, plaintext: &[u8], out: &mut Vec<u8>) {
         let level = if kind.is_metadata() {
             self.0.config.zstd_level.max(1)
         } else {
@@ -475,7 +482,7 @@ impl Repository {
         };
         self.0
             .key
-            .seal_envelope(&blob_aad(&id, kind), plaintext, level)
+            .seal_envelope_into(&blob_aad(&id, kind), plaintext, level, out)
     }
 
     /// Opens a stored blob and checks its id.

@@ -4,10 +4,12 @@
 //! The walker submits files in tree order and gets one result slot per
 //! file; it collects the slots of a directory before storing its tree, so
 //! trees stay sorted while many files are read at once. Every channel is
-//! bounded: at most `threads` files are being read, each holding at most
-//! one chunk in memory (files up to [`WHOLE_FILE_MAX`] are read whole).
+//! bounded: at most `threads` files are being read, each through one
+//! reusable window of [`READ_WINDOW`] bytes (up to `chunk_max` while a
+//! chunk needs it), and chunk buffers come from a [`BufferPool`].
 
 use super::{is_zero, SealJob};
+use crate::bufpool::BufferPool;
 use crate::error::{Error, Result};
 use crate::format::tree::ChunkRef;
 use crate::packer::PackWriter;
@@ -18,11 +20,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-
-/// Files up to this size are read with one `read` into memory and chunked
-/// there, which avoids the streaming chunker's per-file buffer of
-/// `chunk_max` bytes. Cut points are the same either way.
-pub const WHOLE_FILE_MAX: u64 = 1 << 20;
 
 /// What reading one file produced.
 pub(super) enum ReadOutcome {
@@ -40,6 +37,7 @@ pub(super) enum ReadOutcome {
 #[derive(Clone)]
 pub(super) struct ReadCtx {
     pub repo: Repository,
+    pub bufs: Arc<BufferPool>,
     pub writer: Arc<PackWriter>,
     pub seal_tx: Sender<SealJob>,
     pub worker_error: Arc<Mutex<Option<Error>>>,
@@ -48,7 +46,6 @@ pub(super) struct ReadCtx {
 
 struct ReadJob {
     path: PathBuf,
-    size: u64,
     slot: Sender<ReadOutcome>,
 }
 
@@ -71,7 +68,7 @@ impl ReaderPool {
                     .name(format!("cairn-read-{i}"))
                     .spawn(move || {
                         for job in rx {
-                            let _ = job.slot.send(read_file(&ctx, &job.path, job.size));
+                            let _ = job.slot.send(read_file(&ctx, &job.path));
                         }
                     })
                     .expect("spawn reader thread")
@@ -83,10 +80,10 @@ impl ReaderPool {
         }
     }
 
-    /// Queues `path` (of `size` bytes when stat'ed); the result arrives on the returned slot.
-    pub fn submit(&self, path: PathBuf, size: u64) -> Receiver<ReadOutcome> {
+    /// Queues `path`; the result arrives on the returned slot.
+    pub fn submit(&self, path: PathBuf) -> Receiver<ReadOutcome> {
         let (slot, result) = bounded(1);
-        let job = ReadJob { path, size, slot };
+        let job = ReadJob { path, slot };
         if let Some(tx) = &self.tx {
             if let Err(e) = tx.send(job) {
                 let _ = e.0.slot.send(ReadOutcome::Stopped);
@@ -114,96 +111,133 @@ impl Drop for ReaderPool {
     }
 }
 
+/// Bytes a reader reads ahead of the chunker. A cut needs to see up to
+/// `chunk_max` bytes only when no cut point turns up earlier; then the
+/// window grows to `chunk_max` for that chunk.
+pub const READ_WINDOW: usize = 4 << 20;
+
+thread_local! {
+    /// Each reader thread's window, reused from file to file.
+    static WINDOW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Reads, chunks and hashes one file, sending new chunks to sealing.
-pub(super) fn read_file(ctx: &ReadCtx, path: &Path, size: u64) -> ReadOutcome {
+pub(super) fn read_file(ctx: &ReadCtx, path: &Path) -> ReadOutcome {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) => return ReadOutcome::Unreadable(e),
     };
     let mut chunks = Vec::new();
     let mut read = 0u64;
-    let cfg = ctx.repo.config();
-    let result = if size <= WHOLE_FILE_MAX {
-        // Read one byte past the expected size so a file that grew is still read whole.
-        let mut data = Vec::with_capacity(size as usize + 1);
-        match file.take(WHOLE_FILE_MAX + 1).read_to_end(&mut data) {
-            Err(e) => return ReadOutcome::Unreadable(e),
-            Ok(_) if data.len() as u64 > WHOLE_FILE_MAX => {
-                let file = match std::fs::File::open(path) {
-                    Ok(f) => f,
-                    Err(e) => return ReadOutcome::Unreadable(e),
-                };
-                stream_chunks(ctx, file, &mut chunks, &mut read)
-            }
-            Ok(_) => {
-                let cuts = fastcdc::v2020::FastCDC::new(
-                    &data,
-                    cfg.chunk_min,
-                    cfg.chunk_avg,
-                    cfg.chunk_max,
-                );
-                let mut r = Ok(());
-                for c in cuts {
-                    let piece = &data[c.offset..c.offset + c.length];
-                    r = add_chunk(ctx, piece.to_vec(), &mut chunks, &mut read);
-                    if r.is_err() {
-                        break;
-                    }
-                }
-                r
-            }
-        }
-    } else {
-        stream_chunks(ctx, file, &mut chunks, &mut read)
-    };
+    let mut window = WINDOW.take();
+    let result = chunk_stream(ctx, file, &mut window, &mut chunks, &mut read);
+    if window.capacity() > READ_WINDOW {
+        window = Vec::new();
+    }
+    WINDOW.set(window);
     match result {
         Ok(()) => ReadOutcome::Done { chunks, read },
         Err(o) => o,
     }
 }
 
-fn stream_chunks(
+/// The length of the first chunk FastCDC cuts from `data`.
+fn first_cut(data: &[u8], min: u32, avg: u32, max: u32) -> usize {
+    fastcdc::v2020::FastCDC::new(data, min, avg, max)
+        .next()
+        .map_or(data.len(), |c| c.length)
+}
+
+fn chunk_stream(
     ctx: &ReadCtx,
-    file: std::fs::File,
+    mut file: std::fs::File,
+    window: &mut Vec<u8>,
     chunks: &mut Vec<ChunkRef>,
     read: &mut u64,
 ) -> std::result::Result<(), ReadOutcome> {
     let cfg = ctx.repo.config();
-    let chunker = fastcdc::v2020::StreamCDC::new(file, cfg.chunk_min, cfg.chunk_avg, cfg.chunk_max);
-    for chunk in chunker {
-        let chunk = chunk.map_err(|e| {
-            ReadOutcome::Unreadable(match e {
-                fastcdc::v2020::Error::IoError(io) => io,
-                other => std::io::Error::other(other.to_string()),
-            })
-        })?;
-        add_chunk(ctx, chunk.data, chunks, read)?;
-    }
-    Ok(())
+    for_each_chunk(
+        &mut file,
+        window,
+        (cfg.chunk_min, cfg.chunk_avg, cfg.chunk_max),
+        |chunk| add_chunk(ctx, chunk, chunks, read),
+        ReadOutcome::Unreadable,
+    )
 }
 
-/// Records one chunk; a new one is claimed and sent to sealing.
+/// Cuts what `src` yields into chunks through `window` and calls `emit`
+/// with each. The cut points are those of FastCDC over the whole content:
+/// a cut found before the end of the bytes at hand is final (FastCDC takes
+/// the first position whose hash matches, and the masks up to it do not
+/// depend on what follows); otherwise the window is refilled, or grown up
+/// to `max` bytes, and the cut retried.
+fn for_each_chunk<E>(
+    src: &mut impl Read,
+    window: &mut Vec<u8>,
+    (min, avg, max): (u32, u32, u32),
+    mut emit: impl FnMut(&[u8]) -> std::result::Result<(), E>,
+    io_error: impl Fn(std::io::Error) -> E,
+) -> std::result::Result<(), E> {
+    let max_len = max as usize;
+    window.clear();
+    window.reserve(READ_WINDOW.min(max_len));
+    let mut start = 0usize;
+    let mut eof = false;
+    loop {
+        let avail = window.len() - start;
+        if avail == 0 && eof {
+            return Ok(());
+        }
+        if avail > 0 {
+            let cut = first_cut(&window[start..], min, avg, max);
+            if eof || cut < avail || avail >= max_len {
+                emit(&window[start..start + cut])?;
+                start += cut;
+                continue;
+            }
+        }
+        // Not enough bytes to decide: keep the undecided tail, then read more.
+        window.drain(..start);
+        start = 0;
+        if window.len() == window.capacity() {
+            let grow = window.capacity().max(READ_WINDOW).min(max_len);
+            window.reserve(grow);
+        }
+        let room = (window.capacity() - window.len()) as u64;
+        match src.by_ref().take(room).read_to_end(window) {
+            Ok(0) => eof = true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_error(e)),
+        }
+    }
+}
+
+/// Records one chunk; a new one is claimed, copied into a pooled buffer
+/// and sent to sealing.
 fn add_chunk(
     ctx: &ReadCtx,
-    data: Vec<u8>,
+    data: &[u8],
     chunks: &mut Vec<ChunkRef>,
     read: &mut u64,
 ) -> std::result::Result<(), ReadOutcome> {
     let len = data.len() as u32;
     *read += data.len() as u64;
     ctx.progress.add_bytes(data.len() as u64);
-    if is_zero(&data) {
+    if is_zero(data) {
         chunks.push(ChunkRef::hole(len));
         return Ok(());
     }
-    let id = ctx.repo.blob_id(&data);
+    let id = ctx.repo.blob_id(data);
     chunks.push(ChunkRef { id, len });
     if ctx.writer.claim(&id).map_err(ReadOutcome::Failed)? {
         if ctx.worker_error.lock().expect("lock").is_some() {
             return Err(ReadOutcome::Stopped);
         }
+        let mut owned = ctx.bufs.take(data.len());
+        owned.extend_from_slice(data);
         ctx.seal_tx
-            .send(SealJob { id, data })
+            .send(SealJob { id, data: owned })
             .map_err(|_| ReadOutcome::Stopped)?;
     }
     Ok(())
@@ -234,24 +268,36 @@ pub(super) fn into_result(
 mod tests {
     use rand::{RngCore, SeedableRng};
 
-    /// Whole-file reads must cut where the streaming chunker cuts, or a file
-    /// crossing [`super::WHOLE_FILE_MAX`] would lose dedup against itself.
+    /// The windowed reader must cut where FastCDC cuts over the whole
+    /// content, or files would stop deduplicating against older backups.
     #[test]
-    fn in_memory_cuts_match_streaming_cuts() {
-        let mut data = vec![0u8; 3 << 20];
+    fn windowed_cuts_match_whole_content_cuts() {
+        let mut data = vec![0u8; 11 << 20];
         rand::rngs::StdRng::seed_from_u64(1).fill_bytes(&mut data);
-        let (min, avg, max) = (16 << 10, 64 << 10, 256 << 10);
-        let mem: Vec<(usize, usize)> = fastcdc::v2020::FastCDC::new(&data, min, avg, max)
-            .map(|c| (c.offset, c.length))
-            .collect();
-        let stream: Vec<(usize, usize)> =
-            fastcdc::v2020::StreamCDC::new(std::io::Cursor::new(&data), min, avg, max)
-                .map(|c| {
-                    let c = c.expect("in-memory read");
-                    (c.offset as usize, c.length)
-                })
+        // A long run of one byte has no cut point: FastCDC cuts at chunk_max there.
+        data[3 << 20..(3 << 20) + (9 << 20) / 2].fill(7);
+        for (min, avg, max) in [
+            (16 << 10, 64 << 10, 256 << 10),
+            (512 << 10, 1 << 20, 8 << 20),
+        ] {
+            let whole: Vec<usize> = fastcdc::v2020::FastCDC::new(&data, min, avg, max)
+                .map(|c| c.length)
                 .collect();
-        assert!(mem.len() > 10);
-        assert_eq!(mem, stream);
+            let mut windowed = Vec::new();
+            let mut window = Vec::new();
+            super::for_each_chunk(
+                &mut std::io::Cursor::new(&data),
+                &mut window,
+                (min, avg, max),
+                |c| {
+                    windowed.push(c.len());
+                    Ok::<(), std::io::Error>(())
+                },
+                |e| e,
+            )
+            .expect("in-memory read");
+            assert!(whole.len() > 5);
+            assert_eq!(whole, windowed, "chunker sizes {min}/{avg}/{max}");
+        }
     }
 }

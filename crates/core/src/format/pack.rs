@@ -100,7 +100,20 @@ impl Default for PackBuilder {
 impl PackBuilder {
     /// An empty pack.
     pub fn new() -> Self {
-        let mut buf = Vec::with_capacity(1 << 20);
+        Self::with_capacity(1 << 20)
+    }
+
+    /// An empty pack whose buffer holds `bytes` before it grows: a writer
+    /// that fills packs to a target size allocates once instead of
+    /// doubling (and copying) its way there.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self::with_buffer(Vec::with_capacity(bytes))
+    }
+
+    /// An empty pack built in `buf` (cleared first), so finished packs'
+    /// buffers can be reused.
+    pub fn with_buffer(mut buf: Vec<u8>) -> Self {
+        buf.clear();
         buf.extend_from_slice(PACK_MAGIC);
         Self {
             buf,
