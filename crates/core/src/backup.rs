@@ -1,32 +1,33 @@
 //! Backup: walk, skip unchanged files, chunk, deduplicate, seal in parallel,
 //! pack and upload, then write the trees and the snapshot.
 //!
-//! The walk runs on one thread in name order so trees come out sorted; file
-//! content is read, chunked and hashed on a pool of reader threads (see
-//! [`read`]) with one result slot per file, and new chunks go through a
-//! bounded channel to sealing workers, so memory does not grow with file
-//! size or tree size.
+//! Stages, each on its own threads and joined by bounded channels, so they
+//! overlap and memory does not grow with file size, file count or tree
+//! size:
+//! - the scanner ([`walk`]) walks in name order, skips unchanged files and
+//!   queues the others, running ahead of
+//! - the reader pool ([`read`]): read, chunk, hash and claim new chunks,
+//!   one result slot per file;
+//! - sealing workers: compress and encrypt new chunks into packs, which
+//!   upload threads store ([`crate::packer`]);
+//! - the assembler (the calling thread): takes the scanner's events in
+//!   order, waits for each file's slot and stores each directory's tree
+//!   after its entries, then the snapshot.
 
 mod read;
+mod walk;
 
 use crate::bufpool::BufferPool;
 use crate::error::{Error, Result};
 use crate::format::snapshot::{RawPath, Snapshot, Summary, SNAPSHOT_VERSION};
-use crate::format::tree::{
-    encode_list, ChunkRef, Content, ListRef, Node, NodeType, Payload, Tree, INLINE_CHUNKS_MAX,
-    LIST_CHUNKS_MAX,
-};
+use crate::format::tree::{Node, NodeType, Payload, Tree};
 use crate::format::{BlobId, BlobKind, SnapshotId};
-use crate::fsmeta::{node_from_meta, read_xattrs};
 use crate::packer::PackWriter;
 use crate::progress::Progress;
 use crate::repo::{hostname, Repository, SnapshotFilter};
 use crossbeam_channel::bounded;
 use std::collections::HashMap;
-use std::ffi::OsString;
 use std::fs::Metadata;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -101,6 +102,12 @@ struct SealJob {
 /// A directory entry whose node is complete, or a file still being read.
 enum Pending {
     Ready(Node),
+    /// A file read by the scanner itself (hard links): bytes to count.
+    Read {
+        node: Node,
+        was_file: bool,
+        read: u64,
+    },
     Reading {
         node: Node,
         path: PathBuf,
@@ -109,18 +116,27 @@ enum Pending {
     },
 }
 
-struct Walker<'a> {
+/// The assembling side of a backup: takes the scanner's events in order,
+/// waits for each file's chunks, and stores every directory's tree once its
+/// last entry is in (children before parents, so a checkpoint between
+/// directories covers every finished one).
+struct Assembler<'a> {
     repo: &'a Repository,
     writer: Arc<PackWriter>,
     worker_error: Arc<Mutex<Option<Error>>>,
-    exclude: Option<Arc<dyn Exclude>>,
     progress: Arc<Progress>,
+    /// What the assembler counts: dirs, new and changed files, bytes read.
     summary: Summary,
     ckpt: crate::checkpoint::Checkpointer,
     refs: crate::checkpoint::Refs,
-    hardlinks: HashMap<(u64, u64), Content>,
-    reader: read::ReadCtx,
-    pool: read::ReaderPool,
+}
+
+/// A directory being assembled: its node (`None` for the root) and the
+/// nodes of the entries in so far.
+struct Frame {
+    node: Option<Node>,
+    nodes: Vec<Node>,
+    mark: crate::checkpoint::RefsMark,
 }
 
 /// Backs up `opts.paths` into `repo` and writes a snapshot.
@@ -200,8 +216,13 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
     };
     let ckpt = crate::checkpoint::Checkpointer::new(repo, opts.checkpoint, template)?;
 
+    // Totals are counted only for someone watching progress: the count
+    // stats every entry a second time.
+    let scan = opts
+        .progress
+        .as_ref()
+        .map(|p| spawn_scan(paths.clone(), opts.exclude.clone(), p.clone()));
     let progress = opts.progress.clone().unwrap_or_default();
-    let scan = spawn_scan(paths.clone(), opts.exclude.clone(), progress.clone());
 
     let workers = if opts.workers == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -264,36 +285,59 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
         progress: progress.clone(),
     };
     let pool = read::ReaderPool::new(&reader, workers);
-    let mut walker = Walker {
+    let root_is_dir = match paths.as_slice() {
+        [only] => std::fs::symlink_metadata(only)
+            .map_err(|e| Error::io(only, e))?
+            .is_dir(),
+        _ => false,
+    };
+    let (events, events_rx) = bounded(walk::EVENTS_AHEAD);
+    let scanner = walk::Scanner {
         repo,
         writer: writer.clone(),
         worker_error: worker_error.clone(),
         exclude: opts.exclude.clone(),
         progress: progress.clone(),
-        summary: Summary::default(),
-        hardlinks: HashMap::new(),
         reader,
         pool,
+        events,
+        summary: Summary::default(),
+        hardlinks: HashMap::new(),
+    };
+    let mut assembler = Assembler {
+        repo,
+        writer: writer.clone(),
+        worker_error: worker_error.clone(),
+        progress: progress.clone(),
+        summary: Summary::default(),
         ckpt,
         refs: Default::default(),
     };
-    let walked = walker.root_tree(&paths, parent_tree.as_ref());
-    let Walker {
+    let (walked, scanned) = std::thread::scope(|s| {
+        let scan = std::thread::Builder::new()
+            .name("cairn-walk".into())
+            .spawn_scoped(s, || scanner.run(&paths, parent_tree.as_ref(), root_is_dir))
+            .expect("spawn walk thread");
+        let walked = assembler.run(events_rx, root_is_dir);
+        (walked, scan.join())
+    });
+    let scanned = scanned.map_err(|_| Error::Usage("the walk thread panicked".into()))?;
+    let Assembler {
         mut summary,
-        writer: walker_writer,
-        reader,
-        pool,
+        writer: assembler_writer,
         mut ckpt,
         ..
-    } = walker;
-    // Readers hold the only senders to the sealing workers.
-    pool.finish();
-    drop(reader);
-    drop(walker_writer);
+    } = assembler;
+    summary.files_unchanged += scanned.files_unchanged;
+    summary.others += scanned.others;
+    summary.bytes_total += scanned.bytes_total;
+    drop(assembler_writer);
     for t in seal_threads {
         let _ = t.join();
     }
-    let _ = scan.join();
+    if let Some(scan) = scan {
+        let _ = scan.join();
+    }
     let root = walked?;
     if let Some(e) = worker_error.lock().expect("lock").take() {
         return Err(e);
@@ -378,7 +422,7 @@ fn file_unchanged(node: &Node, old: &Node) -> bool {
         && old.inode == node.inode
 }
 
-impl Walker<'_> {
+impl Assembler<'_> {
     fn check_workers(&self) -> Result<()> {
         match self.worker_error.lock().expect("lock").take() {
             Some(e) => Err(e),
@@ -386,89 +430,63 @@ impl Walker<'_> {
         }
     }
 
-    fn root_tree(&mut self, paths: &[PathBuf], parent: Option<&Tree>) -> Result<BlobId> {
-        if let [only] = paths {
-            let meta = std::fs::symlink_metadata(only).map_err(|e| Error::io(only, e))?;
-            if meta.is_dir() {
-                return self.dir(only, parent);
-            }
-        }
-        let mut pending = Vec::new();
-        let mut names: Vec<OsString> = Vec::new();
-        for p in paths {
-            let name = p
-                .file_name()
-                .map(|n| n.to_os_string())
-                .unwrap_or_else(|| OsString::from("root"));
-            if names.contains(&name) {
-                return Err(Error::Usage(format!(
-                    "two paths end in {:?}; back them up separately or from a common parent",
-                    name
-                )));
-            }
-            names.push(name.clone());
-            let meta = std::fs::symlink_metadata(p).map_err(|e| Error::io(p, e))?;
-            let old = parent.and_then(|t| t.get(name.as_bytes()));
-            if let Some(node) = self.entry(p, &name, &meta, old)? {
-                pending.push(node);
-            }
-        }
-        let mut nodes = self.resolve(pending)?;
-        nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        self.store_tree(&Tree { nodes })
-    }
-
-    fn store_tree(&mut self, tree: &Tree) -> Result<BlobId> {
-        let (id, _) = self.writer.add_plain(BlobKind::Tree, &tree.encode())?;
-        Ok(id)
-    }
-
-    fn dir(&mut self, path: &Path, parent: Option<&Tree>) -> Result<BlobId> {
-        self.check_workers()?;
-        let mark = self.refs.enter();
-        let mut entries: Vec<(OsString, PathBuf)> = match std::fs::read_dir(path) {
-            Ok(rd) => rd
-                .filter_map(|e| match e {
-                    Ok(e) => Some((e.file_name(), e.path())),
-                    Err(err) => {
-                        self.skip(path, &err);
-                        None
-                    }
-                })
-                .collect(),
-            Err(err) => {
-                self.skip(path, &err);
-                Vec::new()
-            }
-        };
-        entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        let mut pending = Vec::with_capacity(entries.len());
-        for (name, child) in entries {
-            let meta = match std::fs::symlink_metadata(&child) {
-                Ok(m) => m,
-                Err(err) => {
-                    self.skip(&child, &err);
-                    continue;
+    /// Consumes the walk up to the root's `Leave`; returns the root tree.
+    fn run(
+        &mut self,
+        events: crossbeam_channel::Receiver<walk::Event>,
+        root_is_dir: bool,
+    ) -> Result<BlobId> {
+        let mut stack = vec![Frame {
+            node: None,
+            nodes: Vec::new(),
+            mark: self.refs.enter(),
+        }];
+        loop {
+            let event = events
+                .recv()
+                .map_err(|_| Error::Usage("the walk ended early".into()))?;
+            let top = stack
+                .last_mut()
+                .expect("the root frame stays until its Leave");
+            match event {
+                walk::Event::Enter(node) => {
+                    self.check_workers()?;
+                    stack.push(Frame {
+                        node: Some(node),
+                        nodes: Vec::new(),
+                        mark: self.refs.enter(),
+                    });
                 }
-            };
-            if self
-                .exclude
-                .as_ref()
-                .is_some_and(|x| x.is_excluded(&child, &meta))
-            {
-                continue;
-            }
-            let old = parent.and_then(|t| t.get(name.as_bytes()));
-            if let Some(node) = self.entry(&child, &name, &meta, old)? {
-                pending.push(node);
+                walk::Event::Entry(pending) => {
+                    if let Some(node) = self.resolve(pending)? {
+                        top.nodes.push(node);
+                    }
+                }
+                walk::Event::Leave => {
+                    let frame = stack.pop().expect("a frame per Enter");
+                    let is_root = stack.is_empty();
+                    let mut nodes = frame.nodes;
+                    if is_root && !root_is_dir {
+                        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+                    } else {
+                        self.summary.dirs += 1;
+                    }
+                    let (id, _) = self
+                        .writer
+                        .add_plain(BlobKind::Tree, &Tree { nodes }.encode())?;
+                    self.refs.leave(frame.mark, id);
+                    self.maybe_checkpoint()?;
+                    match (stack.last_mut(), frame.node) {
+                        (Some(parent), Some(mut node)) => {
+                            node.payload = Payload::Dir(id);
+                            parent.nodes.push(node);
+                        }
+                        _ => return Ok(id),
+                    }
+                }
+                walk::Event::Failed(e) => return Err(e),
             }
         }
-        let nodes = self.resolve(pending)?;
-        self.summary.dirs += 1;
-        let id = self.store_tree(&Tree { nodes })?;
-        self.refs.leave(mark, id);
-        self.maybe_checkpoint()?;
-        Ok(id)
     }
 
     /// Writes a checkpoint when one is due (between directories: every
@@ -483,36 +501,39 @@ impl Walker<'_> {
         Ok(())
     }
 
-    /// Waits for the files of one directory still being read, in order.
-    fn resolve(&mut self, pending: Vec<Pending>) -> Result<Vec<Node>> {
-        let mut nodes = Vec::with_capacity(pending.len());
-        for p in pending {
-            let (mut node, path, was_file, slot) = match p {
-                Pending::Ready(node) => {
-                    nodes.push(node);
-                    continue;
-                }
-                Pending::Reading {
-                    node,
-                    path,
-                    was_file,
-                    slot,
-                } => (node, path, was_file, slot),
-            };
-            let outcome = read::wait(&slot);
-            if matches!(outcome, read::ReadOutcome::Stopped) {
-                self.check_workers()?;
+    /// A finished entry's node: waits for a file being read; `None` when
+    /// the file could not be read and is skipped.
+    fn resolve(&mut self, pending: Pending) -> Result<Option<Node>> {
+        let (mut node, path, was_file, slot) = match pending {
+            Pending::Ready(node) => return Ok(Some(node)),
+            Pending::Read {
+                node,
+                was_file,
+                read,
+            } => {
+                self.count_read(was_file, read);
+                self.progress.file_done();
+                return Ok(Some(node));
             }
-            let Some((chunks, read)) = read::into_result(outcome, |e| self.skip(&path, e))? else {
-                continue;
-            };
-            self.count_read(was_file, read);
-            node.size = read;
-            node.payload = Payload::File(self.content_from_chunks(chunks)?);
-            self.progress.file_done();
-            nodes.push(node);
+            Pending::Reading {
+                node,
+                path,
+                was_file,
+                slot,
+            } => (node, path, was_file, slot),
+        };
+        let outcome = read::wait(&slot);
+        if matches!(outcome, read::ReadOutcome::Stopped) {
+            self.check_workers()?;
         }
-        Ok(nodes)
+        let Some((chunks, read)) = read::into_result(outcome, |e| self.skip(&path, e))? else {
+            return Ok(None);
+        };
+        self.count_read(was_file, read);
+        node.size = read;
+        node.payload = Payload::File(walk::content_from_chunks(&self.writer, chunks)?);
+        self.progress.file_done();
+        Ok(Some(node))
     }
 
     fn count_read(&mut self, was_file: bool, read: u64) {
@@ -527,149 +548,6 @@ impl Walker<'_> {
     fn skip(&self, path: &Path, err: &std::io::Error) {
         tracing::warn!("skipping {}: {err}", path.display());
         self.progress.errors.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Builds the node of one entry (a file maybe still being read); `None`
-    /// when it vanished or cannot be read.
-    fn entry(
-        &mut self,
-        path: &Path,
-        name: &std::ffi::OsStr,
-        meta: &Metadata,
-        old: Option<&Node>,
-    ) -> Result<Option<Pending>> {
-        let mut node = node_from_meta(name, meta);
-        node.xattrs = read_xattrs(path);
-        match node.kind {
-            NodeType::Dir => {
-                let old_tree = match old.map(|o| &o.payload) {
-                    Some(Payload::Dir(id)) => self.repo.load_tree(id).ok(),
-                    _ => None,
-                };
-                node.payload = Payload::Dir(self.dir(path, old_tree.as_ref())?);
-            }
-            NodeType::Symlink => match std::fs::read_link(path) {
-                Ok(t) => {
-                    node.payload = Payload::Symlink(t.as_os_str().as_bytes().to_vec());
-                    self.summary.others += 1;
-                }
-                Err(e) => {
-                    self.skip(path, &e);
-                    return Ok(None);
-                }
-            },
-            NodeType::File => {
-                return self.file(path, meta, node, old);
-            }
-            _ => self.summary.others += 1,
-        }
-        Ok(Some(Pending::Ready(node)))
-    }
-
-    fn content_known(&self, content: &Content) -> Result<bool> {
-        match content {
-            Content::Inline(chunks) => {
-                for c in chunks {
-                    if !c.is_hole() && !self.writer.contains(&c.id)? {
-                        return Ok(false);
-                    }
-                }
-                Ok(true)
-            }
-            Content::Lists(lists) => {
-                for l in lists {
-                    if !self.writer.contains(&l.id)? {
-                        return Ok(false);
-                    }
-                }
-                Ok(true)
-            }
-        }
-    }
-
-    /// A file's node: reused from the parent when unchanged, else read on
-    /// the pool (hard-linked files inline, so later links find their content).
-    fn file(
-        &mut self,
-        path: &Path,
-        meta: &Metadata,
-        mut node: Node,
-        old: Option<&Node>,
-    ) -> Result<Option<Pending>> {
-        let size = meta.size();
-        self.summary.bytes_total += size;
-        let reuse = |node: &mut Node, content: &Content| {
-            node.size = size;
-            node.payload = Payload::File(content.clone());
-        };
-        if meta.nlink() > 1 {
-            if let Some(content) = self.hardlinks.get(&(meta.dev(), meta.ino())) {
-                self.summary.files_unchanged += 1;
-                reuse(&mut node, content);
-                self.progress.file_done();
-                return Ok(Some(Pending::Ready(node)));
-            }
-        }
-        if let Some(old) = old {
-            if let Payload::File(content) = &old.payload {
-                if file_unchanged(&node, old) && self.content_known(content)? {
-                    self.summary.files_unchanged += 1;
-                    self.progress.add_bytes(size);
-                    self.remember_link(meta, content);
-                    reuse(&mut node, content);
-                    self.progress.file_done();
-                    return Ok(Some(Pending::Ready(node)));
-                }
-            }
-        }
-        let was_file = old.is_some_and(|o| o.kind == NodeType::File);
-        if meta.nlink() <= 1 {
-            let slot = self.pool.submit(path.to_path_buf());
-            return Ok(Some(Pending::Reading {
-                node,
-                path: path.to_path_buf(),
-                was_file,
-                slot,
-            }));
-        }
-        self.check_workers()?;
-        let outcome = read::read_file(&self.reader, path);
-        if matches!(outcome, read::ReadOutcome::Stopped) {
-            self.check_workers()?;
-        }
-        let Some((chunks, read)) = read::into_result(outcome, |e| self.skip(path, e))? else {
-            return Ok(None);
-        };
-        self.count_read(was_file, read);
-        let content = self.content_from_chunks(chunks)?;
-        self.remember_link(meta, &content);
-        node.size = read;
-        node.payload = Payload::File(content);
-        self.progress.file_done();
-        Ok(Some(Pending::Ready(node)))
-    }
-
-    fn remember_link(&mut self, meta: &Metadata, content: &Content) {
-        if meta.nlink() > 1 {
-            self.hardlinks
-                .insert((meta.dev(), meta.ino()), content.clone());
-        }
-    }
-
-    fn content_from_chunks(&mut self, chunks: Vec<ChunkRef>) -> Result<Content> {
-        if chunks.len() <= INLINE_CHUNKS_MAX {
-            return Ok(Content::Inline(chunks));
-        }
-        let mut lists = Vec::new();
-        for part in chunks.chunks(LIST_CHUNKS_MAX) {
-            let (id, _) = self.writer.add_plain(BlobKind::List, &encode_list(part))?;
-            lists.push(ListRef {
-                id,
-                chunks: part.len() as u64,
-                bytes: part.iter().map(|c| c.len as u64).sum(),
-            });
-        }
-        Ok(Content::Lists(lists))
     }
 }
 

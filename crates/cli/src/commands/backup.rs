@@ -132,6 +132,7 @@ pub fn run(g: &GlobalOpts, a: BackupArgs) -> Result<ExitCode> {
     let excluders = RootExcluders::new(&a.exclude.options()?, &a.paths)
         .map_err(|e| anyhow!(cairn_core::Error::Usage(e.to_string())))?;
     let progress = Arc::new(Progress::default());
+    let show_bar = !a.json && !g.quiet && std::io::stderr().is_terminal();
     let opts = BackupOptions {
         paths: a.paths.clone(),
         host: a.host.clone(),
@@ -140,7 +141,9 @@ pub fn run(g: &GlobalOpts, a: BackupArgs) -> Result<ExitCode> {
         parent,
         exclude_rules: excluders.rules(),
         exclude: Some(Arc::new(excluders)),
-        progress: Some(progress.clone()),
+        // Without a bar nobody reads the counters, and the core skips the
+        // second pass that counts totals.
+        progress: show_bar.then(|| progress.clone()),
         ..Default::default()
     };
     let hooks = Hooks {
@@ -149,7 +152,6 @@ pub fn run(g: &GlobalOpts, a: BackupArgs) -> Result<ExitCode> {
         env: Vec::new(),
         timeout: a.hooks.hook_timeout,
     };
-    let show_bar = !a.json && !g.quiet && std::io::stderr().is_terminal();
     let run = hooks.run(|| {
         let bar =
             show_bar.then(|| crate::output::ProgressBar::start(progress.clone(), "backing up"));

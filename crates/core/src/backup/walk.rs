@@ -1,0 +1,326 @@
+//! The scanner: walks the source tree on its own thread, ahead of the
+//! assembler, and describes it as a stream of [`Event`]s.
+//!
+//! It does everything that needs no finished tree: list and sort each
+//! directory, lstat, exclude, read xattrs and symlinks, match entries
+//! against the parent snapshot, skip unchanged files and queue the others
+//! on the reader pool. Because it never waits for a file to be read, the
+//! readers always have work queued while the assembler waits for results
+//! in tree order. The event channel is bounded, so the scanner runs at most
+//! that many entries ahead.
+//!
+//! Invariant: events come in depth-first name order; every `Enter` is
+//! matched by one `Leave`, and the walk ends with the `Leave` of the root
+//! (or a `Failed`).
+
+use super::read::{self, ReadCtx, ReaderPool};
+use super::{file_unchanged, Exclude, Pending};
+use crate::error::{Error, Result};
+use crate::format::snapshot::Summary;
+use crate::format::tree::{encode_list, Content, ListRef, Node, NodeType, Payload, Tree};
+use crate::format::tree::{INLINE_CHUNKS_MAX, LIST_CHUNKS_MAX};
+use crate::format::BlobKind;
+use crate::fsmeta::{node_from_meta, read_xattrs};
+use crate::packer::PackWriter;
+use crate::progress::Progress;
+use crate::repo::Repository;
+use crossbeam_channel::Sender;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::Metadata;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+/// Entries the scanner may run ahead of the assembler.
+pub(super) const EVENTS_AHEAD: usize = 1024;
+
+/// One step of the walk.
+pub(super) enum Event {
+    /// A directory (its node, payload still unset); its entries follow up
+    /// to the matching `Leave`.
+    Enter(Node),
+    /// An entry of the current directory.
+    Entry(Pending),
+    /// The current directory has no more entries.
+    Leave,
+    /// The walk failed; nothing follows.
+    Failed(Error),
+}
+
+/// The walking side of a backup.
+pub(super) struct Scanner<'a> {
+    pub repo: &'a Repository,
+    pub writer: Arc<PackWriter>,
+    pub worker_error: Arc<Mutex<Option<Error>>>,
+    pub exclude: Option<Arc<dyn Exclude>>,
+    pub progress: Arc<Progress>,
+    pub reader: ReadCtx,
+    pub pool: ReaderPool,
+    pub events: Sender<Event>,
+    /// What the scanner counts: unchanged files, others, bytes_total.
+    pub summary: Summary,
+    pub hardlinks: HashMap<(u64, u64), Content>,
+}
+
+impl Scanner<'_> {
+    /// Walks `paths` (one directory is the root itself; anything else
+    /// becomes the entries of a synthetic root) and ends the stream.
+    pub fn run(mut self, paths: &[PathBuf], parent: Option<&Tree>, root_is_dir: bool) -> Summary {
+        let walked = if root_is_dir {
+            self.dir(&paths[0], parent)
+        } else {
+            self.roots(paths, parent)
+        };
+        if let Err(e) = walked {
+            let _ = self.events.send(Event::Failed(e));
+        }
+        // Readers hold the only senders to the sealing workers: finish them
+        // before the caller joins those.
+        let Scanner {
+            pool,
+            reader,
+            summary,
+            ..
+        } = self;
+        pool.finish();
+        drop(reader);
+        summary
+    }
+
+    fn emit(&self, event: Event) -> Result<()> {
+        // The assembler stopped (it failed); its error is the one reported.
+        self.events
+            .send(event)
+            .map_err(|_| Error::Usage("backup stopped".into()))
+    }
+
+    fn check_workers(&self) -> Result<()> {
+        match self.worker_error.lock().expect("lock").take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn skip(&self, path: &Path, err: &std::io::Error) {
+        tracing::warn!("skipping {}: {err}", path.display());
+        self.progress.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn roots(&mut self, paths: &[PathBuf], parent: Option<&Tree>) -> Result<()> {
+        let mut names: Vec<OsString> = Vec::new();
+        for p in paths {
+            let name = p
+                .file_name()
+                .map(|n| n.to_os_string())
+                .unwrap_or_else(|| OsString::from("root"));
+            if names.contains(&name) {
+                return Err(Error::Usage(format!(
+                    "two paths end in {:?}; back them up separately or from a common parent",
+                    name
+                )));
+            }
+            names.push(name.clone());
+            let meta = std::fs::symlink_metadata(p).map_err(|e| Error::io(p, e))?;
+            let old = parent.and_then(|t| t.get(name.as_bytes()));
+            self.entry(p, &name, &meta, old)?;
+        }
+        self.emit(Event::Leave)
+    }
+
+    fn dir(&mut self, path: &Path, parent: Option<&Tree>) -> Result<()> {
+        self.check_workers()?;
+        let mut entries: Vec<(OsString, PathBuf)> = match std::fs::read_dir(path) {
+            Ok(rd) => rd
+                .filter_map(|e| match e {
+                    Ok(e) => Some((e.file_name(), e.path())),
+                    Err(err) => {
+                        self.skip(path, &err);
+                        None
+                    }
+                })
+                .collect(),
+            Err(err) => {
+                self.skip(path, &err);
+                Vec::new()
+            }
+        };
+        entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        for (name, child) in entries {
+            let meta = match std::fs::symlink_metadata(&child) {
+                Ok(m) => m,
+                Err(err) => {
+                    self.skip(&child, &err);
+                    continue;
+                }
+            };
+            if self
+                .exclude
+                .as_ref()
+                .is_some_and(|x| x.is_excluded(&child, &meta))
+            {
+                continue;
+            }
+            let old = parent.and_then(|t| t.get(name.as_bytes()));
+            self.entry(&child, &name, &meta, old)?;
+        }
+        self.emit(Event::Leave)
+    }
+
+    /// Emits one entry: a directory with everything below it, or a node
+    /// (a file maybe still being read). Entries that vanished or cannot be
+    /// read are skipped.
+    fn entry(
+        &mut self,
+        path: &Path,
+        name: &OsStr,
+        meta: &Metadata,
+        old: Option<&Node>,
+    ) -> Result<()> {
+        let mut node = node_from_meta(name, meta);
+        node.xattrs = read_xattrs(path);
+        match node.kind {
+            NodeType::Dir => {
+                let old_tree = match old.map(|o| &o.payload) {
+                    Some(Payload::Dir(id)) => self.repo.load_tree(id).ok(),
+                    _ => None,
+                };
+                self.emit(Event::Enter(node))?;
+                return self.dir(path, old_tree.as_ref());
+            }
+            NodeType::Symlink => match std::fs::read_link(path) {
+                Ok(t) => {
+                    node.payload = Payload::Symlink(t.as_os_str().as_bytes().to_vec());
+                    self.summary.others += 1;
+                }
+                Err(e) => {
+                    self.skip(path, &e);
+                    return Ok(());
+                }
+            },
+            NodeType::File => {
+                return match self.file(path, meta, node, old)? {
+                    Some(pending) => self.emit(Event::Entry(pending)),
+                    None => Ok(()),
+                };
+            }
+            _ => self.summary.others += 1,
+        }
+        self.emit(Event::Entry(Pending::Ready(node)))
+    }
+
+    fn content_known(&self, content: &Content) -> Result<bool> {
+        match content {
+            Content::Inline(chunks) => {
+                for c in chunks {
+                    if !c.is_hole() && !self.writer.contains(&c.id)? {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+            Content::Lists(lists) => {
+                for l in lists {
+                    if !self.writer.contains(&l.id)? {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// A file's node: reused from the parent when unchanged, else queued on
+    /// the pool (hard-linked files are read here, so later links find their
+    /// content).
+    fn file(
+        &mut self,
+        path: &Path,
+        meta: &Metadata,
+        mut node: Node,
+        old: Option<&Node>,
+    ) -> Result<Option<Pending>> {
+        let size = meta.size();
+        self.summary.bytes_total += size;
+        let reuse = |node: &mut Node, content: &Content| {
+            node.size = size;
+            node.payload = Payload::File(content.clone());
+        };
+        if meta.nlink() > 1 {
+            if let Some(content) = self.hardlinks.get(&(meta.dev(), meta.ino())) {
+                self.summary.files_unchanged += 1;
+                reuse(&mut node, content);
+                self.progress.file_done();
+                return Ok(Some(Pending::Ready(node)));
+            }
+        }
+        if let Some(old) = old {
+            if let Payload::File(content) = &old.payload {
+                if file_unchanged(&node, old) && self.content_known(content)? {
+                    self.summary.files_unchanged += 1;
+                    self.progress.add_bytes(size);
+                    self.remember_link(meta, content);
+                    reuse(&mut node, content);
+                    self.progress.file_done();
+                    return Ok(Some(Pending::Ready(node)));
+                }
+            }
+        }
+        let was_file = old.is_some_and(|o| o.kind == NodeType::File);
+        if meta.nlink() <= 1 {
+            let slot = self.pool.submit(path.to_path_buf());
+            return Ok(Some(Pending::Reading {
+                node,
+                path: path.to_path_buf(),
+                was_file,
+                slot,
+            }));
+        }
+        self.check_workers()?;
+        let outcome = read::read_file(&self.reader, path);
+        if matches!(outcome, read::ReadOutcome::Stopped) {
+            self.check_workers()?;
+        }
+        let Some((chunks, read)) = read::into_result(outcome, |e| self.skip(path, e))? else {
+            return Ok(None);
+        };
+        let content = content_from_chunks(&self.writer, chunks)?;
+        self.remember_link(meta, &content);
+        node.size = read;
+        node.payload = Payload::File(content);
+        Ok(Some(Pending::Read {
+            node,
+            was_file,
+            read,
+        }))
+    }
+
+    fn remember_link(&mut self, meta: &Metadata, content: &Content) {
+        if meta.nlink() > 1 {
+            self.hardlinks
+                .insert((meta.dev(), meta.ino()), content.clone());
+        }
+    }
+}
+
+/// A file's content from its chunks: inline, or in list blobs when long.
+pub(super) fn content_from_chunks(
+    writer: &PackWriter,
+    chunks: Vec<crate::format::tree::ChunkRef>,
+) -> Result<Content> {
+    if chunks.len() <= INLINE_CHUNKS_MAX {
+        return Ok(Content::Inline(chunks));
+    }
+    let mut lists = Vec::new();
+    for part in chunks.chunks(LIST_CHUNKS_MAX) {
+        let (id, _) = writer.add_plain(BlobKind::List, &encode_list(part))?;
+        lists.push(ListRef {
+            id,
+            chunks: part.len() as u64,
+            bytes: part.iter().map(|c| c.len as u64).sum(),
+        });
+    }
+    Ok(Content::Lists(lists))
+}
