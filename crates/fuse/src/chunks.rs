@@ -1,169 +1,29 @@
-//! File content through the mount: the decrypted-chunk LRU cache (bounded
-//! by bytes), per-open-file chunk offset tables, and sequential readahead
-//! on a small pool of background threads.
-//!
-//! Invariants: the cache never holds more than its capacity in chunk bytes
-//! (a chunk larger than the whole cache is returned but not kept); a chunk
-//! is fetched once however many readers want it at the same time (readers
-//! of a chunk being fetched wait for that fetch).
+//! File content through the mount: per-open-file chunk offset tables, and
+//! sequential readahead on a small pool of background threads filling the
+//! chunk cache (whose byte budget also pays for the readahead in flight).
 
+use crate::cache::{ChunkCache, ReadError};
 use cairn_core::format::tree::ChunkRef;
-use cairn_core::{BlobId, BlobKind, Repository};
+use cairn_core::BlobId;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use lru::LruCache;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-
-/// Why a read failed (the mount answers EIO and logs this).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub(crate) struct ReadError(pub String);
-
-type Chunk = Arc<[u8]>;
+use std::sync::Arc;
 
 /// How far from the previous read's end a read may start and still count
 /// as sequential.
 const SEQUENTIAL_SLACK: u64 = 1 << 20;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panicking holder cannot leave these maps inconsistent (each update
-    // is one insert or remove), so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-#[derive(Default)]
-struct Flight {
-    done: Mutex<Option<Result<Chunk, ReadError>>>,
-    cv: Condvar,
-}
-
-struct Lru {
-    map: LruCache<BlobId, Chunk>,
-    bytes: u64,
-}
-
-/// Decrypted data chunks, least recently used evicted first.
-pub(crate) struct ChunkCache {
-    repo: Repository,
-    capacity: u64,
-    lru: Mutex<Lru>,
-    loading: Mutex<HashMap<BlobId, Arc<Flight>>>,
-    /// One index re-read at a time.
-    resync: Mutex<()>,
-    /// Chunks fetched from the repository (for tests and logs).
-    pub fetched: AtomicU64,
-}
-
-impl ChunkCache {
-    /// A cache holding at most `capacity` bytes of chunks.
-    pub fn new(repo: Repository, capacity: u64) -> Self {
-        Self {
-            repo,
-            capacity,
-            lru: Mutex::new(Lru {
-                map: LruCache::unbounded(),
-                bytes: 0,
-            }),
-            loading: Mutex::new(HashMap::new()),
-            resync: Mutex::new(()),
-            fetched: AtomicU64::new(0),
-        }
-    }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> u64 {
-        lock(&self.lru).bytes
-    }
-
-    /// Re-reads the repository index (new segments of newer backups).
-    pub fn resync_index(&self) {
-        let _one = lock(&self.resync);
-        if let Err(e) = self.repo.sync_index(false) {
-            tracing::warn!("refreshing the index: {e}");
-        }
-    }
-
-    /// Whether `id` is cached or being fetched.
-    fn present(&self, id: &BlobId) -> bool {
-        lock(&self.lru).map.contains(id) || lock(&self.loading).contains_key(id)
-    }
-
-    fn insert(&self, id: BlobId, data: &Chunk) {
-        let len = data.len() as u64;
-        if len > self.capacity {
-            return;
-        }
-        let mut lru = lock(&self.lru);
-        if let Some(old) = lru.map.put(id, data.clone()) {
-            lru.bytes -= old.len() as u64;
-        }
-        lru.bytes += len;
-        while lru.bytes > self.capacity {
-            match lru.map.pop_lru() {
-                Some((_, evicted)) => lru.bytes -= evicted.len() as u64,
-                None => break,
-            }
-        }
-    }
-
-    /// The plaintext of data chunk `id`, from the cache or the repository.
-    pub fn get(&self, id: &BlobId) -> Result<Chunk, ReadError> {
-        if let Some(c) = lock(&self.lru).map.get(id) {
-            return Ok(c.clone());
-        }
-        let (flight, leader) = {
-            let mut loading = lock(&self.loading);
-            match loading.get(id) {
-                Some(f) => (f.clone(), false),
-                None => {
-                    let f = Arc::new(Flight::default());
-                    loading.insert(*id, f.clone());
-                    (f, true)
-                }
-            }
-        };
-        if !leader {
-            let mut done = lock(&flight.done);
-            loop {
-                if let Some(r) = done.as_ref() {
-                    return r.clone();
-                }
-                done = flight.cv.wait(done).unwrap_or_else(PoisonError::into_inner);
-            }
-        }
-        self.fetched.fetch_add(1, Ordering::Relaxed);
-        let result = match self.repo.read_blob(BlobKind::Data, id) {
-            // Written by a backup newer than our copy of the index.
-            Err(cairn_core::Error::BlobNotFound { .. }) => {
-                self.resync_index();
-                self.repo.read_blob(BlobKind::Data, id)
-            }
-            other => other,
-        };
-        let result = result
-            .map(Chunk::from)
-            .map_err(|e| ReadError(e.to_string()));
-        if let Ok(data) = &result {
-            self.insert(*id, data);
-        }
-        *lock(&flight.done) = Some(result.clone());
-        flight.cv.notify_all();
-        lock(&self.loading).remove(id);
-        result
-    }
-}
-
 /// Background threads fetching chunks ahead of sequential readers.
 pub(crate) struct Prefetcher {
-    tx: Option<Sender<BlobId>>,
+    tx: Option<Sender<(BlobId, u32)>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Prefetcher {
     /// Starts `workers` threads filling `cache`.
     pub fn start(cache: Arc<ChunkCache>, workers: usize) -> Self {
-        let (tx, rx): (Sender<BlobId>, Receiver<BlobId>) = crossbeam_channel::bounded(64);
+        type Job = (BlobId, u32);
+        let (tx, rx): (Sender<Job>, Receiver<Job>) = crossbeam_channel::bounded(64);
         let threads = (0..workers.max(1))
             .filter_map(|i| {
                 let rx = rx.clone();
@@ -171,10 +31,8 @@ impl Prefetcher {
                 std::thread::Builder::new()
                     .name(format!("cairn-readahead-{i}"))
                     .spawn(move || {
-                        for id in rx {
-                            if let Err(e) = cache.get(&id) {
-                                tracing::debug!("readahead of chunk {}: {e}", id.short());
-                            }
+                        for (id, len) in rx {
+                            cache.prefetch(&id, len);
                         }
                     })
                     .ok()
@@ -186,13 +44,14 @@ impl Prefetcher {
         }
     }
 
-    /// Asks for `id` to be fetched unless it already is; never blocks.
-    pub fn want(&self, cache: &ChunkCache, id: BlobId) {
+    /// Asks for chunk `id` (`len` bytes) to be fetched unless it already
+    /// is; never blocks (a full queue drops the request).
+    pub fn want(&self, cache: &ChunkCache, id: BlobId, len: u32) {
         if cache.present(&id) {
             return;
         }
         if let Some(tx) = &self.tx {
-            if let Err(TrySendError::Disconnected(_)) = tx.try_send(id) {
+            if let Err(TrySendError::Disconnected(_)) = tx.try_send((id, len)) {
                 tracing::debug!("readahead pool is gone");
             }
         }
@@ -270,15 +129,8 @@ impl OpenFile {
             if c.is_hole() {
                 out.resize(out.len() + (to - from), 0);
             } else {
-                let data = cache.get(&c.id)?;
-                if data.len() != c.len as usize {
-                    return Err(ReadError(format!(
-                        "chunk {} holds {} bytes, the file's chunk list says {}",
-                        c.id.short(),
-                        data.len(),
-                        c.len
-                    )));
-                }
+                // Held only for this copy: a reader pins one chunk at a time.
+                let data = cache.get(&c.id, c.len)?;
                 out.extend_from_slice(&data[from..to]);
             }
             pos = start + to as u64;
@@ -293,8 +145,9 @@ impl OpenFile {
             let mut j = i.saturating_sub(1);
             // The chunk the read ended in, then the ones after it.
             while j < self.chunks.len() && self.ends[j] - u64::from(self.chunks[j].len) < limit {
-                if !self.chunks[j].is_hole() {
-                    pool.want(cache, self.chunks[j].id);
+                let c = &self.chunks[j];
+                if !c.is_hole() {
+                    pool.want(cache, c.id, c.len);
                 }
                 j += 1;
             }

@@ -3,7 +3,8 @@
 //! and the chunk cache. Read-only; every engine failure becomes EIO and a
 //! log line, never a crash.
 
-use crate::chunks::{ChunkCache, OpenFile, Prefetcher};
+use crate::cache::{ChunkCache, RepoChunks};
+use crate::chunks::{OpenFile, Prefetcher};
 use crate::inodes::{Inodes, Kind};
 use crate::layout::{Layout, SnapInfo, VDir, VEntry};
 use cairn_core::format::tree::{Node, NodeType, Payload};
@@ -73,6 +74,7 @@ pub(crate) struct CairnFs {
     /// When the layout was last rebuilt; the mutex also keeps one refresh at a time.
     refreshed: Mutex<Instant>,
     trees: Mutex<LruCache<BlobId, Arc<Dir>>>,
+    chunks: Arc<RepoChunks>,
     cache: Arc<ChunkCache>,
     prefetch: Prefetcher,
     files: Mutex<HashMap<u64, OpenEntry>>,
@@ -128,7 +130,8 @@ impl CairnFs {
         layout: Layout,
         single: Option<Arc<SnapInfo>>,
     ) -> Self {
-        let cache = Arc::new(ChunkCache::new(repo.clone(), cfg.cache_size));
+        let chunks = Arc::new(RepoChunks::new(repo.clone()));
+        let cache = Arc::new(ChunkCache::new(chunks.clone(), cfg.cache_size));
         let prefetch = Prefetcher::start(cache.clone(), cfg.readahead_workers);
         let root = match &single {
             Some(info) => Kind::SnapRoot(info.clone()),
@@ -144,6 +147,7 @@ impl CairnFs {
             trees: Mutex::new(LruCache::new(
                 NonZeroUsize::new(TREE_CACHE_ENTRIES).unwrap_or(NonZeroUsize::MIN),
             )),
+            chunks,
             cache,
             prefetch,
             files: Mutex::new(HashMap::new()),
@@ -198,7 +202,7 @@ impl CairnFs {
     }
 
     fn resync_index(&self) {
-        self.cache.resync_index();
+        self.chunks.resync_index();
     }
 
     /// A decoded directory, from memory, the local cache or the repository.
@@ -410,9 +414,11 @@ impl fuser::Filesystem for CairnFs {
 
     fn destroy(&mut self) {
         tracing::debug!(
-            "unmounted: {} chunks fetched, {} bytes cached, {} inodes",
+            "unmounted: {} chunks fetched, {} readaheads skipped for room, {} bytes cached (peak {}), {} inodes",
             self.cache.fetched.load(Ordering::Relaxed),
+            self.cache.skipped.load(Ordering::Relaxed),
             self.cache.bytes(),
+            self.cache.peak_bytes(),
             self.inodes
                 .read()
                 .unwrap_or_else(PoisonError::into_inner)

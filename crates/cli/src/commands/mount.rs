@@ -4,7 +4,7 @@
 use super::FilterOpts;
 use crate::common::{parse_size, GlobalOpts};
 use anyhow::{bail, Context, Result};
-use cairn_fuse::{check_mountpoint, mount_notify, MountOptions};
+use cairn_fuse::{check_mountpoint, mount_notify, MountOptions, MALLOC_ENV};
 use clap::Args;
 use std::io::{BufRead, BufReader, Read, Seek};
 use std::path::PathBuf;
@@ -51,6 +51,7 @@ pub fn run(g: &GlobalOpts, a: MountArgs) -> Result<ExitCode> {
     if a.daemon {
         return detach(g, &a);
     }
+    restart_with_malloc_setting();
     let repo = g.open()?;
     let snapshot = match &a.snapshot {
         Some(spec) => Some(repo.find_snapshot(spec, &a.filter.filter())?.0),
@@ -81,6 +82,34 @@ pub fn run(g: &GlobalOpts, a: MountArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Replaces this process by the same command with glibc's malloc setting
+/// for mounts ([`MALLOC_ENV`]: without it, freed chunk-sized buffers stay
+/// in per-thread arenas and memory grows well past `--cache-size`), unless
+/// the variable is already set. Same pid, arguments, environment and open
+/// files; the password is asked for only after this. Returns only if the
+/// restart failed, and the mount then runs with glibc's defaults.
+fn restart_with_malloc_setting() {
+    let (name, value) = MALLOC_ENV;
+    if !cfg!(all(target_os = "linux", target_env = "gnu")) || std::env::var_os(name).is_some() {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let mut args = std::env::args_os();
+    let err = match std::env::current_exe() {
+        Ok(exe) => {
+            let mut cmd = Command::new(exe);
+            if let Some(arg0) = args.next() {
+                cmd.arg0(arg0);
+            }
+            cmd.args(args).env(name, value).exec()
+        }
+        Err(e) => e,
+    };
+    tracing::warn!(
+        "cannot restart with {name}={value} ({err}); the mount may use more memory than --cache-size"
+    );
+}
+
 /// Starts this command again as a detached child and returns once its
 /// mount is ready (or reports why it failed).
 fn detach(g: &GlobalOpts, a: &MountArgs) -> Result<ExitCode> {
@@ -108,6 +137,10 @@ fn detach(g: &GlobalOpts, a: &MountArgs) -> Result<ExitCode> {
         Command::new(exe)
             .args(&args)
             .env("CAIRN_PASSWORD", password)
+            .env(
+                MALLOC_ENV.0,
+                std::env::var_os(MALLOC_ENV.0).unwrap_or(MALLOC_ENV.1.into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log.try_clone()?))
