@@ -259,11 +259,16 @@ pub struct KdfParams {
     pub p_cost: u32,
 }
 
+/// Defaults for new keys: 32 MiB and 6 passes, the same memory-time product
+/// (the cost per guess of a memory-hard function) as 64 MiB and 3 passes,
+/// above OWASP's argon2id minimum (19 MiB, 2 passes), at half the memory:
+/// every command derives a key first, so this is the floor of a job pod's
+/// peak RSS. Each key file records its own parameters; older keys keep theirs.
 impl Default for KdfParams {
     fn default() -> Self {
         Self {
-            m_cost: 64 * 1024,
-            t_cost: 3,
+            m_cost: 32 * 1024,
+            t_cost: 6,
             p_cost: 1,
         }
     }
