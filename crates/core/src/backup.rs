@@ -338,10 +338,11 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
     if let Some(scan) = scan {
         let _ = scan.join();
     }
-    let root = walked?;
+    // A worker's error is the cause; the walk only saw that workers stopped.
     if let Some(e) = worker_error.lock().expect("lock").take() {
         return Err(e);
     }
+    let root = walked?;
     let writer =
         Arc::try_unwrap(writer).map_err(|_| Error::Usage("pack writer still shared".into()))?;
     // Every blob the snapshot references must sit in an unplanned pack.
@@ -368,6 +369,15 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
         hooks: opts.hooks.clone(),
     };
     Ok(snapshot)
+}
+
+/// Fails once a sealing worker has failed. The error stays in the slot:
+/// the backup reports it at the end, whichever thread noticed first.
+fn workers_ok(worker_error: &Mutex<Option<Error>>) -> Result<()> {
+    match worker_error.lock().expect("lock").is_some() {
+        true => Err(Error::Usage("sealing workers stopped".into())),
+        false => Ok(()),
+    }
 }
 
 /// Counts files and bytes to back up, for progress totals.
@@ -424,10 +434,7 @@ fn file_unchanged(node: &Node, old: &Node) -> bool {
 
 impl Assembler<'_> {
     fn check_workers(&self) -> Result<()> {
-        match self.worker_error.lock().expect("lock").take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        workers_ok(&self.worker_error)
     }
 
     /// Consumes the walk up to the root's `Leave`; returns the root tree.

@@ -98,10 +98,7 @@ impl Scanner<'_> {
     }
 
     fn check_workers(&self) -> Result<()> {
-        match self.worker_error.lock().expect("lock").take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        super::workers_ok(&self.worker_error)
     }
 
     fn skip(&self, path: &Path, err: &std::io::Error) {
