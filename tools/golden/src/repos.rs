@@ -5,11 +5,11 @@
 //! test finds it by comparing the two directories; nothing else records it.
 
 use crate::fixture::{golden_tree, golden_update};
+use crate::testkit;
 use cairn_core::backup::{backup, BackupOptions};
 use cairn_core::browse::{resolve, Resolved};
-use cairn_core::crypto::KdfParams;
 use cairn_core::format::tree::Payload;
-use cairn_core::{InitOptions, OpenOptions, Repository, SnapshotFilter};
+use cairn_core::{InitOptions, Repository, SnapshotFilter};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -68,25 +68,14 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> GoldenError + '_ {
 /// stays a few hundred KiB yet has list blobs and several packs.
 pub fn init_options() -> InitOptions {
     InitOptions {
-        kdf: KdfParams {
-            m_cost: 64,
-            t_cost: 1,
-            p_cost: 1,
-        },
         chunk_sizes: (512, 2048, 8192),
-        pack_sizes: (64 << 10, 16 << 10),
-        zstd_level: 3,
+        ..testkit::init_options((64 << 10, 16 << 10))
     }
 }
 
 /// Opens a golden repository (at a local path) with an in-memory cache.
 pub fn open(path: &Path) -> Result<Repository, GoldenError> {
-    let storage = cairn_storage::open(&path.to_string_lossy())?;
-    Ok(Repository::open(
-        storage,
-        PASSWORD,
-        &OpenOptions::default(),
-    )?)
+    testkit::open_at(&path.to_string_lossy(), PASSWORD)
 }
 
 fn list_names(dir: &Path) -> Result<BTreeSet<String>, GoldenError> {
@@ -178,8 +167,7 @@ pub fn write_repos(out: &Path) -> Result<Vec<PathBuf>, GoldenError> {
             std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
         }
     }
-    let storage = cairn_storage::open(&v1.to_string_lossy())?;
-    let repo = Repository::init(storage, PASSWORD, &init_options(), &OpenOptions::default())?;
+    let repo = testkit::init_at(&v1.to_string_lossy(), PASSWORD, &init_options())?;
     snapshot_of(&repo, &tree, FIRST_TAG)?;
     let first_segments = list_names(&v1.join("index"))?;
     golden_update(&tree).map_err(io(&tree))?;
