@@ -11,7 +11,6 @@
 
 use cairn_core::{BlobId, BlobKind, Repository};
 use lru::LruCache;
-use memmap2::{MmapMut, MmapOptions};
 use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -166,29 +165,13 @@ impl Drop for Reservation {
 }
 
 /// A decrypted chunk. Its bytes stay charged to the budget until the last
-/// reference (cache entry, reader, fetch result) is dropped.
-///
-/// The bytes live in their own anonymous mapping, unmapped when the chunk
-/// is dropped: evicted chunks go back to the kernel at once instead of
-/// staying behind as free space in the allocator's per-thread arenas
-/// (which, with chunks allocated on one thread and freed on another, held
-/// about as much again as the cache itself).
+/// reference (cache entry, reader, fetch result) is dropped. (Under
+/// [`crate::MALLOC_ENV`] glibc gives a buffer this size a mapping of its
+/// own, returned to the kernel when the chunk is dropped.)
 pub(crate) struct ChunkBuf {
-    data: MmapMut,
+    data: Vec<u8>,
     /// Exactly `data.len()` bytes.
     _paid: Reservation,
-}
-
-impl ChunkBuf {
-    fn new(plain: &[u8], paid: Reservation) -> Result<Self, ReadError> {
-        let mut data = MmapOptions::new()
-            .len(plain.len())
-            .populate()
-            .map_anon()
-            .map_err(|e| ReadError(format!("mapping {} bytes for a chunk: {e}", plain.len())))?;
-        data.copy_from_slice(plain);
-        Ok(Self { data, _paid: paid })
-    }
 }
 
 impl Deref for ChunkBuf {
@@ -372,8 +355,7 @@ impl ChunkCache {
             )));
         }
         let keep = room.bytes <= self.budget.capacity;
-        let chunk = Arc::new(ChunkBuf::new(&data, room)?);
-        drop(data);
+        let chunk = Arc::new(ChunkBuf { data, _paid: room });
         if keep {
             lock(&self.lru).put(*id, chunk.clone());
             self.budget.poke();

@@ -28,14 +28,17 @@ use std::time::Duration;
 /// environment variable and its value; glibc reads it only at process
 /// start, so callers re-execute themselves with it, as `cairn mount` does).
 ///
-/// Why: the repository and storage layers allocate one or two transient
-/// buffers of a chunk's size (about 1 MiB, up to 8 MiB) per chunk read, on
-/// about twenty threads (FUSE, readahead, I/O runtime). With glibc's
-/// default dynamic threshold those buffers come from per-thread arenas
-/// that keep the freed space: measured, a 16 MiB cache mount reading a
-/// 2 GiB file peaked at 154 MB resident, a 256 MiB one at 390 MB. A fixed
-/// threshold of 256 KiB serves every such buffer with its own mapping,
-/// returned to the kernel when freed: 80 MB and 300 MB (docs/MOUNT.md).
+/// Why: each chunk fetch allocates one or two transient buffers of the
+/// chunk's size (about 1 MiB, up to 8 MiB) in the repository and storage
+/// layers, on about twenty threads (FUSE, readahead, I/O runtime), and
+/// cached chunks are freed on other threads than they were allocated on.
+/// With glibc's default dynamic mmap threshold all of these come from
+/// per-thread arenas that keep the freed space: reading a 2 GiB file, a
+/// 256 MiB cache mount peaked at 445 MB resident even with the cache's
+/// byte budget exact. A fixed threshold of 256 KiB gives every such buffer
+/// (and every cached chunk) a mapping of its own, returned to the kernel
+/// when freed: 300 MB. The price is fresh zeroed pages per fetch, about a
+/// quarter of sequential throughput on a 2-core machine (docs/MOUNT.md).
 pub const MALLOC_ENV: (&str, &str) = ("MALLOC_MMAP_THRESHOLD_", "262144");
 
 /// How to mount.
