@@ -6,7 +6,6 @@
 use cairn_core::backup::{backup, BackupOptions};
 use cairn_core::browse::{resolve, Resolved};
 use cairn_core::check::{check, CheckOptions, Damage, DataSubset};
-use cairn_core::crypto::KdfParams;
 use cairn_core::format::tree::{Node, Payload};
 use cairn_core::lock::{self, ExclusiveLock, LockOptions};
 use cairn_core::repair::{
@@ -15,7 +14,8 @@ use cairn_core::repair::{
 };
 use cairn_core::restore::{restore, RestoreOptions};
 use cairn_core::stats::{diff, stats, Change};
-use cairn_core::{BlobId, InitOptions, OpenOptions, Repository, SnapshotId};
+use cairn_core::{BlobId, Repository, SnapshotId};
+use cairn_golden::testkit;
 use cairn_storage::testing::{fresh_location, TestLocation};
 use rand::{RngCore, SeedableRng};
 use std::path::{Path, PathBuf};
@@ -38,19 +38,9 @@ struct Fixture {
 impl Fixture {
     fn new(name: &str) -> Self {
         let loc = fresh_location(name).expect("test location");
-        let storage = cairn_storage::open(loc.location()).expect("storage");
-        let opts = InitOptions {
-            kdf: KdfParams {
-                m_cost: 64,
-                t_cost: 1,
-                p_cost: 1,
-            },
-            chunk_sizes: (256, 1024, 4096),
-            pack_sizes: (4096, 4096),
-            zstd_level: 3,
-        };
-        let repo =
-            Repository::init(storage, PASSWORD, &opts, &OpenOptions::default()).expect("init");
+        // 4 KiB packs: every damaged pack holds few blobs.
+        let opts = testkit::init_options((4096, 4096));
+        let repo = testkit::init_at(loc.location(), PASSWORD, &opts).expect("init");
         let src = tempfile::tempdir().expect("tempdir");
         let f = Fixture { loc, repo, src };
         f.write("a.bin", &random(1, 20_000));
@@ -77,12 +67,7 @@ impl Fixture {
 
     /// The repository opened again by a new client with an empty cache.
     fn reopen(&self) -> Repository {
-        let storage = cairn_storage::open(self.loc.location()).expect("storage");
-        let opts = OpenOptions {
-            cache_dir: None,
-            tolerate_damage: true,
-        };
-        Repository::open(storage, PASSWORD, &opts).expect("open")
+        testkit::open_damaged_at(self.loc.location(), PASSWORD).expect("open")
     }
 }
 

@@ -12,11 +12,11 @@
 use cairn_core::backup::{backup, BackupOptions, ParentChoice};
 use cairn_core::check::{check, CheckOptions};
 use cairn_core::checkpoint::CheckpointOptions;
-use cairn_core::crypto::KdfParams;
 use cairn_core::gc::{GcOptions, Roots};
 use cairn_core::maintenance::{self, MaintenanceOptions, Mode};
 use cairn_core::restore::{restore, RestoreOptions};
-use cairn_core::{BlobId, InitOptions, OpenOptions, Repository};
+use cairn_core::{BlobId, InitOptions, Repository};
+use cairn_golden::testkit;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -26,23 +26,16 @@ const PW: &str = "pw";
 const TRIALS: u64 = 50;
 
 fn open(dir: &Path) -> Repository {
-    let storage = cairn_storage::open(dir.to_str().unwrap()).unwrap();
-    Repository::open(storage, PW, &OpenOptions::default()).unwrap()
+    testkit::open_at(dir.to_str().unwrap(), PW).unwrap()
 }
 
+/// Small packs and no compression: a short run writes many packs.
 fn init(dir: &Path) -> Repository {
     let opts = InitOptions {
-        kdf: KdfParams {
-            m_cost: 64,
-            t_cost: 1,
-            p_cost: 1,
-        },
-        chunk_sizes: (256, 1024, 4096),
-        pack_sizes: (16 << 10, 8 << 10),
         zstd_level: 0,
+        ..testkit::init_options((16 << 10, 8 << 10))
     };
-    let storage = cairn_storage::open(dir.to_str().unwrap()).unwrap();
-    Repository::init(storage, PW, &opts, &OpenOptions::default()).unwrap()
+    testkit::init_at(dir.to_str().unwrap(), PW, &opts).unwrap()
 }
 
 struct Rng(u64);

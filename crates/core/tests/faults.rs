@@ -17,10 +17,10 @@
 use cairn_core::backup::{backup, BackupOptions, BackupResult, ParentChoice};
 use cairn_core::check::{check, CheckOptions, DataSubset};
 use cairn_core::checkpoint::CheckpointOptions;
-use cairn_core::crypto::KdfParams;
 use cairn_core::restore::{restore, RestoreOptions, RestoreStats};
 use cairn_core::{Error, InitOptions, OpenOptions, Repository};
 use cairn_golden::fixture::{is_root, rich_tree, xattrs_supported, RichOptions};
+use cairn_golden::testkit;
 use cairn_golden::{compare_trees, CompareOptions};
 use cairn_storage::testing::{fresh_location, TestLocation};
 use cairn_storage::{
@@ -48,14 +48,8 @@ fn storage_options(retries: u32) -> StorageOptions {
 /// several checkpoints.
 fn init_options() -> InitOptions {
     InitOptions {
-        kdf: KdfParams {
-            m_cost: 64,
-            t_cost: 1,
-            p_cost: 1,
-        },
-        chunk_sizes: (256, 1024, 4096),
-        pack_sizes: (64 << 10, 16 << 10),
         zstd_level: 1,
+        ..testkit::init_options((64 << 10, 16 << 10))
     }
 }
 
@@ -141,10 +135,7 @@ impl Rig {
         Repository::open(
             storage.clone(),
             PASSWORD,
-            &OpenOptions {
-                cache_dir: Some(self.cache.path().to_path_buf()),
-                tolerate_damage: false,
-            },
+            &testkit::cached(self.cache.path()),
         )
     }
 

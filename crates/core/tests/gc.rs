@@ -6,36 +6,29 @@
 
 use cairn_core::backup::{backup, BackupOptions, ParentChoice};
 use cairn_core::checkpoint::{CheckpointOptions, Checkpointer};
-use cairn_core::crypto::KdfParams;
 use cairn_core::gc::{self, GcOptions, Roots};
 use cairn_core::maintenance::{self, MaintenanceOptions, Mode};
 use cairn_core::packer::PackWriter;
 use cairn_core::restore::{restore, RestoreOptions};
-use cairn_core::{InitOptions, OpenOptions, Repository};
+use cairn_core::{InitOptions, Repository};
+use cairn_golden::testkit;
 use std::path::Path;
 use std::time::Duration;
 
 const PW: &str = "pw";
 
+/// Small packs and no compression: a few files make several packs.
 fn init(dir: &Path) -> Repository {
     let opts = InitOptions {
-        kdf: KdfParams {
-            m_cost: 64,
-            t_cost: 1,
-            p_cost: 1,
-        },
-        chunk_sizes: (256, 1024, 4096),
-        pack_sizes: (16 << 10, 8 << 10),
         zstd_level: 0,
+        ..testkit::init_options((16 << 10, 8 << 10))
     };
-    let storage = cairn_storage::open(dir.to_str().unwrap()).unwrap();
-    Repository::init(storage, PW, &opts, &OpenOptions::default()).unwrap()
+    testkit::init_at(dir.to_str().unwrap(), PW, &opts).unwrap()
 }
 
 /// A fresh handle with an empty in-memory cache: sees only what storage holds.
 fn reopen(dir: &Path) -> Repository {
-    let storage = cairn_storage::open(dir.to_str().unwrap()).unwrap();
-    Repository::open(storage, PW, &OpenOptions::default()).unwrap()
+    testkit::open_at(dir.to_str().unwrap(), PW).unwrap()
 }
 
 fn write_tree(root: &Path, seed: u64, files: usize) {

@@ -8,13 +8,13 @@
 //! so the table can be checked against them.
 
 use bytes::Bytes;
-use cairn_core::backup::{backup, BackupOptions, BackupResult};
+use cairn_core::backup::BackupResult;
 use cairn_core::check::{check, CheckOptions, DataSubset};
-use cairn_core::crypto::KdfParams;
 use cairn_core::format::tree::{Content, Payload};
 use cairn_core::restore::{restore, RestoreOptions};
 use cairn_core::{BlobId, InitOptions, OpenOptions, PackId, Repository};
 use cairn_golden::fixture::Rng;
+use cairn_golden::testkit::{self, backup_dir};
 use cairn_storage::testing::{fresh_location, TestLocation};
 use cairn_storage::{
     open_backend, wrap, CountingStorage, DynStorage, ObjectInfo, OpCounts, OpKind, RequestCounts,
@@ -89,14 +89,8 @@ struct Counted {
 
 fn init_options() -> InitOptions {
     InitOptions {
-        kdf: KdfParams {
-            m_cost: 64,
-            t_cost: 1,
-            p_cost: 1,
-        },
-        chunk_sizes: (256, 1024, 4096),
-        pack_sizes: (128 << 10, 32 << 10),
         zstd_level: 1,
+        ..testkit::init_options((128 << 10, 32 << 10))
     }
 }
 
@@ -127,23 +121,20 @@ impl Counted {
             self.stack.clone(),
             PASSWORD,
             &init_options(),
-            &self.open_opts(Some(self.cache.path())),
+            &testkit::cached(self.cache.path()),
         )
         .expect("init")
-    }
-
-    fn open_opts(&self, cache: Option<&Path>) -> OpenOptions {
-        OpenOptions {
-            cache_dir: cache.map(Path::to_path_buf),
-            tolerate_damage: false,
-        }
     }
 
     /// Opens with the repository's cache directory (`warm`) or with an
     /// empty in-memory cache.
     fn open(&self, warm: bool) -> Repository {
-        let cache = warm.then(|| self.cache.path());
-        Repository::open(self.stack.clone(), PASSWORD, &self.open_opts(cache)).expect("open")
+        let opts = if warm {
+            testkit::cached(self.cache.path())
+        } else {
+            OpenOptions::default()
+        };
+        Repository::open(self.stack.clone(), PASSWORD, &opts).expect("open")
     }
 
     /// Counts and recorded requests since the last call; resets both.
@@ -190,16 +181,7 @@ fn write_tree(root: &Path, seed: u64, dirs: usize, files: usize, sizes: Range<u6
 }
 
 fn backup_of(repo: &Repository, src: &Path) -> BackupResult {
-    backup(
-        repo,
-        &BackupOptions {
-            paths: vec![src.to_path_buf()],
-            host: Some("count-host".into()),
-            source: Some("count-source".into()),
-            ..BackupOptions::default()
-        },
-    )
-    .expect("backup")
+    backup_dir(repo, src).expect("backup")
 }
 
 #[test]
@@ -302,14 +284,7 @@ fn backup_writes_in_proportion_to_packs_not_files() {
 
     // Nothing changed: no pack, no segment, one snapshot, and no tree
     // read: the trees the first backup wrote are in the local cache.
-    let second = backup_of(&repo, src.path());
-    let (again, log) = c.take();
-    show("unchanged backup, warm cache", &again);
-    assert_eq!(
-        second.snapshot.summary.files_unchanged,
-        (DIRS * FILES) as u64
-    );
-    assert_eq!(again.all.write, 1, "only the snapshot: {log:?}");
+    let (again, log) = unchanged_backup(&c, &repo, src.path(), "warm", DIRS * FILES);
     assert_eq!(again.prefix("snapshots").write, 1);
     assert_eq!(again.prefix("packs").reads(), 0, "{log:?}");
 
@@ -317,14 +292,7 @@ fn backup_writes_in_proportion_to_packs_not_files() {
     // tree of the parent, and one read per snapshot manifest to find it.
     let cold = c.open(false);
     c.take();
-    let third = backup_of(&cold, src.path());
-    let (elsewhere, log) = c.take();
-    show("unchanged backup, cold cache", &elsewhere);
-    assert_eq!(
-        third.snapshot.summary.files_unchanged,
-        (DIRS * FILES) as u64
-    );
-    assert_eq!(elsewhere.all.write, 1, "only the snapshot: {log:?}");
+    let (elsewhere, log) = unchanged_backup(&c, &cold, src.path(), "cold", DIRS * FILES);
     assert_eq!(
         elsewhere.prefix("packs").read_range,
         (DIRS + 1) as u64,
@@ -332,6 +300,24 @@ fn backup_writes_in_proportion_to_packs_not_files() {
     );
     assert_eq!(elsewhere.prefix("packs").read, 0);
     assert_eq!(elsewhere.prefix("snapshots").read, 2, "{log:?}");
+}
+
+/// Backs up `src` again, unchanged since the last backup, and returns the
+/// requests it made, having asserted every one of its `files` was skipped
+/// as unchanged and that it wrote nothing but the snapshot.
+fn unchanged_backup(
+    c: &Counted,
+    repo: &Repository,
+    src: &Path,
+    cache: &str,
+    files: usize,
+) -> (RequestCounts, Vec<(OpKind, String)>) {
+    let result = backup_of(repo, src);
+    let (counts, log) = c.take();
+    show(&format!("unchanged backup, {cache} cache"), &counts);
+    assert_eq!(result.snapshot.summary.files_unchanged, files as u64);
+    assert_eq!(counts.all.write, 1, "only the snapshot: {log:?}");
+    (counts, log)
 }
 
 /// Packs holding the blobs a restore of `include` (a top-level directory)

@@ -84,6 +84,17 @@ pub fn open_at(location: &str, password: &str) -> Result<Repository, GoldenError
     )?)
 }
 
+/// [`open_at`] for a repository a test has damaged: index segments that
+/// fail to load are reported by `damaged_segments`, as check and repair
+/// open it.
+pub fn open_damaged_at(location: &str, password: &str) -> Result<Repository, GoldenError> {
+    let opts = OpenOptions {
+        cache_dir: None,
+        tolerate_damage: true,
+    };
+    Ok(Repository::open(storage_at(location)?, password, &opts)?)
+}
+
 /// Opens the repository at `loc` with the cache directory `cache`.
 pub fn open_cached(
     loc: &TestLocation,

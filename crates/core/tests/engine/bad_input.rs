@@ -10,9 +10,13 @@ use cairn_storage::testing::fresh_location;
 
 #[test]
 fn wrong_password_is_said() {
-    let t = TestRepo::new("wrong-password");
-    let e =
-        Repository::open(t.storage(), "not the password", &open_opts(t.cache.path())).unwrap_err();
+    let t = test_repo("wrong-password");
+    let e = Repository::open(
+        t.storage().unwrap(),
+        "not the password",
+        &open_opts(t.cache.path()),
+    )
+    .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::WrongPassword);
     assert!(e.to_string().contains("wrong password"), "{e}");
 }
@@ -53,15 +57,21 @@ fn foreign_or_future_header_is_not_a_repository() {
 
 #[test]
 fn init_on_an_existing_repository_is_refused() {
-    let t = TestRepo::new("init-twice");
-    let e = Repository::init(t.storage(), "other", &fast_init(), &Default::default()).unwrap_err();
+    let t = test_repo("init-twice");
+    let e = Repository::init(
+        t.storage().unwrap(),
+        "other",
+        &fast_init(),
+        &Default::default(),
+    )
+    .unwrap_err();
     assert!(matches!(e, cairn_core::Error::AlreadyExists { .. }), "{e}");
     assert!(
         e.to_string().contains("already holds a cairn repository"),
         "{e}"
     );
     // The first repository is untouched.
-    let repo = t.reopen();
+    let repo = t.reopen().expect("reopen");
     assert_eq!(repo.id(), t.repo.id());
     assert_eq!(repo.list_keys().unwrap().len(), 1);
 }
@@ -76,7 +86,7 @@ fn empty_passwords_are_refused() {
         storage(&loc).list("").unwrap().is_empty(),
         "nothing written"
     );
-    let t = TestRepo::new("empty-new-password");
+    let t = test_repo("empty-new-password");
     assert_eq!(
         t.repo.add_key("", fast_kdf()).unwrap_err().kind(),
         ErrorKind::Usage
@@ -90,7 +100,7 @@ fn empty_passwords_are_refused() {
 
 #[test]
 fn restore_into_a_non_empty_directory_needs_overwrite() {
-    let t = TestRepo::new("overwrite");
+    let t = test_repo("overwrite");
     let (_s, src) = temp_sub("src");
     std::fs::create_dir_all(src.join("dir")).unwrap();
     std::fs::write(src.join("dir/file"), b"from the snapshot").unwrap();
@@ -132,10 +142,11 @@ fn restore_into_a_non_empty_directory_needs_overwrite() {
 
 #[test]
 fn keys_add_list_remove_and_change_password() {
-    let t = TestRepo::new("keys");
+    let t = test_repo("keys");
     let second = t.repo.add_key("second password", fast_kdf()).unwrap();
     let cache = t.cache.path();
-    let by_second = Repository::open(t.storage(), "second password", &open_opts(cache)).unwrap();
+    let by_second =
+        Repository::open(t.storage().unwrap(), "second password", &open_opts(cache)).unwrap();
     let keys = by_second.list_keys().unwrap();
     assert_eq!(keys.len(), 2);
     assert!(keys.iter().any(|k| k.id == second && k.current));
@@ -156,16 +167,18 @@ fn keys_add_list_remove_and_change_password() {
     // Removing the first key locks its password out.
     let first = keys.iter().find(|k| !k.current).unwrap().id.clone();
     assert_eq!(by_second.remove_key(&first[..8]).unwrap(), first);
-    let e = Repository::open(t.storage(), PASSWORD, &open_opts(cache)).unwrap_err();
+    let e = Repository::open(t.storage().unwrap(), PASSWORD, &open_opts(cache)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::WrongPassword);
 
     // passwd replaces the key it opened with.
     let third = by_second
         .change_password("third password", fast_kdf())
         .unwrap();
-    let e = Repository::open(t.storage(), "second password", &open_opts(cache)).unwrap_err();
+    let e =
+        Repository::open(t.storage().unwrap(), "second password", &open_opts(cache)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::WrongPassword);
-    let by_third = Repository::open(t.storage(), "third password", &open_opts(cache)).unwrap();
+    let by_third =
+        Repository::open(t.storage().unwrap(), "third password", &open_opts(cache)).unwrap();
     let keys = by_third.list_keys().unwrap();
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0].id, third);
@@ -178,7 +191,7 @@ fn keys_add_list_remove_and_change_password() {
 
 #[test]
 fn snapshot_specs_are_checked() {
-    let t = TestRepo::new("specs");
+    let t = test_repo("specs");
     let none = SnapshotFilter::default();
     assert_eq!(
         t.repo.find_snapshot("latest", &none).unwrap_err().kind(),
@@ -209,7 +222,7 @@ fn snapshot_specs_are_checked() {
 
 #[test]
 fn backup_of_a_missing_path_is_an_io_error() {
-    let t = TestRepo::new("missing-path");
+    let t = test_repo("missing-path");
     let e = cairn_core::backup::backup(
         &t.repo,
         &cairn_core::backup::BackupOptions {

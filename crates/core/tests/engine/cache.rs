@@ -15,13 +15,15 @@ fn cache_file(t: &TestRepo, repo: &Repository) -> PathBuf {
 
 #[test]
 fn deleting_the_cache_loses_nothing() {
-    let t = TestRepo::new("cache-deleted");
+    let t = test_repo("cache-deleted");
     let (_s, src) = temp_sub("src");
     golden_tree(&src).unwrap();
     let first = backup_dir(&t.repo, &src);
     let file = cache_file(&t, &t.repo);
     assert!(file.exists());
-    let TestRepo { loc, cache, repo } = t;
+    let TestRepo {
+        loc, cache, repo, ..
+    } = t;
     drop(repo);
 
     std::fs::remove_dir_all(cache.path()).unwrap();
@@ -46,8 +48,8 @@ fn deleting_the_cache_loses_nothing() {
 
 #[test]
 fn a_cache_of_another_repository_is_rebuilt() {
-    let a = TestRepo::new("cache-a");
-    let b = TestRepo::new("cache-b");
+    let a = test_repo("cache-a");
+    let b = test_repo("cache-b");
     let (_s, src) = temp_sub("src");
     golden_tree(&src).unwrap();
     let snap_b = backup_dir(&b.repo, &src);
@@ -56,7 +58,9 @@ fn a_cache_of_another_repository_is_rebuilt() {
     backup_dir(&a.repo, &other);
     let a_file = cache_file(&a, &a.repo);
     let b_file = cache_file(&b, &b.repo);
-    let TestRepo { loc, cache, repo } = b;
+    let TestRepo {
+        loc, cache, repo, ..
+    } = b;
     drop(repo);
 
     // B's cache file now holds A's index and trees.
@@ -76,12 +80,14 @@ fn a_cache_of_another_repository_is_rebuilt() {
 
 #[test]
 fn a_garbage_cache_file_is_rebuilt() {
-    let t = TestRepo::new("cache-garbage");
+    let t = test_repo("cache-garbage");
     let (_s, src) = temp_sub("src");
     golden_tree(&src).unwrap();
     let snap = backup_dir(&t.repo, &src);
     let file = cache_file(&t, &t.repo);
-    let TestRepo { loc, cache, repo } = t;
+    let TestRepo {
+        loc, cache, repo, ..
+    } = t;
     drop(repo);
     for suffix in ["-wal", "-shm"] {
         let mut p = file.clone().into_os_string();
@@ -141,7 +147,7 @@ fn cache_open_discards_foreign_and_garbage_files() {
 
 #[test]
 fn a_damaged_cached_tree_is_fetched_again() {
-    let t = TestRepo::new("cache-tree");
+    let t = test_repo("cache-tree");
     let (_s, src) = temp_sub("src");
     golden_tree(&src).unwrap();
     let snap = backup_dir(&t.repo, &src);
@@ -161,17 +167,17 @@ fn a_damaged_cached_tree_is_fetched_again() {
 
 #[test]
 fn a_vanished_index_segment_is_dropped_from_the_cache() {
-    let t = TestRepo::new("cache-stale");
+    let t = test_repo("cache-stale");
     let (_s, src) = temp_sub("src");
     golden_tree(&src).unwrap();
     backup_dir(&t.repo, &src);
-    let storage = t.storage();
+    let storage = t.storage().unwrap();
     let before = t.repo.cache().blob_count().unwrap();
     assert!(before > 0);
     for seg in names(&storage, "index/") {
         storage.delete(&seg).unwrap();
     }
-    let repo = t.reopen();
+    let repo = t.reopen().expect("reopen");
     assert_eq!(
         repo.cache().blob_count().unwrap(),
         0,

@@ -21,7 +21,7 @@ fn golden_repo(
     tempfile::TempDir,
     std::path::PathBuf,
 ) {
-    let t = TestRepo::new(name);
+    let t = test_repo(name);
     let (s, src) = temp_sub("src");
     golden_tree(&src).unwrap();
     let r = backup_dir(&t.repo, &src);
@@ -31,7 +31,7 @@ fn golden_repo(
 /// A handle with an empty cache, so nothing damaged is served from it.
 fn cold_open(t: &TestRepo) -> (Repository, tempfile::TempDir) {
     let cache = tempfile::tempdir().unwrap();
-    let repo = Repository::open(t.storage(), PASSWORD, &open_opts(cache.path())).unwrap();
+    let repo = Repository::open(t.storage().unwrap(), PASSWORD, &open_opts(cache.path())).unwrap();
     (repo, cache)
 }
 
@@ -54,7 +54,7 @@ fn data_pack_of(repo: &Repository, r: &BackupResult, path: &str) -> (String, u64
 }
 
 fn flip(t: &TestRepo, object: &str, at: u64) {
-    let storage = t.storage();
+    let storage = t.storage().unwrap();
     let mut bytes = storage.read(object).unwrap().to_vec();
     bytes[at as usize] ^= 0x40;
     storage.write(object, Bytes::from(bytes)).unwrap();
@@ -117,7 +117,7 @@ fn missing_data_pack_fails_only_its_files_and_names_the_pack() {
         .unwrap();
     let (hit, spared) = split(&pack);
     assert!(!spared.is_empty(), "the golden tree spans several packs");
-    t.storage().delete(&pack).unwrap();
+    t.storage().unwrap().delete(&pack).unwrap();
     let (repo, _c) = cold_open(&t);
     let (_d, dst) = temp_sub("dst");
     let stats = restore(&repo, &r.snapshot.tree, &restore_opts(&dst)).unwrap();
@@ -161,7 +161,7 @@ fn flipped_byte_in_a_data_blob_is_caught_and_named() {
 fn truncated_data_pack_is_named() {
     let (t, r, _s, _src) = golden_repo("truncated-pack");
     let (pack, _) = data_pack_of(&t.repo, &r, "data/random.bin");
-    let storage = t.storage();
+    let storage = t.storage().unwrap();
     let bytes = storage.read(&pack).unwrap();
     storage
         .write(&pack, bytes.slice(..bytes.len() / 3))
@@ -190,11 +190,11 @@ fn damaged_tree_pack_is_named() {
 #[test]
 fn garbled_index_segment_is_named_on_open() {
     let (t, _r, _s, _src) = golden_repo("garbled-index");
-    let storage = t.storage();
+    let storage = t.storage().unwrap();
     let seg = names(&storage, "index/").into_iter().next().unwrap();
     flip(&t, &seg, 30);
     let cache = tempfile::tempdir().unwrap();
-    let e = Repository::open(t.storage(), PASSWORD, &open_opts(cache.path()))
+    let e = Repository::open(t.storage().unwrap(), PASSWORD, &open_opts(cache.path()))
         .expect_err("damaged index");
     assert_eq!(e.kind(), ErrorKind::Corrupt);
     assert!(e.to_string().contains(&seg), "{e}");
@@ -203,7 +203,7 @@ fn garbled_index_segment_is_named_on_open() {
         tolerate_damage: true,
         ..open_opts(cache.path())
     };
-    let repo = Repository::open(t.storage(), PASSWORD, &opts).unwrap();
+    let repo = Repository::open(t.storage().unwrap(), PASSWORD, &opts).unwrap();
     let damaged = repo.damaged_segments();
     assert_eq!(damaged.len(), 1);
     assert_eq!(damaged[0].0.path(), seg);
@@ -212,7 +212,7 @@ fn garbled_index_segment_is_named_on_open() {
 #[test]
 fn missing_index_segment_makes_blobs_unknown_not_a_panic() {
     let (t, r, _s, _src) = golden_repo("missing-index");
-    let storage = t.storage();
+    let storage = t.storage().unwrap();
     for seg in names(&storage, "index/") {
         storage.delete(&seg).unwrap();
     }
@@ -230,18 +230,18 @@ fn missing_index_segment_makes_blobs_unknown_not_a_panic() {
 #[test]
 fn missing_or_damaged_config_is_named() {
     let (t, _r, _s, _src) = golden_repo("config");
-    let storage = t.storage();
+    let storage = t.storage().unwrap();
     let config = storage.read("config").unwrap();
     flip(&t, "config", 40);
     let cache = tempfile::tempdir().unwrap();
-    let e = Repository::open(t.storage(), PASSWORD, &open_opts(cache.path())).unwrap_err();
+    let e = Repository::open(t.storage().unwrap(), PASSWORD, &open_opts(cache.path())).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     assert!(e.to_string().contains("config"), "{e}");
     storage.delete("config").unwrap();
-    let e = Repository::open(t.storage(), PASSWORD, &open_opts(cache.path())).unwrap_err();
+    let e = Repository::open(t.storage().unwrap(), PASSWORD, &open_opts(cache.path())).unwrap_err();
     assert!(e.to_string().contains("config"), "{e}");
     storage.write("config", config).unwrap();
-    Repository::open(t.storage(), PASSWORD, &open_opts(cache.path())).unwrap();
+    Repository::open(t.storage().unwrap(), PASSWORD, &open_opts(cache.path())).unwrap();
 }
 
 #[test]

@@ -40,17 +40,17 @@ fn file_node(repo: &cairn_core::Repository, root: &BlobId, path: &Path) -> Node 
 
 #[test]
 fn second_backup_of_unchanged_tree_reads_nothing_and_adds_no_packs() {
-    let t = TestRepo::new("unchanged");
+    let t = test_repo("unchanged");
     let (_s, src) = temp_sub("src");
     rich_tree(&src, &small_rich()).unwrap();
     let first = backup_dir(&t.repo, &src);
-    let storage = t.storage();
+    let storage = t.storage().unwrap();
     let packs = names(&storage, "packs/");
     let snapshots = count(&storage, "snapshots/");
     assert!(!packs.is_empty());
 
     // A fresh handle: the skipping must not depend on in-process state.
-    let repo = t.reopen();
+    let repo = t.reopen().expect("reopen");
     let second = backup_dir(&repo, &src);
     let s = &second.snapshot.summary;
     assert_eq!(second.snapshot.parent, Some(first.id));
@@ -70,11 +70,11 @@ fn second_backup_of_unchanged_tree_reads_nothing_and_adds_no_packs() {
 #[test]
 fn forced_rereading_stores_no_new_data() {
     // Without a parent every file is read again, but dedup stores nothing.
-    let t = TestRepo::new("reread");
+    let t = test_repo("reread");
     let (_s, src) = temp_sub("src");
     rich_tree(&src, &small_rich()).unwrap();
     let first = backup_dir(&t.repo, &src);
-    let storage = t.storage();
+    let storage = t.storage().unwrap();
     let packs = names(&storage, "packs/");
     let second = cairn_core::backup::backup(
         &t.repo,
@@ -93,7 +93,7 @@ fn forced_rereading_stores_no_new_data() {
 
 #[test]
 fn one_changed_byte_costs_about_one_chunk() {
-    let t = TestRepo::new("one-byte");
+    let t = test_repo("one-byte");
     let (_s, src) = temp_sub("src");
     rich_tree(&src, &small_rich()).unwrap();
     let first = backup_dir(&t.repo, &src);
@@ -132,7 +132,7 @@ fn one_changed_byte_costs_about_one_chunk() {
 
 #[test]
 fn duplicate_content_is_stored_once() {
-    let t = TestRepo::new("dup");
+    let t = test_repo("dup");
     let (_s, src) = temp_sub("src");
     let data = cairn_golden::fixture::Rng::new(9).bytes(100 << 10);
     for name in ["a", "b", "c"] {
@@ -142,7 +142,7 @@ fn duplicate_content_is_stored_once() {
     let one = {
         let (_s2, src2) = temp_sub("one");
         std::fs::write(src2.join("a"), &data).unwrap();
-        let t2 = TestRepo::new("dup-one");
+        let t2 = test_repo("dup-one");
         backup_dir(&t2.repo, &src2).snapshot.summary.bytes_added
     };
     // Three copies cost one copy plus a slightly bigger tree.

@@ -23,7 +23,7 @@ fn node(
 
 #[test]
 fn rich_tree_round_trips_bit_exact() {
-    let t = TestRepo::new("rich-tree");
+    let t = test_repo("rich-tree");
     let (_src_dir, src) = temp_sub("src");
     rich_tree(&src, &RichOptions::default()).unwrap();
     let result = backup_dir(&t.repo, &src);
@@ -59,7 +59,7 @@ fn rich_tree_round_trips_bit_exact() {
     assert_eq!(node(&t.repo, &root, "special/pipe").kind, NodeType::Fifo);
 
     // Restore through a handle opened from scratch, and verify.
-    let repo = t.reopen();
+    let repo = t.reopen().expect("reopen");
     let (_dst_dir, dst) = temp_sub("dst");
     let stats = restore(
         &repo,
@@ -86,7 +86,7 @@ fn owners_round_trip_as_root() {
         eprintln!("skipped: owners are restored only as root");
         return;
     }
-    let t = TestRepo::new("owners");
+    let t = test_repo("owners");
     let (_s, src) = temp_sub("src");
     rich_tree(
         &src,
@@ -123,7 +123,7 @@ fn file_with_several_list_blobs_round_trips() {
         chunk_sizes: (64, 256, 1024),
         ..fast_init()
     };
-    let t = TestRepo::with_options("several-lists", &init);
+    let t = test_repo_with("several-lists", &init);
     let (_s, src) = temp_sub("src");
     let data = cairn_golden::fixture::Rng::new(42).bytes(1536 << 10);
     std::fs::write(src.join("big.bin"), &data).unwrap();
@@ -140,7 +140,7 @@ fn file_with_several_list_blobs_round_trips() {
 
 #[test]
 fn single_file_and_several_paths_round_trip() {
-    let t = TestRepo::new("paths");
+    let t = test_repo("paths");
     let (_s, src) = temp_sub("src");
     std::fs::create_dir_all(src.join("a/inner")).unwrap();
     std::fs::write(src.join("a/inner/x"), b"x").unwrap();
@@ -162,7 +162,7 @@ fn single_file_and_several_paths_round_trip() {
 
 #[test]
 fn restore_include_takes_only_that_subtree() {
-    let t = TestRepo::new("include");
+    let t = test_repo("include");
     let (_s, src) = temp_sub("src");
     rich_tree(
         &src,
@@ -200,7 +200,7 @@ fn restore_include_takes_only_that_subtree() {
 fn compare_catches_a_broken_hard_link_in_a_restore() {
     // The suite's oracle must fail on a real restore that lost a hard link
     // even when content, mode and mtime all match.
-    let t = TestRepo::new("oracle");
+    let t = test_repo("oracle");
     let (_s, src) = temp_sub("src");
     rich_tree(
         &src,

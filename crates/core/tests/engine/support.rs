@@ -1,93 +1,47 @@
-//! Shared helpers: fresh repositories with fast parameters, backup and
-//! restore shorthands, and object counts through the storage listing.
+//! Shared helpers: the engine suite's repositories (on
+//! [`cairn_golden::testkit`]), backup and restore shorthands, and object
+//! counts through the storage listing.
 
-use cairn_core::backup::{backup, BackupOptions, BackupResult};
-use cairn_core::crypto::KdfParams;
+use cairn_core::backup::BackupResult;
 use cairn_core::restore::{restore, RestoreOptions, RestoreStats};
-use cairn_core::{InitOptions, OpenOptions, Repository};
-use cairn_storage::testing::{fresh_location, TestLocation};
+use cairn_core::{InitOptions, Repository};
+use cairn_golden::testkit;
+pub use cairn_golden::testkit::{cached as open_opts, fast_kdf, TestRepo};
+use cairn_storage::testing::TestLocation;
 use cairn_storage::DynStorage;
 use std::path::{Path, PathBuf};
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
-/// Fast argon2 parameters: tests open many repositories.
-pub fn fast_kdf() -> KdfParams {
-    KdfParams {
-        m_cost: 64,
-        t_cost: 1,
-        p_cost: 1,
-    }
-}
-
-/// Small chunks (average 1 KiB) and packs, so small trees exercise list
-/// blobs and several packs.
+/// Small chunks (average 1 KiB) and 128 KiB data packs, so small trees
+/// exercise list blobs and several packs.
 pub fn fast_init() -> InitOptions {
-    InitOptions {
-        kdf: fast_kdf(),
-        chunk_sizes: (256, 1024, 4096),
-        pack_sizes: (128 << 10, 32 << 10),
-        zstd_level: 3,
-    }
+    testkit::init_options((128 << 10, 32 << 10))
 }
 
-/// A repository on the test backend with its own cache directory.
-pub struct TestRepo {
-    pub loc: TestLocation,
-    pub cache: tempfile::TempDir,
-    pub repo: Repository,
+/// A fresh repository with [`fast_init`] and [`PASSWORD`].
+pub fn test_repo(name: &str) -> TestRepo {
+    test_repo_with(name, &fast_init())
 }
 
-impl TestRepo {
-    pub fn new(name: &str) -> Self {
-        Self::with_options(name, &fast_init())
-    }
-
-    pub fn with_options(name: &str, init: &InitOptions) -> Self {
-        let loc = fresh_location(name).expect("test location");
-        let cache = tempfile::tempdir().expect("cache dir");
-        let repo = Repository::init(storage(&loc), PASSWORD, init, &open_opts(cache.path()))
-            .expect("init");
-        Self { loc, cache, repo }
-    }
-
-    /// A second handle, opened from scratch (same cache directory).
-    pub fn reopen(&self) -> Repository {
-        open_repo(&self.loc, self.cache.path())
-    }
-
-    pub fn storage(&self) -> DynStorage {
-        storage(&self.loc)
-    }
+/// A fresh repository with `init` and [`PASSWORD`].
+pub fn test_repo_with(name: &str, init: &InitOptions) -> TestRepo {
+    TestRepo::init(name, PASSWORD, init).expect("test repository")
 }
 
 /// Opens the repository at `loc` with the cache directory `cache`.
 pub fn open_repo(loc: &TestLocation, cache: &Path) -> Repository {
-    Repository::open(storage(loc), PASSWORD, &open_opts(cache)).expect("open")
+    testkit::open_cached(loc, PASSWORD, cache).expect("open")
 }
 
+/// A new storage stack on `loc`.
 pub fn storage(loc: &TestLocation) -> DynStorage {
-    cairn_storage::open(loc.location()).expect("open storage")
+    testkit::storage_at(loc.location()).expect("open storage")
 }
 
-pub fn open_opts(cache: &Path) -> OpenOptions {
-    OpenOptions {
-        cache_dir: Some(cache.to_path_buf()),
-        tolerate_damage: false,
-    }
-}
-
+/// Backs up `dir` (see [`testkit::backup_dir`]).
 pub fn backup_dir(repo: &Repository, dir: &Path) -> BackupResult {
-    backup(
-        repo,
-        &BackupOptions {
-            paths: vec![dir.to_path_buf()],
-            host: Some("test-host".into()),
-            source: Some("test-source".into()),
-            ..Default::default()
-        },
-    )
-    .expect("backup")
+    testkit::backup_dir(repo, dir).expect("backup")
 }
 
 pub fn restore_opts(target: &Path) -> RestoreOptions {
