@@ -511,7 +511,7 @@ impl fuser::Filesystem for CairnFs {
         };
         let prefetch = (self.cfg.readahead > 0).then_some((&self.prefetch, self.cfg.readahead));
         match file.read(&self.cache, prefetch, offset, size) {
-            Ok(data) => reply.data(&data),
+            Ok(data) => reply.data(data.as_slice()),
             Err(e) => {
                 tracing::warn!(
                     "reading {} (inode {}) at {offset}: {e}; answering EIO",
