@@ -4,11 +4,12 @@
 //! server on 127.0.0.1 that a kubeconfig points at. Checks the restored tree, the progress
 //! patches, the RepositorySnapshot mirror and the termination message.
 
+mod common;
+
 use cairn_storage::testing::{fresh_location, TestBackend};
+use common::{kubeconfig, serve_api, text, ApiRequest};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -37,17 +38,19 @@ struct MockApi {
 
 impl MockApi {
     fn start() -> MockApi {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let log: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let existing: Arc<Mutex<Vec<Value>>> = Arc::default();
         let (l, e) = (log.clone(), existing.clone());
-        // The accept loop ends with the test process; it holds no child process or mount.
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let (l, e) = (l.clone(), e.clone());
-                std::thread::spawn(move || serve(stream, &l, &e));
-            }
+        let port = serve_api(move |request: ApiRequest| {
+            let recorded = Recorded {
+                method: request.method,
+                path: request.path,
+                content_type: request.content_type,
+                body: serde_json::from_slice(&request.body).unwrap_or(Value::Null),
+            };
+            let reply = respond(&recorded, &e);
+            l.lock().unwrap().push(recorded);
+            ("200 OK", reply)
         });
         MockApi {
             port,
@@ -62,69 +65,7 @@ impl MockApi {
 
     /// A kubeconfig whose only cluster is this server, without credentials.
     fn kubeconfig(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("kubeconfig");
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: mock\n  cluster:\n    server: http://127.0.0.1:{}\n\
-             contexts:\n- name: mock\n  context:\n    cluster: mock\n    user: mock\n\
-             current-context: mock\nusers:\n- name: mock\n  user: {{}}\n",
-            self.port
-        );
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-/// Serves HTTP/1.1 requests on one connection until the client closes it.
-fn serve(stream: TcpStream, log: &Mutex<Vec<Recorded>>, existing: &Mutex<Vec<Value>>) {
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = BufReader::new(stream);
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or_default().to_string();
-        let target = parts.next().unwrap_or_default().to_string();
-        let mut length = 0;
-        let mut content_type = String::new();
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                return;
-            }
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                match name.trim().to_ascii_lowercase().as_str() {
-                    "content-length" => length = value.trim().parse().unwrap_or(0),
-                    "content-type" => content_type = value.trim().to_string(),
-                    _ => {}
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let recorded = Recorded {
-            method,
-            path: target.split('?').next().unwrap_or_default().to_string(),
-            content_type,
-            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-        };
-        let reply = respond(&recorded, existing).to_string();
-        log.lock().unwrap().push(recorded);
-        let head = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            reply.len()
-        );
-        if writer.write_all(head.as_bytes()).is_err() || writer.write_all(reply.as_bytes()).is_err()
-        {
-            return;
-        }
+        kubeconfig(dir, self.port, None)
     }
 }
 
@@ -238,15 +179,6 @@ fn aws_env() -> Vec<(String, String)> {
     std::env::vars()
         .filter(|(k, _)| k.starts_with("AWS_"))
         .collect()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn write(path: &Path, content: &[u8]) {

@@ -6,14 +6,16 @@
 //! fuse3); without them the mounting test prints why and passes. The failure cases mount
 //! nothing and always run. Every mount is undone in its guard's Drop.
 
+mod common;
+
+use common::{kubeconfig, serve_api, text, xorshift_bytes, ApiRequest};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,16 +49,23 @@ struct MockApi {
 
 impl MockApi {
     fn start(objects: BTreeMap<String, Value>) -> MockApi {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let log: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-        let (seen, objects) = (log.clone(), Arc::new(objects));
-        // The accept loop ends with the test process; it holds no child process or mount.
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let (seen, objects) = (seen.clone(), objects.clone());
-                std::thread::spawn(move || serve(stream, &seen, &objects));
-            }
+        let seen = log.clone();
+        let port = serve_api(move |request: ApiRequest| {
+            let reply = match objects
+                .get(&request.path)
+                .filter(|_| request.method == "GET")
+            {
+                Some(object) => ("200 OK", object.clone()),
+                None => (
+                    "404 Not Found",
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                           "reason": "NotFound", "code": 404,
+                           "message": format!("{} not found", request.path)}),
+                ),
+            };
+            seen.lock().unwrap().push((request.method, request.path));
+            reply
         });
         MockApi { port, log }
     }
@@ -68,67 +77,7 @@ impl MockApi {
     /// A kubeconfig whose only cluster is this server, without credentials, with a default
     /// namespace other than the one the tests name (so a namespace must come from the args).
     fn kubeconfig(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("kubeconfig");
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: mock\n  cluster:\n    server: http://127.0.0.1:{}\n\
-             contexts:\n- name: mock\n  context:\n    cluster: mock\n    user: mock\n    namespace: elsewhere\n\
-             current-context: mock\nusers:\n- name: mock\n  user: {{}}\n",
-            self.port
-        );
-        fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-/// Serves HTTP/1.1 GETs on one connection until the client closes it.
-fn serve(stream: TcpStream, log: &Mutex<Vec<(String, String)>>, objects: &BTreeMap<String, Value>) {
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = BufReader::new(stream);
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut words = line.split_whitespace();
-        let method = words.next().unwrap_or_default().to_string();
-        let target = words.next().unwrap_or_default();
-        let path = target.split('?').next().unwrap_or_default().to_string();
-        let mut length = 0;
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                return;
-            }
-            match header.trim_end().split_once(':') {
-                Some((name, value)) if name.eq_ignore_ascii_case("content-length") => {
-                    length = value.trim().parse().unwrap_or(0)
-                }
-                Some(_) => {}
-                None => break,
-            }
-        }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let (status, reply) = match objects.get(&path).filter(|_| method == "GET") {
-            Some(object) => ("200 OK", object.clone()),
-            None => (
-                "404 Not Found",
-                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                       "reason": "NotFound", "code": 404, "message": format!("{path} not found")}),
-            ),
-        };
-        log.lock().unwrap().push((method, path));
-        let reply = reply.to_string();
-        let head = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            reply.len()
-        );
-        if writer.write_all(head.as_bytes()).is_err() || writer.write_all(reply.as_bytes()).is_err()
-        {
-            return;
-        }
+        kubeconfig(dir, self.port, Some("elsewhere"))
     }
 }
 
@@ -236,26 +185,9 @@ impl Env {
     }
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// A deterministic byte stream (xorshift), so failures reproduce.
 fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    xorshift_bytes(seed | 1, len)
 }
 
 /// A small volume: text, a multi-chunk file, nesting, an empty file and a symlink.

@@ -4,11 +4,13 @@
 //! recover what is recoverable, and the exclusive lock keeps repairs and
 //! key removal apart.
 
+mod common;
+
 use cairn_core::browse::{resolve, Resolved};
-use cairn_core::crypto::KdfParams;
 use cairn_core::format::tree::Payload;
 use cairn_core::lock::{ExclusiveLock, LockOptions};
-use cairn_core::{InitOptions, OpenOptions, Repository};
+use cairn_core::Repository;
+use cairn_golden::testkit;
 use cairn_storage::testing::{fresh_location, TestLocation};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -18,15 +20,7 @@ const PASSWORD: &str = "maintenance-a";
 
 /// Deterministic incompressible bytes (xorshift).
 fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    common::xorshift_bytes(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1, len)
 }
 
 struct Fixture {
@@ -37,18 +31,9 @@ struct Fixture {
 impl Fixture {
     fn new(name: &str) -> Self {
         let loc = fresh_location(name).expect("location");
-        let storage = cairn_storage::open(loc.location()).expect("storage");
-        let opts = InitOptions {
-            kdf: KdfParams {
-                m_cost: 64,
-                t_cost: 1,
-                p_cost: 1,
-            },
-            chunk_sizes: (256, 1024, 4096),
-            pack_sizes: (4096, 4096),
-            zstd_level: 3,
-        };
-        Repository::init(storage, PASSWORD, &opts, &OpenOptions::default()).expect("init");
+        // 4 KiB packs: every damaged pack holds few blobs.
+        let opts = testkit::init_options((4096, 4096));
+        testkit::init_at(loc.location(), PASSWORD, &opts).expect("init");
         let f = Fixture {
             loc,
             tmp: tempfile::tempdir().expect("tmp"),
@@ -114,12 +99,7 @@ impl Fixture {
     }
 
     fn open(&self) -> Repository {
-        let storage = cairn_storage::open(self.loc.location()).expect("storage");
-        let opts = OpenOptions {
-            cache_dir: None,
-            tolerate_damage: true,
-        };
-        Repository::open(storage, PASSWORD, &opts).expect("open")
+        testkit::open_damaged_at(self.loc.location(), PASSWORD).expect("open")
     }
 
     /// Object path of the pack holding the first chunk of `path` in the latest snapshot.
