@@ -102,6 +102,18 @@ impl Fixture {
         testkit::open_damaged_at(self.loc.location(), PASSWORD).expect("open")
     }
 
+    /// The id of the one snapshot tagged `repaired` whose parent is `original`.
+    fn repaired_copy_of(&self, original: &str) -> String {
+        let copies: Vec<String> = self
+            .snapshots()
+            .iter()
+            .filter(|s| s["parent"] == original && s["tags"].to_string().contains("\"repaired\""))
+            .map(|s| s["id"].as_str().expect("id").to_string())
+            .collect();
+        assert_eq!(copies.len(), 1, "repaired copies of {original}: {copies:?}");
+        copies[0].clone()
+    }
+
     /// Object path of the pack holding the first chunk of `path` in the latest snapshot.
     fn pack_of(&self, path: &str) -> (String, u32) {
         let repo = self.open();
@@ -267,7 +279,8 @@ fn flipped_byte_is_found_only_by_reading_data() {
     let restored = f.restore(&snap, 3);
     assert!(f.same(&restored, "dir/b.bin"));
     f.run(0, &["repair", "snapshots", "--read-data"]);
-    let new = f.latest_id();
+    // The repaired copy keeps the original's time, so "latest" cannot tell them apart.
+    let new = f.repaired_copy_of(&snap);
     assert_ne!(new, snap);
     let restored = f.restore(&new, 0);
     assert!(f.same(&restored, "dir/b.bin"));
