@@ -23,6 +23,16 @@ use std::thread::JoinHandle;
 /// Packs written per index segment before a segment is flushed.
 pub const PACKS_PER_SEGMENT: usize = 64;
 
+/// Blobs per pack at most. Until its segment is written, every blob of a
+/// pack is held in memory twice (its id among the pending claims, its entry
+/// in the uploaded list); a 16 MiB pack of tiny files would otherwise hold
+/// ~250k of them.
+pub const BLOBS_PER_PACK: usize = 16 << 10;
+
+/// Uploaded blobs that make a segment due even before
+/// [`PACKS_PER_SEGMENT`] packs (packs of tiny blobs).
+pub const BLOBS_PER_SEGMENT: usize = 64 << 10;
+
 /// Totals of what a writer added.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct WriteStats {
@@ -200,8 +210,11 @@ impl PackWriter {
             let mut b = builder.lock().expect("lock");
             // A pack closes before the blob that would take it past its
             // target, so its buffer never grows beyond the target (a blob
-            // larger than the target gets a pack of its own).
-            if !b.is_empty() && b.len() + stored.len() > target {
+            // larger than the target gets a pack of its own), or past
+            // BLOBS_PER_PACK blobs.
+            if !b.is_empty()
+                && (b.len() + stored.len() > target || b.blob_count() >= BLOBS_PER_PACK)
+            {
                 self.close_pack(&mut b, target)?;
             }
             b.add(id, kind, stored, raw_len);
@@ -233,7 +246,12 @@ impl PackWriter {
 
     /// Writes a segment once enough uploaded packs wait for one.
     fn maybe_write_segment(&self) -> Result<()> {
-        if self.shared.done.lock().expect("lock").len() >= PACKS_PER_SEGMENT {
+        let due = {
+            let done = self.shared.done.lock().expect("lock");
+            done.len() >= PACKS_PER_SEGMENT
+                || done.iter().map(|p| p.blobs.len()).sum::<usize>() >= BLOBS_PER_SEGMENT
+        };
+        if due {
             self.write_segment()?;
         }
         Ok(())
