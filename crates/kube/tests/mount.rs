@@ -51,6 +51,19 @@ fn s3_repo() -> Value {
            "passwordSecret": {"name": "repo-password", "key": "password"}})
 }
 
+/// A local repository: a password Secret and no credentials.
+fn local_repo() -> Value {
+    json!({"location": "file:///srv/backups",
+           "passwordSecret": {"name": "repo-password", "key": "password"}})
+}
+
+/// What `resolve_mount` fails with for VolumeBackup shop/db-nightly.
+async fn nightly_error(client: &kube::Client) -> MountError {
+    resolve_mount(client, "shop", "db-nightly")
+        .await
+        .unwrap_err()
+}
+
 /// "s3cret\n", as `kubectl create secret generic --from-file=password` stores it.
 fn password() -> Value {
     json!({"password": "czNjcmV0Cg=="})
@@ -105,12 +118,8 @@ async fn a_completed_backup_resolves_to_its_repository_secrets_and_snapshot() {
 
 #[tokio::test]
 async fn a_repository_without_credentials_reads_no_second_secret() {
-    let repo = json!({"location": "file:///srv/backups",
-                      "passwordSecret": {"name": "repo-password", "key": "password"}});
-    let (client, log) = mock_client(cluster(completed(), repo, json!({})));
-    let err = resolve_mount(&client, "shop", "db-nightly")
-        .await
-        .unwrap_err();
+    let (client, log) = mock_client(cluster(completed(), local_repo(), json!({})));
+    let err = nightly_error(&client).await;
     assert!(matches!(err, MountError::MissingKey { .. }), "{err:?}");
     assert_eq!(
         err.to_string(),
@@ -119,11 +128,9 @@ async fn a_repository_without_credentials_reads_no_second_secret() {
     );
     assert_eq!(calls(&log), gets(&[VB, REPO, PW]));
 
-    let repo = json!({"location": "file:///srv/backups",
-                      "passwordSecret": {"name": "repo-password", "key": "password"}});
     let (client, log) = mock_client(cluster(
         completed(),
-        repo,
+        local_repo(),
         json!({"password": "aHVudGVyMg=="}),
     ));
     let target = resolve_mount(&client, "shop", "db-nightly").await.unwrap();
@@ -157,9 +164,7 @@ async fn a_backup_that_is_not_completed_has_nothing_to_mount() {
         ),
     ] {
         let (client, log) = mock_client(cluster(status.clone(), s3_repo(), password()));
-        let err = resolve_mount(&client, "shop", "db-nightly")
-            .await
-            .unwrap_err();
+        let err = nightly_error(&client).await;
         assert!(
             matches!(err, MountError::NotCompleted { .. }),
             "{status}: {err:?}"
@@ -201,9 +206,7 @@ async fn missing_objects_are_named_with_where_the_name_came_from() {
         ),
     ] {
         let (client, log) = mock_client(cluster(completed(), repo, password()));
-        let err = resolve_mount(&client, "shop", "db-nightly")
-            .await
-            .unwrap_err();
+        let err = nightly_error(&client).await;
         assert_eq!(err.to_string(), message);
         assert_eq!(calls(&log).last().unwrap().1, secret);
     }
@@ -222,9 +225,7 @@ async fn missing_objects_are_named_with_where_the_name_came_from() {
             not_found()
         }
     });
-    let err = resolve_mount(&client, "shop", "db-nightly")
-        .await
-        .unwrap_err();
+    let err = nightly_error(&client).await;
     assert_eq!(
         err.to_string(),
         "BackupRepository shop/lost not found; VolumeBackup shop/db-nightly names it in \
@@ -241,9 +242,7 @@ async fn a_refusal_says_what_was_being_read() {
                    "code": 403, "message": "volumebackups.cairn.io \"db-nightly\" is forbidden"}),
         )
     });
-    let err = resolve_mount(&client, "shop", "db-nightly")
-        .await
-        .unwrap_err();
+    let err = nightly_error(&client).await;
     assert!(matches!(err, MountError::Api { .. }), "{err:?}");
     assert_eq!(
         err.to_string(),

@@ -32,6 +32,19 @@ struct Seen {
     body: Value,
 }
 
+impl Seen {
+    /// The command of an exec request: its `command` query values, joined by spaces.
+    fn command(&self) -> String {
+        let words: Vec<&str> = self
+            .query
+            .iter()
+            .filter(|(k, _)| k == "command")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        words.join(" ")
+    }
+}
+
 /// What the "container" does with one exec'd command.
 #[derive(Clone, Debug)]
 enum Script {
@@ -96,13 +109,7 @@ impl Server {
             .filter(|s| s.path.ends_with("/exec"))
             .map(|s| {
                 let pod = s.path.split('/').nth_back(1).unwrap().to_string();
-                let command: Vec<&str> = s
-                    .query
-                    .iter()
-                    .filter(|(k, _)| k == "command")
-                    .map(|(_, v)| v.as_str())
-                    .collect();
-                (pod, command.join(" "))
+                (pod, s.command())
             })
             .collect()
     }
@@ -165,13 +172,7 @@ async fn serve(stream: TcpStream, setup: Arc<Setup>, log: Arc<Mutex<Vec<Seen>>>)
         };
         log.lock().unwrap().push(seen.clone());
         if seen.path.ends_with("/exec") {
-            let command: Vec<&str> = seen
-                .query
-                .iter()
-                .filter(|(k, _)| k == "command")
-                .map(|(_, v)| v.as_str())
-                .collect();
-            let script = (setup.script)(&command.join(" "));
+            let script = (setup.script)(&seen.command());
             // The client sends nothing more before the 101, so nothing is left buffered.
             assert!(reader.buffer().is_empty());
             return exec(reader.into_inner(), &key, setup.protocol, script).await;
