@@ -83,10 +83,17 @@ t=$(now); "$CAIRN" backup "$WORK/big" --tag big -q >/dev/null; echo "backup big 
 t=$(now); "$CAIRN" backup "$WORK/tree" --tag tree -q >/dev/null; echo "backup $FILES files: $(elapsed "$t") s"
 
 # 1. Sequential read: restore vs cat through the mount (both cold).
-drop_caches
-t=$(now); "$CAIRN" restore latest --tag big -t "$WORK/restored" -q >/dev/null; restore_s=$(elapsed "$t")
-cmp "$WORK/big/big.img" "$WORK/restored/big.img"
-rm -rf "$WORK/restored"
+# Restore uses both cores and suffers most from a busy machine: the faster of
+# two cold runs is the reference.
+restore_s=
+for run in 1 2; do
+    drop_caches
+    t=$(now); "$CAIRN" restore latest --tag big -t "$WORK/restored" -q >/dev/null; s=$(elapsed "$t")
+    echo "restore run $run: $s s (load $(load))"
+    if [[ -z $restore_s ]] || (( $(echo "$s < $restore_s" | bc -l) )); then restore_s=$s; fi
+    cmp "$WORK/big/big.img" "$WORK/restored/big.img"
+    rm -rf "$WORK/restored"
+done
 
 first=1
 for cache in $CACHE_SIZES; do

@@ -122,6 +122,13 @@ impl Budget {
         self.changed.notify_all();
     }
 
+    /// Whether evicting `evictable` bytes could make room for `bytes` of
+    /// readahead now.
+    fn readahead_could_fit(&self, bytes: u64, evictable: u64) -> bool {
+        let s = lock(&self.state);
+        s.waiting == 0 && s.held.saturating_sub(evictable) + bytes <= self.capacity
+    }
+
     /// Tells waiters that a chunk became evictable.
     fn poke(&self) {
         lock(&self.state).generation += 1;
@@ -197,11 +204,26 @@ enum Want {
     Readahead,
 }
 
+/// The cached chunks, least recently used first out.
+struct Lru {
+    map: LruCache<BlobId, Chunk>,
+    /// Sum of the chunks' lengths.
+    bytes: u64,
+}
+
+impl Lru {
+    fn pop(&mut self) -> Option<Chunk> {
+        let (_, c) = self.map.pop_lru()?;
+        self.bytes -= c.len() as u64;
+        Some(c)
+    }
+}
+
 /// Decrypted data chunks, least recently used evicted first.
 pub(crate) struct ChunkCache {
     source: Arc<dyn Fetch>,
     budget: Arc<Budget>,
-    lru: Mutex<LruCache<BlobId, Chunk>>,
+    lru: Mutex<Lru>,
     loading: Mutex<HashMap<BlobId, Arc<Flight>>>,
     /// Chunks fetched from the repository (for tests and logs).
     pub fetched: AtomicU64,
@@ -219,7 +241,10 @@ impl ChunkCache {
                 state: Mutex::new(BudgetState::default()),
                 changed: Condvar::new(),
             }),
-            lru: Mutex::new(LruCache::unbounded()),
+            lru: Mutex::new(Lru {
+                map: LruCache::unbounded(),
+                bytes: 0,
+            }),
             loading: Mutex::new(HashMap::new()),
             fetched: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
@@ -238,7 +263,7 @@ impl ChunkCache {
 
     /// Whether `id` is cached or being fetched.
     pub fn present(&self, id: &BlobId) -> bool {
-        lock(&self.lru).contains(id) || lock(&self.loading).contains_key(id)
+        lock(&self.lru).map.contains(id) || lock(&self.loading).contains_key(id)
     }
 
     /// Takes `bytes` from the budget, evicting least recently used chunks
@@ -254,10 +279,15 @@ impl ChunkCache {
                 // Lock order: lru, then the budget (dropping an evicted
                 // chunk gives its bytes back).
                 let mut lru = lock(&self.lru);
+                // Readahead does not empty the cache for a try that cannot
+                // succeed (a reader waits, or fetches in flight fill it).
+                if readahead && !self.budget.readahead_could_fit(bytes, lru.bytes) {
+                    return None;
+                }
                 loop {
                     match self.budget.try_take(bytes, readahead) {
                         Ok(r) => return Some(r),
-                        Err(generation) => match lru.pop_lru() {
+                        Err(generation) => match lru.pop() {
                             Some(evicted) => drop(evicted),
                             None => break generation,
                         },
@@ -275,7 +305,7 @@ impl ChunkCache {
     /// The plaintext of data chunk `id`, `len` bytes long, from the cache
     /// or the repository.
     pub fn get(&self, id: &BlobId, len: u32) -> Result<Chunk, ReadError> {
-        if let Some(c) = lock(&self.lru).get(id) {
+        if let Some(c) = lock(&self.lru).map.get(id) {
             return Ok(c.clone());
         }
         let (flight, leader) = self.join(id);
@@ -357,7 +387,12 @@ impl ChunkCache {
         let keep = room.bytes <= self.budget.capacity;
         let chunk = Arc::new(ChunkBuf { data, _paid: room });
         if keep {
-            lock(&self.lru).put(*id, chunk.clone());
+            let mut lru = lock(&self.lru);
+            if let Some(old) = lru.map.put(*id, chunk.clone()) {
+                lru.bytes -= old.len() as u64;
+            }
+            lru.bytes += chunk.len() as u64;
+            drop(lru);
             self.budget.poke();
         }
         Ok(chunk)
@@ -436,7 +471,9 @@ mod tests {
             cache.peak_bytes()
         );
         // What is left is what the LRU holds, within the budget.
-        let cached: u64 = lock(&cache.lru).iter().map(|(_, c)| c.len() as u64).sum();
+        let lru = lock(&cache.lru);
+        let cached: u64 = lru.map.iter().map(|(_, c)| c.len() as u64).sum();
+        assert_eq!(lru.bytes, cached);
         assert_eq!(cache.bytes(), cached);
     }
 
@@ -477,6 +514,26 @@ mod tests {
         assert!(err.0.contains("4000 bytes"), "{err}");
         assert_eq!(cache.bytes(), 0);
         assert!(!cache.present(&id(4)));
+    }
+
+    #[test]
+    fn readahead_that_cannot_fit_evicts_nothing() {
+        let (cache, _) = cache(10_000);
+        drop(cache.get(&id(2), len(2)).expect("chunk"));
+        // A 7 kB fetch in flight: 4 kB of readahead cannot fit even if the
+        // 2 kB cached chunk went.
+        let in_flight = cache.budget.try_take(7_000, false).expect("room");
+        cache.prefetch(&id(4), len(4));
+        assert_eq!(cache.skipped.load(Ordering::Relaxed), 1);
+        assert!(
+            cache.present(&id(2)),
+            "the cached chunk was evicted for nothing"
+        );
+        // 1 kB can: it fits beside both.
+        cache.prefetch(&id(1), len(1));
+        assert!(cache.present(&id(1)) && cache.present(&id(2)));
+        drop(in_flight);
+        assert_eq!(cache.bytes(), 3_000);
     }
 
     #[test]
