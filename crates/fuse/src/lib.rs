@@ -37,8 +37,9 @@ use std::time::Duration;
 /// 256 MiB cache mount peaked at 445 MB resident even with the cache's
 /// byte budget exact. A fixed threshold of 256 KiB gives every such buffer
 /// (and every cached chunk) a mapping of its own, returned to the kernel
-/// when freed: 300 MB. The price is fresh zeroed pages per fetch, about a
-/// quarter of sequential throughput on a 2-core machine (docs/MOUNT.md).
+/// when freed: 300 MB. The price is fresh zeroed pages per fetch (about a
+/// quarter of sequential throughput on a 2-core machine, before reads were
+/// answered with slices of cached chunks; docs/PERFORMANCE.md).
 pub const MALLOC_ENV: (&str, &str) = ("MALLOC_MMAP_THRESHOLD_", "262144");
 
 /// How to mount.
