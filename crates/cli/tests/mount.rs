@@ -579,12 +579,13 @@ fn deleted_pack_gives_eio_for_its_file_only() {
     fs::write(env.src().join("lost"), pseudo_random(2, 2 << 20)).expect("write");
     env.backup(&[]);
     let m = env.mount("mnt", &["--cache-size", "1MiB"]);
-    let mut names: Vec<_> = fs::read_dir(m.dir.join("snapshots"))
+    // The second snapshot is the one holding `lost` (both backups may fall
+    // in one second, so names need not sort by time).
+    let snap = fs::read_dir(m.dir.join("snapshots"))
         .expect("list")
         .map(|e| e.expect("e").path())
-        .collect();
-    names.sort();
-    let snap = names.last().expect("snapshot").clone();
+        .find(|p| p.join("lost").exists())
+        .expect("the second snapshot");
     // Walk first: the trees are loaded while everything is there.
     assert!(snap.join("lost").is_file() && snap.join("kept").is_file());
     // The second backup's data pack holds only `lost`: the largest new pack.
@@ -708,13 +709,16 @@ fn kill_9_as_root_leaves_no_mount_behind() {
     let mut m = env.mount("mnt", &[]);
     let snap = only_entry(&m.dir.join("snapshots"));
     assert_eq!(fs::read(snap.join("file")).expect("read"), b"killed");
+    let helper = auto_unmount_helper(&m.dir);
+    assert!(helper.is_some(), "no auto-unmount helper for a root mount");
     kill9(m.pid());
     let (status, _) = m.wait_exit();
     assert!(!status.success());
     assert!(
         wait_unmounted(&m.dir),
-        "{} is still mounted after kill -9",
-        m.dir.display()
+        "{} is still mounted after kill -9; helper {helper:?} state: {:?}",
+        m.dir.display(),
+        helper.and_then(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
     );
     // The directory is usable again: empty, and mountable.
     assert_eq!(fs::read_dir(&m.dir).expect("list").count(), 0);
