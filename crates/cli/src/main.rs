@@ -4,12 +4,14 @@
 mod commands;
 mod common;
 mod engine;
+mod malloc;
 mod output;
 
 use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    malloc::restart_with_malloc_setting();
     let cli = commands::Cli::parse();
     common::init_logging(cli.global.verbose, cli.global.quiet);
     match commands::run(cli) {

@@ -51,7 +51,6 @@ pub fn run(g: &GlobalOpts, a: MountArgs) -> Result<ExitCode> {
     if a.daemon {
         return detach(g, &a);
     }
-    restart_with_malloc_setting();
     let repo = g.open()?;
     let snapshot = match &a.snapshot {
         Some(spec) => Some(repo.find_snapshot(spec, &a.filter.filter())?.0),
@@ -80,34 +79,6 @@ pub fn run(g: &GlobalOpts, a: MountArgs) -> Result<ExitCode> {
         }
     })?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Replaces this process by the same command with glibc's malloc setting
-/// for mounts ([`MALLOC_ENV`]: without it, freed chunk-sized buffers stay
-/// in per-thread arenas and memory grows well past `--cache-size`), unless
-/// the variable is already set. Same pid, arguments, environment and open
-/// files; the password is asked for only after this. Returns only if the
-/// restart failed, and the mount then runs with glibc's defaults.
-fn restart_with_malloc_setting() {
-    let (name, value) = MALLOC_ENV;
-    if !cfg!(all(target_os = "linux", target_env = "gnu")) || std::env::var_os(name).is_some() {
-        return;
-    }
-    use std::os::unix::process::CommandExt;
-    let mut args = std::env::args_os();
-    let err = match std::env::current_exe() {
-        Ok(exe) => {
-            let mut cmd = Command::new(exe);
-            if let Some(arg0) = args.next() {
-                cmd.arg0(arg0);
-            }
-            cmd.args(args).env(name, value).exec()
-        }
-        Err(e) => e,
-    };
-    tracing::warn!(
-        "cannot restart with {name}={value} ({err}); the mount may use more memory than --cache-size"
-    );
 }
 
 /// Starts this command again as a detached child and returns once its
