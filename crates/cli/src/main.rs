@@ -11,7 +11,6 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    malloc::restart_with_malloc_setting();
     let cli = commands::Cli::parse();
     common::init_logging(cli.global.verbose, cli.global.quiet);
     match commands::run(cli) {

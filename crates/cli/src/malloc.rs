@@ -1,12 +1,15 @@
-//! glibc's malloc setting for every command.
+//! glibc's malloc setting for backups and mounts.
 //!
-//! Backups, restores and mounts pass chunk-sized buffers (0.5-8 MiB)
-//! between threads. With glibc's default dynamic mmap threshold those
-//! buffers come from per-thread arenas once the first one is freed, and the
-//! freed memory stays in the arenas: peak RSS grew with the thread count
-//! (a 4 GiB backup peaked at 146 MB; a mount at twice its cache). A fixed
-//! threshold of 256 KiB gives every such buffer its own mapping, returned
-//! to the system when freed (the same backup: 89 MB, and faster).
+//! Backups and mounts keep chunk-sized buffers (0.5-8 MiB) alive while
+//! passing them between threads. With glibc's default dynamic mmap
+//! threshold those buffers come from per-thread arenas once the first one
+//! is freed, and the freed memory stays in the arenas: peak RSS grew with
+//! the thread count (a 4 GiB backup peaked at 146 MB; a mount at twice its
+//! cache). A fixed threshold of 256 KiB gives every such buffer its own
+//! mapping, returned to the system when freed (the same backup: 89 MB, no
+//! slower). Restore is left alone: its buffers live for one chunk each, and
+//! fresh mappings cost it page faults (4 GiB restore: 9.3 s with the
+//! setting, 5.8 s without, at 45-51 MB either way).
 
 use std::process::Command;
 

@@ -120,6 +120,7 @@ pub struct HookArgs {
 }
 
 pub fn run(g: &GlobalOpts, a: BackupArgs) -> Result<ExitCode> {
+    crate::malloc::restart_with_malloc_setting();
     let repo = g.open()?;
     let parent = if a.force {
         ParentChoice::None

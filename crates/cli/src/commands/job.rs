@@ -57,6 +57,9 @@ impl From<JobKind> for JobCommand {
 }
 
 pub fn run(a: JobArgs) -> Result<ExitCode> {
+    if matches!(a.kind, JobKind::Backup) {
+        crate::malloc::restart_with_malloc_setting();
+    }
     let env = |name: &str| std::env::var(name).ok();
     let params = match JobParams::parse(a.kind.into(), &a.flags, &env) {
         Ok(p) => p,

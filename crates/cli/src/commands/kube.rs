@@ -66,7 +66,10 @@ pub fn run(command: KubeCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         KubeCommand::Controller(a) => controller(a),
-        KubeCommand::Mount(a) => mount(a),
+        KubeCommand::Mount(a) => {
+            crate::malloc::restart_with_malloc_setting();
+            mount(a)
+        }
     }
 }
 

@@ -46,6 +46,7 @@ pub struct MountArgs {
 }
 
 pub fn run(g: &GlobalOpts, a: MountArgs) -> Result<ExitCode> {
+    crate::malloc::restart_with_malloc_setting();
     // Check before asking for a password or opening anything.
     check_mountpoint(&a.dir)?;
     if a.daemon {
