@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{kubeconfig, serve_api, text, xorshift_bytes, ApiRequest};
+use common::{fuse_available, kubeconfig, serve_api, text, xorshift_bytes, ApiRequest, PATIENCE};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fs;
@@ -24,21 +24,6 @@ const PASSWORD: &str = "kube-mount-password";
 const PASSWORD_B64: &str = "a3ViZS1tb3VudC1wYXNzd29yZAo=";
 /// base64("not-the-password\n").
 const WRONG_PASSWORD_B64: &str = "bm90LXRoZS1wYXNzd29yZAo=";
-/// How long a mount may take to appear before the test gives up (a liveness bound, not a
-/// performance assertion).
-const PATIENCE: Duration = Duration::from_secs(120);
-
-fn fuse_available() -> bool {
-    let ok = Path::new("/dev/fuse").exists()
-        && Command::new("fusermount3")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("skipping: /dev/fuse or fusermount3 is missing (apt-get install fuse3)");
-    }
-    ok
-}
 
 /// A Kubernetes API stand-in serving fixed objects by path (404 for anything else) and
 /// recording every request as (method, path).

@@ -14,22 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const PASSWORD: &str = "mount-test-password";
-/// How long a mount may take to appear before the test gives up (a
-/// liveness bound, not a performance assertion).
-const PATIENCE: Duration = Duration::from_secs(120);
+mod common;
 
-fn fuse_available() -> bool {
-    let ok = Path::new("/dev/fuse").exists()
-        && Command::new("fusermount3")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("skipping: /dev/fuse or fusermount3 is missing (apt-get install fuse3)");
-    }
-    ok
-}
+use common::{fuse_available, PATIENCE};
+
+const PASSWORD: &str = "mount-test-password";
 
 /// A scratch area: a source tree, a repository, a cache and mountpoints.
 struct Env {
@@ -173,15 +162,7 @@ impl Drop for Mounted {
 
 /// A deterministic byte stream (xorshift), so failures reproduce.
 fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    common::xorshift_bytes(seed | 1, len)
 }
 
 /// Files of every kind the mount must show.

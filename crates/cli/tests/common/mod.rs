@@ -1,6 +1,7 @@
 //! Helpers the CLI integration tests share: a stand-in Kubernetes API on 127.0.0.1 that the
-//! binary reaches through a kubeconfig, a readable dump of a command's output, and
-//! deterministic bytes. Each test binary compiles this module and uses a part of it.
+//! binary reaches through a kubeconfig, a readable dump of a command's output,
+//! deterministic bytes, and the FUSE availability check of the mount tests. Each test
+//! binary compiles this module and uses a part of it.
 
 #![allow(dead_code)]
 
@@ -8,8 +9,26 @@ use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a mount may take to appear before a test gives up (a liveness bound, not a
+/// performance assertion).
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// Whether FUSE mounts can run here (/dev/fuse and fusermount3); says why not when not.
+pub fn fuse_available() -> bool {
+    let ok = Path::new("/dev/fuse").exists()
+        && Command::new("fusermount3")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("skipping: /dev/fuse or fusermount3 is missing (apt-get install fuse3)");
+    }
+    ok
+}
 
 /// One HTTP request the stand-in API received.
 #[derive(Clone, Debug)]
