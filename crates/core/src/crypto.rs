@@ -134,8 +134,9 @@ impl SealKey {
 thread_local! {
     /// One zstd compression context per thread: creating a context per blob
     /// cost more CPU than compressing a small file.
-    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
-        const { RefCell::new(None) };
+    /// Keyed by level: data blobs alternate between two levels.
+    static COMPRESSORS: RefCell<Vec<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { RefCell::new(Vec::new()) };
     /// One zstd decompression context per thread.
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { RefCell::new(None) };
@@ -148,14 +149,15 @@ fn compress_into(body: &[u8], level: i32, out: &mut Vec<u8>) -> Option<usize> {
     if level == 0 || body.len() <= 64 {
         return None;
     }
-    COMPRESSOR.with_borrow_mut(|slot| {
-        let compressor = match slot {
-            Some((l, c)) if *l == level => c,
-            _ => {
-                let c = zstd::bulk::Compressor::new(level).ok()?;
-                &mut slot.insert((level, c)).1
+    COMPRESSORS.with_borrow_mut(|contexts| {
+        let at = match contexts.iter().position(|(l, _)| *l == level) {
+            Some(at) => at,
+            None => {
+                contexts.push((level, zstd::bulk::Compressor::new(level).ok()?));
+                contexts.len() - 1
             }
         };
+        let compressor = &mut contexts[at].1;
         out.clear();
         out.reserve(zstd::zstd_safe::compress_bound(body.len()) + NONCE_LEN + 1 + TAG_LEN);
         match compressor.compress_to_buffer(body, out) {
@@ -163,6 +165,28 @@ fn compress_into(body: &[u8], level: i32, out: &mut Vec<u8>) -> Option<usize> {
             _ => None,
         }
     })
+}
+
+/// Whether `data` looks like text: at least 95% of a sample of its bytes
+/// (16 runs of 256 spread over it) are printable ASCII or whitespace.
+/// Random, compressed, structured-record and zero-filled data fall short.
+pub fn looks_like_text(data: &[u8]) -> bool {
+    const RUNS: usize = 16;
+    const RUN: usize = 256;
+    if data.is_empty() {
+        return false;
+    }
+    let step = (data.len() / RUNS).max(RUN);
+    let (mut text, mut seen) = (0usize, 0usize);
+    for start in (0..data.len()).step_by(step).take(RUNS) {
+        for &b in &data[start..(start + RUN).min(data.len())] {
+            seen += 1;
+            if matches!(b, b'\t' | b'\n' | b'\r' | 0x20..=0x7e) {
+                text += 1;
+            }
+        }
+    }
+    text * 100 >= seen * 95
 }
 
 /// Builds an envelope plaintext: a compression byte then the (maybe compressed) body.
@@ -330,6 +354,21 @@ mod tests {
         assert_eq!(unenvelope(env).unwrap(), random);
         assert_eq!(envelope(b"abc", 0)[0], COMPRESSION_NONE);
         assert!(unenvelope(vec![9, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn text_is_told_from_binary() {
+        let text = "fn main() {\n    println!(\"hello\");\n}\n".repeat(500);
+        assert!(looks_like_text(text.as_bytes()));
+        let random: Vec<u8> = (0..100_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        assert!(!looks_like_text(&random));
+        assert!(!looks_like_text(&[0u8; 100_000]));
+        assert!(!looks_like_text(&[]));
+        // A fast (negative) level round-trips like any other.
+        let env = envelope(&random, -1);
+        assert_eq!(unenvelope(env).unwrap(), random);
     }
 
     #[test]
