@@ -162,11 +162,17 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
         ));
     }
     let mut paths = Vec::new();
+    let mut all_dirs = true;
     for p in &opts.paths {
         let abs = std::path::absolute(p).map_err(|e| Error::io(p, e))?;
-        std::fs::symlink_metadata(&abs).map_err(|e| Error::io(&abs, e))?;
+        all_dirs &= std::fs::symlink_metadata(&abs)
+            .map_err(|e| Error::io(&abs, e))?
+            .is_dir();
         paths.push(abs);
     }
+    // One directory is the snapshot's root itself; anything else becomes
+    // the entries of a synthetic root.
+    let root_is_dir = paths.len() == 1 && all_dirs;
     let host = opts.host.clone().unwrap_or_else(hostname);
     let source = opts.source.clone().unwrap_or_else(|| {
         paths
@@ -285,12 +291,6 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
         progress: progress.clone(),
     };
     let pool = read::ReaderPool::new(&reader, workers);
-    let root_is_dir = match paths.as_slice() {
-        [only] => std::fs::symlink_metadata(only)
-            .map_err(|e| Error::io(only, e))?
-            .is_dir(),
-        _ => false,
-    };
     let (events, events_rx) = bounded(walk::EVENTS_AHEAD);
     let scanner = walk::Scanner {
         repo,
@@ -374,10 +374,16 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
 /// Fails once a sealing worker has failed. The error stays in the slot:
 /// the backup reports it at the end, whichever thread noticed first.
 fn workers_ok(worker_error: &Mutex<Option<Error>>) -> Result<()> {
-    match worker_error.lock().expect("lock").is_some() {
-        true => Err(Error::Usage("sealing workers stopped".into())),
-        false => Ok(()),
+    if worker_error.lock().expect("lock").is_some() {
+        return Err(Error::Usage("sealing workers stopped".into()));
     }
+    Ok(())
+}
+
+/// Logs and counts an entry the backup leaves out because it cannot be read.
+fn skip(progress: &Progress, path: &Path, err: &std::io::Error) {
+    tracing::warn!("skipping {}: {err}", path.display());
+    progress.errors.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Counts files and bytes to back up, for progress totals.
@@ -553,8 +559,7 @@ impl Assembler<'_> {
     }
 
     fn skip(&self, path: &Path, err: &std::io::Error) {
-        tracing::warn!("skipping {}: {err}", path.display());
-        self.progress.errors.fetch_add(1, Ordering::Relaxed);
+        skip(&self.progress, path, err);
     }
 }
 

@@ -31,7 +31,6 @@ use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 /// Entries the scanner may run ahead of the assembler.
@@ -102,8 +101,7 @@ impl Scanner<'_> {
     }
 
     fn skip(&self, path: &Path, err: &std::io::Error) {
-        tracing::warn!("skipping {}: {err}", path.display());
-        self.progress.errors.fetch_add(1, Ordering::Relaxed);
+        super::skip(&self.progress, path, err);
     }
 
     fn roots(&mut self, paths: &[PathBuf], parent: Option<&Tree>) -> Result<()> {

@@ -100,14 +100,7 @@ impl Default for PackBuilder {
 impl PackBuilder {
     /// An empty pack.
     pub fn new() -> Self {
-        Self::with_capacity(1 << 20)
-    }
-
-    /// An empty pack whose buffer holds `bytes` before it grows: a writer
-    /// that fills packs to a target size allocates once instead of
-    /// doubling (and copying) its way there.
-    pub fn with_capacity(bytes: usize) -> Self {
-        Self::with_buffer(Vec::with_capacity(bytes))
+        Self::with_buffer(Vec::with_capacity(1 << 20))
     }
 
     /// An empty pack built in `buf` (cleared first), so finished packs'
