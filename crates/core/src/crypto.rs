@@ -99,22 +99,7 @@ impl SealKey {
     /// caller can reuse one buffer for many blobs. The zstd frame is written
     /// into `out` itself and moved up behind the nonce and compression byte.
     pub fn seal_envelope_into(&self, aad: &[u8], body: &[u8], level: i32, out: &mut Vec<u8>) {
-        const HEAD: usize = NONCE_LEN + 1;
-        out.clear();
-        match compress_into(body, level, out) {
-            Some(n) => {
-                out.resize(HEAD + n, 0);
-                out.copy_within(0..n, HEAD);
-                out[NONCE_LEN] = COMPRESSION_ZSTD;
-            }
-            None => {
-                out.clear();
-                out.reserve_exact(HEAD + body.len() + TAG_LEN);
-                out.resize(HEAD, 0);
-                out[NONCE_LEN] = COMPRESSION_NONE;
-                out.extend_from_slice(body);
-            }
-        }
+        write_envelope(body, level, NONCE_LEN, TAG_LEN, out);
         rand::thread_rng().fill_bytes(&mut out[..NONCE_LEN]);
         let (nonce, msg) = out.split_at_mut(NONCE_LEN);
         let tag = self
@@ -192,18 +177,29 @@ pub fn looks_like_text(data: &[u8]) -> bool {
 /// Builds an envelope plaintext: a compression byte then the (maybe compressed) body.
 pub fn envelope(body: &[u8], level: i32) -> Vec<u8> {
     let mut out = Vec::new();
-    match compress_into(body, level, &mut out) {
+    write_envelope(body, level, 0, 0, &mut out);
+    out
+}
+
+/// Writes into `out` (cleared first) `head` bytes for the caller to fill
+/// (their content is unspecified), then the envelope of `body`; `tail`
+/// more bytes are reserved for the caller to append.
+fn write_envelope(body: &[u8], level: i32, head: usize, tail: usize, out: &mut Vec<u8>) {
+    let start = head + 1;
+    match compress_into(body, level, out) {
         Some(n) => {
-            out.truncate(n);
-            out.insert(0, COMPRESSION_ZSTD);
+            out.resize(start + n, 0);
+            out.copy_within(0..n, start);
+            out[head] = COMPRESSION_ZSTD;
         }
         None => {
             out.clear();
-            out.push(COMPRESSION_NONE);
+            out.reserve_exact(start + body.len() + tail);
+            out.resize(start, 0);
+            out[head] = COMPRESSION_NONE;
             out.extend_from_slice(body);
         }
     }
-    out
 }
 
 /// Decodes an envelope plaintext back to its body.
