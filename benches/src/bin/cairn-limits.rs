@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
         ("chunk (FastCDC)", |r| r.chunk),
         ("zero check", |r| r.zero_check),
         ("hash (keyed BLAKE3)", |r| r.hash),
-        ("compress (zstd default level)", |r| r.compress),
+        ("compress (zstd: level 3 text, -1 binary)", |r| r.compress),
         ("encrypt (AES-256-GCM)", |r| r.encrypt),
     ];
     for (name, f) in rows {

@@ -17,7 +17,6 @@ use rayon::prelude::*;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// How `init` lays out a new repository.
 /// zstd level for data blobs that do not look like text. On the binary
 /// benchmark data (database- and disk-image-like pages) level -1 compresses
 /// as well as level 3 (ratio 1.764 against 1.763) at 2.2x the speed
@@ -25,6 +24,20 @@ use std::sync::Arc;
 /// a third of the ratio, so text keeps the configured level.
 pub const BINARY_ZSTD_LEVEL: i32 = -1;
 
+/// The zstd level a blob of `kind` is sealed at, given the repository's
+/// configured level: metadata at least level 1, data that does not look
+/// like text at [`BINARY_ZSTD_LEVEL`], the rest at the configured level.
+pub fn zstd_level_for(kind: BlobKind, configured: i32, plaintext: &[u8]) -> i32 {
+    if kind.is_metadata() {
+        configured.max(1)
+    } else if configured > 0 && !crate::crypto::looks_like_text(plaintext) {
+        BINARY_ZSTD_LEVEL
+    } else {
+        configured
+    }
+}
+
+/// How `init` lays out a new repository.
 #[derive(Debug, Clone)]
 pub struct InitOptions {
     /// argon2id parameters of the first key.
@@ -484,14 +497,7 @@ impl Repository {
     /// Data that does not look like text is compressed at
     /// [`BINARY_ZSTD_LEVEL`] instead of the configured level.
     pub fn seal_blob_into(&self, kind: BlobKind, id: BlobId, plaintext: &[u8], out: &mut Vec<u8>) {
-        let configured = self.0.config.zstd_level;
-        let level = if kind.is_metadata() {
-            configured.max(1)
-        } else if configured > 0 && !crate::crypto::looks_like_text(plaintext) {
-            BINARY_ZSTD_LEVEL
-        } else {
-            configured
-        };
+        let level = zstd_level_for(kind, self.0.config.zstd_level, plaintext);
         self.0
             .key
             .seal_envelope_into(&blob_aad(&id, kind), plaintext, level, out)
