@@ -204,8 +204,11 @@ fn for_each_chunk<E>(
             window.reserve(grow);
         }
         let room = (window.capacity() - window.len()) as u64;
+        // `read_to_end` stops at the end of the file or when the window is
+        // full: a short fill is the end, so a small file costs one read
+        // that returns its bytes and one that returns none.
         match src.by_ref().take(room).read_to_end(window) {
-            Ok(0) => eof = true,
+            Ok(n) if (n as u64) < room => eof = true,
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(io_error(e)),
