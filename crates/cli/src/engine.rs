@@ -206,6 +206,13 @@ fn maintain(repo: &Repository, kind: MaintenanceKind) -> Result<String, EngineEr
             r.stale_checkpoints
         ));
     }
+    if r.stale_staging.0 > 0 {
+        parts.push(format!(
+            "{} staging files of dead writers removed ({})",
+            r.stale_staging.0,
+            size(r.stale_staging.1)
+        ));
+    }
     if let Some(s) = &r.sweep {
         parts.push(format!(
             "{} packs deleted ({}), {} plans waiting",

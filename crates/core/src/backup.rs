@@ -235,11 +235,15 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
     } else {
         opts.workers
     };
-    // A local file system stores a pack in milliseconds: one uploader keeps
-    // up and holds one pack buffer. Object stores get two PUTs in flight.
+    // A local repository spools packs to staging files: an uploader only
+    // syncs and renames one, so two cost no memory and let one pack's sync
+    // overlap the next. On a local file system without spooling (throttled)
+    // a pack buffer per uploader is the cost, and one keeps up. Object
+    // stores get two PUTs in flight.
     let uploaders = if opts.uploaders == 0 {
         let location = repo.location();
-        if !location.contains("://") || location.starts_with("file://") {
+        let local = !location.contains("://") || location.starts_with("file://");
+        if local && repo.storage().local_dir().is_none() {
             1
         } else {
             2

@@ -1,6 +1,7 @@
 //! Repository maintenance: `prune` (mark and sweep), `maintenance run
 //! --quick` (index compaction, sweep of due plans) and `--full` (stale
-//! checkpoints, sweep, mark with repack and orphans, compaction). Runs
+//! checkpoints and staging files, sweep, mark with repack and orphans,
+//! compaction). Runs
 //! beside backups without locks; see docs/MAINTENANCE.md.
 
 use crate::error::Result;
@@ -38,6 +39,9 @@ pub struct MaintenanceOptions {
 pub struct MaintenanceReport {
     /// Dead checkpoints removed.
     pub stale_checkpoints: u64,
+    /// Files of killed writers removed from a local repository's staging
+    /// folder, and their bytes.
+    pub stale_staging: (u64, u64),
     /// The sweep, when one ran.
     pub sweep: Option<SweepReport>,
     /// The mark, when one ran.
@@ -69,6 +73,7 @@ pub fn run(repo: &Repository, opts: &MaintenanceOptions) -> Result<MaintenanceRe
         }
         Mode::Full => {
             report.stale_checkpoints = gc::remove_stale_checkpoints(repo, g)?;
+            report.stale_staging = gc::remove_stale_staging(repo, g)?;
             let roots = Roots::load(repo)?;
             report.sweep = Some(gc::sweep(repo, &roots, g)?);
             let roots = roots.reload(repo)?;
@@ -77,6 +82,7 @@ pub fn run(repo: &Repository, opts: &MaintenanceOptions) -> Result<MaintenanceRe
         }
         Mode::Prune => {
             report.stale_checkpoints = gc::remove_stale_checkpoints(repo, g)?;
+            report.stale_staging = gc::remove_stale_staging(repo, g)?;
             let roots = Roots::load(repo)?;
             report.mark = Some(gc::mark(repo, &roots, g)?);
             // With a zero window the plan just written is due at once.

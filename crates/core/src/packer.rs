@@ -1,6 +1,12 @@
 //! Writes blobs into packs, uploads finished packs on bounded threads and
 //! records them in index segments.
 //!
+//! On an object store a pack fills a memory buffer and is uploaded with one
+//! write. On a local repository ([`cairn_storage::Storage::local_dir`]) it
+//! is written straight into a staging file as blobs arrive, then synced and
+//! renamed into place: no pack buffer, and the copy into the page cache is
+//! spread over the sealing threads instead of one upload thread.
+//!
 //! Invariant: an index segment names only packs whose upload succeeded, and
 //! a snapshot is written only after the segments naming its blobs.
 
@@ -8,14 +14,15 @@ use crate::bufpool::BufferPool;
 use crate::cache::CachedKind;
 use crate::error::{Error, Result};
 use crate::format::index::{IndexSegment, IndexedPack};
-use crate::format::pack::PackBuilder;
+use crate::format::pack::{pack_tail, BlobEntry, PackBuilder, PACK_MAGIC};
 use crate::format::{BlobId, BlobKind, Id, IndexId, PackId};
 use crate::repo::Repository;
 use bytes::Bytes;
 use cairn_storage::StorageError;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use std::collections::HashSet;
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -58,13 +65,174 @@ struct Shared {
     segments: AtomicU64,
 }
 
+/// Where packs of a local repository are written before they are renamed
+/// into place.
+#[derive(Clone)]
+struct Spool {
+    /// The repository's root directory.
+    root: PathBuf,
+    /// Its staging directory.
+    staging: PathBuf,
+}
+
+/// A pack being filled.
+enum OpenPack {
+    /// In memory, stored with one write.
+    Memory(PackBuilder),
+    /// In a staging file, renamed into place (boxed: the hasher's state
+    /// is 2 KiB, and packs move through a channel).
+    File(Box<SpoolPack>),
+}
+
+impl OpenPack {
+    fn len(&self) -> usize {
+        match self {
+            OpenPack::Memory(b) => b.len(),
+            OpenPack::File(f) => f.len,
+        }
+    }
+
+    fn blob_count(&self) -> usize {
+        match self {
+            OpenPack::Memory(b) => b.blob_count(),
+            OpenPack::File(f) => f.entries.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.blob_count() == 0
+    }
+
+    fn add(
+        &mut self,
+        id: BlobId,
+        kind: BlobKind,
+        stored: &[u8],
+        raw_len: u32,
+    ) -> std::result::Result<(), StorageError> {
+        match self {
+            OpenPack::Memory(b) => {
+                b.add(id, kind, stored, raw_len);
+                Ok(())
+            }
+            OpenPack::File(f) => f.add(id, kind, stored, raw_len),
+        }
+    }
+}
+
+/// A pack written to a staging file as its blobs arrive, hashed on the way
+/// (its id is the hash of its bytes). The file is created with the first
+/// blob and removed if the pack is dropped unfinished.
+struct SpoolPack {
+    spool: Spool,
+    file: Option<(std::fs::File, PathBuf)>,
+    hasher: blake3::Hasher,
+    len: usize,
+    entries: Vec<BlobEntry>,
+}
+
+impl SpoolPack {
+    fn new(spool: &Spool) -> Self {
+        Self {
+            spool: spool.clone(),
+            file: None,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Appends `bytes` to the file (created on first use) and the hash.
+    fn append(&mut self, bytes: &[u8]) -> std::result::Result<(), StorageError> {
+        if self.file.is_none() {
+            let name = format!("pack-{:032x}.tmp", rand::random::<u128>());
+            let path = self.spool.staging.join(name);
+            let fail =
+                |e: &std::io::Error| StorageError::from_io(format!("create {}", path.display()), e);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| fail(&e))?;
+            file.write_all(PACK_MAGIC).map_err(|e| fail(&e))?;
+            self.hasher.update(PACK_MAGIC);
+            self.len = PACK_MAGIC.len();
+            self.file = Some((file, path));
+        }
+        let (file, path) = self.file.as_mut().expect("created above");
+        file.write_all(bytes)
+            .map_err(|e| StorageError::from_io(format!("write {}", path.display()), &e))?;
+        self.hasher.update(bytes);
+        self.len += bytes.len();
+        Ok(())
+    }
+
+    fn add(
+        &mut self,
+        id: BlobId,
+        kind: BlobKind,
+        stored: &[u8],
+        raw_len: u32,
+    ) -> std::result::Result<(), StorageError> {
+        self.append(stored)?;
+        self.entries.push(BlobEntry {
+            id,
+            kind,
+            offset: (self.len - stored.len()) as u32,
+            stored_len: stored.len() as u32,
+            raw_len,
+        });
+        Ok(())
+    }
+
+    /// Appends the trailer, syncs the file and renames it to the pack's
+    /// object path (syncing its folder, so the name survives a crash
+    /// before the index segment naming it is written).
+    fn finish(mut self, repo: &Repository) -> std::result::Result<IndexedPack, StorageError> {
+        let tail = pack_tail(&self.entries, &repo.0.key);
+        self.append(&tail)?;
+        let (file, staged) = self.file.take().expect("a finished pack has blobs");
+        let id = PackId(Id(*self.hasher.finalize().as_bytes()));
+        let object = id.path();
+        let dest = self.spool.root.join(&object);
+        let op = format!("write {object}");
+        let stored = (|| {
+            file.sync_data()?;
+            drop(file);
+            let folder = dest.parent().expect("pack paths have folders");
+            std::fs::create_dir_all(folder)?;
+            std::fs::rename(&staged, &dest)?;
+            std::fs::File::open(folder)?.sync_all()
+        })();
+        if let Err(e) = stored {
+            let _ = std::fs::remove_file(&staged);
+            return Err(StorageError::from_io(op, &e));
+        }
+        Ok(IndexedPack {
+            id,
+            len: self.len as u64,
+            blobs: std::mem::take(&mut self.entries),
+        })
+    }
+}
+
+impl Drop for SpoolPack {
+    fn drop(&mut self) {
+        if let Some((_, path)) = self.file.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// Accepts sealed blobs and turns them into uploaded, indexed packs.
 pub struct PackWriter {
     repo: Repository,
-    data: Mutex<PackBuilder>,
-    meta: Mutex<PackBuilder>,
+    /// Set on a local repository: packs go through staging files.
+    spool: Option<Spool>,
+    data: Mutex<OpenPack>,
+    meta: Mutex<OpenPack>,
     pending: Mutex<HashSet<BlobId>>,
-    tx: Option<Sender<PackBuilder>>,
+    tx: Option<Sender<OpenPack>>,
     uploaders: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
     blobs: AtomicU64,
@@ -83,8 +251,15 @@ impl PackWriter {
         // A rendezvous channel: a full pack waits for a free uploader, so
         // at most `uploaders` finished packs are held besides the two being
         // filled.
-        let (tx, rx) = bounded::<PackBuilder>(0);
+        let (tx, rx) = bounded::<OpenPack>(0);
         let config = repo.config();
+        let spool = repo.storage().local_dir().and_then(|root| {
+            let staging = cairn_storage::staging_dir(&root);
+            // Without a staging folder packs go through memory and `write`,
+            // whose error then says what is wrong with the repository.
+            std::fs::create_dir_all(&staging).ok()?;
+            Some(Spool { root, staging })
+        });
         let largest = config.data_pack_size.max(config.meta_pack_size) as usize;
         let shared = Arc::new(Shared {
             // One buffer per uploader and per builder; the buffer of a pack
@@ -97,7 +272,7 @@ impl PackWriter {
         });
         let handles = (0..uploaders)
             .map(|i| {
-                let rx: Receiver<PackBuilder> = rx.clone();
+                let rx: Receiver<OpenPack> = rx.clone();
                 let repo = repo.clone();
                 let shared = shared.clone();
                 std::thread::Builder::new()
@@ -108,8 +283,9 @@ impl PackWriter {
             .collect();
         Self {
             repo: repo.clone(),
-            data: Mutex::new(fresh_builder(&shared, config.data_pack_size as usize)),
-            meta: Mutex::new(fresh_builder(&shared, config.meta_pack_size as usize)),
+            data: Mutex::new(fresh_pack(&spool, &shared, config.data_pack_size as usize)),
+            meta: Mutex::new(fresh_pack(&spool, &shared, config.meta_pack_size as usize)),
+            spool,
             pending: Mutex::new(HashSet::new()),
             tx: Some(tx),
             uploaders: handles,
@@ -217,7 +393,14 @@ impl PackWriter {
             {
                 self.close_pack(&mut b, target)?;
             }
-            b.add(id, kind, stored, raw_len);
+            if let Err(e) = b.add(id, kind, stored, raw_len) {
+                let err = Error::Storage {
+                    location: self.repo.location().to_string(),
+                    source: StorageError::new(e.kind, e.op.clone(), e.message.clone()),
+                };
+                self.shared.error.lock().expect("lock").get_or_insert(e);
+                return Err(err);
+            }
         }
         // In a builder now: a later `sync` uploads and indexes it.
         self.unsealed.lock().expect("lock").remove(&id);
@@ -231,16 +414,17 @@ impl PackWriter {
     /// starts a new one. The hand-off waits for a free uploader before the
     /// new pack's buffer is taken, so a writer holds one buffer per builder
     /// and one per uploader: the one just handed over waits for no one.
-    fn close_pack(&self, builder: &mut PackBuilder, target: usize) -> Result<()> {
+    fn close_pack(&self, builder: &mut OpenPack, target: usize) -> Result<()> {
         // Counted while the builder lock is held, so `sync` waits for it.
         self.sent.fetch_add(1, Ordering::SeqCst);
-        let pack = std::mem::replace(builder, PackBuilder::with_buffer(Vec::new()));
+        let empty = OpenPack::Memory(PackBuilder::with_buffer(Vec::new()));
+        let pack = std::mem::replace(builder, empty);
         let tx = self.tx.as_ref().expect("writer not finished");
         if tx.send(pack).is_err() {
             self.check_error()?;
             return Err(Error::Usage("pack upload threads stopped".into()));
         }
-        *builder = fresh_builder(&self.shared, target);
+        *builder = fresh_pack(&self.spool, &self.shared, target);
         Ok(())
     }
 
@@ -343,32 +527,46 @@ impl Drop for PackWriter {
     }
 }
 
-/// A builder for a pack of `target` bytes and its trailer, in a reused
-/// buffer when one is spare.
-fn fresh_builder(shared: &Shared, target: usize) -> PackBuilder {
-    PackBuilder::with_buffer(shared.buffers.take(target + target / 16))
+/// An empty pack of `target` bytes: a staging file on a local repository,
+/// else a reused buffer when one is spare.
+fn fresh_pack(spool: &Option<Spool>, shared: &Shared, target: usize) -> OpenPack {
+    match spool {
+        Some(spool) => OpenPack::File(Box::new(SpoolPack::new(spool))),
+        None => OpenPack::Memory(PackBuilder::with_buffer(
+            shared.buffers.take(target + target / 16),
+        )),
+    }
 }
 
-fn upload_loop(repo: Repository, rx: Receiver<PackBuilder>, shared: Arc<Shared>) {
-    for builder in rx {
+/// Stores a finished pack and returns its index entry.
+fn store_pack(
+    repo: &Repository,
+    shared: &Shared,
+    pack: OpenPack,
+) -> std::result::Result<IndexedPack, StorageError> {
+    let builder = match pack {
+        OpenPack::File(spooled) => return spooled.finish(repo),
+        OpenPack::Memory(builder) => builder,
+    };
+    let (bytes, blobs) = builder.finish(&repo.0.key);
+    let id = PackId(Id::hash(&bytes));
+    let len = bytes.len() as u64;
+    let bytes = Bytes::from(bytes);
+    let written = repo.storage().write(&id.path(), bytes.clone());
+    // The storage is done with the bytes: take the buffer back (no copy
+    // when this is the last reference).
+    shared.buffers.give(Vec::from(bytes));
+    written.map(|()| IndexedPack { id, len, blobs })
+}
+
+fn upload_loop(repo: Repository, rx: Receiver<OpenPack>, shared: Arc<Shared>) {
+    for pack in rx {
         if shared.error.lock().expect("lock").is_some() {
             continue;
         }
-        let (bytes, blobs) = builder.finish(&repo.0.key);
-        let id = PackId(Id::hash(&bytes));
-        let len = bytes.len() as u64;
-        let bytes = Bytes::from(bytes);
-        let written = repo.storage().write(&id.path(), bytes.clone());
-        // The storage is done with the bytes: take the buffer back (no copy
-        // when this is the last reference).
-        shared.buffers.give(Vec::from(bytes));
-        match written {
-            Ok(()) => {
-                shared
-                    .done
-                    .lock()
-                    .expect("lock")
-                    .push(IndexedPack { id, len, blobs });
+        match store_pack(&repo, &shared, pack) {
+            Ok(indexed) => {
+                shared.done.lock().expect("lock").push(indexed);
                 // Counted after `done` holds it, so `sync` sees it indexed.
                 shared.packs.fetch_add(1, Ordering::SeqCst);
             }

@@ -376,6 +376,42 @@ fn stale_checkpoints_are_removed_and_finished_backups_remove_theirs() {
 }
 
 #[test]
+fn staging_files_of_dead_writers_are_removed_after_the_window() {
+    let repo_dir = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    write_tree(src.path(), 11, 12);
+    let repo = init(repo_dir.path());
+    let snap = backup(&repo, &opts(src.path())).unwrap();
+    let staging = cairn_storage::staging_dir(repo_dir.path());
+    let left: Vec<_> = std::fs::read_dir(&staging).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "a finished backup leaves no staging file: {left:?}"
+    );
+
+    // What a backup killed mid-pack leaves behind.
+    std::fs::write(staging.join("pack-dead.tmp"), vec![7u8; 5000]).unwrap();
+    let now = chrono::Utc::now();
+    let run = |now, dry_run| {
+        let opts = MaintenanceOptions {
+            mode: Mode::Full,
+            gc: GcOptions {
+                dry_run,
+                ..now_opts(now, 3600)
+            },
+        };
+        maintenance::run(&repo, &opts).unwrap().stale_staging
+    };
+    assert_eq!(run(now, false), (0, 0), "younger than the window: kept");
+    let later = now + chrono::Duration::seconds(3601);
+    assert_eq!(run(later, true), (1, 5000), "a dry run counts it");
+    assert!(staging.join("pack-dead.tmp").exists(), "and keeps it");
+    assert_eq!(run(later, false), (1, 5000));
+    assert!(!staging.join("pack-dead.tmp").exists());
+    assert_restores(&reopen(repo_dir.path()), &snap.snapshot.tree, src.path());
+}
+
+#[test]
 fn concurrent_backups_and_maintenance_never_lose_a_referenced_blob() {
     let repo_dir = tempfile::tempdir().unwrap();
     let src = tempfile::tempdir().unwrap();

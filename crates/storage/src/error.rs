@@ -39,6 +39,31 @@ impl StorageError {
         }
     }
 
+    /// An error of a local file operation `op` (writes that bypass the
+    /// backend on a local repository, see [`crate::Storage::local_dir`]),
+    /// with the kind and hint the fs backend would give.
+    pub fn from_io(op: impl Into<String>, e: &std::io::Error) -> Self {
+        let (kind, hint) = match (e.kind(), e.raw_os_error()) {
+            (std::io::ErrorKind::NotFound, _) => (StorageErrorKind::NotFound, ""),
+            (std::io::ErrorKind::PermissionDenied, _) => (
+                StorageErrorKind::PermissionDenied,
+                "; check the permissions of the repository directory",
+            ),
+            // ENOSPC, EDQUOT
+            (_, Some(28 | 122)) => (
+                StorageErrorKind::NoSpace,
+                "; free space on the device or raise the quota",
+            ),
+            // EROFS
+            (_, Some(30)) => (
+                StorageErrorKind::PermissionDenied,
+                "; the repository is on a read-only file system",
+            ),
+            _ => (StorageErrorKind::Other, ""),
+        };
+        Self::new(kind, op, format!("{e}{hint}"))
+    }
+
     /// Whether retrying the same operation can succeed.
     pub fn is_temporary(&self) -> bool {
         self.kind == StorageErrorKind::Temporary

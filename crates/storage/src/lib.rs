@@ -87,7 +87,28 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn delete(&self, path: &str) -> Result<()>;
     /// Where this storage points, for messages (no credentials).
     fn location(&self) -> String;
+    /// The directory holding the objects, when they are plain files on a
+    /// local (or NFS-mounted) file system with nothing between the caller
+    /// and them: object `p` is the file `dir/p`. A writer may then create
+    /// an object by writing a file in [`staging_dir`]`(dir)`, syncing it and
+    /// renaming it into place, which is what `write` does, without holding
+    /// the whole object in memory. `None` (the default) for object stores
+    /// and for wrappers that must see every write (throttling, fault
+    /// injection, counting).
+    fn local_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
 }
+
+/// Where writers stage files before renaming them into a local storage
+/// rooted at `root` (see [`Storage::local_dir`]); listings skip it. Files
+/// left there by a killed process are garbage (see docs/STORAGE.md).
+pub fn staging_dir(root: &std::path::Path) -> std::path::PathBuf {
+    root.join(STAGING_DIR_NAME)
+}
+
+/// Name of the staging directory under a local repository root.
+pub const STAGING_DIR_NAME: &str = ".tmp";
 
 /// Shared handle to a storage stack.
 pub type DynStorage = Arc<dyn Storage>;
@@ -113,6 +134,9 @@ impl<S: Storage + ?Sized> Storage for Arc<S> {
     }
     fn location(&self) -> String {
         (**self).location()
+    }
+    fn local_dir(&self) -> Option<std::path::PathBuf> {
+        (**self).local_dir()
     }
 }
 

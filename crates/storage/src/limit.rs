@@ -103,6 +103,10 @@ impl Storage for LimitStorage {
     fn location(&self) -> String {
         self.inner.location()
     }
+
+    fn local_dir(&self) -> Option<std::path::PathBuf> {
+        self.inner.local_dir()
+    }
 }
 
 #[cfg(test)]

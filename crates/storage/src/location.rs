@@ -401,7 +401,7 @@ impl Location {
         let map = |e: opendal::Error| invalid(&what, format!("cannot configure the backend: {e}"));
         let op = match &self.service {
             Service::Fs { root } => {
-                let tmp = root.join(".tmp");
+                let tmp = crate::staging_dir(root);
                 let builder = services::Fs::default()
                     .root(&root.to_string_lossy())
                     .atomic_write_dir(&tmp.to_string_lossy());

@@ -22,8 +22,9 @@ use std::time::Duration;
 /// Stats run at once when a listing has to look up sizes (filesystem).
 const LIST_STAT_CONCURRENCY: usize = 32;
 
-/// Name of the local staging directory for atomic filesystem writes.
+/// Prefix of the local staging directory for atomic filesystem writes.
 const FS_STAGING_DIR: &str = ".tmp/";
+const _: () = assert!(FS_STAGING_DIR.len() == crate::STAGING_DIR_NAME.len() + 1);
 
 /// A repository root on any OpenDAL service.
 pub struct OpendalStorage {
@@ -35,6 +36,8 @@ pub struct OpendalStorage {
     timeout: Duration,
     io_timeout: Duration,
     http: Arc<Counters>,
+    /// The root directory of a local file system location.
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl Drop for OpendalStorage {
@@ -90,6 +93,7 @@ impl OpendalStorage {
             timeout: opts.timeout,
             io_timeout: opts.io_timeout,
             http,
+            local_root: location.local_root().map(Into::into),
         })
     }
 
@@ -123,6 +127,7 @@ impl OpendalStorage {
             timeout: opts.timeout,
             io_timeout: opts.io_timeout,
             http: Arc::new(Counters::default()),
+            local_root: None,
         })
     }
 
@@ -327,6 +332,10 @@ impl Storage for OpendalStorage {
 
     fn location(&self) -> String {
         self.location.clone()
+    }
+
+    fn local_dir(&self) -> Option<std::path::PathBuf> {
+        self.local_root.clone()
     }
 }
 

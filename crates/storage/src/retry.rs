@@ -122,6 +122,10 @@ impl Storage for RetryStorage {
     fn location(&self) -> String {
         self.inner.location()
     }
+
+    fn local_dir(&self) -> Option<std::path::PathBuf> {
+        self.inner.local_dir()
+    }
 }
 
 #[cfg(test)]

@@ -181,6 +181,7 @@ fn print_group(d: &GroupDecision, snapshots: &HashMap<String, (SnapshotId, Snaps
 fn prune_json(r: &MaintenanceReport) -> serde_json::Value {
     serde_json::json!({
         "stale_checkpoints": r.stale_checkpoints,
+        "stale_staging_files": r.stale_staging.0,
         "bytes_reclaimed": r.bytes_reclaimed(),
         "bytes_planned": r.bytes_planned(),
         "packs_deleted": r.sweep.as_ref().map_or(0, |s| s.packs_deleted),

@@ -98,6 +98,8 @@ fn report_json(r: &MaintenanceReport, dry_run: bool) -> serde_json::Value {
     let mut v = serde_json::json!({
         "dry_run": dry_run,
         "stale_checkpoints": r.stale_checkpoints,
+        "stale_staging_files": r.stale_staging.0,
+        "stale_staging_bytes": r.stale_staging.1,
         "segments_compacted": r.segments_compacted,
         "bytes_reclaimed": r.bytes_reclaimed(),
         "bytes_planned": r.bytes_planned(),
@@ -134,6 +136,13 @@ fn print_report(r: &MaintenanceReport, dry_run: bool) {
         println!(
             "checkpoints of dead backups {would}removed: {}",
             r.stale_checkpoints
+        );
+    }
+    if r.stale_staging.0 > 0 {
+        println!(
+            "staging files of dead writers {would}removed: {} ({})",
+            r.stale_staging.0,
+            size(r.stale_staging.1)
         );
     }
     if let Some(s) = &r.sweep {

@@ -144,13 +144,19 @@ impl PackBuilder {
 
     /// Appends the sealed trailer and footer; returns the pack bytes and entries.
     pub fn finish(mut self, key: &SealKey) -> (Vec<u8>, Vec<BlobEntry>) {
-        let trailer = key.seal_envelope(TRAILER_AAD, &encode_entries(&self.entries), 1);
-        self.buf.extend_from_slice(&trailer);
-        self.buf
-            .extend_from_slice(&(trailer.len() as u32).to_le_bytes());
-        self.buf.extend_from_slice(PACK_END_MAGIC);
+        self.buf.extend_from_slice(&pack_tail(&self.entries, key));
         (self.buf, self.entries)
     }
+}
+
+/// What follows the blobs of a pack holding `entries`: the sealed trailer,
+/// its length and the end magic.
+pub fn pack_tail(entries: &[BlobEntry], key: &SealKey) -> Vec<u8> {
+    let mut tail = key.seal_envelope(TRAILER_AAD, &encode_entries(entries), 1);
+    let len = tail.len() as u32;
+    tail.extend_from_slice(&len.to_le_bytes());
+    tail.extend_from_slice(PACK_END_MAGIC);
+    tail
 }
 
 /// Locates the sealed trailer in the last bytes of a pack: returns its
