@@ -21,7 +21,6 @@ use bytes::Bytes;
 use cairn_storage::StorageError;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -120,12 +119,79 @@ impl OpenPack {
     }
 }
 
+/// Bytes a spooled pack collects before writing them to its file: whole
+/// blocks, so the writes can bypass the page cache.
+const SPOOL_BLOCK: usize = 1 << 20;
+/// Alignment direct I/O asks of buffer addresses, lengths and offsets
+/// (4 KiB covers 512-byte and 4 KiB logical sectors).
+const DIRECT_ALIGN: usize = 4096;
+
+/// A pack's staging file. Opened with `O_DIRECT` where the file system
+/// takes it: a backup writes gigabytes it will not read back, and copying
+/// them into the page cache cost more CPU than compressing them (on this
+/// project's VM, 2.4 GB: 3-5 s of CPU buffered, 0.25 s direct). Where
+/// direct I/O is refused (tmpfs, some NFS mounts) it writes through the
+/// page cache.
+struct SpoolFile {
+    file: std::fs::File,
+    path: PathBuf,
+    direct: bool,
+    /// Bytes written to the file so far.
+    written: u64,
+}
+
+impl SpoolFile {
+    fn create(staging: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = staging.join(format!("pack-{:032x}.tmp", rand::random::<u128>()));
+        let open = |flags: i32| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(flags)
+                .open(&path)
+        };
+        let (file, direct) = match open(nix::fcntl::OFlag::O_DIRECT.bits()) {
+            Ok(f) => (f, true),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => (open(0)?, false),
+            Err(e) => return Err(e),
+        };
+        Ok(Self {
+            file,
+            path,
+            direct,
+            written: 0,
+        })
+    }
+
+    /// Writes `block` at the end of what is written. A file system that
+    /// accepted `O_DIRECT` at open but refuses the write gets it again
+    /// through the page cache.
+    fn write(&mut self, block: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        match self.file.write_all_at(block, self.written) {
+            Err(e) if self.direct && e.raw_os_error() == Some(nix::libc::EINVAL) => {
+                self.file = std::fs::OpenOptions::new().write(true).open(&self.path)?;
+                self.direct = false;
+                self.file.write_all_at(block, self.written)?;
+            }
+            other => other?,
+        }
+        self.written += block.len() as u64;
+        Ok(())
+    }
+}
+
 /// A pack written to a staging file as its blobs arrive, hashed on the way
 /// (its id is the hash of its bytes). The file is created with the first
 /// blob and removed if the pack is dropped unfinished.
 struct SpoolPack {
     spool: Spool,
-    file: Option<(std::fs::File, PathBuf)>,
+    file: Option<SpoolFile>,
+    /// Holds the block being filled at an aligned offset (`align`).
+    block: Vec<u8>,
+    align: usize,
+    fill: usize,
     hasher: blake3::Hasher,
     len: usize,
     entries: Vec<BlobEntry>,
@@ -136,34 +202,54 @@ impl SpoolPack {
         Self {
             spool: spool.clone(),
             file: None,
+            block: Vec::new(),
+            align: 0,
+            fill: 0,
             hasher: blake3::Hasher::new(),
             len: 0,
             entries: Vec::new(),
         }
     }
 
-    /// Appends `bytes` to the file (created on first use) and the hash.
+    fn fail(&self, what: &str, e: &std::io::Error) -> StorageError {
+        let path = self.file.as_ref().map(|f| f.path.display().to_string());
+        let path = path.unwrap_or_else(|| self.spool.staging.display().to_string());
+        StorageError::from_io(format!("{what} {path}"), e)
+    }
+
+    /// Appends `bytes` to the pack (the file is created on first use),
+    /// writing each block as it fills.
     fn append(&mut self, bytes: &[u8]) -> std::result::Result<(), StorageError> {
         if self.file.is_none() {
-            let name = format!("pack-{:032x}.tmp", rand::random::<u128>());
-            let path = self.spool.staging.join(name);
-            let fail =
-                |e: &std::io::Error| StorageError::from_io(format!("create {}", path.display()), e);
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .map_err(|e| fail(&e))?;
-            file.write_all(PACK_MAGIC).map_err(|e| fail(&e))?;
-            self.hasher.update(PACK_MAGIC);
-            self.len = PACK_MAGIC.len();
-            self.file = Some((file, path));
+            let file =
+                SpoolFile::create(&self.spool.staging).map_err(|e| self.fail("create in", &e))?;
+            self.file = Some(file);
+            self.block = vec![0; SPOOL_BLOCK + DIRECT_ALIGN];
+            self.align = self.block.as_ptr().align_offset(DIRECT_ALIGN);
+            self.append(PACK_MAGIC)?;
         }
-        let (file, path) = self.file.as_mut().expect("created above");
-        file.write_all(bytes)
-            .map_err(|e| StorageError::from_io(format!("write {}", path.display()), &e))?;
         self.hasher.update(bytes);
         self.len += bytes.len();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let n = (SPOOL_BLOCK - self.fill).min(rest.len());
+            let at = self.align + self.fill;
+            self.block[at..at + n].copy_from_slice(&rest[..n]);
+            self.fill += n;
+            rest = &rest[n..];
+            if self.fill == SPOOL_BLOCK {
+                self.write_block(SPOOL_BLOCK)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the first `n` bytes of the block and empties it.
+    fn write_block(&mut self, n: usize) -> std::result::Result<(), StorageError> {
+        let file = self.file.as_mut().expect("created by append");
+        let written = file.write(&self.block[self.align..self.align + n]);
+        written.map_err(|e| self.fail("write", &e))?;
+        self.fill = 0;
         Ok(())
     }
 
@@ -185,32 +271,46 @@ impl SpoolPack {
         Ok(())
     }
 
-    /// Appends the trailer, syncs the file and renames it to the pack's
-    /// object path (syncing its folder, so the name survives a crash
-    /// before the index segment naming it is written).
+    /// Appends the trailer, writes the last block (padded to a whole
+    /// sector for direct I/O, then cut to the pack's length), syncs the
+    /// file and renames it to the pack's object path, syncing its folder
+    /// so the name survives a crash before an index segment names it.
     fn finish(mut self, repo: &Repository) -> std::result::Result<IndexedPack, StorageError> {
         let tail = pack_tail(&self.entries, &repo.0.key);
         self.append(&tail)?;
-        let (file, staged) = self.file.take().expect("a finished pack has blobs");
+        let direct = self.file.as_ref().is_some_and(|f| f.direct);
+        if self.fill > 0 {
+            let n = if direct {
+                let padded = self.fill.next_multiple_of(DIRECT_ALIGN);
+                self.block[self.align + self.fill..self.align + padded].fill(0);
+                padded
+            } else {
+                self.fill
+            };
+            self.write_block(n)?;
+        }
+        let spool = self.file.take().expect("a finished pack has blobs");
         let id = PackId(Id(*self.hasher.finalize().as_bytes()));
         let object = id.path();
         let dest = self.spool.root.join(&object);
-        let op = format!("write {object}");
+        let len = self.len as u64;
         let stored = (|| {
-            file.sync_data()?;
-            drop(file);
+            if direct {
+                spool.file.set_len(len)?;
+            }
+            spool.file.sync_data()?;
             let folder = dest.parent().expect("pack paths have folders");
             std::fs::create_dir_all(folder)?;
-            std::fs::rename(&staged, &dest)?;
+            std::fs::rename(&spool.path, &dest)?;
             std::fs::File::open(folder)?.sync_all()
         })();
         if let Err(e) = stored {
-            let _ = std::fs::remove_file(&staged);
-            return Err(StorageError::from_io(op, &e));
+            let _ = std::fs::remove_file(&spool.path);
+            return Err(StorageError::from_io(format!("write {object}"), &e));
         }
         Ok(IndexedPack {
             id,
-            len: self.len as u64,
+            len,
             blobs: std::mem::take(&mut self.entries),
         })
     }
@@ -218,8 +318,8 @@ impl SpoolPack {
 
 impl Drop for SpoolPack {
     fn drop(&mut self) {
-        if let Some((_, path)) = self.file.take() {
-            let _ = std::fs::remove_file(path);
+        if let Some(spool) = self.file.take() {
+            let _ = std::fs::remove_file(spool.path);
         }
     }
 }
