@@ -6,6 +6,7 @@ use cairn_core::crypto::{blob_aad, IdHasher, SealKey};
 use cairn_core::format::config::Config;
 use cairn_core::format::pack::PackBuilder;
 use cairn_core::format::Id;
+use cairn_core::repo::zstd_level_for;
 use cairn_core::{BlobId, BlobKind};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
@@ -47,11 +48,13 @@ fn hashing(c: &mut Criterion) {
 
 fn seal_open(c: &mut Criterion) {
     let key = SealKey::new(&[5; 32]);
-    let level = Config::new(Id::default()).zstd_level;
+    let configured = Config::new(Id::default()).zstd_level;
     let aad = blob_aad(&BlobId(Id::default()), BlobKind::Data);
     let mut g = c.benchmark_group("seal_open");
     for (name, data) in inputs() {
         let chunk = &data[..1 << 20];
+        // The level a backup seals this chunk at (3 for text, -1 for binary).
+        let level = zstd_level_for(BlobKind::Data, configured, chunk);
         g.throughput(Throughput::Bytes(chunk.len() as u64));
         g.bench_function(format!("seal_zstd_{name}"), |b| {
             b.iter(|| key.seal_envelope(&aad, chunk, level))
