@@ -516,13 +516,45 @@ impl Repository {
             .key
             .open_envelope(&blob_aad(id, kind), stored)
             .map_err(|e| Error::corrupt(object, format!("{kind} blob {}: {e}", id.short())))?;
-        if self.blob_id(&plain) != *id {
+        self.verify_blob_id(kind, id, &plain, object)?;
+        Ok(plain)
+    }
+
+    /// Fails unless `plain` hashes to `id`.
+    fn verify_blob_id(
+        &self,
+        kind: BlobKind,
+        id: &BlobId,
+        plain: &[u8],
+        object: &str,
+    ) -> Result<()> {
+        if self.blob_id(plain) != *id {
             return Err(Error::corrupt(
                 object,
                 format!("{kind} blob {} does not hash to its id", id.short()),
             ));
         }
-        Ok(plain)
+        Ok(())
+    }
+
+    /// Opens a stored blob like [`Repository::open_blob`] and hands its
+    /// plaintext to `f`, in this thread's reusable buffers (no allocation
+    /// per blob; see [`crate::crypto::SealKey::with_opened_envelope`]).
+    pub fn with_open_blob<R>(
+        &self,
+        kind: BlobKind,
+        id: &BlobId,
+        stored: &[u8],
+        object: &str,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
+        self.0
+            .key
+            .with_opened_envelope(&blob_aad(id, kind), stored, |plain| {
+                self.verify_blob_id(kind, id, plain, object)?;
+                Ok(f(plain))
+            })
+            .map_err(|e| Error::corrupt(object, format!("{kind} blob {}: {e}", id.short())))?
     }
 
     /// Reads, decrypts and verifies one blob.

@@ -266,34 +266,33 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
                 for b in range {
                     let rel = (b.offset - start) as usize;
                     let stored = &data[rel..rel + b.stored_len as usize];
-                    let plain = match repo.open_blob(BlobKind::Data, &b.id, stored, &path) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            let mut f = failed.lock().expect("lock");
+                    let write_targets =
+                        |plain: &[u8]| {
                             for t in &b.targets {
-                                f.entry(t.file).or_insert_with(|| e.to_string());
+                                let file = &plan.files[t.file];
+                                let res = std::fs::OpenOptions::new()
+                                    .write(true)
+                                    .open(&file.path)
+                                    .and_then(|f| write_sparse(&f, plain, t.offset));
+                                match res {
+                                    Ok(()) => {
+                                        bytes.fetch_add(plain.len() as u64, Ordering::Relaxed);
+                                        progress.add_bytes(plain.len() as u64);
+                                    }
+                                    Err(e) => {
+                                        failed.lock().expect("lock").entry(t.file).or_insert_with(
+                                            || format!("{}: {e}", file.path.display()),
+                                        );
+                                    }
+                                }
                             }
-                            continue;
-                        }
-                    };
-                    for t in &b.targets {
-                        let file = &plan.files[t.file];
-                        let res = std::fs::OpenOptions::new()
-                            .write(true)
-                            .open(&file.path)
-                            .and_then(|f| write_sparse(&f, &plain, t.offset));
-                        match res {
-                            Ok(()) => {
-                                bytes.fetch_add(plain.len() as u64, Ordering::Relaxed);
-                                progress.add_bytes(plain.len() as u64);
-                            }
-                            Err(e) => {
-                                failed
-                                    .lock()
-                                    .expect("lock")
-                                    .entry(t.file)
-                                    .or_insert_with(|| format!("{}: {e}", file.path.display()));
-                            }
+                        };
+                    let opened =
+                        repo.with_open_blob(BlobKind::Data, &b.id, stored, &path, write_targets);
+                    if let Err(e) = opened {
+                        let mut f = failed.lock().expect("lock");
+                        for t in &b.targets {
+                            f.entry(t.file).or_insert_with(|| e.to_string());
                         }
                     }
                 }
