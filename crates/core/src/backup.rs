@@ -90,9 +90,12 @@ pub struct BackupResult {
 }
 
 /// Chunk buffers larger than this are freed rather than kept for reuse
-/// (chunks average `chunk_avg`, 1 MiB by default; few exceed 2 MiB), so
-/// the spare buffers do not ratchet up to the largest chunk seen.
-const CHUNK_BUFFER_KEEP_MAX: usize = 2 << 20;
+/// (chunks average `chunk_avg`, 1 MiB by default; few exceed 4 MiB), so
+/// the spare buffers do not ratchet up to the largest chunk seen. It
+/// leaves room for zstd's bound on a 4 MiB chunk: at 2 MiB every sealed
+/// buffer of a chunk near 2 MiB was freed, and each fresh one cost a page
+/// fault per 4 KiB (4-5% of a binary backup's CPU).
+const CHUNK_BUFFER_KEEP_MAX: usize = (4 << 20) + (64 << 10);
 
 struct SealJob {
     id: BlobId,
