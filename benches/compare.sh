@@ -66,6 +66,10 @@ mkdir -p "$work/repos" "$work/results"
 run() {
   local tool=$1 ds=$2 op=$3; shift 3
   local t="$work/results/time.$tool.$ds.$op"
+  # Settle what the previous step left: dirty pages, and the journal
+  # commits that discard deleted files' blocks (the file system here is
+  # mounted with discard), so neither is charged to the next tool.
+  sync
   if ! /usr/bin/time -f "%e %M" -o "$t" "$@" >"$work/results/out.$tool.$ds.$op" 2>&1; then
     echo "FAILED: $tool $op on $ds; output:" >&2; cat "$work/results/out.$tool.$ds.$op" >&2; exit 1
   fi
