@@ -87,7 +87,11 @@ backup() { # TOOL DATASET OP
 
 restore() { # TOOL DATASET
   local out="$work/restore/$1-$2"
-  rm -rf "$out"; mkdir -p "$out"
+  # ext4 will not hand out an inode freed in the last 10-15 s, and checks
+  # each candidate: creating 30k files right after deleting 30k others cost
+  # either tool 9-10 s of system time (recently_deleted() in perf), 8x the
+  # restore itself. Wait that window out, untimed.
+  rm -rf "$out"; sync; sleep 16; mkdir -p "$out"
   case $1 in
     cairn) run cairn "$2" restore "$cairn" -q -r "$work/repos/cairn-$2" restore latest -t "$out" ;;
     restic) run restic "$2" restore restic -q -r "$work/repos/restic-$2" restore latest --target "$out" ;;
