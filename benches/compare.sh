@@ -87,11 +87,13 @@ backup() { # TOOL DATASET OP
 
 restore() { # TOOL DATASET
   local out="$work/restore/$1-$2"
-  # ext4 will not hand out an inode freed in the last 10-15 s, and checks
-  # each candidate: creating 30k files right after deleting 30k others cost
-  # either tool 9-10 s of system time (recently_deleted() in perf), 8x the
-  # restore itself. Wait that window out, untimed.
-  rm -rf "$out"; sync; sleep 16; mkdir -p "$out"
+  # ext4 will not hand out an inode freed in the last 60 s (360 s while its
+  # table block is dirty), and looks each candidate up: creating 30k files
+  # within a minute of deleting 30k others (a previous restore, or the
+  # dataset's regeneration) cost either tool 8-10 s of system time
+  # (recently_deleted() in perf), 8x the restore itself. Wait that window
+  # out, untimed, after a sync.
+  rm -rf "$out"; sync; sleep 61; mkdir -p "$out"
   case $1 in
     cairn) run cairn "$2" restore "$cairn" -q -r "$work/repos/cairn-$2" restore latest -t "$out" ;;
     restic) run restic "$2" restore restic -q -r "$work/repos/restic-$2" restore latest --target "$out" ;;

@@ -72,6 +72,25 @@ struct Spool {
     root: PathBuf,
     /// Its staging directory.
     staging: PathBuf,
+    /// Whether to try O_DIRECT: not on NFS, where each direct write is a
+    /// synchronous round trip to the server while buffered writes stream.
+    direct: bool,
+}
+
+impl Spool {
+    fn new(root: PathBuf) -> Option<Self> {
+        let staging = cairn_storage::staging_dir(&root);
+        // Without a staging folder packs go through memory and `write`,
+        // whose error then says what is wrong with the repository.
+        std::fs::create_dir_all(&staging).ok()?;
+        let nfs = nix::sys::statfs::statfs(&staging)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NFS_SUPER_MAGIC);
+        Some(Spool {
+            root,
+            staging,
+            direct: !nfs,
+        })
+    }
 }
 
 /// A pack being filled.
@@ -129,9 +148,9 @@ const DIRECT_ALIGN: usize = 4096;
 /// A pack's staging file. Opened with `O_DIRECT` where the file system
 /// takes it: a backup writes gigabytes it will not read back, and copying
 /// them into the page cache cost more CPU than compressing them (on this
-/// project's VM, 2.4 GB: 3-5 s of CPU buffered, 0.25 s direct). Where
-/// direct I/O is refused (tmpfs, some NFS mounts) it writes through the
-/// page cache.
+/// project's VM, 2.4 GB: 3-5 s of CPU buffered, 0.25 s direct). On NFS
+/// (see [`Spool::direct`]) and where direct I/O is refused (tmpfs) it
+/// writes through the page cache.
 struct SpoolFile {
     file: std::fs::File,
     path: PathBuf,
@@ -141,9 +160,10 @@ struct SpoolFile {
 }
 
 impl SpoolFile {
-    fn create(staging: &Path) -> std::io::Result<Self> {
+    fn create(spool: &Spool) -> std::io::Result<Self> {
         use std::os::unix::fs::OpenOptionsExt;
-        let path = staging.join(format!("pack-{:032x}.tmp", rand::random::<u128>()));
+        let name = format!("pack-{:032x}.tmp", rand::random::<u128>());
+        let path = spool.staging.join(name);
         let open = |flags: i32| {
             std::fs::OpenOptions::new()
                 .write(true)
@@ -151,10 +171,14 @@ impl SpoolFile {
                 .custom_flags(flags)
                 .open(&path)
         };
-        let (file, direct) = match open(nix::fcntl::OFlag::O_DIRECT.bits()) {
-            Ok(f) => (f, true),
-            Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => (open(0)?, false),
-            Err(e) => return Err(e),
+        let (file, direct) = if !spool.direct {
+            (open(0)?, false)
+        } else {
+            match open(nix::fcntl::OFlag::O_DIRECT.bits()) {
+                Ok(f) => (f, true),
+                Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => (open(0)?, false),
+                Err(e) => return Err(e),
+            }
         };
         Ok(Self {
             file,
@@ -221,8 +245,7 @@ impl SpoolPack {
     /// writing each block as it fills.
     fn append(&mut self, bytes: &[u8]) -> std::result::Result<(), StorageError> {
         if self.file.is_none() {
-            let file =
-                SpoolFile::create(&self.spool.staging).map_err(|e| self.fail("create in", &e))?;
+            let file = SpoolFile::create(&self.spool).map_err(|e| self.fail("create in", &e))?;
             self.file = Some(file);
             self.block = vec![0; SPOOL_BLOCK + DIRECT_ALIGN];
             self.align = self.block.as_ptr().align_offset(DIRECT_ALIGN);
@@ -353,13 +376,7 @@ impl PackWriter {
         // filled.
         let (tx, rx) = bounded::<OpenPack>(0);
         let config = repo.config();
-        let spool = repo.storage().local_dir().and_then(|root| {
-            let staging = cairn_storage::staging_dir(&root);
-            // Without a staging folder packs go through memory and `write`,
-            // whose error then says what is wrong with the repository.
-            std::fs::create_dir_all(&staging).ok()?;
-            Some(Spool { root, staging })
-        });
+        let spool = repo.storage().local_dir().and_then(Spool::new);
         let largest = config.data_pack_size.max(config.meta_pack_size) as usize;
         let shared = Arc::new(Shared {
             // One buffer per uploader and per builder; the buffer of a pack
