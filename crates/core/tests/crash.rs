@@ -14,8 +14,7 @@ use cairn_core::check::{check, CheckOptions};
 use cairn_core::checkpoint::CheckpointOptions;
 use cairn_core::gc::{GcOptions, Roots};
 use cairn_core::maintenance::{self, MaintenanceOptions, Mode};
-use cairn_core::restore::{restore, RestoreOptions};
-use cairn_core::{BlobId, InitOptions, Repository};
+use cairn_core::{BlobId, Repository};
 use cairn_golden::testkit;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -31,11 +30,7 @@ fn open(dir: &Path) -> Repository {
 
 /// Small packs and no compression: a short run writes many packs.
 fn init(dir: &Path) -> Repository {
-    let opts = InitOptions {
-        zstd_level: 0,
-        ..testkit::init_options((16 << 10, 8 << 10))
-    };
-    testkit::init_at(dir.to_str().unwrap(), PW, &opts).unwrap()
+    testkit::init_uncompressed_at(dir, PW, (16 << 10, 8 << 10)).unwrap()
 }
 
 struct Rng(u64);
@@ -201,25 +196,7 @@ fn kill_backups_at_random_points() {
 }
 
 fn assert_restores(repo: &Repository, tree: &BlobId, src: &Path) {
-    let out = tempfile::tempdir().unwrap();
-    let target = out.path().join("r");
-    let stats = restore(
-        repo,
-        tree,
-        &RestoreOptions {
-            target: target.clone(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert!(stats.failed.is_empty(), "{:?}", stats.failed);
-    let status = Command::new("diff")
-        .args(["-r", "-q"])
-        .arg(src)
-        .arg(&target)
-        .status()
-        .unwrap();
-    assert!(status.success(), "restore differs from {}", src.display());
+    testkit::restores_to(repo, tree, src).unwrap();
 }
 
 fn copy_dir(from: &Path, to: &Path) {

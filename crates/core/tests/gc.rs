@@ -9,8 +9,7 @@ use cairn_core::checkpoint::{CheckpointOptions, Checkpointer};
 use cairn_core::gc::{self, GcOptions, Roots};
 use cairn_core::maintenance::{self, MaintenanceOptions, Mode};
 use cairn_core::packer::PackWriter;
-use cairn_core::restore::{restore, RestoreOptions};
-use cairn_core::{InitOptions, Repository};
+use cairn_core::Repository;
 use cairn_golden::testkit;
 use std::path::Path;
 use std::time::Duration;
@@ -19,11 +18,7 @@ const PW: &str = "pw";
 
 /// Small packs and no compression: a few files make several packs.
 fn init(dir: &Path) -> Repository {
-    let opts = InitOptions {
-        zstd_level: 0,
-        ..testkit::init_options((16 << 10, 8 << 10))
-    };
-    testkit::init_at(dir.to_str().unwrap(), PW, &opts).unwrap()
+    testkit::init_uncompressed_at(dir, PW, (16 << 10, 8 << 10)).unwrap()
 }
 
 /// A fresh handle with an empty in-memory cache: sees only what storage holds.
@@ -36,15 +31,7 @@ fn write_tree(root: &Path, seed: u64, files: usize) {
     for f in 0..files {
         let dir = root.join(format!("d{}", f % 3));
         std::fs::create_dir_all(&dir).unwrap();
-        let len = 2000 + (f * 977) % 9000;
-        let data: Vec<u8> = (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let data = testkit::noise(&mut x, 2000 + (f * 977) % 9000);
         std::fs::write(dir.join(format!("f{f}")), data).unwrap();
     }
 }
@@ -65,27 +52,7 @@ fn opts(dir: &Path) -> BackupOptions {
 
 /// Restores `tree` and compares it file by file with `src`.
 fn assert_restores(repo: &Repository, tree: &cairn_core::BlobId, src: &Path) {
-    let out = tempfile::tempdir().unwrap();
-    let target = out.path().join("r");
-    let stats = restore(
-        repo,
-        tree,
-        &RestoreOptions {
-            target: target.clone(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert!(stats.failed.is_empty(), "{:?}", stats.failed);
-    for entry in walk(src) {
-        let rel = entry.strip_prefix(src).unwrap();
-        assert_eq!(
-            std::fs::read(&entry).unwrap(),
-            std::fs::read(target.join(rel)).unwrap(),
-            "{}",
-            rel.display()
-        );
-    }
+    testkit::restores_to(repo, tree, src).unwrap();
 }
 
 fn walk(p: &Path) -> Vec<std::path::PathBuf> {

@@ -6,8 +6,7 @@
 
 use cairn_core::backup::{backup, BackupOptions, ParentChoice};
 use cairn_core::check::{check, CheckOptions, DataSubset};
-use cairn_core::restore::{restore, RestoreOptions};
-use cairn_core::{Error, InitOptions, Repository};
+use cairn_core::{Error, Repository};
 use cairn_golden::testkit;
 use cairn_storage::StorageErrorKind;
 use std::path::{Path, PathBuf};
@@ -17,11 +16,7 @@ const PW: &str = "pw";
 
 /// Small packs: a few MiB of data make many packs.
 fn init(dir: &Path) -> Repository {
-    let opts = InitOptions {
-        zstd_level: 0,
-        ..testkit::init_options((256 << 10, 64 << 10))
-    };
-    testkit::init_at(dir.to_str().unwrap(), PW, &opts).unwrap()
+    testkit::init_uncompressed_at(dir, PW, (256 << 10, 64 << 10)).unwrap()
 }
 
 fn reopen(dir: &Path) -> Repository {
@@ -34,14 +29,7 @@ fn write_random(root: &Path, files: usize, seed: u64) {
     for f in 0..files {
         let dir = root.join(format!("d{}", f % 4));
         std::fs::create_dir_all(&dir).unwrap();
-        let data: Vec<u8> = (0..256 << 10)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let data = testkit::noise(&mut x, 256 << 10);
         std::fs::write(dir.join(format!("f{f}")), data).unwrap();
     }
 }
@@ -64,30 +52,7 @@ fn staged_files(repo_dir: &Path) -> Vec<PathBuf> {
 }
 
 fn assert_restores(repo: &Repository, tree: &cairn_core::BlobId, src: &Path) {
-    let out = tempfile::tempdir().unwrap();
-    let target = out.path().join("r");
-    let stats = restore(
-        repo,
-        tree,
-        &RestoreOptions {
-            target: target.clone(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert!(stats.failed.is_empty(), "{:?}", stats.failed);
-    for d in std::fs::read_dir(src).unwrap() {
-        let d = d.unwrap().path();
-        for f in std::fs::read_dir(&d).unwrap() {
-            let f = f.unwrap().path();
-            let rel = f.strip_prefix(src).unwrap();
-            assert!(
-                std::fs::read(&f).unwrap() == std::fs::read(target.join(rel)).unwrap(),
-                "{} differs",
-                rel.display()
-            );
-        }
-    }
+    testkit::restores_to(repo, tree, src).unwrap();
 }
 
 #[test]

@@ -11,7 +11,8 @@
 use crate::repos::GoldenError;
 use cairn_core::backup::{backup, BackupOptions, BackupResult};
 use cairn_core::crypto::KdfParams;
-use cairn_core::{InitOptions, OpenOptions, Repository};
+use cairn_core::restore::{restore, RestoreOptions};
+use cairn_core::{BlobId, InitOptions, OpenOptions, Repository};
 use cairn_storage::testing::{fresh_location, TestLocation};
 use cairn_storage::DynStorage;
 use std::path::Path;
@@ -43,6 +44,62 @@ pub fn init_options(pack_sizes: (u32, u32)) -> InitOptions {
         pack_sizes,
         zstd_level: 3,
     }
+}
+
+/// A repository at `dir` made with [`init_options`] for `pack_sizes` and
+/// no compression, so a few small files fill several packs.
+pub fn init_uncompressed_at(
+    dir: &Path,
+    password: &str,
+    pack_sizes: (u32, u32),
+) -> Result<Repository, GoldenError> {
+    let opts = InitOptions {
+        zstd_level: 0,
+        ..init_options(pack_sizes)
+    };
+    init_at(&dir.to_string_lossy(), password, &opts)
+}
+
+/// `len` incompressible bytes from a xorshift64 generator whose state is
+/// `state` (not zero), so tests make the same data on every run.
+pub fn noise(state: &mut u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            *state as u8
+        })
+        .collect()
+}
+
+/// Restores `tree` into a temporary folder and compares it with `src`
+/// (`diff -r`): `Err` says what failed or differs.
+pub fn restores_to(repo: &Repository, tree: &BlobId, src: &Path) -> Result<(), String> {
+    let out = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let target = out.path().join("r");
+    let opts = RestoreOptions {
+        target: target.clone(),
+        ..Default::default()
+    };
+    let stats = restore(repo, tree, &opts).map_err(|e| e.to_string())?;
+    if !stats.failed.is_empty() {
+        return Err(format!("files not restored: {:?}", stats.failed));
+    }
+    let diff = std::process::Command::new("diff")
+        .args(["-r", "-q"])
+        .arg(src)
+        .arg(&target)
+        .output()
+        .map_err(|e| format!("diff: {e}"))?;
+    if !diff.status.success() {
+        return Err(format!(
+            "restore differs from {}: {}",
+            src.display(),
+            String::from_utf8_lossy(&diff.stdout)
+        ));
+    }
+    Ok(())
 }
 
 /// Open options that keep the cache in `cache` (the default keeps it in
