@@ -34,6 +34,13 @@ impl Env {
         env.cairn_ok(&["init"]);
         env
     }
+    /// A repository with one backup of a source holding the file `name`.
+    fn backed_up(name: &str, data: impl AsRef<[u8]>) -> Self {
+        let env = Env::new();
+        fs::write(env.src().join(name), data).expect("write");
+        env.backup(&[]);
+        env
+    }
     fn path(&self, p: &str) -> PathBuf {
         self.tmp.path().join(p)
     }
@@ -440,9 +447,7 @@ fn new_snapshot_appears_and_fusermount_unmounts() {
     if !fuse_available() {
         return;
     }
-    let env = Env::new();
-    fs::write(env.src().join("first"), b"1").expect("write");
-    env.backup(&[]);
+    let env = Env::backed_up("first", b"1");
     let mut m = env.mount("mnt", &[]);
     let snaps = m.dir.join("snapshots");
     let first = only_entry(&snaps);
@@ -483,9 +488,7 @@ fn sigterm_unmounts_and_single_snapshot_mounts_at_the_root() {
     if !fuse_available() {
         return;
     }
-    let env = Env::new();
-    fs::write(env.src().join("only"), b"root file").expect("write");
-    env.backup(&[]);
+    let env = Env::backed_up("only", b"root file");
     let mut m = env.mount("mnt", &["--snapshot", "latest"]);
     assert_eq!(fs::read(m.dir.join("only")).expect("read"), b"root file");
     let status = Command::new("kill")
@@ -503,9 +506,7 @@ fn daemon_detaches_once_mounted() {
     if !fuse_available() {
         return;
     }
-    let env = Env::new();
-    fs::write(env.src().join("file"), b"daemon").expect("write");
-    env.backup(&[]);
+    let env = Env::backed_up("file", b"daemon");
     let dir = env.path("mnt");
     fs::create_dir(&dir).expect("mkdir");
     let dir = dir.canonicalize().expect("canonical");
@@ -553,9 +554,7 @@ fn deleted_pack_gives_eio_for_its_file_only() {
     if !fuse_available() {
         return;
     }
-    let env = Env::new();
-    fs::write(env.src().join("kept"), pseudo_random(1, 200_000)).expect("write");
-    env.backup(&[]);
+    let env = Env::backed_up("kept", pseudo_random(1, 200_000));
     let packs_before = list_files(&env.path("repo/packs"));
     fs::write(env.src().join("lost"), pseudo_random(2, 2 << 20)).expect("write");
     env.backup(&[]);
@@ -684,9 +683,7 @@ fn kill_9_as_root_leaves_no_mount_behind() {
         eprintln!("skipping: auto-unmount after kill -9 needs root");
         return;
     }
-    let env = Env::new();
-    fs::write(env.src().join("file"), b"killed").expect("write");
-    env.backup(&[]);
+    let env = Env::backed_up("file", b"killed");
     let mut m = env.mount("mnt", &[]);
     let snap = only_entry(&m.dir.join("snapshots"));
     assert_eq!(fs::read(snap.join("file")).expect("read"), b"killed");
@@ -715,9 +712,7 @@ fn a_dead_mount_is_reported_with_the_fusermount3_command() {
     if !fuse_available() {
         return;
     }
-    let env = Env::new();
-    fs::write(env.src().join("file"), b"dead").expect("write");
-    env.backup(&[]);
+    let env = Env::backed_up("file", b"dead");
     let mut m = env.mount("mnt", &[]);
     // Kill the auto-unmount helper first (as root there is one), then the
     // mount: what a non-root mount killed with -9 leaves behind.
