@@ -238,23 +238,7 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
     } else {
         opts.workers
     };
-    // A local repository spools packs to staging files: an uploader only
-    // syncs and renames one, so two cost no memory and let one pack's sync
-    // overlap the next. On a local file system without spooling (throttled)
-    // a pack buffer per uploader is the cost, and one keeps up. Object
-    // stores get two PUTs in flight.
-    let uploaders = if opts.uploaders == 0 {
-        let location = repo.location();
-        let local = !location.contains("://") || location.starts_with("file://");
-        if local && repo.storage().local_dir().is_none() {
-            1
-        } else {
-            2
-        }
-    } else {
-        opts.uploaders
-    };
-    let writer = Arc::new(PackWriter::new(repo, uploaders));
+    let writer = Arc::new(PackWriter::new(repo, opts.uploaders));
     let (seal_tx, seal_rx) = bounded::<SealJob>(workers);
     // Chunk and sealed-blob buffers in flight: the queue, one being sealed
     // (plain and sealed) per worker, one being sent per reader.

@@ -64,6 +64,13 @@ struct Shared {
     segments: AtomicU64,
 }
 
+impl Shared {
+    /// Records a failure to store a pack; the first one is kept.
+    fn fail(&self, e: StorageError) {
+        self.error.lock().expect("lock").get_or_insert(e);
+    }
+}
+
 /// Where packs of a local repository are written before they are renamed
 /// into place.
 #[derive(Clone)]
@@ -368,15 +375,31 @@ pub struct PackWriter {
 }
 
 impl PackWriter {
-    /// A writer with `uploaders` upload threads (at least one).
+    /// A writer with `uploaders` upload threads, 0 for the default: two
+    /// when packs are spooled (an uploader only syncs and renames one, so a
+    /// second costs no memory and lets one pack's sync overlap the next)
+    /// and on object stores (two PUTs in flight); one on a local file
+    /// system written through memory (throttled), where each uploader holds
+    /// a pack buffer and one keeps up.
     pub fn new(repo: &Repository, uploaders: usize) -> Self {
-        let uploaders = uploaders.max(1);
+        let spool = repo.storage().local_dir().and_then(Spool::new);
+        let uploaders = match uploaders {
+            0 => {
+                let location = repo.location();
+                let local = !location.contains("://") || location.starts_with("file://");
+                if local && spool.is_none() {
+                    1
+                } else {
+                    2
+                }
+            }
+            n => n,
+        };
         // A rendezvous channel: a full pack waits for a free uploader, so
         // at most `uploaders` finished packs are held besides the two being
         // filled.
         let (tx, rx) = bounded::<OpenPack>(0);
         let config = repo.config();
-        let spool = repo.storage().local_dir().and_then(Spool::new);
         let largest = config.data_pack_size.max(config.meta_pack_size) as usize;
         let shared = Arc::new(Shared {
             // One buffer per uploader and per builder; the buffer of a pack
@@ -511,12 +534,8 @@ impl PackWriter {
                 self.close_pack(&mut b, target)?;
             }
             if let Err(e) = b.add(id, kind, stored, raw_len) {
-                let err = Error::Storage {
-                    location: self.repo.location().to_string(),
-                    source: StorageError::new(e.kind, e.op.clone(), e.message.clone()),
-                };
-                self.shared.error.lock().expect("lock").get_or_insert(e);
-                return Err(err);
+                self.shared.fail(e);
+                return self.check_error();
             }
         }
         // In a builder now: a later `sync` uploads and indexes it.
@@ -687,12 +706,7 @@ fn upload_loop(repo: Repository, rx: Receiver<OpenPack>, shared: Arc<Shared>) {
                 // Counted after `done` holds it, so `sync` sees it indexed.
                 shared.packs.fetch_add(1, Ordering::SeqCst);
             }
-            Err(e) => {
-                let mut slot = shared.error.lock().expect("lock");
-                if slot.is_none() {
-                    *slot = Some(e);
-                }
-            }
+            Err(e) => shared.fail(e),
         }
     }
 }
