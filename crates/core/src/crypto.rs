@@ -87,9 +87,6 @@ impl SealKey {
 
     /// Opens bytes produced by [`SealKey::seal`] with the same `aad`.
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        if sealed.len() < SEAL_OVERHEAD {
-            return Err(CryptoError::TooShort(sealed.len()));
-        }
         let mut plain = Vec::new();
         self.open_into(aad, sealed, &mut plain)?;
         Ok(plain)
@@ -129,9 +126,6 @@ impl SealKey {
         sealed: &[u8],
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, CryptoError> {
-        if sealed.len() < SEAL_OVERHEAD {
-            return Err(CryptoError::TooShort(sealed.len()));
-        }
         // Taken out of the thread-local while in use, so `f` may open
         // envelopes itself.
         let (mut plain, mut body) = OPEN_BUFFERS.take();
@@ -159,6 +153,9 @@ impl SealKey {
 
     /// Decrypts `sealed` into `plain` (cleared first).
     fn open_into(&self, aad: &[u8], sealed: &[u8], plain: &mut Vec<u8>) -> Result<(), CryptoError> {
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err(CryptoError::TooShort(sealed.len()));
+        }
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce)
             .map_err(|_| CryptoError::TooShort(sealed.len()))?;
