@@ -71,20 +71,32 @@ fn rate(bytes: usize, mut f: impl FnMut(), min_time: Duration) -> f64 {
     (bytes as f64 * rounds as f64) / start.elapsed().as_secs_f64()
 }
 
-/// Measures every stage on `len` bytes of `kind` data, each for at least `min_time`.
-pub fn measure(kind: DataKind, len: usize, min_time: Duration) -> StageRates {
+/// `len` bytes of generated `kind` data and where the repository's default
+/// chunker cuts them (offset, length).
+fn sample(kind: DataKind, len: usize, cfg: &Config) -> (Vec<u8>, Vec<(usize, usize)>) {
     let mut gen = Gen::new(42);
     let data = match kind {
         DataKind::Text => gen.text(len),
         DataKind::Binary => gen.binary(len),
     };
+    let cuts = fastcdc::v2020::FastCDC::new(&data, cfg.chunk_min, cfg.chunk_avg, cfg.chunk_max)
+        .map(|c| (c.offset, c.length))
+        .collect();
+    (data, cuts)
+}
+
+/// The envelope of `chunk` at the level a backup seals it at (binary
+/// chunks at a faster level than text).
+fn data_envelope(cfg: &Config, chunk: &[u8]) -> Vec<u8> {
+    envelope(chunk, zstd_level_for(BlobKind::Data, cfg.zstd_level, chunk))
+}
+
+/// Measures every stage on `len` bytes of `kind` data, each for at least `min_time`.
+pub fn measure(kind: DataKind, len: usize, min_time: Duration) -> StageRates {
     let cfg = Config::new(Id::default());
+    let (data, cuts) = sample(kind, len, &cfg);
     let hasher = IdHasher::new([7; 32]);
     let key = SealKey::new(&[9; 32]);
-    let cuts: Vec<(usize, usize)> =
-        fastcdc::v2020::FastCDC::new(&data, cfg.chunk_min, cfg.chunk_avg, cfg.chunk_max)
-            .map(|c| (c.offset, c.length))
-            .collect();
     let chunks = || cuts.iter().map(|&(o, l)| &data[o..o + l]);
 
     let chunk = rate(
@@ -115,14 +127,12 @@ pub fn measure(kind: DataKind, len: usize, min_time: Duration) -> StageRates {
         },
         min_time,
     );
-    // Each chunk at the level a backup seals it at (binary chunks faster).
-    let level = |c: &[u8]| zstd_level_for(BlobKind::Data, cfg.zstd_level, c);
-    let compressed: Vec<Vec<u8>> = chunks().map(|c| envelope(c, level(c))).collect();
+    let compressed: Vec<Vec<u8>> = chunks().map(|c| data_envelope(&cfg, c)).collect();
     let compress = rate(
         len,
         || {
             for c in chunks() {
-                std::hint::black_box(envelope(c, level(c)));
+                std::hint::black_box(data_envelope(&cfg, c));
             }
         },
         min_time,
@@ -146,20 +156,14 @@ pub fn measure(kind: DataKind, len: usize, min_time: Duration) -> StageRates {
     }
 }
 
-/// Ratio of compressed to plain size of `kind` data at the default level.
+/// Ratio of stored to plain size of `kind` data, each chunk at the level a
+/// backup seals it at.
 pub fn compress_ratio(kind: DataKind, len: usize) -> f64 {
-    let mut gen = Gen::new(42);
-    let data = match kind {
-        DataKind::Text => gen.text(len),
-        DataKind::Binary => gen.binary(len),
-    };
     let cfg = Config::new(Id::default());
-    let cuts = fastcdc::v2020::FastCDC::new(&data, cfg.chunk_min, cfg.chunk_avg, cfg.chunk_max);
+    let (data, cuts) = sample(kind, len, &cfg);
     let stored: usize = cuts
-        .map(|c| {
-            let chunk = &data[c.offset..c.offset + c.length];
-            envelope(chunk, zstd_level_for(BlobKind::Data, cfg.zstd_level, chunk)).len()
-        })
+        .iter()
+        .map(|&(o, l)| data_envelope(&cfg, &data[o..o + l]).len())
         .sum();
     stored as f64 / len as f64
 }
