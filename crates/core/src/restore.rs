@@ -320,10 +320,12 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
     }
     for (path, first) in &plan.links {
         let first_path = &plan.files[*first].path;
-        if failed.contains_key(first) {
+        if let Some(why) = failed.get(first) {
+            // The cause (a missing pack, say) is named here too: which name
+            // of a linked file is restored first is an accident of order.
             stats.failed.push((
                 path.clone(),
-                format!("hard link to {} which failed", first_path.display()),
+                format!("hard link to {} which failed: {why}", first_path.display()),
             ));
             continue;
         }

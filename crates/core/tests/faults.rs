@@ -248,11 +248,15 @@ fn try_restore(
 
 /// Every failed file must say which pack could not be read and why (the
 /// fault's text contains `cause`), or which hard-linked file it shares its
-/// content with failed.
+/// content with failed, and that file's reason.
 fn assert_failures_named(stats: &RestoreStats, what: &str, cause: &[&str]) {
+    let named =
+        |reason: &str| reason.contains("packs/") && cause.iter().any(|c| reason.contains(c));
     for (path, reason) in &stats.failed {
-        let read_failed = reason.contains("packs/") && cause.iter().any(|c| reason.contains(c));
-        let link_failed = reason.starts_with("hard link to") && reason.ends_with("which failed");
+        let read_failed = named(reason);
+        let link_failed = reason
+            .split_once(" which failed: ")
+            .is_some_and(|(head, why)| head.starts_with("hard link to") && named(why));
         assert!(
             read_failed || link_failed,
             "{what}: {} failed with an unclear reason: {reason}",
