@@ -12,6 +12,7 @@ use super::{is_zero, SealJob};
 use crate::bufpool::BufferPool;
 use crate::error::{Error, Result};
 use crate::format::tree::ChunkRef;
+use crate::format::BlobKind;
 use crate::packer::PackWriter;
 use crate::progress::Progress;
 use crate::repo::Repository;
@@ -216,8 +217,16 @@ fn for_each_chunk<E>(
     }
 }
 
-/// Records one chunk; a new one is claimed, copied into a pooled buffer
-/// and sent to sealing.
+/// Chunks smaller than this (small files, and the tails of large ones) are
+/// sealed by the reader that cut them; larger ones go to the sealing
+/// workers, so that one large file is compressed on every core. A small
+/// file's chunk costs a copy, a channel hop and a wake-up of a sealing
+/// thread when handed over, all of it per file; the readers are as many
+/// as the cores, so sealing in place keeps them all busy.
+const INLINE_SEAL_BELOW: usize = 256 << 10;
+
+/// Records one chunk; a new one is claimed and sealed here when small,
+/// else copied into a pooled buffer and sent to sealing.
 fn add_chunk(
     ctx: &ReadCtx,
     data: &[u8],
@@ -236,6 +245,14 @@ fn add_chunk(
     if ctx.writer.claim(&id).map_err(ReadOutcome::Failed)? {
         if ctx.worker_error.lock().expect("lock").is_some() {
             return Err(ReadOutcome::Stopped);
+        }
+        if data.len() < INLINE_SEAL_BELOW {
+            let mut stored = ctx.bufs.take(data.len() + 64);
+            ctx.repo
+                .seal_blob_into(BlobKind::Data, id, data, &mut stored);
+            let added = ctx.writer.add_sealed(BlobKind::Data, id, &stored, len);
+            ctx.bufs.give(stored);
+            return added.map_err(ReadOutcome::Failed);
         }
         let mut owned = ctx.bufs.take(data.len());
         owned.extend_from_slice(data);
