@@ -253,12 +253,14 @@ pub fn looks_like_text(data: &[u8]) -> bool {
     let step = (data.len() / RUNS).max(RUN);
     let (mut text, mut seen) = (0usize, 0usize);
     for start in (0..data.len()).step_by(step).take(RUNS) {
-        for &b in &data[start..(start + RUN).min(data.len())] {
-            seen += 1;
-            if matches!(b, b'\t' | b'\n' | b'\r' | 0x20..=0x7e) {
-                text += 1;
-            }
-        }
+        let run = &data[start..(start + RUN).min(data.len())];
+        seen += run.len();
+        // A count without branches, which the compiler vectorizes.
+        let in_run: u16 = run
+            .iter()
+            .map(|&b| u16::from(matches!(b, b'\t' | b'\n' | b'\r' | 0x20..=0x7e)))
+            .sum();
+        text += usize::from(in_run);
     }
     text * 100 >= seen * 95
 }
