@@ -127,10 +127,10 @@ impl Scanner<'_> {
 
     fn dir(&mut self, path: &Path, parent: Option<&Tree>) -> Result<()> {
         self.check_workers()?;
-        let mut entries: Vec<(OsString, PathBuf)> = match std::fs::read_dir(path) {
+        let mut entries: Vec<(OsString, std::fs::DirEntry)> = match std::fs::read_dir(path) {
             Ok(rd) => rd
                 .filter_map(|e| match e {
-                    Ok(e) => Some((e.file_name(), e.path())),
+                    Ok(e) => Some((e.file_name(), e)),
                     Err(err) => {
                         self.skip(path, &err);
                         None
@@ -143,8 +143,11 @@ impl Scanner<'_> {
             }
         };
         entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        for (name, child) in entries {
-            let meta = match std::fs::symlink_metadata(&child) {
+        for (name, dirent) in entries {
+            let child = dirent.path();
+            // lstat relative to the open directory: no walk of the whole
+            // path per entry.
+            let meta = match dirent.metadata() {
                 Ok(m) => m,
                 Err(err) => {
                     self.skip(&child, &err);
