@@ -441,6 +441,25 @@ impl Cache {
             .map_err(sql_err(&self.path))
     }
 
+    /// Stores several objects of one kind in one transaction.
+    pub fn put_objects(&self, kind: CachedKind, objects: &[(Id, Vec<u8>)]) -> Result<()> {
+        let err = sql_err(&self.path);
+        let mut conn = self.conn.lock().expect("cache lock");
+        let tx = conn.transaction().map_err(&err)?;
+        {
+            let mut put = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO objects(id, kind, data) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(&err)?;
+            for (id, data) in objects {
+                put.execute(params![&id.0[..], kind as i64, data])
+                    .map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(&err)
+    }
+
     /// Drops a cached object (found damaged, or deleted from the repository).
     pub fn remove_object(&self, id: &Id) -> Result<()> {
         let conn = self.conn.lock().expect("cache lock");

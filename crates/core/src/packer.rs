@@ -357,6 +357,19 @@ impl Drop for SpoolPack {
     }
 }
 
+/// Trees kept for the local cache are written this many at a time, or
+/// once they hold this many bytes: a transaction per tree cost a commit
+/// per directory (3% of a small-file backup's CPU, on the thread that
+/// assembles trees).
+const TREE_CACHE_BATCH: usize = 256;
+const TREE_CACHE_BATCH_BYTES: usize = 4 << 20;
+
+#[derive(Default)]
+struct TreeBatch {
+    trees: Vec<(Id, Vec<u8>)>,
+    bytes: usize,
+}
+
 /// Accepts sealed blobs and turns them into uploaded, indexed packs.
 pub struct PackWriter {
     repo: Repository,
@@ -375,6 +388,8 @@ pub struct PackWriter {
     sent: AtomicU64,
     /// Blobs claimed but not yet added (still being sealed elsewhere).
     unsealed: Mutex<HashSet<BlobId>>,
+    /// Trees stored by this writer, on their way to the local cache.
+    tree_cache: Mutex<TreeBatch>,
 }
 
 impl PackWriter {
@@ -438,6 +453,7 @@ impl PackWriter {
             written_segments: Mutex::new(Vec::new()),
             sent: AtomicU64::new(0),
             unsealed: Mutex::new(HashSet::new()),
+            tree_cache: Mutex::default(),
         }
     }
 
@@ -504,11 +520,30 @@ impl PackWriter {
             // The next backup compares against this tree: keep it so that
             // backup does not fetch it again (one range read per directory).
             // Not in an in-memory cache, whose size would grow with the tree.
-            self.repo
-                .cache()
-                .put_object(CachedKind::Tree, &id.0, plaintext)?;
+            let full = {
+                let mut batch = self.tree_cache.lock().expect("lock");
+                batch.bytes += plaintext.len();
+                batch.trees.push((id.0, plaintext.to_vec()));
+                batch.trees.len() >= TREE_CACHE_BATCH || batch.bytes >= TREE_CACHE_BATCH_BYTES
+            };
+            if full {
+                self.flush_tree_cache()?;
+            }
         }
         Ok((id, true))
+    }
+
+    /// Writes the trees waiting for the local cache in one transaction.
+    fn flush_tree_cache(&self) -> Result<()> {
+        let trees = {
+            let mut batch = self.tree_cache.lock().expect("lock");
+            batch.bytes = 0;
+            std::mem::take(&mut batch.trees)
+        };
+        if trees.is_empty() {
+            return Ok(());
+        }
+        self.repo.cache().put_objects(CachedKind::Tree, &trees)
     }
 
     /// Adds an already-sealed blob (the caller claimed it).
@@ -600,6 +635,7 @@ impl PackWriter {
     /// the uploaders is stored, and indexes them: afterwards every blob
     /// added so far is findable through the index (a checkpoint).
     pub fn sync(&self) -> Result<Option<IndexId>> {
+        self.flush_tree_cache()?;
         self.flush_packs()?;
         while self.shared.packs.load(Ordering::SeqCst) < self.sent.load(Ordering::SeqCst) {
             self.check_error()?;
@@ -635,6 +671,7 @@ impl PackWriter {
     /// Uploads what is left, waits for every upload and writes the last
     /// index segment.
     pub fn finish(mut self) -> Result<WriteStats> {
+        self.flush_tree_cache()?;
         let flushed = self.flush_packs();
         drop(self.tx.take());
         for h in self.uploaders.drain(..) {
