@@ -143,7 +143,7 @@ for ds in $datasets; do
 done
 
 # Pipeline limit of this machine (text, binary MiB/s), for the throughput row.
-read -r limit_text limit_bin < <("$limits" "$(nproc)" 32 0.5 terse)
+read -r limit_text limit_bin < <("$limits" "$(nproc)" 32 2 terse)
 
 echo
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); $(date -u +'%Y-%m-%d %H:%M UTC'); load average $(cut -d' ' -f1-3 /proc/loadavg)"
