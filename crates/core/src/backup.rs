@@ -255,17 +255,9 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
                 .name(format!("cairn-seal-{i}"))
                 .spawn(move || {
                     for job in rx {
-                        let mut stored = bufs.take(job.data.len() + 64);
-                        repo.seal_blob_into(BlobKind::Data, job.id, &job.data, &mut stored);
-                        if let Err(e) = writer.add_sealed(
-                            BlobKind::Data,
-                            job.id,
-                            &stored,
-                            job.data.len() as u32,
-                        ) {
+                        if let Err(e) = seal_chunk(&repo, &writer, &bufs, job.id, &job.data) {
                             err.lock().expect("lock").get_or_insert(e);
                         }
-                        bufs.give(stored);
                         bufs.give(job.data);
                     }
                 })
@@ -360,6 +352,24 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
         hooks: opts.hooks.clone(),
     };
     Ok(snapshot)
+}
+
+/// Seals a claimed data chunk into a pooled buffer and adds it to a pack:
+/// the work of a sealing thread, and of a reader for a small chunk.
+fn seal_chunk(
+    repo: &Repository,
+    writer: &PackWriter,
+    bufs: &BufferPool,
+    id: BlobId,
+    data: &[u8],
+) -> Result<()> {
+    // Room for the envelope's compression byte, nonce and tag, should the
+    // chunk not compress.
+    let mut stored = bufs.take(data.len() + 64);
+    repo.seal_blob_into(BlobKind::Data, id, data, &mut stored);
+    let added = writer.add_sealed(BlobKind::Data, id, &stored, data.len() as u32);
+    bufs.give(stored);
+    added
 }
 
 /// Fails once a sealing worker has failed. The error stays in the slot:

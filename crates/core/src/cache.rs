@@ -14,6 +14,9 @@ use std::sync::Mutex;
 /// Schema version of the cache file; a different one is rebuilt.
 const SCHEMA_VERSION: i64 = 1;
 
+/// Stores one object (`put_object`, `put_objects`).
+const PUT_OBJECT: &str = "INSERT OR REPLACE INTO objects(id, kind, data) VALUES (?1, ?2, ?3)";
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS segments(seq INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE);
@@ -435,7 +438,7 @@ impl Cache {
     /// Stores an object's bytes.
     pub fn put_object(&self, kind: CachedKind, id: &Id, data: &[u8]) -> Result<()> {
         let conn = self.conn.lock().expect("cache lock");
-        conn.prepare_cached("INSERT OR REPLACE INTO objects(id, kind, data) VALUES (?1, ?2, ?3)")
+        conn.prepare_cached(PUT_OBJECT)
             .and_then(|mut s| s.execute(params![&id.0[..], kind as i64, data]))
             .map(|_| ())
             .map_err(sql_err(&self.path))
@@ -447,11 +450,7 @@ impl Cache {
         let mut conn = self.conn.lock().expect("cache lock");
         let tx = conn.transaction().map_err(&err)?;
         {
-            let mut put = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO objects(id, kind, data) VALUES (?1, ?2, ?3)",
-                )
-                .map_err(&err)?;
+            let mut put = tx.prepare_cached(PUT_OBJECT).map_err(&err)?;
             for (id, data) in objects {
                 put.execute(params![&id.0[..], kind as i64, data])
                     .map_err(&err)?;

@@ -213,9 +213,10 @@ impl SpoolFile {
     }
 }
 
-/// A pack written to a staging file as its blobs arrive, hashed a block
-/// at a time on the way (its id is the hash of its bytes). The file is created with the first
-/// blob and removed if the pack is dropped unfinished.
+/// A pack written to a staging file as its blobs arrive, hashed a block at
+/// a time on the way (its id is the hash of its bytes). The file is
+/// created with the first blob and removed if the pack is dropped
+/// unfinished.
 struct SpoolPack {
     spool: Spool,
     file: Option<SpoolFile>,

@@ -12,7 +12,6 @@ use super::{is_zero, SealJob};
 use crate::bufpool::BufferPool;
 use crate::error::{Error, Result};
 use crate::format::tree::ChunkRef;
-use crate::format::BlobKind;
 use crate::packer::PackWriter;
 use crate::progress::Progress;
 use crate::repo::Repository;
@@ -247,12 +246,8 @@ fn add_chunk(
             return Err(ReadOutcome::Stopped);
         }
         if data.len() < INLINE_SEAL_BELOW {
-            let mut stored = ctx.bufs.take(data.len() + 64);
-            ctx.repo
-                .seal_blob_into(BlobKind::Data, id, data, &mut stored);
-            let added = ctx.writer.add_sealed(BlobKind::Data, id, &stored, len);
-            ctx.bufs.give(stored);
-            return added.map_err(ReadOutcome::Failed);
+            return super::seal_chunk(&ctx.repo, &ctx.writer, &ctx.bufs, id, data)
+                .map_err(ReadOutcome::Failed);
         }
         let mut owned = ctx.bufs.take(data.len());
         owned.extend_from_slice(data);
