@@ -35,6 +35,9 @@ for _ in $(seq "$runs"); do
     rm -rf "$work/repo" "$work/cache"
     # shellcheck disable=SC2086 # the command may be `env VAR=value binary`
     $cmd -q -r "$work/repo" init >/dev/null
+    # Warm the page cache right before each run: this VM's DAMON pages out
+    # file pages that have gone cold, even minutes after a read.
+    find "$data" -type f -print0 | xargs -0 cat >/dev/null
     sync
     # shellcheck disable=SC2086
     if ! /usr/bin/time -f "$name %e %U %S %M" -a -o "$results" $cmd -q -r "$work/repo" backup "$data" >/dev/null 2>"$work/stderr"; then

@@ -49,26 +49,43 @@ struct ReadJob {
     slot: Sender<ReadOutcome>,
 }
 
+/// Files in one batch at most, and the bytes after which a batch closes.
+/// Small files go to the readers in batches: each hand-off wakes a reader,
+/// the walker when the queue had been full and the assembler waiting for
+/// the results, so one hand-off per file made the small-file backup a
+/// stream of context switches (about one per file on each thread).
+const BATCH_FILES: usize = 32;
+const BATCH_BYTES: u64 = 1 << 20;
+
 /// Threads reading submitted files.
 pub(super) struct ReaderPool {
-    tx: Option<Sender<ReadJob>>,
+    tx: Option<Sender<Vec<ReadJob>>>,
     threads: Vec<JoinHandle<()>>,
+    /// Files submitted but not yet handed to the readers.
+    batch: Vec<ReadJob>,
+    batch_bytes: u64,
 }
 
 impl ReaderPool {
     /// A pool of `threads` readers (at least one).
     pub fn new(ctx: &ReadCtx, threads: usize) -> Self {
         let threads = threads.max(1);
-        let (tx, rx) = bounded::<ReadJob>(threads * 4);
+        let (tx, rx) = bounded::<Vec<ReadJob>>(threads * 4);
         let threads = (0..threads)
             .map(|i| {
-                let rx: Receiver<ReadJob> = rx.clone();
+                let rx: Receiver<Vec<ReadJob>> = rx.clone();
                 let ctx = ctx.clone();
                 std::thread::Builder::new()
                     .name(format!("cairn-read-{i}"))
                     .spawn(move || {
-                        for job in rx {
-                            let _ = job.slot.send(read_file(&ctx, &job.path));
+                        let mut outcomes = Vec::with_capacity(BATCH_FILES);
+                        for batch in rx {
+                            // Results go out together: whoever waits for the
+                            // first file wakes once for the batch.
+                            outcomes.extend(batch.iter().map(|job| read_file(&ctx, &job.path)));
+                            for (job, outcome) in batch.into_iter().zip(outcomes.drain(..)) {
+                                let _ = job.slot.send(outcome);
+                            }
                         }
                     })
                     .expect("spawn reader thread")
@@ -77,23 +94,44 @@ impl ReaderPool {
         Self {
             tx: Some(tx),
             threads,
+            batch: Vec::with_capacity(BATCH_FILES),
+            batch_bytes: 0,
         }
     }
 
-    /// Queues `path`; the result arrives on the returned slot.
-    pub fn submit(&self, path: PathBuf) -> Receiver<ReadOutcome> {
+    /// Queues `path` (of `size` bytes); the result arrives on the returned
+    /// slot once the file's batch is read. A batch is handed to the readers
+    /// when full; call [`ReaderPool::flush`] before waiting on anything that
+    /// may wait for a queued file.
+    pub fn submit(&mut self, path: PathBuf, size: u64) -> Receiver<ReadOutcome> {
         let (slot, result) = bounded(1);
-        let job = ReadJob { path, slot };
-        if let Some(tx) = &self.tx {
-            if let Err(e) = tx.send(job) {
-                let _ = e.0.slot.send(ReadOutcome::Stopped);
-            }
+        self.batch.push(ReadJob { path, slot });
+        self.batch_bytes += size;
+        if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
+            self.flush();
         }
         result
     }
 
-    /// Waits for every queued file.
+    /// Hands the files queued so far to the readers.
+    pub fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_FILES));
+        self.batch_bytes = 0;
+        if let Some(tx) = &self.tx {
+            if let Err(e) = tx.send(batch) {
+                for job in e.0 {
+                    let _ = job.slot.send(ReadOutcome::Stopped);
+                }
+            }
+        }
+    }
+
+    /// Reads every queued file, then stops the readers.
     pub fn finish(mut self) {
+        self.flush();
         self.stop();
     }
 

@@ -24,7 +24,7 @@ use crate::fsmeta::{node_from_meta, read_xattrs};
 use crate::packer::PackWriter;
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Sender, TrySendError};
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::Metadata;
@@ -89,11 +89,19 @@ impl Scanner<'_> {
         summary
     }
 
-    fn emit(&self, event: Event) -> Result<()> {
+    fn emit(&mut self, event: Event) -> Result<()> {
         // The assembler stopped (it failed); its error is the one reported.
-        self.events
-            .send(event)
-            .map_err(|_| Error::Usage("backup stopped".into()))
+        let stopped = |_| Error::Usage("backup stopped".into());
+        match self.events.try_send(event) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(event)) => {
+                // The assembler is a full channel behind and may be waiting
+                // for a file still in the unsent batch: send it before waiting.
+                self.pool.flush();
+                self.events.send(event).map_err(|e| stopped(e.0))
+            }
+            Err(TrySendError::Disconnected(event)) => Err(stopped(event)),
+        }
     }
 
     fn check_workers(&self) -> Result<()> {
@@ -268,7 +276,7 @@ impl Scanner<'_> {
         }
         let was_file = old.is_some_and(|o| o.kind == NodeType::File);
         if meta.nlink() <= 1 {
-            let slot = self.pool.submit(path.to_path_buf());
+            let slot = self.pool.submit(path.to_path_buf(), size);
             return Ok(Some(Pending::Reading {
                 node,
                 path: path.to_path_buf(),

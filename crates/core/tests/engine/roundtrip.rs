@@ -228,3 +228,34 @@ fn compare_catches_a_broken_hard_link_in_a_restore() {
     assert!(!diffs.is_empty());
     assert!(diffs.iter().all(|d| d.contains("hard links")), "{diffs:#?}");
 }
+
+/// Small files reach the readers in batches, while the walk runs up to a
+/// bounded number of entries ahead of the assembler. A file followed by
+/// more entries than that bound that need no reading (symlinks here) must
+/// not leave the assembler waiting for a batch that was never handed over;
+/// nor must thousands of small files in one directory, nested directories
+/// and a large file among them: the backup finishes and restores exactly.
+#[test]
+fn thousands_of_small_files_and_links_in_one_directory_round_trip() {
+    let t = test_repo("many-small");
+    let (_src_dir, src) = temp_sub("src");
+    std::fs::create_dir_all(src.join("a/b")).unwrap();
+    std::fs::write(src.join("a/0-first"), "read before the links\n").unwrap();
+    for i in 0..1500 {
+        std::os::unix::fs::symlink("0-first", src.join(format!("a/1-link{i:05}"))).unwrap();
+    }
+    std::fs::write(src.join("a/2-big.bin"), vec![7u8; 3 << 20]).unwrap();
+    for i in 0..3000 {
+        std::fs::write(src.join(format!("a/3-f{i:05}")), format!("file {i}\n")).unwrap();
+    }
+    for i in 0..200 {
+        std::fs::write(src.join(format!("a/b/g{i:03}")), format!("{i}")).unwrap();
+    }
+    let result = backup_dir(&t.repo, &src);
+    assert_eq!(result.snapshot.summary.errors, 0);
+    assert_eq!(result.snapshot.summary.files_new, 3202);
+    let (_dst_dir, dst) = temp_sub("dst");
+    let stats = restore_all(&t.repo, &result, &dst);
+    assert!(stats.failed.is_empty(), "{:#?}", stats.failed);
+    assert_same_tree(&src, &dst, &compare_opts(&src));
+}
