@@ -45,6 +45,9 @@ pub struct BlobLocation {
     pub raw_len: u32,
 }
 
+/// Reader connections kept open between lookups (one per busy thread).
+const MAX_IDLE_READERS: usize = 16;
+
 /// Object kinds kept in the `objects` table.
 #[derive(Debug, Clone, Copy)]
 pub enum CachedKind {
@@ -57,6 +60,10 @@ pub enum CachedKind {
 /// The cache database.
 pub struct Cache {
     conn: Mutex<Connection>,
+    /// Idle extra connections for lookups: backup threads look blobs up
+    /// concurrently, and behind the one connection's lock they queued
+    /// (in WAL mode readers do not block each other or the writer).
+    readers: Mutex<Vec<Connection>>,
     path: PathBuf,
 }
 
@@ -82,6 +89,7 @@ impl Cache {
             let conn = Connection::open_in_memory().map_err(sql_err(Path::new(":memory:")))?;
             let cache = Cache {
                 conn: Mutex::new(conn),
+                readers: Mutex::default(),
                 path: PathBuf::from(":memory:"),
             };
             cache.init_schema(repo_id, fingerprint)?;
@@ -108,19 +116,45 @@ impl Cache {
     }
 
     fn try_open(path: &Path, repo_id: &Id, fingerprint: &[u8]) -> Result<Self> {
-        let conn = Connection::open(path).map_err(sql_err(path))?;
-        conn.busy_timeout(std::time::Duration::from_secs(60))
-            .map_err(sql_err(path))?;
+        let conn = Self::connect(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql_err(path))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(sql_err(path))?;
         let cache = Cache {
             conn: Mutex::new(conn),
+            readers: Mutex::default(),
             path: path.to_path_buf(),
         };
         cache.init_schema(repo_id, fingerprint)?;
         Ok(cache)
+    }
+
+    fn connect(path: &Path) -> Result<Connection> {
+        let conn = Connection::open(path).map_err(sql_err(path))?;
+        conn.busy_timeout(std::time::Duration::from_secs(60))
+            .map_err(sql_err(path))?;
+        Ok(conn)
+    }
+
+    /// Runs the read-only query `f` on an idle reader connection (a new
+    /// one when all are busy), or on the main one for an in-memory cache,
+    /// which other connections cannot see.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        if self.path == Path::new(":memory:") {
+            return f(&self.conn.lock().expect("cache lock"));
+        }
+        let idle = self.readers.lock().expect("cache readers lock").pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => Self::connect(&self.path)?,
+        };
+        let out = f(&conn);
+        let mut idle = self.readers.lock().expect("cache readers lock");
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        out
     }
 
     fn init_schema(&self, repo_id: &Id, fingerprint: &[u8]) -> Result<()> {
@@ -258,79 +292,64 @@ impl Cache {
 
     /// Where blob `id` is stored, if the index knows it.
     pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
+        Ok(self.query_locations(id, 1)?.into_iter().next())
+    }
+
+    /// Whether the index holds blob `id` (in any pack): the dedup check,
+    /// one index probe without the pack join [`Cache::lookup`] needs.
+    pub fn contains(&self, id: &BlobId) -> Result<bool> {
         let err = sql_err(&self.path);
-        let conn = self.conn.lock().expect("cache lock");
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT p.id, b.kind, b.offset, b.stored_len, b.raw_len FROM blobs b JOIN packs p ON p.seq = b.pack WHERE b.id = ?1 LIMIT 1",
-            )
-            .map_err(&err)?;
-        stmt.query_row([&id.0 .0[..]], |r| {
-            let pack: Vec<u8> = r.get(0)?;
-            let kind: u8 = r.get(1)?;
-            Ok((
-                pack,
-                kind,
-                r.get::<_, u32>(2)?,
-                r.get::<_, u32>(3)?,
-                r.get::<_, u32>(4)?,
-            ))
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT 1 FROM blobs WHERE id = ?1 LIMIT 1")
+                .map_err(&err)?;
+            stmt.exists([&id.0 .0[..]]).map_err(&err)
         })
-        .optional()
-        .map_err(&err)?
-        .map(|(pack, kind, offset, stored_len, raw_len)| {
-            let bad = || Error::Cache {
-                path: self.path.clone(),
-                reason: "malformed index row".into(),
-            };
-            Ok(BlobLocation {
-                pack: PackId(Id(pack.as_slice().try_into().map_err(|_| bad())?)),
-                kind: BlobKind::from_code(kind).ok_or_else(bad)?,
-                offset,
-                stored_len,
-                raw_len,
-            })
-        })
-        .transpose()
     }
 
     /// Every place blob `id` is stored (several packs when concurrent
     /// writers or a repack stored it more than once).
     pub fn locations(&self, id: &BlobId) -> Result<Vec<BlobLocation>> {
+        self.query_locations(id, -1)
+    }
+
+    /// Up to `limit` locations of blob `id` (-1: all).
+    fn query_locations(&self, id: &BlobId, limit: i64) -> Result<Vec<BlobLocation>> {
         let err = sql_err(&self.path);
-        let conn = self.conn.lock().expect("cache lock");
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT p.id, b.kind, b.offset, b.stored_len, b.raw_len FROM blobs b JOIN packs p ON p.seq = b.pack WHERE b.id = ?1",
-            )
-            .map_err(&err)?;
-        let rows = stmt
-            .query_map([&id.0 .0[..]], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, u8>(1)?,
-                    r.get::<_, u32>(2)?,
-                    r.get::<_, u32>(3)?,
-                    r.get::<_, u32>(4)?,
-                ))
+        let rows = self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT p.id, b.kind, b.offset, b.stored_len, b.raw_len FROM blobs b JOIN packs p ON p.seq = b.pack WHERE b.id = ?1 LIMIT ?2",
+                )
+                .map_err(&err)?;
+            let rows = stmt
+                .query_map(params![&id.0 .0[..], limit], |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, u8>(1)?,
+                        r.get::<_, u32>(2)?,
+                        r.get::<_, u32>(3)?,
+                        r.get::<_, u32>(4)?,
+                    ))
+                })
+                .map_err(&err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(&err)
+        })?;
+        let bad = || Error::Cache {
+            path: self.path.clone(),
+            reason: "malformed index row".into(),
+        };
+        rows.into_iter()
+            .map(|(pack, kind, offset, stored_len, raw_len)| {
+                Ok(BlobLocation {
+                    pack: PackId(Id(pack.as_slice().try_into().map_err(|_| bad())?)),
+                    kind: BlobKind::from_code(kind).ok_or_else(bad)?,
+                    offset,
+                    stored_len,
+                    raw_len,
+                })
             })
-            .map_err(&err)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (pack, kind, offset, stored_len, raw_len) = row.map_err(&err)?;
-            let bad = || Error::Cache {
-                path: self.path.clone(),
-                reason: "malformed index row".into(),
-            };
-            out.push(BlobLocation {
-                pack: PackId(Id(pack.as_slice().try_into().map_err(|_| bad())?)),
-                kind: BlobKind::from_code(kind).ok_or_else(bad)?,
-                offset,
-                stored_len,
-                raw_len,
-            });
-        }
-        Ok(out)
+            .collect()
     }
 
     /// Calls `f(pack, pack length, entry)` for every indexed blob location,

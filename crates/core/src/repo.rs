@@ -455,7 +455,7 @@ impl Repository {
     pub fn has_blob(&self, id: &BlobId) -> Result<bool> {
         let plans = self.0.plans.read().expect("plans lock");
         if plans.is_empty() {
-            return Ok(self.0.cache.lookup(id)?.is_some());
+            return self.0.cache.contains(id);
         }
         Ok(self
             .0
