@@ -121,6 +121,12 @@ impl Cache {
             .map_err(sql_err(path))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(sql_err(path))?;
+        // 32 MiB of pages for the writer (SQLite's default is 2 MiB): an
+        // index segment's rows land at random places in the blob B-tree,
+        // and with the default every few inserts evicted a page the next
+        // one needed (ingesting 3 x 55k rows: 137/230/260 ms -> 115/134/150).
+        conn.pragma_update(None, "cache_size", -32768)
+            .map_err(sql_err(path))?;
         let cache = Cache {
             conn: Mutex::new(conn),
             readers: Mutex::default(),
@@ -241,23 +247,28 @@ impl Cache {
                     "INSERT OR REPLACE INTO blobs(id, pack, kind, offset, stored_len, raw_len) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(&err)?;
+            let mut rows = Vec::with_capacity(packs.iter().map(|p| p.2.len()).sum());
             for (pack, len, blobs) in packs {
                 add_pack
                     .execute(params![&pack.0 .0[..], seg, *len as i64])
                     .map_err(&err)?;
                 let pack_seq = tx.last_insert_rowid();
-                for b in blobs {
-                    add_blob
-                        .execute(params![
-                            &b.id.0 .0[..],
-                            pack_seq,
-                            b.kind.code(),
-                            b.offset,
-                            b.stored_len,
-                            b.raw_len
-                        ])
-                        .map_err(&err)?;
-                }
+                rows.extend(blobs.iter().map(|b| (b, pack_seq)));
+            }
+            // In key order: neighbouring inserts then share B-tree pages
+            // (about 5% faster on a fresh cache, more on a large one).
+            rows.sort_unstable_by_key(|(b, pack_seq)| (b.id, *pack_seq));
+            for (b, pack_seq) in rows {
+                add_blob
+                    .execute(params![
+                        &b.id.0 .0[..],
+                        pack_seq,
+                        b.kind.code(),
+                        b.offset,
+                        b.stored_len,
+                        b.raw_len
+                    ])
+                    .map_err(&err)?;
             }
         }
         tx.commit().map_err(&err)
