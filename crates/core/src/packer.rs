@@ -36,8 +36,11 @@ pub const PACKS_PER_SEGMENT: usize = 64;
 pub const BLOBS_PER_PACK: usize = 16 << 10;
 
 /// Uploaded blobs that make a segment due even before
-/// [`PACKS_PER_SEGMENT`] packs (packs of tiny blobs).
-pub const BLOBS_PER_SEGMENT: usize = 64 << 10;
+/// [`PACKS_PER_SEGMENT`] packs (packs of small blobs). A segment's entries
+/// go into the local cache when it is written, on the thread that wrote
+/// it: at 16k the last one, ingested after everything else is done, takes
+/// ~30 ms instead of ~110 ms, and the others overlap the backup.
+pub const BLOBS_PER_SEGMENT: usize = 16 << 10;
 
 /// Totals of what a writer added.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
