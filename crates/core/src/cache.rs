@@ -121,12 +121,6 @@ impl Cache {
             .map_err(sql_err(path))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(sql_err(path))?;
-        // 32 MiB of pages for the writer (SQLite's default is 2 MiB): an
-        // index segment's rows land at random places in the blob B-tree,
-        // and with the default every few inserts evicted a page the next
-        // one needed (ingesting 3 x 55k rows: 137/230/260 ms -> 115/134/150).
-        conn.pragma_update(None, "cache_size", -32768)
-            .map_err(sql_err(path))?;
         let cache = Cache {
             conn: Mutex::new(conn),
             readers: Mutex::default(),
