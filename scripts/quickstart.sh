@@ -14,7 +14,10 @@ src_arg="${1:-}"
 
 echo "==> building cairn (release)"
 cargo build --release -p cairn --quiet
-cairn="$top/target/release/cairn"
+# Where cargo put it: CARGO_TARGET_DIR, if set, moves the target directory.
+target_dir="${CARGO_TARGET_DIR:-$top/target}"
+case $target_dir in /*) ;; *) target_dir="$top/$target_dir" ;; esac
+cairn="$target_dir/release/cairn"
 
 rm -rf "$work"
 mkdir -p "$work"
