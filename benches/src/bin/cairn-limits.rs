@@ -38,8 +38,7 @@ fn parse() -> anyhow::Result<Args> {
                     args.next().context("--data needs a directory")?,
                 ))
             }
-            // `terse` without dashes: what compare.sh passed before --terse.
-            "--terse" | "terse" => terse = true,
+            "--terse" => terse = true,
             s if s.starts_with('-') => {
                 bail!("unknown option {s}; usage: cairn-limits [--data DIR] [--terse] [CORES] [MIB] [SECONDS_PER_STAGE]")
             }

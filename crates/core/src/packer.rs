@@ -173,10 +173,12 @@ const BLOCKS_QUEUED: usize = 2;
 /// (see [`Spool::direct`]) and where direct I/O is refused (tmpfs) it
 /// writes through the page cache.
 ///
-/// A direct write waits for the disk, so blocks are written by whichever
-/// thread filled them after it let go of the pack ([`BlockWrite`]): written
-/// under the pack's lock, one thread's disk wait stalled every thread
-/// sealing into that pack (a third of a large-file backup's CPU sat idle).
+/// A direct write waits for the disk, so a block that fills is handed out
+/// ([`BlockWrite`]) and written with the pack's lock released, by the
+/// writer's block-writer thread (the last block by the pack's uploader):
+/// written under the pack's lock, one thread's disk wait stalled every
+/// thread sealing into that pack (a third of a large-file backup's CPU sat
+/// idle).
 struct SpoolFile {
     path: PathBuf,
     /// The file and whether it is open with `O_DIRECT`; one block is
@@ -254,7 +256,7 @@ impl SpoolFile {
             state = self.written.wait(state).expect("spool state lock");
         }
         match &state.1 {
-            Some(e) => Err(StorageError::new(e.kind, e.op.clone(), e.message.clone())),
+            Some(e) => Err(e.clone()),
             None => Ok(()),
         }
     }
@@ -276,16 +278,12 @@ struct BlockWrite {
 
 impl BlockWrite {
     fn run(mut self) -> std::result::Result<(), StorageError> {
-        let written = self.file.write_at(&self.buf[self.align..], self.offset);
-        let error = written
-            .err()
-            .map(|e| StorageError::from_io(format!("write {}", self.file.path.display()), &e));
-        let result = match &error {
-            Some(e) => Err(StorageError::new(e.kind, e.op.clone(), e.message.clone())),
-            None => Ok(()),
-        };
+        let result = self
+            .file
+            .write_at(&self.buf[self.align..], self.offset)
+            .map_err(|e| StorageError::from_io(format!("write {}", self.file.path.display()), &e));
         self.done = true;
-        self.file.block_done(error);
+        self.file.block_done(result.as_ref().err().cloned());
         result
     }
 }
@@ -610,7 +608,7 @@ impl PackWriter {
         match &*self.shared.error.lock().expect("lock") {
             Some(e) => Err(Error::Storage {
                 location: self.repo.location().to_string(),
-                source: StorageError::new(e.kind, e.op.clone(), e.message.clone()),
+                source: e.clone(),
             }),
             None => Ok(()),
         }

@@ -445,10 +445,6 @@ fn merge_ranges(blobs: &[PackBlob]) -> Vec<&[PackBlob]> {
 /// Granularity at which zeros inside a data chunk are left as holes.
 const SPARSE_BLOCK: usize = 4096;
 
-/// Writes `data` at `offset`, skipping all-zero 4 KiB blocks: the file was
-/// created at its final size with `set_len`, so skipped ranges stay holes
-/// and read back as zeros. Keeps files sparse even where a hole is smaller
-/// than a chunk.
 /// `RWF_DONTCACHE` (Linux 6.14): a buffered write whose pages leave the
 /// page cache once written back. A restore writes each byte once and does
 /// not read it back; with plain writes, gigabytes of new dirty pages pushed
@@ -483,6 +479,10 @@ fn write_all_at(file: &std::fs::File, mut buf: &[u8], mut offset: u64) -> std::i
     file.write_all_at(buf, offset)
 }
 
+/// Writes `data` at `offset`, skipping all-zero 4 KiB blocks: the file was
+/// created at its final size with `set_len`, so skipped ranges stay holes
+/// and read back as zeros. Keeps files sparse even where a hole is smaller
+/// than a chunk.
 fn write_sparse(file: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<()> {
     let mut run_start: Option<usize> = None;
     for (i, block) in data.chunks(SPARSE_BLOCK).enumerate() {
@@ -593,6 +593,7 @@ fn verify_file(repo: &Repository, f: &FileTask) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     /// Uncached writes where the file system takes them (ext4 on Linux
     /// 6.14+), plain ones where it refuses (tmpfs): the bytes land either way.
@@ -617,7 +618,6 @@ mod tests {
             );
         }
     }
-    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn zero_blocks_inside_a_chunk_stay_holes() {

@@ -18,7 +18,7 @@ pub enum StorageErrorKind {
 }
 
 /// A failed storage operation.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{op}: {message}")]
 pub struct StorageError {
     /// What kind of failure this is.
