@@ -3,8 +3,18 @@
 # tests need (fuse3; moto as the S3 server), checks formatting and lints,
 # then runs every test on the local filesystem backend and the integration
 # tests again on S3.
+#
+# Everything that needs the network or disk outside target/ (apt, pip) runs
+# before the first build, so a tight disk fails the build with cargo's own
+# message rather than the S3 server's install half-way through. Builds are
+# not incremental: that state is ~0.5 GB CI never reuses.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+export CARGO_INCREMENTAL=0
+export PIP_NO_CACHE_DIR=1
+
+disk() { echo "    free disk: $(df -h --output=avail . | tail -n 1 | tr -d ' ') ($1)"; }
 
 need_apt=()
 command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
@@ -18,17 +28,20 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
-echo "==> cargo fmt --check"
-cargo fmt --all -- --check
-echo "==> cargo clippy -D warnings"
-cargo clippy --workspace --all-targets --quiet -- -D warnings
-
 echo "==> starting the S3 server (moto)"
+disk "before"
 s3_env="$(.ci/s3.sh start)"
 eval "$s3_env"
 trap '.ci/s3.sh stop >/dev/null 2>&1 || true' EXIT
 
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+disk "after clippy"
+
 echo "==> tests on the local filesystem backend"
 CAIRN_TEST_BACKEND=fs cargo nextest run --workspace --profile ci
+disk "after the build"
 echo "==> integration tests on S3"
 CAIRN_TEST_BACKEND=s3 cargo nextest run --workspace --profile ci -E 'kind(test)'
