@@ -1,15 +1,23 @@
-//! The engine's integration suite: round trips of generated trees,
-//! deduplication and unchanged-file skipping, the cache, damaged
-//! repositories and bad input, and the golden repositories.
+//! The engine's integration suite, one test binary for the crate: round
+//! trips of generated trees, deduplication and unchanged-file skipping, the
+//! cache, damaged repositories and bad input, the golden repositories,
+//! check and repair, crashes and injected faults, garbage collection, local
+//! pack spooling and request counts.
 //!
 //! Every repository comes from `cairn_storage::testing::fresh_location`, so
 //! the suite runs against S3 with `CAIRN_TEST_BACKEND=s3`.
 
 mod bad_input;
 mod cache;
+mod check_repair;
 mod compare;
+mod crash;
 mod damage;
 mod dedup;
+mod faults;
+mod gc;
 mod golden;
+mod local_packs;
+mod requests;
 mod roundtrip;
 mod support;

@@ -1,7 +1,7 @@
 //! The kube adapter against a tower-test mock API: each action becomes exactly the
 //! expected request (method, path, body), and observation maps 404s to absent objects.
 
-mod common;
+use crate::common;
 
 use cairn_kube::adapter::{execute, observe_backup, read_config, status_patch, Target};
 use cairn_kube::controller::{decide_backup, Action, DecideContext, JobSettings};

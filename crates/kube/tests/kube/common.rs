@@ -1,8 +1,6 @@
 //! A mock Kubernetes API on tower-test: records every request (method, path and query,
 //! content type, JSON body) and answers with what the test's responder returns.
 
-#![allow(dead_code)]
-
 use http::{Request, Response};
 use kube::client::Body;
 use serde_json::Value;

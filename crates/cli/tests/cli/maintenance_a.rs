@@ -4,7 +4,7 @@
 //! recover what is recoverable, and the exclusive lock keeps repairs and
 //! key removal apart.
 
-mod common;
+use crate::common;
 
 use cairn_core::browse::{resolve, Resolved};
 use cairn_core::format::tree::Payload;

@@ -1,7 +1,7 @@
 //! `resolve_mount` (behind `cairn kube mount`) against a tower-test mock API: the requests it
 //! makes (method, path), what it returns, and the message for every way it can fail.
 
-mod common;
+use crate::common;
 
 use cairn_kube::mount::{resolve_mount, MountError};
 use common::{mock_client, not_found, Recorded};

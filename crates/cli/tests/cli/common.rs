@@ -1,9 +1,6 @@
 //! Helpers the CLI integration tests share: a stand-in Kubernetes API on 127.0.0.1 that the
 //! binary reaches through a kubeconfig, a readable dump of a command's output,
-//! deterministic bytes, and the FUSE availability check of the mount tests. Each test
-//! binary compiles this module and uses a part of it.
-
-#![allow(dead_code)]
+//! deterministic bytes, and the FUSE availability check of the mount tests.
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};

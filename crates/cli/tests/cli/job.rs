@@ -4,7 +4,7 @@
 //! server on 127.0.0.1 that a kubeconfig points at. Checks the restored tree, the progress
 //! patches, the RepositorySnapshot mirror and the termination message.
 
-mod common;
+use crate::common;
 
 use cairn_storage::testing::{fresh_location, TestBackend};
 use common::{kubeconfig, serve_api, text, ApiRequest};

@@ -103,7 +103,12 @@ fn child_main() {
 /// finished before the kill.
 fn run_child(what: &str, repo: &Path, src: &Path, delay: Option<Duration>) -> bool {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "crash::child_main",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("CAIRN_CRASH_CHILD", what)
         .env("CAIRN_CRASH_REPO", repo)
         .env("CAIRN_CRASH_SRC", src)

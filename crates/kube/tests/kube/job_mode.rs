@@ -1,7 +1,7 @@
 //! Job mode end to end with a fake engine and a mock API server: parameters from args, env
 //! and mounted files; progress patches; the RepositorySnapshot mirror; the termination message.
 
-mod common;
+use crate::common;
 
 use cairn_kube::crd::MaintenanceKind;
 use cairn_kube::job::{

@@ -6,7 +6,7 @@
 //! fuse3); without them the mounting test prints why and passes. The failure cases mount
 //! nothing and always run. Every mount is undone in its guard's Drop.
 
-mod common;
+use crate::common;
 
 use common::{fuse_available, kubeconfig, serve_api, text, xorshift_bytes, ApiRequest, PATIENCE};
 use serde_json::{json, Value};

@@ -1,0 +1,13 @@
+//! The `cairn` binary's integration suite, one test binary for the crate:
+//! each module drives the built binary (`CARGO_BIN_EXE_cairn`) through one
+//! area, against the backend `CAIRN_TEST_BACKEND` names where the area has
+//! a repository.
+
+mod common;
+mod engine_v1;
+mod job;
+mod kube_mount;
+mod maintenance_a;
+mod maintenance_b;
+mod mount;
+mod policy;

@@ -1,0 +1,13 @@
+//! cairn-kube's integration suite, one test binary for the crate: the
+//! controller's decisions as table tests, the kube adapter, job mode and
+//! mount resolution against mock API servers, BackupRule exec on the wire,
+//! and deploy/ against the schemas the code generates.
+
+mod adapter;
+mod common;
+mod decide_backup;
+mod decide_restore_repository;
+mod job_mode;
+mod manifests;
+mod mount;
+mod rule_exec;
