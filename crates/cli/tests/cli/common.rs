@@ -1,14 +1,16 @@
 //! Helpers the CLI integration tests share: a stand-in Kubernetes API on 127.0.0.1 that the
 //! binary reaches through a kubeconfig, a readable dump of a command's output,
-//! deterministic bytes, and the FUSE availability check of the mount tests.
+//! deterministic bytes, and the FUSE availability check, mount-table lookup and mount guard
+//! of the mount tests.
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a mount may take to appear before a test gives up (a liveness bound, not a
 /// performance assertion).
@@ -158,4 +160,99 @@ pub fn xorshift_bytes(start: u64, len: usize) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+/// The mount entry (source, i.e. fsname) at `dir`, if `dir` is a mount point.
+pub fn mount_source(dir: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    info.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        if fields.get(4).map(|mp| mp.as_bytes()) != Some(dir.as_os_str().as_bytes()) {
+            return None;
+        }
+        // After the optional fields: "-", the filesystem type, the source.
+        let dash = fields.iter().position(|f| *f == "-")?;
+        fields.get(dash + 2).map(|s| s.to_string())
+    })
+}
+
+/// Whether `dir` is a mount point.
+pub fn is_mounted(dir: &Path) -> bool {
+    mount_source(dir).is_some()
+}
+
+/// A live mount at `dir`, served by `child` (`cairn mount` or `cairn kube mount`, stderr
+/// piped) or by a daemon the test does not hold (`None`); Drop always unmounts and reaps it.
+pub struct Mounted {
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Mounted {
+    /// Spawns `cmd` (stdout discarded, stderr kept for failures) and waits until `dir` is
+    /// a mount point.
+    pub fn spawn(mut cmd: Command, dir: &Path) -> Mounted {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the mount process");
+        let mut m = Mounted {
+            dir: dir.to_path_buf(),
+            child: Some(child),
+        };
+        m.wait_mounted();
+        m
+    }
+
+    /// Waits until `dir` is a mount point; panics with the process's stderr if it exits
+    /// first, or after [`PATIENCE`].
+    pub fn wait_mounted(&mut self) {
+        let start = Instant::now();
+        while !is_mounted(&self.dir) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                let (_, err) = self.wait_exit();
+                panic!("the mount process exited ({status}) before mounting: {err}");
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "no mount at {} after {PATIENCE:?}",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the mount process to exit; returns its status and stderr.
+    pub fn wait_exit(&mut self) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("child");
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        (child.wait().expect("wait"), err)
+    }
+
+    /// The mount process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("child").id()
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(&self.dir)
+            .stderr(Stdio::null())
+            .status();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }

@@ -8,16 +8,15 @@
 
 use crate::common;
 
-use common::{fuse_available, kubeconfig, serve_api, text, xorshift_bytes, ApiRequest, PATIENCE};
+use common::{
+    fuse_available, kubeconfig, mount_source, serve_api, text, xorshift_bytes, ApiRequest, Mounted,
+};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "kube-mount-password";
 /// base64("kube-mount-password\n"): `kubectl create secret --from-file` keeps the newline.
@@ -189,78 +188,6 @@ fn fill_source(src: &Path) {
         .unwrap();
     }
     std::os::unix::fs::symlink("db/commitlog", src.join("current")).unwrap();
-}
-
-/// The mount entry (source, i.e. fsname) at `dir`, if `dir` is a mount point.
-fn mount_source(dir: &Path) -> Option<String> {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        if fields.get(4).map(|mp| mp.as_bytes()) != Some(dir.as_os_str().as_bytes()) {
-            return None;
-        }
-        // After the optional fields: "-", the filesystem type, the source.
-        let dash = fields.iter().position(|f| *f == "-")?;
-        fields.get(dash + 2).map(|s| s.to_string())
-    })
-}
-
-/// A live `cairn kube mount`; Drop always unmounts and reaps it.
-struct Mounted {
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Mounted {
-    fn spawn(mut cmd: Command, dir: &Path) -> Mounted {
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut m = Mounted {
-            dir: dir.to_path_buf(),
-            child: Some(child),
-        };
-        let start = Instant::now();
-        while mount_source(&m.dir).is_none() {
-            if let Some(status) = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                let (_, err) = m.wait_exit();
-                panic!("cairn kube mount exited ({status}) before mounting: {err}");
-            }
-            assert!(
-                start.elapsed() < PATIENCE,
-                "no mount at {} after {PATIENCE:?}",
-                m.dir.display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        m
-    }
-
-    /// Waits for the mount process to exit; returns its status and stderr.
-    fn wait_exit(&mut self) -> (std::process::ExitStatus, String) {
-        let mut child = self.child.take().unwrap();
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        (child.wait().unwrap(), err)
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount3")
-            .args(["-u", "-z"])
-            .arg(&self.dir)
-            .stderr(Stdio::null())
-            .status();
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// Every entry below `root` by relative path: file contents, symlink targets, directories.

@@ -7,16 +7,15 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::common;
 
-use common::{fuse_available, PATIENCE};
+use common::{fuse_available, is_mounted, Mounted, PATIENCE};
 
 const PASSWORD: &str = "mount-test-password";
 
@@ -86,84 +85,7 @@ impl Env {
     fn mount_on(&self, dir: &Path, extra: &[&str]) -> Mounted {
         let mut args = vec!["mount", dir.to_str().expect("utf-8 path")];
         args.extend(extra);
-        let child = self
-            .cmd(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn cairn mount");
-        let mut m = Mounted {
-            dir: dir.canonicalize().expect("canonical"),
-            child: Some(child),
-        };
-        m.wait_mounted();
-        m
-    }
-}
-
-/// Lines of /proc/self/mountinfo naming `dir` as a mount point.
-fn is_mounted(dir: &Path) -> bool {
-    let info = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    let want = dir.as_os_str().as_bytes();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| mp.as_bytes() == want)
-}
-
-/// A live `cairn mount`; Drop always unmounts and reaps it.
-struct Mounted {
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Mounted {
-    fn wait_mounted(&mut self) {
-        let start = Instant::now();
-        while !is_mounted(&self.dir) {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                let mut err = String::new();
-                if let Some(mut e) = self.child.as_mut().and_then(|c| c.stderr.take()) {
-                    let _ = e.read_to_string(&mut err);
-                }
-                panic!("cairn mount exited ({status}) before mounting: {err}");
-            }
-            assert!(
-                start.elapsed() < PATIENCE,
-                "no mount at {} after {PATIENCE:?}",
-                self.dir.display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    /// Waits for the mount process to exit; returns its status and stderr.
-    fn wait_exit(&mut self) -> (std::process::ExitStatus, String) {
-        let mut child = self.child.take().expect("child");
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        (child.wait().expect("wait"), err)
-    }
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("child").id()
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount3")
-            .args(["-u", "-z"])
-            .arg(&self.dir)
-            .stderr(Stdio::null())
-            .status();
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        Mounted::spawn(self.cmd(&args), &dir.canonicalize().expect("canonical"))
     }
 }
 
