@@ -207,7 +207,7 @@ impl Mounted {
 
     /// Waits until `dir` is a mount point; panics with the process's stderr if it exits
     /// first, or after [`PATIENCE`].
-    pub fn wait_mounted(&mut self) {
+    fn wait_mounted(&mut self) {
         let start = Instant::now();
         while !is_mounted(&self.dir) {
             if let Some(status) = self
