@@ -95,7 +95,9 @@ fn open(access: &RepositoryAccess) -> Result<Repository, EngineError> {
     })?;
     let opts = OpenOptions {
         cache_dir: access.cache_dir.clone(),
-        tolerate_damage: false,
+        // As for the CLI: a damaged segment costs only what it describes;
+        // maintenance syncs the index strictly on its own.
+        tolerate_damage: true,
     };
     Repository::open(storage, &access.password, &opts)
         .map_err(|e| core_error("opening the repository", e))
@@ -332,6 +334,25 @@ impl Engine for CoreEngine {
                 "{} entries of snapshot {} could not be restored: {}",
                 stats.failed.len(),
                 id.short(),
+                shown.join("; ")
+            )));
+        }
+        // A repaired snapshot restores whole but with zeros where data was
+        // lost: the VolumeRestore must not report that as a clean success.
+        if !stats.zero_filled.is_empty() {
+            for (path, lost) in &stats.zero_filled {
+                tracing::error!(path = %path.display(), %lost, "zero-filled");
+            }
+            let shown: Vec<String> = stats
+                .zero_filled
+                .iter()
+                .take(FAILED_SHOWN)
+                .map(|(p, r)| format!("{}: {r}", p.display()))
+                .collect();
+            return Err(permanent(format!(
+                "snapshot {} was repaired: {} restored files hold zeros where data was lost: {}",
+                id.short(),
+                stats.zero_filled.len(),
                 shown.join("; ")
             )));
         }

@@ -491,6 +491,16 @@ impl Repository {
             .unwrap_or(false)
     }
 
+    /// Whether any damage is recorded in `damage/` (as of the last refresh).
+    pub fn has_recorded_damage(&self) -> bool {
+        !self
+            .0
+            .damage
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
     /// The damage recorded in `damage/` as of the last refresh.
     pub fn damage_set(&self) -> DamageSet {
         self.0.damage.read().map(|d| d.clone()).unwrap_or_default()

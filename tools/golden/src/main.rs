@@ -6,12 +6,22 @@ use std::path::PathBuf;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [out] = args.as_slice() else {
-        bail!("usage: cairn-golden OUT_DIR   (e.g. cargo run -p cairn-golden -- testdata/repos)");
+    let (out, only) = match args.as_slice() {
+        [out] => (out, None),
+        [out, only] if only == cairn_golden::repos::V1_DAMAGE_RECORDED => (out, Some(only)),
+        _ => bail!(
+            "usage: cairn-golden OUT_DIR [{}]   (e.g. cargo run -p cairn-golden -- testdata/repos)\n\
+             with the variant name, only that variant is rewritten from the v1-flipped-byte in OUT_DIR",
+            cairn_golden::repos::V1_DAMAGE_RECORDED
+        ),
     };
     let out = PathBuf::from(out);
     std::fs::create_dir_all(&out)?;
-    for dir in cairn_golden::repos::write_repos(&out)? {
+    let written = match only {
+        Some(_) => vec![cairn_golden::repos::write_damage_recorded(&out)?],
+        None => cairn_golden::repos::write_repos(&out)?,
+    };
+    for dir in written {
         println!("wrote {}", dir.display());
     }
     Ok(())

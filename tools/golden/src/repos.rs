@@ -32,6 +32,9 @@ pub const V1_MISSING_PACK: &str = "v1-missing-pack";
 pub const V1_MISSING_INDEX: &str = "v1-missing-index";
 /// `v1` with one byte flipped inside the first data blob of [`DAMAGED_FILE`].
 pub const V1_FLIPPED_BYTE: &str = "v1-flipped-byte";
+/// `v1-flipped-byte` after `check --read-data`: one `damage/` record names
+/// the damaged copy.
+pub const V1_DAMAGE_RECORDED: &str = "v1-damage-recorded";
 
 /// Why writing the golden repositories failed.
 #[derive(Debug, thiserror::Error)]
@@ -210,5 +213,31 @@ pub fn write_repos(out: &Path) -> Result<Vec<PathBuf>, GoldenError> {
     bytes[at] ^= 0x01;
     std::fs::write(&p, bytes).map_err(io(&p))?;
 
-    Ok(vec![v1, missing_pack, missing_index, flipped])
+    let recorded = write_damage_recorded(out)?;
+    Ok(vec![v1, missing_pack, missing_index, flipped, recorded])
+}
+
+/// Writes `v1-damage-recorded` from the `v1-flipped-byte` under `out`:
+/// a copy on which `check --read-data` recorded the damaged blob.
+pub fn write_damage_recorded(out: &Path) -> Result<PathBuf, GoldenError> {
+    let dir = out.join(V1_DAMAGE_RECORDED);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+    }
+    copy_dir(&out.join(V1_FLIPPED_BYTE), &dir)?;
+    let repo = open(&dir)?;
+    let report = cairn_core::check::check(
+        &repo,
+        &cairn_core::check::CheckOptions {
+            read_data: Some(cairn_core::check::DataSubset::All),
+        },
+    )?;
+    if report.recorded == 0 {
+        return Err(GoldenError::Unexpected(
+            "check recorded no damage in v1-flipped-byte".into(),
+        ));
+    }
+    drop(repo);
+    let _ = std::fs::remove_dir_all(dir.join(".tmp"));
+    Ok(dir)
 }

@@ -29,6 +29,8 @@ pub fn run(g: &GlobalOpts, a: DumpArgs) -> Result<ExitCode> {
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-    dump(&repo, &node, &mut out)?;
+    let dumped = dump(&repo, &node, &mut out);
+    repo.record_found_damage_or_warn();
+    dumped?;
     Ok(ExitCode::SUCCESS)
 }

@@ -233,6 +233,21 @@ impl Scanner<'_> {
                         return Ok(false);
                     }
                 }
+                // The chunks behind the lists are checked only where damage
+                // is recorded: it costs reading the list blobs.
+                if !self.repo.has_recorded_damage() {
+                    return Ok(true);
+                }
+                let chunks = match self.repo.chunk_list(content) {
+                    Ok(c) => c,
+                    Err(e) if e.kind() == crate::ErrorKind::Corrupt => return Ok(false),
+                    Err(e) => return Err(e),
+                };
+                for c in &chunks {
+                    if !c.is_hole() && !self.writer.contains(&c.id)? {
+                        return Ok(false);
+                    }
+                }
                 Ok(true)
             }
         }

@@ -7,7 +7,7 @@ use cairn_core::browse::{dump, resolve, Resolved};
 use cairn_core::format::tree::{Content, Payload};
 use cairn_core::format::Id;
 use cairn_core::restore::{restore, RestoreStats};
-use cairn_core::{ErrorKind, Repository, Snapshot, SnapshotFilter};
+use cairn_core::{Repository, Snapshot, SnapshotFilter};
 use cairn_golden::fixture::{golden_tree, golden_update};
 use cairn_golden::repos::{self, DAMAGED_FILE, FIRST_TAG, SECOND_TAG};
 use cairn_golden::{assert_same_tree, CompareOptions};
@@ -183,10 +183,19 @@ fn v1_missing_index_keeps_the_first_snapshot_and_diagnoses_the_second() {
     let (_e, tree) = expected(FIRST_TAG);
     assert_same_tree(&tree, &dst, &golden_compare());
 
+    // The second snapshot's root tree is not indexed: nothing of it
+    // restores, and the restore names it instead of failing outright.
     let (_d2, _dst2, second) = g.restore(SECOND_TAG);
-    let e = second.expect_err("the second snapshot's trees are not indexed");
-    assert_eq!(e.kind(), ErrorKind::Corrupt);
-    assert!(e.to_string().contains("not in the index"), "{e}");
+    let second = second.unwrap();
+    assert_eq!(second.files, 0);
+    assert!(
+        second
+            .failed
+            .iter()
+            .any(|(_, why)| why.contains("not in the index")),
+        "{:#?}",
+        second.failed
+    );
 }
 
 #[test]
@@ -218,4 +227,36 @@ fn v1_flipped_byte_is_caught_by_name_and_by_key() {
         why.contains(pack.as_str()) && why.contains("data blob"),
         "{why}"
     );
+}
+
+#[test]
+fn v1_damage_recorded_is_honoured_and_healed_by_a_backup() {
+    let g = Golden::open(repos::V1_DAMAGE_RECORDED);
+    let records = objects(&g.dir.path().join("repo"))
+        .into_iter()
+        .filter(|o| o.starts_with("damage/"))
+        .count();
+    assert_eq!(records, 1);
+    assert_eq!(g.repo.damage_set().record_count(), 1);
+    // The damaged copy is not deduplicated against: a backup of the same
+    // tree stores it again, and the first snapshot restores whole again.
+    let (_e, tree) = expected(FIRST_TAG);
+    let (_d, dst, before) = g.restore(FIRST_TAG);
+    assert_eq!(before.unwrap().failed.len(), 1);
+    drop((_d, dst));
+    let r = backup_dir(&g.repo, &tree);
+    assert!(r.snapshot.summary.blobs_added > 0);
+    let (_d, dst, after) = g.restore(FIRST_TAG);
+    let after = after.unwrap();
+    assert!(after.failed.is_empty(), "{:#?}", after.failed);
+    assert_same_tree(&tree, &dst, &golden_compare());
+    let report = cairn_core::check::check(
+        &g.repo,
+        &cairn_core::check::CheckOptions {
+            read_data: Some(cairn_core::check::DataSubset::All),
+        },
+    )
+    .unwrap();
+    assert!(report.is_clean(), "{:#?}", report.damage);
+    assert!(!report.contained.is_empty());
 }

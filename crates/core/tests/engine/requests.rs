@@ -240,7 +240,8 @@ fn init_and_open_cost_a_fixed_number_of_requests_and_list_the_index_once() {
         assert_eq!(open.prefix("keys").read, 1, "the first key opens");
         assert_eq!(open.prefix("config").read, 1);
         assert_eq!(open.prefix("gc").list, 1, "maintenance plans");
-        assert_eq!(open.all.total(), 6 + segment_reads, "nothing else: {log:?}");
+        assert_eq!(open.prefix("damage").list, 1, "damage records");
+        assert_eq!(open.all.total(), 7 + segment_reads, "nothing else: {log:?}");
         assert_eq!(open.all.write + open.all.delete + open.all.read_range, 0);
     }
 }
