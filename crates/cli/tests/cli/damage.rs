@@ -176,7 +176,9 @@ fn shared_fixture_dir() -> PathBuf {
         "damage-fixture-v{FIXTURE_VERSION}-{mtime}-{}",
         bin.len()
     ));
-    std::fs::create_dir_all(dir.parent().expect("parent")).expect("mkdir target tmp");
+    let parent = dir.parent().expect("parent");
+    std::fs::create_dir_all(parent).expect("mkdir target tmp");
+    remove_old_fixtures(parent, &dir);
     let start = Instant::now();
     loop {
         if dir.join("ready").exists() {
@@ -207,6 +209,29 @@ fn shared_fixture_dir() -> PathBuf {
                 std::thread::sleep(Duration::from_millis(100));
             }
             Err(e) => panic!("create {}: {e}", dir.display()),
+        }
+    }
+}
+
+/// Removes fixtures of earlier binaries (untouched for an hour) from `parent`.
+fn remove_old_fixtures(parent: &Path, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(3600));
+        let ours = e
+            .file_name()
+            .to_string_lossy()
+            .starts_with("damage-fixture-");
+        if ours && old && path != keep {
+            let _ = std::fs::remove_dir_all(&path);
         }
     }
 }
@@ -395,7 +420,8 @@ impl Run {
             "`cairn {}` {code}; stderr: {}; stdout: {}",
             self.args.join(" "),
             first(&self.stderr, 3),
-            first(&self.stdout, 3)
+            // Check's summary, then its first damage lines.
+            first(&self.stdout, 5)
         )
     }
 }
