@@ -146,6 +146,7 @@ struct Frame {
 pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
     let snapshot = backup_unsaved(repo, opts)?;
     let id = repo.save_snapshot(&snapshot)?;
+    repo.record_found_damage_or_warn();
     crate::checkpoint::remove_checkpoints(repo, &snapshot)?;
     Ok(BackupResult { id, snapshot })
 }
@@ -200,11 +201,23 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
                 .map(|(id, _)| id)
         }
     };
+    // A parent that cannot be read only costs speed: every file is read
+    // again, and what the backup meets is recorded as damage.
     let parent_tree = match parent_id {
-        Some(id) => {
-            let snap = repo.load_snapshot(&id)?;
-            Some(repo.load_tree(&snap.tree)?)
-        }
+        Some(id) => match repo
+            .load_snapshot(&id)
+            .and_then(|snap| repo.load_tree(&snap.tree))
+        {
+            Ok(tree) => Some(tree),
+            Err(e) if e.kind() == crate::ErrorKind::Corrupt => {
+                tracing::warn!(
+                    "parent snapshot {} cannot be read ({e}); reading every file again",
+                    id.short()
+                );
+                None
+            }
+            Err(e) => return Err(e),
+        },
         None => None,
     };
 
@@ -431,8 +444,15 @@ fn spawn_scan(
         .expect("spawn scan thread")
 }
 
+/// Whether a file may keep its parent entry's content: same size, times
+/// and inode, and the entry is not one `repair snapshots` filled with holes
+/// (those are read again, so damage is never inherited).
 fn file_unchanged(node: &Node, old: &Node) -> bool {
     old.kind == NodeType::File
+        && !old
+            .xattrs
+            .iter()
+            .any(|(k, _)| k == crate::repair::DAMAGED_XATTR)
         && old.size == node.size
         && old.mtime_ns == node.mtime_ns
         && old.ctime_ns == node.ctime_ns

@@ -8,7 +8,9 @@
 //! segment naming them), not damage; the blobs a snapshot needs and cannot
 //! find are damage.
 
+use crate::damage::{one_copy, whole_pack};
 use crate::error::{Error, ErrorKind, Result};
+use crate::format::damage::DamageReason;
 use crate::format::pack::{encode_entries, read_trailer, BlobEntry};
 use crate::format::tree::{Content, Payload};
 use crate::format::{BlobId, BlobKind, Id, IndexId, PackId, SnapshotId};
@@ -265,6 +267,12 @@ pub struct CheckReport {
     pub unindexed_packs: Vec<UnindexedPack>,
     /// Snapshots with damaged files, oldest first.
     pub affected: Vec<AffectedSnapshot>,
+    /// Damaged copies recorded in `damage/` that no snapshot needs (each
+    /// blob it needs has an intact copy elsewhere): warnings, not damage;
+    /// maintenance drops them.
+    pub contained: Vec<Damage>,
+    /// Damage entries this run recorded in `damage/`.
+    pub recorded: u64,
 }
 
 impl CheckReport {
@@ -288,32 +296,95 @@ fn entries_digest(entries: &[BlobEntry]) -> Id {
     Id::hash(&encode_entries(&sorted))
 }
 
-/// Which blobs are unusable: packs missing, blobs found damaged. Shared by
-/// check and repair. Lookups are memoised.
+/// Which blobs are unusable: packs missing or truncated, blobs found
+/// damaged (by this run or recorded in `damage/`). Shared by check and
+/// repair. Lookups are memoised.
 pub(crate) struct Health {
     missing_packs: HashSet<PackId>,
+    /// Packs shorter than the index says, with their stored size.
+    truncated: HashMap<PackId, u64>,
     damaged: HashMap<(PackId, BlobId), String>,
     memo: Mutex<HashMap<BlobId, Option<String>>>,
+    /// Copies a needed blob had to be read from although damaged: the
+    /// damage that costs snapshots data.
+    blamed: Mutex<HashSet<(PackId, BlobId)>>,
 }
 
 impl Health {
-    /// Why blob `id` cannot be read, or `None` when it can (as far as known).
+    /// Why the copy of `id` at `loc` cannot be read, if known.
+    fn copy_problem(
+        &self,
+        repo: &Repository,
+        id: &BlobId,
+        loc: &crate::cache::BlobLocation,
+    ) -> Option<String> {
+        let pack = loc.pack;
+        if self.missing_packs.contains(&pack) {
+            return Some(format!("its pack {} is missing", pack.path()));
+        }
+        if let Some(size) = self.truncated.get(&pack) {
+            if u64::from(loc.offset) + u64::from(loc.stored_len) > *size {
+                return Some(format!(
+                    "its pack {} is truncated ({size} bytes)",
+                    pack.path()
+                ));
+            }
+        }
+        if let Some(r) = self.damaged.get(&(pack, *id)) {
+            return Some(format!("damaged in pack {}: {r}", pack.path()));
+        }
+        if repo.is_damaged_copy(id, &pack) {
+            return Some(format!(
+                "its copy in pack {} is recorded as damaged (damage/)",
+                pack.path()
+            ));
+        }
+        None
+    }
+
+    /// Why blob `id` cannot be read, or `None` when some copy can (as far
+    /// as known).
     pub(crate) fn problem(&self, repo: &Repository, id: &BlobId) -> Result<Option<String>> {
         if let Some(p) = self.memo.lock().expect("lock").get(id) {
             return Ok(p.clone());
         }
-        let p = match repo.lookup(id)? {
-            None => Some("not in the index".to_string()),
-            Some(loc) if self.missing_packs.contains(&loc.pack) => {
-                Some(format!("its pack {} is missing", loc.pack.path()))
+        let locations = repo.cache().locations(id)?;
+        let mut first = None;
+        let mut usable = false;
+        for loc in &locations {
+            match self.copy_problem(repo, id, loc) {
+                None => {
+                    usable = true;
+                    break;
+                }
+                Some(r) => {
+                    first.get_or_insert(r);
+                }
             }
-            Some(loc) => self
-                .damaged
-                .get(&(loc.pack, *id))
-                .map(|r| format!("damaged in pack {}: {r}", loc.pack.path())),
+        }
+        let p = if locations.is_empty() {
+            Some("not in the index".to_string())
+        } else if usable {
+            None
+        } else {
+            let mut blamed = self.blamed.lock().expect("lock");
+            for loc in &locations {
+                blamed.insert((loc.pack, *id));
+            }
+            first
         };
         self.memo.lock().expect("lock").insert(*id, p.clone());
         Ok(p)
+    }
+
+    /// Whether a snapshot needed a blob whose only copies include one in
+    /// `pack` (of `blob`, when given).
+    fn is_blamed(&self, pack: &PackId, blob: Option<&BlobId>) -> bool {
+        let blamed = self.blamed.lock().expect("lock");
+        match blob {
+            Some(b) => blamed.contains(&(*pack, *b)),
+            None => blamed.iter().any(|(p, _)| p == pack),
+        }
     }
 }
 
@@ -485,20 +556,28 @@ pub(crate) fn inspect(repo: &Repository, opts: &CheckOptions) -> Result<Inspecti
     report.packs = stored.len() as u64;
     report.indexed_packs = indexed.len() as u64;
     let mut missing_packs = HashSet::new();
+    let mut truncated = HashMap::new();
     for (id, info) in &indexed {
         match stored.get(id) {
             None => {
                 missing_packs.insert(*id);
+                repo.note_damage(whole_pack(*id, DamageReason::PackMissing));
                 report.damage.push(Damage::PackMissing {
                     object: id.path(),
                     blobs: info.blobs,
                 });
             }
-            Some(&size) if size != info.len => report.damage.push(Damage::PackSizeMismatch {
-                object: id.path(),
-                indexed: info.len,
-                stored: size,
-            }),
+            Some(&size) if size != info.len => {
+                if size < info.len {
+                    truncated.insert(*id, size);
+                }
+                repo.note_damage(whole_pack(*id, DamageReason::PackDamaged));
+                report.damage.push(Damage::PackSizeMismatch {
+                    object: id.path(),
+                    indexed: info.len,
+                    stored: size,
+                })
+            }
             Some(_) => {}
         }
     }
@@ -532,8 +611,10 @@ pub(crate) fn inspect(repo: &Repository, opts: &CheckOptions) -> Result<Inspecti
     }
     let health = Health {
         missing_packs,
+        truncated,
         damaged,
         memo: Mutex::new(HashMap::new()),
+        blamed: Mutex::new(HashSet::new()),
     };
     let mut snapshots = Vec::new();
     for obj in storage.list("snapshots/").map_err(repo.serr())? {
@@ -541,8 +622,10 @@ pub(crate) fn inspect(repo: &Repository, opts: &CheckOptions) -> Result<Inspecti
             tracing::warn!("ignoring unexpected object {}", obj.path);
             continue;
         };
-        match repo.load_snapshot(&id) {
+        match repo.load_snapshot_stored(&id) {
             Ok(s) => snapshots.push((id, s)),
+            // Deleted since the listing (a backup replacing its checkpoint).
+            Err(Error::Storage { source, .. }) if source.is_not_found() => {}
             Err(e) => report.damage.push(Damage::SnapshotUnreadable {
                 object: obj.path.clone(),
                 reason: corrupt_or(e)?,
@@ -587,6 +670,19 @@ fn verify_pack(
             object: object.clone(),
         });
     }
+    // Damage to the pack as a whole (its trailer, its size, bytes between
+    // blobs) is recorded for the whole pack: maintenance then salvages its
+    // intact blobs into a new pack and drops it.
+    let pack_damaged = |v: &PackVerdict| {
+        v.damage.iter().any(|d| {
+            matches!(
+                d,
+                Damage::PackHashMismatch { .. }
+                    | Damage::TrailerUnreadable { .. }
+                    | Damage::IndexDisagrees { .. }
+            )
+        })
+    };
     let entries = match read_trailer(&pack, &repo.0.key) {
         Ok(entries) => {
             if let Some(info) = indexed {
@@ -636,8 +732,12 @@ fn verify_pack(
                 kind: e.kind.to_string(),
                 reason: reason.clone(),
             });
+            repo.note_damage(one_copy(e.id, *id));
             v.damaged_blobs.push(((*id, e.id), reason));
         }
+    }
+    if pack_damaged(&v) && v.damaged_blobs.is_empty() {
+        repo.note_damage(whole_pack(*id, DamageReason::PackDamaged));
     }
     Ok(v)
 }
@@ -694,7 +794,48 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
     }
     report.damage.sort();
     report.damage.dedup();
+    // Record what this run found, then set apart the recorded damage no
+    // snapshot needs: nothing is lost through it and no writer will use it.
+    report.recorded = match repo.record_found_damage() {
+        Ok(n) => n as u64,
+        Err(e) => {
+            tracing::warn!("could not record the damage found in damage/: {e}");
+            0
+        }
+    };
+    let recorded = repo.damage_set();
+    let recorded_packs = recorded.packs();
+    let (contained, damage): (Vec<Damage>, Vec<Damage>) = std::mem::take(&mut report.damage)
+        .into_iter()
+        .partition(|d| {
+            let Some((pack, blob)) = damage_copy(d) else {
+                return false;
+            };
+            let known = match blob {
+                Some(b) => recorded.knows(&one_copy(b, pack)),
+                None => recorded_packs.contains(&pack),
+            };
+            known && !health.is_blamed(&pack, blob.as_ref())
+        });
+    report.damage = damage;
+    report.contained = contained;
     Ok(report)
+}
+
+/// The pack (and blob) a pack- or blob-level damage is about.
+fn damage_copy(d: &Damage) -> Option<(PackId, Option<BlobId>)> {
+    let pack_of = |object: &str| object.rsplit('/').next().and_then(PackId::from_hex);
+    match d {
+        Damage::PackMissing { object, .. }
+        | Damage::PackSizeMismatch { object, .. }
+        | Damage::PackHashMismatch { object }
+        | Damage::TrailerUnreadable { object, .. }
+        | Damage::IndexDisagrees { object } => Some((pack_of(object)?, None)),
+        Damage::BlobDamaged { object, blob, .. } => {
+            Some((pack_of(object)?, Some(BlobId::from_hex(blob)?)))
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]

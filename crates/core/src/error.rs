@@ -105,7 +105,9 @@ impl Error {
             Error::WrongPassword { .. } => ErrorKind::WrongPassword,
             Error::NotARepository { .. } | Error::AlreadyExists { .. } => ErrorKind::NotARepository,
             Error::Corrupt { .. } | Error::BlobNotFound { .. } => ErrorKind::Corrupt,
-            Error::Storage { source, .. } if source.is_not_found() => ErrorKind::Corrupt,
+            Error::Storage { source, .. } if source.is_not_found() || source.is_short_object() => {
+                ErrorKind::Corrupt
+            }
             Error::Storage { .. } => ErrorKind::Storage,
             Error::Io { .. } => ErrorKind::Io,
             Error::Cache { .. } => ErrorKind::Cache,

@@ -15,6 +15,7 @@ use crate::crypto::SealKey;
 use crate::error::{Error, Result};
 use crate::format::codec::{DecodeError, Reader, Writer};
 use crate::format::index::IndexSegment;
+use crate::format::pack::BlobEntry;
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{Content, Payload};
 use crate::format::{BlobId, BlobKind, Id, IndexId, PackId, SnapshotId};
@@ -214,6 +215,14 @@ pub struct MarkReport {
     pub repacked_bytes: u64,
     /// Packs in `packs/` that no index segment lists, newly planned.
     pub orphan_packs: u64,
+    /// Packs holding copies recorded as damaged (or missing), repacked
+    /// without those copies and newly planned.
+    pub damaged_packs: u64,
+    /// Live blobs no intact copy of which could be found by the repack.
+    pub lost_blobs: u64,
+    /// Trees or chunk lists the snapshots reference that could not be
+    /// read: while any remain, no pack is planned for being unused.
+    pub unreadable_trees: u64,
     /// Bytes of every newly planned pack: reclaimed by a sweep after the window.
     pub planned_bytes: u64,
     /// The plan written, if any.
@@ -238,12 +247,14 @@ pub struct SweepReport {
 }
 
 /// Every blob the given snapshots reference (trees, lists and data),
-/// following each tree once.
+/// following each tree once, and how many trees and chunk lists could not
+/// be read (what lies below them is unknown).
 pub fn referenced_blobs<'a>(
     repo: &Repository,
     snapshots: impl IntoIterator<Item = &'a Snapshot>,
-) -> Result<HashSet<BlobId>> {
+) -> Result<(HashSet<BlobId>, u64)> {
     let mut seen: HashSet<BlobId> = HashSet::new();
+    let mut unreadable = 0u64;
     let mut stack: Vec<BlobId> = Vec::new();
     for s in snapshots {
         if seen.insert(s.tree) {
@@ -251,7 +262,15 @@ pub fn referenced_blobs<'a>(
         }
     }
     while let Some(tree_id) = stack.pop() {
-        let tree = repo.load_tree(&tree_id)?;
+        let tree = match repo.load_tree(&tree_id) {
+            Ok(t) => t,
+            Err(e) if e.kind() == crate::ErrorKind::Corrupt => {
+                tracing::warn!("{e}; what lies below tree {} is unknown", tree_id.short());
+                unreadable += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         for node in &tree.nodes {
             match &node.payload {
                 Payload::Dir(sub) => {
@@ -259,15 +278,17 @@ pub fn referenced_blobs<'a>(
                         stack.push(*sub);
                     }
                 }
-                Payload::File(content) => add_content(repo, content, &mut seen)?,
+                Payload::File(content) => {
+                    unreadable += add_content(repo, content, &mut seen)?;
+                }
                 Payload::Symlink(_) | Payload::None => {}
             }
         }
     }
-    Ok(seen)
+    Ok((seen, unreadable))
 }
 
-fn add_content(repo: &Repository, content: &Content, seen: &mut HashSet<BlobId>) -> Result<()> {
+fn add_content(repo: &Repository, content: &Content, seen: &mut HashSet<BlobId>) -> Result<u64> {
     match content {
         Content::Inline(chunks) => {
             seen.extend(chunks.iter().filter(|c| !c.is_hole()).map(|c| c.id));
@@ -275,31 +296,29 @@ fn add_content(repo: &Repository, content: &Content, seen: &mut HashSet<BlobId>)
         Content::Lists(lists) => {
             for l in lists {
                 if seen.insert(l.id) {
-                    let chunks = repo.chunk_list(&Content::Lists(vec![*l]))?;
-                    seen.extend(chunks.iter().filter(|c| !c.is_hole()).map(|c| c.id));
+                    match repo.chunk_list(&Content::Lists(vec![*l])) {
+                        Ok(chunks) => {
+                            seen.extend(chunks.iter().filter(|c| !c.is_hole()).map(|c| c.id))
+                        }
+                        Err(e) if e.kind() == crate::ErrorKind::Corrupt => {
+                            tracing::warn!("{e}; the chunks it lists are unknown");
+                            return Ok(1);
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
             }
         }
     }
-    Ok(())
+    Ok(0)
 }
 
-/// Every snapshot present, oldest first, skipping those deleted between
-/// the listing and the read (a backup replacing its checkpoint).
+/// Every readable snapshot present, oldest first, by
+/// [`Repository::list_snapshots`]'s policy: one deleted between the listing
+/// and the read is skipped, one that is damaged is skipped with a warning
+/// (its references cannot be known; `repair snapshots` removes it).
 pub fn list_snapshots(repo: &Repository) -> Result<Vec<(SnapshotId, Snapshot)>> {
-    let mut out = Vec::new();
-    for obj in repo.storage().list("snapshots/").map_err(repo.serr())? {
-        let Some(id) = SnapshotId::from_hex(obj.path.trim_start_matches("snapshots/")) else {
-            continue;
-        };
-        match repo.load_snapshot(&id) {
-            Ok(s) => out.push((id, s)),
-            Err(Error::Storage { source, .. }) if source.is_not_found() => {}
-            Err(e) => return Err(e),
-        }
-    }
-    out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
-    Ok(out)
+    repo.list_snapshots()
 }
 
 /// When an incomplete (checkpoint) snapshot was written.
@@ -374,6 +393,9 @@ pub struct Roots {
     ids: Vec<SnapshotId>,
     /// Every referenced blob.
     pub blobs: HashSet<BlobId>,
+    /// Trees and chunk lists that could not be read: while there are any,
+    /// no pack is deleted for being unused, only damaged packs are dropped.
+    pub unreadable: u64,
 }
 
 impl Roots {
@@ -384,10 +406,14 @@ impl Roots {
     pub fn load(repo: &Repository) -> Result<Self> {
         let snaps = list_snapshots(repo)?;
         repo.sync_index(false)?;
-        let blobs = referenced_blobs(repo, snaps.iter().map(|(_, s)| s))?;
+        let (blobs, unreadable) = referenced_blobs(repo, snaps.iter().map(|(_, s)| s))?;
         let mut ids: Vec<SnapshotId> = snaps.into_iter().map(|(id, _)| id).collect();
         ids.sort();
-        Ok(Self { ids, blobs })
+        Ok(Self {
+            ids,
+            blobs,
+            unreadable,
+        })
     }
 
     /// The same roots if the snapshot list has not changed, else fresh ones.
@@ -412,6 +438,7 @@ impl Roots {
         Self {
             ids: Vec::new(),
             blobs: HashSet::new(),
+            unreadable: 0,
         }
     }
 
@@ -429,8 +456,11 @@ struct PackUse {
 }
 
 /// Phase 1: plans the deletion of unused packs, repacks sparse ones and
-/// plans them too, and plans orphan packs. `roots` must be computed after
-/// stale checkpoints were removed and before this call.
+/// plans them too, plans orphan packs, and drops damaged copies: a pack
+/// holding a copy recorded in `damage/` (or indexed but missing) is
+/// repacked, its intact live blobs salvaged into a new pack and its
+/// damaged ones left behind. `roots` must be computed after stale
+/// checkpoints were removed and before this call.
 pub fn mark(repo: &Repository, roots: &Roots, opts: &GcOptions) -> Result<MarkReport> {
     repo.sync_index(false)?;
     repo.refresh_plans()?;
@@ -439,6 +469,7 @@ pub fn mark(repo: &Repository, roots: &Roots, opts: &GcOptions) -> Result<MarkRe
     let mut report = MarkReport {
         snapshots: roots.snapshot_count(),
         referenced_blobs: live.len() as u64,
+        unreadable_trees: roots.unreadable,
         ..Default::default()
     };
     let mut usage: HashMap<PackId, PackUse> = HashMap::new();
@@ -451,13 +482,40 @@ pub fn mark(repo: &Repository, roots: &Roots, opts: &GcOptions) -> Result<MarkRe
         }
         Ok(())
     })?;
+    // Indexed packs the storage no longer holds are damage like any other.
+    let listed = repo.storage().list("packs/").map_err(repo.serr())?;
+    let stored: HashSet<PackId> = listed
+        .iter()
+        .filter_map(|o| PackId::from_hex(o.path.rsplit('/').next().unwrap_or("")))
+        .collect();
+    for pack in usage.keys() {
+        if !stored.contains(pack) && !planned.contains(pack) {
+            repo.note_damage(crate::damage::whole_pack(
+                *pack,
+                crate::format::damage::DamageReason::PackMissing,
+            ));
+        }
+    }
+    if !opts.dry_run {
+        repo.record_found_damage()?;
+    }
+    repo.refresh_damage()?;
+    let damage = repo.damage_set();
+    let damaged_packs = damage.packs();
+    // With trees unread, "unused" cannot be known: only damaged packs go.
+    let complete = roots.unreadable == 0;
     let mut doomed: HashSet<PackId> = HashSet::new();
     let mut repack: HashSet<PackId> = HashSet::new();
     for (pack, u) in &usage {
         if planned.contains(pack) {
             continue;
         }
-        if u.live == 0 {
+        if damaged_packs.contains(pack) {
+            repack.insert(*pack);
+            report.damaged_packs += 1;
+        } else if !complete {
+            continue;
+        } else if u.live == 0 {
             doomed.insert(*pack);
             report.unused_packs += 1;
             report.planned_bytes += u.len;
@@ -465,46 +523,60 @@ pub fn mark(repo: &Repository, roots: &Roots, opts: &GcOptions) -> Result<MarkRe
             repack.insert(*pack);
         }
     }
-    // A live blob must stay readable from a kept pack: find those whose
-    // every location is in a pack being repacked (or already planned).
+    // A live blob must stay readable from a kept, intact copy: find those
+    // whose every such copy is in a pack being repacked (or already
+    // planned), with the copies to rewrite, intact ones first.
     let mut covered: HashSet<BlobId> = HashSet::new();
-    let mut candidates: HashMap<BlobId, (PackId, crate::format::pack::BlobEntry)> = HashMap::new();
+    let mut candidates: HashMap<BlobId, Vec<(PackId, BlobEntry, bool)>> = HashMap::new();
     repo.cache().for_each_location(|pack, _, e| {
         if !live.contains(&e.id) {
             return Ok(());
         }
-        if repack.contains(&pack) || planned.contains(&pack) {
-            if repack.contains(&pack) {
-                candidates.entry(e.id).or_insert((pack, e));
-            }
-        } else {
+        let bad = damage.is_bad(&e.id, &pack);
+        if repack.contains(&pack) {
+            candidates.entry(e.id).or_default().push((pack, e, bad));
+        } else if !planned.contains(&pack) && !bad {
             covered.insert(e.id);
         }
         Ok(())
     })?;
     candidates.retain(|id, _| !covered.contains(id));
     drop(covered);
-    report.repacked_packs = repack.len() as u64;
+    report.repacked_packs = repack.len() as u64 - report.damaged_packs;
     for p in &repack {
         report.planned_bytes += usage.get(p).map_or(0, |u| u.len);
     }
-    report.repacked_blobs = candidates.len() as u64;
-    report.repacked_bytes = candidates.values().map(|(_, e)| e.stored_len as u64).sum();
-    if !opts.dry_run && !candidates.is_empty() {
-        rewrite_blobs(repo, candidates.into_values().collect())?;
+    let mut candidates: Vec<Vec<(PackId, BlobEntry, bool)>> = candidates
+        .into_values()
+        .map(|mut copies| {
+            copies.sort_by_key(|(p, e, bad)| (*bad, *p, e.offset));
+            copies
+        })
+        .collect();
+    candidates.sort_by_key(|c| (c[0].0, c[0].1.offset));
+    if opts.dry_run {
+        report.repacked_blobs = candidates.len() as u64;
+        report.repacked_bytes = candidates.iter().map(|c| c[0].1.stored_len as u64).sum();
+    } else if !candidates.is_empty() {
+        let (rewritten, bytes, lost) = rewrite_blobs(repo, &candidates)?;
+        report.repacked_blobs = rewritten;
+        report.repacked_bytes = bytes;
+        report.lost_blobs = lost;
     }
     doomed.extend(repack);
     // Orphans: packs nobody indexed (interrupted uploads). A running
     // backup indexes its packs within one checkpoint interval, far less
     // than the window, so an orphan still unindexed at the sweep is dead.
-    for obj in repo.storage().list("packs/").map_err(repo.serr())? {
-        let name = obj.path.rsplit('/').next().unwrap_or("");
-        let Some(pack) = PackId::from_hex(name) else {
-            continue;
-        };
-        if !usage.contains_key(&pack) && !planned.contains(&pack) && doomed.insert(pack) {
-            report.orphan_packs += 1;
-            report.planned_bytes += obj.size;
+    if complete {
+        for obj in &listed {
+            let name = obj.path.rsplit('/').next().unwrap_or("");
+            let Some(pack) = PackId::from_hex(name) else {
+                continue;
+            };
+            if !usage.contains_key(&pack) && !planned.contains(&pack) && doomed.insert(pack) {
+                report.orphan_packs += 1;
+                report.planned_bytes += obj.size;
+            }
         }
     }
     if !doomed.is_empty() && !opts.dry_run {
@@ -520,24 +592,51 @@ pub fn mark(repo: &Repository, roots: &Roots, opts: &GcOptions) -> Result<MarkRe
     Ok(report)
 }
 
-/// Copies the sealed bytes of `blobs` into new packs (sealed blobs do not
-/// depend on their pack, so no re-encryption is needed) and indexes them.
+/// Copies the sealed bytes of each blob's first readable copy into new
+/// packs (sealed blobs do not depend on their pack, so no re-encryption is
+/// needed) and indexes them. A copy recorded as damaged is verified first
+/// and skipped if it does not open; a blob none of whose copies can be read
+/// is lost. Returns the blobs rewritten, their stored bytes, and the blobs
+/// lost.
 fn rewrite_blobs(
     repo: &Repository,
-    mut blobs: Vec<(PackId, crate::format::pack::BlobEntry)>,
-) -> Result<()> {
-    blobs.sort_by_key(|(p, e)| (*p, e.offset));
+    blobs: &[Vec<(PackId, BlobEntry, bool)>],
+) -> Result<(u64, u64, u64)> {
     let writer = PackWriter::new(repo, 2);
-    for (pack, e) in blobs {
-        let range = e.offset as u64..e.end();
-        let stored = repo
-            .storage()
-            .read_range(&pack.path(), range)
-            .map_err(repo.serr())?;
-        writer.add_sealed(e.kind, e.id, &stored, e.raw_len)?;
+    let (mut rewritten, mut bytes, mut lost) = (0, 0, 0);
+    for copies in blobs {
+        let mut done = false;
+        for (pack, e, bad) in copies {
+            let range = e.offset as u64..e.end();
+            let stored = match repo.read_pack_range(pack, range) {
+                Ok(b) => b,
+                Err(err) if *bad && err.kind() == crate::ErrorKind::Corrupt => continue,
+                Err(err) => return Err(err),
+            };
+            if *bad
+                && repo
+                    .open_blob(e.kind, &e.id, &stored, &pack.path())
+                    .is_err()
+            {
+                continue;
+            }
+            writer.add_sealed(e.kind, e.id, &stored, e.raw_len)?;
+            rewritten += 1;
+            bytes += e.stored_len as u64;
+            done = true;
+            break;
+        }
+        if !done {
+            tracing::warn!(
+                "{} blob {} has no intact copy left: it is lost",
+                copies[0].1.kind,
+                copies[0].1.id.short()
+            );
+            lost += 1;
+        }
     }
     writer.finish()?;
-    Ok(())
+    Ok((rewritten, bytes, lost))
 }
 
 /// Re-stores one blob whose only indexed copies sit in planned packs, so a
@@ -577,28 +676,38 @@ pub fn sweep(repo: &Repository, roots: &Roots, opts: &GcOptions) -> Result<Sweep
         return Ok(report);
     }
     repo.sync_index(false)?;
+    repo.refresh_damage()?;
+    let damage = repo.damage_set();
     // A referenced blob in a doomed pack is safe only if a pack outside
-    // every plan also holds it; otherwise its doomed pack is kept.
+    // every plan also holds an intact copy; otherwise its doomed pack is
+    // kept. A copy recorded as damaged protects nothing and needs no
+    // protection. While some tree cannot be read, every doomed pack not
+    // recorded as damaged is kept.
     let live = &roots.blobs;
     let mut safe: HashSet<BlobId> = HashSet::new();
     let mut at_risk: Vec<(PackId, BlobId)> = Vec::new();
     let mut sizes: HashMap<PackId, u64> = HashMap::new();
     repo.cache().for_each_location(|pack, len, e| {
+        let bad = damage.is_bad(&e.id, &pack);
         if doomed.contains(&pack) {
             sizes.insert(pack, len);
-            if live.contains(&e.id) {
+            if live.contains(&e.id) && !bad {
                 at_risk.push((pack, e.id));
             }
-        } else if !plans.contains(&pack) && live.contains(&e.id) {
+        } else if !plans.contains(&pack) && live.contains(&e.id) && !bad {
             safe.insert(e.id);
         }
         Ok(())
     })?;
-    let keep: HashSet<PackId> = at_risk
+    let damaged_packs = damage.packs();
+    let mut keep: HashSet<PackId> = at_risk
         .iter()
         .filter(|(_, b)| !safe.contains(b))
         .map(|(p, _)| *p)
         .collect();
+    if roots.unreadable > 0 {
+        keep.extend(doomed.iter().filter(|p| !damaged_packs.contains(p)));
+    }
     report.packs_kept = keep.len() as u64;
     let delete: Vec<PackId> = doomed.difference(&keep).copied().collect();
     // Unindexed (orphan) packs: their size comes from the listing.

@@ -12,6 +12,7 @@ pub mod check;
 pub mod checkpoint;
 pub mod copy;
 pub mod crypto;
+pub mod damage;
 pub mod error;
 pub mod exclude;
 pub mod format;

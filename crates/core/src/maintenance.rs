@@ -48,6 +48,9 @@ pub struct MaintenanceReport {
     pub mark: Option<MarkReport>,
     /// Index segments merged by compaction.
     pub segments_compacted: u64,
+    /// `damage/` records deleted because none of their packs is indexed
+    /// any more (their damaged copies are gone).
+    pub damage_records_removed: u64,
 }
 
 impl MaintenanceReport {
@@ -90,6 +93,7 @@ pub fn run(repo: &Repository, opts: &MaintenanceOptions) -> Result<MaintenanceRe
             report.sweep = Some(gc::sweep(repo, &roots, g)?);
         }
     }
+    report.damage_records_removed = crate::damage::forget_resolved(repo, g.dry_run)?;
     Ok(report)
 }
 

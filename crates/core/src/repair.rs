@@ -87,6 +87,8 @@ pub struct RepairIndexReport {
     pub segments_written: Vec<String>,
     /// Segments superseded (deleted unless a dry run).
     pub segments_removed: Vec<String>,
+    /// Damaged packs recorded in `damage/` (never reused by writers).
+    pub damage_recorded: u64,
 }
 
 /// Reads a pack's trailer with two range reads (footer, then trailer).
@@ -178,6 +180,13 @@ pub fn repair_index(repo: &Repository, opts: &RepairIndexOptions) -> Result<Repa
                 blobs,
             }),
             Err(reason) => {
+                // Its blobs stay readable where the old index placed them,
+                // but no writer may trust them: maintenance salvages the
+                // intact ones and drops the pack.
+                repo.note_damage(crate::damage::whole_pack(
+                    id,
+                    crate::format::damage::DamageReason::PackDamaged,
+                ));
                 let kept = old.get(&id).cloned();
                 report.unreadable.push(UnreadablePack {
                     object: obj.path.clone(),
@@ -226,6 +235,7 @@ pub fn repair_index(repo: &Repository, opts: &RepairIndexOptions) -> Result<Repa
         storage.delete(&s.path()).map_err(repo.serr())?;
     }
     repo.sync_index(true)?;
+    report.damage_recorded = repo.record_found_damage()? as u64;
     lock.release()?;
     Ok(report)
 }
@@ -279,8 +289,13 @@ pub struct RepairSnapshotsReport {
     pub examined: u64,
     /// Snapshots rewritten.
     pub repaired: Vec<RepairedSnapshot>,
-    /// Snapshot manifests that cannot be read at all (nothing to rewrite).
+    /// Snapshot manifests that cannot be read at all (nothing to rewrite):
+    /// deleted unless a dry run, since nothing can ever read them.
     pub unreadable: Vec<Damage>,
+    /// Whether the unreadable manifests were deleted.
+    pub unreadable_removed: bool,
+    /// Damaged copies recorded in `damage/` (never reused by writers).
+    pub damage_recorded: u64,
 }
 
 type Rewritten = (BlobId, std::sync::Arc<Vec<(PathBuf, String)>>);
@@ -542,6 +557,20 @@ pub fn repair_snapshots(
             original_forgotten: forget,
             paths,
         });
+    }
+    if !opts.dry_run {
+        for d in &report.unreadable {
+            if let Damage::SnapshotUnreadable { object, .. } = d {
+                lock.check()?;
+                match repo.storage().delete(object) {
+                    Ok(()) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(repo.serr()(e)),
+                }
+            }
+        }
+        report.unreadable_removed = !report.unreadable.is_empty();
+        report.damage_recorded = repo.record_found_damage()? as u64;
     }
     lock.release()?;
     Ok(report)

@@ -3,19 +3,22 @@
 
 use crate::cache::{BlobLocation, Cache, CachedKind};
 use crate::crypto::{blob_aad, IdHasher, KdfParams, SealKey};
+use crate::damage::DamageSet;
 use crate::error::{Error, Result};
 use crate::format::config::{Config, CONFIG_AAD, CONFIG_PATH};
+use crate::format::damage::{DamageEntry, DamageReason};
 use crate::format::header::{Header, HeaderError, HEADER_PATH};
 use crate::format::index::{IndexSegment, INDEX_AAD};
 use crate::format::key::{KeyFile, KeyFileError};
 use crate::format::snapshot::{Snapshot, SNAPSHOT_AAD};
 use crate::format::tree::{decode_list, ChunkRef, Content, Tree};
-use crate::format::{BlobId, BlobKind, Id, IndexId, SnapshotId};
+use crate::format::{BlobId, BlobKind, Id, IndexId, PackId, SnapshotId};
 use bytes::Bytes;
 use cairn_storage::{DynStorage, StorageError};
 use rayon::prelude::*;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 /// zstd level for data blobs that do not look like text. On the binary
 /// benchmark data (database- and disk-image-like pages) level -1 compresses
@@ -109,6 +112,11 @@ pub(crate) struct Inner {
     /// Packs listed in `gc/` plans: their blobs count as absent for dedup
     /// (see docs/MAINTENANCE.md). Refreshed by [`Repository::refresh_plans`].
     pub(crate) plans: std::sync::RwLock<crate::gc::PlanSet>,
+    /// Copies recorded in `damage/`: never deduplicated against, read only
+    /// when no other copy exists. Refreshed by [`Repository::refresh_damage`].
+    damage: std::sync::RwLock<DamageSet>,
+    /// Damage this process met and has not recorded yet.
+    found: std::sync::Mutex<BTreeSet<DamageEntry>>,
 }
 
 /// An open repository. Cheap to clone; clones share the cache and keys.
@@ -306,9 +314,12 @@ impl Repository {
             cache,
             damaged_segments: Default::default(),
             plans: Default::default(),
+            damage: Default::default(),
+            found: Default::default(),
         }));
         repo.sync_index(opts.tolerate_damage)?;
         repo.refresh_plans()?;
+        repo.refresh_damage()?;
         Ok(repo)
     }
 
@@ -434,27 +445,33 @@ impl Repository {
         Ok(id)
     }
 
-    /// Where a blob is stored, if indexed; a pack outside every `gc/` plan
-    /// is preferred, but a planned pack is returned when it is the only one.
+    /// Where a blob is stored, if indexed. Preferred, in order: a copy
+    /// outside every `gc/` plan and every `damage/` record, a planned copy
+    /// not recorded as damaged, then any copy (a reader of a damaged copy
+    /// fails with the damage named).
     pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
-        let plans = self.0.plans.read().expect("plans lock");
-        if plans.is_empty() {
+        let plans = self.0.plans.read().unwrap_or_else(PoisonError::into_inner);
+        let damage = self.0.damage.read().unwrap_or_else(PoisonError::into_inner);
+        if plans.is_empty() && damage.is_empty() {
             return self.0.cache.lookup(id);
         }
         let all = self.0.cache.locations(id)?;
-        Ok(all
-            .iter()
-            .find(|l| !plans.contains(&l.pack))
-            .or(all.first())
-            .copied())
+        let rank = |l: &BlobLocation| match (damage.is_bad(id, &l.pack), plans.contains(&l.pack)) {
+            (false, false) => 0,
+            (false, true) => 1,
+            (true, _) => 2,
+        };
+        Ok(all.iter().min_by_key(|l| rank(l)).copied())
     }
 
-    /// Whether the index holds blob `id` in a pack no `gc/` plan lists.
-    /// Writers deduplicate only against such blobs: a blob whose packs are
-    /// all planned for deletion counts as absent and is written again.
+    /// Whether the index holds blob `id` in a pack no `gc/` plan lists and
+    /// no `damage/` record names for it. Writers deduplicate only against
+    /// such blobs: a blob whose copies are all planned for deletion or known
+    /// to be damaged counts as absent and is written again.
     pub fn has_blob(&self, id: &BlobId) -> Result<bool> {
-        let plans = self.0.plans.read().expect("plans lock");
-        if plans.is_empty() {
+        let plans = self.0.plans.read().unwrap_or_else(PoisonError::into_inner);
+        let damage = self.0.damage.read().unwrap_or_else(PoisonError::into_inner);
+        if plans.is_empty() && damage.is_empty() {
             return self.0.cache.contains(id);
         }
         Ok(self
@@ -462,7 +479,110 @@ impl Repository {
             .cache
             .locations(id)?
             .iter()
-            .any(|l| !plans.contains(&l.pack)))
+            .any(|l| !plans.contains(&l.pack) && !damage.is_bad(id, &l.pack)))
+    }
+
+    /// Whether the copy of `id` in `pack` is recorded as damaged.
+    pub fn is_damaged_copy(&self, id: &BlobId, pack: &PackId) -> bool {
+        self.0
+            .damage
+            .read()
+            .map(|d| d.is_bad(id, pack))
+            .unwrap_or(false)
+    }
+
+    /// The damage recorded in `damage/` as of the last refresh.
+    pub fn damage_set(&self) -> DamageSet {
+        self.0.damage.read().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    /// Re-reads the `damage/` records (loads only records not seen before).
+    pub fn refresh_damage(&self) -> Result<()> {
+        let known = self.damage_set();
+        let fresh = crate::damage::load_damage_set(self, &known)?;
+        *self
+            .0
+            .damage
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = fresh;
+        Ok(())
+    }
+
+    /// Notes damage met while reading, to be recorded by
+    /// [`Repository::record_found_damage`]. Entries already recorded are
+    /// ignored.
+    pub fn note_damage(&self, entry: DamageEntry) {
+        if self.is_known_damage(&entry) {
+            return;
+        }
+        tracing::debug!("noting damage: {} {:?}", entry.reason, entry.pack);
+        if let Ok(mut found) = self.0.found.lock() {
+            found.insert(entry);
+        }
+    }
+
+    fn is_known_damage(&self, entry: &DamageEntry) -> bool {
+        self.0
+            .damage
+            .read()
+            .map(|d| d.knows(entry))
+            .unwrap_or(false)
+    }
+
+    /// Writes the damage noted since the last call as one `damage/` record,
+    /// so every writer stores those blobs again and maintenance drops the
+    /// bad copies; returns how many entries it recorded. A repository that
+    /// cannot be written (read-only credentials) only loses the record:
+    /// the caller warns.
+    pub fn record_found_damage(&self) -> Result<usize> {
+        let entries: Vec<DamageEntry> = match self.0.found.lock() {
+            Ok(mut found) => std::mem::take(&mut *found).into_iter().collect(),
+            Err(_) => return Ok(0),
+        };
+        let entries: Vec<DamageEntry> = entries
+            .into_iter()
+            .filter(|e| !self.is_known_damage(e))
+            .collect();
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let n = entries.len();
+        crate::damage::save_record(self, entries)?;
+        self.refresh_damage()?;
+        Ok(n)
+    }
+
+    /// [`Repository::record_found_damage`] for commands whose own result
+    /// must not depend on it: a failure to record is logged, not returned.
+    pub fn record_found_damage_or_warn(&self) {
+        match self.record_found_damage() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("recorded {n} damaged object(s) in damage/"),
+            Err(e) => tracing::warn!(
+                "could not record the damage found ({e}); the next backup may deduplicate against it until `cairn check` records it"
+            ),
+        }
+    }
+
+    /// Reads `range` of pack `pack`; a missing or truncated pack is noted
+    /// as damage and reported as a corrupt object.
+    pub fn read_pack_range(&self, pack: &PackId, range: std::ops::Range<u64>) -> Result<Bytes> {
+        let path = pack.path();
+        match self.0.storage.read_range(&path, range) {
+            Ok(b) => Ok(b),
+            Err(e) if e.is_not_found() => {
+                self.note_damage(crate::damage::whole_pack(*pack, DamageReason::PackMissing));
+                Err(Error::corrupt(path, "the pack is missing"))
+            }
+            Err(e) if e.is_short_object() => {
+                self.note_damage(crate::damage::whole_pack(*pack, DamageReason::PackDamaged));
+                Err(Error::corrupt(
+                    path,
+                    format!("the pack is shorter than the index says (truncated): {e}"),
+                ))
+            }
+            Err(e) => Err(self.serr()(e)),
+        }
     }
 
     /// Re-reads the `gc/` plans (lists `gc/`, loads only plans not seen
@@ -564,15 +684,15 @@ impl Repository {
             id: id.to_hex(),
         })?;
         let path = loc.pack.path();
-        let stored = self
-            .0
-            .storage
-            .read_range(
-                &path,
-                loc.offset as u64..loc.offset as u64 + loc.stored_len as u64,
-            )
-            .map_err(self.serr())?;
-        self.open_blob(kind, id, &stored, &path)
+        let stored = self.read_pack_range(
+            &loc.pack,
+            loc.offset as u64..loc.offset as u64 + loc.stored_len as u64,
+        )?;
+        self.open_blob(kind, id, &stored, &path).inspect_err(|e| {
+            if matches!(e, Error::Corrupt { .. }) {
+                self.note_damage(crate::damage::one_copy(*id, loc.pack));
+            }
+        })
     }
 
     /// Loads a tree, from the cache when possible.
@@ -634,8 +754,22 @@ impl Repository {
 
     /// Loads one snapshot manifest, from the cache when possible.
     pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        self.load_snapshot_from(id, true)
+    }
+
+    /// Loads one snapshot manifest from storage, whatever the cache holds
+    /// (`check` must see the stored object, not a cached copy).
+    pub fn load_snapshot_stored(&self, id: &SnapshotId) -> Result<Snapshot> {
+        self.load_snapshot_from(id, false)
+    }
+
+    fn load_snapshot_from(&self, id: &SnapshotId, use_cache: bool) -> Result<Snapshot> {
         let path = id.path();
-        let cached = self.0.cache.get_object(CachedKind::Snapshot, &id.0)?;
+        let cached = if use_cache {
+            self.0.cache.get_object(CachedKind::Snapshot, &id.0)?
+        } else {
+            None
+        };
         let stored = match cached {
             Some(s) if Id::hash(&s) == id.0 => s,
             _ => {
@@ -658,17 +792,36 @@ impl Repository {
         Snapshot::from_json(&body).map_err(|e| Error::corrupt(&path, e))
     }
 
-    /// Every snapshot, oldest first.
+    /// Every readable snapshot, oldest first (equal times by id). The one
+    /// policy for a snapshot that cannot be read: one deleted between the
+    /// listing and the read (a backup replacing its checkpoint) is skipped;
+    /// one that is damaged is skipped with a warning, so it affects only
+    /// itself (`check` names it, `repair snapshots` removes it). Storage
+    /// failures fail the listing.
     pub fn list_snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
         let listed = self.0.storage.list("snapshots/").map_err(self.serr())?;
         let ids: Vec<SnapshotId> = listed
             .iter()
             .filter_map(|o| SnapshotId::from_hex(o.path.trim_start_matches("snapshots/")))
             .collect();
-        let mut out = ids
+        let loaded: Vec<(SnapshotId, Result<Snapshot>)> = ids
             .par_iter()
-            .map(|id| self.load_snapshot(id).map(|s| (*id, s)))
-            .collect::<Result<Vec<_>>>()?;
+            .map(|id| (*id, self.load_snapshot(id)))
+            .collect();
+        let mut out = Vec::new();
+        for (id, r) in loaded {
+            match r {
+                Ok(s) => out.push((id, s)),
+                Err(Error::Storage { source, .. }) if source.is_not_found() => {}
+                Err(e) if e.kind() == crate::ErrorKind::Corrupt => {
+                    tracing::warn!(
+                        "skipping snapshot {}: {e} (`cairn repair snapshots` removes it)",
+                        id.short()
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
         out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
         Ok(out)
     }

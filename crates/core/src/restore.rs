@@ -65,6 +65,10 @@ pub struct RestoreStats {
     pub verified: u64,
     /// Entries that could not be restored, with the reason.
     pub failed: Vec<(PathBuf, String)>,
+    /// Files restored whole from a snapshot `repair snapshots` wrote, but
+    /// whose lost ranges it filled with zeros (they carry
+    /// [`crate::repair::DAMAGED_XATTR`]), with what was lost.
+    pub zero_filled: Vec<(PathBuf, String)>,
 }
 
 struct FileTask {
@@ -74,6 +78,9 @@ struct FileTask {
 
 #[derive(Default)]
 struct Plan {
+    /// Directories whose listing cannot be read: nothing below them is
+    /// restored, and each is reported.
+    lost: Vec<(PathBuf, String)>,
     dirs: Vec<(PathBuf, Node)>,
     files: Vec<FileTask>,
     specials: Vec<(PathBuf, Node)>,
@@ -149,6 +156,7 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
         && plan.files.is_empty()
         && plan.specials.is_empty()
         && plan.dirs.is_empty()
+        && plan.lost.is_empty()
     {
         return Err(Error::Usage(format!(
             "no entry of the snapshot matches {}",
@@ -169,7 +177,10 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
     );
     progress.scan_done.store(true, Ordering::Relaxed);
 
-    let mut stats = RestoreStats::default();
+    let mut stats = RestoreStats {
+        failed: std::mem::take(&mut plan.lost),
+        ..Default::default()
+    };
     for (dir, _) in &plan.dirs {
         make_dir(dir, opts.overwrite)?;
     }
@@ -250,8 +261,23 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
                 let start = range[0].offset;
                 let end = range.last().map_or(start, |b| b.offset + b.stored_len);
                 let path = pack.path();
-                let data = match repo.storage().read_range(&path, start..end) {
-                    Ok(d) => d,
+                let data = match repo.read_pack_range(pack, start..end) {
+                    Ok(d) if d.len() as u64 == end - start => d,
+                    Ok(d) => {
+                        let mut f = failed.lock().expect("lock");
+                        for b in range {
+                            for t in &b.targets {
+                                f.entry(t.file).or_insert_with(|| {
+                                    format!(
+                                        "reading {path}: got {} of {} bytes",
+                                        d.len(),
+                                        end - start
+                                    )
+                                });
+                            }
+                        }
+                        continue;
+                    }
                     Err(e) => {
                         let mut f = failed.lock().expect("lock");
                         for b in range {
@@ -290,6 +316,9 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
                     let opened =
                         repo.with_open_blob(BlobKind::Data, &b.id, stored, &path, write_targets);
                     if let Err(e) = opened {
+                        if matches!(e, Error::Corrupt { .. }) {
+                            repo.note_damage(crate::damage::one_copy(b.id, *pack));
+                        }
                         let mut f = failed.lock().expect("lock");
                         for t in &b.targets {
                             f.entry(t.file).or_insert_with(|| e.to_string());
@@ -309,6 +338,16 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
         }
         progress.file_done();
         stats.files += 1;
+        if let Some((_, why)) = f
+            .node
+            .xattrs
+            .iter()
+            .find(|(k, _)| k == crate::repair::DAMAGED_XATTR)
+        {
+            stats
+                .zero_filled
+                .push((f.path.clone(), String::from_utf8_lossy(why).into_owned()));
+        }
         if let Err(e) = apply_metadata(&f.path, &f.node, opts.owners) {
             stats.failed.push((f.path.clone(), e.to_string()));
         }
@@ -375,6 +414,7 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
             stats.failed.push((path.clone(), e.to_string()));
         }
     }
+    repo.record_found_damage_or_warn();
     Ok(stats)
 }
 
@@ -387,7 +427,20 @@ fn collect(
     plan: &mut Plan,
     links: &mut HashMap<(u64, u64), usize>,
 ) -> Result<()> {
-    let tree = repo.load_tree(tree_id)?;
+    let tree = match repo.load_tree(tree_id) {
+        Ok(t) => t,
+        Err(e) if e.kind() == crate::ErrorKind::Corrupt => {
+            plan.lost.push((
+                abs.to_path_buf(),
+                format!(
+                    "directory listing lost (tree {}): {e}; nothing below it was restored",
+                    tree_id.short()
+                ),
+            ));
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     for node in tree.nodes {
         let name = OsStr::from_bytes(&node.name);
         let child_rel = rel.join(name);

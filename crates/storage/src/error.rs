@@ -13,6 +13,9 @@ pub enum StorageErrorKind {
     InvalidConfig,
     /// The device or bucket is out of space or quota.
     NoSpace,
+    /// The object is shorter than the range asked for: it was truncated or
+    /// damaged (not a transfer cut short, which is `Temporary`).
+    ShortObject,
     /// Anything else; not retried.
     Other,
 }
@@ -72,5 +75,10 @@ impl StorageError {
     /// Whether the object was missing.
     pub fn is_not_found(&self) -> bool {
         self.kind == StorageErrorKind::NotFound
+    }
+
+    /// Whether the object is shorter than a range read asked for.
+    pub fn is_short_object(&self) -> bool {
+        self.kind == StorageErrorKind::ShortObject
     }
 }

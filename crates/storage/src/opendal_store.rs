@@ -272,7 +272,7 @@ impl Storage for OpendalStorage {
         let got = buf.len();
         match self.stat(path) {
             Ok(info) if info.size < end => Err(StorageError::new(
-                StorageErrorKind::Other,
+                StorageErrorKind::ShortObject,
                 op,
                 format!("range ends past the object's end ({} bytes)", info.size),
             )),

@@ -186,7 +186,7 @@ impl Storage for MemStorage {
         let data = self.get(&op, path)?;
         if range.start > range.end || range.end > data.len() as u64 {
             return Err(StorageError::new(
-                StorageErrorKind::Other,
+                StorageErrorKind::ShortObject,
                 op,
                 format!("range outside the object ({} bytes)", data.len()),
             ));

@@ -86,6 +86,21 @@ fn print_report(r: &CheckReport, quiet: bool) {
             println!("  {}  {}", p.object, size(p.size));
         }
     }
+    if !r.contained.is_empty() {
+        println!(
+            "warning: {} damaged object(s) no snapshot needs any more (recorded in damage/, never reused; `cairn maintenance run` drops them):",
+            r.contained.len()
+        );
+        for d in &r.contained {
+            println!("  {d}");
+        }
+    }
+    if r.recorded > 0 {
+        println!(
+            "recorded {} damaged copies in damage/: backups store those blobs again instead of reusing them",
+            r.recorded
+        );
+    }
     if r.is_clean() {
         println!("no damage found");
         return;
@@ -111,6 +126,6 @@ fn print_report(r: &CheckReport, quiet: bool) {
         }
     }
     println!(
-        "the repository is damaged: `cairn repair index` rebuilds the index from the packs, then `cairn repair snapshots` rewrites the affected snapshots (see docs/MAINTENANCE.md)"
+        "the repository is damaged: back up the affected sources again (the lost blobs are stored again and heal every snapshot that uses them), or `cairn repair index` then `cairn repair snapshots` to make what remains restorable (see docs/MAINTENANCE.md)"
     );
 }

@@ -103,6 +103,7 @@ fn report_json(r: &MaintenanceReport, dry_run: bool) -> serde_json::Value {
         "segments_compacted": r.segments_compacted,
         "bytes_reclaimed": r.bytes_reclaimed(),
         "bytes_planned": r.bytes_planned(),
+        "damage_records_removed": r.damage_records_removed,
     });
     if let Some(s) = &r.sweep {
         v["sweep"] = serde_json::json!({
@@ -123,6 +124,9 @@ fn report_json(r: &MaintenanceReport, dry_run: bool) -> serde_json::Value {
             "repacked_blobs": m.repacked_blobs,
             "repacked_bytes": m.repacked_bytes,
             "orphan_packs": m.orphan_packs,
+            "damaged_packs": m.damaged_packs,
+            "lost_blobs": m.lost_blobs,
+            "unreadable_trees": m.unreadable_trees,
             "planned_bytes": m.planned_bytes,
             "plan": m.plan.map(|p| p.to_hex()),
         });
@@ -161,6 +165,24 @@ fn print_report(r: &MaintenanceReport, dry_run: bool) {
             m.repacked_blobs,
             size(m.repacked_bytes),
             m.orphan_packs
+        );
+        if m.damaged_packs > 0 {
+            println!(
+                "damage: {} pack(s) holding damaged copies {would}repacked without them and planned; {} live blob(s) had no intact copy left",
+                m.damaged_packs, m.lost_blobs
+            );
+        }
+        if m.unreadable_trees > 0 {
+            println!(
+                "warning: {} tree(s) or chunk list(s) the snapshots reference cannot be read, so no pack was planned for being unused; run `cairn check`, then `cairn repair snapshots`",
+                m.unreadable_trees
+            );
+        }
+    }
+    if r.damage_records_removed > 0 {
+        println!(
+            "damage records {would}removed (their damaged copies are gone): {}",
+            r.damage_records_removed
         );
     }
     if r.segments_compacted > 0 {

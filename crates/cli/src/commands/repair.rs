@@ -77,6 +77,12 @@ pub fn run(g: &GlobalOpts, c: RepairCommand) -> Result<ExitCode> {
                     }
                 );
             }
+            if r.damage_recorded > 0 {
+                println!(
+                    "recorded {} unreadable pack(s) in damage/: backups store their blobs again, maintenance salvages the intact ones and drops the packs",
+                    r.damage_recorded
+                );
+            }
             if a.dry_run {
                 println!("would replace {} index segments", r.segments_removed.len());
             } else {
@@ -108,9 +114,19 @@ pub fn run(g: &GlobalOpts, c: RepairCommand) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             for d in &r.unreadable {
-                println!("cannot repair: {d}");
+                if r.unreadable_removed {
+                    println!("removed: {d} (nothing can ever read it)");
+                } else {
+                    println!("would remove: {d} (nothing can ever read it)");
+                }
             }
-            if r.repaired.is_empty() {
+            if r.damage_recorded > 0 {
+                println!(
+                    "recorded {} damaged copies in damage/: backups store those blobs again",
+                    r.damage_recorded
+                );
+            }
+            if r.repaired.is_empty() && r.unreadable.is_empty() {
                 println!("examined {} snapshots: none needs repair", r.examined);
             }
             for s in &r.repaired {

@@ -28,6 +28,10 @@ pub struct RestoreArgs {
     /// Re-read every restored file and check it against the snapshot.
     #[arg(long)]
     pub verify: bool,
+    /// Exit 0 even when files restored from a repaired snapshot have
+    /// zero-filled ranges where data was lost (they are still listed).
+    #[arg(long)]
+    pub accept_zero_filled: bool,
     /// Print a JSON summary instead of text.
     #[arg(long)]
     pub json: bool,
@@ -61,6 +65,11 @@ pub fn run(g: &GlobalOpts, a: RestoreArgs) -> Result<ExitCode> {
             .iter()
             .map(|(p, r)| serde_json::json!({"path": p, "error": r}))
             .collect();
+        let zero_filled: Vec<_> = stats
+            .zero_filled
+            .iter()
+            .map(|(p, r)| serde_json::json!({"path": p, "lost": r}))
+            .collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
@@ -68,6 +77,7 @@ pub fn run(g: &GlobalOpts, a: RestoreArgs) -> Result<ExitCode> {
                 "files": stats.files, "dirs": stats.dirs, "others": stats.others,
                 "bytes": stats.bytes, "packs_read": stats.packs_read, "ranges_read": stats.ranges_read,
                 "verified": stats.verified, "failed": failed,
+                "zero_filled": zero_filled,
             }))?
         );
     } else {
@@ -86,16 +96,37 @@ pub fn run(g: &GlobalOpts, a: RestoreArgs) -> Result<ExitCode> {
         for (p, r) in &stats.failed {
             eprintln!("failed: {}: {r}", p.display());
         }
+        for (p, r) in &stats.zero_filled {
+            eprintln!("zero-filled: {}: {r}", p.display());
+        }
     }
-    if stats.failed.is_empty() {
-        Ok(ExitCode::SUCCESS)
-    } else {
+    if !stats.failed.is_empty() {
         eprintln!(
             "error: {} entries could not be restored",
             stats.failed.len()
         );
-        Ok(ExitCode::from(3))
+        return Ok(ExitCode::from(3));
     }
+    if !stats.zero_filled.is_empty() {
+        eprintln!(
+            "{}: {} file(s) come from a repaired snapshot and hold zeros where data was lost{}",
+            if a.accept_zero_filled {
+                "warning"
+            } else {
+                "error"
+            },
+            stats.zero_filled.len(),
+            if a.accept_zero_filled {
+                ""
+            } else {
+                " (pass --accept-zero-filled to accept them)"
+            }
+        );
+        if !a.accept_zero_filled {
+            return Ok(ExitCode::from(3));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn nix_is_root() -> bool {

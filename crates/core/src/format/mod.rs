@@ -5,6 +5,7 @@
 
 pub mod codec;
 pub mod config;
+pub mod damage;
 pub mod header;
 pub mod index;
 pub mod key;

@@ -1,0 +1,202 @@
+//! Known damage: the `damage/` records every reader writes when it meets a
+//! missing pack or a blob that does not open, loaded into a [`DamageSet`]
+//! that writers consult so damage is never inherited (docs/MAINTENANCE.md,
+//! *Damage is healed, never inherited*).
+//!
+//! Invariants: a copy named by a record is never deduplicated against and
+//! never preferred for reading while another copy exists; records are
+//! immutable, and maintenance deletes one only once none of its packs is
+//! indexed any more.
+
+use crate::error::{Error, Result};
+use crate::format::damage::{DamageEntry, DamageReason, DamageRecord, DAMAGE_AAD, DAMAGE_PREFIX};
+use crate::format::{BlobId, Id, PackId};
+use crate::repo::Repository;
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// The records present in `damage/` and what they name.
+#[derive(Debug, Clone, Default)]
+pub struct DamageSet {
+    records: BTreeMap<Id, DamageRecord>,
+    /// Packs damaged or missing as a whole.
+    packs: HashMap<PackId, DamageReason>,
+    /// Single damaged copies.
+    copies: HashSet<(BlobId, PackId)>,
+}
+
+impl DamageSet {
+    fn from_records(records: BTreeMap<Id, DamageRecord>) -> Self {
+        let mut packs = HashMap::new();
+        let mut copies = HashSet::new();
+        for e in records.values().flat_map(|r| r.entries.iter()) {
+            match e.blob {
+                None => {
+                    packs.insert(e.pack, e.reason);
+                }
+                Some(b) => {
+                    copies.insert((b, e.pack));
+                }
+            }
+        }
+        Self {
+            records,
+            packs,
+            copies,
+        }
+    }
+
+    /// Whether no copy is known to be damaged.
+    pub fn is_empty(&self) -> bool {
+        self.packs.is_empty() && self.copies.is_empty()
+    }
+
+    /// Whether the copy of `blob` in `pack` is known to be unusable.
+    pub fn is_bad(&self, blob: &BlobId, pack: &PackId) -> bool {
+        self.packs.contains_key(pack) || self.copies.contains(&(*blob, *pack))
+    }
+
+    /// Whether `entry` (or the whole pack it is in) is already recorded.
+    pub fn knows(&self, entry: &DamageEntry) -> bool {
+        self.packs.contains_key(&entry.pack)
+            || entry
+                .blob
+                .is_some_and(|b| self.copies.contains(&(b, entry.pack)))
+    }
+
+    /// Every pack holding a recorded copy (or damaged as a whole).
+    pub fn packs(&self) -> HashSet<PackId> {
+        self.packs
+            .keys()
+            .copied()
+            .chain(self.copies.iter().map(|(_, p)| *p))
+            .collect()
+    }
+
+    /// Number of records.
+    pub fn record_count(&self) -> usize {
+        self.records.len()
+    }
+}
+
+fn record_path(id: &Id) -> String {
+    format!("{DAMAGE_PREFIX}{}", id.to_hex())
+}
+
+/// Lists `damage/` and returns its records, reusing the already-decoded
+/// ones of `known`. A record that vanished since the listing is skipped; a
+/// record that does not open is skipped with a warning (it can only make
+/// writers store more, never less).
+pub fn load_damage_set(repo: &Repository, known: &DamageSet) -> Result<DamageSet> {
+    let listed = repo.storage().list(DAMAGE_PREFIX).map_err(repo.serr())?;
+    let mut records = BTreeMap::new();
+    for obj in listed {
+        let Some(id) = Id::from_hex(obj.path.trim_start_matches(DAMAGE_PREFIX)) else {
+            tracing::warn!("ignoring unexpected object {}", obj.path);
+            continue;
+        };
+        if let Some(r) = known.records.get(&id) {
+            records.insert(id, r.clone());
+            continue;
+        }
+        let stored = match repo.storage().read(&obj.path) {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(repo.serr()(e)),
+        };
+        let opened = if Id::hash(&stored) != id {
+            Err("content does not match its name".to_string())
+        } else {
+            repo.0
+                .key
+                .open_envelope(DAMAGE_AAD, &stored)
+                .map_err(|e| e.to_string())
+                .and_then(|body| DamageRecord::decode(&body).map_err(|e| e.to_string()))
+        };
+        match opened {
+            Ok(r) => {
+                records.insert(id, r);
+            }
+            Err(e) => tracing::warn!(
+                "damage record {} is itself damaged and is ignored: {e}",
+                obj.path
+            ),
+        }
+    }
+    Ok(DamageSet::from_records(records))
+}
+
+/// Writes one record holding `entries`; returns its id.
+pub fn save_record(repo: &Repository, mut entries: Vec<DamageEntry>) -> Result<Id> {
+    entries.sort();
+    entries.dedup();
+    let rec = DamageRecord {
+        created: chrono::Utc::now().timestamp(),
+        entries,
+    };
+    let stored = repo.0.key.seal_envelope(DAMAGE_AAD, &rec.encode(), 1);
+    let id = Id::hash(&stored);
+    repo.storage()
+        .write(&record_path(&id), Bytes::from(stored))
+        .map_err(repo.serr())?;
+    Ok(id)
+}
+
+/// Deletes the records none of whose packs the (synced) index still names:
+/// their damaged copies are gone, so they can mislead nobody. Returns how
+/// many it deleted (or would delete).
+pub fn forget_resolved(repo: &Repository, dry_run: bool) -> Result<u64> {
+    let set = load_damage_set(repo, &repo.damage_set())?;
+    if set.records.is_empty() {
+        return Ok(0);
+    }
+    let indexed: HashSet<PackId> = repo.cache().packs()?.into_iter().map(|(p, _)| p).collect();
+    let mut n = 0;
+    for (id, rec) in &set.records {
+        if rec.entries.iter().any(|e| indexed.contains(&e.pack)) {
+            continue;
+        }
+        if !dry_run {
+            match repo.storage().delete(&record_path(id)) {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(repo.serr()(e)),
+            }
+        }
+        n += 1;
+    }
+    if !dry_run && n > 0 {
+        repo.refresh_damage()?;
+    }
+    Ok(n)
+}
+
+/// An entry for a whole pack.
+pub fn whole_pack(pack: PackId, reason: DamageReason) -> DamageEntry {
+    DamageEntry {
+        pack,
+        blob: None,
+        reason,
+    }
+}
+
+/// An entry for one damaged copy.
+pub fn one_copy(blob: BlobId, pack: PackId) -> DamageEntry {
+    DamageEntry {
+        pack,
+        blob: Some(blob),
+        reason: DamageReason::BlobDamaged,
+    }
+}
+
+/// What a pack-level read failure says about the pack, if anything: a
+/// missing or truncated pack is damage, a timeout is not.
+pub fn pack_failure(pack: PackId, e: &Error) -> Option<DamageEntry> {
+    match e {
+        Error::Storage { source, .. } if source.is_not_found() => {
+            Some(whole_pack(pack, DamageReason::PackMissing))
+        }
+        Error::Corrupt { .. } => Some(whole_pack(pack, DamageReason::PackDamaged)),
+        _ => None,
+    }
+}
