@@ -17,7 +17,8 @@
 //!    path that differs; any other exit is a refusal, which is allowed;
 //! 3. recovery works: `repair index`, `repair snapshots --forget-originals`
 //!    (with `--read-data` after a byte flip), a restore of what repair left
-//!    (rule 2 again), one backup of the intact source, `maintenance run
+//!    (rule 2 again, and every path that restored whole before the repair
+//!    still does), one backup of the intact source, `maintenance run
 //!    --full --now` twice (the first run's mark plans, the second sweeps),
 //!    then `check --read-data` exits 0 and the new snapshot restores
 //!    bit-exactly. docs/MAINTENANCE.md gives no procedure for a damaged
@@ -485,13 +486,18 @@ fn compare_options() -> CompareOptions {
     }
 }
 
-/// The path (relative to the restore target) of a `failed: PATH: reason`
-/// line of restore's stderr.
+/// The paths (relative to the restore target) restore's stderr names as
+/// not restored whole: `failed: PATH: reason` (not restored) and
+/// `zero-filled: PATH: reason` (restored from a repaired snapshot with zeros
+/// where data was lost).
 fn failed_paths(stderr: &str, target: &Path) -> Vec<String> {
     let target = target.to_string_lossy();
     stderr
         .lines()
-        .filter_map(|l| l.strip_prefix("failed: "))
+        .filter_map(|l| {
+            l.strip_prefix("failed: ")
+                .or_else(|| l.strip_prefix("zero-filled: "))
+        })
         .map(|l| {
             let path = l.split_once(": ").map_or(l, |(p, _)| p);
             let path = path.strip_prefix(target.as_ref()).unwrap_or(path);
@@ -585,7 +591,9 @@ impl Case {
     /// Restores `snapshot` and applies rule 2: exit 0 equals the source,
     /// exit 3 names every path that differs, other exits are refusals.
     /// With `must_succeed`, anything but an exact exit-0 restore fails.
-    fn restore(&mut self, step: &str, snapshot: &str, must_succeed: bool) {
+    /// Returns the paths the restore lost (differ or named), `None` when it
+    /// refused.
+    fn restore(&mut self, step: &str, snapshot: &str, must_succeed: bool) -> Option<Vec<String>> {
         let target = self.tmp.path().join(format!("restore-{}", self.runs + 1));
         let run = self.cairn(&[
             "restore",
@@ -602,7 +610,8 @@ impl Case {
             }
             s
         };
-        match run.code {
+        let path_of = |d: &String| d.split_once(": ").map_or(d.clone(), |x| x.0.to_string());
+        let lost = match run.code {
             Some(0) => {
                 let d = diffs();
                 if !d.is_empty() {
@@ -612,15 +621,19 @@ impl Case {
                         show(&d)
                     ));
                 }
+                Some(d.iter().map(path_of).collect())
             }
             _ if must_succeed => {
                 self.fail(format!("{step}: expected exit 0: {}", run.summary()));
+                None
             }
             Some(3) => {
                 let named = failed_paths(&run.stderr, &target);
-                let unnamed: Vec<String> = diffs()
-                    .into_iter()
-                    .filter(|d| !is_named(d.split_once(": ").map_or(d.as_str(), |x| x.0), &named))
+                let d = diffs();
+                let unnamed: Vec<String> = d
+                    .iter()
+                    .filter(|d| !is_named(&path_of(d), &named))
+                    .cloned()
                     .collect();
                 if named.is_empty() {
                     self.fail(format!(
@@ -634,11 +647,16 @@ impl Case {
                         show(&unnamed)
                     ));
                 }
+                Some(named.into_iter().chain(d.iter().map(path_of)).collect())
             }
-            Some(_) => {}
-            None => self.fail(format!("{step}: {}", run.summary())),
-        }
+            Some(_) => None,
+            None => {
+                self.fail(format!("{step}: {}", run.summary()));
+                None
+            }
+        };
         let _ = std::fs::remove_dir_all(&target);
+        lost
     }
 
     /// The damaged object, and what a message naming it must contain (one
@@ -806,7 +824,7 @@ fn damage_case(name: &str, kind: Kind, damage: Damage, cache: CacheState) {
     }
 
     // 2. No restore is silently wrong.
-    c.restore("restore after the damage", "latest", false);
+    let lost_before = c.restore("restore after the damage", "latest", false);
 
     // 3. Recovery.
     if opens_at_all {
@@ -817,7 +835,19 @@ fn damage_case(name: &str, kind: Kind, damage: Damage, cache: CacheState) {
         }
         args.push("--forget-originals");
         c.expect("recovery", 0, &args);
-        c.restore("restore after repair", "latest", false);
+        let lost_after = c.restore("restore after repair", "latest", false);
+        // Repair must not lose what restored whole before it.
+        if let (Some(before), Some(after)) = (lost_before, lost_after) {
+            let newly: std::collections::BTreeSet<&String> =
+                after.iter().filter(|p| !is_named(p, &before)).collect();
+            if !newly.is_empty() {
+                c.fail(format!(
+                    "repair lost data: {} path(s) restored whole before `repair` but not after: {:?}",
+                    newly.len(),
+                    newly.iter().take(4).collect::<Vec<_>>()
+                ));
+            }
+        }
     } else {
         // docs/MAINTENANCE.md has no procedure: write back the copy taken
         // before the damage.
