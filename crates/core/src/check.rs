@@ -618,14 +618,10 @@ pub(crate) fn inspect(repo: &Repository, opts: &CheckOptions) -> Result<Inspecti
             let v = r?;
             report.packs_read += 1;
             report.bytes_read += v.bytes;
-            if v.damage.iter().any(|d| {
-                matches!(
-                    d,
-                    Damage::PackHashMismatch { .. }
-                        | Damage::TrailerUnreadable { .. }
-                        | Damage::IndexDisagrees { .. }
-                )
-            }) {
+            // Damage of the pack as such, not explained by damaged blobs:
+            // its blobs may read, but until they have intact copies
+            // elsewhere the pack is still needed.
+            if v.whole_pack_damaged() {
                 suspect.extend(v.pack);
             }
             report.damage.extend(v.damage);
@@ -697,19 +693,7 @@ fn verify_pack(
             object: object.clone(),
         });
     }
-    // Damage to the pack as a whole (its trailer, its size, bytes between
-    // blobs) is recorded for the whole pack: maintenance then salvages its
-    // intact blobs into a new pack and drops it.
-    let pack_damaged = |v: &PackVerdict| {
-        v.damage.iter().any(|d| {
-            matches!(
-                d,
-                Damage::PackHashMismatch { .. }
-                    | Damage::TrailerUnreadable { .. }
-                    | Damage::IndexDisagrees { .. }
-            )
-        })
-    };
+
     let entries = match read_trailer(&pack, &repo.0.key) {
         Ok(entries) => {
             if let Some(info) = indexed {
@@ -763,10 +747,26 @@ fn verify_pack(
             v.damaged_blobs.push(((*id, e.id), reason));
         }
     }
-    if pack_damaged(&v) && v.damaged_blobs.is_empty() {
+    // Damage to the pack as a whole (its trailer, bytes between blobs) is
+    // recorded for the whole pack: maintenance then salvages its intact
+    // blobs into a new pack and drops it.
+    if v.whole_pack_damaged() {
         repo.note_damage(whole_pack(*id, DamageReason::PackDamaged));
     }
     Ok(v)
+}
+
+impl PackVerdict {
+    /// Whether the pack is damaged as such, beyond its damaged blobs: its
+    /// trailer does not open or disagrees with the index, or its bytes do
+    /// not hash to its name although every blob is intact.
+    fn whole_pack_damaged(&self) -> bool {
+        self.damage.iter().any(|d| match d {
+            Damage::TrailerUnreadable { .. } | Damage::IndexDisagrees { .. } => true,
+            Damage::PackHashMismatch { .. } => self.damaged_blobs.is_empty(),
+            _ => false,
+        })
+    }
 }
 
 /// Runs a full check.
