@@ -318,8 +318,13 @@ impl Engine for CoreEngine {
             workers: 0,
             progress: Some(counters.clone()),
         };
-        let stats = with_progress(&counters, progress, || restore(&repo, &snap.tree, &opts))
+        let mut stats = with_progress(&counters, progress, || restore(&repo, &snap.tree, &opts))
             .map_err(|e| core_error("restore", e))?;
+        if let (Some(lost), true) = (&snap.damaged_root, req.include_paths.is_empty()) {
+            stats
+                .zero_filled
+                .insert(0, (req.target.clone(), lost.clone()));
+        }
         if !stats.failed.is_empty() {
             for (path, reason) in &stats.failed {
                 tracing::error!(path = %path.display(), %reason, "not restored");

@@ -93,6 +93,7 @@ fn main() {
                 program_version: "bench".into(),
                 excludes: vec![],
                 hooks: vec![],
+                damaged_root: None,
             })
             .expect("snapshot");
             println!("created {n} blobs in {:.1?}", t.elapsed());

@@ -235,6 +235,7 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
         program_version: format!("cairn {}", env!("CARGO_PKG_VERSION")),
         excludes: opts.exclude_rules.clone(),
         hooks: Vec::new(),
+        damaged_root: None,
     };
     let ckpt = crate::checkpoint::Checkpointer::new(repo, opts.checkpoint, template)?;
 
@@ -363,6 +364,7 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
         program_version: format!("cairn {}", env!("CARGO_PKG_VERSION")),
         excludes: opts.exclude_rules.clone(),
         hooks: opts.hooks.clone(),
+        damaged_root: None,
     };
     Ok(snapshot)
 }

@@ -8,7 +8,7 @@
 //! segment naming them), not damage; the blobs a snapshot needs and cannot
 //! find are damage.
 
-use crate::damage::{one_copy, whole_pack};
+use crate::damage::{one_copy, whole_pack, DamageSet};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::damage::DamageReason;
 use crate::format::pack::{encode_entries, read_trailer, BlobEntry};
@@ -304,22 +304,25 @@ pub(crate) struct Health {
     /// Packs shorter than the index says, with their stored size.
     truncated: HashMap<PackId, u64>,
     damaged: HashMap<(PackId, BlobId), String>,
+    /// Packs damaged as a whole (wrong hash, unreadable trailer) whose
+    /// blobs may still read: suspect, not lost.
+    suspect: HashSet<PackId>,
+    /// `damage/` as of this run's start.
+    recorded: DamageSet,
     memo: Mutex<HashMap<BlobId, Option<String>>>,
-    /// Copies a needed blob had to be read from although damaged: the
-    /// damage that costs snapshots data.
-    blamed: Mutex<HashSet<(PackId, BlobId)>>,
+    /// Copies a needed blob had no alternative to: (pack, blob) of each
+    /// location of a lost blob, and the suspect packs that hold the only
+    /// readable copies of a needed blob.
+    blamed: Mutex<HashSet<(PackId, Option<BlobId>)>>,
 }
 
 impl Health {
     /// Why the copy of `id` at `loc` cannot be read, if known.
-    fn copy_problem(
-        &self,
-        repo: &Repository,
-        id: &BlobId,
-        loc: &crate::cache::BlobLocation,
-    ) -> Option<String> {
+    fn copy_problem(&self, id: &BlobId, loc: &crate::cache::BlobLocation) -> Option<String> {
         let pack = loc.pack;
-        if self.missing_packs.contains(&pack) {
+        if self.missing_packs.contains(&pack)
+            || self.recorded.pack_reason(&pack) == Some(DamageReason::PackMissing)
+        {
             return Some(format!("its pack {} is missing", pack.path()));
         }
         if let Some(size) = self.truncated.get(&pack) {
@@ -333,13 +336,17 @@ impl Health {
         if let Some(r) = self.damaged.get(&(pack, *id)) {
             return Some(format!("damaged in pack {}: {r}", pack.path()));
         }
-        if repo.is_damaged_copy(id, &pack) {
+        if self.recorded.copy_recorded(id, &pack) {
             return Some(format!(
                 "its copy in pack {} is recorded as damaged (damage/)",
                 pack.path()
             ));
         }
         None
+    }
+
+    fn is_suspect(&self, pack: &PackId) -> bool {
+        self.suspect.contains(pack) || self.recorded.pack_reason(pack).is_some()
     }
 
     /// Why blob `id` cannot be read, or `None` when some copy can (as far
@@ -350,41 +357,46 @@ impl Health {
         }
         let locations = repo.cache().locations(id)?;
         let mut first = None;
-        let mut usable = false;
+        let mut readable = Vec::new();
         for loc in &locations {
-            match self.copy_problem(repo, id, loc) {
-                None => {
-                    usable = true;
-                    break;
-                }
+            match self.copy_problem(id, loc) {
+                None => readable.push(loc.pack),
                 Some(r) => {
                     first.get_or_insert(r);
                 }
             }
         }
+        let mut blamed = self.blamed.lock().expect("lock");
         let p = if locations.is_empty() {
             Some("not in the index".to_string())
-        } else if usable {
-            None
-        } else {
-            let mut blamed = self.blamed.lock().expect("lock");
+        } else if readable.is_empty() {
             for loc in &locations {
-                blamed.insert((loc.pack, *id));
+                blamed.insert((loc.pack, Some(*id)));
+                blamed.insert((loc.pack, None));
             }
             first
+        } else {
+            // Readable, but only from packs damaged as a whole: those
+            // packs are still needed until an intact copy exists.
+            if readable.iter().all(|p| self.is_suspect(p)) {
+                for p in &readable {
+                    blamed.insert((*p, None));
+                }
+            }
+            None
         };
+        drop(blamed);
         self.memo.lock().expect("lock").insert(*id, p.clone());
         Ok(p)
     }
 
-    /// Whether a snapshot needed a blob whose only copies include one in
+    /// Whether a snapshot needs a blob whose only copies include one in
     /// `pack` (of `blob`, when given).
     fn is_blamed(&self, pack: &PackId, blob: Option<&BlobId>) -> bool {
-        let blamed = self.blamed.lock().expect("lock");
-        match blob {
-            Some(b) => blamed.contains(&(*pack, *b)),
-            None => blamed.iter().any(|(p, _)| p == pack),
-        }
+        self.blamed
+            .lock()
+            .expect("lock")
+            .contains(&(*pack, blob.copied()))
     }
 }
 
@@ -593,6 +605,7 @@ pub(crate) fn inspect(repo: &Repository, opts: &CheckOptions) -> Result<Inspecti
         .unindexed_packs
         .sort_by(|a, b| a.object.cmp(&b.object));
     let mut damaged = HashMap::new();
+    let mut suspect = HashSet::new();
     if let Some(subset) = &opts.read_data {
         let mut all: Vec<(PackId, u64)> = stored.iter().map(|(k, v)| (*k, *v)).collect();
         all.sort();
@@ -605,6 +618,12 @@ pub(crate) fn inspect(repo: &Repository, opts: &CheckOptions) -> Result<Inspecti
             let v = r?;
             report.packs_read += 1;
             report.bytes_read += v.bytes;
+            // Damage of the pack as such, not explained by damaged blobs:
+            // its blobs may read, but until they have intact copies
+            // elsewhere the pack is still needed.
+            if v.whole_pack_damaged() {
+                suspect.extend(v.pack);
+            }
             report.damage.extend(v.damage);
             damaged.extend(v.damaged_blobs);
         }
@@ -613,6 +632,8 @@ pub(crate) fn inspect(repo: &Repository, opts: &CheckOptions) -> Result<Inspecti
         missing_packs,
         truncated,
         damaged,
+        suspect,
+        recorded: repo.damage_set(),
         memo: Mutex::new(HashMap::new()),
         blamed: Mutex::new(HashSet::new()),
     };
@@ -641,6 +662,7 @@ pub(crate) fn inspect(repo: &Repository, opts: &CheckOptions) -> Result<Inspecti
 }
 
 struct PackVerdict {
+    pack: Option<PackId>,
     bytes: u64,
     damage: Vec<Damage>,
     damaged_blobs: Vec<((PackId, BlobId), String)>,
@@ -654,6 +676,7 @@ fn verify_pack(
 ) -> Result<PackVerdict> {
     let object = id.path();
     let mut v = PackVerdict {
+        pack: Some(*id),
         bytes: 0,
         damage: Vec::new(),
         damaged_blobs: Vec::new(),
@@ -670,19 +693,7 @@ fn verify_pack(
             object: object.clone(),
         });
     }
-    // Damage to the pack as a whole (its trailer, its size, bytes between
-    // blobs) is recorded for the whole pack: maintenance then salvages its
-    // intact blobs into a new pack and drops it.
-    let pack_damaged = |v: &PackVerdict| {
-        v.damage.iter().any(|d| {
-            matches!(
-                d,
-                Damage::PackHashMismatch { .. }
-                    | Damage::TrailerUnreadable { .. }
-                    | Damage::IndexDisagrees { .. }
-            )
-        })
-    };
+
     let entries = match read_trailer(&pack, &repo.0.key) {
         Ok(entries) => {
             if let Some(info) = indexed {
@@ -736,10 +747,26 @@ fn verify_pack(
             v.damaged_blobs.push(((*id, e.id), reason));
         }
     }
-    if pack_damaged(&v) && v.damaged_blobs.is_empty() {
+    // Damage to the pack as a whole (its trailer, bytes between blobs) is
+    // recorded for the whole pack: maintenance then salvages its intact
+    // blobs into a new pack and drops it.
+    if v.whole_pack_damaged() {
         repo.note_damage(whole_pack(*id, DamageReason::PackDamaged));
     }
     Ok(v)
+}
+
+impl PackVerdict {
+    /// Whether the pack is damaged as such, beyond its damaged blobs: its
+    /// trailer does not open or disagrees with the index, or its bytes do
+    /// not hash to its name although every blob is intact.
+    fn whole_pack_damaged(&self) -> bool {
+        self.damage.iter().any(|d| match d {
+            Damage::TrailerUnreadable { .. } | Damage::IndexDisagrees { .. } => true,
+            Damage::PackHashMismatch { .. } => self.damaged_blobs.is_empty(),
+            _ => false,
+        })
+    }
 }
 
 /// Runs a full check.

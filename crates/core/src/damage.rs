@@ -56,6 +56,16 @@ impl DamageSet {
         self.packs.contains_key(pack) || self.copies.contains(&(*blob, *pack))
     }
 
+    /// Why pack `pack` is recorded as damaged as a whole, if it is.
+    pub fn pack_reason(&self, pack: &PackId) -> Option<DamageReason> {
+        self.packs.get(pack).copied()
+    }
+
+    /// Whether this one copy (not its whole pack) is recorded as damaged.
+    pub fn copy_recorded(&self, blob: &BlobId, pack: &PackId) -> bool {
+        self.copies.contains(&(*blob, *pack))
+    }
+
     /// Whether `entry` (or the whole pack it is in) is already recorded.
     pub fn knows(&self, entry: &DamageEntry) -> bool {
         self.packs.contains_key(&entry.pack)

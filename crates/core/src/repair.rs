@@ -539,6 +539,12 @@ pub fn repair_snapshots(
                 let mut new = snap.clone();
                 new.tree = root;
                 new.parent = Some(orig);
+                // The root has no node to carry the damage mark.
+                new.damaged_root = paths
+                    .iter()
+                    .find(|p| p.path == "/")
+                    .map(|p| p.reason.clone())
+                    .or(new.damaged_root);
                 if !new.tags.iter().any(|t| t == REPAIRED_TAG) {
                     new.tags.push(REPAIRED_TAG.to_string());
                 }

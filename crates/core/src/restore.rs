@@ -65,9 +65,10 @@ pub struct RestoreStats {
     pub verified: u64,
     /// Entries that could not be restored, with the reason.
     pub failed: Vec<(PathBuf, String)>,
-    /// Files restored whole from a snapshot `repair snapshots` wrote, but
-    /// whose lost ranges it filled with zeros (they carry
-    /// [`crate::repair::DAMAGED_XATTR`]), with what was lost.
+    /// Entries restored from a snapshot `repair snapshots` wrote that are
+    /// not what was backed up (they carry [`crate::repair::DAMAGED_XATTR`]):
+    /// files whose lost ranges are zeros, directories whose lost listing is
+    /// empty; with what was lost.
     pub zero_filled: Vec<(PathBuf, String)>,
 }
 
@@ -404,6 +405,17 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
                     .failed
                     .push((path, format!("verification failed: {e}"))),
             }
+        }
+    }
+    for (path, node) in &plan.dirs {
+        if let Some((_, why)) = node
+            .xattrs
+            .iter()
+            .find(|(k, _)| k == crate::repair::DAMAGED_XATTR)
+        {
+            stats
+                .zero_filled
+                .push((path.clone(), String::from_utf8_lossy(why).into_owned()));
         }
     }
     // Directories last, deepest first, so their times survive.

@@ -246,6 +246,7 @@ mod tests {
                 program_version: String::new(),
                 excludes: vec![],
                 hooks: vec![],
+                damaged_root: None,
             },
         )
     }

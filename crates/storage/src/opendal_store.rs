@@ -263,7 +263,25 @@ impl Storage for OpendalStorage {
             return Ok(Bytes::new());
         }
         let end = range.end;
-        let buf = self.run(&op, self.io_timeout, self.op.read_with(path).range(range))?;
+        let past_end = |size: u64| {
+            StorageError::new(
+                StorageErrorKind::ShortObject,
+                op.clone(),
+                format!("range ends past the object's end ({size} bytes)"),
+            )
+        };
+        let buf = match self.run(&op, self.io_timeout, self.op.read_with(path).range(range)) {
+            Ok(buf) => buf,
+            // Some services refuse a range past the end instead of
+            // returning it short: tell a truncated object from a failure.
+            Err(e) if e.kind == StorageErrorKind::Other => {
+                return Err(match self.stat(path) {
+                    Ok(info) if info.size < end => past_end(info.size),
+                    _ => e,
+                })
+            }
+            Err(e) => return Err(e),
+        };
         if buf.len() as u64 == want {
             return Ok(buf.to_bytes());
         }
@@ -271,11 +289,7 @@ impl Storage for OpendalStorage {
         // or a damaged object, not worth retrying) or the transfer was cut.
         let got = buf.len();
         match self.stat(path) {
-            Ok(info) if info.size < end => Err(StorageError::new(
-                StorageErrorKind::ShortObject,
-                op,
-                format!("range ends past the object's end ({} bytes)", info.size),
-            )),
+            Ok(info) if info.size < end => Err(past_end(info.size)),
             _ => Err(StorageError::new(
                 StorageErrorKind::Temporary,
                 op,

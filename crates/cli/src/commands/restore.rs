@@ -58,7 +58,12 @@ pub fn run(g: &GlobalOpts, a: RestoreArgs) -> Result<ExitCode> {
     if let Some(bar) = bar {
         bar.finish();
     }
-    let stats = stats?;
+    let mut stats = stats?;
+    if let (Some(lost), true) = (&snap.damaged_root, a.includes.is_empty()) {
+        stats
+            .zero_filled
+            .insert(0, (a.target.clone(), lost.clone()));
+    }
     if a.json {
         let failed: Vec<_> = stats
             .failed

@@ -142,6 +142,11 @@ pub struct Snapshot {
     /// Hook commands and their outcomes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<serde_json::Value>,
+    /// Set by `repair snapshots` when the root directory's own listing was
+    /// lost (the root tree is then empty): what was lost. Damaged entries
+    /// below the root carry the xattr `user.cairn.damaged` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damaged_root: Option<String>,
 }
 
 impl Snapshot {
@@ -185,6 +190,7 @@ mod tests {
                 program_version: "cairn test".into(),
                 excludes: vec![],
                 hooks: vec![],
+                damaged_root: None,
             };
             prop_assert_eq!(Snapshot::from_json(&snap.to_json()).unwrap(), snap);
         }
