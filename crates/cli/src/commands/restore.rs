@@ -61,7 +61,7 @@ pub fn run(g: &GlobalOpts, a: RestoreArgs) -> Result<ExitCode> {
             .iter()
             .map(|(p, r)| serde_json::json!({"path": p, "error": r}))
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "snapshot_id": id.to_hex(),
@@ -71,7 +71,7 @@ pub fn run(g: &GlobalOpts, a: RestoreArgs) -> Result<ExitCode> {
             }))?
         );
     } else {
-        println!(
+        outln!(
             "restored snapshot {} to {}: {} files, {} dirs, {} other entries, {}",
             id.short(),
             a.target.display(),
@@ -81,7 +81,7 @@ pub fn run(g: &GlobalOpts, a: RestoreArgs) -> Result<ExitCode> {
             size(stats.bytes)
         );
         if a.verify {
-            println!("verified {} files", stats.verified);
+            outln!("verified {} files", stats.verified);
         }
         for (p, r) in &stats.failed {
             eprintln!("failed: {}: {r}", p.display());

@@ -17,6 +17,7 @@ mod dedup;
 mod faults;
 mod gc;
 mod golden;
+mod keys_headers;
 mod local_packs;
 mod requests;
 mod roundtrip;
