@@ -4,6 +4,7 @@
 //! a repository.
 
 mod common;
+mod edges;
 mod engine_v1;
 mod job;
 mod kube_mount;
