@@ -449,9 +449,44 @@ impl Repository {
             plans: Default::default(),
             header_damage,
         }));
+        // A cache found damaged after this is rebuilt from the index.
+        let weak = Arc::downgrade(&repo.0);
+        let tolerate = opts.tolerate_damage;
+        repo.0.cache.set_refill(Box::new(move |fresh: &Cache| {
+            let inner = weak
+                .upgrade()
+                .ok_or_else(|| Error::Usage("the repository handle was closed".into()))?;
+            Repository(inner).fill_index(fresh, tolerate)
+        }));
         repo.sync_index(opts.tolerate_damage)?;
         repo.refresh_plans()?;
         Ok(repo)
+    }
+
+    /// Ingests every index segment into `fresh`, a cache being rebuilt
+    /// after damage. One segment at a time, on the calling thread: this
+    /// may run on a rayon worker while the pool's other threads wait for
+    /// the rebuild.
+    fn fill_index(&self, fresh: &Cache, tolerate_damage: bool) -> Result<()> {
+        for obj in self.0.storage.list("index/").map_err(self.serr())? {
+            let Some(id) = IndexId::from_hex(obj.path.trim_start_matches("index/")) else {
+                continue;
+            };
+            match self.load_segment(&id) {
+                Ok(seg) => {
+                    let packs: Vec<_> = seg
+                        .packs
+                        .into_iter()
+                        .map(|p| (p.id, p.len, p.blobs))
+                        .collect();
+                    fresh.add_segment(&id, &packs)?;
+                }
+                Err(Error::Storage { source, .. }) if source.is_not_found() => {}
+                Err(e) if tolerate_damage => tracing::warn!("{e}"),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Where the repository is.
@@ -811,7 +846,7 @@ impl Repository {
             .par_iter()
             .map(|id| self.load_snapshot(id).map(|s| (*id, s)))
             .collect::<Result<Vec<_>>>()?;
-        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        sort_snapshots(&mut out);
         Ok(out)
     }
 
@@ -948,6 +983,40 @@ impl Repository {
     }
 }
 
+/// Sorts snapshots oldest first, the same way on every run: by time; among
+/// equal times a snapshot after its ancestors of that time (a repaired
+/// snapshot keeps its original's time and names it as its parent, so
+/// `latest` is the repaired one), then by id.
+pub fn sort_snapshots<T: std::borrow::Borrow<(SnapshotId, Snapshot)>>(list: &mut [T]) {
+    let by_id: std::collections::HashMap<SnapshotId, &Snapshot> = list
+        .iter()
+        .map(|e| {
+            let (id, s) = e.borrow();
+            (*id, s)
+        })
+        .collect();
+    // Ancestors with the same time; bounded, though ids are content
+    // hashes and cannot form a cycle.
+    let depth = |s: &Snapshot| {
+        let mut depth = 0;
+        let mut parent = s.parent;
+        while let Some(p) = parent.and_then(|p| by_id.get(&p)) {
+            if p.time != s.time || depth >= by_id.len() {
+                break;
+            }
+            depth += 1;
+            parent = p.parent;
+        }
+        depth
+    };
+    let keys: std::collections::HashMap<SnapshotId, usize> =
+        by_id.iter().map(|(id, s)| (*id, depth(s))).collect();
+    list.sort_by(|a, b| {
+        let ((ia, sa), (ib, sb)) = (a.borrow(), b.borrow());
+        (sa.time, keys.get(ia), ia).cmp(&(sb.time, keys.get(ib), ib))
+    });
+}
+
 /// Narrows which snapshots a command considers.
 #[derive(Debug, Clone, Default)]
 pub struct SnapshotFilter {
@@ -983,5 +1052,63 @@ impl SnapshotFilter {
         } else {
             parts.join(", ")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::snapshot::SNAPSHOT_VERSION;
+
+    fn snap(secs: i64, parent: Option<u8>) -> Snapshot {
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            time: chrono::DateTime::from_timestamp(secs, 0).unwrap(),
+            host: "h".into(),
+            source: "s".into(),
+            paths: vec![],
+            tags: vec![],
+            tree: BlobId(Id([0; 32])),
+            parent: parent.map(|p| SnapshotId(Id([p; 32]))),
+            complete: true,
+            summary: Default::default(),
+            program_version: "cairn test".into(),
+            excludes: vec![],
+            hooks: vec![],
+        }
+    }
+
+    #[test]
+    fn a_repaired_snapshot_sorts_after_its_original_of_the_same_time() {
+        // Ids chosen so that id order alone would put each copy first.
+        let original = (SnapshotId(Id([9; 32])), snap(100, None));
+        let repaired = (SnapshotId(Id([5; 32])), snap(100, Some(9)));
+        let repaired_again = (SnapshotId(Id([1; 32])), snap(100, Some(5)));
+        let older = (SnapshotId(Id([7; 32])), snap(50, None));
+        let other_same_time = (SnapshotId(Id([3; 32])), snap(100, None));
+        let want = [
+            &older,
+            &other_same_time,
+            &original,
+            &repaired,
+            &repaired_again,
+        ]
+        .map(|(id, _)| *id)
+        .to_vec();
+        let mut list = vec![
+            repaired_again.clone(),
+            repaired.clone(),
+            other_same_time.clone(),
+            original.clone(),
+            older.clone(),
+        ];
+        for _ in 0..list.len() {
+            list.rotate_left(1);
+            sort_snapshots(&mut list);
+            assert_eq!(list.iter().map(|(id, _)| *id).collect::<Vec<_>>(), want);
+        }
+        let mut refs: Vec<&(SnapshotId, Snapshot)> = list.iter().rev().collect();
+        sort_snapshots(&mut refs);
+        assert_eq!(refs.iter().map(|(id, _)| *id).collect::<Vec<_>>(), want);
     }
 }

@@ -264,3 +264,104 @@ fn a_damaged_key_file_is_reported_as_damaged() {
     assert!(err.contains("damaged") && err.contains("keys/"), "{err}");
     assert!(!err.contains("wrong password"), "{err}");
 }
+
+/// Overwrites a 4 KiB page at `fraction` of `file` with bytes that are no
+/// valid SQLite page.
+fn damage_page(file: &Path, fraction: f64) {
+    let mut bytes = std::fs::read(file).expect("cache file");
+    let at = (bytes.len() as f64 * fraction) as usize / 4096 * 4096;
+    assert!(
+        at >= 4096 && at + 4096 <= bytes.len(),
+        "cache of {} bytes",
+        bytes.len()
+    );
+    for (i, b) in bytes[at..at + 4096].iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(151).wrapping_add(7);
+    }
+    std::fs::write(file, bytes).expect("write");
+}
+
+#[test]
+fn a_cache_with_damaged_pages_is_discarded_and_rebuilt() {
+    let f = Fixture::new();
+    // Enough files for a cache of many pages.
+    for i in 0..400u64 {
+        let p = f.src().join(format!("many/{}/f{i}", i % 20));
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, xorshift_bytes(i + 100, 1500)).expect("write");
+    }
+    let src = f.src();
+    let src = src.to_str().expect("utf-8");
+    f.run(0, &["backup", src]);
+    f.run(0, &["snapshots"]);
+    let cache = f.cache_file();
+    // Checkpointed into the main file: the damage below is what SQLite reads.
+    assert!(!Path::new(&format!("{}-wal", cache.display())).exists());
+    let good = std::fs::read(&cache).expect("cache");
+    let mut hits = 0;
+    for fraction in [0.5, 0.75, 0.9] {
+        for (i, args) in [
+            &["check", "--read-data"][..],
+            &["restore", "latest", "--target", "RESTORE"],
+            &["backup", src],
+            &["maintenance", "run", "--full", "--safety-window", "0s"],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            std::fs::write(&cache, &good).expect("reset cache");
+            damage_page(&cache, fraction);
+            std::fs::write(
+                f.src().join("a.bin"),
+                xorshift_bytes(fraction.to_bits() + i as u64, 9000),
+            )
+            .expect("change a file");
+            let target = f.tmp.path().join(format!("restore-{fraction}"));
+            let args: Vec<&str> = args
+                .iter()
+                .map(|a| {
+                    if *a == "RESTORE" {
+                        target.to_str().expect("utf-8")
+                    } else {
+                        a
+                    }
+                })
+                .collect();
+            let (_, err) = f.run(0, &args);
+            hits += err.matches("is damaged").count();
+            assert!(
+                err.matches("is damaged").count() <= 1 && !err.contains("malformed\n"),
+                "{args:?} at {fraction}: {err}"
+            );
+            if args[0] == "restore" {
+                let diff = Command::new("diff")
+                    .args(["-r", "-q", "--exclude=a.bin"])
+                    .arg(f.src())
+                    .arg(&target)
+                    .output()
+                    .expect("diff");
+                assert!(diff.status.success(), "{}", text(&diff));
+            }
+        }
+    }
+    assert!(hits >= 4, "the damage was met and discarded {hits} times");
+    // A backup through a rebuilt cache restores exactly.
+    f.run(0, &["backup", src]);
+    let target = f.tmp.path().join("final");
+    f.run(
+        0,
+        &[
+            "restore",
+            "latest",
+            "--target",
+            target.to_str().expect("utf-8"),
+        ],
+    );
+    let diff = Command::new("diff")
+        .arg("-r")
+        .arg(f.src())
+        .arg(&target)
+        .output()
+        .expect("diff");
+    assert!(diff.status.success(), "{}", text(&diff));
+}
