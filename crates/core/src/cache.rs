@@ -189,8 +189,13 @@ impl Cache {
 
     fn create(path: Option<&Path>, repo_id: &Id, fingerprint: &[u8]) -> Result<Self> {
         let path = path.unwrap_or(Path::new(MEMORY));
+        Self::with_db(Db::open(path, "WAL")?, path, repo_id, fingerprint)
+    }
+
+    /// A cache on `db`, whose schema is created or checked.
+    fn with_db(db: Db, path: &Path, repo_id: &Id, fingerprint: &[u8]) -> Result<Self> {
         let cache = Cache {
-            db: RwLock::new(Db::open(path, "WAL")?),
+            db: RwLock::new(db),
             path: path.to_path_buf(),
             repo_id: *repo_id,
             fingerprint: fingerprint.to_vec(),
@@ -297,20 +302,10 @@ impl Cache {
         if let Some(p) = &fresh_path {
             remove_files(p);
         }
-        let fresh = Cache {
-            db: RwLock::new(
-                Db::open(fresh_path.as_deref().unwrap_or(Path::new(MEMORY)), "DELETE")
-                    .map_err(failed)?,
-            ),
-            path: fresh_path.clone().unwrap_or_else(|| PathBuf::from(MEMORY)),
-            repo_id: self.repo_id,
-            fingerprint: self.fingerprint.clone(),
-            generation: AtomicU64::new(0),
-            rebuilds: AtomicU32::new(MAX_REBUILDS),
-            rebuild_lock: Mutex::new(()),
-            refill: OnceLock::new(),
-        };
-        fresh.init_schema().map_err(failed)?;
+        let path = fresh_path.as_deref().unwrap_or(Path::new(MEMORY));
+        let fresh = Db::open(path, "DELETE")
+            .and_then(|db| Self::with_db(db, path, &self.repo_id, &self.fingerprint))
+            .map_err(failed)?;
         refill(&fresh).map_err(failed)?;
         let fresh_db = fresh.db.into_inner().expect("fresh cache lock");
         let mut db = self.db.write().expect("cache lock");
@@ -320,6 +315,9 @@ impl Cache {
                 drop(fresh_db);
                 // Close every connection to the damaged file before its
                 // name is reused (SQLite deletes `-wal` by name on close).
+                // Until the new file is open, queries meet an empty
+                // database without tables: they fail, they never answer
+                // "not indexed".
                 *db = Db::open(Path::new(MEMORY), "WAL").map_err(failed)?;
                 remove_files(&self.path);
                 std::fs::rename(fresh_path, &self.path)

@@ -254,3 +254,59 @@ fn a_damaged_cache_without_a_repository_to_refill_it_is_reported() {
         .count();
     assert!(errors > 0, "the damage is reported, not hidden");
 }
+
+#[test]
+fn threads_that_meet_a_damaged_cache_at_once_share_one_rebuild() {
+    use cairn_core::format::pack::BlobEntry;
+    use cairn_core::format::{BlobId, BlobKind, IndexId, PackId};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let entries: Vec<BlobEntry> = (0..4000u32)
+        .map(|i| {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            id[4] = 0xB1;
+            BlobEntry {
+                id: BlobId(Id(id)),
+                kind: BlobKind::Data,
+                offset: i,
+                stored_len: 100,
+                raw_len: 72,
+            }
+        })
+        .collect();
+    let segment = vec![(PackId(Id([3; 32])), 1 << 20, entries.clone())];
+    let seg_id = IndexId(Id([4; 32]));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c/cache.sqlite");
+    let repo = Id([1; 32]);
+    Cache::open(Some(&path), &repo, b"fp")
+        .unwrap()
+        .add_segment(&seg_id, &segment)
+        .unwrap();
+    damage_page(&path, 0.6);
+    let cache = Arc::new(Cache::open(Some(&path), &repo, b"fp").unwrap());
+    let refills = Arc::new(AtomicUsize::new(0));
+    {
+        let (refills, segment) = (refills.clone(), segment.clone());
+        cache.set_refill(Box::new(move |fresh| {
+            refills.fetch_add(1, Ordering::SeqCst);
+            fresh.add_segment(&seg_id, &segment)
+        }));
+    }
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (cache, entries) = (&cache, &entries);
+            s.spawn(move || {
+                for e in entries.iter().skip(t).step_by(3) {
+                    assert!(cache.contains(&e.id).unwrap(), "{t}");
+                    let loc = cache.lookup(&e.id).unwrap().expect("indexed");
+                    assert_eq!(loc.offset, e.offset);
+                }
+            });
+        }
+    });
+    assert_eq!(refills.load(Ordering::SeqCst), 1, "one rebuild");
+    assert_eq!(cache.blob_count().unwrap(), entries.len() as u64);
+}
