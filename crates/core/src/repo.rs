@@ -195,24 +195,23 @@ fn open_master_key(
     let mut opened = None;
     for obj in &keys {
         let id = obj.path.trim_start_matches("keys/");
-        let tried = read_key_file(storage, location, &obj.path)?
-            .and_then(|file| file.open(password.as_bytes()));
+        let file = match read_key_file(storage, location, &obj.path) {
+            // Removed (`key remove`) since the listing.
+            Err(Error::Storage { source, .. }) if source.is_not_found() => continue,
+            other => other?,
+        };
+        let tried = file.and_then(|file| file.open(password.as_bytes()));
         match tried {
             Ok(master) => {
                 opened = Some((master, id.to_string()));
+                break;
             }
-            Err(KeyFileError::WrongPassword) => {
-                if id.len() != KEY_ID_HEX_LEN {
-                    unverified_tried += 1;
-                }
-                continue;
+            Err(KeyFileError::WrongPassword) if id.len() != KEY_ID_HEX_LEN => {
+                unverified_tried += 1;
             }
-            Err(e) => {
-                damaged.push((obj.path.clone(), e.to_string()));
-                continue;
-            }
+            Err(KeyFileError::WrongPassword) => {}
+            Err(e) => damaged.push((obj.path.clone(), e.to_string())),
         }
-        break;
     }
     for (path, reason) in &damaged {
         tracing::warn!(
@@ -923,9 +922,12 @@ impl Repository {
         for obj in self.0.storage.list("keys/").map_err(self.serr())? {
             let id = obj.path.trim_start_matches("keys/").to_string();
             let (label, created, damaged) =
-                match read_key_file(&self.0.storage, &self.0.location, &obj.path)? {
-                    Ok(file) => (file.label, file.created, None),
-                    Err(e) => (String::new(), 0, Some(e.to_string())),
+                match read_key_file(&self.0.storage, &self.0.location, &obj.path) {
+                    Ok(Ok(file)) => (file.label, file.created, None),
+                    Ok(Err(e)) => (String::new(), 0, Some(e.to_string())),
+                    // Removed since the listing.
+                    Err(Error::Storage { source, .. }) if source.is_not_found() => continue,
+                    Err(e) => return Err(e),
                 };
             out.push(KeyInfo {
                 current: id == self.0.key_id,
