@@ -168,15 +168,15 @@ impl Error {
 fn damaged_keys_message(location: &str, damaged: &[(String, String)]) -> String {
     let list: Vec<String> = damaged
         .iter()
-        .map(|(path, reason)| format!("{path} ({reason})"))
+        .map(|(path, reason)| format!("{path}: {reason}"))
         .collect();
-    let (noun, verb) = if damaged.len() == 1 {
-        ("key file", "is")
+    let what = if damaged.len() == 1 {
+        "a key file is"
     } else {
-        ("key files", "are")
+        "key files are"
     };
     format!(
-        "no key of the repository at {location} opens with this password, and {noun} {} {verb} damaged. \
+        "no key of the repository at {location} opens with this password, and {what} damaged ({}). \
          If the password is right, its key file is probably the damaged one: open the repository with another \
          password and run `cairn key add` for this one again (`cairn key remove ID` drops a damaged key), \
          or restore the key file from a copy of the repository",

@@ -213,14 +213,16 @@ fn open_master_key(
             Err(e) => damaged.push((obj.path.clone(), e.to_string())),
         }
     }
-    for (path, reason) in &damaged {
-        tracing::warn!(
-            "key file {path} is damaged ({reason}): remove it with `cairn key remove {}` and add its password again with `cairn key add`, or restore it from a copy of the repository",
-            path.trim_start_matches("keys/")
-        );
-    }
     match opened {
-        Some(found) => Ok(found),
+        Some(found) => {
+            for (path, reason) in &damaged {
+                tracing::warn!(
+                    "key file {path} is damaged ({reason}): remove it with `cairn key remove {}` and add its password again with `cairn key add`, or restore it from a copy of the repository",
+                    path.trim_start_matches("keys/")
+                );
+            }
+            Ok(found)
+        }
         None if !damaged.is_empty() => Err(Error::DamagedKeys {
             location: location.to_string(),
             damaged,
@@ -349,7 +351,6 @@ impl Repository {
                     reason: hint,
                 });
             }
-            tracing::warn!("{reason}, but keys/ holds key files: opening {location} as a cairn repository whose header is damaged");
         }
         let (master, key_id) = open_master_key(&storage, &location, password)?;
         let sealed = storage.read(CONFIG_PATH).map_err(&serr)?;
@@ -370,9 +371,8 @@ impl Repository {
         let header_damage = match header {
             Ok(h) if h.repo_id == config.repo_id => None,
             Ok(h) => Some(format!(
-                "{HEADER_PATH} is damaged: its repository id {} differs from {} in the config",
+                "{HEADER_PATH} is damaged: its repository id {} differs from the config's",
                 h.repo_id.to_hex(),
-                config.repo_id.to_hex(),
             )),
             Err(reason) => Some(reason),
         }
