@@ -1,11 +1,17 @@
 //! The `cairn` command: argument parsing, terminal output and exit codes.
 //! Everything else lives in the library crates.
 
+// Standard output goes through `outln!`/`out!` (see output.rs), which end
+// quietly on a closed pipe where `println!` panics.
+#![deny(clippy::print_stdout)]
+
+// First: its `outln!` and `out!` macros are used by the modules below.
+#[macro_use]
+mod output;
 mod commands;
 mod common;
 mod engine;
 mod malloc;
-mod output;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -15,6 +21,7 @@ fn main() -> ExitCode {
     common::init_logging(cli.global.verbose, cli.global.quiet);
     match commands::run(cli) {
         Ok(code) => code,
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", output::describe_error(&e));
             ExitCode::from(output::exit_code(&e))

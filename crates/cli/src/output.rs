@@ -1,14 +1,69 @@
-//! Human-readable sizes, times and errors, and exit codes.
+//! Human-readable sizes, times and errors, exit codes, and standard output.
+//!
+//! Everything the CLI prints to standard output goes through [`outln!`] and
+//! [`out!`]: a reader that goes away (`cairn check | head -1`) ends the
+//! process quietly with exit code 0, as ripgrep does, instead of the panic
+//! `println!` gives on a closed pipe.
 
 use cairn_core::ErrorKind;
+use std::io::Write;
+
+/// Prints a line to standard output; see [`write_stdout`].
+macro_rules! outln {
+    () => {
+        $crate::output::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Prints to standard output without a newline; see [`write_stdout`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// Writes to standard output. A closed pipe ends the process quietly
+/// (exit 0: whoever read the output has all it wanted); any other write
+/// error ends it with a message on stderr and exit 1.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args) {
+        stdout_failed(&e);
+    }
+}
+
+/// Ends the process after a failed write to standard output (see
+/// [`write_stdout`]).
+pub fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: writing to standard output: {e}");
+    std::process::exit(1);
+}
+
+/// Whether the command failed because its reader went away: a closed
+/// pipe in `e`'s chain (commands that stream to stdout, like `dump` and
+/// `ls`, return it as an error). Such a command ends quietly with exit 0.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+}
 
 /// Exit code for an error: 1 in general, 2 usage, 10 wrong password,
-/// 11 not a repository, 12 damaged repository.
+/// 11 not a repository, 12 damaged repository, 13 locked by another
+/// process. (3, "finished but some entries failed", is a result, not an
+/// error.) README.md lists them for users.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<cairn_core::Error>().map(|e| e.kind()) {
         Some(ErrorKind::WrongPassword) => 10,
         Some(ErrorKind::NotARepository) => 11,
         Some(ErrorKind::Corrupt) => 12,
+        Some(ErrorKind::Locked) => 13,
         Some(ErrorKind::Usage) => 2,
         _ => 1,
     }

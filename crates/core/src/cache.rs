@@ -1,15 +1,17 @@
 //! The local SQLite cache: merged index, fetched trees and snapshots.
 //!
 //! The cache is only a cache. Every row can be rebuilt from the repository;
-//! a cache of another repository or a damaged file is discarded and rebuilt,
-//! and cached blobs are re-hashed before use.
+//! a cache of another repository or a damaged file (found at open or by
+//! any later query) is discarded and rebuilt, and cached blobs are
+//! re-hashed before use.
 
 use crate::error::{Error, Result};
 use crate::format::pack::BlobEntry;
 use crate::format::{BlobId, BlobKind, Id, IndexId, PackId};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock, RwLock};
 
 /// Schema version of the cache file; a different one is rebuilt.
 const SCHEMA_VERSION: i64 = 1;
@@ -57,19 +59,85 @@ pub enum CachedKind {
     Snapshot = 2,
 }
 
+/// Most times one process rebuilds a damaged cache; past it, cache errors
+/// are reported (something keeps damaging the file, or the disk is full).
+const MAX_REBUILDS: u32 = 2;
+
+/// Rebuilds the index of a fresh cache from the repository (installed by
+/// the repository, see [`Cache::set_refill`]).
+pub type Refill = Box<dyn Fn(&Cache) -> Result<()> + Send + Sync>;
+
 /// The cache database.
+///
+/// Every query runs under `db`'s read lock; a query that fails because the
+/// file is damaged (any SQLite error but "busy", "locked" and "disk full",
+/// or a row that does not decode) triggers one rebuild: a new cache file is
+/// filled from the repository beside the damaged one, then swapped in under
+/// the write lock, and the query runs again. The damaged file is discarded
+/// with one warning; the cache is only a cache.
 pub struct Cache {
+    db: RwLock<Db>,
+    path: PathBuf,
+    repo_id: Id,
+    fingerprint: Vec<u8>,
+    /// Bumped by every rebuild: a failure seen before a rebuild another
+    /// thread finished needs no rebuild of its own.
+    generation: AtomicU64,
+    rebuilds: AtomicU32,
+    rebuild_lock: Mutex<()>,
+    refill: OnceLock<Refill>,
+}
+
+/// The open connections to one cache file.
+struct Db {
     conn: Mutex<Connection>,
     /// Idle extra connections for lookups: backup threads look blobs up
     /// concurrently, and behind the one connection's lock they queued
     /// (in WAL mode readers do not block each other or the writer).
     readers: Mutex<Vec<Connection>>,
-    path: PathBuf,
 }
 
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Cache({})", self.path.display())
+    }
+}
+
+/// Why a cache query failed.
+#[derive(Debug)]
+enum Fail {
+    Sql(rusqlite::Error),
+    /// A row that does not decode (an id of the wrong length, an unknown kind).
+    Malformed(&'static str),
+}
+
+impl From<rusqlite::Error> for Fail {
+    fn from(e: rusqlite::Error) -> Self {
+        Fail::Sql(e)
+    }
+}
+
+impl std::fmt::Display for Fail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fail::Sql(e) => e.fmt(f),
+            Fail::Malformed(what) => f.write_str(what),
+        }
+    }
+}
+
+impl Fail {
+    /// Whether the failure says the file is damaged (and a rebuild helps),
+    /// rather than another process holding a lock for too long or a full
+    /// disk.
+    fn is_damage(&self) -> bool {
+        use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked, DiskFull};
+        match self {
+            Fail::Sql(rusqlite::Error::SqliteFailure(e, _)) => {
+                !matches!(e.code, DatabaseBusy | DatabaseLocked | DiskFull)
+            }
+            Fail::Sql(_) | Fail::Malformed(_) => true,
+        }
     }
 }
 
@@ -80,86 +148,192 @@ fn sql_err(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
     }
 }
 
+/// A 32-byte id from a row, or [`Fail::Malformed`].
+fn id32(bytes: &[u8], what: &'static str) -> Result<Id, Fail> {
+    <[u8; 32]>::try_from(bytes)
+        .map(Id)
+        .map_err(|_| Fail::Malformed(what))
+}
+
+fn remove_files(path: &Path) {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+}
+
 impl Cache {
     /// Opens (or creates) the cache for repository `repo_id` at `path`;
     /// `None` keeps it in memory. A file belonging to another repository,
     /// of another schema, or unreadable as SQLite is deleted and recreated.
     pub fn open(path: Option<&Path>, repo_id: &Id, fingerprint: &[u8]) -> Result<Self> {
         let Some(path) = path else {
-            let conn = Connection::open_in_memory().map_err(sql_err(Path::new(":memory:")))?;
-            let cache = Cache {
-                conn: Mutex::new(conn),
-                readers: Mutex::default(),
-                path: PathBuf::from(":memory:"),
-            };
-            cache.init_schema(repo_id, fingerprint)?;
-            return Ok(cache);
+            return Self::create(None, repo_id, fingerprint);
         };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        match Self::try_open(path, repo_id, fingerprint) {
+        match Self::create(Some(path), repo_id, fingerprint) {
             Ok(c) => Ok(c),
             Err(e) => {
                 tracing::warn!(
                     "discarding local cache {}: {e}; rebuilding it",
                     path.display()
                 );
-                for suffix in ["", "-wal", "-shm"] {
-                    let mut p = path.as_os_str().to_owned();
-                    p.push(suffix);
-                    let _ = std::fs::remove_file(PathBuf::from(p));
-                }
-                Self::try_open(path, repo_id, fingerprint)
+                remove_files(path);
+                Self::create(Some(path), repo_id, fingerprint)
             }
         }
     }
 
-    fn try_open(path: &Path, repo_id: &Id, fingerprint: &[u8]) -> Result<Self> {
-        let conn = Self::connect(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(sql_err(path))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(sql_err(path))?;
+    fn create(path: Option<&Path>, repo_id: &Id, fingerprint: &[u8]) -> Result<Self> {
+        let path = path.unwrap_or(Path::new(MEMORY));
+        Self::with_db(Db::open(path, "WAL")?, path, repo_id, fingerprint)
+    }
+
+    /// A cache on `db`, whose schema is created or checked.
+    fn with_db(db: Db, path: &Path, repo_id: &Id, fingerprint: &[u8]) -> Result<Self> {
         let cache = Cache {
-            conn: Mutex::new(conn),
-            readers: Mutex::default(),
+            db: RwLock::new(db),
             path: path.to_path_buf(),
+            repo_id: *repo_id,
+            fingerprint: fingerprint.to_vec(),
+            generation: AtomicU64::new(0),
+            rebuilds: AtomicU32::new(0),
+            rebuild_lock: Mutex::new(()),
+            refill: OnceLock::new(),
         };
-        cache.init_schema(repo_id, fingerprint)?;
+        cache.init_schema()?;
         Ok(cache)
     }
 
-    fn connect(path: &Path) -> Result<Connection> {
-        let conn = Connection::open(path).map_err(sql_err(path))?;
-        conn.busy_timeout(std::time::Duration::from_secs(60))
-            .map_err(sql_err(path))?;
-        Ok(conn)
+    /// Installs what fills a rebuilt cache's index (the repository's
+    /// segments); without it a damaged cache is reported, not rebuilt.
+    pub fn set_refill(&self, refill: Refill) {
+        let _ = self.refill.set(refill);
+    }
+
+    fn is_memory(&self) -> bool {
+        self.path == Path::new(MEMORY)
+    }
+
+    fn error(&self, fail: Fail) -> Error {
+        Error::Cache {
+            path: self.path.clone(),
+            reason: fail.to_string(),
+        }
+    }
+
+    /// Runs `op` on the open database; on damage, rebuilds once and runs
+    /// it again. `op` may run twice, so it must not have side effects
+    /// outside the database.
+    fn run<T>(&self, op: impl Fn(&Db) -> Result<T, Fail>) -> Result<T> {
+        let (generation, result) = {
+            let db = self.db.read().expect("cache lock");
+            (self.generation.load(Ordering::Acquire), op(&db))
+        };
+        match result {
+            Ok(v) => Ok(v),
+            Err(fail) if fail.is_damage() => {
+                self.recover(generation, fail)?;
+                let db = self.db.read().expect("cache lock");
+                op(&db).map_err(|f| self.error(f))
+            }
+            Err(fail) => Err(self.error(fail)),
+        }
+    }
+
+    /// Runs `f` on the main connection (see [`Cache::run`]).
+    fn write<T>(&self, f: impl Fn(&mut Connection) -> Result<T, Fail>) -> Result<T> {
+        self.run(|db| f(&mut db.conn.lock().expect("cache connection lock")))
     }
 
     /// Runs the read-only query `f` on an idle reader connection (a new
     /// one when all are busy), or on the main one for an in-memory cache,
-    /// which other connections cannot see.
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        if self.path == Path::new(":memory:") {
-            return f(&self.conn.lock().expect("cache lock"));
-        }
-        let idle = self.readers.lock().expect("cache readers lock").pop();
-        let conn = match idle {
-            Some(c) => c,
-            None => Self::connect(&self.path)?,
-        };
-        let out = f(&conn);
-        let mut idle = self.readers.lock().expect("cache readers lock");
-        if idle.len() < MAX_IDLE_READERS {
-            idle.push(conn);
-        }
-        out
+    /// which other connections cannot see (see [`Cache::run`]).
+    fn read<T>(&self, f: impl Fn(&Connection) -> Result<T, Fail>) -> Result<T> {
+        self.run(|db| {
+            if self.is_memory() {
+                return f(&db.conn.lock().expect("cache connection lock"));
+            }
+            let idle = db.readers.lock().expect("cache readers lock").pop();
+            let conn = match idle {
+                Some(c) => c,
+                None => Db::connect(&self.path)?,
+            };
+            let out = f(&conn);
+            let mut idle = db.readers.lock().expect("cache readers lock");
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+            out
+        })
     }
 
-    fn init_schema(&self, repo_id: &Id, fingerprint: &[u8]) -> Result<()> {
+    /// Replaces a damaged cache: fills a new one from the repository, then
+    /// swaps it in. A no-op when another thread rebuilt since `seen`.
+    fn recover(&self, seen: u64, fail: Fail) -> Result<()> {
+        let _one = self.rebuild_lock.lock().expect("cache rebuild lock");
+        if self.generation.load(Ordering::Acquire) != seen {
+            return Ok(());
+        }
+        let Some(refill) = self.refill.get() else {
+            return Err(self.error(fail));
+        };
+        if self.rebuilds.fetch_add(1, Ordering::AcqRel) >= MAX_REBUILDS {
+            return Err(self.error(fail));
+        }
+        tracing::warn!(
+            "local cache {} is damaged ({fail}); discarding it and rebuilding it from the repository (nothing is lost: the cache is only a cache)",
+            self.path.display()
+        );
+        let failed = |e: Error| Error::Cache {
+            path: self.path.clone(),
+            reason: format!("damaged ({fail}), and rebuilding it failed: {e}"),
+        };
+        // Built beside the damaged file in rollback-journal mode, so that
+        // once closed it is one complete file to rename into place.
+        let fresh_path = (!self.is_memory()).then(|| {
+            let mut p = self.path.as_os_str().to_owned();
+            p.push(".rebuild");
+            PathBuf::from(p)
+        });
+        if let Some(p) = &fresh_path {
+            remove_files(p);
+        }
+        let path = fresh_path.as_deref().unwrap_or(Path::new(MEMORY));
+        let fresh = Db::open(path, "DELETE")
+            .and_then(|db| Self::with_db(db, path, &self.repo_id, &self.fingerprint))
+            .map_err(failed)?;
+        refill(&fresh).map_err(failed)?;
+        let fresh_db = fresh.db.into_inner().expect("fresh cache lock");
+        let mut db = self.db.write().expect("cache lock");
+        match &fresh_path {
+            None => *db = fresh_db,
+            Some(fresh_path) => {
+                drop(fresh_db);
+                // Close every connection to the damaged file before its
+                // name is reused (SQLite deletes `-wal` by name on close).
+                // Until the new file is open, queries meet an empty
+                // database without tables: they fail, they never answer
+                // "not indexed".
+                *db = Db::open(Path::new(MEMORY), "WAL").map_err(failed)?;
+                remove_files(&self.path);
+                std::fs::rename(fresh_path, &self.path)
+                    .map_err(|e| failed(Error::io(&self.path, e)))?;
+                *db = Db::open(&self.path, "WAL").map_err(failed)?;
+            }
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn init_schema(&self) -> Result<()> {
+        let (repo_id, fingerprint) = (self.repo_id, self.fingerprint.as_slice());
+        let db = self.db.read().expect("cache lock");
+        let conn = db.conn.lock().expect("cache connection lock");
         let err = sql_err(&self.path);
-        let conn = self.conn.lock().expect("cache lock");
         conn.execute_batch(SCHEMA).map_err(&err)?;
         let get = |key: &str| -> Result<Option<Vec<u8>>> {
             conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
@@ -197,102 +371,81 @@ impl Cache {
 
     /// Index segments already ingested.
     pub fn segments(&self) -> Result<Vec<IndexId>> {
-        let err = sql_err(&self.path);
-        let conn = self.conn.lock().expect("cache lock");
-        let mut stmt = conn.prepare("SELECT id FROM segments").map_err(&err)?;
-        let rows = stmt
-            .query_map([], |r| r.get::<_, Vec<u8>>(0))
-            .map_err(&err)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let bytes = row.map_err(&err)?;
-            let id: [u8; 32] = bytes.as_slice().try_into().map_err(|_| Error::Cache {
-                path: self.path.clone(),
-                reason: "malformed segment id".into(),
-            })?;
-            out.push(IndexId(Id(id)));
-        }
-        Ok(out)
+        self.write(|conn| {
+            let mut stmt = conn.prepare("SELECT id FROM segments")?;
+            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(IndexId(id32(&row?, "malformed segment id")?));
+            }
+            Ok(out)
+        })
     }
 
     /// Ingests one index segment's packs in one transaction.
     pub fn add_segment(&self, id: &IndexId, packs: &[(PackId, u64, Vec<BlobEntry>)]) -> Result<()> {
-        let err = sql_err(&self.path);
-        let mut conn = self.conn.lock().expect("cache lock");
-        let tx = conn.transaction().map_err(&err)?;
-        tx.execute(
-            "INSERT OR IGNORE INTO segments(id) VALUES (?1)",
-            [&id.0 .0[..]],
-        )
-        .map_err(&err)?;
-        let seg: i64 = tx
-            .query_row(
+        self.write(|conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT OR IGNORE INTO segments(id) VALUES (?1)",
+                [&id.0 .0[..]],
+            )?;
+            let seg: i64 = tx.query_row(
                 "SELECT seq FROM segments WHERE id = ?1",
                 [&id.0 .0[..]],
                 |r| r.get(0),
-            )
-            .map_err(&err)?;
-        {
-            let mut add_pack = tx
-                .prepare_cached("INSERT INTO packs(id, seg, len) VALUES (?1, ?2, ?3)")
-                .map_err(&err)?;
-            let mut add_blob = tx
-                .prepare_cached(
+            )?;
+            {
+                let mut add_pack =
+                    tx.prepare_cached("INSERT INTO packs(id, seg, len) VALUES (?1, ?2, ?3)")?;
+                let mut add_blob = tx.prepare_cached(
                     "INSERT OR REPLACE INTO blobs(id, pack, kind, offset, stored_len, raw_len) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .map_err(&err)?;
-            let mut rows = Vec::with_capacity(packs.iter().map(|p| p.2.len()).sum());
-            for (pack, len, blobs) in packs {
-                add_pack
-                    .execute(params![&pack.0 .0[..], seg, *len as i64])
-                    .map_err(&err)?;
-                let pack_seq = tx.last_insert_rowid();
-                rows.extend(blobs.iter().map(|b| (b, pack_seq)));
-            }
-            // In key order: neighbouring inserts then share B-tree pages
-            // (about 5% faster on a fresh cache, more on a large one).
-            rows.sort_unstable_by_key(|(b, pack_seq)| (b.id, *pack_seq));
-            for (b, pack_seq) in rows {
-                add_blob
-                    .execute(params![
+                )?;
+                let mut rows = Vec::with_capacity(packs.iter().map(|p| p.2.len()).sum());
+                for (pack, len, blobs) in packs {
+                    add_pack.execute(params![&pack.0 .0[..], seg, *len as i64])?;
+                    let pack_seq = tx.last_insert_rowid();
+                    rows.extend(blobs.iter().map(|b| (b, pack_seq)));
+                }
+                // In key order: neighbouring inserts then share B-tree pages
+                // (about 5% faster on a fresh cache, more on a large one).
+                rows.sort_unstable_by_key(|(b, pack_seq)| (b.id, *pack_seq));
+                for (b, pack_seq) in rows {
+                    add_blob.execute(params![
                         &b.id.0 .0[..],
                         pack_seq,
                         b.kind.code(),
                         b.offset,
                         b.stored_len,
                         b.raw_len
-                    ])
-                    .map_err(&err)?;
+                    ])?;
+                }
             }
-        }
-        tx.commit().map_err(&err)
+            Ok(tx.commit()?)
+        })
     }
 
     /// Drops a segment that vanished from the repository.
     pub fn remove_segment(&self, id: &IndexId) -> Result<()> {
-        let err = sql_err(&self.path);
-        let mut conn = self.conn.lock().expect("cache lock");
-        let tx = conn.transaction().map_err(&err)?;
-        let seg: Option<i64> = tx
-            .query_row(
-                "SELECT seq FROM segments WHERE id = ?1",
-                [&id.0 .0[..]],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(&err)?;
-        if let Some(seg) = seg {
-            tx.execute(
-                "DELETE FROM blobs WHERE pack IN (SELECT seq FROM packs WHERE seg = ?1)",
-                [seg],
-            )
-            .map_err(&err)?;
-            tx.execute("DELETE FROM packs WHERE seg = ?1", [seg])
-                .map_err(&err)?;
-            tx.execute("DELETE FROM segments WHERE seq = ?1", [seg])
-                .map_err(&err)?;
-        }
-        tx.commit().map_err(&err)
+        self.write(|conn| {
+            let tx = conn.transaction()?;
+            let seg: Option<i64> = tx
+                .query_row(
+                    "SELECT seq FROM segments WHERE id = ?1",
+                    [&id.0 .0[..]],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(seg) = seg {
+                tx.execute(
+                    "DELETE FROM blobs WHERE pack IN (SELECT seq FROM packs WHERE seg = ?1)",
+                    [seg],
+                )?;
+                tx.execute("DELETE FROM packs WHERE seg = ?1", [seg])?;
+                tx.execute("DELETE FROM segments WHERE seq = ?1", [seg])?;
+            }
+            Ok(tx.commit()?)
+        })
     }
 
     /// Where blob `id` is stored, if the index knows it.
@@ -303,12 +456,9 @@ impl Cache {
     /// Whether the index holds blob `id` (in any pack): the dedup check,
     /// one index probe without the pack join [`Cache::lookup`] needs.
     pub fn contains(&self, id: &BlobId) -> Result<bool> {
-        let err = sql_err(&self.path);
         self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT 1 FROM blobs WHERE id = ?1 LIMIT 1")
-                .map_err(&err)?;
-            stmt.exists([&id.0 .0[..]]).map_err(&err)
+            let mut stmt = conn.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1 LIMIT 1")?;
+            Ok(stmt.exists([&id.0 .0[..]])?)
         })
     }
 
@@ -320,174 +470,230 @@ impl Cache {
 
     /// Up to `limit` locations of blob `id` (-1: all).
     fn query_locations(&self, id: &BlobId, limit: i64) -> Result<Vec<BlobLocation>> {
-        let err = sql_err(&self.path);
-        let rows = self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT p.id, b.kind, b.offset, b.stored_len, b.raw_len FROM blobs b JOIN packs p ON p.seq = b.pack WHERE b.id = ?1 LIMIT ?2",
-                )
-                .map_err(&err)?;
-            let rows = stmt
-                .query_map(params![&id.0 .0[..], limit], |r| {
-                    Ok((
-                        r.get::<_, Vec<u8>>(0)?,
-                        r.get::<_, u8>(1)?,
-                        r.get::<_, u32>(2)?,
-                        r.get::<_, u32>(3)?,
-                        r.get::<_, u32>(4)?,
-                    ))
-                })
-                .map_err(&err)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(&err)
-        })?;
-        let bad = || Error::Cache {
-            path: self.path.clone(),
-            reason: "malformed index row".into(),
-        };
-        rows.into_iter()
-            .map(|(pack, kind, offset, stored_len, raw_len)| {
-                Ok(BlobLocation {
-                    pack: PackId(Id(pack.as_slice().try_into().map_err(|_| bad())?)),
-                    kind: BlobKind::from_code(kind).ok_or_else(bad)?,
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT p.id, b.kind, b.offset, b.stored_len, b.raw_len FROM blobs b JOIN packs p ON p.seq = b.pack WHERE b.id = ?1 LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![&id.0 .0[..], limit], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, u8>(1)?,
+                    r.get::<_, u32>(2)?,
+                    r.get::<_, u32>(3)?,
+                    r.get::<_, u32>(4)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (pack, kind, offset, stored_len, raw_len) = row?;
+                out.push(BlobLocation {
+                    pack: PackId(id32(&pack, "malformed index row")?),
+                    kind: BlobKind::from_code(kind).ok_or(Fail::Malformed("malformed index row"))?,
                     offset,
                     stored_len,
                     raw_len,
-                })
-            })
-            .collect()
+                });
+            }
+            Ok(out)
+        })
     }
 
     /// Calls `f(pack, pack length, entry)` for every indexed blob location,
     /// streaming rows so memory stays flat however large the index is.
+    ///
+    /// `f` must not use the cache. The tables are checked first (SQLite's
+    /// `quick_check`, about the cost of the scan itself), so damage is
+    /// found and repaired before the first row, as for any query. Damage
+    /// that appears after rows were handed to `f` is repaired too, but the
+    /// call fails (its caller has seen part of the old index): running the
+    /// command again reads the rebuilt cache.
     pub fn for_each_location(
         &self,
         mut f: impl FnMut(PackId, u64, BlobEntry) -> Result<()>,
     ) -> Result<()> {
-        let err = sql_err(&self.path);
-        let conn = self.conn.lock().expect("cache lock");
-        let mut stmt = conn
-            .prepare(
-                "SELECT p.id, p.len, b.id, b.kind, b.offset, b.stored_len, b.raw_len FROM blobs b JOIN packs p ON p.seq = b.pack",
-            )
-            .map_err(&err)?;
-        let mut rows = stmt.query([]).map_err(&err)?;
-        let bad = || Error::Cache {
-            path: self.path.clone(),
-            reason: "malformed index row".into(),
+        // A failure after rows reached `f` cannot be retried: check the
+        // tables the stream reads first, so that damage is found (and the
+        // cache rebuilt) before any row is handed out.
+        self.read(|conn| {
+            for table in ["blobs", "packs"] {
+                let verdict: String =
+                    conn.query_row(&format!("PRAGMA quick_check({table})"), [], |r| r.get(0))?;
+                if verdict != "ok" {
+                    return Err(Fail::Malformed("index tables fail SQLite's quick_check"));
+                }
+            }
+            Ok(())
+        })?;
+        let mut delivered = false;
+        let (generation, result) = {
+            let db = self.db.read().expect("cache lock");
+            let generation = self.generation.load(Ordering::Acquire);
+            (generation, stream_locations(&db, &mut f, &mut delivered))
         };
-        while let Some(r) = rows.next().map_err(&err)? {
-            let pack: Vec<u8> = r.get(0).map_err(&err)?;
-            let len: i64 = r.get(1).map_err(&err)?;
-            let blob: Vec<u8> = r.get(2).map_err(&err)?;
-            let kind: u8 = r.get(3).map_err(&err)?;
-            let entry = BlobEntry {
-                id: BlobId(Id(blob.as_slice().try_into().map_err(|_| bad())?)),
-                kind: BlobKind::from_code(kind).ok_or_else(bad)?,
-                offset: r.get(4).map_err(&err)?,
-                stored_len: r.get(5).map_err(&err)?,
-                raw_len: r.get(6).map_err(&err)?,
-            };
-            f(
-                PackId(Id(pack.as_slice().try_into().map_err(|_| bad())?)),
-                len as u64,
-                entry,
-            )?;
+        match result {
+            Ok(caller) => caller,
+            Err(fail) if fail.is_damage() && !delivered => {
+                self.recover(generation, fail)?;
+                let db = self.db.read().expect("cache lock");
+                stream_locations(&db, &mut f, &mut delivered).map_err(|fail| self.error(fail))?
+            }
+            Err(fail) if fail.is_damage() => {
+                let reason = fail.to_string();
+                self.recover(generation, fail)?;
+                Err(Error::Cache {
+                    path: self.path.clone(),
+                    reason: format!(
+                        "damaged ({reason}) while this command was reading it; it has been rebuilt: run the command again"
+                    ),
+                })
+            }
+            Err(fail) => Err(self.error(fail)),
         }
-        Ok(())
     }
 
     /// The ingested segments that list pack `pack`.
     pub fn segments_listing(&self, pack: &PackId) -> Result<Vec<IndexId>> {
-        let err = sql_err(&self.path);
-        let conn = self.conn.lock().expect("cache lock");
-        let mut stmt = conn
-            .prepare_cached(
+        self.write(|conn| {
+            let mut stmt = conn.prepare_cached(
                 "SELECT DISTINCT s.id FROM packs p JOIN segments s ON s.seq = p.seg WHERE p.id = ?1",
-            )
-            .map_err(&err)?;
-        let rows = stmt
-            .query_map([&pack.0 .0[..]], |r| r.get::<_, Vec<u8>>(0))
-            .map_err(&err)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let bytes = row.map_err(&err)?;
-            if let Ok(id) = <[u8; 32]>::try_from(bytes.as_slice()) {
-                out.push(IndexId(Id(id)));
+            )?;
+            let rows = stmt.query_map([&pack.0 .0[..]], |r| r.get::<_, Vec<u8>>(0))?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(IndexId(id32(&row?, "malformed segment id")?));
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Number of distinct blobs indexed.
     pub fn blob_count(&self) -> Result<u64> {
-        let conn = self.conn.lock().expect("cache lock");
-        conn.query_row("SELECT COUNT(DISTINCT id) FROM blobs", [], |r| {
-            r.get::<_, i64>(0)
+        self.write(|conn| {
+            Ok(
+                conn.query_row("SELECT COUNT(DISTINCT id) FROM blobs", [], |r| {
+                    r.get::<_, i64>(0)
+                })? as u64,
+            )
         })
-        .map(|n| n as u64)
-        .map_err(sql_err(&self.path))
     }
 
     /// Every indexed pack with its length.
     pub fn packs(&self) -> Result<Vec<(PackId, u64)>> {
-        let err = sql_err(&self.path);
-        let conn = self.conn.lock().expect("cache lock");
-        let mut stmt = conn
-            .prepare("SELECT DISTINCT id, len FROM packs")
-            .map_err(&err)?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))
-            .map_err(&err)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, len) = row.map_err(&err)?;
-            if let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) {
-                out.push((PackId(Id(id)), len as u64));
+        self.write(|conn| {
+            let mut stmt = conn.prepare("SELECT DISTINCT id, len FROM packs")?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, len) = row?;
+                out.push((PackId(id32(&id, "malformed pack id")?), len as u64));
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// A cached object's bytes.
     pub fn get_object(&self, kind: CachedKind, id: &Id) -> Result<Option<Vec<u8>>> {
-        let conn = self.conn.lock().expect("cache lock");
-        conn.prepare_cached("SELECT data FROM objects WHERE id = ?1 AND kind = ?2")
-            .and_then(|mut s| {
-                s.query_row(params![&id.0[..], kind as i64], |r| r.get(0))
-                    .optional()
-            })
-            .map_err(sql_err(&self.path))
+        self.write(|conn| {
+            let mut s =
+                conn.prepare_cached("SELECT data FROM objects WHERE id = ?1 AND kind = ?2")?;
+            Ok(s.query_row(params![&id.0[..], kind as i64], |r| r.get(0))
+                .optional()?)
+        })
     }
 
     /// Stores an object's bytes.
     pub fn put_object(&self, kind: CachedKind, id: &Id, data: &[u8]) -> Result<()> {
-        let conn = self.conn.lock().expect("cache lock");
-        conn.prepare_cached(PUT_OBJECT)
-            .and_then(|mut s| s.execute(params![&id.0[..], kind as i64, data]))
-            .map(|_| ())
-            .map_err(sql_err(&self.path))
+        self.write(|conn| {
+            conn.prepare_cached(PUT_OBJECT)?
+                .execute(params![&id.0[..], kind as i64, data])?;
+            Ok(())
+        })
     }
 
     /// Stores several objects of one kind in one transaction.
     pub fn put_objects(&self, kind: CachedKind, objects: &[(Id, Vec<u8>)]) -> Result<()> {
-        let err = sql_err(&self.path);
-        let mut conn = self.conn.lock().expect("cache lock");
-        let tx = conn.transaction().map_err(&err)?;
-        {
-            let mut put = tx.prepare_cached(PUT_OBJECT).map_err(&err)?;
-            for (id, data) in objects {
-                put.execute(params![&id.0[..], kind as i64, data])
-                    .map_err(&err)?;
+        self.write(|conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut put = tx.prepare_cached(PUT_OBJECT)?;
+                for (id, data) in objects {
+                    put.execute(params![&id.0[..], kind as i64, data])?;
+                }
             }
-        }
-        tx.commit().map_err(&err)
+            Ok(tx.commit()?)
+        })
     }
 
     /// Drops a cached object (found damaged, or deleted from the repository).
     pub fn remove_object(&self, id: &Id) -> Result<()> {
-        let conn = self.conn.lock().expect("cache lock");
-        conn.execute("DELETE FROM objects WHERE id = ?1", [&id.0[..]])
-            .map(|_| ())
-            .map_err(sql_err(&self.path))
+        self.write(|conn| {
+            conn.execute("DELETE FROM objects WHERE id = ?1", [&id.0[..]])?;
+            Ok(())
+        })
+    }
+}
+
+/// Streams every blob location to `f` (see [`Cache::for_each_location`]);
+/// the outer error is the database's, the inner one `f`'s, which ends the
+/// stream. `delivered` is set once a row reached `f`.
+fn stream_locations(
+    db: &Db,
+    f: &mut dyn FnMut(PackId, u64, BlobEntry) -> Result<()>,
+    delivered: &mut bool,
+) -> Result<Result<()>, Fail> {
+    let conn = db.conn.lock().expect("cache connection lock");
+    let mut stmt = conn.prepare(
+        "SELECT p.id, p.len, b.id, b.kind, b.offset, b.stored_len, b.raw_len FROM blobs b JOIN packs p ON p.seq = b.pack",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let pack: Vec<u8> = r.get(0)?;
+        let len: i64 = r.get(1)?;
+        let blob: Vec<u8> = r.get(2)?;
+        let kind: u8 = r.get(3)?;
+        let entry = BlobEntry {
+            id: BlobId(id32(&blob, "malformed index row")?),
+            kind: BlobKind::from_code(kind).ok_or(Fail::Malformed("malformed index row"))?,
+            offset: r.get(4)?,
+            stored_len: r.get(5)?,
+            raw_len: r.get(6)?,
+        };
+        let pack = PackId(id32(&pack, "malformed index row")?);
+        *delivered = true;
+        if let Err(e) = f(pack, len as u64, entry) {
+            return Ok(Err(e));
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Path standing for an in-memory cache.
+const MEMORY: &str = ":memory:";
+
+impl Db {
+    /// Opens `path` (or memory) with `journal` mode.
+    fn open(path: &Path, journal: &str) -> Result<Self> {
+        let err = sql_err(path);
+        let conn = if path == Path::new(MEMORY) {
+            Connection::open_in_memory().map_err(&err)?
+        } else {
+            let conn = Self::connect(path).map_err(&err)?;
+            conn.pragma_update(None, "journal_mode", journal)
+                .map_err(&err)?;
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(&err)?;
+            conn
+        };
+        Ok(Db {
+            conn: Mutex::new(conn),
+            readers: Mutex::default(),
+        })
+    }
+
+    fn connect(path: &Path) -> rusqlite::Result<Connection> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(60))?;
+        Ok(conn)
     }
 }

@@ -384,8 +384,48 @@ impl Default for KdfParams {
     }
 }
 
-/// Derives a 32-byte key-encryption key from a password with argon2id.
+/// Largest argon2 memory cost a key file may ask for, in KiB (1 GiB):
+/// 32 times the default, and what a job pod can be expected to spare.
+pub const KDF_MAX_MEMORY_KIB: u32 = 1 << 20;
+/// Largest argon2 time cost (passes over the memory): with
+/// [`KDF_MAX_MEMORY_KIB`], a derivation of tens of seconds at most.
+pub const KDF_MAX_ITERATIONS: u32 = 16;
+/// Largest argon2 parallelism (lanes).
+pub const KDF_MAX_PARALLELISM: u32 = 16;
+
+impl KdfParams {
+    /// Checks the parameters against the documented maximums
+    /// ([`KDF_MAX_MEMORY_KIB`], [`KDF_MAX_ITERATIONS`],
+    /// [`KDF_MAX_PARALLELISM`]) and argon2's minimums, before anything is
+    /// allocated: a key file asking for more is damaged or not written by
+    /// cairn, and deriving would take gigabytes or hours.
+    pub fn check(&self) -> Result<(), String> {
+        let Self {
+            m_cost,
+            t_cost,
+            p_cost,
+        } = *self;
+        if m_cost > KDF_MAX_MEMORY_KIB
+            || t_cost > KDF_MAX_ITERATIONS
+            || p_cost > KDF_MAX_PARALLELISM
+        {
+            return Err(format!(
+                "argon2 parameters (memory {m_cost} KiB, {t_cost} iterations, parallelism {p_cost}) exceed cairn's maximum (memory {KDF_MAX_MEMORY_KIB} KiB, {KDF_MAX_ITERATIONS} iterations, parallelism {KDF_MAX_PARALLELISM})"
+            ));
+        }
+        if t_cost == 0 || p_cost == 0 || u64::from(m_cost) < 8 * u64::from(p_cost) {
+            return Err(format!(
+                "argon2 parameters (memory {m_cost} KiB, {t_cost} iterations, parallelism {p_cost}) are below argon2's minimum (1 iteration, 1 lane, 8 KiB per lane)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Derives a 32-byte key-encryption key from a password with argon2id,
+/// after [`KdfParams::check`].
 pub fn derive_key(password: &[u8], salt: &[u8], params: KdfParams) -> Result<[u8; 32], String> {
+    params.check()?;
     let p = argon2::Params::new(params.m_cost, params.t_cost, params.p_cost, Some(32))
         .map_err(|e| format!("invalid argon2 parameters: {e}"))?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, p);

@@ -24,16 +24,29 @@ pub enum ErrorKind {
     Usage,
     /// The local cache failed.
     Cache,
+    /// Another process holds the repository's exclusive lock.
+    Locked,
 }
 
 /// A failed engine operation.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// No key file opens with the password.
-    #[error("wrong password: no key of the repository at {location} opens with it")]
+    /// No key file opens with the password, and none is damaged.
+    #[error("wrong password: no key of the repository at {location} opens with it{hint}")]
     WrongPassword {
         /// Repository location.
         location: String,
+        /// Empty, or a sentence (with leading separator) on key files
+        /// whose damage cannot be told from a wrong password.
+        hint: String,
+    },
+    /// No key file opens with the password, and some key files are damaged.
+    #[error("{}", damaged_keys_message(.location, .damaged))]
+    DamagedKeys {
+        /// Repository location.
+        location: String,
+        /// `(keys/<id>, what is wrong)` for each damaged key file.
+        damaged: Vec<(String, String)>,
     },
     /// Not a repository.
     #[error("{location} is not a cairn repository: {reason}")]
@@ -96,6 +109,16 @@ pub enum Error {
     /// A request that cannot be carried out as asked.
     #[error("{0}")]
     Usage(String),
+    /// Another live process holds the exclusive lock.
+    #[error(
+        "the repository is locked: {holder}. Wait for it to finish. If that process is gone: a holder on this machine that exited frees the lock at once; one on another machine turns stale {stale_after_s} s after its last heartbeat; `cairn unlock` removes stale locks, `cairn unlock --remove-all` every lock"
+    )]
+    Locked {
+        /// The holder, as [`crate::lock::LockInfo::describe`] puts it.
+        holder: String,
+        /// Seconds after its last heartbeat at which the lock turns stale.
+        stale_after_s: u64,
+    },
 }
 
 impl Error {
@@ -103,6 +126,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::WrongPassword { .. } => ErrorKind::WrongPassword,
+            Error::DamagedKeys { .. } => ErrorKind::Corrupt,
             Error::NotARepository { .. } | Error::AlreadyExists { .. } => ErrorKind::NotARepository,
             Error::Corrupt { .. } | Error::BlobNotFound { .. } => ErrorKind::Corrupt,
             Error::Storage { source, .. } if source.is_not_found() || source.is_short_object() => {
@@ -112,6 +136,7 @@ impl Error {
             Error::Io { .. } => ErrorKind::Io,
             Error::Cache { .. } => ErrorKind::Cache,
             Error::Usage(_) => ErrorKind::Usage,
+            Error::Locked { .. } => ErrorKind::Locked,
         }
     }
 
@@ -140,4 +165,23 @@ impl Error {
     pub fn decode(object: impl Into<String>, e: DecodeError) -> Self {
         Error::corrupt(object, e)
     }
+}
+
+fn damaged_keys_message(location: &str, damaged: &[(String, String)]) -> String {
+    let list: Vec<String> = damaged
+        .iter()
+        .map(|(path, reason)| format!("{path}: {reason}"))
+        .collect();
+    let what = if damaged.len() == 1 {
+        "a key file is"
+    } else {
+        "key files are"
+    };
+    format!(
+        "no key of the repository at {location} opens with this password, and {what} damaged ({}). \
+         If the password is right, its key file is probably the damaged one: open the repository with another \
+         password and run `cairn key add` for this one again (`cairn key remove ID` drops a damaged key), \
+         or restore the key file from a copy of the repository",
+        list.join(", ")
+    )
 }

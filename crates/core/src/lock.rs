@@ -5,8 +5,10 @@
 //! - Every other operation runs lock-free; they never take a lock. Garbage
 //!   collection asks [`exclusive_holder`] before deleting.
 //! - A lock is live while its heartbeat is younger than its own
-//!   `stale_after_ms`; a holder that died leaves a stale lock, which
-//!   acquisition ignores and `cairn unlock` removes.
+//!   `stale_after_ms` and, when its holder ran in this process's pid scope
+//!   (same kernel boot and pid namespace), while that process exists; a
+//!   holder that died leaves a stale lock, which acquisition ignores and
+//!   `cairn unlock` removes.
 //! - Acquisition writes its own lock first and then lists: of two racing
 //!   acquirers each sees the other and both back off, so two exclusive
 //!   holders never run at once (a listing is assumed to show objects
@@ -77,13 +79,60 @@ pub struct LockInfo {
     pub heartbeat: DateTime<Utc>,
     /// Age of `heartbeat`, in milliseconds, after which the lock is stale.
     pub stale_after_ms: u64,
+    /// Where `pid` names a process: the kernel's boot id and the pid
+    /// namespace of the holder (see [`pid_scope`]). `None` when unknown
+    /// (not Linux, or a lock written before the field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_scope: Option<String>,
+}
+
+/// This process's pid scope: `<boot id>/<pid namespace>`, e.g.
+/// `0f4c…/pid:[4026531836]`. Two processes with the same scope see the
+/// same pids, so one can tell whether the other still runs. The boot id
+/// is random per boot of a kernel, so equal host names on two machines (or
+/// two boots of one) never share a scope. `None` off Linux.
+pub fn pid_scope() -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    Some(format!("{}/{}", boot.trim(), ns.to_string_lossy()))
+}
+
+/// Whether process `pid` of this pid scope is gone (`kill(pid, 0)` fails
+/// with ESRCH). A process that exists but belongs to another user, or a
+/// zombie not yet reaped, counts as running.
+fn process_is_gone(pid: u32) -> bool {
+    match i32::try_from(pid) {
+        Ok(pid) if pid > 0 => matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        ),
+        _ => false,
+    }
 }
 
 impl LockInfo {
-    /// Whether the holder stopped beating `now`.
+    /// Whether the lock no longer protects anything at `now`: its holder
+    /// stopped beating, or [`LockInfo::holder_is_gone`].
     pub fn is_stale(&self, now: DateTime<Utc>) -> bool {
+        self.heartbeat_expired(now) || self.holder_is_gone()
+    }
+
+    /// Whether the last heartbeat is older than `stale_after_ms` at `now`.
+    pub fn heartbeat_expired(&self, now: DateTime<Utc>) -> bool {
         let age = now.signed_duration_since(self.heartbeat).num_milliseconds();
         age > i64::try_from(self.stale_after_ms).unwrap_or(i64::MAX)
+    }
+
+    /// Whether the holder ran in this process's pid scope (same host,
+    /// kernel boot and pid namespace) and its process no longer exists: a
+    /// holder killed on this machine frees its lock at once instead of
+    /// after `stale_after_ms`. A holder elsewhere is judged by its
+    /// heartbeat only.
+    pub fn holder_is_gone(&self) -> bool {
+        self.pid_scope.is_some()
+            && self.pid_scope == pid_scope()
+            && self.host == crate::repo::hostname()
+            && process_is_gone(self.pid)
     }
 
     /// `repair index by root@node-1 (pid 42), since …, last heartbeat …`.
@@ -201,6 +250,7 @@ impl ExclusiveLock {
             created: now,
             heartbeat: now,
             stale_after_ms: u64::try_from(opts.stale_after.as_millis()).unwrap_or(u64::MAX),
+            pid_scope: pid_scope(),
         };
         write_lock(repo, &info)?;
         let others = match list_locks(repo) {
@@ -213,11 +263,10 @@ impl ExclusiveLock {
         let now = Utc::now();
         if let Some(holder) = others.iter().find(|l| l.id != info.id && !l.is_stale(now)) {
             let _ = repo.storage().delete(&info.path());
-            return Err(Error::Usage(format!(
-                "the repository is locked: {}. Wait for it to finish; if that process is gone, the lock turns stale {} s after its last heartbeat (or run `cairn unlock`)",
-                holder.describe(),
-                holder.stale_after_ms / 1000
-            )));
+            return Err(Error::Locked {
+                holder: holder.describe(),
+                stale_after_s: holder.stale_after_ms / 1000,
+            });
         }
         let beat = Arc::new(Beat {
             stop: Mutex::new(false),
@@ -304,5 +353,63 @@ fn heartbeat_loop(repo: Repository, info: &mut LockInfo, beat: &Beat, interval: 
             tracing::warn!("lock heartbeat failed: {e}");
             *beat.failure.lock().expect("lock") = Some(e.to_string());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lock_of(pid: u32, scope: Option<String>) -> LockInfo {
+        let now = Utc::now();
+        LockInfo {
+            version: LOCK_VERSION,
+            id: "00".repeat(16),
+            exclusive: true,
+            operation: "test".into(),
+            holder: crate::repo::user_at_host(),
+            host: crate::repo::hostname(),
+            pid,
+            created: now,
+            heartbeat: now,
+            stale_after_ms: 3_600_000,
+            pid_scope: scope,
+        }
+    }
+
+    /// The pid of a process that has exited and been reaped.
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let pid = child.id();
+        child.wait().expect("wait");
+        pid
+    }
+
+    #[test]
+    fn a_lock_of_an_exited_process_in_our_pid_scope_is_stale_at_once() {
+        let now = Utc::now();
+        let scope = pid_scope();
+        assert!(scope.is_some(), "tests run on Linux");
+        let dead = lock_of(dead_pid(), scope.clone());
+        assert!(!dead.heartbeat_expired(now));
+        assert!(dead.holder_is_gone() && dead.is_stale(now));
+        // Ours is alive.
+        assert!(!lock_of(std::process::id(), scope.clone()).is_stale(now));
+        // Another scope (another machine, boot or pid namespace), another
+        // host, or no scope at all: only the heartbeat counts.
+        let elsewhere = lock_of(dead_pid(), Some("other-boot/pid:[1]".into()));
+        assert!(!elsewhere.is_stale(now));
+        let mut other_host = lock_of(dead_pid(), scope);
+        other_host.host.push_str("-elsewhere");
+        assert!(!other_host.is_stale(now));
+        assert!(!lock_of(dead_pid(), None).is_stale(now));
+    }
+
+    #[test]
+    fn locks_without_a_pid_scope_still_decode() {
+        let json = serde_json::to_value(lock_of(1, None)).unwrap();
+        assert!(json.get("pid_scope").is_none());
+        let back: LockInfo = serde_json::from_value(json).unwrap();
+        assert_eq!(back.pid_scope, None);
     }
 }

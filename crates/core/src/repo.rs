@@ -7,12 +7,14 @@ use crate::damage::DamageSet;
 use crate::error::{Error, Result};
 use crate::format::config::{Config, CONFIG_AAD, CONFIG_PATH};
 use crate::format::damage::{DamageEntry, DamageReason};
-use crate::format::header::{Header, HeaderError, HEADER_PATH};
+use crate::format::header::{Header, HeaderError, HEADER_LEN, HEADER_PATH};
 use crate::format::index::{IndexSegment, INDEX_AAD};
-use crate::format::key::{KeyFile, KeyFileError};
+use crate::format::key::{
+    check_key_name, key_id, KeyFile, KeyFileError, KEY_ID_HEX_LEN, LEGACY_KEY_ID_HEX_LEN,
+};
 use crate::format::snapshot::{Snapshot, SNAPSHOT_AAD};
 use crate::format::tree::{decode_list, ChunkRef, Content, Tree};
-use crate::format::{BlobId, BlobKind, Id, IndexId, PackId, SnapshotId};
+use crate::format::{BlobId, BlobKind, Id, IndexId, PackId, SnapshotId, FORMAT_VERSION};
 use bytes::Bytes;
 use cairn_storage::{DynStorage, StorageError};
 use rayon::prelude::*;
@@ -97,6 +99,9 @@ pub struct KeyInfo {
     pub created: i64,
     /// Whether this process opened the repository with it.
     pub current: bool,
+    /// Why the key file cannot be used, when it is damaged (its label and
+    /// time are then empty).
+    pub damaged: Option<String>,
 }
 
 pub(crate) struct Inner {
@@ -117,6 +122,8 @@ pub(crate) struct Inner {
     damage: std::sync::RwLock<DamageSet>,
     /// Damage this process met and has not recorded yet.
     found: std::sync::Mutex<BTreeSet<DamageEntry>>,
+    /// Set when `cairn.repository` is damaged but the repository opened.
+    header_damage: Option<String>,
 }
 
 /// An open repository. Cheap to clone; clones share the cache and keys.
@@ -161,8 +168,84 @@ fn storage_err(location: &str) -> impl Fn(StorageError) -> Error {
     }
 }
 
-fn random_key_id() -> String {
-    hex::encode(&crate::crypto::random_key()[..16])
+/// Reads, checks and decodes key file `path`: damage (bytes that do not
+/// match a content-named id, bad structure, argon2 parameters out of
+/// bounds) is found here, before any key is derived.
+fn read_key_file(
+    storage: &DynStorage,
+    location: &str,
+    path: &str,
+) -> Result<Result<KeyFile, KeyFileError>> {
+    let bytes = storage.read(path).map_err(storage_err(location))?;
+    let id = path.trim_start_matches("keys/");
+    Ok(check_key_name(id, &bytes).and_then(|_| KeyFile::decode(&bytes)))
+}
+
+/// Finds the key file `password` opens; returns the master key and the
+/// key id. Damaged key files are skipped with a warning; when no key
+/// opens, they are named ([`Error::DamagedKeys`]) instead of blaming the
+/// password.
+fn open_master_key(
+    storage: &DynStorage,
+    location: &str,
+    password: &str,
+) -> Result<([u8; 32], String)> {
+    let mut keys = storage.list("keys/").map_err(storage_err(location))?;
+    keys.sort_by(|a, b| a.path.cmp(&b.path));
+    if keys.is_empty() {
+        return Err(Error::corrupt(
+            "keys/",
+            "the repository has no key files: a key file is needed to open it; restore keys/ from a copy of the repository",
+        ));
+    }
+    let mut damaged = Vec::new();
+    let mut unverified_tried = 0;
+    let mut opened = None;
+    for obj in &keys {
+        let id = obj.path.trim_start_matches("keys/");
+        let file = match read_key_file(storage, location, &obj.path) {
+            // Removed (`key remove`) since the listing.
+            Err(Error::Storage { source, .. }) if source.is_not_found() => continue,
+            other => other?,
+        };
+        let tried = file.and_then(|file| file.open(password.as_bytes()));
+        match tried {
+            Ok(master) => {
+                opened = Some((master, id.to_string()));
+                break;
+            }
+            Err(KeyFileError::WrongPassword) if id.len() != KEY_ID_HEX_LEN => {
+                unverified_tried += 1;
+            }
+            Err(KeyFileError::WrongPassword) => {}
+            Err(e) => damaged.push((obj.path.clone(), e.to_string())),
+        }
+    }
+    match opened {
+        Some(found) => {
+            for (path, reason) in &damaged {
+                tracing::warn!(
+                    "key file {path} is damaged ({reason}): remove it with `cairn key remove {}` and add its password again with `cairn key add`, or restore it from a copy of the repository",
+                    path.trim_start_matches("keys/")
+                );
+            }
+            Ok(found)
+        }
+        None if !damaged.is_empty() => Err(Error::DamagedKeys {
+            location: location.to_string(),
+            damaged,
+        }),
+        None => Err(Error::WrongPassword {
+            location: location.to_string(),
+            hint: if unverified_tried > 0 {
+                format!(
+                    " (or its key file is damaged: key files with {LEGACY_KEY_ID_HEX_LEN}-digit ids, written before cairn named keys by their content, carry no checksum)"
+                )
+            } else {
+                String::new()
+            },
+        }),
+    }
 }
 
 impl Repository {
@@ -182,6 +265,18 @@ impl Repository {
         }
         if password.is_empty() {
             return Err(Error::Usage("the password must not be empty".into()));
+        }
+        // A repository whose header is missing is not an init leftover:
+        // deleting its key files below would lose it.
+        for prefix in ["index/", "snapshots/"] {
+            if !storage.list(prefix).map_err(&serr)?.is_empty() {
+                return Err(Error::NotARepository {
+                    location,
+                    reason: format!(
+                        "it holds {prefix} but no {HEADER_PATH}: a repository whose header is missing, not an empty location; refusing to init over it (open it with its password: cairn opens a repository with a damaged header and says how to restore it)"
+                    ),
+                });
+            }
         }
         // Leftovers of an init killed before it wrote the header.
         for stale in storage.list("keys/").map_err(&serr)? {
@@ -211,78 +306,122 @@ impl Repository {
             now_secs(),
         )
         .map_err(|e| Error::Usage(e.to_string()))?;
-        let key_id = random_key_id();
+        let encoded = key_file.encode();
+        let key_id = key_id(&encoded);
         storage
-            .write(&format!("keys/{key_id}"), Bytes::from(key_file.encode()))
+            .write(&format!("keys/{key_id}"), Bytes::from(encoded))
             .map_err(&serr)?;
         // The header goes last: until it exists this is not a repository.
         storage
             .write(HEADER_PATH, Bytes::from(Header::new(repo_id).encode()))
             .map_err(&serr)?;
-        Self::assemble(storage, location, config, master, key_id, open)
+        Self::assemble(storage, location, config, master, key_id, None, open)
     }
 
     /// Opens a repository with a password.
+    ///
+    /// A missing or damaged `cairn.repository` does not block a repository
+    /// whose key files and config open: the config, authenticated under the
+    /// master key, says which repository this is, and the damage is
+    /// reported ([`Repository::header_damage`]). Only a header of a format
+    /// version this cairn does not read is refused outright.
     pub fn open(storage: DynStorage, password: &str, opts: &OpenOptions) -> Result<Self> {
         let location = storage.location();
         let serr = storage_err(&location);
-        let header_bytes = match storage.read(HEADER_PATH) {
-            Ok(b) => b,
-            Err(e) if e.is_not_found() => {
-                return Err(Error::NotARepository {
-                    location,
-                    reason: format!("no {HEADER_PATH} object (run `cairn init` to create one)"),
-                })
-            }
+        let header = match storage.read(HEADER_PATH) {
+            Ok(bytes) => match Header::decode(&bytes) {
+                Ok(h) => Ok(h),
+                Err(e @ HeaderError::UnsupportedVersion { .. }) => {
+                    return Err(Error::NotARepository {
+                        location,
+                        reason: format!(
+                            "{e} (if no cairn ever wrote that version, {HEADER_PATH} is damaged: restore it from a copy of the repository)"
+                        ),
+                    })
+                }
+                Err(e) => Err(format!("{HEADER_PATH} is damaged or not cairn's: {e}")),
+            },
+            Err(e) if e.is_not_found() => Err(format!("no {HEADER_PATH} object")),
             Err(e) => return Err(serr(e)),
         };
-        let header = Header::decode(&header_bytes).map_err(|e| Error::NotARepository {
-            location: location.clone(),
-            reason: match e {
-                HeaderError::UnsupportedVersion { .. } => e.to_string(),
-                _ => format!("{HEADER_PATH} is damaged or not cairn's: {e}"),
-            },
-        })?;
-        let mut keys = storage.list("keys/").map_err(&serr)?;
-        keys.sort_by(|a, b| a.path.cmp(&b.path));
-        if keys.is_empty() {
-            return Err(Error::corrupt("keys/", "the repository has no key files"));
-        }
-        let mut opened = None;
-        for obj in &keys {
-            let bytes = storage.read(&obj.path).map_err(&serr)?;
-            let file = match KeyFile::decode(&bytes) {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::warn!("skipping damaged key file {}: {e}", obj.path);
-                    continue;
-                }
-            };
-            match file.open(password.as_bytes()) {
-                Ok(master) => {
-                    let id = obj.path.trim_start_matches("keys/").to_string();
-                    opened = Some((master, id));
-                    break;
-                }
-                Err(KeyFileError::WrongPassword) => continue,
-                Err(e) => tracing::warn!("key file {}: {e}", obj.path),
+        if let Err(reason) = &header {
+            // Without a header, key files are the only sign of a repository.
+            if storage.list("keys/").map_err(&serr)?.is_empty() {
+                let hint = match storage.local_dir() {
+                    Some(dir) if !dir.exists() => format!(
+                        "the directory {} does not exist (check the path; `cairn init` creates a repository)",
+                        dir.display()
+                    ),
+                    _ => format!("{reason} (run `cairn init` to create a repository)"),
+                };
+                return Err(Error::NotARepository {
+                    location,
+                    reason: hint,
+                });
             }
         }
-        let Some((master, key_id)) = opened else {
-            return Err(Error::WrongPassword { location });
-        };
+        let (master, key_id) = open_master_key(&storage, &location, password)?;
         let sealed = storage.read(CONFIG_PATH).map_err(&serr)?;
+        let config_damaged = |reason: String| {
+            Error::corrupt(
+                CONFIG_PATH,
+                format!(
+                    "{reason}; the config (chunker parameters, id key) cannot be rebuilt: restore it from a copy of the repository"
+                ),
+            )
+        };
         let body = SealKey::new(&master)
             .open_envelope(CONFIG_AAD, &sealed)
-            .map_err(|e| Error::corrupt(CONFIG_PATH, e))?;
-        let config = Config::decode(&body).map_err(|e| Error::decode(CONFIG_PATH, e))?;
-        if config.repo_id != header.repo_id {
-            return Err(Error::corrupt(
-                CONFIG_PATH,
-                "repository id differs from the header's",
-            ));
+            .map_err(|e| config_damaged(e.to_string()))?;
+        let config = Config::decode(&body).map_err(|e| config_damaged(e.to_string()))?;
+        // The config is authenticated under the master key; the plaintext
+        // header is not: when their ids differ, the header is the damaged one.
+        let header_damage = match header {
+            Ok(h) if h.repo_id == config.repo_id => None,
+            Ok(h) => Some(format!(
+                "{HEADER_PATH} is damaged: its repository id {} differs from the config's",
+                h.repo_id.to_hex(),
+            )),
+            Err(reason) => Some(reason),
         }
-        Self::assemble(storage, location, config, master, key_id, opts)
+        .map(|what| {
+            let damage = format!(
+                "{what}; the config, which the key authenticates, names repository {}. Restore {HEADER_PATH} from a copy of the repository, or write it anew: the {HEADER_LEN} bytes `CAIRNREP`, format version {FORMAT_VERSION} as u32 little-endian, then that id (docs/FORMAT.md)",
+                config.repo_id.to_hex()
+            );
+            tracing::warn!("{damage}");
+            damage
+        });
+        Self::assemble(
+            storage,
+            location,
+            config,
+            master,
+            key_id,
+            header_damage,
+            opts,
+        )
+    }
+
+    /// What is wrong with `cairn.repository`, when the repository opened
+    /// despite it (its repository id differs from the authenticated
+    /// config's), for `check` to report.
+    pub fn header_damage(&self) -> Option<&str> {
+        self.0.header_damage.as_deref()
+    }
+
+    /// Rewrites `cairn.repository` from the config when
+    /// [`Repository::header_damage`] says it is damaged; returns whether it
+    /// did.
+    pub fn repair_header(&self) -> Result<bool> {
+        if self.0.header_damage.is_none() {
+            return Ok(false);
+        }
+        self.0
+            .storage
+            .write(HEADER_PATH, Bytes::from(Header::new(self.id()).encode()))
+            .map_err(self.serr())?;
+        Ok(true)
     }
 
     fn assemble(
@@ -291,6 +430,7 @@ impl Repository {
         config: Config,
         master: [u8; 32],
         key_id: String,
+        header_damage: Option<String>,
         opts: &OpenOptions,
     ) -> Result<Self> {
         let fingerprint = blake3::hash(&config.encode());
@@ -316,11 +456,47 @@ impl Repository {
             plans: Default::default(),
             damage: Default::default(),
             found: Default::default(),
+            header_damage,
+        }));
+        // A cache found damaged after this is rebuilt from the index.
+        let weak = Arc::downgrade(&repo.0);
+        let tolerate = opts.tolerate_damage;
+        repo.0.cache.set_refill(Box::new(move |fresh: &Cache| {
+            let inner = weak
+                .upgrade()
+                .ok_or_else(|| Error::Usage("the repository handle was closed".into()))?;
+            Repository(inner).fill_index(fresh, tolerate)
         }));
         repo.sync_index(opts.tolerate_damage)?;
         repo.refresh_plans()?;
         repo.refresh_damage()?;
         Ok(repo)
+    }
+
+    /// Ingests every index segment into `fresh`, a cache being rebuilt
+    /// after damage. One segment at a time, on the calling thread: this
+    /// may run on a rayon worker while the pool's other threads wait for
+    /// the rebuild.
+    fn fill_index(&self, fresh: &Cache, tolerate_damage: bool) -> Result<()> {
+        for obj in self.0.storage.list("index/").map_err(self.serr())? {
+            let Some(id) = IndexId::from_hex(obj.path.trim_start_matches("index/")) else {
+                continue;
+            };
+            match self.load_segment(&id) {
+                Ok(seg) => {
+                    let packs: Vec<_> = seg
+                        .packs
+                        .into_iter()
+                        .map(|p| (p.id, p.len, p.blobs))
+                        .collect();
+                    fresh.add_segment(&id, &packs)?;
+                }
+                Err(Error::Storage { source, .. }) if source.is_not_found() => {}
+                Err(e) if tolerate_damage => tracing::warn!("{e}"),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Where the repository is.
@@ -832,7 +1008,7 @@ impl Repository {
                 Err(e) => return Err(e),
             }
         }
-        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        sort_snapshots(&mut out);
         Ok(out)
     }
 
@@ -894,10 +1070,11 @@ impl Repository {
             now_secs(),
         )
         .map_err(|e| Error::Usage(e.to_string()))?;
-        let id = random_key_id();
+        let encoded = file.encode();
+        let id = key_id(&encoded);
         self.0
             .storage
-            .write(&format!("keys/{id}"), Bytes::from(file.encode()))
+            .write(&format!("keys/{id}"), Bytes::from(encoded))
             .map_err(self.serr())?;
         Ok(id)
     }
@@ -907,13 +1084,20 @@ impl Repository {
         let mut out = Vec::new();
         for obj in self.0.storage.list("keys/").map_err(self.serr())? {
             let id = obj.path.trim_start_matches("keys/").to_string();
-            let bytes = self.0.storage.read(&obj.path).map_err(self.serr())?;
-            let file = KeyFile::decode(&bytes).map_err(|e| Error::corrupt(&obj.path, e))?;
+            let (label, created, damaged) =
+                match read_key_file(&self.0.storage, &self.0.location, &obj.path) {
+                    Ok(Ok(file)) => (file.label, file.created, None),
+                    Ok(Err(e)) => (String::new(), 0, Some(e.to_string())),
+                    // Removed since the listing.
+                    Err(Error::Storage { source, .. }) if source.is_not_found() => continue,
+                    Err(e) => return Err(e),
+                };
             out.push(KeyInfo {
                 current: id == self.0.key_id,
                 id,
-                label: file.label,
-                created: file.created,
+                label,
+                created,
+                damaged,
             });
         }
         out.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
@@ -964,6 +1148,40 @@ impl Repository {
     }
 }
 
+/// Sorts snapshots oldest first, the same way on every run: by time; among
+/// equal times a snapshot after its ancestors of that time (a repaired
+/// snapshot keeps its original's time and names it as its parent, so
+/// `latest` is the repaired one), then by id.
+pub fn sort_snapshots<T: std::borrow::Borrow<(SnapshotId, Snapshot)>>(list: &mut [T]) {
+    let by_id: std::collections::HashMap<SnapshotId, &Snapshot> = list
+        .iter()
+        .map(|e| {
+            let (id, s) = e.borrow();
+            (*id, s)
+        })
+        .collect();
+    // Ancestors with the same time; bounded, though ids are content
+    // hashes and cannot form a cycle.
+    let depth = |s: &Snapshot| {
+        let mut depth = 0;
+        let mut parent = s.parent;
+        while let Some(p) = parent.and_then(|p| by_id.get(&p)) {
+            if p.time != s.time || depth >= by_id.len() {
+                break;
+            }
+            depth += 1;
+            parent = p.parent;
+        }
+        depth
+    };
+    let keys: std::collections::HashMap<SnapshotId, usize> =
+        by_id.iter().map(|(id, s)| (*id, depth(s))).collect();
+    list.sort_by(|a, b| {
+        let ((ia, sa), (ib, sb)) = (a.borrow(), b.borrow());
+        (sa.time, keys.get(ia), ia).cmp(&(sb.time, keys.get(ib), ib))
+    });
+}
+
 /// Narrows which snapshots a command considers.
 #[derive(Debug, Clone, Default)]
 pub struct SnapshotFilter {
@@ -999,5 +1217,64 @@ impl SnapshotFilter {
         } else {
             parts.join(", ")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::snapshot::SNAPSHOT_VERSION;
+
+    fn snap(secs: i64, parent: Option<u8>) -> Snapshot {
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            time: chrono::DateTime::from_timestamp(secs, 0).unwrap(),
+            host: "h".into(),
+            source: "s".into(),
+            paths: vec![],
+            tags: vec![],
+            tree: BlobId(Id([0; 32])),
+            parent: parent.map(|p| SnapshotId(Id([p; 32]))),
+            complete: true,
+            summary: Default::default(),
+            program_version: "cairn test".into(),
+            excludes: vec![],
+            hooks: vec![],
+            damaged_root: None,
+        }
+    }
+
+    #[test]
+    fn a_repaired_snapshot_sorts_after_its_original_of_the_same_time() {
+        // Ids chosen so that id order alone would put each copy first.
+        let original = (SnapshotId(Id([9; 32])), snap(100, None));
+        let repaired = (SnapshotId(Id([5; 32])), snap(100, Some(9)));
+        let repaired_again = (SnapshotId(Id([1; 32])), snap(100, Some(5)));
+        let older = (SnapshotId(Id([7; 32])), snap(50, None));
+        let other_same_time = (SnapshotId(Id([3; 32])), snap(100, None));
+        let want = [
+            &older,
+            &other_same_time,
+            &original,
+            &repaired,
+            &repaired_again,
+        ]
+        .map(|(id, _)| *id)
+        .to_vec();
+        let mut list = vec![
+            repaired_again.clone(),
+            repaired.clone(),
+            other_same_time.clone(),
+            original.clone(),
+            older.clone(),
+        ];
+        for _ in 0..list.len() {
+            list.rotate_left(1);
+            sort_snapshots(&mut list);
+            assert_eq!(list.iter().map(|(id, _)| *id).collect::<Vec<_>>(), want);
+        }
+        let mut refs: Vec<&(SnapshotId, Snapshot)> = list.iter().rev().collect();
+        sort_snapshots(&mut refs);
+        assert_eq!(refs.iter().map(|(id, _)| *id).collect::<Vec<_>>(), want);
     }
 }

@@ -106,7 +106,7 @@ impl Layout {
     /// Builds the virtual directories of `snapshots` (any order).
     pub fn build(snapshots: &[(SnapshotId, Snapshot)]) -> Self {
         let mut sorted: Vec<&(SnapshotId, Snapshot)> = snapshots.iter().collect();
-        sorted.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        cairn_core::repo::sort_snapshots(&mut sorted);
         let mut dirs: HashMap<VDir, BTreeMap<String, VEntry>> = HashMap::new();
         let root = dirs.entry(VDir::Root).or_default();
         for (name, dir) in [

@@ -395,7 +395,27 @@ impl Location {
         }
     }
 
-    /// Builds the OpenDAL operator, reading credentials from `env`.
+    /// For a filesystem location: an operator for reading an existing
+    /// root, without the staging folder (building an OpenDAL fs operator
+    /// creates its root and staging folder; this one finds both there or
+    /// creates only what is missing of a root that exists, i.e. nothing).
+    /// `None` for other services.
+    pub(crate) fn fs_reader(&self) -> Option<Result<Operator>> {
+        let Service::Fs { root } = &self.service else {
+            return None;
+        };
+        let what = self.redacted();
+        let builder = services::Fs::default().root(&root.to_string_lossy());
+        Some(
+            Operator::new(builder)
+                .map(|b| b.finish())
+                .map_err(|e| invalid(&what, format!("cannot configure the backend: {e}"))),
+        )
+    }
+
+    /// Builds the OpenDAL operator, reading credentials from `env`. For a
+    /// filesystem location this creates the root and its staging folder:
+    /// call it only to write.
     pub(crate) fn operator(&self, env: Env<'_>) -> Result<Operator> {
         let what = self.redacted();
         let map = |e: opendal::Error| invalid(&what, format!("cannot configure the backend: {e}"));

@@ -4,7 +4,9 @@
 //! Invariants: every request is bounded by a timeout (a sync caller cannot
 //! cancel, so the deadline lives here, around the future); `read_range`
 //! returns exactly the bytes asked for or an error; `list` reports the real
-//! size of every object.
+//! size of every object; a filesystem location is created (root and
+//! staging folder) by the first write only, so reading a mistyped path
+//! leaves nothing behind.
 
 use crate::location::{process_env, Location};
 use crate::opendal_error::{ErrorContext, Failure};
@@ -16,7 +18,7 @@ use opendal::layers::HttpClientLayer;
 use opendal::{ErrorKind, Operator};
 use std::future::IntoFuture;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Stats run at once when a listing has to look up sizes (filesystem).
@@ -28,7 +30,14 @@ const _: () = assert!(FS_STAGING_DIR.len() == crate::STAGING_DIR_NAME.len() + 1)
 
 /// A repository root on any OpenDAL service.
 pub struct OpendalStorage {
-    op: Operator,
+    /// The operator for every request; for a filesystem location, built by
+    /// the first write (see [`OpendalStorage::operator`]).
+    op: OnceLock<Operator>,
+    /// Filesystem only: the operator for reads before the first write, once
+    /// the root exists.
+    reader: OnceLock<Operator>,
+    /// Filesystem only: what `op` is built from.
+    deferred: Option<Location>,
     /// Always `Some` until drop, which shuts it down without blocking.
     runtime: Option<tokio::runtime::Runtime>,
     location: String,
@@ -77,9 +86,20 @@ impl OpendalStorage {
     /// the process environment (see docs/STORAGE.md).
     pub fn open(location: &Location, opts: &StorageOptions) -> Result<Self> {
         let http = Arc::new(Counters::default());
-        let op = location
-            .operator(&process_env)?
-            .layer(HttpClientLayer::new(CountingFetch::client(http.clone())));
+        let op = OnceLock::new();
+        // A local root is created by the first write, not here: opening a
+        // mistyped path to read must not create it.
+        let deferred = match location.local_root() {
+            Some(_) => Some(location.clone()),
+            None => {
+                let _ = op.set(
+                    location
+                        .operator(&process_env)?
+                        .layer(HttpClientLayer::new(CountingFetch::client(http.clone()))),
+                );
+                None
+            }
+        };
         let context = ErrorContext {
             credential_hint: location.credential_hint().to_string(),
             bucket: location.bucket().map(str::to_string),
@@ -87,6 +107,8 @@ impl OpendalStorage {
         };
         Ok(Self {
             op,
+            reader: OnceLock::new(),
+            deferred,
             runtime: Some(runtime()?),
             location: location.redacted(),
             context: Arc::new(context),
@@ -116,7 +138,9 @@ impl OpendalStorage {
     pub fn from_operator(op: Operator, location: String) -> Result<Self> {
         let opts = StorageOptions::default();
         Ok(Self {
-            op,
+            op: OnceLock::from(op),
+            reader: OnceLock::new(),
+            deferred: None,
             runtime: Some(runtime()?),
             context: Arc::new(ErrorContext {
                 credential_hint: "check the backend's credentials".to_string(),
@@ -129,6 +153,63 @@ impl OpendalStorage {
             http: Arc::new(Counters::default()),
             local_root: None,
         })
+    }
+
+    /// The operator for a write: for a filesystem location, built now if
+    /// need be, which creates the root and its staging folder.
+    fn write_operator(&self) -> Result<Operator> {
+        if let Some(op) = self.op.get() {
+            return Ok(op.clone());
+        }
+        let location = self.deferred.as_ref().ok_or_else(|| {
+            StorageError::new(
+                StorageErrorKind::Other,
+                "storage request",
+                "the storage has no backend",
+            )
+        })?;
+        let op = location.operator(&process_env)?;
+        Ok(self.op.get_or_init(|| op).clone())
+    }
+
+    /// The operator for a read, list, stat or delete. `None` for a
+    /// filesystem root that does not exist: there is nothing to read, and
+    /// nothing is created until a write.
+    fn read_operator(&self) -> Result<Option<Operator>> {
+        if let Some(op) = self.op.get() {
+            return Ok(Some(op.clone()));
+        }
+        if let Some(op) = self.reader.get() {
+            return Ok(Some(op.clone()));
+        }
+        let Some(location) = &self.deferred else {
+            return self.write_operator().map(Some);
+        };
+        // Building an fs operator creates its root: only for one that exists.
+        if !self.local_root.as_ref().is_some_and(|r| r.is_dir()) {
+            return Ok(None);
+        }
+        match location.fs_reader() {
+            Some(built) => {
+                let op = built?;
+                Ok(Some(self.reader.get_or_init(|| op).clone()))
+            }
+            None => self.write_operator().map(Some),
+        }
+    }
+
+    /// The error of a read at a filesystem root that does not exist.
+    fn no_root(&self, op: String) -> StorageError {
+        let root = self
+            .local_root
+            .as_ref()
+            .map(|r| r.display().to_string())
+            .unwrap_or_default();
+        StorageError::new(
+            StorageErrorKind::NotFound,
+            op,
+            format!("the directory {root} does not exist"),
+        )
     }
 
     /// Drives `fut` to completion on the private runtime.
@@ -245,7 +326,10 @@ async fn within<T>(
 impl Storage for OpendalStorage {
     fn read(&self, path: &str) -> Result<Bytes> {
         let op = format!("read {path}");
-        let buf = self.run(&op, self.io_timeout, self.op.read(path))?;
+        let Some(operator) = self.read_operator()? else {
+            return Err(self.no_root(op));
+        };
+        let buf = self.run(&op, self.io_timeout, operator.read(path))?;
         Ok(buf.to_bytes())
     }
 
@@ -270,7 +354,10 @@ impl Storage for OpendalStorage {
                 format!("range ends past the object's end ({size} bytes)"),
             )
         };
-        let buf = match self.run(&op, self.io_timeout, self.op.read_with(path).range(range)) {
+        let Some(operator) = self.read_operator()? else {
+            return Err(self.no_root(op));
+        };
+        let buf = match self.run(&op, self.io_timeout, operator.read_with(path).range(range)) {
             Ok(buf) => buf,
             // Some services refuse a range past the end instead of
             // returning it short: tell a truncated object from a failure.
@@ -300,17 +387,17 @@ impl Storage for OpendalStorage {
 
     fn write(&self, path: &str, data: Bytes) -> Result<()> {
         let op = format!("write {path}");
-        self.run(&op, self.io_timeout, self.op.write(path, data))?;
+        let operator = self.write_operator()?;
+        self.run(&op, self.io_timeout, operator.write(path, data))?;
         Ok(())
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let op = format!("list {prefix}");
-        let listed = self.block_on(Self::list_sized(
-            self.op.clone(),
-            prefix.to_string(),
-            self.timeout,
-        ));
+        let Some(operator) = self.read_operator()? else {
+            return Ok(Vec::new());
+        };
+        let listed = self.block_on(Self::list_sized(operator, prefix.to_string(), self.timeout));
         match listed?.map_err(|f| self.context.fail(f, &op)) {
             Ok(objects) => Ok(objects),
             // A folder that was never written (fs) is an empty listing.
@@ -321,7 +408,10 @@ impl Storage for OpendalStorage {
 
     fn stat(&self, path: &str) -> Result<ObjectInfo> {
         let op = format!("stat {path}");
-        let meta = self.run(&op, self.timeout, self.op.stat(path))?;
+        let Some(operator) = self.read_operator()? else {
+            return Err(self.no_root(op));
+        };
+        let meta = self.run(&op, self.timeout, operator.stat(path))?;
         if meta.is_dir() {
             return Err(StorageError::new(
                 StorageErrorKind::NotFound,
@@ -337,7 +427,10 @@ impl Storage for OpendalStorage {
 
     fn delete(&self, path: &str) -> Result<()> {
         let op = format!("delete {path}");
-        match self.run(&op, self.timeout, self.op.delete(path)) {
+        let Some(operator) = self.read_operator()? else {
+            return Ok(());
+        };
+        match self.run(&op, self.timeout, operator.delete(path)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind == StorageErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
@@ -369,6 +462,35 @@ mod tests {
         s.write("a/b", Bytes::from_static(b"xyz")).unwrap();
         assert_eq!(s.list("a/").unwrap()[0].size, 3);
         drop(s);
+    }
+
+    #[test]
+    fn reading_a_missing_root_creates_nothing_and_the_first_write_creates_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("typo/repo");
+        let location = Location::parse(&root.to_string_lossy()).unwrap();
+        let s = OpendalStorage::open(&location, &StorageOptions::default()).unwrap();
+        let e = s.read("cairn.repository").unwrap_err();
+        assert_eq!(e.kind, StorageErrorKind::NotFound);
+        assert!(e.message.contains("does not exist"), "{e}");
+        assert_eq!(s.stat("x").unwrap_err().kind, StorageErrorKind::NotFound);
+        assert!(s.read_range("x", 0..1).is_err());
+        assert!(s.list("keys/").unwrap().is_empty());
+        s.delete("x").unwrap();
+        assert!(!dir.path().join("typo").exists(), "nothing created");
+        s.write("a/b", Bytes::from_static(b"xyz")).unwrap();
+        assert!(crate::staging_dir(&root).is_dir());
+        assert_eq!(s.read("a/b").unwrap(), Bytes::from_static(b"xyz"));
+    }
+
+    #[test]
+    fn reading_an_existing_root_creates_no_staging_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("obj"), b"1").unwrap();
+        let s = fs_storage(&dir);
+        assert_eq!(s.read("obj").unwrap(), Bytes::from_static(b"1"));
+        assert_eq!(s.list("").unwrap().len(), 1);
+        assert!(!crate::staging_dir(dir.path()).exists());
     }
 
     #[tokio::test(flavor = "current_thread")]

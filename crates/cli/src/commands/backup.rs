@@ -237,28 +237,30 @@ fn print_summary(id: &SnapshotId, snap: &Snapshot, json: bool) -> Result<()> {
             "excludes": snap.excludes,
             "hooks": snap.hooks,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("snapshot {} saved", id.short());
-    println!(
+    outln!("snapshot {} saved", id.short());
+    outln!(
         "files:    {} new, {} changed, {} unchanged",
-        s.files_new, s.files_changed, s.files_unchanged
+        s.files_new,
+        s.files_changed,
+        s.files_unchanged
     );
-    println!("dirs:     {}", s.dirs);
-    println!(
+    outln!("dirs:     {}", s.dirs);
+    outln!(
         "read:     {} of {}",
         size(s.bytes_read),
         size(s.bytes_total)
     );
-    println!(
+    outln!(
         "added:    {} in {} blobs (after dedup and compression)",
         size(s.bytes_added),
         s.blobs_added
     );
-    println!("duration: {:.2}s", s.duration_ms as f64 / 1000.0);
+    outln!("duration: {:.2}s", s.duration_ms as f64 / 1000.0);
     if !snap.excludes.is_empty() {
-        println!("excludes: {}", snap.excludes.join(" "));
+        outln!("excludes: {}", snap.excludes.join(" "));
     }
     for hook in &snap.hooks {
         if let Ok(h) = serde_json::from_value::<HookOutcome>(hook.clone()) {
@@ -267,7 +269,7 @@ fn print_summary(id: &SnapshotId, snap: &Snapshot, json: bool) -> Result<()> {
                 HookPhase::Pre => "pre-exec",
                 HookPhase::Post => "post-exec",
             };
-            println!(
+            outln!(
                 "hook:     {phase} {state} ({}, {} ms)",
                 describe(&h),
                 h.duration_ms
@@ -275,7 +277,7 @@ fn print_summary(id: &SnapshotId, snap: &Snapshot, json: bool) -> Result<()> {
         }
     }
     if s.errors > 0 {
-        println!(
+        outln!(
             "warning:  {} entries could not be read (see the log above)",
             s.errors
         );

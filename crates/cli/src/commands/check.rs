@@ -52,7 +52,7 @@ pub fn run(g: &GlobalOpts, a: CheckArgs) -> Result<ExitCode> {
     if a.json {
         let mut v = serde_json::to_value(&report)?;
         v["clean"] = serde_json::Value::Bool(report.is_clean());
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_report(&report, g.quiet);
     }
@@ -65,12 +65,16 @@ pub fn run(g: &GlobalOpts, a: CheckArgs) -> Result<ExitCode> {
 
 fn print_report(r: &CheckReport, quiet: bool) {
     if !quiet {
-        println!(
+        outln!(
             "checked {} snapshots, {} trees, {} index segments, {} packs ({} indexed)",
-            r.snapshots, r.trees, r.segments, r.packs, r.indexed_packs
+            r.snapshots,
+            r.trees,
+            r.segments,
+            r.packs,
+            r.indexed_packs
         );
         if r.packs_read > 0 {
-            println!(
+            outln!(
                 "read and verified {} packs ({})",
                 r.packs_read,
                 size(r.bytes_read)
@@ -78,41 +82,41 @@ fn print_report(r: &CheckReport, quiet: bool) {
         }
     }
     if !r.unindexed_packs.is_empty() {
-        println!(
+        outln!(
             "warning: {} packs are not in the index (a backup still running, or a lost index segment: `cairn repair index` indexes them):",
             r.unindexed_packs.len()
         );
         for p in &r.unindexed_packs {
-            println!("  {}  {}", p.object, size(p.size));
+            outln!("  {}  {}", p.object, size(p.size));
         }
     }
     if !r.contained.is_empty() {
-        println!(
+        outln!(
             "warning: {} damaged object(s) no snapshot needs any more (recorded in damage/, never reused; `cairn maintenance run` drops them):",
             r.contained.len()
         );
         for d in &r.contained {
-            println!("  {d}");
+            outln!("  {d}");
         }
     }
     if r.recorded > 0 {
-        println!(
+        outln!(
             "recorded {} damaged copies in damage/: backups store those blobs again instead of reusing them",
             r.recorded
         );
     }
     if r.is_clean() {
-        println!("no damage found");
+        outln!("no damage found");
         return;
     }
-    println!("damage ({}):", r.damage.len());
+    outln!("damage ({}):", r.damage.len());
     for d in &r.damage {
-        println!("  {d}");
+        outln!("  {d}");
     }
     if !r.affected.is_empty() {
-        println!("affected snapshots ({}):", r.affected.len());
+        outln!("affected snapshots ({}):", r.affected.len());
         for s in &r.affected {
-            println!(
+            outln!(
                 "  {}  {}  {}  {}  ({} paths)",
                 s.short_id,
                 time(&s.time),
@@ -121,11 +125,11 @@ fn print_report(r: &CheckReport, quiet: bool) {
                 s.paths.len()
             );
             for p in &s.paths {
-                println!("    {}: {}", p.path, p.reason);
+                outln!("    {}: {}", p.path, p.reason);
             }
         }
     }
-    println!(
+    outln!(
         "the repository is damaged: back up the affected sources again (the lost blobs are stored again and heal every snapshot that uses them), or `cairn repair index` then `cairn repair snapshots` to make what remains restorable (see docs/MAINTENANCE.md)"
     );
 }

@@ -49,12 +49,12 @@ pub fn run(g: &GlobalOpts, a: CopyArgs) -> Result<ExitCode> {
     let report = cairn_core::copy::copy_snapshots(&src, &dst, &ids)?;
     if !g.quiet {
         for (from, to) in &report.copied {
-            println!("copied snapshot {} -> {}", from.short(), to.short());
+            outln!("copied snapshot {} -> {}", from.short(), to.short());
         }
         for s in &report.skipped {
-            println!("snapshot {} already at the destination", s.short());
+            outln!("snapshot {} already at the destination", s.short());
         }
-        println!(
+        outln!(
             "added {} blob(s), {} at {}",
             report.blobs_added,
             size(report.bytes_added),

@@ -32,15 +32,15 @@ pub fn run(g: &GlobalOpts, a: DiffArgs) -> Result<ExitCode> {
         let v = serde_json::json!({
             "first": id1.to_hex(), "second": id2.to_hex(), "changes": entries,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
     let count = |c: Change| entries.iter().filter(|e| e.change == c).count();
     for e in &entries {
         let slash = if e.dir { "/" } else { "" };
-        println!("{}  {}{slash}", e.change.symbol(), e.path.display());
+        outln!("{}  {}{slash}", e.change.symbol(), e.path.display());
     }
-    println!(
+    outln!(
         "{} -> {}: {} added, {} removed, {} modified",
         id1.short(),
         id2.short(),

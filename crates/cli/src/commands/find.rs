@@ -86,12 +86,12 @@ pub fn run(g: &GlobalOpts, a: FindArgs) -> Result<ExitCode> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         for (id, s, p, _) in &found {
-            println!("{}  {}  {}", id.short(), time(&s.time), p.display());
+            outln!("{}  {}  {}", id.short(), time(&s.time), p.display());
         }
-        println!("{} matches in {} snapshots", found.len(), snaps.len());
+        outln!("{} matches in {} snapshots", found.len(), snaps.len());
     }
     Ok(ExitCode::SUCCESS)
 }

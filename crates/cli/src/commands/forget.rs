@@ -127,7 +127,7 @@ pub fn run(g: &GlobalOpts, a: ForgetArgs) -> Result<ExitCode> {
         if let Some(r) = &pruned {
             v["prune"] = prune_json(r);
         }
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
     if !g.quiet {
@@ -135,12 +135,12 @@ pub fn run(g: &GlobalOpts, a: ForgetArgs) -> Result<ExitCode> {
             print_group(d, &snapshots, a.dry_run);
         }
         if a.dry_run {
-            println!("would remove {to_remove} snapshot(s) (dry run: nothing removed)");
+            outln!("would remove {to_remove} snapshot(s) (dry run: nothing removed)");
             if a.prune {
-                println!("prune skipped in a dry run");
+                outln!("prune skipped in a dry run");
             }
         } else {
-            println!("removed {removed} snapshot(s)");
+            outln!("removed {removed} snapshot(s)");
         }
         if let Some(r) = &pruned {
             print_prune(r);
@@ -155,7 +155,7 @@ fn usage(e: cairn_policy::PolicyError) -> anyhow::Error {
 }
 
 fn print_group(d: &GroupDecision, snapshots: &HashMap<String, (SnapshotId, Snapshot)>, dry: bool) {
-    println!(
+    outln!(
         "host {}, source {}: keep {}, {} {}",
         d.host,
         d.source,
@@ -167,7 +167,7 @@ fn print_group(d: &GroupDecision, snapshots: &HashMap<String, (SnapshotId, Snaps
         let (sid, s) = &snapshots[id];
         let time = s.time.format("%Y-%m-%d %H:%M:%S UTC");
         let text = format!("  {verb:<7} {}  {time}  {reasons}", sid.short());
-        println!("{}", text.trim_end());
+        outln!("{}", text.trim_end());
     };
     for k in &d.keep {
         let reasons: Vec<String> = k.reasons.iter().map(ToString::to_string).collect();
@@ -190,7 +190,7 @@ fn prune_json(r: &MaintenanceReport) -> serde_json::Value {
 }
 
 fn print_prune(r: &MaintenanceReport) {
-    println!(
+    outln!(
         "prune: reclaimed {}; planned {} for deletion after the safety window (a later \
          `cairn prune` deletes it)",
         size(r.bytes_reclaimed()),

@@ -25,11 +25,11 @@ pub fn run(g: &GlobalOpts, a: InitArgs) -> Result<ExitCode> {
         ..InitOptions::default()
     };
     let repo = Repository::init(storage, &password, &opts, &g.open_options())?;
-    println!(
+    outln!(
         "created cairn repository {} at {}",
         repo.id().short(),
         repo.location()
     );
-    println!("keep the password safe: without it the data cannot be read back");
+    outln!("keep the password safe: without it the data cannot be read back");
     Ok(ExitCode::SUCCESS)
 }

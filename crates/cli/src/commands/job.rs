@@ -79,7 +79,7 @@ pub fn run(a: JobArgs) -> Result<ExitCode> {
         let client = api_client(&params).await;
         run_job(params, Arc::new(CoreEngine), client).await
     })?;
-    println!("{}", outcome.to_message());
+    outln!("{}", outcome.to_message());
     if outcome.succeeded {
         Ok(ExitCode::SUCCESS)
     } else {

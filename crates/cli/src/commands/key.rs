@@ -46,28 +46,33 @@ pub fn run(g: &GlobalOpts, k: KeyCommand) -> Result<ExitCode> {
     match k {
         KeyCommand::Add(a) => {
             let id = repo.add_key(&new_password(&a)?, KdfParams::default())?;
-            println!("added key {id}");
+            outln!("added key {id}");
         }
         KeyCommand::List { json } => {
             let keys = repo.list_keys()?;
             if json {
                 let v: Vec<_> = keys
                     .iter()
-                    .map(|k| serde_json::json!({"id": k.id, "label": k.label, "created": k.created, "current": k.current}))
+                    .map(|k| serde_json::json!({"id": k.id, "label": k.label, "created": k.created, "current": k.current, "damaged": k.damaged}))
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!(" {:<32}  {:<19}  LABEL", "ID", "CREATED");
+                // Ids are 64 hex digits (32 for keys made by older cairn).
+                let w = keys.iter().map(|k| k.id.len()).max().unwrap_or(2);
+                outln!(" {:<w$}  {:<19}  LABEL", "ID", "CREATED");
                 for k in keys {
                     let created =
                         chrono::DateTime::from_timestamp(k.created, 0).unwrap_or_default();
-                    println!(
-                        "{}{:<32}  {:<19}  {}",
-                        if k.current { "*" } else { " " },
-                        k.id,
-                        crate::output::time(&created),
-                        k.label
-                    );
+                    match &k.damaged {
+                        Some(why) => outln!(" {:<w$}  {:<19}  DAMAGED: {why}", k.id, "-"),
+                        None => outln!(
+                            "{}{:<w$}  {:<19}  {}",
+                            if k.current { "*" } else { " " },
+                            k.id,
+                            crate::output::time(&created),
+                            k.label
+                        ),
+                    }
                 }
             }
         }
@@ -79,11 +84,11 @@ pub fn run(g: &GlobalOpts, k: KeyCommand) -> Result<ExitCode> {
             )?;
             let removed = repo.remove_key(&id)?;
             lock.release()?;
-            println!("removed key {removed}");
+            outln!("removed key {removed}");
         }
         KeyCommand::Passwd(a) => {
             let id = repo.change_password(&new_password(&a)?, KdfParams::default())?;
-            println!("password changed; new key {id}");
+            outln!("password changed; new key {id}");
         }
     }
     Ok(ExitCode::SUCCESS)

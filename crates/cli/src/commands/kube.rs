@@ -62,7 +62,7 @@ pub struct ControllerArgs {
 pub fn run(command: KubeCommand) -> Result<ExitCode> {
     match command {
         KubeCommand::Crds => {
-            print!("{}", crds_yaml());
+            out!("{}", crds_yaml());
             Ok(ExitCode::SUCCESS)
         }
         KubeCommand::Controller(a) => controller(a),

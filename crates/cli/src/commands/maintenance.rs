@@ -84,7 +84,7 @@ pub fn execute(g: &GlobalOpts, mode: Mode, a: &GcArgs) -> Result<ExitCode> {
     };
     let report = maintenance::run(&repo, &opts)?;
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&report_json(&report, a.dry_run))?
         );
@@ -137,26 +137,26 @@ fn report_json(r: &MaintenanceReport, dry_run: bool) -> serde_json::Value {
 fn print_report(r: &MaintenanceReport, dry_run: bool) {
     let would = if dry_run { "would be " } else { "" };
     if r.stale_checkpoints > 0 {
-        println!(
+        outln!(
             "checkpoints of dead backups {would}removed: {}",
             r.stale_checkpoints
         );
     }
     if r.stale_staging.0 > 0 {
-        println!(
+        outln!(
             "staging files of dead writers {would}removed: {} ({})",
             r.stale_staging.0,
             size(r.stale_staging.1)
         );
     }
     if let Some(s) = &r.sweep {
-        println!(
+        outln!(
             "sweep: {} plan(s) due, {} waiting; {} pack(s) {would}deleted, {} kept (used again since the mark)",
             s.plans_due, s.plans_waiting, s.packs_deleted, s.packs_kept
         );
     }
     if let Some(m) = &r.mark {
-        println!(
+        outln!(
             "mark: {} snapshot(s), {} blob(s) referenced; planned {} unused, {} repacked ({} blob(s), {}), {} orphan pack(s)",
             m.snapshots,
             m.referenced_blobs,
@@ -167,34 +167,34 @@ fn print_report(r: &MaintenanceReport, dry_run: bool) {
             m.orphan_packs
         );
         if m.damaged_packs > 0 {
-            println!(
+            outln!(
                 "damage: {} pack(s) holding damaged copies {would}repacked without them and planned; {} live blob(s) had no intact copy left",
                 m.damaged_packs, m.lost_blobs
             );
         }
         if m.unreadable_trees > 0 {
-            println!(
+            outln!(
                 "warning: {} tree(s) or chunk list(s) the snapshots reference cannot be read, so no pack was planned for being unused; run `cairn check`, then `cairn repair snapshots`",
                 m.unreadable_trees
             );
         }
     }
     if r.damage_records_removed > 0 {
-        println!(
+        outln!(
             "damage records {would}removed (their damaged copies are gone): {}",
             r.damage_records_removed
         );
     }
     if r.segments_compacted > 0 {
-        println!("index: {} segment(s) {would}merged", r.segments_compacted);
+        outln!("index: {} segment(s) {would}merged", r.segments_compacted);
     }
-    println!(
+    outln!(
         "reclaimed: {}{}",
         size(r.bytes_reclaimed()),
         if dry_run { " (dry run)" } else { "" }
     );
     if r.bytes_planned() > 0 {
-        println!(
+        outln!(
             "planned for deletion after the safety window: {}",
             size(r.bytes_planned())
         );

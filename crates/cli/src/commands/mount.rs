@@ -70,7 +70,7 @@ pub fn run(g: &GlobalOpts, a: MountArgs) -> Result<ExitCode> {
     let daemon_child = a.daemon_child;
     mount_notify(repo, &a.dir, &opts, |dir| {
         if daemon_child {
-            println!("{READY}");
+            outln!("{READY}");
         } else if !quiet {
             eprintln!(
                 "mounted at {}; press Ctrl-C or run `fusermount3 -u {}` to unmount",

@@ -57,16 +57,19 @@ pub fn run(g: &GlobalOpts, c: RepairCommand) -> Result<ExitCode> {
             };
             let r = repair_index(&repo, &opts)?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                outln!("{}", serde_json::to_string_pretty(&r)?);
                 return Ok(ExitCode::SUCCESS);
             }
             let verb = if a.dry_run { "would index" } else { "indexed" };
-            println!(
+            outln!(
                 "{verb} {} packs ({} blobs): {} not indexed before, {} missing packs dropped",
-                r.packs, r.blobs, r.newly_indexed, r.dropped_missing
+                r.packs,
+                r.blobs,
+                r.newly_indexed,
+                r.dropped_missing
             );
             for p in &r.unreadable {
-                println!(
+                outln!(
                     "unreadable pack {}: {}{}",
                     p.object,
                     p.reason,
@@ -78,15 +81,15 @@ pub fn run(g: &GlobalOpts, c: RepairCommand) -> Result<ExitCode> {
                 );
             }
             if r.damage_recorded > 0 {
-                println!(
+                outln!(
                     "recorded {} unreadable pack(s) in damage/: backups store their blobs again, maintenance salvages the intact ones and drops the packs",
                     r.damage_recorded
                 );
             }
             if a.dry_run {
-                println!("would replace {} index segments", r.segments_removed.len());
+                outln!("would replace {} index segments", r.segments_removed.len());
             } else {
-                println!(
+                outln!(
                     "wrote {} index segments, removed {}",
                     r.segments_written.len(),
                     r.segments_removed.len()
@@ -110,48 +113,48 @@ pub fn run(g: &GlobalOpts, c: RepairCommand) -> Result<ExitCode> {
             };
             let r = repair_snapshots(&repo, &opts)?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                outln!("{}", serde_json::to_string_pretty(&r)?);
                 return Ok(ExitCode::SUCCESS);
             }
             for d in &r.unreadable {
                 if r.unreadable_removed {
-                    println!("removed: {d} (nothing can ever read it)");
+                    outln!("removed: {d} (nothing can ever read it)");
                 } else {
-                    println!("would remove: {d} (nothing can ever read it)");
+                    outln!("would remove: {d} (nothing can ever read it)");
                 }
             }
             if r.damage_recorded > 0 {
-                println!(
+                outln!(
                     "recorded {} damaged copies in damage/: backups store those blobs again",
                     r.damage_recorded
                 );
             }
             if r.repaired.is_empty() && r.unreadable.is_empty() {
-                println!("examined {} snapshots: none needs repair", r.examined);
+                outln!("examined {} snapshots: none needs repair", r.examined);
             }
             for s in &r.repaired {
                 let orig = &s.original[..8];
                 match &s.repaired {
-                    None => println!(
+                    None => outln!(
                         "would repair snapshot {orig} ({} damaged paths)",
                         s.paths.len()
                     ),
                     Some(new) if s.reused => {
-                        println!("snapshot {orig} was already repaired as {}", &new[..8])
+                        outln!("snapshot {orig} was already repaired as {}", &new[..8])
                     }
-                    Some(new) => println!(
+                    Some(new) => outln!(
                         "repaired snapshot {orig} as {} (tag `repaired`, {} damaged paths marked)",
                         &new[..8],
                         s.paths.len()
                     ),
                 }
                 for p in &s.paths {
-                    println!("  {}: {}", p.path, p.reason);
+                    outln!("  {}: {}", p.path, p.reason);
                 }
                 if s.original_forgotten {
-                    println!("  forgot the original {orig}");
+                    outln!("  forgot the original {orig}");
                 } else if s.repaired.is_some() {
-                    println!(
+                    outln!(
                         "  the original {orig} is kept; run again with --forget-originals to delete it"
                     );
                 }

@@ -75,7 +75,7 @@ pub fn run(g: &GlobalOpts, a: RestoreArgs) -> Result<ExitCode> {
             .iter()
             .map(|(p, r)| serde_json::json!({"path": p, "lost": r}))
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "snapshot_id": id.to_hex(),
@@ -86,7 +86,7 @@ pub fn run(g: &GlobalOpts, a: RestoreArgs) -> Result<ExitCode> {
             }))?
         );
     } else {
-        println!(
+        outln!(
             "restored snapshot {} to {}: {} files, {} dirs, {} other entries, {}",
             id.short(),
             a.target.display(),
@@ -96,7 +96,7 @@ pub fn run(g: &GlobalOpts, a: RestoreArgs) -> Result<ExitCode> {
             size(stats.bytes)
         );
         if a.verify {
-            println!("verified {} files", stats.verified);
+            outln!("verified {} files", stats.verified);
         }
         for (p, r) in &stats.failed {
             eprintln!("failed: {}: {r}", p.display());

@@ -34,7 +34,7 @@ pub fn run(g: &GlobalOpts, a: SnapshotsArgs) -> Result<ExitCode> {
                 v
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        outln!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<[String; 6]> = snaps
@@ -67,8 +67,8 @@ pub fn run(g: &GlobalOpts, a: SnapshotsArgs) -> Result<ExitCode> {
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", line.join("  ").trim_end());
+        outln!("{}", line.join("  ").trim_end());
     }
-    println!("{} snapshots", rows.len());
+    outln!("{} snapshots", rows.len());
     Ok(ExitCode::SUCCESS)
 }

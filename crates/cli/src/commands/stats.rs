@@ -26,31 +26,31 @@ pub fn run(g: &GlobalOpts, a: StatsArgs) -> Result<ExitCode> {
         let mut v = serde_json::to_value(&st)?;
         v["compression_ratio"] = serde_json::json!(st.compression_ratio());
         v["space_saving_ratio"] = serde_json::json!(st.space_saving_ratio());
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("snapshots:               {}", st.snapshots);
-    println!("files (all snapshots):   {}", st.files);
-    println!("restore size:            {}", size(st.restore_size));
-    println!(
+    outln!("snapshots:               {}", st.snapshots);
+    outln!("files (all snapshots):   {}", st.files);
+    outln!("restore size:            {}", size(st.restore_size));
+    outln!(
         "unique blobs:            {} ({} plaintext, {} stored)",
         st.unique_blobs,
         size(st.unique_raw_size),
         size(st.unique_stored_size)
     );
-    println!("compression ratio:       {:.2}", st.compression_ratio());
-    println!(
+    outln!("compression ratio:       {:.2}", st.compression_ratio());
+    outln!(
         "restore size / stored:   {:.2} (deduplication and compression)",
         st.space_saving_ratio()
     );
-    println!(
+    outln!(
         "repository:              {} packs, {}, {} blobs indexed",
         st.packs,
         size(st.pack_size),
         st.indexed_blobs
     );
     if st.missing_blobs > 0 {
-        println!(
+        outln!(
             "warning: {} referenced blobs are not in the index; run `cairn check`",
             st.missing_blobs
         );

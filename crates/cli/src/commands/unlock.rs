@@ -16,14 +16,14 @@ pub fn run(g: &GlobalOpts, a: UnlockArgs) -> Result<ExitCode> {
     let repo = g.open()?;
     let removed = cairn_core::lock::remove_locks(&repo, a.remove_all)?;
     for l in &removed {
-        println!("removed lock: {}", l.describe());
+        outln!("removed lock: {}", l.describe());
     }
     let left = cairn_core::lock::list_locks(&repo)?;
     for l in &left {
-        println!("kept live lock: {}", l.describe());
+        outln!("kept live lock: {}", l.describe());
     }
     if removed.is_empty() && left.is_empty() {
-        println!("no locks");
+        outln!("no locks");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,6 +5,7 @@
 
 mod common;
 mod damage;
+mod edges;
 mod engine_v1;
 mod job;
 mod kube_mount;

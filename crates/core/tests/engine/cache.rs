@@ -184,3 +184,129 @@ fn a_vanished_index_segment_is_dropped_from_the_cache() {
         "stale index rows survived"
     );
 }
+
+/// Overwrites the 4 KiB page at `fraction` of `file` with bytes that are
+/// no valid SQLite page.
+fn damage_page(file: &std::path::Path, fraction: f64) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let at = (bytes.len() as f64 * fraction) as usize / 4096 * 4096;
+    assert!(at >= 4096 && at + 4096 <= bytes.len());
+    for (i, b) in bytes[at..at + 4096].iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(151).wrapping_add(7);
+    }
+    std::fs::write(file, bytes).unwrap();
+}
+
+#[test]
+fn a_cache_with_damaged_pages_is_rebuilt_from_the_index() {
+    let t = test_repo("cache-damaged-pages");
+    let (_s, src) = temp_sub("src");
+    golden_tree(&src).unwrap();
+    let first = backup_dir(&t.repo, &src);
+    let file = cache_file(&t, &t.repo);
+    let TestRepo {
+        loc, cache, repo, ..
+    } = t;
+    drop(repo);
+    assert!(!PathBuf::from(format!("{}-wal", file.display())).exists());
+    let good = std::fs::read(&file).unwrap();
+    for fraction in [0.3, 0.5, 0.7, 0.9] {
+        std::fs::write(&file, &good).unwrap();
+        damage_page(&file, fraction);
+        let repo = open_repo(&loc, cache.path());
+        let blobs = repo.cache().blob_count().unwrap();
+        assert!(blobs > 0, "the rebuilt index is whole");
+        let (_d, dst) = temp_sub("dst");
+        restore_all(&repo, &first, &dst);
+        assert_same_tree(&src, &dst, &compare_opts(&src));
+        let mut seen = 0;
+        repo.cache()
+            .for_each_location(|_, _, _| {
+                seen += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert!(seen as u64 >= blobs);
+        backup_dir(&repo, &src);
+    }
+}
+
+#[test]
+fn a_damaged_cache_without_a_repository_to_refill_it_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c/cache.sqlite");
+    let id = Id([1; 32]);
+    {
+        let c = Cache::open(Some(&path), &id, b"fp").unwrap();
+        let big = vec![7u8; 3000];
+        for i in 0..200u8 {
+            c.put_object(cairn_core::cache::CachedKind::Tree, &Id([i; 32]), &big)
+                .unwrap();
+        }
+    }
+    damage_page(&path, 0.5);
+    let c = Cache::open(Some(&path), &id, b"fp").unwrap();
+    let errors = (0..200u8)
+        .filter(|i| {
+            c.get_object(cairn_core::cache::CachedKind::Tree, &Id([*i; 32]))
+                .is_err()
+        })
+        .count();
+    assert!(errors > 0, "the damage is reported, not hidden");
+}
+
+#[test]
+fn threads_that_meet_a_damaged_cache_at_once_share_one_rebuild() {
+    use cairn_core::format::pack::BlobEntry;
+    use cairn_core::format::{BlobId, BlobKind, IndexId, PackId};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let entries: Vec<BlobEntry> = (0..4000u32)
+        .map(|i| {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            id[4] = 0xB1;
+            BlobEntry {
+                id: BlobId(Id(id)),
+                kind: BlobKind::Data,
+                offset: i,
+                stored_len: 100,
+                raw_len: 72,
+            }
+        })
+        .collect();
+    let segment = vec![(PackId(Id([3; 32])), 1 << 20, entries.clone())];
+    let seg_id = IndexId(Id([4; 32]));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c/cache.sqlite");
+    let repo = Id([1; 32]);
+    Cache::open(Some(&path), &repo, b"fp")
+        .unwrap()
+        .add_segment(&seg_id, &segment)
+        .unwrap();
+    damage_page(&path, 0.6);
+    let cache = Arc::new(Cache::open(Some(&path), &repo, b"fp").unwrap());
+    let refills = Arc::new(AtomicUsize::new(0));
+    {
+        let (refills, segment) = (refills.clone(), segment.clone());
+        cache.set_refill(Box::new(move |fresh| {
+            refills.fetch_add(1, Ordering::SeqCst);
+            fresh.add_segment(&seg_id, &segment)
+        }));
+    }
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (cache, entries) = (&cache, &entries);
+            s.spawn(move || {
+                for e in entries.iter().skip(t).step_by(3) {
+                    assert!(cache.contains(&e.id).unwrap(), "{t}");
+                    let loc = cache.lookup(&e.id).unwrap().expect("indexed");
+                    assert_eq!(loc.offset, e.offset);
+                }
+            });
+        }
+    });
+    assert_eq!(refills.load(Ordering::SeqCst), 1, "one rebuild");
+    assert_eq!(cache.blob_count().unwrap(), entries.len() as u64);
+}

@@ -18,6 +18,7 @@ mod faults;
 mod gc;
 mod golden;
 mod heal;
+mod keys_headers;
 mod local_packs;
 mod requests;
 mod roundtrip;

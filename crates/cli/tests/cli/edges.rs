@@ -1,0 +1,367 @@
+//! The `cairn` binary at its edges: a reader that closes the pipe, a
+//! mistyped repository path, a repair killed while it holds the lock, a
+//! lock conflict, a damaged key file and a damaged local cache. Local
+//! filesystem repositories only: pids, FIFOs and cache files are local.
+
+use crate::common::{text, xorshift_bytes};
+use cairn_core::lock::{ExclusiveLock, LockOptions};
+use cairn_golden::testkit;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const PASSWORD: &str = "edges";
+
+struct Fixture {
+    tmp: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// A repository with a small backup of a few files.
+    fn new() -> Self {
+        let f = Fixture {
+            tmp: tempfile::tempdir().expect("tmp"),
+        };
+        testkit::init_at(
+            f.repo().to_str().expect("utf-8"),
+            PASSWORD,
+            &testkit::init_options((4096, 4096)),
+        )
+        .expect("init");
+        for (i, name) in ["a.bin", "dir/b.bin", "dir/sub/c.bin"].iter().enumerate() {
+            let p = f.src().join(name);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(p, xorshift_bytes(i as u64 + 1, 30_000)).expect("write");
+        }
+        f.run(0, &["backup", f.src().to_str().expect("utf-8")]);
+        f
+    }
+
+    fn repo(&self) -> PathBuf {
+        self.tmp.path().join("repo")
+    }
+
+    fn src(&self) -> PathBuf {
+        self.tmp.path().join("src")
+    }
+
+    fn cache_dir(&self) -> PathBuf {
+        self.tmp.path().join("cache")
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        c.args(args)
+            .env("CAIRN_REPOSITORY", self.repo())
+            .env("CAIRN_PASSWORD", PASSWORD)
+            .env("CAIRN_CACHE_DIR", self.cache_dir())
+            .env_remove("RUST_LOG")
+            .current_dir(self.tmp.path());
+        c
+    }
+
+    fn output(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run cairn")
+    }
+
+    /// Runs `cairn args`, asserts its exit code, returns stdout and stderr.
+    fn run(&self, code: i32, args: &[&str]) -> (String, String) {
+        let out = self.output(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "cairn {args:?}: {}",
+            text(&out)
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Number of lock objects (read from the directory: opening the
+    /// repository could block on a FIFO a test put there).
+    fn locks(&self) -> usize {
+        std::fs::read_dir(self.repo().join("locks")).map_or(0, |d| d.count())
+    }
+
+    /// Path of the one index segment.
+    fn the_index_segment(&self) -> PathBuf {
+        let segments: Vec<PathBuf> = std::fs::read_dir(self.repo().join("index"))
+            .expect("index")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        assert_eq!(segments.len(), 1, "{segments:?}");
+        segments[0].clone()
+    }
+
+    /// The one cache file the runs so far made.
+    fn cache_file(&self) -> PathBuf {
+        let dirs: Vec<_> = std::fs::read_dir(self.cache_dir())
+            .expect("cache dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        assert_eq!(dirs.len(), 1, "{dirs:?}");
+        dirs[0].join("cache.sqlite")
+    }
+}
+
+#[test]
+fn a_closed_pipe_ends_the_command_quietly() {
+    let f = Fixture::new();
+    for args in [
+        &["snapshots"][..],
+        &["check", "--read-data"],
+        &["ls", "--recursive", "latest"],
+        &["dump", "latest", "/a.bin"],
+        &["key", "list"],
+        &["stats"],
+    ] {
+        let mut child = f
+            .cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        // The reader is gone before the first line is written.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn read_only_commands_never_create_a_repository_directory() {
+    let f = Fixture::new();
+    let typo = f.tmp.path().join("no/such/repo");
+    let typo_s = typo.to_str().expect("utf-8");
+    for args in [
+        &["snapshots"][..],
+        &["ls", "latest"],
+        &["check"],
+        &["stats"],
+        &["restore", "latest", "--target", "out"],
+        &["key", "list"],
+        &["unlock"],
+    ] {
+        let out = f
+            .cmd(args)
+            .env("CAIRN_REPOSITORY", typo_s)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(11), "{args:?}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("does not exist"),
+            "{args:?}: {}",
+            text(&out)
+        );
+        assert!(!f.tmp.path().join("no").exists(), "{args:?} created it");
+    }
+    let out = f
+        .cmd(&["init"])
+        .env("CAIRN_REPOSITORY", typo_s)
+        .output()
+        .expect("init");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(typo.join("cairn.repository").is_file());
+}
+
+/// Polls `cond` for up to a minute.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_killed_repair_leaves_a_lock_that_blocks_nothing() {
+    let f = Fixture::new();
+    // A FIFO in place of the index segment, which the warm cache has
+    // already ingested: `repair index` opens the repository, takes the
+    // exclusive lock, then blocks reading the segment until it is killed.
+    f.run(0, &["snapshots"]);
+    let segment = f.the_index_segment();
+    let saved = std::fs::read(&segment).expect("segment");
+    std::fs::remove_file(&segment).expect("rm");
+    let fifo = Command::new("mkfifo")
+        .arg(&segment)
+        .status()
+        .expect("mkfifo");
+    assert!(fifo.success());
+    for round in 0..2 {
+        let mut child = f
+            .cmd(&["repair", "index"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        wait_for("the repair's lock", || f.locks() == round + 1);
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+    assert_eq!(f.locks(), 2, "a killed holder cannot delete its lock");
+    std::fs::remove_file(&segment).expect("rm fifo");
+    std::fs::write(&segment, saved).expect("restore segment");
+    // The holders' pids are gone on this host: their locks are stale at
+    // once, not after the 5-minute heartbeat timeout.
+    f.run(0, &["repair", "index"]);
+    let (out, _) = f.run(0, &["unlock"]);
+    assert_eq!(
+        out.matches("removed lock: repair index").count(),
+        2,
+        "{out}"
+    );
+    assert_eq!(f.locks(), 0);
+}
+
+#[test]
+fn a_lock_conflict_has_its_own_exit_code() {
+    let f = Fixture::new();
+    let repo = testkit::open_at(f.repo().to_str().expect("utf-8"), PASSWORD).expect("open");
+    let hour = Duration::from_secs(3600);
+    let held = ExclusiveLock::acquire(
+        &repo,
+        &LockOptions {
+            operation: "live holder".into(),
+            heartbeat: hour,
+            stale_after: hour,
+        },
+    )
+    .expect("lock");
+    for args in [&["repair", "index"][..], &["key", "remove", "0000"]] {
+        let (_, err) = f.run(13, args);
+        assert!(
+            err.contains("locked") && err.contains("live holder"),
+            "{err}"
+        );
+    }
+    // This process is alive: `unlock` keeps its lock.
+    let (out, _) = f.run(0, &["unlock"]);
+    assert!(out.contains("kept live lock"), "{out}");
+    held.release().expect("release");
+}
+
+#[test]
+fn a_damaged_key_file_is_reported_as_damaged() {
+    let f = Fixture::new();
+    let key = std::fs::read_dir(f.repo().join("keys"))
+        .expect("keys")
+        .next()
+        .expect("a key")
+        .expect("entry")
+        .path();
+    let mut bytes = std::fs::read(&key).expect("read");
+    bytes[30] ^= 0x08;
+    std::fs::write(&key, bytes).expect("write");
+    let (_, err) = f.run(12, &["snapshots"]);
+    assert!(err.contains("damaged") && err.contains("keys/"), "{err}");
+    assert!(!err.contains("wrong password"), "{err}");
+}
+
+/// Overwrites a 4 KiB page at `fraction` of `file` with bytes that are no
+/// valid SQLite page.
+fn damage_page(file: &Path, fraction: f64) {
+    let mut bytes = std::fs::read(file).expect("cache file");
+    let at = (bytes.len() as f64 * fraction) as usize / 4096 * 4096;
+    assert!(
+        at >= 4096 && at + 4096 <= bytes.len(),
+        "cache of {} bytes",
+        bytes.len()
+    );
+    for (i, b) in bytes[at..at + 4096].iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(151).wrapping_add(7);
+    }
+    std::fs::write(file, bytes).expect("write");
+}
+
+#[test]
+fn a_cache_with_damaged_pages_is_discarded_and_rebuilt() {
+    let f = Fixture::new();
+    // Enough files for a cache of many pages.
+    for i in 0..400u64 {
+        let p = f.src().join(format!("many/{}/f{i}", i % 20));
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, xorshift_bytes(i + 100, 1500)).expect("write");
+    }
+    let src = f.src();
+    let src = src.to_str().expect("utf-8");
+    f.run(0, &["backup", src]);
+    f.run(0, &["snapshots"]);
+    let cache = f.cache_file();
+    // Checkpointed into the main file: the damage below is what SQLite reads.
+    assert!(!Path::new(&format!("{}-wal", cache.display())).exists());
+    let good = std::fs::read(&cache).expect("cache");
+    let mut hits = 0;
+    for fraction in [0.5, 0.75, 0.9] {
+        for (i, args) in [
+            &["check", "--read-data"][..],
+            &["restore", "latest", "--target", "RESTORE"],
+            &["backup", src],
+            &["maintenance", "run", "--full", "--safety-window", "0s"],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            std::fs::write(&cache, &good).expect("reset cache");
+            damage_page(&cache, fraction);
+            std::fs::write(
+                f.src().join("a.bin"),
+                xorshift_bytes(fraction.to_bits() + i as u64, 9000),
+            )
+            .expect("change a file");
+            let target = f.tmp.path().join(format!("restore-{fraction}"));
+            let args: Vec<&str> = args
+                .iter()
+                .map(|a| {
+                    if *a == "RESTORE" {
+                        target.to_str().expect("utf-8")
+                    } else {
+                        a
+                    }
+                })
+                .collect();
+            let (_, err) = f.run(0, &args);
+            hits += err.matches("is damaged").count();
+            assert!(
+                err.matches("is damaged").count() <= 1 && !err.contains("malformed\n"),
+                "{args:?} at {fraction}: {err}"
+            );
+            if args[0] == "restore" {
+                let diff = Command::new("diff")
+                    .args(["-r", "-q", "--exclude=a.bin"])
+                    .arg(f.src())
+                    .arg(&target)
+                    .output()
+                    .expect("diff");
+                assert!(diff.status.success(), "{}", text(&diff));
+            }
+        }
+    }
+    assert!(hits >= 4, "the damage was met and discarded {hits} times");
+    // A backup through a rebuilt cache restores exactly.
+    f.run(0, &["backup", src]);
+    let target = f.tmp.path().join("final");
+    f.run(
+        0,
+        &[
+            "restore",
+            "latest",
+            "--target",
+            target.to_str().expect("utf-8"),
+        ],
+    );
+    let diff = Command::new("diff")
+        .arg("-r")
+        .arg(f.src())
+        .arg(&target)
+        .output()
+        .expect("diff");
+    assert!(diff.status.success(), "{}", text(&diff));
+}
