@@ -95,6 +95,12 @@ pub struct CheckOptions {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(tag = "damage", rename_all = "snake_case")]
 pub enum Damage {
+    /// `cairn.repository` is missing or damaged (the repository opened
+    /// through its keys and config; `cairn repair header` rewrites it).
+    HeaderDamaged {
+        /// Why.
+        reason: String,
+    },
     /// An index segment cannot be read, opened or decoded.
     SegmentUnreadable {
         /// Object path.
@@ -167,6 +173,10 @@ pub enum Damage {
 impl std::fmt::Display for Damage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Damage::HeaderDamaged { reason } => write!(
+                f,
+                "cairn.repository is damaged: {reason} (`cairn repair header` rewrites it)"
+            ),
             Damage::SegmentUnreadable { object, reason } => {
                 write!(f, "index segment {object} is unreadable: {reason}")
             }
@@ -529,6 +539,11 @@ fn corrupt_or(e: Error) -> Result<String> {
 pub(crate) fn inspect(repo: &Repository, opts: &CheckOptions) -> Result<Inspection> {
     let storage = repo.storage();
     let mut report = CheckReport::default();
+    if let Some(reason) = repo.header_damage() {
+        report.damage.push(Damage::HeaderDamaged {
+            reason: reason.to_string(),
+        });
+    }
     let mut stored: HashMap<PackId, u64> = HashMap::new();
     for obj in storage.list("packs/").map_err(repo.serr())? {
         let name = obj.path.rsplit('/').next().unwrap_or_default();

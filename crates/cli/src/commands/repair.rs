@@ -17,6 +17,16 @@ pub enum RepairCommand {
     Index(IndexArgs),
     /// Rewrite snapshots whose blobs are lost; damaged files are marked.
     Snapshots(SnapshotsArgs),
+    /// Rewrite a damaged or missing `cairn.repository` from the config
+    /// (which a password authenticates).
+    Header(HeaderArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct HeaderArgs {
+    /// Say whether the header is damaged; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug)]
@@ -50,6 +60,15 @@ pub struct SnapshotsArgs {
 pub fn run(g: &GlobalOpts, c: RepairCommand) -> Result<ExitCode> {
     let repo = open_tolerant(g)?;
     match c {
+        RepairCommand::Header(a) => match repo.header_damage() {
+            None => outln!("cairn.repository is intact: nothing to repair"),
+            Some(why) if a.dry_run => outln!("would rewrite cairn.repository: {why}"),
+            Some(why) => {
+                let why = why.to_string();
+                repo.repair_header()?;
+                outln!("rewrote cairn.repository from the config (it was: {why})");
+            }
+        },
         RepairCommand::Index(a) => {
             let opts = RepairIndexOptions {
                 dry_run: a.dry_run,

@@ -365,3 +365,23 @@ fn a_cache_with_damaged_pages_is_discarded_and_rebuilt() {
         .expect("diff");
     assert!(diff.status.success(), "{}", text(&diff));
 }
+
+#[test]
+fn a_damaged_header_is_named_by_check_and_rewritten_by_repair_header() {
+    let f = Fixture::new();
+    let header = f.repo().join("cairn.repository");
+    let good = std::fs::read(&header).expect("header");
+    let mut bad = good.clone();
+    bad[20] ^= 0x10;
+    std::fs::write(&header, &bad).expect("damage the header");
+    let (out, _) = f.run(12, &["check"]);
+    assert!(out.contains("cairn.repository"), "{out}");
+    let (out, _) = f.run(0, &["repair", "header", "--dry-run"]);
+    assert!(out.contains("would rewrite"), "{out}");
+    assert_eq!(std::fs::read(&header).expect("header"), bad);
+    f.run(0, &["repair", "header"]);
+    assert_eq!(std::fs::read(&header).expect("header"), good);
+    f.run(0, &["check"]);
+    let (out, _) = f.run(0, &["repair", "header"]);
+    assert!(out.contains("intact"), "{out}");
+}
