@@ -6,6 +6,7 @@
 mod common;
 mod engine_v1;
 mod job;
+mod kube_e2e;
 mod kube_mount;
 mod maintenance_a;
 mod maintenance_b;
