@@ -269,6 +269,44 @@ fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// Regression: logs written to a file (a pod's log, whose tail becomes the failure
+/// reason of a crashed Job) carried terminal colour codes.
+#[test]
+fn job_logs_written_to_a_file_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, source) = (dir.path().join("repo"), dir.path().join("src"));
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join("a"), b"a").unwrap();
+    let init = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("init")
+        .arg("-r")
+        .arg(&repo)
+        .env("CAIRN_PASSWORD", PASSWORD)
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", text(&init));
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["job", "backup", "--location"])
+        .arg(&repo)
+        .arg("--source")
+        .arg(&source)
+        .arg("--termination-log")
+        .arg(dir.path().join("termination-log"))
+        .env("CAIRN_PASSWORD", PASSWORD)
+        .env("HOME", dir.path())
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && log.contains("backup done"),
+        "{}",
+        text(&out)
+    );
+    assert!(!log.contains('\x1b'), "escape codes in a log file: {log:?}");
+}
+
 fn small_files() -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("db/table.dat", noise(1, 300_000)),
