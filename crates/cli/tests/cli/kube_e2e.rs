@@ -45,7 +45,12 @@ impl Cluster {
     /// repository Secrets, StorageClass `fast` with a VolumeSnapshotClass), an
     /// initialised repository `main`, and the controller running.
     fn start(name: &str, config_map: Value) -> Cluster {
-        let mut env = vec![("RUST_LOG".to_string(), "info".to_string())];
+        // Checkpoints every 20 ms instead of every 5 minutes: a retry of a backup that
+        // ran for seconds has something to resume from.
+        let mut env = vec![
+            ("RUST_LOG".to_string(), "info".to_string()),
+            ("CAIRN_CHECKPOINT_INTERVAL".to_string(), "20ms".to_string()),
+        ];
         env.extend(std::env::vars().filter(|(k, _)| {
             k.starts_with("AWS_") && k != "AWS_ACCESS_KEY_ID" && k != "AWS_SECRET_ACCESS_KEY"
         }));
@@ -533,20 +538,35 @@ fn an_api_server_restart_mid_backup_still_completes_once() {
     c.assert_no_pruned_fields();
 }
 
+/// Bytes per directory of the resume test's volume.
+const PER_DIR: u64 = 256 << 20;
+
+/// Regression: job mode had no way to set the checkpoint interval, so a retry resumed
+/// nothing unless the killed attempt had run for 5 minutes (`--checkpoint-interval`,
+/// `CAIRN_CHECKPOINT_INTERVAL`).
 #[test]
-fn a_killed_job_pod_is_retried_and_the_retry_resumes() {
+fn a_killed_job_pod_is_retried_and_the_retry_uploads_only_what_its_checkpoint_lacks() {
     let c = Cluster::start("e2e-resume", config(&[]));
-    c.volume("data", &big_files());
+    // 8 directories that take a while each to read: a sparse 256 MiB file (zeros cost
+    // reading, not disk) and 1 MiB of data. Checkpoints fall between directories.
+    let dir = c.volume("data", &[]);
+    for i in 0..8u64 {
+        let d = dir.join(format!("d{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("data"), noise(200 + i, 1 << 20)).unwrap();
+        std::fs::File::create(d.join("zeros"))
+            .unwrap()
+            .set_len(PER_DIR - (1 << 20))
+            .unwrap();
+    }
     c.backup("flaky", "data", json!({"mode": "Direct"}));
     let pod = c.running_pod("flaky-backup-1");
-    // Some data is on its way to the repository.
-    c.sim.wait_for("first progress", PATIENCE, |_| {
-        c.progress_patches("flaky")
-            .iter()
-            .any(|p| p["bytesDone"].as_u64() > Some(0))
-            .then_some(())
+    // Kill it right after its first checkpoint, while it uploads the rest.
+    let log = c.sim.shared().pod_dir(NS, &pod).join("log");
+    c.sim.wait_for("a checkpoint", PATIENCE, |_| {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        (text.contains("checkpoint") && text.contains("written")).then_some(())
     });
-    std::thread::sleep(Duration::from_secs(2));
     assert!(
         c.sim.kill_pod_process(NS, &pod),
         "the first attempt ended before it could be killed"
@@ -554,18 +574,38 @@ fn a_killed_job_pod_is_retried_and_the_retry_resumes() {
     let vb = c.wait_phase("VolumeBackup", "flaky", &["Completed"]);
     assert_eq!(vb["status"]["attempts"], 2, "{}", vb["status"]);
     assert_eq!(c.jobs_created(), vec!["flaky-backup-1", "flaky-backup-2"]);
+    let retrying = vb["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Retrying")
+        .map(|c| c["message"].as_str().unwrap().to_string())
+        .unwrap_or_default();
+    assert!(
+        retrying.starts_with("attempt 1 of 3 failed"),
+        "{}",
+        vb["status"]
+    );
+    eprintln!("retrying: {retrying}");
     let second = c.termination_message("flaky-backup-2");
+    // "snapshot <id>: <N> files new, <C> changed, <U> unchanged; read <R> of <T>, added <A>"
     let message = second["message"].as_str().unwrap_or_default().to_string();
-    // "... read <R> of <T>, added <A>": the retry adds less than the whole volume.
-    let added = message.rsplit("added ").next().unwrap_or_default();
     eprintln!("second attempt: {message}");
     let total = second["totalBytes"].as_u64().unwrap();
-    assert!(total >= 12 * (16 << 20), "{second}");
-    let added_bytes = parse_size(added).unwrap_or_else(|| panic!("no size in {message:?}"));
+    assert_eq!(total, 8 * PER_DIR, "{second}");
+    // What the checkpoint holds is not uploaded again: at least one directory's MiB of
+    // data is missing from what the retry added. (It still reads the whole volume: the
+    // parent for unchanged files is the last complete snapshot, not the checkpoint.)
+    let added = message
+        .rsplit("added ")
+        .next()
+        .and_then(parse_size)
+        .unwrap_or_else(|| panic!("no added size in {message:?}"));
     assert!(
-        added_bytes < total * 9 / 10,
-        "the retry uploaded {added} of {total} bytes: nothing was resumed ({message})"
+        added < (8 << 20) - (1 << 19),
+        "the retry uploaded {added} bytes: nothing resumed ({message})"
     );
+    assert!(!retrying.contains('\x1b'), "{retrying}");
 }
 
 /// `12.3 MiB` -> bytes.
