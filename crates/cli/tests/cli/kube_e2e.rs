@@ -52,10 +52,15 @@ fn controller_logic_only() -> bool {
 }
 
 impl Cluster {
+    /// [`Cluster::start_with_maintenance`] with maintenance suspended.
+    fn start(name: &str, config_map: Value) -> Cluster {
+        Cluster::start_with_maintenance(name, config_map, json!({"suspend": true}))
+    }
+
     /// A cluster with cairn's CRDs, namespace `shop` (ServiceAccount `cairn-job`, the
     /// repository Secrets, StorageClass `fast` with a VolumeSnapshotClass), an
     /// initialised repository `main`, and the controller running.
-    fn start(name: &str, config_map: Value) -> Cluster {
+    fn start_with_maintenance(name: &str, config_map: Value, maintenance: Value) -> Cluster {
         // Checkpoints every 20 ms instead of every 5 minutes: a retry of a backup that
         // ran for seconds has something to resume from.
         let mut env = vec![
@@ -113,7 +118,7 @@ impl Cluster {
                    "spec": {"location": location.location(),
                             "credentialsSecret": {"name": "repo-credentials"},
                             "passwordSecret": {"name": "repo-password", "key": "password"},
-                            "maintenance": {"suspend": true}}}),
+                            "maintenance": maintenance}}),
             config_map,
         ];
         for o in objects {
@@ -776,6 +781,9 @@ fn a_bad_config_map_value_blocks_backups_until_it_is_fixed() {
 /// the mode, and the pre commands put the snapshot off to the next one).
 #[test]
 fn a_backup_with_a_rule_runs_it_around_a_snapshot_that_keeps_its_class() {
+    if controller_logic_only() {
+        return;
+    }
     let c = Cluster::start("e2e-rule", config(&[]));
     let volume = c.volume("data", &small_files());
     c.create(json!({"apiVersion": "v1", "kind": "Pod",
@@ -835,5 +843,78 @@ fn a_backup_with_a_rule_runs_it_around_a_snapshot_that_keeps_its_class() {
         execs,
         vec!["touch /var/lib/db/frozen", "rm /var/lib/db/frozen"]
     );
+    c.assert_no_pruned_fields();
+}
+
+#[test]
+fn maintenance_and_catalog_jobs_run_on_their_intervals_one_at_a_time() {
+    let c = Cluster::start_with_maintenance(
+        "e2e-maintenance",
+        config(&[]),
+        json!({"quickInterval": "2s", "fullInterval": "6s"}),
+    );
+    c.volume("data", &small_files());
+    c.backup("first", "data", json!({"mode": "Direct"}));
+    c.wait_phase("VolumeBackup", "first", &["Completed"]);
+    let kind = |j: &Value| {
+        j["metadata"]["labels"]["cairn.io/job-kind"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let running = |j: &Value| {
+        !j["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter().any(|c| {
+                (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True"
+            })
+        })
+    };
+    // Watch the repository's Jobs for a while: quick and full runs come and go.
+    let start = Instant::now();
+    let mut most = 0;
+    while start.elapsed() < Duration::from_secs(15) {
+        let jobs = c.sim.list("batch/v1", "Job", Some(NS));
+        let maintenance = jobs
+            .iter()
+            .filter(|j| kind(j) == "maintenance" && running(j))
+            .count();
+        most = most.max(maintenance);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let repo = c.get("BackupRepository", "main").unwrap();
+    let status = &repo["status"];
+    assert!(most >= 1, "no maintenance Job ran: {status}");
+    // A catalog Job and one maintenance Job may overlap; two maintenance runs never do.
+    assert!(
+        most <= 2,
+        "{most} maintenance and catalog Jobs at once: {status}"
+    );
+    let created: Vec<String> = c
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/jobs") && r.code == 201)
+        .map(|r| {
+            r.body["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    let quick = created.iter().filter(|n| n.contains("quick")).count();
+    let full = created.iter().filter(|n| n.contains("full")).count();
+    assert!(full >= 1 && quick >= 1, "{created:?}");
+    for run in ["lastQuick", "lastFull"] {
+        let r = &status["maintenance"][run];
+        assert!(
+            matches!(r["result"].as_str(), Some("Succeeded" | "Running")),
+            "{run}: {status}"
+        );
+    }
+    assert!(status["lastCatalogRefresh"].is_string(), "{status}");
+    let mirrored = c
+        .sim
+        .list("cairn.io/v1alpha1", "RepositorySnapshot", Some(NS));
+    assert_eq!(mirrored.len(), 1, "{mirrored:?}");
     c.assert_no_pruned_fields();
 }
