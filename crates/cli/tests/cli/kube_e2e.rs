@@ -653,7 +653,7 @@ fn parse_size(text: &str) -> Option<u64> {
 }
 
 #[test]
-fn a_snapshot_that_never_becomes_ready_times_out_and_is_deleted() {
+fn snapshots_that_fail_or_never_become_ready_fail_the_backup_and_are_deleted() {
     if controller_logic_only() {
         return;
     }
@@ -661,14 +661,24 @@ fn a_snapshot_that_never_becomes_ready_times_out_and_is_deleted() {
     c.volume("data", &small_files());
     c.sim
         .set_snapshot_behaviour("stuck-snapshot", SnapshotBehaviour::NeverReady);
+    c.sim.set_snapshot_behaviour(
+        "broken-snapshot",
+        SnapshotBehaviour::FailAfter(Duration::from_millis(200), "disk on fire".into()),
+    );
     c.backup("stuck", "data", json!({}));
+    c.backup("broken", "data", json!({}));
+    let broken = c.wait_phase("VolumeBackup", "broken", &["Failed"]);
+    let reason = broken["status"]["failureReason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains("failed: disk on fire"), "{reason}");
     let vb = c.wait_phase("VolumeBackup", "stuck", &["Failed"]);
     let reason = vb["status"]["failureReason"].as_str().unwrap_or_default();
     assert!(reason.contains("not ready to use after 2s"), "{reason}");
-    c.sim.wait_for("VolumeSnapshot deleted", PATIENCE, |_| {
-        c.get("VolumeSnapshot", "stuck-snapshot")
-            .is_none()
-            .then_some(())
+    c.sim.wait_for("VolumeSnapshots deleted", PATIENCE, |_| {
+        (c.get("VolumeSnapshot", "stuck-snapshot").is_none()
+            && c.get("VolumeSnapshot", "broken-snapshot").is_none())
+        .then_some(())
     });
     assert!(c.jobs_created().is_empty());
 }
