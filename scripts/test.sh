@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it, on a fresh machine: installs what the
-# tests need (fuse3; moto as the S3 server), checks formatting and lints,
+# tests need (fuse3, kubectl; moto as the S3 server), checks formatting and lints,
 # then runs every test on the local filesystem backend and the integration
 # tests again on S3.
 #
@@ -18,6 +18,8 @@ disk() { echo "    free disk: $(df -h --output=avail . | tail -n 1 | tr -d ' ') 
 
 need_apt=()
 command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
+# kubectl drives the simulated cluster in crates/kube-sim's tests (Debian's package).
+command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]}"

@@ -266,6 +266,13 @@ impl Engine for CoreEngine {
             exclude_rules: excluder.rules(),
             exclude: Some(Arc::new(excluder)),
             progress: Some(counters.clone()),
+            checkpoint: match req.checkpoint_interval {
+                Some(every) => cairn_core::checkpoint::CheckpointOptions {
+                    every,
+                    every_blobs: 0,
+                },
+                None => Default::default(),
+            },
             ..Default::default()
         };
         let result = with_progress(&counters, progress, || backup(&repo, &opts))

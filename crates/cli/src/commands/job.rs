@@ -21,7 +21,7 @@ pub struct JobArgs {
     /// Job flags: --location URL --password-file FILE [--credentials-dir DIR]
     /// [--cache-dir DIR] [--namespace NS --repository NAME] [--termination-log FILE],
     /// then per kind: backup --source DIR [--source-name NS/PVC] [--volume-backup NAME]
-    /// [--storage-class C] [--exclude-config FILE] [--tag K=V]...; restore --snapshot ID
+    /// [--storage-class C] [--exclude-config FILE] [--tag K=V]... [--checkpoint-interval D]; restore --snapshot ID
     /// --target DIR [--volume-restore NAME] [--include PATH]...; maintenance [--kind
     /// quick|full]. Every flag falls back to CAIRN_<FLAG> (docs/KUBERNETES.md).
     #[arg(

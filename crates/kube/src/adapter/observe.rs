@@ -7,7 +7,7 @@ use crate::controller::{
     BackupObserved, JobInfo, JobKind, RepositoryObserved, RestoreObserved, SnapshotClassInfo,
     SnapshotInfo, LABEL_JOB_KIND,
 };
-use crate::crd::{BackupRepository, BackupRule, VolumeBackup, VolumeRestore};
+use crate::crd::{BackupRepository, BackupRule, VolumeBackup, VolumeBackupPhase, VolumeRestore};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -148,6 +148,7 @@ fn snapshot_info(object: DynamicObject) -> SnapshotInfo {
             .and_then(|v| v.as_str())
             .map(str::to_string),
         created: object.metadata.creation_timestamp.map(|t| t.0),
+        cut: status.get("creationTime").is_some_and(|t| !t.is_null()),
     }
 }
 
@@ -183,7 +184,9 @@ pub async fn observe_backup(
         }
         None => None,
     };
-    let snapshot_classes = if status.mode.is_none() {
+    // Needed to resolve the mode, and again to name the class of the VolumeSnapshot, which
+    // a BackupRule's pre commands put off to a later reconcile than the mode.
+    let snapshot_classes = if status.mode.is_none() || status.phase == VolumeBackupPhase::New {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &snapshot_class_resource());
         api.list(&ListParams::default())
             .await

@@ -31,6 +31,9 @@ pub struct SnapshotInfo {
     pub restore_size: Option<String>,
     /// `metadata.creationTimestamp`.
     pub created: Option<Timestamp>,
+    /// `status.creationTime` is set: the storage system took the point-in-time snapshot
+    /// (it may be ready to use much later).
+    pub cut: bool,
 }
 
 /// A VolumeSnapshotClass.
@@ -366,12 +369,20 @@ fn snapshot_in_progress(
     plan: &mut Plan,
     pvc: &PersistentVolumeClaim,
 ) {
-    // The snapshot is cut once the VolumeSnapshot exists: release the application now.
-    if obs.volume_snapshot.is_some() && run_post_if_owed(obs, plan) {
+    // Release the application once the storage system has cut the snapshot (or failed
+    // to), not when the VolumeSnapshot object merely exists.
+    let cut = obs
+        .volume_snapshot
+        .as_ref()
+        .is_some_and(|v| v.cut || v.ready || v.error.is_some());
+    if cut && run_post_if_owed(obs, plan) {
         return;
     }
     let name = plan.status.volume_snapshot_name.clone().unwrap_or_default();
     let Some(vs) = &obs.volume_snapshot else {
+        if run_post_if_owed(obs, plan) {
+            return;
+        }
         plan.terminal(
             Phase::Failed,
             Some(format!(
@@ -396,6 +407,9 @@ fn snapshot_in_progress(
         let waited = ctx.now.duration_since(started).unsigned_abs();
         let timeout = ctx.config.snapshot_timeout;
         if waited >= timeout {
+            if run_post_if_owed(obs, plan) {
+                return;
+            }
             plan.terminal(
                 Phase::Failed,
                 Some(format!(

@@ -55,6 +55,8 @@ pub struct BackupJobRequest {
     pub storage_class: Option<String>,
     /// Raw KDMP_EXCLUDE_FILE_LIST text, parsed by the engine (cairn-policy).
     pub exclude_config: Option<String>,
+    /// Time between checkpoints; None = the engine's default.
+    pub checkpoint_interval: Option<std::time::Duration>,
 }
 
 /// What a backup produced.

@@ -147,6 +147,7 @@ fn run_engine(
                 tags: params.tags.clone(),
                 storage_class: params.storage_class.clone(),
                 exclude_config: params.exclude_config.clone(),
+                checkpoint_interval: params.checkpoint_interval,
             };
             match engine.backup(&req, progress) {
                 Ok(r) => {

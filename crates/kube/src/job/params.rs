@@ -78,6 +78,9 @@ pub struct JobParams {
     pub termination_log: PathBuf,
     /// Time between progress patches.
     pub progress_interval: Duration,
+    /// Time between backup checkpoints (what a retry resumes from); None = the engine's
+    /// default.
+    pub checkpoint_interval: Option<Duration>,
 }
 
 fn env_name(flag: &str) -> String {
@@ -105,6 +108,7 @@ const FLAGS: &[&str] = &[
     "kind",
     "termination-log",
     "progress-interval",
+    "checkpoint-interval",
 ];
 
 impl JobParams {
@@ -200,6 +204,13 @@ impl JobParams {
             Some(text) => crate::config::parse_duration(&text)
                 .map_err(|e| JobError::Usage(format!("--progress-interval: {e}")))?,
         };
+        let checkpoint_interval = match one("checkpoint-interval") {
+            None => None,
+            Some(text) => Some(
+                crate::config::parse_duration(&text)
+                    .map_err(|e| JobError::Usage(format!("--checkpoint-interval: {e}")))?,
+            ),
+        };
         let params = JobParams {
             command,
             namespace: one("namespace").or_else(|| env("POD_NAMESPACE")),
@@ -225,6 +236,7 @@ impl JobParams {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| TERMINATION_LOG.into()),
             progress_interval,
+            checkpoint_interval,
         };
         match command {
             JobCommand::Backup if params.source.is_none() => {

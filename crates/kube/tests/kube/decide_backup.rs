@@ -223,6 +223,7 @@ fn pre_rule_runs_before_the_snapshot_and_post_rule_right_after_it() {
     );
     obs.volume_snapshot = Some(SnapshotInfo {
         name: "db-nightly-snapshot".into(),
+        cut: true,
         ..Default::default()
     });
     let actions = decide_backup(&obs, &ctx());
@@ -236,6 +237,41 @@ fn pre_rule_runs_before_the_snapshot_and_post_rule_right_after_it() {
         )),
         "{actions:?}"
     );
+}
+
+/// Regression: post commands ran as soon as the VolumeSnapshot object existed, before
+/// the storage system had cut the snapshot, so the application was released too early.
+#[test]
+fn post_rule_waits_until_the_snapshot_is_cut() {
+    let mut obs = observed(backup(
+        json!({"rule": {"name": "cassandra"}}),
+        in_phase(
+            "SnapshotInProgress",
+            json!({"hooks": {"pre": {"succeeded": true}}, "volumeSnapshotName": "db-nightly-snapshot"}),
+        ),
+    ));
+    obs.rule = Some(rule(true, true));
+    obs.volume_snapshot = Some(SnapshotInfo {
+        name: "db-nightly-snapshot".into(),
+        created: Some(now()),
+        ..Default::default()
+    });
+    let is_post = |a: &Action| {
+        matches!(
+            a,
+            Action::RunRule {
+                side: HookSide::Post,
+                ..
+            }
+        )
+    };
+    let actions = decide_backup(&obs, &ctx());
+    assert!(!actions.iter().any(is_post), "{actions:?}");
+    // A snapshot that never gets cut still releases the application when it times out.
+    obs.volume_snapshot.as_mut().unwrap().created =
+        Some(now() - jiff::SignedDuration::from_secs(3600));
+    let actions = decide_backup(&obs, &ctx());
+    assert!(actions.iter().any(is_post), "{actions:?}");
 }
 
 #[test]

@@ -7,6 +7,7 @@ mod adapter;
 mod common;
 mod decide_backup;
 mod decide_restore_repository;
+mod image;
 mod job_mode;
 mod manifests;
 mod mount;

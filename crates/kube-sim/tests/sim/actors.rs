@@ -1,0 +1,258 @@
+//! The actors: Jobs run as local processes (exit code, termination message, deadline,
+//! missing ServiceAccount), pod deletion kills, garbage collection, and volumes from
+//! snapshots.
+
+use cairn_kube_sim::{Image, Sim, SimOptions, SnapshotBehaviour};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn sim() -> Sim {
+    let image = Image {
+        entrypoint: "/bin/sh".into(),
+        env: vec![],
+        termination_log_env: Some("TERMINATION_LOG".into()),
+    };
+    Sim::start(SimOptions {
+        images: [("shell".to_string(), image)].into(),
+        ..SimOptions::default()
+    })
+}
+
+fn job(name: &str, script: &str, extra: Value) -> Value {
+    let mut spec = json!({"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never",
+        "volumes": [{"name": "out", "emptyDir": {}}],
+        "containers": [{"name": "c", "image": "shell", "args": ["-c", script, "sh", "/out"],
+                        "volumeMounts": [{"name": "out", "mountPath": "/out"}]}]}}});
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": "default"}, "spec": spec})
+}
+
+fn condition(sim: &Sim, name: &str) -> Option<(String, String)> {
+    let j = sim.get("batch/v1", "Job", Some("default"), name)?;
+    j["status"]["conditions"].as_array()?.iter().find_map(|c| {
+        matches!(c["type"].as_str(), Some("Complete" | "Failed")).then(|| {
+            (
+                c["type"].as_str().unwrap().to_string(),
+                c["reason"].as_str().unwrap().to_string(),
+            )
+        })
+    })
+}
+
+fn pods_of(sim: &Sim, job: &str) -> Vec<Value> {
+    sim.list("v1", "Pod", Some("default"))
+        .into_iter()
+        .filter(|p| p["metadata"]["labels"]["job-name"] == job)
+        .collect()
+}
+
+#[test]
+fn jobs_run_processes_and_report_how_they_ended() {
+    let sim = sim();
+    // $1 is the mounted emptyDir, rewritten to its host directory.
+    sim.create(job(
+        "ok",
+        "echo hi > \"$1/x\" && echo '{\"done\":1}' > \"$TERMINATION_LOG\"",
+        json!({}),
+    ))
+    .unwrap();
+    sim.create(job("bad", "echo boom >&2; exit 3", json!({})))
+        .unwrap();
+    sim.create(job("slow", "sleep 30", json!({"activeDeadlineSeconds": 1})))
+        .unwrap();
+    for (name, want) in [("ok", "Complete"), ("bad", "Failed"), ("slow", "Failed")] {
+        let (got, reason) = sim.wait_for(&format!("job {name} finished"), PATIENCE, |s| {
+            condition(s, name)
+        });
+        assert_eq!(got, want, "{name}: {reason}");
+    }
+    let ok = &pods_of(&sim, "ok")[0];
+    let terminated = &ok["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(terminated["exitCode"], 0);
+    assert_eq!(terminated["message"], "{\"done\":1}\n");
+    let bad = &pods_of(&sim, "bad")[0];
+    assert_eq!(
+        bad["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+        3
+    );
+    assert_eq!(condition(&sim, "slow").unwrap().1, "DeadlineExceeded");
+    // The deadline killed the pod and its process.
+    sim.wait_for("slow's pod gone", PATIENCE, |s| {
+        pods_of(s, "slow").is_empty().then_some(())
+    });
+}
+
+#[test]
+fn a_job_without_its_service_account_never_gets_a_pod() {
+    let sim = sim();
+    let mut j = job("nosa", "true", json!({}));
+    j["spec"]["template"]["spec"]["serviceAccountName"] = json!("missing");
+    sim.create(j).unwrap();
+    sim.wait_for("FailedCreate event", PATIENCE, |s| {
+        s.list("v1", "Event", Some("default"))
+            .iter()
+            .any(|e| {
+                e["reason"] == "FailedCreate"
+                    && e["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("serviceaccount \"missing\" not found")
+            })
+            .then_some(())
+    });
+    assert!(pods_of(&sim, "nosa").is_empty());
+}
+
+#[test]
+fn deleting_a_job_in_the_background_kills_its_pod() {
+    let sim = sim();
+    sim.create(job("long", "sleep 60", json!({}))).unwrap();
+    sim.wait_for("pod running", PATIENCE, |s| {
+        pods_of(s, "long")
+            .first()
+            .filter(|p| p["status"]["phase"] == "Running")
+            .map(|_| ())
+    });
+    let t0 = std::time::Instant::now();
+    let api = sim.shared().clone();
+    api.with_state(|s| {
+        let t = s.registry.by_id("batch/jobs").cloned().unwrap();
+        let opts = cairn_kube_sim::store::DeleteOptions {
+            propagation: Some(cairn_kube_sim::store::Propagation::Background),
+            ..Default::default()
+        };
+        s.delete(&t, Some("default"), "long", &opts).unwrap();
+    });
+    sim.wait_for("pod gone", PATIENCE, |s| {
+        pods_of(s, "long").is_empty().then_some(())
+    });
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "SIGTERM ended sleep before the grace period"
+    );
+}
+
+#[test]
+fn foreground_deletion_waits_for_dependents() {
+    let sim = sim();
+    let owner = sim
+        .create(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owner", "namespace": "default"}}))
+        .unwrap();
+    let dependent = |name: &str, finalizer: bool| {
+        let mut meta = json!({"name": name, "namespace": "default", "ownerReferences": [{"apiVersion": "v1",
+            "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"], "blockOwnerDeletion": true}]});
+        if finalizer {
+            meta["finalizers"] = json!(["test/hold"]);
+        }
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta})
+    };
+    sim.create(dependent("held", true)).unwrap();
+    sim.shared().with_state(|s| {
+        let t = s.registry.by_id("core/configmaps").cloned().unwrap();
+        let opts = cairn_kube_sim::store::DeleteOptions {
+            propagation: Some(cairn_kube_sim::store::Propagation::Foreground),
+            ..Default::default()
+        };
+        s.delete(&t, Some("default"), "owner", &opts).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        sim.get("v1", "ConfigMap", Some("default"), "owner")
+            .is_some(),
+        "the owner waits for its dependent"
+    );
+    sim.merge_patch(
+        "v1",
+        "ConfigMap",
+        Some("default"),
+        "held",
+        None,
+        json!({"metadata": {"finalizers": null}}),
+    )
+    .unwrap();
+    sim.wait_for("owner gone", PATIENCE, |s| {
+        s.get("v1", "ConfigMap", Some("default"), "owner")
+            .is_none()
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_pvc_from_a_snapshot_is_a_copy_and_failing_snapshots_report_errors() {
+    let sim = sim();
+    for o in [
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "sc"}, "provisioner": "d"}),
+        json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass", "metadata": {"name": "vsc"},
+               "driver": "d", "deletionPolicy": "Delete"}),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "src", "namespace": "default"},
+               "spec": {"storageClassName": "sc", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+    ] {
+        sim.create(o).unwrap();
+    }
+    let src = sim.wait_for("src bound", PATIENCE, |s| s.volume_dir("default", "src"));
+    std::fs::write(src.join("f"), b"before").unwrap();
+    let snap = |name: &str| {
+        json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"volumeSnapshotClassName": "vsc", "source": {"persistentVolumeClaimName": "src"}}})
+    };
+    sim.set_snapshot_behaviour(
+        "broken",
+        SnapshotBehaviour::FailAfter(Duration::ZERO, "disk on fire".into()),
+    );
+    sim.create(snap("s1")).unwrap();
+    sim.create(snap("broken")).unwrap();
+    sim.wait_for("s1 ready", PATIENCE, |s| {
+        (s.get(
+            "snapshot.storage.k8s.io/v1",
+            "VolumeSnapshot",
+            Some("default"),
+            "s1",
+        )?["status"]["readyToUse"]
+            == true)
+            .then_some(())
+    });
+    std::fs::write(src.join("f"), b"after").unwrap();
+    sim.create(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "copy", "namespace": "default"},
+        "spec": {"storageClassName": "sc", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+                 "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "s1"}}})).unwrap();
+    let copy = sim.wait_for("copy bound", PATIENCE, |s| s.volume_dir("default", "copy"));
+    assert_eq!(std::fs::read(copy.join("f")).unwrap(), b"before");
+    let broken = sim.wait_for("broken failed", PATIENCE, |s| {
+        let vs = s.get(
+            "snapshot.storage.k8s.io/v1",
+            "VolumeSnapshot",
+            Some("default"),
+            "broken",
+        )?;
+        vs["status"]["error"]["message"]
+            .as_str()
+            .map(str::to_string)
+    });
+    assert_eq!(broken, "disk on fire");
+    // Deleting the snapshot removes its content (deletionPolicy Delete).
+    sim.delete(
+        "snapshot.storage.k8s.io/v1",
+        "VolumeSnapshot",
+        Some("default"),
+        "s1",
+    )
+    .unwrap();
+    sim.wait_for("s1 and its content gone", PATIENCE, |s| {
+        (s.get(
+            "snapshot.storage.k8s.io/v1",
+            "VolumeSnapshot",
+            Some("default"),
+            "s1",
+        )
+        .is_none()
+            && s.list("snapshot.storage.k8s.io/v1", "VolumeSnapshotContent", None)
+                .iter()
+                .all(|c| c["spec"]["volumeSnapshotRef"]["name"] != "s1"))
+        .then_some(())
+    });
+}
