@@ -34,6 +34,8 @@ pub struct Call {
     pub query: Vec<(String, String)>,
     /// Content-Type.
     pub content_type: String,
+    /// Accept.
+    pub accept: String,
     /// Body.
     pub body: Bytes,
 }
@@ -84,6 +86,7 @@ pub async fn handle(
             .to_string()
     };
     let content_type = header("content-type");
+    let accept = header("accept");
     let segments: Vec<String> = path
         .split('/')
         .filter(|s| !s.is_empty())
@@ -111,6 +114,7 @@ pub async fn handle(
         segments,
         query: query.clone(),
         content_type: content_type.clone(),
+        accept,
         body,
     };
     let body_value = parse_body(&call).unwrap_or(Value::Null);
@@ -152,6 +156,21 @@ async fn route(shared: &Arc<Shared>, call: &Call) -> Response<Body> {
             .status(200)
             .body(Full::new(Bytes::from("ok")).boxed())
             .unwrap(),
+        // kubectl before 1.27 validates with OpenAPI v2, fetched as protobuf: an empty
+        // document (no definitions) makes it leave every type unchecked.
+        ["openapi", "v2"] if call.accept.contains("protobuf") => Response::builder()
+            .status(200)
+            .header(
+                "Content-Type",
+                "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+            )
+            .body(Full::new(Bytes::new()).boxed())
+            .unwrap(),
+        ["openapi", "v2"] => json_response(
+            200,
+            &json!({"swagger": "2.0",
+            "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": {}, "definitions": {}}),
+        ),
         ["openapi", "v3"] => json_response(200, &state().registry.openapi_v3_root()),
         ["openapi", "v3", "api", "v1"] => match state().registry.openapi_v3("", "v1") {
             Some(doc) => json_response(200, &doc),

@@ -142,6 +142,7 @@ impl JobController {
         } else {
             None
         };
+        let mut created = false;
         let mut conditions: Vec<Value> =
             status["conditions"].as_array().cloned().unwrap_or_default();
         if let Some((reason, message)) = failure {
@@ -170,7 +171,7 @@ impl JobController {
                 "job-controller",
             );
         } else if active.is_empty() && terminating_pods == 0 {
-            self.create_pod(s, job);
+            created = self.create_pod(s, job);
         }
         status["conditions"] = json!(conditions);
         if conditions.is_empty() {
@@ -179,7 +180,7 @@ impl JobController {
         let still_active = if failure.is_some() || succeeded >= completions {
             0
         } else {
-            active.len().max(1) as i64
+            (active.len() + usize::from(created)) as i64
         };
         status["active"] = json!(still_active);
         status["succeeded"] = json!(succeeded);
@@ -198,7 +199,8 @@ impl JobController {
         }
     }
 
-    fn create_pod(&mut self, s: &mut State, job: &Value) {
+    /// Creates the Job's next pod; false when it cannot (no ServiceAccount).
+    fn create_pod(&mut self, s: &mut State, job: &Value) -> bool {
         let ns = namespace(job).unwrap_or_default();
         let template = &job["spec"]["template"];
         let sa = template["spec"]["serviceAccountName"]
@@ -219,7 +221,7 @@ impl JobController {
                 &message,
                 "job-controller",
             );
-            return;
+            return false;
         }
         let mut meta = template["metadata"].clone();
         if !meta.is_object() {
@@ -231,19 +233,35 @@ impl JobController {
             "uid": uid(job), "controller": true, "blockOwnerDeletion": true }]);
         let pod = json!({ "apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template["spec"] });
         let t = ty(s, "core/pods");
-        if let Ok(p) = s.create(&t, Some(&ns), pod, &WriteOptions::default()) {
-            self.pods
-                .entry(uid(job))
-                .or_default()
-                .insert(uid(&p), Outcome::Active);
-            event(
-                s,
-                job,
-                "Normal",
-                "SuccessfulCreate",
-                &format!("Created pod: {}", name(&p)),
-                "job-controller",
-            );
+        match s.create(&t, Some(&ns), pod, &WriteOptions::default()) {
+            Ok(p) => {
+                let message = format!("Created pod: {}", name(&p));
+                self.pods
+                    .entry(uid(job))
+                    .or_default()
+                    .insert(uid(&p), Outcome::Active);
+                event(
+                    s,
+                    job,
+                    "Normal",
+                    "SuccessfulCreate",
+                    &message,
+                    "job-controller",
+                );
+                true
+            }
+            Err(e) => {
+                let message = format!("Error creating: {}", e.message);
+                event(
+                    s,
+                    job,
+                    "Warning",
+                    "FailedCreate",
+                    &message,
+                    "job-controller",
+                );
+                false
+            }
         }
     }
 }

@@ -105,6 +105,8 @@ fn a_job_without_its_service_account_never_gets_a_pod() {
             .then_some(())
     });
     assert!(pods_of(&sim, "nosa").is_empty());
+    let job = sim.get("batch/v1", "Job", Some("default"), "nosa").unwrap();
+    assert!(job["status"]["active"].is_null(), "{}", job["status"]);
 }
 
 #[test]
