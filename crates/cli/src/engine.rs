@@ -333,39 +333,21 @@ impl Engine for CoreEngine {
                 .insert(0, (req.target.clone(), lost.clone()));
         }
         if !stats.failed.is_empty() {
-            for (path, reason) in &stats.failed {
-                tracing::error!(path = %path.display(), %reason, "not restored");
-            }
-            let shown: Vec<String> = stats
-                .failed
-                .iter()
-                .take(FAILED_SHOWN)
-                .map(|(p, r)| format!("{}: {r}", p.display()))
-                .collect();
             return Err(permanent(format!(
                 "{} entries of snapshot {} could not be restored: {}",
                 stats.failed.len(),
                 id.short(),
-                shown.join("; ")
+                logged_and_shown(&stats.failed, "not restored")
             )));
         }
         // A repaired snapshot restores whole but with zeros where data was
         // lost: the VolumeRestore must not report that as a clean success.
         if !stats.zero_filled.is_empty() {
-            for (path, lost) in &stats.zero_filled {
-                tracing::error!(path = %path.display(), %lost, "zero-filled");
-            }
-            let shown: Vec<String> = stats
-                .zero_filled
-                .iter()
-                .take(FAILED_SHOWN)
-                .map(|(p, r)| format!("{}: {r}", p.display()))
-                .collect();
             return Err(permanent(format!(
-                "snapshot {} was repaired: {} restored files hold zeros where data was lost: {}",
+                "snapshot {} was repaired: {} restored entries hold zeros or nothing where data was lost: {}",
                 id.short(),
                 stats.zero_filled.len(),
-                shown.join("; ")
+                logged_and_shown(&stats.zero_filled, "zero-filled")
             )));
         }
         let total = counters.snapshot().bytes_total.max(stats.bytes);
@@ -410,6 +392,20 @@ impl Engine for CoreEngine {
             })
             .collect())
     }
+}
+
+/// Logs every `(path, reason)` as an error and returns the first
+/// [`FAILED_SHOWN`] of them for a status message.
+fn logged_and_shown(entries: &[(PathBuf, String)], what: &str) -> String {
+    for (path, reason) in entries {
+        tracing::error!(path = %path.display(), %reason, "{what}");
+    }
+    entries
+        .iter()
+        .take(FAILED_SHOWN)
+        .map(|(p, r)| format!("{}: {r}", p.display()))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]

@@ -627,7 +627,7 @@ impl Repository {
     /// fails with the damage named).
     pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
         let plans = self.0.plans.read().unwrap_or_else(PoisonError::into_inner);
-        let damage = self.0.damage.read().unwrap_or_else(PoisonError::into_inner);
+        let damage = self.damage();
         if plans.is_empty() && damage.is_empty() {
             return self.0.cache.lookup(id);
         }
@@ -646,7 +646,7 @@ impl Repository {
     /// to be damaged counts as absent and is written again.
     pub fn has_blob(&self, id: &BlobId) -> Result<bool> {
         let plans = self.0.plans.read().unwrap_or_else(PoisonError::into_inner);
-        let damage = self.0.damage.read().unwrap_or_else(PoisonError::into_inner);
+        let damage = self.damage();
         if plans.is_empty() && damage.is_empty() {
             return self.0.cache.contains(id);
         }
@@ -658,28 +658,20 @@ impl Repository {
             .any(|l| !plans.contains(&l.pack) && !damage.is_bad(id, &l.pack)))
     }
 
-    /// Whether the copy of `id` in `pack` is recorded as damaged.
-    pub fn is_damaged_copy(&self, id: &BlobId, pack: &PackId) -> bool {
-        self.0
-            .damage
-            .read()
-            .map(|d| d.is_bad(id, pack))
-            .unwrap_or(false)
+    /// The recorded damage, for reading. A poisoned lock still holds a
+    /// whole set (it is only ever replaced whole).
+    fn damage(&self) -> std::sync::RwLockReadGuard<'_, DamageSet> {
+        self.0.damage.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether any damage is recorded in `damage/` (as of the last refresh).
     pub fn has_recorded_damage(&self) -> bool {
-        !self
-            .0
-            .damage
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_empty()
+        !self.damage().is_empty()
     }
 
     /// The damage recorded in `damage/` as of the last refresh.
     pub fn damage_set(&self) -> DamageSet {
-        self.0.damage.read().map(|d| d.clone()).unwrap_or_default()
+        self.damage().clone()
     }
 
     /// Re-reads the `damage/` records (loads only records not seen before).
@@ -708,11 +700,7 @@ impl Repository {
     }
 
     fn is_known_damage(&self, entry: &DamageEntry) -> bool {
-        self.0
-            .damage
-            .read()
-            .map(|d| d.knows(entry))
-            .unwrap_or(false)
+        self.damage().knows(entry)
     }
 
     /// Writes the damage noted since the last call as one `damage/` record,
