@@ -339,15 +339,8 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
         }
         progress.file_done();
         stats.files += 1;
-        if let Some((_, why)) = f
-            .node
-            .xattrs
-            .iter()
-            .find(|(k, _)| k == crate::repair::DAMAGED_XATTR)
-        {
-            stats
-                .zero_filled
-                .push((f.path.clone(), String::from_utf8_lossy(why).into_owned()));
+        if let Some(why) = repaired_loss(&f.node) {
+            stats.zero_filled.push((f.path.clone(), why));
         }
         if let Err(e) = apply_metadata(&f.path, &f.node, opts.owners) {
             stats.failed.push((f.path.clone(), e.to_string()));
@@ -408,14 +401,8 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
         }
     }
     for (path, node) in &plan.dirs {
-        if let Some((_, why)) = node
-            .xattrs
-            .iter()
-            .find(|(k, _)| k == crate::repair::DAMAGED_XATTR)
-        {
-            stats
-                .zero_filled
-                .push((path.clone(), String::from_utf8_lossy(why).into_owned()));
+        if let Some(why) = repaired_loss(node) {
+            stats.zero_filled.push((path.clone(), why));
         }
     }
     // Directories last, deepest first, so their times survive.
@@ -428,6 +415,14 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
     }
     repo.record_found_damage_or_warn();
     Ok(stats)
+}
+
+/// What `repair snapshots` recorded as lost on an entry, if anything.
+fn repaired_loss(node: &Node) -> Option<String> {
+    node.xattrs
+        .iter()
+        .find(|(k, _)| k == crate::repair::DAMAGED_XATTR)
+        .map(|(_, why)| String::from_utf8_lossy(why).into_owned())
 }
 
 fn collect(
