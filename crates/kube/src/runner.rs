@@ -141,6 +141,22 @@ async fn reconcile_backup(
     ctx: Arc<Context>,
 ) -> Result<Requeue, ControllerError> {
     let guard = ctx.lock.lock().await;
+    // Decide on the object as the API server holds it now, not as the
+    // watch cache last saw it: a rule's result is patched into the status
+    // while the watch event carrying it may still be on its way, and a
+    // decision on the older copy would run the rule a second time.
+    let ns = vb.namespace().unwrap_or_default();
+    let api: Api<VolumeBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    let vb = match api
+        .get_opt(&vb.name_any())
+        .await
+        .map_err(adapter::api_err(format!(
+            "reading VolumeBackup {ns}/{}",
+            vb.name_any()
+        )))? {
+        Some(fresh) => Arc::new(fresh),
+        None => return Ok(Requeue::await_change()),
+    };
     let decide = decide_context(&ctx).await?;
     let observed = adapter::observe_backup(&ctx.client, &vb).await?;
     let actions = controller::decide_backup(&observed, &decide);
