@@ -136,6 +136,14 @@ impl std::fmt::Debug for Repository {
     }
 }
 
+/// An index segment's packs as the cache ingests them.
+fn cache_rows(seg: IndexSegment) -> Vec<(PackId, u64, Vec<crate::format::pack::BlobEntry>)> {
+    seg.packs
+        .into_iter()
+        .map(|p| (p.id, p.len, p.blobs))
+        .collect()
+}
+
 /// `user@host` of the current process, for key labels and snapshots.
 pub fn user_at_host() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| {
@@ -483,14 +491,7 @@ impl Repository {
                 continue;
             };
             match self.load_segment(&id) {
-                Ok(seg) => {
-                    let packs: Vec<_> = seg
-                        .packs
-                        .into_iter()
-                        .map(|p| (p.id, p.len, p.blobs))
-                        .collect();
-                    fresh.add_segment(&id, &packs)?;
-                }
+                Ok(seg) => fresh.add_segment(&id, &cache_rows(seg))?,
                 Err(Error::Storage { source, .. }) if source.is_not_found() => {}
                 Err(e) if tolerate_damage => tracing::warn!("{e}"),
                 Err(e) => return Err(e),
@@ -565,14 +566,7 @@ impl Repository {
         let mut damaged = Vec::new();
         for (id, seg) in loaded {
             match seg {
-                Ok(seg) => {
-                    let packs: Vec<_> = seg
-                        .packs
-                        .into_iter()
-                        .map(|p| (p.id, p.len, p.blobs))
-                        .collect();
-                    self.0.cache.add_segment(&id, &packs)?;
-                }
+                Ok(seg) => self.0.cache.add_segment(&id, &cache_rows(seg))?,
                 // Superseded and deleted by maintenance since the listing.
                 Err(Error::Storage { source, .. }) if source.is_not_found() => {}
                 Err(e) if tolerate_damage => {
@@ -612,12 +606,7 @@ impl Repository {
             .storage
             .write(&id.path(), Bytes::from(stored))
             .map_err(self.serr())?;
-        let packs: Vec<_> = seg
-            .packs
-            .iter()
-            .map(|p| (p.id, p.len, p.blobs.clone()))
-            .collect();
-        self.0.cache.add_segment(&id, &packs)?;
+        self.0.cache.add_segment(&id, &cache_rows(seg.clone()))?;
         Ok(id)
     }
 
@@ -742,8 +731,15 @@ impl Repository {
     /// as damage and reported as a corrupt object.
     pub fn read_pack_range(&self, pack: &PackId, range: std::ops::Range<u64>) -> Result<Bytes> {
         let path = pack.path();
+        let want = range.end.saturating_sub(range.start);
         match self.0.storage.read_range(&path, range) {
-            Ok(b) => Ok(b),
+            Ok(b) if b.len() as u64 == want => Ok(b),
+            // Storage promises the exact range; anything else is not data.
+            Ok(b) => Err(self.serr()(StorageError::new(
+                cairn_storage::StorageErrorKind::Temporary,
+                format!("read {path}"),
+                format!("short read: got {} of {want} bytes", b.len()),
+            ))),
             Err(e) if e.is_not_found() => {
                 self.note_damage(crate::damage::whole_pack(*pack, DamageReason::PackMissing));
                 Err(Error::corrupt(path, "the pack is missing"))

@@ -263,22 +263,7 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
                 let end = range.last().map_or(start, |b| b.offset + b.stored_len);
                 let path = pack.path();
                 let data = match repo.read_pack_range(pack, start..end) {
-                    Ok(d) if d.len() as u64 == end - start => d,
-                    Ok(d) => {
-                        let mut f = failed.lock().expect("lock");
-                        for b in range {
-                            for t in &b.targets {
-                                f.entry(t.file).or_insert_with(|| {
-                                    format!(
-                                        "reading {path}: got {} of {} bytes",
-                                        d.len(),
-                                        end - start
-                                    )
-                                });
-                            }
-                        }
-                        continue;
-                    }
+                    Ok(d) => d,
                     Err(e) => {
                         let mut f = failed.lock().expect("lock");
                         for b in range {
