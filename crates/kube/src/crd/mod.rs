@@ -6,6 +6,8 @@
 // kube's `printcolumn(...)` repeats keys such as `type_` across columns, which clippy
 // mistakes for duplicated attributes.
 #[allow(clippy::duplicated_attributes)]
+mod application;
+#[allow(clippy::duplicated_attributes)]
 mod backup;
 #[allow(clippy::duplicated_attributes)]
 mod repository;
@@ -16,6 +18,13 @@ mod rule;
 #[allow(clippy::duplicated_attributes)]
 mod snapshot;
 
+pub use application::{
+    ApplicationBackup, ApplicationBackupPhase, ApplicationBackupSpec, ApplicationBackupStatus,
+    ApplicationRestore, ApplicationRestorePhase, ApplicationRestoreSource, ApplicationRestoreSpec,
+    ApplicationRestoreStatus, ApplicationRuleRef, ApplicationVolume, BackupSchedule,
+    BackupScheduleSpec, BackupScheduleStatus, ExistingResourcePolicy, GroupHookResults,
+    ResourceOutcome, ScheduleRetention, ScheduleTemplate,
+};
 pub use backup::{
     BackupMode, HookOutcome, HookResults, Progress, RuleRef, SourceVolume, VolumeBackup,
     VolumeBackupPhase, VolumeBackupSpec, VolumeBackupStatus,
@@ -111,6 +120,9 @@ pub fn crds(
         VolumeRestore::crd(),
         RepositorySnapshot::crd(),
         BackupRule::crd(),
+        ApplicationBackup::crd(),
+        ApplicationRestore::crd(),
+        BackupSchedule::crd(),
     ]
 }
 
