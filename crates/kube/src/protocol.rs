@@ -39,6 +39,10 @@ pub struct JobOutcome {
     /// Whether running the job again can help (transient storage or network errors).
     #[serde(default)]
     pub retryable: bool,
+    /// Kubernetes resources captured (`capture-resources`) or handled
+    /// (`restore-resources`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_count: Option<u32>,
 }
 
 impl JobOutcome {
