@@ -168,7 +168,7 @@ fn run_engine(
                         bytes_done: r.bytes_done,
                         total_bytes: r.total_bytes,
                         message: r.summary,
-                        retryable: false,
+                        ..Default::default()
                     };
                     (outcome, Mirror::One(summary))
                 }
