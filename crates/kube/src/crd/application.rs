@@ -370,6 +370,36 @@ pub struct ResourceOutcome {
     pub message: String,
 }
 
+/// One PVC an ApplicationRestore creates and fills through a child VolumeRestore.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreVolume {
+    /// Namespace restored into (after `namespaceMapping`).
+    pub namespace: String,
+    /// PVC name.
+    pub persistent_volume_claim: String,
+    /// Repository snapshot holding its data.
+    pub snapshot_id: String,
+    /// StorageClass to create it with (after `storageClassMapping`); the cluster default
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Requested size (`10Gi`), from the captured PVC.
+    pub size: String,
+    /// Access modes, from the captured PVC.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_modes: Vec<String>,
+    /// The child VolumeRestore, once created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_restore: Option<String>,
+    /// Phase of the child VolumeRestore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Why this volume was not restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+}
+
 /// Observed state of an ApplicationRestore.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -398,9 +428,10 @@ pub struct ApplicationRestoreStatus {
     /// Every resource not created, and why (at most 100 entries; the counts are exact).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<ResourceOutcome>,
-    /// The child VolumeRestores, as `namespace/name`.
+    /// The volumes to fill, found by the configuration stage among the captured PVCs
+    /// (each names the repository snapshot holding its data).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub volume_restores: Vec<String>,
+    pub volumes: Vec<RestoreVolume>,
     /// The current resource Job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_name: Option<String>,

@@ -23,7 +23,7 @@ pub use application::{
     ApplicationRestore, ApplicationRestorePhase, ApplicationRestoreSource, ApplicationRestoreSpec,
     ApplicationRestoreStatus, ApplicationRuleRef, ApplicationVolume, BackupSchedule,
     BackupScheduleSpec, BackupScheduleStatus, ExistingResourcePolicy, GroupHookResults,
-    ResourceOutcome, ScheduleRetention, ScheduleTemplate,
+    ResourceOutcome, RestoreVolume, ScheduleRetention, ScheduleTemplate,
 };
 pub use backup::{
     BackupMode, HookOutcome, HookResults, Progress, RuleRef, SourceVolume, VolumeBackup,
