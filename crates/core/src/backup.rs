@@ -131,7 +131,8 @@ struct Assembler<'a> {
     /// What the assembler counts: dirs, new and changed files, bytes read.
     summary: Summary,
     ckpt: crate::checkpoint::Checkpointer,
-    refs: crate::checkpoint::Refs,
+    /// Whether the root is a directory (else a synthetic root of the paths).
+    root_is_dir: bool,
 }
 
 /// A directory being assembled: its node (`None` for the root) and the
@@ -139,7 +140,6 @@ struct Assembler<'a> {
 struct Frame {
     node: Option<Node>,
     nodes: Vec<Node>,
-    mark: crate::checkpoint::RefsMark,
 }
 
 /// Backs up `opts.paths` into `repo` and writes a snapshot.
@@ -185,41 +185,41 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
             .collect::<Vec<_>>()
             .join(",")
     });
+    let filter = SnapshotFilter {
+        source: Some(source.clone()),
+        host: Some(host.clone()),
+        tags: Vec::new(),
+    };
+    let earlier = match &opts.parent {
+        ParentChoice::None => Vec::new(),
+        _ => repo.list_snapshots()?,
+    };
     let parent_id = match &opts.parent {
         ParentChoice::None => None,
         ParentChoice::Given(id) => Some(*id),
-        ParentChoice::Auto => {
-            let filter = SnapshotFilter {
-                source: Some(source.clone()),
-                host: Some(host.clone()),
-                tags: Vec::new(),
-            };
-            repo.list_snapshots()?
-                .into_iter()
-                .rev()
-                .find(|(_, s)| s.complete && filter.matches(s))
-                .map(|(id, _)| id)
+        ParentChoice::Auto => earlier
+            .iter()
+            .rev()
+            .find(|(_, s)| s.complete && filter.matches(s))
+            .map(|(id, _)| *id),
+    };
+    // A run that was killed left a checkpoint: the tree as far as it got.
+    // It is matched first, so the files it holds are not read again.
+    let resumed = earlier
+        .iter()
+        .rev()
+        .find(|(_, s)| !s.complete && filter.matches(s))
+        .map(|(id, _)| *id);
+    let mut parents = Vec::new();
+    if let Some(id) = resumed {
+        if let Some(tree) = parent_root(repo, &id, "checkpoint")? {
+            tracing::info!("resuming from checkpoint {}", id.short());
+            parents.push(tree);
         }
-    };
-    // A parent that cannot be read only costs speed: every file is read
-    // again, and what the backup meets is recorded as damage.
-    let parent_tree = match parent_id {
-        Some(id) => match repo
-            .load_snapshot(&id)
-            .and_then(|snap| repo.load_tree(&snap.tree))
-        {
-            Ok(tree) => Some(tree),
-            Err(e) if e.kind() == crate::ErrorKind::Corrupt => {
-                tracing::warn!(
-                    "parent snapshot {} cannot be read ({e}); reading every file again",
-                    id.short()
-                );
-                None
-            }
-            Err(e) => return Err(e),
-        },
-        None => None,
-    };
+    }
+    if let Some(id) = parent_id {
+        parents.extend(parent_root(repo, &id, "parent snapshot")?);
+    }
 
     let template = Snapshot {
         version: SNAPSHOT_VERSION,
@@ -308,14 +308,14 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
         progress: progress.clone(),
         summary: Summary::default(),
         ckpt,
-        refs: Default::default(),
+        root_is_dir,
     };
     let (walked, scanned) = std::thread::scope(|s| {
         let scan = std::thread::Builder::new()
             .name("cairn-walk".into())
-            .spawn_scoped(s, || scanner.run(&paths, parent_tree.as_ref(), root_is_dir))
+            .spawn_scoped(s, || scanner.run(&paths, &parents, root_is_dir))
             .expect("spawn walk thread");
-        let walked = assembler.run(events_rx, root_is_dir);
+        let walked = assembler.run(events_rx);
         (walked, scan.join())
     });
     let scanned = scanned.map_err(|_| Error::Usage("the walk thread panicked".into()))?;
@@ -367,6 +367,26 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
         damaged_root: None,
     };
     Ok(snapshot)
+}
+
+/// The root tree of snapshot `id`, to match entries against. One that
+/// cannot be read only costs speed: every file is read again, and what the
+/// backup meets is recorded as damage.
+fn parent_root(repo: &Repository, id: &SnapshotId, what: &str) -> Result<Option<Tree>> {
+    match repo
+        .load_snapshot(id)
+        .and_then(|snap| repo.load_tree(&snap.tree))
+    {
+        Ok(tree) => Ok(Some(tree)),
+        Err(e) if e.kind() == crate::ErrorKind::Corrupt => {
+            tracing::warn!(
+                "{what} {} cannot be read ({e}); reading its files again",
+                id.short()
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Seals a claimed data chunk into a pooled buffer and adds it to a pack:
@@ -467,15 +487,10 @@ impl Assembler<'_> {
     }
 
     /// Consumes the walk up to the root's `Leave`; returns the root tree.
-    fn run(
-        &mut self,
-        events: crossbeam_channel::Receiver<walk::Event>,
-        root_is_dir: bool,
-    ) -> Result<BlobId> {
+    fn run(&mut self, events: crossbeam_channel::Receiver<walk::Event>) -> Result<BlobId> {
         let mut stack = vec![Frame {
             node: None,
             nodes: Vec::new(),
-            mark: self.refs.enter(),
         }];
         loop {
             let event = events
@@ -490,7 +505,6 @@ impl Assembler<'_> {
                     stack.push(Frame {
                         node: Some(node),
                         nodes: Vec::new(),
-                        mark: self.refs.enter(),
                     });
                 }
                 walk::Event::Entry(pending) => {
@@ -500,18 +514,10 @@ impl Assembler<'_> {
                 }
                 walk::Event::Leave => {
                     let frame = stack.pop().expect("a frame per Enter");
-                    let is_root = stack.is_empty();
-                    let mut nodes = frame.nodes;
-                    if is_root && !root_is_dir {
-                        nodes.sort_by(|a, b| a.name.cmp(&b.name));
-                    } else {
+                    if !stack.is_empty() || self.root_is_dir {
                         self.summary.dirs += 1;
                     }
-                    let (id, _) = self
-                        .writer
-                        .add_plain(BlobKind::Tree, &Tree { nodes }.encode())?;
-                    self.refs.leave(frame.mark, id);
-                    self.maybe_checkpoint()?;
+                    let id = self.store_tree(frame.nodes, stack.is_empty())?;
                     match (stack.last_mut(), frame.node) {
                         (Some(parent), Some(mut node)) => {
                             node.payload = Payload::Dir(id);
@@ -519,21 +525,54 @@ impl Assembler<'_> {
                         }
                         _ => return Ok(id),
                     }
+                    self.maybe_checkpoint(&stack)?;
                 }
                 walk::Event::Failed(e) => return Err(e),
             }
         }
     }
 
-    /// Writes a checkpoint when one is due (between directories: every
-    /// finished directory is then covered by it).
-    fn maybe_checkpoint(&mut self) -> Result<()> {
+    /// Stores one directory's tree (the synthetic root of several paths is
+    /// sorted here: its entries come in the order the paths were given).
+    fn store_tree(&self, mut nodes: Vec<Node>, is_root: bool) -> Result<BlobId> {
+        if is_root && !self.root_is_dir {
+            nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        let (id, _) = self
+            .writer
+            .add_plain(BlobKind::Tree, &Tree { nodes }.encode())?;
+        Ok(id)
+    }
+
+    /// Writes a checkpoint when one is due (between directories). Its tree
+    /// is the open directories with the entries they have so far, so a
+    /// re-run after a crash reuses every finished file and directory.
+    fn maybe_checkpoint(&mut self, stack: &[Frame]) -> Result<()> {
         if !self.ckpt.due(self.writer.stats().blobs) {
             return Ok(());
         }
         self.writer.drain_claims(|| self.check_workers())?;
+        let mut partial = None;
+        let mut below: Option<Node> = None;
+        for (depth, frame) in stack.iter().enumerate().rev() {
+            let mut nodes = frame.nodes.clone();
+            // The open directory below sorts after every finished entry.
+            nodes.extend(below.take());
+            let id = self.store_tree(nodes, depth == 0)?;
+            match &frame.node {
+                Some(node) => {
+                    let mut node = node.clone();
+                    node.payload = Payload::Dir(id);
+                    below = Some(node);
+                }
+                None => partial = Some(id),
+            }
+        }
+        let Some(partial) = partial else {
+            return Ok(());
+        };
         self.ckpt
-            .write(self.repo, &self.writer, &self.refs, &self.summary)?;
+            .write(self.repo, &self.writer, partial, &self.summary)?;
         Ok(())
     }
 

@@ -3,11 +3,12 @@
 //!
 //! Every checkpoint interval a backup makes what it stored so far durable
 //! and referenced: it flushes its packs, writes an index segment, and
-//! writes an incomplete snapshot (`complete: false`) whose tree references
-//! every blob the backup has used so far. A re-run after a crash finds
-//! those blobs through the index and uploads only what came after the last
-//! checkpoint; garbage collection keeps them because a snapshot references
-//! them.
+//! writes an incomplete snapshot (`complete: false`) whose tree is the
+//! backup's tree as far as it got, so it references every blob the backup
+//! has used so far. A re-run after a crash takes that tree as a parent: it
+//! skips the files the checkpoint holds unchanged and uploads only what
+//! came after; garbage collection keeps those blobs because a snapshot
+//! references them.
 //!
 //! Invariant (see docs/MAINTENANCE.md): before any snapshot of the backup
 //! is written, every blob it references is indexed in a pack that no `gc/`
@@ -16,10 +17,8 @@
 
 use crate::error::{Error, Result};
 use crate::format::snapshot::{Snapshot, Summary};
-use crate::format::tree::{
-    encode_list, ChunkRef, Content, ListRef, Node, NodeType, Payload, Tree, LIST_CHUNKS_MAX,
-};
-use crate::format::{BlobId, BlobKind, Id, SnapshotId};
+use crate::format::tree::{Content, Payload};
+use crate::format::{BlobId, Id, SnapshotId};
 use crate::packer::PackWriter;
 use crate::repo::Repository;
 use std::collections::HashSet;
@@ -41,65 +40,6 @@ impl Default for CheckpointOptions {
             every: Duration::from_secs(300),
             every_blobs: 0,
         }
-    }
-}
-
-/// The blobs a running backup references, kept compact: a finished
-/// directory's tree stands for everything below it, so only the finished
-/// subtrees and the chunks of files not yet inside one are held.
-#[derive(Debug, Default)]
-pub struct Refs {
-    chunks: Vec<ChunkRef>,
-    lists: Vec<ListRef>,
-    trees: Vec<BlobId>,
-}
-
-/// Lengths of [`Refs`] when a directory was entered.
-#[derive(Debug, Clone, Copy)]
-pub struct RefsMark(usize, usize, usize);
-
-impl Refs {
-    /// Called when the walk enters a directory.
-    pub fn enter(&self) -> RefsMark {
-        RefsMark(self.chunks.len(), self.lists.len(), self.trees.len())
-    }
-
-    /// Called when the directory entered at `mark` is stored as `tree`:
-    /// the tree now references everything recorded since.
-    pub fn leave(&mut self, mark: RefsMark, tree: BlobId) {
-        self.chunks.truncate(mark.0);
-        self.lists.truncate(mark.1);
-        self.trees.truncate(mark.2);
-        self.trees.push(tree);
-    }
-
-    /// Records a file's content.
-    pub fn add_content(&mut self, content: &Content) {
-        match content {
-            Content::Inline(chunks) => self
-                .chunks
-                .extend(chunks.iter().filter(|c| !c.is_hole()).copied()),
-            Content::Lists(lists) => self.lists.extend(lists.iter().copied()),
-        }
-    }
-}
-
-fn synthetic(name: &str, kind: NodeType, payload: Payload) -> Node {
-    Node {
-        name: name.as_bytes().to_vec(),
-        kind,
-        mode: 0o700,
-        uid: 0,
-        gid: 0,
-        mtime_ns: 0,
-        ctime_ns: 0,
-        size: 0,
-        inode: 0,
-        dev: 0,
-        nlink: 1,
-        rdev: 0,
-        xattrs: Vec::new(),
-        payload,
     }
 }
 
@@ -138,20 +78,21 @@ impl Checkpointer {
                 && blobs_added >= self.blobs_at_last + self.opts.every_blobs)
     }
 
-    /// Writes a checkpoint: the caller has drained its sealing workers, so
-    /// every blob in `refs` has been handed to `writer`.
+    /// Writes a checkpoint whose tree is `partial`: the backup's tree as far
+    /// as it got (every finished entry of every directory still open, each
+    /// finished directory whole). The caller has drained its sealing
+    /// workers, so every blob below `partial` has been handed to `writer`.
     pub fn write(
         &mut self,
         repo: &Repository,
         writer: &PackWriter,
-        refs: &Refs,
+        partial: BlobId,
         summary: &Summary,
     ) -> Result<SnapshotId> {
-        let tree = self.checkpoint_tree(writer, refs)?;
         writer.sync()?;
-        self.protect(repo, writer, &[tree])?;
+        self.protect(repo, writer, &[partial])?;
         let mut snap = self.template.clone();
-        snap.tree = tree;
+        snap.tree = partial;
         snap.complete = false;
         snap.summary = summary.clone();
         snap.summary.duration_ms = self.started.elapsed().as_millis() as u64;
@@ -164,37 +105,6 @@ impl Checkpointer {
         self.last = Instant::now();
         self.blobs_at_last = writer.stats().blobs;
         tracing::info!("checkpoint {} written", id.short());
-        Ok(id)
-    }
-
-    fn checkpoint_tree(&self, writer: &PackWriter, refs: &Refs) -> Result<BlobId> {
-        let mut nodes = Vec::new();
-        let mut lists = Vec::new();
-        for part in refs.chunks.chunks(LIST_CHUNKS_MAX) {
-            let (id, _) = writer.add_plain(BlobKind::List, &encode_list(part))?;
-            lists.push(ListRef {
-                id,
-                chunks: part.len() as u64,
-                bytes: part.iter().map(|c| c.len as u64).sum(),
-            });
-        }
-        lists.extend(refs.lists.iter().copied());
-        if !lists.is_empty() {
-            let mut node = synthetic("data", NodeType::File, Payload::File(Content::Lists(lists)));
-            node.size = match &node.payload {
-                Payload::File(Content::Lists(l)) => l.iter().map(|l| l.bytes).sum(),
-                _ => 0,
-            };
-            nodes.push(node);
-        }
-        for (i, t) in refs.trees.iter().enumerate() {
-            nodes.push(synthetic(
-                &format!("t{i:08}"),
-                NodeType::Dir,
-                Payload::Dir(*t),
-            ));
-        }
-        let (id, _) = writer.add_plain(BlobKind::Tree, &Tree { nodes }.encode())?;
         Ok(id)
     }
 
@@ -273,8 +183,12 @@ impl Checkpointer {
     }
 }
 
-/// Deletes the checkpoints of the backup that produced `finished` (same
-/// start time, host and source, incomplete), once `finished` is saved.
+/// Deletes the checkpoints `finished` covers, once it is saved: the
+/// incomplete snapshots of the same host and source that started no later,
+/// its own and those of killed runs it resumed from. (A concurrent run of
+/// the same source that started earlier loses its checkpoint too; its next
+/// checkpoint covers it again, and until then the garbage-collection
+/// protocol protects what it reuses, as for any reused blob.)
 pub fn remove_checkpoints(repo: &Repository, finished: &Snapshot) -> Result<u64> {
     if !finished.complete {
         return Err(Error::Usage(
@@ -284,7 +198,7 @@ pub fn remove_checkpoints(repo: &Repository, finished: &Snapshot) -> Result<u64>
     let mut n = 0;
     for (id, s) in crate::gc::list_snapshots(repo)? {
         if !s.complete
-            && s.time == finished.time
+            && s.time <= finished.time
             && s.host == finished.host
             && s.source == finished.source
         {

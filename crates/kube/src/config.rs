@@ -27,6 +27,8 @@ pub const KEY_REQUEST_MEMORY: &str = "KDMP_KOPIAEXECUTOR_REQUEST_MEMORY";
 pub const KEY_LIMIT_MEMORY: &str = "KDMP_KOPIAEXECUTOR_LIMIT_MEMORY";
 /// How long a VolumeSnapshot may take to become ready.
 pub const KEY_SNAPSHOT_TIMEOUT: &str = "SNAPSHOT_TIMEOUT";
+/// How long a Job's pod may take to start running before the attempt counts as failed.
+pub const KEY_JOB_START_TIMEOUT: &str = "JOB_START_TIMEOUT";
 /// `Generic` forces direct mode for `mode: Auto` backups.
 pub const KEY_BACKUP_TYPE: &str = "BACKUP_TYPE";
 /// Image pull Secret for the job image.
@@ -42,6 +44,7 @@ pub const BACKUP_KEYS: &[&str] = &[
     KEY_REQUEST_MEMORY,
     KEY_LIMIT_MEMORY,
     KEY_SNAPSHOT_TIMEOUT,
+    KEY_JOB_START_TIMEOUT,
     KEY_BACKUP_TYPE,
     KEY_BACKUP_PVC,
 ];
@@ -66,6 +69,8 @@ pub const MAINTENANCE_KEYS: &[&str] = &[
 pub const DEFAULT_JOB_LIMIT: u32 = 5;
 /// Default SNAPSHOT_TIMEOUT.
 pub const DEFAULT_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Default JOB_START_TIMEOUT: long enough for an image pull and a volume attach.
+pub const DEFAULT_JOB_START_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 /// The backupPVC settings for one source storage class.
 #[derive(Deserialize, Clone, Debug, PartialEq, Eq, Default)]
@@ -107,6 +112,8 @@ pub struct Config {
     pub resources: JobResources,
     /// How long a VolumeSnapshot may take to become ready to use.
     pub snapshot_timeout: Duration,
+    /// How long a Job's pod may wait to run (unschedulable, image pull, volume attach).
+    pub job_start_timeout: Duration,
     /// BACKUP_TYPE=Generic: `mode: Auto` means direct.
     pub force_direct: bool,
     /// Image pull Secret for Jobs.
@@ -131,6 +138,7 @@ impl Default for Config {
                 limit_memory: Some("1Gi".into()),
             },
             snapshot_timeout: DEFAULT_SNAPSHOT_TIMEOUT,
+            job_start_timeout: DEFAULT_JOB_START_TIMEOUT,
             force_direct: false,
             image_pull_secret: None,
             backup_pvc: BTreeMap::new(),
@@ -205,6 +213,12 @@ impl Config {
             match parse_duration(value) {
                 Ok(d) if !d.is_zero() => config.snapshot_timeout = d,
                 _ => note(KEY_SNAPSHOT_TIMEOUT, format!("{KEY_SNAPSHOT_TIMEOUT}: {value:?} is not a duration; use for example \"30m\" or \"1h30m\"")),
+            }
+        }
+        if let Some(value) = get(KEY_JOB_START_TIMEOUT) {
+            match parse_duration(value) {
+                Ok(d) if !d.is_zero() => config.job_start_timeout = d,
+                _ => note(KEY_JOB_START_TIMEOUT, format!("{KEY_JOB_START_TIMEOUT}: {value:?} is not a duration; use for example \"10m\"")),
             }
         }
         if let Some(value) = get(KEY_BACKUP_TYPE) {

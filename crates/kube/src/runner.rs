@@ -10,8 +10,9 @@ use crate::controller::{self, Action, DecideContext, JobSettings, LABEL_JOB_KIND
 use crate::crd::{BackupRepository, VolumeBackup, VolumeRestore};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::controller::{Action as Requeue, Controller};
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,11 +54,13 @@ pub async fn run_controller(
         lock: Mutex::new(()),
     });
     let jobs = || watcher::Config::default().labels(LABEL_JOB_KIND);
+    let config = || config_changes(&client, &ctx.options.namespace, &ctx.options.config_map);
     let backups = Controller::new(
         Api::<VolumeBackup>::all(client.clone()),
         watcher::Config::default(),
     )
     .owns(Api::<Job>::all(client.clone()), jobs())
+    .reconcile_all_on(config())
     .shutdown_on_signal()
     .run(reconcile_backup, retry, ctx.clone())
     .for_each(log_result);
@@ -66,6 +69,7 @@ pub async fn run_controller(
         watcher::Config::default(),
     )
     .owns(Api::<Job>::all(client.clone()), jobs())
+    .reconcile_all_on(config())
     .shutdown_on_signal()
     .run(reconcile_restore, retry, ctx.clone())
     .for_each(log_result);
@@ -73,12 +77,28 @@ pub async fn run_controller(
         Api::<BackupRepository>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<Job>::all(client), jobs())
+    .owns(Api::<Job>::all(client.clone()), jobs())
+    .reconcile_all_on(config())
     .shutdown_on_signal()
     .run(reconcile_repository, retry, ctx)
     .for_each(log_result);
     futures::join!(backups, restores, repositories);
     Ok(())
+}
+
+/// A tick each time the controller's ConfigMap is created or changed: every resource is
+/// reconciled again at once, so a fixed value unblocks waiting backups without waiting for
+/// their next poll.
+fn config_changes(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let only = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    watcher(api, only)
+        .applied_objects()
+        .filter_map(|event| async move { event.ok().map(drop) })
 }
 
 async fn log_result<T: std::fmt::Debug, E: std::fmt::Display>(result: Result<T, E>) {

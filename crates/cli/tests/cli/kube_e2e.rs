@@ -623,9 +623,25 @@ fn a_killed_job_pod_is_retried_and_the_retry_uploads_only_what_its_checkpoint_la
     eprintln!("second attempt: {message}");
     let total = second["totalBytes"].as_u64().unwrap();
     assert_eq!(total, 8 * PER_DIR, "{second}");
-    // What the checkpoint holds is not uploaded again: at least one directory's MiB of
-    // data is missing from what the retry added. (It still reads the whole volume: the
-    // parent for unchanged files is the last complete snapshot, not the checkpoint.)
+    // What the checkpoint holds is neither read nor uploaded again: the retry takes the
+    // killed attempt's checkpoint as its parent, so at least the directory before the
+    // checkpoint is missing from what it read and from what it added.
+    let unchanged: u64 = message
+        .split(" unchanged")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no unchanged count in {message:?}"));
+    let read = message
+        .split(" read ")
+        .nth(1)
+        .and_then(parse_size)
+        .unwrap_or_else(|| panic!("no read size in {message:?}"));
+    assert!(
+        unchanged >= 2 && read < total,
+        "the retry read {read} of {total} bytes, {unchanged} files unchanged: it did not \
+         resume ({message})"
+    );
     let added = message
         .rsplit("added ")
         .next()
@@ -636,6 +652,27 @@ fn a_killed_job_pod_is_retried_and_the_retry_uploads_only_what_its_checkpoint_la
         "the retry uploaded {added} bytes: nothing resumed ({message})"
     );
     assert!(!retrying.contains('\x1b'), "{retrying}");
+}
+
+/// Regression: a Job whose pod never started (here: the only node's kubelet is down) left
+/// the VolumeBackup Uploading forever. Each attempt now fails after JOB_START_TIMEOUT with
+/// the pod's reason, and the backup fails once the attempts are used up.
+#[test]
+fn a_job_whose_pod_never_starts_fails_the_backup_after_the_start_timeout() {
+    let c = Cluster::start("e2e-nostart", config(&[("JOB_START_TIMEOUT", "2s")]));
+    c.volume("data", &[("a", b"data".to_vec())]);
+    c.sim.set_node_dead("sim-node-1", true);
+    c.backup("stuck", "data", json!({"mode": "Direct"}));
+    let vb = c.wait_phase("VolumeBackup", "stuck", &["Failed"]);
+    let reason = vb["status"]["failureReason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("did not start within 2s") && reason.contains("after 3 attempts"),
+        "{}",
+        vb["status"]
+    );
+    assert_eq!(c.jobs_created().len(), 3, "{:?}", c.jobs_created());
+    // The stuck pods were deleted with their Jobs, not left Pending.
+    c.sim.set_node_dead("sim-node-1", false);
 }
 
 /// `12.3 MiB` -> bytes.
@@ -778,6 +815,12 @@ fn a_bad_config_map_value_blocks_backups_until_it_is_fixed() {
             json!({"data": {"KDMP_BACKUP_JOB_LIMIT": "2"}}),
         )
         .unwrap();
+    // The controller watches its ConfigMap: the fix is acted on at once, not at the
+    // blocked backup's next poll (30 s).
+    c.sim
+        .wait_for("a Job after the fix", Duration::from_secs(15), |_| {
+            (!c.jobs_created().is_empty()).then_some(())
+        });
     let vb = c.wait_phase("VolumeBackup", "waits", &["Completed"]);
     let conditions = vb["status"]["conditions"].as_array().unwrap();
     assert!(

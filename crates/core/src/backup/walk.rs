@@ -67,11 +67,14 @@ pub(super) struct Scanner<'a> {
 impl Scanner<'_> {
     /// Walks `paths` (one directory is the root itself; anything else
     /// becomes the entries of a synthetic root) and ends the stream.
-    pub fn run(mut self, paths: &[PathBuf], parent: Option<&Tree>, root_is_dir: bool) -> Summary {
+    /// `parents` are the root trees entries are matched against, first
+    /// match first: the checkpoint a killed run left, then the parent
+    /// snapshot.
+    pub fn run(mut self, paths: &[PathBuf], parents: &[Tree], root_is_dir: bool) -> Summary {
         let walked = if root_is_dir {
-            self.dir(&paths[0], parent)
+            self.dir(&paths[0], parents)
         } else {
-            self.roots(paths, parent)
+            self.roots(paths, parents)
         };
         if let Err(e) = walked {
             let _ = self.events.send(Event::Failed(e));
@@ -112,7 +115,7 @@ impl Scanner<'_> {
         super::skip(&self.progress, path, err);
     }
 
-    fn roots(&mut self, paths: &[PathBuf], parent: Option<&Tree>) -> Result<()> {
+    fn roots(&mut self, paths: &[PathBuf], parents: &[Tree]) -> Result<()> {
         let mut names: Vec<OsString> = Vec::new();
         for p in paths {
             let name = p
@@ -127,13 +130,13 @@ impl Scanner<'_> {
             }
             names.push(name.clone());
             let meta = std::fs::symlink_metadata(p).map_err(|e| Error::io(p, e))?;
-            let old = parent.and_then(|t| t.get(name.as_bytes()));
-            self.entry(p, &name, &meta, old)?;
+            let olds = matches(parents, &name);
+            self.entry(p, &name, &meta, &olds)?;
         }
         self.emit(Event::Leave)
     }
 
-    fn dir(&mut self, path: &Path, parent: Option<&Tree>) -> Result<()> {
+    fn dir(&mut self, path: &Path, parents: &[Tree]) -> Result<()> {
         self.check_workers()?;
         let mut entries: Vec<(OsString, std::fs::DirEntry)> = match std::fs::read_dir(path) {
             Ok(rd) => rd
@@ -169,8 +172,8 @@ impl Scanner<'_> {
             {
                 continue;
             }
-            let old = parent.and_then(|t| t.get(name.as_bytes()));
-            self.entry(&child, &name, &meta, old)?;
+            let olds = matches(parents, &name);
+            self.entry(&child, &name, &meta, &olds)?;
         }
         self.emit(Event::Leave)
     }
@@ -178,23 +181,20 @@ impl Scanner<'_> {
     /// Emits one entry: a directory with everything below it, or a node
     /// (a file maybe still being read). Entries that vanished or cannot be
     /// read are skipped.
-    fn entry(
-        &mut self,
-        path: &Path,
-        name: &OsStr,
-        meta: &Metadata,
-        old: Option<&Node>,
-    ) -> Result<()> {
+    fn entry(&mut self, path: &Path, name: &OsStr, meta: &Metadata, olds: &[&Node]) -> Result<()> {
         let mut node = node_from_meta(name, meta);
         node.xattrs = read_xattrs(path);
         match node.kind {
             NodeType::Dir => {
-                let old_tree = match old.map(|o| &o.payload) {
-                    Some(Payload::Dir(id)) => self.repo.load_tree(id).ok(),
-                    _ => None,
-                };
+                let old_trees: Vec<Tree> = olds
+                    .iter()
+                    .filter_map(|o| match &o.payload {
+                        Payload::Dir(id) => self.repo.load_tree(id).ok(),
+                        _ => None,
+                    })
+                    .collect();
                 self.emit(Event::Enter(node))?;
-                return self.dir(path, old_tree.as_ref());
+                return self.dir(path, &old_trees);
             }
             NodeType::Symlink => match std::fs::read_link(path) {
                 Ok(t) => {
@@ -207,7 +207,7 @@ impl Scanner<'_> {
                 }
             },
             NodeType::File => {
-                return match self.file(path, meta, node, old)? {
+                return match self.file(path, meta, node, olds)? {
                     Some(pending) => self.emit(Event::Entry(pending)),
                     None => Ok(()),
                 };
@@ -253,15 +253,15 @@ impl Scanner<'_> {
         }
     }
 
-    /// A file's node: reused from the parent when unchanged, else queued on
-    /// the pool (hard-linked files are read here, so later links find their
-    /// content).
+    /// A file's node: reused from the first parent entry it is unchanged
+    /// from, else queued on the pool (hard-linked files are read here, so
+    /// later links find their content).
     fn file(
         &mut self,
         path: &Path,
         meta: &Metadata,
         mut node: Node,
-        old: Option<&Node>,
+        olds: &[&Node],
     ) -> Result<Option<Pending>> {
         let size = meta.size();
         self.summary.bytes_total += size;
@@ -277,7 +277,7 @@ impl Scanner<'_> {
                 return Ok(Some(Pending::Ready(node)));
             }
         }
-        if let Some(old) = old {
+        for old in olds {
             if let Payload::File(content) = &old.payload {
                 if file_unchanged(&node, old) && self.content_known(content)? {
                     self.summary.files_unchanged += 1;
@@ -289,7 +289,7 @@ impl Scanner<'_> {
                 }
             }
         }
-        let was_file = old.is_some_and(|o| o.kind == NodeType::File);
+        let was_file = olds.iter().any(|o| o.kind == NodeType::File);
         if meta.nlink() <= 1 {
             let slot = self.pool.submit(path.to_path_buf(), size);
             return Ok(Some(Pending::Reading {
@@ -324,6 +324,14 @@ impl Scanner<'_> {
                 .insert((meta.dev(), meta.ino()), content.clone());
         }
     }
+}
+
+/// The entries named `name` in `parents`, in their order.
+fn matches<'t>(parents: &'t [Tree], name: &OsStr) -> Vec<&'t Node> {
+    parents
+        .iter()
+        .filter_map(|t| t.get(name.as_bytes()))
+        .collect()
 }
 
 /// A file's content from its chunks: inline, or in list blobs when long.

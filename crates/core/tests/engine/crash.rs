@@ -151,12 +151,19 @@ fn indexed(repo: &Repository) -> HashSet<BlobId> {
 fn kill_backups_at_random_points() {
     let src = tempfile::tempdir().unwrap();
     write_tree(src.path(), 42, 40);
-    // Calibrate: how long an uninterrupted child run takes here.
-    let probe = tempfile::tempdir().unwrap();
-    init(probe.path());
-    let t = Instant::now();
-    run_child("backup", probe.path(), src.path(), None);
-    let full = t.elapsed();
+    // Calibrate: how long an uninterrupted child run takes here. The
+    // fastest of three, so a load spike during one probe does not stretch
+    // every kill delay past the end of the run.
+    let full = (0..3)
+        .map(|_| {
+            let probe = tempfile::tempdir().unwrap();
+            init(probe.path());
+            let t = Instant::now();
+            run_child("backup", probe.path(), src.path(), None);
+            t.elapsed()
+        })
+        .min()
+        .unwrap();
     let mut rng = Rng(0x5eed);
     let (mut killed, mut reused_trials) = (0, 0);
     for trial in 0..TRIALS {
@@ -266,4 +273,92 @@ fn kill_maintenance_at_random_points() {
         killed > TRIALS / 2,
         "most trials must be killed mid-run ({killed})"
     );
+}
+
+/// Snapshot objects (complete and checkpoints) stored under `repo`.
+fn snapshot_objects(repo: &Path) -> usize {
+    walkdir(&repo.join("snapshots"))
+}
+
+fn walkdir(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                walkdir(&p)
+            } else {
+                usize::from(!p.to_string_lossy().ends_with(".tmp"))
+            }
+        })
+        .sum()
+}
+
+/// Regression: a re-run after a kill matched entries against the last
+/// complete snapshot only, so it read the whole source again even where
+/// the killed run's checkpoint held the files (the checkpoint's tree named
+/// finished subtrees `t00000000`..., not by their paths).
+#[test]
+fn a_rerun_after_a_kill_reads_only_what_its_checkpoint_lacks() {
+    let src = tempfile::tempdir().unwrap();
+    write_tree(src.path(), 7, 400);
+    let repo_dir = tempfile::tempdir().unwrap();
+    init(repo_dir.path());
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "crash::child_main",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("CAIRN_CRASH_CHILD", "backup")
+        .env("CAIRN_CRASH_REPO", repo_dir.path())
+        .env("CAIRN_CRASH_SRC", src.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while snapshot_objects(repo_dir.path()) == 0 {
+        assert!(Instant::now() < deadline, "no checkpoint within a minute");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended before its first checkpoint was seen"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let repo = open(repo_dir.path());
+    let checkpoints: Vec<_> = repo
+        .list_snapshots()
+        .unwrap()
+        .into_iter()
+        .filter(|(_, s)| !s.complete)
+        .collect();
+    assert_eq!(checkpoints.len(), 1, "the killed run left one checkpoint");
+
+    let mut opts = backup_opts(src.path(), 0);
+    opts.parent = ParentChoice::Auto;
+    let rerun = backup(&repo, &opts).unwrap();
+    let s = &rerun.snapshot.summary;
+    assert!(s.files_unchanged > 0, "nothing resumed: {s:?}");
+    assert!(
+        s.bytes_read < s.bytes_total,
+        "the re-run read everything again: {s:?}"
+    );
+    assert_eq!(s.files_unchanged + s.files_new, 1200, "{s:?}");
+    assert_restores(&repo, &rerun.snapshot.tree, src.path());
+    // The checkpoint it resumed from is gone with the finished snapshot.
+    let left: Vec<_> = repo
+        .list_snapshots()
+        .unwrap()
+        .into_iter()
+        .map(|(_, s)| s.complete)
+        .collect();
+    assert_eq!(left, vec![true]);
+    let report = check(&repo, &CheckOptions::default()).unwrap();
+    assert!(report.is_clean(), "{:?}", report.damage);
 }

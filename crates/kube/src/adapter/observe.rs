@@ -4,8 +4,8 @@
 use super::{api_err, snapshot_class_resource, volume_snapshot_resource, AdapterError};
 use crate::config::Config;
 use crate::controller::{
-    BackupObserved, JobInfo, JobKind, RepositoryObserved, RestoreObserved, SnapshotClassInfo,
-    SnapshotInfo, LABEL_JOB_KIND,
+    BackupObserved, JobInfo, JobKind, JobWaiting, RepositoryObserved, RestoreObserved,
+    SnapshotClassInfo, SnapshotInfo, LABEL_JOB_KIND,
 };
 use crate::crd::{BackupRepository, BackupRule, VolumeBackup, VolumeBackupPhase, VolumeRestore};
 use k8s_openapi::api::batch::v1::Job;
@@ -28,6 +28,36 @@ pub async fn read_config(
     Ok(Config::from_data(
         &cm.and_then(|c| c.data).unwrap_or_default(),
     ))
+}
+
+/// Why a pending pod has not started: a container's waiting reason, or the scheduler's.
+fn pending_reason(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let waiting = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .find_map(|c| c.state.as_ref()?.waiting.clone());
+    if let Some(w) = waiting {
+        let reason = w.reason.unwrap_or_else(|| "Waiting".into());
+        return Some(match w.message {
+            Some(m) if !m.is_empty() => format!("{reason}: {m}"),
+            _ => reason,
+        });
+    }
+    let unscheduled = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False");
+    Some(match unscheduled {
+        Some(c) => format!(
+            "{}: {}",
+            c.reason.clone().unwrap_or_else(|| "Unschedulable".into()),
+            c.message.clone().unwrap_or_default()
+        ),
+        None => "the pod is Pending".into(),
+    })
 }
 
 async fn job_info(
@@ -66,13 +96,31 @@ async fn job_info(
             )
         }),
         termination_message: None,
+        waiting: None,
     };
-    if !info.is_running() {
-        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-        let list = pods
-            .list(&ListParams::default().labels(&format!("job-name={name}")))
-            .await
-            .map_err(api_err(format!("listing pods of Job {ns}/{name}")))?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("job-name={name}")))
+        .await
+        .map_err(api_err(format!("listing pods of Job {ns}/{name}")))?;
+    if info.is_running() {
+        let started = list.items.iter().any(|p| {
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            !matches!(phase, None | Some("Pending"))
+        });
+        if !started {
+            if let Some(created) = job.metadata.creation_timestamp.as_ref() {
+                info.waiting = Some(JobWaiting {
+                    since: created.0,
+                    reason: list
+                        .items
+                        .iter()
+                        .find_map(pending_reason)
+                        .unwrap_or_else(|| "no pod was created".into()),
+                });
+            }
+        }
+    } else {
         info.termination_message = list
             .items
             .iter()

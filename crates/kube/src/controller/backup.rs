@@ -6,7 +6,9 @@
 //! backup with `offload: true`.
 
 use super::objects::{self, DataVolume, JobKind, JobSpec};
-use super::{human, time, Action, DecideContext, HookSide, JobInfo, BLOCKED_POLL, POLL};
+use super::{
+    human, running_poll, time, Action, DecideContext, HookSide, JobInfo, BLOCKED_POLL, POLL,
+};
 use crate::config::BACKUP_KEYS;
 use crate::crd::{
     set_condition, BackupMode, BackupRepository, BackupRule, Condition, HookOutcome, Progress,
@@ -114,6 +116,10 @@ impl Plan {
 
 /// Decides the next steps for one VolumeBackup.
 pub fn decide_backup(obs: &BackupObserved, ctx: &DecideContext) -> Vec<Action> {
+    let obs = &BackupObserved {
+        job: super::judged(&obs.job, ctx),
+        ..obs.clone()
+    };
     let before = obs.backup.status.clone().unwrap_or_default();
     let mut plan = Plan {
         status: before.clone(),
@@ -578,8 +584,7 @@ fn uploading(
     let job_name = plan.status.job_name.clone().unwrap_or_default();
     let failure = match &obs.job {
         Some(job) if job.is_running() => {
-            plan.actions
-                .push(Action::RequeueAfter(Duration::from_secs(60)));
+            plan.actions.push(Action::RequeueAfter(running_poll(job)));
             return;
         }
         Some(job) if job.succeeded => match job

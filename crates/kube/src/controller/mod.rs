@@ -71,6 +71,18 @@ pub struct JobInfo {
     pub termination_message: Option<String>,
     /// Reason/message from the Job's Failed condition.
     pub failure_message: Option<String>,
+    /// Set while no pod of the Job has started running: since when, and why.
+    pub waiting: Option<JobWaiting>,
+}
+
+/// A Job whose pod has not started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobWaiting {
+    /// When the Job was created.
+    pub since: Timestamp,
+    /// What holds the pod back, in Kubernetes' words (`Unschedulable: 0/3 nodes are
+    /// available...`, `ImagePullBackOff`), or that no pod exists yet.
+    pub reason: String,
 }
 
 impl JobInfo {
@@ -78,6 +90,43 @@ impl JobInfo {
     pub fn is_running(&self) -> bool {
         !self.succeeded && !self.failed
     }
+
+    /// The Job as decisions see it: one whose pod has waited longer than `timeout` to
+    /// start counts as failed, so the attempt is retried or the owner fails with the reason
+    /// instead of staying in progress forever.
+    pub fn judged(mut self, timeout: Duration, now: Timestamp) -> Self {
+        let Some(waiting) = self.waiting.as_ref().filter(|_| self.is_running()) else {
+            return self;
+        };
+        let waited = now.duration_since(waiting.since).as_secs_f64();
+        if waited >= timeout.as_secs_f64() {
+            self.failed = true;
+            self.failure_message = Some(format!(
+                "its pod did not start within {} ({}); see `kubectl describe pod -l job-name={}` \
+                 (node capacity, image pull, volume attach), or raise JOB_START_TIMEOUT",
+                human(timeout),
+                waiting.reason,
+                self.name
+            ));
+        }
+        self
+    }
+}
+
+/// Requeue delay while a Job runs: its end is watched, but nothing changes while its pod
+/// waits to start, so a waiting Job is looked at again soon to meet its start timeout.
+pub(crate) fn running_poll(job: &JobInfo) -> Duration {
+    if job.waiting.is_some() {
+        POLL
+    } else {
+        Duration::from_secs(60)
+    }
+}
+
+/// `job` judged against the ConfigMap's start timeout at `ctx.now`.
+pub(crate) fn judged(job: &Option<JobInfo>, ctx: &DecideContext) -> Option<JobInfo> {
+    job.clone()
+        .map(|j| j.judged(ctx.config.job_start_timeout, ctx.now))
 }
 
 /// Which side of a BackupRule runs.

@@ -36,6 +36,11 @@ pub struct RepositoryObserved {
 
 /// Decides the next steps for one BackupRepository.
 pub fn decide_repository(obs: &RepositoryObserved, ctx: &DecideContext) -> Vec<Action> {
+    let obs = &RepositoryObserved {
+        maintenance_job: super::judged(&obs.maintenance_job, ctx),
+        catalog_job: super::judged(&obs.catalog_job, ctx),
+        ..obs.clone()
+    };
     let repo = &obs.repository;
     let before = repo.status.clone().unwrap_or_default();
     let mut status = before.clone();

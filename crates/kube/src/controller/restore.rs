@@ -34,6 +34,10 @@ pub struct RestoreObserved {
 
 /// Decides the next steps for one VolumeRestore.
 pub fn decide_restore(obs: &RestoreObserved, ctx: &DecideContext) -> Vec<Action> {
+    let obs = &RestoreObserved {
+        job: super::judged(&obs.job, ctx),
+        ..obs.clone()
+    };
     let before = obs.restore.status.clone().unwrap_or_default();
     let mut status = before.clone();
     let mut actions = Vec::new();
@@ -213,7 +217,7 @@ fn step(
             let job_name = status.job_name.clone().unwrap_or_default();
             let failure = match &obs.job {
                 Some(job) if job.is_running() => {
-                    actions.push(Action::RequeueAfter(Duration::from_secs(60)));
+                    actions.push(Action::RequeueAfter(super::running_poll(job)));
                     return;
                 }
                 Some(job) if job.succeeded => {

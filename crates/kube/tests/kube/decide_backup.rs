@@ -4,7 +4,7 @@
 use cairn_kube::config::Config;
 use cairn_kube::controller::{
     decide_backup, Action, BackupObserved, DecideContext, HookSide, JobInfo, JobSettings,
-    SnapshotClassInfo, SnapshotInfo,
+    JobWaiting, SnapshotClassInfo, SnapshotInfo,
 };
 use cairn_kube::crd::{
     BackupRepository, BackupRule, HookOutcome, VolumeBackup, VolumeBackupPhase as Phase,
@@ -522,6 +522,57 @@ fn failed_job_is_retried_then_the_backup_fails_with_the_jobs_reason() {
         name: "db-nightly-snapshot".into()
     }));
     assert!(!actions.iter().any(|a| matches!(a, Action::CreateJob(_))));
+}
+
+/// Regression: a Job whose pod never started (unschedulable, image never pulled) left
+/// the VolumeBackup in Uploading forever.
+#[test]
+fn job_whose_pod_never_starts_is_retried_after_the_start_timeout() {
+    let mut obs = observed(backup(
+        json!({}),
+        in_phase(
+            "Uploading",
+            json!({"attempts": 1, "jobName": "db-nightly-backup-1"}),
+        ),
+    ));
+    obs.volume_snapshot = ready_snapshot();
+    obs.backup_pvc_exists = true;
+    let waiting = |minutes: i64| {
+        Some(JobInfo {
+            name: "db-nightly-backup-1".into(),
+            waiting: Some(JobWaiting {
+                since: now() - jiff::SignedDuration::from_mins(minutes),
+                reason: "Unschedulable: 0/3 nodes are available: 3 Insufficient memory".into(),
+            }),
+            ..Default::default()
+        })
+    };
+    // Within JOB_START_TIMEOUT (default 10m): still waiting.
+    obs.job = waiting(9);
+    let actions = decide_backup(&obs, &ctx());
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::DeleteJob { .. } | Action::CreateJob(_))));
+    // Past it: the attempt failed with the scheduler's reason, and the next one starts.
+    obs.job = waiting(11);
+    let actions = decide_backup(&obs, &ctx());
+    assert!(actions.contains(&Action::DeleteJob {
+        namespace: "shop".into(),
+        name: "db-nightly-backup-1".into()
+    }));
+    let status = status_of(&actions);
+    assert_eq!((status.phase, status.attempts), (Phase::Uploading, 2));
+    let retrying = &condition(&status, "Retrying").message;
+    assert!(
+        retrying.contains("did not start within 10m") && retrying.contains("Insufficient memory"),
+        "{retrying}"
+    );
+    // The timeout is the ConfigMap's.
+    obs.job = waiting(11);
+    let actions = decide_backup(&obs, &ctx_with(&[("JOB_START_TIMEOUT", "30m")]));
+    assert!(!actions.iter().any(|a| matches!(a, Action::CreateJob(_))));
+    let bad = ctx_with(&[("JOB_START_TIMEOUT", "soon")]);
+    assert!(bad.config.problems.contains_key("JOB_START_TIMEOUT"));
 }
 
 #[test]
