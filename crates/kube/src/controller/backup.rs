@@ -18,7 +18,6 @@ use crate::protocol::JobOutcome;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::{Resource, ResourceExt};
-use std::time::Duration;
 
 /// A VolumeSnapshot as the controller sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]

@@ -11,7 +11,6 @@ use crate::crd::{
 };
 use crate::protocol::JobOutcome;
 use kube::{Resource, ResourceExt};
-use std::time::Duration;
 
 /// Everything the restore decision looks at.
 #[derive(Clone, Debug)]
