@@ -89,6 +89,7 @@ pub fn skip_object(t: &ResourceType, object: &Value) -> Option<String> {
 /// - PVC: `spec.volumeName` and the `pv.kubernetes.io/*`, `volume.kubernetes.io/*` and
 ///   `volume.beta.kubernetes.io/*` annotations: the binding belongs to the source cluster.
 /// - ServiceAccount: `secrets` entries naming the auto-generated `<name>-token-*` Secrets.
+/// - `creationTimestamp: null` in pod, job and claim templates, and claim templates' status.
 /// - Pod: `spec.nodeName`. Job: the generated `spec.selector` and the
 ///   `controller-uid` / `job-name` labels of its template.
 pub fn strip(t: &ResourceType, object: &Value) -> Value {
@@ -118,6 +119,19 @@ pub fn strip(t: &ResourceType, object: &Value) -> Value {
                         || k.starts_with("volume.kubernetes.io/")
                         || k.starts_with("volume.beta.kubernetes.io/")))
         });
+    }
+    // Templates come back with `creationTimestamp: null` (and claim templates with a
+    // status): noise that would differ from what the user wrote.
+    remove_path(&mut o, &["spec", "template", "metadata", "creationTimestamp"]);
+    remove_path(&mut o, &["spec", "jobTemplate", "metadata", "creationTimestamp"]);
+    if let Some(templates) = o
+        .pointer_mut("/spec/volumeClaimTemplates")
+        .and_then(Value::as_array_mut)
+    {
+        for tpl in templates {
+            remove_path(tpl, &["metadata", "creationTimestamp"]);
+            remove_path(tpl, &["status"]);
+        }
     }
     match (t.group.as_str(), t.kind.as_str()) {
         ("", "Service") => strip_service(&mut o),

@@ -12,3 +12,6 @@ mod job_mode;
 mod manifests;
 mod mount;
 mod rule_exec;
+mod resources_capture;
+mod resources_plan;
+mod resources_sim;
