@@ -296,3 +296,29 @@ fn shop_is_captured_and_restored_into_shop_copy() {
     assert!(s.failures.iter().all(|f| f.outcome == "Skipped" && f.message.contains("already exists")), "{:?}", s.failures);
     assert_eq!(s.volumes.len(), 3);
 }
+
+#[test]
+fn resource_job_arguments_are_checked() {
+    let env = |name: &str| (name == "CAIRN_PASSWORD").then(|| "pw".to_string());
+    let parse = |kind: JobCommand, args: &[&str]| {
+        let mut all: Vec<String> = vec!["--location".into(), "fs:///r".into()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        JobParams::parse(kind, &all, &env).map_err(|e| e.to_string())
+    };
+    let p = parse(JobCommand::RestoreResources, &["--namespace", "shop", "--application-restore", "r", "--stage", "workloads"]).unwrap();
+    assert_eq!(p.stage, Some(cairn_kube::resources::plan::Stage::Workloads));
+    assert_eq!(p.staging_dir, None);
+    let p = parse(JobCommand::CaptureResources, &["--namespace", "shop", "--application-backup", "b", "--staging-dir", "/x"]).unwrap();
+    assert_eq!((p.application_backup.as_deref(), p.staging_dir.as_deref()), (Some("b"), Some(Path::new("/x"))));
+    let errors = [
+        (JobCommand::CaptureResources, vec!["--namespace", "shop"], "--application-backup"),
+        (JobCommand::RestoreResources, vec!["--namespace", "shop", "--application-restore", "r"], "--stage"),
+        (JobCommand::RestoreResources, vec!["--namespace", "shop", "--application-restore", "r", "--stage", "volumes"], "expected configuration or workloads"),
+    ];
+    for (kind, args, want) in errors {
+        let e = parse(kind, &args).unwrap_err();
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+    assert_eq!("capture-resources".parse::<JobCommand>().unwrap(), JobCommand::CaptureResources);
+    assert_eq!("restore-resources".parse::<JobCommand>().unwrap(), JobCommand::RestoreResources);
+}
