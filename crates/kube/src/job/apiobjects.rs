@@ -16,7 +16,8 @@ pub(super) struct Failure {
 
 impl Failure {
     pub fn api(what: &str, e: kube::Error) -> Failure {
-        let retryable = !matches!(&e, kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 429);
+        let retryable =
+            !matches!(&e, kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 429);
         Failure {
             message: format!("{what}: {e}"),
             retryable,
@@ -110,12 +111,9 @@ pub(super) async fn list_objects(
 /// rather than the connection to the API server.
 pub(super) fn object_error(e: &kube::Error) -> Option<String> {
     match e {
-        kube::Error::Api(s) if s.code != 429 && s.code < 500 => Some(format!(
-            "{} ({}): {}",
-            s.reason,
-            s.code,
-            s.message
-        )),
+        kube::Error::Api(s) if s.code != 429 && s.code < 500 => {
+            Some(format!("{} ({}): {}", s.reason, s.code, s.message))
+        }
         kube::Error::SerdeError(e) => Some(format!("not a valid object: {e}")),
         _ => None,
     }

@@ -8,7 +8,9 @@ use crate::crd::{ApplicationBackup, ApplicationBackupSpec};
 use crate::protocol::JobOutcome;
 use crate::resources::capture::{annotate_pvc, skip_object, skip_type, strip};
 use crate::resources::closure::{pod_closure, ObjectKey};
-use crate::resources::layout::{write_manifest, write_object, ApplicationManifest, ManifestVolume, MANIFEST_VERSION};
+use crate::resources::layout::{
+    write_manifest, write_object, ApplicationManifest, ManifestVolume, MANIFEST_VERSION,
+};
 use crate::resources::{labels_of, name_of, selector_matches, KindFilter, ResourceType};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::ListParams;
@@ -43,7 +45,12 @@ pub(super) async fn run(
 }
 
 /// The staging directory of a job: `<base>/cairn-<what>-<namespace>-<name>`, emptied.
-pub(super) fn staging(base: Option<&Path>, what: &str, ns: &str, name: &str) -> Result<PathBuf, Failure> {
+pub(super) fn staging(
+    base: Option<&Path>,
+    what: &str,
+    ns: &str,
+    name: &str,
+) -> Result<PathBuf, Failure> {
     let dir = base
         .unwrap_or(Path::new("/tmp"))
         .join(format!("cairn-{what}-{ns}-{name}"));
@@ -65,8 +72,13 @@ async fn capture(
     engine: Arc<dyn Engine>,
     client: kube::Client,
 ) -> Result<(JobOutcome, Mirror), Failure> {
-    let (Some(ns), Some(name)) = (params.namespace.as_deref(), params.application_backup.as_deref()) else {
-        return Err(Failure::fatal("capture-resources needs --namespace and --application-backup".into()));
+    let (Some(ns), Some(name)) = (
+        params.namespace.as_deref(),
+        params.application_backup.as_deref(),
+    ) else {
+        return Err(Failure::fatal(
+            "capture-resources needs --namespace and --application-backup".into(),
+        ));
     };
     let backups: Api<ApplicationBackup> = Api::namespaced(client.clone(), ns);
     let backup = backups
@@ -94,7 +106,10 @@ async fn capture(
     let mut count = 0u32;
     let mut unreadable = Vec::new();
     let namespaces_api: Api<Namespace> = Api::all(client.clone());
-    let filter = KindFilter::new(&backup.spec.included_resources, &backup.spec.excluded_resources);
+    let filter = KindFilter::new(
+        &backup.spec.included_resources,
+        &backup.spec.excluded_resources,
+    );
     let ns_type = ResourceType::new("", "v1", "Namespace", "namespaces", false);
     let mut captured_pvcs = BTreeMap::new();
     for target in &namespaces {
@@ -117,7 +132,8 @@ async fn capture(
                 continue;
             }
             // Pods are listed for the podSelector even when not captured.
-            let needed = filter.allows(t) || (backup.spec.pod_selector.is_some() && t.group.is_empty() && t.kind == "Pod");
+            let needed = filter.allows(t)
+                || (backup.spec.pod_selector.is_some() && t.group.is_empty() && t.kind == "Pod");
             if !needed {
                 continue;
             }
@@ -125,8 +141,15 @@ async fn capture(
                 Ok(objects) => listed.extend(objects.into_iter().map(|o| (t.clone(), o))),
                 Err(e) => match super::apiobjects::object_error(&e) {
                     // Forbidden or not listable after all: the capture goes on without it.
-                    Some(why) => unreadable.push(format!("{}.{} in {target}: {why}", t.plural, t.group)),
-                    None => return Err(Failure::api(&format!("listing {} in {target}", t.plural), e)),
+                    Some(why) => {
+                        unreadable.push(format!("{}.{} in {target}: {why}", t.plural, t.group))
+                    }
+                    None => {
+                        return Err(Failure::api(
+                            &format!("listing {} in {target}", t.plural),
+                            e,
+                        ))
+                    }
                 },
             }
         }
@@ -171,15 +194,19 @@ async fn capture(
             .volumes
             .iter()
             .map(|v| {
-                let pvc = captured_pvcs.get(&(v.namespace.clone(), v.persistent_volume_claim.clone()));
+                let pvc =
+                    captured_pvcs.get(&(v.namespace.clone(), v.persistent_volume_claim.clone()));
                 ManifestVolume {
                     namespace: v.namespace.clone(),
                     persistent_volume_claim: v.persistent_volume_claim.clone(),
                     snapshot_id: v.snapshot_id.clone(),
                     volume_snapshot_name: v.volume_snapshot_name.clone(),
-                    storage_class_name: pvc.and_then(|p| p["spec"]["storageClassName"].as_str().map(str::to_string)),
+                    storage_class_name: pvc
+                        .and_then(|p| p["spec"]["storageClassName"].as_str().map(str::to_string)),
                     size: pvc.and_then(|p| {
-                        p.pointer("/spec/resources/requests/storage").and_then(Value::as_str).map(str::to_string)
+                        p.pointer("/spec/resources/requests/storage")
+                            .and_then(Value::as_str)
+                            .map(str::to_string)
                     }),
                 }
             })
@@ -248,7 +275,10 @@ fn write(root: &Path, object: &Value) -> Result<(), Failure> {
 
 /// `includedNamespaces` plus the namespaces `namespaceSelector` selects, minus
 /// `excludedNamespaces`. A named namespace that does not exist is an error.
-async fn resolve_namespaces(client: &kube::Client, spec: &ApplicationBackupSpec) -> Result<Vec<String>, Failure> {
+async fn resolve_namespaces(
+    client: &kube::Client,
+    spec: &ApplicationBackupSpec,
+) -> Result<Vec<String>, Failure> {
     let api: Api<Namespace> = Api::all(client.clone());
     let mut out = BTreeSet::new();
     for ns in &spec.included_namespaces {

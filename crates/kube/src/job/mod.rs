@@ -9,16 +9,14 @@ mod engine;
 mod params;
 mod restore_resources;
 
+pub use capture::{TAG_APPLICATION_BACKUP, TAG_CONTENT};
 pub use catalog::{snapshot_object, snapshot_object_name};
 pub use engine::{
     BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress, MaintenanceJobRequest,
     RepositoryAccess, RestoreJobRequest, RestoreJobResult, SnapshotSummary,
 };
-pub use capture::{TAG_APPLICATION_BACKUP, TAG_CONTENT};
 pub use params::{secret_value, JobCommand, JobParams};
-pub use restore_resources::{
-    replacement, status_patch, Applied, StageCounts, MAX_FAILURES,
-};
+pub use restore_resources::{replacement, status_patch, Applied, StageCounts, MAX_FAILURES};
 
 use crate::crd::{VolumeBackup, VolumeRestore};
 use crate::protocol::JobOutcome;

@@ -8,8 +8,8 @@
 use super::engine::RepositoryAccess;
 use super::JobError;
 use crate::crd::MaintenanceKind;
-use crate::resources::plan::Stage;
 use crate::protocol::{ENV_EXCLUDE_FILE_LIST, TERMINATION_LOG};
+use crate::resources::plan::Stage;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

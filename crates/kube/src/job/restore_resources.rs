@@ -37,7 +37,11 @@ pub struct StageCounts {
     pub outcomes: Vec<ResourceOutcome>,
 }
 
-pub(super) async fn run(params: &JobParams, engine: Arc<dyn Engine>, client: kube::Client) -> JobOutcome {
+pub(super) async fn run(
+    params: &JobParams,
+    engine: Arc<dyn Engine>,
+    client: kube::Client,
+) -> JobOutcome {
     match restore(params, engine, client).await {
         Ok(outcome) => outcome,
         Err(f) => JobOutcome {
@@ -49,7 +53,11 @@ pub(super) async fn run(params: &JobParams, engine: Arc<dyn Engine>, client: kub
     }
 }
 
-async fn restore(params: &JobParams, engine: Arc<dyn Engine>, client: kube::Client) -> Result<JobOutcome, Failure> {
+async fn restore(
+    params: &JobParams,
+    engine: Arc<dyn Engine>,
+    client: kube::Client,
+) -> Result<JobOutcome, Failure> {
     let (Some(ns), Some(name), Some(stage)) = (
         params.namespace.as_deref(),
         params.application_restore.as_deref(),
@@ -65,7 +73,12 @@ async fn restore(params: &JobParams, engine: Arc<dyn Engine>, client: kube::Clie
         .await
         .map_err(|e| Failure::api(&format!("reading ApplicationRestore {ns}/{name}"), e))?;
     let snapshot = resolve_snapshot(&client, ns, &ar).await?;
-    let root = staging(params.staging_dir.as_deref(), &format!("restore-{}", stage.as_str()), ns, name)?;
+    let root = staging(
+        params.staging_dir.as_deref(),
+        &format!("restore-{}", stage.as_str()),
+        ns,
+        name,
+    )?;
     let req = RestoreJobRequest {
         repository: params.repository.clone(),
         snapshot: snapshot.clone(),
@@ -80,10 +93,16 @@ async fn restore(params: &JobParams, engine: Arc<dyn Engine>, client: kube::Clie
             retryable: e.retryable,
         })?;
     let captured = read_tree(&root).map_err(|e| {
-        Failure::fatal(format!("snapshot {snapshot} is not an application resource snapshot: {e}"))
+        Failure::fatal(format!(
+            "snapshot {snapshot} is not an application resource snapshot: {e}"
+        ))
     })?;
     let _ = std::fs::remove_dir_all(&root);
-    let types: Vec<_> = discover(&client).await?.into_iter().map(|(t, _)| t).collect();
+    let types: Vec<_> = discover(&client)
+        .await?
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
     let opts = RestoreOptions {
         namespace_mapping: ar.spec.namespace_mapping.clone(),
         storage_class_mapping: ar.spec.storage_class_mapping.clone(),
@@ -118,11 +137,20 @@ async fn restore(params: &JobParams, engine: Arc<dyn Engine>, client: kube::Clie
         }
     }
     let existing = ar.status.clone().unwrap_or_default();
-    let patch = status_patch(&existing, &counts, (stage == Stage::Configuration).then_some(volumes.as_slice()));
+    let patch = status_patch(
+        &existing,
+        &counts,
+        (stage == Stage::Configuration).then_some(volumes.as_slice()),
+    );
     restores
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map_err(|e| Failure::api(&format!("updating the status of ApplicationRestore {ns}/{name}"), e))?;
+        .map_err(|e| {
+            Failure::api(
+                &format!("updating the status of ApplicationRestore {ns}/{name}"),
+                e,
+            )
+        })?;
     let handled = counts.created + counts.updated + counts.skipped + counts.failed;
     let mut message = format!(
         "{}: {} created, {} updated, {} skipped, {} failed",
@@ -133,7 +161,10 @@ async fn restore(params: &JobParams, engine: Arc<dyn Engine>, client: kube::Clie
         counts.failed
     );
     if stage == Stage::Configuration {
-        message.push_str(&format!("; {} volume(s) to fill from the repository", volumes.len()));
+        message.push_str(&format!(
+            "; {} volume(s) to fill from the repository",
+            volumes.len()
+        ));
     }
     Ok(JobOutcome {
         succeeded: true,
@@ -144,8 +175,18 @@ async fn restore(params: &JobParams, engine: Arc<dyn Engine>, client: kube::Clie
 }
 
 /// The resource snapshot: `spec.source.snapshotId`, or the named ApplicationBackup's.
-async fn resolve_snapshot(client: &kube::Client, ns: &str, ar: &ApplicationRestore) -> Result<String, Failure> {
-    if let Some(id) = ar.spec.source.snapshot_id.as_deref().filter(|s| !s.is_empty()) {
+async fn resolve_snapshot(
+    client: &kube::Client,
+    ns: &str,
+    ar: &ApplicationRestore,
+) -> Result<String, Failure> {
+    if let Some(id) = ar
+        .spec
+        .source
+        .snapshot_id
+        .as_deref()
+        .filter(|s| !s.is_empty())
+    {
         return Ok(id.to_string());
     }
     let Some(backup) = ar.spec.source.application_backup.as_deref() else {
@@ -192,7 +233,12 @@ async fn apply(
         Err(e) => return Ok(Applied::Failed(format!("not a valid object: {e}"))),
     };
     let api = dynamic_api(client, &p.resource, p.namespace.as_deref());
-    let unreachable = |e: kube::Error| Failure::api(&format!("creating {} {}", p.resource.group_kind(), p.name), e);
+    let unreachable = |e: kube::Error| {
+        Failure::api(
+            &format!("creating {} {}", p.resource.group_kind(), p.name),
+            e,
+        )
+    };
     let exists = match api.create(&PostParams::default(), &object).await {
         Ok(_) => return Ok(Applied::Created),
         Err(kube::Error::Api(s)) if s.code == 409 => s.message,
@@ -212,7 +258,9 @@ async fn apply(
         Ok(live) => live,
         Err(e) => {
             return match object_error(&e) {
-                Some(why) => Ok(Applied::Failed(format!("exists but could not be read: {why}"))),
+                Some(why) => Ok(Applied::Failed(format!(
+                    "exists but could not be read: {why}"
+                ))),
                 None => Err(unreachable(e)),
             }
         }
@@ -223,7 +271,10 @@ async fn apply(
         Ok(o) => o,
         Err(e) => return Ok(Applied::Failed(format!("not a valid object: {e}"))),
     };
-    match api.replace(&p.name, &PostParams::default(), &replacement).await {
+    match api
+        .replace(&p.name, &PostParams::default(), &replacement)
+        .await
+    {
         Ok(_) => Ok(Applied::Updated),
         Err(e) => match object_error(&e) {
             Some(why) => Ok(Applied::Failed(format!(
@@ -280,7 +331,10 @@ pub fn status_patch(
                 existing
                     .volumes
                     .iter()
-                    .find(|e| e.namespace == v.namespace && e.persistent_volume_claim == v.persistent_volume_claim)
+                    .find(|e| {
+                        e.namespace == v.namespace
+                            && e.persistent_volume_claim == v.persistent_volume_claim
+                    })
                     .cloned()
                     .unwrap_or_else(|| v.clone())
             })

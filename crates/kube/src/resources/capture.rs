@@ -23,9 +23,9 @@ pub fn skip_type(t: &ResourceType) -> Option<&'static str> {
         }
         ("coordination.k8s.io", "Lease") => Some("leases are held by running processes"),
         ("apps", "ControllerRevision") => Some("controller revisions are history of workloads"),
-        ("snapshot.storage.k8s.io", "VolumeSnapshot") => {
-            Some("VolumeSnapshots belong to this cluster's storage; volume data is in the repository")
-        }
+        ("snapshot.storage.k8s.io", "VolumeSnapshot") => Some(
+            "VolumeSnapshots belong to this cluster's storage; volume data is in the repository",
+        ),
         ("metrics.k8s.io", _) => Some("metrics are not configuration"),
         ("cairn.io", kind) if kind != "BackupRule" => {
             Some("cairn's own backup and restore objects are not part of the application")
@@ -122,8 +122,14 @@ pub fn strip(t: &ResourceType, object: &Value) -> Value {
     }
     // Templates come back with `creationTimestamp: null` (and claim templates with a
     // status): noise that would differ from what the user wrote.
-    remove_path(&mut o, &["spec", "template", "metadata", "creationTimestamp"]);
-    remove_path(&mut o, &["spec", "jobTemplate", "metadata", "creationTimestamp"]);
+    remove_path(
+        &mut o,
+        &["spec", "template", "metadata", "creationTimestamp"],
+    );
+    remove_path(
+        &mut o,
+        &["spec", "jobTemplate", "metadata", "creationTimestamp"],
+    );
     if let Some(templates) = o
         .pointer_mut("/spec/volumeClaimTemplates")
         .and_then(Value::as_array_mut)
@@ -247,7 +253,13 @@ mod tests {
     use serde_json::json;
 
     fn t(group: &str, kind: &str) -> ResourceType {
-        ResourceType::new(group, "v1", kind, &format!("{}s", kind.to_lowercase()), true)
+        ResourceType::new(
+            group,
+            "v1",
+            kind,
+            &format!("{}s", kind.to_lowercase()),
+            true,
+        )
     }
 
     #[test]
@@ -262,11 +274,31 @@ mod tests {
             (t("apps", "ReplicaSet"), owned.clone(), true),
             (t("apps", "ReplicaSet"), bare.clone(), false),
             (t("apps", "Deployment"), owned.clone(), false),
-            (t("batch", "Job"), json!({"metadata": {"name": "j", "ownerReferences": [{"kind": "CronJob", "name": "c", "controller": true}]}}), true),
-            (t("", "ConfigMap"), json!({"metadata": {"name": "kube-root-ca.crt"}}), true),
-            (t("", "ConfigMap"), json!({"metadata": {"name": "app", "labels": {"cairn.io/owner": "b"}}}), true),
-            (t("", "Secret"), json!({"metadata": {"name": "t"}, "type": "kubernetes.io/service-account-token"}), true),
-            (t("", "Secret"), json!({"metadata": {"name": "t"}, "type": "Opaque"}), false),
+            (
+                t("batch", "Job"),
+                json!({"metadata": {"name": "j", "ownerReferences": [{"kind": "CronJob", "name": "c", "controller": true}]}}),
+                true,
+            ),
+            (
+                t("", "ConfigMap"),
+                json!({"metadata": {"name": "kube-root-ca.crt"}}),
+                true,
+            ),
+            (
+                t("", "ConfigMap"),
+                json!({"metadata": {"name": "app", "labels": {"cairn.io/owner": "b"}}}),
+                true,
+            ),
+            (
+                t("", "Secret"),
+                json!({"metadata": {"name": "t"}, "type": "kubernetes.io/service-account-token"}),
+                true,
+            ),
+            (
+                t("", "Secret"),
+                json!({"metadata": {"name": "t"}, "type": "Opaque"}),
+                false,
+            ),
             (t("cairn.io", "VolumeBackup"), bare.clone(), true),
             (t("cairn.io", "BackupRule"), bare.clone(), false),
             (t("", "Endpoints"), bare.clone(), true),

@@ -37,14 +37,19 @@ impl ObjectKey {
 
 /// The keys of every object reached from the pods `selector` selects among `objects` (all
 /// listed objects of one namespace, with their types).
-pub fn pod_closure(selector: &LabelSelector, objects: &[(ResourceType, Value)]) -> BTreeSet<ObjectKey> {
+pub fn pod_closure(
+    selector: &LabelSelector,
+    objects: &[(ResourceType, Value)],
+) -> BTreeSet<ObjectKey> {
     let by_key: BTreeMap<ObjectKey, &Value> = objects
         .iter()
         .map(|(t, o)| (ObjectKey::of(t, o), o))
         .collect();
     let pods: Vec<&Value> = objects
         .iter()
-        .filter(|(t, o)| t.group.is_empty() && t.kind == "Pod" && selector_matches(selector, &labels_of(o)))
+        .filter(|(t, o)| {
+            t.group.is_empty() && t.kind == "Pod" && selector_matches(selector, &labels_of(o))
+        })
         .map(|(_, o)| o)
         .collect();
     let mut keep = BTreeSet::new();
@@ -53,7 +58,11 @@ pub fn pod_closure(selector: &LabelSelector, objects: &[(ResourceType, Value)]) 
         // Owners, up the chain; `keep` also stops cycles.
         let mut frontier = vec![*pod];
         while let Some(object) = frontier.pop() {
-            for owner in object["metadata"]["ownerReferences"].as_array().into_iter().flatten() {
+            for owner in object["metadata"]["ownerReferences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
                 let key = ObjectKey::new(
                     group_of(owner["apiVersion"].as_str().unwrap_or_default()),
                     owner["kind"].as_str().unwrap_or_default(),
@@ -108,7 +117,10 @@ pub fn pod_references(spec: &Value) -> BTreeSet<ObjectKey> {
     for v in spec["volumes"].as_array().into_iter().flatten() {
         add("ConfigMap", v["configMap"]["name"].as_str());
         add("Secret", v["secret"]["secretName"].as_str());
-        add("PersistentVolumeClaim", v["persistentVolumeClaim"]["claimName"].as_str());
+        add(
+            "PersistentVolumeClaim",
+            v["persistentVolumeClaim"]["claimName"].as_str(),
+        );
         for source in v["projected"]["sources"].as_array().into_iter().flatten() {
             add("ConfigMap", source["configMap"]["name"].as_str());
             add("Secret", source["secret"]["name"].as_str());
@@ -119,7 +131,10 @@ pub fn pod_references(spec: &Value) -> BTreeSet<ObjectKey> {
         .flat_map(|k| spec[k].as_array().into_iter().flatten());
     for c in containers {
         for e in c["env"].as_array().into_iter().flatten() {
-            add("ConfigMap", e["valueFrom"]["configMapKeyRef"]["name"].as_str());
+            add(
+                "ConfigMap",
+                e["valueFrom"]["configMapKeyRef"]["name"].as_str(),
+            );
             add("Secret", e["valueFrom"]["secretKeyRef"]["name"].as_str());
         }
         for e in c["envFrom"].as_array().into_iter().flatten() {

@@ -64,7 +64,12 @@ fn safe<'a>(what: &'static str, name: &'a str) -> Result<&'a str, LayoutError> {
 /// Where an object is written, relative to the snapshot root: `resources/<dir
 /// namespace>/<group>/<Kind>/<name>.yaml`. `dir_namespace` is the object's namespace, or
 /// for a Namespace object its own name.
-pub fn object_path(dir_namespace: &str, group: &str, kind: &str, name: &str) -> Result<PathBuf, LayoutError> {
+pub fn object_path(
+    dir_namespace: &str,
+    group: &str,
+    kind: &str,
+    name: &str,
+) -> Result<PathBuf, LayoutError> {
     Ok(Path::new(RESOURCES_DIR)
         .join(safe("namespace", dir_namespace)?)
         .join(safe("group", group_dir(group))?)
@@ -137,10 +142,15 @@ pub fn read_tree(root: &Path) -> Result<Vec<CapturedObject>, LayoutError> {
             path: rel.display().to_string(),
             message: e.to_string(),
         })?;
-        if !object["apiVersion"].is_string() || !object["kind"].is_string() || name_of(&object).is_empty() {
+        if !object["apiVersion"].is_string()
+            || !object["kind"].is_string()
+            || name_of(&object).is_empty()
+        {
             return Err(LayoutError::Parse {
                 path: rel.display().to_string(),
-                message: "not a Kubernetes object (apiVersion, kind and metadata.name are required)".into(),
+                message:
+                    "not a Kubernetes object (apiVersion, kind and metadata.name are required)"
+                        .into(),
             });
         }
         out.push(CapturedObject { path: rel, object });

@@ -170,7 +170,11 @@ mod tests {
                 &inc.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
                 &exc.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
             );
-            assert_eq!(f.allows(&deploy), *want_deploy, "{inc:?} {exc:?} deployments");
+            assert_eq!(
+                f.allows(&deploy),
+                *want_deploy,
+                "{inc:?} {exc:?} deployments"
+            );
             assert_eq!(f.allows(&secret), *want_secret, "{inc:?} {exc:?} secrets");
         }
     }

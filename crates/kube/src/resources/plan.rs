@@ -244,7 +244,10 @@ pub fn plan(captured: &[CapturedObject], types: &[ResourceType], opts: &RestoreO
         .filter(|o| o.rank == Rank::Namespace)
         .map(|o| o.name.clone())
         .collect();
-    if let Some(ns_type) = types.iter().find(|t| t.group.is_empty() && t.kind == "Namespace") {
+    if let Some(ns_type) = types
+        .iter()
+        .find(|t| t.group.is_empty() && t.kind == "Namespace")
+    {
         for ns in namespaces_needed.difference(&present) {
             out.objects.push(PlannedObject {
                 rank: Rank::Namespace,
@@ -259,7 +262,14 @@ pub fn plan(captured: &[CapturedObject], types: &[ResourceType], opts: &RestoreO
     out.objects.sort_by(|a, b| {
         let key = |o: &PlannedObject| {
             let (rank, pos) = rank_of(&o.resource.group, &o.resource.kind);
-            (rank, pos, o.resource.group.clone(), o.resource.kind.clone(), o.namespace.clone(), o.name.clone())
+            (
+                rank,
+                pos,
+                o.resource.group.clone(),
+                o.resource.kind.clone(),
+                o.namespace.clone(),
+                o.name.clone(),
+            )
         };
         key(a).cmp(&key(b))
     });

@@ -45,12 +45,30 @@ mod tests {
             (json!({}), true),
             (json!({"matchLabels": {"app": "db"}}), true),
             (json!({"matchLabels": {"app": "web"}}), false),
-            (json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["data", "x"]}]}), true),
-            (json!({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["data"]}]}), false),
-            (json!({"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a"]}]}), true),
-            (json!({"matchExpressions": [{"key": "app", "operator": "Exists"}]}), true),
-            (json!({"matchExpressions": [{"key": "app", "operator": "DoesNotExist"}]}), false),
-            (json!({"matchExpressions": [{"key": "app", "operator": "Bogus"}]}), false),
+            (
+                json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["data", "x"]}]}),
+                true,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["data"]}]}),
+                false,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a"]}]}),
+                true,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "app", "operator": "Exists"}]}),
+                true,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "app", "operator": "DoesNotExist"}]}),
+                false,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "app", "operator": "Bogus"}]}),
+                false,
+            ),
         ];
         for (sel, want) in cases {
             let s: LabelSelector = serde_json::from_value(sel.clone()).unwrap();

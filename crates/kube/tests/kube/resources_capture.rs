@@ -42,7 +42,11 @@ fn capture_skips_what_must_not_be_restored_and_strips_server_fields() {
         }
         let mut clean = strip(&t, &o);
         if t.kind == "PersistentVolumeClaim" {
-            annotate_pvc(&mut clean, "5f3a9c0011223344", Some("shop-nightly-data-db-0"));
+            annotate_pvc(
+                &mut clean,
+                "5f3a9c0011223344",
+                Some("shop-nightly-data-db-0"),
+            );
         }
         write_object(dir.path(), &clean).unwrap();
     }
@@ -59,8 +63,20 @@ fn capture_skips_what_must_not_be_restored_and_strips_server_fields() {
         );
         insta::assert_snapshot!(name, text);
         // Nothing server-set survives anywhere in the file.
-        for field in ["uid:", "resourceVersion:", "managedFields:", "creationTimestamp:", "ownerReferences:", "last-applied-configuration", "\nstatus:"] {
-            assert!(!text.contains(field), "{} still has {field}:\n{text}", c.path.display());
+        for field in [
+            "uid:",
+            "resourceVersion:",
+            "managedFields:",
+            "creationTimestamp:",
+            "ownerReferences:",
+            "last-applied-configuration",
+            "\nstatus:",
+        ] {
+            assert!(
+                !text.contains(field),
+                "{} still has {field}:\n{text}",
+                c.path.display()
+            );
         }
     }
 }

@@ -40,7 +40,10 @@ fn obj(api_version: &str, kind: &str, name: &str, rest: Value) -> Value {
         for (k, v) in rest {
             if k == "metadata" {
                 for (mk, mv) in v.as_object().unwrap() {
-                    o["metadata"].as_object_mut().unwrap().insert(mk.clone(), mv.clone());
+                    o["metadata"]
+                        .as_object_mut()
+                        .unwrap()
+                        .insert(mk.clone(), mv.clone());
                 }
             } else {
                 o.insert(k.clone(), v.clone());
@@ -89,14 +92,39 @@ fn namespace() -> Vec<(ResourceType, Value)> {
     report_pod["spec"] = json!({"containers": [{"name": "r"}]});
     typed(vec![
         obj("v1", "Pod", "web-1-abc", web_pod),
-        obj("apps/v1", "ReplicaSet", "web-1", owner("apps/v1", "Deployment", "web")),
+        obj(
+            "apps/v1",
+            "ReplicaSet",
+            "web-1",
+            owner("apps/v1", "Deployment", "web"),
+        ),
         obj("apps/v1", "Deployment", "web", json!({})),
         obj("v1", "Pod", "report-29-x", report_pod),
-        obj("batch/v1", "Job", "report-29", owner("batch/v1", "CronJob", "report")),
+        obj(
+            "batch/v1",
+            "Job",
+            "report-29",
+            owner("batch/v1", "CronJob", "report"),
+        ),
         obj("batch/v1", "CronJob", "report", json!({})),
-        obj("v1", "Service", "web", json!({"spec": {"selector": {"app": "web"}}})),
-        obj("v1", "Service", "external", json!({"spec": {"type": "ExternalName", "externalName": "x.example"}})),
-        obj("v1", "Service", "report", json!({"spec": {"selector": {"app": "report", "tier": "batch"}}})),
+        obj(
+            "v1",
+            "Service",
+            "web",
+            json!({"spec": {"selector": {"app": "web"}}}),
+        ),
+        obj(
+            "v1",
+            "Service",
+            "external",
+            json!({"spec": {"type": "ExternalName", "externalName": "x.example"}}),
+        ),
+        obj(
+            "v1",
+            "Service",
+            "report",
+            json!({"spec": {"selector": {"app": "report", "tier": "batch"}}}),
+        ),
         obj("v1", "ConfigMap", "web-files", json!({})),
         obj("v1", "ConfigMap", "unrelated", json!({})),
         obj("v1", "Secret", "tls", json!({})),
@@ -108,7 +136,9 @@ fn namespace() -> Vec<(ResourceType, Value)> {
 }
 
 fn keys(list: &[(&str, &str, &str)]) -> BTreeSet<ObjectKey> {
-    list.iter().map(|(g, k, n)| ObjectKey::new(g, k, n)).collect()
+    list.iter()
+        .map(|(g, k, n)| ObjectKey::new(g, k, n))
+        .collect()
 }
 
 #[test]
@@ -139,8 +169,10 @@ fn pod_selector_reaches_owners_references_and_services() {
         (json!({"matchLabels": {"app": "web"}}), keys(&web)),
         // The `report` Service wants tier=batch too, which the pod lacks.
         (json!({"matchLabels": {"app": "report"}}), keys(&report)),
-        (json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["web", "report"]}]}),
-            keys(&web).union(&keys(&report)).cloned().collect()),
+        (
+            json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["web", "report"]}]}),
+            keys(&web).union(&keys(&report)).cloned().collect(),
+        ),
         (json!({"matchLabels": {"app": "none"}}), BTreeSet::new()),
     ];
     let ns = namespace();
@@ -154,7 +186,10 @@ fn pod_selector_reaches_owners_references_and_services() {
 fn captured(objects: Vec<Value>) -> Vec<CapturedObject> {
     objects
         .into_iter()
-        .map(|object| CapturedObject { path: "x".into(), object })
+        .map(|object| CapturedObject {
+            path: "x".into(),
+            object,
+        })
         .collect()
 }
 
@@ -167,18 +202,43 @@ fn tree() -> Vec<CapturedObject> {
         obj("apps/v1", "Deployment", "web", json!({})),
         obj("v1", "Pod", "bare", json!({})),
         obj("batch/v1", "CronJob", "report", json!({})),
-        obj("apps/v1", "StatefulSet", "db", json!({"spec": {"volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"storageClassName": "fast"}}]}})),
+        obj(
+            "apps/v1",
+            "StatefulSet",
+            "db",
+            json!({"spec": {"volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"storageClassName": "fast"}}]}}),
+        ),
         obj("example.com/v1", "Widget", "w", json!({})),
         obj("v1", "Service", "web", json!({})),
-        obj("v1", "PersistentVolumeClaim", "data-db-0", json!({
+        obj(
+            "v1",
+            "PersistentVolumeClaim",
+            "data-db-0",
+            json!({
             "metadata": {"annotations": {"cairn.io/snapshot-id": "abc123"}},
-            "spec": {"storageClassName": "fast", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Gi"}}}})),
-        obj("v1", "PersistentVolumeClaim", "scratch", json!({"spec": {"storageClassName": "slow", "resources": {"requests": {"storage": "1Gi"}}}})),
-        obj("v1", "PersistentVolumeClaim", "nosize", json!({"metadata": {"annotations": {"cairn.io/snapshot-id": "def"}}})),
-        obj("rbac.authorization.k8s.io/v1", "RoleBinding", "rb", json!({"subjects": [
+            "spec": {"storageClassName": "fast", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Gi"}}}}),
+        ),
+        obj(
+            "v1",
+            "PersistentVolumeClaim",
+            "scratch",
+            json!({"spec": {"storageClassName": "slow", "resources": {"requests": {"storage": "1Gi"}}}}),
+        ),
+        obj(
+            "v1",
+            "PersistentVolumeClaim",
+            "nosize",
+            json!({"metadata": {"annotations": {"cairn.io/snapshot-id": "def"}}}),
+        ),
+        obj(
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            "rb",
+            json!({"subjects": [
             {"kind": "ServiceAccount", "name": "web", "namespace": "shop"},
             {"kind": "ServiceAccount", "name": "mon", "namespace": "monitoring"},
-            {"kind": "User", "name": "alice"}]})),
+            {"kind": "User", "name": "alice"}]}),
+        ),
         obj("v1", "Secret", "db", json!({})),
         obj("v1", "ConfigMap", "cfg", json!({})),
         obj("v1", "ServiceAccount", "web", json!({})),
@@ -199,7 +259,11 @@ fn opts(inc: &[&str], exc: &[&str]) -> RestoreOptions {
 #[test]
 fn restore_order_is_namespaces_configuration_volumes_others_workloads() {
     let p = plan(&tree(), &types(), &opts(&[], &[]));
-    let order: Vec<String> = p.objects.iter().map(|o| format!("{}/{}", o.resource.kind, o.name)).collect();
+    let order: Vec<String> = p
+        .objects
+        .iter()
+        .map(|o| format!("{}/{}", o.resource.kind, o.name))
+        .collect();
     assert_eq!(
         order,
         [
@@ -222,22 +286,47 @@ fn restore_order_is_namespaces_configuration_volumes_others_workloads() {
     assert!(ranks.windows(2).all(|w| w[0] <= w[1]));
     let stage = |s: Stage| p.stage(s).map(|o| o.name.clone()).collect::<Vec<_>>();
     assert_eq!(stage(Stage::Configuration).len(), 7);
-    assert_eq!(stage(Stage::Workloads), ["web", "w", "web", "db", "report", "bare"]);
-    let failures: Vec<(String, String)> = p.failures.iter().map(|f| (f.kind.clone(), f.name.clone())).collect();
+    assert_eq!(
+        stage(Stage::Workloads),
+        ["web", "w", "web", "db", "report", "bare"]
+    );
+    let failures: Vec<(String, String)> = p
+        .failures
+        .iter()
+        .map(|f| (f.kind.clone(), f.name.clone()))
+        .collect();
     assert_eq!(
         failures,
-        [("core/PersistentVolumeClaim".to_string(), "nosize".to_string()), ("unknown.io/Gadget".to_string(), "g".to_string())]
+        [
+            (
+                "core/PersistentVolumeClaim".to_string(),
+                "nosize".to_string()
+            ),
+            ("unknown.io/Gadget".to_string(), "g".to_string())
+        ]
     );
-    assert!(p.failures[1].message.contains("not served by this cluster"), "{}", p.failures[1].message);
+    assert!(
+        p.failures[1].message.contains("not served by this cluster"),
+        "{}",
+        p.failures[1].message
+    );
 }
 
 #[test]
 fn namespaces_storage_classes_and_subjects_are_rewritten() {
     let p = plan(&tree(), &types(), &opts(&[], &[]));
-    let find = |kind: &str, name: &str| p.objects.iter().find(|o| o.resource.kind == kind && o.name == name).unwrap();
+    let find = |kind: &str, name: &str| {
+        p.objects
+            .iter()
+            .find(|o| o.resource.kind == kind && o.name == name)
+            .unwrap()
+    };
     let ns = find("Namespace", "shop-copy");
     assert_eq!(ns.object["metadata"]["name"], "shop-copy");
-    assert_eq!(ns.object["metadata"]["labels"], json!({"kubernetes.io/metadata.name": "shop-copy", "team": "a"}));
+    assert_eq!(
+        ns.object["metadata"]["labels"],
+        json!({"kubernetes.io/metadata.name": "shop-copy", "team": "a"})
+    );
     for o in p.objects.iter().filter(|o| o.rank != Rank::Namespace) {
         assert_eq!(o.namespace.as_deref(), Some("shop-copy"), "{}", o.name);
         assert_eq!(o.object["metadata"]["namespace"], "shop-copy", "{}", o.name);
@@ -249,8 +338,15 @@ fn namespaces_storage_classes_and_subjects_are_rewritten() {
                {"kind": "ServiceAccount", "name": "mon", "namespace": "monitoring"},
                {"kind": "User", "name": "alice"}])
     );
-    assert_eq!(find("StatefulSet", "db").object["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"], "premium");
-    assert_eq!(find("PersistentVolumeClaim", "scratch").object["spec"]["storageClassName"], "slow");
+    assert_eq!(
+        find("StatefulSet", "db").object["spec"]["volumeClaimTemplates"][0]["spec"]
+            ["storageClassName"],
+        "premium"
+    );
+    assert_eq!(
+        find("PersistentVolumeClaim", "scratch").object["spec"]["storageClassName"],
+        "slow"
+    );
     assert_eq!(find("PersistentVolumeClaim", "scratch").volume, None);
     assert_eq!(
         find("PersistentVolumeClaim", "data-db-0").volume,
@@ -269,20 +365,56 @@ fn namespaces_storage_classes_and_subjects_are_rewritten() {
 #[test]
 fn filters_choose_kinds_and_namespaces_are_created_anyway() {
     let cases: Vec<(&[&str], &[&str], Vec<&str>)> = vec![
-        (&["secrets", "configmaps"], &[], vec!["Namespace/shop-copy", "ConfigMap/cfg", "Secret/db"]),
-        (&["deployments.apps"], &["namespaces"], vec!["Namespace/shop-copy", "Deployment/web"]),
-        (&["Widget.example.com"], &[], vec!["Namespace/shop-copy", "Widget/w"]),
-        (&[], &["persistentvolumeclaims", "pods", "statefulsets.apps", "widgets", "cronjobs", "services", "rolebindings"],
-            vec!["Namespace/shop-copy", "ServiceAccount/web", "ConfigMap/cfg", "Secret/db", "Deployment/web"]),
+        (
+            &["secrets", "configmaps"],
+            &[],
+            vec!["Namespace/shop-copy", "ConfigMap/cfg", "Secret/db"],
+        ),
+        (
+            &["deployments.apps"],
+            &["namespaces"],
+            vec!["Namespace/shop-copy", "Deployment/web"],
+        ),
+        (
+            &["Widget.example.com"],
+            &[],
+            vec!["Namespace/shop-copy", "Widget/w"],
+        ),
+        (
+            &[],
+            &[
+                "persistentvolumeclaims",
+                "pods",
+                "statefulsets.apps",
+                "widgets",
+                "cronjobs",
+                "services",
+                "rolebindings",
+            ],
+            vec![
+                "Namespace/shop-copy",
+                "ServiceAccount/web",
+                "ConfigMap/cfg",
+                "Secret/db",
+                "Deployment/web",
+            ],
+        ),
     ];
     for (inc, exc, want) in cases {
         let p = plan(&tree(), &types(), &opts(inc, exc));
-        let got: Vec<String> = p.objects.iter().map(|o| format!("{}/{}", o.resource.kind, o.name)).collect();
+        let got: Vec<String> = p
+            .objects
+            .iter()
+            .map(|o| format!("{}/{}", o.resource.kind, o.name))
+            .collect();
         assert_eq!(got, want, "{inc:?} {exc:?}");
     }
     // Without a mapping, names and namespaces are kept.
     let p = plan(&tree(), &types(), &RestoreOptions::default());
-    assert!(p.objects.iter().all(|o| o.name != "shop-copy" && o.namespace.as_deref() != Some("shop-copy")));
+    assert!(p
+        .objects
+        .iter()
+        .all(|o| o.name != "shop-copy" && o.namespace.as_deref() != Some("shop-copy")));
 }
 
 #[test]
@@ -317,15 +449,32 @@ fn stage_status_adds_counts_caps_failures_and_keeps_known_volumes() {
         failed: 5,
         outcomes: (100..105).map(failure).collect(),
     };
-    let fresh_a = RestoreVolume { volume_restore: None, ..known.clone() };
-    let b = RestoreVolume { persistent_volume_claim: "b".into(), ..fresh_a.clone() };
+    let fresh_a = RestoreVolume {
+        volume_restore: None,
+        ..known.clone()
+    };
+    let b = RestoreVolume {
+        persistent_volume_claim: "b".into(),
+        ..fresh_a.clone()
+    };
     let patch = status_patch(&existing, &counts, Some(&[fresh_a, b.clone()]));
     let s = &patch["status"];
-    assert_eq!((s["created"].clone(), s["updated"].clone(), s["skipped"].clone(), s["failed"].clone()), (json!(7), json!(1), json!(1), json!(103)));
+    assert_eq!(
+        (
+            s["created"].clone(),
+            s["updated"].clone(),
+            s["skipped"].clone(),
+            s["failed"].clone()
+        ),
+        (json!(7), json!(1), json!(1), json!(103))
+    );
     assert_eq!(s["failures"].as_array().unwrap().len(), MAX_FAILURES);
     assert_eq!(s["volumes"], json!([known, b]));
     let patch = status_patch(&existing, &counts, None);
-    assert!(patch["status"].get("volumes").is_none(), "the workloads stage leaves volumes alone");
+    assert!(
+        patch["status"].get("volumes").is_none(),
+        "the workloads stage leaves volumes alone"
+    );
 }
 
 #[test]

@@ -21,10 +21,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Source name and tags of a stored snapshot.
+type Recorded = (String, BTreeMap<String, String>);
+
 /// Snapshots are copies of the source directory under `root/<id>`.
 struct DirEngine {
     root: PathBuf,
-    tags: Mutex<BTreeMap<String, (String, BTreeMap<String, String>)>>,
+    tags: Mutex<BTreeMap<String, Recorded>>,
 }
 
 fn copy_tree(from: &Path, to: &Path) -> std::io::Result<u64> {
@@ -143,7 +146,13 @@ fn job(kind: JobCommand, args: &[&str], dir: &Path) -> JobParams {
 
 fn type_of(o: &Value) -> ResourceType {
     let av = o["apiVersion"].as_str().unwrap();
-    ResourceType::new(group_of(av), av.rsplit('/').next().unwrap(), o["kind"].as_str().unwrap(), "", true)
+    ResourceType::new(
+        group_of(av),
+        av.rsplit('/').next().unwrap(),
+        o["kind"].as_str().unwrap(),
+        "",
+        true,
+    )
 }
 
 #[test]
@@ -163,7 +172,14 @@ fn shop_is_captured_and_restored_into_shop_copy() {
         "spec": {"nodeName": "nowhere", "containers": [{"name": "db", "image": "cassandra:4.1"}]}})).unwrap();
     for i in 0..3 {
         sim.wait_for("PVCs bound", Duration::from_secs(10), |s| {
-            s.get("v1", "PersistentVolumeClaim", Some("shop"), &format!("data-db-{i}"))?["spec"]["volumeName"].as_str().map(drop)
+            s.get(
+                "v1",
+                "PersistentVolumeClaim",
+                Some("shop"),
+                &format!("data-db-{i}"),
+            )?["spec"]["volumeName"]
+                .as_str()
+                .map(drop)
         });
     }
     sim.create(json!({"apiVersion": "cairn.io/v1alpha1", "kind": "ApplicationBackup", "metadata": {"name": "nightly", "namespace": "shop"},
@@ -171,13 +187,27 @@ fn shop_is_captured_and_restored_into_shop_copy() {
     let volumes: Vec<Value> = (0..3)
         .map(|i| json!({"namespace": "shop", "persistentVolumeClaim": format!("data-db-{i}"), "snapshotId": format!("vol{i}"), "volumeSnapshotName": format!("nightly-data-db-{i}")}))
         .collect();
-    sim.merge_patch("cairn.io/v1alpha1", "ApplicationBackup", Some("shop"), "nightly", Some("status"),
-        json!({"status": {"namespaces": ["shop"], "volumes": volumes}})).unwrap();
+    sim.merge_patch(
+        "cairn.io/v1alpha1",
+        "ApplicationBackup",
+        Some("shop"),
+        "nightly",
+        Some("status"),
+        json!({"status": {"namespaces": ["shop"], "volumes": volumes}}),
+    )
+    .unwrap();
 
     let store = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
-    let engine = Arc::new(DirEngine { root: store.path().to_path_buf(), tags: Mutex::default() });
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let engine = Arc::new(DirEngine {
+        root: store.path().to_path_buf(),
+        tags: Mutex::default(),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let client = || {
         let _runtime = rt.enter();
         let mut config = kube::Config::new(sim.url().parse().unwrap());
@@ -185,11 +215,16 @@ fn shop_is_captured_and_restored_into_shop_copy() {
         kube::Client::try_from(config).unwrap()
     };
     let run = |params: JobParams| -> JobOutcome {
-        rt.block_on(run_job(params, engine.clone(), Some(client()))).unwrap()
+        rt.block_on(run_job(params, engine.clone(), Some(client())))
+            .unwrap()
     };
 
     // Capture.
-    let outcome = run(job(JobCommand::CaptureResources, &["--namespace", "shop", "--application-backup", "nightly"], work.path()));
+    let outcome = run(job(
+        JobCommand::CaptureResources,
+        &["--namespace", "shop", "--application-backup", "nightly"],
+        work.path(),
+    ));
     assert!(outcome.succeeded, "{outcome:?}");
     let id = outcome.snapshot_id.clone().unwrap();
     let snapshot = store.path().join(&id);
@@ -212,20 +247,47 @@ fn shop_is_captured_and_restored_into_shop_copy() {
     ];
     assert_eq!(paths, want);
     assert_eq!(outcome.resource_count, Some(want.len() as u32));
-    assert!(!snapshot.join("resources/shop/cairn.io").exists(), "the ApplicationBackup itself is not captured");
-    let pvc = &tree.iter().find(|c| c.path.ends_with("data-db-1.yaml")).unwrap().object;
-    assert_eq!(pvc["metadata"]["annotations"], json!({"cairn.io/snapshot-id": "vol1", "cairn.io/volume-snapshot": "nightly-data-db-1"}));
-    assert!(pvc["spec"].get("volumeName").is_none() && pvc.get("status").is_none(), "{pvc}");
+    assert!(
+        !snapshot.join("resources/shop/cairn.io").exists(),
+        "the ApplicationBackup itself is not captured"
+    );
+    let pvc = &tree
+        .iter()
+        .find(|c| c.path.ends_with("data-db-1.yaml"))
+        .unwrap()
+        .object;
+    assert_eq!(
+        pvc["metadata"]["annotations"],
+        json!({"cairn.io/snapshot-id": "vol1", "cairn.io/volume-snapshot": "nightly-data-db-1"})
+    );
+    assert!(
+        pvc["spec"].get("volumeName").is_none() && pvc.get("status").is_none(),
+        "{pvc}"
+    );
     let manifest = read_manifest(&snapshot).unwrap();
-    assert_eq!((manifest.name.as_str(), manifest.namespaces.clone(), manifest.resource_count), ("nightly", vec!["shop".to_string()], 13));
+    assert_eq!(
+        (
+            manifest.name.as_str(),
+            manifest.namespaces.clone(),
+            manifest.resource_count
+        ),
+        ("nightly", vec!["shop".to_string()], 13)
+    );
     assert_eq!(manifest.volumes[2].snapshot_id.as_deref(), Some("vol2"));
     assert_eq!(manifest.volumes[2].size.as_deref(), Some("1Gi"));
-    assert_eq!(manifest.volumes[2].storage_class_name.as_deref(), Some("fast"));
+    assert_eq!(
+        manifest.volumes[2].storage_class_name.as_deref(),
+        Some("fast")
+    );
     let (source, tags) = engine.tags.lock().unwrap()[&id].clone();
     assert_eq!(source, "resources:shop/nightly");
     assert_eq!(
         tags,
-        BTreeMap::from([("env".into(), "prod".into()), ("cairn.io/application-backup".into(), "nightly".into()), ("cairn.io/content".into(), "resources".into())])
+        BTreeMap::from([
+            ("env".into(), "prod".into()),
+            ("cairn.io/application-backup".into(), "nightly".into()),
+            ("cairn.io/content".into(), "resources".into())
+        ])
     );
 
     // Restore into shop-copy, configuration first.
@@ -233,44 +295,113 @@ fn shop_is_captured_and_restored_into_shop_copy() {
         "spec": {"source": {"snapshotId": id, "repository": "main"}, "namespaceMapping": {"shop": "shop-copy"},
                  "storageClassMapping": {"fast": "premium"}}})).unwrap();
     let restore_args = |stage: &'static str| -> Vec<&'static str> {
-        vec!["--namespace", "shop", "--application-restore", "to-copy", "--stage", stage]
+        vec![
+            "--namespace",
+            "shop",
+            "--application-restore",
+            "to-copy",
+            "--stage",
+            stage,
+        ]
     };
     let status = || -> ApplicationRestoreStatus {
-        let v = sim.get("cairn.io/v1alpha1", "ApplicationRestore", Some("shop"), "to-copy").unwrap();
-        serde_json::from_value::<ApplicationRestore>(v).unwrap().status.unwrap_or_default()
+        let v = sim
+            .get(
+                "cairn.io/v1alpha1",
+                "ApplicationRestore",
+                Some("shop"),
+                "to-copy",
+            )
+            .unwrap();
+        serde_json::from_value::<ApplicationRestore>(v)
+            .unwrap()
+            .status
+            .unwrap_or_default()
     };
-    let outcome = run(job(JobCommand::RestoreResources, &restore_args("configuration"), work.path()));
+    let outcome = run(job(
+        JobCommand::RestoreResources,
+        &restore_args("configuration"),
+        work.path(),
+    ));
     assert!(outcome.succeeded, "{outcome:?}");
     // Namespace, ServiceAccount, 2 ConfigMaps, 2 Secrets; the PVCs are volumes to fill.
     assert_eq!(outcome.resource_count, Some(6), "{outcome:?}");
     let s = status();
-    assert_eq!((s.created, s.updated, s.skipped, s.failed), (6, 0, 0, 0), "{:?}", s.failures);
+    assert_eq!(
+        (s.created, s.updated, s.skipped, s.failed),
+        (6, 0, 0, 0),
+        "{:?}",
+        s.failures
+    );
     let vols: Vec<(String, String, String, Option<String>, String)> = s
         .volumes
         .iter()
-        .map(|v| (v.namespace.clone(), v.persistent_volume_claim.clone(), v.snapshot_id.clone(), v.storage_class_name.clone(), v.size.clone()))
+        .map(|v| {
+            (
+                v.namespace.clone(),
+                v.persistent_volume_claim.clone(),
+                v.snapshot_id.clone(),
+                v.storage_class_name.clone(),
+                v.size.clone(),
+            )
+        })
         .collect();
     assert_eq!(
         vols,
         (0..3)
-            .map(|i| ("shop-copy".into(), format!("data-db-{i}"), format!("vol{i}"), Some("premium".into()), "1Gi".into()))
+            .map(|i| (
+                "shop-copy".into(),
+                format!("data-db-{i}"),
+                format!("vol{i}"),
+                Some("premium".into()),
+                "1Gi".into()
+            ))
             .collect::<Vec<_>>()
     );
-    assert!(sim.get("v1", "PersistentVolumeClaim", Some("shop-copy"), "data-db-0").is_none(), "VolumeRestores create the PVCs");
-    assert!(sim.get("apps/v1", "Deployment", Some("shop-copy"), "web").is_none(), "workloads wait for their stage");
+    assert!(
+        sim.get(
+            "v1",
+            "PersistentVolumeClaim",
+            Some("shop-copy"),
+            "data-db-0"
+        )
+        .is_none(),
+        "VolumeRestores create the PVCs"
+    );
+    assert!(
+        sim.get("apps/v1", "Deployment", Some("shop-copy"), "web")
+            .is_none(),
+        "workloads wait for their stage"
+    );
 
-    let outcome = run(job(JobCommand::RestoreResources, &restore_args("workloads"), work.path()));
+    let outcome = run(job(
+        JobCommand::RestoreResources,
+        &restore_args("workloads"),
+        work.path(),
+    ));
     assert!(outcome.succeeded, "{outcome:?}");
     assert_eq!(outcome.resource_count, Some(4), "{outcome:?}");
     let s = status();
-    assert_eq!((s.created, s.skipped, s.failed), (10, 0, 0), "{:?}", s.failures);
+    assert_eq!(
+        (s.created, s.skipped, s.failed),
+        (10, 0, 0),
+        "{:?}",
+        s.failures
+    );
 
     // Every restored object equals the captured one, mapped.
-    for c in tree.iter().filter(|c| c.object["kind"] != "PersistentVolumeClaim") {
+    for c in tree
+        .iter()
+        .filter(|c| c.object["kind"] != "PersistentVolumeClaim")
+    {
         let o = &c.object;
         let t = type_of(o);
         let name = o["metadata"]["name"].as_str().unwrap();
-        let (ns, name) = if t.kind == "Namespace" { (None, "shop-copy") } else { (Some("shop-copy"), name) };
+        let (ns, name) = if t.kind == "Namespace" {
+            (None, "shop-copy")
+        } else {
+            (Some("shop-copy"), name)
+        };
         let live = sim
             .get(o["apiVersion"].as_str().unwrap(), &t.kind, ns, name)
             .unwrap_or_else(|| panic!("{} {name} was not restored", t.kind));
@@ -283,17 +414,28 @@ fn shop_is_captured_and_restored_into_shop_copy() {
             }
         }
         if t.kind == "StatefulSet" {
-            expected["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] = json!("premium");
+            expected["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] =
+                json!("premium");
         }
         assert_eq!(strip(&t, &live), expected, "{}", c.path.display());
     }
 
     // A retry of the configuration stage finds everything there: skipped, and counted.
-    let outcome = run(job(JobCommand::RestoreResources, &restore_args("configuration"), work.path()));
+    let outcome = run(job(
+        JobCommand::RestoreResources,
+        &restore_args("configuration"),
+        work.path(),
+    ));
     assert!(outcome.succeeded, "{outcome:?}");
     let s = status();
     assert_eq!((s.created, s.skipped, s.failed), (10, 6, 0));
-    assert!(s.failures.iter().all(|f| f.outcome == "Skipped" && f.message.contains("already exists")), "{:?}", s.failures);
+    assert!(
+        s.failures
+            .iter()
+            .all(|f| f.outcome == "Skipped" && f.message.contains("already exists")),
+        "{:?}",
+        s.failures
+    );
     assert_eq!(s.volumes.len(), 3);
 }
 
@@ -305,20 +447,70 @@ fn resource_job_arguments_are_checked() {
         all.extend(args.iter().map(|s| s.to_string()));
         JobParams::parse(kind, &all, &env).map_err(|e| e.to_string())
     };
-    let p = parse(JobCommand::RestoreResources, &["--namespace", "shop", "--application-restore", "r", "--stage", "workloads"]).unwrap();
+    let p = parse(
+        JobCommand::RestoreResources,
+        &[
+            "--namespace",
+            "shop",
+            "--application-restore",
+            "r",
+            "--stage",
+            "workloads",
+        ],
+    )
+    .unwrap();
     assert_eq!(p.stage, Some(cairn_kube::resources::plan::Stage::Workloads));
     assert_eq!(p.staging_dir, None);
-    let p = parse(JobCommand::CaptureResources, &["--namespace", "shop", "--application-backup", "b", "--staging-dir", "/x"]).unwrap();
-    assert_eq!((p.application_backup.as_deref(), p.staging_dir.as_deref()), (Some("b"), Some(Path::new("/x"))));
+    let p = parse(
+        JobCommand::CaptureResources,
+        &[
+            "--namespace",
+            "shop",
+            "--application-backup",
+            "b",
+            "--staging-dir",
+            "/x",
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        (p.application_backup.as_deref(), p.staging_dir.as_deref()),
+        (Some("b"), Some(Path::new("/x")))
+    );
     let errors = [
-        (JobCommand::CaptureResources, vec!["--namespace", "shop"], "--application-backup"),
-        (JobCommand::RestoreResources, vec!["--namespace", "shop", "--application-restore", "r"], "--stage"),
-        (JobCommand::RestoreResources, vec!["--namespace", "shop", "--application-restore", "r", "--stage", "volumes"], "expected configuration or workloads"),
+        (
+            JobCommand::CaptureResources,
+            vec!["--namespace", "shop"],
+            "--application-backup",
+        ),
+        (
+            JobCommand::RestoreResources,
+            vec!["--namespace", "shop", "--application-restore", "r"],
+            "--stage",
+        ),
+        (
+            JobCommand::RestoreResources,
+            vec![
+                "--namespace",
+                "shop",
+                "--application-restore",
+                "r",
+                "--stage",
+                "volumes",
+            ],
+            "expected configuration or workloads",
+        ),
     ];
     for (kind, args, want) in errors {
         let e = parse(kind, &args).unwrap_err();
         assert!(e.contains(want), "{args:?}: {e}");
     }
-    assert_eq!("capture-resources".parse::<JobCommand>().unwrap(), JobCommand::CaptureResources);
-    assert_eq!("restore-resources".parse::<JobCommand>().unwrap(), JobCommand::RestoreResources);
+    assert_eq!(
+        "capture-resources".parse::<JobCommand>().unwrap(),
+        JobCommand::CaptureResources
+    );
+    assert_eq!(
+        "restore-resources".parse::<JobCommand>().unwrap(),
+        JobCommand::RestoreResources
+    );
 }
