@@ -437,6 +437,43 @@ fn shop_is_captured_and_restored_into_shop_copy() {
         s.failures
     );
     assert_eq!(s.volumes.len(), 3);
+
+    // Policy update: a ConfigMap changed since is put back as captured.
+    sim.merge_patch(
+        "v1",
+        "ConfigMap",
+        Some("shop-copy"),
+        "web-config",
+        None,
+        json!({"data": {"LOG_LEVEL": "debug"}}),
+    )
+    .unwrap();
+    sim.merge_patch(
+        "cairn.io/v1alpha1",
+        "ApplicationRestore",
+        Some("shop"),
+        "to-copy",
+        None,
+        json!({"spec": {"existingResourcePolicy": "update"}}),
+    )
+    .unwrap();
+    let outcome = run(job(
+        JobCommand::RestoreResources,
+        &restore_args("configuration"),
+        work.path(),
+    ));
+    assert!(outcome.succeeded, "{outcome:?}");
+    let s = status();
+    assert_eq!(
+        (s.created, s.updated, s.skipped, s.failed),
+        (10, 6, 6, 0),
+        "{:?}",
+        s.failures
+    );
+    let cm = sim
+        .get("v1", "ConfigMap", Some("shop-copy"), "web-config")
+        .unwrap();
+    assert_eq!(cm["data"], json!({"LOG_LEVEL": "info"}));
 }
 
 #[test]
