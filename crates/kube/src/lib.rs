@@ -16,6 +16,7 @@ pub mod crd;
 pub mod job;
 pub mod mount;
 pub mod protocol;
+pub mod resources;
 pub mod runner;
 pub mod validate;
 

@@ -1,4 +1,5 @@
-//! `cairn job backup|restore|maintenance|catalog [--flag value ...]`: job mode, what the
+//! `cairn job backup|restore|maintenance|catalog|capture-resources|restore-resources
+//! [--flag value ...]`: job mode, what the
 //! binary runs inside the Jobs `cairn kube controller` creates. Flags, their `CAIRN_<FLAG>`
 //! fallbacks and the mounted Secret files are cairn-kube's [`JobParams`]; the engine is
 //! cairn-core ([`CoreEngine`]).
@@ -23,7 +24,9 @@ pub struct JobArgs {
     /// then per kind: backup --source DIR [--source-name NS/PVC] [--volume-backup NAME]
     /// [--storage-class C] [--exclude-config FILE] [--tag K=V]... [--checkpoint-interval D]; restore --snapshot ID
     /// --target DIR [--volume-restore NAME] [--include PATH]...; maintenance [--kind
-    /// quick|full]. Every flag falls back to CAIRN_<FLAG> (docs/KUBERNETES.md).
+    /// quick|full]; capture-resources --application-backup NAME; restore-resources
+    /// --application-restore NAME --stage configuration|workloads (both also
+    /// [--staging-dir DIR], /tmp by default). Every flag falls back to CAIRN_<FLAG> (docs/KUBERNETES.md).
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,
@@ -43,6 +46,10 @@ pub enum JobKind {
     Maintenance,
     /// Refresh the RepositorySnapshot mirror.
     Catalog,
+    /// Capture an ApplicationBackup's Kubernetes resources into one snapshot.
+    CaptureResources,
+    /// Restore one stage of an ApplicationRestore's Kubernetes resources.
+    RestoreResources,
 }
 
 impl From<JobKind> for JobCommand {
@@ -52,6 +59,8 @@ impl From<JobKind> for JobCommand {
             JobKind::Restore => JobCommand::Restore,
             JobKind::Maintenance => JobCommand::Maintenance,
             JobKind::Catalog => JobCommand::Catalog,
+            JobKind::CaptureResources => JobCommand::CaptureResources,
+            JobKind::RestoreResources => JobCommand::RestoreResources,
         }
     }
 }

@@ -34,7 +34,10 @@ pub fn snapshot_object(
     s: &SnapshotSummary,
 ) -> RepositorySnapshot {
     let (pvc_ns, pvc) = match s.source.split_once('/') {
-        Some((ns, pvc)) if !ns.is_empty() && !pvc.is_empty() && !pvc.contains('/') => {
+        // `resources:<ns>/<name>` (an application's configuration) names no PVC.
+        Some((ns, pvc))
+            if !ns.is_empty() && !ns.contains(':') && !pvc.is_empty() && !pvc.contains('/') =>
+        {
             (Some(ns.to_string()), Some(pvc.to_string()))
         }
         _ => (None, None),
@@ -70,12 +73,13 @@ pub(super) async fn mirror(
     };
     let api: Api<RepositorySnapshot> = Api::namespaced(client, ns);
     let pp = PatchParams::apply(MANAGER).force();
+    // Only a full listing may delete mirrors of snapshots it did not see.
+    let full = matches!(mirror, Mirror::All(_));
     let list = match mirror {
         Mirror::Nothing => return Ok(()),
         Mirror::One(s) => vec![s],
         Mirror::All(list) => list,
     };
-    let full = params.command != super::JobCommand::Backup;
     let mut keep = BTreeSet::new();
     for s in &list {
         let object = snapshot_object(ns, repo, s);

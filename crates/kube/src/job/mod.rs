@@ -2,16 +2,21 @@
 //! engine, patches progress into the owner's status every few seconds, mirrors snapshots
 //! into RepositorySnapshot objects, and leaves a [`JobOutcome`] in the termination message.
 
+mod apiobjects;
+mod capture;
 mod catalog;
 mod engine;
 mod params;
+mod restore_resources;
 
+pub use capture::{TAG_APPLICATION_BACKUP, TAG_CONTENT};
 pub use catalog::{snapshot_object, snapshot_object_name};
 pub use engine::{
     BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress, MaintenanceJobRequest,
     RepositoryAccess, RestoreJobRequest, RestoreJobResult, SnapshotSummary,
 };
 pub use params::{secret_value, JobCommand, JobParams};
+pub use restore_resources::{replacement, status_patch, Applied, StageCounts, MAX_FAILURES};
 
 use crate::crd::{VolumeBackup, VolumeRestore};
 use crate::protocol::JobOutcome;
@@ -54,6 +59,12 @@ pub async fn run_job(
     engine: Arc<dyn Engine>,
     client: Option<kube::Client>,
 ) -> Result<JobOutcome, JobError> {
+    if matches!(
+        params.command,
+        JobCommand::CaptureResources | JobCommand::RestoreResources
+    ) {
+        return run_resource_job(params, engine, client).await;
+    }
     let (tx, rx) = watch::channel(None::<engine::EngineProgress>);
     let reporter = client
         .clone()
@@ -102,6 +113,45 @@ pub async fn run_job(
             }
         }
     }
+    let path = params.termination_log.clone();
+    tokio::fs::write(&path, outcome.to_message())
+        .await
+        .map_err(|source| JobError::Termination {
+            path: path.display().to_string(),
+            source,
+        })?;
+    Ok(outcome)
+}
+
+/// `capture-resources` and `restore-resources`: the work is mostly API calls, so it runs
+/// on the async runtime and reaches the engine once, off it.
+async fn run_resource_job(
+    params: JobParams,
+    engine: Arc<dyn Engine>,
+    client: Option<kube::Client>,
+) -> Result<JobOutcome, JobError> {
+    let outcome = match client {
+        None => JobOutcome {
+            succeeded: false,
+            retryable: true,
+            message: "no Kubernetes API access: resource jobs read and write cluster objects"
+                .into(),
+            ..Default::default()
+        },
+        Some(client) => match params.command {
+            JobCommand::CaptureResources => {
+                let (mut outcome, mirror) = capture::run(&params, engine, client.clone()).await;
+                if outcome.succeeded {
+                    if let Err(e) = catalog::mirror(&params, client, mirror).await {
+                        tracing::warn!(error = %e, "could not update the RepositorySnapshot mirror");
+                        outcome.message.push_str("; RepositorySnapshot not written");
+                    }
+                }
+                outcome
+            }
+            _ => restore_resources::run(&params, engine, client).await,
+        },
+    };
     let path = params.termination_log.clone();
     tokio::fs::write(&path, outcome.to_message())
         .await
@@ -221,6 +271,10 @@ fn run_engine(
             }
             Err(e) => failed(e),
         },
+        JobCommand::CaptureResources | JobCommand::RestoreResources => failed(EngineError {
+            message: "resource jobs run through run_resource_job".into(),
+            retryable: false,
+        }),
         JobCommand::Catalog => match engine.list_snapshots(&repository) {
             Ok(list) => {
                 let message = format!("{} snapshots", list.len());

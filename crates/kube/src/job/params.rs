@@ -9,6 +9,7 @@ use super::engine::RepositoryAccess;
 use super::JobError;
 use crate::crd::MaintenanceKind;
 use crate::protocol::{ENV_EXCLUDE_FILE_LIST, TERMINATION_LOG};
+use crate::resources::plan::Stage;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,6 +25,11 @@ pub enum JobCommand {
     Maintenance,
     /// `cairn job catalog`: refresh the RepositorySnapshot mirror.
     Catalog,
+    /// `cairn job capture-resources`: back up an ApplicationBackup's configuration.
+    CaptureResources,
+    /// `cairn job restore-resources`: restore one stage of an ApplicationRestore's
+    /// resources.
+    RestoreResources,
 }
 
 impl std::str::FromStr for JobCommand {
@@ -34,8 +40,11 @@ impl std::str::FromStr for JobCommand {
             "restore" => Ok(JobCommand::Restore),
             "maintenance" => Ok(JobCommand::Maintenance),
             "catalog" => Ok(JobCommand::Catalog),
+            "capture-resources" => Ok(JobCommand::CaptureResources),
+            "restore-resources" => Ok(JobCommand::RestoreResources),
             other => Err(JobError::Usage(format!(
-                "unknown job {other:?}; expected backup, restore, maintenance or catalog"
+                "unknown job {other:?}; expected backup, restore, maintenance, catalog, \
+                 capture-resources or restore-resources"
             ))),
         }
     }
@@ -81,6 +90,14 @@ pub struct JobParams {
     /// Time between backup checkpoints (what a retry resumes from); None = the engine's
     /// default.
     pub checkpoint_interval: Option<Duration>,
+    /// ApplicationBackup whose configuration is captured (capture-resources).
+    pub application_backup: Option<String>,
+    /// ApplicationRestore served (restore-resources).
+    pub application_restore: Option<String>,
+    /// Which resources restore-resources creates.
+    pub stage: Option<Stage>,
+    /// Where manifests are staged; `/tmp` when absent (the only writable path in a job pod).
+    pub staging_dir: Option<PathBuf>,
 }
 
 fn env_name(flag: &str) -> String {
@@ -109,6 +126,10 @@ const FLAGS: &[&str] = &[
     "termination-log",
     "progress-interval",
     "checkpoint-interval",
+    "application-backup",
+    "application-restore",
+    "stage",
+    "staging-dir",
 ];
 
 impl JobParams {
@@ -211,6 +232,13 @@ impl JobParams {
                     .map_err(|e| JobError::Usage(format!("--checkpoint-interval: {e}")))?,
             ),
         };
+        let stage = match one("stage") {
+            None => None,
+            Some(text) => Some(
+                text.parse::<Stage>()
+                    .map_err(|e| JobError::Usage(format!("--stage: {e}")))?,
+            ),
+        };
         let params = JobParams {
             command,
             namespace: one("namespace").or_else(|| env("POD_NAMESPACE")),
@@ -237,6 +265,10 @@ impl JobParams {
                 .unwrap_or_else(|| TERMINATION_LOG.into()),
             progress_interval,
             checkpoint_interval,
+            application_backup: one("application-backup"),
+            application_restore: one("application-restore"),
+            stage,
+            staging_dir: one("staging-dir").map(PathBuf::from),
         };
         match command {
             JobCommand::Backup if params.source.is_none() => {
@@ -250,6 +282,24 @@ impl JobParams {
             {
                 Err(JobError::Usage(
                     "catalog needs --namespace and --repository".into(),
+                ))
+            }
+            JobCommand::CaptureResources
+                if params.namespace.is_none() || params.application_backup.is_none() =>
+            {
+                Err(JobError::Usage(
+                    "capture-resources needs --namespace and --application-backup".into(),
+                ))
+            }
+            JobCommand::RestoreResources
+                if params.namespace.is_none()
+                    || params.application_restore.is_none()
+                    || params.stage.is_none() =>
+            {
+                Err(JobError::Usage(
+                    "restore-resources needs --namespace, --application-restore and \
+                     --stage configuration|workloads"
+                        .into(),
                 ))
             }
             _ => Ok(params),

@@ -11,4 +11,7 @@ mod image;
 mod job_mode;
 mod manifests;
 mod mount;
+mod resources_capture;
+mod resources_plan;
+mod resources_sim;
 mod rule_exec;
