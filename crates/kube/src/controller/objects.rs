@@ -9,6 +9,7 @@ use crate::controller::JobSettings;
 use crate::crd::BackupRepository;
 use crate::protocol::{
     CACHE_DIR, CREDENTIALS_DIR, DATA_DIR, ENV_EXCLUDE_FILE_LIST, PASSWORD_DIR, TERMINATION_LOG,
+    TMP_DIR,
 };
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
@@ -219,10 +220,13 @@ pub fn job(spec: &JobSpec<'_>, config: &Config, settings: &JobSettings) -> Job {
         json!({ "name": "password", "secret": { "secretName": repo.password_secret.name,
             "items": [{ "key": repo.password_secret.key, "path": repo.password_secret.key }] } }),
         json!({ "name": "cache", "emptyDir": {} }),
+        json!({ "name": "tmp", "emptyDir": {} }),
     ];
+    // The root filesystem is read-only; /tmp is where resource Jobs stage manifests.
     let mut mounts = vec![
         json!({ "name": "password", "mountPath": PASSWORD_DIR, "readOnly": true }),
         json!({ "name": "cache", "mountPath": CACHE_DIR }),
+        json!({ "name": "tmp", "mountPath": TMP_DIR }),
     ];
     if let Some(secret) = &repo.credentials_secret {
         args.extend(["--credentials-dir".into(), CREDENTIALS_DIR.into()]);
