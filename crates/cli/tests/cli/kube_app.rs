@@ -150,3 +150,104 @@ fn an_application_backup_quiesces_every_pod_around_one_group_of_snapshots() {
     // status.resourceSnapshotId and status.resourceCount set.
     c.assert_no_pruned_fields();
 }
+
+/// A volume in another namespace than the ApplicationBackup and its repository: the child
+/// VolumeBackup runs there with copies of the repository's Secrets, once allowed.
+#[test]
+fn a_volume_in_another_namespace_is_backed_up_through_copied_repository_secrets() {
+    if controller_logic_only() {
+        return;
+    }
+    let c = Cluster::start("e2e-app-xns", config(&[]));
+    let web = "web";
+    for object in [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": web}}),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "cairn-job", "namespace": web}}),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+               "metadata": {"name": "assets", "namespace": web},
+               "spec": {"storageClassName": "fast", "accessModes": ["ReadWriteOnce"],
+                        "resources": {"requests": {"storage": "1Gi"}}}}),
+    ] {
+        c.create(object);
+    }
+    let dir = c.sim.wait_for("PVC web/assets bound", PATIENCE, |sim| {
+        sim.volume_dir(web, "assets")
+    });
+    std::fs::write(dir.join("logo.svg"), b"<svg/>").unwrap();
+    let backup = |name: &str| {
+        c.create(
+            json!({"apiVersion": "cairn.io/v1alpha1", "kind": "ApplicationBackup",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"includedNamespaces": [web], "repository": "main"}}),
+        );
+    };
+    // Not allowed yet: refused with the field to set.
+    backup("refused");
+    let ab = c.sim.wait_for("refused fails", PATIENCE, |_| {
+        let ab = c.get("ApplicationBackup", "refused")?;
+        (ab["status"]["phase"] == "Failed").then_some(ab)
+    });
+    let why = ab["status"]["failureReason"].as_str().unwrap();
+    assert!(why.contains("spec.allowedNamespaces"), "{why}");
+
+    c.sim
+        .merge_patch(
+            "cairn.io/v1alpha1",
+            "BackupRepository",
+            Some(NS),
+            "main",
+            None,
+            json!({"spec": {"allowedNamespaces": [web]}}),
+        )
+        .unwrap();
+    backup("allowed");
+    let ab = c.sim.wait_for("the web volume Completed", PATIENCE, |_| {
+        let ab = c.get("ApplicationBackup", "allowed")?;
+        let v = &ab["status"]["volumes"][0];
+        assert_ne!(
+            v["phase"],
+            "Failed",
+            "{}\n{}",
+            ab["status"],
+            c.controller_log()
+        );
+        (v["phase"] == "Completed").then_some(ab)
+    });
+    let v = &ab["status"]["volumes"][0];
+    assert_eq!(
+        (v["namespace"].as_str(), v["persistentVolumeClaim"].as_str()),
+        (Some(web), Some("assets"))
+    );
+    assert!(v["snapshotId"].as_str().is_some_and(|s| !s.is_empty()));
+    let child = c
+        .sim
+        .get(
+            "cairn.io/v1alpha1",
+            "VolumeBackup",
+            Some(web),
+            "allowed-assets",
+        )
+        .unwrap();
+    assert_eq!(child["spec"]["repositoryNamespace"], NS);
+    // The Job in `web` mounted copies, owned by the child.
+    let job = c
+        .sim
+        .get("batch/v1", "Job", Some(web), "allowed-assets-backup-1")
+        .unwrap();
+    let volumes = job["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    for volume in ["password", "credentials"] {
+        let secret = volumes.iter().find(|v| v["name"] == volume).unwrap()["secret"]["secretName"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(secret.starts_with("cairn-repo-main-"), "{secret}");
+        let copy = c.sim.get("v1", "Secret", Some(web), &secret).unwrap();
+        assert_eq!(
+            copy["metadata"]["ownerReferences"][0]["name"],
+            "allowed-assets"
+        );
+    }
+    c.assert_no_pruned_fields();
+}
