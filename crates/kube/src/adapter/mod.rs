@@ -445,7 +445,18 @@ async fn execute_application(
                 .map(drop)
                 .map_err(api_err(action))
         }
-        // Handled by `execute`.
-        _ => Ok(()),
+        // Handled by `execute` before it calls this; listed so a new action cannot be
+        // forgotten by both.
+        Action::CreateVolumeSnapshot(_)
+        | Action::DeleteVolumeSnapshot { .. }
+        | Action::CreatePvc(_)
+        | Action::DeletePvc { .. }
+        | Action::CreateJob(_)
+        | Action::DeleteJob { .. }
+        | Action::RunRule { .. }
+        | Action::PatchBackupStatus(_)
+        | Action::PatchRestoreStatus(_)
+        | Action::PatchRepositoryStatus(_)
+        | Action::RequeueAfter(_) => Ok(()),
     }
 }
