@@ -1,17 +1,24 @@
-//! `cairn kube controller`: three kube-runtime controllers (VolumeBackup, VolumeRestore,
-//! BackupRepository) whose reconcile is observe -> decide -> execute.
+//! `cairn kube controller`: kube-runtime controllers (VolumeBackup, VolumeRestore,
+//! BackupRepository, ApplicationBackup, ApplicationRestore) whose reconcile is observe ->
+//! decide -> execute.
 //!
 //! Invariant: observing, deciding and creating Jobs happen under one lock, so two
 //! reconciles never both see a free job slot and both take it. Rule commands, which can
 //! run for minutes, are executed after the lock is released.
 
 use crate::adapter::{self, AdapterError, Target};
-use crate::controller::{self, Action, DecideContext, JobSettings, LABEL_JOB_KIND};
-use crate::crd::{BackupRepository, VolumeBackup, VolumeRestore};
+use crate::controller::{
+    self, parent_of, Action, DecideContext, JobSettings, LABEL_APP_BACKUP, LABEL_APP_RESTORE,
+    LABEL_JOB_KIND,
+};
+use crate::crd::{
+    ApplicationBackup, ApplicationRestore, BackupRepository, VolumeBackup, VolumeRestore,
+};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, ResourceExt};
 use std::sync::Arc;
@@ -80,9 +87,45 @@ pub async fn run_controller(
     .owns(Api::<Job>::all(client.clone()), jobs())
     .reconcile_all_on(config())
     .shutdown_on_signal()
-    .run(reconcile_repository, retry, ctx)
+    .run(reconcile_repository, retry, ctx.clone())
     .for_each(log_result);
-    futures::join!(backups, restores, repositories);
+    // Children live in other namespaces too, where owner references cannot point: they
+    // are found by label and mapped to their parent by annotation.
+    let app_backups = Controller::new(
+        Api::<ApplicationBackup>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Job>::all(client.clone()), jobs())
+    .watches(
+        Api::<VolumeBackup>::all(client.clone()),
+        watcher::Config::default().labels(LABEL_APP_BACKUP),
+        |child: VolumeBackup| {
+            parent_of(&child.metadata)
+                .map(|(ns, name)| ObjectRef::<ApplicationBackup>::new(&name).within(&ns))
+        },
+    )
+    .reconcile_all_on(config())
+    .shutdown_on_signal()
+    .run(reconcile_application_backup, retry, ctx.clone())
+    .for_each(log_result);
+    let app_restores = Controller::new(
+        Api::<ApplicationRestore>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Job>::all(client.clone()), jobs())
+    .watches(
+        Api::<VolumeRestore>::all(client.clone()),
+        watcher::Config::default().labels(LABEL_APP_RESTORE),
+        |child: VolumeRestore| {
+            parent_of(&child.metadata)
+                .map(|(ns, name)| ObjectRef::<ApplicationRestore>::new(&name).within(&ns))
+        },
+    )
+    .reconcile_all_on(config())
+    .shutdown_on_signal()
+    .run(reconcile_application_restore, retry, ctx)
+    .for_each(log_result);
+    futures::join!(backups, restores, repositories, app_backups, app_restores);
     Ok(())
 }
 
@@ -122,7 +165,10 @@ async fn execute(
     let mut guard = Some(guard);
     let mut requeue = None;
     for action in &actions {
-        if matches!(action, Action::RunRule { .. }) {
+        if matches!(
+            action,
+            Action::RunRule { .. } | Action::RunGroupHooks { .. }
+        ) {
             guard.take();
         }
         let wanted = adapter::execute(&ctx.client, &target, std::slice::from_ref(action)).await?;
@@ -216,4 +262,60 @@ async fn reconcile_repository(
         .as_ref()
         .and_then(|s| serde_json::to_value(s).ok());
     execute(&ctx, target(repo.as_ref(), old), actions, guard).await
+}
+
+/// The object as the API server holds it now (None once it is gone): its status may have
+/// been patched by a Job or a hook run since the watch event that triggered the reconcile.
+async fn fresh<K>(client: &kube::Client, object: &K) -> Result<Option<K>, ControllerError>
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let ns = object.meta().namespace.clone().unwrap_or_default();
+    let name = object.meta().name.clone().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    Ok(api.get_opt(&name).await.map_err(adapter::api_err(format!(
+        "reading {} {ns}/{name}",
+        K::kind(&())
+    )))?)
+}
+
+async fn reconcile_application_backup(
+    ab: Arc<ApplicationBackup>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, ControllerError> {
+    let guard = ctx.lock.lock().await;
+    let Some(ab) = fresh(&ctx.client, ab.as_ref()).await? else {
+        return Ok(Requeue::await_change());
+    };
+    let decide = decide_context(&ctx).await?;
+    let observed = adapter::observe_application_backup(&ctx.client, &ab).await?;
+    let actions = controller::decide_application_backup(&observed, &decide);
+    tracing::debug!(application_backup = %ab.name_any(), ?actions, "decided");
+    let old = ab
+        .status
+        .as_ref()
+        .and_then(|s| serde_json::to_value(s).ok());
+    execute(&ctx, target(&ab, old), actions, guard).await
+}
+
+async fn reconcile_application_restore(
+    ar: Arc<ApplicationRestore>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, ControllerError> {
+    let guard = ctx.lock.lock().await;
+    let Some(ar) = fresh(&ctx.client, ar.as_ref()).await? else {
+        return Ok(Requeue::await_change());
+    };
+    let decide = decide_context(&ctx).await?;
+    let observed = adapter::observe_application_restore(&ctx.client, &ar).await?;
+    let actions = controller::decide_application_restore(&observed, &decide);
+    tracing::debug!(application_restore = %ar.name_any(), ?actions, "decided");
+    let old = ar
+        .status
+        .as_ref()
+        .and_then(|s| serde_json::to_value(s).ok());
+    execute(&ctx, target(&ar, old), actions, guard).await
 }

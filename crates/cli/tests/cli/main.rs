@@ -8,6 +8,7 @@ mod damage;
 mod edges;
 mod engine_v1;
 mod job;
+mod kube_app;
 mod kube_e2e;
 mod kube_mount;
 mod maintenance_a;

@@ -2,7 +2,7 @@
 //! label selector they are matched with.
 
 use super::{api_err, describe, AdapterError};
-use crate::controller::HookSide;
+use crate::controller::{HookRun, HookSide};
 use crate::crd::{BackupRule, HookOutcome, RuleRun};
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -139,6 +139,54 @@ pub async fn run_rule(
         tracing::warn!(error = %e, rule, "could not record the rule run on the BackupRule");
     }
     Ok(outcome)
+}
+
+/// Runs the commands of `runs` in pod `namespace/pod`, in order, stopping at the first
+/// failure (a group hook of an ApplicationBackup).
+pub async fn run_in_pod(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &str,
+    runs: &[HookRun],
+) -> HookOutcome {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let target = Pod {
+        metadata: kube::api::ObjectMeta {
+            name: Some(pod.to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut ran = 0;
+    for run in runs {
+        for action in &run.commands {
+            let timeout =
+                Duration::from_secs(u64::from(action.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT)));
+            let result = exec_one(
+                &pods,
+                &target,
+                run.container.as_deref(),
+                &action.command,
+                timeout,
+            )
+            .await;
+            if let Err(why) = result {
+                return HookOutcome {
+                    succeeded: false,
+                    message: format!(
+                        "{:?} (BackupRule {}) failed: {why}",
+                        action.command.join(" "),
+                        run.rule
+                    ),
+                };
+            }
+            ran += 1;
+        }
+    }
+    HookOutcome {
+        succeeded: true,
+        message: format!("{ran} commands ran"),
+    }
 }
 
 /// Bytes kept of each output stream (its end) for a failure message.

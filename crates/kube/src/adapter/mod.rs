@@ -7,13 +7,18 @@
 mod exec;
 mod observe;
 
-pub use exec::run_rule;
-pub use observe::{observe_backup, observe_repository, observe_restore, read_config};
+pub use exec::{run_in_pod, run_rule};
+pub use observe::{
+    observe_application_backup, observe_application_restore, observe_backup, observe_repository,
+    observe_restore, read_config,
+};
 
-use crate::controller::Action;
-use crate::crd::{BackupRepository, VolumeBackup, VolumeRestore};
+use crate::controller::{Action, FINALIZER_CHILDREN};
+use crate::crd::{
+    ApplicationBackup, ApplicationRestore, BackupRepository, VolumeBackup, VolumeRestore,
+};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::api::{
     ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
     PropagationPolicy,
@@ -157,6 +162,54 @@ where
         )))
 }
 
+/// Merge-patches only the top-level status fields that differ between the target's observed
+/// status and `status` (see [`status_diff_patch`]).
+async fn patch_status_diff<K>(
+    api: &Api<K>,
+    target: &Target,
+    status: &impl Serialize,
+) -> Result<(), AdapterError>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let body = status_diff_patch(
+        &target.old_status,
+        &serde_json::to_value(status).unwrap_or_default(),
+    );
+    if body["status"].as_object().is_some_and(|m| m.is_empty()) {
+        return Ok(());
+    }
+    api.patch_status(&target.name, &PatchParams::default(), &Patch::Merge(&body))
+        .await
+        .map(drop)
+        .map_err(api_err(format!(
+            "patching {} {}/{} status",
+            K::kind(&()),
+            target.namespace,
+            target.name
+        )))
+}
+
+/// A merge patch of the top-level fields of `new` that differ from `old` (removed ones as
+/// null): fields others patch meanwhile (a Job's counts) are left as they are.
+pub fn status_diff_patch(old: &Value, new: &Value) -> Value {
+    let empty = serde_json::Map::new();
+    let old = old.as_object().unwrap_or(&empty);
+    let new = new.as_object().unwrap_or(&empty);
+    let mut body = serde_json::Map::new();
+    for (k, v) in new {
+        if old.get(k) != Some(v) {
+            body.insert(k.clone(), v.clone());
+        }
+    }
+    for k in old.keys() {
+        if !new.contains_key(k) {
+            body.insert(k.clone(), Value::Null);
+        }
+    }
+    json!({ "status": body })
+}
+
 /// A merge patch of `status` that also removes the fields `old` had and `new` lacks.
 pub fn status_patch(old: &Value, new: &Value) -> Value {
     let mut body = new.clone();
@@ -185,8 +238,14 @@ pub async fn execute(
             Action::CreateVolumeSnapshot(object) => {
                 let object: DynamicObject = serde_json::from_value(object.clone())
                     .map_err(|e| AdapterError::Convert(e.to_string()))?;
-                let api = Api::namespaced_with(client.clone(), ns, &volume_snapshot_resource());
-                create(&api, ns, "VolumeSnapshot", &object).await?;
+                // An ApplicationBackup cuts snapshots in other namespaces.
+                let ns = object
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| ns.into());
+                let api = Api::namespaced_with(client.clone(), &ns, &volume_snapshot_resource());
+                create(&api, &ns, "VolumeSnapshot", &object).await?;
             }
             Action::DeleteVolumeSnapshot { namespace, name } => {
                 let api: Api<DynamicObject> =
@@ -240,7 +299,164 @@ pub async fn execute(
                 patch_status(&api, target, status).await?;
             }
             Action::RequeueAfter(d) => requeue = Some(requeue.map_or(*d, |r| r.min(*d))),
+            other => execute_application(client, target, other).await?,
         }
     }
     Ok(requeue)
+}
+
+/// Executes the actions of the application controllers (and the Secret copies of
+/// cross-namespace repositories).
+async fn execute_application(
+    client: &kube::Client,
+    target: &Target,
+    action: &Action,
+) -> Result<(), AdapterError> {
+    let ns = target.namespace.as_str();
+    let cancel = json!({ "spec": { "cancel": true } });
+    match action {
+        Action::CopySecret {
+            from_namespace,
+            from_name,
+            namespace,
+            name,
+            owner,
+        } => {
+            let source: Api<Secret> = Api::namespaced(client.clone(), from_namespace);
+            let Some(original) = source.get_opt(from_name).await.map_err(api_err(format!(
+                "reading Secret {from_namespace}/{from_name}"
+            )))?
+            else {
+                // The Job's pod will report the missing Secret; nothing to copy.
+                tracing::warn!(%from_namespace, %from_name, "repository Secret not found");
+                return Ok(());
+            };
+            let copy = Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(namespace.clone()),
+                    labels: Some(
+                        [(
+                            "cairn.io/copy-of".to_string(),
+                            crate::controller::label_value(&format!(
+                                "{from_namespace}.{from_name}"
+                            )),
+                        )]
+                        .into(),
+                    ),
+                    owner_references: Some(vec![owner.clone()]),
+                    ..Default::default()
+                },
+                data: original.data,
+                type_: original.type_,
+                ..Default::default()
+            };
+            let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+            create(&api, namespace, "Secret", &copy).await
+        }
+        Action::CreateVolumeBackup(vb) => {
+            let child_ns = vb.metadata.namespace.clone().unwrap_or_else(|| ns.into());
+            let api: Api<VolumeBackup> = Api::namespaced(client.clone(), &child_ns);
+            create(&api, &child_ns, "VolumeBackup", vb).await
+        }
+        Action::CancelVolumeBackup { namespace, name } => {
+            let api: Api<VolumeBackup> = Api::namespaced(client.clone(), namespace);
+            tolerate(
+                api.patch(name, &PatchParams::default(), &Patch::Merge(&cancel))
+                    .await
+                    .map(drop),
+                404,
+                format!("canceling VolumeBackup {namespace}/{name}"),
+            )
+        }
+        Action::DeleteVolumeBackup { namespace, name } => {
+            let api: Api<VolumeBackup> = Api::namespaced(client.clone(), namespace);
+            let params = DeleteParams::default();
+            delete(&api, namespace, "VolumeBackup", name, &params).await
+        }
+        Action::CreateVolumeRestore(vr) => {
+            let child_ns = vr.metadata.namespace.clone().unwrap_or_else(|| ns.into());
+            let api: Api<VolumeRestore> = Api::namespaced(client.clone(), &child_ns);
+            create(&api, &child_ns, "VolumeRestore", vr).await
+        }
+        Action::CancelVolumeRestore { namespace, name } => {
+            let api: Api<VolumeRestore> = Api::namespaced(client.clone(), namespace);
+            tolerate(
+                api.patch(name, &PatchParams::default(), &Patch::Merge(&cancel))
+                    .await
+                    .map(drop),
+                404,
+                format!("canceling VolumeRestore {namespace}/{name}"),
+            )
+        }
+        Action::RunGroupHooks { side, pods } => {
+            let runs = pods.iter().map(|p| async move {
+                let outcome = run_in_pod(client, &p.namespace, &p.pod, &p.runs).await;
+                (p.key(), outcome)
+            });
+            let results: std::collections::BTreeMap<String, crate::crd::HookOutcome> =
+                futures::future::join_all(runs).await.into_iter().collect();
+            let key = side.as_str();
+            let body = json!({ "status": { "hooks": { key: results } } });
+            let api: Api<ApplicationBackup> = Api::namespaced(client.clone(), ns);
+            api.patch_status(&target.name, &PatchParams::default(), &Patch::Merge(&body))
+                .await
+                .map(drop)
+                .map_err(api_err(format!(
+                    "recording the {key} commands' results on {ns}/{}",
+                    target.name
+                )))
+        }
+        Action::PatchApplicationBackupStatus(status) => {
+            let api: Api<ApplicationBackup> = Api::namespaced(client.clone(), ns);
+            patch_status_diff(&api, target, status).await
+        }
+        Action::PatchApplicationRestoreStatus(status) => {
+            let api: Api<ApplicationRestore> = Api::namespaced(client.clone(), ns);
+            patch_status_diff(&api, target, status).await
+        }
+        Action::SetApplicationBackupFinalizer(add) => {
+            let api: Api<ApplicationBackup> = Api::namespaced(client.clone(), ns);
+            let action = format!(
+                "updating the finalizers of ApplicationBackup {ns}/{}",
+                target.name
+            );
+            let Some(current) = api
+                .get_opt(&target.name)
+                .await
+                .map_err(api_err(action.clone()))?
+            else {
+                return Ok(());
+            };
+            let mut finalizers = current.metadata.finalizers.clone().unwrap_or_default();
+            finalizers.retain(|f| f != FINALIZER_CHILDREN);
+            if *add {
+                finalizers.push(FINALIZER_CHILDREN.into());
+            }
+            if Some(&finalizers) == current.metadata.finalizers.as_ref() {
+                return Ok(());
+            }
+            let body = json!({ "metadata": {
+                "finalizers": finalizers,
+                "resourceVersion": current.metadata.resource_version,
+            } });
+            api.patch(&target.name, &PatchParams::default(), &Patch::Merge(&body))
+                .await
+                .map(drop)
+                .map_err(api_err(action))
+        }
+        // Handled by `execute` before it calls this; listed so a new action cannot be
+        // forgotten by both.
+        Action::CreateVolumeSnapshot(_)
+        | Action::DeleteVolumeSnapshot { .. }
+        | Action::CreatePvc(_)
+        | Action::DeletePvc { .. }
+        | Action::CreateJob(_)
+        | Action::DeleteJob { .. }
+        | Action::RunRule { .. }
+        | Action::PatchBackupStatus(_)
+        | Action::PatchRestoreStatus(_)
+        | Action::PatchRepositoryStatus(_)
+        | Action::RequeueAfter(_) => Ok(()),
+    }
 }

@@ -1,18 +1,26 @@
 //! Reads what the decision functions look at. Reads go to the API server directly (not a
 //! cache) so that job counts include Jobs created a moment ago.
 
+use super::exec::selector_string;
 use super::{api_err, snapshot_class_resource, volume_snapshot_resource, AdapterError};
 use crate::config::Config;
 use crate::controller::{
-    BackupObserved, JobInfo, JobKind, JobWaiting, RepositoryObserved, RestoreObserved,
-    SnapshotClassInfo, SnapshotInfo, LABEL_JOB_KIND,
+    label_value, ApplicationBackupObserved, ApplicationRestoreObserved, BackupObserved, JobInfo,
+    JobKind, JobWaiting, RepositoryObserved, RestoreObserved, RuleTarget, SnapshotClassInfo,
+    SnapshotInfo, LABEL_APP_BACKUP, LABEL_APP_RESTORE, LABEL_JOB_KIND,
 };
-use crate::crd::{BackupRepository, BackupRule, VolumeBackup, VolumeBackupPhase, VolumeRestore};
+use crate::crd::{
+    ApplicationBackup, ApplicationBackupPhase, ApplicationRestore, BackupRepository, BackupRule,
+    VolumeBackup, VolumeBackupPhase, VolumeRestore,
+};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim, Pod,
+};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DynamicObject, ListParams};
 use kube::{Api, ResourceExt};
+use std::collections::BTreeMap;
 
 /// Reads and parses the ConfigMap; a missing ConfigMap means all defaults.
 pub async fn read_config(
@@ -207,7 +215,12 @@ pub async fn observe_backup(
 ) -> Result<BackupObserved, AdapterError> {
     let ns = vb.namespace().unwrap_or_default();
     let status = vb.status.clone().unwrap_or_default();
-    let repos: Api<BackupRepository> = Api::namespaced(client.clone(), &ns);
+    let repo_ns = vb
+        .spec
+        .repository_namespace
+        .clone()
+        .unwrap_or_else(|| ns.clone());
+    let repos: Api<BackupRepository> = Api::namespaced(client.clone(), &repo_ns);
     let repository = repos
         .get_opt(&vb.spec.repository)
         .await
@@ -326,8 +339,13 @@ pub async fn observe_restore(
         .as_ref()
         .map(|b| b.spec.repository.clone())
         .or_else(|| vr.spec.source.repository.clone());
+    let repo_ns = match &source_backup {
+        Some(b) => b.spec.repository_namespace.clone(),
+        None => vr.spec.source.repository_namespace.clone(),
+    }
+    .unwrap_or_else(|| ns.clone());
     let repository = match repo_name {
-        Some(name) => Api::<BackupRepository>::namespaced(client.clone(), &ns)
+        Some(name) => Api::<BackupRepository>::namespaced(client.clone(), &repo_ns)
             .get_opt(&name)
             .await
             .map_err(api_err("reading the BackupRepository"))?,
@@ -384,5 +402,242 @@ pub async fn observe_repository(
         maintenance_job: job_info(client, &ns, running.as_deref()).await?,
         catalog_job: job_info(client, &ns, status.catalog_job.as_deref()).await?,
         running_maintenance_jobs: running_jobs(client, JobKind::Maintenance).await?,
+    })
+}
+
+fn snapshot_classes_of(list: Vec<DynamicObject>) -> Vec<SnapshotClassInfo> {
+    list.into_iter()
+        .map(|c| SnapshotClassInfo {
+            is_default: c
+                .annotations()
+                .get("snapshot.storage.kubernetes.io/is-default-class")
+                .is_some_and(|v| v == "true"),
+            driver: c
+                .data
+                .get("driver")
+                .and_then(|d| d.as_str())
+                .unwrap_or_default()
+                .to_string(),
+            name: c.name_any(),
+        })
+        .collect()
+}
+
+fn is_running(pod: &Pod) -> bool {
+    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
+/// The namespaces an ApplicationBackup may touch before its status records them: the
+/// named ones, the selected ones, or its own.
+fn candidate_namespaces(ab: &ApplicationBackup, selected: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = ab.spec.included_namespaces.clone();
+    out.extend(selected.iter().cloned());
+    if ab.spec.included_namespaces.is_empty() && ab.spec.namespace_selector.is_none() {
+        out.push(ab.namespace().unwrap_or_default());
+    }
+    out.retain(|n| !ab.spec.excluded_namespaces.contains(n));
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Observes everything [`crate::controller::decide_application_backup`] needs, reading
+/// only what the current phase looks at.
+pub async fn observe_application_backup(
+    client: &kube::Client,
+    ab: &ApplicationBackup,
+) -> Result<ApplicationBackupObserved, AdapterError> {
+    let ns = ab.namespace().unwrap_or_default();
+    let status = ab.status.clone().unwrap_or_default();
+    let phase = status.phase;
+    let deleting = ab.metadata.deletion_timestamp.is_some();
+    let repository = Api::<BackupRepository>::namespaced(client.clone(), &ns)
+        .get_opt(&ab.spec.repository)
+        .await
+        .map_err(api_err("reading the BackupRepository"))?;
+    let mut obs = ApplicationBackupObserved {
+        backup: ab.clone(),
+        repository,
+        selected_namespaces: Vec::new(),
+        pvcs: Vec::new(),
+        pods: Vec::new(),
+        pv_drivers: BTreeMap::new(),
+        snapshot_classes: Vec::new(),
+        rules: Vec::new(),
+        snapshots: BTreeMap::new(),
+        children: Vec::new(),
+        job: None,
+    };
+    if phase == ApplicationBackupPhase::New && !deleting {
+        if let Some(selector) = &ab.spec.namespace_selector {
+            let api: Api<Namespace> = Api::all(client.clone());
+            obs.selected_namespaces = api
+                .list(&ListParams::default().labels(&selector_string(selector)))
+                .await
+                .map_err(api_err("listing namespaces by spec.namespaceSelector"))?
+                .items
+                .iter()
+                .map(ResourceExt::name_any)
+                .collect();
+        }
+        let pvc_params = match &ab.spec.label_selector {
+            Some(s) => ListParams::default().labels(&selector_string(s)),
+            None => ListParams::default(),
+        };
+        for n in candidate_namespaces(ab, &obs.selected_namespaces) {
+            let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &n);
+            obs.pvcs.extend(
+                pvcs.list(&pvc_params)
+                    .await
+                    .map_err(api_err(format!("listing PVCs in {n}")))?
+                    .items,
+            );
+            if let Some(selector) = &ab.spec.pod_selector {
+                let pods: Api<Pod> = Api::namespaced(client.clone(), &n);
+                obs.pods.extend(
+                    pods.list(&ListParams::default().labels(&selector_string(selector)))
+                        .await
+                        .map_err(api_err(format!("listing pods in {n}")))?
+                        .items,
+                );
+            }
+        }
+        let pvs: Api<PersistentVolume> = Api::all(client.clone());
+        obs.pv_drivers = pvs
+            .list(&ListParams::default())
+            .await
+            .map_err(api_err("listing PersistentVolumes"))?
+            .items
+            .into_iter()
+            .filter_map(|pv| {
+                let driver = pv.spec.as_ref()?.csi.as_ref()?.driver.clone();
+                Some((pv.name_any(), driver))
+            })
+            .collect();
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &snapshot_class_resource());
+        obs.snapshot_classes = snapshot_classes_of(
+            api.list(&ListParams::default())
+                .await
+                .map_err(api_err("listing VolumeSnapshotClasses"))?
+                .items,
+        );
+    }
+    let hooks_pending = matches!(
+        phase,
+        ApplicationBackupPhase::New
+            | ApplicationBackupPhase::RunningPreRules
+            | ApplicationBackupPhase::Snapshotting
+            | ApplicationBackupPhase::RunningPostRules
+    );
+    if hooks_pending && !deleting {
+        for r in &ab.spec.rules {
+            let rule_ns = r.namespace.clone().unwrap_or_else(|| ns.clone());
+            let rule = Api::<BackupRule>::namespaced(client.clone(), &rule_ns)
+                .get_opt(&r.name)
+                .await
+                .map_err(api_err(format!("reading BackupRule {rule_ns}/{}", r.name)))?;
+            let selector = r
+                .pod_selector
+                .as_ref()
+                .or(rule.as_ref().map(|x| &x.spec.pod_selector));
+            let pods = match selector {
+                Some(selector) => Api::<Pod>::namespaced(client.clone(), &rule_ns)
+                    .list(&ListParams::default().labels(&selector_string(selector)))
+                    .await
+                    .map_err(api_err(format!(
+                        "listing pods for BackupRule {rule_ns}/{}",
+                        r.name
+                    )))?
+                    .items
+                    .iter()
+                    .filter(|p| is_running(p))
+                    .map(ResourceExt::name_any)
+                    .collect(),
+                None => Vec::new(),
+            };
+            obs.rules.push(RuleTarget {
+                namespace: rule_ns,
+                name: r.name.clone(),
+                rule,
+                pods,
+            });
+        }
+    }
+    let label = format!(
+        "{LABEL_APP_BACKUP}={}",
+        label_value(&format!("{ns}.{}", ab.name_any()))
+    );
+    if !phase.is_terminal() || deleting {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &volume_snapshot_resource());
+        obs.snapshots = api
+            .list(&ListParams::default().labels(&label))
+            .await
+            .map_err(api_err("listing the backup's VolumeSnapshots"))?
+            .items
+            .into_iter()
+            .map(|o| {
+                (
+                    format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()),
+                    snapshot_info(o),
+                )
+            })
+            .collect();
+    }
+    if phase == ApplicationBackupPhase::Uploading || deleting {
+        obs.children = Api::<VolumeBackup>::all(client.clone())
+            .list(&ListParams::default().labels(&label))
+            .await
+            .map_err(api_err("listing the backup's VolumeBackups"))?
+            .items;
+    }
+    obs.job = job_info(client, &ns, status.job_name.as_deref()).await?;
+    Ok(obs)
+}
+
+/// Observes everything [`crate::controller::decide_application_restore`] needs.
+pub async fn observe_application_restore(
+    client: &kube::Client,
+    ar: &ApplicationRestore,
+) -> Result<ApplicationRestoreObserved, AdapterError> {
+    let ns = ar.namespace().unwrap_or_default();
+    let status = ar.status.clone().unwrap_or_default();
+    let source_backup = match &ar.spec.source.application_backup {
+        Some(name) => Api::<ApplicationBackup>::namespaced(client.clone(), &ns)
+            .get_opt(name)
+            .await
+            .map_err(api_err("reading the source ApplicationBackup"))?,
+        None => None,
+    };
+    let repo_name = status
+        .repository
+        .clone()
+        .or_else(|| source_backup.as_ref().map(|b| b.spec.repository.clone()))
+        .or_else(|| ar.spec.source.repository.clone());
+    let repository = match repo_name {
+        Some(name) => Api::<BackupRepository>::namespaced(client.clone(), &ns)
+            .get_opt(&name)
+            .await
+            .map_err(api_err("reading the BackupRepository"))?,
+        None => None,
+    };
+    let children = if status.phase.is_terminal() {
+        Vec::new()
+    } else {
+        let label = format!(
+            "{LABEL_APP_RESTORE}={}",
+            label_value(&format!("{ns}.{}", ar.name_any()))
+        );
+        Api::<VolumeRestore>::all(client.clone())
+            .list(&ListParams::default().labels(&label))
+            .await
+            .map_err(api_err("listing the restore's VolumeRestores"))?
+            .items
+    };
+    Ok(ApplicationRestoreObserved {
+        restore: ar.clone(),
+        source_backup,
+        repository,
+        children,
+        job: job_info(client, &ns, status.job_name.as_deref()).await?,
     })
 }

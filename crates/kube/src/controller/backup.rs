@@ -5,6 +5,7 @@
 //! backupPVC never outlives the backup; a local VolumeSnapshot survives only a Completed
 //! backup with `offload: true`.
 
+use super::access::{repository_for_job, repository_refusal};
 use super::objects::{self, DataVolume, JobKind, JobSpec};
 use super::{
     human, running_poll, time, Action, DecideContext, HookSide, JobInfo, BLOCKED_POLL, POLL,
@@ -162,12 +163,13 @@ fn step(obs: &BackupObserved, ctx: &DecideContext, plan: &mut Plan) {
     }
     plan.status.conditions.retain(|c| c.type_ != "ConfigValid");
     let Some(repository) = &obs.repository else {
+        let repo_ns = vb.spec.repository_namespace.as_deref().unwrap_or(&ns);
         plan.condition(
             "RepositoryFound",
             false,
             "RepositoryNotFound",
             format!(
-                "BackupRepository {:?} does not exist in namespace {ns:?}; create it",
+                "BackupRepository {:?} does not exist in namespace {repo_ns:?}; create it",
                 vb.spec.repository
             ),
         );
@@ -177,6 +179,20 @@ fn step(obs: &BackupObserved, ctx: &DecideContext, plan: &mut Plan) {
     plan.status
         .conditions
         .retain(|c| c.type_ != "RepositoryFound");
+    if let Some(refusal) = repository_refusal(repository, &ns) {
+        plan.condition(
+            "ConfigValid",
+            false,
+            "RepositoryNotAllowed",
+            refusal.clone(),
+        );
+        if run_post_if_owed(obs, plan) {
+            return;
+        }
+        plan.terminal(Phase::Failed, Some(refusal));
+        cleanup(obs, plan, false);
+        return;
+    }
     let pvc_name = &vb.spec.source.persistent_volume_claim;
     let Some(pvc) = &obs.pvc else {
         if run_post_if_owed(obs, plan) {
@@ -191,6 +207,15 @@ fn step(obs: &BackupObserved, ctx: &DecideContext, plan: &mut Plan) {
         cleanup(obs, plan, false);
         return;
     };
+    if let (Some(snapshot), Phase::New) = (&vb.spec.source.volume_snapshot, phase) {
+        // Cut already (by an ApplicationBackup, for the whole group): no rule, no snapshot
+        // of our own; wait for it to be ready like one we cut.
+        plan.status.mode = Some(BackupMode::Snapshot);
+        plan.status.volume_snapshot_name = Some(snapshot.clone());
+        plan.status.phase = Phase::SnapshotInProgress;
+        plan.actions.push(Action::RequeueAfter(POLL));
+        return;
+    }
     if vb.spec.rule.is_some() && obs.rule.is_none() && phase == Phase::New {
         let name = vb
             .spec
@@ -351,13 +376,19 @@ fn rule_action(obs: &BackupObserved, side: HookSide) -> Action {
 }
 
 fn pre_owed(obs: &BackupObserved, plan: &Plan) -> bool {
-    obs.rule.as_ref().is_some_and(|r| !r.spec.pre.is_empty()) && plan.status.hooks.pre.is_none()
+    obs.backup.spec.source.volume_snapshot.is_none()
+        && obs.rule.as_ref().is_some_and(|r| !r.spec.pre.is_empty())
+        && plan.status.hooks.pre.is_none()
 }
 
 /// Post commands are owed once pre commands ran (or there are none) and the capture step
 /// happened or was abandoned, until they have run once.
 fn run_post_if_owed(obs: &BackupObserved, plan: &mut Plan) -> bool {
     let Some(rule) = &obs.rule else { return false };
+    if obs.backup.spec.source.volume_snapshot.is_some() {
+        // A pre-cut snapshot's rules ran where it was cut.
+        return false;
+    }
     let pre_ran = rule.spec.pre.is_empty() || plan.status.hooks.pre.is_some();
     let capture_started = plan.status.phase != Phase::New || plan.status.hooks.pre.is_some();
     if rule.spec.post.is_empty() || plan.status.hooks.post.is_some() || !pre_ran || !capture_started
@@ -552,12 +583,14 @@ fn create_job(
         args.extend(["--tag".into(), format!("{k}={v}")]);
     }
     let owner = owner(vb);
+    let (repository, copies) = repository_for_job(repository, &ns, &owner);
+    plan.actions.extend(copies);
     let spec = JobSpec {
         name: name.clone(),
         namespace: &ns,
         kind: JobKind::Backup,
         owner: &owner,
-        repository,
+        repository: &repository,
         args,
         data: Some(data),
         with_excludes: true,

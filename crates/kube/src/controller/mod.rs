@@ -4,11 +4,20 @@
 //! `decide_*` function, and executes what it returns. Every step that changes the world also
 //! patches the owner's status, so the next reconcile sees where the previous one left off.
 
+mod access;
+mod app_restore;
+mod application;
 mod backup;
 mod objects;
 mod repository;
 mod restore;
 
+pub use access::{repository_for_job, repository_refusal, secret_copy_name};
+pub use app_restore::{decide_application_restore, ApplicationRestoreObserved, LABEL_APP_RESTORE};
+pub use application::{
+    decide_application_backup, label_value, parent_of, short_name, ApplicationBackupObserved,
+    RuleTarget, ANNOTATION_PARENT, FINALIZER_CHILDREN, LABEL_APP_BACKUP,
+};
 pub use backup::{decide_backup, record_hook, BackupObserved, SnapshotClassInfo, SnapshotInfo};
 pub use objects::{
     job_name, short_hash, volume_snapshot, JobKind, LABEL_JOB_KIND, LABEL_OWNER, LABEL_REPOSITORY,
@@ -17,10 +26,14 @@ pub use repository::{decide_repository, RepositoryObserved};
 pub use restore::{decide_restore, RestoreObserved};
 
 use crate::config::Config;
-use crate::crd::{BackupRepositoryStatus, VolumeBackupStatus, VolumeRestoreStatus};
+use crate::crd::{
+    ApplicationBackupStatus, ApplicationRestoreStatus, BackupRepositoryStatus, RuleAction,
+    VolumeBackup, VolumeBackupStatus, VolumeRestore, VolumeRestoreStatus,
+};
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use std::time::Duration;
 
 /// What the controller needs besides the ConfigMap to build Jobs.
@@ -198,6 +211,90 @@ pub enum Action {
     PatchRepositoryStatus(Box<BackupRepositoryStatus>),
     /// Reconcile again after this long even if nothing changes.
     RequeueAfter(Duration),
+    /// Copy Secret `from_namespace/from_name` to `namespace/name`, owned by `owner` (a
+    /// repository's Secret next to a Job in another namespace).
+    CopySecret {
+        /// Namespace of the original.
+        from_namespace: String,
+        /// Name of the original.
+        from_name: String,
+        /// Namespace of the copy.
+        namespace: String,
+        /// Name of the copy.
+        name: String,
+        /// Owner of the copy (in `namespace`).
+        owner: OwnerReference,
+    },
+    /// Create a child VolumeBackup (in its own namespace).
+    CreateVolumeBackup(Box<VolumeBackup>),
+    /// Set `spec.cancel` on a VolumeBackup.
+    CancelVolumeBackup {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// Delete a VolumeBackup.
+    DeleteVolumeBackup {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// Create a child VolumeRestore (in its own namespace).
+    CreateVolumeRestore(Box<VolumeRestore>),
+    /// Set `spec.cancel` on a VolumeRestore.
+    CancelVolumeRestore {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// Run one side of an ApplicationBackup's rules in these pods, all pods in parallel,
+    /// then record the outcome per pod in `status.hooks` of the target ApplicationBackup.
+    RunGroupHooks {
+        /// Pre or post.
+        side: HookSide,
+        /// Where and what.
+        pods: Vec<HookPod>,
+    },
+    /// Replace the status of the target ApplicationBackup.
+    PatchApplicationBackupStatus(Box<ApplicationBackupStatus>),
+    /// Replace the status of the target ApplicationRestore (only changed fields are sent:
+    /// its Jobs patch counts and volumes themselves).
+    PatchApplicationRestoreStatus(Box<ApplicationRestoreStatus>),
+    /// Add (true) or remove (false) the `cairn.io/children` finalizer of the target
+    /// ApplicationBackup.
+    SetApplicationBackupFinalizer(bool),
+}
+
+/// One pod a group hook runs in, with the commands of every rule that selects it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HookPod {
+    /// Namespace of the pod.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// The rules' commands, run in this order; the first failure stops the pod's run.
+    pub runs: Vec<HookRun>,
+}
+
+impl HookPod {
+    /// `namespace/pod`, the key of its entry in `status.hooks`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.pod)
+    }
+}
+
+/// The commands of one rule for one pod.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HookRun {
+    /// BackupRule name (for messages).
+    pub rule: String,
+    /// Container to exec in; the pod's first when absent.
+    pub container: Option<String>,
+    /// Commands of the side being run.
+    pub commands: Vec<RuleAction>,
 }
 
 /// Requeue delay while waiting on something that is not watched (VolumeSnapshots, job slots).

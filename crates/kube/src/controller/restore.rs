@@ -1,6 +1,7 @@
 //! Decisions for a VolumeRestore: resolve the snapshot, create the target PVC if asked,
 //! run the restore Job with retries.
 
+use super::access::{repository_for_job, repository_refusal};
 use super::backup::failure_reason;
 use super::objects::{self, DataVolume, JobKind, JobSpec};
 use super::{time, Action, DecideContext, JobInfo, BLOCKED_POLL, POLL};
@@ -19,7 +20,8 @@ pub struct RestoreObserved {
     pub restore: VolumeRestore,
     /// The VolumeBackup named in `spec.source.volumeBackup`, if named and found.
     pub source_backup: Option<VolumeBackup>,
-    /// The repository (from the source VolumeBackup or `spec.source.repository`), if found.
+    /// The repository (from the source VolumeBackup or `spec.source.repository`, in its
+    /// `repositoryNamespace`), if found.
     pub repository: Option<BackupRepository>,
     /// Whether the target PVC exists.
     pub target_exists: bool,
@@ -173,6 +175,23 @@ fn step(
         actions.push(Action::RequeueAfter(BLOCKED_POLL));
         return;
     };
+    if let Some(refusal) = repository_refusal(repository, &ns) {
+        condition(
+            status,
+            ctx,
+            "ConfigValid",
+            false,
+            "RepositoryNotAllowed",
+            refusal.clone(),
+        );
+        if let Some(job) = &obs.job {
+            actions.push(Action::DeleteJob {
+                namespace: ns,
+                name: job.name.clone(),
+            });
+        }
+        return terminal(status, ctx, Phase::Failed, Some(refusal));
+    }
     let target = &vr.spec.target;
     if !obs.target_exists {
         match (&target.create, status.created_target) {
@@ -304,12 +323,14 @@ fn create_job(
         read_only: false,
         node: obs.target_node.clone(),
     };
+    let (repository, copies) = repository_for_job(repository, &ns, &owner);
+    actions.extend(copies);
     let spec = JobSpec {
         name: name.clone(),
         namespace: &ns,
         kind: JobKind::Restore,
         owner: &owner,
-        repository,
+        repository: &repository,
         args,
         data: Some(data),
         with_excludes: false,

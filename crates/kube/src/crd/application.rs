@@ -438,6 +438,10 @@ pub struct ApplicationRestoreStatus {
     /// Resource Jobs created so far.
     #[serde(default)]
     pub attempts: u32,
+    /// Resource Jobs created so far for the current stage (configuration or workloads);
+    /// a stage fails once this reaches the controller's attempt limit.
+    #[serde(default)]
+    pub stage_attempts: u32,
     /// When work started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,

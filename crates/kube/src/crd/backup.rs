@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
     group = "cairn.io",
     version = "v1alpha1",
     kind = "VolumeBackup",
+    derive = "PartialEq",
     namespaced,
     status = "VolumeBackupStatus",
     shortname = "vb",
@@ -47,8 +48,13 @@ use std::collections::BTreeMap;
 pub struct VolumeBackupSpec {
     /// The volume to back up; it lives in the VolumeBackup's namespace.
     pub source: SourceVolume,
-    /// Name of the BackupRepository (same namespace) to write to.
+    /// Name of the BackupRepository to write to, in `repositoryNamespace`.
     pub repository: String,
+    /// Namespace of the BackupRepository; this VolumeBackup's namespace when absent. A
+    /// repository in another namespace must list this one in `spec.allowedNamespaces`;
+    /// the controller copies its Secrets next to the Job (owned by this VolumeBackup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_namespace: Option<String>,
     /// How the data is read: from a CSI snapshot or from the live volume.
     #[serde(default)]
     pub mode: BackupMode,
@@ -82,6 +88,12 @@ fn default_true() -> bool {
 pub struct SourceVolume {
     /// PersistentVolumeClaim name.
     pub persistent_volume_claim: String,
+    /// An existing VolumeSnapshot of that PVC (same namespace) to upload instead of cutting
+    /// one: the rule and snapshot steps are skipped (an ApplicationBackup cuts the
+    /// snapshots of a group at once). The backup waits for it to be ready; it is deleted
+    /// after the upload unless `offload` keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_snapshot: Option<String>,
 }
 
 /// A BackupRule by name.

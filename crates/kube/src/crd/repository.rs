@@ -56,6 +56,11 @@ pub struct BackupRepositorySpec {
     /// How often the RepositorySnapshot mirror is refreshed, as a duration (`15m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catalog_refresh_interval: Option<String>,
+    /// Other namespaces whose VolumeBackups and VolumeRestores may use this repository
+    /// (through `repositoryNamespace`), or `"*"` for all. Empty: only this namespace. The
+    /// controller copies the repository's Secrets into those namespaces for their Jobs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_namespaces: Vec<String>,
 }
 
 /// A Secret in the resource's namespace.

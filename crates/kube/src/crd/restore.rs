@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
     group = "cairn.io",
     version = "v1alpha1",
     kind = "VolumeRestore",
+    derive = "PartialEq",
     namespaced,
     status = "VolumeRestoreStatus",
     shortname = "vr",
@@ -57,6 +58,10 @@ pub struct RestoreSource {
     /// BackupRepository name; required with `snapshotId`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
+    /// Namespace of `repository`; this VolumeRestore's namespace when absent. A repository
+    /// in another namespace must list this one in `spec.allowedNamespaces`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_namespace: Option<String>,
 }
 
 /// The PVC restored into.

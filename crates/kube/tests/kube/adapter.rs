@@ -264,3 +264,49 @@ fn status_patch_nulls_removed_fields_only() {
     let body = status_patch(&json!({"a": 1, "b": 2}), &json!({"a": 3, "c": 4}));
     assert_eq!(body, json!({"status": {"a": 3, "b": null, "c": 4}}));
 }
+
+#[tokio::test]
+async fn a_secret_copy_reads_the_original_and_creates_an_owned_copy_next_to_the_job() {
+    let (client, log) = mock_client(|r| match (r.method.as_str(), r.path.as_str()) {
+        ("GET", "/api/v1/namespaces/backups/secrets/repo-pass") => (
+            200,
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "repo-pass", "namespace": "backups", "resourceVersion": "7",
+                                "uid": "uid-original"},
+                   "type": "Opaque", "data": {"password": "c2VjcmV0"}}),
+        ),
+        ("POST", "/api/v1/namespaces/shop/secrets") => (201, r.body.clone()),
+        _ => not_found(),
+    });
+    let owner = k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        api_version: "cairn.io/v1alpha1".into(),
+        kind: "VolumeBackup".into(),
+        name: "db-nightly".into(),
+        uid: "uid-vb".into(),
+        controller: Some(true),
+        ..Default::default()
+    };
+    let copy = Action::CopySecret {
+        from_namespace: "backups".into(),
+        from_name: "repo-pass".into(),
+        namespace: "shop".into(),
+        name: "cairn-repo-main-1234abcd".into(),
+        owner,
+    };
+    execute(&client, &target(json!({})), &[copy]).await.unwrap();
+    let log = log.lock().unwrap();
+    assert_eq!(log.len(), 2, "{log:?}");
+    let created = &log[1].body;
+    assert_eq!(created["metadata"]["name"], "cairn-repo-main-1234abcd");
+    assert_eq!(created["metadata"]["namespace"], "shop");
+    assert_eq!(created["metadata"]["ownerReferences"][0]["uid"], "uid-vb");
+    assert_eq!(
+        created["metadata"]["labels"]["cairn.io/copy-of"],
+        "backups.repo-pass"
+    );
+    assert_eq!(created["data"], json!({"password": "c2VjcmV0"}));
+    assert_eq!(created["type"], "Opaque");
+    // Nothing of the original's identity is carried over.
+    assert!(created["metadata"]["resourceVersion"].is_null());
+    assert!(created["metadata"]["uid"].is_null());
+}

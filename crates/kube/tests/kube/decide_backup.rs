@@ -779,3 +779,232 @@ fn finished_backup_only_cleans_up_leftovers() {
     obs.backup_pvc_exists = false;
     assert_eq!(decide_backup(&obs, &ctx()), vec![]);
 }
+
+/// The repository `main` of namespace `backups`, allowing `allowed`.
+fn foreign_repository(allowed: &[&str]) -> BackupRepository {
+    serde_json::from_value(json!({
+        "apiVersion": "cairn.io/v1alpha1", "kind": "BackupRepository",
+        "metadata": {"name": "main", "namespace": "backups", "uid": "uid-repo"},
+        "spec": {"location": "s3://backups/all", "credentialsSecret": {"name": "s3-creds"},
+                 "passwordSecret": {"name": "repo-pass", "key": "password"},
+                 "allowedNamespaces": allowed},
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_repository_of_another_namespace_is_refused_unless_it_allows_this_one() {
+    let table: &[(&[&str], bool)] = &[
+        (&[], false),
+        (&["web"], false),
+        (&["web", "shop"], true),
+        (&["*"], true),
+    ];
+    for (allowed, ok) in table {
+        let mut obs = observed(backup(
+            json!({"repositoryNamespace": "backups", "mode": "Direct"}),
+            json!(null),
+        ));
+        obs.repository = Some(foreign_repository(allowed));
+        let actions = decide_backup(&obs, &ctx());
+        let status = status_of(&actions);
+        if *ok {
+            assert_eq!(status.phase, Phase::Uploading, "{allowed:?}");
+        } else {
+            assert_eq!(status.phase, Phase::Failed, "{allowed:?}");
+            let why = status.failure_reason.clone().unwrap();
+            assert!(
+                why.contains("spec.allowedNamespaces") && why.contains("\"shop\""),
+                "{why}"
+            );
+            let c = condition(&status, "ConfigValid");
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                ("False", "RepositoryNotAllowed")
+            );
+            assert!(!actions.iter().any(|a| matches!(a, Action::CreateJob(_))));
+        }
+    }
+}
+
+#[test]
+fn a_job_for_a_repository_of_another_namespace_mounts_copies_of_its_secrets() {
+    let mut obs = observed(backup(
+        json!({"repositoryNamespace": "backups", "mode": "Direct"}),
+        json!(null),
+    ));
+    obs.repository = Some(foreign_repository(&["shop"]));
+    let actions = decide_backup(&obs, &ctx());
+    let copies: Vec<(String, String, String, String, String)> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CopySecret {
+                from_namespace,
+                from_name,
+                namespace,
+                name,
+                owner,
+            } => Some((
+                from_namespace.clone(),
+                from_name.clone(),
+                namespace.clone(),
+                name.clone(),
+                owner.uid.clone(),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(copies.len(), 2, "{actions:?}");
+    let (password, credentials) = (&copies[0], &copies[1]);
+    assert_eq!(
+        (
+            password.0.as_str(),
+            password.1.as_str(),
+            password.2.as_str(),
+            password.4.as_str()
+        ),
+        ("backups", "repo-pass", "shop", "uid-vb")
+    );
+    assert_eq!(
+        (credentials.0.as_str(), credentials.1.as_str()),
+        ("backups", "s3-creds")
+    );
+    assert!(password.3.starts_with("cairn-repo-main-"), "{}", password.3);
+    assert_ne!(password.3, credentials.3);
+    // The copies are made before the Job that mounts them.
+    let copy_at = actions
+        .iter()
+        .position(|a| matches!(a, Action::CopySecret { .. }))
+        .unwrap();
+    let job_at = actions
+        .iter()
+        .position(|a| matches!(a, Action::CreateJob(_)))
+        .unwrap();
+    assert!(copy_at < job_at);
+    let job = created_job(&actions);
+    assert_eq!(job["metadata"]["namespace"], "shop");
+    let volumes = &job["spec"]["template"]["spec"]["volumes"];
+    let secret = |volume: &str| {
+        volumes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == volume)
+            .map(|v| v["secret"]["secretName"].clone())
+            .unwrap()
+    };
+    assert_eq!(secret("password"), json!(password.3));
+    assert_eq!(secret("credentials"), json!(credentials.3));
+    // In the repository's own namespace nothing is copied.
+    let same = decide_backup(
+        &observed(backup(json!({"mode": "Direct"}), json!(null))),
+        &ctx(),
+    );
+    assert!(!same.iter().any(|a| matches!(a, Action::CopySecret { .. })));
+    let job = created_job(&same);
+    assert_eq!(
+        job["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"],
+        "repo-pass"
+    );
+}
+
+fn pre_cut(status: Value) -> BackupObserved {
+    let mut obs = observed(backup(
+        json!({"source": {"persistentVolumeClaim": "data-db-0", "volumeSnapshot": "group-snap"},
+               "rule": {"name": "cassandra"}}),
+        status,
+    ));
+    obs.rule = Some(rule(true, true));
+    obs
+}
+
+#[test]
+fn a_pre_cut_snapshot_skips_the_rule_and_the_snapshot_step() {
+    let actions = decide_backup(&pre_cut(json!(null)), &ctx());
+    let status = status_of(&actions);
+    assert_eq!(status.phase, Phase::SnapshotInProgress);
+    assert_eq!(status.volume_snapshot_name.as_deref(), Some("group-snap"));
+    assert_eq!(status.mode, Some(cairn_kube::crd::BackupMode::Snapshot));
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::RunRule { .. } | Action::CreateVolumeSnapshot(_))),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn a_pre_cut_snapshot_is_waited_for_then_exposed_and_uploaded() {
+    let waiting = in_phase(
+        "SnapshotInProgress",
+        json!({"volumeSnapshotName": "group-snap", "backupPvcName": null}),
+    );
+    // Not ready: wait, and no post rule (it ran where the snapshot was cut).
+    let mut obs = pre_cut(waiting.clone());
+    obs.volume_snapshot = Some(SnapshotInfo {
+        name: "group-snap".into(),
+        cut: true,
+        created: Some(now()),
+        ..Default::default()
+    });
+    let actions = decide_backup(&obs, &ctx());
+    assert!(
+        actions.contains(&Action::RequeueAfter(Duration::from_secs(5))),
+        "{actions:?}"
+    );
+    assert!(!actions.iter().any(|a| matches!(a, Action::RunRule { .. })));
+    // Ready: the backupPVC is provisioned from it.
+    let mut obs = pre_cut(waiting);
+    obs.volume_snapshot = Some(SnapshotInfo {
+        name: "group-snap".into(),
+        ready: true,
+        restore_size: Some("10Gi".into()),
+        ..Default::default()
+    });
+    let actions = decide_backup(&obs, &ctx());
+    assert_eq!(status_of(&actions).phase, Phase::Exposing);
+    let pvc = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::CreatePvc(p) => Some(serde_json::to_value(p).unwrap()),
+            _ => None,
+        })
+        .expect("CreatePvc");
+    assert_eq!(pvc["spec"]["dataSource"]["name"], "group-snap");
+}
+
+#[test]
+fn a_pre_cut_snapshot_is_deleted_after_upload_only_without_offload() {
+    let done = JobInfo {
+        name: "db-nightly-backup-1".into(),
+        succeeded: true,
+        termination_message: Some(
+            r#"{"succeeded":true,"snapshotId":"ab12","bytesDone":10,"totalBytes":10}"#.into(),
+        ),
+        ..Default::default()
+    };
+    for (offload, deleted) in [(true, false), (false, true)] {
+        let mut obs = observed(backup(
+            json!({"source": {"persistentVolumeClaim": "data-db-0", "volumeSnapshot": "group-snap"},
+                   "offload": offload}),
+            in_phase(
+                "Uploading",
+                json!({"volumeSnapshotName": "group-snap", "jobName": "db-nightly-backup-1", "attempts": 1}),
+            ),
+        ));
+        obs.volume_snapshot = Some(SnapshotInfo {
+            name: "group-snap".into(),
+            ready: true,
+            ..Default::default()
+        });
+        obs.backup_pvc_exists = true;
+        obs.job = Some(done.clone());
+        let actions = decide_backup(&obs, &ctx());
+        assert_eq!(status_of(&actions).phase, Phase::Completed);
+        let deletes_snapshot = actions.contains(&Action::DeleteVolumeSnapshot {
+            namespace: "shop".into(),
+            name: "group-snap".into(),
+        });
+        assert_eq!(deletes_snapshot, deleted, "offload {offload}: {actions:?}");
+    }
+}

@@ -402,3 +402,62 @@ fn maintenance_respects_the_job_limit() {
         .any(|c| c.type_ == "WaitingForJobSlot"));
     assert!(actions.contains(&Action::RequeueAfter(Duration::from_secs(5))));
 }
+
+#[test]
+fn restore_from_a_repository_of_another_namespace_needs_its_permission_and_mounts_copies() {
+    let spec = json!({"source": {"snapshotId": "5f3a", "repository": "main", "repositoryNamespace": "backups"},
+                      "target": {"persistentVolumeClaim": "data"}});
+    for (allowed, ok) in [(json!([]), false), (json!(["*"]), true)] {
+        let mut repo = repository(json!(null));
+        repo.metadata.namespace = Some("backups".into());
+        repo.spec.allowed_namespaces = serde_json::from_value(allowed.clone()).unwrap();
+        let mut obs = restore_obs(restore(spec.clone(), json!(null)));
+        obs.source_backup = None;
+        obs.repository = Some(repo);
+        obs.target_exists = true;
+        let actions = decide_restore(&obs, &ctx());
+        let status = restore_status(&actions);
+        if ok {
+            assert_eq!(status.phase, Phase::Restoring, "{allowed}");
+            let copy = actions
+                .iter()
+                .find_map(|a| match a {
+                    Action::CopySecret {
+                        from_namespace,
+                        from_name,
+                        namespace,
+                        name,
+                        owner,
+                    } => Some((
+                        from_namespace.clone(),
+                        from_name.clone(),
+                        namespace.clone(),
+                        name.clone(),
+                        owner.uid.clone(),
+                    )),
+                    _ => None,
+                })
+                .expect("a Secret copy");
+            assert_eq!(
+                (
+                    copy.0.as_str(),
+                    copy.1.as_str(),
+                    copy.2.as_str(),
+                    copy.4.as_str()
+                ),
+                ("backups", "pw", "shop", "uid-vr")
+            );
+            let job = &jobs(&actions)[0];
+            let password = &job["spec"]["template"]["spec"]["volumes"][0];
+            assert_eq!(password["name"], "password");
+            assert_eq!(password["secret"]["secretName"], json!(copy.3));
+        } else {
+            assert_eq!(status.phase, Phase::Failed, "{allowed}");
+            assert!(status
+                .failure_reason
+                .unwrap()
+                .contains("add \"shop\" (or \"*\") to its spec.allowedNamespaces"));
+            assert!(jobs(&actions).is_empty());
+        }
+    }
+}

@@ -5,6 +5,7 @@
 
 mod adapter;
 mod common;
+mod decide_application;
 mod decide_backup;
 mod decide_restore_repository;
 mod image;
