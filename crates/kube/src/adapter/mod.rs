@@ -6,12 +6,14 @@
 
 mod exec;
 mod observe;
+mod schedule;
 
 pub use exec::run_rule;
 pub use observe::{observe_backup, observe_repository, observe_restore, read_config};
+pub use schedule::{list_runs, observe_schedule};
 
 use crate::controller::Action;
-use crate::crd::{BackupRepository, VolumeBackup, VolumeRestore};
+use crate::crd::{BackupRepository, BackupSchedule, VolumeBackup, VolumeRestore};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{
@@ -240,6 +242,16 @@ pub async fn execute(
                 patch_status(&api, target, status).await?;
             }
             Action::RequeueAfter(d) => requeue = Some(requeue.map_or(*d, |r| r.min(*d))),
+            Action::CreateScheduledRun(run) => schedule::create_run(client, ns, run).await?,
+            Action::DeleteScheduledRun {
+                kind,
+                namespace,
+                name,
+            } => schedule::delete_run(client, *kind, namespace, name).await?,
+            Action::PatchScheduleStatus(status) => {
+                let api: Api<BackupSchedule> = Api::namespaced(client.clone(), ns);
+                patch_status(&api, target, status).await?;
+            }
         }
     }
     Ok(requeue)

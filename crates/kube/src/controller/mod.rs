@@ -8,6 +8,7 @@ mod backup;
 mod objects;
 mod repository;
 mod restore;
+mod schedule;
 
 pub use backup::{decide_backup, record_hook, BackupObserved, SnapshotClassInfo, SnapshotInfo};
 pub use objects::{
@@ -15,9 +16,15 @@ pub use objects::{
 };
 pub use repository::{decide_repository, RepositoryObserved};
 pub use restore::{decide_restore, RestoreObserved};
+pub use schedule::{
+    decide_schedule, keep_flags, retention_policy, run_name, RunKind, RunOutcome, ScheduleObserved,
+    ScheduleRun, ScheduledRun, ANNOTATION_SCHEDULED_TIME, LABEL_SCHEDULE, TAG_SCHEDULE,
+};
 
 use crate::config::Config;
-use crate::crd::{BackupRepositoryStatus, VolumeBackupStatus, VolumeRestoreStatus};
+use crate::crd::{
+    BackupRepositoryStatus, BackupScheduleStatus, VolumeBackupStatus, VolumeRestoreStatus,
+};
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
@@ -149,6 +156,19 @@ pub enum Action {
     PatchRepositoryStatus(Box<BackupRepositoryStatus>),
     /// Reconcile again after this long even if nothing changes.
     RequeueAfter(Duration),
+    /// Create the backup object of a BackupSchedule run (AlreadyExists counts as created).
+    CreateScheduledRun(Box<ScheduledRun>),
+    /// Delete a BackupSchedule run that retention does not keep.
+    DeleteScheduledRun {
+        /// ApplicationBackup or VolumeBackup.
+        kind: RunKind,
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// Replace the status of a BackupSchedule.
+    PatchScheduleStatus(Box<BackupScheduleStatus>),
 }
 
 /// Requeue delay while waiting on something that is not watched (VolumeSnapshots, job slots).

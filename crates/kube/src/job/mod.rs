@@ -8,7 +8,8 @@ mod params;
 
 pub use catalog::{snapshot_object, snapshot_object_name};
 pub use engine::{
-    BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress, MaintenanceJobRequest,
+    BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress, ForgetJobRequest,
+    MaintenanceJobRequest,
     RepositoryAccess, RestoreJobRequest, RestoreJobResult, SnapshotSummary,
 };
 pub use params::{secret_value, JobCommand, JobParams};
@@ -205,6 +206,28 @@ fn run_engine(
             kind: params.maintenance_kind,
         }) {
             // Maintenance may have removed snapshots: refresh the mirror while we are here.
+            Ok(summary) => {
+                let mirror = engine
+                    .list_snapshots(&repository)
+                    .map(Mirror::All)
+                    .unwrap_or(Mirror::Nothing);
+                (
+                    JobOutcome {
+                        succeeded: true,
+                        message: summary,
+                        ..Default::default()
+                    },
+                    mirror,
+                )
+            }
+            Err(e) => failed(e),
+        },
+        JobCommand::Forget => match engine.forget(&ForgetJobRequest {
+            repository: repository.clone(),
+            tags: params.tags.clone(),
+            policy: params.retention.clone(),
+        }) {
+            // Refresh the mirror so forgotten snapshots leave it.
             Ok(summary) => {
                 let mirror = engine
                     .list_snapshots(&repository)

@@ -8,6 +8,7 @@
 use super::engine::RepositoryAccess;
 use super::JobError;
 use crate::crd::MaintenanceKind;
+use cairn_policy::retention::RetentionPolicy;
 use crate::protocol::{ENV_EXCLUDE_FILE_LIST, TERMINATION_LOG};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,8 @@ pub enum JobCommand {
     Maintenance,
     /// `cairn job catalog`: refresh the RepositorySnapshot mirror.
     Catalog,
+    /// `cairn job forget`: forget a BackupSchedule's snapshots its retention does not keep.
+    Forget,
 }
 
 impl std::str::FromStr for JobCommand {
@@ -34,8 +37,9 @@ impl std::str::FromStr for JobCommand {
             "restore" => Ok(JobCommand::Restore),
             "maintenance" => Ok(JobCommand::Maintenance),
             "catalog" => Ok(JobCommand::Catalog),
+            "forget" => Ok(JobCommand::Forget),
             other => Err(JobError::Usage(format!(
-                "unknown job {other:?}; expected backup, restore, maintenance or catalog"
+                "unknown job {other:?}; expected backup, restore, maintenance, catalog or forget"
             ))),
         }
     }
@@ -64,8 +68,10 @@ pub struct JobParams {
     pub storage_class: Option<String>,
     /// Raw KDMP exclude list (backup).
     pub exclude_config: Option<String>,
-    /// Tags (backup).
+    /// Tags (backup), or the tags selecting the snapshots to consider (forget).
     pub tags: BTreeMap<String, String>,
+    /// Keep rules (forget): `--keep-last`, `--keep-hourly`, ... `--keep-yearly`.
+    pub retention: RetentionPolicy,
     /// Snapshot to restore.
     pub snapshot: Option<String>,
     /// Restore target directory.
@@ -109,6 +115,12 @@ const FLAGS: &[&str] = &[
     "termination-log",
     "progress-interval",
     "checkpoint-interval",
+    "keep-last",
+    "keep-hourly",
+    "keep-daily",
+    "keep-weekly",
+    "keep-monthly",
+    "keep-yearly",
 ];
 
 impl JobParams {
@@ -211,6 +223,24 @@ impl JobParams {
                     .map_err(|e| JobError::Usage(format!("--checkpoint-interval: {e}")))?,
             ),
         };
+        let count = |name: &str| -> Result<Option<u32>, JobError> {
+            one(name)
+                .map(|text| {
+                    text.parse::<u32>().map_err(|_| {
+                        JobError::Usage(format!("--{name} {text:?}: expected a count"))
+                    })
+                })
+                .transpose()
+        };
+        let retention = RetentionPolicy {
+            keep_last: count("keep-last")?,
+            keep_hourly: count("keep-hourly")?,
+            keep_daily: count("keep-daily")?,
+            keep_weekly: count("keep-weekly")?,
+            keep_monthly: count("keep-monthly")?,
+            keep_yearly: count("keep-yearly")?,
+            ..RetentionPolicy::default()
+        };
         let params = JobParams {
             command,
             namespace: one("namespace").or_else(|| env("POD_NAMESPACE")),
@@ -228,6 +258,7 @@ impl JobParams {
             storage_class: one("storage-class").filter(|s| !s.is_empty()),
             exclude_config,
             tags,
+            retention,
             snapshot: one("snapshot"),
             target: one("target").map(PathBuf::from),
             include_paths: many("include"),
@@ -250,6 +281,13 @@ impl JobParams {
             {
                 Err(JobError::Usage(
                     "catalog needs --namespace and --repository".into(),
+                ))
+            }
+            JobCommand::Forget if params.tags.is_empty() || params.retention.is_empty() => {
+                Err(JobError::Usage(
+                    "forget needs --tag (the snapshots to consider) and at least one --keep-* \
+                     rule; it never forgets every snapshot"
+                        .into(),
                 ))
             }
             _ => Ok(params),
