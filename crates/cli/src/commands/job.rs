@@ -1,4 +1,4 @@
-//! `cairn job backup|restore|maintenance|catalog [--flag value ...]`: job mode, what the
+//! `cairn job backup|restore|maintenance|catalog|forget [--flag value ...]`: job mode, what the
 //! binary runs inside the Jobs `cairn kube controller` creates. Flags, their `CAIRN_<FLAG>`
 //! fallbacks and the mounted Secret files are cairn-kube's [`JobParams`]; the engine is
 //! cairn-core ([`CoreEngine`]).
@@ -23,7 +23,8 @@ pub struct JobArgs {
     /// then per kind: backup --source DIR [--source-name NS/PVC] [--volume-backup NAME]
     /// [--storage-class C] [--exclude-config FILE] [--tag K=V]... [--checkpoint-interval D]; restore --snapshot ID
     /// --target DIR [--volume-restore NAME] [--include PATH]...; maintenance [--kind
-    /// quick|full]. Every flag falls back to CAIRN_<FLAG> (docs/KUBERNETES.md).
+    /// quick|full]; forget --tag K=V [--keep-last N] [--keep-hourly N] [--keep-daily N]
+    /// [--keep-weekly N] [--keep-monthly N] [--keep-yearly N]. Every flag falls back to CAIRN_<FLAG> (docs/KUBERNETES.md).
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,
@@ -43,6 +44,8 @@ pub enum JobKind {
     Maintenance,
     /// Refresh the RepositorySnapshot mirror.
     Catalog,
+    /// Forget a BackupSchedule's snapshots its retention does not keep.
+    Forget,
 }
 
 impl From<JobKind> for JobCommand {
@@ -52,6 +55,7 @@ impl From<JobKind> for JobCommand {
             JobKind::Restore => JobCommand::Restore,
             JobKind::Maintenance => JobCommand::Maintenance,
             JobKind::Catalog => JobCommand::Catalog,
+            JobKind::Forget => JobCommand::Forget,
         }
     }
 }

@@ -14,23 +14,23 @@ use std::time::{Duration, Instant};
 
 const IMAGE: &str = "cairn:sim";
 const APP_IMAGE: &str = "app:sim";
-const NS: &str = "shop";
-const PASSWORD: &str = "e2e-password";
+pub(crate) const NS: &str = "shop";
+pub(crate) const PASSWORD: &str = "e2e-password";
 /// Bound on any single wait; generous for 2 busy cores.
-const PATIENCE: Duration = Duration::from_secs(120);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(120);
 const DRIVER: &str = "sim.csi.cairn.io";
 
 /// The cluster, the repository and the controller process of one test.
-struct Cluster {
-    sim: Sim,
-    /// Keeps a local repository directory alive for the test.
-    _location: TestLocation,
+pub(crate) struct Cluster {
+    pub(crate) sim: Sim,
+    /// The repository; keeps a local repository directory alive for the test.
+    pub(crate) location: TestLocation,
     controller: Child,
     dir: tempfile::TempDir,
 }
 
 /// ConfigMap `cairn-config` values for a test.
-fn config(extra: &[(&str, &str)]) -> Value {
+pub(crate) fn config(extra: &[(&str, &str)]) -> Value {
     let mut data: BTreeMap<&str, &str> = [("SNAPSHOT_TIMEOUT", "1m")].into();
     data.extend(extra.iter().copied());
     json!({"apiVersion": "v1", "kind": "ConfigMap",
@@ -53,7 +53,7 @@ fn controller_logic_only() -> bool {
 
 impl Cluster {
     /// [`Cluster::start_with_maintenance`] with maintenance suspended.
-    fn start(name: &str, config_map: Value) -> Cluster {
+    pub(crate) fn start(name: &str, config_map: Value) -> Cluster {
         Cluster::start_with_maintenance(name, config_map, json!({"suspend": true}))
     }
 
@@ -151,14 +151,14 @@ impl Cluster {
             .unwrap();
         Cluster {
             sim,
-            _location: location,
+            location,
             controller,
             dir,
         }
     }
 
     /// Creates PVC `name` in `shop` (class `fast`), waits until it is bound, and fills it.
-    fn volume(&self, name: &str, files: &[(&str, Vec<u8>)]) -> PathBuf {
+    pub(crate) fn volume(&self, name: &str, files: &[(&str, Vec<u8>)]) -> PathBuf {
         self.sim
             .create(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                 "metadata": {"name": name, "namespace": NS},
@@ -178,7 +178,7 @@ impl Cluster {
         dir
     }
 
-    fn create(&self, object: Value) {
+    pub(crate) fn create(&self, object: Value) {
         self.sim.create(object).unwrap();
     }
 
@@ -193,7 +193,7 @@ impl Cluster {
         );
     }
 
-    fn get(&self, kind: &str, name: &str) -> Option<Value> {
+    pub(crate) fn get(&self, kind: &str, name: &str) -> Option<Value> {
         let api_version = match kind {
             "VolumeSnapshot" => "snapshot.storage.k8s.io/v1",
             "Job" => "batch/v1",
@@ -221,7 +221,7 @@ impl Cluster {
             })
     }
 
-    fn controller_log(&self) -> String {
+    pub(crate) fn controller_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("controller.log")).unwrap_or_default()
     }
 
@@ -258,7 +258,7 @@ impl Cluster {
     }
 
     /// No unknown field was pruned from anything anyone wrote.
-    fn assert_no_pruned_fields(&self) {
+    pub(crate) fn assert_no_pruned_fields(&self) {
         assert_eq!(
             self.sim.warnings(),
             Vec::<String>::new(),
@@ -339,7 +339,7 @@ fn job_logs_written_to_a_file_carry_no_colour_codes() {
     assert!(!log.contains('\x1b'), "escape codes in a log file: {log:?}");
 }
 
-fn small_files() -> Vec<(&'static str, Vec<u8>)> {
+pub(crate) fn small_files() -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("db/table.dat", noise(1, 300_000)),
         ("db/index/a.idx", noise(2, 20_000)),
