@@ -16,8 +16,7 @@ use cairn_core::{OpenOptions, Repository, SnapshotFilter};
 use cairn_kube::crd::MaintenanceKind;
 use cairn_kube::job::{
     BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress, ForgetJobRequest,
-    MaintenanceJobRequest,
-    RepositoryAccess, RestoreJobRequest, RestoreJobResult, SnapshotSummary,
+    MaintenanceJobRequest, RepositoryAccess, RestoreJobRequest, RestoreJobResult, SnapshotSummary,
 };
 use cairn_policy::exclude::{ExcludeOptions, Excluder};
 use cairn_policy::retention::{apply, SnapshotInfo};

@@ -220,7 +220,11 @@ fn named_info(
 ) -> Result<SnapInfo, MountError> {
     let snap = repo.load_snapshot(id)?;
     let mut tree = snap.tree;
-    for name in subdir.unwrap_or_default().split('/').filter(|n| !n.is_empty()) {
+    for name in subdir
+        .unwrap_or_default()
+        .split('/')
+        .filter(|n| !n.is_empty())
+    {
         let dir = repo.load_tree(&tree)?;
         let found = dir.nodes.iter().find(|n| n.name == name.as_bytes());
         tree = match found.map(|n| &n.payload) {
@@ -277,8 +281,7 @@ pub fn spawn_named_mount(
         let info = named_info(&repo, &n.snapshot, n.subdir.as_deref())?;
         entries.push((n.path.clone(), Arc::new(info)));
     }
-    let fs = CairnFs::new(repo, fs_config(opts), Layout::named(&entries), None)
-        .with_fixed_layout();
+    let fs = CairnFs::new(repo, fs_config(opts), Layout::named(&entries), None).with_fixed_layout();
     serve_fs(fs, dir, opts)
 }
 

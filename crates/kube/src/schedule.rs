@@ -97,10 +97,7 @@ impl Field {
             } else {
                 format!(" or a name like {:?}", self.names[1])
             };
-            format!(
-                "{} {token:?} is not a number{names}",
-                self.name
-            )
+            format!("{} {token:?} is not a number{names}", self.name)
         })?;
         if v < self.min || v > self.max {
             return Err(format!(
@@ -279,8 +276,7 @@ impl Schedule {
     pub fn from_spec(spec: &BackupScheduleSpec) -> Result<Schedule, String> {
         match (&spec.schedule, &spec.every) {
             (Some(text), None) => {
-                let cron = Cron::parse(text)
-                    .map_err(|e| format!("spec.schedule {text:?}: {e}"))?;
+                let cron = Cron::parse(text).map_err(|e| format!("spec.schedule {text:?}: {e}"))?;
                 let tz = match spec.time_zone.as_deref() {
                     None => TimeZone::UTC,
                     Some(name) => TimeZone::get(name).map_err(|e| {

@@ -401,11 +401,15 @@ fn application_backup(name: &str, status: Value) -> (String, Value) {
 impl Env {
     /// Backs up `dir` (below the scratch area) and returns the new snapshot's id.
     fn backup_dir(&self, dir: &str) -> String {
-        let before: Value =
-            serde_json::from_str(&self.cairn_ok(&["snapshots", "--json"])).unwrap();
+        let before: Value = serde_json::from_str(&self.cairn_ok(&["snapshots", "--json"])).unwrap();
         self.cairn_ok(&["backup", self.path(dir).to_str().unwrap()]);
         let after: Value = serde_json::from_str(&self.cairn_ok(&["snapshots", "--json"])).unwrap();
-        let old: Vec<&Value> = before.as_array().unwrap().iter().map(|s| &s["id"]).collect();
+        let old: Vec<&Value> = before
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| &s["id"])
+            .collect();
         after
             .as_array()
             .unwrap()
@@ -465,8 +469,14 @@ fn an_application_backup_mounts_its_volumes_and_resources_in_one_tree() {
     assert_eq!(names(&dir.join("volumes")), ["shop"]);
     // The failed volume has no snapshot and no directory.
     assert_eq!(names(&dir.join("volumes/shop")), ["data-db-0", "logs"]);
-    assert_eq!(tree(&dir.join("volumes/shop/data-db-0")), tree(&env.path("src")));
-    assert_eq!(tree(&dir.join("volumes/shop/logs")), tree(&env.path("logs")));
+    assert_eq!(
+        tree(&dir.join("volumes/shop/data-db-0")),
+        tree(&env.path("src"))
+    );
+    assert_eq!(
+        tree(&dir.join("volumes/shop/logs")),
+        tree(&env.path("logs"))
+    );
     // `resources/` is the resource snapshot's resources/ directory, not its root.
     assert_eq!(
         tree(&dir.join("resources")),
@@ -476,7 +486,10 @@ fn an_application_backup_mounts_its_volumes_and_resources_in_one_tree() {
         fs::read(dir.join("resources/namespaces/shop/apps/deployments/web.json")).unwrap(),
         br#"{"kind":"Deployment"}"#
     );
-    assert!(fs::write(dir.join("volumes/shop/logs/x"), b"x").is_err(), "read-only");
+    assert!(
+        fs::write(dir.join("volumes/shop/logs/x"), b"x").is_err(),
+        "read-only"
+    );
 
     let status = Command::new("fusermount3")
         .arg("-u")

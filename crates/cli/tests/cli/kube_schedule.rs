@@ -52,18 +52,25 @@ fn a_schedule_runs_on_its_interval_and_keeps_the_last_two_runs_and_snapshots() {
     let c = Cluster::start("e2e-schedule", config(&[]));
     c.volume("data", &small_files());
     // A backup outside the schedule shares the repository; retention must not touch it.
-    c.create(json!({"apiVersion": "cairn.io/v1alpha1", "kind": "VolumeBackup",
+    c.create(
+        json!({"apiVersion": "cairn.io/v1alpha1", "kind": "VolumeBackup",
         "metadata": {"name": "by-hand", "namespace": NS},
         "spec": {"source": {"persistentVolumeClaim": "data"}, "repository": "main",
-                 "mode": "Direct"}}));
-    c.create(json!({"apiVersion": "cairn.io/v1alpha1", "kind": "BackupSchedule",
+                 "mode": "Direct"}}),
+    );
+    c.create(
+        json!({"apiVersion": "cairn.io/v1alpha1", "kind": "BackupSchedule",
         "metadata": {"name": "often", "namespace": NS},
         "spec": {"every": "5s", "retention": {"keepLast": 2},
                  "template": {"volumeBackup": {
                      "source": {"persistentVolumeClaim": "data"}, "repository": "main",
-                     "mode": "Direct", "tags": {"team": "shop"}}}}}));
+                     "mode": "Direct", "tags": {"team": "shop"}}}}}),
+    );
     // Three successes: retention has had a run to delete.
-    let status = |c: &Cluster| c.get("BackupSchedule", "often").map(|s| s["status"].clone());
+    let status = |c: &Cluster| {
+        c.get("BackupSchedule", "often")
+            .map(|s| s["status"].clone())
+    };
     c.sim.wait_for("three successful runs", PATIENCE, |_| {
         let s = status(&c)?;
         (s["succeeded"].as_u64()? >= 3 && s["pruned"].as_u64()? >= 1).then_some(())
@@ -102,9 +109,16 @@ fn a_schedule_runs_on_its_interval_and_keeps_the_last_two_runs_and_snapshots() {
         .iter()
         .map(|r| r["status"]["snapshotId"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(c.snapshot_ids(&["cairn.io/schedule=often"]), kept, "{settled}");
+    assert_eq!(
+        c.snapshot_ids(&["cairn.io/schedule=often"]),
+        kept,
+        "{settled}"
+    );
     // The schedule's other tags are on its snapshots; the hand-made backup's survives.
-    assert_eq!(c.snapshot_ids(&["cairn.io/schedule=often", "team=shop"]), kept);
+    assert_eq!(
+        c.snapshot_ids(&["cairn.io/schedule=often", "team=shop"]),
+        kept
+    );
     let by_hand_id = c.sim.wait_for("by-hand completed", PATIENCE, |_| {
         let vb = c.get("VolumeBackup", "by-hand")?;
         vb["status"]["snapshotId"].as_str().map(str::to_string)

@@ -87,7 +87,10 @@ pub(super) async fn job_info(
     Ok(Some(info))
 }
 
-pub(super) async fn running_jobs(client: &kube::Client, kind: JobKind) -> Result<u32, AdapterError> {
+pub(super) async fn running_jobs(
+    client: &kube::Client,
+    kind: JobKind,
+) -> Result<u32, AdapterError> {
     let jobs: Api<Job> = Api::all(client.clone());
     let list = jobs
         .list(&ListParams::default().labels(&format!("{LABEL_JOB_KIND}={}", kind.as_str())))

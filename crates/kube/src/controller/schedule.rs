@@ -173,7 +173,9 @@ impl Plan {
         }
         actions.extend(self.deletes);
         actions.extend(self.jobs);
-        actions.push(Action::RequeueAfter(self.requeue.max(Duration::from_secs(1))));
+        actions.push(Action::RequeueAfter(
+            self.requeue.max(Duration::from_secs(1)),
+        ));
         actions
     }
 }
@@ -185,9 +187,7 @@ fn validate(sched: &BackupSchedule) -> Result<(Schedule, RunKind), String> {
     let kind = match (&template.application_backup, &template.volume_backup) {
         (Some(_), None) => Ok(RunKind::Application),
         (None, Some(_)) => Ok(RunKind::Volume),
-        _ => Err(
-            "spec.template must set exactly one of applicationBackup and volumeBackup".into(),
-        ),
+        _ => Err("spec.template must set exactly one of applicationBackup and volumeBackup".into()),
     };
     match (schedule, kind) {
         (Ok(s), Ok(k)) => Ok((s, k)),
@@ -219,7 +219,10 @@ fn settle_forget(obs: &ScheduleObserved, plan: &mut Plan) {
             (true, outcome.message)
         }
         Some(j) => (false, failure_reason(j)),
-        None => (false, format!("Job {name:?} was deleted before it finished")),
+        None => (
+            false,
+            format!("Job {name:?} was deleted before it finished"),
+        ),
     };
     plan.status.forget_job = None;
     if ok {
@@ -290,12 +293,7 @@ pub fn run_name(schedule: &str, due: Timestamp) -> String {
 }
 
 /// Creates the run that is due, or skips it while another runs; sets the next time.
-fn run_when_due(
-    obs: &ScheduleObserved,
-    ctx: &DecideContext,
-    plan: &mut Plan,
-    schedule: &Schedule,
-) {
+fn run_when_due(obs: &ScheduleObserved, ctx: &DecideContext, plan: &mut Plan, schedule: &Schedule) {
     let sched = &obs.schedule;
     let now = ctx.now;
     if sched.spec.suspend {
@@ -448,7 +446,9 @@ fn retain(
 ) {
     let sched = &obs.schedule;
     let Some(policy) = retention_policy(&sched.spec.retention) else {
-        plan.status.conditions.retain(|c| c.type_ != "RetentionApplied");
+        plan.status
+            .conditions
+            .retain(|c| c.type_ != "RetentionApplied");
         return;
     };
     let runs: Vec<&ScheduleRun> = obs
@@ -509,7 +509,12 @@ fn forget(obs: &ScheduleObserved, ctx: &DecideContext, plan: &mut Plan) {
         .volume_backup
         .as_ref()
         .map(|t| t.repository.clone())
-        .or_else(|| template.application_backup.as_ref().map(|t| t.repository.clone()))
+        .or_else(|| {
+            template
+                .application_backup
+                .as_ref()
+                .map(|t| t.repository.clone())
+        })
         .unwrap_or_default();
     let Some(repository) = &obs.repository else {
         plan.condition(

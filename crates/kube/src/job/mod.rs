@@ -9,8 +9,7 @@ mod params;
 pub use catalog::{snapshot_object, snapshot_object_name};
 pub use engine::{
     BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress, ForgetJobRequest,
-    MaintenanceJobRequest,
-    RepositoryAccess, RestoreJobRequest, RestoreJobResult, SnapshotSummary,
+    MaintenanceJobRequest, RepositoryAccess, RestoreJobRequest, RestoreJobResult, SnapshotSummary,
 };
 pub use params::{secret_value, JobCommand, JobParams};
 

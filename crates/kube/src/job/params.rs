@@ -8,8 +8,8 @@
 use super::engine::RepositoryAccess;
 use super::JobError;
 use crate::crd::MaintenanceKind;
-use cairn_policy::retention::RetentionPolicy;
 use crate::protocol::{ENV_EXCLUDE_FILE_LIST, TERMINATION_LOG};
+use cairn_policy::retention::RetentionPolicy;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

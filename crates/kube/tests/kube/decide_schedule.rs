@@ -146,14 +146,26 @@ fn a_due_run_is_created_from_the_template_with_the_schedule_tag() {
         "2025-06-01T02:00:00Z"
     );
     assert_eq!(vb["metadata"]["ownerReferences"][0]["uid"], "uid-sched");
-    assert_eq!(vb["metadata"]["ownerReferences"][0]["kind"], "BackupSchedule");
-    assert_eq!(vb["spec"]["tags"], json!({"team": "shop", "cairn.io/schedule": "nightly"}));
+    assert_eq!(
+        vb["metadata"]["ownerReferences"][0]["kind"],
+        "BackupSchedule"
+    );
+    assert_eq!(
+        vb["spec"]["tags"],
+        json!({"team": "shop", "cairn.io/schedule": "nightly"})
+    );
     assert_eq!(vb["spec"]["source"]["persistentVolumeClaim"], "data-db-0");
     let status = status_of(&actions).unwrap();
     assert_eq!(status.runs, 1);
     assert_eq!(status.active.as_deref(), Some("nightly-20250601020000"));
-    assert_eq!(status.last_schedule_time.unwrap().0, ts("2025-06-01T02:00:00Z"));
-    assert_eq!(status.next_schedule_time.unwrap().0, ts("2025-06-02T02:00:00Z"));
+    assert_eq!(
+        status.last_schedule_time.unwrap().0,
+        ts("2025-06-01T02:00:00Z")
+    );
+    assert_eq!(
+        status.next_schedule_time.unwrap().0,
+        ts("2025-06-02T02:00:00Z")
+    );
     // The run is created before the status that counts it.
     assert!(matches!(actions[0], Action::CreateScheduledRun(_)));
     // Due in almost a day: checked again within the hour all the same.
@@ -170,7 +182,10 @@ fn an_application_backup_template_creates_an_application_backup() {
     let runs = created(&actions);
     assert_eq!(runs[0]["kind"], "ApplicationBackup");
     assert_eq!(runs[0]["metadata"]["name"], "nightly-20250601060000");
-    assert_eq!(runs[0]["spec"]["tags"], json!({"cairn.io/schedule": "nightly"}));
+    assert_eq!(
+        runs[0]["spec"]["tags"],
+        json!({"cairn.io/schedule": "nightly"})
+    );
     assert!(matches!(
         actions.iter().find(|a| matches!(a, Action::CreateScheduledRun(_))),
         Some(Action::CreateScheduledRun(r)) if matches!(r.as_ref(), ScheduledRun::Application(_))
@@ -183,7 +198,10 @@ fn nothing_is_due_before_the_first_time() {
     let actions = decide_schedule(&observed(s, vec![]), &ctx("2025-06-01T05:00:00Z"));
     assert!(created(&actions).is_empty());
     let status = status_of(&actions).unwrap();
-    assert_eq!(status.next_schedule_time.unwrap().0, ts("2025-06-01T06:00:00Z"));
+    assert_eq!(
+        status.next_schedule_time.unwrap().0,
+        ts("2025-06-01T06:00:00Z")
+    );
     assert_eq!(status.runs, 0);
     assert_eq!(requeue(&actions), Duration::from_secs(3600));
 }
@@ -196,7 +214,11 @@ fn missed_runs_are_caught_up_once_with_the_latest_due_time() {
         json!({"lastScheduleTime": "2025-06-01T02:00:00Z", "runs": 1,
                "countedRuns": ["nightly-20250601020000"], "succeeded": 1}),
     );
-    let runs = vec![run("nightly-20250601020000", RunOutcome::Succeeded, "2025-06-01T02:00:00Z")];
+    let runs = vec![run(
+        "nightly-20250601020000",
+        RunOutcome::Succeeded,
+        "2025-06-01T02:00:00Z",
+    )];
     let actions = decide_schedule(&observed(s, runs), &ctx("2025-06-04T10:30:00Z"));
     let made = created(&actions);
     assert_eq!(made.len(), 1);
@@ -204,7 +226,10 @@ fn missed_runs_are_caught_up_once_with_the_latest_due_time() {
     let status = status_of(&actions).unwrap();
     assert_eq!(status.runs, 2);
     assert_eq!(status.skipped, 0);
-    assert_eq!(status.next_schedule_time.unwrap().0, ts("2025-06-05T02:00:00Z"));
+    assert_eq!(
+        status.next_schedule_time.unwrap().0,
+        ts("2025-06-05T02:00:00Z")
+    );
 }
 
 #[test]
@@ -213,11 +238,21 @@ fn an_interval_counts_from_the_last_scheduled_time() {
         json!({"every": "6h"}),
         json!({"lastScheduleTime": "2025-06-01T06:00:00Z", "runs": 1}),
     );
-    let runs = vec![run("nightly-20250601060000", RunOutcome::Succeeded, "2025-06-01T06:00:00Z")];
+    let runs = vec![run(
+        "nightly-20250601060000",
+        RunOutcome::Succeeded,
+        "2025-06-01T06:00:00Z",
+    )];
     let actions = decide_schedule(&observed(s, runs), &ctx("2025-06-01T20:00:00Z"));
-    assert_eq!(created(&actions)[0]["metadata"]["name"], "nightly-20250601180000");
+    assert_eq!(
+        created(&actions)[0]["metadata"]["name"],
+        "nightly-20250601180000"
+    );
     let status = status_of(&actions).unwrap();
-    assert_eq!(status.next_schedule_time.unwrap().0, ts("2025-06-02T00:00:00Z"));
+    assert_eq!(
+        status.next_schedule_time.unwrap().0,
+        ts("2025-06-02T00:00:00Z")
+    );
 }
 
 #[test]
@@ -226,17 +261,33 @@ fn a_run_still_going_skips_the_next_and_the_time_after_counts_from_now() {
         json!({"every": "1h"}),
         json!({"lastScheduleTime": "2025-06-01T01:00:00Z", "runs": 1}),
     );
-    let runs = vec![run("nightly-20250601010000", RunOutcome::Running, "2025-06-01T01:00:00Z")];
+    let runs = vec![run(
+        "nightly-20250601010000",
+        RunOutcome::Running,
+        "2025-06-01T01:00:00Z",
+    )];
     let actions = decide_schedule(&observed(s, runs.clone()), &ctx("2025-06-01T02:00:10Z"));
     assert!(created(&actions).is_empty());
     let status = status_of(&actions).unwrap();
     assert_eq!(status.skipped, 1);
     assert_eq!(status.runs, 1);
     assert_eq!(status.active.as_deref(), Some("nightly-20250601010000"));
-    assert_eq!(status.not_before.as_ref().unwrap().0, ts("2025-06-01T02:00:10Z"));
-    assert_eq!(status.next_schedule_time.as_ref().unwrap().0, ts("2025-06-01T03:00:10Z"));
-    let skipped = status.conditions.iter().find(|c| c.type_ == "LastRunSkipped").unwrap();
-    assert!(skipped.message.contains("nightly-20250601010000 was still running"));
+    assert_eq!(
+        status.not_before.as_ref().unwrap().0,
+        ts("2025-06-01T02:00:10Z")
+    );
+    assert_eq!(
+        status.next_schedule_time.as_ref().unwrap().0,
+        ts("2025-06-01T03:00:10Z")
+    );
+    let skipped = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "LastRunSkipped")
+        .unwrap();
+    assert!(skipped
+        .message
+        .contains("nightly-20250601010000 was still running"));
 
     // The next reconcile, a moment later, does not skip again.
     let mut again = schedule(json!({"every": "1h"}), json!({}));
@@ -249,12 +300,19 @@ fn a_run_still_going_skips_the_next_and_the_time_after_counts_from_now() {
 #[test]
 fn a_run_created_by_a_reconcile_whose_patch_was_lost_is_adopted() {
     let s = schedule(json!({"schedule": "0 2 * * *"}), json!({}));
-    let runs = vec![run("nightly-20250601020000", RunOutcome::Running, "2025-06-01T02:00:00Z")];
+    let runs = vec![run(
+        "nightly-20250601020000",
+        RunOutcome::Running,
+        "2025-06-01T02:00:00Z",
+    )];
     let actions = decide_schedule(&observed(s, runs), &ctx("2025-06-01T02:00:30Z"));
     assert!(created(&actions).is_empty());
     let status = status_of(&actions).unwrap();
     assert_eq!(status.skipped, 0);
-    assert_eq!(status.last_schedule_time.unwrap().0, ts("2025-06-01T02:00:00Z"));
+    assert_eq!(
+        status.last_schedule_time.unwrap().0,
+        ts("2025-06-01T02:00:00Z")
+    );
     assert_eq!(status.active.as_deref(), Some("nightly-20250601020000"));
 }
 
@@ -268,7 +326,10 @@ fn suspend_creates_nothing_and_resuming_drops_what_was_missed() {
     let actions = decide_schedule(&observed(s, vec![]), &ctx("2025-06-01T05:00:00Z"));
     assert!(created(&actions).is_empty());
     let status = status_of(&actions).unwrap();
-    assert_eq!(status.suspended_at.as_ref().unwrap().0, ts("2025-06-01T05:00:00Z"));
+    assert_eq!(
+        status.suspended_at.as_ref().unwrap().0,
+        ts("2025-06-01T05:00:00Z")
+    );
     assert_eq!(status.next_schedule_time, None);
 
     // Resumed at 09:30: the runs due at 02:00 ... 09:00 are dropped; the next is an hour on.
@@ -278,23 +339,47 @@ fn suspend_creates_nothing_and_resuming_drops_what_was_missed() {
     assert!(created(&actions).is_empty(), "{actions:?}");
     let status = status_of(&actions).unwrap();
     assert_eq!(status.suspended_at, None);
-    assert_eq!(status.next_schedule_time.unwrap().0, ts("2025-06-01T10:30:00Z"));
+    assert_eq!(
+        status.next_schedule_time.unwrap().0,
+        ts("2025-06-01T10:30:00Z")
+    );
 }
 
 #[test]
 fn finished_runs_are_counted_once_even_after_a_restart() {
-    let s = schedule(json!({"every": "1h"}), json!({"lastScheduleTime": "2025-06-01T03:00:00Z", "runs": 3}));
+    let s = schedule(
+        json!({"every": "1h"}),
+        json!({"lastScheduleTime": "2025-06-01T03:00:00Z", "runs": 3}),
+    );
     let runs = vec![
-        run("nightly-20250601010000", RunOutcome::Succeeded, "2025-06-01T01:00:00Z"),
-        run("nightly-20250601020000", RunOutcome::Failed, "2025-06-01T02:00:00Z"),
-        run("nightly-20250601030000", RunOutcome::Succeeded, "2025-06-01T03:00:00Z"),
+        run(
+            "nightly-20250601010000",
+            RunOutcome::Succeeded,
+            "2025-06-01T01:00:00Z",
+        ),
+        run(
+            "nightly-20250601020000",
+            RunOutcome::Failed,
+            "2025-06-01T02:00:00Z",
+        ),
+        run(
+            "nightly-20250601030000",
+            RunOutcome::Succeeded,
+            "2025-06-01T03:00:00Z",
+        ),
     ];
     let actions = decide_schedule(&observed(s, runs.clone()), &ctx("2025-06-01T03:30:00Z"));
     let status = status_of(&actions).unwrap();
     assert_eq!((status.succeeded, status.failed), (2, 1));
     assert_eq!(status.active, None);
-    assert_eq!(status.last_successful_backup.as_deref(), Some("nightly-20250601030000"));
-    assert_eq!(status.last_successful_time.as_ref().unwrap().0, ts("2025-06-01T03:00:00Z"));
+    assert_eq!(
+        status.last_successful_backup.as_deref(),
+        Some("nightly-20250601030000")
+    );
+    assert_eq!(
+        status.last_successful_time.as_ref().unwrap().0,
+        ts("2025-06-01T03:00:00Z")
+    );
     // A restarted controller reads the same status and counts nothing again.
     let mut again = schedule(json!({"every": "1h"}), json!({}));
     again.status = Some(status.clone());
@@ -308,14 +393,21 @@ fn invalid_schedules_block_with_a_condition_saying_what_to_write() {
         (json!({}), "neither spec.schedule nor spec.every"),
         (json!({"schedule": "0 2 * *"}), "write 5: minute hour"),
         (json!({"every": "6h", "schedule": "@daily"}), "keep one"),
-        (json!({"schedule": "0 2 * * *", "timeZone": "Europe/Nowhere"}), "IANA"),
+        (
+            json!({"schedule": "0 2 * * *", "timeZone": "Europe/Nowhere"}),
+            "IANA",
+        ),
     ];
     for (spec, want) in cases {
         let s = schedule(spec.clone(), json!({}));
         let actions = decide_schedule(&observed(s, vec![]), &ctx("2025-06-02T00:00:00Z"));
         assert!(created(&actions).is_empty());
         let status = status_of(&actions).unwrap();
-        let c = status.conditions.iter().find(|c| c.type_ == "ConfigValid").unwrap();
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "ConfigValid")
+            .unwrap();
         assert_eq!(c.status, "False", "{spec}");
         assert!(c.message.contains(want), "{spec}: {}", c.message);
         assert_eq!(requeue(&actions), Duration::from_secs(30));
@@ -324,7 +416,9 @@ fn invalid_schedules_block_with_a_condition_saying_what_to_write() {
     s.spec.template = serde_json::from_value(json!({})).unwrap();
     let actions = decide_schedule(&observed(s, vec![]), &ctx("2025-06-02T00:00:00Z"));
     let status = status_of(&actions).unwrap();
-    assert!(status.conditions[0].message.contains("exactly one of applicationBackup and volumeBackup"));
+    assert!(status.conditions[0]
+        .message
+        .contains("exactly one of applicationBackup and volumeBackup"));
 }
 
 #[test]
@@ -337,10 +431,26 @@ fn retention_deletes_unkept_runs_and_forgets_their_snapshots() {
                "succeeded": 2, "failed": 1}),
     );
     let runs = vec![
-        run("nightly-20250601010000", RunOutcome::Succeeded, "2025-06-01T01:00:00Z"),
-        run("nightly-20250601020000", RunOutcome::Failed, "2025-06-01T02:00:00Z"),
-        run("nightly-20250601030000", RunOutcome::Succeeded, "2025-06-01T03:00:00Z"),
-        run("nightly-20250601040000", RunOutcome::Succeeded, "2025-06-01T04:00:00Z"),
+        run(
+            "nightly-20250601010000",
+            RunOutcome::Succeeded,
+            "2025-06-01T01:00:00Z",
+        ),
+        run(
+            "nightly-20250601020000",
+            RunOutcome::Failed,
+            "2025-06-01T02:00:00Z",
+        ),
+        run(
+            "nightly-20250601030000",
+            RunOutcome::Succeeded,
+            "2025-06-01T03:00:00Z",
+        ),
+        run(
+            "nightly-20250601040000",
+            RunOutcome::Succeeded,
+            "2025-06-01T04:00:00Z",
+        ),
     ];
     let actions = decide_schedule(&observed(s, runs.clone()), &ctx("2025-06-01T04:10:00Z"));
     // The failed run is older than the oldest kept one: it goes too.
@@ -351,24 +461,47 @@ fn retention_deletes_unkept_runs_and_forgets_their_snapshots() {
     let status = status_of(&actions).unwrap();
     assert_eq!(status.pruned, 2);
     assert_eq!(status.succeeded, 3);
-    assert_eq!(status.pruned_runs, ["nightly-20250601010000", "nightly-20250601020000"]);
+    assert_eq!(
+        status.pruned_runs,
+        ["nightly-20250601010000", "nightly-20250601020000"]
+    );
     let forget = jobs(&actions);
     assert_eq!(forget.len(), 1);
     let args = &forget[0];
     assert_eq!(
         args[..6],
-        ["job", "forget", "--tag", "cairn.io/schedule=nightly", "--keep-last", "2"]
+        [
+            "job",
+            "forget",
+            "--tag",
+            "cairn.io/schedule=nightly",
+            "--keep-last",
+            "2"
+        ]
     );
-    assert!(args.windows(2).any(|w| w == ["--repository", "main"]), "{args:?}");
-    assert_eq!(status.forget_job.as_deref(), Some(forget_name(&actions).as_str()));
+    assert!(
+        args.windows(2).any(|w| w == ["--repository", "main"]),
+        "{args:?}"
+    );
+    assert_eq!(
+        status.forget_job.as_deref(),
+        Some(forget_name(&actions).as_str())
+    );
     assert!(!status.forget_pending);
     // The status patch comes before the deletions it counts.
-    let patch = actions.iter().position(|a| matches!(a, Action::PatchScheduleStatus(_)));
-    let delete = actions.iter().position(|a| matches!(a, Action::DeleteScheduledRun { .. }));
+    let patch = actions
+        .iter()
+        .position(|a| matches!(a, Action::PatchScheduleStatus(_)));
+    let delete = actions
+        .iter()
+        .position(|a| matches!(a, Action::DeleteScheduledRun { .. }));
     assert!(patch < delete);
 
     // Observed again before the deletions show: nothing is counted or deleted twice.
-    let mut again = schedule(json!({"every": "1h", "retention": {"keepLast": 2}}), json!({}));
+    let mut again = schedule(
+        json!({"every": "1h", "retention": {"keepLast": 2}}),
+        json!({}),
+    );
     again.status = Some(status.clone());
     let mut o = observed(again, runs);
     o.forget_job = Some(JobInfo {
@@ -399,8 +532,16 @@ fn a_failed_run_does_not_trigger_retention_and_is_not_counted_by_it() {
                "countedRuns": ["nightly-20250601010000"], "succeeded": 1}),
     );
     let runs = vec![
-        run("nightly-20250601010000", RunOutcome::Succeeded, "2025-06-01T01:00:00Z"),
-        run("nightly-20250601020000", RunOutcome::Failed, "2025-06-01T02:00:00Z"),
+        run(
+            "nightly-20250601010000",
+            RunOutcome::Succeeded,
+            "2025-06-01T01:00:00Z",
+        ),
+        run(
+            "nightly-20250601020000",
+            RunOutcome::Failed,
+            "2025-06-01T02:00:00Z",
+        ),
     ];
     let actions = decide_schedule(&observed(s, runs), &ctx("2025-06-01T02:30:00Z"));
     assert!(deleted(&actions).is_empty());
@@ -416,14 +557,22 @@ fn the_forget_job_waits_for_a_slot_and_for_its_repository() {
         json!({"every": "1h", "retention": {"keepDaily": 7, "keepWeekly": 4}}),
         json!({"lastScheduleTime": "2025-06-01T01:00:00Z", "runs": 1}),
     );
-    let runs = vec![run("nightly-20250601010000", RunOutcome::Succeeded, "2025-06-01T01:00:00Z")];
+    let runs = vec![run(
+        "nightly-20250601010000",
+        RunOutcome::Succeeded,
+        "2025-06-01T01:00:00Z",
+    )];
     let mut o = observed(s.clone(), runs.clone());
     o.repository_busy = true;
     let actions = decide_schedule(&o, &ctx("2025-06-01T01:30:00Z"));
     assert!(jobs(&actions).is_empty());
     let status = status_of(&actions).unwrap();
     assert!(status.forget_pending);
-    let waiting = status.conditions.iter().find(|c| c.type_ == "WaitingForJobSlot").unwrap();
+    let waiting = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "WaitingForJobSlot")
+        .unwrap();
     assert!(waiting.message.contains("BackupRepository \"main\""));
     assert_eq!(requeue(&actions), Duration::from_secs(5));
 
@@ -436,7 +585,11 @@ fn the_forget_job_waits_for_a_slot_and_for_its_repository() {
     o.repository = None;
     let actions = decide_schedule(&o, &ctx("2025-06-01T01:30:00Z"));
     let status = status_of(&actions).unwrap();
-    let c = status.conditions.iter().find(|c| c.type_ == "RetentionApplied").unwrap();
+    let c = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "RetentionApplied")
+        .unwrap();
     assert!(c.message.contains("does not exist"), "{}", c.message);
 
     // Free: the Job carries every keep rule.
@@ -444,15 +597,32 @@ fn the_forget_job_waits_for_a_slot_and_for_its_repository() {
     let args = &jobs(&actions)[0];
     assert_eq!(
         args[..8],
-        ["job", "forget", "--tag", "cairn.io/schedule=nightly", "--keep-daily", "7", "--keep-weekly", "4"]
+        [
+            "job",
+            "forget",
+            "--tag",
+            "cairn.io/schedule=nightly",
+            "--keep-daily",
+            "7",
+            "--keep-weekly",
+            "4"
+        ]
     );
 }
 
 #[test]
 fn a_finished_forget_job_is_recorded() {
     for (succeeded, message, status_want) in [
-        (true, r#"{"succeeded":true,"message":"forgot 3 snapshot(s)"}"#, "True"),
-        (false, r#"{"succeeded":false,"message":"repository locked"}"#, "False"),
+        (
+            true,
+            r#"{"succeeded":true,"message":"forgot 3 snapshot(s)"}"#,
+            "True",
+        ),
+        (
+            false,
+            r#"{"succeeded":false,"message":"repository locked"}"#,
+            "False",
+        ),
     ] {
         let s = schedule(
             json!({"every": "1h", "retention": {"keepLast": 1}}),
@@ -469,9 +639,17 @@ fn a_finished_forget_job_is_recorded() {
         let actions = decide_schedule(&o, &ctx("2025-06-01T01:30:00Z"));
         let status = status_of(&actions).unwrap();
         assert_eq!(status.forget_job, None);
-        let c = status.conditions.iter().find(|c| c.type_ == "RetentionApplied").unwrap();
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "RetentionApplied")
+            .unwrap();
         assert_eq!(c.status, status_want);
-        assert!(c.message.contains(if succeeded { "forgot 3" } else { "repository locked" }));
+        assert!(c.message.contains(if succeeded {
+            "forgot 3"
+        } else {
+            "repository locked"
+        }));
     }
 }
 
@@ -481,5 +659,8 @@ fn long_schedule_names_give_valid_run_names() {
     let run = run_name(&name, ts("2025-06-01T02:00:00Z"));
     assert!(run.len() <= 63, "{run}");
     assert!(run.ends_with("-20250601020000"), "{run}");
-    assert_eq!(t(&run_name("db", ts("2025-06-01T02:00:00Z"))), "db-20250601020000");
+    assert_eq!(
+        t(&run_name("db", ts("2025-06-01T02:00:00Z"))),
+        "db-20250601020000"
+    );
 }

@@ -5,9 +5,9 @@ use crate::common;
 
 use cairn_kube::crd::MaintenanceKind;
 use cairn_kube::job::{
-    run_job, BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress, JobCommand,
-    ForgetJobRequest, JobParams, MaintenanceJobRequest, RepositoryAccess, RestoreJobRequest, RestoreJobResult,
-    SnapshotSummary,
+    run_job, BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress,
+    ForgetJobRequest, JobCommand, JobParams, MaintenanceJobRequest, RepositoryAccess,
+    RestoreJobRequest, RestoreJobResult, SnapshotSummary,
 };
 use cairn_kube::protocol::JobOutcome;
 use common::{mock_client, Recorded};
@@ -421,7 +421,10 @@ async fn forget_job_passes_the_tag_and_keep_rules_and_refuses_to_forget_everythi
     assert!(outcome.succeeded, "{outcome:?}");
     assert_eq!(outcome.message, "forgot 2 snapshot(s)");
     let seen = engine.seen.lock().unwrap()[0].clone();
-    assert!(seen.contains(r#"{"cairn.io/schedule": "nightly"}"#), "{seen}");
+    assert!(
+        seen.contains(r#"{"cairn.io/schedule": "nightly"}"#),
+        "{seen}"
+    );
     assert!(seen.contains("keep_last: Some(2)"), "{seen}");
     assert!(seen.contains("keep_weekly: Some(4)"), "{seen}");
     assert!(seen.contains("keep_daily: None"), "{seen}");
@@ -429,7 +432,10 @@ async fn forget_job_passes_the_tag_and_keep_rules_and_refuses_to_forget_everythi
     for (extra, why) in [
         (&["--keep-last", "2"][..], "forget needs --tag"),
         (&["--tag", "a=b"][..], "at least one --keep-* rule"),
-        (&["--tag", "a=b", "--keep-last", "two"][..], "--keep-last \"two\": expected a count"),
+        (
+            &["--tag", "a=b", "--keep-last", "two"][..],
+            "--keep-last \"two\": expected a count",
+        ),
     ] {
         let mut a = args(&base);
         a.extend(args(extra));

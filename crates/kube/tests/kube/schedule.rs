@@ -31,7 +31,11 @@ fn every_field_kind_selects_the_right_times() {
         (
             "*/20 * * * *",
             "2025-01-01T00:00:00Z",
-            &["2025-01-01T00:20:00Z", "2025-01-01T00:40:00Z", "2025-01-01T01:00:00Z"],
+            &[
+                "2025-01-01T00:20:00Z",
+                "2025-01-01T00:40:00Z",
+                "2025-01-01T01:00:00Z",
+            ],
         ),
         (
             "5,10-12 3 * * *",
@@ -47,12 +51,20 @@ fn every_field_kind_selects_the_right_times() {
         (
             "10/20 * * * *",
             "2025-01-01T00:00:00Z",
-            &["2025-01-01T00:10:00Z", "2025-01-01T00:30:00Z", "2025-01-01T00:50:00Z"],
+            &[
+                "2025-01-01T00:10:00Z",
+                "2025-01-01T00:30:00Z",
+                "2025-01-01T00:50:00Z",
+            ],
         ),
         (
             "0 8-18/5 * * *",
             "2025-01-01T00:00:00Z",
-            &["2025-01-01T08:00:00Z", "2025-01-01T13:00:00Z", "2025-01-01T18:00:00Z"],
+            &[
+                "2025-01-01T08:00:00Z",
+                "2025-01-01T13:00:00Z",
+                "2025-01-01T18:00:00Z",
+            ],
         ),
         // 2025-01-03 is a Friday.
         (
@@ -119,7 +131,11 @@ fn macros_are_their_five_field_equivalents() {
         ("@yearly", "0 0 1 1 *"),
         ("@annually", "0 0 1 1 *"),
     ] {
-        assert_eq!(Cron::parse(mac).unwrap(), Cron::parse(expr).unwrap(), "{mac}");
+        assert_eq!(
+            Cron::parse(mac).unwrap(),
+            Cron::parse(expr).unwrap(),
+            "{mac}"
+        );
     }
 }
 
@@ -149,7 +165,11 @@ fn spring_forward_runs_a_missing_time_once_at_the_end_of_the_gap() {
     // Every quarter of the missing hour, and 03:00 itself, is one run.
     assert_eq!(
         fires("*/15 2,3 * * *", "Europe/Paris", "2025-03-30T00:00:00Z", 3),
-        ["2025-03-30T01:00:00Z", "2025-03-30T01:15:00Z", "2025-03-30T01:30:00Z"]
+        [
+            "2025-03-30T01:00:00Z",
+            "2025-03-30T01:15:00Z",
+            "2025-03-30T01:30:00Z"
+        ]
     );
     // New York 2025-03-09: 02:00 EST jumps to 03:00 EDT (07:00 UTC).
     assert_eq!(
@@ -168,7 +188,11 @@ fn fall_back_runs_a_repeated_time_once_at_its_first_occurrence() {
     // New York 2025-11-02: 02:00 EDT goes back to 01:00 EST; 01:00 EST (06:00 UTC) is skipped.
     assert_eq!(
         fires("0 * * * *", "America/New_York", "2025-11-02T04:30:00Z", 3),
-        ["2025-11-02T05:00:00Z", "2025-11-02T07:00:00Z", "2025-11-02T08:00:00Z"]
+        [
+            "2025-11-02T05:00:00Z",
+            "2025-11-02T07:00:00Z",
+            "2025-11-02T08:00:00Z"
+        ]
     );
     assert_eq!(
         fires("30 1 * * *", "America/New_York", "2025-11-01T12:00:00Z", 2),
@@ -188,7 +212,10 @@ fn invalid_expressions_say_what_is_wrong() {
         ("* * * * * *", "6 fields; write 5"),
         ("5-1 * * * *", "goes backwards"),
         ("*/0 * * * *", "step \"0\" is not a positive number"),
-        ("0 0 * foo *", "month \"foo\" is not a number or a name like \"feb\""),
+        (
+            "0 0 * foo *",
+            "month \"foo\" is not a number or a name like \"feb\"",
+        ),
         ("1,,2 * * * *", "empty list item"),
         ("0 0 30 2 *", "never falls in month"),
         ("0 0 31 4,6 *", "never falls in month"),
@@ -215,10 +242,22 @@ fn spec(fields: serde_json::Value) -> BackupScheduleSpec {
 fn a_spec_sets_exactly_one_schedule() {
     let cases = [
         (json!({}), "neither spec.schedule nor spec.every"),
-        (json!({"schedule": "0 2 * * *", "every": "6h"}), "both spec.schedule and spec.every"),
-        (json!({"every": "6h", "timeZone": "UTC"}), "spec.timeZone only applies"),
-        (json!({"schedule": "0 2 * * *", "timeZone": "Mars/Olympus"}), "spec.timeZone \"Mars/Olympus\""),
-        (json!({"schedule": "0 2 * *"}), "spec.schedule \"0 2 * *\": 4 fields"),
+        (
+            json!({"schedule": "0 2 * * *", "every": "6h"}),
+            "both spec.schedule and spec.every",
+        ),
+        (
+            json!({"every": "6h", "timeZone": "UTC"}),
+            "spec.timeZone only applies",
+        ),
+        (
+            json!({"schedule": "0 2 * * *", "timeZone": "Mars/Olympus"}),
+            "spec.timeZone \"Mars/Olympus\"",
+        ),
+        (
+            json!({"schedule": "0 2 * *"}),
+            "spec.schedule \"0 2 * *\": 4 fields",
+        ),
         (json!({"every": "soon"}), "spec.every \"soon\""),
         (json!({"every": "0"}), "shorter than one second"),
     ];
@@ -227,10 +266,10 @@ fn a_spec_sets_exactly_one_schedule() {
         assert!(err.contains(want), "{fields}: {err}");
     }
     assert!(Schedule::from_spec(&spec(json!({"every": "5s"}))).is_ok());
-    assert!(
-        Schedule::from_spec(&spec(json!({"schedule": "@daily", "timeZone": "Europe/Paris"})))
-            .is_ok()
-    );
+    assert!(Schedule::from_spec(&spec(
+        json!({"schedule": "@daily", "timeZone": "Europe/Paris"})
+    ))
+    .is_ok());
 }
 
 #[test]
