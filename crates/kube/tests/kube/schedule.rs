@@ -313,3 +313,16 @@ fn after_an_outage_only_the_latest_due_time_is_due() {
         Some(ts("2026-01-01T00:00:00Z"))
     );
 }
+
+#[test]
+fn the_sample_schedules_are_valid() {
+    let text = include_str!("../../../../deploy/samples/backupschedule.yaml");
+    let mut seen = 0;
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let schedule: cairn_kube::crd::BackupSchedule =
+            serde::Deserialize::deserialize(doc).unwrap();
+        Schedule::from_spec(&schedule.spec).unwrap();
+        seen += 1;
+    }
+    assert_eq!(seen, 2);
+}
