@@ -15,10 +15,11 @@ use cairn_core::restore::{restore, RestoreOptions};
 use cairn_core::{OpenOptions, Repository, SnapshotFilter};
 use cairn_kube::crd::MaintenanceKind;
 use cairn_kube::job::{
-    BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress, MaintenanceJobRequest,
-    RepositoryAccess, RestoreJobRequest, RestoreJobResult, SnapshotSummary,
+    BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress, ForgetJobRequest,
+    MaintenanceJobRequest, RepositoryAccess, RestoreJobRequest, RestoreJobResult, SnapshotSummary,
 };
 use cairn_policy::exclude::{ExcludeOptions, Excluder};
+use cairn_policy::retention::{apply, SnapshotInfo};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -370,6 +371,55 @@ impl Engine for CoreEngine {
     fn maintenance(&self, req: &MaintenanceJobRequest) -> Result<String, EngineError> {
         let repo = open(&req.repository)?;
         maintain(&repo, req.kind)
+    }
+
+    /// `cairn forget --tag ... --keep-...` without `--prune`: the same selection, the same
+    /// grouping per host and source, the same decision (`cairn_policy::retention::apply`).
+    fn forget(&self, req: &ForgetJobRequest) -> Result<String, EngineError> {
+        if req.tags.is_empty() {
+            return Err(permanent(
+                "forget needs tags selecting the snapshots to consider".into(),
+            ));
+        }
+        let repo = open(&req.repository)?;
+        let filter = SnapshotFilter {
+            tags: tags_to_snapshot(&req.tags),
+            ..SnapshotFilter::default()
+        };
+        // Checkpoints of running or dead backups are not backups: GC manages them.
+        let mut ids = std::collections::HashMap::new();
+        let mut infos = Vec::new();
+        let listed = repo
+            .list_snapshots()
+            .map_err(|e| core_error("listing snapshots", e))?;
+        for (id, s) in listed {
+            if !(s.complete && filter.matches(&s)) {
+                continue;
+            }
+            infos.push(SnapshotInfo {
+                id: id.to_hex(),
+                time: s.time,
+                host: s.host.clone(),
+                source: s.source.clone(),
+                tags: s.tags.clone(),
+            });
+            ids.insert(id.to_hex(), id);
+        }
+        let decisions = apply(&req.policy, &infos, chrono::Utc::now())
+            .map_err(|e| permanent(format!("retention policy: {e}")))?;
+        let mut removed = 0usize;
+        for id in decisions.iter().flat_map(|d| &d.remove) {
+            if let Some(sid) = ids.get(id) {
+                repo.delete_snapshot(sid)
+                    .map_err(|e| core_error(&format!("forgetting snapshot {id}"), e))?;
+                removed += 1;
+            }
+        }
+        let kept: usize = decisions.iter().map(|d| d.keep.len()).sum();
+        Ok(format!(
+            "forgot {removed} snapshot(s) tagged {}, kept {kept}; maintenance reclaims their data",
+            filter.tags.join(",")
+        ))
     }
 
     fn list_snapshots(

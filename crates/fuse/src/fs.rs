@@ -67,7 +67,7 @@ pub(crate) struct FsConfig {
 pub(crate) struct CairnFs {
     repo: Repository,
     cfg: FsConfig,
-    /// Single-snapshot mounts have no virtual directories to refresh.
+    /// Single-snapshot and named mounts have a fixed layout: nothing to refresh.
     single: bool,
     inodes: RwLock<Inodes>,
     layout: RwLock<Arc<Layout>>,
@@ -157,6 +157,13 @@ impl CairnFs {
             gid: nix::unistd::getegid().as_raw(),
             started: SystemTime::now(),
         }
+    }
+
+    /// Keeps the layout given to [`CairnFs::new`] instead of rebuilding it from the
+    /// repository's snapshot list (named mounts).
+    pub fn with_fixed_layout(mut self) -> Self {
+        self.single = true;
+        self
     }
 
     fn kind(&self, ino: u64) -> Option<Kind> {

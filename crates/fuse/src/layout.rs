@@ -53,6 +53,9 @@ pub(crate) enum VDir {
     Hosts,
     /// `hosts/<host>/`.
     Host(String),
+    /// A directory of a named mount ([`Layout::named`]), by its `/`-joined path from the
+    /// root (`volumes/shop`).
+    Named(String),
 }
 
 /// What a name in a virtual directory refers to.
@@ -184,6 +187,38 @@ impl Layout {
             dirs,
             ids: sorted.iter().map(|(id, _)| *id).collect(),
             newest: sorted.last().map(|(_, s)| s.time),
+        }
+    }
+
+    /// The directories of a named mount: each snapshot tree at its path of components
+    /// (`["volumes", "shop", "data"]`), with the directories above it. The caller checks
+    /// that paths are non-empty, that components are plain names, and that no path is a
+    /// prefix of another.
+    pub fn named(entries: &[(Vec<String>, Arc<SnapInfo>)]) -> Self {
+        let mut dirs: HashMap<VDir, BTreeMap<String, VEntry>> = HashMap::new();
+        dirs.entry(VDir::Root).or_default();
+        for (path, info) in entries {
+            let Some((last, parents)) = path.split_last() else {
+                continue;
+            };
+            let mut dir = VDir::Root;
+            for (i, name) in parents.iter().enumerate() {
+                let child = VDir::Named(path[..=i].join("/"));
+                dirs.entry(dir)
+                    .or_default()
+                    .entry(name.clone())
+                    .or_insert_with(|| VEntry::Dir(child.clone()));
+                dirs.entry(child.clone()).or_default();
+                dir = child;
+            }
+            dirs.entry(dir)
+                .or_default()
+                .insert(last.clone(), VEntry::Snap(info.clone()));
+        }
+        Layout {
+            dirs,
+            ids: entries.iter().map(|(_, i)| i.id).collect(),
+            newest: entries.iter().map(|(_, i)| i.time).max(),
         }
     }
 

@@ -102,6 +102,9 @@ pub enum MountError {
         #[source]
         source: io::Error,
     },
+    /// A named mount's entries cannot be shown as asked.
+    #[error("{0}")]
+    Named(String),
     /// Unmounting failed; the mount may still be there (`fusermount3 -u -z DIR`).
     #[error("unmounting {path}: {source}; run `fusermount3 -u -z {path}`")]
     Unmount {
@@ -111,6 +114,18 @@ pub enum MountError {
         #[source]
         source: io::Error,
     },
+}
+
+/// A snapshot (or one directory inside it) shown at a path of a named mount
+/// ([`spawn_named_mount`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedSnapshot {
+    /// Path components from the mount's root (`["volumes", "shop", "data"]`).
+    pub path: Vec<String>,
+    /// The snapshot.
+    pub snapshot: SnapshotId,
+    /// Show only this directory of the snapshot (`resources`, or `a/b`), not its root.
+    pub subdir: Option<String>,
 }
 
 /// Checks that `dir` is an existing, empty directory.
@@ -184,18 +199,95 @@ pub fn spawn_mount(
         }
         None => (Layout::build(&repo.list_snapshots()?), None),
     };
+    let fs = CairnFs::new(repo, fs_config(opts), layout, single);
+    serve_fs(fs, dir, opts)
+}
+
+fn fs_config(opts: &MountOptions) -> FsConfig {
+    FsConfig {
+        readahead: opts.readahead,
+        refresh: opts.refresh,
+        cache_size: opts.cache_size,
+        readahead_workers: opts.readahead_threads,
+    }
+}
+
+/// The tree of `id`, or of the directory `subdir` inside it.
+fn named_info(
+    repo: &Repository,
+    id: &SnapshotId,
+    subdir: Option<&str>,
+) -> Result<SnapInfo, MountError> {
+    let snap = repo.load_snapshot(id)?;
+    let mut tree = snap.tree;
+    for name in subdir
+        .unwrap_or_default()
+        .split('/')
+        .filter(|n| !n.is_empty())
+    {
+        let dir = repo.load_tree(&tree)?;
+        let found = dir.nodes.iter().find(|n| n.name == name.as_bytes());
+        tree = match found.map(|n| &n.payload) {
+            Some(cairn_core::format::tree::Payload::Dir(sub)) => *sub,
+            _ => {
+                return Err(MountError::Named(format!(
+                    "snapshot {} has no directory {:?}",
+                    id.short(),
+                    subdir.unwrap_or_default()
+                )))
+            }
+        };
+    }
+    Ok(SnapInfo {
+        id: *id,
+        tree,
+        time: snap.time,
+    })
+}
+
+/// Mounts several snapshots of `repo` at `dir`, each (or one directory of each) at its
+/// own path under the root, and serves them on background threads like [`spawn_mount`].
+/// `opts.snapshot` is ignored. Fails on an empty or invalid path component (`.`, `..`,
+/// one holding `/`), and on a path that is another's prefix or repeats one.
+pub fn spawn_named_mount(
+    repo: Repository,
+    dir: &Path,
+    named: &[NamedSnapshot],
+    opts: &MountOptions,
+) -> Result<MountHandle, MountError> {
+    check_mountpoint(dir)?;
+    let mut entries = Vec::with_capacity(named.len());
+    for (i, n) in named.iter().enumerate() {
+        let bad = n.path.is_empty()
+            || n.path
+                .iter()
+                .any(|c| c.is_empty() || c == "." || c == ".." || c.contains(['/', '\0']));
+        let clash = named[..i].iter().any(|o| {
+            let k = o.path.len().min(n.path.len());
+            o.path[..k] == n.path[..k]
+        });
+        if bad || clash {
+            return Err(MountError::Named(format!(
+                "cannot show snapshot {} at {:?}: {}",
+                n.snapshot.short(),
+                n.path.join("/"),
+                if bad {
+                    "paths are non-empty names without `/`, `.` or `..`"
+                } else {
+                    "another snapshot is shown at or inside that path"
+                }
+            )));
+        }
+        let info = named_info(&repo, &n.snapshot, n.subdir.as_deref())?;
+        entries.push((n.path.clone(), Arc::new(info)));
+    }
+    let fs = CairnFs::new(repo, fs_config(opts), Layout::named(&entries), None).with_fixed_layout();
+    serve_fs(fs, dir, opts)
+}
+
+/// Mounts `fs` at `dir` and serves it on a background thread.
+fn serve_fs(fs: CairnFs, dir: &Path, opts: &MountOptions) -> Result<MountHandle, MountError> {
     let fsname = opts.fsname.clone().unwrap_or_else(|| "cairn".into());
-    let fs = CairnFs::new(
-        repo,
-        FsConfig {
-            readahead: opts.readahead,
-            refresh: opts.refresh,
-            cache_size: opts.cache_size,
-            readahead_workers: opts.readahead_threads,
-        },
-        layout,
-        single,
-    );
     let root = nix::unistd::geteuid().is_root();
     let mut config = fuser::Config::default();
     config.mount_options = vec![

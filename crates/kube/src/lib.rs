@@ -18,9 +18,13 @@ pub mod mount;
 pub mod protocol;
 pub mod resources;
 pub mod runner;
+pub mod schedule;
 pub mod validate;
 
 pub use crd::crds_yaml;
 pub use job::{run_job, Engine, JobCommand, JobParams};
-pub use mount::{resolve_mount, MountTarget};
+pub use mount::{
+    resolve_application_mount, resolve_mount, ApplicationMountTarget, MountTarget,
+    VolumeSnapshotRef,
+};
 pub use runner::{run_controller, ControllerOptions};

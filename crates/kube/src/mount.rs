@@ -1,8 +1,12 @@
 //! `cairn kube mount VOLUMEBACKUP DIR`: resolve a VolumeBackup to its repository, password,
-//! credentials and snapshot id through the cluster API, for the CLI to FUSE-mount locally.
+//! credentials and snapshot id through the cluster API, for the CLI to FUSE-mount locally;
+//! `cairn kube mount applicationbackup/NAME DIR`: resolve an ApplicationBackup to the
+//! snapshots of its volumes and of its resources.
 
 use crate::adapter::describe;
-use crate::crd::{BackupRepository, VolumeBackup, VolumeBackupPhase};
+use crate::crd::{
+    ApplicationBackup, ApplicationBackupPhase, BackupRepository, VolumeBackup, VolumeBackupPhase,
+};
 use crate::job::{secret_value, RepositoryAccess};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
@@ -38,6 +42,19 @@ pub enum MountError {
         /// Its phase.
         phase: VolumeBackupPhase,
         /// `: <failure reason>` when it Failed.
+        reason: String,
+    },
+    /// The ApplicationBackup has nothing to mount yet, or nothing at all.
+    #[error(
+        "ApplicationBackup {name} is {phase:?}{reason}: only a Completed or PartiallyFailed \
+         ApplicationBackup has snapshots to mount"
+    )]
+    ApplicationNotFinished {
+        /// `namespace/name`.
+        name: String,
+        /// Its phase.
+        phase: ApplicationBackupPhase,
+        /// `: <failure reason>` when it failed.
         reason: String,
     },
     /// A Secret lacks the key the repository names.
@@ -118,12 +135,110 @@ pub async fn resolve_mount(
                 .unwrap_or_default(),
         });
     };
-    let repo_name = vb.spec.repository;
+    let repository = repository_access(
+        client,
+        namespace,
+        &vb.spec.repository,
+        &format!("VolumeBackup {namespace}/{name}"),
+    )
+    .await?;
+    Ok(MountTarget {
+        repository,
+        snapshot_id,
+    })
+}
+
+/// One volume of an ApplicationBackup, to mount at `volumes/<namespace>/<pvc>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeSnapshotRef {
+    /// Namespace of the PVC.
+    pub namespace: String,
+    /// PVC name.
+    pub persistent_volume_claim: String,
+    /// Its repository snapshot.
+    pub snapshot_id: String,
+}
+
+/// What the CLI needs to mount one ApplicationBackup.
+#[derive(Clone, Debug)]
+pub struct ApplicationMountTarget {
+    /// How to open the repository (secrets redacted from Debug).
+    pub repository: RepositoryAccess,
+    /// Volumes that reached the repository; volumes that failed are left out.
+    pub volumes: Vec<VolumeSnapshotRef>,
+    /// The snapshot holding the captured resources under `resources/`, if captured.
+    pub resource_snapshot_id: Option<String>,
+}
+
+/// Resolves the ApplicationBackup `namespace/name` to its repository access, the snapshot
+/// of each volume that reached the repository (`status.volumes[].snapshotId`) and the
+/// resource snapshot (`status.resourceSnapshotId`). Only a Completed or PartiallyFailed
+/// backup with at least one snapshot resolves.
+pub async fn resolve_application_mount(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<ApplicationMountTarget, MountError> {
+    let ab: ApplicationBackup = get(
+        &Api::namespaced(client.clone(), namespace),
+        namespace,
+        name,
+        "check the name and the namespace (-n NAMESPACE)".into(),
+    )
+    .await?;
+    let status = ab.status.unwrap_or_default();
+    let volumes: Vec<VolumeSnapshotRef> = status
+        .volumes
+        .iter()
+        .filter_map(|v| {
+            Some(VolumeSnapshotRef {
+                namespace: v.namespace.clone(),
+                persistent_volume_claim: v.persistent_volume_claim.clone(),
+                snapshot_id: v.snapshot_id.clone()?,
+            })
+        })
+        .collect();
+    let finished = matches!(
+        status.phase,
+        ApplicationBackupPhase::Completed | ApplicationBackupPhase::PartiallyFailed
+    );
+    if !finished || (volumes.is_empty() && status.resource_snapshot_id.is_none()) {
+        return Err(MountError::ApplicationNotFinished {
+            name: format!("{namespace}/{name}"),
+            phase: status.phase,
+            reason: status
+                .failure_reason
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default(),
+        });
+    }
+    let repository = repository_access(
+        client,
+        namespace,
+        &ab.spec.repository,
+        &format!("ApplicationBackup {namespace}/{name}"),
+    )
+    .await?;
+    Ok(ApplicationMountTarget {
+        repository,
+        volumes,
+        resource_snapshot_id: status.resource_snapshot_id,
+    })
+}
+
+/// Reads BackupRepository `repo_name`, its password Secret and its credentials Secret (when
+/// it names one), all in `namespace`; `user` names the object that refers to it.
+async fn repository_access(
+    client: &kube::Client,
+    namespace: &str,
+    repo_name: &str,
+    user: &str,
+) -> Result<RepositoryAccess, MountError> {
     let repo: BackupRepository = get(
         &Api::namespaced(client.clone(), namespace),
         namespace,
-        &repo_name,
-        format!("VolumeBackup {namespace}/{name} names it in spec.repository"),
+        repo_name,
+        format!("{user} names it in spec.repository"),
     )
     .await?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
@@ -162,13 +277,10 @@ pub async fn resolve_mount(
         .collect(),
         None => BTreeMap::new(),
     };
-    Ok(MountTarget {
-        repository: RepositoryAccess {
-            location: repo.spec.location,
-            password,
-            credentials,
-            cache_dir: None,
-        },
-        snapshot_id,
+    Ok(RepositoryAccess {
+        location: repo.spec.location,
+        password,
+        credentials,
+        cache_dir: None,
     })
 }

@@ -1,6 +1,6 @@
 //! `cairn kube controller`: kube-runtime controllers (VolumeBackup, VolumeRestore,
-//! BackupRepository, ApplicationBackup, ApplicationRestore) whose reconcile is observe ->
-//! decide -> execute.
+//! BackupRepository, ApplicationBackup, ApplicationRestore, BackupSchedule) whose reconcile
+//! is observe -> decide -> execute.
 //!
 //! Invariant: observing, deciding and creating Jobs happen under one lock, so two
 //! reconciles never both see a free job slot and both take it. Rule commands, which can
@@ -12,7 +12,8 @@ use crate::controller::{
     LABEL_JOB_KIND,
 };
 use crate::crd::{
-    ApplicationBackup, ApplicationRestore, BackupRepository, VolumeBackup, VolumeRestore,
+    ApplicationBackup, ApplicationRestore, BackupRepository, BackupSchedule, VolumeBackup,
+    VolumeRestore,
 };
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
@@ -123,9 +124,29 @@ pub async fn run_controller(
     )
     .reconcile_all_on(config())
     .shutdown_on_signal()
-    .run(reconcile_application_restore, retry, ctx)
+    .run(reconcile_application_restore, retry, ctx.clone())
     .for_each(log_result);
-    futures::join!(backups, restores, repositories, app_backups, app_restores);
+    // A schedule owns its runs (and its forget Jobs): a run that finishes wakes it.
+    let runs = || watcher::Config::default().labels(controller::LABEL_SCHEDULE);
+    let schedules = Controller::new(
+        Api::<BackupSchedule>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<VolumeBackup>::all(client.clone()), runs())
+    .owns(Api::<ApplicationBackup>::all(client.clone()), runs())
+    .owns(Api::<Job>::all(client.clone()), jobs())
+    .reconcile_all_on(config())
+    .shutdown_on_signal()
+    .run(reconcile_schedule, retry, ctx)
+    .for_each(log_result);
+    futures::join!(
+        backups,
+        restores,
+        repositories,
+        app_backups,
+        app_restores,
+        schedules
+    );
     Ok(())
 }
 
@@ -318,4 +339,34 @@ async fn reconcile_application_restore(
         .as_ref()
         .and_then(|s| serde_json::to_value(s).ok());
     execute(&ctx, target(&ar, old), actions, guard).await
+}
+
+async fn reconcile_schedule(
+    schedule: Arc<BackupSchedule>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, ControllerError> {
+    let guard = ctx.lock.lock().await;
+    // As for VolumeBackups: decide on the status the API server holds now, so the counts
+    // patched by the previous reconcile are never applied twice.
+    let ns = schedule.namespace().unwrap_or_default();
+    let api: Api<BackupSchedule> = Api::namespaced(ctx.client.clone(), &ns);
+    let schedule = match api
+        .get_opt(&schedule.name_any())
+        .await
+        .map_err(adapter::api_err(format!(
+            "reading BackupSchedule {ns}/{}",
+            schedule.name_any()
+        )))? {
+        Some(fresh) => Arc::new(fresh),
+        None => return Ok(Requeue::await_change()),
+    };
+    let decide = decide_context(&ctx).await?;
+    let observed = adapter::observe_schedule(&ctx.client, &schedule).await?;
+    let actions = controller::decide_schedule(&observed, &decide);
+    tracing::debug!(schedule = %schedule.name_any(), ?actions, "decided");
+    let old = schedule
+        .status
+        .as_ref()
+        .and_then(|s| serde_json::to_value(s).ok());
+    execute(&ctx, target(schedule.as_ref(), old), actions, guard).await
 }

@@ -1,4 +1,4 @@
-//! `cairn job backup|restore|maintenance|catalog|capture-resources|restore-resources
+//! `cairn job backup|restore|maintenance|catalog|forget|capture-resources|restore-resources
 //! [--flag value ...]`: job mode, what the
 //! binary runs inside the Jobs `cairn kube controller` creates. Flags, their `CAIRN_<FLAG>`
 //! fallbacks and the mounted Secret files are cairn-kube's [`JobParams`]; the engine is
@@ -26,7 +26,8 @@ pub struct JobArgs {
     /// --target DIR [--volume-restore NAME] [--include PATH]...; maintenance [--kind
     /// quick|full]; capture-resources --application-backup NAME; restore-resources
     /// --application-restore NAME --stage configuration|workloads (both also
-    /// [--staging-dir DIR], /tmp by default). Every flag falls back to CAIRN_<FLAG> (docs/KUBERNETES.md).
+    /// [--staging-dir DIR], /tmp by default);    /// forget --tag K=V [--keep-last N] [--keep-hourly N] [--keep-daily N]
+    /// [--keep-weekly N] [--keep-monthly N] [--keep-yearly N]. Every flag falls back to CAIRN_<FLAG> (docs/KUBERNETES.md).
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,
@@ -50,6 +51,8 @@ pub enum JobKind {
     CaptureResources,
     /// Restore one stage of an ApplicationRestore's Kubernetes resources.
     RestoreResources,
+    /// Forget a BackupSchedule's snapshots its retention does not keep.
+    Forget,
 }
 
 impl From<JobKind> for JobCommand {
@@ -61,6 +64,7 @@ impl From<JobKind> for JobCommand {
             JobKind::Catalog => JobCommand::Catalog,
             JobKind::CaptureResources => JobCommand::CaptureResources,
             JobKind::RestoreResources => JobCommand::RestoreResources,
+            JobKind::Forget => JobCommand::Forget,
         }
     }
 }

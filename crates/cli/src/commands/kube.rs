@@ -1,14 +1,17 @@
 //! `cairn kube crds|controller|mount`: the Kubernetes front end. `crds` prints the
 //! CustomResourceDefinitions; `controller` runs the controller that turns VolumeBackups,
 //! VolumeRestores and BackupRepositories into Jobs running `cairn job ...`; `mount`
-//! FUSE-mounts the snapshot of a VolumeBackup on this machine.
+//! FUSE-mounts the snapshot of a VolumeBackup, or the snapshots of an ApplicationBackup, on
+//! this machine.
 
 use crate::engine::export_credentials;
 use anyhow::{anyhow, Context, Result};
 use cairn_core::{OpenOptions, Repository, SnapshotFilter};
-use cairn_fuse::{check_mountpoint, spawn_mount, MountOptions};
+use cairn_fuse::{check_mountpoint, spawn_mount, spawn_named_mount, MountOptions, NamedSnapshot};
 use cairn_kube::controller::JobSettings;
-use cairn_kube::{crds_yaml, resolve_mount, run_controller, ControllerOptions};
+use cairn_kube::{
+    crds_yaml, resolve_application_mount, resolve_mount, run_controller, ControllerOptions,
+};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,14 +22,16 @@ pub enum KubeCommand {
     Crds,
     /// Run the controller (in the cluster, as the cairn Deployment).
     Controller(ControllerArgs),
-    /// Mount the snapshot of a completed VolumeBackup read-only on DIR (needs `get` on the
-    /// VolumeBackup, its BackupRepository and their Secrets).
+    /// Mount the snapshot of a completed VolumeBackup, or the snapshots of an
+    /// ApplicationBackup (`volumes/<namespace>/<pvc>/`, `resources/`), read-only on DIR
+    /// (needs `get` on the backup, its BackupRepository and their Secrets).
     Mount(MountArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct MountArgs {
-    /// The VolumeBackup: NAME, or NAMESPACE/NAME.
+    /// The backup: a VolumeBackup as NAME, NAMESPACE/NAME or volumebackup/NAME; an
+    /// ApplicationBackup as applicationbackup/NAME or abk/NAME (namespace from -n).
     pub volume_backup: String,
     /// Empty directory to mount on.
     pub dir: PathBuf,
@@ -93,8 +98,47 @@ fn volume_backup_name(arg: &str, flag: Option<&str>) -> Result<(Option<String>, 
     }
 }
 
+/// What `cairn kube mount` was asked to mount.
+#[derive(Debug, PartialEq, Eq)]
+enum BackupKind {
+    Volume,
+    Application,
+}
+
+/// Reads `KIND/NAME` (kubectl's spelling: `applicationbackup/NAME`, `abk/NAME`,
+/// `volumebackup/NAME`, `vb/NAME`), else a VolumeBackup's `NAME` or `NAMESPACE/NAME`.
+fn backup_ref(arg: &str, flag: Option<&str>) -> Result<(BackupKind, Option<String>, String)> {
+    if let Some((kind, rest)) = arg.split_once('/') {
+        match kind.to_ascii_lowercase().as_str() {
+            "applicationbackup" | "applicationbackups" | "applicationbackup.cairn.io" | "abk" => {
+                if rest.is_empty() || rest.contains('/') {
+                    return Err(anyhow!(cairn_core::Error::Usage(format!(
+                        "{arg:?} is not an ApplicationBackup: use applicationbackup/NAME, with \
+                         -n NAMESPACE for another namespace"
+                    ))));
+                }
+                return Ok((
+                    BackupKind::Application,
+                    flag.map(str::to_string),
+                    rest.to_string(),
+                ));
+            }
+            "volumebackup" | "volumebackups" | "volumebackup.cairn.io" | "vb" => {
+                let (ns, name) = volume_backup_name(rest, flag)?;
+                return Ok((BackupKind::Volume, ns, name));
+            }
+            _ => {}
+        }
+    }
+    let (ns, name) = volume_backup_name(arg, flag)?;
+    Ok((BackupKind::Volume, ns, name))
+}
+
 fn mount(a: MountArgs) -> Result<ExitCode> {
-    let (namespace, name) = volume_backup_name(&a.volume_backup, a.namespace.as_deref())?;
+    let (kind, namespace, name) = backup_ref(&a.volume_backup, a.namespace.as_deref())?;
+    if kind == BackupKind::Application {
+        return mount_application(&a, namespace, &name);
+    }
     // Check before talking to the cluster.
     check_mountpoint(&a.dir)?;
     let (namespace, target) = {
@@ -146,6 +190,90 @@ fn mount(a: MountArgs) -> Result<ExitCode> {
         "snapshot {} of VolumeBackup {namespace}/{name} mounted at {}; press Ctrl-C or run \
          `fusermount3 -u {}` to unmount",
         snapshot.short(),
+        a.dir.display(),
+        a.dir.display()
+    );
+    handle.serve_until_signal()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Connects to the cluster and runs `f` with the client and the namespace to use.
+fn with_cluster<T>(
+    namespace: Option<String>,
+    f: impl AsyncFnOnce(::kube::Client, String) -> Result<T>,
+) -> Result<T> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let client = ::kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API (KUBECONFIG)")?;
+        let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+        f(client, namespace).await
+    })
+    // The runtime's threads end here, before the environment changes.
+}
+
+/// Mounts an ApplicationBackup: each volume's snapshot at `volumes/<namespace>/<pvc>/`, the
+/// resource snapshot's `resources/` directory at `resources/`.
+fn mount_application(a: &MountArgs, namespace: Option<String>, name: &str) -> Result<ExitCode> {
+    check_mountpoint(&a.dir)?;
+    let (namespace, target) = with_cluster(namespace, async |client, namespace| {
+        let target = resolve_application_mount(&client, &namespace, name).await?;
+        Ok((namespace, target))
+    })?;
+    let access = &target.repository;
+    export_credentials(&access.credentials);
+    let storage = cairn_storage::open_with(&access.location, &Default::default())?;
+    let open = OpenOptions {
+        cache_dir: OpenOptions::default_cache_dir(),
+        tolerate_damage: false,
+    };
+    let what = format!("ApplicationBackup {namespace}/{name}");
+    let repo = Repository::open(storage, &access.password, &open)
+        .with_context(|| format!("opening {} for {what}", access.location))?;
+    let find = |id: &str| {
+        repo.find_snapshot(id, &SnapshotFilter::default())
+            .map(|(sid, _)| sid)
+            .with_context(|| format!("finding snapshot {id} of {what} in {}", access.location))
+    };
+    let mut named = Vec::new();
+    for v in &target.volumes {
+        named.push(NamedSnapshot {
+            path: vec![
+                "volumes".into(),
+                v.namespace.clone(),
+                v.persistent_volume_claim.clone(),
+            ],
+            snapshot: find(&v.snapshot_id)?,
+            subdir: None,
+        });
+    }
+    if let Some(id) = &target.resource_snapshot_id {
+        named.push(NamedSnapshot {
+            path: vec!["resources".into()],
+            snapshot: find(id)?,
+            subdir: Some("resources".into()),
+        });
+    }
+    let opts = MountOptions {
+        fsname: Some(format!("cairn:{namespace}/{name}")),
+        allow_other: a.allow_other,
+        ..MountOptions::default()
+    };
+    let handle = spawn_named_mount(repo, &a.dir, &named, &opts)?;
+    eprintln!(
+        "{what} ({} volume(s){}) mounted at {}; press Ctrl-C or run `fusermount3 -u {}` to \
+         unmount",
+        target.volumes.len(),
+        if target.resource_snapshot_id.is_some() {
+            " and its resources"
+        } else {
+            ""
+        },
         a.dir.display(),
         a.dir.display()
     );

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 pub(crate) const IMAGE: &str = "cairn:sim";
 pub(crate) const APP_IMAGE: &str = "app:sim";
 pub(crate) const NS: &str = "shop";
-const PASSWORD: &str = "e2e-password";
+pub(crate) const PASSWORD: &str = "e2e-password";
 /// Bound on any single wait; generous for 2 busy cores.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(120);
 const DRIVER: &str = "sim.csi.cairn.io";
@@ -23,8 +23,8 @@ const DRIVER: &str = "sim.csi.cairn.io";
 /// The cluster, the repository and the controller process of one test.
 pub(crate) struct Cluster {
     pub(crate) sim: Sim,
-    /// Keeps a local repository directory alive for the test.
-    _location: TestLocation,
+    /// The repository; keeps a local repository directory alive for the test.
+    pub(crate) location: TestLocation,
     controller: Child,
     dir: tempfile::TempDir,
 }
@@ -151,7 +151,7 @@ impl Cluster {
             .unwrap();
         Cluster {
             sim,
-            _location: location,
+            location,
             controller,
             dir,
         }

@@ -385,3 +385,178 @@ fn backups_that_cannot_be_mounted_fail_with_clear_messages_and_mount_nothing() {
     assert!(!out.status.success(), "{}", text(&out));
     assert_eq!(api.requests().len(), before);
 }
+
+const ABK: &str = "/apis/cairn.io/v1alpha1/namespaces/shop/applicationbackups";
+
+fn application_backup(name: &str, status: Value) -> (String, Value) {
+    (
+        format!("{ABK}/{name}"),
+        json!({"apiVersion": "cairn.io/v1alpha1", "kind": "ApplicationBackup",
+               "metadata": {"name": name, "namespace": "shop"},
+               "spec": {"includedNamespaces": ["shop"], "repository": "main"},
+               "status": status}),
+    )
+}
+
+impl Env {
+    /// Backs up `dir` (below the scratch area) and returns the new snapshot's id.
+    fn backup_dir(&self, dir: &str) -> String {
+        let before: Value = serde_json::from_str(&self.cairn_ok(&["snapshots", "--json"])).unwrap();
+        self.cairn_ok(&["backup", self.path(dir).to_str().unwrap()]);
+        let after: Value = serde_json::from_str(&self.cairn_ok(&["snapshots", "--json"])).unwrap();
+        let old: Vec<&Value> = before
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| &s["id"])
+            .collect();
+        after
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| &s["id"])
+            .find(|id| !old.contains(id))
+            .and_then(|id| id.as_str())
+            .unwrap()
+            .to_string()
+    }
+}
+
+#[test]
+fn an_application_backup_mounts_its_volumes_and_resources_in_one_tree() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    fs::create_dir_all(env.path("logs/2025")).unwrap();
+    fs::write(env.path("logs/2025/app.log"), b"started\n").unwrap();
+    let logs_id = env.backup_dir("logs");
+    let captured = env.path("capture/resources/namespaces/shop/apps/deployments");
+    fs::create_dir_all(&captured).unwrap();
+    fs::write(captured.join("web.json"), br#"{"kind":"Deployment"}"#).unwrap();
+    fs::write(env.path("capture/manifest.json"), b"{}").unwrap();
+    let resources_id = env.backup_dir("capture");
+    let api = MockApi::start(BTreeMap::from([
+        application_backup(
+            "shop-app",
+            json!({"phase": "PartiallyFailed", "resourceSnapshotId": resources_id,
+                   "volumes": [
+                       {"namespace": "shop", "persistentVolumeClaim": "data-db-0",
+                        "phase": "Completed", "snapshotId": env.snapshot_id},
+                       {"namespace": "shop", "persistentVolumeClaim": "logs",
+                        "phase": "Completed", "snapshotId": logs_id},
+                       {"namespace": "shop", "persistentVolumeClaim": "cache",
+                        "phase": "Failed", "failureReason": "snapshot failed"}]}),
+        ),
+        backup_repository("main", &env.location(), "repo-password"),
+        secret("repo-password", PASSWORD_B64),
+    ]));
+    let dir = env.mountpoint("mnt");
+    let mut m = Mounted::spawn(
+        env.kube_mount(&api, &["abk/shop-app", dir.to_str().unwrap(), "-n", "shop"]),
+        &dir,
+    );
+    assert_eq!(mount_source(&dir).as_deref(), Some("cairn:shop/shop-app"));
+    let names = |p: &Path| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&dir), ["resources", "volumes"]);
+    assert_eq!(names(&dir.join("volumes")), ["shop"]);
+    // The failed volume has no snapshot and no directory.
+    assert_eq!(names(&dir.join("volumes/shop")), ["data-db-0", "logs"]);
+    assert_eq!(
+        tree(&dir.join("volumes/shop/data-db-0")),
+        tree(&env.path("src"))
+    );
+    assert_eq!(
+        tree(&dir.join("volumes/shop/logs")),
+        tree(&env.path("logs"))
+    );
+    // `resources/` is the resource snapshot's resources/ directory, not its root.
+    assert_eq!(
+        tree(&dir.join("resources")),
+        tree(&env.path("capture/resources"))
+    );
+    assert_eq!(
+        fs::read(dir.join("resources/namespaces/shop/apps/deployments/web.json")).unwrap(),
+        br#"{"kind":"Deployment"}"#
+    );
+    assert!(
+        fs::write(dir.join("volumes/shop/logs/x"), b"x").is_err(),
+        "read-only"
+    );
+
+    let status = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "fusermount3 -u");
+    let (status, stderr) = m.wait_exit();
+    assert!(status.success(), "cairn kube mount: {status}: {stderr}");
+    assert!(
+        stderr.contains("ApplicationBackup shop/shop-app (2 volume(s) and its resources) mounted"),
+        "{stderr}"
+    );
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+}
+
+#[test]
+fn application_backups_that_cannot_be_mounted_say_why() {
+    let env = Env::new();
+    let api = MockApi::start(BTreeMap::from([
+        application_backup("running", json!({"phase": "Uploading"})),
+        application_backup(
+            "failed",
+            json!({"phase": "Failed", "failureReason": "no volume reached the repository"}),
+        ),
+        application_backup(
+            "lost",
+            json!({"phase": "Completed", "resourceSnapshotId": "00000000deadbeef"}),
+        ),
+        backup_repository("main", &env.location(), "repo-password"),
+        secret("repo-password", PASSWORD_B64),
+    ]));
+    let dir = env.mountpoint("mnt");
+    let d = dir.to_str().unwrap();
+    for (args, code, message) in [
+        (
+            vec!["applicationbackup/running", d, "-n", "shop"],
+            1,
+            "ApplicationBackup shop/running is Uploading: only a Completed or PartiallyFailed \
+             ApplicationBackup has snapshots to mount",
+        ),
+        (
+            vec!["abk/failed", d, "-n", "shop"],
+            1,
+            "ApplicationBackup shop/failed is Failed: no volume reached the repository",
+        ),
+        (
+            vec!["abk/missing", d, "-n", "shop"],
+            1,
+            "ApplicationBackup shop/missing not found",
+        ),
+        (
+            vec!["abk/lost", d, "-n", "shop"],
+            2,
+            "finding snapshot 00000000deadbeef of ApplicationBackup shop/lost",
+        ),
+        (
+            vec!["abk/shop/lost", d],
+            2,
+            "use applicationbackup/NAME, with -n NAMESPACE",
+        ),
+    ] {
+        let out = env.kube_mount(&api, &args).output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+        assert_eq!(mount_source(&dir), None, "{args:?}");
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+    }
+}

@@ -6,16 +6,19 @@
 
 mod exec;
 mod observe;
+mod schedule;
 
 pub use exec::{run_in_pod, run_rule};
 pub use observe::{
     observe_application_backup, observe_application_restore, observe_backup, observe_repository,
     observe_restore, read_config,
 };
+pub use schedule::{list_runs, observe_schedule};
 
 use crate::controller::{Action, FINALIZER_CHILDREN};
 use crate::crd::{
-    ApplicationBackup, ApplicationRestore, BackupRepository, VolumeBackup, VolumeRestore,
+    ApplicationBackup, ApplicationRestore, BackupRepository, BackupSchedule, VolumeBackup,
+    VolumeRestore,
 };
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
@@ -299,6 +302,16 @@ pub async fn execute(
                 patch_status(&api, target, status).await?;
             }
             Action::RequeueAfter(d) => requeue = Some(requeue.map_or(*d, |r| r.min(*d))),
+            Action::CreateScheduledRun(run) => schedule::create_run(client, ns, run).await?,
+            Action::DeleteScheduledRun {
+                kind,
+                namespace,
+                name,
+            } => schedule::delete_run(client, *kind, namespace, name).await?,
+            Action::PatchScheduleStatus(status) => {
+                let api: Api<BackupSchedule> = Api::namespaced(client.clone(), ns);
+                patch_status(&api, target, status).await?;
+            }
             other => execute_application(client, target, other).await?,
         }
     }
@@ -457,6 +470,9 @@ async fn execute_application(
         | Action::PatchBackupStatus(_)
         | Action::PatchRestoreStatus(_)
         | Action::PatchRepositoryStatus(_)
+        | Action::CreateScheduledRun(_)
+        | Action::DeleteScheduledRun { .. }
+        | Action::PatchScheduleStatus(_)
         | Action::RequeueAfter(_) => Ok(()),
     }
 }

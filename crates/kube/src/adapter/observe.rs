@@ -68,7 +68,7 @@ fn pending_reason(pod: &Pod) -> Option<String> {
     })
 }
 
-async fn job_info(
+pub(super) async fn job_info(
     client: &kube::Client,
     ns: &str,
     name: Option<&str>,
@@ -143,20 +143,26 @@ async fn job_info(
     Ok(Some(info))
 }
 
-async fn running_jobs(client: &kube::Client, kind: JobKind) -> Result<u32, AdapterError> {
+pub(super) async fn running_jobs(
+    client: &kube::Client,
+    kind: JobKind,
+) -> Result<u32, AdapterError> {
     let jobs: Api<Job> = Api::all(client.clone());
     let list = jobs
         .list(&ListParams::default().labels(&format!("{LABEL_JOB_KIND}={}", kind.as_str())))
         .await
         .map_err(api_err(format!("counting {} Jobs", kind.as_str())))?;
-    let running = list.items.iter().filter(|j| {
-        let s = j.status.clone().unwrap_or_default();
-        !s.conditions
-            .iter()
-            .flatten()
-            .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
-    });
+    let running = list.items.iter().filter(|j| job_running(j));
     Ok(u32::try_from(running.count()).unwrap_or(u32::MAX))
+}
+
+/// Whether a Job has neither completed nor failed.
+pub(super) fn job_running(job: &Job) -> bool {
+    let s = job.status.clone().unwrap_or_default();
+    !s.conditions
+        .iter()
+        .flatten()
+        .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
 }
 
 /// Node of a running pod that mounts `claim`.

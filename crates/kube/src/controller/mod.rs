@@ -11,6 +11,7 @@ mod backup;
 mod objects;
 mod repository;
 mod restore;
+mod schedule;
 
 pub use access::{repository_for_job, repository_refusal, secret_copy_name};
 pub use app_restore::{decide_application_restore, ApplicationRestoreObserved, LABEL_APP_RESTORE};
@@ -24,11 +25,16 @@ pub use objects::{
 };
 pub use repository::{decide_repository, RepositoryObserved};
 pub use restore::{decide_restore, RestoreObserved};
+pub use schedule::{
+    decide_schedule, keep_flags, retention_policy, run_name, RunKind, RunOutcome, ScheduleObserved,
+    ScheduleRun, ScheduledRun, ANNOTATION_SCHEDULED_TIME, LABEL_SCHEDULE, TAG_SCHEDULE,
+};
 
 use crate::config::Config;
 use crate::crd::{
-    ApplicationBackupStatus, ApplicationRestoreStatus, BackupRepositoryStatus, RuleAction,
-    VolumeBackup, VolumeBackupStatus, VolumeRestore, VolumeRestoreStatus,
+    ApplicationBackupStatus, ApplicationRestoreStatus, BackupRepositoryStatus,
+    BackupScheduleStatus, RuleAction, VolumeBackup, VolumeBackupStatus, VolumeRestore,
+    VolumeRestoreStatus,
 };
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
@@ -234,6 +240,19 @@ pub enum Action {
         /// Name.
         name: String,
     },
+    /// Create the backup object of a BackupSchedule run (AlreadyExists counts as created).
+    CreateScheduledRun(Box<ScheduledRun>),
+    /// Delete a BackupSchedule run that retention does not keep.
+    DeleteScheduledRun {
+        /// ApplicationBackup or VolumeBackup.
+        kind: RunKind,
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// Replace the status of a BackupSchedule.
+    PatchScheduleStatus(Box<BackupScheduleStatus>),
     /// Delete a VolumeBackup.
     DeleteVolumeBackup {
         /// Namespace.

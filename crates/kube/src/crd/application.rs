@@ -573,6 +573,26 @@ pub struct BackupScheduleStatus {
     /// Backup objects deleted by retention.
     #[serde(default)]
     pub pruned: u32,
+    /// Finished runs already counted in `succeeded` or `failed`, so that a restarted
+    /// controller does not count them again; a run leaves the list when it is deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub counted_runs: Vec<String>,
+    /// Runs deleted by retention (already counted in `pruned`) that still exist.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pruned_runs: Vec<String>,
+    /// Due times up to this instant are dropped: set when the schedule resumes from
+    /// `suspend` and when a run is skipped, so nothing missed is caught up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<Time>,
+    /// When the controller first saw `suspend: true`; cleared on resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended_at: Option<Time>,
+    /// The running Job forgetting the repository snapshots retention does not keep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forget_job: Option<String>,
+    /// A run succeeded since the last forget Job was created: one is owed.
+    #[serde(default)]
+    pub forget_pending: bool,
     /// Conditions (`ConfigValid`, `RetentionApplied`, ...).
     #[serde(default)]
     pub conditions: Vec<Condition>,

@@ -105,6 +105,18 @@ pub struct MaintenanceJobRequest {
     pub kind: MaintenanceKind,
 }
 
+/// Forget the snapshots a BackupSchedule's retention does not keep.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForgetJobRequest {
+    /// The repository.
+    pub repository: RepositoryAccess,
+    /// Only complete snapshots carrying every one of these tags are considered
+    /// (`cairn.io/schedule=<name>`); never empty.
+    pub tags: BTreeMap<String, String>,
+    /// Keep rules, applied per (host, source) group as `cairn forget` applies them.
+    pub policy: cairn_policy::retention::RetentionPolicy,
+}
+
 /// One snapshot, for the RepositorySnapshot mirror.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotSummary {
@@ -146,6 +158,9 @@ pub trait Engine: Send + Sync {
     ) -> Result<RestoreJobResult, EngineError>;
     /// Runs maintenance; returns a one-line summary.
     fn maintenance(&self, req: &MaintenanceJobRequest) -> Result<String, EngineError>;
+    /// Forgets the snapshots selected by `req.tags` that `req.policy` does not keep; never
+    /// deletes data (maintenance reclaims the space). Returns a one-line summary.
+    fn forget(&self, req: &ForgetJobRequest) -> Result<String, EngineError>;
     /// Lists the repository's complete snapshots.
     fn list_snapshots(
         &self,

@@ -12,8 +12,8 @@ mod restore_resources;
 pub use capture::{TAG_APPLICATION_BACKUP, TAG_CONTENT};
 pub use catalog::{snapshot_object, snapshot_object_name};
 pub use engine::{
-    BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress, MaintenanceJobRequest,
-    RepositoryAccess, RestoreJobRequest, RestoreJobResult, SnapshotSummary,
+    BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress, ForgetJobRequest,
+    MaintenanceJobRequest, RepositoryAccess, RestoreJobRequest, RestoreJobResult, SnapshotSummary,
 };
 pub use params::{secret_value, JobCommand, JobParams};
 pub use restore_resources::{replacement, status_patch, Applied, StageCounts, MAX_FAILURES};
@@ -275,6 +275,28 @@ fn run_engine(
             message: "resource jobs run through run_resource_job".into(),
             retryable: false,
         }),
+        JobCommand::Forget => match engine.forget(&ForgetJobRequest {
+            repository: repository.clone(),
+            tags: params.tags.clone(),
+            policy: params.retention.clone(),
+        }) {
+            // Refresh the mirror so forgotten snapshots leave it.
+            Ok(summary) => {
+                let mirror = engine
+                    .list_snapshots(&repository)
+                    .map(Mirror::All)
+                    .unwrap_or(Mirror::Nothing);
+                (
+                    JobOutcome {
+                        succeeded: true,
+                        message: summary,
+                        ..Default::default()
+                    },
+                    mirror,
+                )
+            }
+            Err(e) => failed(e),
+        },
         JobCommand::Catalog => match engine.list_snapshots(&repository) {
             Ok(list) => {
                 let message = format!("{} snapshots", list.len());

@@ -10,6 +10,7 @@ use super::JobError;
 use crate::crd::MaintenanceKind;
 use crate::protocol::{ENV_EXCLUDE_FILE_LIST, TERMINATION_LOG};
 use crate::resources::plan::Stage;
+use cairn_policy::retention::RetentionPolicy;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,6 +31,8 @@ pub enum JobCommand {
     /// `cairn job restore-resources`: restore one stage of an ApplicationRestore's
     /// resources.
     RestoreResources,
+    /// `cairn job forget`: forget a BackupSchedule's snapshots its retention does not keep.
+    Forget,
 }
 
 impl std::str::FromStr for JobCommand {
@@ -42,9 +45,10 @@ impl std::str::FromStr for JobCommand {
             "catalog" => Ok(JobCommand::Catalog),
             "capture-resources" => Ok(JobCommand::CaptureResources),
             "restore-resources" => Ok(JobCommand::RestoreResources),
+            "forget" => Ok(JobCommand::Forget),
             other => Err(JobError::Usage(format!(
                 "unknown job {other:?}; expected backup, restore, maintenance, catalog, \
-                 capture-resources or restore-resources"
+                 capture-resources, restore-resources or forget"
             ))),
         }
     }
@@ -73,8 +77,10 @@ pub struct JobParams {
     pub storage_class: Option<String>,
     /// Raw KDMP exclude list (backup).
     pub exclude_config: Option<String>,
-    /// Tags (backup).
+    /// Tags (backup), or the tags selecting the snapshots to consider (forget).
     pub tags: BTreeMap<String, String>,
+    /// Keep rules (forget): `--keep-last`, `--keep-hourly`, ... `--keep-yearly`.
+    pub retention: RetentionPolicy,
     /// Snapshot to restore.
     pub snapshot: Option<String>,
     /// Restore target directory.
@@ -130,6 +136,12 @@ const FLAGS: &[&str] = &[
     "application-restore",
     "stage",
     "staging-dir",
+    "keep-last",
+    "keep-hourly",
+    "keep-daily",
+    "keep-weekly",
+    "keep-monthly",
+    "keep-yearly",
 ];
 
 impl JobParams {
@@ -232,6 +244,24 @@ impl JobParams {
                     .map_err(|e| JobError::Usage(format!("--checkpoint-interval: {e}")))?,
             ),
         };
+        let count = |name: &str| -> Result<Option<u32>, JobError> {
+            one(name)
+                .map(|text| {
+                    text.parse::<u32>().map_err(|_| {
+                        JobError::Usage(format!("--{name} {text:?}: expected a count"))
+                    })
+                })
+                .transpose()
+        };
+        let retention = RetentionPolicy {
+            keep_last: count("keep-last")?,
+            keep_hourly: count("keep-hourly")?,
+            keep_daily: count("keep-daily")?,
+            keep_weekly: count("keep-weekly")?,
+            keep_monthly: count("keep-monthly")?,
+            keep_yearly: count("keep-yearly")?,
+            ..RetentionPolicy::default()
+        };
         let stage = match one("stage") {
             None => None,
             Some(text) => Some(
@@ -267,6 +297,7 @@ impl JobParams {
             checkpoint_interval,
             application_backup: one("application-backup"),
             application_restore: one("application-restore"),
+            retention,
             stage,
             staging_dir: one("staging-dir").map(PathBuf::from),
         };
@@ -299,6 +330,13 @@ impl JobParams {
                 Err(JobError::Usage(
                     "restore-resources needs --namespace, --application-restore and \
                      --stage configuration|workloads"
+                        .into(),
+                ))
+            }
+            JobCommand::Forget if params.tags.is_empty() || params.retention.is_empty() => {
+                Err(JobError::Usage(
+                    "forget needs --tag (the snapshots to consider) and at least one --keep-* \
+                     rule; it never forgets every snapshot"
                         .into(),
                 ))
             }

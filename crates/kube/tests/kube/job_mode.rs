@@ -5,9 +5,9 @@ use crate::common;
 
 use cairn_kube::crd::MaintenanceKind;
 use cairn_kube::job::{
-    run_job, BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress, JobCommand,
-    JobParams, MaintenanceJobRequest, RepositoryAccess, RestoreJobRequest, RestoreJobResult,
-    SnapshotSummary,
+    run_job, BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress,
+    ForgetJobRequest, JobCommand, JobParams, MaintenanceJobRequest, RepositoryAccess,
+    RestoreJobRequest, RestoreJobResult, SnapshotSummary,
 };
 use cairn_kube::protocol::JobOutcome;
 use common::{mock_client, Recorded};
@@ -63,6 +63,13 @@ impl Engine for FakeEngine {
     fn maintenance(&self, req: &MaintenanceJobRequest) -> Result<String, EngineError> {
         self.seen.lock().unwrap().push(format!("{:?}", req.kind));
         Ok("quick maintenance: 3 index segments merged".into())
+    }
+    fn forget(&self, req: &ForgetJobRequest) -> Result<String, EngineError> {
+        self.seen
+            .lock()
+            .unwrap()
+            .push(format!("forget {:?} {:?}", req.tags, req.policy));
+        Ok("forgot 2 snapshot(s)".into())
     }
     fn list_snapshots(&self, _: &RepositoryAccess) -> Result<Vec<SnapshotSummary>, EngineError> {
         Ok(vec![SnapshotSummary {
@@ -387,4 +394,52 @@ fn bad_arguments_are_usage_errors() {
         &|n: &str| (n == "CAIRN_PASSWORD").then(|| "p".into()),
     );
     assert!(missing_source.unwrap_err().to_string().contains("--source"));
+}
+
+#[tokio::test]
+async fn forget_job_passes_the_tag_and_keep_rules_and_refuses_to_forget_everything() {
+    let m = Mounted::new();
+    let engine = Arc::new(FakeEngine::default());
+    let base = [
+        "--location",
+        "fs:///repo",
+        "--password-file",
+        &m.path("password/password"),
+        "--termination-log",
+        &m.path("t"),
+    ];
+    let mut forget = args(&base);
+    forget.extend(args(&[
+        "--tag",
+        "cairn.io/schedule=nightly",
+        "--keep-last",
+        "2",
+        "--keep-weekly=4",
+    ]));
+    let params = JobParams::parse(JobCommand::Forget, &forget, &|_: &str| None).unwrap();
+    let outcome = run_job(params, engine.clone(), None).await.unwrap();
+    assert!(outcome.succeeded, "{outcome:?}");
+    assert_eq!(outcome.message, "forgot 2 snapshot(s)");
+    let seen = engine.seen.lock().unwrap()[0].clone();
+    assert!(
+        seen.contains(r#"{"cairn.io/schedule": "nightly"}"#),
+        "{seen}"
+    );
+    assert!(seen.contains("keep_last: Some(2)"), "{seen}");
+    assert!(seen.contains("keep_weekly: Some(4)"), "{seen}");
+    assert!(seen.contains("keep_daily: None"), "{seen}");
+
+    for (extra, why) in [
+        (&["--keep-last", "2"][..], "forget needs --tag"),
+        (&["--tag", "a=b"][..], "at least one --keep-* rule"),
+        (
+            &["--tag", "a=b", "--keep-last", "two"][..],
+            "--keep-last \"two\": expected a count",
+        ),
+    ] {
+        let mut a = args(&base);
+        a.extend(args(extra));
+        let err = JobParams::parse(JobCommand::Forget, &a, &|_: &str| None).unwrap_err();
+        assert!(err.to_string().contains(why), "{extra:?}: {err}");
+    }
 }

@@ -6,9 +6,9 @@
 
 use cairn_kube::crd::{ApplicationRestore, ApplicationRestoreStatus};
 use cairn_kube::job::{
-    run_job, BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress, JobCommand,
-    JobParams, MaintenanceJobRequest, RepositoryAccess, RestoreJobRequest, RestoreJobResult,
-    SnapshotSummary,
+    run_job, BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress,
+    ForgetJobRequest, JobCommand, JobParams, MaintenanceJobRequest, RepositoryAccess,
+    RestoreJobRequest, RestoreJobResult, SnapshotSummary,
 };
 use cairn_kube::protocol::JobOutcome;
 use cairn_kube::resources::capture::strip;
@@ -89,6 +89,9 @@ impl Engine for DirEngine {
         })
     }
     fn maintenance(&self, _: &MaintenanceJobRequest) -> Result<String, EngineError> {
+        unreachable!("not used by resource jobs")
+    }
+    fn forget(&self, _: &ForgetJobRequest) -> Result<String, EngineError> {
         unreachable!("not used by resource jobs")
     }
     fn list_snapshots(&self, _: &RepositoryAccess) -> Result<Vec<SnapshotSummary>, EngineError> {
