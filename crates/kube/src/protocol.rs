@@ -11,8 +11,9 @@ pub const PASSWORD_DIR: &str = "/etc/cairn/password";
 pub const CREDENTIALS_DIR: &str = "/etc/cairn/credentials";
 /// The job's local cache (an emptyDir).
 pub const CACHE_DIR: &str = "/var/cache/cairn";
-/// Scratch space (an emptyDir): the root filesystem of job pods is read-only.
-pub const TMP_DIR: &str = "/tmp";
+/// Scratch space (an emptyDir, and the job's `TMPDIR`): the root filesystem of job pods is
+/// read-only.
+pub const SCRATCH_DIR: &str = "/var/lib/cairn/scratch";
 /// Environment variable carrying the raw KDMP_EXCLUDE_FILE_LIST to backup Jobs.
 pub const ENV_EXCLUDE_FILE_LIST: &str = "CAIRN_KDMP_EXCLUDE_FILE_LIST";
 /// Kubernetes' default termination message path.

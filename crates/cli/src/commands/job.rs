@@ -26,8 +26,9 @@ pub struct JobArgs {
     /// --target DIR [--volume-restore NAME] [--include PATH]...; maintenance [--kind
     /// quick|full]; capture-resources --application-backup NAME; restore-resources
     /// --application-restore NAME --stage configuration|workloads (both also
-    /// [--staging-dir DIR], /tmp by default);    /// forget --tag K=V [--keep-last N] [--keep-hourly N] [--keep-daily N]
-    /// [--keep-weekly N] [--keep-monthly N] [--keep-yearly N]. Every flag falls back to CAIRN_<FLAG> (docs/KUBERNETES.md).
+    /// [--staging-dir DIR], TMPDIR by default); forget --tag K=V [--keep-last N]
+    /// [--keep-hourly N] [--keep-daily N] [--keep-weekly N] [--keep-monthly N]
+    /// [--keep-yearly N]. Every flag falls back to CAIRN_<FLAG> (docs/KUBERNETES.md).
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,

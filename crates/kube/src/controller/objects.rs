@@ -8,8 +8,8 @@ use crate::config::{BackupPvcConfig, Config};
 use crate::controller::JobSettings;
 use crate::crd::BackupRepository;
 use crate::protocol::{
-    CACHE_DIR, CREDENTIALS_DIR, DATA_DIR, ENV_EXCLUDE_FILE_LIST, PASSWORD_DIR, TERMINATION_LOG,
-    TMP_DIR,
+    CACHE_DIR, CREDENTIALS_DIR, DATA_DIR, ENV_EXCLUDE_FILE_LIST, PASSWORD_DIR, SCRATCH_DIR,
+    TERMINATION_LOG,
 };
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
@@ -220,13 +220,13 @@ pub fn job(spec: &JobSpec<'_>, config: &Config, settings: &JobSettings) -> Job {
         json!({ "name": "password", "secret": { "secretName": repo.password_secret.name,
             "items": [{ "key": repo.password_secret.key, "path": repo.password_secret.key }] } }),
         json!({ "name": "cache", "emptyDir": {} }),
-        json!({ "name": "tmp", "emptyDir": {} }),
+        json!({ "name": "scratch", "emptyDir": {} }),
     ];
-    // The root filesystem is read-only; /tmp is where resource Jobs stage manifests.
+    // The root filesystem is read-only; resource Jobs stage manifests in TMPDIR.
     let mut mounts = vec![
         json!({ "name": "password", "mountPath": PASSWORD_DIR, "readOnly": true }),
         json!({ "name": "cache", "mountPath": CACHE_DIR }),
-        json!({ "name": "tmp", "mountPath": TMP_DIR }),
+        json!({ "name": "scratch", "mountPath": SCRATCH_DIR }),
     ];
     if let Some(secret) = &repo.credentials_secret {
         args.extend(["--credentials-dir".into(), CREDENTIALS_DIR.into()]);
@@ -240,7 +240,10 @@ pub fn job(spec: &JobSpec<'_>, config: &Config, settings: &JobSettings) -> Job {
         mounts.push(json!({ "name": "data", "mountPath": DATA_DIR, "readOnly": data.read_only }));
         node_name = data.node.clone();
     }
-    let mut env = vec![json!({ "name": "RUST_LOG", "value": "info" })];
+    let mut env = vec![
+        json!({ "name": "RUST_LOG", "value": "info" }),
+        json!({ "name": "TMPDIR", "value": SCRATCH_DIR }),
+    ];
     if spec.with_excludes {
         if let Some(list) = &config.exclude_file_list {
             env.push(json!({ "name": ENV_EXCLUDE_FILE_LIST, "value": list }));

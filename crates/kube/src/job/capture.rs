@@ -52,11 +52,12 @@ pub(super) fn staging(
     name: &str,
 ) -> Result<PathBuf, Failure> {
     let dir = base
-        .unwrap_or(Path::new("/tmp"))
+        .map(Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir)
         .join(format!("cairn-{what}-{ns}-{name}"));
     let fail = |e: std::io::Error| {
         Failure::fatal(format!(
-            "staging directory {}: {e} (the job needs a writable /tmp)",
+            "staging directory {}: {e} (set TMPDIR or --staging-dir to a writable directory)",
             dir.display()
         ))
     };
