@@ -3,7 +3,7 @@
 //! quiescing all of them around one group of snapshots.
 
 use crate::kube_e2e::{
-    config, controller_logic_only, small_files, Cluster, APP_IMAGE, NS, PATIENCE,
+    config, controller_logic_only, small_files, tree, Cluster, APP_IMAGE, NS, PATIENCE,
 };
 use serde_json::{json, Value};
 
@@ -48,6 +48,13 @@ fn an_application_backup_quiesces_every_pod_around_one_group_of_snapshots() {
             (c.get("Pod", pod)?["status"]["phase"] == "Running").then_some(())
         });
     }
+    // Configuration captured beside the volumes.
+    c.create(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "shop-settings", "namespace": NS, "labels": {"app": "shop"}},
+        "data": {"currency": "EUR", "threads": "8"}}));
+    c.create(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "db", "namespace": NS},
+        "spec": {"selector": {"tier": "db"}, "ports": [{"port": 9042}]}}));
     // pre leaves a marker in each volume; post removes it.
     c.create(
         json!({"apiVersion": "cairn.io/v1alpha1", "kind": "BackupRule",
@@ -145,9 +152,96 @@ fn an_application_backup_quiesces_every_pod_around_one_group_of_snapshots() {
     c.sim.wait_for("the capture Job", PATIENCE, |_| {
         c.get("Job", "nightly-capture-1")
     });
-    // The capture Job's command (`cairn job capture-resources`) arrives with the merge of
-    // the resource capture work: the merger adds here the wait for phase Completed with
-    // status.resourceSnapshotId and status.resourceCount set.
+    let ab = c.sim.wait_for("nightly Completed", PATIENCE, |_| {
+        let ab = c.get("ApplicationBackup", "nightly")?;
+        let phase = ab["status"]["phase"].as_str()?.to_string();
+        assert!(
+            !matches!(phase.as_str(), "Failed" | "PartiallyFailed" | "Canceled"),
+            "nightly ended {phase}: {}\ncontroller log:\n{}",
+            ab["status"],
+            c.controller_log()
+        );
+        (phase == "Completed").then_some(ab)
+    });
+    assert!(
+        ab["status"]["resourceSnapshotId"].as_str().is_some(),
+        "{}",
+        ab["status"]
+    );
+    let captured = ab["status"]["resourceCount"].as_u64().unwrap_or(0);
+    assert!(captured >= 6, "{}", ab["status"]);
+
+    // Bring it back as `shop-dr`: configuration first, then the volumes filled from the
+    // repository, then the workloads.
+    c.sim
+        .merge_patch(
+            "cairn.io/v1alpha1",
+            "BackupRepository",
+            Some(NS),
+            "main",
+            None,
+            json!({"spec": {"allowedNamespaces": ["shop-dr"]}}),
+        )
+        .unwrap();
+    c.create(
+        json!({"apiVersion": "cairn.io/v1alpha1", "kind": "ApplicationRestore",
+        "metadata": {"name": "to-dr", "namespace": NS},
+        "spec": {"source": {"applicationBackup": "nightly"},
+                 "namespaceMapping": {NS: "shop-dr"}}}),
+    );
+    let ar = c.sim.wait_for("to-dr Completed", PATIENCE, |_| {
+        let ar = c.get("ApplicationRestore", "to-dr")?;
+        let phase = ar["status"]["phase"].as_str()?.to_string();
+        assert!(
+            !matches!(phase.as_str(), "Failed" | "PartiallyFailed" | "Canceled"),
+            "to-dr ended {phase}: {}\ncontroller log:\n{}",
+            ar["status"],
+            c.controller_log()
+        );
+        (phase == "Completed").then_some(ar)
+    });
+    assert_eq!(ar["status"]["failed"], 0, "{}", ar["status"]);
+    assert!(
+        ar["status"]["created"].as_u64().unwrap_or(0) >= 6,
+        "{}",
+        ar["status"]
+    );
+    // Each volume holds what the group snapshot held: the source's files, and the marker
+    // the pre command left (post removed it from the live volume after the cut).
+    for (claim, source) in claims.iter().zip(&volumes) {
+        let restored = c
+            .sim
+            .volume_dir("shop-dr", claim)
+            .unwrap_or_else(|| panic!("{claim} not restored in shop-dr"));
+        let mut got = tree(&restored);
+        assert!(
+            got.remove("frozen").is_some(),
+            "{claim}: the snapshot was not cut between pre and post"
+        );
+        assert_eq!(got, tree(source), "{claim}");
+    }
+    // The configuration, in the new namespace.
+    let settings = c
+        .sim
+        .get("v1", "ConfigMap", Some("shop-dr"), "shop-settings")
+        .expect("ConfigMap restored");
+    assert_eq!(settings["data"], json!({"currency": "EUR", "threads": "8"}));
+    assert_eq!(settings["metadata"]["labels"]["app"], "shop");
+    for (api, kind, name) in [
+        ("v1", "Service", "db"),
+        ("apps/v1", "Deployment", "web"),
+        ("apps/v1", "StatefulSet", "db"),
+    ] {
+        let o = c
+            .sim
+            .get(api, kind, Some("shop-dr"), name)
+            .unwrap_or_else(|| panic!("{kind} {name} not restored"));
+        let original = c.sim.get(api, kind, Some(NS), name).unwrap();
+        assert_eq!(
+            o["spec"]["selector"], original["spec"]["selector"],
+            "{kind}"
+        );
+    }
     c.assert_no_pruned_fields();
 }
 

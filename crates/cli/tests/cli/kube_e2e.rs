@@ -283,7 +283,7 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// Relative path -> content of every regular file under `root`.
-fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
