@@ -7,6 +7,7 @@
 use super::apiobjects::{discover, dynamic_api, object_error, Failure};
 use super::capture::staging;
 use super::{Engine, JobParams, RestoreJobRequest};
+use crate::controller::{label_value, LABEL_APP_RESTORE};
 use crate::crd::{
     ApplicationBackup, ApplicationRestore, ExistingResourcePolicy, ResourceOutcome, RestoreVolume,
 };
@@ -123,7 +124,8 @@ async fn restore(
             volumes.push(volume.clone());
             continue;
         }
-        match apply(&client, p, ar.spec.existing_resource_policy).await? {
+        let restored_by = label_value(&format!("{ns}.{name}"));
+        match apply(&client, p, ar.spec.existing_resource_policy, &restored_by).await? {
             Applied::Created => counts.created += 1,
             Applied::Updated => counts.updated += 1,
             Applied::Skipped(why) => {
@@ -221,14 +223,24 @@ pub enum Applied {
     Failed(String),
 }
 
-/// Creates one object; an existing one is skipped or replaced by `policy`. Err only when
-/// the API server cannot be reached (the stage stops and the job is retried).
+/// Creates one object, labelled `cairn.io/application-restore=<namespace>.<name>` so what
+/// a restore made can be listed (`kubectl get all -l ...`); an existing one is skipped or
+/// replaced by `policy`. Err only when the API server cannot be reached (the stage stops
+/// and the job is retried).
 async fn apply(
     client: &kube::Client,
     p: &PlannedObject,
     policy: ExistingResourcePolicy,
+    restored_by: &str,
 ) -> Result<Applied, Failure> {
-    let object: DynamicObject = match serde_json::from_value(p.object.clone()) {
+    let mut labelled = p.object.clone();
+    if let Some(meta) = labelled.get_mut("metadata").and_then(Value::as_object_mut) {
+        let labels = meta.entry("labels").or_insert_with(|| json!({}));
+        if let Some(labels) = labels.as_object_mut() {
+            labels.insert(LABEL_APP_RESTORE.to_string(), json!(restored_by));
+        }
+    }
+    let object: DynamicObject = match serde_json::from_value(labelled.clone()) {
         Ok(o) => o,
         Err(e) => return Ok(Applied::Failed(format!("not a valid object: {e}"))),
     };
@@ -266,7 +278,7 @@ async fn apply(
         }
     };
     let live_value = serde_json::to_value(&live).unwrap_or_default();
-    let replacement = replacement(&p.object, &live_value);
+    let replacement = replacement(&labelled, &live_value);
     let replacement: DynamicObject = match serde_json::from_value(replacement) {
         Ok(o) => o,
         Err(e) => return Ok(Applied::Failed(format!("not a valid object: {e}"))),

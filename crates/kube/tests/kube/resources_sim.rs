@@ -409,6 +409,7 @@ fn shop_is_captured_and_restored_into_shop_copy() {
             .get(o["apiVersion"].as_str().unwrap(), &t.kind, ns, name)
             .unwrap_or_else(|| panic!("{} {name} was not restored", t.kind));
         let mut expected = o.clone();
+        expected["metadata"]["labels"]["cairn.io/application-restore"] = json!("shop.to-copy");
         match ns {
             Some(ns) => expected["metadata"]["namespace"] = json!(ns),
             None => {
