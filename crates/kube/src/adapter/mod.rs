@@ -110,6 +110,21 @@ fn tolerate(
     }
 }
 
+/// Sets `spec.cancel` on child `name`; one that is gone already counts as canceled.
+async fn cancel<K>(api: &Api<K>, ns: &str, kind: &str, name: &str) -> Result<(), AdapterError>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let patch = json!({ "spec": { "cancel": true } });
+    tolerate(
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(drop),
+        404,
+        format!("canceling {kind} {ns}/{name}"),
+    )
+}
+
 /// Creates `object`; one that exists already counts as created.
 async fn create<K>(api: &Api<K>, ns: &str, kind: &str, object: &K) -> Result<(), AdapterError>
 where
@@ -326,7 +341,6 @@ async fn execute_application(
     action: &Action,
 ) -> Result<(), AdapterError> {
     let ns = target.namespace.as_str();
-    let cancel = json!({ "spec": { "cancel": true } });
     match action {
         Action::CopySecret {
             from_namespace,
@@ -374,13 +388,7 @@ async fn execute_application(
         }
         Action::CancelVolumeBackup { namespace, name } => {
             let api: Api<VolumeBackup> = Api::namespaced(client.clone(), namespace);
-            tolerate(
-                api.patch(name, &PatchParams::default(), &Patch::Merge(&cancel))
-                    .await
-                    .map(drop),
-                404,
-                format!("canceling VolumeBackup {namespace}/{name}"),
-            )
+            cancel(&api, namespace, "VolumeBackup", name).await
         }
         Action::DeleteVolumeBackup { namespace, name } => {
             let api: Api<VolumeBackup> = Api::namespaced(client.clone(), namespace);
@@ -394,13 +402,7 @@ async fn execute_application(
         }
         Action::CancelVolumeRestore { namespace, name } => {
             let api: Api<VolumeRestore> = Api::namespaced(client.clone(), namespace);
-            tolerate(
-                api.patch(name, &PatchParams::default(), &Patch::Merge(&cancel))
-                    .await
-                    .map(drop),
-                404,
-                format!("canceling VolumeRestore {namespace}/{name}"),
-            )
+            cancel(&api, namespace, "VolumeRestore", name).await
         }
         Action::RunGroupHooks { side, pods } => {
             let runs = pods.iter().map(|p| async move {

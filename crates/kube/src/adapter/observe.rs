@@ -255,25 +255,12 @@ pub async fn observe_backup(
     // a BackupRule's pre commands put off to a later reconcile than the mode.
     let snapshot_classes = if status.mode.is_none() || status.phase == VolumeBackupPhase::New {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &snapshot_class_resource());
-        api.list(&ListParams::default())
-            .await
-            .map_err(api_err("listing VolumeSnapshotClasses"))?
-            .items
-            .into_iter()
-            .map(|c| SnapshotClassInfo {
-                is_default: c
-                    .annotations()
-                    .get("snapshot.storage.kubernetes.io/is-default-class")
-                    .is_some_and(|v| v == "true"),
-                driver: c
-                    .data
-                    .get("driver")
-                    .and_then(|d| d.as_str())
-                    .unwrap_or_default()
-                    .to_string(),
-                name: c.name_any(),
-            })
-            .collect()
+        snapshot_classes_of(
+            api.list(&ListParams::default())
+                .await
+                .map_err(api_err("listing VolumeSnapshotClasses"))?
+                .items,
+        )
     } else {
         Vec::new()
     };

@@ -10,12 +10,12 @@
 use super::application::{child_meta, label_value, short_name};
 use super::backup::failure_reason;
 use super::objects::{self, JobKind, JobSpec};
-use super::{repository_refusal, time, Action, DecideContext, JobInfo, BLOCKED_POLL};
+use super::{repository_refusal, time, Action, DecideContext, JobInfo, Plan, BLOCKED_POLL};
 use crate::config::RESTORE_KEYS;
 use crate::crd::{
-    set_condition, ApplicationBackup, ApplicationBackupPhase, ApplicationRestore,
-    ApplicationRestorePhase as Phase, ApplicationRestoreStatus, BackupRepository, Condition,
-    VolumeRestore, VolumeRestorePhase,
+    ApplicationBackup, ApplicationBackupPhase, ApplicationRestore,
+    ApplicationRestorePhase as Phase, ApplicationRestoreStatus, BackupRepository, VolumeRestore,
+    VolumeRestorePhase,
 };
 use crate::protocol::JobOutcome;
 use kube::{Resource, ResourceExt};
@@ -58,34 +58,6 @@ impl Stage {
     }
 }
 
-struct Plan {
-    status: ApplicationRestoreStatus,
-    actions: Vec<Action>,
-    now: jiff::Timestamp,
-}
-
-impl Plan {
-    fn condition(&mut self, type_: &str, ok: bool, reason: &str, message: impl Into<String>) {
-        set_condition(
-            &mut self.status.conditions,
-            Condition::new(type_, ok, reason, message, time(self.now)),
-        );
-    }
-
-    fn terminal(&mut self, phase: Phase, reason: Option<String>) {
-        self.status.phase = phase;
-        self.status.completion_time = Some(time(self.now));
-        let message = reason.clone().unwrap_or_else(|| "restore complete".into());
-        self.condition(
-            "Ready",
-            phase == Phase::Completed,
-            &format!("{phase:?}"),
-            message,
-        );
-        self.status.failure_reason = reason;
-    }
-}
-
 /// Decides the next steps for one ApplicationRestore.
 pub fn decide_application_restore(
     obs: &ApplicationRestoreObserved,
@@ -95,23 +67,16 @@ pub fn decide_application_restore(
         job: super::judged(&obs.job, ctx),
         ..obs.clone()
     };
-    let before = obs.restore.status.clone().unwrap_or_default();
-    let mut plan = Plan {
-        status: before.clone(),
-        actions: Vec::new(),
-        now: ctx.now,
-    };
+    let mut plan = Plan::new(obs.restore.status.clone().unwrap_or_default(), ctx.now);
     step(obs, ctx, &mut plan);
-    if plan.status != before {
-        plan.actions.insert(
-            0,
-            Action::PatchApplicationRestoreStatus(Box::new(plan.status)),
-        );
-    }
-    plan.actions
+    plan.finish()
 }
 
-fn step(obs: &ApplicationRestoreObserved, ctx: &DecideContext, plan: &mut Plan) {
+fn step(
+    obs: &ApplicationRestoreObserved,
+    ctx: &DecideContext,
+    plan: &mut Plan<ApplicationRestoreStatus>,
+) {
     let ar = &obs.restore;
     let ns = ar.namespace().unwrap_or_default();
     if plan.status.phase.is_terminal() {
@@ -148,7 +113,11 @@ fn step(obs: &ApplicationRestoreObserved, ctx: &DecideContext, plan: &mut Plan) 
     }
 }
 
-fn new(obs: &ApplicationRestoreObserved, ctx: &DecideContext, plan: &mut Plan) {
+fn new(
+    obs: &ApplicationRestoreObserved,
+    ctx: &DecideContext,
+    plan: &mut Plan<ApplicationRestoreStatus>,
+) {
     let ar = &obs.restore;
     let ns = ar.namespace().unwrap_or_default();
     if let Some(problem) = ctx.config.problems_with(RESTORE_KEYS) {
@@ -218,7 +187,7 @@ fn new(obs: &ApplicationRestoreObserved, ctx: &DecideContext, plan: &mut Plan) {
 fn create_job(
     obs: &ApplicationRestoreObserved,
     ctx: &DecideContext,
-    plan: &mut Plan,
+    plan: &mut Plan<ApplicationRestoreStatus>,
     stage: Stage,
 ) {
     let ar = &obs.restore;
@@ -266,7 +235,12 @@ fn create_job(
         .push(Action::RequeueAfter(Duration::from_secs(60)));
 }
 
-fn stage_job(obs: &ApplicationRestoreObserved, ctx: &DecideContext, plan: &mut Plan, stage: Stage) {
+fn stage_job(
+    obs: &ApplicationRestoreObserved,
+    ctx: &DecideContext,
+    plan: &mut Plan<ApplicationRestoreStatus>,
+    stage: Stage,
+) {
     let ns = obs.restore.namespace().unwrap_or_default();
     let job_name = plan.status.job_name.clone().unwrap_or_default();
     let failure = match &obs.job {
@@ -329,7 +303,7 @@ fn stage_job(obs: &ApplicationRestoreObserved, ctx: &DecideContext, plan: &mut P
 }
 
 /// Completed when nothing failed and every volume was filled, PartiallyFailed otherwise.
-fn finish(plan: &mut Plan, stage_failure: Option<String>) {
+fn finish(plan: &mut Plan<ApplicationRestoreStatus>, stage_failure: Option<String>) {
     let mut problems: Vec<String> = stage_failure.into_iter().collect();
     if plan.status.failed > 0 {
         problems.push(format!(
@@ -358,7 +332,10 @@ fn is_terminal(phase: Option<&str>) -> bool {
     matches!(phase, Some("Completed" | "Failed" | "Canceled"))
 }
 
-fn create_volume_restores(obs: &ApplicationRestoreObserved, plan: &mut Plan) {
+fn create_volume_restores(
+    obs: &ApplicationRestoreObserved,
+    plan: &mut Plan<ApplicationRestoreStatus>,
+) {
     let ar = &obs.restore;
     let ns = ar.namespace().unwrap_or_default();
     let label = label_value(&format!("{ns}.{}", ar.name_any()));
@@ -414,7 +391,7 @@ fn create_volume_restores(obs: &ApplicationRestoreObserved, plan: &mut Plan) {
     }
 }
 
-fn mirror_children(obs: &ApplicationRestoreObserved, plan: &mut Plan) {
+fn mirror_children(obs: &ApplicationRestoreObserved, plan: &mut Plan<ApplicationRestoreStatus>) {
     let children: BTreeMap<(String, String), &VolumeRestore> = obs
         .children
         .iter()
@@ -449,7 +426,11 @@ fn mirror_children(obs: &ApplicationRestoreObserved, plan: &mut Plan) {
     }
 }
 
-fn restoring_volumes(obs: &ApplicationRestoreObserved, ctx: &DecideContext, plan: &mut Plan) {
+fn restoring_volumes(
+    obs: &ApplicationRestoreObserved,
+    ctx: &DecideContext,
+    plan: &mut Plan<ApplicationRestoreStatus>,
+) {
     if !plan
         .status
         .volumes

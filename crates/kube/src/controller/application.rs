@@ -11,13 +11,12 @@ use super::backup::failure_reason;
 use super::objects::{self, JobKind, JobSpec};
 use super::{
     human, repository_refusal, time, Action, DecideContext, HookPod, HookRun, HookSide, JobInfo,
-    SnapshotClassInfo, SnapshotInfo, BLOCKED_POLL, POLL,
+    Plan, SnapshotClassInfo, SnapshotInfo, BLOCKED_POLL, POLL,
 };
 use crate::config::BACKUP_KEYS;
 use crate::crd::{
-    set_condition, ApplicationBackup, ApplicationBackupPhase as Phase, ApplicationBackupStatus,
-    ApplicationVolume, BackupMode, BackupRepository, BackupRule, Condition, VolumeBackup,
-    VolumeBackupPhase,
+    ApplicationBackup, ApplicationBackupPhase as Phase, ApplicationBackupStatus, ApplicationVolume,
+    BackupMode, BackupRepository, BackupRule, VolumeBackup, VolumeBackupPhase,
 };
 use crate::protocol::JobOutcome;
 use jiff::Timestamp;
@@ -108,35 +107,6 @@ pub struct ApplicationBackupObserved {
     pub job: Option<JobInfo>,
 }
 
-struct Plan {
-    before: ApplicationBackupStatus,
-    status: ApplicationBackupStatus,
-    actions: Vec<Action>,
-    now: Timestamp,
-}
-
-impl Plan {
-    fn condition(&mut self, type_: &str, ok: bool, reason: &str, message: impl Into<String>) {
-        set_condition(
-            &mut self.status.conditions,
-            Condition::new(type_, ok, reason, message, time(self.now)),
-        );
-    }
-
-    fn terminal(&mut self, phase: Phase, reason: Option<String>) {
-        self.status.phase = phase;
-        self.status.completion_time = Some(time(self.now));
-        let message = reason.clone().unwrap_or_else(|| "backup complete".into());
-        self.condition(
-            "Ready",
-            phase == Phase::Completed,
-            &format!("{phase:?}"),
-            message,
-        );
-        self.status.failure_reason = reason;
-    }
-}
-
 /// Decides the next steps for one ApplicationBackup.
 pub fn decide_application_backup(
     obs: &ApplicationBackupObserved,
@@ -146,24 +116,16 @@ pub fn decide_application_backup(
         job: super::judged(&obs.job, ctx),
         ..obs.clone()
     };
-    let before = obs.backup.status.clone().unwrap_or_default();
-    let mut plan = Plan {
-        status: before.clone(),
-        before,
-        actions: Vec::new(),
-        now: ctx.now,
-    };
+    let mut plan = Plan::new(obs.backup.status.clone().unwrap_or_default(), ctx.now);
     step(obs, ctx, &mut plan);
-    if plan.status != plan.before {
-        plan.actions.insert(
-            0,
-            Action::PatchApplicationBackupStatus(Box::new(plan.status)),
-        );
-    }
-    plan.actions
+    plan.finish()
 }
 
-fn step(obs: &ApplicationBackupObserved, ctx: &DecideContext, plan: &mut Plan) {
+fn step(
+    obs: &ApplicationBackupObserved,
+    ctx: &DecideContext,
+    plan: &mut Plan<ApplicationBackupStatus>,
+) {
     let ab = &obs.backup;
     let ns = ab.namespace().unwrap_or_default();
     let has_finalizer = ab.finalizers().iter().any(|f| f == FINALIZER_CHILDREN);
@@ -213,7 +175,11 @@ fn step(obs: &ApplicationBackupObserved, ctx: &DecideContext, plan: &mut Plan) {
     }
 }
 
-fn new(obs: &ApplicationBackupObserved, ctx: &DecideContext, plan: &mut Plan) {
+fn new(
+    obs: &ApplicationBackupObserved,
+    ctx: &DecideContext,
+    plan: &mut Plan<ApplicationBackupStatus>,
+) {
     let ab = &obs.backup;
     let ns = ab.namespace().unwrap_or_default();
     if ab.spec.cancel {
@@ -388,7 +354,11 @@ fn class_for(obs: &ApplicationBackupObserved, driver: &str) -> Option<String> {
 
 /// The pods one side runs in: every pod of every rule with commands on that side; for
 /// post, of a rule with pre commands, only the pods where they succeeded.
-fn hook_pods(obs: &ApplicationBackupObserved, plan: &Plan, side: HookSide) -> Vec<HookPod> {
+fn hook_pods(
+    obs: &ApplicationBackupObserved,
+    plan: &Plan<ApplicationBackupStatus>,
+    side: HookSide,
+) -> Vec<HookPod> {
     let mut pods: BTreeMap<(String, String), Vec<HookRun>> = BTreeMap::new();
     for target in &obs.rules {
         let Some(rule) = &target.rule else { continue };
@@ -423,7 +393,7 @@ fn hook_pods(obs: &ApplicationBackupObserved, plan: &Plan, side: HookSide) -> Ve
         .collect()
 }
 
-fn after_pre(obs: &ApplicationBackupObserved, plan: &mut Plan) {
+fn after_pre(obs: &ApplicationBackupObserved, plan: &mut Plan<ApplicationBackupStatus>) {
     let pre = hook_pods(obs, plan, HookSide::Pre);
     if plan.status.hooks.pre.is_empty() && !pre.is_empty() && !obs.backup.spec.cancel {
         // The run was interrupted before its results were recorded: run it again.
@@ -440,7 +410,7 @@ fn after_pre(obs: &ApplicationBackupObserved, plan: &mut Plan) {
     cut_snapshots(obs, plan);
 }
 
-fn pre_failure(plan: &Plan) -> Option<String> {
+fn pre_failure(plan: &Plan<ApplicationBackupStatus>) -> Option<String> {
     plan.status
         .hooks
         .pre
@@ -493,7 +463,7 @@ pub(crate) fn child_meta(
 }
 
 /// Creates every VolumeSnapshot of the group at once, then waits for them in Snapshotting.
-fn cut_snapshots(obs: &ApplicationBackupObserved, plan: &mut Plan) {
+fn cut_snapshots(obs: &ApplicationBackupObserved, plan: &mut Plan<ApplicationBackupStatus>) {
     let ab = &obs.backup;
     let ns = ab.namespace().unwrap_or_default();
     let mut any = false;
@@ -534,7 +504,11 @@ fn cut_snapshots(obs: &ApplicationBackupObserved, plan: &mut Plan) {
     }
 }
 
-fn snapshotting(obs: &ApplicationBackupObserved, ctx: &DecideContext, plan: &mut Plan) {
+fn snapshotting(
+    obs: &ApplicationBackupObserved,
+    ctx: &DecideContext,
+    plan: &mut Plan<ApplicationBackupStatus>,
+) {
     if obs.backup.spec.cancel {
         enter_post(obs, plan);
         return;
@@ -603,12 +577,12 @@ fn snapshotting(obs: &ApplicationBackupObserved, ctx: &DecideContext, plan: &mut
     enter_post(obs, plan);
 }
 
-fn enter_post(obs: &ApplicationBackupObserved, plan: &mut Plan) {
+fn enter_post(obs: &ApplicationBackupObserved, plan: &mut Plan<ApplicationBackupStatus>) {
     plan.status.phase = Phase::RunningPostRules;
     after_post(obs, plan);
 }
 
-fn after_post(obs: &ApplicationBackupObserved, plan: &mut Plan) {
+fn after_post(obs: &ApplicationBackupObserved, plan: &mut Plan<ApplicationBackupStatus>) {
     let post = hook_pods(obs, plan, HookSide::Post);
     if plan.status.hooks.post.is_empty() && !post.is_empty() {
         plan.actions.push(Action::RunGroupHooks {
@@ -632,7 +606,10 @@ fn after_post(obs: &ApplicationBackupObserved, plan: &mut Plan) {
     create_children(obs, plan);
 }
 
-fn delete_group_snapshots(plan: &mut Plan, which: impl Fn(&ApplicationVolume) -> bool) {
+fn delete_group_snapshots(
+    plan: &mut Plan<ApplicationBackupStatus>,
+    which: impl Fn(&ApplicationVolume) -> bool,
+) {
     for v in plan.status.volumes.iter_mut() {
         if !which(v) {
             continue;
@@ -646,7 +623,7 @@ fn delete_group_snapshots(plan: &mut Plan, which: impl Fn(&ApplicationVolume) ->
     }
 }
 
-fn create_children(obs: &ApplicationBackupObserved, plan: &mut Plan) {
+fn create_children(obs: &ApplicationBackupObserved, plan: &mut Plan<ApplicationBackupStatus>) {
     let ab = &obs.backup;
     let ns = ab.namespace().unwrap_or_default();
     for v in plan.status.volumes.iter_mut() {
@@ -706,7 +683,11 @@ fn is_terminal_phase(phase: Option<&str>) -> bool {
     matches!(phase, Some("Completed" | "Failed" | "Canceled"))
 }
 
-fn uploading(obs: &ApplicationBackupObserved, ctx: &DecideContext, plan: &mut Plan) {
+fn uploading(
+    obs: &ApplicationBackupObserved,
+    ctx: &DecideContext,
+    plan: &mut Plan<ApplicationBackupStatus>,
+) {
     let ab = &obs.backup;
     let ns = ab.namespace().unwrap_or_default();
     mirror_children(obs, plan);
@@ -772,7 +753,7 @@ fn uploading(obs: &ApplicationBackupObserved, ctx: &DecideContext, plan: &mut Pl
     capture(obs, ctx, plan, failed_count, summary);
 }
 
-fn mirror_children(obs: &ApplicationBackupObserved, plan: &mut Plan) {
+fn mirror_children(obs: &ApplicationBackupObserved, plan: &mut Plan<ApplicationBackupStatus>) {
     let children: BTreeMap<(String, String), &VolumeBackup> = obs
         .children
         .iter()
@@ -824,7 +805,7 @@ fn mirror_children(obs: &ApplicationBackupObserved, plan: &mut Plan) {
 fn capture(
     obs: &ApplicationBackupObserved,
     ctx: &DecideContext,
-    plan: &mut Plan,
+    plan: &mut Plan<ApplicationBackupStatus>,
     failed_volumes: usize,
     summary: String,
 ) {
@@ -887,7 +868,11 @@ fn capture(
     plan.terminal(Phase::Failed, Some(why));
 }
 
-fn create_capture_job(obs: &ApplicationBackupObserved, ctx: &DecideContext, plan: &mut Plan) {
+fn create_capture_job(
+    obs: &ApplicationBackupObserved,
+    ctx: &DecideContext,
+    plan: &mut Plan<ApplicationBackupStatus>,
+) {
     let ab = &obs.backup;
     let ns = ab.namespace().unwrap_or_default();
     let Some(repository) = &obs.repository else {

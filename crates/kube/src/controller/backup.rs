@@ -8,12 +8,12 @@
 use super::access::{repository_for_job, repository_refusal};
 use super::objects::{self, DataVolume, JobKind, JobSpec};
 use super::{
-    human, running_poll, time, Action, DecideContext, HookSide, JobInfo, BLOCKED_POLL, POLL,
+    human, running_poll, time, Action, DecideContext, HookSide, JobInfo, Plan, BLOCKED_POLL, POLL,
 };
 use crate::config::BACKUP_KEYS;
 use crate::crd::{
-    set_condition, BackupMode, BackupRepository, BackupRule, Condition, HookOutcome, Progress,
-    VolumeBackup, VolumeBackupPhase as Phase, VolumeBackupStatus,
+    BackupMode, BackupRepository, BackupRule, HookOutcome, Progress, VolumeBackup,
+    VolumeBackupPhase as Phase, VolumeBackupStatus,
 };
 use crate::protocol::JobOutcome;
 use jiff::Timestamp;
@@ -76,62 +76,18 @@ pub struct BackupObserved {
     pub running_backup_jobs: u32,
 }
 
-/// Status and actions under construction; `finish` appends the status patch if it changed.
-struct Plan {
-    before: VolumeBackupStatus,
-    status: VolumeBackupStatus,
-    actions: Vec<Action>,
-    now: Timestamp,
-}
-
-impl Plan {
-    fn condition(&mut self, type_: &str, ok: bool, reason: &str, message: impl Into<String>) {
-        set_condition(
-            &mut self.status.conditions,
-            Condition::new(type_, ok, reason, message, time(self.now)),
-        );
-    }
-
-    fn terminal(&mut self, phase: Phase, reason: Option<String>) {
-        self.status.phase = phase;
-        self.status.completion_time = Some(time(self.now));
-        let message = reason.clone().unwrap_or_else(|| "backup complete".into());
-        self.condition(
-            "Ready",
-            phase == Phase::Completed,
-            &format!("{phase:?}"),
-            message,
-        );
-        self.status.failure_reason = reason;
-    }
-
-    fn finish(mut self) -> Vec<Action> {
-        if self.status != self.before {
-            self.actions
-                .insert(0, Action::PatchBackupStatus(Box::new(self.status)));
-        }
-        self.actions
-    }
-}
-
 /// Decides the next steps for one VolumeBackup.
 pub fn decide_backup(obs: &BackupObserved, ctx: &DecideContext) -> Vec<Action> {
     let obs = &BackupObserved {
         job: super::judged(&obs.job, ctx),
         ..obs.clone()
     };
-    let before = obs.backup.status.clone().unwrap_or_default();
-    let mut plan = Plan {
-        status: before.clone(),
-        before,
-        actions: Vec::new(),
-        now: ctx.now,
-    };
+    let mut plan = Plan::new(obs.backup.status.clone().unwrap_or_default(), ctx.now);
     step(obs, ctx, &mut plan);
     plan.finish()
 }
 
-fn step(obs: &BackupObserved, ctx: &DecideContext, plan: &mut Plan) {
+fn step(obs: &BackupObserved, ctx: &DecideContext, plan: &mut Plan<VolumeBackupStatus>) {
     let vb = &obs.backup;
     let ns = vb.namespace().unwrap_or_default();
     let phase = plan.status.phase;
@@ -375,7 +331,7 @@ fn rule_action(obs: &BackupObserved, side: HookSide) -> Action {
     }
 }
 
-fn pre_owed(obs: &BackupObserved, plan: &Plan) -> bool {
+fn pre_owed(obs: &BackupObserved, plan: &Plan<VolumeBackupStatus>) -> bool {
     obs.backup.spec.source.volume_snapshot.is_none()
         && obs.rule.as_ref().is_some_and(|r| !r.spec.pre.is_empty())
         && plan.status.hooks.pre.is_none()
@@ -383,7 +339,7 @@ fn pre_owed(obs: &BackupObserved, plan: &Plan) -> bool {
 
 /// Post commands are owed once pre commands ran (or there are none) and the capture step
 /// happened or was abandoned, until they have run once.
-fn run_post_if_owed(obs: &BackupObserved, plan: &mut Plan) -> bool {
+fn run_post_if_owed(obs: &BackupObserved, plan: &mut Plan<VolumeBackupStatus>) -> bool {
     let Some(rule) = &obs.rule else { return false };
     if obs.backup.spec.source.volume_snapshot.is_some() {
         // A pre-cut snapshot's rules ran where it was cut.
@@ -402,7 +358,7 @@ fn run_post_if_owed(obs: &BackupObserved, plan: &mut Plan) -> bool {
 fn snapshot_in_progress(
     obs: &BackupObserved,
     ctx: &DecideContext,
-    plan: &mut Plan,
+    plan: &mut Plan<VolumeBackupStatus>,
     pvc: &PersistentVolumeClaim,
 ) {
     // Release the application once the storage system has cut the snapshot (or failed
@@ -538,7 +494,7 @@ fn rwo_node(pvc: &PersistentVolumeClaim, obs: &BackupObserved) -> Option<String>
 fn create_job(
     obs: &BackupObserved,
     ctx: &DecideContext,
-    plan: &mut Plan,
+    plan: &mut Plan<VolumeBackupStatus>,
     repository: &BackupRepository,
     data: DataVolume,
 ) {
@@ -608,7 +564,7 @@ fn create_job(
 fn uploading(
     obs: &BackupObserved,
     ctx: &DecideContext,
-    plan: &mut Plan,
+    plan: &mut Plan<VolumeBackupStatus>,
     repository: &BackupRepository,
     pvc: &PersistentVolumeClaim,
 ) {
@@ -704,7 +660,7 @@ pub(crate) fn failure_reason(job: &JobInfo) -> String {
 
 /// Deletes what a finished backup must not leave behind: the backupPVC always; the
 /// VolumeSnapshot unless the backup completed with offload on (the 3-2-1 local copy).
-fn cleanup(obs: &BackupObserved, plan: &mut Plan, completed: bool) {
+fn cleanup(obs: &BackupObserved, plan: &mut Plan<VolumeBackupStatus>, completed: bool) {
     let ns = obs.backup.namespace().unwrap_or_default();
     if obs.backup_pvc_exists {
         if let Some(name) = plan.status.backup_pvc_name.clone() {

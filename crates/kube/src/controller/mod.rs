@@ -32,14 +32,14 @@ pub use schedule::{
 
 use crate::config::Config;
 use crate::crd::{
-    ApplicationBackupStatus, ApplicationRestoreStatus, BackupRepositoryStatus,
-    BackupScheduleStatus, RuleAction, VolumeBackup, VolumeBackupStatus, VolumeRestore,
+    set_condition, ApplicationBackupStatus, ApplicationRestoreStatus, BackupRepositoryStatus,
+    BackupScheduleStatus, Condition, RuleAction, VolumeBackup, VolumeBackupStatus, VolumeRestore,
     VolumeRestoreStatus,
 };
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use std::time::Duration;
 
 /// What the controller needs besides the ConfigMap to build Jobs.
@@ -315,6 +315,111 @@ pub struct HookRun {
     /// Commands of the side being run.
     pub commands: Vec<RuleAction>,
 }
+
+/// A status with a phase, conditions and an end: what each resource's decisions share to
+/// record a step and to finish.
+pub(crate) trait Lifecycle: Clone + PartialEq {
+    /// The resource's phase.
+    type Phase: Copy + PartialEq + std::fmt::Debug;
+    /// The phase that means success.
+    const COMPLETED: Self::Phase;
+    /// The Ready condition's message on success.
+    const DONE: &'static str;
+    /// The conditions.
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+    /// Sets the final phase, the completion time and the failure reason.
+    fn end(&mut self, phase: Self::Phase, at: Time, reason: Option<String>);
+    /// The action that writes this status.
+    fn patch(self) -> Action;
+}
+
+/// One decision's changes: the status as observed and as decided, and the actions.
+pub(crate) struct Plan<S> {
+    pub before: S,
+    pub status: S,
+    pub actions: Vec<Action>,
+    pub now: Timestamp,
+}
+
+impl<S: Lifecycle> Plan<S> {
+    /// A plan starting from the observed status.
+    pub fn new(before: S, now: Timestamp) -> Self {
+        Plan {
+            status: before.clone(),
+            before,
+            actions: Vec::new(),
+            now,
+        }
+    }
+
+    /// Sets a condition, stamped now.
+    pub fn condition(&mut self, type_: &str, ok: bool, reason: &str, message: impl Into<String>) {
+        set_condition(
+            self.status.conditions_mut(),
+            Condition::new(type_, ok, reason, message, time(self.now)),
+        );
+    }
+
+    /// Ends the resource in `phase`; `reason` says why it did not complete.
+    pub fn terminal(&mut self, phase: S::Phase, reason: Option<String>) {
+        self.status.end(phase, time(self.now), reason.clone());
+        let message = reason.unwrap_or_else(|| S::DONE.into());
+        self.condition(
+            "Ready",
+            phase == S::COMPLETED,
+            &format!("{phase:?}"),
+            message,
+        );
+    }
+
+    /// The actions, led by the status patch when the status changed.
+    pub fn finish(mut self) -> Vec<Action> {
+        if self.status != self.before {
+            self.actions.insert(0, self.status.patch());
+        }
+        self.actions
+    }
+}
+
+macro_rules! lifecycle {
+    ($status:ty, $phase:ty, $action:ident, $done:literal) => {
+        impl Lifecycle for $status {
+            type Phase = $phase;
+            const COMPLETED: $phase = <$phase>::Completed;
+            const DONE: &'static str = $done;
+            fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+                &mut self.conditions
+            }
+            fn end(&mut self, phase: $phase, at: Time, reason: Option<String>) {
+                self.phase = phase;
+                self.completion_time = Some(at);
+                self.failure_reason = reason;
+            }
+            fn patch(self) -> Action {
+                Action::$action(Box::new(self))
+            }
+        }
+    };
+}
+
+lifecycle!(
+    VolumeBackupStatus,
+    crate::crd::VolumeBackupPhase,
+    PatchBackupStatus,
+    "backup complete"
+);
+lifecycle!(
+    ApplicationBackupStatus,
+    crate::crd::ApplicationBackupPhase,
+    PatchApplicationBackupStatus,
+    "backup complete"
+);
+lifecycle!(
+    ApplicationRestoreStatus,
+    crate::crd::ApplicationRestorePhase,
+    PatchApplicationRestoreStatus,
+    "restore complete"
+);
 
 /// Requeue delay while waiting on something that is not watched (VolumeSnapshots, job slots).
 pub const POLL: Duration = Duration::from_secs(5);
