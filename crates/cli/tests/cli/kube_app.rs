@@ -242,6 +242,66 @@ fn an_application_backup_quiesces_every_pod_around_one_group_of_snapshots() {
             "{kind}"
         );
     }
+
+    // As in another cluster that has only the repository: the ApplicationBackup object is
+    // gone, and the restore names the resource snapshot; the snapshot itself says which
+    // repository snapshot holds each volume.
+    let resource_snapshot = ab["status"]["resourceSnapshotId"].as_str().unwrap();
+    c.sim
+        .delete(
+            "cairn.io/v1alpha1",
+            "ApplicationBackup",
+            Some(NS),
+            "nightly",
+        )
+        .unwrap();
+    c.sim.wait_for("nightly deleted", PATIENCE, |_| {
+        c.get("ApplicationBackup", "nightly")
+            .is_none()
+            .then_some(())
+    });
+    c.sim
+        .merge_patch(
+            "cairn.io/v1alpha1",
+            "BackupRepository",
+            Some(NS),
+            "main",
+            None,
+            json!({"spec": {"allowedNamespaces": ["shop-dr", "shop-far"]}}),
+        )
+        .unwrap();
+    c.create(
+        json!({"apiVersion": "cairn.io/v1alpha1", "kind": "ApplicationRestore",
+        "metadata": {"name": "from-repository", "namespace": NS},
+        "spec": {"source": {"repository": "main", "snapshotId": &resource_snapshot[..8]},
+                 "namespaceMapping": {NS: "shop-far"},
+                 "excludedResources": ["pods"]}}),
+    );
+    c.sim.wait_for("from-repository Completed", PATIENCE, |_| {
+        let ar = c.get("ApplicationRestore", "from-repository")?;
+        let phase = ar["status"]["phase"].as_str()?.to_string();
+        assert!(
+            !matches!(phase.as_str(), "Failed" | "PartiallyFailed" | "Canceled"),
+            "from-repository ended {phase}: {}\ncontroller log:\n{}",
+            ar["status"],
+            c.controller_log()
+        );
+        (phase == "Completed").then_some(())
+    });
+    for (claim, source) in claims.iter().zip(&volumes) {
+        let restored = c
+            .sim
+            .volume_dir("shop-far", claim)
+            .unwrap_or_else(|| panic!("{claim} not restored in shop-far"));
+        let mut got = tree(&restored);
+        got.remove("frozen");
+        assert_eq!(got, tree(source), "{claim}");
+    }
+    assert!(c.sim.get("v1", "Pod", Some("shop-far"), "db-0").is_none());
+    assert!(c
+        .sim
+        .get("v1", "ConfigMap", Some("shop-far"), "shop-settings")
+        .is_some());
     c.assert_no_pruned_fields();
 }
 
