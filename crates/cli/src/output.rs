@@ -56,7 +56,7 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 /// Exit code for an error: 1 in general, 2 usage, 10 wrong password,
 /// 11 not a repository, 12 damaged repository, 13 locked by another
-/// process. (3, "finished but some entries failed", is a result, not an
+/// process, 14 internal error (a bug). (3, "finished but some entries failed", is a result, not an
 /// error.) README.md lists them for users.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<cairn_core::Error>().map(|e| e.kind()) {
@@ -65,6 +65,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         Some(ErrorKind::Corrupt) => 12,
         Some(ErrorKind::Locked) => 13,
         Some(ErrorKind::Usage) => 2,
+        Some(ErrorKind::Internal) => 14,
         _ => 1,
     }
 }
@@ -126,5 +127,27 @@ impl ProgressBar {
     pub fn finish(self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.handle.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exit_code;
+
+    /// Internal failures (a broken invariant) used to travel as usage errors and exit 2, as
+    /// if the user had typed something wrong.
+    #[test]
+    fn internal_errors_and_thread_limits_do_not_exit_as_usage_errors() {
+        let internal = anyhow::Error::new(cairn_core::Error::Internal("the walk ended".into()));
+        assert_eq!(exit_code(&internal), 14);
+        assert!(
+            internal.to_string().contains("a bug in cairn"),
+            "{internal}"
+        );
+        let spawn = anyhow::Error::new((cairn_core::Error::spawn("reader"))(std::io::Error::from(
+            std::io::ErrorKind::WouldBlock,
+        )));
+        assert_eq!(exit_code(&spawn), 1);
+        assert!(spawn.to_string().contains("thread limit"), "{spawn}");
     }
 }

@@ -34,7 +34,7 @@ fn main() {
                 ..Default::default()
             };
             let repo = Repository::init(storage(dir), "pw", &init, &open).expect("init");
-            let writer = PackWriter::new(&repo, 2);
+            let writer = PackWriter::new(&repo, 2).unwrap();
             let mut refs = Vec::new();
             for i in 0..n {
                 let data = format!("blob {i:010} {}", "x".repeat(40));

@@ -244,7 +244,8 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
     let scan = opts
         .progress
         .as_ref()
-        .map(|p| spawn_scan(paths.clone(), opts.exclude.clone(), p.clone()));
+        .map(|p| spawn_scan(paths.clone(), opts.exclude.clone(), p.clone()))
+        .transpose()?;
     let progress = opts.progress.clone().unwrap_or_default();
 
     let workers = if opts.workers == 0 {
@@ -252,7 +253,7 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
     } else {
         opts.workers
     };
-    let writer = Arc::new(PackWriter::new(repo, opts.uploaders));
+    let writer = Arc::new(PackWriter::new(repo, opts.uploaders)?);
     let (seal_tx, seal_rx) = bounded::<SealJob>(workers);
     // Chunk and sealed-blob buffers in flight: the queue, one being sealed
     // (plain and sealed) per worker, one being sent per reader.
@@ -275,9 +276,9 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
                         bufs.give(job.data);
                     }
                 })
-                .expect("spawn seal thread")
+                .map_err(Error::spawn("sealing"))
         })
-        .collect();
+        .collect::<Result<_>>()?;
 
     let reader = read::ReadCtx {
         repo: repo.clone(),
@@ -287,7 +288,7 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
         worker_error: worker_error.clone(),
         progress: progress.clone(),
     };
-    let pool = read::ReaderPool::new(&reader, workers);
+    let pool = read::ReaderPool::new(&reader, workers)?;
     let (events, events_rx) = bounded(walk::EVENTS_AHEAD);
     let scanner = walk::Scanner {
         repo,
@@ -314,11 +315,11 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
         let scan = std::thread::Builder::new()
             .name("cairn-walk".into())
             .spawn_scoped(s, || scanner.run(&paths, &parents, root_is_dir))
-            .expect("spawn walk thread");
+            .map_err(Error::spawn("walk"))?;
         let walked = assembler.run(events_rx);
-        (walked, scan.join())
-    });
-    let scanned = scanned.map_err(|_| Error::Usage("the walk thread panicked".into()))?;
+        Ok::<_, Error>((walked, scan.join()))
+    })?;
+    let scanned = scanned.map_err(|_| Error::Internal("the walk thread panicked".into()))?;
     let Assembler {
         mut summary,
         writer: assembler_writer,
@@ -341,7 +342,7 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
     }
     let root = walked?;
     let writer =
-        Arc::try_unwrap(writer).map_err(|_| Error::Usage("pack writer still shared".into()))?;
+        Arc::try_unwrap(writer).map_err(|_| Error::Internal("pack writer still shared".into()))?;
     // Every blob the snapshot references must sit in an unplanned pack.
     writer.sync()?;
     ckpt.protect(repo, &writer, &[root])?;
@@ -411,7 +412,7 @@ fn seal_chunk(
 /// the backup reports it at the end, whichever thread noticed first.
 fn workers_ok(worker_error: &Mutex<Option<Error>>) -> Result<()> {
     if worker_error.lock().expect("lock").is_some() {
-        return Err(Error::Usage("sealing workers stopped".into()));
+        return Err(Error::Internal("sealing workers stopped".into()));
     }
     Ok(())
 }
@@ -427,7 +428,7 @@ fn spawn_scan(
     paths: Vec<PathBuf>,
     exclude: Option<Arc<dyn Exclude>>,
     progress: Arc<Progress>,
-) -> std::thread::JoinHandle<()> {
+) -> Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("cairn-scan".into())
         .spawn(move || {
@@ -463,7 +464,7 @@ fn spawn_scan(
             }
             progress.scan_done.store(true, Ordering::Relaxed);
         })
-        .expect("spawn scan thread")
+        .map_err(Error::spawn("scan"))
 }
 
 /// Whether a file may keep its parent entry's content: same size, times
@@ -495,7 +496,7 @@ impl Assembler<'_> {
         loop {
             let event = events
                 .recv()
-                .map_err(|_| Error::Usage("the walk ended early".into()))?;
+                .map_err(|_| Error::Internal("the walk ended early".into()))?;
             let top = stack
                 .last_mut()
                 .expect("the root frame stays until its Leave");

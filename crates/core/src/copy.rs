@@ -43,7 +43,7 @@ pub fn copy_snapshots(
     let mut map: HashMap<BlobId, BlobId> = HashMap::new();
     for id in ids {
         let snap = src.load_snapshot(id)?;
-        let writer = PackWriter::new(dst, 2);
+        let writer = PackWriter::new(dst, 2)?;
         let mut template = snap.clone();
         template.parent = None;
         let mut ckpt = Checkpointer::new(

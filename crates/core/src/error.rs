@@ -26,6 +26,8 @@ pub enum ErrorKind {
     Cache,
     /// Another process holds the repository's exclusive lock.
     Locked,
+    /// cairn itself went wrong: a bug, not the input or the environment.
+    Internal,
 }
 
 /// A failed engine operation.
@@ -109,6 +111,20 @@ pub enum Error {
     /// A request that cannot be carried out as asked.
     #[error("{0}")]
     Usage(String),
+    /// A thread could not be started.
+    #[error(
+        "could not start a {what} thread: {source}; the process is at its thread limit (a container's pids limit) or out of memory: raise the limit, or run with fewer workers"
+    )]
+    Spawn {
+        /// Which thread.
+        what: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A broken internal invariant: a bug.
+    #[error("internal error: {0} (a bug in cairn; please report it with the log)")]
+    Internal(String),
     /// Another live process holds the exclusive lock.
     #[error(
         "the repository is locked: {holder}. Wait for it to finish. If that process is gone: a holder on this machine that exited frees the lock at once; one on another machine turns stale {stale_after_s} s after its last heartbeat; `cairn unlock` removes stale locks, `cairn unlock --remove-all` every lock"
@@ -137,12 +153,22 @@ impl Error {
             Error::Cache { .. } => ErrorKind::Cache,
             Error::Usage(_) => ErrorKind::Usage,
             Error::Locked { .. } => ErrorKind::Locked,
+            Error::Spawn { .. } => ErrorKind::Io,
+            Error::Internal(_) => ErrorKind::Internal,
         }
     }
 
     /// Whether running the same operation again can succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::Storage { source, .. } if source.is_temporary())
+    }
+
+    /// A thread named `what` could not be started.
+    pub fn spawn(what: &str) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |source| Error::Spawn {
+            what: what.to_string(),
+            source,
+        }
     }
 
     /// A local I/O error on `path`.

@@ -602,7 +602,7 @@ fn rewrite_blobs(
     repo: &Repository,
     blobs: &[Vec<(PackId, BlobEntry, bool)>],
 ) -> Result<(u64, u64, u64)> {
-    let writer = PackWriter::new(repo, 2);
+    let writer = PackWriter::new(repo, 2)?;
     let (mut rewritten, mut bytes, mut lost) = (0, 0, 0);
     for copies in blobs {
         let mut done = false;

@@ -523,7 +523,7 @@ impl PackWriter {
     /// and on object stores (two PUTs in flight); one on a local file
     /// system written through memory (throttled), where each uploader holds
     /// a pack buffer and one keeps up.
-    pub fn new(repo: &Repository, uploaders: usize) -> Self {
+    pub fn new(repo: &Repository, uploaders: usize) -> Result<Self> {
         let spool = repo.storage().local_dir().and_then(Spool::new);
         let uploaders = match uploaders {
             0 => {
@@ -560,9 +560,9 @@ impl PackWriter {
                 std::thread::Builder::new()
                     .name(format!("cairn-upload-{i}"))
                     .spawn(move || upload_loop(repo, rx, shared))
-                    .expect("spawn uploader thread")
+                    .map_err(Error::spawn("uploader"))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         // One thread writes the spooled packs' blocks: a direct write waits
         // for the disk, and a sealing thread waiting there leaves its core
         // idle. The queue bounds the blocks in flight.
@@ -579,12 +579,12 @@ impl PackWriter {
                             }
                         }
                     })
-                    .expect("spawn block writer thread");
+                    .map_err(Error::spawn("spool writer"))?;
                 (Some(tx), Some(handle))
             }
             None => (None, None),
         };
-        Self {
+        Ok(Self {
             repo: repo.clone(),
             data: Mutex::new(fresh_pack(&spool, &shared, config.data_pack_size as usize)),
             meta: Mutex::new(fresh_pack(&spool, &shared, config.meta_pack_size as usize)),
@@ -601,7 +601,7 @@ impl PackWriter {
             sent: AtomicU64::new(0),
             unsealed: Mutex::new(HashSet::new()),
             tree_cache: Mutex::default(),
-        }
+        })
     }
 
     fn check_error(&self) -> Result<()> {
@@ -733,7 +733,7 @@ impl PackWriter {
             };
             if !queued {
                 self.check_error()?;
-                return Err(Error::Usage("pack block writer stopped".into()));
+                return Err(Error::Internal("pack block writer stopped".into()));
             }
         }
         // In a builder now: a later `sync` uploads and indexes it.
@@ -756,7 +756,7 @@ impl PackWriter {
         let tx = self.tx.as_ref().expect("writer not finished");
         if tx.send(pack).is_err() {
             self.check_error()?;
-            return Err(Error::Usage("pack upload threads stopped".into()));
+            return Err(Error::Internal("pack upload threads stopped".into()));
         }
         *builder = fresh_pack(&self.spool, &self.shared, target);
         Ok(())

@@ -502,7 +502,9 @@ pub fn repair_snapshots(
     let mut rw = Rewriter {
         repo,
         health: &inspection.health,
-        writer: (!opts.dry_run).then(|| PackWriter::new(repo, 2)),
+        writer: (!opts.dry_run)
+            .then(|| PackWriter::new(repo, 2))
+            .transpose()?,
         trees: HashMap::new(),
         written: HashSet::new(),
     };

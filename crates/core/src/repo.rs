@@ -472,7 +472,7 @@ impl Repository {
         repo.0.cache.set_refill(Box::new(move |fresh: &Cache| {
             let inner = weak
                 .upgrade()
-                .ok_or_else(|| Error::Usage("the repository handle was closed".into()))?;
+                .ok_or_else(|| Error::Internal("the repository handle was closed".into()))?;
             Repository(inner).fill_index(fresh, tolerate)
         }));
         repo.sync_index(opts.tolerate_damage)?;

@@ -68,7 +68,7 @@ pub(super) struct ReaderPool {
 
 impl ReaderPool {
     /// A pool of `threads` readers (at least one).
-    pub fn new(ctx: &ReadCtx, threads: usize) -> Self {
+    pub fn new(ctx: &ReadCtx, threads: usize) -> Result<Self> {
         let threads = threads.max(1);
         let (tx, rx) = bounded::<Vec<ReadJob>>(threads * 4);
         let threads = (0..threads)
@@ -88,15 +88,15 @@ impl ReaderPool {
                             }
                         }
                     })
-                    .expect("spawn reader thread")
+                    .map_err(Error::spawn("reader"))
             })
-            .collect();
-        Self {
+            .collect::<Result<_>>()?;
+        Ok(Self {
             tx: Some(tx),
             threads,
             batch: Vec::with_capacity(BATCH_FILES),
             batch_bytes: 0,
-        }
+        })
     }
 
     /// Queues `path` (of `size` bytes); the result arrives on the returned
@@ -313,7 +313,7 @@ pub(super) fn into_result(
             Ok(None)
         }
         ReadOutcome::Failed(e) => Err(e),
-        ReadOutcome::Stopped => Err(Error::Usage("sealing workers stopped".into())),
+        ReadOutcome::Stopped => Err(Error::Internal("sealing workers stopped".into())),
     }
 }
 

@@ -94,7 +94,7 @@ impl Scanner<'_> {
 
     fn emit(&mut self, event: Event) -> Result<()> {
         // The assembler stopped (it failed); its error is the one reported.
-        let stopped = |_| Error::Usage("backup stopped".into());
+        let stopped = |_| Error::Internal("backup stopped".into());
         match self.events.try_send(event) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(event)) => {

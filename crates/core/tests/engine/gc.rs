@@ -207,7 +207,7 @@ fn a_writer_that_reused_blobs_of_a_later_plan_stores_them_again() {
     let m = gc::mark(&repo, &Roots::load(&repo).unwrap(), &now_opts(t0, 60)).unwrap();
     assert!(m.unused_packs > 0);
     // ... so before writing its snapshot the writer copies them out.
-    let pw = PackWriter::new(&writer_repo, 1);
+    let pw = PackWriter::new(&writer_repo, 1).unwrap();
     pw.sync().unwrap();
     ckpt.protect(&writer_repo, &pw, &[s1.snapshot.tree])
         .unwrap();
