@@ -299,6 +299,7 @@ impl Engine for CoreEngine {
         tracing::info!(%summary, "backup done");
         Ok(BackupJobResult {
             snapshot_id: result.id.to_hex(),
+            time: timestamp(&result.snapshot.time),
             bytes_done: counters.snapshot().bytes_done.max(s.bytes_total),
             total_bytes: s.bytes_total,
             summary,

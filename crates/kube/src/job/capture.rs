@@ -3,7 +3,7 @@
 //! The controller reads the outcome; this job does not patch the ApplicationBackup.
 
 use super::apiobjects::{discover, list_objects, Failure};
-use super::{BackupJobRequest, Engine, JobParams, Mirror, SnapshotSummary};
+use super::{BackupJobRequest, Engine, JobParams, Mirror};
 use crate::crd::{ApplicationBackup, ApplicationBackupSpec};
 use crate::protocol::JobOutcome;
 use crate::resources::capture::{annotate_pvc, skip_object, skip_type, strip};
@@ -247,13 +247,7 @@ async fn capture(
     if !unreadable.is_empty() {
         message.push_str(&format!("; not readable: {}", unreadable.join("; ")));
     }
-    let summary = SnapshotSummary {
-        id: r.snapshot_id.clone(),
-        time: jiff::Timestamp::now(),
-        source: req.source_name.clone(),
-        size_bytes: r.total_bytes,
-        tags: req.tags.clone(),
-    };
+    let summary = r.summary_for(&req);
     Ok((
         JobOutcome {
             succeeded: true,

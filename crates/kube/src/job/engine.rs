@@ -64,12 +64,27 @@ pub struct BackupJobRequest {
 pub struct BackupJobResult {
     /// The new snapshot.
     pub snapshot_id: String,
+    /// The snapshot's own time (when the backup started), as the catalog records it.
+    pub time: jiff::Timestamp,
     /// Bytes processed.
     pub bytes_done: u64,
     /// Bytes in the source.
     pub total_bytes: u64,
     /// One-line summary for the termination message.
     pub summary: String,
+}
+
+impl BackupJobResult {
+    /// The RepositorySnapshot mirror entry of this result, for the backup `req`.
+    pub fn summary_for(&self, req: &BackupJobRequest) -> SnapshotSummary {
+        SnapshotSummary {
+            id: self.snapshot_id.clone(),
+            time: self.time,
+            source: req.source_name.clone(),
+            size_bytes: self.total_bytes,
+            tags: req.tags.clone(),
+        }
+    }
 }
 
 /// Restore a snapshot into a directory.

@@ -205,13 +205,7 @@ fn run_engine(
                         bytes_done: r.bytes_done,
                         total_bytes: r.total_bytes,
                     });
-                    let summary = SnapshotSummary {
-                        id: r.snapshot_id.clone(),
-                        time: jiff::Timestamp::now(),
-                        source: req.source_name.clone(),
-                        size_bytes: r.total_bytes,
-                        tags: req.tags.clone(),
-                    };
+                    let summary = r.summary_for(&req);
                     let outcome = JobOutcome {
                         succeeded: true,
                         snapshot_id: Some(r.snapshot_id),

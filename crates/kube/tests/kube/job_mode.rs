@@ -38,6 +38,7 @@ impl Engine for FakeEngine {
             Some(e) => Err(e.clone()),
             None => Ok(BackupJobResult {
                 snapshot_id: "5f3a9c0011223344aabb".into(),
+                time: "2025-06-01T02:00:00Z".parse().unwrap(),
                 bytes_done: 1000,
                 total_bytes: 1000,
                 summary: "1 file, 1000 B".into(),
@@ -227,6 +228,8 @@ async fn backup_job_patches_progress_mirrors_the_snapshot_and_writes_its_outcome
         apply.body["spec"]["source"]["persistentVolumeClaim"],
         "data-db-0"
     );
+    // The mirror records the snapshot's own time, as the catalog does, not the job's end.
+    assert_eq!(apply.body["spec"]["time"], "2025-06-01T02:00:00Z");
     assert_eq!(
         apply.body["metadata"]["labels"]["cairn.io/repository"],
         "main"

@@ -64,6 +64,7 @@ impl Engine for DirEngine {
         tags.insert(id.clone(), (req.source_name.clone(), req.tags.clone()));
         Ok(BackupJobResult {
             snapshot_id: id,
+            time: jiff::Timestamp::now(),
             bytes_done: bytes,
             total_bytes: bytes,
             summary: String::new(),
