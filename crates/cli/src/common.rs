@@ -28,6 +28,9 @@ pub struct GlobalOpts {
     /// Only errors.
     #[arg(long, short = 'q', global = true)]
     pub quiet: bool,
+    /// Log lines as text, or as one JSON object per line (for log collectors).
+    #[arg(long, env = "CAIRN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
     /// Limit uploads to this many bytes per second (e.g. 10MiB).
     #[arg(long, global = true, value_parser = parse_size)]
     pub limit_upload: Option<u64>,
@@ -44,8 +47,28 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("{s:?} is not a size (examples: 1048576, 512KiB, 10MB): {e}"))
 }
 
+/// How log lines are written.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `fields.message`, the event's other
+    /// fields, and `span`/`spans` with the resource's `namespace` and `name`.
+    Json,
+}
+
+impl LogFormat {
+    /// The value of `--log-format` (and `CAIRN_LOG_FORMAT`) that selects this format.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 /// Sets up logging to stderr; `RUST_LOG` overrides the level.
-pub fn init_logging(verbose: u8, quiet: bool) {
+pub fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
     let level = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
@@ -56,12 +79,16 @@ pub fn init_logging(verbose: u8, quiet: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     // Colours only on a terminal: a job pod's log (and the termination message Kubernetes
     // cuts from its tail) is a file, where escape codes are noise.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
 }
 
 impl GlobalOpts {

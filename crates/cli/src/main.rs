@@ -18,7 +18,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = commands::Cli::parse();
-    common::init_logging(cli.global.verbose, cli.global.quiet);
+    common::init_logging(cli.global.verbose, cli.global.quiet, cli.global.log_format);
     match commands::run(cli) {
         Ok(code) => code,
         Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,

@@ -70,7 +70,7 @@ pub async fn run_controller(
     .owns(Api::<Job>::all(client.clone()), jobs())
     .reconcile_all_on(config())
     .shutdown_on_signal()
-    .run(reconcile_backup, retry, ctx.clone())
+    .run(in_span(reconcile_backup), retry, ctx.clone())
     .for_each(log_result);
     let restores = Controller::new(
         Api::<VolumeRestore>::all(client.clone()),
@@ -79,7 +79,7 @@ pub async fn run_controller(
     .owns(Api::<Job>::all(client.clone()), jobs())
     .reconcile_all_on(config())
     .shutdown_on_signal()
-    .run(reconcile_restore, retry, ctx.clone())
+    .run(in_span(reconcile_restore), retry, ctx.clone())
     .for_each(log_result);
     let repositories = Controller::new(
         Api::<BackupRepository>::all(client.clone()),
@@ -88,7 +88,7 @@ pub async fn run_controller(
     .owns(Api::<Job>::all(client.clone()), jobs())
     .reconcile_all_on(config())
     .shutdown_on_signal()
-    .run(reconcile_repository, retry, ctx.clone())
+    .run(in_span(reconcile_repository), retry, ctx.clone())
     .for_each(log_result);
     // Children live in other namespaces too, where owner references cannot point: they
     // are found by label and mapped to their parent by annotation.
@@ -107,7 +107,7 @@ pub async fn run_controller(
     )
     .reconcile_all_on(config())
     .shutdown_on_signal()
-    .run(reconcile_application_backup, retry, ctx.clone())
+    .run(in_span(reconcile_application_backup), retry, ctx.clone())
     .for_each(log_result);
     let app_restores = Controller::new(
         Api::<ApplicationRestore>::all(client.clone()),
@@ -124,7 +124,7 @@ pub async fn run_controller(
     )
     .reconcile_all_on(config())
     .shutdown_on_signal()
-    .run(reconcile_application_restore, retry, ctx.clone())
+    .run(in_span(reconcile_application_restore), retry, ctx.clone())
     .for_each(log_result);
     // A schedule owns its runs (and its forget Jobs): a run that finishes wakes it.
     let runs = || watcher::Config::default().labels(controller::LABEL_SCHEDULE);
@@ -137,7 +137,7 @@ pub async fn run_controller(
     .owns(Api::<Job>::all(client.clone()), jobs())
     .reconcile_all_on(config())
     .shutdown_on_signal()
-    .run(reconcile_schedule, retry, ctx)
+    .run(in_span(reconcile_schedule), retry, ctx)
     .for_each(log_result);
     futures::join!(
         backups,
@@ -165,14 +165,47 @@ fn config_changes(
         .filter_map(|event| async move { event.ok().map(drop) })
 }
 
+/// `reconcile` inside a span carrying the resource's kind, namespace and name (as
+/// `resource`: the JSON format writes the span's own name as `name`), so every line it logs
+/// says which resource it was about. The span is at ERROR level so that it is
+/// enabled (and its fields appear) whatever level the filter lets through.
+fn in_span<K, F, Fut>(
+    reconcile: F,
+) -> impl Fn(Arc<K>, Arc<Context>) -> tracing::instrument::Instrumented<Fut>
+where
+    K: kube::Resource<DynamicType = ()>,
+    F: Fn(Arc<K>, Arc<Context>) -> Fut,
+    Fut: std::future::Future,
+{
+    move |object, ctx| {
+        let span = tracing::error_span!(
+            "reconcile",
+            kind = %K::kind(&()),
+            namespace = %object.meta().namespace.as_deref().unwrap_or_default(),
+            resource = %object.meta().name.as_deref().unwrap_or_default(),
+        );
+        tracing::Instrument::instrument(reconcile(object, ctx), span)
+    }
+}
+
 async fn log_result<T: std::fmt::Debug, E: std::fmt::Display>(result: Result<T, E>) {
     if let Err(e) = result {
         tracing::warn!(error = %e, "reconcile failed");
     }
 }
 
-fn retry<K>(_: Arc<K>, error: &ControllerError, _: Arc<Context>) -> Requeue {
-    tracing::warn!(error = %error, "retrying in 30s");
+fn retry<K: kube::Resource<DynamicType = ()>>(
+    object: Arc<K>,
+    error: &ControllerError,
+    _: Arc<Context>,
+) -> Requeue {
+    tracing::warn!(
+        kind = %K::kind(&()),
+        namespace = %object.meta().namespace.as_deref().unwrap_or_default(),
+        resource = %object.meta().name.as_deref().unwrap_or_default(),
+        error = %error,
+        "retrying in 30s"
+    );
     Requeue::requeue(Duration::from_secs(30))
 }
 

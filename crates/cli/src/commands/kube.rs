@@ -4,6 +4,7 @@
 //! FUSE-mounts the snapshot of a VolumeBackup, or the snapshots of an ApplicationBackup, on
 //! this machine.
 
+use crate::common::{GlobalOpts, LogFormat};
 use crate::engine::export_credentials;
 use anyhow::{anyhow, Context, Result};
 use cairn_core::{OpenOptions, Repository, SnapshotFilter};
@@ -64,13 +65,13 @@ pub struct ControllerArgs {
     pub max_attempts: u32,
 }
 
-pub fn run(command: KubeCommand) -> Result<ExitCode> {
+pub fn run(g: &GlobalOpts, command: KubeCommand) -> Result<ExitCode> {
     match command {
         KubeCommand::Crds => {
             out!("{}", crds_yaml());
             Ok(ExitCode::SUCCESS)
         }
-        KubeCommand::Controller(a) => controller(a),
+        KubeCommand::Controller(a) => controller(a, g.log_format),
         KubeCommand::Mount(a) => {
             crate::malloc::restart_with_malloc_setting();
             mount(a)
@@ -281,7 +282,7 @@ fn mount_application(a: &MountArgs, namespace: Option<String>, name: &str) -> Re
     Ok(ExitCode::SUCCESS)
 }
 
-fn controller(a: ControllerArgs) -> Result<ExitCode> {
+fn controller(a: ControllerArgs, log_format: LogFormat) -> Result<ExitCode> {
     let options = ControllerOptions {
         namespace: a.namespace,
         config_map: a.config_map,
@@ -289,6 +290,7 @@ fn controller(a: ControllerArgs) -> Result<ExitCode> {
             image: a.job_image,
             service_account: a.job_service_account,
             max_attempts: a.max_attempts,
+            log_format: log_format.as_str().into(),
             ..JobSettings::default()
         },
     };

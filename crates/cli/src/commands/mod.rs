@@ -153,7 +153,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Find(a) => find::run(g, a),
         Command::Unlock(a) => unlock::run(g, a),
         Command::Mount(a) => mount::run(g, a),
-        Command::Kube(k) => kube::run(k),
+        Command::Kube(k) => kube::run(g, k),
         Command::Job(a) => job::run(a),
         Command::Forget(a) => forget::run(g, a),
         Command::Copy(a) => copy::run(g, a),

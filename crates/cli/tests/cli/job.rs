@@ -494,3 +494,61 @@ fn a_job_runs_without_any_cluster() {
     assert!(outcome["totalBytes"].as_u64().unwrap() > included);
     assert!(pod.api.requests().is_empty());
 }
+
+#[test]
+fn json_log_lines_name_the_resource_the_job_works_for() {
+    let pod = Pod::new("job-json-log");
+    let data = pod.path("data");
+    volume(&data);
+    let termination = pod.path("termination-log");
+    let mut cmd = pod.cairn();
+    // As the controller's Jobs get it: through the environment.
+    cmd.args([
+        "job",
+        "backup",
+        "--namespace",
+        "shop",
+        "--volume-backup",
+        "db-nightly",
+    ])
+    .arg("--source")
+    .arg(&data)
+    .arg("--termination-log")
+    .arg(&termination)
+    .env("CAIRN_LOG_FORMAT", "json")
+    .env("CAIRN_LOCATION", pod.location.location())
+    .env("CAIRN_PASSWORD", PASSWORD)
+    .env("CAIRN_CACHE_DIR", pod.path("cache"))
+    .envs(aws_env());
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}")))
+        .collect();
+    // Only the warning that the API is out of reach comes before the job starts.
+    let job_lines: Vec<&Value> = lines
+        .iter()
+        .filter(|l| {
+            !l["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("no Kubernetes API access")
+        })
+        .collect();
+    assert!(
+        job_lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "backup done"),
+        "{stderr}"
+    );
+    for line in job_lines {
+        assert!(line["timestamp"].is_string(), "{line}");
+        assert!(line["level"].is_string(), "{line}");
+        assert!(line["fields"]["message"].is_string(), "{line}");
+        assert_eq!(line["span"]["namespace"], "shop", "{line}");
+        assert_eq!(line["span"]["resource"], "db-nightly", "{line}");
+        assert_eq!(line["span"]["kind"], "VolumeBackup", "{line}");
+    }
+}

@@ -61,6 +61,16 @@ impl Cluster {
     /// repository Secrets, StorageClass `fast` with a VolumeSnapshotClass), an
     /// initialised repository `main`, and the controller running.
     fn start_with_maintenance(name: &str, config_map: Value, maintenance: Value) -> Cluster {
+        Cluster::start_with_args(name, config_map, maintenance, &[])
+    }
+
+    /// [`Cluster::start_with_maintenance`], with `args` added to the controller's command.
+    fn start_with_args(
+        name: &str,
+        config_map: Value,
+        maintenance: Value,
+        args: &[&str],
+    ) -> Cluster {
         // Checkpoints every 20 ms instead of every 5 minutes: a retry of a backup that
         // ran for seconds has something to resume from.
         let mut env = vec![
@@ -142,6 +152,7 @@ impl Cluster {
                 "--job-image",
                 IMAGE,
             ])
+            .args(args)
             .env("KUBECONFIG", sim.kubeconfig())
             .env("RUST_LOG", "info,kube=warn")
             .env("HOME", dir.path())
@@ -223,6 +234,35 @@ impl Cluster {
 
     pub(crate) fn controller_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("controller.log")).unwrap_or_default()
+    }
+
+    /// The controller (run with `--log-format json`) wrote only JSON lines, and logged from
+    /// the reconcile of each of `resources` with its namespace and name; its Jobs were told
+    /// to log JSON too.
+    fn assert_json_log_names_resources(&self, resources: &[(&str, &str)]) {
+        let log = self.controller_log();
+        let lines: Vec<Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}")))
+            .collect();
+        for (kind, name) in resources {
+            assert!(
+                lines.iter().any(|l| l["span"]["kind"] == *kind
+                    && l["span"]["namespace"] == NS
+                    && l["span"]["resource"] == *name
+                    && l["fields"]["message"].is_string()),
+                "no log line of the reconcile of {kind} {NS}/{name}:\n{log}"
+            );
+        }
+        let jobs = self.sim.list("batch/v1", "Job", Some(NS));
+        assert!(!jobs.is_empty());
+        for job in &jobs {
+            let env = &job["spec"]["template"]["spec"]["containers"][0]["env"];
+            let format = env
+                .as_array()
+                .and_then(|e| e.iter().find(|v| v["name"] == "CAIRN_LOG_FORMAT"));
+            assert_eq!(format.map(|v| &v["value"]), Some(&json!("json")), "{job}");
+        }
     }
 
     /// The backup Jobs the controller created, by name, in creation order.
@@ -350,7 +390,12 @@ pub(crate) fn small_files() -> Vec<(&'static str, Vec<u8>)> {
 
 #[test]
 fn snapshot_backup_completes_and_restores_into_a_new_pvc() {
-    let c = Cluster::start("e2e-snapshot", config(&[]));
+    let c = Cluster::start_with_args(
+        "e2e-snapshot",
+        config(&[]),
+        json!({"suspend": true}),
+        &["--log-format", "json"],
+    );
     let source = c.volume("data", &small_files());
     c.backup("nightly", "data", json!({}));
     let vb = c.wait_phase("VolumeBackup", "nightly", &["Completed"]);
@@ -405,6 +450,7 @@ fn snapshot_backup_completes_and_restores_into_a_new_pvc() {
         .expect("restored PVC bound");
     assert_eq!(tree(&restored), tree(&source));
     c.assert_no_pruned_fields();
+    c.assert_json_log_names_resources(&[("VolumeBackup", "nightly"), ("VolumeRestore", "back")]);
 }
 
 #[test]

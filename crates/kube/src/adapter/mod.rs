@@ -165,19 +165,28 @@ async fn patch_status<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
-    let body = status_patch(
-        &target.old_status,
-        &serde_json::to_value(status).unwrap_or_default(),
-    );
+    let new = serde_json::to_value(status).unwrap_or_default();
+    let body = status_patch(&target.old_status, &new);
     api.patch_status(&target.name, &PatchParams::default(), &Patch::Merge(&body))
         .await
-        .map(drop)
         .map_err(api_err(format!(
             "patching {} {}/{} status",
             K::kind(&()),
             target.namespace,
             target.name
-        )))
+        )))?;
+    log_phase_change::<K>(&target.old_status, &new);
+    Ok(())
+}
+
+/// Logs (at info) a status patch that changed the resource's `phase`.
+fn log_phase_change<K: Resource<DynamicType = ()>>(old: &Value, new: &Value) {
+    let (from, to) = (old.get("phase"), new.get("phase"));
+    if let Some(to) = to.and_then(Value::as_str).filter(|_| from != to) {
+        let from = from.and_then(Value::as_str).unwrap_or("(none)");
+        let reason = new.get("failureReason").and_then(Value::as_str);
+        tracing::info!(kind = %K::kind(&()), from, to, reason, "phase changed");
+    }
 }
 
 /// Merge-patches only the top-level status fields that differ between the target's observed
@@ -190,22 +199,21 @@ async fn patch_status_diff<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
-    let body = status_diff_patch(
-        &target.old_status,
-        &serde_json::to_value(status).unwrap_or_default(),
-    );
+    let new = serde_json::to_value(status).unwrap_or_default();
+    let body = status_diff_patch(&target.old_status, &new);
     if body["status"].as_object().is_some_and(|m| m.is_empty()) {
         return Ok(());
     }
     api.patch_status(&target.name, &PatchParams::default(), &Patch::Merge(&body))
         .await
-        .map(drop)
         .map_err(api_err(format!(
             "patching {} {}/{} status",
             K::kind(&()),
             target.namespace,
             target.name
-        )))
+        )))?;
+    log_phase_change::<K>(&target.old_status, &new);
+    Ok(())
 }
 
 /// A merge patch of the top-level fields of `new` that differ from `old` (removed ones as

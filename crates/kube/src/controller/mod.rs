@@ -53,6 +53,9 @@ pub struct JobSettings {
     pub max_attempts: u32,
     /// Seconds a finished Job (and its pod logs) stay around.
     pub ttl_seconds_after_finished: i32,
+    /// The controller's log format (`text` or `json`), passed to the Jobs as
+    /// `CAIRN_LOG_FORMAT` so their pod logs read like the controller's.
+    pub log_format: String,
 }
 
 impl Default for JobSettings {
@@ -62,6 +65,7 @@ impl Default for JobSettings {
             service_account: "cairn-job".into(),
             max_attempts: 3,
             ttl_seconds_after_finished: 86_400,
+            log_format: "text".into(),
         }
     }
 }

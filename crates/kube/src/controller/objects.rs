@@ -243,6 +243,7 @@ pub fn job(spec: &JobSpec<'_>, config: &Config, settings: &JobSettings) -> Job {
     let mut env = vec![
         json!({ "name": "RUST_LOG", "value": "info" }),
         json!({ "name": "TMPDIR", "value": SCRATCH_DIR }),
+        json!({ "name": "CAIRN_LOG_FORMAT", "value": settings.log_format }),
     ];
     if spec.with_excludes {
         if let Some(list) = &config.exclude_file_list {

@@ -230,7 +230,8 @@ async fn capture(
     };
     let result = {
         let req = req.clone();
-        tokio::task::spawn_blocking(move || engine.backup(&req, &|_| {}))
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| engine.backup(&req, &|_| {})))
             .await
             .map_err(|e| Failure::fatal(format!("the engine stopped unexpectedly: {e}")))?
     };

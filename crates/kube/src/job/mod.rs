@@ -59,6 +59,39 @@ pub async fn run_job(
     engine: Arc<dyn Engine>,
     client: Option<kube::Client>,
 ) -> Result<JobOutcome, JobError> {
+    // Every line the job logs (also from the engine's thread) names what it works for.
+    let (kind, name) = job_resource(&params);
+    let span = tracing::error_span!(
+        "job",
+        command = ?params.command,
+        namespace = %params.namespace.as_deref().unwrap_or_default(),
+        kind,
+        resource = %name,
+    );
+    tracing::Instrument::instrument(run_job_in_span(params, engine, client), span).await
+}
+
+/// The kind and name of the resource a job works for: its VolumeBackup, VolumeRestore,
+/// ApplicationBackup or ApplicationRestore, else its BackupRepository.
+fn job_resource(params: &JobParams) -> (&'static str, &str) {
+    let named = [
+        ("VolumeBackup", &params.volume_backup),
+        ("VolumeRestore", &params.volume_restore),
+        ("ApplicationBackup", &params.application_backup),
+        ("ApplicationRestore", &params.application_restore),
+        ("BackupRepository", &params.repository_name),
+    ];
+    named
+        .into_iter()
+        .find_map(|(kind, name)| Some((kind, name.as_deref()?)))
+        .unwrap_or(("", ""))
+}
+
+async fn run_job_in_span(
+    params: JobParams,
+    engine: Arc<dyn Engine>,
+    client: Option<kube::Client>,
+) -> Result<JobOutcome, JobError> {
     if matches!(
         params.command,
         JobCommand::CaptureResources | JobCommand::RestoreResources
@@ -76,9 +109,12 @@ pub async fn run_job(
     let work = {
         let params = params.clone();
         let engine = engine.clone();
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
-            run_engine(&params, engine.as_ref(), &move |p| {
-                tx.send_replace(Some(p));
+            span.in_scope(|| {
+                run_engine(&params, engine.as_ref(), &move |p| {
+                    tx.send_replace(Some(p));
+                })
             })
         })
     };

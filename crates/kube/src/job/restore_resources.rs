@@ -86,7 +86,8 @@ async fn restore(
         target: root.clone(),
         include_paths: Vec::new(),
     };
-    tokio::task::spawn_blocking(move || engine.restore(&req, &|_| {}))
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(|| engine.restore(&req, &|_| {})))
         .await
         .map_err(|e| Failure::fatal(format!("the engine stopped unexpectedly: {e}")))?
         .map_err(|e| Failure {
