@@ -152,17 +152,7 @@ fn an_application_backup_quiesces_every_pod_around_one_group_of_snapshots() {
     c.sim.wait_for("the capture Job", PATIENCE, |_| {
         c.get("Job", "nightly-capture-1")
     });
-    let ab = c.sim.wait_for("nightly Completed", PATIENCE, |_| {
-        let ab = c.get("ApplicationBackup", "nightly")?;
-        let phase = ab["status"]["phase"].as_str()?.to_string();
-        assert!(
-            !matches!(phase.as_str(), "Failed" | "PartiallyFailed" | "Canceled"),
-            "nightly ended {phase}: {}\ncontroller log:\n{}",
-            ab["status"],
-            c.controller_log()
-        );
-        (phase == "Completed").then_some(ab)
-    });
+    let ab = c.wait_phase("ApplicationBackup", "nightly", &["Completed"]);
     assert!(
         ab["status"]["resourceSnapshotId"].as_str().is_some(),
         "{}",
@@ -189,17 +179,7 @@ fn an_application_backup_quiesces_every_pod_around_one_group_of_snapshots() {
         "spec": {"source": {"applicationBackup": "nightly"},
                  "namespaceMapping": {NS: "shop-dr"}}}),
     );
-    let ar = c.sim.wait_for("to-dr Completed", PATIENCE, |_| {
-        let ar = c.get("ApplicationRestore", "to-dr")?;
-        let phase = ar["status"]["phase"].as_str()?.to_string();
-        assert!(
-            !matches!(phase.as_str(), "Failed" | "PartiallyFailed" | "Canceled"),
-            "to-dr ended {phase}: {}\ncontroller log:\n{}",
-            ar["status"],
-            c.controller_log()
-        );
-        (phase == "Completed").then_some(ar)
-    });
+    let ar = c.wait_phase("ApplicationRestore", "to-dr", &["Completed"]);
     assert_eq!(ar["status"]["failed"], 0, "{}", ar["status"]);
     assert!(
         ar["status"]["created"].as_u64().unwrap_or(0) >= 6,
@@ -277,17 +257,7 @@ fn an_application_backup_quiesces_every_pod_around_one_group_of_snapshots() {
                  "namespaceMapping": {NS: "shop-far"},
                  "excludedResources": ["pods"]}}),
     );
-    c.sim.wait_for("from-repository Completed", PATIENCE, |_| {
-        let ar = c.get("ApplicationRestore", "from-repository")?;
-        let phase = ar["status"]["phase"].as_str()?.to_string();
-        assert!(
-            !matches!(phase.as_str(), "Failed" | "PartiallyFailed" | "Canceled"),
-            "from-repository ended {phase}: {}\ncontroller log:\n{}",
-            ar["status"],
-            c.controller_log()
-        );
-        (phase == "Completed").then_some(())
-    });
+    c.wait_phase("ApplicationRestore", "from-repository", &["Completed"]);
     for (claim, source) in claims.iter().zip(&volumes) {
         let restored = c
             .sim

@@ -215,12 +215,16 @@ impl Cluster {
     }
 
     /// Waits for the resource's `status.phase` to be one of `phases`; returns the object.
-    fn wait_phase(&self, kind: &str, name: &str, phases: &[&str]) -> Value {
+    pub(crate) fn wait_phase(&self, kind: &str, name: &str, phases: &[&str]) -> Value {
         self.sim
             .wait_for(&format!("{kind} {name} in {phases:?}"), PATIENCE, |_| {
                 let o = self.get(kind, name)?;
                 let phase = o["status"]["phase"].as_str()?;
-                if !phases.contains(&phase) && matches!(phase, "Completed" | "Failed" | "Canceled")
+                if !phases.contains(&phase)
+                    && matches!(
+                        phase,
+                        "Completed" | "PartiallyFailed" | "Failed" | "Canceled"
+                    )
                 {
                     panic!(
                         "{kind} {name} ended {phase}: {}\ncontroller log:\n{}",
