@@ -11,6 +11,7 @@ mod decide_restore_repository;
 mod decide_schedule;
 mod image;
 mod job_mode;
+mod kdmp;
 mod manifests;
 mod mount;
 mod resources_capture;
