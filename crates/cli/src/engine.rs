@@ -16,7 +16,7 @@ use cairn_core::{OpenOptions, Repository, SnapshotFilter};
 use cairn_kube::crd::MaintenanceKind;
 use cairn_kube::job::{
     BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress, ForgetJobRequest,
-    MaintenanceJobRequest, RepositoryAccess, RestoreJobRequest, RestoreJobResult, SnapshotSummary,
+    LocationContent, MaintenanceJobRequest, RepositoryAccess, RestoreJobRequest, RestoreJobResult, SnapshotSummary,
 };
 use cairn_policy::exclude::{ExcludeOptions, Excluder};
 use cairn_policy::retention::{apply, SnapshotInfo};
@@ -70,7 +70,7 @@ fn is_env_name(name: &str) -> bool {
 }
 
 /// An engine error from a cairn-core error: its message, and whether a retry can help.
-fn core_error(context: &str, e: cairn_core::Error) -> EngineError {
+pub(crate) fn core_error(context: &str, e: cairn_core::Error) -> EngineError {
     EngineError {
         message: format!("{context}: {e}"),
         retryable: e.is_retryable(),
@@ -78,7 +78,7 @@ fn core_error(context: &str, e: cairn_core::Error) -> EngineError {
 }
 
 /// A failure that running again cannot fix (bad input, bad configuration).
-fn permanent(message: String) -> EngineError {
+pub(crate) fn permanent(message: String) -> EngineError {
     EngineError {
         message,
         retryable: false,
@@ -86,7 +86,7 @@ fn permanent(message: String) -> EngineError {
 }
 
 /// Opens the repository `access` names.
-fn open(access: &RepositoryAccess) -> Result<Repository, EngineError> {
+pub(crate) fn open(access: &RepositoryAccess) -> Result<Repository, EngineError> {
     export_credentials(&access.credentials);
     let storage = cairn_storage::open_with(&access.location, &Default::default()).map_err(|e| {
         EngineError {
@@ -421,6 +421,29 @@ impl Engine for CoreEngine {
             "forgot {removed} snapshot(s) tagged {}, kept {kept}; maintenance reclaims their data",
             filter.tags.join(",")
         ))
+    }
+
+    fn inspect_location(
+        &self,
+        repository: &RepositoryAccess,
+    ) -> Result<LocationContent, EngineError> {
+        crate::engine_location::inspect_location(repository)
+    }
+
+    fn init_repository(
+        &self,
+        repository: &RepositoryAccess,
+        zstd_level: Option<i32>,
+    ) -> Result<(), EngineError> {
+        crate::engine_location::init_repository(repository, zstd_level)
+    }
+
+    fn list_repositories(&self, location: &RepositoryAccess) -> Result<Vec<String>, EngineError> {
+        crate::engine_location::list_repositories(location)
+    }
+
+    fn forget_snapshot(&self, repository: &RepositoryAccess, id: &str) -> Result<bool, EngineError> {
+        crate::engine_location::forget_snapshot(repository, id)
     }
 
     fn list_snapshots(

@@ -11,12 +11,17 @@ mod output;
 mod commands;
 mod common;
 mod engine;
+mod engine_location;
 mod malloc;
 
 use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // KDMP's job image runs `/kopiaexecutor <op> ...`: the binary under that name.
+    if commands::invoked_as_executor() {
+        return commands::main_as_executor();
+    }
     let cli = commands::Cli::parse();
     common::init_logging(cli.global.verbose, cli.global.quiet, cli.global.log_format);
     match commands::run(cli) {

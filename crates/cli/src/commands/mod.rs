@@ -10,6 +10,7 @@ mod forget;
 mod init;
 mod job;
 mod key;
+mod kopiaexecutor;
 mod kube;
 mod ls;
 mod maintenance;
@@ -25,6 +26,8 @@ use crate::common::GlobalOpts;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::process::ExitCode;
+
+pub use kopiaexecutor::{invoked_as_executor, main_as_executor};
 
 /// cairn: deduplicated, compressed, encrypted backups of directories and volumes.
 #[derive(Parser, Debug)]
@@ -124,6 +127,9 @@ pub enum Command {
     /// Job mode: what the Jobs the controller creates run (backup, restore, maintenance,
     /// catalog).
     Job(job::JobArgs),
+    /// KDMP's job image contract: back up, restore, delete or maintain as KDMP's
+    /// `kopiaexecutor` does (also answered as `/kopiaexecutor` through a link).
+    Kopiaexecutor(kopiaexecutor::KopiaExecutorArgs),
     /// Remove the snapshots a retention policy does not keep (per host and source).
     Forget(forget::ForgetArgs),
     /// Copy snapshots to another repository (deduplicated there).
@@ -155,6 +161,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Mount(a) => mount::run(g, a),
         Command::Kube(k) => kube::run(g, k),
         Command::Job(a) => job::run(a),
+        Command::Kopiaexecutor(a) => kopiaexecutor::run(a),
         Command::Forget(a) => forget::run(g, a),
         Command::Copy(a) => copy::run(g, a),
         Command::Prune(a) => prune::run(g, a),

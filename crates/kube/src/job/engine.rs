@@ -157,6 +157,27 @@ pub struct EngineError {
     pub retryable: bool,
 }
 
+/// What the location of a repository holds, looked at without its password.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocationContent {
+    /// Nothing: a repository may be created there.
+    Empty,
+    /// A cairn repository (possibly damaged; opening it says how).
+    Cairn,
+    /// A kopia repository (`kopia.repository`, or `kopia.repository.f` on a file system).
+    Kopia,
+    /// Objects that belong to neither; the first one's name.
+    Unknown(String),
+}
+
+/// The error of an [`Engine`] method this engine does not provide.
+fn unsupported(what: &str) -> EngineError {
+    EngineError {
+        message: format!("{what} is not supported by this engine"),
+        retryable: false,
+    }
+}
+
 /// The storage engine. Calls are blocking; job mode runs them off the async runtime.
 pub trait Engine: Send + Sync {
     /// Backs up `req.source`, calling `progress` as bytes are processed.
@@ -181,4 +202,35 @@ pub trait Engine: Send + Sync {
         &self,
         repository: &RepositoryAccess,
     ) -> Result<Vec<SnapshotSummary>, EngineError>;
+    /// What `repository.location` holds (the KDMP executor decides from it whether to
+    /// create a repository or to refuse a kopia one).
+    fn inspect_location(
+        &self,
+        repository: &RepositoryAccess,
+    ) -> Result<LocationContent, EngineError> {
+        let _ = repository;
+        Err(unsupported("inspecting a repository location"))
+    }
+    /// Creates a repository at `repository.location` with its password; `zstd_level`
+    /// overrides the default compression of new data.
+    fn init_repository(
+        &self,
+        repository: &RepositoryAccess,
+        zstd_level: Option<i32>,
+    ) -> Result<(), EngineError> {
+        let _ = (repository, zstd_level);
+        Err(unsupported("creating a repository"))
+    }
+    /// The folders directly under `location.location` that hold a cairn repository, by
+    /// name, sorted.
+    fn list_repositories(&self, location: &RepositoryAccess) -> Result<Vec<String>, EngineError> {
+        let _ = location;
+        Err(unsupported("listing repositories"))
+    }
+    /// Forgets the snapshot whose full id is `id`; `Ok(false)` when there is none. Never
+    /// deletes data (maintenance reclaims it).
+    fn forget_snapshot(&self, repository: &RepositoryAccess, id: &str) -> Result<bool, EngineError> {
+        let _ = (repository, id);
+        Err(unsupported("forgetting a snapshot"))
+    }
 }
