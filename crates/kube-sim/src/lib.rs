@@ -75,6 +75,10 @@ pub struct SimOptions {
     pub tick: Duration,
     /// Default snapshot behaviour.
     pub snapshots: SnapshotBehaviour,
+    /// Files every container's filesystem holds besides its mounts: container path -> host
+    /// path (such as `/kopiaexecutor` -> a link to the cairn binary). Arguments naming them
+    /// are rewritten as mount paths are, also word by word inside a `sh -c` script.
+    pub image_files: BTreeMap<String, PathBuf>,
 }
 
 impl Default for SimOptions {
@@ -86,6 +90,7 @@ impl Default for SimOptions {
             history: 20_000,
             tick: Duration::from_millis(100),
             snapshots: SnapshotBehaviour::ReadyAfter(Duration::from_millis(500)),
+            image_files: BTreeMap::new(),
         }
     }
 }

@@ -575,6 +575,9 @@ fn prepare(
     if let Some(path) = container["terminationMessagePath"].as_str() {
         mounts.push((path.to_string(), termination.clone()));
     }
+    for (container_path, host) in &shared.options.image_files {
+        mounts.push((container_path.clone(), host.clone()));
+    }
     mounts.sort_by_key(|(c, _)| std::cmp::Reverse(c.len()));
     let mut env: Vec<(String, String)> = vec![
         (
@@ -688,7 +691,33 @@ fn prepare(
         }
         None => image.entrypoint.clone(),
     };
+    rewrite_shell_script(&program, &mut args, &mounts);
     Ok((program, args, env, mounts))
+}
+
+/// For a shell run as `sh [-x] -c SCRIPT` (how KDMP starts its executor), rewrites the
+/// container paths in the script word by word (words separated by single spaces, as
+/// KDMP joins them).
+fn rewrite_shell_script(
+    program: &std::path::Path,
+    args: &mut [String],
+    mounts: &[(String, PathBuf)],
+) {
+    let shell = program
+        .file_name()
+        .is_some_and(|n| n == "sh" || n == "bash");
+    if !shell {
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "-c") {
+        if let Some(script) = args.get_mut(i + 1) {
+            *script = script
+                .split(' ')
+                .map(|word| rewrite(word, mounts))
+                .collect::<Vec<_>>()
+                .join(" ");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -709,5 +738,32 @@ mod tests {
             "--password-file=/h/pw/k"
         );
         assert_eq!(rewrite("backup", &mounts), "backup");
+    }
+
+    #[test]
+    fn a_shell_script_has_its_container_paths_rewritten_word_by_word() {
+        let mounts = vec![
+            (
+                "/kopiaexecutor".to_string(),
+                PathBuf::from("/h/bin/kopiaexecutor"),
+            ),
+            ("/data".to_string(), PathBuf::from("/h/vol")),
+        ];
+        let mut args: Vec<String> = [
+            "-x",
+            "-c",
+            "/kopiaexecutor backup --source-path /data --x /database",
+        ]
+        .map(String::from)
+        .to_vec();
+        rewrite_shell_script(std::path::Path::new("/bin/sh"), &mut args, &mounts);
+        assert_eq!(
+            args[2],
+            "/h/bin/kopiaexecutor backup --source-path /h/vol --x /database"
+        );
+        let mut other = args.clone();
+        other[2] = "/data".into();
+        rewrite_shell_script(std::path::Path::new("/bin/cairn"), &mut other, &mounts);
+        assert_eq!(other[2], "/data", "only a shell's script is rewritten");
     }
 }
