@@ -12,6 +12,7 @@ mod decide_schedule;
 mod image;
 mod job_mode;
 mod kdmp;
+mod kdmp_executor;
 mod manifests;
 mod mount;
 mod resources_capture;
