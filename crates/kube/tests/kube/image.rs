@@ -148,3 +148,25 @@ fn the_image_binary_carries_no_debug_info() {
     assert!(dockerfile.contains("CARGO_PROFILE_RELEASE_DEBUG=0"));
     assert!(dockerfile.contains("CARGO_PROFILE_RELEASE_STRIP=debuginfo"));
 }
+
+/// KDMP runs `/bin/sh -x -c "/kopiaexecutor ..."` and Stork `sleep 5` in the same image, as
+/// a non-root user: the link, a shell and sleep must be in the final stage, before USER.
+#[test]
+fn the_image_answers_as_kdmps_kopiaexecutor() {
+    let dockerfile = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
+    let final_stage = dockerfile
+        .rsplit_once("\nFROM ")
+        .map(|(_, stage)| stage)
+        .unwrap();
+    assert!(
+        final_stage.starts_with("debian:bookworm-slim"),
+        "the shell and sleep come from debian's base image: {final_stage}"
+    );
+    let link = final_stage
+        .find("RUN ln -s /usr/local/bin/cairn /kopiaexecutor")
+        .expect("the /kopiaexecutor link in the final stage");
+    let user = final_stage
+        .find("\nUSER 65532:65532")
+        .expect("a non-root user");
+    assert!(link < user, "the link is made as root, before USER");
+}
