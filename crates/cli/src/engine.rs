@@ -16,7 +16,8 @@ use cairn_core::{OpenOptions, Repository, SnapshotFilter};
 use cairn_kube::crd::MaintenanceKind;
 use cairn_kube::job::{
     BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress, ForgetJobRequest,
-    LocationContent, MaintenanceJobRequest, RepositoryAccess, RestoreJobRequest, RestoreJobResult, SnapshotSummary,
+    LocationContent, MaintenanceJobRequest, RepositoryAccess, RestoreJobRequest, RestoreJobResult,
+    SnapshotSummary,
 };
 use cairn_policy::exclude::{ExcludeOptions, Excluder};
 use cairn_policy::retention::{apply, SnapshotInfo};
@@ -442,7 +443,11 @@ impl Engine for CoreEngine {
         crate::engine_location::list_repositories(location)
     }
 
-    fn forget_snapshot(&self, repository: &RepositoryAccess, id: &str) -> Result<bool, EngineError> {
+    fn forget_snapshot(
+        &self,
+        repository: &RepositoryAccess,
+        id: &str,
+    ) -> Result<bool, EngineError> {
         crate::engine_location::forget_snapshot(repository, id)
     }
 

@@ -73,7 +73,10 @@ pub fn inspect_location(access: &RepositoryAccess) -> Result<LocationContent, En
     })
 }
 
-pub fn init_repository(access: &RepositoryAccess, zstd_level: Option<i32>) -> Result<(), EngineError> {
+pub fn init_repository(
+    access: &RepositoryAccess,
+    zstd_level: Option<i32>,
+) -> Result<(), EngineError> {
     let storage = storage(access)?;
     let mut opts = InitOptions::default();
     if let Some(level) = zstd_level {

@@ -87,9 +87,7 @@ pub fn run(a: KopiaExecutorArgs) -> Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(async move {
-        let client = kube::Client::try_default()
-            .await
-            .map_err(|e| e.to_string());
+        let client = kube::Client::try_default().await.map_err(|e| e.to_string());
         kdmp::run(command, &env, Arc::new(CoreEngine), client).await
     });
     match result {

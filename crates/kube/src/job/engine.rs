@@ -229,7 +229,11 @@ pub trait Engine: Send + Sync {
     }
     /// Forgets the snapshot whose full id is `id`; `Ok(false)` when there is none. Never
     /// deletes data (maintenance reclaims it).
-    fn forget_snapshot(&self, repository: &RepositoryAccess, id: &str) -> Result<bool, EngineError> {
+    fn forget_snapshot(
+        &self,
+        repository: &RepositoryAccess,
+        id: &str,
+    ) -> Result<bool, EngineError> {
         let _ = (repository, id);
         Err(unsupported("forgetting a snapshot"))
     }

@@ -13,7 +13,8 @@ pub use capture::{TAG_APPLICATION_BACKUP, TAG_CONTENT};
 pub use catalog::{snapshot_object, snapshot_object_name};
 pub use engine::{
     BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress, ForgetJobRequest,
-    LocationContent, MaintenanceJobRequest, RepositoryAccess, RestoreJobRequest, RestoreJobResult, SnapshotSummary,
+    LocationContent, MaintenanceJobRequest, RepositoryAccess, RestoreJobRequest, RestoreJobResult,
+    SnapshotSummary,
 };
 pub use params::{secret_value, JobCommand, JobParams};
 pub use restore_resources::{replacement, status_patch, Applied, StageCounts, MAX_FAILURES};
