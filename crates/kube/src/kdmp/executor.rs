@@ -53,9 +53,11 @@ impl ExecutorEnv {
             None => Duration::from_secs(5),
             Some(v) => match v.parse::<f64>() {
                 Ok(s) if s > 0.0 && s < 3600.0 => Duration::from_secs_f64(s),
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "CAIRN_KDMP_PROGRESS_INTERVAL={v:?}: expected seconds, above 0 and below 3600"
-                )),
+                ))
+                }
             },
         };
         let tmp = var("TMPDIR").unwrap_or_else(|| "/tmp".into());

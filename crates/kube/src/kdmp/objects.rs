@@ -79,8 +79,8 @@ pub enum ObjectError {
         namespace: String,
         /// Name.
         name: String,
-        /// The error.
-        source: kube::Error,
+        /// The error (boxed: it is large, and errors travel through every return).
+        source: Box<kube::Error>,
     },
     /// The object exists in a state this run must not touch.
     #[error("{0}")]
@@ -90,7 +90,7 @@ pub enum ObjectError {
 impl ObjectError {
     /// Whether the object does not exist.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, ObjectError::Api { source: kube::Error::Api(s), .. } if s.code == 404)
+        matches!(self, ObjectError::Api { source, .. } if matches!(&**source, kube::Error::Api(s) if s.code == 404))
     }
 }
 
@@ -106,7 +106,7 @@ fn api_error(
         kind: kind.kind(),
         namespace: api.namespace().unwrap_or_default().to_string(),
         name: name.to_string(),
-        source,
+        source: Box::new(source),
     }
 }
 
