@@ -547,3 +547,34 @@ fn kdmp_delete_and_maintenance_update_their_objects_and_a_kopia_location_is_refu
         "fields the API server dropped"
     );
 }
+
+/// The binary answers as the executor both as `cairn kopiaexecutor` and under the name
+/// `kopiaexecutor`; a command line KDMP would not build exits 2 naming what is wrong.
+#[test]
+fn the_executor_is_reached_by_name_and_by_subcommand_and_refuses_bad_command_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("kopiaexecutor");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cairn"), &link).unwrap();
+    let by_name = std::process::Command::new(&link)
+        .args(["backup", "--volume-backup-name", "vb"])
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let by_subcommand = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["kopiaexecutor", "backup", "--volume-backup-name", "vb"])
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    for out in [&by_name, &by_subcommand] {
+        assert_eq!(out.status.code(), Some(2), "{}", crate::common::text(out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("backup needs --repository"), "{stderr}");
+    }
+    let unknown = std::process::Command::new(&link)
+        .arg("snapshot")
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown operation \"snapshot\""));
+}
