@@ -14,6 +14,7 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod job;
+pub mod metrics;
 pub mod mount;
 pub mod protocol;
 pub mod resources;
