@@ -12,6 +12,7 @@ mod decide_schedule;
 mod image;
 mod job_mode;
 mod manifests;
+mod monitoring;
 mod mount;
 mod resources_capture;
 mod resources_plan;
