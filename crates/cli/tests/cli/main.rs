@@ -10,6 +10,7 @@ mod engine_v1;
 mod job;
 mod kube_app;
 mod kube_e2e;
+mod kube_metrics;
 mod kube_mount;
 mod kube_schedule;
 mod maintenance_a;
