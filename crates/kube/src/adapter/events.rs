@@ -156,10 +156,12 @@ fn schedule_events(old: &Value, new: &Value, events: &mut Vec<EventSpec>) {
     }
 }
 
-/// The core/v1 Event recording `spec` about `object` (as the API server returned it), named
-/// `<resource>.<hex of now in nanoseconds>` like the Events of Kubernetes' own controllers.
+/// The core/v1 Event recording `spec` about `object` (as the API server returned it) in
+/// `namespace` (the object's), named `<resource>.<hex of now in nanoseconds>` like the
+/// Events of Kubernetes' own controllers.
 pub fn event_object<K: Resource<DynamicType = ()>>(
     object: &K,
+    namespace: &str,
     spec: &EventSpec,
     now: jiff::Timestamp,
 ) -> Event {
@@ -169,14 +171,14 @@ pub fn event_object<K: Resource<DynamicType = ()>>(
     Event {
         metadata: ObjectMeta {
             name: Some(format!("{name}.{nanos:x}")),
-            namespace: meta.namespace.clone(),
+            namespace: Some(namespace.into()),
             ..ObjectMeta::default()
         },
         involved_object: ObjectReference {
             api_version: Some(K::api_version(&()).into_owned()),
             kind: Some(K::kind(&()).into_owned()),
             name: Some(name),
-            namespace: meta.namespace.clone(),
+            namespace: Some(namespace.into()),
             uid: meta.uid.clone(),
             resource_version: meta.resource_version.clone(),
             ..ObjectReference::default()
@@ -201,11 +203,12 @@ pub fn event_object<K: Resource<DynamicType = ()>>(
     }
 }
 
-/// Records the Events of a status patch from `old` to `new` on `object`; failures are
-/// logged only.
+/// Records the Events of a status patch from `old` to `new` on `object`, in namespace
+/// `ns`; failures are logged only.
 pub(crate) async fn record<K: Resource<DynamicType = ()>>(
     client: kube::Client,
     object: &K,
+    ns: &str,
     old: &Value,
     new: &Value,
 ) {
@@ -213,10 +216,9 @@ pub(crate) async fn record<K: Resource<DynamicType = ()>>(
     if specs.is_empty() {
         return;
     }
-    let ns = object.meta().namespace.clone().unwrap_or_default();
-    let api: Api<Event> = Api::namespaced(client, &ns);
+    let api: Api<Event> = Api::namespaced(client, ns);
     for spec in &specs {
-        let event = event_object(object, spec, jiff::Timestamp::now());
+        let event = event_object(object, ns, spec, jiff::Timestamp::now());
         if let Err(e) = api.create(&PostParams::default(), &event).await {
             tracing::warn!(
                 reason = %spec.reason,

@@ -179,18 +179,21 @@ where
             target.name
         )))?;
     log_phase_change::<K>(&target.old_status, &new);
-    report(api, &patched, &target.old_status, &new).await;
+    report(api, &patched, target, &new).await;
     Ok(())
 }
 
 /// Counts the transitions of a status patch that succeeded and records its Events.
-async fn report<K>(api: &Api<K>, patched: &K, old: &Value, new: &Value)
+async fn report<K>(api: &Api<K>, patched: &K, target: &Target, new: &Value)
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
 {
-    let object = serde_json::to_value(patched).unwrap_or_default();
+    let old = &target.old_status;
+    let mut object = serde_json::to_value(patched).unwrap_or_default();
+    object["metadata"]["namespace"] = Value::from(target.namespace.as_str());
     crate::metrics::global().record(&K::kind(&()), &object, old, new);
-    events::record(api.clone().into_client(), patched, old, new).await;
+    let client = api.clone().into_client();
+    events::record(client, patched, &target.namespace, old, new).await;
 }
 
 /// Logs (at info) a status patch that changed the resource's `phase`.
@@ -228,7 +231,7 @@ where
             target.name
         )))?;
     log_phase_change::<K>(&target.old_status, &new);
-    report(api, &patched, &target.old_status, &new).await;
+    report(api, &patched, target, &new).await;
     Ok(())
 }
 
