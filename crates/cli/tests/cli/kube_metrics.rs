@@ -56,7 +56,10 @@ impl Prometheus {
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
         let child = Command::new(binary)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(log)
@@ -73,7 +76,9 @@ impl Prometheus {
     /// answering yet.
     fn get(&self, path_and_query: &str) -> Option<Value> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .ok()?;
         write!(
             stream,
             "GET {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n"
@@ -162,15 +167,21 @@ fn prometheus_reads_the_counters_and_last_success_and_the_cluster_holds_the_even
     c.wait_phase("VolumeBackup", "broken", &["Failed"]);
 
     let series = format!(r#"namespace="{NS}",source="data",repository="{NS}/main""#);
-    prometheus.wait_value(&format!("cairn_backup_started_total{{{series}}}"), |v| v == 2.0);
-    prometheus.wait_value(&format!("cairn_backup_succeeded_total{{{series}}}"), |v| v == 1.0);
+    prometheus.wait_value(&format!("cairn_backup_started_total{{{series}}}"), |v| {
+        v == 2.0
+    });
+    prometheus.wait_value(&format!("cairn_backup_succeeded_total{{{series}}}"), |v| {
+        v == 1.0
+    });
     prometheus.wait_value(
         &format!(r#"cairn_backup_failed_total{{{series},class="snapshot"}}"#),
         |v| v == 1.0,
     );
     let read = done["status"]["progress"]["bytesDone"].as_f64().unwrap();
     assert!(read > 0.0, "{done}");
-    prometheus.wait_value(&format!("cairn_backup_read_bytes_total{{{series}}}"), |v| v == read);
+    prometheus.wait_value(&format!("cairn_backup_read_bytes_total{{{series}}}"), |v| {
+        v == read
+    });
     prometheus.wait_value(
         &format!(r#"cairn_backup_duration_seconds_count{{{series},result="succeeded"}}"#),
         |v| v == 1.0,
@@ -198,8 +209,10 @@ fn prometheus_reads_the_counters_and_last_success_and_the_cluster_holds_the_even
             .any(|e| e["type"] == "Normal" && e["reason"] == "Completed"),
         "{nightly:#?}"
     );
-    assert!(nightly.iter().all(|e| e["reportingComponent"] == "cairn-controller"
-        && e["involvedObject"]["uid"].is_string()));
+    assert!(nightly
+        .iter()
+        .all(|e| e["reportingComponent"] == "cairn-controller"
+            && e["involvedObject"]["uid"].is_string()));
     let broken = about("broken");
     let warning = broken
         .iter()

@@ -60,7 +60,9 @@ pub fn status_events(kind: &str, old: &Value, new: &Value) -> Vec<EventSpec> {
     let mut events = Vec::new();
     phase_event(old, new, &mut events);
     let retry = condition(new, "Retrying").and_then(|c| c["message"].as_str());
-    if let Some(message) = retry.filter(|m| condition(old, "Retrying").map(|c| &c["message"]) != Some(&Value::from(*m))) {
+    if let Some(message) = retry
+        .filter(|m| condition(old, "Retrying").map(|c| &c["message"]) != Some(&Value::from(*m)))
+    {
         events.push(EventSpec::new(true, "Retrying", message));
     }
     match kind {
@@ -131,11 +133,19 @@ fn schedule_events(old: &Value, new: &Value, events: &mut Vec<EventSpec>) {
     let grew = |field: &str| u64_at(new, &[field]) > u64_at(old, &[field]);
     if grew("runs") {
         let run = str_at(new, &["active"]).unwrap_or("(unknown)");
-        events.push(EventSpec::new(false, "RunCreated", format!("created run {run}")));
+        events.push(EventSpec::new(
+            false,
+            "RunCreated",
+            format!("created run {run}"),
+        ));
     }
     if grew("succeeded") {
         let run = str_at(new, &["lastSuccessfulBackup"]).unwrap_or("(unknown)");
-        events.push(EventSpec::new(false, "RunSucceeded", format!("run {run} completed")));
+        events.push(EventSpec::new(
+            false,
+            "RunSucceeded",
+            format!("run {run} completed"),
+        ));
     }
     if grew("failed") {
         events.push(EventSpec::new(
@@ -244,7 +254,10 @@ mod tests {
     #[test]
     fn phase_changes_make_one_event_and_failures_are_warnings() {
         let none = json!({});
-        assert_eq!(status_events("VolumeBackup", &none, &json!({"phase": "New"})), []);
+        assert_eq!(
+            status_events("VolumeBackup", &none, &json!({"phase": "New"})),
+            []
+        );
         let e = status_events(
             "VolumeBackup",
             &json!({"phase": "New"}),
@@ -267,8 +280,15 @@ mod tests {
         assert_eq!(reasons(&e), [("PartiallyFailed", true)]);
         assert_eq!(e[0].message, "1 of 2 volumes failed");
         let same = json!({"phase": "Uploading", "progress": {"bytesDone": 1}});
-        assert_eq!(status_events("VolumeBackup", &same, &json!({"phase": "Uploading"})), []);
-        let e = status_events("VolumeRestore", &json!({"phase": "Running"}), &json!({"phase": "Canceled"}));
+        assert_eq!(
+            status_events("VolumeBackup", &same, &json!({"phase": "Uploading"})),
+            []
+        );
+        let e = status_events(
+            "VolumeRestore",
+            &json!({"phase": "Running"}),
+            &json!({"phase": "Canceled"}),
+        );
         assert_eq!(reasons(&e), [("Canceled", true)]);
     }
 
@@ -278,7 +298,11 @@ mod tests {
             json!({"phase": "Uploading", "conditions": [
                 {"type": "Retrying", "status": "True", "reason": "JobFailed", "message": m}]})
         };
-        let e = status_events("VolumeBackup", &json!({"phase": "Uploading"}), &retrying("attempt 1 of 3 failed"));
+        let e = status_events(
+            "VolumeBackup",
+            &json!({"phase": "Uploading"}),
+            &retrying("attempt 1 of 3 failed"),
+        );
         assert_eq!(reasons(&e), [("Retrying", true)]);
         assert_eq!(e[0].message, "attempt 1 of 3 failed");
         let again = retrying("attempt 1 of 3 failed");
@@ -289,24 +313,41 @@ mod tests {
 
     #[test]
     fn maintenance_runs_and_schedule_runs_make_events() {
-        let run = |job: &str, result: &str| {
-            json!({"maintenance": {"lastQuick": {"jobName": job, "result": result, "message": "3 packs removed"}}})
-        };
+        let run = |job: &str, result: &str| json!({"maintenance": {"lastQuick": {"jobName": job, "result": result, "message": "3 packs removed"}}});
         let e = status_events("BackupRepository", &json!({}), &run("m-1", "Running"));
         assert_eq!(reasons(&e), [("MaintenanceStarted", false)]);
-        let e = status_events("BackupRepository", &run("m-1", "Running"), &run("m-1", "Succeeded"));
+        let e = status_events(
+            "BackupRepository",
+            &run("m-1", "Running"),
+            &run("m-1", "Succeeded"),
+        );
         assert_eq!(reasons(&e), [("MaintenanceSucceeded", false)]);
         assert_eq!(e[0].message, "quick maintenance succeeded: 3 packs removed");
-        let e = status_events("BackupRepository", &run("m-1", "Running"), &run("m-1", "Failed"));
+        let e = status_events(
+            "BackupRepository",
+            &run("m-1", "Running"),
+            &run("m-1", "Failed"),
+        );
         assert_eq!(reasons(&e), [("MaintenanceFailed", true)]);
-        assert_eq!(status_events("BackupRepository", &run("m-1", "Failed"), &run("m-1", "Failed")), []);
+        assert_eq!(
+            status_events(
+                "BackupRepository",
+                &run("m-1", "Failed"),
+                &run("m-1", "Failed")
+            ),
+            []
+        );
 
         let old = json!({"runs": 1, "succeeded": 0, "failed": 0, "skipped": 0});
         let new = json!({"runs": 2, "succeeded": 1, "failed": 0, "skipped": 1, "active": "s-2", "lastSuccessfulBackup": "s-1"});
         let e = status_events("BackupSchedule", &old, &new);
         assert_eq!(
             reasons(&e),
-            [("RunCreated", false), ("RunSucceeded", false), ("RunSkipped", true)]
+            [
+                ("RunCreated", false),
+                ("RunSucceeded", false),
+                ("RunSkipped", true)
+            ]
         );
         assert_eq!(e[0].message, "created run s-2");
         let e = status_events("BackupSchedule", &old, &json!({"runs": 1, "failed": 1}));

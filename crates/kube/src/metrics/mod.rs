@@ -419,13 +419,28 @@ mod tests {
         m.record("VolumeBackup", &object, &done, &done);
         let text = scrape(&m);
         let labels = r#"kind="VolumeBackup",namespace="shop",source="data",repository="shop/main",schedule="nightly""#;
-        assert!(text.contains(&format!("cairn_backup_started_total{{{labels}}} 1\n")), "{text}");
-        assert!(text.contains(&format!("cairn_backup_succeeded_total{{{labels}}} 1\n")), "{text}");
-        assert!(text.contains(&format!("cairn_backup_read_bytes_total{{{labels}}} 1000\n")), "{text}");
-        assert!(text.contains(&format!(
-            "cairn_backup_duration_seconds_sum{{{labels},result=\"succeeded\"}} 30.0\n"
-        )), "{text}");
-        assert!(text.contains("# TYPE cairn_backup_duration_seconds histogram"), "{text}");
+        assert!(
+            text.contains(&format!("cairn_backup_started_total{{{labels}}} 1\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("cairn_backup_succeeded_total{{{labels}}} 1\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("cairn_backup_read_bytes_total{{{labels}}} 1000\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "cairn_backup_duration_seconds_sum{{{labels},result=\"succeeded\"}} 30.0\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE cairn_backup_duration_seconds histogram"),
+            "{text}"
+        );
         assert!(!text.contains("nightly-1"), "no label names a run: {text}");
     }
 
@@ -434,12 +449,32 @@ mod tests {
         let m = Metrics::new();
         let object = vb(json!({}));
         let snapshot = json!({"phase": "Failed", "failureReason": "VolumeSnapshot \"x\" failed: disk on fire"});
-        m.record("VolumeBackup", &object, &json!({"phase": "SnapshotInProgress"}), &snapshot);
-        m.record("VolumeBackup", &object, &json!({"phase": "Uploading"}), &json!({"phase": "Canceled"}));
+        m.record(
+            "VolumeBackup",
+            &object,
+            &json!({"phase": "SnapshotInProgress"}),
+            &snapshot,
+        );
+        m.record(
+            "VolumeBackup",
+            &object,
+            &json!({"phase": "Uploading"}),
+            &json!({"phase": "Canceled"}),
+        );
         let text = scrape(&m);
         let labels = r#"kind="VolumeBackup",namespace="shop",source="data",repository="shop/main",schedule="""#;
-        assert!(text.contains(&format!("cairn_backup_failed_total{{{labels},class=\"snapshot\"}} 1\n")), "{text}");
-        assert!(text.contains(&format!("cairn_backup_failed_total{{{labels},class=\"canceled\"}} 1\n")), "{text}");
+        assert!(
+            text.contains(&format!(
+                "cairn_backup_failed_total{{{labels},class=\"snapshot\"}} 1\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "cairn_backup_failed_total{{{labels},class=\"canceled\"}} 1\n"
+            )),
+            "{text}"
+        );
         assert!(!text.contains("cairn_backup_started_total{"), "{text}");
     }
 
@@ -451,19 +486,42 @@ mod tests {
                                       "labels": {"cairn.io/schedule": "app"}},
                          "spec": {"repository": "main"}});
         let labels = source_labels("ApplicationBackup", &app, &json!({})).unwrap();
-        assert_eq!((labels.source.as_str(), labels.schedule.as_str()), ("app", "app"));
+        assert_eq!(
+            (labels.source.as_str(), labels.schedule.as_str()),
+            ("app", "app")
+        );
     }
 
     #[test]
     fn failure_classes_follow_the_controllers_reasons() {
         let cases = [
             ("Canceled", "", "canceled"),
-            ("Failed", "VolumeSnapshot \"s\" not ready to use after 2s: check the CSI snapshotter", "timeout"),
-            ("Failed", "VolumeSnapshot \"s\" failed: disk on fire", "snapshot"),
-            ("Failed", "VolumeSnapshot \"s\" disappeared before it was ready", "snapshot"),
-            ("Failed", "PersistentVolumeClaim \"data\" not found in namespace \"shop\"", "source"),
+            (
+                "Failed",
+                "VolumeSnapshot \"s\" not ready to use after 2s: check the CSI snapshotter",
+                "timeout",
+            ),
+            (
+                "Failed",
+                "VolumeSnapshot \"s\" failed: disk on fire",
+                "snapshot",
+            ),
+            (
+                "Failed",
+                "VolumeSnapshot \"s\" disappeared before it was ready",
+                "snapshot",
+            ),
+            (
+                "Failed",
+                "PersistentVolumeClaim \"data\" not found in namespace \"shop\"",
+                "source",
+            ),
             ("Failed", "pre rule failed: exit 1", "source"),
-            ("Failed", "opening the repository: wrong password (after 3 attempts)", "storage"),
+            (
+                "Failed",
+                "opening the repository: wrong password (after 3 attempts)",
+                "storage",
+            ),
         ];
         for (phase, reason, class) in cases {
             assert_eq!(failure_class(phase, reason), class, "{reason}");

@@ -206,7 +206,9 @@ pub fn parse_address(text: &str) -> Result<Option<SocketAddr>, String> {
     match text.trim() {
         "" | "0" => Ok(None),
         t => t.parse().map(Some).map_err(|e| {
-            format!("--metrics-address {t:?}: {e}; give host:port like 0.0.0.0:8080, or 0 to disable")
+            format!(
+                "--metrics-address {t:?}: {e}; give host:port like 0.0.0.0:8080, or 0 to disable"
+            )
         }),
     }
 }

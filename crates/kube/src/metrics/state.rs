@@ -80,9 +80,9 @@ fn job_finished(job: &Job) -> bool {
 }
 
 /// Sets `family[labels]` to `value` unless it holds a larger value already.
-fn set_max<L: Clone + std::hash::Hash + Eq>(family: &Family<L, FloatGauge>, labels: &L, value: f64)
+fn set_max<L>(family: &Family<L, FloatGauge>, labels: &L, value: f64)
 where
-    L: EncodeLabelSet + std::fmt::Debug,
+    L: Clone + std::hash::Hash + Eq,
 {
     let gauge = family.get_or_create(labels);
     if gauge.get() < value {
@@ -105,9 +105,11 @@ pub fn encode_state(observed: &Observed, out: &mut String) -> std::fmt::Result {
 
     for vb in &observed.volume_backups {
         let Some(status) = &vb.status else { continue };
-        let Some(done) = status.completion_time.as_ref().filter(|_| {
-            status.phase == crate::crd::VolumeBackupPhase::Completed
-        }) else {
+        let Some(done) = status
+            .completion_time
+            .as_ref()
+            .filter(|_| status.phase == crate::crd::VolumeBackupPhase::Completed)
+        else {
             continue;
         };
         let object = serde_json::to_value(vb.as_ref()).unwrap_or_default();
@@ -117,9 +119,11 @@ pub fn encode_state(observed: &Observed, out: &mut String) -> std::fmt::Result {
     }
     for ab in &observed.application_backups {
         let Some(status) = &ab.status else { continue };
-        let Some(done) = status.completion_time.as_ref().filter(|_| {
-            status.phase == crate::crd::ApplicationBackupPhase::Completed
-        }) else {
+        let Some(done) = status
+            .completion_time
+            .as_ref()
+            .filter(|_| status.phase == crate::crd::ApplicationBackupPhase::Completed)
+        else {
             continue;
         };
         let object = serde_json::to_value(ab.as_ref()).unwrap_or_default();
@@ -144,7 +148,11 @@ pub fn encode_state(observed: &Observed, out: &mut String) -> std::fmt::Result {
         if let Some(t) = since {
             schedule_success.get_or_create(&labels).set(seconds(t));
         }
-        let interval = match (&schedule.spec.every, &status.last_schedule_time, &status.next_schedule_time) {
+        let interval = match (
+            &schedule.spec.every,
+            &status.last_schedule_time,
+            &status.next_schedule_time,
+        ) {
             (Some(every), _, _) => parse_duration(every).ok().map(|d| d.as_secs_f64()),
             (None, Some(last), Some(next)) => Some(seconds(next) - seconds(last)),
             _ => None,
@@ -157,8 +165,18 @@ pub fn encode_state(observed: &Observed, out: &mut String) -> std::fmt::Result {
         let spec = &repo.spec.maintenance;
         let status = repo.status.clone().unwrap_or_default();
         let runs = [
-            ("quick", &spec.quick_interval, crate::controller::DEFAULT_QUICK, &status.maintenance.last_quick),
-            ("full", &spec.full_interval, crate::controller::DEFAULT_FULL, &status.maintenance.last_full),
+            (
+                "quick",
+                &spec.quick_interval,
+                crate::controller::DEFAULT_QUICK,
+                &status.maintenance.last_quick,
+            ),
+            (
+                "full",
+                &spec.full_interval,
+                crate::controller::DEFAULT_FULL,
+                &status.maintenance.last_full,
+            ),
         ];
         for (kind, interval, default, last) in runs {
             let labels = RepositoryLabels {
@@ -202,12 +220,18 @@ pub fn encode_state(observed: &Observed, out: &mut String) -> std::fmt::Result {
         jobs_waiting.get_or_create(&labels).set(0);
     }
     for job in &observed.jobs {
-        let kind = job.metadata.labels.as_ref().and_then(|l| l.get(LABEL_JOB_KIND));
+        let kind = job
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_JOB_KIND));
         let Some(kind) = kind.filter(|k| kinds.iter().any(|j| j.as_str() == k.as_str())) else {
             continue;
         };
         if !job_finished(job) {
-            jobs_running.get_or_create(&JobLabels { kind: kind.clone() }).inc();
+            jobs_running
+                .get_or_create(&JobLabels { kind: kind.clone() })
+                .inc();
         }
     }
     let mut waits: BTreeMap<&str, i64> = BTreeMap::new();
@@ -229,13 +253,21 @@ pub fn encode_state(observed: &Observed, out: &mut String) -> std::fmt::Result {
         wait(JobKind::Restore, ar.status.as_ref().map(|s| &s.conditions));
     }
     for repo in &observed.repositories {
-        wait(JobKind::Maintenance, repo.status.as_ref().map(|s| &s.conditions));
+        wait(
+            JobKind::Maintenance,
+            repo.status.as_ref().map(|s| &s.conditions),
+        );
     }
     for schedule in &observed.schedules {
-        wait(JobKind::Maintenance, schedule.status.as_ref().map(|s| &s.conditions));
+        wait(
+            JobKind::Maintenance,
+            schedule.status.as_ref().map(|s| &s.conditions),
+        );
     }
     for (kind, n) in waits {
-        jobs_waiting.get_or_create(&JobLabels { kind: kind.into() }).set(n);
+        jobs_waiting
+            .get_or_create(&JobLabels { kind: kind.into() })
+            .set(n);
     }
 
     let r = &mut registry;
@@ -274,13 +306,21 @@ pub fn encode_state(observed: &Observed, out: &mut String) -> std::fmt::Result {
         Unit::Seconds,
         maintenance_interval,
     );
-    r.register("jobs_running", "Jobs of each kind running now", jobs_running);
+    r.register(
+        "jobs_running",
+        "Jobs of each kind running now",
+        jobs_running,
+    );
     r.register(
         "jobs_waiting",
         "Resources waiting for a free Job slot of each kind",
         jobs_waiting,
     );
-    r.register("job_limit", "The limit on running Jobs of each kind", job_limit);
+    r.register(
+        "job_limit",
+        "The limit on running Jobs of each kind",
+        job_limit,
+    );
     text::encode_registry(out, &registry)
 }
 
@@ -320,13 +360,22 @@ mod tests {
         assert!(text.contains(
             "cairn_backup_last_success_timestamp_seconds{kind=\"VolumeBackup\",namespace=\"shop\",source=\"data\",repository=\"shop/main\",schedule=\"\"} 1767312000.0\n"
         ), "{text}");
-        assert_eq!(text.matches("cairn_backup_last_success_timestamp_seconds{").count(), 1, "{text}");
+        assert_eq!(
+            text.matches("cairn_backup_last_success_timestamp_seconds{")
+                .count(),
+            1,
+            "{text}"
+        );
     }
 
     #[test]
     fn jobs_running_and_waiting_are_counted_against_their_limits() {
         let job = |name: &str, kind: &str, done: bool| {
-            let conditions = if done { json!([{"type": "Complete", "status": "True"}]) } else { json!([]) };
+            let conditions = if done {
+                json!([{"type": "Complete", "status": "True"}])
+            } else {
+                json!([])
+            };
             object::<Job>(json!({"apiVersion": "batch/v1", "kind": "Job",
                 "metadata": {"name": name, "namespace": "shop", "labels": {LABEL_JOB_KIND: kind}},
                 "status": {"conditions": conditions}}))
@@ -336,10 +385,16 @@ mod tests {
             "metadata": {"name": "w", "namespace": "shop"},
             "spec": {"source": {"persistentVolumeClaim": "data"}, "repository": "main"},
             "status": {"phase": "Uploading", "conditions": [{"type": "WaitingForJobSlot", "status": "True", "reason": "JobLimitReached", "message": ""}]}}));
-        let mut config = Config::default();
-        config.backup_job_limit = 2;
+        let config = Config {
+            backup_job_limit: 2,
+            ..Config::default()
+        };
         let observed = Observed {
-            jobs: vec![job("a", "backup", false), job("b", "backup", true), job("c", "maintenance", false)],
+            jobs: vec![
+                job("a", "backup", false),
+                job("b", "backup", true),
+                job("c", "maintenance", false),
+            ],
             volume_backups: vec![waiting],
             config,
             ..Observed::default()

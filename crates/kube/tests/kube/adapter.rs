@@ -339,14 +339,22 @@ async fn a_phase_change_records_an_event_about_the_patched_object() {
     let mut failed = vb(old.clone()).status.unwrap();
     failed.phase = cairn_kube::crd::VolumeBackupPhase::Failed;
     failed.failure_reason = Some("VolumeSnapshot \"s\" failed: disk on fire".into());
-    execute(&client, &target(old.clone()), &[Action::PatchBackupStatus(Box::new(failed))])
-        .await
-        .unwrap();
+    execute(
+        &client,
+        &target(old.clone()),
+        &[Action::PatchBackupStatus(Box::new(failed))],
+    )
+    .await
+    .unwrap();
     // A patch that changes no phase records nothing.
     let same = vb(old.clone()).status.unwrap();
-    execute(&client, &target(old.clone()), &[Action::PatchBackupStatus(Box::new(same))])
-        .await
-        .unwrap();
+    execute(
+        &client,
+        &target(old.clone()),
+        &[Action::PatchBackupStatus(Box::new(same))],
+    )
+    .await
+    .unwrap();
 
     let log = log.lock().unwrap().clone();
     let events: Vec<&Recorded> = log.iter().filter(|r| r.path.ends_with("/events")).collect();
@@ -370,7 +378,10 @@ async fn a_phase_change_records_an_event_about_the_patched_object() {
     let name = body["metadata"]["name"].as_str().unwrap();
     let (resource, hex) = name.split_once('.').unwrap();
     assert_eq!(resource, "db-nightly");
-    assert!(!hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()), "{name}");
+    assert!(
+        !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()),
+        "{name}"
+    );
 }
 
 #[tokio::test]
@@ -380,11 +391,18 @@ async fn a_refused_event_does_not_fail_the_status_patch() {
     let mut done = vb(old.clone()).status.unwrap();
     done.phase = cairn_kube::crd::VolumeBackupPhase::Completed;
     done.snapshot_id = Some("ab12".into());
-    execute(&client, &target(old), &[Action::PatchBackupStatus(Box::new(done))])
-        .await
-        .expect("an Event the API refuses is only logged");
+    execute(
+        &client,
+        &target(old),
+        &[Action::PatchBackupStatus(Box::new(done))],
+    )
+    .await
+    .expect("an Event the API refuses is only logged");
     let log = log.lock().unwrap().clone();
-    let event = log.iter().find(|r| r.path.ends_with("/events")).expect("an Event was tried");
+    let event = log
+        .iter()
+        .find(|r| r.path.ends_with("/events"))
+        .expect("an Event was tried");
     assert_eq!(event.body["type"], "Normal");
     assert_eq!(event.body["reason"], "Completed");
 }

@@ -28,9 +28,8 @@ fn installed(name: &str) -> PathBuf {
 #[test]
 fn the_shipped_alerting_rules_are_one_set_that_promtool_checks_and_tests() {
     let monitoring = deploy().join("monitoring");
-    let read = |p: &Path| -> Value {
-        serde_yaml::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-    };
+    let read =
+        |p: &Path| -> Value { serde_yaml::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
     let rules = read(&monitoring.join("rules.yaml"));
     assert_eq!(read(&monitoring.join("prometheusrule.yaml"))["spec"], rules);
     assert_eq!(read(&deploy().join("helm/cairn/files/rules.yaml")), rules);
@@ -40,7 +39,10 @@ fn the_shipped_alerting_rules_are_one_set_that_promtool_checks_and_tests() {
         "the Helm chart's dashboard is a copy of deploy/monitoring/grafana-dashboard.json"
     );
     let promtool = installed("promtool");
-    for args in [["check", "rules", "rules.yaml"], ["test", "rules", "rules_test.yaml"]] {
+    for args in [
+        ["check", "rules", "rules.yaml"],
+        ["test", "rules", "rules_test.yaml"],
+    ] {
         let out = Command::new(&promtool)
             .args(args)
             .current_dir(&monitoring)
