@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it, on a fresh machine: installs what the
-# tests need (fuse3, kubectl; moto as the S3 server), checks formatting and lints,
+# tests need (fuse3, kubectl, prometheus; moto as the S3 server), checks formatting and lints,
 # then runs every test on the local filesystem backend and the integration
 # tests again on S3.
 #
@@ -21,6 +21,8 @@ command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
 # kubectl drives the simulated cluster in crates/kube-sim's tests (Debian's package).
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# prometheus scrapes the controller in the metrics e2e test; promtool checks the alerts.
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

@@ -15,6 +15,7 @@ pub mod controller;
 pub mod crd;
 pub mod job;
 pub mod kdmp;
+pub mod metrics;
 pub mod mount;
 pub mod protocol;
 pub mod resources;

@@ -63,6 +63,9 @@ pub struct ControllerArgs {
     #[arg(long, default_value_t = JobSettings::default().max_attempts,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
+    /// Address serving Prometheus metrics on /metrics (host:port); `0` or empty disables it.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_address: String,
 }
 
 pub fn run(g: &GlobalOpts, command: KubeCommand) -> Result<ExitCode> {
@@ -283,6 +286,8 @@ fn mount_application(a: &MountArgs, namespace: Option<String>, name: &str) -> Re
 }
 
 fn controller(a: ControllerArgs, log_format: LogFormat) -> Result<ExitCode> {
+    let metrics_address =
+        cairn_kube::metrics::parse_address(&a.metrics_address).map_err(anyhow::Error::msg)?;
     let options = ControllerOptions {
         namespace: a.namespace,
         config_map: a.config_map,
@@ -302,6 +307,14 @@ fn controller(a: ControllerArgs, log_format: LogFormat) -> Result<ExitCode> {
         let client = ::kube::Client::try_default().await.context(
             "connecting to the Kubernetes API (in-cluster service account, or KUBECONFIG)",
         )?;
+        if let Some(address) = metrics_address {
+            let server = cairn_kube::metrics::MetricsServer::bind(address).await?;
+            tokio::spawn(server.run(
+                client.clone(),
+                options.namespace.clone(),
+                options.config_map.clone(),
+            ));
+        }
         tracing::info!(namespace = %options.namespace, config_map = %options.config_map, "controller starting");
         run_controller(client, options)
             .await

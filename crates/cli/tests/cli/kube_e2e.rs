@@ -65,7 +65,7 @@ impl Cluster {
     }
 
     /// [`Cluster::start_with_maintenance`], with `args` added to the controller's command.
-    fn start_with_args(
+    pub(crate) fn start_with_args(
         name: &str,
         config_map: Value,
         maintenance: Value,
@@ -193,7 +193,7 @@ impl Cluster {
         self.sim.create(object).unwrap();
     }
 
-    fn backup(&self, name: &str, pvc: &str, extra: Value) {
+    pub(crate) fn backup(&self, name: &str, pvc: &str, extra: Value) {
         let mut spec = json!({"source": {"persistentVolumeClaim": pvc}, "repository": "main"});
         for (k, v) in extra.as_object().unwrap() {
             spec[k] = v.clone();

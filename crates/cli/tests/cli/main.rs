@@ -11,6 +11,7 @@ mod job;
 mod kube_app;
 mod kube_e2e;
 mod kube_kdmp;
+mod kube_metrics;
 mod kube_mount;
 mod kube_schedule;
 mod maintenance_a;

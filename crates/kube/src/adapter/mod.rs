@@ -4,10 +4,12 @@
 //! Invariant: every create tolerates AlreadyExists and every delete tolerates NotFound,
 //! so executing the same actions twice (after a crash or a stale read) is harmless.
 
+mod events;
 mod exec;
 mod observe;
 mod schedule;
 
+pub use events::{event_object, status_events, EventSpec, REPORTING_COMPONENT};
 pub use exec::{run_in_pod, run_rule};
 pub use observe::{
     observe_application_backup, observe_application_restore, observe_backup, observe_repository,
@@ -163,11 +165,12 @@ async fn patch_status<K>(
     status: &impl Serialize,
 ) -> Result<(), AdapterError>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
 {
     let new = serde_json::to_value(status).unwrap_or_default();
     let body = status_patch(&target.old_status, &new);
-    api.patch_status(&target.name, &PatchParams::default(), &Patch::Merge(&body))
+    let patched = api
+        .patch_status(&target.name, &PatchParams::default(), &Patch::Merge(&body))
         .await
         .map_err(api_err(format!(
             "patching {} {}/{} status",
@@ -176,7 +179,21 @@ where
             target.name
         )))?;
     log_phase_change::<K>(&target.old_status, &new);
+    report(api, &patched, target, &new).await;
     Ok(())
+}
+
+/// Counts the transitions of a status patch that succeeded and records its Events.
+async fn report<K>(api: &Api<K>, patched: &K, target: &Target, new: &Value)
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let old = &target.old_status;
+    let mut object = serde_json::to_value(patched).unwrap_or_default();
+    object["metadata"]["namespace"] = Value::from(target.namespace.as_str());
+    crate::metrics::global().record(&K::kind(&()), &object, old, new);
+    let client = api.clone().into_client();
+    events::record(client, patched, &target.namespace, old, new).await;
 }
 
 /// Logs (at info) a status patch that changed the resource's `phase`.
@@ -197,14 +214,15 @@ async fn patch_status_diff<K>(
     status: &impl Serialize,
 ) -> Result<(), AdapterError>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
 {
     let new = serde_json::to_value(status).unwrap_or_default();
     let body = status_diff_patch(&target.old_status, &new);
     if body["status"].as_object().is_some_and(|m| m.is_empty()) {
         return Ok(());
     }
-    api.patch_status(&target.name, &PatchParams::default(), &Patch::Merge(&body))
+    let patched = api
+        .patch_status(&target.name, &PatchParams::default(), &Patch::Merge(&body))
         .await
         .map_err(api_err(format!(
             "patching {} {}/{} status",
@@ -213,6 +231,7 @@ where
             target.name
         )))?;
     log_phase_change::<K>(&target.old_status, &new);
+    report(api, &patched, target, &new).await;
     Ok(())
 }
 

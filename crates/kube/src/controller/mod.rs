@@ -23,7 +23,7 @@ pub use backup::{decide_backup, record_hook, BackupObserved, SnapshotClassInfo, 
 pub use objects::{
     job_name, short_hash, volume_snapshot, JobKind, LABEL_JOB_KIND, LABEL_OWNER, LABEL_REPOSITORY,
 };
-pub use repository::{decide_repository, RepositoryObserved};
+pub use repository::{decide_repository, RepositoryObserved, DEFAULT_FULL, DEFAULT_QUICK};
 pub use restore::{decide_restore, RestoreObserved};
 pub use schedule::{
     decide_schedule, keep_flags, retention_policy, run_name, RunKind, RunOutcome, ScheduleObserved,

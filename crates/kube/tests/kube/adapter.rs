@@ -117,6 +117,7 @@ async fn actions_become_the_expected_requests() {
             ("DELETE", "/api/v1/namespaces/shop/persistentvolumeclaims/db-nightly-backup-pvc"),
             ("DELETE", "/apis/batch/v1/namespaces/shop/jobs/db-nightly-backup-3"),
             ("PATCH", "/apis/cairn.io/v1alpha1/namespaces/shop/volumebackups/db-nightly/status"),
+            ("POST", "/api/v1/namespaces/shop/events"),
         ]
     );
     assert_eq!(log[0].body, vs);
@@ -309,4 +310,99 @@ async fn a_secret_copy_reads_the_original_and_creates_an_owned_copy_next_to_the_
     // Nothing of the original's identity is carried over.
     assert!(created["metadata"]["resourceVersion"].is_null());
     assert!(created["metadata"]["uid"].is_null());
+}
+
+/// A responder for status patches: the patched VolumeBackup as the API server returns it
+/// (with uid and resourceVersion); Event creation answers `event_code`.
+fn patched_backup(event_code: u16) -> impl Fn(&Recorded) -> (u16, Value) {
+    move |r: &Recorded| {
+        if r.path.ends_with("/events") {
+            return match event_code {
+                201 => (201, r.body.clone()),
+                code => (
+                    code,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                           "reason": "Forbidden", "code": code, "message": "events is forbidden"}),
+                ),
+            };
+        }
+        let mut object = serde_json::to_value(vb(r.body["status"].clone())).unwrap();
+        object["metadata"]["resourceVersion"] = json!("42");
+        (200, object)
+    }
+}
+
+#[tokio::test]
+async fn a_phase_change_records_an_event_about_the_patched_object() {
+    let (client, log) = mock_client(patched_backup(201));
+    let old = json!({"phase": "Uploading", "attempts": 1});
+    let mut failed = vb(old.clone()).status.unwrap();
+    failed.phase = cairn_kube::crd::VolumeBackupPhase::Failed;
+    failed.failure_reason = Some("VolumeSnapshot \"s\" failed: disk on fire".into());
+    execute(
+        &client,
+        &target(old.clone()),
+        &[Action::PatchBackupStatus(Box::new(failed))],
+    )
+    .await
+    .unwrap();
+    // A patch that changes no phase records nothing.
+    let same = vb(old.clone()).status.unwrap();
+    execute(
+        &client,
+        &target(old.clone()),
+        &[Action::PatchBackupStatus(Box::new(same))],
+    )
+    .await
+    .unwrap();
+
+    let log = log.lock().unwrap().clone();
+    let events: Vec<&Recorded> = log.iter().filter(|r| r.path.ends_with("/events")).collect();
+    assert_eq!(events.len(), 1, "{log:#?}");
+    let event = &events[0];
+    assert_eq!(event.method, "POST");
+    assert_eq!(event.path, "/api/v1/namespaces/shop/events");
+    let body = &event.body;
+    assert_eq!(body["type"], "Warning");
+    assert_eq!(body["reason"], "Failed");
+    assert_eq!(body["message"], "VolumeSnapshot \"s\" failed: disk on fire");
+    assert_eq!(body["reportingComponent"], "cairn-controller");
+    assert_eq!(body["source"]["component"], "cairn-controller");
+    let involved = &body["involvedObject"];
+    assert_eq!(involved["kind"], "VolumeBackup");
+    assert_eq!(involved["apiVersion"], "cairn.io/v1alpha1");
+    assert_eq!(involved["namespace"], "shop");
+    assert_eq!(involved["name"], "db-nightly");
+    assert_eq!(involved["uid"], "uid-vb");
+    assert_eq!(involved["resourceVersion"], "42");
+    let name = body["metadata"]["name"].as_str().unwrap();
+    let (resource, hex) = name.split_once('.').unwrap();
+    assert_eq!(resource, "db-nightly");
+    assert!(
+        !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()),
+        "{name}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_event_does_not_fail_the_status_patch() {
+    let (client, log) = mock_client(patched_backup(403));
+    let old = json!({"phase": "Uploading"});
+    let mut done = vb(old.clone()).status.unwrap();
+    done.phase = cairn_kube::crd::VolumeBackupPhase::Completed;
+    done.snapshot_id = Some("ab12".into());
+    execute(
+        &client,
+        &target(old),
+        &[Action::PatchBackupStatus(Box::new(done))],
+    )
+    .await
+    .expect("an Event the API refuses is only logged");
+    let log = log.lock().unwrap().clone();
+    let event = log
+        .iter()
+        .find(|r| r.path.ends_with("/events"))
+        .expect("an Event was tried");
+    assert_eq!(event.body["type"], "Normal");
+    assert_eq!(event.body["reason"], "Completed");
 }

@@ -14,6 +14,7 @@ mod job_mode;
 mod kdmp;
 mod kdmp_executor;
 mod manifests;
+mod monitoring;
 mod mount;
 mod resources_capture;
 mod resources_plan;

@@ -169,6 +169,9 @@ fn every_manifest_is_well_formed_yaml_with_a_kind() {
         "controller.yaml",
         "configmap.yaml",
         "namespace.yaml",
+        "metrics-service.yaml",
+        "monitoring/servicemonitor.yaml",
+        "monitoring/prometheusrule.yaml",
     ] {
         for doc in documents(&deploy().join(name)) {
             assert!(
