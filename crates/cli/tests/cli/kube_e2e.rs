@@ -65,7 +65,7 @@ impl Cluster {
     }
 
     /// [`Cluster::start_with_maintenance`], with `args` added to the controller's command.
-    fn start_with_args(
+    pub(crate) fn start_with_args(
         name: &str,
         config_map: Value,
         maintenance: Value,

@@ -12,6 +12,7 @@ mod kube_app;
 mod kube_e2e;
 mod kube_mount;
 mod kube_schedule;
+mod kube_velero;
 mod maintenance_a;
 mod maintenance_b;
 mod mount;

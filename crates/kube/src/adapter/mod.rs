@@ -7,6 +7,7 @@
 mod exec;
 mod observe;
 mod schedule;
+mod velero;
 
 pub use exec::{run_in_pod, run_rule};
 pub use observe::{
@@ -14,6 +15,7 @@ pub use observe::{
     observe_restore, read_config,
 };
 pub use schedule::{list_runs, observe_schedule};
+pub use velero::{execute_velero, observe_data_download, observe_data_upload};
 
 use crate::controller::{Action, FINALIZER_CHILDREN};
 use crate::crd::{
