@@ -24,7 +24,9 @@ pub(crate) struct VeleroShared {
     pub lock: Arc<tokio::sync::Mutex<()>>,
 }
 
-async fn decide_context(shared: &VeleroShared) -> Result<controller::DecideContext, ControllerError> {
+async fn decide_context(
+    shared: &VeleroShared,
+) -> Result<controller::DecideContext, ControllerError> {
     let o = &shared.options;
     let config = adapter::read_config(&shared.client, &o.namespace, &o.config_map).await?;
     Ok(controller::DecideContext {
@@ -95,7 +97,10 @@ fn retry<K: kube::Resource<DynamicType = ()>>(
 }
 
 fn requeue(wanted: Option<Duration>) -> Requeue {
-    wanted.map_or_else(|| Requeue::requeue(Duration::from_secs(300)), Requeue::requeue)
+    wanted.map_or_else(
+        || Requeue::requeue(Duration::from_secs(300)),
+        Requeue::requeue,
+    )
 }
 
 async fn reconcile_upload(
@@ -115,7 +120,10 @@ async fn reconcile_upload(
             let Some(du) = api
                 .get_opt(&du.name_any())
                 .await
-                .map_err(adapter::api_err(format!("reading DataUpload {}", du.name_any())))?
+                .map_err(adapter::api_err(format!(
+                    "reading DataUpload {}",
+                    du.name_any()
+                )))?
             else {
                 return Ok(Requeue::await_change());
             };
@@ -164,7 +172,10 @@ async fn reconcile_download(
             let Some(dd) = api
                 .get_opt(&dd.name_any())
                 .await
-                .map_err(adapter::api_err(format!("reading DataDownload {}", dd.name_any())))?
+                .map_err(adapter::api_err(format!(
+                    "reading DataDownload {}",
+                    dd.name_any()
+                )))?
             else {
                 return Ok(Requeue::await_change());
             };

@@ -11,7 +11,8 @@ use cairn_core::{OpenOptions, Repository, SnapshotFilter};
 use cairn_fuse::{check_mountpoint, spawn_mount, spawn_named_mount, MountOptions, NamedSnapshot};
 use cairn_kube::controller::JobSettings;
 use cairn_kube::{
-    crds_yaml, resolve_application_mount, resolve_mount, run_controller, ControllerOptions, VeleroOptions,
+    crds_yaml, resolve_application_mount, resolve_mount, run_controller, ControllerOptions,
+    VeleroOptions,
 };
 use clap::{Args, Subcommand};
 use std::path::PathBuf;

@@ -5,7 +5,9 @@
 //! running: the tests play its part. Every wait is bounded.
 
 use crate::common::text;
-use crate::kube_e2e::{config, controller_logic_only, small_files, tree, Cluster, NS, PASSWORD, PATIENCE};
+use crate::kube_e2e::{
+    config, controller_logic_only, small_files, tree, Cluster, NS, PASSWORD, PATIENCE,
+};
 use cairn_kube_sim::SnapshotBehaviour;
 use serde_json::{json, Value};
 use std::process::Command;
@@ -92,7 +94,9 @@ impl Velero {
     /// ready, and is not waited for.
     fn data_upload_of(&self, pvc: &str, stuck: Option<&str>) -> (String, String) {
         let sim = &self.cluster.sim;
-        let claim = sim.get("v1", "PersistentVolumeClaim", Some(NS), pvc).unwrap();
+        let claim = sim
+            .get("v1", "PersistentVolumeClaim", Some(NS), pvc)
+            .unwrap();
         let pvc_uid = claim["metadata"]["uid"].as_str().unwrap().to_string();
         let mut vs = json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
             "metadata": {"generateName": "velero-data-", "namespace": NS,
@@ -106,7 +110,12 @@ impl Velero {
         let vs_name = vs["metadata"]["name"].as_str().unwrap().to_string();
         if stuck.is_none() {
             sim.wait_for("the VolumeSnapshot ready", PATIENCE, |s| {
-                let vs = s.get("snapshot.storage.k8s.io/v1", "VolumeSnapshot", Some(NS), &vs_name)?;
+                let vs = s.get(
+                    "snapshot.storage.k8s.io/v1",
+                    "VolumeSnapshot",
+                    Some(NS),
+                    &vs_name,
+                )?;
                 (vs["status"]["readyToUse"] == true).then_some(())
             });
         }
@@ -124,7 +133,10 @@ impl Velero {
                          "sourcePVC": pvc, "datamover": "cairn", "backupStorageLocation": "default",
                          "sourceNamespace": NS, "operationTimeout": "10m0s"}}))
             .unwrap();
-        (du["metadata"]["name"].as_str().unwrap().to_string(), vs_name)
+        (
+            du["metadata"]["name"].as_str().unwrap().to_string(),
+            vs_name,
+        )
     }
 
     fn get(&self, kind: &str, name: &str) -> Option<Value> {
@@ -156,51 +168,61 @@ impl Velero {
     /// namespace, no VolumeSnapshotContent of either.
     fn wait_nothing_left(&self, name: &str, vs: &str, keep_job: bool) {
         let snap = "snapshot.storage.k8s.io/v1";
-        self.cluster.sim.wait_for(&format!("nothing left of {name}"), PATIENCE, |s| {
-            let mine = |o: &Value| {
-                o["metadata"]["labels"]["cairn.io/owner"] == name
-                    || o["metadata"]["labels"]["job-name"]
-                        .as_str()
-                        .is_some_and(|j| j.starts_with(name))
-            };
-            let mut left: Vec<String> = [
-                ("batch/v1", "Job"),
-                ("v1", "Pod"),
-                ("v1", "PersistentVolumeClaim"),
-                (snap, "VolumeSnapshot"),
-            ]
-            .into_iter()
-            .filter(|(_, k)| !(keep_job && matches!(*k, "Job" | "Pod")))
-            .flat_map(|(v, k)| {
-                s.list(v, k, Some(CAIRN))
-                    .into_iter()
-                    .filter(|o| mine(o))
-                    .map(move |o| format!("{k} {}", o["metadata"]["name"]))
-            })
-            .collect();
-            if s.get(snap, "VolumeSnapshot", Some(NS), vs).is_some() {
-                left.push(format!("VolumeSnapshot {NS}/{vs}"));
-            }
-            for c in s.list(snap, "VolumeSnapshotContent", None) {
-                let r = &c["spec"]["volumeSnapshotRef"]["name"];
-                if c["metadata"]["name"] == name || r == vs || r == name {
-                    left.push(format!("VolumeSnapshotContent {}", c["metadata"]["name"]));
+        self.cluster
+            .sim
+            .wait_for(&format!("nothing left of {name}"), PATIENCE, |s| {
+                let mine = |o: &Value| {
+                    o["metadata"]["labels"]["cairn.io/owner"] == name
+                        || o["metadata"]["labels"]["job-name"]
+                            .as_str()
+                            .is_some_and(|j| j.starts_with(name))
+                };
+                let mut left: Vec<String> = [
+                    ("batch/v1", "Job"),
+                    ("v1", "Pod"),
+                    ("v1", "PersistentVolumeClaim"),
+                    (snap, "VolumeSnapshot"),
+                ]
+                .into_iter()
+                .filter(|(_, k)| !(keep_job && matches!(*k, "Job" | "Pod")))
+                .flat_map(|(v, k)| {
+                    s.list(v, k, Some(CAIRN))
+                        .into_iter()
+                        .filter(|o| mine(o))
+                        .map(move |o| format!("{k} {}", o["metadata"]["name"]))
+                })
+                .collect();
+                if s.get(snap, "VolumeSnapshot", Some(NS), vs).is_some() {
+                    left.push(format!("VolumeSnapshot {NS}/{vs}"));
                 }
-            }
-            left.is_empty().then_some(())
-        });
+                for c in s.list(snap, "VolumeSnapshotContent", None) {
+                    let r = &c["spec"]["volumeSnapshotRef"]["name"];
+                    if c["metadata"]["name"] == name || r == vs || r == name {
+                        left.push(format!("VolumeSnapshotContent {}", c["metadata"]["name"]));
+                    }
+                }
+                left.is_empty().then_some(())
+            });
     }
 
     fn cancel(&self, name: &str) {
         self.cluster
             .sim
-            .merge_patch(DU, "DataUpload", Some(VELERO), name, None, json!({"spec": {"cancel": true}}))
+            .merge_patch(
+                DU,
+                "DataUpload",
+                Some(VELERO),
+                name,
+                None,
+                json!({"spec": {"cancel": true}}),
+            )
             .unwrap();
     }
 }
 
 #[test]
-fn a_data_upload_as_velero_creates_it_completes_with_progress_and_restores_through_a_data_download() {
+fn a_data_upload_as_velero_creates_it_completes_with_progress_and_restores_through_a_data_download()
+{
     if controller_logic_only() {
         return;
     }
@@ -211,18 +233,36 @@ fn a_data_upload_as_velero_creates_it_completes_with_progress_and_restores_throu
     let started = Instant::now();
     let done = v.wait_phase("DataUpload", &name, &["Completed"]);
     let status = &done["status"];
-    assert!(status["snapshotID"].as_str().is_some_and(|s| !s.is_empty()), "{status}");
+    assert!(
+        status["snapshotID"].as_str().is_some_and(|s| !s.is_empty()),
+        "{status}"
+    );
     assert_eq!(status["path"], "/data");
     assert!(status["startTimestamp"].is_string() && status["completionTimestamp"].is_string());
-    assert!(status["incrementalBytes"].as_i64().is_some_and(|b| b > 0), "{status}");
-    assert!(status["progress"]["totalBytes"].as_i64().is_some_and(|b| b > 0), "{status}");
-    assert!(status.get("node").is_none(), "cairn never names a node: {status}");
+    assert!(
+        status["incrementalBytes"].as_i64().is_some_and(|b| b > 0),
+        "{status}"
+    );
+    assert!(
+        status["progress"]["totalBytes"]
+            .as_i64()
+            .is_some_and(|b| b > 0),
+        "{status}"
+    );
+    assert!(
+        status.get("node").is_none(),
+        "cairn never names a node: {status}"
+    );
     // Velero's labels and owner are untouched; no mover finalizer was added.
     assert!(done["metadata"]["labels"]["velero.io/async-operation-id"]
         .as_str()
         .is_some_and(|l| l.starts_with("du-")));
     assert_eq!(done["metadata"]["ownerReferences"][0]["name"], "b1");
-    assert!(done["metadata"]["finalizers"].is_null(), "{}", done["metadata"]);
+    assert!(
+        done["metadata"]["finalizers"].is_null(),
+        "{}",
+        done["metadata"]
+    );
     // Progress was patched by the job pod on the way, then the final phase by the controller.
     let progress_path = format!("/apis/{DU}/namespaces/{VELERO}/datauploads/{name}/status");
     let patches: Vec<Value> = v
@@ -233,17 +273,32 @@ fn a_data_upload_as_velero_creates_it_completes_with_progress_and_restores_throu
         .filter(|r| r.method == "PATCH" && r.path == progress_path && r.code == 200)
         .map(|r| r.body)
         .collect();
-    let phases: Vec<&str> = patches.iter().filter_map(|b| b["status"]["phase"].as_str()).collect();
-    assert_eq!(phases, ["Accepted", "Prepared", "InProgress", "Completed"], "{patches:?}");
+    let phases: Vec<&str> = patches
+        .iter()
+        .filter_map(|b| b["status"]["phase"].as_str())
+        .collect();
+    assert_eq!(
+        phases,
+        ["Accepted", "Prepared", "InProgress", "Completed"],
+        "{patches:?}"
+    );
     assert!(
-        patches.iter().any(|b| b["status"]["progress"]["bytesDone"].as_i64().is_some()
-            && b["status"].get("phase").is_none()),
+        patches
+            .iter()
+            .any(|b| b["status"]["progress"]["bytesDone"].as_i64().is_some()
+                && b["status"].get("phase").is_none()),
         "no progress patch from the job: {patches:?}"
     );
     assert!(started.elapsed() < PATIENCE);
     v.wait_nothing_left(&name, &vs, true);
     // The repository is the namespace's, under the location's base.
-    assert!(v.base.path().join("cairn").join(NS).join("snapshots").is_dir());
+    assert!(v
+        .base
+        .path()
+        .join("cairn")
+        .join(NS)
+        .join("snapshots")
+        .is_dir());
 
     // Restore as Velero does: a DataDownload first, the target PVC (with Velero's
     // selector) after it.
@@ -266,19 +321,42 @@ fn a_data_upload_as_velero_creates_it_completes_with_progress_and_restores_throu
                  "resources": {"requests": {"storage": "1Gi"}},
                  "selector": {"matchLabels": {"velero.io/dynamic-pv-restore": "shop.data-restored.abcde"}}}}));
     v.wait_phase("DataDownload", &dd_name, &["Completed"]);
-    let target = v.cluster.sim.volume_dir(NS, "data-restored").expect("target bound");
+    let target = v
+        .cluster
+        .sim
+        .volume_dir(NS, "data-restored")
+        .expect("target bound");
     assert_eq!(tree(&target), tree(&source));
-    let claim = v.cluster.sim.get("v1", "PersistentVolumeClaim", Some(NS), "data-restored").unwrap();
+    let claim = v
+        .cluster
+        .sim
+        .get("v1", "PersistentVolumeClaim", Some(NS), "data-restored")
+        .unwrap();
     assert_eq!(claim["status"]["phase"], "Bound");
     let pv = v
         .cluster
         .sim
-        .get("v1", "PersistentVolume", None, claim["spec"]["volumeName"].as_str().unwrap())
+        .get(
+            "v1",
+            "PersistentVolume",
+            None,
+            claim["spec"]["volumeName"].as_str().unwrap(),
+        )
         .unwrap();
     assert_eq!(pv["status"]["phase"], "Bound");
-    assert_eq!(pv["metadata"]["labels"]["velero.io/dynamic-pv-restore"], "shop.data-restored.abcde");
-    assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Delete", "policy restored");
-    assert!(v.cluster.sim.get("v1", "PersistentVolumeClaim", Some(CAIRN), &dd_name).is_none());
+    assert_eq!(
+        pv["metadata"]["labels"]["velero.io/dynamic-pv-restore"],
+        "shop.data-restored.abcde"
+    );
+    assert_eq!(
+        pv["spec"]["persistentVolumeReclaimPolicy"], "Delete",
+        "policy restored"
+    );
+    assert!(v
+        .cluster
+        .sim
+        .get("v1", "PersistentVolumeClaim", Some(CAIRN), &dd_name)
+        .is_none());
     v.cluster.assert_no_pruned_fields();
 }
 
@@ -298,7 +376,10 @@ fn a_missing_backup_pvc_storage_class_fails_within_seconds() {
     let failed = v.wait_phase("DataUpload", &name, &["Failed"]);
     assert!(started.elapsed().as_secs() < 20, "{:?}", started.elapsed());
     let message = failed["status"]["message"].as_str().unwrap();
-    assert!(message.contains("\"does-not-exist\"") && message.contains("does not exist"), "{message}");
+    assert!(
+        message.contains("\"does-not-exist\"") && message.contains("does not exist"),
+        "{message}"
+    );
     v.wait_nothing_left(&name, &vs, false);
 }
 
@@ -310,7 +391,11 @@ fn cancel_in_each_phase_ends_canceled_with_nothing_left_behind() {
     if controller_logic_only() {
         return;
     }
-    let v = Velero::start("velero-cancel", json!({}), &[("KDMP_BACKUP_JOB_LIMIT", "1")]);
+    let v = Velero::start(
+        "velero-cancel",
+        json!({}),
+        &[("KDMP_BACKUP_JOB_LIMIT", "1")],
+    );
     v.cluster.volume("data", &small_files());
     let (accepted, accepted_vs) = v.data_upload_of("data", Some("never-ready"));
     v.wait_phase("DataUpload", &accepted, &["Accepted"]);
@@ -321,7 +406,10 @@ fn cancel_in_each_phase_ends_canceled_with_nothing_left_behind() {
     v.wait_phase("DataUpload", &prepared, &["Prepared"]);
     std::thread::sleep(std::time::Duration::from_secs(2));
     let still = v.get("DataUpload", &prepared).unwrap();
-    assert_eq!(still["status"]["phase"], "Prepared", "the job slot is taken");
+    assert_eq!(
+        still["status"]["phase"], "Prepared",
+        "the job slot is taken"
+    );
     for (name, vs) in [
         (&accepted, &accepted_vs),
         (&prepared, &prepared_vs),

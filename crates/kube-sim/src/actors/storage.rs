@@ -154,7 +154,12 @@ fn bind_static(s: &mut State, pvc: &Value) -> bool {
     replace(s, "core/persistentvolumes", new);
     let t = ty(s, "core/persistentvolumes");
     if let Ok(now_pv) = s.get(&t, None, &name(&pv)) {
-        set_status(s, "core/persistentvolumes", &now_pv, json!({"phase": "Bound"}));
+        set_status(
+            s,
+            "core/persistentvolumes",
+            &now_pv,
+            json!({"phase": "Bound"}),
+        );
     }
     let mut claim = pvc.clone();
     claim["spec"]["volumeName"] = json!(name(&pv));

@@ -8,9 +8,7 @@ use crate::controller::{
     job_name as objects_job_name, DataDownloadObserved, DataUploadObserved, JobKind, SecretSync,
     SnapshotContentInfo, VeleroAction, VeleroContext, LABEL_DOWNLOAD,
 };
-use crate::velero::{
-    parse_node_agent_config, BackupStorageLocation, DataDownload, DataUpload,
-};
+use crate::velero::{parse_node_agent_config, BackupStorageLocation, DataDownload, DataUpload};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Secret};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::ByteString;
@@ -57,7 +55,9 @@ async fn location(
     Api::<BackupStorageLocation>::namespaced(client.clone(), ns)
         .get_opt(name)
         .await
-        .map_err(api_err(format!("reading BackupStorageLocation {ns}/{name}")))
+        .map_err(api_err(format!(
+            "reading BackupStorageLocation {ns}/{name}"
+        )))
 }
 
 /// Observes everything the DataUpload decision needs. `node_agent_config` names the node
@@ -105,8 +105,9 @@ pub async fn observe_data_upload(
         .as_ref()
         .map(|c| c.volume_snapshot.clone())
         .unwrap_or_default();
-    let snapshots =
-        |ns: &str| Api::<DynamicObject>::namespaced_with(client.clone(), ns, &volume_snapshot_resource());
+    let snapshots = |ns: &str| {
+        Api::<DynamicObject>::namespaced_with(client.clone(), ns, &volume_snapshot_resource())
+    };
     let contents: Api<DynamicObject> = Api::all_with(client.clone(), &content_resource());
     let source = if vs_name.is_empty() {
         None
@@ -114,7 +115,9 @@ pub async fn observe_data_upload(
         snapshots(source_ns)
             .get_opt(&vs_name)
             .await
-            .map_err(api_err(format!("reading VolumeSnapshot {source_ns}/{vs_name}")))?
+            .map_err(api_err(format!(
+                "reading VolumeSnapshot {source_ns}/{vs_name}"
+            )))?
     };
     let source_content_name = source
         .as_ref()
@@ -142,15 +145,21 @@ pub async fn observe_data_upload(
         .await
         .map_err(api_err(format!("reading VolumeSnapshotContent {name}")))?
         .is_some();
-    let backup_pvc_exists = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &v.cairn_namespace)
-        .get_opt(&name)
-        .await
-        .map_err(api_err(format!("reading PVC {}/{name}", v.cairn_namespace)))?
-        .is_some();
+    let backup_pvc_exists =
+        Api::<PersistentVolumeClaim>::namespaced(client.clone(), &v.cairn_namespace)
+            .get_opt(&name)
+            .await
+            .map_err(api_err(format!("reading PVC {}/{name}", v.cairn_namespace)))?
+            .is_some();
     let job = objects_job_name(&name, JobKind::Backup.as_str());
     Ok(DataUploadObserved {
         upload: du.clone(),
-        location: location(client, &v.velero_namespace, &du.spec.backup_storage_location).await?,
+        location: location(
+            client,
+            &v.velero_namespace,
+            &du.spec.backup_storage_location,
+        )
+        .await?,
         backup_pvc_config,
         storage_classes,
         source_snapshot: source.map(snapshot_info),
@@ -220,7 +229,12 @@ pub async fn observe_data_download(
     let job = objects_job_name(&name, JobKind::Restore.as_str());
     Ok(DataDownloadObserved {
         download: dd.clone(),
-        location: location(client, &v.velero_namespace, &dd.spec.backup_storage_location).await?,
+        location: location(
+            client,
+            &v.velero_namespace,
+            &dd.spec.backup_storage_location,
+        )
+        .await?,
         target_pvc,
         restore_pvc,
         restored_pv,
@@ -246,8 +260,11 @@ async fn patch_velero_status(
     if body["status"].as_object().is_some_and(|m| m.is_empty()) {
         return Ok(());
     }
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), &v.velero_namespace, &crate::velero::resource(kind));
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &v.velero_namespace,
+        &crate::velero::resource(kind),
+    );
     api.patch_status(&target.name, &PatchParams::default(), &Patch::Merge(&body))
         .await
         .map_err(api_err(format!(
@@ -314,9 +331,9 @@ pub async fn execute_velero(
                 {
                     Err(kube::Error::Api(s)) if s.code == 404 => {}
                     other => {
-                        other.map(drop).map_err(api_err(format!(
-                            "retaining VolumeSnapshotContent {name}"
-                        )))?;
+                        other
+                            .map(drop)
+                            .map_err(api_err(format!("retaining VolumeSnapshotContent {name}")))?;
                     }
                 }
             }
@@ -324,9 +341,9 @@ pub async fn execute_velero(
                 match contents.delete(name, &DeleteParams::default()).await {
                     Err(kube::Error::Api(s)) if s.code == 404 => {}
                     other => {
-                        other.map(drop).map_err(api_err(format!(
-                            "deleting VolumeSnapshotContent {name}"
-                        )))?;
+                        other
+                            .map(drop)
+                            .map_err(api_err(format!("deleting VolumeSnapshotContent {name}")))?;
                     }
                 }
             }
@@ -359,7 +376,12 @@ async fn secret_key(
         .as_ref()
         .and_then(|d| d.get(key))
         .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-        .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(key).cloned()));
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(key).cloned())
+        });
     Ok(value.ok_or_else(|| format!("Secret {ns}/{name} has no key {key:?}")))
 }
 
@@ -379,7 +401,13 @@ async fn put_secret(
         metadata: kube::api::ObjectMeta {
             name: Some(name.into()),
             namespace: Some(ns.into()),
-            labels: Some([("app.kubernetes.io/created-by".to_string(), "cairn".to_string())].into()),
+            labels: Some(
+                [(
+                    "app.kubernetes.io/created-by".to_string(),
+                    "cairn".to_string(),
+                )]
+                .into(),
+            ),
             ..Default::default()
         },
         data: Some(data.clone()),

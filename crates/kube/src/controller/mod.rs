@@ -26,14 +26,14 @@ pub use objects::{
 };
 pub use repository::{decide_repository, RepositoryObserved};
 pub use restore::{decide_restore, RestoreObserved};
-pub use velero::{
-    decide_data_download, decide_data_upload, DataDownloadObserved, DataUploadObserved,
-    SecretSync, SnapshotContentInfo, VeleroAction, VeleroContext, ANNOTATION_RECLAIM,
-    LABEL_DOWNLOAD, LABEL_VELERO, TAG_DATA_UPLOAD,
-};
 pub use schedule::{
     decide_schedule, keep_flags, retention_policy, run_name, RunKind, RunOutcome, ScheduleObserved,
     ScheduleRun, ScheduledRun, ANNOTATION_SCHEDULED_TIME, LABEL_SCHEDULE, TAG_SCHEDULE,
+};
+pub use velero::{
+    decide_data_download, decide_data_upload, DataDownloadObserved, DataUploadObserved, SecretSync,
+    SnapshotContentInfo, VeleroAction, VeleroContext, ANNOTATION_RECLAIM, LABEL_DOWNLOAD,
+    LABEL_VELERO, TAG_DATA_UPLOAD,
 };
 
 use crate::config::Config;

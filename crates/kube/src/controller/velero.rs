@@ -250,7 +250,12 @@ fn upload_accepted(
 ) {
     let du = &obs.upload;
     let name = du.name_any();
-    if let Err(why) = repository(obs.location.as_ref(), &du.spec.backup_storage_location, &du.spec.source_namespace, v) {
+    if let Err(why) = repository(
+        obs.location.as_ref(),
+        &du.spec.backup_storage_location,
+        &du.spec.source_namespace,
+        v,
+    ) {
         s.end_upload(phase::FAILED, why);
         return upload_cleanup(obs, v, &mut s.actions);
     }
@@ -441,13 +446,24 @@ fn upload_prepared(
     if let Some(backup) = du.labels().get(LABEL_BACKUP_NAME) {
         args.extend(["--tag".into(), format!("{LABEL_BACKUP_NAME}={backup}")]);
     }
-    s.actions.push(VeleroAction::SyncSecrets(Box::new(repo.sync)));
+    s.actions
+        .push(VeleroAction::SyncSecrets(Box::new(repo.sync)));
     let data = DataVolume {
         claim: name.clone(),
         read_only: true,
         node: None,
     };
-    let job = velero_job(ctx, v, &repo.repository, "DataUpload", du.metadata.uid.as_deref(), &name, JobKind::Backup, args, data);
+    let job = velero_job(
+        ctx,
+        v,
+        &repo.repository,
+        "DataUpload",
+        du.metadata.uid.as_deref(),
+        &name,
+        JobKind::Backup,
+        args,
+        data,
+    );
     s.actions
         .push(VeleroAction::Kube(Action::CreateJob(Box::new(job))));
     s.status.phase = Some(phase::IN_PROGRESS.into());
@@ -463,7 +479,10 @@ fn upload_in_progress(
     let job_name = objects::job_name(&name, "backup");
     let job = judged(&obs.job, ctx);
     let failure = match &job {
-        None => format!("Job {}/{job_name} was deleted before it finished", v.cairn_namespace),
+        None => format!(
+            "Job {}/{job_name} was deleted before it finished",
+            v.cairn_namespace
+        ),
         Some(job) if job.is_running() => {
             s.actions
                 .push(VeleroAction::Kube(Action::RequeueAfter(running_poll(job))));
@@ -610,12 +629,7 @@ fn owner(kind: &str, uid: Option<&str>, name: &str) -> OwnerReference {
 /// Labels an object cairn makes for a Velero object, and drops the owner reference when
 /// the object is in another namespace (an owner reference cannot cross namespaces: the
 /// garbage collector would delete the object at once).
-fn disown(
-    meta: &mut kube::api::ObjectMeta,
-    kind: &str,
-    name: &str,
-    v: &VeleroContext,
-) {
+fn disown(meta: &mut kube::api::ObjectMeta, kind: &str, name: &str, v: &VeleroContext) {
     meta.labels
         .get_or_insert_with(Default::default)
         .insert(LABEL_VELERO.into(), kind.into());
@@ -742,7 +756,11 @@ pub fn decide_data_download(
     actions
 }
 
-fn download_accepted(obs: &DataDownloadObserved, v: &VeleroContext, s: &mut Step<DataDownloadStatus>) {
+fn download_accepted(
+    obs: &DataDownloadObserved,
+    v: &VeleroContext,
+    s: &mut Step<DataDownloadStatus>,
+) {
     let dd = &obs.download;
     let name = dd.name_any();
     if let Err(why) = repository(
@@ -795,7 +813,10 @@ fn download_prepared(
     if obs.restore_pvc.is_none() {
         s.end_download(
             phase::FAILED,
-            format!("the restore PVC {}/{name} disappeared before the restore started", v.cairn_namespace),
+            format!(
+                "the restore PVC {}/{name} disappeared before the restore started",
+                v.cairn_namespace
+            ),
         );
         return download_cleanup(obs, v, &mut s.actions);
     }
@@ -827,13 +848,24 @@ fn download_prepared(
         "--target".into(),
         DATA_DIR.into(),
     ];
-    s.actions.push(VeleroAction::SyncSecrets(Box::new(repo.sync)));
+    s.actions
+        .push(VeleroAction::SyncSecrets(Box::new(repo.sync)));
     let data = DataVolume {
         claim: name.clone(),
         read_only: false,
         node: None,
     };
-    let job = velero_job(ctx, v, &repo.repository, "DataDownload", dd.metadata.uid.as_deref(), &name, JobKind::Restore, args, data);
+    let job = velero_job(
+        ctx,
+        v,
+        &repo.repository,
+        "DataDownload",
+        dd.metadata.uid.as_deref(),
+        &name,
+        JobKind::Restore,
+        args,
+        data,
+    );
     s.actions
         .push(VeleroAction::Kube(Action::CreateJob(Box::new(job))));
     s.status.phase = Some(phase::IN_PROGRESS.into());
@@ -855,7 +887,10 @@ fn download_in_progress(
         .is_some_and(|pv| pv.labels().contains_key(LABEL_DOWNLOAD));
     if !handed_over {
         let failure = match &job {
-            None => format!("Job {}/{job_name} was deleted before it finished", v.cairn_namespace),
+            None => format!(
+                "Job {}/{job_name} was deleted before it finished",
+                v.cairn_namespace
+            ),
             Some(job) if job.is_running() => {
                 s.actions
                     .push(VeleroAction::Kube(Action::RequeueAfter(running_poll(job))));
@@ -927,8 +962,9 @@ fn hand_over(obs: &DataDownloadObserved, v: &VeleroContext, s: &mut Step<DataDow
                 "spec": { "persistentVolumeReclaimPolicy": "Retain" },
             }),
         });
-        s.actions
-            .push(VeleroAction::Kube(Action::RequeueAfter(std::time::Duration::ZERO)));
+        s.actions.push(VeleroAction::Kube(Action::RequeueAfter(
+            std::time::Duration::ZERO,
+        )));
         return;
     }
     if obs.restore_pvc.is_some() {
@@ -941,8 +977,7 @@ fn hand_over(obs: &DataDownloadObserved, v: &VeleroContext, s: &mut Step<DataDow
         return;
     }
     let claim = spec.claim_ref.clone().unwrap_or_default();
-    if claim.namespace.as_deref() != Some(target_ns) || claim.name.as_deref() != Some(target_name)
-    {
+    if claim.namespace.as_deref() != Some(target_ns) || claim.name.as_deref() != Some(target_name) {
         s.actions.push(VeleroAction::PatchPersistentVolume {
             name: pv_name,
             patch: json!({ "spec": { "claimRef": {
@@ -985,7 +1020,11 @@ fn hand_over(obs: &DataDownloadObserved, v: &VeleroContext, s: &mut Step<DataDow
 
 /// Deletes the temporary restore PVC (unless its volume is already handed over: then it
 /// is gone already).
-fn download_cleanup(obs: &DataDownloadObserved, v: &VeleroContext, actions: &mut Vec<VeleroAction>) {
+fn download_cleanup(
+    obs: &DataDownloadObserved,
+    v: &VeleroContext,
+    actions: &mut Vec<VeleroAction>,
+) {
     if obs.restore_pvc.is_some() {
         actions.push(VeleroAction::Kube(Action::DeletePvc {
             namespace: v.cairn_namespace.clone(),

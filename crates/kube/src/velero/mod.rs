@@ -127,7 +127,11 @@ pub struct DataUploadStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// The cairn snapshot id.
-    #[serde(default, rename = "snapshotID", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "snapshotID",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub snapshot_id: Option<String>,
     /// What went wrong, or a summary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -323,7 +327,10 @@ pub(crate) fn progress_api(
         crate::job::JobCommand::Restore => ("DataDownload", params.data_download.clone()?),
         _ => return None,
     };
-    Some((kube::Api::namespaced_with(client, ns, &resource(kind)), name))
+    Some((
+        kube::Api::namespaced_with(client, ns, &resource(kind)),
+        name,
+    ))
 }
 
 #[cfg(test)]
@@ -344,9 +351,13 @@ mod tests {
         assert_eq!(cfg["sc-1"].storage_class.as_deref(), Some("ro-class"));
         assert!(cfg["sc-1"].read_only && cfg["sc-2"].read_only);
         assert_eq!(cfg["sc-2"].storage_class, None);
-        assert!(parse_node_agent_config(&BTreeMap::new()).unwrap().is_empty());
+        assert!(parse_node_agent_config(&BTreeMap::new())
+            .unwrap()
+            .is_empty());
         let bad = [("x".to_string(), "{".to_string())].into();
-        assert!(parse_node_agent_config(&bad).unwrap_err().contains("not valid JSON"));
+        assert!(parse_node_agent_config(&bad)
+            .unwrap_err()
+            .contains("not valid JSON"));
     }
 
     #[test]

@@ -65,7 +65,11 @@ pub fn repository_for(
             spec.provider
         ));
     }
-    let Some(storage) = spec.object_storage.as_ref().filter(|o| !o.bucket.is_empty()) else {
+    let Some(storage) = spec
+        .object_storage
+        .as_ref()
+        .filter(|o| !o.bucket.is_empty())
+    else {
         return Err(format!(
             "BackupStorageLocation {name:?} names no objectStorage.bucket"
         ));
@@ -212,7 +216,10 @@ mod tests {
     #[test]
     fn unusable_locations_say_what_to_change() {
         let cases = [
-            (json!({"provider": "gcp", "objectStorage": {"bucket": "b"}}), "cairnLocation"),
+            (
+                json!({"provider": "gcp", "objectStorage": {"bucket": "b"}}),
+                "cairnLocation",
+            ),
             (json!({"provider": "aws"}), "objectStorage.bucket"),
             (
                 json!({"provider": "aws", "objectStorage": {"bucket": "b"},
@@ -233,7 +240,9 @@ mod tests {
         let env = aws_credentials(text, "default").unwrap();
         assert_eq!(env["AWS_ACCESS_KEY_ID"], "AKIA");
         assert_eq!(env["AWS_SECRET_ACCESS_KEY"], "s3cr=t");
-        assert!(aws_credentials(text, "prod").unwrap_err().contains("[prod]"));
+        assert!(aws_credentials(text, "prod")
+            .unwrap_err()
+            .contains("[prod]"));
         let partial = "[default]\naws_access_key_id=AKIA\n";
         assert!(aws_credentials(partial, "default")
             .unwrap_err()

@@ -78,7 +78,11 @@ fn content() -> SnapshotContentInfo {
 
 fn observed(phase: &str) -> DataUploadObserved {
     DataUploadObserved {
-        upload: upload(json!({"phase": phase, "acceptedTimestamp": "2025-06-01T11:59:50Z"}), false, "cairn"),
+        upload: upload(
+            json!({"phase": phase, "acceptedTimestamp": "2025-06-01T11:59:50Z"}),
+            false,
+            "cairn",
+        ),
         location: Some(bsl()),
         backup_pvc_config: Ok(BTreeMap::new()),
         storage_classes: vec!["gp3".into(), "ro".into()],
@@ -122,7 +126,10 @@ fn objects_of_other_movers_are_never_touched() {
     for mover in ["", "velero", "kopia"] {
         let mut obs = observed("");
         obs.upload = upload(json!({}), true, mover);
-        assert!(decide_data_upload(&obs, &ctx(), &velero()).is_empty(), "{mover:?}");
+        assert!(
+            decide_data_upload(&obs, &ctx(), &velero()).is_empty(),
+            "{mover:?}"
+        );
     }
 }
 
@@ -152,11 +159,18 @@ fn accepted_moves_the_snapshot_into_cairn_s_namespace_and_exposes_it() {
         ]
     );
     assert_eq!(status_of(&actions)["phase"], "Prepared");
-    let VeleroAction::CreateSnapshotContent(vsc) = &actions[1] else { panic!() };
+    let VeleroAction::CreateSnapshotContent(vsc) = &actions[1] else {
+        panic!()
+    };
     assert_eq!(vsc["spec"]["source"]["snapshotHandle"], "handle-1");
     assert_eq!(vsc["spec"]["deletionPolicy"], "Delete");
-    assert_eq!(vsc["spec"]["volumeSnapshotRef"]["namespace"], "cairn-system");
-    let VeleroAction::Kube(Action::CreatePvc(pvc)) = &actions[6] else { panic!() };
+    assert_eq!(
+        vsc["spec"]["volumeSnapshotRef"]["namespace"],
+        "cairn-system"
+    );
+    let VeleroAction::Kube(Action::CreatePvc(pvc)) = &actions[6] else {
+        panic!()
+    };
     let pvc = serde_json::to_value(pvc).unwrap();
     assert_eq!(pvc["metadata"]["namespace"], "cairn-system");
     assert_eq!(pvc["spec"]["dataSource"]["name"], "b1-x7k2p");
@@ -173,7 +187,10 @@ fn the_node_agent_backup_pvc_section_chooses_class_and_access_mode() {
     let mut obs = observed("Accepted");
     obs.backup_pvc_config = Ok([(
         "gp3".to_string(),
-        BackupPvc { storage_class: Some("ro".into()), read_only: true },
+        BackupPvc {
+            storage_class: Some("ro".into()),
+            read_only: true,
+        },
     )]
     .into());
     let actions = decide_data_upload(&obs, &ctx(), &velero());
@@ -188,31 +205,48 @@ fn the_node_agent_backup_pvc_section_chooses_class_and_access_mode() {
     assert_eq!(pvc["spec"]["accessModes"], json!(["ReadOnlyMany"]));
 }
 
+/// A change to the observed objects.
+type Change = Box<dyn Fn(&mut DataUploadObserved)>;
+
 #[test]
 fn fast_failures_say_what_is_wrong_and_clean_up() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut DataUploadObserved)>, &str)> = vec![
+    let cases: Vec<(&str, Change, &str)> = vec![
         (
             "missing backupPVC class",
             Box::new(|o| {
                 o.backup_pvc_config = Ok([(
                     "gp3".to_string(),
-                    BackupPvc { storage_class: Some("nope".into()), read_only: false },
+                    BackupPvc {
+                        storage_class: Some("nope".into()),
+                        read_only: false,
+                    },
                 )]
                 .into())
             }),
             "backupPVC storage class \"nope\" does not exist",
         ),
-        ("no location", Box::new(|o| o.location = None), "BackupStorageLocation \"default\" does not exist"),
+        (
+            "no location",
+            Box::new(|o| o.location = None),
+            "BackupStorageLocation \"default\" does not exist",
+        ),
         (
             "bad node agent config",
             Box::new(|o| o.backup_pvc_config = Err("ConfigMap velero/x: not valid JSON".into())),
             "not valid JSON",
         ),
-        ("snapshot gone", Box::new(|o| o.source_snapshot = None), "VolumeSnapshot shop/velero-data-abc does not exist"),
+        (
+            "snapshot gone",
+            Box::new(|o| o.source_snapshot = None),
+            "VolumeSnapshot shop/velero-data-abc does not exist",
+        ),
         (
             "snapshot failed",
             Box::new(|o| {
-                o.source_snapshot = Some(SnapshotInfo { error: Some("disk on fire".into()), ..ready_snapshot() })
+                o.source_snapshot = Some(SnapshotInfo {
+                    error: Some("disk on fire".into()),
+                    ..ready_snapshot()
+                })
             }),
             "failed: disk on fire",
         ),
@@ -223,10 +257,16 @@ fn fast_failures_say_what_is_wrong_and_clean_up() {
         let actions = decide_data_upload(&obs, &ctx(), &velero());
         let status = status_of(&actions);
         assert_eq!(status["phase"], "Failed", "{what}");
-        assert!(status["message"].as_str().unwrap().contains(needle), "{what}: {status}");
+        assert!(
+            status["message"].as_str().unwrap().contains(needle),
+            "{what}: {status}"
+        );
         assert_eq!(status["completionTimestamp"], "2025-06-01T12:00:00Z");
         if obs.source_snapshot.is_some() {
-            assert!(kinds(&actions).contains(&"DeleteVolumeSnapshot".to_string()), "{what}");
+            assert!(
+                kinds(&actions).contains(&"DeleteVolumeSnapshot".to_string()),
+                "{what}"
+            );
         }
     }
 }
@@ -234,20 +274,34 @@ fn fast_failures_say_what_is_wrong_and_clean_up() {
 #[test]
 fn a_snapshot_not_ready_waits_then_times_out() {
     let mut obs = observed("Accepted");
-    obs.source_snapshot = Some(SnapshotInfo { ready: false, ..ready_snapshot() });
+    obs.source_snapshot = Some(SnapshotInfo {
+        ready: false,
+        ..ready_snapshot()
+    });
     let actions = decide_data_upload(&obs, &ctx(), &velero());
     assert_eq!(kinds(&actions), ["RequeueAfter"]);
-    obs.upload = upload(json!({"phase": "Accepted", "acceptedTimestamp": "2025-06-01T11:50:00Z"}), false, "cairn");
+    obs.upload = upload(
+        json!({"phase": "Accepted", "acceptedTimestamp": "2025-06-01T11:50:00Z"}),
+        false,
+        "cairn",
+    );
     let status = status_of(&decide_data_upload(&obs, &ctx(), &velero()));
     assert_eq!(status["phase"], "Failed");
-    assert!(status["message"].as_str().unwrap().contains("SNAPSHOT_TIMEOUT"));
+    assert!(status["message"]
+        .as_str()
+        .unwrap()
+        .contains("SNAPSHOT_TIMEOUT"));
 }
 
 fn prepared() -> DataUploadObserved {
     DataUploadObserved {
         source_snapshot: None,
         source_content: None,
-        backup_snapshot: Some(SnapshotInfo { name: "b1-x7k2p".into(), ready: true, ..Default::default() }),
+        backup_snapshot: Some(SnapshotInfo {
+            name: "b1-x7k2p".into(),
+            ready: true,
+            ..Default::default()
+        }),
         backup_content_exists: true,
         backup_pvc_exists: true,
         ..observed("Prepared")
@@ -267,7 +321,11 @@ fn prepared_starts_the_job_with_the_namespace_repository() {
         .unwrap();
     assert_eq!(
         sync.password_from,
-        ("velero".into(), "velero-repo-credentials".into(), "repository-password".into())
+        (
+            "velero".into(),
+            "velero-repo-credentials".into(),
+            "repository-password".into()
+        )
     );
     assert_eq!(
         sync.credentials.as_ref().unwrap().1,
@@ -283,10 +341,9 @@ fn prepared_starts_the_job_with_the_namespace_repository() {
     assert_eq!(job["metadata"]["name"], "b1-x7k2p-backup");
     assert_eq!(job["metadata"]["namespace"], "cairn-system");
     assert!(job["metadata"]["ownerReferences"].is_null());
-    let args: Vec<String> = serde_json::from_value(
-        job["spec"]["template"]["spec"]["containers"][0]["args"].clone(),
-    )
-    .unwrap();
+    let args: Vec<String> =
+        serde_json::from_value(job["spec"]["template"]["spec"]["containers"][0]["args"].clone())
+            .unwrap();
     let joined = args.join(" ");
     for needle in [
         "--data-upload b1-x7k2p",
@@ -300,7 +357,10 @@ fn prepared_starts_the_job_with_the_namespace_repository() {
     // A full job slot keeps it Prepared.
     let mut busy = prepared();
     busy.running_backup_jobs = 100;
-    assert_eq!(kinds(&decide_data_upload(&busy, &ctx(), &velero())), ["RequeueAfter"]);
+    assert_eq!(
+        kinds(&decide_data_upload(&busy, &ctx(), &velero())),
+        ["RequeueAfter"]
+    );
 }
 
 fn job(succeeded: bool, message: &str) -> JobInfo {
@@ -326,18 +386,30 @@ fn a_finished_job_completes_or_fails_the_upload_and_disposes_of_the_snapshot() {
     assert_eq!(status["phase"], "Completed");
     assert_eq!(status["snapshotID"], "5f3a");
     assert_eq!(status["incrementalBytes"], 40);
-    assert_eq!(status["progress"], json!({"totalBytes": 100, "bytesDone": 100}));
+    assert_eq!(
+        status["progress"],
+        json!({"totalBytes": 100, "bytesDone": 100})
+    );
     assert_eq!(status["path"], "/data");
-    assert_eq!(kinds(&actions), ["PatchUploadStatus", "DeletePvc", "DeleteVolumeSnapshot"]);
+    assert_eq!(
+        kinds(&actions),
+        ["PatchUploadStatus", "DeletePvc", "DeleteVolumeSnapshot"]
+    );
 
-    obs.job = Some(job(false, r#"{"succeeded":false,"message":"bucket unreachable"}"#));
+    obs.job = Some(job(
+        false,
+        r#"{"succeeded":false,"message":"bucket unreachable"}"#,
+    ));
     let status = status_of(&decide_data_upload(&obs, &ctx(), &velero()));
     assert_eq!(status["phase"], "Failed");
     assert_eq!(status["message"], "bucket unreachable");
 
     obs.job = None;
     let status = status_of(&decide_data_upload(&obs, &ctx(), &velero()));
-    assert!(status["message"].as_str().unwrap().contains("was deleted before it finished"));
+    assert!(status["message"]
+        .as_str()
+        .unwrap()
+        .contains("was deleted before it finished"));
 }
 
 #[test]
@@ -346,12 +418,21 @@ fn cancel_in_every_phase_removes_everything_and_ends_canceled() {
         let mut obs = prepared();
         obs.source_snapshot = Some(ready_snapshot());
         obs.upload = upload(json!({"phase": phase}), true, "cairn");
-        obs.job = Some(JobInfo { name: "b1-x7k2p-backup".into(), ..Default::default() });
+        obs.job = Some(JobInfo {
+            name: "b1-x7k2p-backup".into(),
+            ..Default::default()
+        });
         let actions = decide_data_upload(&obs, &ctx(), &velero());
         assert_eq!(status_of(&actions)["phase"], "Canceled", "{phase}");
         assert_eq!(
             kinds(&actions),
-            ["PatchUploadStatus", "DeleteJob", "DeletePvc", "DeleteVolumeSnapshot", "DeleteVolumeSnapshot"],
+            [
+                "PatchUploadStatus",
+                "DeleteJob",
+                "DeletePvc",
+                "DeleteVolumeSnapshot",
+                "DeleteVolumeSnapshot"
+            ],
             "{phase}"
         );
     }
@@ -387,7 +468,12 @@ fn target(bound_to: Option<&str>) -> k8s_openapi::api::core::v1::PersistentVolum
     .unwrap()
 }
 
-fn pv(labels: Value, claim: Value, policy: &str, phase: &str) -> k8s_openapi::api::core::v1::PersistentVolume {
+fn pv(
+    labels: Value,
+    claim: Value,
+    policy: &str,
+    phase: &str,
+) -> k8s_openapi::api::core::v1::PersistentVolume {
     serde_json::from_value(json!({
         "metadata": {"name": "pvc-1", "labels": labels, "annotations": {ANNOTATION_RECLAIM: "Delete"}},
         "spec": {"persistentVolumeReclaimPolicy": policy, "claimRef": claim},
@@ -403,18 +489,24 @@ fn a_download_waits_for_its_target_then_restores_into_a_fresh_volume() {
         location: Some(bsl()),
         ..Default::default()
     };
-    assert_eq!(kinds(&decide_data_download(&obs, &ctx(), &velero())), ["RequeueAfter"]);
+    assert_eq!(
+        kinds(&decide_data_download(&obs, &ctx(), &velero())),
+        ["RequeueAfter"]
+    );
     obs.target_pvc = Some(target(None));
     let actions = decide_data_download(&obs, &ctx(), &velero());
     assert_eq!(status_of(&actions)["phase"], "Prepared");
-    let VeleroAction::Kube(Action::CreatePvc(pvc)) = &actions[1] else { panic!("{actions:?}") };
+    let VeleroAction::Kube(Action::CreatePvc(pvc)) = &actions[1] else {
+        panic!("{actions:?}")
+    };
     let pvc = serde_json::to_value(pvc).unwrap();
     assert_eq!(pvc["metadata"]["namespace"], "cairn-system");
     assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "5Gi");
     assert!(pvc["spec"]["selector"].is_null());
 
     obs.download = download(json!({"phase": "Prepared"}), false);
-    obs.restore_pvc = Some(serde_json::from_value(json!({"metadata": {"name": "r1-abcde"}})).unwrap());
+    obs.restore_pvc =
+        Some(serde_json::from_value(json!({"metadata": {"name": "r1-abcde"}})).unwrap());
     let actions = decide_data_download(&obs, &ctx(), &velero());
     assert_eq!(status_of(&actions)["phase"], "InProgress");
     let job = actions
@@ -425,19 +517,30 @@ fn a_download_waits_for_its_target_then_restores_into_a_fresh_volume() {
         })
         .unwrap();
     let args = job["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
-    assert!(args.contains("\"--snapshot\",\"5f3a\"") && args.contains("\"--data-download\",\"r1-abcde\""), "{args}");
+    assert!(
+        args.contains("\"--snapshot\",\"5f3a\"")
+            && args.contains("\"--data-download\",\"r1-abcde\""),
+        "{args}"
+    );
 }
 
 #[test]
 fn the_restored_volume_is_handed_over_as_velero_does() {
     let done = r#"{"succeeded":true,"bytesDone":7,"totalBytes":7,"message":"ok"}"#;
-    let restore_pvc: k8s_openapi::api::core::v1::PersistentVolumeClaim =
-        serde_json::from_value(json!({"metadata": {"name": "r1-abcde"}, "spec": {"volumeName": "pvc-1"}})).unwrap();
+    let restore_pvc: k8s_openapi::api::core::v1::PersistentVolumeClaim = serde_json::from_value(
+        json!({"metadata": {"name": "r1-abcde"}, "spec": {"volumeName": "pvc-1"}}),
+    )
+    .unwrap();
     let base = DataDownloadObserved {
         download: download(json!({"phase": "InProgress"}), false),
         location: Some(bsl()),
         target_pvc: Some(target(None)),
-        job: Some(JobInfo { name: "r1-abcde-restore".into(), succeeded: true, termination_message: Some(done.into()), ..Default::default() }),
+        job: Some(JobInfo {
+            name: "r1-abcde-restore".into(),
+            succeeded: true,
+            termination_message: Some(done.into()),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let claim_tmp = json!({"namespace": "cairn-system", "name": "r1-abcde", "uid": "u1"});
@@ -457,16 +560,22 @@ fn the_restored_volume_is_handed_over_as_velero_does() {
         .unwrap();
     assert_eq!(patch["spec"]["persistentVolumeReclaimPolicy"], "Retain");
     assert_eq!(status_of(&actions)["progress"]["bytesDone"], 7);
-    assert_eq!(patch["metadata"]["labels"]["velero.io/dynamic-pv-restore"], "shop.data.x1");
+    assert_eq!(
+        patch["metadata"]["labels"]["velero.io/dynamic-pv-restore"],
+        "shop.data.x1"
+    );
     assert_eq!(patch["metadata"]["labels"][LABEL_DOWNLOAD], "r1-abcde");
     // 2. The temporary claim is deleted.
-    let labelled = json!({LABEL_DOWNLOAD: "r1-abcde", "velero.io/dynamic-pv-restore": "shop.data.x1"});
+    let labelled =
+        json!({LABEL_DOWNLOAD: "r1-abcde", "velero.io/dynamic-pv-restore": "shop.data.x1"});
     let obs = DataDownloadObserved {
         restore_pvc: Some(restore_pvc),
         restored_pv: Some(pv(labelled.clone(), claim_tmp.clone(), "Retain", "Bound")),
         ..base.clone()
     };
-    assert!(kinds(&decide_data_download(&obs, &ctx(), &velero())).contains(&"DeletePvc".to_string()));
+    assert!(
+        kinds(&decide_data_download(&obs, &ctx(), &velero())).contains(&"DeletePvc".to_string())
+    );
     // 3. claimRef to the target, no uid.
     let obs = DataDownloadObserved {
         restored_pv: Some(pv(labelled.clone(), claim_tmp, "Retain", "Released")),
@@ -474,13 +583,20 @@ fn the_restored_volume_is_handed_over_as_velero_does() {
         ..base.clone()
     };
     let actions = decide_data_download(&obs, &ctx(), &velero());
-    let VeleroAction::PatchPersistentVolume { patch, .. } = &actions[0] else { panic!("{actions:?}") };
+    let VeleroAction::PatchPersistentVolume { patch, .. } = &actions[0] else {
+        panic!("{actions:?}")
+    };
     assert_eq!(patch["spec"]["claimRef"]["name"], "data");
     assert_eq!(patch["spec"]["claimRef"]["namespace"], "shop");
     assert!(patch["spec"]["claimRef"]["uid"].is_null());
     // 4. Both bound: policy restored, Completed.
     let obs = DataDownloadObserved {
-        restored_pv: Some(pv(labelled, json!({"namespace": "shop", "name": "data", "uid": "u2"}), "Retain", "Bound")),
+        restored_pv: Some(pv(
+            labelled,
+            json!({"namespace": "shop", "name": "data", "uid": "u2"}),
+            "Retain",
+            "Bound",
+        )),
         target_pvc: Some(target(Some("pvc-1"))),
         job: None,
         ..base
@@ -488,7 +604,9 @@ fn the_restored_volume_is_handed_over_as_velero_does() {
     let actions = decide_data_download(&obs, &ctx(), &velero());
     let status = status_of(&actions);
     assert_eq!(status["phase"], "Completed");
-    let VeleroAction::PatchPersistentVolume { patch, .. } = &actions[1] else { panic!("{actions:?}") };
+    let VeleroAction::PatchPersistentVolume { patch, .. } = &actions[1] else {
+        panic!("{actions:?}")
+    };
     assert_eq!(patch["spec"]["persistentVolumeReclaimPolicy"], "Delete");
 }
 
@@ -496,11 +614,19 @@ fn the_restored_volume_is_handed_over_as_velero_does() {
 fn a_canceled_download_removes_its_job_and_volume() {
     let obs = DataDownloadObserved {
         download: download(json!({"phase": "InProgress"}), true),
-        restore_pvc: Some(serde_json::from_value(json!({"metadata": {"name": "r1-abcde"}})).unwrap()),
-        job: Some(JobInfo { name: "r1-abcde-restore".into(), ..Default::default() }),
+        restore_pvc: Some(
+            serde_json::from_value(json!({"metadata": {"name": "r1-abcde"}})).unwrap(),
+        ),
+        job: Some(JobInfo {
+            name: "r1-abcde-restore".into(),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let actions = decide_data_download(&obs, &ctx(), &velero());
     assert_eq!(status_of(&actions)["phase"], "Canceled");
-    assert_eq!(kinds(&actions), ["PatchDownloadStatus", "DeleteJob", "DeletePvc"]);
+    assert_eq!(
+        kinds(&actions),
+        ["PatchDownloadStatus", "DeleteJob", "DeletePvc"]
+    );
 }
