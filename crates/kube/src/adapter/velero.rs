@@ -60,6 +60,25 @@ async fn location(
         )))
 }
 
+/// Which of the Secret keys the Job Secrets come from exist (read only in Prepared, just
+/// before the Job is created).
+async fn secret_keys(
+    client: &kube::Client,
+    location: Option<&BackupStorageLocation>,
+    v: &VeleroContext,
+    phase: &str,
+) -> Result<BTreeMap<String, bool>, AdapterError> {
+    let mut out = BTreeMap::new();
+    if phase != crate::velero::phase::PREPARED {
+        return Ok(out);
+    }
+    for source in crate::controller::secret_sources(location, v) {
+        let present = secret_key(client, &source).await?.is_ok();
+        out.insert(crate::controller::secret_key_id(&source), present);
+    }
+    Ok(out)
+}
+
 /// Observes everything the DataUpload decision needs. `node_agent_config` names the node
 /// agent ConfigMap in Velero's namespace (None: no backupPVC settings).
 pub async fn observe_data_upload(
@@ -152,14 +171,16 @@ pub async fn observe_data_upload(
             .map_err(api_err(format!("reading PVC {}/{name}", v.cairn_namespace)))?
             .is_some();
     let job = objects_job_name(&name, JobKind::Backup.as_str());
+    let location = location(
+        client,
+        &v.velero_namespace,
+        &du.spec.backup_storage_location,
+    )
+    .await?;
     Ok(DataUploadObserved {
         upload: du.clone(),
-        location: location(
-            client,
-            &v.velero_namespace,
-            &du.spec.backup_storage_location,
-        )
-        .await?,
+        secret_keys: secret_keys(client, location.as_ref(), v, &phase).await?,
+        location,
         backup_pvc_config,
         storage_classes,
         source_snapshot: source.map(snapshot_info),
@@ -227,14 +248,16 @@ pub async fn observe_data_download(
         None => None,
     };
     let job = objects_job_name(&name, JobKind::Restore.as_str());
+    let location = location(
+        client,
+        &v.velero_namespace,
+        &dd.spec.backup_storage_location,
+    )
+    .await?;
     Ok(DataDownloadObserved {
         download: dd.clone(),
-        location: location(
-            client,
-            &v.velero_namespace,
-            &dd.spec.backup_storage_location,
-        )
-        .await?,
+        secret_keys: secret_keys(client, location.as_ref(), v, &phase).await?,
+        location,
         target_pvc,
         restore_pvc,
         restored_pv,

@@ -31,9 +31,9 @@ pub use schedule::{
     ScheduleRun, ScheduledRun, ANNOTATION_SCHEDULED_TIME, LABEL_SCHEDULE, TAG_SCHEDULE,
 };
 pub use velero::{
-    decide_data_download, decide_data_upload, DataDownloadObserved, DataUploadObserved, SecretSync,
-    SnapshotContentInfo, VeleroAction, VeleroContext, ANNOTATION_RECLAIM, LABEL_DOWNLOAD,
-    LABEL_VELERO, TAG_DATA_UPLOAD,
+    decide_data_download, decide_data_upload, secret_key_id, secret_sources, DataDownloadObserved,
+    DataUploadObserved, SecretSync, SnapshotContentInfo, VeleroAction, VeleroContext,
+    ANNOTATION_RECLAIM, LABEL_DOWNLOAD, LABEL_VELERO, TAG_DATA_UPLOAD,
 };
 
 use crate::config::Config;

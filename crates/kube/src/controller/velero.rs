@@ -124,6 +124,9 @@ pub struct DataUploadObserved {
     pub job: Option<JobInfo>,
     /// Backup Jobs running in the cluster now.
     pub running_backup_jobs: u32,
+    /// Secret keys (`namespace/name/key`) the Job's Secrets are made from, and whether
+    /// each exists: read before the Job is created.
+    pub secret_keys: BTreeMap<String, bool>,
 }
 
 impl Default for DataUploadObserved {
@@ -140,6 +143,7 @@ impl Default for DataUploadObserved {
             backup_pvc_exists: false,
             job: None,
             running_backup_jobs: 0,
+            secret_keys: BTreeMap::new(),
         }
     }
 }
@@ -446,6 +450,10 @@ fn upload_prepared(
     if let Some(backup) = du.labels().get(LABEL_BACKUP_NAME) {
         args.extend(["--tag".into(), format!("{LABEL_BACKUP_NAME}={backup}")]);
     }
+    if let Some(why) = missing_secret(&repo.sync, &obs.secret_keys) {
+        s.end_upload(phase::FAILED, why);
+        return upload_cleanup(obs, v, &mut s.actions);
+    }
     s.actions
         .push(VeleroAction::SyncSecrets(Box::new(repo.sync)));
     let data = DataVolume {
@@ -542,6 +550,50 @@ fn upload_cleanup(obs: &DataUploadObserved, v: &VeleroContext, actions: &mut Vec
     } else if let Some(content) = &obs.source_content {
         actions.push(VeleroAction::DeleteSnapshotContent(content.name.clone()));
     }
+}
+
+/// `namespace/name/key`, the key of [`DataUploadObserved::secret_keys`].
+pub fn secret_key_id((ns, name, key): &(String, String, String)) -> String {
+    format!("{ns}/{name}/{key}")
+}
+
+/// Why the Job's Secrets cannot be made, when a key they come from is missing.
+fn missing_secret(sync: &SecretSync, present: &BTreeMap<String, bool>) -> Option<String> {
+    let missing = |source: &(String, String, String)| {
+        !present
+            .get(&secret_key_id(source))
+            .copied()
+            .unwrap_or(false)
+    };
+    if missing(&sync.password_from) {
+        let (ns, name, key) = &sync.password_from;
+        return Some(format!(
+            "the repository password is missing: Secret {ns}/{name} has no key {key:?} (Velero \
+             creates velero-repo-credentials at install; or give --velero-password-secret)"
+        ));
+    }
+    if let Some((_, source)) = sync.credentials.as_ref().filter(|(_, c)| missing(c)) {
+        let (ns, name, key) = source;
+        return Some(format!(
+            "the storage credentials are missing: Secret {ns}/{name} has no key {key:?} (the \
+             BackupStorageLocation's spec.credential, else Velero's cloud-credentials)"
+        ));
+    }
+    None
+}
+
+/// The Secret keys (`namespace/name/key`) the Job Secrets for a Velero object in `v` with
+/// location `bsl` come from: what the adapter reads into `secret_keys`.
+pub fn secret_sources(
+    bsl: Option<&BackupStorageLocation>,
+    v: &VeleroContext,
+) -> Vec<(String, String, String)> {
+    let Ok(plan) = repository(bsl, "", "default", v) else {
+        return Vec::new();
+    };
+    let mut out = vec![plan.sync.password_from];
+    out.extend(plan.sync.credentials.map(|(_, c)| c));
+    out
 }
 
 /// The repository, its Job-side view and the Secrets it needs.
@@ -687,6 +739,8 @@ pub struct DataDownloadObserved {
     pub job: Option<JobInfo>,
     /// Restore Jobs running in the cluster now.
     pub running_restore_jobs: u32,
+    /// As [`DataUploadObserved::secret_keys`].
+    pub secret_keys: BTreeMap<String, bool>,
 }
 
 impl Default for DataDownloadObserved {
@@ -699,6 +753,7 @@ impl Default for DataDownloadObserved {
             restored_pv: None,
             job: None,
             running_restore_jobs: 0,
+            secret_keys: BTreeMap::new(),
         }
     }
 }
@@ -848,6 +903,10 @@ fn download_prepared(
         "--target".into(),
         DATA_DIR.into(),
     ];
+    if let Some(why) = missing_secret(&repo.sync, &obs.secret_keys) {
+        s.end_download(phase::FAILED, why);
+        return download_cleanup(obs, v, &mut s.actions);
+    }
     s.actions
         .push(VeleroAction::SyncSecrets(Box::new(repo.sync)));
     let data = DataVolume {

@@ -304,7 +304,40 @@ fn prepared() -> DataUploadObserved {
         }),
         backup_content_exists: true,
         backup_pvc_exists: true,
+        secret_keys: [
+            (
+                "velero/velero-repo-credentials/repository-password".to_string(),
+                true,
+            ),
+            ("velero/cloud-credentials/cloud".to_string(), true),
+        ]
+        .into(),
         ..observed("Prepared")
+    }
+}
+
+#[test]
+fn a_missing_password_or_credentials_secret_fails_before_the_job() {
+    for (key, needle) in [
+        (
+            "velero/velero-repo-credentials/repository-password",
+            "repository password is missing",
+        ),
+        (
+            "velero/cloud-credentials/cloud",
+            "storage credentials are missing",
+        ),
+    ] {
+        let mut obs = prepared();
+        obs.secret_keys.insert(key.to_string(), false);
+        let actions = decide_data_upload(&obs, &ctx(), &velero());
+        let status = status_of(&actions);
+        assert_eq!(status["phase"], "Failed", "{key}");
+        assert!(
+            status["message"].as_str().unwrap().contains(needle),
+            "{status}"
+        );
+        assert!(!kinds(&actions).contains(&"CreateJob".to_string()));
     }
 }
 
@@ -505,6 +538,14 @@ fn a_download_waits_for_its_target_then_restores_into_a_fresh_volume() {
     assert!(pvc["spec"]["selector"].is_null());
 
     obs.download = download(json!({"phase": "Prepared"}), false);
+    obs.secret_keys = [
+        (
+            "velero/velero-repo-credentials/repository-password".to_string(),
+            true,
+        ),
+        ("velero/cloud-credentials/cloud".to_string(), true),
+    ]
+    .into();
     obs.restore_pvc =
         Some(serde_json::from_value(json!({"metadata": {"name": "r1-abcde"}})).unwrap());
     let actions = decide_data_download(&obs, &ctx(), &velero());
