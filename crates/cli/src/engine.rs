@@ -302,6 +302,7 @@ impl Engine for CoreEngine {
             snapshot_id: result.id.to_hex(),
             time: timestamp(&result.snapshot.time),
             bytes_done: counters.snapshot().bytes_done.max(s.bytes_total),
+            bytes_added: Some(s.bytes_added),
             total_bytes: s.bytes_total,
             summary,
         })

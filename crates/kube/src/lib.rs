@@ -20,8 +20,10 @@ pub mod mount;
 pub mod protocol;
 pub mod resources;
 pub mod runner;
+mod runner_velero;
 pub mod schedule;
 pub mod validate;
+pub mod velero;
 
 pub use crd::crds_yaml;
 pub use job::{run_job, Engine, JobCommand, JobParams};
@@ -29,4 +31,4 @@ pub use mount::{
     resolve_application_mount, resolve_mount, ApplicationMountTarget, MountTarget,
     VolumeSnapshotRef,
 };
-pub use runner::{run_controller, ControllerOptions};
+pub use runner::{run_controller, ControllerOptions, VeleroOptions};

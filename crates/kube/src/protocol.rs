@@ -36,6 +36,9 @@ pub struct JobOutcome {
     /// Bytes to process.
     #[serde(default)]
     pub total_bytes: u64,
+    /// Bytes a backup added to the repository (after deduplication and compression).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_added: Option<u64>,
     /// A one-line summary, or the error and what to do about it.
     #[serde(default)]
     pub message: String,

@@ -35,6 +35,21 @@ pub struct ControllerOptions {
     pub config_map: String,
     /// Image, service account and retry settings for Jobs.
     pub jobs: JobSettings,
+    /// Velero's data mover: None leaves DataUploads and DataDownloads alone.
+    pub velero: Option<VeleroOptions>,
+}
+
+/// How cairn serves as Velero's data mover (`--velero-namespace`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VeleroOptions {
+    /// Velero's namespace: DataUploads, DataDownloads, BackupStorageLocations, its Secrets.
+    pub namespace: String,
+    /// The node agent ConfigMap (Velero's `--node-agent-configmap`) whose `backupPVC`
+    /// section cairn honours.
+    pub node_agent_config: Option<String>,
+    /// A Secret in cairn's namespace whose key `repository-password` is the repository
+    /// password; None: Velero's `velero-repo-credentials`.
+    pub password_secret: Option<String>,
 }
 
 /// Controller failures that stop it.
@@ -48,7 +63,7 @@ pub enum ControllerError {
 struct Context {
     client: kube::Client,
     options: ControllerOptions,
-    lock: Mutex<()>,
+    lock: Arc<Mutex<()>>,
 }
 
 /// Runs the controller until the process is stopped (SIGTERM/ctrl-c).
@@ -59,8 +74,24 @@ pub async fn run_controller(
     let ctx = Arc::new(Context {
         client: client.clone(),
         options,
-        lock: Mutex::new(()),
+        lock: Arc::new(Mutex::new(())),
     });
+    let velero = match ctx.options.velero.clone() {
+        Some(velero) => futures::future::Either::Left(crate::runner_velero::run(Arc::new(
+            crate::runner_velero::VeleroShared {
+                client: client.clone(),
+                context: controller::VeleroContext {
+                    velero_namespace: velero.namespace.clone(),
+                    cairn_namespace: ctx.options.namespace.clone(),
+                    password_secret: velero.password_secret.clone(),
+                },
+                velero,
+                options: ctx.options.clone(),
+                lock: ctx.lock.clone(),
+            },
+        ))),
+        None => futures::future::Either::Right(futures::future::ready(())),
+    };
     let jobs = || watcher::Config::default().labels(LABEL_JOB_KIND);
     let config = || config_changes(&client, &ctx.options.namespace, &ctx.options.config_map);
     let backups = Controller::new(
@@ -145,7 +176,8 @@ pub async fn run_controller(
         repositories,
         app_backups,
         app_restores,
-        schedules
+        schedules,
+        velero
     );
     Ok(())
 }

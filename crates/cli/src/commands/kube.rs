@@ -12,6 +12,7 @@ use cairn_fuse::{check_mountpoint, spawn_mount, spawn_named_mount, MountOptions,
 use cairn_kube::controller::JobSettings;
 use cairn_kube::{
     crds_yaml, resolve_application_mount, resolve_mount, run_controller, ControllerOptions,
+    VeleroOptions,
 };
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -66,6 +67,19 @@ pub struct ControllerArgs {
     /// Address serving Prometheus metrics on /metrics (host:port); `0` or empty disables it.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_address: String,
+    /// Velero's namespace: serve as Velero's data mover for DataUploads and DataDownloads
+    /// there whose `spec.datamover` is `cairn`. Off when absent.
+    #[arg(long)]
+    pub velero_namespace: Option<String>,
+    /// Velero's node agent ConfigMap (its `--node-agent-configmap`), whose `backupPVC`
+    /// section chooses the backupPVC's storage class and access mode.
+    #[arg(long, requires = "velero_namespace")]
+    pub velero_node_agent_configmap: Option<String>,
+    /// A Secret in the controller's namespace whose key `repository-password` is the
+    /// password of cairn's Velero repositories, instead of Velero's
+    /// `velero-repo-credentials`.
+    #[arg(long, requires = "velero_namespace")]
+    pub velero_password_secret: Option<String>,
 }
 
 pub fn run(g: &GlobalOpts, command: KubeCommand) -> Result<ExitCode> {
@@ -298,6 +312,11 @@ fn controller(a: ControllerArgs, log_format: LogFormat) -> Result<ExitCode> {
             log_format: log_format.as_str().into(),
             ..JobSettings::default()
         },
+        velero: a.velero_namespace.map(|namespace| VeleroOptions {
+            namespace,
+            node_agent_config: a.velero_node_agent_configmap,
+            password_secret: a.velero_password_secret,
+        }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -14,6 +14,7 @@ mod kube_kdmp;
 mod kube_metrics;
 mod kube_mount;
 mod kube_schedule;
+mod kube_velero;
 mod maintenance_a;
 mod maintenance_b;
 mod mount;

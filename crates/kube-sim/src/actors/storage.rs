@@ -26,6 +26,19 @@ pub fn snapshot_path(shared: &Shared, content: &str) -> PathBuf {
     shared.root.join("snapshots").join(content)
 }
 
+/// The directory of the storage snapshot behind VolumeSnapshotContent `content`: its
+/// `snapshotHandle` (a pre-provisioned content points at another content's snapshot).
+fn content_dir(shared: &Shared, s: &State, content: &str) -> PathBuf {
+    let t = ty(s, "snapshot.storage.k8s.io/volumesnapshotcontents");
+    let handle = s.get(&t, None, content).ok().and_then(|c| {
+        c["status"]["snapshotHandle"]
+            .as_str()
+            .or(c["spec"]["source"]["snapshotHandle"].as_str())
+            .map(str::to_string)
+    });
+    snapshot_path(shared, handle.as_deref().unwrap_or(content))
+}
+
 /// Copies a directory tree (files, directories, symlinks; modes and mtimes kept).
 pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
@@ -124,8 +137,53 @@ pub fn provision(shared: &Shared) {
     });
 }
 
+/// Binds `pvc` to a PV whose `claimRef` names it (pre-bound, or handed over by a data
+/// mover); true when one was found.
+fn bind_static(s: &mut State, pvc: &Value) -> bool {
+    let ns = namespace(pvc).unwrap_or_default();
+    let pv = s.all("core/persistentvolumes").into_iter().find(|pv| {
+        let claim = &pv["spec"]["claimRef"];
+        !terminating(pv)
+            && claim["namespace"] == ns.as_str()
+            && claim["name"] == name(pvc).as_str()
+            && (claim["uid"].is_null() || claim["uid"] == uid(pvc).as_str())
+    });
+    let Some(pv) = pv else { return false };
+    let mut new = pv.clone();
+    new["spec"]["claimRef"]["uid"] = json!(uid(pvc));
+    replace(s, "core/persistentvolumes", new);
+    let t = ty(s, "core/persistentvolumes");
+    if let Ok(now_pv) = s.get(&t, None, &name(&pv)) {
+        set_status(
+            s,
+            "core/persistentvolumes",
+            &now_pv,
+            json!({"phase": "Bound"}),
+        );
+    }
+    let mut claim = pvc.clone();
+    claim["spec"]["volumeName"] = json!(name(&pv));
+    claim["metadata"]["annotations"]["pv.kubernetes.io/bind-completed"] = json!("yes");
+    replace(s, "core/persistentvolumeclaims", claim);
+    let t = ty(s, "core/persistentvolumeclaims");
+    if let Ok(now_claim) = s.get(&t, Some(&ns), &name(pvc)) {
+        set_status(
+            s,
+            "core/persistentvolumeclaims",
+            &now_claim,
+            json!({ "phase": "Bound", "accessModes": pv["spec"]["accessModes"],
+                    "capacity": pv["spec"]["capacity"] }),
+        );
+    }
+    true
+}
+
 fn bind(shared: &Shared, s: &mut State, pvc: &Value) {
     let ns = namespace(pvc).unwrap_or_default();
+    // As Kubernetes: a claim with a selector is never provisioned dynamically.
+    if bind_static(s, pvc) || !pvc["spec"]["selector"].is_null() {
+        return;
+    }
     let Some(class) = storage_class(s, pvc) else {
         return;
     };
@@ -147,7 +205,7 @@ fn bind(shared: &Shared, s: &mut State, pvc: &Value) {
             let content = vs["status"]["boundVolumeSnapshotContentName"]
                 .as_str()
                 .unwrap_or_default();
-            Some(snapshot_path(shared, content))
+            Some(content_dir(shared, s, content))
         }
         Some("PersistentVolumeClaim") => {
             let t = ty(s, "core/persistentvolumeclaims");
@@ -213,6 +271,35 @@ fn bind(shared: &Shared, s: &mut State, pvc: &Value) {
     }
 }
 
+/// Binds a VolumeSnapshot to the pre-provisioned content it names, once that exists: both
+/// ready at once (the storage snapshot exists already).
+fn bind_pre_provisioned(s: &mut State, vs: &Value, content: &str) {
+    let t = ty(s, "snapshot.storage.k8s.io/volumesnapshotcontents");
+    let Ok(c) = s.get(&t, None, content) else {
+        return;
+    };
+    let handle = c["spec"]["source"]["snapshotHandle"].clone();
+    set_status(
+        s,
+        "snapshot.storage.k8s.io/volumesnapshotcontents",
+        &c,
+        json!({ "readyToUse": true, "snapshotHandle": handle, "creationTime": 0 }),
+    );
+    let mut with_finalizer = vs.clone();
+    crate::store::add_finalizer(&mut with_finalizer, SNAPSHOT_FINALIZER);
+    replace(s, "snapshot.storage.k8s.io/volumesnapshots", with_finalizer);
+    let vt = ty(s, "snapshot.storage.k8s.io/volumesnapshots");
+    if let Ok(vs) = s.get(&vt, namespace(vs).as_deref(), &name(vs)) {
+        set_status(
+            s,
+            "snapshot.storage.k8s.io/volumesnapshots",
+            &vs,
+            json!({ "boundVolumeSnapshotContentName": content, "creationTime": now(),
+                    "readyToUse": true }),
+        );
+    }
+}
+
 /// The CSI snapshotter's memory: when each VolumeSnapshot was cut.
 #[derive(Default)]
 pub struct Snapshotter {
@@ -230,6 +317,10 @@ impl Snapshotter {
                     continue;
                 }
                 if vs["status"]["readyToUse"] == true || vs["status"]["error"].is_object() {
+                    continue;
+                }
+                if let Some(content) = vs["spec"]["source"]["volumeSnapshotContentName"].as_str() {
+                    bind_pre_provisioned(s, &vs, content);
                     continue;
                 }
                 let behaviour = faults
@@ -382,8 +473,9 @@ impl Snapshotter {
         if let Some(content) = vs["status"]["boundVolumeSnapshotContentName"].as_str() {
             if let Ok(c) = s.get(&t, None, content) {
                 if c["spec"]["deletionPolicy"] == "Delete" {
+                    let dir = content_dir(shared, s, content);
                     let _ = s.delete(&t, None, content, &DeleteOptions::default());
-                    let _ = std::fs::remove_dir_all(snapshot_path(shared, content));
+                    let _ = std::fs::remove_dir_all(dir);
                 }
             }
         }

@@ -258,3 +258,127 @@ fn a_pvc_from_a_snapshot_is_a_copy_and_failing_snapshots_report_errors() {
         .then_some(())
     });
 }
+
+/// What a data mover does (Velero's exposers): a snapshot moved to another namespace
+/// through a pre-provisioned content on the same storage snapshot, and a restored PV
+/// handed to a claim with a selector by setting its `claimRef`.
+#[test]
+fn moved_snapshots_and_handed_over_volumes_bind_statically() {
+    let sim = sim();
+    let vs_api = "snapshot.storage.k8s.io/v1";
+    for o in [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "mover"}}),
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "sc"},
+               "provisioner": "d", "reclaimPolicy": "Delete"}),
+        json!({"apiVersion": vs_api, "kind": "VolumeSnapshotClass", "metadata": {"name": "vsc"},
+               "driver": "d", "deletionPolicy": "Delete"}),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "src", "namespace": "default"},
+               "spec": {"storageClassName": "sc", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+    ] {
+        sim.create(o).unwrap();
+    }
+    let src = sim.wait_for("src bound", PATIENCE, |s| s.volume_dir("default", "src"));
+    std::fs::write(src.join("f"), b"data").unwrap();
+    sim.create(json!({"apiVersion": vs_api, "kind": "VolumeSnapshot",
+        "metadata": {"name": "s1", "namespace": "default"},
+        "spec": {"volumeSnapshotClassName": "vsc", "source": {"persistentVolumeClaimName": "src"}}}))
+        .unwrap();
+    let content = sim.wait_for("s1 ready", PATIENCE, |s| {
+        let vs = s.get(vs_api, "VolumeSnapshot", Some("default"), "s1")?;
+        (vs["status"]["readyToUse"] == true).then(|| {
+            vs["status"]["boundVolumeSnapshotContentName"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+    });
+    // Move: a new content on the same handle, the original retained, then deleted.
+    sim.create(
+        json!({"apiVersion": vs_api, "kind": "VolumeSnapshotContent", "metadata": {"name": "moved"},
+        "spec": {"deletionPolicy": "Delete", "driver": "d", "volumeSnapshotClassName": "vsc",
+                 "source": {"snapshotHandle": content},
+                 "volumeSnapshotRef": {"name": "moved", "namespace": "mover"}}}),
+    )
+    .unwrap();
+    sim.create(json!({"apiVersion": vs_api, "kind": "VolumeSnapshot", "metadata": {"name": "moved", "namespace": "mover"},
+        "spec": {"volumeSnapshotClassName": "vsc", "source": {"volumeSnapshotContentName": "moved"}}}))
+        .unwrap();
+    sim.merge_patch(
+        vs_api,
+        "VolumeSnapshotContent",
+        None,
+        &content,
+        None,
+        json!({"spec": {"deletionPolicy": "Retain"}}),
+    )
+    .unwrap();
+    sim.delete(vs_api, "VolumeSnapshot", Some("default"), "s1")
+        .unwrap();
+    sim.wait_for("s1 gone", PATIENCE, |s| {
+        s.get(vs_api, "VolumeSnapshot", Some("default"), "s1")
+            .is_none()
+            .then_some(())
+    });
+    sim.delete(vs_api, "VolumeSnapshotContent", None, &content)
+        .unwrap();
+    sim.create(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "tmp", "namespace": "mover"},
+        "spec": {"storageClassName": "sc", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+                 "dataSource": {"apiGroup": vs_api, "kind": "VolumeSnapshot", "name": "moved"}}})).unwrap();
+    let tmp = sim.wait_for("tmp bound", PATIENCE, |s| s.volume_dir("mover", "tmp"));
+    assert_eq!(std::fs::read(tmp.join("f")).unwrap(), b"data");
+    // A claim with a selector is not provisioned; it binds to the PV handed to it.
+    sim.create(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "target", "namespace": "default"},
+        "spec": {"storageClassName": "sc", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+                 "selector": {"matchLabels": {"velero.io/dynamic-pv-restore": "x"}}}})).unwrap();
+    let pv = sim
+        .get("v1", "PersistentVolumeClaim", Some("mover"), "tmp")
+        .unwrap()["spec"]["volumeName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    sim.merge_patch(
+        "v1",
+        "PersistentVolume",
+        None,
+        &pv,
+        None,
+        json!({"spec": {"persistentVolumeReclaimPolicy": "Retain"}}),
+    )
+    .unwrap();
+    sim.delete("v1", "PersistentVolumeClaim", Some("mover"), "tmp")
+        .unwrap();
+    sim.wait_for("PV released", PATIENCE, |s| {
+        (s.get("v1", "PersistentVolume", None, &pv)?["status"]["phase"] == "Released").then_some(())
+    });
+    let pending = sim
+        .get("v1", "PersistentVolumeClaim", Some("default"), "target")
+        .unwrap();
+    assert_eq!(pending["status"]["phase"], "Pending", "{pending}");
+    sim.merge_patch(
+        "v1",
+        "PersistentVolume",
+        None,
+        &pv,
+        None,
+        json!({
+        "metadata": {"labels": {"velero.io/dynamic-pv-restore": "x"}},
+        "spec": {"claimRef": {"namespace": "default", "name": "target", "uid": null}}}),
+    )
+    .unwrap();
+    let target = sim.wait_for("target bound", PATIENCE, |s| {
+        s.volume_dir("default", "target")
+    });
+    assert_eq!(std::fs::read(target.join("f")).unwrap(), b"data");
+    assert_eq!(
+        sim.get("v1", "PersistentVolume", None, &pv).unwrap()["status"]["phase"],
+        "Bound"
+    );
+    // Deleting the moved snapshot deletes the storage snapshot (policy Delete).
+    sim.delete(vs_api, "VolumeSnapshot", Some("mover"), "moved")
+        .unwrap();
+    sim.wait_for("moved content gone", PATIENCE, |s| {
+        s.get(vs_api, "VolumeSnapshotContent", None, "moved")
+            .is_none()
+            .then_some(())
+    });
+}

@@ -8,6 +8,7 @@ mod events;
 mod exec;
 mod observe;
 mod schedule;
+mod velero;
 
 pub use events::{event_object, status_events, EventSpec, REPORTING_COMPONENT};
 pub use exec::{run_in_pod, run_rule};
@@ -16,6 +17,7 @@ pub use observe::{
     observe_restore, read_config,
 };
 pub use schedule::{list_runs, observe_schedule};
+pub use velero::{execute_velero, observe_data_download, observe_data_upload};
 
 use crate::controller::{Action, FINALIZER_CHILDREN};
 use crate::crd::{

@@ -193,7 +193,7 @@ async fn claim_node(
         .and_then(|p| p.spec?.node_name))
 }
 
-fn snapshot_info(object: DynamicObject) -> SnapshotInfo {
+pub(super) fn snapshot_info(object: DynamicObject) -> SnapshotInfo {
     let status = object.data.get("status").cloned().unwrap_or_default();
     SnapshotInfo {
         name: object.name_any(),

@@ -12,6 +12,7 @@ mod objects;
 mod repository;
 mod restore;
 mod schedule;
+mod velero;
 
 pub use access::{repository_for_job, repository_refusal, secret_copy_name};
 pub use app_restore::{decide_application_restore, ApplicationRestoreObserved, LABEL_APP_RESTORE};
@@ -28,6 +29,11 @@ pub use restore::{decide_restore, RestoreObserved};
 pub use schedule::{
     decide_schedule, keep_flags, retention_policy, run_name, RunKind, RunOutcome, ScheduleObserved,
     ScheduleRun, ScheduledRun, ANNOTATION_SCHEDULED_TIME, LABEL_SCHEDULE, TAG_SCHEDULE,
+};
+pub use velero::{
+    decide_data_download, decide_data_upload, secret_key_id, secret_sources, DataDownloadObserved,
+    DataUploadObserved, SecretSync, SnapshotContentInfo, VeleroAction, VeleroContext,
+    ANNOTATION_RECLAIM, LABEL_DOWNLOAD, LABEL_VELERO, TAG_DATA_UPLOAD,
 };
 
 use crate::config::Config;

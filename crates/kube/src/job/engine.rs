@@ -70,6 +70,8 @@ pub struct BackupJobResult {
     pub bytes_done: u64,
     /// Bytes in the source.
     pub total_bytes: u64,
+    /// Bytes added to the repository, when the engine counts them.
+    pub bytes_added: Option<u64>,
     /// One-line summary for the termination message.
     pub summary: String,
 }

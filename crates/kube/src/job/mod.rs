@@ -248,6 +248,7 @@ fn run_engine(
                         snapshot_id: Some(r.snapshot_id),
                         bytes_done: r.bytes_done,
                         total_bytes: r.total_bytes,
+                        bytes_added: r.bytes_added,
                         message: r.summary,
                         ..Default::default()
                     };
@@ -349,9 +350,14 @@ fn run_engine(
 enum ProgressTarget {
     Backup(Api<VolumeBackup>, String),
     Restore(Api<VolumeRestore>, String),
+    /// A Velero DataUpload or DataDownload (same `status.progress` shape).
+    Velero(Api<kube::api::DynamicObject>, String),
 }
 
 fn progress_target(params: &JobParams, client: kube::Client) -> Option<ProgressTarget> {
+    if let Some((api, name)) = crate::velero::progress_api(params, client.clone()) {
+        return Some(ProgressTarget::Velero(api, name));
+    }
     let ns = params.namespace.as_deref()?;
     match params.command {
         JobCommand::Backup => Some(ProgressTarget::Backup(
@@ -386,6 +392,9 @@ async fn report_progress(
                     api.patch_status(name, &pp, &patch).await.map(drop)
                 }
                 ProgressTarget::Restore(api, name) => {
+                    api.patch_status(name, &pp, &patch).await.map(drop)
+                }
+                ProgressTarget::Velero(api, name) => {
                     api.patch_status(name, &pp, &patch).await.map(drop)
                 }
             };

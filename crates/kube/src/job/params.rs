@@ -104,6 +104,12 @@ pub struct JobParams {
     pub stage: Option<Stage>,
     /// Where manifests are staged; `/tmp` when absent (the only writable path in a job pod).
     pub staging_dir: Option<PathBuf>,
+    /// Velero's namespace, for `data_upload` / `data_download`.
+    pub velero_namespace: Option<String>,
+    /// Velero DataUpload whose status receives progress (backup).
+    pub data_upload: Option<String>,
+    /// Velero DataDownload whose status receives progress (restore).
+    pub data_download: Option<String>,
 }
 
 fn env_name(flag: &str) -> String {
@@ -142,6 +148,9 @@ const FLAGS: &[&str] = &[
     "keep-weekly",
     "keep-monthly",
     "keep-yearly",
+    "velero-namespace",
+    "data-upload",
+    "data-download",
 ];
 
 impl JobParams {
@@ -300,6 +309,9 @@ impl JobParams {
             retention,
             stage,
             staging_dir: one("staging-dir").map(PathBuf::from),
+            velero_namespace: one("velero-namespace"),
+            data_upload: one("data-upload"),
+            data_download: one("data-download"),
         };
         match command {
             JobCommand::Backup if params.source.is_none() => {

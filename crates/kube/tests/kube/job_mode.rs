@@ -41,6 +41,7 @@ impl Engine for FakeEngine {
                 time: "2025-06-01T02:00:00Z".parse().unwrap(),
                 bytes_done: 1000,
                 total_bytes: 1000,
+                bytes_added: None,
                 summary: "1 file, 1000 B".into(),
             }),
         }

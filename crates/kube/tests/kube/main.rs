@@ -9,6 +9,7 @@ mod decide_application;
 mod decide_backup;
 mod decide_restore_repository;
 mod decide_schedule;
+mod decide_velero;
 mod image;
 mod job_mode;
 mod kdmp;

@@ -67,6 +67,7 @@ impl Engine for DirEngine {
             time: jiff::Timestamp::now(),
             bytes_done: bytes,
             total_bytes: bytes,
+            bytes_added: None,
             summary: String::new(),
         })
     }
