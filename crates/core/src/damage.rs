@@ -9,10 +9,11 @@
 //! indexed any more.
 
 use crate::error::{Error, Result};
-use crate::format::damage::{DamageEntry, DamageReason, DamageRecord, DAMAGE_AAD, DAMAGE_PREFIX};
+use crate::format::damage::{DamageEntry, DamageReason, DamageRecord};
+use crate::format::kinds::{DamageRecords, ObjectKind};
 use crate::format::{BlobId, Id, PackId};
+use crate::objects::Objects;
 use crate::repo::Repository;
-use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The records present in `damage/` and what they name.
@@ -89,50 +90,30 @@ impl DamageSet {
     }
 }
 
-fn record_path(id: &Id) -> String {
-    format!("{DAMAGE_PREFIX}{}", id.to_hex())
-}
-
 /// Lists `damage/` and returns its records, reusing the already-decoded
 /// ones of `known`. A record that vanished since the listing is skipped; a
 /// record that does not open is skipped with a warning (it can only make
 /// writers store more, never less).
 pub fn load_damage_set(repo: &Repository, known: &DamageSet) -> Result<DamageSet> {
-    let listed = repo.storage().list(DAMAGE_PREFIX).map_err(repo.serr())?;
+    let objects = repo.objects();
     let mut records = BTreeMap::new();
-    for obj in listed {
-        let Some(id) = Id::from_hex(obj.path.trim_start_matches(DAMAGE_PREFIX)) else {
-            tracing::warn!("ignoring unexpected object {}", obj.path);
-            continue;
-        };
-        if let Some(r) = known.records.get(&id) {
-            records.insert(id, r.clone());
-            continue;
-        }
-        let stored = match repo.storage().read(&obj.path) {
-            Ok(b) => b,
-            Err(e) if e.is_not_found() => continue,
-            Err(e) => return Err(repo.serr()(e)),
-        };
-        let opened = if Id::hash(&stored) != id {
-            Err("content does not match its name".to_string())
-        } else {
-            repo.0
-                .key
-                .open_envelope(DAMAGE_AAD, &stored)
-                .map_err(|e| e.to_string())
-                .and_then(|body| DamageRecord::decode(&body).map_err(|e| e.to_string()))
-        };
-        match opened {
-            Ok(r) => {
-                records.insert(id, r);
+    let mut new = Vec::new();
+    for id in objects.list_ids::<DamageRecords>()? {
+        match known.records.get(&id) {
+            Some(r) => {
+                records.insert(id, r.clone());
             }
-            Err(e) => tracing::warn!(
-                "damage record {} is itself damaged and is ignored: {e}",
-                obj.path
-            ),
+            None => new.push(id),
         }
     }
+    let loaded = Objects::load_each::<DamageRecords>(new, |id| objects.load::<DamageRecords>(id))?;
+    for (id, e) in &loaded.damaged {
+        tracing::warn!(
+            "damage record {} is itself damaged and is ignored: {e}",
+            DamageRecords::path(id)
+        );
+    }
+    records.extend(loaded.objects);
     Ok(DamageSet::from_records(records))
 }
 
@@ -144,12 +125,7 @@ pub fn save_record(repo: &Repository, mut entries: Vec<DamageEntry>) -> Result<I
         created: chrono::Utc::now().timestamp(),
         entries,
     };
-    let stored = repo.0.key.seal_envelope(DAMAGE_AAD, &rec.encode(), 1);
-    let id = Id::hash(&stored);
-    repo.storage()
-        .write(&record_path(&id), Bytes::from(stored))
-        .map_err(repo.serr())?;
-    Ok(id)
+    Ok(repo.objects().save::<DamageRecords>(&rec)?.0)
 }
 
 /// Deletes the records none of whose packs the (synced) index still names:
@@ -167,10 +143,10 @@ pub fn forget_resolved(repo: &Repository, dry_run: bool) -> Result<u64> {
             continue;
         }
         if !dry_run {
-            match repo.storage().delete(&record_path(id)) {
+            match repo.objects().delete::<DamageRecords>(id) {
                 Ok(()) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(repo.serr()(e)),
+                Err(e) if crate::objects::is_vanished(&e) => {}
+                Err(e) => return Err(e),
             }
         }
         n += 1;

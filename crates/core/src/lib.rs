@@ -20,12 +20,14 @@ pub mod fsmeta;
 pub mod gc;
 pub mod lock;
 pub mod maintenance;
+pub mod objects;
 pub mod packer;
 pub mod progress;
 pub mod repair;
 pub mod repo;
 pub mod restore;
 pub mod stats;
+mod sync;
 
 pub use error::{Error, ErrorKind, Result};
 pub use format::snapshot::Snapshot;

@@ -5,22 +5,23 @@ use crate::cache::{BlobLocation, Cache, CachedKind};
 use crate::crypto::{blob_aad, IdHasher, KdfParams, SealKey};
 use crate::damage::DamageSet;
 use crate::error::{Error, Result};
-use crate::format::config::{Config, CONFIG_AAD, CONFIG_PATH};
+use crate::format::config::{Config, CONFIG_AAD, CONFIG_PATH, CONFIG_ZSTD_LEVEL};
 use crate::format::damage::{DamageEntry, DamageReason};
 use crate::format::header::{Header, HeaderError, HEADER_LEN, HEADER_PATH};
-use crate::format::index::{IndexSegment, INDEX_AAD};
+use crate::format::index::IndexSegment;
 use crate::format::key::{
     check_key_name, key_id, KeyFile, KeyFileError, KEY_ID_HEX_LEN, LEGACY_KEY_ID_HEX_LEN,
 };
-use crate::format::snapshot::{Snapshot, SNAPSHOT_AAD};
+use crate::format::kinds::{IndexSegments, KeyFiles, ObjectKind, Snapshots};
+use crate::format::snapshot::Snapshot;
 use crate::format::tree::{decode_list, ChunkRef, Content, Tree};
 use crate::format::{BlobId, BlobKind, Id, IndexId, PackId, SnapshotId, FORMAT_VERSION};
+use crate::objects::{any_on, list_on, Objects};
 use bytes::Bytes;
 use cairn_storage::{DynStorage, StorageError};
-use rayon::prelude::*;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
 /// zstd level for data blobs that do not look like text. On the binary
 /// benchmark data (database- and disk-image-like pages) level -1 compresses
@@ -176,16 +177,17 @@ fn storage_err(location: &str) -> impl Fn(StorageError) -> Error {
     }
 }
 
-/// Reads, checks and decodes key file `path`: damage (bytes that do not
+/// Reads, checks and decodes key file `id`: damage (bytes that do not
 /// match a content-named id, bad structure, argon2 parameters out of
 /// bounds) is found here, before any key is derived.
 fn read_key_file(
     storage: &DynStorage,
     location: &str,
-    path: &str,
+    id: &String,
 ) -> Result<Result<KeyFile, KeyFileError>> {
-    let bytes = storage.read(path).map_err(storage_err(location))?;
-    let id = path.trim_start_matches("keys/");
+    let bytes = storage
+        .read(&KeyFiles::path(id))
+        .map_err(storage_err(location))?;
     Ok(check_key_name(id, &bytes).and_then(|_| KeyFile::decode(&bytes)))
 }
 
@@ -198,11 +200,11 @@ fn open_master_key(
     location: &str,
     password: &str,
 ) -> Result<([u8; 32], String)> {
-    let mut keys = storage.list("keys/").map_err(storage_err(location))?;
+    let mut keys = list_on::<KeyFiles>(storage, location)?;
     keys.sort_by(|a, b| a.path.cmp(&b.path));
     if keys.is_empty() {
         return Err(Error::corrupt(
-            "keys/",
+            KeyFiles::PREFIX,
             "the repository has no key files: a key file is needed to open it; restore keys/ from a copy of the repository",
         ));
     }
@@ -210,8 +212,8 @@ fn open_master_key(
     let mut unverified_tried = 0;
     let mut opened = None;
     for obj in &keys {
-        let id = obj.path.trim_start_matches("keys/");
-        let file = match read_key_file(storage, location, &obj.path) {
+        let id = &obj.id;
+        let file = match read_key_file(storage, location, id) {
             // Removed (`key remove`) since the listing.
             Err(Error::Storage { source, .. }) if source.is_not_found() => continue,
             other => other?,
@@ -234,7 +236,7 @@ fn open_master_key(
             for (path, reason) in &damaged {
                 tracing::warn!(
                     "key file {path} is damaged ({reason}): remove it with `cairn key remove {}` and add its password again with `cairn key add`, or restore it from a copy of the repository",
-                    path.trim_start_matches("keys/")
+                    path.strip_prefix(KeyFiles::PREFIX).unwrap_or(path)
                 );
             }
             Ok(found)
@@ -276,8 +278,14 @@ impl Repository {
         }
         // A repository whose header is missing is not an init leftover:
         // deleting its key files below would lose it.
-        for prefix in ["index/", "snapshots/"] {
-            if !storage.list(prefix).map_err(&serr)?.is_empty() {
+        for (prefix, found) in [
+            (
+                IndexSegments::PREFIX,
+                any_on::<IndexSegments>(&storage, &location)?,
+            ),
+            (Snapshots::PREFIX, any_on::<Snapshots>(&storage, &location)?),
+        ] {
+            if found {
                 return Err(Error::NotARepository {
                     location,
                     reason: format!(
@@ -287,7 +295,7 @@ impl Repository {
             }
         }
         // Leftovers of an init killed before it wrote the header.
-        for stale in storage.list("keys/").map_err(&serr)? {
+        for stale in storage.list(KeyFiles::PREFIX).map_err(&serr)? {
             storage.delete(&stale.path).map_err(&serr)?;
         }
         let repo_id = Id(crate::crypto::random_key());
@@ -303,7 +311,7 @@ impl Repository {
         storage
             .write(
                 CONFIG_PATH,
-                Bytes::from(key.seal_envelope(CONFIG_AAD, &config.encode(), 0)),
+                Bytes::from(key.seal_envelope(CONFIG_AAD, &config.encode(), CONFIG_ZSTD_LEVEL)),
             )
             .map_err(&serr)?;
         let key_file = KeyFile::create(
@@ -317,7 +325,7 @@ impl Repository {
         let encoded = key_file.encode();
         let key_id = key_id(&encoded);
         storage
-            .write(&format!("keys/{key_id}"), Bytes::from(encoded))
+            .write(&KeyFiles::path(&key_id), Bytes::from(encoded))
             .map_err(&serr)?;
         // The header goes last: until it exists this is not a repository.
         storage
@@ -354,7 +362,7 @@ impl Repository {
         };
         if let Err(reason) = &header {
             // Without a header, key files are the only sign of a repository.
-            if storage.list("keys/").map_err(&serr)?.is_empty() {
+            if !any_on::<KeyFiles>(&storage, &location)? {
                 let hint = match storage.local_dir() {
                     Some(dir) if !dir.exists() => format!(
                         "the directory {} does not exist (check the path; `cairn init` creates a repository)",
@@ -486,13 +494,10 @@ impl Repository {
     /// may run on a rayon worker while the pool's other threads wait for
     /// the rebuild.
     fn fill_index(&self, fresh: &Cache, tolerate_damage: bool) -> Result<()> {
-        for obj in self.0.storage.list("index/").map_err(self.serr())? {
-            let Some(id) = IndexId::from_hex(obj.path.trim_start_matches("index/")) else {
-                continue;
-            };
+        for id in self.objects().list_ids::<IndexSegments>()? {
             match self.load_segment(&id) {
                 Ok(seg) => fresh.add_segment(&id, &cache_rows(seg))?,
-                Err(Error::Storage { source, .. }) if source.is_not_found() => {}
+                Err(e) if crate::objects::is_vanished(&e) => {}
                 Err(e) if tolerate_damage => tracing::warn!("{e}"),
                 Err(e) => return Err(e),
             }
@@ -530,82 +535,61 @@ impl Repository {
         self.0.hasher.blob_id(data)
     }
 
+    /// The repository's objects by kind: listing, loading and saving
+    /// under the one policy of [`crate::objects`].
+    pub fn objects(&self) -> Objects<'_> {
+        Objects::new(&self.0.storage, &self.0.location, &self.0.key)
+    }
+
     pub(crate) fn serr(&self) -> impl Fn(StorageError) -> Error {
         storage_err(&self.0.location)
     }
 
     /// Index segments that failed to load (only with `tolerate_damage`).
     pub fn damaged_segments(&self) -> Vec<(IndexId, String)> {
-        self.0.damaged_segments.lock().expect("lock").clone()
+        crate::sync::lock(&self.0.damaged_segments).clone()
     }
 
     /// Brings the cached index in line with `index/`: ingests new segments,
     /// drops vanished ones. Lists `index/` once.
     pub fn sync_index(&self, tolerate_damage: bool) -> Result<()> {
-        let listed = self.0.storage.list("index/").map_err(self.serr())?;
-        let mut present = std::collections::HashSet::new();
-        for obj in &listed {
-            let name = obj.path.trim_start_matches("index/");
-            match IndexId::from_hex(name) {
-                Some(id) => {
-                    present.insert(id);
-                }
-                None => tracing::warn!("ignoring unexpected object {}", obj.path),
-            }
-        }
+        let present: std::collections::HashSet<IndexId> = self
+            .objects()
+            .list_ids::<IndexSegments>()?
+            .into_iter()
+            .collect();
         let cached: std::collections::HashSet<IndexId> =
             self.0.cache.segments()?.into_iter().collect();
         for gone in cached.difference(&present) {
             self.0.cache.remove_segment(gone)?;
         }
         let new: Vec<IndexId> = present.difference(&cached).copied().collect();
-        let loaded: Vec<(IndexId, Result<IndexSegment>)> = new
-            .par_iter()
-            .map(|id| (*id, self.load_segment(id)))
-            .collect();
-        let mut damaged = Vec::new();
-        for (id, seg) in loaded {
-            match seg {
-                Ok(seg) => self.0.cache.add_segment(&id, &cache_rows(seg))?,
-                // Superseded and deleted by maintenance since the listing.
-                Err(Error::Storage { source, .. }) if source.is_not_found() => {}
-                Err(e) if tolerate_damage => {
-                    tracing::warn!("{e}");
-                    damaged.push((id, e.to_string()));
-                }
-                Err(e) => return Err(e),
-            }
+        // Segments superseded and deleted by maintenance since the listing
+        // are skipped.
+        let loaded = Objects::load_each::<IndexSegments>(new, |id| self.load_segment(id))?;
+        for (id, seg) in loaded.objects {
+            self.0.cache.add_segment(&id, &cache_rows(seg))?;
         }
-        *self.0.damaged_segments.lock().expect("lock") = damaged;
+        let mut damaged = Vec::new();
+        for (id, e) in loaded.damaged {
+            if !tolerate_damage {
+                return Err(e);
+            }
+            tracing::warn!("{e}");
+            damaged.push((id, e.to_string()));
+        }
+        *crate::sync::lock(&self.0.damaged_segments) = damaged;
         Ok(())
     }
 
     /// Reads, verifies and decodes one index segment.
     pub fn load_segment(&self, id: &IndexId) -> Result<IndexSegment> {
-        let path = id.path();
-        let stored = self.0.storage.read(&path).map_err(self.serr())?;
-        if Id::hash(&stored) != id.0 {
-            return Err(Error::corrupt(
-                &path,
-                "content does not match its name (BLAKE3 mismatch)",
-            ));
-        }
-        let body = self
-            .0
-            .key
-            .open_envelope(INDEX_AAD, &stored)
-            .map_err(|e| Error::corrupt(&path, e))?;
-        IndexSegment::decode(&body).map_err(|e| Error::decode(path, e))
+        self.objects().load::<IndexSegments>(id)
     }
 
     /// Writes an index segment and adds it to the cache; returns its id.
     pub fn save_segment(&self, seg: &IndexSegment) -> Result<IndexId> {
-        let stored = self.0.key.seal_envelope(INDEX_AAD, &seg.encode(), 1);
-        let id = IndexId(Id::hash(&stored));
-        self.0
-            .storage
-            .write(&id.path(), Bytes::from(stored))
-            .map_err(self.serr())?;
+        let (id, _) = self.objects().save::<IndexSegments>(seg)?;
         self.0.cache.add_segment(&id, &cache_rows(seg.clone()))?;
         Ok(id)
     }
@@ -615,7 +599,7 @@ impl Repository {
     /// not recorded as damaged, then any copy (a reader of a damaged copy
     /// fails with the damage named).
     pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
-        let plans = self.0.plans.read().unwrap_or_else(PoisonError::into_inner);
+        let plans = crate::sync::read(&self.0.plans);
         let damage = self.damage();
         if plans.is_empty() && damage.is_empty() {
             return self.0.cache.lookup(id);
@@ -634,7 +618,7 @@ impl Repository {
     /// such blobs: a blob whose copies are all planned for deletion or known
     /// to be damaged counts as absent and is written again.
     pub fn has_blob(&self, id: &BlobId) -> Result<bool> {
-        let plans = self.0.plans.read().unwrap_or_else(PoisonError::into_inner);
+        let plans = crate::sync::read(&self.0.plans);
         let damage = self.damage();
         if plans.is_empty() && damage.is_empty() {
             return self.0.cache.contains(id);
@@ -650,7 +634,7 @@ impl Repository {
     /// The recorded damage, for reading. A poisoned lock still holds a
     /// whole set (it is only ever replaced whole).
     fn damage(&self) -> std::sync::RwLockReadGuard<'_, DamageSet> {
-        self.0.damage.read().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::read(&self.0.damage)
     }
 
     /// Whether any damage is recorded in `damage/` (as of the last refresh).
@@ -667,11 +651,7 @@ impl Repository {
     pub fn refresh_damage(&self) -> Result<()> {
         let known = self.damage_set();
         let fresh = crate::damage::load_damage_set(self, &known)?;
-        *self
-            .0
-            .damage
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = fresh;
+        *crate::sync::write(&self.0.damage) = fresh;
         Ok(())
     }
 
@@ -758,16 +738,16 @@ impl Repository {
     /// Re-reads the `gc/` plans (lists `gc/`, loads only plans not seen
     /// before); returns whether the set of planned packs changed.
     pub fn refresh_plans(&self) -> Result<bool> {
-        let current = self.0.plans.read().expect("plans lock").clone();
+        let current = crate::sync::read(&self.0.plans).clone();
         let fresh = crate::gc::load_plan_set(self, &current)?;
         let changed = fresh.plan_ids() != current.plan_ids();
-        *self.0.plans.write().expect("plans lock") = fresh;
+        *crate::sync::write(&self.0.plans) = fresh;
         Ok(changed)
     }
 
     /// The packs listed in the `gc/` plans seen by the last refresh.
     pub fn planned_packs(&self) -> crate::gc::PlanSet {
-        self.0.plans.read().expect("plans lock").clone()
+        crate::sync::read(&self.0.plans).clone()
     }
 
     /// Seals a blob for storage: returns its id and stored bytes.
@@ -904,12 +884,7 @@ impl Repository {
 
     /// Writes a snapshot manifest; returns its id.
     pub fn save_snapshot(&self, snap: &Snapshot) -> Result<SnapshotId> {
-        let stored = self.0.key.seal_envelope(SNAPSHOT_AAD, &snap.to_json(), 1);
-        let id = SnapshotId(Id::hash(&stored));
-        self.0
-            .storage
-            .write(&id.path(), Bytes::from(stored.clone()))
-            .map_err(self.serr())?;
+        let (id, stored) = self.objects().save::<Snapshots>(snap)?;
         self.0
             .cache
             .put_object(CachedKind::Snapshot, &id.0, &stored)?;
@@ -918,7 +893,7 @@ impl Repository {
 
     /// Deletes a snapshot manifest (its data stays until garbage collection).
     pub fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
-        self.0.storage.delete(&id.path()).map_err(self.serr())?;
+        self.objects().delete::<Snapshots>(id)?;
         self.0.cache.remove_object(&id.0)
     }
 
@@ -934,7 +909,6 @@ impl Repository {
     }
 
     fn load_snapshot_from(&self, id: &SnapshotId, use_cache: bool) -> Result<Snapshot> {
-        let path = id.path();
         let cached = if use_cache {
             self.0.cache.get_object(CachedKind::Snapshot, &id.0)?
         } else {
@@ -943,23 +917,12 @@ impl Repository {
         let stored = match cached {
             Some(s) if Id::hash(&s) == id.0 => s,
             _ => {
-                let s = self.0.storage.read(&path).map_err(self.serr())?.to_vec();
-                if Id::hash(&s) != id.0 {
-                    return Err(Error::corrupt(
-                        &path,
-                        "content does not match its name (BLAKE3 mismatch)",
-                    ));
-                }
+                let s = self.objects().read::<Snapshots>(id)?.to_vec();
                 self.0.cache.put_object(CachedKind::Snapshot, &id.0, &s)?;
                 s
             }
         };
-        let body = self
-            .0
-            .key
-            .open_envelope(SNAPSHOT_AAD, &stored)
-            .map_err(|e| Error::corrupt(&path, e))?;
-        Snapshot::from_json(&body).map_err(|e| Error::corrupt(&path, e))
+        self.objects().open::<Snapshots>(id, &stored)
     }
 
     /// Every readable snapshot, oldest first (equal times by id). The one
@@ -969,29 +932,15 @@ impl Repository {
     /// itself (`check` names it, `repair snapshots` removes it). Storage
     /// failures fail the listing.
     pub fn list_snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
-        let listed = self.0.storage.list("snapshots/").map_err(self.serr())?;
-        let ids: Vec<SnapshotId> = listed
-            .iter()
-            .filter_map(|o| SnapshotId::from_hex(o.path.trim_start_matches("snapshots/")))
-            .collect();
-        let loaded: Vec<(SnapshotId, Result<Snapshot>)> = ids
-            .par_iter()
-            .map(|id| (*id, self.load_snapshot(id)))
-            .collect();
-        let mut out = Vec::new();
-        for (id, r) in loaded {
-            match r {
-                Ok(s) => out.push((id, s)),
-                Err(Error::Storage { source, .. }) if source.is_not_found() => {}
-                Err(e) if e.kind() == crate::ErrorKind::Corrupt => {
-                    tracing::warn!(
-                        "skipping snapshot {}: {e} (`cairn repair snapshots` removes it)",
-                        id.short()
-                    );
-                }
-                Err(e) => return Err(e),
-            }
+        let ids = self.objects().list_ids::<Snapshots>()?;
+        let loaded = Objects::load_each::<Snapshots>(ids, |id| self.load_snapshot(id))?;
+        for (id, e) in &loaded.damaged {
+            tracing::warn!(
+                "skipping snapshot {}: {e} (`cairn repair snapshots` removes it)",
+                id.short()
+            );
         }
+        let mut out = loaded.objects;
         sort_snapshots(&mut out);
         Ok(out)
     }
@@ -1058,7 +1007,7 @@ impl Repository {
         let id = key_id(&encoded);
         self.0
             .storage
-            .write(&format!("keys/{id}"), Bytes::from(encoded))
+            .write(&KeyFiles::path(&id), Bytes::from(encoded))
             .map_err(self.serr())?;
         Ok(id)
     }
@@ -1066,10 +1015,10 @@ impl Repository {
     /// Every key file.
     pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
         let mut out = Vec::new();
-        for obj in self.0.storage.list("keys/").map_err(self.serr())? {
-            let id = obj.path.trim_start_matches("keys/").to_string();
+        for obj in self.objects().list::<KeyFiles>()? {
+            let id = obj.id;
             let (label, created, damaged) =
-                match read_key_file(&self.0.storage, &self.0.location, &obj.path) {
+                match read_key_file(&self.0.storage, &self.0.location, &id) {
                     Ok(Ok(file)) => (file.label, file.created, None),
                     Ok(Err(e)) => (String::new(), 0, Some(e.to_string())),
                     // Removed since the listing.
@@ -1116,7 +1065,7 @@ impl Repository {
         }
         self.0
             .storage
-            .delete(&format!("keys/{}", key.id))
+            .delete(&KeyFiles::path(&key.id))
             .map_err(self.serr())?;
         Ok(key.id.clone())
     }
@@ -1126,7 +1075,7 @@ impl Repository {
         let id = self.add_key(new_password, kdf)?;
         self.0
             .storage
-            .delete(&format!("keys/{}", self.0.key_id))
+            .delete(&KeyFiles::path(&self.0.key_id))
             .map_err(self.serr())?;
         Ok(id)
     }

@@ -1,5 +1,6 @@
 //! Typed 32-byte ids: blobs (keyed BLAKE3), packs, index segments and snapshots (plain BLAKE3).
 
+use super::kinds::ObjectKind;
 use std::fmt;
 
 /// A raw 32-byte id.
@@ -102,22 +103,21 @@ typed_id!(
 impl PackId {
     /// Object path of this pack.
     pub fn path(&self) -> String {
-        let h = self.to_hex();
-        format!("packs/{}/{}", &h[..2], h)
+        <super::kinds::Packs as ObjectKind>::path(self)
     }
 }
 
 impl IndexId {
     /// Object path of this index segment.
     pub fn path(&self) -> String {
-        format!("index/{}", self.to_hex())
+        <super::kinds::IndexSegments as ObjectKind>::path(self)
     }
 }
 
 impl SnapshotId {
     /// Object path of this snapshot.
     pub fn path(&self) -> String {
-        format!("snapshots/{}", self.to_hex())
+        <super::kinds::Snapshots as ObjectKind>::path(self)
     }
 }
 
