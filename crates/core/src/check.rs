@@ -685,7 +685,7 @@ fn verify_pack(
         });
     }
 
-    let entries = match read_trailer(&pack, &repo.0.key) {
+    let entries = match read_trailer(&pack, repo.keyring().seal_key()) {
         Ok(entries) => {
             if let Some(info) = indexed {
                 if entries_digest(&entries) != info.digest {

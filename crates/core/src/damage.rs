@@ -13,7 +13,6 @@ use crate::format::damage::{DamageEntry, DamageReason, DamageRecord};
 use crate::format::kinds::{DamageRecords, ObjectKind};
 use crate::format::{BlobId, Id, PackId};
 use crate::objects::Objects;
-use crate::repo::Repository;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The records present in `damage/` and what they name.
@@ -27,6 +26,11 @@ pub struct DamageSet {
 }
 
 impl DamageSet {
+    /// Every record with its id.
+    pub fn records(&self) -> impl Iterator<Item = (&Id, &DamageRecord)> {
+        self.records.iter()
+    }
+
     fn from_records(records: BTreeMap<Id, DamageRecord>) -> Self {
         let mut packs = HashMap::new();
         let mut copies = HashSet::new();
@@ -94,8 +98,7 @@ impl DamageSet {
 /// ones of `known`. A record that vanished since the listing is skipped; a
 /// record that does not open is skipped with a warning (it can only make
 /// writers store more, never less).
-pub fn load_damage_set(repo: &Repository, known: &DamageSet) -> Result<DamageSet> {
-    let objects = repo.objects();
+pub fn load_damage_set(objects: &Objects<'_>, known: &DamageSet) -> Result<DamageSet> {
     let mut records = BTreeMap::new();
     let mut new = Vec::new();
     for id in objects.list_ids::<DamageRecords>()? {
@@ -118,43 +121,14 @@ pub fn load_damage_set(repo: &Repository, known: &DamageSet) -> Result<DamageSet
 }
 
 /// Writes one record holding `entries`; returns its id.
-pub fn save_record(repo: &Repository, mut entries: Vec<DamageEntry>) -> Result<Id> {
+pub fn save_record(objects: &Objects<'_>, mut entries: Vec<DamageEntry>) -> Result<Id> {
     entries.sort();
     entries.dedup();
     let rec = DamageRecord {
         created: chrono::Utc::now().timestamp(),
         entries,
     };
-    Ok(repo.objects().save::<DamageRecords>(&rec)?.0)
-}
-
-/// Deletes the records none of whose packs the (synced) index still names:
-/// their damaged copies are gone, so they can mislead nobody. Returns how
-/// many it deleted (or would delete).
-pub fn forget_resolved(repo: &Repository, dry_run: bool) -> Result<u64> {
-    let set = load_damage_set(repo, &repo.damage_set())?;
-    if set.records.is_empty() {
-        return Ok(0);
-    }
-    let indexed: HashSet<PackId> = repo.cache().packs()?.into_iter().map(|(p, _)| p).collect();
-    let mut n = 0;
-    for (id, rec) in &set.records {
-        if rec.entries.iter().any(|e| indexed.contains(&e.pack)) {
-            continue;
-        }
-        if !dry_run {
-            match repo.objects().delete::<DamageRecords>(id) {
-                Ok(()) => {}
-                Err(e) if crate::objects::is_vanished(&e) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        n += 1;
-    }
-    if !dry_run && n > 0 {
-        repo.refresh_damage()?;
-    }
-    Ok(n)
+    Ok(objects.save::<DamageRecords>(&rec)?.0)
 }
 
 /// An entry for a whole pack.

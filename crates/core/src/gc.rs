@@ -18,11 +18,10 @@ use crate::format::pack::BlobEntry;
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{Content, Payload};
 use crate::format::{BlobId, BlobKind, Id, IndexId, PackId, SnapshotId};
-use crate::objects::Objects;
 use crate::packer::PackWriter;
 use crate::repo::Repository;
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 pub use crate::format::plan::{GcPlan, PLAN_AAD, PLAN_VERSION};
@@ -33,62 +32,11 @@ pub const DEFAULT_SAFETY_WINDOW: Duration = Duration::from_secs(6 * 3600);
 /// of their stored bytes are rewritten.
 pub const DEFAULT_REPACK_THRESHOLD: f64 = 0.5;
 
-/// The plans present in `gc/` and the union of their packs.
-#[derive(Debug, Clone, Default)]
-pub struct PlanSet {
-    plans: BTreeMap<Id, GcPlan>,
-    packs: HashSet<PackId>,
-}
+pub use crate::plans::PlanSet;
 
-impl PlanSet {
-    /// Whether no plan lists any pack.
-    pub fn is_empty(&self) -> bool {
-        self.packs.is_empty()
-    }
-    /// Whether some plan lists `pack`.
-    pub fn contains(&self, pack: &PackId) -> bool {
-        self.packs.contains(pack)
-    }
-    /// Ids of the plans.
-    pub fn plan_ids(&self) -> Vec<Id> {
-        self.plans.keys().copied().collect()
-    }
-    /// Every plan with its id.
-    pub fn plans(&self) -> impl Iterator<Item = (&Id, &GcPlan)> {
-        self.plans.iter()
-    }
-    /// Every planned pack.
-    pub fn packs(&self) -> &HashSet<PackId> {
-        &self.packs
-    }
-}
-
-/// Lists `gc/` and returns its plans, reusing the already-decoded ones of
-/// `known` (plans are immutable). A plan swept by a concurrent maintenance
-/// run since the listing is skipped; a damaged plan fails: which packs it
-/// protects from writers cannot be known.
+/// Lists `gc/` and returns its plans (see [`crate::plans::load`]).
 pub fn load_plan_set(repo: &Repository, known: &PlanSet) -> Result<PlanSet> {
-    let objects = repo.objects();
-    let mut plans = BTreeMap::new();
-    let mut new = Vec::new();
-    for id in objects.list_ids::<GcPlans>()? {
-        match known.plans.get(&id) {
-            Some(p) => {
-                plans.insert(id, p.clone());
-            }
-            None => new.push(id),
-        }
-    }
-    let loaded = Objects::load_each::<GcPlans>(new, |id| objects.load::<GcPlans>(id))?;
-    if let Some((_, e)) = loaded.damaged.into_iter().next() {
-        return Err(e);
-    }
-    plans.extend(loaded.objects);
-    let packs = plans
-        .values()
-        .flat_map(|p| p.packs.iter().copied())
-        .collect();
-    Ok(PlanSet { plans, packs })
+    crate::plans::load(&repo.objects(), known)
 }
 
 /// Writes a plan; returns its id.

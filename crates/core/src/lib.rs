@@ -18,14 +18,17 @@ pub mod exclude;
 pub mod format;
 pub mod fsmeta;
 pub mod gc;
+pub mod keyring;
 pub mod lock;
 pub mod maintenance;
 pub mod objects;
 pub mod packer;
+pub mod plans;
 pub mod progress;
 pub mod repair;
 pub mod repo;
 pub mod restore;
+pub mod sealer;
 pub mod stats;
 mod sync;
 

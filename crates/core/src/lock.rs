@@ -155,7 +155,7 @@ impl LockInfo {
 
 fn write_lock(repo: &Repository, info: &LockInfo) -> Result<()> {
     let body = serde_json::to_vec(info).map_err(|e| Error::corrupt(info.path(), e))?;
-    let sealed = repo.0.key.seal_envelope(LOCK_AAD, &body, 0);
+    let sealed = repo.keyring().seal_key().seal_envelope(LOCK_AAD, &body, 0);
     repo.storage()
         .write(&info.path(), Bytes::from(sealed))
         .map_err(repo.serr())
@@ -164,8 +164,8 @@ fn write_lock(repo: &Repository, info: &LockInfo) -> Result<()> {
 fn read_lock(repo: &Repository, path: &str) -> Result<LockInfo> {
     let sealed = repo.storage().read(path).map_err(repo.serr())?;
     let body = repo
-        .0
-        .key
+        .keyring()
+        .seal_key()
         .open_envelope(LOCK_AAD, &sealed)
         .map_err(|e| Error::corrupt(path, e))?;
     let info: LockInfo = serde_json::from_slice(&body).map_err(|e| Error::corrupt(path, e))?;

@@ -424,7 +424,7 @@ impl SpoolPack {
     /// to the pack's object path, syncing its folder so the name survives
     /// a crash before an index segment names it.
     fn finish(mut self, repo: &Repository) -> std::result::Result<IndexedPack, StorageError> {
-        let tail = pack_tail(&self.entries, &repo.0.key);
+        let tail = pack_tail(&self.entries, repo.keyring().seal_key());
         let mut writes = Vec::new();
         self.append(&tail, &mut writes)?;
         let spool = self.file.clone().expect("a finished pack has blobs");
@@ -887,7 +887,7 @@ fn store_pack(
         OpenPack::File(spooled) => return spooled.finish(repo),
         OpenPack::Memory(builder) => builder,
     };
-    let (bytes, blobs) = builder.finish(&repo.0.key);
+    let (bytes, blobs) = builder.finish(repo.keyring().seal_key());
     let id = PackId(Id::hash(&bytes));
     let len = bytes.len() as u64;
     let bytes = Bytes::from(bytes);

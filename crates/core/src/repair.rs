@@ -114,7 +114,11 @@ fn read_pack_trailer(
         .storage()
         .read_range(path, start..start + u64::from(tlen))
         .map_err(repo.serr())?;
-    let body = match repo.0.key.open_envelope(TRAILER_AAD, &sealed) {
+    let body = match repo
+        .keyring()
+        .seal_key()
+        .open_envelope(TRAILER_AAD, &sealed)
+    {
         Ok(b) => b,
         Err(e) => return Ok(Err(format!("trailer: {e}"))),
     };
