@@ -411,7 +411,7 @@ fn seal_chunk(
 /// Fails once a sealing worker has failed. The error stays in the slot:
 /// the backup reports it at the end, whichever thread noticed first.
 fn workers_ok(worker_error: &Mutex<Option<Error>>) -> Result<()> {
-    if crate::sync::lock(&worker_error).is_some() {
+    if crate::sync::lock(worker_error).is_some() {
         return Err(Error::Internal("sealing workers stopped".into()));
     }
     Ok(())

@@ -542,23 +542,28 @@ pub(crate) fn inspect(repo: &Repository, opts: &CheckOptions) -> Result<Inspecti
     let mut indexed: HashMap<PackId, IndexedInfo> = HashMap::new();
     let segments = objects.list_ids::<IndexSegments>()?;
     report.segments = segments.len() as u64;
-    let segments = Objects::load_each::<IndexSegments>(segments, |id| repo.load_segment(id))?;
+    // One segment in memory at a time.
+    let segments = Objects::visit_each::<IndexSegments>(
+        segments,
+        |id| repo.load_segment(id),
+        |seg_id, seg| {
+            for p in seg.packs {
+                indexed.entry(p.id).or_insert(IndexedInfo {
+                    len: p.len,
+                    blobs: p.blobs.len() as u64,
+                    segment: seg_id,
+                    digest: entries_digest(&p.blobs),
+                });
+            }
+            Ok(())
+        },
+    )?;
     report.segments -= segments.vanished.len() as u64;
     for (seg_id, e) in segments.damaged {
         report.damage.push(Damage::SegmentUnreadable {
             object: seg_id.path(),
             reason: e.to_string(),
         });
-    }
-    for (seg_id, seg) in segments.objects {
-        for p in seg.packs {
-            indexed.entry(p.id).or_insert(IndexedInfo {
-                len: p.len,
-                blobs: p.blobs.len() as u64,
-                segment: seg_id,
-                digest: entries_digest(&p.blobs),
-            });
-        }
     }
     report.packs = stored.len() as u64;
     report.indexed_packs = indexed.len() as u64;

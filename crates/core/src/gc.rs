@@ -77,7 +77,7 @@ impl GcOptions {
 }
 
 /// What a mark did (or would do, in a dry run).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MarkReport {
     /// Snapshots whose references were followed.
     pub snapshots: u64,
@@ -108,7 +108,7 @@ pub struct MarkReport {
 }
 
 /// What a sweep did (or would do, in a dry run).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SweepReport {
     /// Plans old enough to act on.
     pub plans_due: u64,

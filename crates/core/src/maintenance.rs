@@ -37,7 +37,7 @@ pub struct MaintenanceOptions {
 }
 
 /// What a maintenance run did (or would do).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MaintenanceReport {
     /// Dead checkpoints removed.
     pub stale_checkpoints: u64,
@@ -176,4 +176,28 @@ pub fn compact_index(repo: &Repository, dry_run: bool) -> Result<u64> {
         repo.sync_index(false)?;
     }
     Ok(small.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Id;
+
+    #[test]
+    fn a_maintenance_report_serializes_with_ids_in_hex() {
+        let report = MaintenanceReport {
+            stale_staging: (2, 300),
+            mark: Some(MarkReport {
+                unused_packs: 3,
+                plan: Some(Id([0xab; 32])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["stale_staging"], serde_json::json!([2, 300]));
+        assert_eq!(json["mark"]["unused_packs"], 3);
+        assert_eq!(json["mark"]["plan"], "ab".repeat(32));
+        assert_eq!(json["sweep"], serde_json::Value::Null);
+    }
 }

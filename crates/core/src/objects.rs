@@ -42,6 +42,34 @@ pub struct Loaded<K: SealedKind> {
     pub damaged: Vec<(K::Id, Error)>,
 }
 
+impl<K: SealedKind> Loaded<K> {
+    fn empty() -> Self {
+        Self {
+            objects: Vec::new(),
+            vanished: Vec::new(),
+            damaged: Vec::new(),
+        }
+    }
+
+    /// Files the outcome of loading `id`: the body when it loaded, `None`
+    /// when it vanished or is damaged (recorded here), an error otherwise.
+    fn sort(&mut self, id: K::Id, r: Result<K::Body>) -> Result<Option<K::Body>> {
+        match r {
+            Ok(body) => Ok(Some(body)),
+            Err(e) if is_vanished(&e) => {
+                tracing::debug!("{} {id:?} was deleted since the listing", K::WHAT);
+                self.vanished.push(id);
+                Ok(None)
+            }
+            Err(e) if e.kind() == ErrorKind::Corrupt => {
+                self.damaged.push((id, e));
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// Whether `e` says an object is not there (any more).
 pub fn is_vanished(e: &Error) -> bool {
     matches!(e, Error::Storage { source, .. } if source.is_not_found())
@@ -160,20 +188,29 @@ impl<'a> Objects<'a> {
                 (id, r)
             })
             .collect();
-        let mut out = Loaded {
-            objects: Vec::new(),
-            vanished: Vec::new(),
-            damaged: Vec::new(),
-        };
+        let mut out = Loaded::empty();
         for (id, r) in results {
-            match r {
-                Ok(body) => out.objects.push((id, body)),
-                Err(e) if is_vanished(&e) => {
-                    tracing::debug!("{} {id:?} was deleted since the listing", K::WHAT);
-                    out.vanished.push(id);
-                }
-                Err(e) if e.kind() == ErrorKind::Corrupt => out.damaged.push((id, e)),
-                Err(e) => return Err(e),
+            if let Some(body) = out.sort(id.clone(), r)? {
+                out.objects.push((id, body));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads the objects `ids` one at a time with `load` and hands each
+    /// to `f`, by the same policy as [`Objects::load_each`]; the result
+    /// holds what vanished and what was damaged. Only one object is in
+    /// memory at a time.
+    pub fn visit_each<K: SealedKind>(
+        ids: Vec<K::Id>,
+        load: impl Fn(&K::Id) -> Result<K::Body>,
+        mut f: impl FnMut(K::Id, K::Body) -> Result<()>,
+    ) -> Result<Loaded<K>> {
+        let mut out = Loaded::empty();
+        for id in ids {
+            let r = load(&id);
+            if let Some(body) = out.sort(id.clone(), r)? {
+                f(id, body)?;
             }
         }
         Ok(out)

@@ -38,6 +38,14 @@ impl fmt::Debug for Id {
     }
 }
 
+/// Serialized as its 64 hex characters (reports; the stored formats
+/// encode ids themselves).
+impl serde::Serialize for Id {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
 impl fmt::Display for Id {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_hex())
@@ -66,6 +74,12 @@ macro_rules! typed_id {
             /// The raw bytes.
             pub fn as_bytes(&self) -> &[u8; 32] {
                 &self.0 .0
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                serde::Serialize::serialize(&self.0, s)
             }
         }
 
