@@ -271,7 +271,7 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
                 .spawn(move || {
                     for job in rx {
                         if let Err(e) = seal_chunk(&repo, &writer, &bufs, job.id, &job.data) {
-                            err.lock().expect("lock").get_or_insert(e);
+                            crate::sync::lock(&err).get_or_insert(e);
                         }
                         bufs.give(job.data);
                     }
@@ -337,7 +337,7 @@ pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapsho
         let _ = scan.join();
     }
     // A worker's error is the cause; the walk only saw that workers stopped.
-    if let Some(e) = worker_error.lock().expect("lock").take() {
+    if let Some(e) = crate::sync::lock(&worker_error).take() {
         return Err(e);
     }
     let root = walked?;
@@ -411,7 +411,7 @@ fn seal_chunk(
 /// Fails once a sealing worker has failed. The error stays in the slot:
 /// the backup reports it at the end, whichever thread noticed first.
 fn workers_ok(worker_error: &Mutex<Option<Error>>) -> Result<()> {
-    if worker_error.lock().expect("lock").is_some() {
+    if crate::sync::lock(worker_error).is_some() {
         return Err(Error::Internal("sealing workers stopped".into()));
     }
     Ok(())

@@ -38,7 +38,7 @@ impl BufferPool {
         // of a page is a page fault (4% of a large-file backup's CPU when
         // buffers were taken in any order).
         let spare = {
-            let mut free = self.free.lock().expect("buffer pool lock");
+            let mut free = crate::sync::lock(&self.free);
             let fits = |b: &&Vec<u8>| b.capacity() >= capacity;
             let best = free
                 .iter()
@@ -63,7 +63,7 @@ impl BufferPool {
         if buf.capacity() == 0 || buf.capacity() > self.max_capacity {
             return;
         }
-        let mut free = self.free.lock().expect("buffer pool lock");
+        let mut free = crate::sync::lock(&self.free);
         if free.len() < self.keep {
             free.push(buf);
         }
@@ -71,7 +71,7 @@ impl BufferPool {
 
     /// Spare buffers held now.
     pub fn spare(&self) -> usize {
-        self.free.lock().expect("buffer pool lock").len()
+        crate::sync::lock(&self.free).len()
     }
 }
 

@@ -230,14 +230,14 @@ impl Cache {
     /// outside the database.
     fn run<T>(&self, op: impl Fn(&Db) -> Result<T, Fail>) -> Result<T> {
         let (generation, result) = {
-            let db = self.db.read().expect("cache lock");
+            let db = crate::sync::read(&self.db);
             (self.generation.load(Ordering::Acquire), op(&db))
         };
         match result {
             Ok(v) => Ok(v),
             Err(fail) if fail.is_damage() => {
                 self.recover(generation, fail)?;
-                let db = self.db.read().expect("cache lock");
+                let db = crate::sync::read(&self.db);
                 op(&db).map_err(|f| self.error(f))
             }
             Err(fail) => Err(self.error(fail)),
@@ -246,7 +246,7 @@ impl Cache {
 
     /// Runs `f` on the main connection (see [`Cache::run`]).
     fn write<T>(&self, f: impl Fn(&mut Connection) -> Result<T, Fail>) -> Result<T> {
-        self.run(|db| f(&mut db.conn.lock().expect("cache connection lock")))
+        self.run(|db| f(&mut crate::sync::lock(&db.conn)))
     }
 
     /// Runs the read-only query `f` on an idle reader connection (a new
@@ -255,15 +255,15 @@ impl Cache {
     fn read<T>(&self, f: impl Fn(&Connection) -> Result<T, Fail>) -> Result<T> {
         self.run(|db| {
             if self.is_memory() {
-                return f(&db.conn.lock().expect("cache connection lock"));
+                return f(&crate::sync::lock(&db.conn));
             }
-            let idle = db.readers.lock().expect("cache readers lock").pop();
+            let idle = crate::sync::lock(&db.readers).pop();
             let conn = match idle {
                 Some(c) => c,
                 None => Db::connect(&self.path)?,
             };
             let out = f(&conn);
-            let mut idle = db.readers.lock().expect("cache readers lock");
+            let mut idle = crate::sync::lock(&db.readers);
             if idle.len() < MAX_IDLE_READERS {
                 idle.push(conn);
             }
@@ -274,7 +274,7 @@ impl Cache {
     /// Replaces a damaged cache: fills a new one from the repository, then
     /// swaps it in. A no-op when another thread rebuilt since `seen`.
     fn recover(&self, seen: u64, fail: Fail) -> Result<()> {
-        let _one = self.rebuild_lock.lock().expect("cache rebuild lock");
+        let _one = crate::sync::lock(&self.rebuild_lock);
         if self.generation.load(Ordering::Acquire) != seen {
             return Ok(());
         }
@@ -307,8 +307,8 @@ impl Cache {
             .and_then(|db| Self::with_db(db, path, &self.repo_id, &self.fingerprint))
             .map_err(failed)?;
         refill(&fresh).map_err(failed)?;
-        let fresh_db = fresh.db.into_inner().expect("fresh cache lock");
-        let mut db = self.db.write().expect("cache lock");
+        let fresh_db = crate::sync::into_inner_rw(fresh.db);
+        let mut db = crate::sync::write(&self.db);
         match &fresh_path {
             None => *db = fresh_db,
             Some(fresh_path) => {
@@ -331,8 +331,8 @@ impl Cache {
 
     fn init_schema(&self) -> Result<()> {
         let (repo_id, fingerprint) = (self.repo_id, self.fingerprint.as_slice());
-        let db = self.db.read().expect("cache lock");
-        let conn = db.conn.lock().expect("cache connection lock");
+        let db = crate::sync::read(&self.db);
+        let conn = crate::sync::lock(&db.conn);
         let err = sql_err(&self.path);
         conn.execute_batch(SCHEMA).map_err(&err)?;
         let get = |key: &str| -> Result<Option<Vec<u8>>> {
@@ -526,7 +526,7 @@ impl Cache {
         })?;
         let mut delivered = false;
         let (generation, result) = {
-            let db = self.db.read().expect("cache lock");
+            let db = crate::sync::read(&self.db);
             let generation = self.generation.load(Ordering::Acquire);
             (generation, stream_locations(&db, &mut f, &mut delivered))
         };
@@ -534,7 +534,7 @@ impl Cache {
             Ok(caller) => caller,
             Err(fail) if fail.is_damage() && !delivered => {
                 self.recover(generation, fail)?;
-                let db = self.db.read().expect("cache lock");
+                let db = crate::sync::read(&self.db);
                 stream_locations(&db, &mut f, &mut delivered).map_err(|fail| self.error(fail))?
             }
             Err(fail) if fail.is_damage() => {
@@ -642,7 +642,7 @@ fn stream_locations(
     f: &mut dyn FnMut(PackId, u64, BlobEntry) -> Result<()>,
     delivered: &mut bool,
 ) -> Result<Result<()>, Fail> {
-    let conn = db.conn.lock().expect("cache connection lock");
+    let conn = crate::sync::lock(&db.conn);
     let mut stmt = conn.prepare(
         "SELECT p.id, p.len, b.id, b.kind, b.offset, b.stored_len, b.raw_len FROM blobs b JOIN packs p ON p.seq = b.pack",
     )?;

@@ -11,9 +11,11 @@
 use crate::damage::{one_copy, whole_pack, DamageSet};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::damage::DamageReason;
+use crate::format::kinds::{IndexSegments, Packs, Snapshots};
 use crate::format::pack::{encode_entries, read_trailer, BlobEntry};
 use crate::format::tree::{Content, Payload};
 use crate::format::{BlobId, BlobKind, Id, IndexId, PackId, SnapshotId};
+use crate::objects::Objects;
 use crate::repo::Repository;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -362,7 +364,7 @@ impl Health {
     /// Why blob `id` cannot be read, or `None` when some copy can (as far
     /// as known).
     pub(crate) fn problem(&self, repo: &Repository, id: &BlobId) -> Result<Option<String>> {
-        if let Some(p) = self.memo.lock().expect("lock").get(id) {
+        if let Some(p) = crate::sync::lock(&self.memo).get(id) {
             return Ok(p.clone());
         }
         let locations = repo.cache().locations(id)?;
@@ -376,7 +378,7 @@ impl Health {
                 }
             }
         }
-        let mut blamed = self.blamed.lock().expect("lock");
+        let mut blamed = crate::sync::lock(&self.blamed);
         let p = if locations.is_empty() {
             Some("not in the index".to_string())
         } else if readable.is_empty() {
@@ -396,17 +398,14 @@ impl Health {
             None
         };
         drop(blamed);
-        self.memo.lock().expect("lock").insert(*id, p.clone());
+        crate::sync::lock(&self.memo).insert(*id, p.clone());
         Ok(p)
     }
 
     /// Whether a snapshot needs a blob whose only copies include one in
     /// `pack` (of `blob`, when given).
     fn is_blamed(&self, pack: &PackId, blob: Option<&BlobId>) -> bool {
-        self.blamed
-            .lock()
-            .expect("lock")
-            .contains(&(*pack, blob.copied()))
+        crate::sync::lock(&self.blamed).contains(&(*pack, blob.copied()))
     }
 }
 
@@ -526,18 +525,9 @@ pub(crate) struct Inspection {
     pub(crate) snapshots: Vec<(SnapshotId, crate::Snapshot)>,
 }
 
-fn corrupt_or(e: Error) -> Result<String> {
-    if e.kind() == ErrorKind::Corrupt {
-        Ok(e.to_string())
-    } else {
-        Err(e)
-    }
-}
-
 /// Checks index and packs (and data with `opts.read_data`), without walking
 /// snapshots.
 pub(crate) fn inspect(repo: &Repository, opts: &CheckOptions) -> Result<Inspection> {
-    let storage = repo.storage();
     let mut report = CheckReport::default();
     if let Some(reason) = repo.header_damage() {
         report.damage.push(Damage::HeaderDamaged {
@@ -545,40 +535,35 @@ pub(crate) fn inspect(repo: &Repository, opts: &CheckOptions) -> Result<Inspecti
         });
     }
     let mut stored: HashMap<PackId, u64> = HashMap::new();
-    for obj in storage.list("packs/").map_err(repo.serr())? {
-        let name = obj.path.rsplit('/').next().unwrap_or_default();
-        match PackId::from_hex(name) {
-            Some(id) if id.path() == obj.path => {
-                stored.insert(id, obj.size);
-            }
-            _ => tracing::warn!("ignoring unexpected object {}", obj.path),
-        }
+    let objects = repo.objects();
+    for obj in objects.list::<Packs>()? {
+        stored.insert(obj.id, obj.size);
     }
     let mut indexed: HashMap<PackId, IndexedInfo> = HashMap::new();
-    for obj in storage.list("index/").map_err(repo.serr())? {
-        let Some(seg_id) = IndexId::from_hex(obj.path.trim_start_matches("index/")) else {
-            tracing::warn!("ignoring unexpected object {}", obj.path);
-            continue;
-        };
-        report.segments += 1;
-        let seg = match repo.load_segment(&seg_id) {
-            Ok(s) => s,
-            Err(e) => {
-                report.damage.push(Damage::SegmentUnreadable {
-                    object: obj.path.clone(),
-                    reason: corrupt_or(e)?,
+    let segments = objects.list_ids::<IndexSegments>()?;
+    report.segments = segments.len() as u64;
+    // One segment in memory at a time.
+    let segments = Objects::visit_each::<IndexSegments>(
+        segments,
+        |id| repo.load_segment(id),
+        |seg_id, seg| {
+            for p in seg.packs {
+                indexed.entry(p.id).or_insert(IndexedInfo {
+                    len: p.len,
+                    blobs: p.blobs.len() as u64,
+                    segment: seg_id,
+                    digest: entries_digest(&p.blobs),
                 });
-                continue;
             }
-        };
-        for p in seg.packs {
-            indexed.entry(p.id).or_insert(IndexedInfo {
-                len: p.len,
-                blobs: p.blobs.len() as u64,
-                segment: seg_id,
-                digest: entries_digest(&p.blobs),
-            });
-        }
+            Ok(())
+        },
+    )?;
+    report.segments -= segments.vanished.len() as u64;
+    for (seg_id, e) in segments.damaged {
+        report.damage.push(Damage::SegmentUnreadable {
+            object: seg_id.path(),
+            reason: e.to_string(),
+        });
     }
     report.packs = stored.len() as u64;
     report.indexed_packs = indexed.len() as u64;
@@ -652,22 +637,18 @@ pub(crate) fn inspect(repo: &Repository, opts: &CheckOptions) -> Result<Inspecti
         memo: Mutex::new(HashMap::new()),
         blamed: Mutex::new(HashSet::new()),
     };
-    let mut snapshots = Vec::new();
-    for obj in storage.list("snapshots/").map_err(repo.serr())? {
-        let Some(id) = SnapshotId::from_hex(obj.path.trim_start_matches("snapshots/")) else {
-            tracing::warn!("ignoring unexpected object {}", obj.path);
-            continue;
-        };
-        match repo.load_snapshot_stored(&id) {
-            Ok(s) => snapshots.push((id, s)),
-            // Deleted since the listing (a backup replacing its checkpoint).
-            Err(Error::Storage { source, .. }) if source.is_not_found() => {}
-            Err(e) => report.damage.push(Damage::SnapshotUnreadable {
-                object: obj.path.clone(),
-                reason: corrupt_or(e)?,
-            }),
-        }
+    // A snapshot deleted since the listing (a backup replacing its
+    // checkpoint) is skipped.
+    let loaded = Objects::load_each::<Snapshots>(objects.list_ids::<Snapshots>()?, |id| {
+        repo.load_snapshot_stored(id)
+    })?;
+    for (id, e) in loaded.damaged {
+        report.damage.push(Damage::SnapshotUnreadable {
+            object: id.path(),
+            reason: e.to_string(),
+        });
     }
+    let mut snapshots = loaded.objects;
     snapshots.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
     Ok(Inspection {
         report,
@@ -709,7 +690,7 @@ fn verify_pack(
         });
     }
 
-    let entries = match read_trailer(&pack, &repo.0.key) {
+    let entries = match read_trailer(&pack, repo.keyring().seal_key()) {
         Ok(entries) => {
             if let Some(info) = indexed {
                 if entries_digest(&entries) != info.digest {

@@ -20,7 +20,7 @@ use crate::repo::Repository;
 use std::collections::HashMap;
 
 /// What a copy did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CopyReport {
     /// Snapshots written to the destination.
     pub copied: Vec<(SnapshotId, SnapshotId)>,

@@ -9,10 +9,10 @@
 //! indexed any more.
 
 use crate::error::{Error, Result};
-use crate::format::damage::{DamageEntry, DamageReason, DamageRecord, DAMAGE_AAD, DAMAGE_PREFIX};
+use crate::format::damage::{DamageEntry, DamageReason, DamageRecord};
+use crate::format::kinds::{DamageRecords, ObjectKind};
 use crate::format::{BlobId, Id, PackId};
-use crate::repo::Repository;
-use bytes::Bytes;
+use crate::objects::Objects;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The records present in `damage/` and what they name.
@@ -26,6 +26,11 @@ pub struct DamageSet {
 }
 
 impl DamageSet {
+    /// Every record with its id.
+    pub fn records(&self) -> impl Iterator<Item = (&Id, &DamageRecord)> {
+        self.records.iter()
+    }
+
     fn from_records(records: BTreeMap<Id, DamageRecord>) -> Self {
         let mut packs = HashMap::new();
         let mut copies = HashSet::new();
@@ -89,96 +94,41 @@ impl DamageSet {
     }
 }
 
-fn record_path(id: &Id) -> String {
-    format!("{DAMAGE_PREFIX}{}", id.to_hex())
-}
-
 /// Lists `damage/` and returns its records, reusing the already-decoded
 /// ones of `known`. A record that vanished since the listing is skipped; a
 /// record that does not open is skipped with a warning (it can only make
 /// writers store more, never less).
-pub fn load_damage_set(repo: &Repository, known: &DamageSet) -> Result<DamageSet> {
-    let listed = repo.storage().list(DAMAGE_PREFIX).map_err(repo.serr())?;
+pub fn load_damage_set(objects: &Objects<'_>, known: &DamageSet) -> Result<DamageSet> {
     let mut records = BTreeMap::new();
-    for obj in listed {
-        let Some(id) = Id::from_hex(obj.path.trim_start_matches(DAMAGE_PREFIX)) else {
-            tracing::warn!("ignoring unexpected object {}", obj.path);
-            continue;
-        };
-        if let Some(r) = known.records.get(&id) {
-            records.insert(id, r.clone());
-            continue;
-        }
-        let stored = match repo.storage().read(&obj.path) {
-            Ok(b) => b,
-            Err(e) if e.is_not_found() => continue,
-            Err(e) => return Err(repo.serr()(e)),
-        };
-        let opened = if Id::hash(&stored) != id {
-            Err("content does not match its name".to_string())
-        } else {
-            repo.0
-                .key
-                .open_envelope(DAMAGE_AAD, &stored)
-                .map_err(|e| e.to_string())
-                .and_then(|body| DamageRecord::decode(&body).map_err(|e| e.to_string()))
-        };
-        match opened {
-            Ok(r) => {
-                records.insert(id, r);
+    let mut new = Vec::new();
+    for id in objects.list_ids::<DamageRecords>()? {
+        match known.records.get(&id) {
+            Some(r) => {
+                records.insert(id, r.clone());
             }
-            Err(e) => tracing::warn!(
-                "damage record {} is itself damaged and is ignored: {e}",
-                obj.path
-            ),
+            None => new.push(id),
         }
     }
+    let loaded = Objects::load_each::<DamageRecords>(new, |id| objects.load::<DamageRecords>(id))?;
+    for (id, e) in &loaded.damaged {
+        tracing::warn!(
+            "damage record {} is itself damaged and is ignored: {e}",
+            DamageRecords::path(id)
+        );
+    }
+    records.extend(loaded.objects);
     Ok(DamageSet::from_records(records))
 }
 
 /// Writes one record holding `entries`; returns its id.
-pub fn save_record(repo: &Repository, mut entries: Vec<DamageEntry>) -> Result<Id> {
+pub fn save_record(objects: &Objects<'_>, mut entries: Vec<DamageEntry>) -> Result<Id> {
     entries.sort();
     entries.dedup();
     let rec = DamageRecord {
         created: chrono::Utc::now().timestamp(),
         entries,
     };
-    let stored = repo.0.key.seal_envelope(DAMAGE_AAD, &rec.encode(), 1);
-    let id = Id::hash(&stored);
-    repo.storage()
-        .write(&record_path(&id), Bytes::from(stored))
-        .map_err(repo.serr())?;
-    Ok(id)
-}
-
-/// Deletes the records none of whose packs the (synced) index still names:
-/// their damaged copies are gone, so they can mislead nobody. Returns how
-/// many it deleted (or would delete).
-pub fn forget_resolved(repo: &Repository, dry_run: bool) -> Result<u64> {
-    let set = load_damage_set(repo, &repo.damage_set())?;
-    if set.records.is_empty() {
-        return Ok(0);
-    }
-    let indexed: HashSet<PackId> = repo.cache().packs()?.into_iter().map(|(p, _)| p).collect();
-    let mut n = 0;
-    for (id, rec) in &set.records {
-        if rec.entries.iter().any(|e| indexed.contains(&e.pack)) {
-            continue;
-        }
-        if !dry_run {
-            match repo.storage().delete(&record_path(id)) {
-                Ok(()) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(repo.serr()(e)),
-            }
-        }
-        n += 1;
-    }
-    if !dry_run && n > 0 {
-        repo.refresh_damage()?;
-    }
-    Ok(n)
+    Ok(objects.save::<DamageRecords>(&rec)?.0)
 }
 
 /// An entry for a whole pack.

@@ -11,159 +11,37 @@
 //!   doomed pack before deleting those segments, and deletes them before the
 //!   pack, so a crash leaves at worst an unindexed (orphan) pack.
 
-use crate::crypto::SealKey;
 use crate::error::{Error, Result};
-use crate::format::codec::{DecodeError, Reader, Writer};
 use crate::format::index::IndexSegment;
+use crate::format::kinds::{GcPlans, Packs, Snapshots};
 use crate::format::pack::BlobEntry;
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{Content, Payload};
 use crate::format::{BlobId, BlobKind, Id, IndexId, PackId, SnapshotId};
 use crate::packer::PackWriter;
 use crate::repo::Repository;
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-/// Associated data of a sealed plan.
-pub const PLAN_AAD: &[u8] = b"cairn.gc-plan";
-/// Plan body version.
-pub const PLAN_VERSION: u32 = 1;
+pub use crate::format::plan::{GcPlan, PLAN_AAD, PLAN_VERSION};
+
 /// Default safety window: longer than any backup runs between checkpoints.
 pub const DEFAULT_SAFETY_WINDOW: Duration = Duration::from_secs(6 * 3600);
 /// Default repack threshold: packs whose live bytes are under this fraction
 /// of their stored bytes are rewritten.
 pub const DEFAULT_REPACK_THRESHOLD: f64 = 0.5;
 
-/// A `gc/<id>` object: packs a mark found unused (or emptied by a repack,
-/// or not indexed at all), and when.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GcPlan {
-    /// When the mark wrote it, seconds since the epoch.
-    pub created: i64,
-    /// Packs to delete once the plan is a safety window old, sorted.
-    pub packs: Vec<PackId>,
-}
+pub use crate::plans::PlanSet;
 
-impl GcPlan {
-    /// Encodes the plan body (see docs/FORMAT.md `gc/`).
-    pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::with_capacity(16 + 32 * self.packs.len());
-        w.u32(PLAN_VERSION);
-        w.i64(self.created);
-        w.u32(self.packs.len() as u32);
-        for p in &self.packs {
-            w.id(&p.0);
-        }
-        w.finish()
-    }
-
-    /// Decodes a plan body.
-    pub fn decode(data: &[u8]) -> std::result::Result<Self, DecodeError> {
-        let mut r = Reader::new(data, "gc plan");
-        let version = r.u32()?;
-        if version != PLAN_VERSION {
-            return Err(DecodeError::new(
-                "gc plan",
-                format!("unsupported version {version}"),
-            ));
-        }
-        let created = r.i64()?;
-        let n = r.count(32)?;
-        let mut packs = Vec::with_capacity(n);
-        for _ in 0..n {
-            packs.push(PackId(r.id()?));
-        }
-        r.finish()?;
-        Ok(Self { created, packs })
-    }
-
-    fn seal(&self, key: &SealKey) -> Vec<u8> {
-        key.seal_envelope(PLAN_AAD, &self.encode(), 1)
-    }
-}
-
-/// The plans present in `gc/` and the union of their packs.
-#[derive(Debug, Clone, Default)]
-pub struct PlanSet {
-    plans: BTreeMap<Id, GcPlan>,
-    packs: HashSet<PackId>,
-}
-
-impl PlanSet {
-    /// Whether no plan lists any pack.
-    pub fn is_empty(&self) -> bool {
-        self.packs.is_empty()
-    }
-    /// Whether some plan lists `pack`.
-    pub fn contains(&self, pack: &PackId) -> bool {
-        self.packs.contains(pack)
-    }
-    /// Ids of the plans.
-    pub fn plan_ids(&self) -> Vec<Id> {
-        self.plans.keys().copied().collect()
-    }
-    /// Every plan with its id.
-    pub fn plans(&self) -> impl Iterator<Item = (&Id, &GcPlan)> {
-        self.plans.iter()
-    }
-    /// Every planned pack.
-    pub fn packs(&self) -> &HashSet<PackId> {
-        &self.packs
-    }
-}
-
-fn plan_path(id: &Id) -> String {
-    format!("gc/{}", id.to_hex())
-}
-
-/// Lists `gc/` and returns its plans, reusing the already-decoded ones of
-/// `known` (plans are immutable) and dropping vanished ones.
+/// Lists `gc/` and returns its plans (see [`crate::plans::load`]).
 pub fn load_plan_set(repo: &Repository, known: &PlanSet) -> Result<PlanSet> {
-    let listed = repo.storage().list("gc/").map_err(repo.serr())?;
-    let mut plans = BTreeMap::new();
-    for obj in listed {
-        let Some(id) = Id::from_hex(obj.path.trim_start_matches("gc/")) else {
-            tracing::warn!("ignoring unexpected object {}", obj.path);
-            continue;
-        };
-        if let Some(p) = known.plans.get(&id) {
-            plans.insert(id, p.clone());
-            continue;
-        }
-        let stored = match repo.storage().read(&obj.path) {
-            Ok(b) => b,
-            // Swept by a concurrent maintenance run between list and read.
-            Err(e) if e.is_not_found() => continue,
-            Err(e) => return Err(repo.serr()(e)),
-        };
-        if Id::hash(&stored) != id {
-            return Err(Error::corrupt(&obj.path, "content does not match its name"));
-        }
-        let body = repo
-            .0
-            .key
-            .open_envelope(PLAN_AAD, &stored)
-            .map_err(|e| Error::corrupt(&obj.path, e))?;
-        let plan = GcPlan::decode(&body).map_err(|e| Error::decode(&obj.path, e))?;
-        plans.insert(id, plan);
-    }
-    let packs = plans
-        .values()
-        .flat_map(|p| p.packs.iter().copied())
-        .collect();
-    Ok(PlanSet { plans, packs })
+    crate::plans::load(&repo.objects(), known)
 }
 
 /// Writes a plan; returns its id.
 pub fn save_plan(repo: &Repository, plan: &GcPlan) -> Result<Id> {
-    let stored = plan.seal(&repo.0.key);
-    let id = Id::hash(&stored);
-    repo.storage()
-        .write(&plan_path(&id), Bytes::from(stored))
-        .map_err(repo.serr())?;
-    Ok(id)
+    Ok(repo.objects().save::<GcPlans>(plan)?.0)
 }
 
 /// How garbage collection decides and what it may do.
@@ -199,7 +77,7 @@ impl GcOptions {
 }
 
 /// What a mark did (or would do, in a dry run).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MarkReport {
     /// Snapshots whose references were followed.
     pub snapshots: u64,
@@ -230,7 +108,7 @@ pub struct MarkReport {
 }
 
 /// What a sweep did (or would do, in a dry run).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SweepReport {
     /// Plans old enough to act on.
     pub plans_due: u64,
@@ -418,14 +296,7 @@ impl Roots {
 
     /// The same roots if the snapshot list has not changed, else fresh ones.
     pub fn reload(self, repo: &Repository) -> Result<Self> {
-        let mut ids: Vec<SnapshotId> = repo
-            .storage()
-            .list("snapshots/")
-            .map_err(repo.serr())?
-            .iter()
-            .filter_map(|o| SnapshotId::from_hex(o.path.trim_start_matches("snapshots/")))
-            .collect();
-        ids.sort();
+        let ids = repo.objects().list_ids::<Snapshots>()?;
         if ids == self.ids {
             Ok(self)
         } else {
@@ -483,11 +354,8 @@ pub fn mark(repo: &Repository, roots: &Roots, opts: &GcOptions) -> Result<MarkRe
         Ok(())
     })?;
     // Indexed packs the storage no longer holds are damage like any other.
-    let listed = repo.storage().list("packs/").map_err(repo.serr())?;
-    let stored: HashSet<PackId> = listed
-        .iter()
-        .filter_map(|o| PackId::from_hex(o.path.rsplit('/').next().unwrap_or("")))
-        .collect();
+    let listed = repo.objects().list::<Packs>()?;
+    let stored: HashSet<PackId> = listed.iter().map(|o| o.id).collect();
     for pack in usage.keys() {
         if !stored.contains(pack) && !planned.contains(pack) {
             repo.note_damage(crate::damage::whole_pack(
@@ -569,10 +437,7 @@ pub fn mark(repo: &Repository, roots: &Roots, opts: &GcOptions) -> Result<MarkRe
     // than the window, so an orphan still unindexed at the sweep is dead.
     if complete {
         for obj in &listed {
-            let name = obj.path.rsplit('/').next().unwrap_or("");
-            let Some(pack) = PackId::from_hex(name) else {
-                continue;
-            };
+            let pack = obj.id;
             if !usage.contains_key(&pack) && !planned.contains(&pack) && doomed.insert(pack) {
                 report.orphan_packs += 1;
                 report.planned_bytes += obj.size;
@@ -713,10 +578,8 @@ pub fn sweep(repo: &Repository, roots: &Roots, opts: &GcOptions) -> Result<Sweep
     // Unindexed (orphan) packs: their size comes from the listing.
     let mut unindexed: HashMap<PackId, u64> = HashMap::new();
     if delete.iter().any(|p| !sizes.contains_key(p)) {
-        for obj in repo.storage().list("packs/").map_err(repo.serr())? {
-            if let Some(p) = PackId::from_hex(obj.path.rsplit('/').next().unwrap_or("")) {
-                unindexed.insert(p, obj.size);
-            }
+        for obj in repo.objects().list::<Packs>()? {
+            unindexed.insert(obj.id, obj.size);
         }
     }
     let mut present = Vec::new();
@@ -741,12 +604,10 @@ pub fn sweep(repo: &Repository, roots: &Roots, opts: &GcOptions) -> Result<Sweep
     }
     supersede_segments(repo, &segments, |p| !delete_set.contains(p))?;
     for p in &present {
-        repo.storage().delete(&p.path()).map_err(repo.serr())?;
+        repo.objects().delete::<Packs>(p)?;
     }
     for id in due_plans {
-        repo.storage()
-            .delete(&plan_path(&id))
-            .map_err(repo.serr())?;
+        repo.objects().delete::<GcPlans>(&id)?;
     }
     repo.sync_index(false)?;
     repo.refresh_plans()?;
@@ -772,7 +633,7 @@ pub fn supersede_segments(
     for id in old {
         let seg = match repo.load_segment(id) {
             Ok(s) => s,
-            Err(Error::Storage { source, .. }) if source.is_not_found() => continue,
+            Err(e) if crate::objects::is_vanished(&e) => continue,
             Err(e) => return Err(e),
         };
         for p in seg.packs {
@@ -788,27 +649,9 @@ pub fn supersede_segments(
     };
     for id in old {
         if Some(*id) != new_id {
-            repo.storage().delete(&id.path()).map_err(repo.serr())?;
+            repo.objects()
+                .delete::<crate::format::kinds::IndexSegments>(id)?;
         }
     }
     Ok(new_id)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        #[test]
-        fn plan_round_trip(created in any::<i64>(), packs in proptest::collection::vec(any::<[u8; 32]>(), 0..20)) {
-            let plan = GcPlan { created, packs: packs.into_iter().map(|p| PackId(Id(p))).collect() };
-            prop_assert_eq!(GcPlan::decode(&plan.encode()).unwrap(), plan);
-        }
-
-        #[test]
-        fn plan_decode_never_panics(data in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let _ = GcPlan::decode(&data);
-        }
-    }
 }

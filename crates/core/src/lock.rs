@@ -155,7 +155,7 @@ impl LockInfo {
 
 fn write_lock(repo: &Repository, info: &LockInfo) -> Result<()> {
     let body = serde_json::to_vec(info).map_err(|e| Error::corrupt(info.path(), e))?;
-    let sealed = repo.0.key.seal_envelope(LOCK_AAD, &body, 0);
+    let sealed = repo.keyring().seal_key().seal_envelope(LOCK_AAD, &body, 0);
     repo.storage()
         .write(&info.path(), Bytes::from(sealed))
         .map_err(repo.serr())
@@ -164,8 +164,8 @@ fn write_lock(repo: &Repository, info: &LockInfo) -> Result<()> {
 fn read_lock(repo: &Repository, path: &str) -> Result<LockInfo> {
     let sealed = repo.storage().read(path).map_err(repo.serr())?;
     let body = repo
-        .0
-        .key
+        .keyring()
+        .seal_key()
         .open_envelope(LOCK_AAD, &sealed)
         .map_err(|e| Error::corrupt(path, e))?;
     let info: LockInfo = serde_json::from_slice(&body).map_err(|e| Error::corrupt(path, e))?;
@@ -299,7 +299,7 @@ impl ExclusiveLock {
     /// Fails when a heartbeat could not be written: the lock may have turned
     /// stale, so the holder should stop before changing more.
     pub fn check(&self) -> Result<()> {
-        match self.beat.failure.lock().expect("lock").clone() {
+        match crate::sync::lock(&self.beat.failure).clone() {
             Some(reason) => Err(Error::Usage(format!(
                 "lost the exclusive lock {}: {reason}",
                 self.info.id
@@ -318,7 +318,7 @@ impl ExclusiveLock {
     }
 
     fn stop(&mut self) {
-        *self.beat.stop.lock().expect("lock") = true;
+        *crate::sync::lock(&self.beat.stop) = true;
         self.beat.wake.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -338,12 +338,12 @@ impl Drop for ExclusiveLock {
 }
 
 fn heartbeat_loop(repo: Repository, info: &mut LockInfo, beat: &Beat, interval: Duration) {
-    let mut stopped = beat.stop.lock().expect("lock");
+    let mut stopped = crate::sync::lock(&beat.stop);
     loop {
         let (guard, _) = beat
             .wake
             .wait_timeout_while(stopped, interval, |s| !*s)
-            .expect("lock");
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         stopped = guard;
         if *stopped {
             return;
@@ -351,7 +351,7 @@ fn heartbeat_loop(repo: Repository, info: &mut LockInfo, beat: &Beat, interval: 
         info.heartbeat = Utc::now();
         if let Err(e) = write_lock(&repo, info) {
             tracing::warn!("lock heartbeat failed: {e}");
-            *beat.failure.lock().expect("lock") = Some(e.to_string());
+            *crate::sync::lock(&beat.failure) = Some(e.to_string());
         }
     }
 }

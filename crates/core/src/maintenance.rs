@@ -5,9 +5,11 @@
 //! beside backups without locks; see docs/MAINTENANCE.md.
 
 use crate::error::Result;
-use crate::format::IndexId;
+use crate::format::kinds::DamageRecords;
+use crate::format::{IndexId, PackId};
 use crate::gc::{self, GcOptions, MarkReport, Roots, SweepReport};
 use crate::repo::Repository;
+use std::collections::HashSet;
 
 /// Segments holding fewer blobs than this are merged by compaction.
 pub const SMALL_SEGMENT_BLOBS: usize = 50_000;
@@ -35,7 +37,7 @@ pub struct MaintenanceOptions {
 }
 
 /// What a maintenance run did (or would do).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MaintenanceReport {
     /// Dead checkpoints removed.
     pub stale_checkpoints: u64,
@@ -93,8 +95,37 @@ pub fn run(repo: &Repository, opts: &MaintenanceOptions) -> Result<MaintenanceRe
             report.sweep = Some(gc::sweep(repo, &roots, g)?);
         }
     }
-    report.damage_records_removed = crate::damage::forget_resolved(repo, g.dry_run)?;
+    report.damage_records_removed = forget_damage_resolved(repo, g.dry_run)?;
     Ok(report)
+}
+
+/// Deletes the records none of whose packs the (synced) index still names:
+/// their damaged copies are gone, so they can mislead nobody. Returns how
+/// many it deleted (or would delete).
+fn forget_damage_resolved(repo: &Repository, dry_run: bool) -> Result<u64> {
+    let set = crate::damage::load_damage_set(&repo.objects(), &repo.damage_set())?;
+    if set.record_count() == 0 {
+        return Ok(0);
+    }
+    let indexed: HashSet<PackId> = repo.cache().packs()?.into_iter().map(|(p, _)| p).collect();
+    let mut n = 0;
+    for (id, rec) in set.records() {
+        if rec.entries.iter().any(|e| indexed.contains(&e.pack)) {
+            continue;
+        }
+        if !dry_run {
+            match repo.objects().delete::<DamageRecords>(id) {
+                Ok(()) => {}
+                Err(e) if crate::objects::is_vanished(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        n += 1;
+    }
+    if !dry_run && n > 0 {
+        repo.refresh_damage()?;
+    }
+    Ok(n)
 }
 
 /// Sweeps due plans, walking the snapshots only when some plan is due.
@@ -145,4 +176,28 @@ pub fn compact_index(repo: &Repository, dry_run: bool) -> Result<u64> {
         repo.sync_index(false)?;
     }
     Ok(small.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Id;
+
+    #[test]
+    fn a_maintenance_report_serializes_with_ids_in_hex() {
+        let report = MaintenanceReport {
+            stale_staging: (2, 300),
+            mark: Some(MarkReport {
+                unused_packs: 3,
+                plan: Some(Id([0xab; 32])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["stale_staging"], serde_json::json!([2, 300]));
+        assert_eq!(json["mark"]["unused_packs"], 3);
+        assert_eq!(json["mark"]["plan"], "ab".repeat(32));
+        assert_eq!(json["sweep"], serde_json::Value::Null);
+    }
 }

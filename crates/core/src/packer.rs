@@ -70,7 +70,7 @@ struct Shared {
 impl Shared {
     /// Records a failure to store a pack; the first one is kept.
     fn fail(&self, e: StorageError) {
-        self.error.lock().expect("lock").get_or_insert(e);
+        crate::sync::lock(&self.error).get_or_insert(e);
     }
 }
 
@@ -219,14 +219,14 @@ impl SpoolFile {
     }
 
     fn direct(&self) -> bool {
-        self.file.lock().expect("spool file lock").1
+        crate::sync::lock(&self.file).1
     }
 
     /// Writes `block` at `offset`. A file system that accepted `O_DIRECT`
     /// at open but refuses the write gets it again through the page cache.
     fn write_at(&self, block: &[u8], offset: u64) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
-        let mut file = self.file.lock().expect("spool file lock");
+        let mut file = crate::sync::lock(&self.file);
         match file.0.write_all_at(block, offset) {
             Err(e) if file.1 && e.raw_os_error() == Some(nix::libc::EINVAL) => {
                 *file = (
@@ -241,7 +241,7 @@ impl SpoolFile {
 
     /// Records that a handed-out block was written (or failed with `error`).
     fn block_done(&self, error: Option<StorageError>) {
-        let mut state = self.state.lock().expect("spool state lock");
+        let mut state = crate::sync::lock(&self.state);
         state.0 -= 1;
         if let Some(e) = error {
             state.1.get_or_insert(e);
@@ -251,9 +251,9 @@ impl SpoolFile {
 
     /// Waits until every handed-out block is written; the first error.
     fn wait_written(&self) -> std::result::Result<(), StorageError> {
-        let mut state = self.state.lock().expect("spool state lock");
+        let mut state = crate::sync::lock(&self.state);
         while state.0 > 0 {
-            state = self.written.wait(state).expect("spool state lock");
+            state = crate::sync::wait(&self.written, state);
         }
         match &state.1 {
             Some(e) => Err(e.clone()),
@@ -383,7 +383,7 @@ impl SpoolPack {
         self.hasher.update(&self.block[self.align..]);
         self.block.resize(self.align + n, 0);
         let file = self.file.clone().expect("created by append");
-        file.state.lock().expect("spool state lock").0 += 1;
+        crate::sync::lock(&file.state).0 += 1;
         let align = self.align;
         let buf = std::mem::take(&mut self.block);
         let offset = self.handed;
@@ -424,7 +424,7 @@ impl SpoolPack {
     /// to the pack's object path, syncing its folder so the name survives
     /// a crash before an index segment names it.
     fn finish(mut self, repo: &Repository) -> std::result::Result<IndexedPack, StorageError> {
-        let tail = pack_tail(&self.entries, &repo.0.key);
+        let tail = pack_tail(&self.entries, repo.keyring().seal_key());
         let mut writes = Vec::new();
         self.append(&tail, &mut writes)?;
         let spool = self.file.clone().expect("a finished pack has blobs");
@@ -447,7 +447,7 @@ impl SpoolPack {
         let dest = self.spool.root.join(&object);
         let len = self.len as u64;
         let stored = (|| {
-            let file = spool.file.lock().expect("spool file lock");
+            let file = crate::sync::lock(&spool.file);
             // Cuts the padding of a last block written directly.
             file.0.set_len(len)?;
             file.0.sync_data()?;
@@ -605,7 +605,7 @@ impl PackWriter {
     }
 
     fn check_error(&self) -> Result<()> {
-        match &*self.shared.error.lock().expect("lock") {
+        match &*crate::sync::lock(&self.shared.error) {
             Some(e) => Err(Error::Storage {
                 location: self.repo.location().to_string(),
                 source: e.clone(),
@@ -616,7 +616,7 @@ impl PackWriter {
 
     /// Whether the repository or this writer already holds blob `id`.
     pub fn contains(&self, id: &BlobId) -> Result<bool> {
-        if self.pending.lock().expect("lock").contains(id) {
+        if crate::sync::lock(&self.pending).contains(id) {
             return Ok(true);
         }
         self.repo.has_blob(id)
@@ -628,9 +628,9 @@ impl PackWriter {
         if self.repo.has_blob(id)? {
             return Ok(false);
         }
-        let claimed = self.pending.lock().expect("lock").insert(*id);
+        let claimed = crate::sync::lock(&self.pending).insert(*id);
         if claimed {
-            self.unsealed.lock().expect("lock").insert(*id);
+            crate::sync::lock(&self.unsealed).insert(*id);
         }
         Ok(claimed)
     }
@@ -638,15 +638,9 @@ impl PackWriter {
     /// Waits until every blob claimed before this call has been added
     /// (sealing workers are done with it); `check` reports their failures.
     pub fn drain_claims(&self, check: impl Fn() -> Result<()>) -> Result<()> {
-        let waiting: Vec<BlobId> = self
-            .unsealed
-            .lock()
-            .expect("lock")
-            .iter()
-            .copied()
-            .collect();
+        let waiting: Vec<BlobId> = crate::sync::lock(&self.unsealed).iter().copied().collect();
         for id in waiting {
-            while self.unsealed.lock().expect("lock").contains(&id) {
+            while crate::sync::lock(&self.unsealed).contains(&id) {
                 check()?;
                 self.check_error()?;
                 std::thread::sleep(std::time::Duration::from_millis(1));
@@ -668,7 +662,7 @@ impl PackWriter {
             // backup does not fetch it again (one range read per directory).
             // Not in an in-memory cache, whose size would grow with the tree.
             let full = {
-                let mut batch = self.tree_cache.lock().expect("lock");
+                let mut batch = crate::sync::lock(&self.tree_cache);
                 batch.bytes += plaintext.len();
                 batch.trees.push((id.0, plaintext.to_vec()));
                 batch.trees.len() >= TREE_CACHE_BATCH || batch.bytes >= TREE_CACHE_BATCH_BYTES
@@ -683,7 +677,7 @@ impl PackWriter {
     /// Writes the trees waiting for the local cache in one transaction.
     fn flush_tree_cache(&self) -> Result<()> {
         let trees = {
-            let mut batch = self.tree_cache.lock().expect("lock");
+            let mut batch = crate::sync::lock(&self.tree_cache);
             batch.bytes = 0;
             std::mem::take(&mut batch.trees)
         };
@@ -709,7 +703,7 @@ impl PackWriter {
         };
         let mut writes = Vec::new();
         {
-            let mut b = builder.lock().expect("lock");
+            let mut b = crate::sync::lock_or_internal(builder, "pack builder")?;
             // A pack closes before the blob that would take it past its
             // target, so its buffer never grows beyond the target (a blob
             // larger than the target gets a pack of its own), or past
@@ -737,7 +731,7 @@ impl PackWriter {
             }
         }
         // In a builder now: a later `sync` uploads and indexes it.
-        self.unsealed.lock().expect("lock").remove(&id);
+        crate::sync::lock(&self.unsealed).remove(&id);
         self.blobs.fetch_add(1, Ordering::Relaxed);
         self.stored_bytes
             .fetch_add(stored.len() as u64, Ordering::Relaxed);
@@ -765,7 +759,7 @@ impl PackWriter {
     /// Writes a segment once enough uploaded packs wait for one.
     fn maybe_write_segment(&self) -> Result<()> {
         let due = {
-            let done = self.shared.done.lock().expect("lock");
+            let done = crate::sync::lock(&self.shared.done);
             done.len() >= PACKS_PER_SEGMENT
                 || done.iter().map(|p| p.blobs.len()).sum::<usize>() >= BLOBS_PER_SEGMENT
         };
@@ -783,7 +777,7 @@ impl PackWriter {
             (&self.meta, config.meta_pack_size as usize),
         ];
         for (builder, target) in targets {
-            let mut b = builder.lock().expect("lock");
+            let mut b = crate::sync::lock_or_internal(builder, "pack builder")?;
             if !b.is_empty() {
                 self.close_pack(&mut b, target)?;
             }
@@ -807,7 +801,7 @@ impl PackWriter {
 
     /// Writes an index segment naming every pack uploaded since the last one.
     pub fn write_segment(&self) -> Result<Option<IndexId>> {
-        let packs = std::mem::take(&mut *self.shared.done.lock().expect("lock"));
+        let packs = std::mem::take(&mut *crate::sync::lock(&self.shared.done));
         if packs.is_empty() {
             return Ok(None);
         }
@@ -817,9 +811,9 @@ impl PackWriter {
         };
         let id = self.repo.save_segment(&seg)?;
         self.shared.segments.fetch_add(1, Ordering::Relaxed);
-        self.written_segments.lock().expect("lock").push(id);
+        crate::sync::lock(&self.written_segments).push(id);
         // Blobs in an indexed segment are found through the index now.
-        let mut pending = self.pending.lock().expect("lock");
+        let mut pending = crate::sync::lock(&self.pending);
         for p in &seg.packs {
             for b in &p.blobs {
                 pending.remove(&b.id);
@@ -893,7 +887,7 @@ fn store_pack(
         OpenPack::File(spooled) => return spooled.finish(repo),
         OpenPack::Memory(builder) => builder,
     };
-    let (bytes, blobs) = builder.finish(&repo.0.key);
+    let (bytes, blobs) = builder.finish(repo.keyring().seal_key());
     let id = PackId(Id::hash(&bytes));
     let len = bytes.len() as u64;
     let bytes = Bytes::from(bytes);
@@ -906,12 +900,12 @@ fn store_pack(
 
 fn upload_loop(repo: Repository, rx: Receiver<OpenPack>, shared: Arc<Shared>) {
     for pack in rx {
-        if shared.error.lock().expect("lock").is_some() {
+        if crate::sync::lock(&shared.error).is_some() {
             continue;
         }
         match store_pack(&repo, &shared, pack) {
             Ok(indexed) => {
-                shared.done.lock().expect("lock").push(indexed);
+                crate::sync::lock(&shared.done).push(indexed);
                 // Counted after `done` holds it, so `sync` sees it indexed.
                 shared.packs.fetch_add(1, Ordering::SeqCst);
             }

@@ -15,6 +15,7 @@
 use crate::check::{inspect, AffectedPath, CheckOptions, Damage, DataSubset, Health};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::index::{IndexSegment, IndexedPack};
+use crate::format::kinds::{IndexSegments, Packs};
 use crate::format::pack::{
     decode_entries, parse_footer, BlobEntry, FIRST_BLOB_OFFSET, FOOTER_LEN, TRAILER_AAD,
 };
@@ -22,7 +23,7 @@ use crate::format::tree::{
     encode_list, ChunkRef, Content, ListRef, Node, Payload, Tree, INLINE_CHUNKS_MAX,
     LIST_CHUNKS_MAX,
 };
-use crate::format::{BlobId, BlobKind, IndexId, PackId, SnapshotId};
+use crate::format::{BlobId, BlobKind, PackId, SnapshotId};
 use crate::lock::{ExclusiveLock, LockOptions};
 use crate::packer::PackWriter;
 use crate::repo::Repository;
@@ -113,7 +114,11 @@ fn read_pack_trailer(
         .storage()
         .read_range(path, start..start + u64::from(tlen))
         .map_err(repo.serr())?;
-    let body = match repo.0.key.open_envelope(TRAILER_AAD, &sealed) {
+    let body = match repo
+        .keyring()
+        .seal_key()
+        .open_envelope(TRAILER_AAD, &sealed)
+    {
         Ok(b) => b,
         Err(e) => return Ok(Err(format!("trailer: {e}"))),
     };
@@ -139,13 +144,9 @@ fn read_pack_trailer(
 /// description an existing readable segment has of them, if any.
 pub fn repair_index(repo: &Repository, opts: &RepairIndexOptions) -> Result<RepairIndexReport> {
     let lock = ExclusiveLock::acquire(repo, &opts.lock)?;
-    let storage = repo.storage();
     let mut old: HashMap<PackId, IndexedPack> = HashMap::new();
     let mut old_segments = Vec::new();
-    for obj in storage.list("index/").map_err(repo.serr())? {
-        let Some(id) = IndexId::from_hex(obj.path.trim_start_matches("index/")) else {
-            continue;
-        };
+    for id in repo.objects().list_ids::<IndexSegments>()? {
         old_segments.push(id);
         match repo.load_segment(&id) {
             Ok(seg) => {
@@ -153,6 +154,8 @@ pub fn repair_index(repo: &Repository, opts: &RepairIndexOptions) -> Result<Repa
                     old.entry(p.id).or_insert(p);
                 }
             }
+            // Superseded by maintenance since the listing.
+            Err(e) if crate::objects::is_vanished(&e) => {}
             Err(e) if e.kind() == ErrorKind::Corrupt => {
                 tracing::warn!("superseding unreadable segment: {e}")
             }
@@ -162,15 +165,10 @@ pub fn repair_index(repo: &Repository, opts: &RepairIndexOptions) -> Result<Repa
     let mut report = RepairIndexReport::default();
     let mut packs = Vec::new();
     let mut present = HashSet::new();
-    let mut listed = storage.list("packs/").map_err(repo.serr())?;
+    let mut listed = repo.objects().list::<Packs>()?;
     listed.sort_by(|a, b| a.path.cmp(&b.path));
     for obj in listed {
-        let Some(id) = obj.path.rsplit('/').next().and_then(PackId::from_hex) else {
-            continue;
-        };
-        if id.path() != obj.path {
-            continue;
-        }
+        let id = obj.id;
         lock.check()?;
         present.insert(id);
         match read_pack_trailer(repo, &obj.path, obj.size)? {
@@ -232,7 +230,7 @@ pub fn repair_index(repo: &Repository, opts: &RepairIndexOptions) -> Result<Repa
     }
     lock.check()?;
     for s in &old_segments {
-        storage.delete(&s.path()).map_err(repo.serr())?;
+        repo.objects().delete::<IndexSegments>(s)?;
     }
     repo.sync_index(true)?;
     report.damage_recorded = repo.record_found_damage()? as u64;

@@ -2,45 +2,26 @@
 //! reads, snapshots, and index synchronisation with the local cache.
 
 use crate::cache::{BlobLocation, Cache, CachedKind};
-use crate::crypto::{blob_aad, IdHasher, KdfParams, SealKey};
+use crate::crypto::{IdHasher, KdfParams, SealKey};
 use crate::damage::DamageSet;
 use crate::error::{Error, Result};
-use crate::format::config::{Config, CONFIG_AAD, CONFIG_PATH};
+use crate::format::config::{Config, CONFIG_AAD, CONFIG_PATH, CONFIG_ZSTD_LEVEL};
 use crate::format::damage::{DamageEntry, DamageReason};
 use crate::format::header::{Header, HeaderError, HEADER_LEN, HEADER_PATH};
-use crate::format::index::{IndexSegment, INDEX_AAD};
-use crate::format::key::{
-    check_key_name, key_id, KeyFile, KeyFileError, KEY_ID_HEX_LEN, LEGACY_KEY_ID_HEX_LEN,
-};
-use crate::format::snapshot::{Snapshot, SNAPSHOT_AAD};
+use crate::format::index::IndexSegment;
+use crate::format::kinds::{IndexSegments, KeyFiles, ObjectKind, Snapshots};
+use crate::format::snapshot::Snapshot;
 use crate::format::tree::{decode_list, ChunkRef, Content, Tree};
 use crate::format::{BlobId, BlobKind, Id, IndexId, PackId, SnapshotId, FORMAT_VERSION};
+use crate::keyring::{new_key_file, Keyring};
+use crate::objects::{any_on, Objects};
+use crate::plans::PlanSet;
+use crate::sealer::BlobSealer;
 use bytes::Bytes;
 use cairn_storage::{DynStorage, StorageError};
-use rayon::prelude::*;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::{Arc, PoisonError};
-
-/// zstd level for data blobs that do not look like text. On the binary
-/// benchmark data (database- and disk-image-like pages) level -1 compresses
-/// as well as level 3 (ratio 1.764 against 1.763) at 2.2x the speed
-/// (`zstd -b`: 788 against 357 MB/s per core); on source text it would lose
-/// a third of the ratio, so text keeps the configured level.
-pub const BINARY_ZSTD_LEVEL: i32 = -1;
-
-/// The zstd level a blob of `kind` is sealed at, given the repository's
-/// configured level: metadata at least level 1, data that does not look
-/// like text at [`BINARY_ZSTD_LEVEL`], the rest at the configured level.
-pub fn zstd_level_for(kind: BlobKind, configured: i32, plaintext: &[u8]) -> i32 {
-    if kind.is_metadata() {
-        configured.max(1)
-    } else if configured > 0 && !crate::crypto::looks_like_text(plaintext) {
-        BINARY_ZSTD_LEVEL
-    } else {
-        configured
-    }
-}
+use std::sync::Arc;
 
 /// How `init` lays out a new repository.
 #[derive(Debug, Clone)]
@@ -88,35 +69,17 @@ impl OpenOptions {
     }
 }
 
-/// A key file as listed by `key list`.
-#[derive(Debug, Clone)]
-pub struct KeyInfo {
-    /// Key id.
-    pub id: String,
-    /// `user@host` that added it.
-    pub label: String,
-    /// Creation time, seconds since the epoch.
-    pub created: i64,
-    /// Whether this process opened the repository with it.
-    pub current: bool,
-    /// Why the key file cannot be used, when it is damaged (its label and
-    /// time are then empty).
-    pub damaged: Option<String>,
-}
-
 pub(crate) struct Inner {
     pub(crate) storage: DynStorage,
     pub(crate) location: String,
     pub(crate) config: Config,
-    pub(crate) key: SealKey,
-    pub(crate) hasher: IdHasher,
-    master: [u8; 32],
-    key_id: String,
+    keys: Keyring,
+    sealer: BlobSealer,
     pub(crate) cache: Cache,
     damaged_segments: std::sync::Mutex<Vec<(IndexId, String)>>,
     /// Packs listed in `gc/` plans: their blobs count as absent for dedup
     /// (see docs/MAINTENANCE.md). Refreshed by [`Repository::refresh_plans`].
-    pub(crate) plans: std::sync::RwLock<crate::gc::PlanSet>,
+    plans: std::sync::RwLock<PlanSet>,
     /// Copies recorded in `damage/`: never deduplicated against, read only
     /// when no other copy exists. Refreshed by [`Repository::refresh_damage`].
     damage: std::sync::RwLock<DamageSet>,
@@ -144,115 +107,14 @@ fn cache_rows(seg: IndexSegment) -> Vec<(PackId, u64, Vec<crate::format::pack::B
         .collect()
 }
 
-/// `user@host` of the current process, for key labels and snapshots.
-pub fn user_at_host() -> String {
-    let user = std::env::var("USER").unwrap_or_else(|_| {
-        nix::unistd::User::from_uid(nix::unistd::getuid())
-            .ok()
-            .flatten()
-            .map(|u| u.name)
-            .unwrap_or_else(|| "unknown".into())
-    });
-    format!("{user}@{}", hostname())
-}
-
-/// This machine's host name.
-pub fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into())
-}
-
-fn now_secs() -> i64 {
-    chrono::Utc::now().timestamp()
-}
+pub use crate::keyring::{hostname, user_at_host, KeyInfo};
+pub use crate::sealer::{zstd_level_for, BINARY_ZSTD_LEVEL};
 
 fn storage_err(location: &str) -> impl Fn(StorageError) -> Error {
     let location = location.to_string();
     move |source| Error::Storage {
         location: location.clone(),
         source,
-    }
-}
-
-/// Reads, checks and decodes key file `path`: damage (bytes that do not
-/// match a content-named id, bad structure, argon2 parameters out of
-/// bounds) is found here, before any key is derived.
-fn read_key_file(
-    storage: &DynStorage,
-    location: &str,
-    path: &str,
-) -> Result<Result<KeyFile, KeyFileError>> {
-    let bytes = storage.read(path).map_err(storage_err(location))?;
-    let id = path.trim_start_matches("keys/");
-    Ok(check_key_name(id, &bytes).and_then(|_| KeyFile::decode(&bytes)))
-}
-
-/// Finds the key file `password` opens; returns the master key and the
-/// key id. Damaged key files are skipped with a warning; when no key
-/// opens, they are named ([`Error::DamagedKeys`]) instead of blaming the
-/// password.
-fn open_master_key(
-    storage: &DynStorage,
-    location: &str,
-    password: &str,
-) -> Result<([u8; 32], String)> {
-    let mut keys = storage.list("keys/").map_err(storage_err(location))?;
-    keys.sort_by(|a, b| a.path.cmp(&b.path));
-    if keys.is_empty() {
-        return Err(Error::corrupt(
-            "keys/",
-            "the repository has no key files: a key file is needed to open it; restore keys/ from a copy of the repository",
-        ));
-    }
-    let mut damaged = Vec::new();
-    let mut unverified_tried = 0;
-    let mut opened = None;
-    for obj in &keys {
-        let id = obj.path.trim_start_matches("keys/");
-        let file = match read_key_file(storage, location, &obj.path) {
-            // Removed (`key remove`) since the listing.
-            Err(Error::Storage { source, .. }) if source.is_not_found() => continue,
-            other => other?,
-        };
-        let tried = file.and_then(|file| file.open(password.as_bytes()));
-        match tried {
-            Ok(master) => {
-                opened = Some((master, id.to_string()));
-                break;
-            }
-            Err(KeyFileError::WrongPassword) if id.len() != KEY_ID_HEX_LEN => {
-                unverified_tried += 1;
-            }
-            Err(KeyFileError::WrongPassword) => {}
-            Err(e) => damaged.push((obj.path.clone(), e.to_string())),
-        }
-    }
-    match opened {
-        Some(found) => {
-            for (path, reason) in &damaged {
-                tracing::warn!(
-                    "key file {path} is damaged ({reason}): remove it with `cairn key remove {}` and add its password again with `cairn key add`, or restore it from a copy of the repository",
-                    path.trim_start_matches("keys/")
-                );
-            }
-            Ok(found)
-        }
-        None if !damaged.is_empty() => Err(Error::DamagedKeys {
-            location: location.to_string(),
-            damaged,
-        }),
-        None => Err(Error::WrongPassword {
-            location: location.to_string(),
-            hint: if unverified_tried > 0 {
-                format!(
-                    " (or its key file is damaged: key files with {LEGACY_KEY_ID_HEX_LEN}-digit ids, written before cairn named keys by their content, carry no checksum)"
-                )
-            } else {
-                String::new()
-            },
-        }),
     }
 }
 
@@ -276,8 +138,14 @@ impl Repository {
         }
         // A repository whose header is missing is not an init leftover:
         // deleting its key files below would lose it.
-        for prefix in ["index/", "snapshots/"] {
-            if !storage.list(prefix).map_err(&serr)?.is_empty() {
+        for (prefix, found) in [
+            (
+                IndexSegments::PREFIX,
+                any_on::<IndexSegments>(&storage, &location)?,
+            ),
+            (Snapshots::PREFIX, any_on::<Snapshots>(&storage, &location)?),
+        ] {
+            if found {
                 return Err(Error::NotARepository {
                     location,
                     reason: format!(
@@ -287,7 +155,7 @@ impl Repository {
             }
         }
         // Leftovers of an init killed before it wrote the header.
-        for stale in storage.list("keys/").map_err(&serr)? {
+        for stale in storage.list(KeyFiles::PREFIX).map_err(&serr)? {
             storage.delete(&stale.path).map_err(&serr)?;
         }
         let repo_id = Id(crate::crypto::random_key());
@@ -303,27 +171,19 @@ impl Repository {
         storage
             .write(
                 CONFIG_PATH,
-                Bytes::from(key.seal_envelope(CONFIG_AAD, &config.encode(), 0)),
+                Bytes::from(key.seal_envelope(CONFIG_AAD, &config.encode(), CONFIG_ZSTD_LEVEL)),
             )
             .map_err(&serr)?;
-        let key_file = KeyFile::create(
-            password.as_bytes(),
-            &master,
-            opts.kdf,
-            user_at_host(),
-            now_secs(),
-        )
-        .map_err(|e| Error::Usage(e.to_string()))?;
-        let encoded = key_file.encode();
-        let key_id = key_id(&encoded);
+        let (key_id, encoded) = new_key_file(&master, password, opts.kdf)?;
         storage
-            .write(&format!("keys/{key_id}"), Bytes::from(encoded))
+            .write(&KeyFiles::path(&key_id), Bytes::from(encoded))
             .map_err(&serr)?;
         // The header goes last: until it exists this is not a repository.
         storage
             .write(HEADER_PATH, Bytes::from(Header::new(repo_id).encode()))
             .map_err(&serr)?;
-        Self::assemble(storage, location, config, master, key_id, None, open)
+        let keys = Keyring::new(master, key_id);
+        Self::assemble(storage, location, config, keys, None, open)
     }
 
     /// Opens a repository with a password.
@@ -354,7 +214,7 @@ impl Repository {
         };
         if let Err(reason) = &header {
             // Without a header, key files are the only sign of a repository.
-            if storage.list("keys/").map_err(&serr)?.is_empty() {
+            if !any_on::<KeyFiles>(&storage, &location)? {
                 let hint = match storage.local_dir() {
                     Some(dir) if !dir.exists() => format!(
                         "the directory {} does not exist (check the path; `cairn init` creates a repository)",
@@ -368,7 +228,7 @@ impl Repository {
                 });
             }
         }
-        let (master, key_id) = open_master_key(&storage, &location, password)?;
+        let keys = Keyring::open(&storage, &location, password)?;
         let sealed = storage.read(CONFIG_PATH).map_err(&serr)?;
         let config_damaged = |reason: String| {
             Error::corrupt(
@@ -378,7 +238,8 @@ impl Repository {
                 ),
             )
         };
-        let body = SealKey::new(&master)
+        let body = keys
+            .seal_key()
             .open_envelope(CONFIG_AAD, &sealed)
             .map_err(|e| config_damaged(e.to_string()))?;
         let config = Config::decode(&body).map_err(|e| config_damaged(e.to_string()))?;
@@ -400,15 +261,7 @@ impl Repository {
             tracing::warn!("{damage}");
             damage
         });
-        Self::assemble(
-            storage,
-            location,
-            config,
-            master,
-            key_id,
-            header_damage,
-            opts,
-        )
+        Self::assemble(storage, location, config, keys, header_damage, opts)
     }
 
     /// What is wrong with `cairn.repository`, when the repository opened
@@ -436,8 +289,7 @@ impl Repository {
         storage: DynStorage,
         location: String,
         config: Config,
-        master: [u8; 32],
-        key_id: String,
+        keys: Keyring,
         header_damage: Option<String>,
         opts: &OpenOptions,
     ) -> Result<Self> {
@@ -452,13 +304,15 @@ impl Repository {
             fingerprint.as_bytes(),
         )?;
         let repo = Repository(Arc::new(Inner {
-            hasher: IdHasher::new(config.id_key),
-            key: SealKey::new(&master),
+            sealer: BlobSealer::new(
+                keys.seal_key().clone(),
+                IdHasher::new(config.id_key),
+                config.zstd_level,
+            ),
+            keys,
             storage,
             location,
             config,
-            master,
-            key_id,
             cache,
             damaged_segments: Default::default(),
             plans: Default::default(),
@@ -486,13 +340,10 @@ impl Repository {
     /// may run on a rayon worker while the pool's other threads wait for
     /// the rebuild.
     fn fill_index(&self, fresh: &Cache, tolerate_damage: bool) -> Result<()> {
-        for obj in self.0.storage.list("index/").map_err(self.serr())? {
-            let Some(id) = IndexId::from_hex(obj.path.trim_start_matches("index/")) else {
-                continue;
-            };
+        for id in self.objects().list_ids::<IndexSegments>()? {
             match self.load_segment(&id) {
                 Ok(seg) => fresh.add_segment(&id, &cache_rows(seg))?,
-                Err(Error::Storage { source, .. }) if source.is_not_found() => {}
+                Err(e) if crate::objects::is_vanished(&e) => {}
                 Err(e) if tolerate_damage => tracing::warn!("{e}"),
                 Err(e) => return Err(e),
             }
@@ -526,8 +377,25 @@ impl Repository {
     }
 
     /// The blob id of `data`.
+    #[inline]
     pub fn blob_id(&self, data: &[u8]) -> BlobId {
-        self.0.hasher.blob_id(data)
+        self.0.sealer.blob_id(data)
+    }
+
+    /// The repository's objects by kind: listing, loading and saving
+    /// under the one policy of [`crate::objects`].
+    pub fn objects(&self) -> Objects<'_> {
+        Objects::new(&self.0.storage, &self.0.location, self.0.keys.seal_key())
+    }
+
+    /// The master key this handle opened with and the key files.
+    pub fn keyring(&self) -> &Keyring {
+        &self.0.keys
+    }
+
+    /// Seals and opens this repository's blobs.
+    pub fn sealer(&self) -> &BlobSealer {
+        &self.0.sealer
     }
 
     pub(crate) fn serr(&self) -> impl Fn(StorageError) -> Error {
@@ -536,76 +404,49 @@ impl Repository {
 
     /// Index segments that failed to load (only with `tolerate_damage`).
     pub fn damaged_segments(&self) -> Vec<(IndexId, String)> {
-        self.0.damaged_segments.lock().expect("lock").clone()
+        crate::sync::lock(&self.0.damaged_segments).clone()
     }
 
     /// Brings the cached index in line with `index/`: ingests new segments,
     /// drops vanished ones. Lists `index/` once.
     pub fn sync_index(&self, tolerate_damage: bool) -> Result<()> {
-        let listed = self.0.storage.list("index/").map_err(self.serr())?;
-        let mut present = std::collections::HashSet::new();
-        for obj in &listed {
-            let name = obj.path.trim_start_matches("index/");
-            match IndexId::from_hex(name) {
-                Some(id) => {
-                    present.insert(id);
-                }
-                None => tracing::warn!("ignoring unexpected object {}", obj.path),
-            }
-        }
+        let present: std::collections::HashSet<IndexId> = self
+            .objects()
+            .list_ids::<IndexSegments>()?
+            .into_iter()
+            .collect();
         let cached: std::collections::HashSet<IndexId> =
             self.0.cache.segments()?.into_iter().collect();
         for gone in cached.difference(&present) {
             self.0.cache.remove_segment(gone)?;
         }
         let new: Vec<IndexId> = present.difference(&cached).copied().collect();
-        let loaded: Vec<(IndexId, Result<IndexSegment>)> = new
-            .par_iter()
-            .map(|id| (*id, self.load_segment(id)))
-            .collect();
-        let mut damaged = Vec::new();
-        for (id, seg) in loaded {
-            match seg {
-                Ok(seg) => self.0.cache.add_segment(&id, &cache_rows(seg))?,
-                // Superseded and deleted by maintenance since the listing.
-                Err(Error::Storage { source, .. }) if source.is_not_found() => {}
-                Err(e) if tolerate_damage => {
-                    tracing::warn!("{e}");
-                    damaged.push((id, e.to_string()));
-                }
-                Err(e) => return Err(e),
-            }
+        // Segments superseded and deleted by maintenance since the listing
+        // are skipped.
+        let loaded = Objects::load_each::<IndexSegments>(new, |id| self.load_segment(id))?;
+        for (id, seg) in loaded.objects {
+            self.0.cache.add_segment(&id, &cache_rows(seg))?;
         }
-        *self.0.damaged_segments.lock().expect("lock") = damaged;
+        let mut damaged = Vec::new();
+        for (id, e) in loaded.damaged {
+            if !tolerate_damage {
+                return Err(e);
+            }
+            tracing::warn!("{e}");
+            damaged.push((id, e.to_string()));
+        }
+        *crate::sync::lock(&self.0.damaged_segments) = damaged;
         Ok(())
     }
 
     /// Reads, verifies and decodes one index segment.
     pub fn load_segment(&self, id: &IndexId) -> Result<IndexSegment> {
-        let path = id.path();
-        let stored = self.0.storage.read(&path).map_err(self.serr())?;
-        if Id::hash(&stored) != id.0 {
-            return Err(Error::corrupt(
-                &path,
-                "content does not match its name (BLAKE3 mismatch)",
-            ));
-        }
-        let body = self
-            .0
-            .key
-            .open_envelope(INDEX_AAD, &stored)
-            .map_err(|e| Error::corrupt(&path, e))?;
-        IndexSegment::decode(&body).map_err(|e| Error::decode(path, e))
+        self.objects().load::<IndexSegments>(id)
     }
 
     /// Writes an index segment and adds it to the cache; returns its id.
     pub fn save_segment(&self, seg: &IndexSegment) -> Result<IndexId> {
-        let stored = self.0.key.seal_envelope(INDEX_AAD, &seg.encode(), 1);
-        let id = IndexId(Id::hash(&stored));
-        self.0
-            .storage
-            .write(&id.path(), Bytes::from(stored))
-            .map_err(self.serr())?;
+        let (id, _) = self.objects().save::<IndexSegments>(seg)?;
         self.0.cache.add_segment(&id, &cache_rows(seg.clone()))?;
         Ok(id)
     }
@@ -615,7 +456,7 @@ impl Repository {
     /// not recorded as damaged, then any copy (a reader of a damaged copy
     /// fails with the damage named).
     pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
-        let plans = self.0.plans.read().unwrap_or_else(PoisonError::into_inner);
+        let plans = crate::sync::read(&self.0.plans);
         let damage = self.damage();
         if plans.is_empty() && damage.is_empty() {
             return self.0.cache.lookup(id);
@@ -634,7 +475,7 @@ impl Repository {
     /// such blobs: a blob whose copies are all planned for deletion or known
     /// to be damaged counts as absent and is written again.
     pub fn has_blob(&self, id: &BlobId) -> Result<bool> {
-        let plans = self.0.plans.read().unwrap_or_else(PoisonError::into_inner);
+        let plans = crate::sync::read(&self.0.plans);
         let damage = self.damage();
         if plans.is_empty() && damage.is_empty() {
             return self.0.cache.contains(id);
@@ -650,7 +491,7 @@ impl Repository {
     /// The recorded damage, for reading. A poisoned lock still holds a
     /// whole set (it is only ever replaced whole).
     fn damage(&self) -> std::sync::RwLockReadGuard<'_, DamageSet> {
-        self.0.damage.read().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::read(&self.0.damage)
     }
 
     /// Whether any damage is recorded in `damage/` (as of the last refresh).
@@ -666,12 +507,8 @@ impl Repository {
     /// Re-reads the `damage/` records (loads only records not seen before).
     pub fn refresh_damage(&self) -> Result<()> {
         let known = self.damage_set();
-        let fresh = crate::damage::load_damage_set(self, &known)?;
-        *self
-            .0
-            .damage
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = fresh;
+        let fresh = crate::damage::load_damage_set(&self.objects(), &known)?;
+        *crate::sync::write(&self.0.damage) = fresh;
         Ok(())
     }
 
@@ -710,7 +547,7 @@ impl Repository {
             return Ok(0);
         }
         let n = entries.len();
-        crate::damage::save_record(self, entries)?;
+        crate::damage::save_record(&self.objects(), entries)?;
         self.refresh_damage()?;
         Ok(n)
     }
@@ -758,39 +595,34 @@ impl Repository {
     /// Re-reads the `gc/` plans (lists `gc/`, loads only plans not seen
     /// before); returns whether the set of planned packs changed.
     pub fn refresh_plans(&self) -> Result<bool> {
-        let current = self.0.plans.read().expect("plans lock").clone();
-        let fresh = crate::gc::load_plan_set(self, &current)?;
+        let current = crate::sync::read(&self.0.plans).clone();
+        let fresh = crate::plans::load(&self.objects(), &current)?;
         let changed = fresh.plan_ids() != current.plan_ids();
-        *self.0.plans.write().expect("plans lock") = fresh;
+        *crate::sync::write(&self.0.plans) = fresh;
         Ok(changed)
     }
 
     /// The packs listed in the `gc/` plans seen by the last refresh.
-    pub fn planned_packs(&self) -> crate::gc::PlanSet {
-        self.0.plans.read().expect("plans lock").clone()
+    pub fn planned_packs(&self) -> PlanSet {
+        crate::sync::read(&self.0.plans).clone()
     }
 
-    /// Seals a blob for storage: returns its id and stored bytes.
+    /// Seals a blob for storage: returns its id and stored bytes (see
+    /// [`BlobSealer::seal`]).
     pub fn seal_blob(&self, kind: BlobKind, plaintext: &[u8]) -> (BlobId, Vec<u8>) {
-        let id = self.blob_id(plaintext);
-        (id, self.seal_blob_with_id(kind, id, plaintext))
+        self.0.sealer.seal(kind, plaintext)
     }
 
     /// Seals a blob whose id is already known.
     pub fn seal_blob_with_id(&self, kind: BlobKind, id: BlobId, plaintext: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.seal_blob_into(kind, id, plaintext, &mut out);
-        out
+        self.0.sealer.seal_with_id(kind, id, plaintext)
     }
 
-    /// Seals a blob whose id is already known into `out` (cleared first).
-    /// Data that does not look like text is compressed at
-    /// [`BINARY_ZSTD_LEVEL`] instead of the configured level.
+    /// Seals a blob whose id is already known into `out` (cleared first;
+    /// see [`BlobSealer::seal_into`]).
+    #[inline]
     pub fn seal_blob_into(&self, kind: BlobKind, id: BlobId, plaintext: &[u8], out: &mut Vec<u8>) {
-        let level = zstd_level_for(kind, self.0.config.zstd_level, plaintext);
-        self.0
-            .key
-            .seal_envelope_into(&blob_aad(&id, kind), plaintext, level, out)
+        self.0.sealer.seal_into(kind, id, plaintext, out)
     }
 
     /// Opens a stored blob and checks its id.
@@ -801,35 +633,12 @@ impl Repository {
         stored: &[u8],
         object: &str,
     ) -> Result<Vec<u8>> {
-        let plain = self
-            .0
-            .key
-            .open_envelope(&blob_aad(id, kind), stored)
-            .map_err(|e| Error::corrupt(object, format!("{kind} blob {}: {e}", id.short())))?;
-        self.verify_blob_id(kind, id, &plain, object)?;
-        Ok(plain)
+        self.0.sealer.open(kind, id, stored, object)
     }
 
-    /// Fails unless `plain` hashes to `id`.
-    fn verify_blob_id(
-        &self,
-        kind: BlobKind,
-        id: &BlobId,
-        plain: &[u8],
-        object: &str,
-    ) -> Result<()> {
-        if self.blob_id(plain) != *id {
-            return Err(Error::corrupt(
-                object,
-                format!("{kind} blob {} does not hash to its id", id.short()),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Opens a stored blob like [`Repository::open_blob`] and hands its
-    /// plaintext to `f`, in this thread's reusable buffers (no allocation
-    /// per blob; see [`crate::crypto::SealKey::with_opened_envelope`]).
+    /// Opens a stored blob and hands its plaintext to `f` (see
+    /// [`BlobSealer::with_open`]).
+    #[inline]
     pub fn with_open_blob<R>(
         &self,
         kind: BlobKind,
@@ -838,13 +647,7 @@ impl Repository {
         object: &str,
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<R> {
-        self.0
-            .key
-            .with_opened_envelope(&blob_aad(id, kind), stored, |plain| {
-                self.verify_blob_id(kind, id, plain, object)?;
-                Ok(f(plain))
-            })
-            .map_err(|e| Error::corrupt(object, format!("{kind} blob {}: {e}", id.short())))?
+        self.0.sealer.with_open(kind, id, stored, object, f)
     }
 
     /// Reads, decrypts and verifies one blob.
@@ -904,21 +707,43 @@ impl Repository {
 
     /// Writes a snapshot manifest; returns its id.
     pub fn save_snapshot(&self, snap: &Snapshot) -> Result<SnapshotId> {
-        let stored = self.0.key.seal_envelope(SNAPSHOT_AAD, &snap.to_json(), 1);
-        let id = SnapshotId(Id::hash(&stored));
-        self.0
-            .storage
-            .write(&id.path(), Bytes::from(stored.clone()))
-            .map_err(self.serr())?;
+        let (id, stored) = self.objects().save::<Snapshots>(snap)?;
         self.0
             .cache
             .put_object(CachedKind::Snapshot, &id.0, &stored)?;
         Ok(id)
     }
 
+    /// Adds a key for `password`; returns its id.
+    pub fn add_key(&self, password: &str, kdf: KdfParams) -> Result<String> {
+        self.0
+            .keys
+            .add(&self.0.storage, &self.0.location, password, kdf)
+    }
+
+    /// Every key file.
+    pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
+        self.0.keys.list(&self.0.storage, &self.0.location)
+    }
+
+    /// Removes a key. The key this process opened with cannot be removed
+    /// (use `change_password`), and neither can the last key.
+    pub fn remove_key(&self, id_prefix: &str) -> Result<String> {
+        self.0
+            .keys
+            .remove(&self.0.storage, &self.0.location, id_prefix)
+    }
+
+    /// Replaces the current key with one for `new_password`; returns the new key id.
+    pub fn change_password(&self, new_password: &str, kdf: KdfParams) -> Result<String> {
+        self.0
+            .keys
+            .change_password(&self.0.storage, &self.0.location, new_password, kdf)
+    }
+
     /// Deletes a snapshot manifest (its data stays until garbage collection).
     pub fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
-        self.0.storage.delete(&id.path()).map_err(self.serr())?;
+        self.objects().delete::<Snapshots>(id)?;
         self.0.cache.remove_object(&id.0)
     }
 
@@ -934,7 +759,6 @@ impl Repository {
     }
 
     fn load_snapshot_from(&self, id: &SnapshotId, use_cache: bool) -> Result<Snapshot> {
-        let path = id.path();
         let cached = if use_cache {
             self.0.cache.get_object(CachedKind::Snapshot, &id.0)?
         } else {
@@ -943,23 +767,12 @@ impl Repository {
         let stored = match cached {
             Some(s) if Id::hash(&s) == id.0 => s,
             _ => {
-                let s = self.0.storage.read(&path).map_err(self.serr())?.to_vec();
-                if Id::hash(&s) != id.0 {
-                    return Err(Error::corrupt(
-                        &path,
-                        "content does not match its name (BLAKE3 mismatch)",
-                    ));
-                }
+                let s = self.objects().read::<Snapshots>(id)?.to_vec();
                 self.0.cache.put_object(CachedKind::Snapshot, &id.0, &s)?;
                 s
             }
         };
-        let body = self
-            .0
-            .key
-            .open_envelope(SNAPSHOT_AAD, &stored)
-            .map_err(|e| Error::corrupt(&path, e))?;
-        Snapshot::from_json(&body).map_err(|e| Error::corrupt(&path, e))
+        self.objects().open::<Snapshots>(id, &stored)
     }
 
     /// Every readable snapshot, oldest first (equal times by id). The one
@@ -969,29 +782,15 @@ impl Repository {
     /// itself (`check` names it, `repair snapshots` removes it). Storage
     /// failures fail the listing.
     pub fn list_snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
-        let listed = self.0.storage.list("snapshots/").map_err(self.serr())?;
-        let ids: Vec<SnapshotId> = listed
-            .iter()
-            .filter_map(|o| SnapshotId::from_hex(o.path.trim_start_matches("snapshots/")))
-            .collect();
-        let loaded: Vec<(SnapshotId, Result<Snapshot>)> = ids
-            .par_iter()
-            .map(|id| (*id, self.load_snapshot(id)))
-            .collect();
-        let mut out = Vec::new();
-        for (id, r) in loaded {
-            match r {
-                Ok(s) => out.push((id, s)),
-                Err(Error::Storage { source, .. }) if source.is_not_found() => {}
-                Err(e) if e.kind() == crate::ErrorKind::Corrupt => {
-                    tracing::warn!(
-                        "skipping snapshot {}: {e} (`cairn repair snapshots` removes it)",
-                        id.short()
-                    );
-                }
-                Err(e) => return Err(e),
-            }
+        let ids = self.objects().list_ids::<Snapshots>()?;
+        let loaded = Objects::load_each::<Snapshots>(ids, |id| self.load_snapshot(id))?;
+        for (id, e) in &loaded.damaged {
+            tracing::warn!(
+                "skipping snapshot {}: {e} (`cairn repair snapshots` removes it)",
+                id.short()
+            );
         }
+        let mut out = loaded.objects;
         sort_snapshots(&mut out);
         Ok(out)
     }
@@ -1039,96 +838,6 @@ impl Repository {
                 "{n} snapshots start with {spec}; give more characters"
             ))),
         }
-    }
-
-    /// Adds a key for `password`; returns its id.
-    pub fn add_key(&self, password: &str, kdf: KdfParams) -> Result<String> {
-        if password.is_empty() {
-            return Err(Error::Usage("the password must not be empty".into()));
-        }
-        let file = KeyFile::create(
-            password.as_bytes(),
-            &self.0.master,
-            kdf,
-            user_at_host(),
-            now_secs(),
-        )
-        .map_err(|e| Error::Usage(e.to_string()))?;
-        let encoded = file.encode();
-        let id = key_id(&encoded);
-        self.0
-            .storage
-            .write(&format!("keys/{id}"), Bytes::from(encoded))
-            .map_err(self.serr())?;
-        Ok(id)
-    }
-
-    /// Every key file.
-    pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
-        let mut out = Vec::new();
-        for obj in self.0.storage.list("keys/").map_err(self.serr())? {
-            let id = obj.path.trim_start_matches("keys/").to_string();
-            let (label, created, damaged) =
-                match read_key_file(&self.0.storage, &self.0.location, &obj.path) {
-                    Ok(Ok(file)) => (file.label, file.created, None),
-                    Ok(Err(e)) => (String::new(), 0, Some(e.to_string())),
-                    // Removed since the listing.
-                    Err(Error::Storage { source, .. }) if source.is_not_found() => continue,
-                    Err(e) => return Err(e),
-                };
-            out.push(KeyInfo {
-                current: id == self.0.key_id,
-                id,
-                label,
-                created,
-                damaged,
-            });
-        }
-        out.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
-        Ok(out)
-    }
-
-    /// Removes a key. The key this process opened with cannot be removed
-    /// (use `change_password`), and neither can the last key.
-    pub fn remove_key(&self, id_prefix: &str) -> Result<String> {
-        let keys = self.list_keys()?;
-        let matching: Vec<_> = keys
-            .iter()
-            .filter(|k| k.id.starts_with(id_prefix))
-            .collect();
-        let key = match matching.as_slice() {
-            [] => {
-                return Err(Error::Usage(format!(
-                    "no key {id_prefix} (see `cairn key list`)"
-                )))
-            }
-            [k] => *k,
-            _ => {
-                return Err(Error::Usage(format!(
-                    "several keys start with {id_prefix}; give more characters"
-                )))
-            }
-        };
-        if key.current {
-            return Err(Error::Usage(
-                "refusing to remove the key this command opened the repository with; use `key passwd` or open with another password".into(),
-            ));
-        }
-        self.0
-            .storage
-            .delete(&format!("keys/{}", key.id))
-            .map_err(self.serr())?;
-        Ok(key.id.clone())
-    }
-
-    /// Replaces the current key with one for `new_password`; returns the new key id.
-    pub fn change_password(&self, new_password: &str, kdf: KdfParams) -> Result<String> {
-        let id = self.add_key(new_password, kdf)?;
-        self.0
-            .storage
-            .delete(&format!("keys/{}", self.0.key_id))
-            .map_err(self.serr())?;
-        Ok(id)
     }
 }
 

@@ -192,7 +192,7 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
     let mut packs: HashMap<PackId, HashMap<BlobId, PackBlob>> = HashMap::new();
     for (i, f) in plan.files.iter().enumerate() {
         if let Err(e) = create_sized(&f.path, f.node.size, opts.overwrite) {
-            failed.lock().expect("lock").insert(i, e.to_string());
+            crate::sync::lock(&failed).insert(i, e.to_string());
             continue;
         }
         let Payload::File(content) = &f.node.payload else {
@@ -201,7 +201,7 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
         let chunks = match repo.chunk_list(content) {
             Ok(c) => c,
             Err(e) => {
-                failed.lock().expect("lock").insert(i, e.to_string());
+                crate::sync::lock(&failed).insert(i, e.to_string());
                 continue;
             }
         };
@@ -223,7 +223,7 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
                         blob.targets.push(Placement { file: i, offset });
                     }
                     None => {
-                        failed.lock().expect("lock").insert(
+                        crate::sync::lock(&failed).insert(
                             i,
                             format!("data blob {} is not in the index", c.id.to_hex()),
                         );
@@ -265,7 +265,7 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
                 let data = match repo.read_pack_range(pack, start..end) {
                     Ok(d) => d,
                     Err(e) => {
-                        let mut f = failed.lock().expect("lock");
+                        let mut f = crate::sync::lock(&failed);
                         for b in range {
                             for t in &b.targets {
                                 f.entry(t.file)
@@ -278,34 +278,33 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
                 for b in range {
                     let rel = (b.offset - start) as usize;
                     let stored = &data[rel..rel + b.stored_len as usize];
-                    let write_targets =
-                        |plain: &[u8]| {
-                            for t in &b.targets {
-                                let file = &plan.files[t.file];
-                                let res = std::fs::OpenOptions::new()
-                                    .write(true)
-                                    .open(&file.path)
-                                    .and_then(|f| write_sparse(&f, plain, t.offset));
-                                match res {
-                                    Ok(()) => {
-                                        bytes.fetch_add(plain.len() as u64, Ordering::Relaxed);
-                                        progress.add_bytes(plain.len() as u64);
-                                    }
-                                    Err(e) => {
-                                        failed.lock().expect("lock").entry(t.file).or_insert_with(
-                                            || format!("{}: {e}", file.path.display()),
-                                        );
-                                    }
+                    let write_targets = |plain: &[u8]| {
+                        for t in &b.targets {
+                            let file = &plan.files[t.file];
+                            let res = std::fs::OpenOptions::new()
+                                .write(true)
+                                .open(&file.path)
+                                .and_then(|f| write_sparse(&f, plain, t.offset));
+                            match res {
+                                Ok(()) => {
+                                    bytes.fetch_add(plain.len() as u64, Ordering::Relaxed);
+                                    progress.add_bytes(plain.len() as u64);
+                                }
+                                Err(e) => {
+                                    crate::sync::lock(&failed)
+                                        .entry(t.file)
+                                        .or_insert_with(|| format!("{}: {e}", file.path.display()));
                                 }
                             }
-                        };
+                        }
+                    };
                     let opened =
                         repo.with_open_blob(BlobKind::Data, &b.id, stored, &path, write_targets);
                     if let Err(e) = opened {
                         if matches!(e, Error::Corrupt { .. }) {
                             repo.note_damage(crate::damage::one_copy(b.id, *pack));
                         }
-                        let mut f = failed.lock().expect("lock");
+                        let mut f = crate::sync::lock(&failed);
                         for t in &b.targets {
                             f.entry(t.file).or_insert_with(|| e.to_string());
                         }
@@ -317,7 +316,7 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
     stats.bytes = bytes.load(Ordering::Relaxed);
     stats.ranges_read = ranges.load(Ordering::Relaxed);
 
-    let failed = failed.into_inner().expect("lock");
+    let failed = crate::sync::into_inner(failed);
     for (i, f) in plan.files.iter().enumerate() {
         if failed.contains_key(&i) {
             continue;

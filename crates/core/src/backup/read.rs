@@ -280,7 +280,7 @@ fn add_chunk(
     let id = ctx.repo.blob_id(data);
     chunks.push(ChunkRef { id, len });
     if ctx.writer.claim(&id).map_err(ReadOutcome::Failed)? {
-        if ctx.worker_error.lock().expect("lock").is_some() {
+        if crate::sync::lock(&ctx.worker_error).is_some() {
             return Err(ReadOutcome::Stopped);
         }
         if data.len() < INLINE_SEAL_BELOW {

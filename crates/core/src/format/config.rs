@@ -7,6 +7,9 @@ use super::Id;
 pub const CONFIG_PATH: &str = "config";
 /// Associated data of the sealed config.
 pub const CONFIG_AAD: &[u8] = b"cairn.config";
+/// zstd level of the sealed config: 0, stored uncompressed (its random
+/// id key does not compress).
+pub const CONFIG_ZSTD_LEVEL: i32 = 0;
 /// Config version.
 pub const CONFIG_VERSION: u32 = 1;
 /// Encoded body length.

@@ -1,5 +1,6 @@
 //! Typed 32-byte ids: blobs (keyed BLAKE3), packs, index segments and snapshots (plain BLAKE3).
 
+use super::kinds::ObjectKind;
 use std::fmt;
 
 /// A raw 32-byte id.
@@ -37,6 +38,14 @@ impl fmt::Debug for Id {
     }
 }
 
+/// Serialized as its 64 hex characters (reports; the stored formats
+/// encode ids themselves).
+impl serde::Serialize for Id {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
 impl fmt::Display for Id {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_hex())
@@ -65,6 +74,12 @@ macro_rules! typed_id {
             /// The raw bytes.
             pub fn as_bytes(&self) -> &[u8; 32] {
                 &self.0 .0
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                serde::Serialize::serialize(&self.0, s)
             }
         }
 
@@ -102,22 +117,21 @@ typed_id!(
 impl PackId {
     /// Object path of this pack.
     pub fn path(&self) -> String {
-        let h = self.to_hex();
-        format!("packs/{}/{}", &h[..2], h)
+        <super::kinds::Packs as ObjectKind>::path(self)
     }
 }
 
 impl IndexId {
     /// Object path of this index segment.
     pub fn path(&self) -> String {
-        format!("index/{}", self.to_hex())
+        <super::kinds::IndexSegments as ObjectKind>::path(self)
     }
 }
 
 impl SnapshotId {
     /// Object path of this snapshot.
     pub fn path(&self) -> String {
-        format!("snapshots/{}", self.to_hex())
+        <super::kinds::Snapshots as ObjectKind>::path(self)
     }
 }
 

@@ -9,7 +9,9 @@ pub mod damage;
 pub mod header;
 pub mod index;
 pub mod key;
+pub mod kinds;
 pub mod pack;
+pub mod plan;
 pub mod snapshot;
 pub mod tree;
 

@@ -23,3 +23,4 @@ mod local_packs;
 mod requests;
 mod roundtrip;
 mod support;
+mod vanish;
