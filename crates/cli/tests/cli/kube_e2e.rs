@@ -153,6 +153,12 @@ impl Cluster {
                 IMAGE,
             ])
             .args(args)
+            // Many clusters run at once: none takes the default metrics port unless asked.
+            .args(if args.contains(&"--metrics-address") {
+                &[][..]
+            } else {
+                &["--metrics-address", "0"][..]
+            })
             .env("KUBECONFIG", sim.kubeconfig())
             .env("RUST_LOG", "info,kube=warn")
             .env("HOME", dir.path())
