@@ -29,6 +29,9 @@ struct Kdmp {
     sim: Sim,
     /// The NFS export, mounted at `/mnt/nfs-target/` in the Jobs.
     nfs: tempfile::TempDir,
+    /// On the S3 pass, the test server the credential Secrets point to instead:
+    /// (endpoint, `bucket/prefix`).
+    s3: Option<(String, String)>,
     /// The link `kopiaexecutor` -> cairn and the cache.
     _work: tempfile::TempDir,
 }
@@ -70,6 +73,12 @@ impl Kdmp {
                 work.path().join("cache").to_string_lossy().into_owned(),
             ),
         ];
+        // The S3 pass's server settings (region, no instance metadata); the keys come from
+        // the credential Secret, as in KDMP.
+        let mut env = env;
+        env.extend(std::env::vars().filter(|(k, _)| {
+            k.starts_with("AWS_") && k != "AWS_ACCESS_KEY_ID" && k != "AWS_SECRET_ACCESS_KEY"
+        }));
         let sim = Sim::start(SimOptions {
             images: [(
                 IMAGE.to_string(),
@@ -101,9 +110,18 @@ impl Kdmp {
         ] {
             sim.create(object).unwrap();
         }
+        let s3 = match TestBackend::from_env().unwrap() {
+            TestBackend::S3 { endpoint, bucket } => {
+                let unique = tempfile::Builder::new().prefix("kdmp-").tempdir().unwrap();
+                let prefix = unique.path().file_name().unwrap().to_string_lossy();
+                Some((endpoint, format!("{bucket}/{}", prefix.to_lowercase())))
+            }
+            TestBackend::Fs => None,
+        };
         Kdmp {
             sim,
             nfs: tempfile::tempdir().unwrap(),
+            s3,
             _work: work,
         }
     }
@@ -130,14 +148,24 @@ impl Kdmp {
     }
 
     /// The credential Secret KDMP makes for a DataExport (`cred-secret-<export>`) from an
-    /// NFS BackupLocation.
+    /// NFS BackupLocation, or on the S3 pass from an S3 one naming the test server.
     fn cred_secret(&self, ns: &str, export: &str) -> String {
         let name = format!("cred-secret-{export}");
+        let data = match &self.s3 {
+            None => json!({"type": "nfs", "password": PASSWORD, "path": BL_PATH,
+                           "serverAddr": "nfs.example", "subPath": "/exports/backups"}),
+            Some((endpoint, path)) => {
+                let key = |k: &str| std::env::var(k).expect("s3.sh exports AWS credentials");
+                json!({"type": "s3", "password": PASSWORD, "path": path,
+                       "accessKey": key("AWS_ACCESS_KEY_ID"),
+                       "secretAccessKey": key("AWS_SECRET_ACCESS_KEY"),
+                       "endpoint": endpoint.trim_start_matches("http://"),
+                       "disablessl": "true", "region": "us-east-1"})
+            }
+        };
         self.sim
             .create(json!({"apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": name, "namespace": ns},
-                "stringData": {"type": "nfs", "password": PASSWORD, "path": BL_PATH,
-                               "serverAddr": "nfs.example", "subPath": "/exports/backups"}}))
+                "metadata": {"name": name, "namespace": ns}, "stringData": data}))
             .unwrap();
         name
     }
@@ -295,11 +323,9 @@ fn backup(k: &Kdmp, vb: &str, pvc: &str, extra: &str) -> Value {
         .expect("the executor creates the VolumeBackup")
 }
 
+/// Runs on both passes: an NFS location on the fs pass, an S3 one on the S3 pass.
 #[test]
 fn kdmp_backup_reaches_100_percent_and_its_restore_fills_a_new_pvc() {
-    if fs_backend_only() {
-        return;
-    }
     let k = Kdmp::start();
     let mut files = small_files();
     files.push(("cache/tmp.bin", vec![7; 50_000]));
@@ -331,7 +357,11 @@ fn kdmp_backup_reaches_100_percent_and_its_restore_fills_a_new_pvc() {
         "{status}"
     );
     assert!(status.get("lastKnownError").is_none(), "{status}");
-    assert!(k.repository("shop-data").join("cairn.repository").is_file());
+    assert_eq!(
+        k.repository("shop-data").join("cairn.repository").is_file(),
+        k.s3.is_none(),
+        "the repository is on the NFS export exactly when the location is NFS"
+    );
     // The whole object was replaced (no status subresource), and more than once.
     let puts = k
         .sim
