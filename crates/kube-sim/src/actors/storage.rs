@@ -75,6 +75,20 @@ fn storage_class(s: &State, pvc: &Value) -> Option<Value> {
     }
 }
 
+/// The first access mode `pvc` asks for that its class's driver cannot serve. The
+/// simulated driver serves every mode unless the class lists them in its `accessModes`
+/// parameter (comma-separated), as a real driver that cannot make ReadOnlyMany volumes.
+fn unsupported_access_mode(class: &Value, pvc: &Value) -> Option<String> {
+    let served = class["parameters"]["accessModes"].as_str()?;
+    let served: Vec<&str> = served.split(',').map(str::trim).collect();
+    pvc["spec"]["accessModes"]
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|m| !served.contains(m))
+        .map(str::to_string)
+}
+
 fn pod_uses_claim(s: &State, ns: &str, claim: &str, only_live: bool) -> bool {
     s.all("core/pods").iter().any(|p| {
         namespace(p).as_deref() == Some(ns)
@@ -190,6 +204,30 @@ fn bind(shared: &Shared, s: &mut State, pvc: &Value) {
     if class["volumeBindingMode"] == "WaitForFirstConsumer"
         && !pod_uses_claim(s, &ns, &name(pvc), true)
     {
+        return;
+    }
+    if let Some(refused) = unsupported_access_mode(&class, pvc) {
+        // As a CSI driver that cannot serve the mode: the claim stays Pending and the
+        // external provisioner records why (once here; it retries with backoff).
+        let already = s.all("core/events").iter().any(|e| {
+            e["involvedObject"]["uid"] == pvc["metadata"]["uid"]
+                && e["reason"] == "ProvisioningFailed"
+        });
+        if !already {
+            let message = format!(
+                "failed to provision volume with StorageClass {:?}: rpc error: code = \
+                 InvalidArgument desc = volume capability access mode {refused} is not supported",
+                name(&class)
+            );
+            event(
+                s,
+                pvc,
+                "Warning",
+                "ProvisioningFailed",
+                &message,
+                "sim-provisioner",
+            );
+        }
         return;
     }
     let source = &pvc["spec"]["dataSource"];

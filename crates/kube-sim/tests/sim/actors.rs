@@ -382,3 +382,33 @@ fn moved_snapshots_and_handed_over_volumes_bind_statically() {
             .then_some(())
     });
 }
+
+#[test]
+fn a_claim_for_an_access_mode_its_class_cannot_serve_stays_pending_with_an_event() {
+    let sim = sim();
+    for o in [
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "rwo-only"},
+               "provisioner": "d", "parameters": {"accessModes": "ReadWriteOnce"}}),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "rox", "namespace": "default"},
+               "spec": {"storageClassName": "rwo-only", "accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}}}),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "rwo", "namespace": "default"},
+               "spec": {"storageClassName": "rwo-only", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+    ] {
+        sim.create(o).unwrap();
+    }
+    sim.wait_for("rwo bound", PATIENCE, |s| s.volume_dir("default", "rwo"));
+    let event = sim.wait_for("a ProvisioningFailed event", PATIENCE, |s| {
+        s.list("v1", "Event", Some("default"))
+            .into_iter()
+            .find(|e| e["involvedObject"]["name"] == "rox" && e["reason"] == "ProvisioningFailed")
+    });
+    assert_eq!(event["type"], "Warning");
+    assert!(
+        event["message"].as_str().unwrap().contains("ReadOnlyMany"),
+        "{event}"
+    );
+    let claim = sim
+        .get("v1", "PersistentVolumeClaim", Some("default"), "rox")
+        .unwrap();
+    assert_eq!(claim["status"]["phase"], "Pending", "{claim}");
+}
