@@ -244,3 +244,93 @@ fn init_if_missing_takes_no_value_or_true_or_false() {
     .unwrap_err();
     assert!(e.to_string().contains("expected true or false"), "{e}");
 }
+
+/// A repository holding snapshot `5f3a`, counting forgets.
+struct Holding {
+    content: LocationContent,
+    forgotten: Mutex<Vec<String>>,
+}
+
+impl Engine for Holding {
+    fn backup(
+        &self,
+        _: &BackupJobRequest,
+        _: &dyn Fn(EngineProgress),
+    ) -> Result<BackupJobResult, EngineError> {
+        unreachable!("a forget job backs up nothing")
+    }
+    fn restore(
+        &self,
+        _: &RestoreJobRequest,
+        _: &dyn Fn(EngineProgress),
+    ) -> Result<RestoreJobResult, EngineError> {
+        unreachable!("a forget job restores nothing")
+    }
+    fn maintenance(&self, _: &MaintenanceJobRequest) -> Result<String, EngineError> {
+        unreachable!("a forget job runs no maintenance")
+    }
+    fn forget(&self, _: &ForgetJobRequest) -> Result<String, EngineError> {
+        unreachable!("forget --snapshot never applies retention")
+    }
+    fn list_snapshots(&self, _: &RepositoryAccess) -> Result<Vec<SnapshotSummary>, EngineError> {
+        Ok(Vec::new())
+    }
+    fn inspect_location(&self, _: &RepositoryAccess) -> Result<LocationContent, EngineError> {
+        Ok(self.content.clone())
+    }
+    fn forget_snapshot(&self, _: &RepositoryAccess, id: &str) -> Result<bool, EngineError> {
+        let mut forgotten = self.forgotten.lock().unwrap();
+        let found = id == "5f3a" && !forgotten.contains(&id.to_string());
+        forgotten.push(id.to_string());
+        Ok(found)
+    }
+}
+
+fn forget_params(dir: &tempfile::TempDir, extra: &[&str]) -> Result<JobParams, String> {
+    let termination = dir.path().join("termination-log").display().to_string();
+    let mut list = vec!["--location", "s3://velero/cluster-1/cairn/shop", "--termination-log", &termination];
+    list.extend(extra);
+    let args: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+    JobParams::parse(JobCommand::Forget, &args, &|name: &str| {
+        (name == "CAIRN_PASSWORD").then(|| "pw".to_string())
+    })
+    .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn forget_by_id_succeeds_when_forgotten_and_when_already_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = std::sync::Arc::new(Holding {
+        content: LocationContent::Cairn,
+        forgotten: Mutex::new(Vec::new()),
+    });
+    let params = forget_params(&dir, &["--snapshot", "5f3a"]).unwrap();
+    let outcome = run_job(params.clone(), engine.clone(), None).await.unwrap();
+    assert!(outcome.succeeded, "{}", outcome.message);
+    assert!(outcome.message.contains("forgot snapshot 5f3a"), "{}", outcome.message);
+    let again = run_job(params, engine.clone(), None).await.unwrap();
+    assert!(again.succeeded);
+    assert!(again.message.contains("already gone"), "{}", again.message);
+    assert_eq!(*engine.forgotten.lock().unwrap(), ["5f3a", "5f3a"]);
+
+    // No repository at all: nothing to forget, nothing opened.
+    let empty = std::sync::Arc::new(Holding {
+        content: LocationContent::Empty,
+        forgotten: Mutex::new(Vec::new()),
+    });
+    let outcome = run_job(forget_params(&dir, &["--snapshot", "5f3a"]).unwrap(), empty.clone(), None)
+        .await
+        .unwrap();
+    assert!(outcome.succeeded && outcome.message.contains("already gone"));
+    assert!(empty.forgotten.lock().unwrap().is_empty());
+}
+
+#[test]
+fn forget_takes_one_snapshot_or_retention_rules_not_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = forget_params(&dir, &["--snapshot", "5f3a", "--tag", "a=b", "--keep-last", "1"])
+        .unwrap_err();
+    assert!(e.contains("not both"), "{e}");
+    let e = forget_params(&dir, &[]).unwrap_err();
+    assert!(e.contains("never forgets every snapshot"), "{e}");
+}
