@@ -40,6 +40,9 @@ impl Velero {
                 VELERO,
                 "--velero-node-agent-configmap",
                 "node-agent-config",
+                // Tests run in parallel: no fixed metrics port.
+                "--metrics-address",
+                "0",
             ],
         );
         let crds = include_str!("../../../../testdata/velero/crds.yaml");

@@ -217,7 +217,10 @@ pub fn decide_data_upload(
     // Only once Completed is observed: the status patch that completes it changes the
     // resourceVersion the finalizer patch is made against (its watch event comes back here).
     let hold = before.phase.as_deref() == Some(phase::COMPLETED)
-        && before.snapshot_id.as_deref().is_some_and(|id| !id.is_empty())
+        && before
+            .snapshot_id
+            .as_deref()
+            .is_some_and(|id| !id.is_empty())
         && !du.finalizers().iter().any(|f| f == FINALIZER_FORGET);
     let mut actions = s.actions;
     if s.status != before {

@@ -9,7 +9,10 @@ use super::engine::{Engine, EngineError, LocationContent, RepositoryAccess};
 ///
 /// Two jobs may find the location empty at once; the one whose init finds the header
 /// already written (`cairn.repository`) lost the race and uses the winner's repository.
-pub fn ensure_repository(engine: &dyn Engine, access: &RepositoryAccess) -> Result<(), EngineError> {
+pub fn ensure_repository(
+    engine: &dyn Engine,
+    access: &RepositoryAccess,
+) -> Result<(), EngineError> {
     match engine.inspect_location(access)? {
         LocationContent::Cairn => Ok(()),
         LocationContent::Empty => {

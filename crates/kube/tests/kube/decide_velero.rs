@@ -491,9 +491,10 @@ fn completed(finalizers: &[&str], deleting: bool) -> DataUploadObserved {
     du.metadata.resource_version = Some("42".into());
     du.metadata.finalizers = Some(finalizers.iter().map(|f| f.to_string()).collect());
     if deleting {
-        du.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            "2025-06-01T11:30:00Z".parse().unwrap(),
-        ));
+        du.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2025-06-01T11:30:00Z".parse().unwrap(),
+            ));
     }
     DataUploadObserved {
         upload: du,
@@ -501,13 +502,19 @@ fn completed(finalizers: &[&str], deleting: bool) -> DataUploadObserved {
     }
 }
 
-fn finalizers_of(actions: &[VeleroAction]) -> Option<(Vec<String>, Option<String>, Option<String>)> {
+fn finalizers_of(
+    actions: &[VeleroAction],
+) -> Option<(Vec<String>, Option<String>, Option<String>)> {
     actions.iter().find_map(|a| match a {
         VeleroAction::SetUploadFinalizers {
             finalizers,
             resource_version,
             warning,
-        } => Some((finalizers.clone(), resource_version.clone(), warning.clone())),
+        } => Some((
+            finalizers.clone(),
+            resource_version.clone(),
+            warning.clone(),
+        )),
         _ => None,
     })
 }
@@ -522,7 +529,10 @@ fn a_completed_upload_gets_cairn_s_finalizer_next_to_others_and_only_once() {
         true,
         r#"{"succeeded":true,"snapshotId":"5f3a","bytesDone":1,"totalBytes":1,"message":"ok"}"#,
     ));
-    assert_eq!(finalizers_of(&decide_data_upload(&obs, &ctx(), &velero())), None);
+    assert_eq!(
+        finalizers_of(&decide_data_upload(&obs, &ctx(), &velero())),
+        None
+    );
 
     let obs = completed(&["example.com/keep"], false);
     let (list, rv, warning) = finalizers_of(&decide_data_upload(&obs, &ctx(), &velero())).unwrap();
@@ -531,12 +541,18 @@ fn a_completed_upload_gets_cairn_s_finalizer_next_to_others_and_only_once() {
     assert_eq!(warning, None);
 
     let obs = completed(&["example.com/keep", FINALIZER_FORGET], false);
-    assert_eq!(finalizers_of(&decide_data_upload(&obs, &ctx(), &velero())), None);
+    assert_eq!(
+        finalizers_of(&decide_data_upload(&obs, &ctx(), &velero())),
+        None
+    );
 
     // Failed or Canceled uploads made no snapshot: nothing to hold.
     let mut failed = completed(&[], false);
     failed.upload = upload(json!({"phase": "Failed", "message": "x"}), false, "cairn");
-    assert_eq!(finalizers_of(&decide_data_upload(&failed, &ctx(), &velero())), None);
+    assert_eq!(
+        finalizers_of(&decide_data_upload(&failed, &ctx(), &velero())),
+        None
+    );
 }
 
 #[test]
@@ -548,7 +564,10 @@ fn a_deleted_upload_forgets_its_snapshot_then_releases_only_cairn_s_finalizer() 
     // With it: the forget Job, in cairn's namespace, on the namespace's repository.
     let mut obs = completed(&["example.com/keep", FINALIZER_FORGET], true);
     let actions = decide_data_upload(&obs, &ctx(), &velero());
-    assert_eq!(kinds(&actions), ["SyncSecrets", "CreateJob", "RequeueAfter"]);
+    assert_eq!(
+        kinds(&actions),
+        ["SyncSecrets", "CreateJob", "RequeueAfter"]
+    );
     let job = actions
         .iter()
         .find_map(|a| match a {
@@ -616,7 +635,10 @@ fn a_deleted_upload_forgets_its_snapshot_then_releases_only_cairn_s_finalizer() 
     let (list, _, warning) = finalizers_of(&decide_data_upload(&obs, &ctx(), &velero())).unwrap();
     assert_eq!(list, ["example.com/keep"]);
     let warning = warning.unwrap();
-    assert!(warning.contains("5f3a") && warning.contains("wrong password"), "{warning}");
+    assert!(
+        warning.contains("5f3a") && warning.contains("wrong password"),
+        "{warning}"
+    );
 }
 
 #[test]

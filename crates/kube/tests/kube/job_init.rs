@@ -5,8 +5,7 @@
 use cairn_kube::job::{
     ensure_repository, run_job, BackupJobRequest, BackupJobResult, Engine, EngineError,
     EngineProgress, ForgetJobRequest, JobCommand, JobParams, LocationContent,
-    MaintenanceJobRequest, RepositoryAccess, RestoreJobRequest, RestoreJobResult,
-    SnapshotSummary,
+    MaintenanceJobRequest, RepositoryAccess, RestoreJobRequest, RestoreJobResult, SnapshotSummary,
 };
 use cairn_kube::protocol::JobOutcome;
 use std::sync::Mutex;
@@ -164,7 +163,11 @@ fn a_failed_init_on_a_still_empty_location_is_reported() {
 fn a_kopia_location_or_foreign_objects_are_refused_without_writing() {
     let kopia = Location::new(LocationContent::Kopia);
     let e = ensure_repository(&kopia, &access()).unwrap_err();
-    assert!(e.message.contains("kopia repository") && !e.retryable, "{}", e.message);
+    assert!(
+        e.message.contains("kopia repository") && !e.retryable,
+        "{}",
+        e.message
+    );
     assert_eq!(kopia.calls(), ["inspect"]);
     let foreign = Location::new(LocationContent::Unknown("notes.txt".into()));
     let e = ensure_repository(&foreign, &access()).unwrap_err();
@@ -225,7 +228,11 @@ async fn init_if_missing_creates_the_repository_before_the_backup_and_only_when_
     let written =
         JobOutcome::parse(&std::fs::read_to_string(dir.path().join("termination-log")).unwrap())
             .unwrap();
-    assert!(written.message.contains("kopia repository"), "{}", written.message);
+    assert!(
+        written.message.contains("kopia repository"),
+        "{}",
+        written.message
+    );
     assert_eq!(engine.calls(), ["inspect"]);
 }
 
@@ -288,7 +295,12 @@ impl Engine for Holding {
 
 fn forget_params(dir: &tempfile::TempDir, extra: &[&str]) -> Result<JobParams, String> {
     let termination = dir.path().join("termination-log").display().to_string();
-    let mut list = vec!["--location", "s3://velero/cluster-1/cairn/shop", "--termination-log", &termination];
+    let mut list = vec![
+        "--location",
+        "s3://velero/cluster-1/cairn/shop",
+        "--termination-log",
+        &termination,
+    ];
     list.extend(extra);
     let args: Vec<String> = list.iter().map(|s| s.to_string()).collect();
     JobParams::parse(JobCommand::Forget, &args, &|name: &str| {
@@ -307,7 +319,11 @@ async fn forget_by_id_succeeds_when_forgotten_and_when_already_gone() {
     let params = forget_params(&dir, &["--snapshot", "5f3a"]).unwrap();
     let outcome = run_job(params.clone(), engine.clone(), None).await.unwrap();
     assert!(outcome.succeeded, "{}", outcome.message);
-    assert!(outcome.message.contains("forgot snapshot 5f3a"), "{}", outcome.message);
+    assert!(
+        outcome.message.contains("forgot snapshot 5f3a"),
+        "{}",
+        outcome.message
+    );
     let again = run_job(params, engine.clone(), None).await.unwrap();
     assert!(again.succeeded);
     assert!(again.message.contains("already gone"), "{}", again.message);
@@ -318,9 +334,13 @@ async fn forget_by_id_succeeds_when_forgotten_and_when_already_gone() {
         content: LocationContent::Empty,
         forgotten: Mutex::new(Vec::new()),
     });
-    let outcome = run_job(forget_params(&dir, &["--snapshot", "5f3a"]).unwrap(), empty.clone(), None)
-        .await
-        .unwrap();
+    let outcome = run_job(
+        forget_params(&dir, &["--snapshot", "5f3a"]).unwrap(),
+        empty.clone(),
+        None,
+    )
+    .await
+    .unwrap();
     assert!(outcome.succeeded && outcome.message.contains("already gone"));
     assert!(empty.forgotten.lock().unwrap().is_empty());
 }
@@ -328,8 +348,11 @@ async fn forget_by_id_succeeds_when_forgotten_and_when_already_gone() {
 #[test]
 fn forget_takes_one_snapshot_or_retention_rules_not_both() {
     let dir = tempfile::tempdir().unwrap();
-    let e = forget_params(&dir, &["--snapshot", "5f3a", "--tag", "a=b", "--keep-last", "1"])
-        .unwrap_err();
+    let e = forget_params(
+        &dir,
+        &["--snapshot", "5f3a", "--tag", "a=b", "--keep-last", "1"],
+    )
+    .unwrap_err();
     assert!(e.contains("not both"), "{e}");
     let e = forget_params(&dir, &[]).unwrap_err();
     assert!(e.contains("never forgets every snapshot"), "{e}");
