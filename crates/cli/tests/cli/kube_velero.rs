@@ -40,6 +40,9 @@ impl Velero {
                 VELERO,
                 "--velero-node-agent-configmap",
                 "node-agent-config",
+                // Tests run in parallel: no fixed metrics port.
+                "--metrics-address",
+                "0",
             ],
         );
         let crds = include_str!("../../../../testdata/velero/crds.yaml");
@@ -48,14 +51,7 @@ impl Velero {
             cluster.create(crd);
         }
         let base = tempfile::tempdir().unwrap();
-        let repo = format!("file://{}/cairn/{NS}", base.path().display());
-        let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["init", "-r", &repo])
-            .env("CAIRN_PASSWORD", PASSWORD)
-            .env("HOME", base.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "init: {}", text(&out));
+        // No `cairn init`: the namespace's first backup creates its repository.
         for o in [
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": VELERO}}),
             json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "cairn-job", "namespace": CAIRN}}),
@@ -258,11 +254,14 @@ fn a_data_upload_as_velero_creates_it_completes_with_progress_and_restores_throu
         .as_str()
         .is_some_and(|l| l.starts_with("du-")));
     assert_eq!(done["metadata"]["ownerReferences"][0]["name"], "b1");
-    assert!(
-        done["metadata"]["finalizers"].is_null(),
-        "{}",
-        done["metadata"]
-    );
+    // Once Completed, cairn's own finalizer (never Velero's mover finalizer) holds the
+    // object until its snapshot is forgotten.
+    v.cluster
+        .sim
+        .wait_for("cairn's finalizer on the DataUpload", PATIENCE, |_| {
+            let du = v.get("DataUpload", &name)?;
+            (du["metadata"]["finalizers"] == json!(["cairn.io/forget-snapshot"])).then_some(())
+        });
     // Progress was patched by the job pod on the way, then the final phase by the controller.
     let progress_path = format!("/apis/{DU}/namespaces/{VELERO}/datauploads/{name}/status");
     let patches: Vec<Value> = v
@@ -357,6 +356,38 @@ fn a_data_upload_as_velero_creates_it_completes_with_progress_and_restores_throu
         .sim
         .get("v1", "PersistentVolumeClaim", Some(CAIRN), &dd_name)
         .is_none());
+
+    // Deleting Velero's Backup: the garbage collector deletes its DataUpload, cairn forgets
+    // the snapshot, and only then is the DataUpload gone.
+    let repo = format!("file://{}/cairn/{NS}", v.base.path().display());
+    let listed = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["snapshots", "--json", "-r", &repo])
+            .env("CAIRN_PASSWORD", PASSWORD)
+            .env("HOME", v.base.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "snapshots: {}", text(&out));
+        let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        list.iter()
+            .filter_map(|s| s["id"].as_str().map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(listed(), [snapshot.to_string()]);
+    v.cluster
+        .sim
+        .delete("velero.io/v1", "Backup", Some(VELERO), "b1")
+        .unwrap();
+    v.cluster
+        .sim
+        .wait_for("the DataUpload gone after its Backup", PATIENCE, |_| {
+            v.get("DataUpload", &name).is_none().then_some(())
+        });
+    assert!(
+        listed().is_empty(),
+        "snapshot {snapshot} was not forgotten\ncontroller log:\n{}",
+        v.cluster.controller_log()
+    );
     v.cluster.assert_no_pruned_fields();
 }
 

@@ -67,9 +67,10 @@ async fn secret_keys(
     location: Option<&BackupStorageLocation>,
     v: &VeleroContext,
     phase: &str,
+    deleting: bool,
 ) -> Result<BTreeMap<String, bool>, AdapterError> {
     let mut out = BTreeMap::new();
-    if phase != crate::velero::phase::PREPARED {
+    if phase != crate::velero::phase::PREPARED && !deleting {
         return Ok(out);
     }
     for source in crate::controller::secret_sources(location, v) {
@@ -171,6 +172,8 @@ pub async fn observe_data_upload(
             .map_err(api_err(format!("reading PVC {}/{name}", v.cairn_namespace)))?
             .is_some();
     let job = objects_job_name(&name, JobKind::Backup.as_str());
+    let forget_job = objects_job_name(&name, "forget");
+    let deleting = du.metadata.deletion_timestamp.is_some();
     let location = location(
         client,
         &v.velero_namespace,
@@ -179,7 +182,11 @@ pub async fn observe_data_upload(
     .await?;
     Ok(DataUploadObserved {
         upload: du.clone(),
-        secret_keys: secret_keys(client, location.as_ref(), v, &phase).await?,
+        secret_keys: secret_keys(client, location.as_ref(), v, &phase, deleting).await?,
+        forget_job: match deleting {
+            true => job_info(client, &v.cairn_namespace, Some(&forget_job)).await?,
+            false => None,
+        },
         location,
         backup_pvc_config,
         storage_classes,
@@ -256,7 +263,7 @@ pub async fn observe_data_download(
     .await?;
     Ok(DataDownloadObserved {
         download: dd.clone(),
-        secret_keys: secret_keys(client, location.as_ref(), v, &phase).await?,
+        secret_keys: secret_keys(client, location.as_ref(), v, &phase, false).await?,
         location,
         target_pvc,
         restore_pvc,
@@ -376,6 +383,27 @@ pub async fn execute_velero(
                     .patch(name, &PatchParams::default(), &Patch::Merge(patch))
                     .await
                     .map_err(api_err(format!("patching PersistentVolume {name}")))?;
+            }
+            VeleroAction::SetUploadFinalizers {
+                finalizers,
+                resource_version,
+                warning,
+            } => {
+                if let Some(warning) = warning {
+                    tracing::warn!(data_upload = %target.name, "{warning}");
+                }
+                let api: Api<DynamicObject> = Api::namespaced_with(
+                    client.clone(),
+                    &v.velero_namespace,
+                    &crate::velero::resource("DataUpload"),
+                );
+                let body = json!({"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}});
+                api.patch(&target.name, &PatchParams::default(), &Patch::Merge(&body))
+                    .await
+                    .map_err(api_err(format!(
+                        "setting the finalizers of DataUpload {}/{}",
+                        v.velero_namespace, target.name
+                    )))?;
             }
         }
     }

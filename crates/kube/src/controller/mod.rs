@@ -33,7 +33,7 @@ pub use schedule::{
 pub use velero::{
     decide_data_download, decide_data_upload, secret_key_id, secret_sources, DataDownloadObserved,
     DataUploadObserved, SecretSync, SnapshotContentInfo, VeleroAction, VeleroContext,
-    ANNOTATION_RECLAIM, LABEL_DOWNLOAD, LABEL_VELERO, TAG_DATA_UPLOAD,
+    ANNOTATION_RECLAIM, FINALIZER_FORGET, LABEL_DOWNLOAD, LABEL_VELERO, TAG_DATA_UPLOAD,
 };
 
 use crate::config::Config;

@@ -33,6 +33,9 @@ pub const LABEL_DOWNLOAD: &str = "cairn.io/velero-data-download";
 pub const ANNOTATION_RECLAIM: &str = "cairn.io/original-reclaim-policy";
 /// Snapshot tag naming the DataUpload a snapshot was made for.
 pub const TAG_DATA_UPLOAD: &str = "velero.io/data-upload";
+/// cairn's finalizer on a Completed DataUpload: when Velero's Backup (its owner) is
+/// deleted, the DataUpload's snapshot is forgotten before the object goes.
+pub const FINALIZER_FORGET: &str = "cairn.io/forget-snapshot";
 
 /// Where Velero and cairn live, and which Secret holds the repository password.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +81,17 @@ pub enum VeleroAction {
     DeleteSnapshotContent(String),
     /// Write the repository Secrets in cairn's namespace from Velero's.
     SyncSecrets(Box<SecretSync>),
+    /// Merge-patch the DataUpload's `metadata.finalizers` to exactly this list (the
+    /// observed one with cairn's own added or removed; others are kept as they are), with
+    /// the observed resourceVersion so a concurrent change is not overwritten.
+    SetUploadFinalizers {
+        /// The whole new list.
+        finalizers: Vec<String>,
+        /// The resourceVersion the list was read at.
+        resource_version: Option<String>,
+        /// Why the snapshot is let go without being forgotten, to log as a warning.
+        warning: Option<String>,
+    },
     /// Merge-patch a PersistentVolume.
     PatchPersistentVolume {
         /// PV name.
@@ -127,6 +141,8 @@ pub struct DataUploadObserved {
     /// Secret keys (`namespace/name/key`) the Job's Secrets are made from, and whether
     /// each exists: read before the Job is created.
     pub secret_keys: BTreeMap<String, bool>,
+    /// The Job forgetting the snapshot of a deleted DataUpload, if it exists.
+    pub forget_job: Option<JobInfo>,
 }
 
 impl Default for DataUploadObserved {
@@ -144,6 +160,7 @@ impl Default for DataUploadObserved {
             job: None,
             running_backup_jobs: 0,
             secret_keys: BTreeMap::new(),
+            forget_job: None,
         }
     }
 }
@@ -157,6 +174,9 @@ pub fn decide_data_upload(
     let du = &obs.upload;
     if du.spec.datamover != DATA_MOVER {
         return Vec::new();
+    }
+    if du.metadata.deletion_timestamp.is_some() {
+        return upload_deleted(obs, ctx, v);
     }
     let before = du.status.clone().unwrap_or_default();
     let mut s = Step {
@@ -194,11 +214,125 @@ pub fn decide_data_upload(
             }
         }
     }
+    // Only once Completed is observed: the status patch that completes it changes the
+    // resourceVersion the finalizer patch is made against (its watch event comes back here).
+    let hold = before.phase.as_deref() == Some(phase::COMPLETED)
+        && before
+            .snapshot_id
+            .as_deref()
+            .is_some_and(|id| !id.is_empty())
+        && !du.finalizers().iter().any(|f| f == FINALIZER_FORGET);
     let mut actions = s.actions;
     if s.status != before {
         actions.insert(0, VeleroAction::PatchUploadStatus(Box::new(s.status)));
     }
+    if hold {
+        // Velero leaves a third-party mover's data alone when a backup is deleted: the
+        // finalizer lets cairn forget the snapshot first.
+        let mut finalizers = du.finalizers().to_vec();
+        finalizers.push(FINALIZER_FORGET.into());
+        actions.push(VeleroAction::SetUploadFinalizers {
+            finalizers,
+            resource_version: du.metadata.resource_version.clone(),
+            warning: None,
+        });
+    }
     actions
+}
+
+/// A DataUpload being deleted (with its Velero Backup): while it carries cairn's
+/// finalizer, a Job forgets its snapshot, then the finalizer is removed. Reclaiming the
+/// snapshot's data is left to maintenance.
+fn upload_deleted(
+    obs: &DataUploadObserved,
+    ctx: &DecideContext,
+    v: &VeleroContext,
+) -> Vec<VeleroAction> {
+    let du = &obs.upload;
+    if !du.finalizers().iter().any(|f| f == FINALIZER_FORGET) {
+        return Vec::new();
+    }
+    let name = du.name_any();
+    let release = |warning: Option<String>| VeleroAction::SetUploadFinalizers {
+        finalizers: du
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER_FORGET)
+            .cloned()
+            .collect(),
+        resource_version: du.metadata.resource_version.clone(),
+        warning,
+    };
+    let status = du.status.clone().unwrap_or_default();
+    let Some(id) = status.snapshot_id.filter(|id| !id.is_empty()) else {
+        return vec![release(None)];
+    };
+    let job_name = objects::job_name(&name, "forget");
+    match judged(&obs.forget_job, ctx) {
+        Some(job) if job.is_running() => {
+            vec![VeleroAction::Kube(Action::RequeueAfter(running_poll(&job)))]
+        }
+        Some(job) if job.succeeded => vec![release(None)],
+        Some(job) => {
+            let retryable = job
+                .termination_message
+                .as_deref()
+                .and_then(JobOutcome::parse)
+                .is_none_or(|o| o.retryable);
+            let why = failure_reason(&job);
+            if retryable {
+                // A new Job tries again (the failed one's logs go with it).
+                let mut actions = Vec::new();
+                delete_job(&Some(job), v, &mut actions);
+                actions.push(VeleroAction::Kube(Action::RequeueAfter(POLL)));
+                actions
+            } else {
+                vec![release(Some(format!(
+                    "snapshot {id} of DataUpload {name} was not forgotten: {why}; forget it \
+                     with `cairn forget` and let maintenance reclaim it"
+                )))]
+            }
+        }
+        None => {
+            let plan = repository(
+                obs.location.as_ref(),
+                &du.spec.backup_storage_location,
+                &du.spec.source_namespace,
+                v,
+            )
+            .and_then(|plan| match missing_secret(&plan.sync, &obs.secret_keys) {
+                Some(why) => Err(why),
+                None => Ok(plan),
+            });
+            let plan = match plan {
+                Ok(plan) => plan,
+                Err(why) => {
+                    return vec![release(Some(format!(
+                        "snapshot {id} of DataUpload {name} was not forgotten: {why}; forget \
+                         it with `cairn forget` and let maintenance reclaim it"
+                    )))]
+                }
+            };
+            let args = vec!["forget".to_string(), "--snapshot".into(), id];
+            let mut job = velero_job(
+                ctx,
+                v,
+                &plan.repository,
+                "DataUpload",
+                du.metadata.uid.as_deref(),
+                &name,
+                JobKind::Maintenance,
+                args,
+                None,
+            );
+            job.metadata.name = Some(job_name);
+            vec![
+                VeleroAction::SyncSecrets(Box::new(plan.sync)),
+                VeleroAction::Kube(Action::CreateJob(Box::new(job))),
+                VeleroAction::Kube(Action::RequeueAfter(POLL)),
+            ]
+        }
+    }
 }
 
 struct Step<S> {
@@ -446,6 +580,8 @@ fn upload_prepared(
         csi.storage_class,
         "--tag".into(),
         format!("{TAG_DATA_UPLOAD}={name}"),
+        // One repository per source namespace: its first backup creates it.
+        "--init-if-missing".into(),
     ];
     if let Some(backup) = du.labels().get(LABEL_BACKUP_NAME) {
         args.extend(["--tag".into(), format!("{LABEL_BACKUP_NAME}={backup}")]);
@@ -470,7 +606,7 @@ fn upload_prepared(
         &name,
         JobKind::Backup,
         args,
-        data,
+        Some(data),
     );
     s.actions
         .push(VeleroAction::Kube(Action::CreateJob(Box::new(job))));
@@ -703,7 +839,7 @@ fn velero_job(
     name: &str,
     job_kind: JobKind,
     args: Vec<String>,
-    data: DataVolume,
+    data: Option<DataVolume>,
 ) -> k8s_openapi::api::batch::v1::Job {
     let owner = owner(kind, uid, name);
     let spec = JobSpec {
@@ -713,7 +849,7 @@ fn velero_job(
         owner: &owner,
         repository,
         args,
-        data: Some(data),
+        data,
         with_excludes: job_kind == JobKind::Backup,
     };
     let mut job = objects::job(&spec, &ctx.config, &ctx.jobs);
@@ -923,7 +1059,7 @@ fn download_prepared(
         &name,
         JobKind::Restore,
         args,
-        data,
+        Some(data),
     );
     s.actions
         .push(VeleroAction::Kube(Action::CreateJob(Box::new(job))));

@@ -6,6 +6,7 @@ mod apiobjects;
 mod capture;
 mod catalog;
 mod engine;
+mod location;
 mod params;
 mod restore_resources;
 
@@ -16,6 +17,7 @@ pub use engine::{
     LocationContent, MaintenanceJobRequest, RepositoryAccess, RestoreJobRequest, RestoreJobResult,
     SnapshotSummary,
 };
+pub use location::{ensure_repository, forget_one};
 pub use params::{secret_value, JobCommand, JobParams};
 pub use restore_resources::{replacement, status_patch, Applied, StageCounts, MAX_FAILURES};
 
@@ -236,6 +238,11 @@ fn run_engine(
                 exclude_config: params.exclude_config.clone(),
                 checkpoint_interval: params.checkpoint_interval,
             };
+            if params.init_if_missing {
+                if let Err(e) = ensure_repository(engine, &req.repository) {
+                    return failed(e);
+                }
+            }
             match engine.backup(&req, progress) {
                 Ok(r) => {
                     progress(EngineProgress {
@@ -307,6 +314,20 @@ fn run_engine(
             message: "resource jobs run through run_resource_job".into(),
             retryable: false,
         }),
+        JobCommand::Forget if params.snapshot.is_some() => {
+            let id = params.snapshot.as_deref().unwrap_or_default();
+            match forget_one(engine, &repository, id) {
+                Ok(summary) => (
+                    JobOutcome {
+                        succeeded: true,
+                        message: summary,
+                        ..Default::default()
+                    },
+                    Mirror::Nothing,
+                ),
+                Err(e) => failed(e),
+            }
+        }
         JobCommand::Forget => match engine.forget(&ForgetJobRequest {
             repository: repository.clone(),
             tags: params.tags.clone(),

@@ -81,7 +81,7 @@ pub struct JobParams {
     pub tags: BTreeMap<String, String>,
     /// Keep rules (forget): `--keep-last`, `--keep-hourly`, ... `--keep-yearly`.
     pub retention: RetentionPolicy,
-    /// Snapshot to restore.
+    /// Snapshot to restore, or the one snapshot to forget.
     pub snapshot: Option<String>,
     /// Restore target directory.
     pub target: Option<PathBuf>,
@@ -110,6 +110,9 @@ pub struct JobParams {
     pub data_upload: Option<String>,
     /// Velero DataDownload whose status receives progress (restore).
     pub data_download: Option<String>,
+    /// Backup: create the repository when the location holds none (`--init-if-missing`,
+    /// passed for Velero's per-namespace repositories).
+    pub init_if_missing: bool,
 }
 
 fn env_name(flag: &str) -> String {
@@ -153,6 +156,9 @@ const FLAGS: &[&str] = &[
     "data-download",
 ];
 
+/// Flags that take no value: present means on (`--init-if-missing`, or `=true|false`).
+const SWITCHES: &[&str] = &["init-if-missing"];
+
 impl JobParams {
     /// Parses `args` (after the job command) with `env` as fallback, and reads the password
     /// and credential files they name.
@@ -169,6 +175,7 @@ impl JobParams {
             };
             let (name, value) = match body.split_once('=') {
                 Some((n, v)) => (n, v.to_string()),
+                None if SWITCHES.contains(&body) => (body, "true".to_string()),
                 None => (
                     body,
                     it.next()
@@ -176,7 +183,7 @@ impl JobParams {
                         .ok_or_else(|| JobError::Usage(format!("--{body} needs a value")))?,
                 ),
             };
-            let Some(known) = FLAGS.iter().find(|f| **f == name) else {
+            let Some(known) = FLAGS.iter().chain(SWITCHES).find(|f| **f == name) else {
                 return Err(JobError::Usage(format!("unknown flag --{name}")));
             };
             flags.entry(known).or_default().push(value);
@@ -278,6 +285,15 @@ impl JobParams {
                     .map_err(|e| JobError::Usage(format!("--stage: {e}")))?,
             ),
         };
+        let init_if_missing = match one("init-if-missing").as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(JobError::Usage(format!(
+                    "--init-if-missing={other:?}: expected true or false"
+                )))
+            }
+        };
         let params = JobParams {
             command,
             namespace: one("namespace").or_else(|| env("POD_NAMESPACE")),
@@ -312,6 +328,7 @@ impl JobParams {
             velero_namespace: one("velero-namespace"),
             data_upload: one("data-upload"),
             data_download: one("data-download"),
+            init_if_missing,
         };
         match command {
             JobCommand::Backup if params.source.is_none() => {
@@ -345,7 +362,20 @@ impl JobParams {
                         .into(),
                 ))
             }
-            JobCommand::Forget if params.tags.is_empty() || params.retention.is_empty() => {
+            JobCommand::Forget
+                if params.snapshot.is_some()
+                    && (!params.tags.is_empty() || !params.retention.is_empty()) =>
+            {
+                Err(JobError::Usage(
+                    "forget takes either --snapshot ID (one snapshot) or --tag with --keep-* \
+                     rules, not both"
+                        .into(),
+                ))
+            }
+            JobCommand::Forget
+                if params.snapshot.is_none()
+                    && (params.tags.is_empty() || params.retention.is_empty()) =>
+            {
                 Err(JobError::Usage(
                     "forget needs --tag (the snapshots to consider) and at least one --keep-* \
                      rule; it never forgets every snapshot"

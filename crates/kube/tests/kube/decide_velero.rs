@@ -5,7 +5,7 @@ use cairn_kube::config::Config;
 use cairn_kube::controller::{
     decide_data_download, decide_data_upload, Action, DataDownloadObserved, DataUploadObserved,
     DecideContext, JobInfo, JobSettings, SnapshotContentInfo, SnapshotInfo, VeleroAction,
-    VeleroContext, ANNOTATION_RECLAIM, LABEL_DOWNLOAD,
+    VeleroContext, ANNOTATION_RECLAIM, FINALIZER_FORGET, LABEL_DOWNLOAD,
 };
 use cairn_kube::velero::{BackupPvc, BackupStorageLocation, DataDownload, DataUpload};
 use jiff::Timestamp;
@@ -384,6 +384,8 @@ fn prepared_starts_the_job_with_the_namespace_repository() {
         "--source-name shop/data",
         "--tag velero.io/backup-name=b1",
         "--location s3://b/velero/cairn/shop?region=eu-west-1",
+        // The namespace's repository is created by its first backup.
+        "--init-if-missing",
     ] {
         assert!(joined.contains(needle), "{needle} not in {joined}");
     }
@@ -476,6 +478,188 @@ fn cancel_in_every_phase_removes_everything_and_ends_canceled() {
         kinds(&decide_data_upload(&obs, &ctx(), &velero())),
         ["DeletePvc", "DeleteVolumeSnapshot"]
     );
+}
+
+/// A Completed DataUpload with snapshot `5f3a`, its finalizers `finalizers`, and a
+/// deletionTimestamp when `deleting`.
+fn completed(finalizers: &[&str], deleting: bool) -> DataUploadObserved {
+    let mut du = upload(
+        json!({"phase": "Completed", "snapshotID": "5f3a", "completionTimestamp": "2025-06-01T11:00:00Z"}),
+        false,
+        "cairn",
+    );
+    du.metadata.resource_version = Some("42".into());
+    du.metadata.finalizers = Some(finalizers.iter().map(|f| f.to_string()).collect());
+    if deleting {
+        du.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2025-06-01T11:30:00Z".parse().unwrap(),
+            ));
+    }
+    DataUploadObserved {
+        upload: du,
+        ..prepared()
+    }
+}
+
+fn finalizers_of(
+    actions: &[VeleroAction],
+) -> Option<(Vec<String>, Option<String>, Option<String>)> {
+    actions.iter().find_map(|a| match a {
+        VeleroAction::SetUploadFinalizers {
+            finalizers,
+            resource_version,
+            warning,
+        } => Some((
+            finalizers.clone(),
+            resource_version.clone(),
+            warning.clone(),
+        )),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_completed_upload_gets_cairn_s_finalizer_next_to_others_and_only_once() {
+    // The reconcile that completes it does not add the finalizer (its status patch changes
+    // the resourceVersion); the next one, seeing Completed, does.
+    let mut obs = prepared();
+    obs.upload = upload(json!({"phase": "InProgress"}), false, "cairn");
+    obs.job = Some(job(
+        true,
+        r#"{"succeeded":true,"snapshotId":"5f3a","bytesDone":1,"totalBytes":1,"message":"ok"}"#,
+    ));
+    assert_eq!(
+        finalizers_of(&decide_data_upload(&obs, &ctx(), &velero())),
+        None
+    );
+
+    let obs = completed(&["example.com/keep"], false);
+    let (list, rv, warning) = finalizers_of(&decide_data_upload(&obs, &ctx(), &velero())).unwrap();
+    assert_eq!(list, ["example.com/keep", FINALIZER_FORGET]);
+    assert_eq!(rv.as_deref(), Some("42"));
+    assert_eq!(warning, None);
+
+    let obs = completed(&["example.com/keep", FINALIZER_FORGET], false);
+    assert_eq!(
+        finalizers_of(&decide_data_upload(&obs, &ctx(), &velero())),
+        None
+    );
+
+    // Failed or Canceled uploads made no snapshot: nothing to hold.
+    let mut failed = completed(&[], false);
+    failed.upload = upload(json!({"phase": "Failed", "message": "x"}), false, "cairn");
+    assert_eq!(
+        finalizers_of(&decide_data_upload(&failed, &ctx(), &velero())),
+        None
+    );
+}
+
+#[test]
+fn a_deleted_upload_forgets_its_snapshot_then_releases_only_cairn_s_finalizer() {
+    // No cairn finalizer: nothing to do, even being deleted.
+    let obs = completed(&["example.com/keep"], true);
+    assert!(decide_data_upload(&obs, &ctx(), &velero()).is_empty());
+
+    // With it: the forget Job, in cairn's namespace, on the namespace's repository.
+    let mut obs = completed(&["example.com/keep", FINALIZER_FORGET], true);
+    let actions = decide_data_upload(&obs, &ctx(), &velero());
+    assert_eq!(
+        kinds(&actions),
+        ["SyncSecrets", "CreateJob", "RequeueAfter"]
+    );
+    let job = actions
+        .iter()
+        .find_map(|a| match a {
+            VeleroAction::Kube(Action::CreateJob(j)) => Some(serde_json::to_value(j).unwrap()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(job["metadata"]["name"], "b1-x7k2p-forget");
+    assert_eq!(job["metadata"]["namespace"], "cairn-system");
+    let args: Vec<String> =
+        serde_json::from_value(job["spec"]["template"]["spec"]["containers"][0]["args"].clone())
+            .unwrap();
+    let joined = args.join(" ");
+    for needle in [
+        "forget --snapshot 5f3a",
+        "--location s3://b/velero/cairn/shop?region=eu-west-1",
+    ] {
+        assert!(joined.contains(needle), "{needle} not in {joined}");
+    }
+    assert!(!joined.contains("--data-upload"), "{joined}");
+
+    // Running: wait. Succeeded (forgotten or already gone): release cairn's finalizer only.
+    obs.forget_job = Some(JobInfo {
+        name: "b1-x7k2p-forget".into(),
+        ..Default::default()
+    });
+    assert_eq!(
+        kinds(&decide_data_upload(&obs, &ctx(), &velero())),
+        ["RequeueAfter"]
+    );
+    obs.forget_job = Some(JobInfo {
+        name: "b1-x7k2p-forget".into(),
+        succeeded: true,
+        termination_message: Some(r#"{"succeeded":true,"message":"forgot snapshot 5f3a"}"#.into()),
+        ..Default::default()
+    });
+    let actions = decide_data_upload(&obs, &ctx(), &velero());
+    let (list, rv, warning) = finalizers_of(&actions).unwrap();
+    assert_eq!(list, ["example.com/keep"]);
+    assert_eq!(rv.as_deref(), Some("42"));
+    assert_eq!(warning, None);
+    assert_eq!(kinds(&actions), ["SetUploadFinalizers"]);
+
+    // A retryable failure runs a new Job; a permanent one lets go with a warning.
+    obs.forget_job = Some(JobInfo {
+        name: "b1-x7k2p-forget".into(),
+        failed: true,
+        termination_message: Some(
+            r#"{"succeeded":false,"retryable":true,"message":"s3: 503"}"#.into(),
+        ),
+        ..Default::default()
+    });
+    assert_eq!(
+        kinds(&decide_data_upload(&obs, &ctx(), &velero())),
+        ["DeleteJob", "RequeueAfter"]
+    );
+    obs.forget_job = Some(JobInfo {
+        name: "b1-x7k2p-forget".into(),
+        failed: true,
+        termination_message: Some(
+            r#"{"succeeded":false,"retryable":false,"message":"wrong password"}"#.into(),
+        ),
+        ..Default::default()
+    });
+    let (list, _, warning) = finalizers_of(&decide_data_upload(&obs, &ctx(), &velero())).unwrap();
+    assert_eq!(list, ["example.com/keep"]);
+    let warning = warning.unwrap();
+    assert!(
+        warning.contains("5f3a") && warning.contains("wrong password"),
+        "{warning}"
+    );
+}
+
+#[test]
+fn a_deleted_upload_whose_repository_cannot_be_reached_is_released_with_a_warning() {
+    // The deletion must not hang forever on a location or Secret that is gone.
+    let mut obs = completed(&[FINALIZER_FORGET], true);
+    obs.location = None;
+    let (list, _, warning) = finalizers_of(&decide_data_upload(&obs, &ctx(), &velero())).unwrap();
+    assert!(list.is_empty());
+    assert!(warning.unwrap().contains("BackupStorageLocation"));
+
+    let mut obs = completed(&[FINALIZER_FORGET], true);
+    obs.secret_keys.clear();
+    let (_, _, warning) = finalizers_of(&decide_data_upload(&obs, &ctx(), &velero())).unwrap();
+    assert!(warning.unwrap().contains("repository password is missing"));
+
+    // A deleted upload that never completed holds no snapshot: released at once.
+    let mut obs = completed(&[FINALIZER_FORGET], true);
+    obs.upload.status = None;
+    let actions = decide_data_upload(&obs, &ctx(), &velero());
+    assert_eq!(kinds(&actions), ["SetUploadFinalizers"]);
 }
 
 fn download(status: Value, cancel: bool) -> DataDownload {

@@ -11,6 +11,7 @@ mod decide_restore_repository;
 mod decide_schedule;
 mod decide_velero;
 mod image;
+mod job_init;
 mod job_mode;
 mod kdmp;
 mod kdmp_executor;

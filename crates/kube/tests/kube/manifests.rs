@@ -170,6 +170,7 @@ fn every_manifest_is_well_formed_yaml_with_a_kind() {
         "configmap.yaml",
         "namespace.yaml",
         "metrics-service.yaml",
+        "velero.yaml",
         "monitoring/servicemonitor.yaml",
         "monitoring/prometheusrule.yaml",
     ] {
@@ -180,4 +181,29 @@ fn every_manifest_is_well_formed_yaml_with_a_kind() {
             );
         }
     }
+}
+
+#[test]
+fn plain_velero_rbac_grants_what_the_helm_template_grants() {
+    // The template's lines with `{{ }}` are names, labels and conditions; the rules are
+    // plain YAML and must match deploy/velero.yaml, rule for rule, in order.
+    let template = std::fs::read_to_string(deploy().join("helm/cairn/templates/velero.yaml"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("{{"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let rules = |docs: Vec<Value>| -> Vec<(Value, Value)> {
+        docs.into_iter()
+            .filter(|d| d.get("rules").is_some())
+            .map(|d| (d["kind"].clone(), d["rules"].clone()))
+            .collect()
+    };
+    let helm: Vec<Value> = serde_yaml::Deserializer::from_str(&template)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect();
+    let plain = rules(documents(&deploy().join("velero.yaml")));
+    assert_eq!(plain.len(), 4, "{plain:?}");
+    assert_eq!(plain, rules(helm));
 }
