@@ -3,7 +3,11 @@
 //! creating a repository, finding the repositories under a folder, forgetting one snapshot.
 
 use crate::engine::{core_error, export_credentials, open, permanent};
+use cairn_core::format::config::CONFIG_PATH;
 use cairn_core::format::header::HEADER_PATH;
+use cairn_core::format::kinds::{
+    IndexSegments, InitClaims, KeyFiles, ObjectKind, Packs, Snapshots,
+};
 use cairn_core::{InitOptions, OpenOptions, Repository};
 use cairn_kube::job::{EngineError, LocationContent, RepositoryAccess};
 use cairn_storage::DynStorage;
@@ -13,7 +17,15 @@ use cairn_storage::DynStorage;
 const KOPIA_MARKERS: [&str; 2] = ["kopia.repository", "kopia.repository.f"];
 
 /// Objects only a cairn repository holds (its header may be damaged or missing).
-const CAIRN_OBJECTS: [&str; 5] = ["config", "keys/", "index/", "snapshots/", "packs/"];
+/// Where `Repository::init` keeps its claims while it runs.
+const INIT_CLAIMS: &str = <InitClaims as ObjectKind>::PREFIX;
+const CAIRN_OBJECTS: [&str; 5] = [
+    CONFIG_PATH,
+    KeyFiles::PREFIX,
+    IndexSegments::PREFIX,
+    Snapshots::PREFIX,
+    Packs::PREFIX,
+];
 
 fn storage(access: &RepositoryAccess) -> Result<DynStorage, EngineError> {
     export_credentials(&access.credentials);
@@ -59,6 +71,12 @@ pub fn inspect_location(access: &RepositoryAccess) -> Result<LocationContent, En
         }
     }
     let objects = list(&storage, "")?;
+    // Another process is creating the repository (it holds a claim and may have written
+    // the config and key but not yet the header): creating it here waits for that one and
+    // then finds the repository, where opening it now could meet half of it.
+    if objects.iter().any(|p| p.starts_with(INIT_CLAIMS)) {
+        return Ok(LocationContent::Empty);
+    }
     let cairn = |p: &String| {
         CAIRN_OBJECTS
             .iter()

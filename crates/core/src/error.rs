@@ -135,6 +135,19 @@ pub enum Error {
         /// Seconds after its last heartbeat at which the lock turns stale.
         stale_after_s: u64,
     },
+    /// Another process kept initialising the location for longer than an
+    /// init waits.
+    #[error(
+        "{location}: another process has been initialising this location for over {waited_s} s (its claims: {claims}); wait for it to finish and open the repository, or, if no init runs, delete the init/ folder and retry"
+    )]
+    InitInProgress {
+        /// The location.
+        location: String,
+        /// The other processes' claim objects.
+        claims: String,
+        /// How long this init waited.
+        waited_s: u64,
+    },
 }
 
 impl Error {
@@ -152,7 +165,7 @@ impl Error {
             Error::Io { .. } => ErrorKind::Io,
             Error::Cache { .. } => ErrorKind::Cache,
             Error::Usage(_) => ErrorKind::Usage,
-            Error::Locked { .. } => ErrorKind::Locked,
+            Error::Locked { .. } | Error::InitInProgress { .. } => ErrorKind::Locked,
             Error::Spawn { .. } => ErrorKind::Io,
             Error::Internal(_) => ErrorKind::Internal,
         }

@@ -14,7 +14,7 @@ use crate::format::snapshot::Snapshot;
 use crate::format::tree::{decode_list, ChunkRef, Content, Tree};
 use crate::format::{BlobId, BlobKind, Id, IndexId, PackId, SnapshotId, FORMAT_VERSION};
 use crate::keyring::{new_key_file, Keyring};
-use crate::objects::{any_on, Objects};
+use crate::objects::{any_on, list_on, Objects};
 use crate::plans::PlanSet;
 use crate::sealer::BlobSealer;
 use bytes::Bytes;
@@ -136,6 +136,15 @@ impl Repository {
         if password.is_empty() {
             return Err(Error::Usage("the password must not be empty".into()));
         }
+        // Several processes may find the location empty at once (the first
+        // backups of a namespace, each creating its repository): only the
+        // holder of the one claim goes on, the others wait for its header.
+        let claim = InitClaim::take(&storage, &location)?;
+        match storage.stat(HEADER_PATH) {
+            Ok(_) => return Err(Error::AlreadyExists { location }),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(serr(e)),
+        }
         // A repository whose header is missing is not an init leftover:
         // deleting its key files below would lose it.
         for (prefix, found) in [
@@ -182,6 +191,7 @@ impl Repository {
         storage
             .write(HEADER_PATH, Bytes::from(Header::new(repo_id).encode()))
             .map_err(&serr)?;
+        drop(claim);
         let keys = Keyring::new(master, key_id);
         Self::assemble(storage, location, config, keys, None, open)
     }
@@ -909,6 +919,97 @@ impl SnapshotFilter {
             "the repository".into()
         } else {
             parts.join(", ")
+        }
+    }
+}
+
+/// A claim older than this was left by an init that was killed: ignored and
+/// removed.
+const INIT_CLAIM_STALE: std::time::Duration = std::time::Duration::from_secs(600);
+/// How long an init waits for another one on the same location to finish.
+const INIT_CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The one claim to initialise a location, removed when dropped.
+///
+/// Every contender writes its own claim, then lists the claims, and goes on
+/// only when it sees no other: with storage that lists every completed
+/// write (local filesystems, S3 since 2020), of two contenders the later
+/// writer sees the earlier one, so at most one goes on. Those that see
+/// another withdraw, wait a random moment and look again: by then the
+/// winner's header exists (the caller reports `AlreadyExists`, and a job
+/// opens the repository instead), or every claim is gone and one retries.
+struct InitClaim {
+    storage: DynStorage,
+    path: String,
+}
+
+impl InitClaim {
+    fn take(storage: &DynStorage, location: &str) -> Result<InitClaim> {
+        use crate::format::kinds::InitClaims;
+        use rand::Rng;
+        let serr = storage_err(location);
+        let started = std::time::Instant::now();
+        loop {
+            match storage.stat(HEADER_PATH) {
+                Ok(_) => {
+                    return Err(Error::AlreadyExists {
+                        location: location.to_string(),
+                    })
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(serr(e)),
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let nonce: u64 = rand::thread_rng().gen();
+            let id = format!("{nonce:016x}-{now}");
+            let path = InitClaims::path(&id);
+            storage.write(&path, Bytes::new()).map_err(&serr)?;
+            let claim = InitClaim {
+                storage: storage.clone(),
+                path,
+            };
+            let mut others = Vec::new();
+            for listed in list_on::<InitClaims>(storage, location)? {
+                if listed.id == id {
+                    continue;
+                }
+                let written = listed
+                    .id
+                    .rsplit_once('-')
+                    .and_then(|(_, secs)| secs.parse::<i64>().ok());
+                match written {
+                    Some(t) if now.saturating_sub(t) < INIT_CLAIM_STALE.as_secs() as i64 => {
+                        others.push(listed.path)
+                    }
+                    // Left by a killed init (or not ours to read): out of the way.
+                    _ => {
+                        let _ = storage.delete(&listed.path);
+                    }
+                }
+            }
+            if others.is_empty() {
+                return Ok(claim);
+            }
+            drop(claim);
+            if started.elapsed() > INIT_CLAIM_WAIT {
+                return Err(Error::InitInProgress {
+                    location: location.to_string(),
+                    claims: others.join(", "),
+                    waited_s: INIT_CLAIM_WAIT.as_secs(),
+                });
+            }
+            let pause = rand::thread_rng().gen_range(50..400);
+            std::thread::sleep(std::time::Duration::from_millis(pause));
+        }
+    }
+}
+
+impl Drop for InitClaim {
+    fn drop(&mut self) {
+        if let Err(e) = self.storage.delete(&self.path) {
+            tracing::warn!("could not remove the init claim {}: {e}", self.path);
         }
     }
 }

@@ -241,6 +241,27 @@ impl ObjectKind for KeyFiles {
     }
 }
 
+/// Claims to initialise the location (`init/<nonce>-<unix seconds>`):
+/// empty objects that exist only while an init runs, so that of several
+/// processes initialising one empty location at once exactly one does
+/// (`Repository::init`).
+#[derive(Debug, Clone, Copy)]
+pub enum InitClaims {}
+
+impl ObjectKind for InitClaims {
+    const PREFIX: &'static str = "init/";
+    const WHAT: &'static str = "init claim";
+    type Id = String;
+    fn path(id: &String) -> String {
+        format!("{}{id}", Self::PREFIX)
+    }
+    fn parse(path: &str) -> Option<String> {
+        path.strip_prefix(Self::PREFIX)
+            .filter(|id| !id.is_empty() && !id.contains('/'))
+            .map(str::to_string)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

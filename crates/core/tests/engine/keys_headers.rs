@@ -212,3 +212,47 @@ fn a_damaged_config_is_blamed_on_the_config_with_what_to_do() {
         "{msg}"
     );
 }
+
+/// The first backups of a namespace each create its repository when the location is empty:
+/// of several inits racing on one location exactly one creates it, every other one reports
+/// that it exists (and then opens it), and the repository has one key and one identity.
+#[test]
+fn of_inits_racing_on_an_empty_location_exactly_one_creates_the_repository() {
+    for round in 0..3 {
+        let loc = cairn_storage::testing::fresh_location(&format!("init-race-{round}")).unwrap();
+        let contenders = 6;
+        let barrier = std::sync::Barrier::new(contenders);
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..contenders)
+                .map(|_| {
+                    let (loc, barrier) = (&loc, &barrier);
+                    scope.spawn(move || {
+                        let s = storage(loc);
+                        barrier.wait();
+                        Repository::init(s, PASSWORD, &fast_init(), &Default::default())
+                            .map(|r| r.id())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let created: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(created.len(), 1, "round {round}: {results:?}");
+        for e in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert_eq!(e.kind(), ErrorKind::NotARepository, "round {round}: {e}");
+            assert!(e.to_string().contains("already"), "{e}");
+        }
+        let s = storage(&loc);
+        assert_eq!(key_paths(&s).len(), 1, "round {round}: one key file");
+        assert!(
+            names(&s, "init/").is_empty(),
+            "round {round}: no claim left"
+        );
+        let repo = Repository::open(s, PASSWORD, &Default::default()).unwrap();
+        assert_eq!(
+            &repo.id(),
+            created[0],
+            "round {round}: the winner's repository"
+        );
+    }
+}
