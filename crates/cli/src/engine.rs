@@ -16,8 +16,8 @@ use cairn_core::{OpenOptions, Repository, SnapshotFilter};
 use cairn_kube::crd::MaintenanceKind;
 use cairn_kube::job::{
     BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress, ForgetJobRequest,
-    LocationContent, MaintenanceJobRequest, RepositoryAccess, RestoreJobRequest, RestoreJobResult,
-    SnapshotSummary,
+    LocationContent, MaintenanceJobRequest, MaintenanceJobResult, RepositoryAccess,
+    RestoreJobRequest, RestoreJobResult, SnapshotSummary,
 };
 use cairn_policy::exclude::{ExcludeOptions, Excluder};
 use cairn_policy::retention::{apply, SnapshotInfo};
@@ -193,7 +193,8 @@ fn is_root() -> bool {
 /// Runs cairn-core maintenance (docs/MAINTENANCE.md) with the default safety window, which
 /// keeps it safe beside the backup Jobs of the same repository: quick = sweep of due GC
 /// plans and index compaction; full = also stale checkpoints and the mark (repack, orphans).
-fn maintain(repo: &Repository, kind: MaintenanceKind) -> Result<String, EngineError> {
+/// The figures are those of the index after the run: the packs it lists and their blobs.
+fn maintain(repo: &Repository, kind: MaintenanceKind) -> Result<MaintenanceJobResult, EngineError> {
     let mode = match kind {
         MaintenanceKind::Quick => Mode::Quick,
         MaintenanceKind::Full => Mode::Full,
@@ -235,7 +236,24 @@ fn maintain(repo: &Repository, kind: MaintenanceKind) -> Result<String, EngineEr
         ));
     }
     parts.push(format!("{} index segments compacted", r.segments_compacted));
-    Ok(parts.join("; "))
+    let cache = repo.cache();
+    let repository_bytes = cache
+        .packs()
+        .map_err(|e| core_error("counting the indexed packs", e))?
+        .iter()
+        .map(|(_, len)| len)
+        .sum();
+    let blob_count = cache
+        .blob_count()
+        .map_err(|e| core_error("counting the indexed blobs", e))?;
+    Ok(MaintenanceJobResult {
+        summary: parts.join("; "),
+        bytes_reclaimed: r.bytes_reclaimed(),
+        repository_bytes: Some(repository_bytes),
+        blob_count: Some(blob_count),
+        // Maintenance already deleted the records whose packs left the index.
+        damage_records: Some(repo.damage_set().record_count() as u64),
+    })
 }
 
 impl Engine for CoreEngine {
@@ -371,7 +389,10 @@ impl Engine for CoreEngine {
         })
     }
 
-    fn maintenance(&self, req: &MaintenanceJobRequest) -> Result<String, EngineError> {
+    fn maintenance(
+        &self,
+        req: &MaintenanceJobRequest,
+    ) -> Result<MaintenanceJobResult, EngineError> {
         let repo = open(&req.repository)?;
         maintain(&repo, req.kind)
     }

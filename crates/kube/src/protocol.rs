@@ -39,6 +39,18 @@ pub struct JobOutcome {
     /// Bytes a backup added to the repository (after deduplication and compression).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_added: Option<u64>,
+    /// Bytes of packs a maintenance run deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_reclaimed: Option<u64>,
+    /// Bytes of the packs indexed after a maintenance run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_bytes: Option<u64>,
+    /// Distinct blobs indexed after a maintenance run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob_count: Option<u64>,
+    /// Damage records a maintenance run left (damage still in indexed packs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damage_records: Option<u64>,
     /// A one-line summary, or the error and what to do about it.
     #[serde(default)]
     pub message: String,

@@ -1019,6 +1019,20 @@ fn maintenance_and_catalog_jobs_run_on_their_intervals_one_at_a_time() {
             matches!(r["result"].as_str(), Some("Succeeded" | "Running")),
             "{run}: {status}"
         );
+        // A succeeded run reports the repository it left: the backup's packs and blobs,
+        // and no recorded damage.
+        if r["result"] == "Succeeded" {
+            let figure = |f: &str| {
+                r[f].as_u64()
+                    .unwrap_or_else(|| panic!("{run}.{f}: {status}"))
+            };
+            assert!(
+                figure("repositoryBytes") > 0 && figure("blobCount") > 0,
+                "{status}"
+            );
+            assert_eq!(figure("damageRecords"), 0, "{status}");
+            figure("bytesReclaimed");
+        }
     }
     assert!(status["lastCatalogRefresh"].is_string(), "{status}");
     let mirrored = c

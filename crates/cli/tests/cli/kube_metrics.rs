@@ -182,6 +182,13 @@ fn prometheus_reads_the_counters_and_last_success_and_the_cluster_holds_the_even
     prometheus.wait_value(&format!("cairn_backup_read_bytes_total{{{series}}}"), |v| {
         v == read
     });
+    // A first backup adds everything it read (compressed) to the empty repository.
+    let added = done["status"]["bytesAdded"].as_f64().unwrap_or(0.0);
+    assert!(added > 0.0, "no bytesAdded on a first backup: {done}");
+    prometheus.wait_value(
+        &format!("cairn_backup_added_bytes_total{{{series}}}"),
+        |v| v == added,
+    );
     prometheus.wait_value(
         &format!(r#"cairn_backup_duration_seconds_count{{{series},result="succeeded"}}"#),
         |v| v == 1.0,

@@ -126,6 +126,14 @@ fn maintenance_events(old: &Value, new: &Value, events: &mut Vec<EventSpec>) {
                 format!("{kind} maintenance {result}: {message}"),
             ),
         });
+        let damage = after["damageRecords"].as_u64().unwrap_or(0);
+        if result == "Succeeded" && damage > 0 {
+            events.push(EventSpec::new(
+                true,
+                "DamageFound",
+                format!("{damage} damage records name packs still indexed after {kind} maintenance: run `cairn check` on the repository, then `cairn repair`"),
+            ));
+        }
     }
 }
 
@@ -329,6 +337,13 @@ mod tests {
             &run("m-1", "Failed"),
         );
         assert_eq!(reasons(&e), [("MaintenanceFailed", true)]);
+        let mut damaged = run("m-2", "Succeeded");
+        damaged["maintenance"]["lastQuick"]["damageRecords"] = json!(2);
+        let e = status_events("BackupRepository", &run("m-2", "Running"), &damaged);
+        assert_eq!(
+            reasons(&e),
+            [("MaintenanceSucceeded", false), ("DamageFound", true)]
+        );
         assert_eq!(
             status_events(
                 "BackupRepository",

@@ -585,6 +585,7 @@ fn uploading(
                     return;
                 }
                 plan.status.snapshot_id = outcome.snapshot_id;
+                plan.status.bytes_added = outcome.bytes_added;
                 plan.status.progress = Some(Progress {
                     bytes_done: outcome.bytes_done,
                     total_bytes: outcome.total_bytes,

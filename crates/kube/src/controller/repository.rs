@@ -100,6 +100,7 @@ pub fn decide_repository(obs: &RepositoryObserved, ctx: &DecideContext) -> Vec<A
     let [quick_every, full_every, catalog_every] = intervals.map(|r| r.unwrap_or_default());
 
     // Record finished runs.
+    let mut damage = None;
     for slot in [
         &mut status.maintenance.last_quick,
         &mut status.maintenance.last_full,
@@ -109,15 +110,35 @@ pub fn decide_repository(obs: &RepositoryObserved, ctx: &DecideContext) -> Vec<A
                 .maintenance_job
                 .as_ref()
                 .filter(|j| j.name == run.job_name);
-            if let Some(done) = settle(job, &run.job_name) {
+            if let Some((result, message, outcome)) = settle(job, &run.job_name) {
                 run.completion_time = Some(time(now));
-                (run.result, run.message) = done;
+                (run.result, run.message) = (result, message);
+                run.bytes_reclaimed = outcome.bytes_reclaimed;
+                run.repository_bytes = outcome.repository_bytes;
+                run.blob_count = outcome.blob_count;
+                run.damage_records = outcome.damage_records;
+                if let Some(n) = outcome.damage_records {
+                    damage = Some(n);
+                }
             }
         }
     }
+    if let Some(n) = damage {
+        let message = if n > 0 {
+            format!("{n} damage records name packs still indexed: run `cairn check` on the repository, then `cairn repair`")
+        } else {
+            "the last maintenance run found no recorded damage".into()
+        };
+        let reason = if n > 0 {
+            "DamageRecorded"
+        } else {
+            "NoDamageRecorded"
+        };
+        cond(&mut status, "Damaged", n > 0, reason, message);
+    }
     if let Some(name) = status.catalog_job.clone() {
         let job = obs.catalog_job.as_ref().filter(|j| j.name == name);
-        if let Some((result, message)) = settle(job, &name) {
+        if let Some((result, message, _)) = settle(job, &name) {
             status.catalog_job = None;
             status.last_catalog_refresh = Some(time(now));
             let ok = result == "Succeeded";
@@ -189,6 +210,10 @@ pub fn decide_repository(obs: &RepositoryObserved, ctx: &DecideContext) -> Vec<A
                     completion_time: None,
                     result: "Running".into(),
                     message: String::new(),
+                    bytes_reclaimed: None,
+                    repository_bytes: None,
+                    blob_count: None,
+                    damage_records: None,
                 };
                 match kind {
                     MaintenanceKind::Quick => status.maintenance.last_quick = Some(run),
@@ -236,8 +261,9 @@ fn remaining(last: Option<Timestamp>, every: Duration, now: Timestamp) -> Option
     (left > 0.0).then(|| Duration::from_secs_f64(left))
 }
 
-/// `(result, message)` once the Job named `name` has ended or vanished; None while it runs.
-fn settle(job: Option<&JobInfo>, name: &str) -> Option<(String, String)> {
+/// `(result, message, outcome)` once the Job named `name` has ended or vanished (the
+/// outcome is empty unless it succeeded); None while it runs.
+fn settle(job: Option<&JobInfo>, name: &str) -> Option<(String, String, JobOutcome)> {
     match job {
         Some(j) if j.is_running() => None,
         Some(j) if j.succeeded => {
@@ -246,12 +272,13 @@ fn settle(job: Option<&JobInfo>, name: &str) -> Option<(String, String)> {
                 .as_deref()
                 .and_then(JobOutcome::parse)
                 .unwrap_or_default();
-            Some(("Succeeded".into(), outcome.message))
+            Some(("Succeeded".into(), outcome.message.clone(), outcome))
         }
-        Some(j) => Some(("Failed".into(), failure_reason(j))),
+        Some(j) => Some(("Failed".into(), failure_reason(j), JobOutcome::default())),
         None => Some((
             "Failed".into(),
             format!("Job {name:?} was deleted before it finished"),
+            JobOutcome::default(),
         )),
     }
 }

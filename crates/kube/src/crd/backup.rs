@@ -191,6 +191,10 @@ pub struct VolumeBackupStatus {
     /// Repository snapshot id, once Completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_id: Option<String>,
+    /// Bytes the backup added to the repository (after deduplication and compression),
+    /// once Completed, when the Job reported them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_added: Option<u64>,
     /// Local VolumeSnapshot name (kept after completion when offload is on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_snapshot_name: Option<String>,

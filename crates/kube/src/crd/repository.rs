@@ -161,4 +161,18 @@ pub struct MaintenanceRun {
     /// The job's summary (termination message) or failure reason.
     #[serde(default)]
     pub message: String,
+    /// Bytes of packs the run deleted (a succeeded run whose Job reported it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_reclaimed: Option<u64>,
+    /// Bytes of the packs the repository's index lists after the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_bytes: Option<u64>,
+    /// Distinct blobs the repository's index lists after the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob_count: Option<u64>,
+    /// Damage records (missing packs, blobs that did not open, as checks and reads
+    /// record them) still naming indexed packs after the run; more than 0 means damage
+    /// that `cairn check` and `cairn repair` should look at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damage_records: Option<u64>,
 }

@@ -122,6 +122,22 @@ pub struct MaintenanceJobRequest {
     pub kind: MaintenanceKind,
 }
 
+/// What a maintenance run did, and the repository it left.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct MaintenanceJobResult {
+    /// One-line summary for the termination message.
+    pub summary: String,
+    /// Bytes of packs this run deleted.
+    pub bytes_reclaimed: u64,
+    /// Bytes of the packs indexed after the run, when the engine counts them.
+    pub repository_bytes: Option<u64>,
+    /// Distinct blobs indexed after the run, when the engine counts them.
+    pub blob_count: Option<u64>,
+    /// Damage records (missing packs, blobs that did not open, found by checks and reads)
+    /// still naming indexed packs after the run, when the engine counts them.
+    pub damage_records: Option<u64>,
+}
+
 /// Forget the snapshots a BackupSchedule's retention does not keep.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ForgetJobRequest {
@@ -194,8 +210,9 @@ pub trait Engine: Send + Sync {
         req: &RestoreJobRequest,
         progress: &dyn Fn(EngineProgress),
     ) -> Result<RestoreJobResult, EngineError>;
-    /// Runs maintenance; returns a one-line summary.
-    fn maintenance(&self, req: &MaintenanceJobRequest) -> Result<String, EngineError>;
+    /// Runs maintenance; returns its summary and figures.
+    fn maintenance(&self, req: &MaintenanceJobRequest)
+        -> Result<MaintenanceJobResult, EngineError>;
     /// Forgets the snapshots selected by `req.tags` that `req.policy` does not keep; never
     /// deletes data (maintenance reclaims the space). Returns a one-line summary.
     fn forget(&self, req: &ForgetJobRequest) -> Result<String, EngineError>;

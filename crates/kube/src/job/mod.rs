@@ -14,8 +14,8 @@ pub use capture::{TAG_APPLICATION_BACKUP, TAG_CONTENT};
 pub use catalog::{snapshot_object, snapshot_object_name};
 pub use engine::{
     BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress, ForgetJobRequest,
-    LocationContent, MaintenanceJobRequest, RepositoryAccess, RestoreJobRequest, RestoreJobResult,
-    SnapshotSummary,
+    LocationContent, MaintenanceJobRequest, MaintenanceJobResult, RepositoryAccess,
+    RestoreJobRequest, RestoreJobResult, SnapshotSummary,
 };
 pub use location::{ensure_repository, forget_one};
 pub use params::{secret_value, JobCommand, JobParams};
@@ -294,7 +294,7 @@ fn run_engine(
             kind: params.maintenance_kind,
         }) {
             // Maintenance may have removed snapshots: refresh the mirror while we are here.
-            Ok(summary) => {
+            Ok(r) => {
                 let mirror = engine
                     .list_snapshots(&repository)
                     .map(Mirror::All)
@@ -302,7 +302,11 @@ fn run_engine(
                 (
                     JobOutcome {
                         succeeded: true,
-                        message: summary,
+                        message: r.summary,
+                        bytes_reclaimed: Some(r.bytes_reclaimed),
+                        repository_bytes: r.repository_bytes,
+                        blob_count: r.blob_count,
+                        damage_records: r.damage_records,
                         ..Default::default()
                     },
                     mirror,

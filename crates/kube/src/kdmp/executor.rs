@@ -492,8 +492,8 @@ async fn maintenance(
             .await
             .and_then(|r| r.map_err(ExecutorError::from));
         let recorded = match result {
-            Ok(summary) => {
-                tracing::info!(repository = %key, %summary, "maintenance done");
+            Ok(done) => {
+                tracing::info!(repository = %key, summary = %done.summary, "maintenance done");
                 ok += 1;
                 Ok(())
             }

@@ -59,6 +59,17 @@ pub struct ResultLabels {
     result: String,
 }
 
+/// A repository's maintenance of one kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RepositoryLabels {
+    /// Namespace of the BackupRepository.
+    pub(crate) namespace: String,
+    /// Its name.
+    pub(crate) repository: String,
+    /// `quick` or `full`.
+    pub(crate) kind: String,
+}
+
 /// A repository's maintenance runs of one kind and result.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MaintenanceLabels {
@@ -84,6 +95,8 @@ struct Direction {
     partially_failed: Family<SourceLabels, Counter>,
     failed: Family<FailureLabels, Counter>,
     bytes_read: Family<SourceLabels, Counter>,
+    /// Bytes added to the repository (backups only: restores add nothing).
+    bytes_added: Family<SourceLabels, Counter>,
     duration: Family<ResultLabels, Histogram, fn() -> Histogram>,
 }
 
@@ -95,6 +108,7 @@ impl Direction {
             partially_failed: Family::default(),
             failed: Family::default(),
             bytes_read: Family::default(),
+            bytes_added: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
         }
     }
@@ -127,6 +141,16 @@ impl Direction {
             Unit::Bytes,
             self.bytes_read.clone(),
         );
+        if noun == "backup" {
+            r.register_with_unit(
+                format!("{noun}_added"),
+                format!(
+                    "Bytes completed {noun}s added to the repository (after deduplication and compression)"
+                ),
+                Unit::Bytes,
+                self.bytes_added.clone(),
+            );
+        }
         r.register_with_unit(
             format!("{noun}_duration"),
             format!("Time from the start of a {noun} to its end, by result"),
@@ -143,6 +167,7 @@ pub struct Metrics {
     restores: Direction,
     maintenance_runs: Family<MaintenanceLabels, Counter>,
     maintenance_duration: Family<MaintenanceLabels, Histogram, fn() -> Histogram>,
+    maintenance_reclaimed: Family<RepositoryLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -173,12 +198,20 @@ impl Metrics {
             Unit::Seconds,
             maintenance_duration.clone(),
         );
+        let maintenance_reclaimed = Family::<RepositoryLabels, Counter>::default();
+        registry.register_with_unit(
+            "maintenance_reclaimed",
+            "Bytes of packs deleted by maintenance runs, by kind",
+            Unit::Bytes,
+            maintenance_reclaimed.clone(),
+        );
         Metrics {
             registry,
             backups,
             restores,
             maintenance_runs,
             maintenance_duration,
+            maintenance_reclaimed,
         }
     }
 
@@ -219,6 +252,16 @@ impl Metrics {
                 result: result.into(),
             };
             self.maintenance_runs.get_or_create(&labels).inc();
+            if let Some(reclaimed) = after["bytesReclaimed"].as_u64() {
+                let repository = RepositoryLabels {
+                    namespace: labels.namespace.clone(),
+                    repository: labels.repository.clone(),
+                    kind: labels.kind.clone(),
+                };
+                self.maintenance_reclaimed
+                    .get_or_create(&repository)
+                    .inc_by(reclaimed);
+            }
             if let Some(seconds) = seconds_between(&after["startTime"], &after["completionTime"]) {
                 self.maintenance_duration
                     .get_or_create(&labels)
@@ -327,6 +370,9 @@ fn record_lifecycle(m: &Direction, labels: SourceLabels, old: &Value, new: &Valu
             m.succeeded.get_or_create(&labels).inc();
             let read = new["progress"]["bytesDone"].as_u64().unwrap_or(0);
             m.bytes_read.get_or_create(&labels).inc_by(read);
+            if let Some(added) = new["bytesAdded"].as_u64() {
+                m.bytes_added.get_or_create(&labels).inc_by(added);
+            }
             "succeeded"
         }
         "PartiallyFailed" => {
@@ -411,7 +457,8 @@ mod tests {
         let new = json!({"phase": "New"});
         let uploading = json!({"phase": "Uploading", "startTime": "2026-01-01T00:00:00Z"});
         let done = json!({"phase": "Completed", "startTime": "2026-01-01T00:00:00Z",
-                          "completionTime": "2026-01-01T00:00:30Z", "progress": {"bytesDone": 1000}});
+                          "completionTime": "2026-01-01T00:00:30Z", "progress": {"bytesDone": 1000},
+                          "bytesAdded": 400});
         m.record("VolumeBackup", &object, &json!({}), &new);
         m.record("VolumeBackup", &object, &new, &uploading);
         m.record("VolumeBackup", &object, &uploading, &uploading);
@@ -429,6 +476,10 @@ mod tests {
         );
         assert!(
             text.contains(&format!("cairn_backup_read_bytes_total{{{labels}}} 1000\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("cairn_backup_added_bytes_total{{{labels}}} 400\n")),
             "{text}"
         );
         assert!(
@@ -544,5 +595,21 @@ mod tests {
             "cairn_maintenance_runs_total{namespace=\"shop\",repository=\"main\",kind=\"full\",result=\"Failed\"} 1\n"
         ), "{text}");
         assert!(text.contains("cairn_maintenance_duration_seconds_sum{namespace=\"shop\",repository=\"main\",kind=\"full\",result=\"Failed\"} 60.0\n"), "{text}");
+        assert!(
+            !text.contains("cairn_maintenance_reclaimed_bytes_total{"),
+            "{text}"
+        );
+
+        // A succeeded run's reclaimed bytes count once, on the patch that ends it.
+        let running = json!({"maintenance": {"lastFull": {"jobName": "m-2", "result": "Running"}}});
+        let succeeded = json!({"maintenance": {"lastFull": {"jobName": "m-2", "result": "Succeeded",
+                               "bytesReclaimed": 300, "repositoryBytes": 5000}}});
+        m.record("BackupRepository", &repo, &failed, &running);
+        m.record("BackupRepository", &repo, &running, &succeeded);
+        m.record("BackupRepository", &repo, &succeeded, &succeeded);
+        let text = scrape(&m);
+        assert!(text.contains(
+            "cairn_maintenance_reclaimed_bytes_total{namespace=\"shop\",repository=\"main\",kind=\"full\"} 300\n"
+        ), "{text}");
     }
 }

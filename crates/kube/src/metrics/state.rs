@@ -3,7 +3,7 @@
 //! maintenance, and the Jobs running and waiting against each job limit. Nothing here is
 //! remembered by the process, so a restarted controller reports the same values.
 
-use super::{source_labels, SourceLabels};
+use super::{source_labels, RepositoryLabels, SourceLabels};
 use crate::config::{parse_duration, Config};
 use crate::controller::{JobKind, LABEL_JOB_KIND};
 use crate::crd::{
@@ -48,10 +48,9 @@ struct ScheduleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RepositoryLabels {
+struct RepositoryOnlyLabels {
     namespace: String,
     repository: String,
-    kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -99,6 +98,9 @@ pub fn encode_state(observed: &Observed, out: &mut String) -> std::fmt::Result {
     let maintenance_time = Family::<RepositoryLabels, FloatGauge>::default();
     let maintenance_ok = Family::<RepositoryLabels, Gauge>::default();
     let maintenance_interval = Family::<RepositoryLabels, FloatGauge>::default();
+    let repository_bytes = Family::<RepositoryOnlyLabels, Gauge>::default();
+    let repository_blobs = Family::<RepositoryOnlyLabels, Gauge>::default();
+    let repository_damaged = Family::<RepositoryOnlyLabels, Gauge>::default();
     let jobs_running = Family::<JobLabels, Gauge>::default();
     let jobs_waiting = Family::<JobLabels, Gauge>::default();
     let job_limit = Family::<JobLabels, Gauge>::default();
@@ -178,6 +180,48 @@ pub fn encode_state(observed: &Observed, out: &mut String) -> std::fmt::Result {
                 &status.maintenance.last_full,
             ),
         ];
+        // Size and blob count: from the newest finished run of either kind that counted them.
+        let newest = [
+            &status.maintenance.last_quick,
+            &status.maintenance.last_full,
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|r| r.result == "Succeeded" && r.repository_bytes.is_some())
+        .max_by_key(|r| r.completion_time.as_ref().map(|t| t.0));
+        if let Some(run) = newest {
+            let labels = RepositoryOnlyLabels {
+                namespace: repo.metadata.namespace.clone().unwrap_or_default(),
+                repository: repo.metadata.name.clone().unwrap_or_default(),
+            };
+            let gauge = |v: Option<u64>| i64::try_from(v.unwrap_or_default()).unwrap_or(i64::MAX);
+            repository_bytes
+                .get_or_create(&labels)
+                .set(gauge(run.repository_bytes));
+            if run.blob_count.is_some() {
+                repository_blobs
+                    .get_or_create(&labels)
+                    .set(gauge(run.blob_count));
+            }
+        }
+        let newest_damage = [
+            &status.maintenance.last_quick,
+            &status.maintenance.last_full,
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|r| r.result == "Succeeded")
+        .filter_map(|r| Some((r.completion_time.as_ref().map(|t| t.0), r.damage_records?)))
+        .max_by_key(|(at, _)| *at);
+        if let Some((_, records)) = newest_damage {
+            let labels = RepositoryOnlyLabels {
+                namespace: repo.metadata.namespace.clone().unwrap_or_default(),
+                repository: repo.metadata.name.clone().unwrap_or_default(),
+            };
+            repository_damaged
+                .get_or_create(&labels)
+                .set(i64::from(records > 0));
+        }
         for (kind, interval, default, last) in runs {
             let labels = RepositoryLabels {
                 namespace: repo.metadata.namespace.clone().unwrap_or_default(),
@@ -306,6 +350,22 @@ pub fn encode_state(observed: &Observed, out: &mut String) -> std::fmt::Result {
         Unit::Seconds,
         maintenance_interval,
     );
+    r.register_with_unit(
+        "repository_size",
+        "Bytes of the packs a repository's index lists, after its last maintenance run",
+        Unit::Bytes,
+        repository_bytes,
+    );
+    r.register(
+        "repository_blobs",
+        "Distinct blobs a repository's index lists, after its last maintenance run",
+        repository_blobs,
+    );
+    r.register(
+        "repository_damaged",
+        "1 when a repository's last maintenance run left damage records naming indexed packs, else 0",
+        repository_damaged,
+    );
     r.register(
         "jobs_running",
         "Jobs of each kind running now",
@@ -423,7 +483,10 @@ mod tests {
             "metadata": {"name": "main", "namespace": "shop"},
             "spec": {"location": "/r", "passwordSecret": {"name": "p", "key": "k"}, "maintenance": {"quickInterval": "2h"}},
             "status": {"maintenance": {"lastQuick": {"jobName": "m", "result": "Failed", "message": "x",
-                       "completionTime": "2026-01-01T00:00:00Z"}}}}));
+                       "completionTime": "2026-01-01T00:00:00Z"},
+                     "lastFull": {"jobName": "f", "result": "Succeeded", "message": "ok",
+                       "completionTime": "2025-12-31T00:00:00Z", "bytesReclaimed": 300,
+                       "repositoryBytes": 5000, "blobCount": 42, "damageRecords": 3}}}}));
         let observed = Observed {
             schedules: vec![schedule],
             repositories: vec![repo],
@@ -437,6 +500,10 @@ mod tests {
             "cairn_maintenance_interval_seconds{namespace=\"shop\",repository=\"main\",kind=\"full\"} 86400.0\n",
             "cairn_maintenance_last_run_succeeded{namespace=\"shop\",repository=\"main\",kind=\"quick\"} 0\n",
             "cairn_maintenance_last_run_timestamp_seconds{namespace=\"shop\",repository=\"main\",kind=\"quick\"} 1767225600.0\n",
+            // The failed quick run is newer but counted nothing: the full run's figures stand.
+            "cairn_repository_size_bytes{namespace=\"shop\",repository=\"main\"} 5000\n",
+            "cairn_repository_blobs{namespace=\"shop\",repository=\"main\"} 42\n",
+            "cairn_repository_damaged{namespace=\"shop\",repository=\"main\"} 1\n",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

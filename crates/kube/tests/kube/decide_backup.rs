@@ -598,7 +598,7 @@ fn completed_job_completes_the_backup_and_keeps_the_snapshot_only_with_offload()
         ));
         obs.volume_snapshot = ready_snapshot();
         obs.backup_pvc_exists = true;
-        let message = r#"{"succeeded":true,"snapshotId":"5f3a9c","bytesDone":1000,"totalBytes":1000,"message":"ok"}"#;
+        let message = r#"{"succeeded":true,"snapshotId":"5f3a9c","bytesDone":1000,"totalBytes":1000,"bytesAdded":400,"message":"ok"}"#;
         obs.job = Some(JobInfo {
             name: "j".into(),
             succeeded: true,
@@ -610,6 +610,7 @@ fn completed_job_completes_the_backup_and_keeps_the_snapshot_only_with_offload()
         assert_eq!(status.phase, Phase::Completed);
         assert_eq!(status.snapshot_id.as_deref(), Some("5f3a9c"));
         assert_eq!(status.progress.unwrap().bytes_done, 1000);
+        assert_eq!(status.bytes_added, Some(400));
         assert_eq!(condition(&status, "Ready").status, "True");
         assert!(actions.contains(&Action::DeletePvc {
             namespace: "shop".into(),

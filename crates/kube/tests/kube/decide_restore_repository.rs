@@ -330,7 +330,9 @@ fn quick_maintenance_runs_on_its_interval_and_results_are_recorded() {
     obs.maintenance_job = Some(JobInfo {
         name: "main-quick-1".into(),
         succeeded: true,
-        termination_message: Some(r#"{"succeeded":true,"message":"3 segments merged"}"#.into()),
+        termination_message: Some(
+            r#"{"succeeded":true,"message":"3 segments merged","bytesReclaimed":300,"repositoryBytes":5000,"blobCount":42,"damageRecords":2}"#.into(),
+        ),
         ..Default::default()
     });
     let recorded = repo_status(&decide_repository(&obs, &ctx()));
@@ -338,6 +340,30 @@ fn quick_maintenance_runs_on_its_interval_and_results_are_recorded() {
     assert_eq!(
         (quick.result.as_str(), quick.message.as_str()),
         ("Succeeded", "3 segments merged")
+    );
+    assert_eq!(
+        (
+            quick.bytes_reclaimed,
+            quick.repository_bytes,
+            quick.blob_count
+        ),
+        (Some(300), Some(5000), Some(42)),
+        "the run's figures are kept in the status, where the metrics read them"
+    );
+    assert_eq!(quick.damage_records, Some(2));
+    let damaged = recorded
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Damaged")
+        .expect("a Damaged condition");
+    assert_eq!(
+        (damaged.status.as_str(), damaged.reason.as_str()),
+        ("True", "DamageRecorded")
+    );
+    assert!(
+        damaged.message.contains("cairn check"),
+        "{}",
+        damaged.message
     );
 
     // An hour after the last quick run started, the next one is due.

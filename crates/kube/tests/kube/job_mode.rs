@@ -6,8 +6,8 @@ use crate::common;
 use cairn_kube::crd::MaintenanceKind;
 use cairn_kube::job::{
     run_job, BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress,
-    ForgetJobRequest, JobCommand, JobParams, MaintenanceJobRequest, RepositoryAccess,
-    RestoreJobRequest, RestoreJobResult, SnapshotSummary,
+    ForgetJobRequest, JobCommand, JobParams, MaintenanceJobRequest, MaintenanceJobResult,
+    RepositoryAccess, RestoreJobRequest, RestoreJobResult, SnapshotSummary,
 };
 use cairn_kube::protocol::JobOutcome;
 use common::{mock_client, Recorded};
@@ -62,9 +62,18 @@ impl Engine for FakeEngine {
             summary: "restored".into(),
         })
     }
-    fn maintenance(&self, req: &MaintenanceJobRequest) -> Result<String, EngineError> {
+    fn maintenance(
+        &self,
+        req: &MaintenanceJobRequest,
+    ) -> Result<MaintenanceJobResult, EngineError> {
         self.seen.lock().unwrap().push(format!("{:?}", req.kind));
-        Ok("quick maintenance: 3 index segments merged".into())
+        Ok(MaintenanceJobResult {
+            summary: "quick maintenance: 3 index segments merged".into(),
+            bytes_reclaimed: 300,
+            repository_bytes: Some(5000),
+            blob_count: Some(42),
+            damage_records: Some(1),
+        })
     }
     fn forget(&self, req: &ForgetJobRequest) -> Result<String, EngineError> {
         self.seen
@@ -354,11 +363,18 @@ async fn maintenance_and_restore_run_without_an_api_server() {
     maintenance.extend(args(&["--kind", "full"]));
     let params = JobParams::parse(JobCommand::Maintenance, &maintenance, &|_: &str| None).unwrap();
     assert_eq!(params.maintenance_kind, MaintenanceKind::Full);
-    assert!(
-        run_job(params, engine.clone(), None)
-            .await
-            .unwrap()
-            .succeeded
+    let outcome = run_job(params, engine.clone(), None).await.unwrap();
+    assert!(outcome.succeeded);
+    // The figures reach the controller through the termination message.
+    let written = JobOutcome::parse(&std::fs::read_to_string(m.path("t")).unwrap()).unwrap();
+    assert_eq!(
+        (
+            written.bytes_reclaimed,
+            written.repository_bytes,
+            written.blob_count,
+            written.damage_records
+        ),
+        (Some(300), Some(5000), Some(42), Some(1))
     );
     let mut restore = args(&base);
     restore.extend(args(&[

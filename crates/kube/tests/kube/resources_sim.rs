@@ -7,8 +7,8 @@
 use cairn_kube::crd::{ApplicationRestore, ApplicationRestoreStatus};
 use cairn_kube::job::{
     run_job, BackupJobRequest, BackupJobResult, Engine, EngineError, EngineProgress,
-    ForgetJobRequest, JobCommand, JobParams, MaintenanceJobRequest, RepositoryAccess,
-    RestoreJobRequest, RestoreJobResult, SnapshotSummary,
+    ForgetJobRequest, JobCommand, JobParams, MaintenanceJobRequest, MaintenanceJobResult,
+    RepositoryAccess, RestoreJobRequest, RestoreJobResult, SnapshotSummary,
 };
 use cairn_kube::protocol::JobOutcome;
 use cairn_kube::resources::capture::strip;
@@ -90,7 +90,7 @@ impl Engine for DirEngine {
             summary: String::new(),
         })
     }
-    fn maintenance(&self, _: &MaintenanceJobRequest) -> Result<String, EngineError> {
+    fn maintenance(&self, _: &MaintenanceJobRequest) -> Result<MaintenanceJobResult, EngineError> {
         unreachable!("not used by resource jobs")
     }
     fn forget(&self, _: &ForgetJobRequest) -> Result<String, EngineError> {
