@@ -5,7 +5,8 @@
 use cairn_kube::job::{
     ensure_repository, run_job, BackupJobRequest, BackupJobResult, Engine, EngineError,
     EngineProgress, ForgetJobRequest, JobCommand, JobParams, LocationContent,
-    MaintenanceJobRequest, RepositoryAccess, RestoreJobRequest, RestoreJobResult, SnapshotSummary,
+    MaintenanceJobRequest, MaintenanceJobResult, RepositoryAccess, RestoreJobRequest,
+    RestoreJobResult, SnapshotSummary,
 };
 use cairn_kube::protocol::JobOutcome;
 use std::sync::Mutex;
@@ -60,7 +61,7 @@ impl Engine for Location {
     ) -> Result<RestoreJobResult, EngineError> {
         unreachable!("a backup test restores nothing")
     }
-    fn maintenance(&self, _: &MaintenanceJobRequest) -> Result<String, EngineError> {
+    fn maintenance(&self, _: &MaintenanceJobRequest) -> Result<MaintenanceJobResult, EngineError> {
         unreachable!("a backup test runs no maintenance")
     }
     fn forget(&self, _: &ForgetJobRequest) -> Result<String, EngineError> {
@@ -133,7 +134,10 @@ fn a_failed_init_on_a_still_empty_location_is_reported() {
         ) -> Result<RestoreJobResult, EngineError> {
             unreachable!()
         }
-        fn maintenance(&self, _: &MaintenanceJobRequest) -> Result<String, EngineError> {
+        fn maintenance(
+            &self,
+            _: &MaintenanceJobRequest,
+        ) -> Result<MaintenanceJobResult, EngineError> {
             unreachable!()
         }
         fn forget(&self, _: &ForgetJobRequest) -> Result<String, EngineError> {
@@ -273,7 +277,7 @@ impl Engine for Holding {
     ) -> Result<RestoreJobResult, EngineError> {
         unreachable!("a forget job restores nothing")
     }
-    fn maintenance(&self, _: &MaintenanceJobRequest) -> Result<String, EngineError> {
+    fn maintenance(&self, _: &MaintenanceJobRequest) -> Result<MaintenanceJobResult, EngineError> {
         unreachable!("a forget job runs no maintenance")
     }
     fn forget(&self, _: &ForgetJobRequest) -> Result<String, EngineError> {
