@@ -414,6 +414,40 @@ fn a_missing_backup_pvc_storage_class_fails_within_seconds() {
     v.wait_nothing_left(&name, &vs, false);
 }
 
+/// A class whose driver cannot make ReadOnlyMany volumes: the provisioner says so in a
+/// `ProvisioningFailed` Event on the backupPVC, and the upload fails with that reason at
+/// once instead of waiting in Prepared.
+#[test]
+fn a_backup_pvc_class_that_cannot_make_read_only_many_fails_within_seconds() {
+    if controller_logic_only() {
+        return;
+    }
+    let v = Velero::start(
+        "velero-no-rox",
+        json!({"fast": {"storageClass": "rwo-only", "readOnly": true}}),
+        &[],
+    );
+    v.cluster
+        .sim
+        .create(
+            json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "rwo-only"}, "provisioner": "sim.csi.cairn.io",
+            "parameters": {"accessModes": "ReadWriteOnce"}}),
+        )
+        .unwrap();
+    v.cluster.volume("data", &small_files());
+    let (name, vs) = v.data_upload("data");
+    let started = Instant::now();
+    let failed = v.wait_phase("DataUpload", &name, &["Failed"]);
+    assert!(started.elapsed().as_secs() < 20, "{:?}", started.elapsed());
+    let message = failed["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("cannot be provisioned") && message.contains("ReadOnlyMany"),
+        "{message}"
+    );
+    v.wait_nothing_left(&name, &vs, false);
+}
+
 /// Each phase is held deterministically: Accepted by a VolumeSnapshot that never becomes
 /// ready, InProgress by a node that never starts the Job's pod, Prepared by the backup
 /// Job limit (1) that the InProgress one holds.

@@ -165,12 +165,19 @@ pub async fn observe_data_upload(
         .await
         .map_err(api_err(format!("reading VolumeSnapshotContent {name}")))?
         .is_some();
-    let backup_pvc_exists =
-        Api::<PersistentVolumeClaim>::namespaced(client.clone(), &v.cairn_namespace)
-            .get_opt(&name)
-            .await
-            .map_err(api_err(format!("reading PVC {}/{name}", v.cairn_namespace)))?
-            .is_some();
+    let backup_pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &v.cairn_namespace)
+        .get_opt(&name)
+        .await
+        .map_err(api_err(format!("reading PVC {}/{name}", v.cairn_namespace)))?;
+    let backup_pvc_exists = backup_pvc.is_some();
+    let pending = backup_pvc
+        .as_ref()
+        .and_then(|p| p.status.as_ref())
+        .is_some_and(|s| s.phase.as_deref() == Some("Pending"));
+    let backup_pvc_failure = match (pending, &backup_pvc) {
+        (true, Some(pvc)) => provisioning_failure(client, pvc).await?,
+        _ => None,
+    };
     let job = objects_job_name(&name, JobKind::Backup.as_str());
     let forget_job = objects_job_name(&name, "forget");
     let deleting = du.metadata.deletion_timestamp.is_some();
@@ -195,6 +202,7 @@ pub async fn observe_data_upload(
         backup_snapshot,
         backup_content_exists,
         backup_pvc_exists,
+        backup_pvc_failure,
         job: job_info(client, &v.cairn_namespace, Some(&job)).await?,
         running_backup_jobs: if terminal {
             0
@@ -503,4 +511,30 @@ async fn sync_secrets(
         }
     }
     Ok(())
+}
+
+/// The message of the provisioner's `ProvisioningFailed` Warning about this very claim (its
+/// uid), if it recorded one: the claim will not bind however long one waits.
+async fn provisioning_failure(
+    client: &kube::Client,
+    pvc: &PersistentVolumeClaim,
+) -> Result<Option<String>, AdapterError> {
+    let (Some(ns), Some(uid)) = (
+        pvc.metadata.namespace.as_deref(),
+        pvc.metadata.uid.as_deref(),
+    ) else {
+        return Ok(None);
+    };
+    let name = pvc.name_any();
+    let selector = format!("involvedObject.name={name},reason=ProvisioningFailed,type=Warning");
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), ns)
+        .list(&kube::api::ListParams::default().fields(&selector))
+        .await
+        .map_err(api_err(format!("listing the events of PVC {ns}/{name}")))?;
+    Ok(events
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.uid.as_deref() == Some(uid))
+        .max_by_key(|e| e.last_timestamp.clone().map(|t| t.0))
+        .and_then(|e| e.message))
 }

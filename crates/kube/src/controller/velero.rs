@@ -134,6 +134,9 @@ pub struct DataUploadObserved {
     pub backup_content_exists: bool,
     /// Whether the backupPVC exists.
     pub backup_pvc_exists: bool,
+    /// Why the provisioner cannot make the backupPVC (its `ProvisioningFailed` Warning
+    /// Event), while it is Pending.
+    pub backup_pvc_failure: Option<String>,
     /// The Job, if it exists.
     pub job: Option<JobInfo>,
     /// Backup Jobs running in the cluster now.
@@ -157,6 +160,7 @@ impl Default for DataUploadObserved {
             backup_snapshot: None,
             backup_content_exists: false,
             backup_pvc_exists: false,
+            backup_pvc_failure: None,
             job: None,
             running_backup_jobs: 0,
             secret_keys: BTreeMap::new(),
@@ -191,6 +195,20 @@ pub fn decide_data_upload(
     } else if du.spec.cancel {
         delete_job(&obs.job, v, &mut s.actions);
         s.end_upload(phase::CANCELED, "canceled (spec.cancel)".into());
+        upload_cleanup(obs, v, &mut s.actions);
+    } else if let Some(why) = &obs.backup_pvc_failure {
+        // The provisioner said it cannot make the volume (a class whose driver cannot make
+        // a ReadOnlyMany volume, above all): no wait changes that.
+        delete_job(&obs.job, v, &mut s.actions);
+        s.end_upload(
+            phase::FAILED,
+            format!(
+                "the backupPVC {}/{name} cannot be provisioned: {why}; choose a backupPVC \
+                 storageClass whose driver can make it, or set readOnly: false, in the node \
+                 agent ConfigMap's backupPVC section",
+                v.cairn_namespace
+            ),
+        );
         upload_cleanup(obs, v, &mut s.actions);
     } else {
         match phase.as_str() {

@@ -272,6 +272,35 @@ fn fast_failures_say_what_is_wrong_and_clean_up() {
 }
 
 #[test]
+fn a_backup_pvc_the_provisioner_cannot_make_fails_at_once_in_any_phase() {
+    for phase in ["Accepted", "Prepared", "InProgress"] {
+        let mut obs = prepared();
+        obs.upload = observed(phase).upload;
+        obs.backup_pvc_failure =
+            Some("volume capability access mode ReadOnlyMany is not supported".into());
+        obs.job = Some(job(false, ""));
+        let actions = decide_data_upload(&obs, &ctx(), &velero());
+        let status = status_of(&actions);
+        assert_eq!(status["phase"], "Failed", "{phase}");
+        let message = status["message"].as_str().unwrap();
+        assert!(
+            message.contains("cannot be provisioned")
+                && message.contains("ReadOnlyMany")
+                && message.contains("readOnly: false"),
+            "{phase}: {message}"
+        );
+        let kinds = kinds(&actions);
+        assert!(
+            kinds.contains(&"DeleteJob".to_string()),
+            "{phase}: {kinds:?}"
+        );
+    }
+    // Without the provisioner's word, a Pending backupPVC just waits in Prepared.
+    let actions = decide_data_upload(&prepared(), &ctx(), &velero());
+    assert_ne!(status_of(&actions)["phase"], "Failed");
+}
+
+#[test]
 fn a_snapshot_not_ready_waits_then_times_out() {
     let mut obs = observed("Accepted");
     obs.source_snapshot = Some(SnapshotInfo {
