@@ -950,15 +950,6 @@ impl InitClaim {
         let serr = storage_err(location);
         let started = std::time::Instant::now();
         loop {
-            match storage.stat(HEADER_PATH) {
-                Ok(_) => {
-                    return Err(Error::AlreadyExists {
-                        location: location.to_string(),
-                    })
-                }
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(serr(e)),
-            }
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64);
@@ -1002,6 +993,16 @@ impl InitClaim {
             }
             let pause = rand::thread_rng().gen_range(50..400);
             std::thread::sleep(std::time::Duration::from_millis(pause));
+            // The winner may have finished meanwhile.
+            match storage.stat(HEADER_PATH) {
+                Ok(_) => {
+                    return Err(Error::AlreadyExists {
+                        location: location.to_string(),
+                    })
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(serr(e)),
+            }
         }
     }
 }

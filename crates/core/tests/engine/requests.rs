@@ -192,15 +192,21 @@ fn init_and_open_cost_a_fixed_number_of_requests_and_list_the_index_once() {
     show("init", &init);
     assert_eq!(
         init.prefix("cairn.repository").stat,
-        1,
-        "refuse an existing repository"
+        2,
+        "refuse an existing repository, before and after taking the init claim"
+    );
+    let claims = init.prefix("init");
+    assert_eq!(
+        (claims.write, claims.list, claims.delete),
+        (1, 1, 1),
+        "one init claim: written, the claims listed, withdrawn"
     );
     assert_eq!(
         init.prefix("keys").list,
         1,
         "leftovers of an interrupted init"
     );
-    assert_eq!(init.all.write, 3, "config, key, header");
+    assert_eq!(init.all.write, 4, "claim, config, key, header");
     assert_eq!(init.all.reads(), 0);
 
     // Three backups of different content: three index segments at least.
