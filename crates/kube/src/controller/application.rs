@@ -772,6 +772,7 @@ fn mirror_children(obs: &ApplicationBackupObserved, plan: &mut Plan<ApplicationB
                     v.bytes_done = p.bytes_done;
                     v.total_bytes = p.total_bytes;
                 }
+                v.bytes_added = st.bytes_added;
                 v.failure_reason = match st.phase {
                     VolumeBackupPhase::Failed | VolumeBackupPhase::Canceled => Some(
                         st.failure_reason
@@ -800,6 +801,8 @@ fn mirror_children(obs: &ApplicationBackupObserved, plan: &mut Plan<ApplicationB
     .unwrap_or(u32::MAX);
     s.bytes_done = s.volumes.iter().map(|v| v.bytes_done).sum();
     s.total_bytes = s.volumes.iter().map(|v| v.total_bytes).sum();
+    let added: Vec<u64> = s.volumes.iter().filter_map(|v| v.bytes_added).collect();
+    s.bytes_added = (!added.is_empty()).then(|| added.iter().sum());
 }
 
 fn capture(

@@ -175,6 +175,9 @@ pub struct ApplicationVolume {
     /// Bytes in the volume, when known.
     #[serde(default)]
     pub total_bytes: u64,
+    /// Bytes its backup added to the repository, once completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_added: Option<u64>,
     /// Why this volume failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
@@ -217,6 +220,9 @@ pub struct ApplicationBackupStatus {
     /// Bytes over all volumes, when known.
     #[serde(default)]
     pub total_bytes: u64,
+    /// Bytes the volumes' backups added to the repository (those that reported it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_added: Option<u64>,
     /// Rule outcomes per pod.
     #[serde(default)]
     pub hooks: GroupHookResults,

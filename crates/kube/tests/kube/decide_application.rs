@@ -682,7 +682,8 @@ fn completed(pvc: &str) -> VolumeBackup {
     child(
         pvc,
         "Completed",
-        json!({"snapshotId": format!("id-{pvc}"), "progress": {"bytesDone": 100, "totalBytes": 100}}),
+        json!({"snapshotId": format!("id-{pvc}"), "progress": {"bytesDone": 100, "totalBytes": 100},
+               "bytesAdded": 30}),
     )
 }
 
@@ -725,6 +726,9 @@ fn children_are_mirrored_and_the_capture_job_starts_once_all_are_terminal() {
         (st.volumes_done, st.bytes_done, st.total_bytes),
         (2, 240, 300)
     );
+    // What the completed volumes added; the one still uploading has not reported yet.
+    assert_eq!(st.bytes_added, Some(60));
+    assert_eq!(st.volumes[1].bytes_added, None);
     assert_eq!(st.volumes[0].snapshot_id.as_deref(), Some("id-cache"));
     assert_eq!(st.volumes[1].phase.as_deref(), Some("Uploading"));
     assert!(jobs(&actions).is_empty(), "capture waits for every volume");
