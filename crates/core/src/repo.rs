@@ -128,11 +128,7 @@ impl Repository {
     ) -> Result<Self> {
         let location = storage.location();
         let serr = storage_err(&location);
-        match storage.stat(HEADER_PATH) {
-            Ok(_) => return Err(Error::AlreadyExists { location }),
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(serr(e)),
-        }
+        refuse_existing(&storage, &location)?;
         if password.is_empty() {
             return Err(Error::Usage("the password must not be empty".into()));
         }
@@ -140,11 +136,7 @@ impl Repository {
         // backups of a namespace, each creating its repository): only the
         // holder of the one claim goes on, the others wait for its header.
         let claim = InitClaim::take(&storage, &location)?;
-        match storage.stat(HEADER_PATH) {
-            Ok(_) => return Err(Error::AlreadyExists { location }),
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(serr(e)),
-        }
+        refuse_existing(&storage, &location)?;
         // A repository whose header is missing is not an init leftover:
         // deleting its key files below would lose it.
         for (prefix, found) in [
@@ -923,6 +915,17 @@ impl SnapshotFilter {
     }
 }
 
+/// `AlreadyExists` when the location has a repository header.
+fn refuse_existing(storage: &DynStorage, location: &str) -> Result<()> {
+    match storage.stat(HEADER_PATH) {
+        Ok(_) => Err(Error::AlreadyExists {
+            location: location.to_string(),
+        }),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(storage_err(location)(e)),
+    }
+}
+
 /// A claim older than this was left by an init that was killed: ignored and
 /// removed.
 const INIT_CLAIM_STALE: std::time::Duration = std::time::Duration::from_secs(600);
@@ -994,15 +997,7 @@ impl InitClaim {
             let pause = rand::thread_rng().gen_range(50..400);
             std::thread::sleep(std::time::Duration::from_millis(pause));
             // The winner may have finished meanwhile.
-            match storage.stat(HEADER_PATH) {
-                Ok(_) => {
-                    return Err(Error::AlreadyExists {
-                        location: location.to_string(),
-                    })
-                }
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(serr(e)),
-            }
+            refuse_existing(storage, location)?;
         }
     }
 }
