@@ -24,11 +24,12 @@ fn main() -> ExitCode {
     }
     let cli = commands::Cli::parse();
     common::init_logging(cli.global.verbose, cli.global.quiet, cli.global.log_format);
+    let verbose = cli.global.verbose;
     match commands::run(cli) {
         Ok(code) => code,
         Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", output::describe_error(&e));
+            eprintln!("error: {}", output::describe_error(&e, verbose));
             ExitCode::from(output::exit_code(&e))
         }
     }

@@ -54,25 +54,90 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
         .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
-/// Exit code for an error: 1 in general, 2 usage, 10 wrong password,
-/// 11 not a repository, 12 damaged repository, 13 locked by another
-/// process, 14 internal error (a bug). (3, "finished but some entries failed", is a result, not an
-/// error.) README.md lists them for users.
+/// Exit code for an error; README.md lists them for users. (3, "finished
+/// but some entries failed", is a result, not an error.)
+///
+/// | code | failure |
+/// |---|---|
+/// | 1 | anything not below |
+/// | 2 | bad usage or configuration |
+/// | 10 | wrong password |
+/// | 11 | not a repository |
+/// | 12 | damaged repository |
+/// | 13 | locked by another process |
+/// | 14 | internal error (a bug) |
+/// | 15 | storage unreachable or failing |
+/// | 16 | permission denied (storage or local files) |
+/// | 17 | no space left (storage or local disk) |
+/// | 18 | a source to back up does not exist |
 pub fn exit_code(e: &anyhow::Error) -> u8 {
-    match e.downcast_ref::<cairn_core::Error>().map(|e| e.kind()) {
-        Some(ErrorKind::WrongPassword) => 10,
-        Some(ErrorKind::NotARepository) => 11,
-        Some(ErrorKind::Corrupt) => 12,
-        Some(ErrorKind::Locked) => 13,
-        Some(ErrorKind::Usage) => 2,
-        Some(ErrorKind::Internal) => 14,
-        _ => 1,
+    let Some(core) = e.downcast_ref::<cairn_core::Error>() else {
+        // Errors of the CLI itself: classed by the first I/O or storage cause.
+        return e.chain().find_map(cause_code).unwrap_or(1);
+    };
+    match core.kind() {
+        ErrorKind::WrongPassword => 10,
+        ErrorKind::NotARepository => 11,
+        ErrorKind::Corrupt => 12,
+        ErrorKind::Locked => 13,
+        ErrorKind::Usage => 2,
+        ErrorKind::Internal => 14,
+        ErrorKind::SourceMissing => 18,
+        ErrorKind::Storage | ErrorKind::Io | ErrorKind::Cache => {
+            e.chain().skip(1).find_map(cause_code).unwrap_or(1)
+        }
     }
 }
 
-/// The error with its causes, one line.
-pub fn describe_error(e: &anyhow::Error) -> String {
-    format!("{e:#}")
+/// The exit code a storage or local I/O cause stands for, if it is one.
+fn cause_code(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
+    use cairn_storage::StorageErrorKind as S;
+    if let Some(s) = cause.downcast_ref::<cairn_storage::StorageError>() {
+        return Some(match s.kind {
+            S::PermissionDenied => 16,
+            S::NoSpace => 17,
+            S::InvalidConfig => 2,
+            S::NotFound | S::ShortObject => 12,
+            S::Temporary | S::Other => 15,
+        });
+    }
+    let io = cause.downcast_ref::<std::io::Error>()?;
+    match (io.kind(), io.raw_os_error()) {
+        (std::io::ErrorKind::PermissionDenied, _) | (_, Some(30)) => Some(16),
+        // ENOSPC, EDQUOT
+        (_, Some(28 | 122)) => Some(17),
+        _ => None,
+    }
+}
+
+/// The error with its causes on one line, outermost first, each said once:
+/// a cause whose text an outer message already carries is left out (errors
+/// that print their source, and contexts that repeat it, would otherwise
+/// say everything twice). With `-v`, the storage backend's own full text of
+/// each storage failure follows on its own line.
+pub fn describe_error(e: &anyhow::Error, verbose: u8) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(text.as_str()) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    if verbose > 0 {
+        for detail in e
+            .chain()
+            .filter_map(|c| c.downcast_ref::<cairn_storage::StorageError>())
+            .filter_map(|s| s.detail.as_deref())
+        {
+            line.push_str("\n  backend: ");
+            line.push_str(detail);
+        }
+    }
+    line
 }
 
 /// Bytes as `1.2 MiB`.
@@ -132,7 +197,67 @@ impl ProgressBar {
 
 #[cfg(test)]
 mod tests {
-    use super::exit_code;
+    use super::{describe_error, exit_code};
+    use cairn_storage::{StorageError, StorageErrorKind};
+
+    fn storage(kind: StorageErrorKind) -> anyhow::Error {
+        let source = StorageError::new(kind, "write packs/ab/ab12", "it failed").with_detail(
+            "Unexpected (permanent) at write, context: { path: packs/ab/ab12 } => it failed",
+        );
+        anyhow::Error::new(cairn_core::Error::Storage {
+            location: "/repo".into(),
+            source,
+        })
+        .context("backup failed")
+    }
+
+    #[test]
+    fn storage_failures_exit_with_the_code_of_their_class() {
+        assert_eq!(exit_code(&storage(StorageErrorKind::Temporary)), 15);
+        assert_eq!(exit_code(&storage(StorageErrorKind::Other)), 15);
+        assert_eq!(exit_code(&storage(StorageErrorKind::PermissionDenied)), 16);
+        assert_eq!(exit_code(&storage(StorageErrorKind::NoSpace)), 17);
+        assert_eq!(exit_code(&storage(StorageErrorKind::InvalidConfig)), 2);
+        assert_eq!(exit_code(&storage(StorageErrorKind::NotFound)), 12);
+        let enospc = anyhow::Error::new(cairn_core::Error::io(
+            "/restore/target/file",
+            std::io::Error::from_raw_os_error(28),
+        ));
+        assert_eq!(exit_code(&enospc), 17);
+        let missing = anyhow::Error::new(cairn_core::Error::SourceMissing {
+            path: "/nonexistent".into(),
+        });
+        assert_eq!(exit_code(&missing), 18);
+    }
+
+    /// `Error::Storage` prints its source and anyhow's chain prints it again;
+    /// so did a context repeating its cause.
+    #[test]
+    fn each_cause_is_said_once_and_backend_detail_only_with_v() {
+        let e = storage(StorageErrorKind::Temporary);
+        let line = describe_error(&e, 0);
+        assert_eq!(
+            line,
+            "backup failed: storage error at /repo: write packs/ab/ab12: it failed"
+        );
+        assert!(!line.contains("context:"), "{line}");
+        let verbose = describe_error(&e, 1);
+        assert!(verbose.starts_with(&line), "{verbose}");
+        assert!(
+            verbose.contains("\n  backend: Unexpected (permanent)"),
+            "{verbose}"
+        );
+        let io = anyhow::Error::new(cairn_core::Error::io(
+            "/src/file",
+            std::io::Error::from_raw_os_error(2),
+        ));
+        assert_eq!(
+            describe_error(&io, 0)
+                .matches("No such file or directory")
+                .count(),
+            1
+        );
+    }
 
     /// Internal failures (a broken invariant) used to travel as usage errors and exit 2, as
     /// if the user had typed something wrong.

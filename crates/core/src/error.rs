@@ -28,6 +28,8 @@ pub enum ErrorKind {
     Locked,
     /// cairn itself went wrong: a bug, not the input or the environment.
     Internal,
+    /// A path given to back up does not exist.
+    SourceMissing,
 }
 
 /// A failed engine operation.
@@ -122,6 +124,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A path given to back up does not exist (nothing was backed up).
+    #[error(
+        "{}: no such file or directory to back up; check the path (nothing was backed up)",
+        .path.display()
+    )]
+    SourceMissing {
+        /// The path as given.
+        path: PathBuf,
+    },
     /// A broken internal invariant: a bug.
     #[error("internal error: {0} (a bug in cairn; please report it with the log)")]
     Internal(String),
@@ -168,6 +179,7 @@ impl Error {
             Error::Locked { .. } | Error::InitInProgress { .. } => ErrorKind::Locked,
             Error::Spawn { .. } => ErrorKind::Io,
             Error::Internal(_) => ErrorKind::Internal,
+            Error::SourceMissing { .. } => ErrorKind::SourceMissing,
         }
     }
 

@@ -28,6 +28,12 @@ pub use crate::format::plan::{GcPlan, PLAN_AAD, PLAN_VERSION};
 
 /// Default safety window: longer than any backup runs between checkpoints.
 pub const DEFAULT_SAFETY_WINDOW: Duration = Duration::from_secs(6 * 3600);
+
+/// The shortest safety window the CLI accepts while backups may run: the
+/// default checkpoint interval (5 min) plus a margin of 10 min for the
+/// checkpoint itself and clock skew between machines (docs/MAINTENANCE.md,
+/// condition A2). Shorter windows need the user to say no backup runs.
+pub const MIN_SAFETY_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// Default repack threshold: packs whose live bytes are under this fraction
 /// of their stored bytes are rewritten.
 pub const DEFAULT_REPACK_THRESHOLD: f64 = 0.5;

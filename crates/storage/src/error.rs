@@ -30,6 +30,9 @@ pub struct StorageError {
     pub op: String,
     /// Human-readable cause.
     pub message: String,
+    /// The backend's own full text (operation, context, source chain),
+    /// when `message` gives only its gist; shown with `-v`.
+    pub detail: Option<String>,
 }
 
 impl StorageError {
@@ -39,7 +42,15 @@ impl StorageError {
             kind,
             op: op.into(),
             message: message.into(),
+            detail: None,
         }
+    }
+
+    /// The same error, keeping the backend's full text as its
+    /// [`detail`](Self::detail).
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
     }
 
     /// An error of a local file operation `op` (writes that bypass the

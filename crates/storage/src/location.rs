@@ -71,6 +71,20 @@ impl std::fmt::Display for Location {
 const FORMS: &str = "a path, file:///path, s3://bucket/prefix, azblob://container/prefix, \
                      gcs://bucket/prefix, webdav://host/path or webdavs://host/path";
 
+/// The error for a local repository path that names something other than
+/// a directory (a regular file, say).
+pub(crate) fn not_a_directory(root: &std::path::Path, op: String) -> StorageError {
+    StorageError::new(
+        StorageErrorKind::InvalidConfig,
+        op,
+        format!(
+            "{} is a file, not a directory: a local repository is a directory; give the path of \
+             one (a new or empty one for `cairn init`)",
+            root.display()
+        ),
+    )
+}
+
 fn invalid(what: &str, message: impl Into<String>) -> StorageError {
     StorageError::new(
         StorageErrorKind::InvalidConfig,
@@ -406,11 +420,17 @@ impl Location {
         };
         let what = self.redacted();
         let builder = services::Fs::default().root(&root.to_string_lossy());
-        Some(
-            Operator::new(builder)
-                .map(|b| b.finish())
-                .map_err(|e| invalid(&what, format!("cannot configure the backend: {e}"))),
-        )
+        Some(Operator::new(builder).map(|b| b.finish()).map_err(|e| {
+            let full = e.to_string();
+            invalid(
+                &what,
+                format!(
+                    "cannot configure the backend: {}",
+                    crate::opendal_error::gist(&full)
+                ),
+            )
+            .with_detail(full)
+        }))
     }
 
     /// Builds the OpenDAL operator, reading credentials from `env`. For a
@@ -418,9 +438,22 @@ impl Location {
     /// call it only to write.
     pub(crate) fn operator(&self, env: Env<'_>) -> Result<Operator> {
         let what = self.redacted();
-        let map = |e: opendal::Error| invalid(&what, format!("cannot configure the backend: {e}"));
+        let map = |e: opendal::Error| {
+            let full = e.to_string();
+            invalid(
+                &what,
+                format!(
+                    "cannot configure the backend: {}",
+                    crate::opendal_error::gist(&full)
+                ),
+            )
+            .with_detail(full)
+        };
         let op = match &self.service {
             Service::Fs { root } => {
+                if root.exists() && !root.is_dir() {
+                    return Err(not_a_directory(root, format!("open {what}")));
+                }
                 let tmp = crate::staging_dir(root);
                 let builder = services::Fs::default()
                     .root(&root.to_string_lossy())

@@ -61,9 +61,20 @@ impl ErrorContext {
 
     /// Maps an OpenDAL error for operation `op`, adding what the user can do.
     pub(crate) fn map(&self, e: opendal::Error, op: &str) -> StorageError {
-        let text = redact_urls(&e.to_string());
+        let full = redact_urls(&e.to_string());
+        let error = self.map_text(&e, &full, gist(&full), op);
+        if error.message.contains(&full) {
+            error
+        } else {
+            error.with_detail(full)
+        }
+    }
+
+    /// Maps an error whose full text is `full` and whose gist (what a user
+    /// reads) is `text`: markers are looked for in the full text.
+    fn map_text(&self, e: &opendal::Error, full: &str, text: &str, op: &str) -> StorageError {
         if let Some(bucket) = &self.bucket {
-            if MISSING_BUCKET_MARKERS.iter().any(|m| text.contains(m)) {
+            if MISSING_BUCKET_MARKERS.iter().any(|m| full.contains(m)) {
                 return StorageError::new(
                     StorageErrorKind::InvalidConfig,
                     op,
@@ -75,7 +86,7 @@ impl ErrorContext {
                 );
             }
         }
-        if text.contains("LoadCredential") || text.contains("loading credential") {
+        if full.contains("LoadCredential") || full.contains("loading credential") {
             // Credentials that cannot be found will not appear on retry.
             return StorageError::new(
                 StorageErrorKind::PermissionDenied,
@@ -95,17 +106,17 @@ impl ErrorContext {
             ),
             ErrorKind::ConfigInvalid => (StorageErrorKind::InvalidConfig, None),
             // The fs service marks most I/O errors temporary; these are not.
-            _ if text.contains("No space left") || text.contains("os error 28") => (
+            _ if full.contains("No space left") || full.contains("os error 28") => (
                 StorageErrorKind::NoSpace,
                 Some("free space on the device or raise the quota".to_string()),
             ),
-            _ if text.contains("Read-only file system") || text.contains("os error 30") => (
+            _ if full.contains("Read-only file system") || full.contains("os error 30") => (
                 StorageErrorKind::PermissionDenied,
                 Some("the repository is on a read-only file system".to_string()),
             ),
             ErrorKind::RateLimited => (StorageErrorKind::Temporary, None),
             _ if e.is_temporary() => {
-                let hint = (text.contains("send http request") || text.contains("connect"))
+                let hint = (full.contains("send http request") || full.contains("connect"))
                     .then(|| format!("is {} reachable?", self.location));
                 (StorageErrorKind::Temporary, hint)
             }
@@ -113,9 +124,20 @@ impl ErrorContext {
         };
         let message = match hint {
             Some(hint) => format!("{text}; {hint}"),
-            None => text,
+            None => text.to_string(),
         };
         StorageError::new(kind, op, message)
+    }
+}
+
+/// What a user needs of an OpenDAL error's text: its message and source
+/// chain, after the `=>` that ends the operation and request context
+/// (`Unexpected (permanent) at read, context: { ... } => message, source:
+/// cause`). Text without that shape is returned whole.
+pub(crate) fn gist(full: &str) -> &str {
+    match full.split_once(" => ") {
+        Some((_, rest)) if !rest.trim().is_empty() => rest,
+        _ => full,
     }
 }
 

@@ -200,6 +200,9 @@ impl OpendalStorage {
 
     /// The error of a read at a filesystem root that does not exist.
     fn no_root(&self, op: String) -> StorageError {
+        if let Some(file) = self.local_root.as_ref().filter(|r| r.exists()) {
+            return crate::location::not_a_directory(file, op);
+        }
         let root = self
             .local_root
             .as_ref()

@@ -119,6 +119,19 @@ pub struct HookArgs {
     pub hook_timeout: Option<Duration>,
 }
 
+/// Every path given exists (a dangling symlink counts: it is backed up as a link).
+fn sources_exist(paths: &[PathBuf]) -> cairn_core::Result<()> {
+    for path in paths {
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(cairn_core::Error::SourceMissing { path: path.clone() })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 pub fn run(g: &GlobalOpts, a: BackupArgs) -> Result<ExitCode> {
     crate::malloc::restart_with_malloc_setting();
     let repo = g.open()?;
@@ -156,7 +169,8 @@ pub fn run(g: &GlobalOpts, a: BackupArgs) -> Result<ExitCode> {
     let run = hooks.run(|| {
         let bar =
             show_bar.then(|| crate::output::ProgressBar::start(progress.clone(), "backing up"));
-        let result = backup_unsaved(&repo, &opts);
+        // Checked after the pre-exec hook, which may be what creates the source (a dump, a mount).
+        let result = sources_exist(&opts.paths).and_then(|()| backup_unsaved(&repo, &opts));
         if let Some(bar) = bar {
             bar.finish();
         }

@@ -4,7 +4,8 @@
 use crate::common::GlobalOpts;
 use crate::output::size;
 use anyhow::{bail, Result};
-use cairn_core::gc::{GcOptions, DEFAULT_REPACK_THRESHOLD};
+use cairn_core::checkpoint::CheckpointOptions;
+use cairn_core::gc::{GcOptions, DEFAULT_REPACK_THRESHOLD, MIN_SAFETY_WINDOW};
 use cairn_core::maintenance::{self, MaintenanceOptions, MaintenanceReport, Mode};
 use clap::{Args, Subcommand};
 use std::process::ExitCode;
@@ -24,9 +25,14 @@ pub struct GcArgs {
     #[arg(long, default_value = "6h", value_parser = humantime::parse_duration)]
     pub safety_window: std::time::Duration,
     /// Same as --safety-window 0s: delete at once. Only safe when no backup
-    /// runs at the same time.
+    /// runs at the same time: a running backup's newest packs look unused
+    /// until its next checkpoint, and would be deleted under it.
     #[arg(long)]
     pub now: bool,
+    /// Accept a --safety-window shorter than the checkpoint interval plus a
+    /// margin: you state that no backup runs while this does.
+    #[arg(long)]
+    pub no_backup_running: bool,
     /// Repack packs whose live bytes are under this fraction (0 disables).
     #[arg(long, default_value_t = DEFAULT_REPACK_THRESHOLD)]
     pub repack_threshold: f64,
@@ -42,6 +48,18 @@ impl GcArgs {
     pub fn options(&self) -> Result<GcOptions> {
         if !(0.0..=1.0).contains(&self.repack_threshold) {
             bail!("--repack-threshold must be between 0 and 1");
+        }
+        if !self.now && !self.no_backup_running && self.safety_window < MIN_SAFETY_WINDOW {
+            return Err(cairn_core::Error::Usage(format!(
+                "--safety-window {} is shorter than {}, a backup's checkpoint interval ({}) plus a \
+                 margin: a backup running now could have the packs it wrote since its last checkpoint \
+                 deleted under it. Use a longer window, or, only if no backup runs at the same time, \
+                 --now or --no-backup-running (docs/MAINTENANCE.md, \"The safety window\")",
+                humantime::format_duration(self.safety_window),
+                humantime::format_duration(MIN_SAFETY_WINDOW),
+                humantime::format_duration(CheckpointOptions::default().every),
+            ))
+            .into());
         }
         Ok(GcOptions {
             safety_window: if self.now {

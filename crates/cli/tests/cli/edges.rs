@@ -304,7 +304,14 @@ fn a_cache_with_damaged_pages_is_discarded_and_rebuilt() {
             &["check", "--read-data"][..],
             &["restore", "latest", "--target", "RESTORE"],
             &["backup", src],
-            &["maintenance", "run", "--full", "--safety-window", "0s"],
+            &[
+                "maintenance",
+                "run",
+                "--full",
+                "--safety-window",
+                "0s",
+                "--no-backup-running",
+            ],
         ]
         .into_iter()
         .enumerate()
@@ -384,4 +391,109 @@ fn a_damaged_header_is_named_by_check_and_rewritten_by_repair_header() {
     f.run(0, &["check"]);
     let (out, _) = f.run(0, &["repair", "header"]);
     assert!(out.contains("intact"), "{out}");
+}
+
+/// Each cause is said once, and each failure class has its own exit code.
+#[test]
+fn failures_say_each_cause_once_with_the_exit_code_of_their_class() {
+    let f = Fixture::new();
+    let missing = f.tmp.path().join("no-such-source");
+    let (_, err) = f.run(18, &["backup", missing.to_str().expect("utf-8")]);
+    assert!(
+        err.contains("no such file or directory to back up"),
+        "{err}"
+    );
+    assert_eq!(err.matches("no-such-source").count(), 1, "{err}");
+
+    // A regular file where a repository directory should be.
+    let file = f.tmp.path().join("a-file");
+    std::fs::write(&file, b"not a repository").expect("write");
+    let out = f
+        .cmd(&["snapshots"])
+        .env("CAIRN_REPOSITORY", &file)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(err.contains("is a file, not a directory"), "{err}");
+    assert!(!err.contains("atomic_write_dir"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+/// `ls` prints one line per entry whatever the names hold (escaped as
+/// `ls -b` does); `--json` carries the exact bytes.
+#[test]
+fn ls_escapes_names_and_json_keeps_their_bytes() {
+    use std::os::unix::ffi::OsStrExt;
+    let f = Fixture::new();
+    let odd = f.tmp.path().join("odd");
+    std::fs::create_dir_all(&odd).expect("mkdir");
+    let names: [&[u8]; 3] = [b"two\nlines", b"bad\xffutf8", b"with space"];
+    for name in names {
+        std::fs::write(odd.join(std::ffi::OsStr::from_bytes(name)), b"x").expect("write");
+    }
+    f.run(0, &["backup", odd.to_str().expect("utf-8")]);
+    let (out, _) = f.run(0, &["ls", "latest"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    for expected in ["two\\nlines", "bad\\377utf8", "with\\ space"] {
+        assert!(
+            lines.iter().any(|l| l.ends_with(&format!("/{expected}"))),
+            "{expected}: {out}"
+        );
+    }
+    let (json, _) = f.run(0, &["ls", "--json", "latest"]);
+    let mut seen = Vec::new();
+    for line in json.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("one JSON object per line");
+        let path = match v.get("path_base64") {
+            Some(b64) => {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64.as_str().expect("string"))
+                    .expect("base64")
+            }
+            None => v["path"].as_str().expect("path").as_bytes().to_vec(),
+        };
+        seen.push(path.rsplit(|b| *b == b'/').next().expect("name").to_vec());
+    }
+    seen.sort();
+    let mut want: Vec<Vec<u8>> = names.iter().map(|n| n.to_vec()).collect();
+    want.sort();
+    assert_eq!(seen, want);
+}
+
+/// A window shorter than a backup's checkpoint interval would delete a
+/// running backup's newest packs as orphans: refused unless the user says no
+/// backup runs.
+#[test]
+fn a_safety_window_shorter_than_the_checkpoint_interval_is_refused() {
+    let f = Fixture::new();
+    let (_, err) = f.run(
+        2,
+        &["maintenance", "run", "--full", "--safety-window", "3s"],
+    );
+    assert!(
+        err.contains("--safety-window 3s is shorter than 15m"),
+        "{err}"
+    );
+    assert!(err.contains("--no-backup-running"), "{err}");
+    let (_, err) = f.run(2, &["prune", "--safety-window", "10m"]);
+    assert!(err.contains("shorter than"), "{err}");
+    f.run(
+        0,
+        &[
+            "maintenance",
+            "run",
+            "--full",
+            "--safety-window",
+            "3s",
+            "--no-backup-running",
+        ],
+    );
+    f.run(0, &["maintenance", "run", "--full", "--now"]);
+    f.run(
+        0,
+        &["maintenance", "run", "--full", "--safety-window", "15m"],
+    );
 }

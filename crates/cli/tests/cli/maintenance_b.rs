@@ -114,7 +114,14 @@ fn prune_reports_and_reclaims_and_maintenance_runs() {
     cairn(
         &repo,
         &cache,
-        &["maintenance", "run", "--full", "--safety-window", "0s"],
+        &[
+            "maintenance",
+            "run",
+            "--full",
+            "--safety-window",
+            "0s",
+            "--no-backup-running",
+        ],
     );
     let out = t.path().join("out");
     cairn(
