@@ -1,4 +1,6 @@
-//! kill -9 at random points of backups and of maintenance, 50 trials each.
+//! kill -9 at random points of backups, of maintenance and of `repair
+//! index`, 50 trials each; and backups beside a maintenance loop at the
+//! smallest safety window the checkpoint interval allows, 20 rounds.
 //!
 //! The test binary re-executes itself as the victim (`child_main`, selected
 //! by `CAIRN_CRASH_CHILD`), so the killed process runs exactly the library
@@ -10,7 +12,7 @@
 //! every snapshot restores bit-exact, before and after a completing re-run.
 
 use cairn_core::backup::{backup, BackupOptions, ParentChoice};
-use cairn_core::check::{check, CheckOptions};
+use cairn_core::check::{check, CheckOptions, DataSubset};
 use cairn_core::checkpoint::CheckpointOptions;
 use cairn_core::gc::{GcOptions, Roots};
 use cairn_core::maintenance::{self, MaintenanceOptions, Mode};
@@ -94,6 +96,9 @@ fn child_main() {
                 },
             };
             maintenance::run(&repo, &opts).unwrap();
+        }
+        "repair" => {
+            cairn_core::repair::repair_index(&repo, &Default::default()).unwrap();
         }
         other => panic!("unknown child {other}"),
     }
@@ -361,4 +366,135 @@ fn a_rerun_after_a_kill_reads_only_what_its_checkpoint_lacks() {
     assert_eq!(left, vec![true]);
     let report = check(&repo, &CheckOptions::default()).unwrap();
     assert!(report.is_clean(), "{:?}", report.damage);
+}
+
+fn read_data() -> CheckOptions {
+    CheckOptions {
+        read_data: Some(DataSubset::All),
+    }
+}
+
+/// `repair index` rewrites the index from the packs: killed anywhere, the
+/// repository still restores everything, and a completing re-run leaves it
+/// clean down to the data.
+#[test]
+fn kill_repair_index_at_random_points() {
+    let work = tempfile::tempdir().unwrap();
+    let base = work.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    let repo = init(&base);
+    let mut kept = Vec::new();
+    for i in 0..2 {
+        let v = work.path().join(format!("v{i}"));
+        write_tree(&v, 11 + i, 15);
+        kept.push((backup(&repo, &backup_opts(&v, 0)).unwrap().snapshot.tree, v));
+    }
+    drop(repo);
+    let probe = work.path().join("probe");
+    copy_dir(&base, &probe);
+    let t = Instant::now();
+    run_child("repair", &probe, &probe, None);
+    let full = t.elapsed();
+    let mut rng = Rng(0xfeed_f00d);
+    let mut killed = 0;
+    for trial in 0..TRIALS {
+        let dir = work.path().join(format!("t{trial}"));
+        copy_dir(&base, &dir);
+        let delay = Duration::from_micros(rng.next() % (full.as_micros() as u64 + 1));
+        if !run_child("repair", &dir, &dir, Some(delay)) {
+            killed += 1;
+        }
+        let repo = open(&dir);
+        for (tree, src) in &kept {
+            assert_restores(&repo, tree, src);
+        }
+        run_child("repair", &dir, &dir, None);
+        let repo = open(&dir);
+        let report = check(&repo, &read_data()).unwrap();
+        assert!(report.is_clean(), "trial {trial}: {:?}", report.damage);
+        for (tree, src) in &kept {
+            assert_restores(&repo, tree, src);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    assert!(
+        killed > TRIALS / 2,
+        "most trials must be killed mid-run ({killed})"
+    );
+}
+
+/// Backups run while another handle loops full maintenance with the
+/// smallest window the protocol allows (docs/MAINTENANCE.md, A2: the window
+/// exceeds the checkpoint interval plus the time a checkpoint takes), both
+/// scaled down from minutes to milliseconds. After every round the
+/// repository is clean down to the data and every snapshot so far restores
+/// bit-exactly.
+#[test]
+fn backups_beside_a_maintenance_loop_at_the_smallest_window() {
+    const ROUNDS: u64 = 20;
+    // The CLI's minimum is the default interval plus 10 minutes of margin
+    // (15 min for 5 min); the margin also covers the time a pack waits in
+    // staging before its rename, which does not scale down with the
+    // interval: 2 s of it here, for a loaded 2-core CI machine.
+    let checkpoint_every = Duration::from_millis(200);
+    let window = checkpoint_every + Duration::from_secs(2);
+    let work = tempfile::tempdir().unwrap();
+    let repo_dir = work.path().join("repo");
+    std::fs::create_dir(&repo_dir).unwrap();
+    init(&repo_dir);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let looping = {
+        let (stop, repo_dir) = (stop.clone(), repo_dir.clone());
+        std::thread::spawn(move || {
+            let repo = open(&repo_dir);
+            let mut runs = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let opts = MaintenanceOptions {
+                    mode: Mode::Full,
+                    gc: GcOptions {
+                        safety_window: window,
+                        repack_threshold: 0.9,
+                        now: chrono::Utc::now(),
+                        ..Default::default()
+                    },
+                };
+                maintenance::run(&repo, &opts).unwrap();
+                runs += 1;
+            }
+            runs
+        })
+    };
+    let mut kept: Vec<(BlobId, PathBuf, cairn_core::SnapshotId)> = Vec::new();
+    for round in 0..ROUNDS {
+        // Each step opens the repository afresh, as each CLI command does.
+        let repo = open(&repo_dir);
+        let v = work.path().join(format!("v{round}"));
+        // Mostly the same data each round, some new, so packs of earlier
+        // rounds are shared, repacked and swept while backups run.
+        write_tree(&v, 5, 24);
+        write_tree(&v.join("new"), 1000 + round, 12);
+        let mut opts = backup_opts(&v, 0);
+        opts.checkpoint.every = checkpoint_every;
+        opts.parent = ParentChoice::Auto;
+        let done = backup(&repo, &opts).unwrap();
+        kept.push((done.snapshot.tree, v, done.id));
+        // Forget an older round now and then, so there is garbage to collect.
+        if round % 4 == 3 {
+            let (_, dir, id) = kept.remove(0);
+            repo.delete_snapshot(&id).unwrap();
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+        let report = check(&open(&repo_dir), &read_data()).unwrap();
+        assert!(report.is_clean(), "round {round}: {:?}", report.damage);
+        // The newest and the oldest each round; every one at the end.
+        for (tree, src, _) in [kept.first(), kept.last()].into_iter().flatten() {
+            assert_restores(&open(&repo_dir), tree, src);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let runs = looping.join().unwrap();
+    for (tree, src, _) in &kept {
+        assert_restores(&open(&repo_dir), tree, src);
+    }
+    assert!(runs >= ROUNDS, "maintenance ran only {runs} times");
 }
