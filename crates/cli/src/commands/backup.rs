@@ -181,7 +181,7 @@ pub fn run(g: &GlobalOpts, a: BackupArgs) -> Result<ExitCode> {
         .map(serde_json::to_value)
         .collect::<Result<_, _>>()
         .context("recording the hook outcomes")?;
-    let id = save(&repo, &snapshot)?;
+    let id = cairn_core::backup::save_backup(&repo, &snapshot)?;
     print_summary(&id, &snapshot, a.json)?;
     if let Some(post) = run.post.as_ref().filter(|p| !p.success) {
         eprintln!(
@@ -196,13 +196,6 @@ pub fn run(g: &GlobalOpts, a: BackupArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// Writes the finished snapshot, then drops the backup's checkpoints it supersedes.
-fn save(repo: &Repository, snapshot: &Snapshot) -> Result<SnapshotId> {
-    let id = repo.save_snapshot(snapshot)?;
-    cairn_core::checkpoint::remove_checkpoints(repo, snapshot)?;
-    Ok(id)
 }
 
 /// `exit code 3`, `timed out`, `could not run`.

@@ -7,7 +7,7 @@
 //! Exit status: 0 when the job succeeded, 1 when it failed (the outcome, with the reason,
 //! is in the termination message), 2 for bad arguments.
 
-use crate::engine::{export_credentials, CoreEngine};
+use cairn_engine::{export_credentials, CoreEngine};
 use anyhow::{Context, Result};
 use cairn_kube::job::{run_job, JobCommand, JobParams};
 use clap::{Args, ValueEnum};

@@ -6,7 +6,7 @@
 //! Exit status: 0 when the operation succeeded, 1 when it failed (the reason is in KDMP's
 //! object and on standard error), 2 for a command line KDMP would not build.
 
-use crate::engine::{export_credentials, CoreEngine};
+use cairn_engine::{export_credentials, CoreEngine};
 use anyhow::{Context, Result};
 use cairn_kube::kdmp::{self, ExecutorEnv, KdmpCommand, KdmpLocation};
 use clap::Args;

@@ -5,7 +5,7 @@
 //! this machine.
 
 use crate::common::{GlobalOpts, LogFormat};
-use crate::engine::export_credentials;
+use cairn_engine::export_credentials;
 use anyhow::{anyhow, Context, Result};
 use cairn_core::{OpenOptions, Repository, SnapshotFilter};
 use cairn_fuse::{check_mountpoint, spawn_mount, spawn_named_mount, MountOptions, NamedSnapshot};

@@ -1,8 +1,8 @@
-//! The location-level operations of [`CoreEngine`](crate::engine::CoreEngine) that the KDMP
+//! The location-level operations of [`CoreEngine`](crate::CoreEngine) that the KDMP
 //! executor needs beyond one repository's backup and restore: what a location holds,
 //! creating a repository, finding the repositories under a folder, forgetting one snapshot.
 
-use crate::engine::{core_error, export_credentials, open, permanent};
+use crate::{core_error, export_credentials, open, permanent};
 use cairn_core::format::config::CONFIG_PATH;
 use cairn_core::format::header::HEADER_PATH;
 use cairn_core::format::kinds::{

@@ -1,6 +1,10 @@
 //! The storage engine of job mode: [`cairn_kube::job::Engine`] on cairn-core, so the Jobs
 //! the controller launches back up, restore, maintain and list a repository with the same
-//! code as the `cairn` commands.
+//! code as the `cairn` commands; and ([`report`]) the renderings of core's reports the CLI
+//! commands and the Jobs share.
+//!
+//! cairn-kube knows nothing of cairn-core (it reaches the engine only through its trait);
+//! this crate is where the two meet, and the `cairn` binary only picks it.
 //!
 //! Invariants: every snapshot a job writes records host [`JOB_HOST`] and the source name
 //! the controller passes (`namespace/pvc`), so successive backups of one PVC find each other
@@ -26,6 +30,11 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
+
+mod location;
+pub mod report;
+
+use report::size;
 
 /// Host name recorded in snapshots written by jobs. Job pods have random names, so the
 /// pod's host name would give every backup a new host and no parent.
@@ -180,9 +189,6 @@ fn timestamp(t: &chrono::DateTime<chrono::Utc>) -> jiff::Timestamp {
         .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
 }
 
-fn size(n: u64) -> String {
-    crate::output::size(n)
-}
 
 /// Whether this process may restore file owners.
 fn is_root() -> bool {
@@ -204,38 +210,11 @@ fn maintain(repo: &Repository, kind: MaintenanceKind) -> Result<MaintenanceJobRe
         gc: GcOptions::default(),
     };
     let r = maintenance::run(repo, &opts).map_err(|e| core_error("maintenance", e))?;
-    let mut parts = vec![format!("{} maintenance", kind.as_str())];
-    if r.stale_checkpoints > 0 {
-        parts.push(format!(
-            "{} checkpoints of dead backups removed",
-            r.stale_checkpoints
-        ));
-    }
-    if r.stale_staging.0 > 0 {
-        parts.push(format!(
-            "{} staging files of dead writers removed ({})",
-            r.stale_staging.0,
-            size(r.stale_staging.1)
-        ));
-    }
-    if let Some(s) = &r.sweep {
-        parts.push(format!(
-            "{} packs deleted ({}), {} plans waiting",
-            s.packs_deleted,
-            size(s.bytes_reclaimed),
-            s.plans_waiting
-        ));
-    }
-    if let Some(m) = &r.mark {
-        parts.push(format!(
-            "{} snapshots marked, {} packs planned for deletion ({}), {} repacked",
-            m.snapshots,
-            m.unused_packs + m.orphan_packs,
-            size(m.planned_bytes),
-            m.repacked_packs
-        ));
-    }
-    parts.push(format!("{} index segments compacted", r.segments_compacted));
+    let summary = format!(
+        "{} maintenance: {}",
+        kind.as_str(),
+        report::maintenance_lines(&r, false).join("; ")
+    );
     let cache = repo.cache();
     let repository_bytes = cache
         .packs()
@@ -247,7 +226,7 @@ fn maintain(repo: &Repository, kind: MaintenanceKind) -> Result<MaintenanceJobRe
         .blob_count()
         .map_err(|e| core_error("counting the indexed blobs", e))?;
     Ok(MaintenanceJobResult {
-        summary: parts.join("; "),
+        summary,
         bytes_reclaimed: r.bytes_reclaimed(),
         repository_bytes: Some(repository_bytes),
         blob_count: Some(blob_count),
@@ -450,7 +429,7 @@ impl Engine for CoreEngine {
         &self,
         repository: &RepositoryAccess,
     ) -> Result<LocationContent, EngineError> {
-        crate::engine_location::inspect_location(repository)
+        location::inspect_location(repository)
     }
 
     fn init_repository(
@@ -458,11 +437,11 @@ impl Engine for CoreEngine {
         repository: &RepositoryAccess,
         zstd_level: Option<i32>,
     ) -> Result<(), EngineError> {
-        crate::engine_location::init_repository(repository, zstd_level)
+        location::init_repository(repository, zstd_level)
     }
 
     fn list_repositories(&self, location: &RepositoryAccess) -> Result<Vec<String>, EngineError> {
-        crate::engine_location::list_repositories(location)
+        location::list_repositories(location)
     }
 
     fn forget_snapshot(
@@ -470,7 +449,7 @@ impl Engine for CoreEngine {
         repository: &RepositoryAccess,
         id: &str,
     ) -> Result<bool, EngineError> {
-        crate::engine_location::forget_snapshot(repository, id)
+        location::forget_snapshot(repository, id)
     }
 
     fn list_snapshots(
