@@ -8,8 +8,8 @@
 //!
 //! Invariants: every snapshot a job writes records host [`JOB_HOST`] and the source name
 //! the controller passes (`namespace/pvc`), so successive backups of one PVC find each other
-//! as parents and group per PVC; storage credentials reach the storage layer through the
-//! process environment (see [`export_credentials`]).
+//! as parents and group per PVC; storage credentials reach the storage layer as values
+//! ([`credentials`]), never through the process environment.
 
 use cairn_core::backup::{backup, BackupOptions, ParentChoice};
 use cairn_core::gc::GcOptions;
@@ -25,6 +25,7 @@ use cairn_kube::job::{
 };
 use cairn_policy::exclude::{ExcludeOptions, Excluder};
 use cairn_policy::retention::{apply, SnapshotInfo};
+use cairn_storage::{Credentials, DynStorage, StorageError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -50,33 +51,22 @@ const FAILED_SHOWN: usize = 5;
 #[derive(Debug, Default)]
 pub struct CoreEngine;
 
-/// Puts storage credentials into the process environment, where the storage layer's
-/// backends read them (`AWS_ACCESS_KEY_ID`, `AZURE_STORAGE_KEY`, ...; docs/STORAGE.md):
-/// cairn-storage takes no credentials as arguments. Keys that are not environment variable
-/// names (`service-account.json`) are left alone: they stay readable as files in the
-/// mounted Secret, for variables such as `GOOGLE_APPLICATION_CREDENTIALS` to point at.
-///
-/// Changing the environment races with threads reading it, so the job command calls this
-/// before it starts any thread; the engine calls it again when it opens a repository, where
-/// it changes nothing unless a library caller skipped that step.
-pub fn export_credentials(credentials: &BTreeMap<String, String>) {
-    for (name, value) in credentials {
-        if !is_env_name(name) {
-            tracing::debug!(key = %name, "credential key is not a variable name; left as a file");
-            continue;
-        }
-        if std::env::var(name).ok().as_deref() != Some(value.as_str()) {
-            std::env::set_var(name, value);
-        }
-    }
+/// The storage credentials of `access` (from the mounted Secret: `AWS_ACCESS_KEY_ID`,
+/// `AZURE_STORAGE_KEY`, `SSL_CERT_DIR`, ...; docs/STORAGE.md), handed to the storage layer
+/// as values over the process environment. Keys that are not variable names
+/// (`service-account.json`) are never looked up: they stay readable as files in the mounted
+/// Secret, for variables such as `GOOGLE_APPLICATION_CREDENTIALS` to point at.
+pub fn credentials(access: &RepositoryAccess) -> Credentials {
+    Credentials::new(access.credentials.clone())
 }
 
-fn is_env_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+/// Opens the storage `access` names, with its credentials.
+pub fn open_storage(access: &RepositoryAccess) -> Result<DynStorage, StorageError> {
+    cairn_storage::open_with_credentials(
+        &access.location,
+        &Default::default(),
+        &credentials(access),
+    )
 }
 
 /// An engine error from a cairn-core error: its message, and whether a retry can help.
@@ -97,12 +87,9 @@ pub(crate) fn permanent(message: String) -> EngineError {
 
 /// Opens the repository `access` names.
 pub(crate) fn open(access: &RepositoryAccess) -> Result<Repository, EngineError> {
-    export_credentials(&access.credentials);
-    let storage = cairn_storage::open_with(&access.location, &Default::default()).map_err(|e| {
-        EngineError {
-            retryable: e.is_temporary(),
-            message: format!("opening the repository storage: {e}"),
-        }
+    let storage = open_storage(access).map_err(|e| EngineError {
+        retryable: e.is_temporary(),
+        message: format!("opening the repository storage: {e}"),
     })?;
     let opts = OpenOptions {
         cache_dir: access.cache_dir.clone(),
@@ -188,7 +175,6 @@ fn timestamp(t: &chrono::DateTime<chrono::Utc>) -> jiff::Timestamp {
     jiff::Timestamp::new(t.timestamp(), t.timestamp_subsec_nanos() as i32)
         .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
 }
-
 
 /// Whether this process may restore file owners.
 fn is_root() -> bool {
@@ -493,12 +479,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn credential_keys_that_are_not_variable_names_stay_files() {
-        assert!(is_env_name("AWS_ACCESS_KEY_ID"));
-        assert!(is_env_name("_X1"));
-        assert!(!is_env_name("service-account.json"));
-        assert!(!is_env_name("1AWS"));
-        assert!(!is_env_name(""));
+    fn credentials_are_passed_as_given() {
+        let access = RepositoryAccess {
+            location: "s3://b/p".into(),
+            password: "pw".into(),
+            credentials: [("AWS_ACCESS_KEY_ID".to_string(), "AKIA-GIVEN".to_string())].into(),
+            cache_dir: None,
+        };
+        assert_eq!(
+            credentials(&access).get("AWS_ACCESS_KEY_ID").as_deref(),
+            Some("AKIA-GIVEN")
+        );
     }
 
     #[test]

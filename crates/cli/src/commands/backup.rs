@@ -8,7 +8,7 @@ use anyhow::{anyhow, Context, Result};
 use cairn_core::backup::{backup_unsaved, BackupOptions, ParentChoice};
 use cairn_core::exclude::RootExcluders;
 use cairn_core::progress::Progress;
-use cairn_core::{Repository, Snapshot, SnapshotId};
+use cairn_core::{Snapshot, SnapshotId};
 use cairn_policy::exclude::ExcludeOptions;
 use cairn_policy::hooks::{BodyOutcome, HookOutcome, HookPhase, Hooks};
 use clap::Args;

@@ -7,8 +7,8 @@ use crate::common::GlobalOpts;
 use anyhow::{anyhow, Result};
 use cairn_core::gc::GcOptions;
 use cairn_core::maintenance::{self, MaintenanceOptions, Mode};
-use cairn_engine::report;
 use cairn_core::{Snapshot, SnapshotId};
+use cairn_engine::report;
 use cairn_policy::retention::{apply, GroupDecision, RetentionPolicy, SnapshotInfo};
 use clap::Args;
 use std::collections::HashMap;
@@ -177,4 +177,3 @@ fn print_group(d: &GroupDecision, snapshots: &HashMap<String, (SnapshotId, Snaps
         line("remove", id, "");
     }
 }
-

@@ -2,10 +2,10 @@
 //! with `--full`, the mark (repack, orphans) as well.
 
 use crate::common::GlobalOpts;
-use cairn_engine::report;
 use anyhow::{bail, Result};
 use cairn_core::gc::{GcOptions, DEFAULT_REPACK_THRESHOLD};
 use cairn_core::maintenance::{self, MaintenanceOptions, Mode};
+use cairn_engine::report;
 use clap::{Args, Subcommand};
 use std::process::ExitCode;
 
