@@ -10,8 +10,6 @@
 mod output;
 mod commands;
 mod common;
-mod engine;
-mod engine_location;
 mod malloc;
 
 use clap::Parser;

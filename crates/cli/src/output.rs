@@ -142,7 +142,7 @@ pub fn describe_error(e: &anyhow::Error, verbose: u8) -> String {
 
 /// Bytes as `1.2 MiB`.
 pub fn size(n: u64) -> String {
-    bytesize::ByteSize::b(n).to_string_as(true)
+    cairn_engine::report::size(n)
 }
 
 /// A timestamp in local time, to the second.

@@ -145,18 +145,24 @@ struct Frame {
 /// Backs up `opts.paths` into `repo` and writes a snapshot.
 pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
     let snapshot = backup_unsaved(repo, opts)?;
-    let id = repo.save_snapshot(&snapshot)?;
-    repo.record_found_damage_or_warn();
-    crate::checkpoint::remove_checkpoints(repo, &snapshot)?;
+    let id = save_backup(repo, &snapshot)?;
     Ok(BackupResult { id, snapshot })
+}
+
+/// Finishes a backup whose snapshot [`backup_unsaved`] returned: writes the snapshot,
+/// records the damage the backup found, then drops the checkpoints the snapshot supersedes.
+pub fn save_backup(repo: &Repository, snapshot: &Snapshot) -> Result<SnapshotId> {
+    let id = repo.save_snapshot(snapshot)?;
+    repo.record_found_damage_or_warn();
+    crate::checkpoint::remove_checkpoints(repo, snapshot)?;
+    Ok(id)
 }
 
 /// Backs up like [`backup`] but returns the snapshot without writing it, for callers that
 /// record what happens after the data is stored (a post-exec hook's outcome) before saving
-/// it with [`Repository::save_snapshot`]. Data, trees and index segments are already in the
+/// it with [`save_backup`]. Data, trees and index segments are already in the
 /// repository when this returns; until the snapshot is saved only the backup's last
-/// checkpoint references them: save it promptly (well within the GC safety window), then
-/// call [`crate::checkpoint::remove_checkpoints`].
+/// checkpoint references them: save it promptly (well within the GC safety window).
 pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapshot> {
     let started = Instant::now();
     let time = chrono::Utc::now();

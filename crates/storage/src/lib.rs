@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 
 mod counting;
+mod credentials;
 mod error;
 mod fault;
 mod limit;
@@ -35,6 +36,7 @@ mod throttle;
 mod wire;
 
 pub use counting::{CountingStorage, OpCounts, RequestCounts};
+pub use credentials::Credentials;
 pub use error::{StorageError, StorageErrorKind};
 pub use fault::{FaultPlan, FaultRates, FaultStats, FaultStorage};
 pub use limit::LimitStorage;
@@ -43,7 +45,7 @@ pub use opendal_store::OpendalStorage;
 pub use options::StorageOptions;
 pub use retry::{RetryPolicy, RetryStorage};
 pub use throttle::ThrottleStorage;
-pub use wire::HttpCounts;
+pub use wire::{HttpCounts, SSL_CERT_DIR_ENV, SSL_CERT_FILE_ENV};
 
 use bytes::Bytes;
 use std::ops::Range;
@@ -199,6 +201,19 @@ pub fn open(location: &str) -> Result<DynStorage> {
 /// `webdavs://host/path`. Nothing is contacted until the first request.
 pub fn open_with(location: &str, opts: &StorageOptions) -> Result<DynStorage> {
     Ok(wrap(open_backend(location, opts)?, opts))
+}
+
+/// Like [`open_with`], with the credentials and CA certificates of `credentials` (values a
+/// caller was given, over the process environment) instead of the process environment
+/// alone. Nothing is written to the environment.
+pub fn open_with_credentials(
+    location: &str,
+    opts: &StorageOptions,
+    credentials: &Credentials,
+) -> Result<DynStorage> {
+    let parsed = Location::parse(location)?;
+    let backend = OpendalStorage::open_with_credentials(&parsed, opts, credentials)?;
+    Ok(wrap(Arc::new(backend), opts))
 }
 
 /// Opens only the backend for `location` (OpenDAL with per-request

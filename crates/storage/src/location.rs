@@ -2,9 +2,11 @@
 //! OpenDAL operator each one names.
 //!
 //! Invariant: no credential ever reaches [`Location::redacted`], an error
-//! message or a `Debug` output. Credentials come from the environment (or,
-//! for WebDAV only, from the URL's userinfo, which is kept out of every
-//! message).
+//! message or a `Debug` output. Credentials come from a [`Credentials`]
+//! (passed values over the process environment) or, for WebDAV only, from
+//! the URL's userinfo, which is kept out of every message.
+//!
+//! [`Credentials`]: crate::Credentials
 
 use crate::{Result, StorageError, StorageErrorKind};
 use opendal::{services, Operator};
@@ -500,6 +502,20 @@ impl Location {
                         .allow_anonymous()
                         .disable_config_load()
                         .disable_ec2_metadata();
+                } else {
+                    // Static keys from `env`, which may hold values a caller passed
+                    // (over the process environment's); the rest of the AWS chain
+                    // (profiles, web identity, instance metadata) still applies when
+                    // these are absent.
+                    if let Some(key) = env("AWS_ACCESS_KEY_ID") {
+                        builder = builder.access_key_id(&key);
+                    }
+                    if let Some(secret) = env("AWS_SECRET_ACCESS_KEY") {
+                        builder = builder.secret_access_key(&secret);
+                    }
+                    if let Some(token) = env("AWS_SESSION_TOKEN") {
+                        builder = builder.session_token(&token);
+                    }
                 }
                 Operator::new(builder).map_err(map)?.finish()
             }

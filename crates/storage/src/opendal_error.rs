@@ -98,6 +98,21 @@ impl ErrorContext {
                 ),
             );
         }
+        if let Some(cause) = certificate_failure(e) {
+            // An untrusted or invalid certificate stays so on retry.
+            return StorageError::new(
+                StorageErrorKind::InvalidConfig,
+                op,
+                format!(
+                    "the TLS certificate of {} is not trusted ({cause}): if the endpoint uses \
+                     a private certificate authority, point {} at its CA certificate (PEM) or \
+                     {} at a directory holding it; see docs/STORAGE.md",
+                    self.location,
+                    crate::SSL_CERT_FILE_ENV,
+                    crate::SSL_CERT_DIR_ENV
+                ),
+            );
+        }
         let (kind, hint) = match e.kind() {
             ErrorKind::NotFound => (StorageErrorKind::NotFound, None),
             ErrorKind::PermissionDenied => (
@@ -139,6 +154,21 @@ pub(crate) fn gist(full: &str) -> &str {
         Some((_, rest)) if !rest.trim().is_empty() => rest,
         _ => full,
     }
+}
+
+/// The TLS library's reason, when `e` failed because the server's certificate was
+/// refused (unknown issuer, wrong name, expired, malformed). The reason is deep in the
+/// error's sources: the HTTP client's own message says only "error sending request".
+fn certificate_failure(e: &opendal::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if text.contains("invalid peer certificate") || text.contains("InvalidCertificate") {
+            return Some(redact_urls(&text));
+        }
+        source = cause.source();
+    }
+    None
 }
 
 /// Cuts the userinfo and the query string out of every http(s) URL in

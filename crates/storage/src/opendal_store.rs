@@ -11,7 +11,9 @@
 use crate::location::{process_env, Location};
 use crate::opendal_error::{ErrorContext, Failure};
 use crate::wire::{Counters, CountingFetch, HttpCounts};
-use crate::{ObjectInfo, Result, Storage, StorageError, StorageErrorKind, StorageOptions};
+use crate::{
+    Credentials, ObjectInfo, Result, Storage, StorageError, StorageErrorKind, StorageOptions,
+};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use opendal::layers::HttpClientLayer;
@@ -85,6 +87,16 @@ impl OpendalStorage {
     /// Opens `location` with the timeouts of `opts`; credentials come from
     /// the process environment (see docs/STORAGE.md).
     pub fn open(location: &Location, opts: &StorageOptions) -> Result<Self> {
+        Self::open_with_credentials(location, opts, &Credentials::from_env())
+    }
+
+    /// Opens `location` with the timeouts of `opts`, signing requests and trusting CA
+    /// certificates as `credentials` say (docs/STORAGE.md).
+    pub fn open_with_credentials(
+        location: &Location,
+        opts: &StorageOptions,
+        credentials: &Credentials,
+    ) -> Result<Self> {
         let http = Arc::new(Counters::default());
         let op = OnceLock::new();
         // A local root is created by the first write, not here: opening a
@@ -92,10 +104,11 @@ impl OpendalStorage {
         let deferred = match location.local_root() {
             Some(_) => Some(location.clone()),
             None => {
+                let client = CountingFetch::client(http.clone(), credentials)?;
                 let _ = op.set(
                     location
-                        .operator(&process_env)?
-                        .layer(HttpClientLayer::new(CountingFetch::client(http.clone()))),
+                        .operator(&|name| credentials.get(name))?
+                        .layer(HttpClientLayer::new(client)),
                 );
                 None
             }

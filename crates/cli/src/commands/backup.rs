@@ -8,7 +8,7 @@ use anyhow::{anyhow, Context, Result};
 use cairn_core::backup::{backup_unsaved, BackupOptions, ParentChoice};
 use cairn_core::exclude::RootExcluders;
 use cairn_core::progress::Progress;
-use cairn_core::{Repository, Snapshot, SnapshotId};
+use cairn_core::{Snapshot, SnapshotId};
 use cairn_policy::exclude::ExcludeOptions;
 use cairn_policy::hooks::{BodyOutcome, HookOutcome, HookPhase, Hooks};
 use clap::Args;
@@ -195,7 +195,7 @@ pub fn run(g: &GlobalOpts, a: BackupArgs) -> Result<ExitCode> {
         .map(serde_json::to_value)
         .collect::<Result<_, _>>()
         .context("recording the hook outcomes")?;
-    let id = save(&repo, &snapshot)?;
+    let id = cairn_core::backup::save_backup(&repo, &snapshot)?;
     print_summary(&id, &snapshot, a.json)?;
     if let Some(post) = run.post.as_ref().filter(|p| !p.success) {
         eprintln!(
@@ -210,13 +210,6 @@ pub fn run(g: &GlobalOpts, a: BackupArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// Writes the finished snapshot, then drops the backup's checkpoints it supersedes.
-fn save(repo: &Repository, snapshot: &Snapshot) -> Result<SnapshotId> {
-    let id = repo.save_snapshot(snapshot)?;
-    cairn_core::checkpoint::remove_checkpoints(repo, snapshot)?;
-    Ok(id)
 }
 
 /// `exit code 3`, `timed out`, `could not run`.

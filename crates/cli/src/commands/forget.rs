@@ -4,11 +4,11 @@
 
 use super::FilterOpts;
 use crate::common::GlobalOpts;
-use crate::output::size;
 use anyhow::{anyhow, Result};
 use cairn_core::gc::GcOptions;
-use cairn_core::maintenance::{self, MaintenanceOptions, MaintenanceReport, Mode};
+use cairn_core::maintenance::{self, MaintenanceOptions, Mode};
 use cairn_core::{Snapshot, SnapshotId};
+use cairn_engine::report;
 use cairn_policy::retention::{apply, GroupDecision, RetentionPolicy, SnapshotInfo};
 use clap::Args;
 use std::collections::HashMap;
@@ -125,7 +125,7 @@ pub fn run(g: &GlobalOpts, a: ForgetArgs) -> Result<ExitCode> {
             "removed": removed,
         });
         if let Some(r) = &pruned {
-            v["prune"] = prune_json(r);
+            v["prune"] = report::prune_json(r);
         }
         outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
@@ -143,7 +143,7 @@ pub fn run(g: &GlobalOpts, a: ForgetArgs) -> Result<ExitCode> {
             outln!("removed {removed} snapshot(s)");
         }
         if let Some(r) = &pruned {
-            print_prune(r);
+            outln!("{}", report::prune_line(r));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -176,24 +176,4 @@ fn print_group(d: &GroupDecision, snapshots: &HashMap<String, (SnapshotId, Snaps
     for id in &d.remove {
         line("remove", id, "");
     }
-}
-
-fn prune_json(r: &MaintenanceReport) -> serde_json::Value {
-    serde_json::json!({
-        "stale_checkpoints": r.stale_checkpoints,
-        "stale_staging_files": r.stale_staging.0,
-        "bytes_reclaimed": r.bytes_reclaimed(),
-        "bytes_planned": r.bytes_planned(),
-        "packs_deleted": r.sweep.as_ref().map_or(0, |s| s.packs_deleted),
-        "packs_planned": r.mark.as_ref().map_or(0, |m| m.unused_packs + m.repacked_packs + m.orphan_packs),
-    })
-}
-
-fn print_prune(r: &MaintenanceReport) {
-    outln!(
-        "prune: reclaimed {}; planned {} for deletion after the safety window (a later \
-         `cairn prune` deletes it)",
-        size(r.bytes_reclaimed()),
-        size(r.bytes_planned())
-    );
 }

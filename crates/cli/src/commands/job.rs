@@ -7,8 +7,8 @@
 //! Exit status: 0 when the job succeeded, 1 when it failed (the outcome, with the reason,
 //! is in the termination message), 2 for bad arguments.
 
-use crate::engine::{export_credentials, CoreEngine};
 use anyhow::{Context, Result};
+use cairn_engine::CoreEngine;
 use cairn_kube::job::{run_job, JobCommand, JobParams};
 use clap::{Args, ValueEnum};
 use std::process::ExitCode;
@@ -82,8 +82,6 @@ pub fn run(a: JobArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    // Before any thread exists: changing the environment races with threads reading it.
-    export_credentials(&params.repository.credentials);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

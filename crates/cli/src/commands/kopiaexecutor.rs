@@ -6,9 +6,9 @@
 //! Exit status: 0 when the operation succeeded, 1 when it failed (the reason is in KDMP's
 //! object and on standard error), 2 for a command line KDMP would not build.
 
-use crate::engine::{export_credentials, CoreEngine};
 use anyhow::{Context, Result};
-use cairn_kube::kdmp::{self, ExecutorEnv, KdmpCommand, KdmpLocation};
+use cairn_engine::CoreEngine;
+use cairn_kube::kdmp::{self, ExecutorEnv, KdmpCommand};
 use clap::Args;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -76,11 +76,6 @@ pub fn run(a: KopiaExecutorArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    // Before any thread exists: changing the environment races with threads reading it.
-    // A Secret that does not parse is reported by the operation itself, in KDMP's object.
-    if let Ok(location) = KdmpLocation::read_dir(&env.cred_secret_dir, &env.nfs_target_dir) {
-        export_credentials(&location.credentials);
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -5,9 +5,9 @@
 //! this machine.
 
 use crate::common::{GlobalOpts, LogFormat};
-use crate::engine::export_credentials;
 use anyhow::{anyhow, Context, Result};
 use cairn_core::{OpenOptions, Repository, SnapshotFilter};
+use cairn_engine::open_storage;
 use cairn_fuse::{check_mountpoint, spawn_mount, spawn_named_mount, MountOptions, NamedSnapshot};
 use cairn_kube::controller::JobSettings;
 use cairn_kube::{
@@ -174,11 +174,9 @@ fn mount(a: MountArgs) -> Result<ExitCode> {
             let target = resolve_mount(&client, &namespace, &name).await?;
             anyhow::Ok((namespace, target))
         })?
-        // The runtime's threads end here, before the environment changes.
     };
     let access = &target.repository;
-    export_credentials(&access.credentials);
-    let storage = cairn_storage::open_with(&access.location, &Default::default())?;
+    let storage = open_storage(access)?;
     let open = OpenOptions {
         cache_dir: OpenOptions::default_cache_dir(),
         tolerate_damage: false,
@@ -232,7 +230,6 @@ fn with_cluster<T>(
         let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
         f(client, namespace).await
     })
-    // The runtime's threads end here, before the environment changes.
 }
 
 /// Mounts an ApplicationBackup: each volume's snapshot at `volumes/<namespace>/<pvc>/`, the
@@ -244,8 +241,7 @@ fn mount_application(a: &MountArgs, namespace: Option<String>, name: &str) -> Re
         Ok((namespace, target))
     })?;
     let access = &target.repository;
-    export_credentials(&access.credentials);
-    let storage = cairn_storage::open_with(&access.location, &Default::default())?;
+    let storage = open_storage(access)?;
     let open = OpenOptions {
         cache_dir: OpenOptions::default_cache_dir(),
         tolerate_damage: false,

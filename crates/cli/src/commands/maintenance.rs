@@ -2,11 +2,11 @@
 //! with `--full`, the mark (repack, orphans) as well.
 
 use crate::common::GlobalOpts;
-use crate::output::size;
 use anyhow::{bail, Result};
 use cairn_core::checkpoint::CheckpointOptions;
 use cairn_core::gc::{GcOptions, DEFAULT_REPACK_THRESHOLD, MIN_SAFETY_WINDOW};
-use cairn_core::maintenance::{self, MaintenanceOptions, MaintenanceReport, Mode};
+use cairn_core::maintenance::{self, MaintenanceOptions, Mode};
+use cairn_engine::report;
 use clap::{Args, Subcommand};
 use std::process::ExitCode;
 
@@ -104,117 +104,12 @@ pub fn execute(g: &GlobalOpts, mode: Mode, a: &GcArgs) -> Result<ExitCode> {
     if a.json {
         outln!(
             "{}",
-            serde_json::to_string_pretty(&report_json(&report, a.dry_run))?
+            serde_json::to_string_pretty(&report::maintenance_json(&report, a.dry_run))?
         );
     } else if !g.quiet {
-        print_report(&report, a.dry_run);
+        for line in report::maintenance_lines(&report, a.dry_run) {
+            outln!("{line}");
+        }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn report_json(r: &MaintenanceReport, dry_run: bool) -> serde_json::Value {
-    let mut v = serde_json::json!({
-        "dry_run": dry_run,
-        "stale_checkpoints": r.stale_checkpoints,
-        "stale_staging_files": r.stale_staging.0,
-        "stale_staging_bytes": r.stale_staging.1,
-        "segments_compacted": r.segments_compacted,
-        "bytes_reclaimed": r.bytes_reclaimed(),
-        "bytes_planned": r.bytes_planned(),
-        "damage_records_removed": r.damage_records_removed,
-    });
-    if let Some(s) = &r.sweep {
-        v["sweep"] = serde_json::json!({
-            "plans_due": s.plans_due,
-            "plans_waiting": s.plans_waiting,
-            "packs_deleted": s.packs_deleted,
-            "packs_kept": s.packs_kept,
-            "segments_rewritten": s.segments_rewritten,
-            "bytes_reclaimed": s.bytes_reclaimed,
-        });
-    }
-    if let Some(m) = &r.mark {
-        v["mark"] = serde_json::json!({
-            "snapshots": m.snapshots,
-            "referenced_blobs": m.referenced_blobs,
-            "unused_packs": m.unused_packs,
-            "repacked_packs": m.repacked_packs,
-            "repacked_blobs": m.repacked_blobs,
-            "repacked_bytes": m.repacked_bytes,
-            "orphan_packs": m.orphan_packs,
-            "damaged_packs": m.damaged_packs,
-            "lost_blobs": m.lost_blobs,
-            "unreadable_trees": m.unreadable_trees,
-            "planned_bytes": m.planned_bytes,
-            "plan": m.plan.map(|p| p.to_hex()),
-        });
-    }
-    v
-}
-
-fn print_report(r: &MaintenanceReport, dry_run: bool) {
-    let would = if dry_run { "would be " } else { "" };
-    if r.stale_checkpoints > 0 {
-        outln!(
-            "checkpoints of dead backups {would}removed: {}",
-            r.stale_checkpoints
-        );
-    }
-    if r.stale_staging.0 > 0 {
-        outln!(
-            "staging files of dead writers {would}removed: {} ({})",
-            r.stale_staging.0,
-            size(r.stale_staging.1)
-        );
-    }
-    if let Some(s) = &r.sweep {
-        outln!(
-            "sweep: {} plan(s) due, {} waiting; {} pack(s) {would}deleted, {} kept (used again since the mark)",
-            s.plans_due, s.plans_waiting, s.packs_deleted, s.packs_kept
-        );
-    }
-    if let Some(m) = &r.mark {
-        outln!(
-            "mark: {} snapshot(s), {} blob(s) referenced; planned {} unused, {} repacked ({} blob(s), {}), {} orphan pack(s)",
-            m.snapshots,
-            m.referenced_blobs,
-            m.unused_packs,
-            m.repacked_packs,
-            m.repacked_blobs,
-            size(m.repacked_bytes),
-            m.orphan_packs
-        );
-        if m.damaged_packs > 0 {
-            outln!(
-                "damage: {} pack(s) holding damaged copies {would}repacked without them and planned; {} live blob(s) had no intact copy left",
-                m.damaged_packs, m.lost_blobs
-            );
-        }
-        if m.unreadable_trees > 0 {
-            outln!(
-                "warning: {} tree(s) or chunk list(s) the snapshots reference cannot be read, so no pack was planned for being unused; run `cairn check`, then `cairn repair snapshots`",
-                m.unreadable_trees
-            );
-        }
-    }
-    if r.damage_records_removed > 0 {
-        outln!(
-            "damage records {would}removed (their damaged copies are gone): {}",
-            r.damage_records_removed
-        );
-    }
-    if r.segments_compacted > 0 {
-        outln!("index: {} segment(s) {would}merged", r.segments_compacted);
-    }
-    outln!(
-        "reclaimed: {}{}",
-        size(r.bytes_reclaimed()),
-        if dry_run { " (dry run)" } else { "" }
-    );
-    if r.bytes_planned() > 0 {
-        outln!(
-            "planned for deletion after the safety window: {}",
-            size(r.bytes_planned())
-        );
-    }
 }

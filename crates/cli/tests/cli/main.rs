@@ -19,3 +19,4 @@ mod maintenance_a;
 mod maintenance_b;
 mod mount;
 mod policy;
+mod tls;

@@ -1,5 +1,5 @@
-//! The storage engine as job mode sees it: a trait the CLI implements with cairn-core, and
-//! the requests and results that cross it.
+//! The storage engine as job mode sees it: a trait cairn-engine (crates/engine) implements
+//! with cairn-core, and the requests and results that cross it.
 
 use crate::crd::MaintenanceKind;
 use jiff::Timestamp;

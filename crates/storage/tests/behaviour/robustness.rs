@@ -6,8 +6,8 @@ use super::support::{pattern, test_options, Blackhole, CannedHttp};
 use bytes::Bytes;
 use cairn_storage::testing::{fresh_location, TestBackend};
 use cairn_storage::{
-    open_backend, open_with, wrap, FaultPlan, FaultRates, FaultStorage, OpKind, Storage,
-    StorageErrorKind, StorageOptions,
+    open_backend, open_with, open_with_credentials, wrap, Credentials, FaultPlan, FaultRates,
+    FaultStorage, OpKind, Storage, StorageErrorKind, StorageOptions,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,6 +168,78 @@ fn missing_credentials_give_a_clear_error() {
     assert!(line.contains("kind=PermissionDenied"), "{line}");
     assert!(line.contains("no valid credential"), "{line}");
     assert!(line.contains("AWS_ACCESS_KEY_ID"), "{line}");
+}
+
+const CHILD_WRONG_KEY: &str = "AKIDFROMTHEENVIRONMENT";
+const PASSED_KEY: &str = "AKIDPASSEDBYTHECALLER";
+
+/// Runs in a child process whose environment holds no credentials or wrong ones (see
+/// below): reads with credentials passed to `open_with_credentials`.
+#[test]
+#[ignore = "helper: run by passed_credentials_are_used_over_the_environment"]
+fn child_reads_with_passed_credentials() {
+    let endpoint = std::env::var(CHILD_ENDPOINT_ENV).expect("endpoint from the parent test");
+    let credentials = Credentials::new(
+        [
+            ("AWS_ACCESS_KEY_ID", PASSED_KEY),
+            ("AWS_SECRET_ACCESS_KEY", "passed-secret"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    );
+    let s = open_with_credentials(
+        &format!("s3://cairn/repo?endpoint={endpoint}&region=us-east-1"),
+        &test_options(),
+        &credentials,
+    )
+    .unwrap();
+    let result = s.read("cairn.repository");
+    println!("CHILD-RESULT ok={}", result.is_ok());
+}
+
+#[test]
+fn passed_credentials_are_used_over_the_environment() {
+    // What the process environment holds is the point, so each case runs in a child
+    // process with an environment of its own.
+    for wrong in [false, true] {
+        let server = CannedHttp::start("200 OK", "");
+        let home = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child
+            .args([
+                "--exact",
+                "behaviour::robustness::child_reads_with_passed_credentials",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env_clear()
+            .env("HOME", home.path())
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env(CHILD_ENDPOINT_ENV, server.endpoint());
+        if wrong {
+            child
+                .env("AWS_ACCESS_KEY_ID", CHILD_WRONG_KEY)
+                .env("AWS_SECRET_ACCESS_KEY", "wrong-secret");
+        }
+        let out = child.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("CHILD-RESULT ok=true"),
+            "environment with wrong keys: {wrong}\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let heads = server.heads();
+        assert!(!heads.is_empty(), "the child sent no request");
+        for head in heads {
+            assert!(
+                head.contains(&format!("Credential={PASSED_KEY}/")),
+                "not signed with the passed key: {head}"
+            );
+            assert!(!head.contains(CHILD_WRONG_KEY), "{head}");
+        }
+    }
 }
 
 /// The real backend under a fault injector, under the production wrappers.

@@ -7,7 +7,7 @@ use cairn_storage::{open_with, DynStorage, StorageOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -47,6 +47,8 @@ pub struct CannedHttp {
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// The request line and headers of every request answered so far.
+    heads: Arc<Mutex<Vec<String>>>,
 }
 
 impl CannedHttp {
@@ -59,8 +61,10 @@ impl CannedHttp {
              connection: close\r\n\r\n{body}",
             body.len()
         );
+        let heads = Arc::new(Mutex::new(Vec::new()));
         let thread = {
             let stop = stop.clone();
+            let heads = heads.clone();
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
                     if stop.load(Ordering::SeqCst) {
@@ -68,7 +72,9 @@ impl CannedHttp {
                     }
                     if let Ok(stream) = stream {
                         // A client that hangs up early is not our concern.
-                        let _ = answer(stream, response.as_bytes());
+                        if let Ok(head) = answer(stream, response.as_bytes()) {
+                            heads.lock().unwrap().push(head);
+                        }
                     }
                 }
             })
@@ -77,7 +83,13 @@ impl CannedHttp {
             addr,
             stop,
             thread: Some(thread),
+            heads,
         }
+    }
+
+    /// The request line and headers of every request answered so far.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
     }
 
     pub fn endpoint(&self) -> String {
@@ -85,16 +97,19 @@ impl CannedHttp {
     }
 }
 
-/// Reads one request (headers and any body) and writes `response`.
-fn answer(stream: TcpStream, response: &[u8]) -> std::io::Result<()> {
+/// Reads one request (headers and any body), writes `response` and returns the request
+/// line and headers.
+fn answer(stream: TcpStream, response: &[u8]) -> std::io::Result<String> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(stream);
     let mut content_length = 0usize;
+    let mut head = String::new();
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line == "\r\n" {
             break;
         }
+        head.push_str(&line);
         if let Some((name, value)) = line.split_once(':') {
             if name.eq_ignore_ascii_case("content-length") {
                 content_length = value.trim().parse().unwrap_or(0);
@@ -105,7 +120,8 @@ fn answer(stream: TcpStream, response: &[u8]) -> std::io::Result<()> {
     reader.read_exact(&mut body)?;
     let mut stream = reader.into_inner();
     stream.write_all(response)?;
-    stream.flush()
+    stream.flush()?;
+    Ok(head)
 }
 
 impl Drop for CannedHttp {

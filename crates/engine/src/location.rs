@@ -1,8 +1,8 @@
-//! The location-level operations of [`CoreEngine`](crate::engine::CoreEngine) that the KDMP
+//! The location-level operations of [`CoreEngine`](crate::CoreEngine) that the KDMP
 //! executor needs beyond one repository's backup and restore: what a location holds,
 //! creating a repository, finding the repositories under a folder, forgetting one snapshot.
 
-use crate::engine::{core_error, export_credentials, open, permanent};
+use crate::{core_error, open, open_storage, permanent};
 use cairn_core::format::config::CONFIG_PATH;
 use cairn_core::format::header::HEADER_PATH;
 use cairn_core::format::kinds::{
@@ -28,8 +28,7 @@ const CAIRN_OBJECTS: [&str; 5] = [
 ];
 
 fn storage(access: &RepositoryAccess) -> Result<DynStorage, EngineError> {
-    export_credentials(&access.credentials);
-    cairn_storage::open_with(&access.location, &Default::default()).map_err(|e| EngineError {
+    open_storage(access).map_err(|e| EngineError {
         retryable: e.is_temporary(),
         message: format!("opening the storage at {}: {e}", access.location),
     })

@@ -1,11 +1,15 @@
 //! The storage engine of job mode: [`cairn_kube::job::Engine`] on cairn-core, so the Jobs
 //! the controller launches back up, restore, maintain and list a repository with the same
-//! code as the `cairn` commands.
+//! code as the `cairn` commands; and ([`report`]) the renderings of core's reports the CLI
+//! commands and the Jobs share.
+//!
+//! cairn-kube knows nothing of cairn-core (it reaches the engine only through its trait);
+//! this crate is where the two meet, and the `cairn` binary only picks it.
 //!
 //! Invariants: every snapshot a job writes records host [`JOB_HOST`] and the source name
 //! the controller passes (`namespace/pvc`), so successive backups of one PVC find each other
-//! as parents and group per PVC; storage credentials reach the storage layer through the
-//! process environment (see [`export_credentials`]).
+//! as parents and group per PVC; storage credentials reach the storage layer as values
+//! ([`credentials`]), never through the process environment.
 
 use cairn_core::backup::{backup, BackupOptions, ParentChoice};
 use cairn_core::gc::GcOptions;
@@ -21,11 +25,17 @@ use cairn_kube::job::{
 };
 use cairn_policy::exclude::{ExcludeOptions, Excluder};
 use cairn_policy::retention::{apply, SnapshotInfo};
+use cairn_storage::{Credentials, DynStorage, StorageError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
+
+mod location;
+pub mod report;
+
+use report::size;
 
 /// Host name recorded in snapshots written by jobs. Job pods have random names, so the
 /// pod's host name would give every backup a new host and no parent.
@@ -41,33 +51,22 @@ const FAILED_SHOWN: usize = 5;
 #[derive(Debug, Default)]
 pub struct CoreEngine;
 
-/// Puts storage credentials into the process environment, where the storage layer's
-/// backends read them (`AWS_ACCESS_KEY_ID`, `AZURE_STORAGE_KEY`, ...; docs/STORAGE.md):
-/// cairn-storage takes no credentials as arguments. Keys that are not environment variable
-/// names (`service-account.json`) are left alone: they stay readable as files in the
-/// mounted Secret, for variables such as `GOOGLE_APPLICATION_CREDENTIALS` to point at.
-///
-/// Changing the environment races with threads reading it, so the job command calls this
-/// before it starts any thread; the engine calls it again when it opens a repository, where
-/// it changes nothing unless a library caller skipped that step.
-pub fn export_credentials(credentials: &BTreeMap<String, String>) {
-    for (name, value) in credentials {
-        if !is_env_name(name) {
-            tracing::debug!(key = %name, "credential key is not a variable name; left as a file");
-            continue;
-        }
-        if std::env::var(name).ok().as_deref() != Some(value.as_str()) {
-            std::env::set_var(name, value);
-        }
-    }
+/// The storage credentials of `access` (from the mounted Secret: `AWS_ACCESS_KEY_ID`,
+/// `AZURE_STORAGE_KEY`, `SSL_CERT_DIR`, ...; docs/STORAGE.md), handed to the storage layer
+/// as values over the process environment. Keys that are not variable names
+/// (`service-account.json`) are never looked up: they stay readable as files in the mounted
+/// Secret, for variables such as `GOOGLE_APPLICATION_CREDENTIALS` to point at.
+pub fn credentials(access: &RepositoryAccess) -> Credentials {
+    Credentials::new(access.credentials.clone())
 }
 
-fn is_env_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+/// Opens the storage `access` names, with its credentials.
+pub fn open_storage(access: &RepositoryAccess) -> Result<DynStorage, StorageError> {
+    cairn_storage::open_with_credentials(
+        &access.location,
+        &Default::default(),
+        &credentials(access),
+    )
 }
 
 /// An engine error from a cairn-core error: its message, and whether a retry can help.
@@ -88,12 +87,9 @@ pub(crate) fn permanent(message: String) -> EngineError {
 
 /// Opens the repository `access` names.
 pub(crate) fn open(access: &RepositoryAccess) -> Result<Repository, EngineError> {
-    export_credentials(&access.credentials);
-    let storage = cairn_storage::open_with(&access.location, &Default::default()).map_err(|e| {
-        EngineError {
-            retryable: e.is_temporary(),
-            message: format!("opening the repository storage: {e}"),
-        }
+    let storage = open_storage(access).map_err(|e| EngineError {
+        retryable: e.is_temporary(),
+        message: format!("opening the repository storage: {e}"),
     })?;
     let opts = OpenOptions {
         cache_dir: access.cache_dir.clone(),
@@ -180,10 +176,6 @@ fn timestamp(t: &chrono::DateTime<chrono::Utc>) -> jiff::Timestamp {
         .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
 }
 
-fn size(n: u64) -> String {
-    crate::output::size(n)
-}
-
 /// Whether this process may restore file owners.
 fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -204,38 +196,11 @@ fn maintain(repo: &Repository, kind: MaintenanceKind) -> Result<MaintenanceJobRe
         gc: GcOptions::default(),
     };
     let r = maintenance::run(repo, &opts).map_err(|e| core_error("maintenance", e))?;
-    let mut parts = vec![format!("{} maintenance", kind.as_str())];
-    if r.stale_checkpoints > 0 {
-        parts.push(format!(
-            "{} checkpoints of dead backups removed",
-            r.stale_checkpoints
-        ));
-    }
-    if r.stale_staging.0 > 0 {
-        parts.push(format!(
-            "{} staging files of dead writers removed ({})",
-            r.stale_staging.0,
-            size(r.stale_staging.1)
-        ));
-    }
-    if let Some(s) = &r.sweep {
-        parts.push(format!(
-            "{} packs deleted ({}), {} plans waiting",
-            s.packs_deleted,
-            size(s.bytes_reclaimed),
-            s.plans_waiting
-        ));
-    }
-    if let Some(m) = &r.mark {
-        parts.push(format!(
-            "{} snapshots marked, {} packs planned for deletion ({}), {} repacked",
-            m.snapshots,
-            m.unused_packs + m.orphan_packs,
-            size(m.planned_bytes),
-            m.repacked_packs
-        ));
-    }
-    parts.push(format!("{} index segments compacted", r.segments_compacted));
+    let summary = format!(
+        "{} maintenance: {}",
+        kind.as_str(),
+        report::maintenance_lines(&r, false).join("; ")
+    );
     let cache = repo.cache();
     let repository_bytes = cache
         .packs()
@@ -247,7 +212,7 @@ fn maintain(repo: &Repository, kind: MaintenanceKind) -> Result<MaintenanceJobRe
         .blob_count()
         .map_err(|e| core_error("counting the indexed blobs", e))?;
     Ok(MaintenanceJobResult {
-        summary: parts.join("; "),
+        summary,
         bytes_reclaimed: r.bytes_reclaimed(),
         repository_bytes: Some(repository_bytes),
         blob_count: Some(blob_count),
@@ -450,7 +415,7 @@ impl Engine for CoreEngine {
         &self,
         repository: &RepositoryAccess,
     ) -> Result<LocationContent, EngineError> {
-        crate::engine_location::inspect_location(repository)
+        location::inspect_location(repository)
     }
 
     fn init_repository(
@@ -458,11 +423,11 @@ impl Engine for CoreEngine {
         repository: &RepositoryAccess,
         zstd_level: Option<i32>,
     ) -> Result<(), EngineError> {
-        crate::engine_location::init_repository(repository, zstd_level)
+        location::init_repository(repository, zstd_level)
     }
 
     fn list_repositories(&self, location: &RepositoryAccess) -> Result<Vec<String>, EngineError> {
-        crate::engine_location::list_repositories(location)
+        location::list_repositories(location)
     }
 
     fn forget_snapshot(
@@ -470,7 +435,7 @@ impl Engine for CoreEngine {
         repository: &RepositoryAccess,
         id: &str,
     ) -> Result<bool, EngineError> {
-        crate::engine_location::forget_snapshot(repository, id)
+        location::forget_snapshot(repository, id)
     }
 
     fn list_snapshots(
@@ -514,12 +479,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn credential_keys_that_are_not_variable_names_stay_files() {
-        assert!(is_env_name("AWS_ACCESS_KEY_ID"));
-        assert!(is_env_name("_X1"));
-        assert!(!is_env_name("service-account.json"));
-        assert!(!is_env_name("1AWS"));
-        assert!(!is_env_name(""));
+    fn credentials_are_passed_as_given() {
+        let access = RepositoryAccess {
+            location: "s3://b/p".into(),
+            password: "pw".into(),
+            credentials: [("AWS_ACCESS_KEY_ID".to_string(), "AKIA-GIVEN".to_string())].into(),
+            cache_dir: None,
+        };
+        assert_eq!(
+            credentials(&access).get("AWS_ACCESS_KEY_ID").as_deref(),
+            Some("AKIA-GIVEN")
+        );
     }
 
     #[test]
