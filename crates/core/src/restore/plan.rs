@@ -397,15 +397,24 @@ mod tests {
         // Pack 1 holds chunk 11 at 0 and chunk 10 at 500, in that order;
         // chunk 10 goes to both files at offset 0, chunk 11 after the hole.
         assert_eq!(one.iter().map(|b| b.offset).collect::<Vec<_>>(), [0, 500]);
-        let placements = |b: &PackBlob| b.targets.iter().map(|t| (t.file, t.offset)).collect::<Vec<_>>();
+        let placements = |b: &PackBlob| {
+            b.targets
+                .iter()
+                .map(|t| (t.file, t.offset))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(placements(&one[0]), [(0, 160)]);
         assert_eq!(placements(&one[1]), [(0, 0), (1, 0)]);
         assert_eq!(placements(&packs[1].1[0]), [(1, 80)]);
         // A file whose blob the index lacks fails alone; skipped files are not planned.
         m.index.remove(&id(12));
-        let reads2 = super::reads(&m, &plan.files, &BTreeMap::from([(0, "in the way".into())])).unwrap();
+        let reads2 =
+            super::reads(&m, &plan.files, &BTreeMap::from([(0, "in the way".into())])).unwrap();
         assert_eq!(reads2.failed.keys().copied().collect::<Vec<_>>(), [1]);
         assert!(reads2.failed[&1].contains("not in the index"));
-        assert!(reads2.packs.iter().all(|(_, bs)| bs.iter().all(|b| b.targets.iter().all(|t| t.file == 1))));
+        assert!(reads2
+            .packs
+            .iter()
+            .all(|(_, bs)| bs.iter().all(|b| b.targets.iter().all(|t| t.file == 1))));
     }
 }
