@@ -222,7 +222,7 @@ pub fn measure_sample(sample: &Sample, min_time: Duration) -> StageRates {
         len,
         || {
             for c in chunks() {
-                std::hint::black_box(cairn_core::backup::is_zero(c));
+                std::hint::black_box(cairn_core::zeros::is_zero(c));
             }
         },
         min_time,

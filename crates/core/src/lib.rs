@@ -31,6 +31,7 @@ pub mod restore;
 pub mod sealer;
 pub mod stats;
 mod sync;
+pub mod zeros;
 
 pub use error::{Error, ErrorKind, Result};
 pub use format::snapshot::Snapshot;

@@ -56,4 +56,10 @@ impl Progress {
     pub(crate) fn file_done(&self) {
         self.files_done.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Logs and counts an entry left out because it cannot be read.
+    pub(crate) fn skip(&self, path: &std::path::Path, err: &std::io::Error) {
+        tracing::warn!("skipping {}: {err}", path.display());
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
 }

@@ -1,5 +1,5 @@
 //! Reading file content on a pool of threads: read, chunk, hash, claim new
-//! chunks and hand them to the sealing workers.
+//! chunks and hand them to the sealing stage ([`super::seal`]).
 //!
 //! The walker submits files in tree order and gets one result slot per
 //! file; it collects the slots of a directory before storing its tree, so
@@ -8,17 +8,17 @@
 //! reusable window of [`READ_WINDOW`] bytes (up to `chunk_max` while a
 //! chunk needs it), and chunk buffers come from a [`BufferPool`].
 
-use super::{is_zero, SealJob};
-use crate::bufpool::BufferPool;
+use super::seal::Sealer;
 use crate::error::{Error, Result};
 use crate::format::tree::ChunkRef;
 use crate::packer::PackWriter;
 use crate::progress::Progress;
 use crate::repo::Repository;
+use crate::zeros::is_zero;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// What reading one file produced.
@@ -33,14 +33,14 @@ pub(super) enum ReadOutcome {
     Stopped,
 }
 
-/// What a reader needs; shared by the pool threads and the walker.
+/// What a reader needs; shared by the pool threads and the walker (which
+/// reads hard-linked files itself).
 #[derive(Clone)]
 pub(super) struct ReadCtx {
     pub repo: Repository,
-    pub bufs: Arc<BufferPool>,
+    /// Claims chunks (the first reader to claim one seals it).
     pub writer: Arc<PackWriter>,
-    pub seal_tx: Sender<SealJob>,
-    pub worker_error: Arc<Mutex<Option<Error>>>,
+    pub sealer: Sealer,
     pub progress: Arc<Progress>,
 }
 
@@ -280,17 +280,14 @@ fn add_chunk(
     let id = ctx.repo.blob_id(data);
     chunks.push(ChunkRef { id, len });
     if ctx.writer.claim(&id).map_err(ReadOutcome::Failed)? {
-        if crate::sync::lock(&ctx.worker_error).is_some() {
+        if ctx.sealer.errors().failed() {
             return Err(ReadOutcome::Stopped);
         }
         if data.len() < INLINE_SEAL_BELOW {
-            return super::seal_chunk(&ctx.repo, &ctx.writer, &ctx.bufs, id, data)
-                .map_err(ReadOutcome::Failed);
+            return ctx.sealer.seal(id, data).map_err(ReadOutcome::Failed);
         }
-        let mut owned = ctx.bufs.take(data.len());
-        owned.extend_from_slice(data);
-        ctx.seal_tx
-            .send(SealJob { id, data: owned })
+        ctx.sealer
+            .queue(id, data)
             .map_err(|_| ReadOutcome::Stopped)?;
     }
     Ok(())

@@ -13,13 +13,12 @@
 //! matched by one `Leave`, and the walk ends with the `Leave` of the root
 //! (or a `Failed`).
 
+use super::assemble::content_from_chunks;
 use super::read::{self, ReadCtx, ReaderPool};
-use super::{file_unchanged, Exclude, Pending};
+use super::seal::WorkerError;
 use crate::error::{Error, Result};
 use crate::format::snapshot::Summary;
-use crate::format::tree::{encode_list, Content, ListRef, Node, NodeType, Payload, Tree};
-use crate::format::tree::{INLINE_CHUNKS_MAX, LIST_CHUNKS_MAX};
-use crate::format::BlobKind;
+use crate::format::tree::{Content, Node, NodeType, Payload, Tree};
 use crate::fsmeta::{node_from_meta, read_xattrs};
 use crate::packer::PackWriter;
 use crate::progress::Progress;
@@ -31,7 +30,14 @@ use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Decides which entries a backup leaves out.
+pub trait Exclude: Send + Sync {
+    /// Whether `path` (absolute, below a backup root) is left out; `meta` is its lstat.
+    fn is_excluded(&self, path: &Path, meta: &Metadata) -> bool;
+}
 
 /// Entries the scanner may run ahead of the assembler.
 pub(super) const EVENTS_AHEAD: usize = 1024;
@@ -49,11 +55,29 @@ pub(super) enum Event {
     Failed(Error),
 }
 
+/// An entry as the scanner hands it on: complete, or a file still being read.
+pub(super) enum Pending {
+    Ready(Node),
+    /// A file read by the scanner itself (hard links): bytes to count.
+    Read {
+        node: Node,
+        was_file: bool,
+        read: u64,
+    },
+    /// A file queued on the reader pool; its outcome arrives on `slot`.
+    Reading {
+        node: Node,
+        path: PathBuf,
+        was_file: bool,
+        slot: crossbeam_channel::Receiver<read::ReadOutcome>,
+    },
+}
+
 /// The walking side of a backup.
 pub(super) struct Scanner<'a> {
     pub repo: &'a Repository,
     pub writer: Arc<PackWriter>,
-    pub worker_error: Arc<Mutex<Option<Error>>>,
+    pub errors: WorkerError,
     pub exclude: Option<Arc<dyn Exclude>>,
     pub progress: Arc<Progress>,
     pub reader: ReadCtx,
@@ -108,11 +132,11 @@ impl Scanner<'_> {
     }
 
     fn check_workers(&self) -> Result<()> {
-        super::workers_ok(&self.worker_error)
+        self.errors.check()
     }
 
     fn skip(&self, path: &Path, err: &std::io::Error) {
-        super::skip(&self.progress, path, err);
+        self.progress.skip(path, err);
     }
 
     fn roots(&mut self, paths: &[PathBuf], parents: &[Tree]) -> Result<()> {
@@ -334,22 +358,62 @@ fn matches<'t>(parents: &'t [Tree], name: &OsStr) -> Vec<&'t Node> {
         .collect()
 }
 
-/// A file's content from its chunks: inline, or in list blobs when long.
-pub(super) fn content_from_chunks(
-    writer: &PackWriter,
-    chunks: Vec<crate::format::tree::ChunkRef>,
-) -> Result<Content> {
-    if chunks.len() <= INLINE_CHUNKS_MAX {
-        return Ok(Content::Inline(chunks));
-    }
-    let mut lists = Vec::new();
-    for part in chunks.chunks(LIST_CHUNKS_MAX) {
-        let (id, _) = writer.add_plain(BlobKind::List, &encode_list(part))?;
-        lists.push(ListRef {
-            id,
-            chunks: part.len() as u64,
-            bytes: part.iter().map(|c| c.len as u64).sum(),
-        });
-    }
-    Ok(Content::Lists(lists))
+/// Whether a file may keep its parent entry's content: same size, times
+/// and inode, and the entry is not one `repair snapshots` filled with holes
+/// (those are read again, so damage is never inherited).
+fn file_unchanged(node: &Node, old: &Node) -> bool {
+    old.kind == NodeType::File
+        && !old
+            .xattrs
+            .iter()
+            .any(|(k, _)| k == crate::repair::DAMAGED_XATTR)
+        && old.size == node.size
+        && old.mtime_ns == node.mtime_ns
+        && old.ctime_ns == node.ctime_ns
+        && old.inode == node.inode
+}
+
+/// Counts files and bytes to back up, for progress totals, on a thread of
+/// its own (it stats every entry a second time).
+pub(super) fn spawn_totals(
+    paths: Vec<PathBuf>,
+    exclude: Option<Arc<dyn Exclude>>,
+    progress: Arc<Progress>,
+) -> Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("cairn-scan".into())
+        .spawn(move || {
+            let mut stack = paths;
+            while let Some(p) = stack.pop() {
+                let Ok(meta) = std::fs::symlink_metadata(&p) else {
+                    continue;
+                };
+                if meta.is_dir() {
+                    if let Ok(rd) = std::fs::read_dir(&p) {
+                        for e in rd.flatten() {
+                            let path = e.path();
+                            let Ok(m) = std::fs::symlink_metadata(&path) else {
+                                continue;
+                            };
+                            if exclude.as_ref().is_some_and(|x| x.is_excluded(&path, &m)) {
+                                continue;
+                            }
+                            if m.is_dir() {
+                                stack.push(path);
+                            } else if m.is_file() {
+                                progress.files_total.fetch_add(1, Ordering::Relaxed);
+                                progress.bytes_total.fetch_add(m.len(), Ordering::Relaxed);
+                            }
+                        }
+                    }
+                } else if meta.is_file() {
+                    progress.files_total.fetch_add(1, Ordering::Relaxed);
+                    progress
+                        .bytes_total
+                        .fetch_add(meta.len(), Ordering::Relaxed);
+                }
+            }
+            progress.scan_done.store(true, Ordering::Relaxed);
+        })
+        .map_err(Error::spawn("scan"))
 }

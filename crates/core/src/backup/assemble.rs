@@ -1,0 +1,231 @@
+//! Tree assembly: takes the scanner's events in order, waits for each
+//! file's chunks, turns them into the file's content (inline, or list blobs
+//! when long) and stores every directory's tree once its last entry is in
+//! (children before parents, so a checkpoint between directories covers
+//! every finished one).
+
+use super::read;
+use super::seal::WorkerError;
+use super::walk::{self, Pending};
+use crate::checkpoint::Checkpointer;
+use crate::error::{Error, Result};
+use crate::format::snapshot::Summary;
+use crate::format::tree::{encode_list, ChunkRef, Content, ListRef, Node, Payload, Tree};
+use crate::format::tree::{INLINE_CHUNKS_MAX, LIST_CHUNKS_MAX};
+use crate::format::{BlobId, BlobKind};
+use crate::packer::PackWriter;
+use crate::progress::Progress;
+use crate::repo::Repository;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The assembling side of a backup (it runs on the calling thread).
+pub(super) struct Assembler<'a> {
+    repo: &'a Repository,
+    writer: Arc<PackWriter>,
+    errors: WorkerError,
+    progress: Arc<Progress>,
+    /// What the assembler counts: dirs, new and changed files, bytes read.
+    summary: Summary,
+    ckpt: Checkpointer,
+    /// Whether the root is a directory (else a synthetic root of the paths).
+    root_is_dir: bool,
+}
+
+/// A directory being assembled: its node (`None` for the root) and the
+/// nodes of the entries in so far.
+struct Frame {
+    node: Option<Node>,
+    nodes: Vec<Node>,
+}
+
+impl<'a> Assembler<'a> {
+    pub fn new(
+        repo: &'a Repository,
+        writer: Arc<PackWriter>,
+        errors: WorkerError,
+        progress: Arc<Progress>,
+        ckpt: Checkpointer,
+        root_is_dir: bool,
+    ) -> Self {
+        Self {
+            repo,
+            writer,
+            errors,
+            progress,
+            summary: Summary::default(),
+            ckpt,
+            root_is_dir,
+        }
+    }
+
+    /// What the assembler counted, and its checkpointer for the final
+    /// plan check; drops its hold on the pack writer.
+    pub fn finish(self) -> (Summary, Checkpointer) {
+        (self.summary, self.ckpt)
+    }
+}
+
+impl Assembler<'_> {
+    fn check_workers(&self) -> Result<()> {
+        self.errors.check()
+    }
+
+    /// Consumes the walk up to the root's `Leave`; returns the root tree.
+    pub fn run(&mut self, events: crossbeam_channel::Receiver<walk::Event>) -> Result<BlobId> {
+        let mut stack = vec![Frame {
+            node: None,
+            nodes: Vec::new(),
+        }];
+        loop {
+            let event = events
+                .recv()
+                .map_err(|_| Error::Internal("the walk ended early".into()))?;
+            // The root frame stays until its Leave, which returns.
+            let top = stack
+                .last_mut()
+                .ok_or_else(|| Error::Internal("the walk left the root twice".into()))?;
+            match event {
+                walk::Event::Enter(node) => {
+                    self.check_workers()?;
+                    stack.push(Frame {
+                        node: Some(node),
+                        nodes: Vec::new(),
+                    });
+                }
+                walk::Event::Entry(pending) => {
+                    if let Some(node) = self.resolve(pending)? {
+                        top.nodes.push(node);
+                    }
+                }
+                walk::Event::Leave => {
+                    let frame = stack.pop().ok_or_else(|| {
+                        Error::Internal("the walk left more directories than it entered".into())
+                    })?;
+                    if !stack.is_empty() || self.root_is_dir {
+                        self.summary.dirs += 1;
+                    }
+                    let id = self.store_tree(frame.nodes, stack.is_empty())?;
+                    match (stack.last_mut(), frame.node) {
+                        (Some(parent), Some(mut node)) => {
+                            node.payload = Payload::Dir(id);
+                            parent.nodes.push(node);
+                        }
+                        _ => return Ok(id),
+                    }
+                    self.maybe_checkpoint(&stack)?;
+                }
+                walk::Event::Failed(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Stores one directory's tree (the synthetic root of several paths is
+    /// sorted here: its entries come in the order the paths were given).
+    fn store_tree(&self, mut nodes: Vec<Node>, is_root: bool) -> Result<BlobId> {
+        if is_root && !self.root_is_dir {
+            nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        let (id, _) = self
+            .writer
+            .add_plain(BlobKind::Tree, &Tree { nodes }.encode())?;
+        Ok(id)
+    }
+
+    /// Writes a checkpoint when one is due (between directories). Its tree
+    /// is the open directories with the entries they have so far, so a
+    /// re-run after a crash reuses every finished file and directory.
+    fn maybe_checkpoint(&mut self, stack: &[Frame]) -> Result<()> {
+        if !self.ckpt.due(self.writer.stats().blobs) {
+            return Ok(());
+        }
+        self.writer.drain_claims(|| self.check_workers())?;
+        let mut partial = None;
+        let mut below: Option<Node> = None;
+        for (depth, frame) in stack.iter().enumerate().rev() {
+            let mut nodes = frame.nodes.clone();
+            // The open directory below sorts after every finished entry.
+            nodes.extend(below.take());
+            let id = self.store_tree(nodes, depth == 0)?;
+            match &frame.node {
+                Some(node) => {
+                    let mut node = node.clone();
+                    node.payload = Payload::Dir(id);
+                    below = Some(node);
+                }
+                None => partial = Some(id),
+            }
+        }
+        let Some(partial) = partial else {
+            return Ok(());
+        };
+        self.ckpt
+            .write(self.repo, &self.writer, partial, &self.summary)?;
+        Ok(())
+    }
+
+    /// A finished entry's node: waits for a file being read; `None` when
+    /// the file could not be read and is skipped.
+    fn resolve(&mut self, pending: Pending) -> Result<Option<Node>> {
+        let (mut node, path, was_file, slot) = match pending {
+            Pending::Ready(node) => return Ok(Some(node)),
+            Pending::Read {
+                node,
+                was_file,
+                read,
+            } => {
+                self.count_read(was_file, read);
+                self.progress.file_done();
+                return Ok(Some(node));
+            }
+            Pending::Reading {
+                node,
+                path,
+                was_file,
+                slot,
+            } => (node, path, was_file, slot),
+        };
+        let outcome = read::wait(&slot);
+        if matches!(outcome, read::ReadOutcome::Stopped) {
+            self.check_workers()?;
+        }
+        let Some((chunks, read)) = read::into_result(outcome, |e| self.skip(&path, e))? else {
+            return Ok(None);
+        };
+        self.count_read(was_file, read);
+        node.size = read;
+        node.payload = Payload::File(content_from_chunks(&self.writer, chunks)?);
+        self.progress.file_done();
+        Ok(Some(node))
+    }
+
+    fn count_read(&mut self, was_file: bool, read: u64) {
+        self.summary.bytes_read += read;
+        if was_file {
+            self.summary.files_changed += 1;
+        } else {
+            self.summary.files_new += 1;
+        }
+    }
+
+    fn skip(&self, path: &Path, err: &std::io::Error) {
+        self.progress.skip(path, err);
+    }
+}
+
+/// A file's content from its chunks: inline, or in list blobs when long.
+pub(super) fn content_from_chunks(writer: &PackWriter, chunks: Vec<ChunkRef>) -> Result<Content> {
+    if chunks.len() <= INLINE_CHUNKS_MAX {
+        return Ok(Content::Inline(chunks));
+    }
+    let mut lists = Vec::new();
+    for part in chunks.chunks(LIST_CHUNKS_MAX) {
+        let (id, _) = writer.add_plain(BlobKind::List, &encode_list(part))?;
+        lists.push(ListRef {
+            id,
+            chunks: part.len() as u64,
+            bytes: part.iter().map(|c| c.len as u64).sum(),
+        });
+    }
+    Ok(Content::Lists(lists))
+}

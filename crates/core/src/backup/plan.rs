@@ -1,0 +1,167 @@
+//! What a backup is of, decided before anything is read: the absolute
+//! paths and the root's shape, host and source, the parent snapshot and a
+//! killed run's checkpoint to match entries against; and the one place the
+//! backup's [`Snapshot`] is written out, for checkpoints and the final one.
+
+use super::{BackupOptions, ParentChoice};
+use crate::error::{Error, Result};
+use crate::format::snapshot::{RawPath, Snapshot, Summary, SNAPSHOT_VERSION};
+use crate::format::tree::Tree;
+use crate::format::{BlobId, SnapshotId};
+use crate::repo::{hostname, Repository, SnapshotFilter};
+use chrono::{DateTime, Utc};
+use std::path::PathBuf;
+
+/// A backup's inputs, resolved.
+pub(super) struct BackupPlan {
+    /// When the backup started: the snapshot's time.
+    pub time: DateTime<Utc>,
+    /// The paths, absolute.
+    pub paths: Vec<PathBuf>,
+    /// One directory is the snapshot's root itself; anything else becomes
+    /// the entries of a synthetic root.
+    pub root_is_dir: bool,
+    pub host: String,
+    pub source: String,
+    /// The parent snapshot recorded.
+    pub parent: Option<SnapshotId>,
+    /// Root trees entries are matched against, first match first: the
+    /// checkpoint a killed run left, then the parent snapshot.
+    pub parents: Vec<Tree>,
+    tags: Vec<String>,
+    excludes: Vec<String>,
+}
+
+impl BackupPlan {
+    /// Resolves `opts` against the file system and the repository's snapshots.
+    pub fn new(repo: &Repository, opts: &BackupOptions) -> Result<Self> {
+        let time = chrono::Utc::now();
+        if opts.paths.is_empty() {
+            return Err(Error::Usage(
+                "nothing to back up: give at least one path".into(),
+            ));
+        }
+        let mut paths = Vec::new();
+        let mut all_dirs = true;
+        for p in &opts.paths {
+            let abs = std::path::absolute(p).map_err(|e| Error::io(p, e))?;
+            all_dirs &= std::fs::symlink_metadata(&abs)
+                .map_err(|e| Error::io(&abs, e))?
+                .is_dir();
+            paths.push(abs);
+        }
+        let root_is_dir = paths.len() == 1 && all_dirs;
+        let host = opts.host.clone().unwrap_or_else(hostname);
+        let source = opts.source.clone().unwrap_or_else(|| {
+            paths
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        let (parent, parents) = parents(repo, &opts.parent, &host, &source)?;
+        Ok(Self {
+            time,
+            paths,
+            root_is_dir,
+            host,
+            source,
+            parent,
+            parents,
+            tags: opts.tags.clone(),
+            excludes: opts.exclude_rules.clone(),
+        })
+    }
+
+    /// The backup's snapshot of `tree`: a checkpoint (`complete: false`)
+    /// or the final one.
+    pub fn snapshot(
+        &self,
+        tree: BlobId,
+        complete: bool,
+        summary: Summary,
+        hooks: Vec<serde_json::Value>,
+    ) -> Snapshot {
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            time: self.time,
+            host: self.host.clone(),
+            source: self.source.clone(),
+            paths: self.paths.iter().cloned().map(RawPath).collect(),
+            tags: self.tags.clone(),
+            tree,
+            parent: self.parent,
+            complete,
+            summary,
+            program_version: format!("cairn {}", env!("CARGO_PKG_VERSION")),
+            excludes: self.excludes.clone(),
+            hooks,
+            damaged_root: None,
+        }
+    }
+}
+
+/// The parent snapshot to record and the root trees to match entries
+/// against: a checkpoint a killed run of the same host and source left
+/// first (the files it holds are not read again), then the parent.
+fn parents(
+    repo: &Repository,
+    choice: &ParentChoice,
+    host: &str,
+    source: &str,
+) -> Result<(Option<SnapshotId>, Vec<Tree>)> {
+    let filter = SnapshotFilter {
+        source: Some(source.to_string()),
+        host: Some(host.to_string()),
+        tags: Vec::new(),
+    };
+    let earlier = match choice {
+        ParentChoice::None => Vec::new(),
+        _ => repo.list_snapshots()?,
+    };
+    let parent = match choice {
+        ParentChoice::None => None,
+        ParentChoice::Given(id) => Some(*id),
+        ParentChoice::Auto => earlier
+            .iter()
+            .rev()
+            .find(|(_, s)| s.complete && filter.matches(s))
+            .map(|(id, _)| *id),
+    };
+    let resumed = earlier
+        .iter()
+        .rev()
+        .find(|(_, s)| !s.complete && filter.matches(s))
+        .map(|(id, _)| *id);
+    let mut trees = Vec::new();
+    if let Some(id) = resumed {
+        if let Some(tree) = parent_root(repo, &id, "checkpoint")? {
+            tracing::info!("resuming from checkpoint {}", id.short());
+            trees.push(tree);
+        }
+    }
+    if let Some(id) = parent {
+        trees.extend(parent_root(repo, &id, "parent snapshot")?);
+    }
+    Ok((parent, trees))
+}
+
+/// The root tree of snapshot `id`, to match entries against. One that
+/// cannot be read only costs speed: every file is read again, and what the
+/// backup meets is recorded as damage.
+fn parent_root(repo: &Repository, id: &SnapshotId, what: &str) -> Result<Option<Tree>> {
+    match repo
+        .load_snapshot(id)
+        .and_then(|snap| repo.load_tree(&snap.tree))
+    {
+        Ok(tree) => Ok(Some(tree)),
+        Err(e) if e.kind() == crate::ErrorKind::Corrupt => {
+            tracing::warn!(
+                "{what} {} cannot be read ({e}); reading its files again",
+                id.short()
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,60 @@
+//! The restore target on disk: making room for an entry, creating
+//! directories, files at their final size and special files.
+
+use crate::error::{Error, Result};
+use crate::format::tree::{Node, NodeType, Payload};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+pub(super) fn clear_path(path: &Path, overwrite: bool) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(_) => Ok(()),
+        Ok(_) if !overwrite => Err(Error::Usage(format!(
+            "{} exists; pass --overwrite to replace it",
+            path.display()
+        ))),
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path).map_err(|e| Error::io(path, e)),
+        Ok(_) => std::fs::remove_file(path).map_err(|e| Error::io(path, e)),
+    }
+}
+
+pub(super) fn make_dir(path: &Path, overwrite: bool) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => {
+            clear_path(path, overwrite)?;
+            std::fs::create_dir(path).map_err(|e| Error::io(path, e))
+        }
+        Err(_) => std::fs::create_dir_all(path).map_err(|e| Error::io(path, e)),
+    }
+}
+
+pub(super) fn create_sized(path: &Path, size: u64, overwrite: bool) -> Result<()> {
+    clear_path(path, overwrite)?;
+    let f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    f.set_len(size).map_err(|e| Error::io(path, e))
+}
+
+pub(super) fn make_special(path: &Path, node: &Node, overwrite: bool) -> Result<()> {
+    use nix::sys::stat::{mknod, Mode, SFlag};
+    clear_path(path, overwrite)?;
+    let mode = Mode::from_bits_truncate(node.mode);
+    let res = match (&node.payload, node.kind) {
+        (Payload::Symlink(target), _) => {
+            return std::os::unix::fs::symlink(OsStr::from_bytes(target), path)
+                .map_err(|e| Error::io(path, e))
+        }
+        (_, NodeType::Fifo) => nix::unistd::mkfifo(path, mode),
+        (_, NodeType::CharDev) => mknod(path, SFlag::S_IFCHR, mode, node.rdev),
+        (_, NodeType::BlockDev) => mknod(path, SFlag::S_IFBLK, mode, node.rdev),
+        (_, NodeType::Socket) => {
+            return Err(Error::Usage(format!(
+                "{}: sockets are recorded but not recreated",
+                path.display()
+            )))
+        }
+        _ => return Ok(()),
+    };
+    res.map_err(|e| Error::io(path, std::io::Error::from(e)))
+}
