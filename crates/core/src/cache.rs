@@ -214,7 +214,8 @@ impl Cache {
         let _ = self.refill.set(refill);
     }
 
-    fn is_memory(&self) -> bool {
+    /// Whether the cache lives in memory for one command (`--no-cache`).
+    pub fn is_memory(&self) -> bool {
         self.path == Path::new(MEMORY)
     }
 

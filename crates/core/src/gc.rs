@@ -228,48 +228,22 @@ pub fn remove_stale_checkpoints(repo: &Repository, opts: &GcOptions) -> Result<u
 }
 
 /// Deletes what killed writers left in a local repository's staging folder
-/// (packs spooled by a backup, files OpenDAL was writing; see
-/// `Storage::local_dir`): files last modified more than a safety window
-/// ago. A live backup appends to its staging files as data arrives and
-/// closes them at every checkpoint, far more often than that. Returns how
-/// many files it deleted (or would delete) and their bytes; nothing for an
-/// object store, whose writes are atomic uploads.
+/// (packs a backup was writing, objects OpenDAL was writing; see
+/// `Storage::sweep_abandoned`): files last modified more than a safety
+/// window ago. A live backup appends to its staging files as data arrives
+/// and closes them at every checkpoint, far more often than that. Returns
+/// how many files it deleted (or would delete) and their bytes; nothing for
+/// an object store, whose writes are atomic uploads.
 pub fn remove_stale_staging(repo: &Repository, opts: &GcOptions) -> Result<(u64, u64)> {
-    let Some(root) = repo.storage().local_dir() else {
-        return Ok((0, 0));
-    };
-    let staging = cairn_storage::staging_dir(&root);
-    let entries = match std::fs::read_dir(&staging) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
-        Err(e) => return Err(Error::io(staging, e)),
-    };
-    let (mut files, mut bytes) = (0, 0);
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(&staging, e))?;
-        let path = entry.path();
-        let meta = match entry.metadata() {
-            Ok(m) if m.is_file() => m,
-            Ok(_) => continue,
-            // Renamed into place or removed by its writer meanwhile.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io(path, e)),
-        };
-        let modified: DateTime<Utc> = meta.modified().map_err(|e| Error::io(&path, e))?.into();
-        if (opts.now - modified).num_seconds() < opts.window_secs() {
-            continue;
-        }
-        if !opts.dry_run {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io(path, e)),
-            }
-        }
-        files += 1;
-        bytes += meta.len();
-    }
-    Ok((files, bytes))
+    let cutoff = opts.now - chrono::Duration::seconds(opts.window_secs());
+    let swept = repo
+        .storage()
+        .sweep_abandoned(cutoff.into(), opts.dry_run)
+        .map_err(|source| Error::Storage {
+            location: repo.location().to_string(),
+            source,
+        })?;
+    Ok((swept.files, swept.bytes))
 }
 
 /// The snapshots present now and what they reference.

@@ -217,11 +217,10 @@ impl Repository {
         if let Err(reason) = &header {
             // Without a header, key files are the only sign of a repository.
             if !any_on::<KeyFiles>(&storage, &location)? {
-                let hint = match storage.local_dir() {
-                    Some(dir) if !dir.exists() => format!(
-                        "the directory {} does not exist (check the path; `cairn init` creates a repository)",
-                        dir.display()
-                    ),
+                let hint = match storage.missing_root() {
+                    Some(missing) => {
+                        format!("{missing} (check the path; `cairn init` creates a repository)")
+                    }
                     _ => format!("{reason} (run `cairn init` to create a repository)"),
                 };
                 return Err(Error::NotARepository {

@@ -3,13 +3,14 @@
 //!
 //! Tests use it to hold request-count proportions (PUTs per pack, one LIST
 //! of `index/` per open, range GETs per needed pack). Failed requests are
-//! counted too: they cost a round trip all the same.
+//! counted too: they cost a round trip all the same. The close of a writer
+//! counts as one write of the object's bytes (appends are not requests).
 
-use crate::{DynStorage, ObjectInfo, OpKind, Result, Storage};
+use crate::{Abandoned, DynStorage, ObjectInfo, ObjectWriter, OpKind, Result, Storage};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Requests of each kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -125,30 +126,16 @@ fn top_level(path: &str) -> &str {
 #[derive(Debug)]
 pub struct CountingStorage {
     inner: DynStorage,
-    counts: Mutex<RequestCounts>,
+    counts: Arc<Counts>,
 }
 
-impl CountingStorage {
-    /// Wraps `inner` with all counters at zero.
-    pub fn new(inner: DynStorage) -> Self {
-        Self {
-            inner,
-            counts: Mutex::new(RequestCounts::default()),
-        }
-    }
+/// The counters, shared with the writers.
+#[derive(Debug, Default)]
+struct Counts(Mutex<RequestCounts>);
 
-    /// The counters now.
-    pub fn snapshot(&self) -> RequestCounts {
-        self.lock().clone()
-    }
-
-    /// Sets every counter back to zero.
-    pub fn reset(&self) {
-        *self.lock() = RequestCounts::default();
-    }
-
+impl Counts {
     fn lock(&self) -> std::sync::MutexGuard<'_, RequestCounts> {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn record(&self, kind: OpKind, path: &str, up: u64, down: u64) {
@@ -160,6 +147,52 @@ impl CountingStorage {
             .bump(kind);
         c.bytes_up += up;
         c.bytes_down += down;
+    }
+}
+
+/// A writer of the storage below whose every close is counted.
+struct CountingWriter {
+    inner: Box<dyn ObjectWriter>,
+    counts: Arc<Counts>,
+}
+
+impl ObjectWriter for CountingWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.inner.write(bytes)
+    }
+
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+
+    fn close(&mut self, path: &str) -> Result<()> {
+        let result = self.inner.close(path);
+        self.counts.record(OpKind::Write, path, self.inner.len(), 0);
+        result
+    }
+}
+
+impl CountingStorage {
+    /// Wraps `inner` with all counters at zero.
+    pub fn new(inner: DynStorage) -> Self {
+        Self {
+            inner,
+            counts: Arc::default(),
+        }
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> RequestCounts {
+        self.counts.lock().clone()
+    }
+
+    /// Sets every counter back to zero.
+    pub fn reset(&self) {
+        *self.counts.lock() = RequestCounts::default();
+    }
+
+    fn record(&self, kind: OpKind, path: &str, up: u64, down: u64) {
+        self.counts.record(kind, path, up, down);
     }
 }
 
@@ -185,6 +218,13 @@ impl Storage for CountingStorage {
         result
     }
 
+    fn writer(self: Arc<Self>, size_hint: usize) -> Result<Box<dyn ObjectWriter>> {
+        Ok(Box::new(CountingWriter {
+            inner: self.inner.clone().writer(size_hint)?,
+            counts: self.counts.clone(),
+        }))
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let result = self.inner.list(prefix);
         self.record(OpKind::List, prefix, 0, 0);
@@ -203,8 +243,16 @@ impl Storage for CountingStorage {
         result
     }
 
+    fn sweep_abandoned(&self, cutoff: std::time::SystemTime, dry_run: bool) -> Result<Abandoned> {
+        self.inner.sweep_abandoned(cutoff, dry_run)
+    }
+
     fn location(&self) -> String {
         self.inner.location()
+    }
+
+    fn missing_root(&self) -> Option<String> {
+        self.inner.missing_root()
     }
 }
 
@@ -212,7 +260,6 @@ impl Storage for CountingStorage {
 mod tests {
     use super::*;
     use crate::testing::MemStorage;
-    use std::sync::Arc;
 
     #[test]
     fn counts_requests_per_kind_and_folder_with_bytes() {

@@ -53,9 +53,9 @@ impl StorageError {
         self
     }
 
-    /// An error of a local file operation `op` (writes that bypass the
-    /// backend on a local repository, see [`crate::Storage::local_dir`]),
-    /// with the kind and hint the fs backend would give.
+    /// An error of a local file operation `op` (the fs backend's streaming
+    /// writer, see [`crate::Storage::writer`]), with the kind and hint the
+    /// OpenDAL fs backend would give.
     pub fn from_io(op: impl Into<String>, e: &std::io::Error) -> Self {
         let (kind, hint) = match (e.kind(), e.raw_os_error()) {
             (std::io::ErrorKind::NotFound, _) => (StorageErrorKind::NotFound, ""),

@@ -10,14 +10,19 @@
 //! simulated crash, which is `Other` so callers stop instead of retrying); a
 //! failed write never leaves a partial object (the inner write is atomic and
 //! either not made or made whole); short reads return `Ok` with fewer bytes
-//! than asked, which the layer above must detect.
+//! than asked, which the layer above must detect. The close of a writer is
+//! a write request like any other, faulted by the same draw (appends are
+//! not requests and pass through).
 
-use crate::{DynStorage, ObjectInfo, OpKind, Result, Storage, StorageError, StorageErrorKind};
+use crate::{
+    Abandoned, DynStorage, ObjectInfo, ObjectWriter, OpKind, Result, Storage, StorageError,
+    StorageErrorKind,
+};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Probabilities (each in `0.0..=1.0`, summing to at most 1) of the faults
 /// one request may suffer.
@@ -119,10 +124,46 @@ enum Fault {
 #[derive(Debug)]
 pub struct FaultStorage {
     inner: DynStorage,
+    injector: Arc<Injector>,
+}
+
+/// The plan and what it has injected, shared with the writers.
+#[derive(Debug)]
+struct Injector {
     plan: Mutex<FaultPlan>,
     requests: AtomicU64,
     repeats: Mutex<HashMap<(OpKind, String), u64>>,
     stats: Mutex<FaultStats>,
+}
+
+/// A writer of the storage below whose close may fault like a write.
+struct FaultWriter {
+    inner: Box<dyn ObjectWriter>,
+    injector: Arc<Injector>,
+}
+
+impl ObjectWriter for FaultWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.inner.write(bytes)
+    }
+
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+
+    fn close(&mut self, path: &str) -> Result<()> {
+        let injector = &self.injector;
+        match injector.decide(OpKind::Write, path, false) {
+            Fault::None => self.inner.close(path),
+            Fault::Timeout => {
+                // The object arrives; only the answer is lost.
+                self.inner.close(path)?;
+                Err(injector.injected(Fault::Timeout, format!("write {path}")))
+            }
+            // The inner writer keeps its bytes: a retried close can succeed.
+            fault => Err(injector.injected(fault, format!("write {path}"))),
+        }
+    }
 }
 
 /// FNV-1a, then the SplitMix64 finaliser: a stable, well-mixed hash.
@@ -149,31 +190,57 @@ impl FaultStorage {
     pub fn new(inner: DynStorage, plan: FaultPlan) -> Self {
         Self {
             inner,
-            plan: Mutex::new(plan),
-            requests: AtomicU64::new(0),
-            repeats: Mutex::new(HashMap::new()),
-            stats: Mutex::new(FaultStats::default()),
+            injector: Arc::new(Injector {
+                plan: Mutex::new(plan),
+                requests: AtomicU64::new(0),
+                repeats: Mutex::new(HashMap::new()),
+                stats: Mutex::new(FaultStats::default()),
+            }),
         }
     }
 
     /// Replaces the plan and restarts the countdown; statistics are kept.
     pub fn set_plan(&self, plan: FaultPlan) {
-        *self.plan.lock().unwrap_or_else(|p| p.into_inner()) = plan;
-        self.requests.store(0, Ordering::SeqCst);
+        let i = &self.injector;
+        *i.plan.lock().unwrap_or_else(|p| p.into_inner()) = plan;
+        i.requests.store(0, Ordering::SeqCst);
     }
 
     /// Stops injecting faults: the storage behaves like its inner one
     /// ("the next run succeeds").
     pub fn disarm(&self) {
-        let seed = self.plan.lock().unwrap_or_else(|p| p.into_inner()).seed;
+        let i = &self.injector;
+        let seed = i.plan.lock().unwrap_or_else(|p| p.into_inner()).seed;
         self.set_plan(FaultPlan::new(seed));
     }
 
     /// What has been injected so far.
     pub fn stats(&self) -> FaultStats {
-        *self.stats.lock().unwrap_or_else(|p| p.into_inner())
+        *self
+            .injector
+            .stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
+    fn decide(&self, kind: OpKind, key: &str, can_short: bool) -> Fault {
+        self.injector.decide(kind, key, can_short)
+    }
+
+    fn injected(&self, fault: Fault, op: String) -> StorageError {
+        self.injector.injected(fault, op)
+    }
+
+    /// Faults for requests whose only possible faults are errors.
+    fn plain<T>(&self, kind: OpKind, key: &str, op: impl FnOnce() -> Result<T>) -> Result<T> {
+        match self.decide(kind, key, false) {
+            Fault::None => op(),
+            fault => Err(self.injected(fault, format!("{} {key}", kind.as_str()))),
+        }
+    }
+}
+
+impl Injector {
     /// Decides the fault for one request and records it.
     fn decide(&self, kind: OpKind, key: &str, can_short: bool) -> Fault {
         let plan = self.plan.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -241,14 +308,6 @@ impl FaultStorage {
             ),
         }
     }
-
-    /// Faults for requests whose only possible faults are errors.
-    fn plain<T>(&self, kind: OpKind, key: &str, op: impl FnOnce() -> Result<T>) -> Result<T> {
-        match self.decide(kind, key, false) {
-            Fault::None => op(),
-            fault => Err(self.injected(fault, format!("{} {key}", kind.as_str()))),
-        }
-    }
 }
 
 /// Keeps the first half of `data` (at least one byte fewer), if it has any.
@@ -287,6 +346,13 @@ impl Storage for FaultStorage {
         }
     }
 
+    fn writer(self: Arc<Self>, size_hint: usize) -> Result<Box<dyn ObjectWriter>> {
+        Ok(Box::new(FaultWriter {
+            inner: self.inner.clone().writer(size_hint)?,
+            injector: self.injector.clone(),
+        }))
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         self.plain(OpKind::List, prefix, || self.inner.list(prefix))
     }
@@ -306,8 +372,16 @@ impl Storage for FaultStorage {
         }
     }
 
+    fn sweep_abandoned(&self, cutoff: std::time::SystemTime, dry_run: bool) -> Result<Abandoned> {
+        self.inner.sweep_abandoned(cutoff, dry_run)
+    }
+
     fn location(&self) -> String {
         self.inner.location()
+    }
+
+    fn missing_root(&self) -> Option<String> {
+        self.inner.missing_root()
     }
 }
 
@@ -315,7 +389,6 @@ impl Storage for FaultStorage {
 mod tests {
     use super::*;
     use crate::testing::MemStorage;
-    use std::sync::Arc;
 
     fn storage(plan: FaultPlan) -> FaultStorage {
         FaultStorage::new(Arc::new(MemStorage::new()), plan)

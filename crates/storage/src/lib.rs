@@ -5,7 +5,9 @@
 //! synchronous: the engine's pipelines run on threads, and the OpenDAL
 //! implementation drives its async operator on a private tokio runtime.
 //! Wrappers (retry, throttle, concurrency bound, fault injection, request
-//! counting) implement the same trait and can be stacked.
+//! counting) implement the same trait and can be stacked; each wraps the
+//! [`ObjectWriter`]s of the layer below, so objects streamed through
+//! [`Storage::writer`] pass every layer like whole-object writes do.
 //!
 //! [`open_with`] builds the production stack for a repository URL:
 //!
@@ -31,9 +33,11 @@ mod opendal_error;
 mod opendal_store;
 mod options;
 mod retry;
+mod spool;
 pub mod testing;
 mod throttle;
 mod wire;
+mod writer;
 
 pub use counting::{CountingStorage, OpCounts, RequestCounts};
 pub use credentials::Credentials;
@@ -46,6 +50,7 @@ pub use options::StorageOptions;
 pub use retry::{RetryPolicy, RetryStorage};
 pub use throttle::ThrottleStorage;
 pub use wire::{HttpCounts, SSL_CERT_DIR_ENV, SSL_CERT_FILE_ENV};
+pub use writer::{BufferedWriter, ObjectWriter};
 
 use bytes::Bytes;
 use std::ops::Range;
@@ -63,16 +68,26 @@ pub struct ObjectInfo {
 /// Result type of storage operations.
 pub type Result<T> = std::result::Result<T, StorageError>;
 
+/// What [`Storage::sweep_abandoned`] found of writes that never finished.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Abandoned {
+    /// Staging files deleted (or, in a dry run, that would be).
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
 /// A flat namespace of immutable objects under one repository root.
 ///
 /// Invariants every implementation keeps:
-/// - `write` is atomic: a reader sees either no object or the whole object,
-///   never a prefix (fs writes a temporary file and renames; S3 uses one PUT
-///   or a multipart upload that completes atomically).
+/// - `write` and [`ObjectWriter::close`] are atomic: a reader sees either
+///   no object or the whole object, never a prefix (fs writes a temporary
+///   file and renames; S3 uses one PUT or a multipart upload that completes
+///   atomically).
 /// - `delete` of a missing object succeeds.
 /// - `list` is recursive, returns only objects (no directory markers), and
 ///   every [`ObjectInfo::size`] is the object's real size.
-pub trait Storage: Send + Sync + std::fmt::Debug {
+pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// Reads a whole object.
     fn read(&self, path: &str) -> Result<Bytes>;
     /// Reads `range` of an object. Implementations return exactly
@@ -80,6 +95,16 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn read_range(&self, path: &str, range: Range<u64>) -> Result<Bytes>;
     /// Writes a whole object atomically, replacing any previous one.
     fn write(&self, path: &str, data: Bytes) -> Result<()>;
+    /// Opens a writer for one object of about `size_hint` bytes, named when
+    /// it is closed: the way to store an object without holding it whole
+    /// in memory (packs). The default collects the bytes in memory and
+    /// stores them with one [`Storage::write`] at close ([`BufferedWriter`]);
+    /// the fs backend streams them into a staging file (`O_DIRECT`,
+    /// `fdatasync`, rename: see docs/STORAGE.md); wrappers wrap the writer
+    /// of the storage below them.
+    fn writer(self: Arc<Self>, size_hint: usize) -> Result<Box<dyn ObjectWriter>> {
+        Ok(Box::new(BufferedWriter::new(self, size_hint)))
+    }
     /// Lists every object under the folder `prefix` (such as `index/`, or
     /// `""` for the whole repository), recursively.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
@@ -87,24 +112,28 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn stat(&self, path: &str) -> Result<ObjectInfo>;
     /// Deletes an object; deleting a missing object succeeds.
     fn delete(&self, path: &str) -> Result<()>;
+    /// Deletes (with `dry_run`, only counts) what writers killed mid-object
+    /// left behind and last touched at or before `cutoff`: staging files of
+    /// the fs backend. Nothing for object stores, whose unfinished uploads
+    /// never become objects (the default).
+    fn sweep_abandoned(&self, cutoff: std::time::SystemTime, dry_run: bool) -> Result<Abandoned> {
+        let _ = (cutoff, dry_run);
+        Ok(Abandoned::default())
+    }
     /// Where this storage points, for messages (no credentials).
     fn location(&self) -> String;
-    /// The directory holding the objects, when they are plain files on a
-    /// local (or NFS-mounted) file system with nothing between the caller
-    /// and them: object `p` is the file `dir/p`. A writer may then create
-    /// an object by writing a file in [`staging_dir`]`(dir)`, syncing it and
-    /// renaming it into place, which is what `write` does, without holding
-    /// the whole object in memory. `None` (the default) for object stores
-    /// and for wrappers that must see every write (throttling, fault
-    /// injection, counting).
-    fn local_dir(&self) -> Option<std::path::PathBuf> {
+    /// When the location itself does not exist (an fs root directory that
+    /// is not there), a sentence saying so, for the message of a failed
+    /// open; `None` (the default) when it exists or cannot be told without
+    /// a request.
+    fn missing_root(&self) -> Option<String> {
         None
     }
 }
 
-/// Where writers stage files before renaming them into a local storage
-/// rooted at `root` (see [`Storage::local_dir`]); listings skip it. Files
-/// left there by a killed process are garbage (see docs/STORAGE.md).
+/// Where the fs backend stages objects under a local repository root
+/// before renaming them into place; listings skip it. Files left there by
+/// a killed process are garbage (see [`Storage::sweep_abandoned`]).
 pub fn staging_dir(root: &std::path::Path) -> std::path::PathBuf {
     root.join(STAGING_DIR_NAME)
 }
@@ -125,6 +154,9 @@ impl<S: Storage + ?Sized> Storage for Arc<S> {
     fn write(&self, path: &str, data: Bytes) -> Result<()> {
         (**self).write(path, data)
     }
+    fn writer(self: Arc<Self>, size_hint: usize) -> Result<Box<dyn ObjectWriter>> {
+        S::writer(Arc::clone(&*self), size_hint)
+    }
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         (**self).list(prefix)
     }
@@ -134,11 +166,14 @@ impl<S: Storage + ?Sized> Storage for Arc<S> {
     fn delete(&self, path: &str) -> Result<()> {
         (**self).delete(path)
     }
+    fn sweep_abandoned(&self, cutoff: std::time::SystemTime, dry_run: bool) -> Result<Abandoned> {
+        (**self).sweep_abandoned(cutoff, dry_run)
+    }
     fn location(&self) -> String {
         (**self).location()
     }
-    fn local_dir(&self) -> Option<std::path::PathBuf> {
-        (**self).local_dir()
+    fn missing_root(&self) -> Option<String> {
+        (**self).missing_root()
     }
 }
 
@@ -150,7 +185,7 @@ pub enum OpKind {
     Read,
     /// [`Storage::read_range`].
     ReadRange,
-    /// [`Storage::write`].
+    /// [`Storage::write`], or the close of an [`ObjectWriter`].
     Write,
     /// [`Storage::list`].
     List,

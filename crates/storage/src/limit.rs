@@ -2,12 +2,14 @@
 //!
 //! Invariant: at most `max` calls run inside the inner storage at once;
 //! further callers block (in arrival order is not guaranteed) until one
-//! finishes. A permit is released even when the call fails or panics.
+//! finishes. A permit is released even when the call fails or panics. The
+//! close of a writer is a request and takes a permit; appends, which fill a
+//! buffer or a staging file, do not.
 
-use crate::{DynStorage, ObjectInfo, Result, Storage};
+use crate::{Abandoned, DynStorage, ObjectInfo, ObjectWriter, Result, Storage};
 use bytes::Bytes;
 use std::ops::Range;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 /// A counting semaphore for threads.
 #[derive(Debug)]
@@ -43,7 +45,28 @@ impl Drop for Permit<'_> {
 #[derive(Debug)]
 pub struct LimitStorage {
     inner: DynStorage,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
+}
+
+/// A writer of the storage below whose close waits for a permit.
+struct LimitWriter {
+    inner: Box<dyn ObjectWriter>,
+    permits: Arc<Semaphore>,
+}
+
+impl ObjectWriter for LimitWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.inner.write(bytes)
+    }
+
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+
+    fn close(&mut self, path: &str) -> Result<()> {
+        let _permit = self.permits.acquire();
+        self.inner.close(path)
+    }
 }
 
 impl LimitStorage {
@@ -51,11 +74,11 @@ impl LimitStorage {
     pub fn new(inner: DynStorage, max: usize) -> Self {
         Self {
             inner,
-            permits: Semaphore {
+            permits: Arc::new(Semaphore {
                 in_use: Mutex::new(0),
                 freed: Condvar::new(),
                 max: max.max(1),
-            },
+            }),
         }
     }
 
@@ -85,6 +108,13 @@ impl Storage for LimitStorage {
         self.inner.write(path, data)
     }
 
+    fn writer(self: Arc<Self>, size_hint: usize) -> Result<Box<dyn ObjectWriter>> {
+        Ok(Box::new(LimitWriter {
+            inner: self.inner.clone().writer(size_hint)?,
+            permits: self.permits.clone(),
+        }))
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let _permit = self.permits.acquire();
         self.inner.list(prefix)
@@ -100,12 +130,16 @@ impl Storage for LimitStorage {
         self.inner.delete(path)
     }
 
+    fn sweep_abandoned(&self, cutoff: std::time::SystemTime, dry_run: bool) -> Result<Abandoned> {
+        self.inner.sweep_abandoned(cutoff, dry_run)
+    }
+
     fn location(&self) -> String {
         self.inner.location()
     }
 
-    fn local_dir(&self) -> Option<std::path::PathBuf> {
-        self.inner.local_dir()
+    fn missing_root(&self) -> Option<String> {
+        self.inner.missing_root()
     }
 }
 
@@ -114,7 +148,6 @@ mod tests {
     use super::*;
     use crate::testing::MemStorage;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
 
     /// Records the most calls ever inside it at once; each call lingers so
     /// that callers overlap.

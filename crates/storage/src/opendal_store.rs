@@ -6,13 +6,17 @@
 //! returns exactly the bytes asked for or an error; `list` reports the real
 //! size of every object; a filesystem location is created (root and
 //! staging folder) by the first write only, so reading a mistyped path
-//! leaves nothing behind.
+//! leaves nothing behind. A filesystem location streams objects opened
+//! with [`Storage::writer`] into staging files (`crate::spool`); other
+//! services collect them in memory and store them with one write.
 
 use crate::location::{process_env, Location};
 use crate::opendal_error::{ErrorContext, Failure};
+use crate::spool::Spool;
 use crate::wire::{Counters, CountingFetch, HttpCounts};
 use crate::{
-    Credentials, ObjectInfo, Result, Storage, StorageError, StorageErrorKind, StorageOptions,
+    Abandoned, BufferedWriter, Credentials, ObjectInfo, ObjectWriter, Result, Storage,
+    StorageError, StorageErrorKind, StorageOptions,
 };
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -49,6 +53,8 @@ pub struct OpendalStorage {
     http: Arc<Counters>,
     /// The root directory of a local file system location.
     local_root: Option<std::path::PathBuf>,
+    /// Its staging area, for streamed objects.
+    spool: Option<Arc<Spool>>,
 }
 
 impl Drop for OpendalStorage {
@@ -129,6 +135,7 @@ impl OpendalStorage {
             io_timeout: opts.io_timeout,
             http,
             local_root: location.local_root().map(Into::into),
+            spool: location.local_root().map(|root| Arc::new(Spool::new(root))),
         })
     }
 
@@ -165,6 +172,7 @@ impl OpendalStorage {
             io_timeout: opts.io_timeout,
             http: Arc::new(Counters::default()),
             local_root: None,
+            spool: None,
         })
     }
 
@@ -408,6 +416,13 @@ impl Storage for OpendalStorage {
         Ok(())
     }
 
+    fn writer(self: Arc<Self>, size_hint: usize) -> Result<Box<dyn ObjectWriter>> {
+        Ok(match &self.spool {
+            Some(spool) => Box::new(spool.writer()),
+            None => Box::new(BufferedWriter::new(self, size_hint)),
+        })
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let op = format!("list {prefix}");
         let Some(operator) = self.read_operator()? else {
@@ -453,12 +468,20 @@ impl Storage for OpendalStorage {
         }
     }
 
+    fn sweep_abandoned(&self, cutoff: std::time::SystemTime, dry_run: bool) -> Result<Abandoned> {
+        match &self.spool {
+            Some(spool) => spool.sweep(cutoff, dry_run),
+            None => Ok(Abandoned::default()),
+        }
+    }
+
     fn location(&self) -> String {
         self.location.clone()
     }
 
-    fn local_dir(&self) -> Option<std::path::PathBuf> {
-        self.local_root.clone()
+    fn missing_root(&self) -> Option<String> {
+        let root = self.local_root.as_ref()?;
+        (!root.exists()).then(|| format!("the directory {} does not exist", root.display()))
     }
 }
 

@@ -3,13 +3,19 @@
 //!
 //! Invariant: only `Temporary` errors are retried, and every `Storage`
 //! operation is safe to repeat (writes replace whole objects, deletes are
-//! idempotent), so a retry never changes the outcome of a request that
-//! succeeded server-side but whose answer was lost.
+//! idempotent, a writer's close may be repeated), so a retry never changes
+//! the outcome of a request that succeeded server-side but whose answer was
+//! lost. Appends to a writer are not retried: one that failed may have been
+//! applied in part, so the writer is abandoned.
 
-use crate::{DynStorage, ObjectInfo, Result, Storage, StorageError, StorageErrorKind};
+use crate::{
+    Abandoned, DynStorage, ObjectInfo, ObjectWriter, Result, Storage, StorageError,
+    StorageErrorKind,
+};
 use bytes::Bytes;
 use rand::Rng;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// When and how long to wait before trying a request again.
@@ -50,33 +56,58 @@ impl RetryStorage {
         Self { inner, policy }
     }
 
-    /// Runs `attempt` until it succeeds, fails permanently, or the retries
-    /// are spent; the last error then says how many attempts were made.
-    fn retry<T>(&self, what: &str, mut attempt: impl FnMut() -> Result<T>) -> Result<T> {
-        let mut retry = 0;
-        loop {
-            match attempt() {
-                Ok(value) => return Ok(value),
-                Err(e) if e.is_temporary() && retry < self.policy.max_retries => {
-                    let bound = self.policy.delay_bound(retry);
-                    let delay = rand::thread_rng().gen_range(Duration::ZERO..=bound);
-                    retry += 1;
-                    tracing::warn!(
-                        operation = what,
-                        retry,
-                        max_retries = self.policy.max_retries,
-                        delay_ms = delay.as_millis() as u64,
-                        error = %e,
-                        "temporary storage error; retrying"
-                    );
-                    std::thread::sleep(delay);
+    fn retry<T>(&self, what: &str, attempt: impl FnMut() -> Result<T>) -> Result<T> {
+        retry(&self.policy, what, attempt)
+    }
+}
+
+/// A writer of the storage below whose close is retried.
+struct RetryWriter {
+    inner: Box<dyn ObjectWriter>,
+    policy: RetryPolicy,
+}
+
+impl ObjectWriter for RetryWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.inner.write(bytes)
+    }
+
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+
+    fn close(&mut self, path: &str) -> Result<()> {
+        let inner = &mut self.inner;
+        retry(&self.policy, "write", || inner.close(path))
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails permanently, or the retries of
+/// `policy` are spent; the last error then says how many attempts were made.
+fn retry<T>(policy: &RetryPolicy, what: &str, mut attempt: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut retry = 0;
+    loop {
+        match attempt() {
+            Ok(value) => return Ok(value),
+            Err(e) if e.is_temporary() && retry < policy.max_retries => {
+                let bound = policy.delay_bound(retry);
+                let delay = rand::thread_rng().gen_range(Duration::ZERO..=bound);
+                retry += 1;
+                tracing::warn!(
+                    operation = what,
+                    retry,
+                    max_retries = policy.max_retries,
+                    delay_ms = delay.as_millis() as u64,
+                    error = %e,
+                    "temporary storage error; retrying"
+                );
+                std::thread::sleep(delay);
+            }
+            Err(mut e) => {
+                if e.is_temporary() && retry > 0 {
+                    e.message = format!("{} (gave up after {} attempts)", e.message, retry + 1);
                 }
-                Err(mut e) => {
-                    if e.is_temporary() && retry > 0 {
-                        e.message = format!("{} (gave up after {} attempts)", e.message, retry + 1);
-                    }
-                    return Err(e);
-                }
+                return Err(e);
             }
         }
     }
@@ -107,6 +138,13 @@ impl Storage for RetryStorage {
         self.retry("write", || self.inner.write(path, data.clone()))
     }
 
+    fn writer(self: Arc<Self>, size_hint: usize) -> Result<Box<dyn ObjectWriter>> {
+        Ok(Box::new(RetryWriter {
+            inner: self.inner.clone().writer(size_hint)?,
+            policy: self.policy,
+        }))
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         self.retry("list", || self.inner.list(prefix))
     }
@@ -119,12 +157,16 @@ impl Storage for RetryStorage {
         self.retry("delete", || self.inner.delete(path))
     }
 
+    fn sweep_abandoned(&self, cutoff: std::time::SystemTime, dry_run: bool) -> Result<Abandoned> {
+        self.inner.sweep_abandoned(cutoff, dry_run)
+    }
+
     fn location(&self) -> String {
         self.inner.location()
     }
 
-    fn local_dir(&self) -> Option<std::path::PathBuf> {
-        self.inner.local_dir()
+    fn missing_root(&self) -> Option<String> {
+        self.inner.missing_root()
     }
 }
 

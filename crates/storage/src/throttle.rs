@@ -7,10 +7,10 @@
 //! until it is repaid. Concurrent callers reserve their share under a lock
 //! and sleep outside it, so waits queue up in arrival order.
 
-use crate::{DynStorage, ObjectInfo, Result, Storage};
+use crate::{Abandoned, DynStorage, ObjectInfo, ObjectWriter, Result, Storage};
 use bytes::Bytes;
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A bucket refilling at `rate` bytes per second, holding up to one
@@ -67,15 +67,39 @@ impl TokenBucket {
 
 /// Limits the bytes per second written and read through the inner storage.
 ///
-/// Writes wait before they are sent; reads are charged once their size is
-/// known (range reads before, whole reads after), so a whole read may
-/// overshoot by one object and the next read waits it off. Lists, stats and
-/// deletes carry no payload and are not throttled.
+/// Writes wait before they are sent; an object streamed through a writer
+/// is charged whole when it is closed, before the inner close (on object
+/// stores, when its bytes are sent; each retried close is charged again,
+/// like a retried write). Reads are charged once their size is known
+/// (range reads before, whole reads after), so a whole read may overshoot
+/// by one object and the next read waits it off. Lists, stats and deletes
+/// carry no payload and are not throttled.
 #[derive(Debug)]
 pub struct ThrottleStorage {
     inner: DynStorage,
-    up: Option<TokenBucket>,
+    up: Option<Arc<TokenBucket>>,
     down: Option<TokenBucket>,
+}
+
+/// A writer of the storage below whose close waits for the upload bucket.
+struct ThrottleWriter {
+    inner: Box<dyn ObjectWriter>,
+    up: Arc<TokenBucket>,
+}
+
+impl ObjectWriter for ThrottleWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.inner.write(bytes)
+    }
+
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+
+    fn close(&mut self, path: &str) -> Result<()> {
+        self.up.pace(self.inner.len());
+        self.inner.close(path)
+    }
 }
 
 impl ThrottleStorage {
@@ -85,7 +109,7 @@ impl ThrottleStorage {
         let now = Instant::now();
         Self {
             inner,
-            up: limit_upload.map(|r| TokenBucket::new(r, now)),
+            up: limit_upload.map(|r| Arc::new(TokenBucket::new(r, now))),
             down: limit_download.map(|r| TokenBucket::new(r, now)),
         }
     }
@@ -117,6 +141,17 @@ impl Storage for ThrottleStorage {
         self.inner.write(path, data)
     }
 
+    fn writer(self: Arc<Self>, size_hint: usize) -> Result<Box<dyn ObjectWriter>> {
+        let inner = self.inner.clone().writer(size_hint)?;
+        Ok(match &self.up {
+            Some(up) => Box::new(ThrottleWriter {
+                inner,
+                up: up.clone(),
+            }),
+            None => inner,
+        })
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         self.inner.list(prefix)
     }
@@ -129,8 +164,16 @@ impl Storage for ThrottleStorage {
         self.inner.delete(path)
     }
 
+    fn sweep_abandoned(&self, cutoff: std::time::SystemTime, dry_run: bool) -> Result<Abandoned> {
+        self.inner.sweep_abandoned(cutoff, dry_run)
+    }
+
     fn location(&self) -> String {
         self.inner.location()
+    }
+
+    fn missing_root(&self) -> Option<String> {
+        self.inner.missing_root()
     }
 }
 

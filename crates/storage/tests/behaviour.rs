@@ -8,6 +8,7 @@ mod behaviour {
     pub mod fs_atomicity;
     pub mod robustness;
     pub mod support;
+    pub mod writer;
 }
 
 use behaviour::support::{open_fresh, pattern};

@@ -22,7 +22,7 @@ use cairn_core::{Error, InitOptions, OpenOptions, Repository};
 use cairn_golden::fixture::{is_root, rich_tree, xattrs_supported, RichOptions};
 use cairn_golden::testkit;
 use cairn_golden::{compare_trees, CompareOptions};
-use cairn_storage::testing::{fresh_location, TestLocation};
+use cairn_storage::testing::{fresh_location, fresh_location_on, TestBackend, TestLocation};
 use cairn_storage::{
     open_backend, open_with, wrap, DynStorage, FaultPlan, FaultRates, FaultStorage, OpKind,
     StorageOptions,
@@ -105,7 +105,15 @@ struct Rig {
 
 impl Rig {
     fn new(name: &str) -> Self {
-        let loc = fresh_location(name).expect("test location");
+        Self::at(fresh_location(name).expect("test location"))
+    }
+
+    /// A rig on a local directory, whatever `CAIRN_TEST_BACKEND` says.
+    fn local(name: &str) -> Self {
+        Self::at(fresh_location_on(&TestBackend::Fs, name).expect("test location"))
+    }
+
+    fn at(loc: TestLocation) -> Self {
         let backend = open_backend(loc.location(), &storage_options(0)).expect("backend");
         let fault = Arc::new(FaultStorage::new(backend, FaultPlan::new(0)));
         let flaky = wrap(fault.clone(), &storage_options(2));
@@ -538,5 +546,63 @@ fn storage_lost_while_a_checkpoint_waits_for_uploads_fails_instead_of_hanging() 
         assert_clear(&e, "backup cut during a checkpoint");
         assert!(e.to_string().contains("simulated crash"), "{e}");
         rig.assert_consistent(&format!("cut after {} requests", 8 + k));
+    }
+}
+
+/// Files left in a local repository's staging folder.
+fn staged(rig: &Rig) -> Vec<PathBuf> {
+    let root = rig.loc.local_root().expect("a local repository");
+    std::fs::read_dir(cairn_storage::staging_dir(root))
+        .map(|rd| rd.map(|e| e.expect("staging entry").path()).collect())
+        .unwrap_or_default()
+}
+
+/// The fault layer sits on the write path of a plain local repository:
+/// packs stream into staging files through the fault, retry and
+/// concurrency layers and are renamed when their writer closes. A fault on
+/// that close fails the backup clearly, leaves no staging file, and the
+/// repository checks clean; the next run succeeds.
+#[test]
+fn a_fault_on_the_pack_writer_of_a_local_repository_fails_the_backup_cleanly() {
+    let src = Source::new();
+    let cases = [
+        (
+            "every pack close fails",
+            FaultRates {
+                error: 1.0,
+                ..FaultRates::default()
+            },
+        ),
+        (
+            "every pack lands but its answer is lost",
+            FaultRates {
+                timeout: 1.0,
+                ..FaultRates::default()
+            },
+        ),
+    ];
+    for (i, (what, rates)) in cases.into_iter().enumerate() {
+        let rig = Rig::local(&format!("faults-local-writer-{i}"));
+        rig.fault
+            .set_plan(always(40 + i as u64, OpKind::Write, rates));
+        let e = try_backup(&rig, &rig.flaky, &src.root)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: the backup must fail"));
+        assert_clear(&e, what);
+        let Error::Storage { source, .. } = &e else {
+            panic!("{what}: not a storage error: {e}");
+        };
+        assert!(
+            source.op.starts_with("write packs/"),
+            "{what}: the first write of a backup is a pack's: {e}"
+        );
+        assert!(
+            e.to_string().contains("gave up after 3 attempts"),
+            "{what}: {e}"
+        );
+        assert!(staged(&rig).is_empty(), "{what}: {:?}", staged(&rig));
+        rig.assert_consistent(what);
+        assert_next_runs_succeed(&rig, &src, 40 + i as u64, what);
+        assert!(staged(&rig).is_empty(), "{what}: {:?}", staged(&rig));
     }
 }

@@ -1,8 +1,8 @@
-//! Packs of a local repository are spooled to staging files and renamed
-//! into place (`Storage::local_dir`). These tests cover what that path adds:
-//! nothing is left in staging, a full disk fails the backup with a clear
-//! error and loses nothing, and a repository whose staging folder cannot be
-//! made falls back to writing packs from memory through the backend.
+//! Packs of a local repository are streamed to staging files and renamed
+//! into place by the fs backend's writer (`Storage::writer`). These tests
+//! cover what that path adds: nothing is left in staging, a full disk fails
+//! the backup with a clear error and loses nothing, and a repository whose
+//! staging folder cannot be made fails the backup naming it.
 
 use cairn_core::backup::{backup, BackupOptions, ParentChoice};
 use cairn_core::check::{check, CheckOptions, DataSubset};
@@ -61,11 +61,14 @@ fn spooled_packs_verify_and_leave_nothing_in_staging() {
     let src = tempfile::tempdir().unwrap();
     write_random(src.path(), 24, 3);
     let repo = init(repo_dir.path());
+    let mut probe = repo.storage().clone().writer(0).unwrap();
+    probe.write(b"probe").unwrap();
     assert_eq!(
-        repo.storage().local_dir().as_deref(),
-        Some(repo_dir.path()),
+        staged_files(repo_dir.path()).len(),
+        1,
         "a local repository spools its packs"
     );
+    drop(probe);
     let snap = backup(&repo, &opts(src.path())).unwrap();
     assert!(snap.snapshot.summary.blobs_added >= 24);
     assert!(staged_files(repo_dir.path()).is_empty());
@@ -157,8 +160,8 @@ fn without_a_staging_folder_packs_are_written_through_the_backend() {
     let src = tempfile::tempdir().unwrap();
     write_random(src.path(), 6, 9);
     let repo = init(repo_dir.path());
-    // A file where the staging folder goes: no spooling, and the backend's
-    // own atomic write, which stages there too, fails with its error.
+    // A file where the staging folder goes: the writer cannot stage a pack
+    // and says where it tried.
     let staging = cairn_storage::staging_dir(repo_dir.path());
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::write(&staging, b"in the way").unwrap();

@@ -15,10 +15,10 @@ use cairn_core::restore::{restore, RestoreOptions};
 use cairn_core::{BlobId, InitOptions, OpenOptions, PackId, Repository};
 use cairn_golden::fixture::Rng;
 use cairn_golden::testkit::{self, backup_dir};
-use cairn_storage::testing::{fresh_location, TestLocation};
+use cairn_storage::testing::{fresh_location, fresh_location_on, TestBackend, TestLocation};
 use cairn_storage::{
-    open_backend, wrap, CountingStorage, DynStorage, ObjectInfo, OpCounts, OpKind, RequestCounts,
-    Storage, StorageOptions,
+    open_backend, wrap, CountingStorage, DynStorage, ObjectInfo, ObjectWriter, OpCounts, OpKind,
+    RequestCounts, Storage, StorageOptions,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -48,6 +48,25 @@ impl Recorder {
     }
 }
 
+/// A writer of the storage below whose close is recorded as a write.
+struct RecordingWriter {
+    inner: Box<dyn ObjectWriter>,
+    recorder: Arc<Recorder>,
+}
+
+impl ObjectWriter for RecordingWriter {
+    fn write(&mut self, bytes: &[u8]) -> cairn_storage::Result<()> {
+        self.inner.write(bytes)
+    }
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn close(&mut self, path: &str) -> cairn_storage::Result<()> {
+        self.recorder.note(OpKind::Write, path);
+        self.inner.close(path)
+    }
+}
+
 impl Storage for Recorder {
     fn read(&self, path: &str) -> cairn_storage::Result<Bytes> {
         self.note(OpKind::Read, path);
@@ -60,6 +79,14 @@ impl Storage for Recorder {
     fn write(&self, path: &str, data: Bytes) -> cairn_storage::Result<()> {
         self.note(OpKind::Write, path);
         self.inner.write(path, data)
+    }
+    // Packs stream through the layers below (on fs, into staging files),
+    // as in production: the counts hold for that path too.
+    fn writer(self: Arc<Self>, size_hint: usize) -> cairn_storage::Result<Box<dyn ObjectWriter>> {
+        Ok(Box::new(RecordingWriter {
+            inner: self.inner.clone().writer(size_hint)?,
+            recorder: self,
+        }))
     }
     fn list(&self, prefix: &str) -> cairn_storage::Result<Vec<ObjectInfo>> {
         self.note(OpKind::List, prefix);
@@ -97,7 +124,10 @@ fn init_options() -> InitOptions {
 impl Counted {
     /// A fresh location, not yet a repository.
     fn new(name: &str) -> Self {
-        let loc = fresh_location(name).expect("test location");
+        Self::at(fresh_location(name).expect("test location"))
+    }
+
+    fn at(loc: TestLocation) -> Self {
         let opts = StorageOptions::default();
         let counting = Arc::new(CountingStorage::new(
             open_backend(loc.location(), &opts).expect("backend"),
@@ -523,4 +553,44 @@ fn listing_snapshots_costs_one_list_and_one_read_per_snapshot() {
         let expected = if read_data.is_some() { packs } else { 0 };
         assert_eq!(counts.prefix("packs").read, expected, "{log:?}");
     }
+}
+
+/// Counting sees the packs of a local repository, which the fs backend
+/// streams into staging files: one write per pack on disk, carrying exactly
+/// its bytes, whatever `CAIRN_TEST_BACKEND` says.
+#[test]
+fn counting_sees_every_pack_written_to_a_local_repository() {
+    let loc = fresh_location_on(&TestBackend::Fs, "requests-local").expect("test location");
+    let root = loc.local_root().expect("local").to_path_buf();
+    let c = Counted::at(loc);
+    let repo = c.init();
+    let src = tempfile::tempdir().expect("src");
+    write_tree(src.path(), 3, 4, 30, 2000..40_000);
+    c.take();
+    backup_of(&repo, src.path());
+    let (counts, log) = c.take();
+    let packs = c.listed("packs/");
+    assert!(packs.len() > 2, "several packs: {packs:?}");
+    let written: BTreeSet<String> = log
+        .iter()
+        .filter(|(k, p)| *k == OpKind::Write && p.starts_with("packs/"))
+        .map(|(_, p)| p.clone())
+        .collect();
+    assert_eq!(written, packs, "every pack on disk was seen written");
+    assert_eq!(counts.prefix("packs").write, packs.len() as u64);
+    let on_disk: u64 = packs
+        .iter()
+        .map(|p| std::fs::metadata(root.join(p)).expect("pack file").len())
+        .sum();
+    let index_and_snapshots: u64 = ["index/", "snapshots/"]
+        .iter()
+        .flat_map(|prefix| c.stack.list(prefix).expect("list"))
+        .map(|o| o.size)
+        .sum();
+    c.take();
+    assert_eq!(
+        counts.bytes_up,
+        on_disk + index_and_snapshots,
+        "the counted bytes are the packs', segments' and snapshot's"
+    );
 }
