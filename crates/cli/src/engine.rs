@@ -236,7 +236,9 @@ fn maintain(repo: &Repository, kind: MaintenanceKind) -> Result<MaintenanceJobRe
         ));
     }
     parts.push(format!("{} index segments compacted", r.segments_compacted));
-    let cache = repo.cache();
+    let cache = repo
+        .index()
+        .map_err(|e| core_error("reading the index", e))?;
     let repository_bytes = cache
         .packs()
         .map_err(|e| core_error("counting the indexed packs", e))?
