@@ -324,11 +324,7 @@ impl Repository {
                     .ok_or_else(|| Error::Internal("the repository handle was closed".into()))?;
                 Repository(inner).fill_index(fresh, tolerate)
             }));
-        // The index is synced on first use (see crate::index_view), except
-        // for check and repair, which want its damage reported up front.
-        if opts.tolerate_damage {
-            repo.sync_index(true)?;
-        }
+        // The index is synced on first use (see crate::index_view).
         repo.refresh_plans()?;
         repo.refresh_damage()?;
         Ok(repo)
@@ -413,9 +409,11 @@ impl Repository {
         storage_err(&self.0.location)
     }
 
-    /// Index segments that failed to load (only with `tolerate_damage`).
-    pub fn damaged_segments(&self) -> Vec<(IndexId, String)> {
-        self.0.index.damaged_segments()
+    /// Index segments that failed to load (only with `tolerate_damage`);
+    /// syncs the index if this handle has not yet.
+    pub fn damaged_segments(&self) -> Result<Vec<(IndexId, String)>> {
+        self.index()?;
+        Ok(self.0.index.damaged_segments())
     }
 
     /// Brings the cached index in line with `index/`: ingests new segments

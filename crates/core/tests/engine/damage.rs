@@ -212,7 +212,7 @@ fn garbled_index_segment_is_named_on_first_use() {
         ..open_opts(cache.path())
     };
     let repo = Repository::open(t.storage().unwrap(), PASSWORD, &opts).unwrap();
-    let damaged = repo.damaged_segments();
+    let damaged = repo.damaged_segments().unwrap();
     assert_eq!(damaged.len(), 1);
     assert_eq!(damaged[0].0.path(), seg);
 }
