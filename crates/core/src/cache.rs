@@ -384,43 +384,19 @@ impl Cache {
     }
 
     /// Ingests one index segment's packs in one transaction.
-    pub fn add_segment(&self, id: &IndexId, packs: &[(PackId, u64, Vec<BlobEntry>)]) -> Result<()> {
+    pub fn add_segment(&self, id: &IndexId, packs: &[SegmentRows]) -> Result<()> {
+        self.add_segments(&[(*id, packs)])
+    }
+
+    /// Ingests several index segments in one transaction: a segment is
+    /// recorded as ingested in the transaction that inserts its last row,
+    /// so a cache left by a killed ingestion holds whole segments only,
+    /// and the next sync ingests the rest.
+    pub fn add_segments(&self, segments: &[(IndexId, &[SegmentRows])]) -> Result<()> {
         self.write(|conn| {
             let tx = conn.transaction()?;
-            tx.execute(
-                "INSERT OR IGNORE INTO segments(id) VALUES (?1)",
-                [&id.0 .0[..]],
-            )?;
-            let seg: i64 = tx.query_row(
-                "SELECT seq FROM segments WHERE id = ?1",
-                [&id.0 .0[..]],
-                |r| r.get(0),
-            )?;
-            {
-                let mut add_pack =
-                    tx.prepare_cached("INSERT INTO packs(id, seg, len) VALUES (?1, ?2, ?3)")?;
-                let mut add_blob = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO blobs(id, pack, kind, offset, stored_len, raw_len) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?;
-                let mut rows = Vec::with_capacity(packs.iter().map(|p| p.2.len()).sum());
-                for (pack, len, blobs) in packs {
-                    add_pack.execute(params![&pack.0 .0[..], seg, *len as i64])?;
-                    let pack_seq = tx.last_insert_rowid();
-                    rows.extend(blobs.iter().map(|b| (b, pack_seq)));
-                }
-                // In key order: neighbouring inserts then share B-tree pages
-                // (about 5% faster on a fresh cache, more on a large one).
-                rows.sort_unstable_by_key(|(b, pack_seq)| (b.id, *pack_seq));
-                for (b, pack_seq) in rows {
-                    add_blob.execute(params![
-                        &b.id.0 .0[..],
-                        pack_seq,
-                        b.kind.code(),
-                        b.offset,
-                        b.stored_len,
-                        b.raw_len
-                    ])?;
-                }
+            for (id, packs) in segments {
+                insert_segment(&tx, id, packs)?;
             }
             Ok(tx.commit()?)
         })
@@ -667,6 +643,51 @@ fn stream_locations(
         }
     }
     Ok(Ok(()))
+}
+
+/// One pack of an index segment as the cache ingests it: its id, its
+/// length and its blobs.
+pub type SegmentRows = (PackId, u64, Vec<BlobEntry>);
+
+/// Inserts one segment's rows and records the segment, inside `tx`.
+fn insert_segment(
+    tx: &rusqlite::Transaction<'_>,
+    id: &IndexId,
+    packs: &[SegmentRows],
+) -> Result<(), Fail> {
+    tx.execute(
+        "INSERT OR IGNORE INTO segments(id) VALUES (?1)",
+        [&id.0 .0[..]],
+    )?;
+    let seg: i64 = tx.query_row(
+        "SELECT seq FROM segments WHERE id = ?1",
+        [&id.0 .0[..]],
+        |r| r.get(0),
+    )?;
+    let mut add_pack = tx.prepare_cached("INSERT INTO packs(id, seg, len) VALUES (?1, ?2, ?3)")?;
+    let mut add_blob = tx.prepare_cached(
+        "INSERT OR REPLACE INTO blobs(id, pack, kind, offset, stored_len, raw_len) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let mut rows = Vec::with_capacity(packs.iter().map(|p| p.2.len()).sum());
+    for (pack, len, blobs) in packs {
+        add_pack.execute(params![&pack.0 .0[..], seg, *len as i64])?;
+        let pack_seq = tx.last_insert_rowid();
+        rows.extend(blobs.iter().map(|b| (b, pack_seq)));
+    }
+    // In key order: neighbouring inserts then share B-tree pages
+    // (about 5% faster on a fresh cache, more on a large one).
+    rows.sort_unstable_by_key(|(b, pack_seq)| (b.id, *pack_seq));
+    for (b, pack_seq) in rows {
+        add_blob.execute(params![
+            &b.id.0 .0[..],
+            pack_seq,
+            b.kind.code(),
+            b.offset,
+            b.stored_len,
+            b.raw_len
+        ])?;
+    }
+    Ok(())
 }
 
 /// Path standing for an in-memory cache.

@@ -367,7 +367,7 @@ impl Health {
         if let Some(p) = crate::sync::lock(&self.memo).get(id) {
             return Ok(p.clone());
         }
-        let locations = repo.cache().locations(id)?;
+        let locations = repo.index()?.locations(id)?;
         let mut first = None;
         let mut readable = Vec::new();
         for loc in &locations {

@@ -324,7 +324,7 @@ pub fn mark(repo: &Repository, roots: &Roots, opts: &GcOptions) -> Result<MarkRe
         ..Default::default()
     };
     let mut usage: HashMap<PackId, PackUse> = HashMap::new();
-    repo.cache().for_each_location(|pack, len, e| {
+    repo.index()?.for_each_location(|pack, len, e| {
         let u = usage.entry(pack).or_default();
         u.len = len;
         u.stored += e.stored_len as u64;
@@ -376,7 +376,7 @@ pub fn mark(repo: &Repository, roots: &Roots, opts: &GcOptions) -> Result<MarkRe
     // planned), with the copies to rewrite, intact ones first.
     let mut covered: HashSet<BlobId> = HashSet::new();
     let mut candidates: HashMap<BlobId, Vec<(PackId, BlobEntry, bool)>> = HashMap::new();
-    repo.cache().for_each_location(|pack, _, e| {
+    repo.index()?.for_each_location(|pack, _, e| {
         if !live.contains(&e.id) {
             return Ok(());
         }
@@ -532,7 +532,7 @@ pub fn sweep(repo: &Repository, roots: &Roots, opts: &GcOptions) -> Result<Sweep
     let mut safe: HashSet<BlobId> = HashSet::new();
     let mut at_risk: Vec<(PackId, BlobId)> = Vec::new();
     let mut sizes: HashMap<PackId, u64> = HashMap::new();
-    repo.cache().for_each_location(|pack, len, e| {
+    repo.index()?.for_each_location(|pack, len, e| {
         let bad = damage.is_bad(&e.id, &pack);
         if doomed.contains(&pack) {
             sizes.insert(pack, len);
@@ -574,7 +574,7 @@ pub fn sweep(repo: &Repository, roots: &Roots, opts: &GcOptions) -> Result<Sweep
     let delete_set: HashSet<PackId> = delete.iter().copied().collect();
     let mut segments: Vec<IndexId> = Vec::new();
     for p in &delete {
-        segments.extend(repo.cache().segments_listing(p)?);
+        segments.extend(repo.index()?.segments_listing(p)?);
     }
     segments.sort();
     segments.dedup();

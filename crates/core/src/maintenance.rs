@@ -107,7 +107,7 @@ fn forget_damage_resolved(repo: &Repository, dry_run: bool) -> Result<u64> {
     if set.record_count() == 0 {
         return Ok(0);
     }
-    let indexed: HashSet<PackId> = repo.cache().packs()?.into_iter().map(|(p, _)| p).collect();
+    let indexed: HashSet<PackId> = repo.index()?.packs()?.into_iter().map(|(p, _)| p).collect();
     let mut n = 0;
     for (id, rec) in set.records() {
         if rec.entries.iter().any(|e| indexed.contains(&e.pack)) {
@@ -151,7 +151,7 @@ pub fn compact_index(repo: &Repository, dry_run: bool) -> Result<u64> {
     let planned = repo.planned_packs();
     let mut small: Vec<IndexId> = Vec::new();
     let mut blobs = 0usize;
-    for id in repo.cache().segments()? {
+    for id in repo.index()?.segments()? {
         let seg = match repo.load_segment(&id) {
             Ok(s) => s,
             Err(crate::Error::Storage { source, .. }) if source.is_not_found() => continue,

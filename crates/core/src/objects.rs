@@ -216,6 +216,63 @@ impl<'a> Objects<'a> {
         Ok(out)
     }
 
+    /// Loads the objects `ids` on `in_flight` threads and hands each to
+    /// `f` on the calling thread as it arrives (in no set order), by the
+    /// same policy as [`Objects::load_each`]. At most `in_flight` objects
+    /// are loading or waiting for `f` besides the one `f` holds, so memory
+    /// follows `in_flight`, not the number of objects. An error from `f` or from a load stops
+    /// the loaders and is returned.
+    pub fn stream_each<K: SealedKind>(
+        ids: Vec<K::Id>,
+        in_flight: usize,
+        load: impl Fn(&K::Id) -> Result<K::Body> + Sync,
+        mut f: impl FnMut(K::Id, K::Body) -> Result<()>,
+    ) -> Result<Loaded<K>> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let in_flight = in_flight.clamp(1, ids.len().max(1));
+        let queue = std::sync::Mutex::new(ids.into_iter());
+        let stop = AtomicBool::new(false);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(K::Id, Result<K::Body>)>(in_flight - 1);
+        std::thread::scope(|s| {
+            let mut out = Loaded::empty();
+            let mut spawned = Ok(());
+            for n in 0..in_flight {
+                let (tx, queue, stop, load) = (tx.clone(), &queue, &stop, &load);
+                let worker = std::thread::Builder::new()
+                    .name(format!("load-{}-{n}", K::WHAT))
+                    .spawn_scoped(s, move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            let Some(id) = crate::sync::lock(queue).next() else {
+                                break;
+                            };
+                            let r = load(&id);
+                            if tx.send((id, r)).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                if let Err(e) = worker {
+                    spawned = Err(Error::spawn("an object loader")(e));
+                    break;
+                }
+            }
+            drop(tx);
+            let result = spawned.and_then(|()| {
+                for (id, r) in rx.iter() {
+                    if let Some(body) = out.sort(id.clone(), r)? {
+                        f(id, body)?;
+                    }
+                }
+                Ok(())
+            });
+            // On an error the loaders stop at their next object, and none
+            // blocks on a full channel once the receiver is gone.
+            stop.store(true, Ordering::Relaxed);
+            drop(rx);
+            result.map(|()| out)
+        })
+    }
+
     /// Lists and loads every object of kind `K`.
     pub fn load_all<K: SealedKind>(&self) -> Result<Loaded<K>> {
         let ids = self.list::<K>()?.into_iter().map(|l| l.id).collect();

@@ -1,5 +1,6 @@
 //! The repository handle: init, open with a password, keys, blob and tree
-//! reads, snapshots, and index synchronisation with the local cache.
+//! reads, snapshots. It composes a keyring, an index view
+//! ([`crate::index_view`]: index and `gc/` plans) and a blob sealer.
 
 use crate::cache::{BlobLocation, Cache, CachedKind};
 use crate::crypto::{IdHasher, KdfParams, SealKey};
@@ -13,6 +14,7 @@ use crate::format::kinds::{IndexSegments, KeyFiles, ObjectKind, Snapshots};
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{decode_list, ChunkRef, Content, Tree};
 use crate::format::{BlobId, BlobKind, Id, IndexId, PackId, SnapshotId, FORMAT_VERSION};
+use crate::index_view::{segment_rows, IndexView, SyncReport};
 use crate::keyring::{new_key_file, Keyring};
 use crate::objects::{any_on, list_on, Objects};
 use crate::plans::PlanSet;
@@ -75,11 +77,9 @@ pub(crate) struct Inner {
     pub(crate) config: Config,
     keys: Keyring,
     sealer: BlobSealer,
-    pub(crate) cache: Cache,
-    damaged_segments: std::sync::Mutex<Vec<(IndexId, String)>>,
-    /// Packs listed in `gc/` plans: their blobs count as absent for dedup
-    /// (see docs/MAINTENANCE.md). Refreshed by [`Repository::refresh_plans`].
-    plans: std::sync::RwLock<PlanSet>,
+    /// The index and the `gc/` plans (whose packs count as absent for
+    /// dedup, see docs/MAINTENANCE.md); the index is synced on first use.
+    index: IndexView,
     /// Copies recorded in `damage/`: never deduplicated against, read only
     /// when no other copy exists. Refreshed by [`Repository::refresh_damage`].
     damage: std::sync::RwLock<DamageSet>,
@@ -97,14 +97,6 @@ impl std::fmt::Debug for Repository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Repository({})", self.0.location)
     }
-}
-
-/// An index segment's packs as the cache ingests them.
-fn cache_rows(seg: IndexSegment) -> Vec<(PackId, u64, Vec<crate::format::pack::BlobEntry>)> {
-    seg.packs
-        .into_iter()
-        .map(|p| (p.id, p.len, p.blobs))
-        .collect()
 }
 
 pub use crate::keyring::{hostname, user_at_host, KeyInfo};
@@ -314,9 +306,7 @@ impl Repository {
             storage,
             location,
             config,
-            cache,
-            damaged_segments: Default::default(),
-            plans: Default::default(),
+            index: IndexView::new(cache, opts.tolerate_damage),
             damage: Default::default(),
             found: Default::default(),
             header_damage,
@@ -324,13 +314,16 @@ impl Repository {
         // A cache found damaged after this is rebuilt from the index.
         let weak = Arc::downgrade(&repo.0);
         let tolerate = opts.tolerate_damage;
-        repo.0.cache.set_refill(Box::new(move |fresh: &Cache| {
-            let inner = weak
-                .upgrade()
-                .ok_or_else(|| Error::Internal("the repository handle was closed".into()))?;
-            Repository(inner).fill_index(fresh, tolerate)
-        }));
-        repo.sync_index(opts.tolerate_damage)?;
+        repo.0
+            .index
+            .cache()
+            .set_refill(Box::new(move |fresh: &Cache| {
+                let inner = weak
+                    .upgrade()
+                    .ok_or_else(|| Error::Internal("the repository handle was closed".into()))?;
+                Repository(inner).fill_index(fresh, tolerate)
+            }));
+        // The index is synced on first use (see crate::index_view).
         repo.refresh_plans()?;
         repo.refresh_damage()?;
         Ok(repo)
@@ -343,7 +336,7 @@ impl Repository {
     fn fill_index(&self, fresh: &Cache, tolerate_damage: bool) -> Result<()> {
         for id in self.objects().list_ids::<IndexSegments>()? {
             match self.load_segment(&id) {
-                Ok(seg) => fresh.add_segment(&id, &cache_rows(seg))?,
+                Ok(seg) => fresh.add_segment(&id, &segment_rows(seg))?,
                 Err(e) if crate::objects::is_vanished(&e) => {}
                 Err(e) if tolerate_damage => tracing::warn!("{e}"),
                 Err(e) => return Err(e),
@@ -372,9 +365,21 @@ impl Repository {
         self.0.config.repo_id
     }
 
-    /// The local cache.
+    /// The local cache: trees and snapshots, and the index as far as it
+    /// was synced. For index queries use [`Repository::index`].
     pub fn cache(&self) -> &Cache {
-        &self.0.cache
+        self.0.index.cache()
+    }
+
+    /// The local cache with its index in line with `index/` (synced now if
+    /// this handle has not synced yet).
+    pub fn index(&self) -> Result<&Cache> {
+        self.0.index.synced_cache(&self.objects())
+    }
+
+    /// The index view: the index and the `gc/` plans.
+    pub fn index_view(&self) -> &IndexView {
+        &self.0.index
     }
 
     /// The blob id of `data`.
@@ -403,41 +408,22 @@ impl Repository {
         storage_err(&self.0.location)
     }
 
-    /// Index segments that failed to load (only with `tolerate_damage`).
-    pub fn damaged_segments(&self) -> Vec<(IndexId, String)> {
-        crate::sync::lock(&self.0.damaged_segments).clone()
+    /// Index segments that failed to load (only with `tolerate_damage`);
+    /// syncs the index if this handle has not yet.
+    pub fn damaged_segments(&self) -> Result<Vec<(IndexId, String)>> {
+        self.index()?;
+        Ok(self.0.index.damaged_segments())
     }
 
-    /// Brings the cached index in line with `index/`: ingests new segments,
-    /// drops vanished ones. Lists `index/` once.
+    /// Brings the cached index in line with `index/`: ingests new segments
+    /// (streamed, in bounded memory), drops vanished ones.
     pub fn sync_index(&self, tolerate_damage: bool) -> Result<()> {
-        let present: std::collections::HashSet<IndexId> = self
-            .objects()
-            .list_ids::<IndexSegments>()?
-            .into_iter()
-            .collect();
-        let cached: std::collections::HashSet<IndexId> =
-            self.0.cache.segments()?.into_iter().collect();
-        for gone in cached.difference(&present) {
-            self.0.cache.remove_segment(gone)?;
-        }
-        let new: Vec<IndexId> = present.difference(&cached).copied().collect();
-        // Segments superseded and deleted by maintenance since the listing
-        // are skipped.
-        let loaded = Objects::load_each::<IndexSegments>(new, |id| self.load_segment(id))?;
-        for (id, seg) in loaded.objects {
-            self.0.cache.add_segment(&id, &cache_rows(seg))?;
-        }
-        let mut damaged = Vec::new();
-        for (id, e) in loaded.damaged {
-            if !tolerate_damage {
-                return Err(e);
-            }
-            tracing::warn!("{e}");
-            damaged.push((id, e.to_string()));
-        }
-        *crate::sync::lock(&self.0.damaged_segments) = damaged;
-        Ok(())
+        self.sync_index_report(tolerate_damage).map(|_| ())
+    }
+
+    /// [`Repository::sync_index`], saying what it did.
+    pub fn sync_index_report(&self, tolerate_damage: bool) -> Result<SyncReport> {
+        self.0.index.sync(&self.objects(), tolerate_damage)
     }
 
     /// Reads, verifies and decodes one index segment.
@@ -448,7 +434,7 @@ impl Repository {
     /// Writes an index segment and adds it to the cache; returns its id.
     pub fn save_segment(&self, seg: &IndexSegment) -> Result<IndexId> {
         let (id, _) = self.objects().save::<IndexSegments>(seg)?;
-        self.0.cache.add_segment(&id, &cache_rows(seg.clone()))?;
+        self.0.index.add_written(&id, seg)?;
         Ok(id)
     }
 
@@ -457,18 +443,7 @@ impl Repository {
     /// not recorded as damaged, then any copy (a reader of a damaged copy
     /// fails with the damage named).
     pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
-        let plans = crate::sync::read(&self.0.plans);
-        let damage = self.damage();
-        if plans.is_empty() && damage.is_empty() {
-            return self.0.cache.lookup(id);
-        }
-        let all = self.0.cache.locations(id)?;
-        let rank = |l: &BlobLocation| match (damage.is_bad(id, &l.pack), plans.contains(&l.pack)) {
-            (false, false) => 0,
-            (false, true) => 1,
-            (true, _) => 2,
-        };
-        Ok(all.iter().min_by_key(|l| rank(l)).copied())
+        self.0.index.lookup(&self.objects(), &self.damage(), id)
     }
 
     /// Whether the index holds blob `id` in a pack no `gc/` plan lists and
@@ -476,17 +451,7 @@ impl Repository {
     /// such blobs: a blob whose copies are all planned for deletion or known
     /// to be damaged counts as absent and is written again.
     pub fn has_blob(&self, id: &BlobId) -> Result<bool> {
-        let plans = crate::sync::read(&self.0.plans);
-        let damage = self.damage();
-        if plans.is_empty() && damage.is_empty() {
-            return self.0.cache.contains(id);
-        }
-        Ok(self
-            .0
-            .cache
-            .locations(id)?
-            .iter()
-            .any(|l| !plans.contains(&l.pack) && !damage.is_bad(id, &l.pack)))
+        self.0.index.has_blob(&self.objects(), &self.damage(), id)
     }
 
     /// The recorded damage, for reading. A poisoned lock still holds a
@@ -596,16 +561,12 @@ impl Repository {
     /// Re-reads the `gc/` plans (lists `gc/`, loads only plans not seen
     /// before); returns whether the set of planned packs changed.
     pub fn refresh_plans(&self) -> Result<bool> {
-        let current = crate::sync::read(&self.0.plans).clone();
-        let fresh = crate::plans::load(&self.objects(), &current)?;
-        let changed = fresh.plan_ids() != current.plan_ids();
-        *crate::sync::write(&self.0.plans) = fresh;
-        Ok(changed)
+        self.0.index.refresh_plans(&self.objects())
     }
 
     /// The packs listed in the `gc/` plans seen by the last refresh.
     pub fn planned_packs(&self) -> PlanSet {
-        crate::sync::read(&self.0.plans).clone()
+        self.0.index.planned_packs()
     }
 
     /// Seals a blob for storage: returns its id and stored bytes (see
@@ -671,19 +632,22 @@ impl Repository {
 
     /// Loads a tree, from the cache when possible.
     pub fn load_tree(&self, id: &BlobId) -> Result<Tree> {
-        if let Some(data) = self.0.cache.get_object(CachedKind::Tree, &id.0)? {
+        if let Some(data) = self.0.index.cache().get_object(CachedKind::Tree, &id.0)? {
             if self.blob_id(&data) == *id {
                 if let Ok(tree) = Tree::decode(&data) {
                     return Ok(tree);
                 }
             }
             tracing::warn!("cached tree {} is damaged; fetching it again", id.short());
-            self.0.cache.remove_object(&id.0)?;
+            self.0.index.cache().remove_object(&id.0)?;
         }
         let data = self.read_blob(BlobKind::Tree, id)?;
         let tree =
             Tree::decode(&data).map_err(|e| Error::corrupt(format!("tree {}", id.to_hex()), e))?;
-        self.0.cache.put_object(CachedKind::Tree, &id.0, &data)?;
+        self.0
+            .index
+            .cache()
+            .put_object(CachedKind::Tree, &id.0, &data)?;
         Ok(tree)
     }
 
@@ -709,8 +673,7 @@ impl Repository {
     /// Writes a snapshot manifest; returns its id.
     pub fn save_snapshot(&self, snap: &Snapshot) -> Result<SnapshotId> {
         let (id, stored) = self.objects().save::<Snapshots>(snap)?;
-        self.0
-            .cache
+        self.cache()
             .put_object(CachedKind::Snapshot, &id.0, &stored)?;
         Ok(id)
     }
@@ -745,7 +708,7 @@ impl Repository {
     /// Deletes a snapshot manifest (its data stays until garbage collection).
     pub fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
         self.objects().delete::<Snapshots>(id)?;
-        self.0.cache.remove_object(&id.0)
+        self.0.index.cache().remove_object(&id.0)
     }
 
     /// Loads one snapshot manifest, from the cache when possible.
@@ -761,7 +724,10 @@ impl Repository {
 
     fn load_snapshot_from(&self, id: &SnapshotId, use_cache: bool) -> Result<Snapshot> {
         let cached = if use_cache {
-            self.0.cache.get_object(CachedKind::Snapshot, &id.0)?
+            self.0
+                .index
+                .cache()
+                .get_object(CachedKind::Snapshot, &id.0)?
         } else {
             None
         };
@@ -769,7 +735,10 @@ impl Repository {
             Some(s) if Id::hash(&s) == id.0 => s,
             _ => {
                 let s = self.objects().read::<Snapshots>(id)?.to_vec();
-                self.0.cache.put_object(CachedKind::Snapshot, &id.0, &s)?;
+                self.0
+                    .index
+                    .cache()
+                    .put_object(CachedKind::Snapshot, &id.0, &s)?;
                 s
             }
         };

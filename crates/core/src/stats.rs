@@ -146,10 +146,10 @@ pub fn stats(repo: &Repository, snapshots: &[(SnapshotId, Snapshot)]) -> Result<
         w.stats.files += sizes.0;
         w.stats.restore_size += sizes.1;
     }
-    let packs = repo.cache().packs()?;
+    let packs = repo.index()?.packs()?;
     w.stats.packs = packs.len() as u64;
     w.stats.pack_size = packs.iter().map(|(_, len)| len).sum();
-    w.stats.indexed_blobs = repo.cache().blob_count()?;
+    w.stats.indexed_blobs = repo.index()?.blob_count()?;
     Ok(w.stats)
 }
 

@@ -201,7 +201,9 @@ fn maintain(repo: &Repository, kind: MaintenanceKind) -> Result<MaintenanceJobRe
         kind.as_str(),
         report::maintenance_lines(&r, false).join("; ")
     );
-    let cache = repo.cache();
+    let cache = repo
+        .index()
+        .map_err(|e| core_error("reading the index", e))?;
     let repository_bytes = cache
         .packs()
         .map_err(|e| core_error("counting the indexed packs", e))?

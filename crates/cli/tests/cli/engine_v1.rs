@@ -429,9 +429,10 @@ fn damaged_repository_errors_name_the_object() {
         "--verify",
     ]);
 
-    // A garbled index segment: commands open anyway and warn naming it
-    // (it costs only the blobs it describes); check fails and names it. A
-    // fresh cache makes the segment be read again.
+    // A garbled index segment: commands that use the index warn naming it
+    // (it costs only the blobs it describes: here the root tree, so `ls`
+    // fails as damaged); check fails and names it. A fresh cache makes the segment be read again. (`snapshots`
+    // reads no index at all.)
     let seg = storage.list("index/").unwrap().remove(0).path;
     let mut bytes = storage.read(&seg).unwrap().to_vec();
     bytes[30] ^= 1;
@@ -441,7 +442,12 @@ fn damaged_repository_errors_name_the_object() {
         .cmd()
         .env("CAIRN_CACHE_DIR", fresh.path())
         .arg("snapshots"));
-    expect_failure(&out, 0, &seg, &["snapshots"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = run(env
+        .cmd()
+        .env("CAIRN_CACHE_DIR", fresh.path())
+        .args(["ls", "latest"]));
+    expect_failure(&out, 12, &seg, &["ls"]);
     let out = run(env.cmd().env("CAIRN_CACHE_DIR", fresh.path()).arg("check"));
     expect_failure(&out, 12, &seg, &["check"]);
 }

@@ -154,7 +154,12 @@ fn parent_root(repo: &Repository, id: &SnapshotId, what: &str) -> Result<Option<
         .load_snapshot(id)
         .and_then(|snap| repo.load_tree(&snap.tree))
     {
-        Ok(tree) => Ok(Some(tree)),
+        Ok(tree) => {
+            // Its trees arrive in a few parallel reads instead of one
+            // round trip per directory during the walk.
+            crate::prefetch::prefetch_subtrees(repo, &tree)?;
+            Ok(Some(tree))
+        }
         Err(e) if e.kind() == crate::ErrorKind::Corrupt => {
             tracing::warn!(
                 "{what} {} cannot be read ({e}); reading its files again",

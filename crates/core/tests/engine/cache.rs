@@ -72,7 +72,7 @@ fn a_cache_of_another_repository_is_rebuilt() {
         let _ = std::fs::remove_file(PathBuf::from(p));
     }
     let repo = open_repo(&loc, cache.path());
-    assert!(repo.cache().blob_count().unwrap() > 0);
+    assert!(repo.index().unwrap().blob_count().unwrap() > 0);
     let (_d, dst) = temp_sub("dst");
     restore_all(&repo, &snap_b, &dst);
     assert_same_tree(&src, &dst, &compare_opts(&src));
@@ -172,14 +172,14 @@ fn a_vanished_index_segment_is_dropped_from_the_cache() {
     golden_tree(&src).unwrap();
     backup_dir(&t.repo, &src);
     let storage = t.storage().unwrap();
-    let before = t.repo.cache().blob_count().unwrap();
+    let before = t.repo.index().unwrap().blob_count().unwrap();
     assert!(before > 0);
     for seg in names(&storage, "index/") {
         storage.delete(&seg).unwrap();
     }
     let repo = t.reopen().expect("reopen");
     assert_eq!(
-        repo.cache().blob_count().unwrap(),
+        repo.index().unwrap().blob_count().unwrap(),
         0,
         "stale index rows survived"
     );
@@ -214,7 +214,7 @@ fn a_cache_with_damaged_pages_is_rebuilt_from_the_index() {
         std::fs::write(&file, &good).unwrap();
         damage_page(&file, fraction);
         let repo = open_repo(&loc, cache.path());
-        let blobs = repo.cache().blob_count().unwrap();
+        let blobs = repo.index().unwrap().blob_count().unwrap();
         assert!(blobs > 0, "the rebuilt index is whole");
         let (_d, dst) = temp_sub("dst");
         restore_all(&repo, &first, &dst);

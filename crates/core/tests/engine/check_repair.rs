@@ -350,7 +350,7 @@ fn garbled_index_segment_is_reported_and_superseded() {
         Damage::SegmentUnreadable { object, .. } if object == victim)));
     repair_index(&repo, &RepairIndexOptions::default()).expect("repair index");
     let repo = f.reopen();
-    assert!(repo.damaged_segments().is_empty());
+    assert!(repo.damaged_segments().unwrap().is_empty());
     let r = check(&repo, &read_all()).expect("check");
     assert!(r.is_clean(), "{:?}", r.damage);
     let (_out, failed) = restore_to(&repo, &snap);

@@ -143,7 +143,8 @@ fn run_child(what: &str, repo: &Path, src: &Path, delay: Option<Duration>) -> bo
 
 fn indexed(repo: &Repository) -> HashSet<BlobId> {
     let mut out = HashSet::new();
-    repo.cache()
+    repo.index()
+        .unwrap()
         .for_each_location(|_, _, e| {
             out.insert(e.id);
             Ok(())

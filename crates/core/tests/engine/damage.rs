@@ -194,14 +194,16 @@ fn damaged_tree_pack_is_named() {
 }
 
 #[test]
-fn garbled_index_segment_is_named_on_open() {
+fn garbled_index_segment_is_named_on_first_use() {
     let (t, _r, _s, _src) = golden_repo("garbled-index");
     let storage = t.storage().unwrap();
     let seg = names(&storage, "index/").into_iter().next().unwrap();
     flip(&t, &seg, 30);
     let cache = tempfile::tempdir().unwrap();
-    let e = Repository::open(t.storage().unwrap(), PASSWORD, &open_opts(cache.path()))
-        .expect_err("damaged index");
+    // Opening reads no index; the first lookup syncs it and names the damage.
+    let repo = Repository::open(t.storage().unwrap(), PASSWORD, &open_opts(cache.path()))
+        .expect("open reads no index");
+    let e = repo.index().expect_err("damaged index");
     assert_eq!(e.kind(), ErrorKind::Corrupt);
     assert!(e.to_string().contains(&seg), "{e}");
     // check and repair can still open it and see which segment is damaged.
@@ -210,7 +212,7 @@ fn garbled_index_segment_is_named_on_open() {
         ..open_opts(cache.path())
     };
     let repo = Repository::open(t.storage().unwrap(), PASSWORD, &opts).unwrap();
-    let damaged = repo.damaged_segments();
+    let damaged = repo.damaged_segments().unwrap();
     assert_eq!(damaged.len(), 1);
     assert_eq!(damaged[0].0.path(), seg);
 }

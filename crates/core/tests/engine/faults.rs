@@ -161,9 +161,9 @@ impl Rig {
         )
         .unwrap_or_else(|e| panic!("{when}: open through a clean storage: {e}"));
         assert!(
-            repo.damaged_segments().is_empty(),
+            repo.damaged_segments().unwrap().is_empty(),
             "{when}: damaged index segments: {:?}",
-            repo.damaged_segments()
+            repo.damaged_segments().unwrap()
         );
         let report = check(
             &repo,

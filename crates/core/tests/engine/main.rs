@@ -10,6 +10,7 @@
 mod bad_input;
 mod cache;
 mod check_repair;
+mod cold;
 mod compare;
 mod crash;
 mod damage;

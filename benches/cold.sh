@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# benches/cold.sh: cold starts (issue 25). A repository whose index names
+# CAIRN_COLD_BLOBS fake blobs (default 10M, `cairn-benchgen fake-index`)
+# and a 10k-file tree backed up once; then, each with /usr/bin/time -v's
+# wall time and peak RSS: an unchanged backup with the warm cache, an
+# unchanged backup with an empty cache (a job pod), `snapshots` with an
+# empty cache. CAIRN_BIN picks the cairn binary (to compare builds on the
+# same repository); CAIRN_COLD_KEEP=1 reuses the repository of a previous
+# run with the same size. Every run is printed.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+blobs=${CAIRN_COLD_BLOBS:-10000000}
+files=${CAIRN_COLD_FILES:-10000}
+work=${CAIRN_BENCH_DIR:-/tmp/cairn-cold}
+cairn=${CAIRN_BIN:-$target_dir/release/cairn}
+gen=${CAIRN_BENCHGEN:-$target_dir/release/cairn-benchgen}
+export CAIRN_PASSWORD=bench
+repo=$work/repo-$blobs
+measure() { # label, then the command
+  local label=$1; shift
+  /usr/bin/time -v "$@" >/dev/null 2>"$work/time.txt" || { cat "$work/time.txt"; exit 1; }
+  local wall rss
+  wall=$(grep "Elapsed (wall" "$work/time.txt" | awk '{print $NF}')
+  rss=$(grep "Maximum resident" "$work/time.txt" | awk '{print $NF}')
+  printf '%-44s %10s  %6d MiB\n' "$label" "$wall" $((rss / 1024))
+}
+mkdir -p "$work"
+if [ "$(cat "$work/tree.spec" 2>/dev/null)" != "$files" ]; then
+  rm -rf "$work/tree"
+  "$gen" tiny-tree "$work/tree" "$files"
+  echo "$files" >"$work/tree.spec"
+fi
+if [ "${CAIRN_COLD_KEEP:-0}" != 1 ] || [ ! -e "$repo/cairn.repository" ]; then
+  rm -rf "$repo" "$work/cache-$blobs"
+  CAIRN_CACHE_DIR=$work/cache-$blobs "$cairn" -q -r "$repo" init >/dev/null
+  echo "adding $blobs fake blobs to the index"
+  CAIRN_CACHE_DIR=$work/cache-$blobs /usr/bin/time -f "  %e s, peak RSS %M KiB" "$gen" fake-index "$repo" "$blobs"
+  CAIRN_CACHE_DIR=$work/cache-$blobs "$cairn" -q -r "$repo" backup "$work/tree" >/dev/null
+fi
+echo "$cairn, $blobs blobs, $files files:"
+CAIRN_CACHE_DIR=$work/cache-$blobs measure "unchanged backup, warm cache" "$cairn" -q -r "$repo" backup "$work/tree"
+rm -rf "$work/cold"
+CAIRN_CACHE_DIR=$work/cold measure "unchanged backup, empty cache" "$cairn" -q -r "$repo" backup "$work/tree"
+rm -rf "$work/cold"
+CAIRN_CACHE_DIR=$work/cold measure "snapshots, empty cache" "$cairn" -q -r "$repo" snapshots
+rm -rf "$work/cold"

@@ -1,0 +1,198 @@
+//! Fetching a snapshot's trees into the cache before a walk asks for them
+//! one by one: on an empty cache (a job pod) each directory of the parent
+//! snapshot would otherwise cost one sequential round trip.
+//!
+//! Level by level from the root: the trees of a level not cached yet are
+//! looked up, grouped by pack, neighbouring ranges merged into one read,
+//! and the reads issued [`IN_FLIGHT`] at a time. A level costs about one
+//! round trip, however many directories it has. Prefetching only warms
+//! the cache: a tree it cannot fetch or open is left for the walk, whose
+//! own read reports it.
+
+use crate::cache::CachedKind;
+use crate::error::Result;
+use crate::format::tree::{Payload, Tree};
+use crate::format::{BlobId, BlobKind, Id, PackId};
+use crate::repo::Repository;
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
+
+/// Range reads in flight at once.
+pub const IN_FLIGHT: usize = 8;
+/// Neighbouring ranges of a pack closer than this are read as one (reading
+/// the gap costs less than another round trip).
+pub const MERGE_GAP: u64 = 256 << 10;
+/// One merged read spans at most this many bytes.
+pub const MAX_READ: u64 = 8 << 20;
+
+/// What one prefetch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrefetchStats {
+    /// Levels of the tree below the root walked.
+    pub levels: u32,
+    /// Trees fetched from the repository.
+    pub fetched: u64,
+    /// Range reads issued.
+    pub reads: u64,
+    /// Trees that could not be fetched or opened (left to the walk).
+    pub skipped: u64,
+}
+
+/// One merged read: a range of a pack and the trees inside it.
+struct Read {
+    pack: PackId,
+    range: Range<u64>,
+    /// (tree id, offset in the pack, stored length)
+    trees: Vec<(BlobId, u64, u64)>,
+}
+
+/// Fetches every tree below `root` that the cache lacks.
+pub fn prefetch_subtrees(repo: &Repository, root: &Tree) -> Result<PrefetchStats> {
+    let mut stats = PrefetchStats::default();
+    let mut seen = HashSet::new();
+    let mut level = subtrees(root);
+    while !level.is_empty() {
+        stats.levels += 1;
+        level.retain(|id| seen.insert(*id));
+        let mut next = Vec::new();
+        let mut wanted = Vec::new();
+        for id in level {
+            match cached_tree(repo, &id)? {
+                Some(tree) => next.extend(subtrees(&tree)),
+                None => wanted.push(id),
+            }
+        }
+        let reads = plan_reads(repo, wanted, &mut stats)?;
+        stats.reads += reads.len() as u64;
+        let fetched = fetch(repo, reads, &mut stats)?;
+        let rows: Vec<(Id, Vec<u8>)> = fetched
+            .into_iter()
+            .map(|(id, data, tree)| {
+                next.extend(subtrees(&tree));
+                (id.0, data)
+            })
+            .collect();
+        stats.fetched += rows.len() as u64;
+        repo.cache().put_objects(CachedKind::Tree, &rows)?;
+        level = next;
+    }
+    Ok(stats)
+}
+
+fn subtrees(tree: &Tree) -> Vec<BlobId> {
+    tree.nodes
+        .iter()
+        .filter_map(|n| match &n.payload {
+            Payload::Dir(id) => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A cached tree whose bytes hash to its id and decode.
+fn cached_tree(repo: &Repository, id: &BlobId) -> Result<Option<Tree>> {
+    Ok(repo
+        .cache()
+        .get_object(CachedKind::Tree, &id.0)?
+        .filter(|data| repo.blob_id(data) == *id)
+        .and_then(|data| Tree::decode(&data).ok()))
+}
+
+/// Groups `wanted` by pack and merges neighbouring ranges into reads.
+fn plan_reads(
+    repo: &Repository,
+    wanted: Vec<BlobId>,
+    stats: &mut PrefetchStats,
+) -> Result<Vec<Read>> {
+    let mut by_pack: BTreeMap<PackId, Vec<(BlobId, u64, u64)>> = BTreeMap::new();
+    for id in wanted {
+        match repo.lookup(&id)? {
+            Some(loc) if loc.kind == BlobKind::Tree => by_pack.entry(loc.pack).or_default().push((
+                id,
+                loc.offset as u64,
+                loc.stored_len as u64,
+            )),
+            // Not indexed, or not a tree: the walk reports it.
+            _ => stats.skipped += 1,
+        }
+    }
+    let mut reads = Vec::new();
+    for (pack, mut trees) in by_pack {
+        trees.sort_unstable_by_key(|t| t.1);
+        let mut current: Option<Read> = None;
+        for t in trees {
+            let (start, end) = (t.1, t.1 + t.2);
+            match &mut current {
+                Some(r)
+                    if start <= r.range.end + MERGE_GAP
+                        && end.max(r.range.end) - r.range.start <= MAX_READ =>
+                {
+                    r.range.end = r.range.end.max(end);
+                    r.trees.push(t);
+                }
+                _ => {
+                    reads.extend(current.take());
+                    current = Some(Read {
+                        pack,
+                        range: start..end,
+                        trees: vec![t],
+                    });
+                }
+            }
+        }
+        reads.extend(current);
+    }
+    Ok(reads)
+}
+
+/// Issues `reads` [`IN_FLIGHT`] at a time; returns the trees that opened.
+fn fetch(
+    repo: &Repository,
+    reads: Vec<Read>,
+    stats: &mut PrefetchStats,
+) -> Result<Vec<(BlobId, Vec<u8>, Tree)>> {
+    let wanted: u64 = reads.iter().map(|r| r.trees.len() as u64).sum();
+    let queue = std::sync::Mutex::new(reads.into_iter());
+    let out = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| -> Result<()> {
+        for n in 0..IN_FLIGHT {
+            let (queue, out) = (&queue, &out);
+            std::thread::Builder::new()
+                .name(format!("prefetch-{n}"))
+                .spawn_scoped(s, move || loop {
+                    let Some(read) = crate::sync::lock(queue).next() else {
+                        break;
+                    };
+                    let opened = fetch_one(repo, &read);
+                    crate::sync::lock(out).extend(opened);
+                })
+                .map_err(crate::Error::spawn("a tree prefetcher"))?;
+        }
+        Ok(())
+    })?;
+    let out = crate::sync::into_inner(out);
+    stats.skipped += wanted - out.len() as u64;
+    Ok(out)
+}
+
+/// One read and the trees in it that open and decode.
+fn fetch_one(repo: &Repository, read: &Read) -> Vec<(BlobId, Vec<u8>, Tree)> {
+    let bytes = match repo.read_pack_range(&read.pack, read.range.clone()) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::debug!("prefetching trees from pack {}: {e}", read.pack.short());
+            return Vec::new();
+        }
+    };
+    let object = read.pack.path();
+    read.trees
+        .iter()
+        .filter_map(|(id, offset, len)| {
+            let at = (offset - read.range.start) as usize;
+            let stored = bytes.get(at..at + *len as usize)?;
+            let data = repo.open_blob(BlobKind::Tree, id, stored, &object).ok()?;
+            let tree = Tree::decode(&data).ok()?;
+            Some((*id, data, tree))
+        })
+        .collect()
+}

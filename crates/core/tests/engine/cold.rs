@@ -1,0 +1,245 @@
+//! Cold starts (an empty cache, every job pod's case): the index is synced
+//! on first use, streamed in bounded batches, a partial ingestion is
+//! completed and never taken as whole, and a segment superseded while a
+//! sync reads the index is followed to its replacement.
+
+use crate::support::*;
+use bytes::Bytes;
+use cairn_core::format::index::{IndexSegment, IndexedPack};
+use cairn_core::format::pack::BlobEntry;
+use cairn_core::format::Id;
+use cairn_core::index_view::{INGEST_BATCH_BLOBS, INGEST_BATCH_SEGMENTS};
+use cairn_core::{BlobId, BlobKind, OpenOptions, PackId, Repository};
+use cairn_storage::{DynStorage, ObjectInfo, Storage, StorageError, StorageErrorKind};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+fn fake_blob(n: u64) -> BlobId {
+    BlobId(Id::hash(format!("cold fake blob {n}").as_bytes()))
+}
+
+/// A segment naming blobs `first..first + count` in one fake pack (never
+/// read: syncing the index reads segments only).
+fn fake_segment(first: u64, count: u64) -> IndexSegment {
+    IndexSegment {
+        supersedes: Vec::new(),
+        packs: vec![IndexedPack {
+            id: PackId(Id::hash(format!("cold fake pack {first}").as_bytes())),
+            len: count * 100,
+            blobs: (0..count)
+                .map(|k| BlobEntry {
+                    id: fake_blob(first + k),
+                    kind: BlobKind::Data,
+                    offset: (k * 100) as u32,
+                    stored_len: 100,
+                    raw_len: 100,
+                })
+                .collect(),
+        }],
+    }
+}
+
+/// Writes `segments` fake segments of `per` blobs each.
+fn write_fake_index(repo: &Repository, segments: u64, per: u64) {
+    for s in 0..segments {
+        repo.save_segment(&fake_segment(s * per, per))
+            .expect("save segment");
+    }
+}
+
+fn open_on(storage: DynStorage, cache: &std::path::Path) -> cairn_core::Result<Repository> {
+    Repository::open(storage, PASSWORD, &open_opts(cache))
+}
+
+/// A storage whose reads of `index/` objects call `on_index_read` first
+/// (which may fail the read).
+struct Hooked {
+    inner: DynStorage,
+    #[allow(clippy::type_complexity)]
+    on_index_read: Box<dyn Fn(&str) -> cairn_storage::Result<()> + Send + Sync>,
+}
+
+impl std::fmt::Debug for Hooked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Hooked({})", self.inner.location())
+    }
+}
+
+impl Storage for Hooked {
+    fn read(&self, path: &str) -> cairn_storage::Result<Bytes> {
+        if path.starts_with("index/") {
+            (self.on_index_read)(path)?;
+        }
+        self.inner.read(path)
+    }
+    fn read_range(&self, path: &str, range: Range<u64>) -> cairn_storage::Result<Bytes> {
+        self.inner.read_range(path, range)
+    }
+    fn write(&self, path: &str, data: Bytes) -> cairn_storage::Result<()> {
+        self.inner.write(path, data)
+    }
+    fn list(&self, prefix: &str) -> cairn_storage::Result<Vec<ObjectInfo>> {
+        self.inner.list(prefix)
+    }
+    fn stat(&self, path: &str) -> cairn_storage::Result<ObjectInfo> {
+        self.inner.stat(path)
+    }
+    fn delete(&self, path: &str) -> cairn_storage::Result<()> {
+        self.inner.delete(path)
+    }
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+}
+
+#[test]
+fn opening_and_listing_snapshots_ingest_no_index_until_a_lookup_needs_it() {
+    let t = test_repo("cold-lazy");
+    let (_s, src) = temp_sub("src");
+    std::fs::write(src.join("a"), b"some content").unwrap();
+    let first = backup_dir(&t.repo, &src);
+    write_fake_index(&t.repo, 3, 10);
+    let (_c, cache) = temp_sub("cache");
+    let repo = open_repo(&t.loc, &cache);
+    assert!(
+        !repo.index_view().is_synced(),
+        "open does not read the index"
+    );
+    assert_eq!(repo.list_snapshots().unwrap().len(), 1);
+    assert!(repo.cache().segments().unwrap().is_empty());
+    assert!(!repo.index_view().is_synced());
+    // The first blob question syncs the whole index, once.
+    assert!(repo.has_blob(&fake_blob(0)).unwrap());
+    assert!(repo.index_view().is_synced());
+    assert_eq!(
+        repo.cache().segments().unwrap().len(),
+        count(&t.storage().unwrap(), "index/")
+    );
+    assert!(repo.lookup(&first.snapshot.tree).unwrap().is_some());
+}
+
+#[test]
+fn a_cold_sync_inserts_in_bounded_batches() {
+    let t = test_repo("cold-batches");
+    // Segments of 1,000 blobs: a batch closes at INGEST_BATCH_BLOBS blobs.
+    let per = 1000u64;
+    let segments = 3 * (INGEST_BATCH_BLOBS as u64 / per) + 5;
+    write_fake_index(&t.repo, segments, per);
+    let (_c, cache) = temp_sub("cache");
+    let repo = open_repo(&t.loc, &cache);
+    let report = repo.sync_index_report(false).unwrap();
+    assert_eq!(report.ingested, segments);
+    assert_eq!(report.listings, 1);
+    assert!(report.batches >= 4, "{report:?}");
+    assert!(
+        report.largest_batch_blobs < INGEST_BATCH_BLOBS as u64 + per,
+        "a batch holds at most one segment past the limit: {report:?}"
+    );
+    assert!(INGEST_BATCH_SEGMENTS as u64 * per > INGEST_BATCH_BLOBS as u64);
+    assert_eq!(repo.index().unwrap().blob_count().unwrap(), segments * per);
+    // Many small segments close a batch at INGEST_BATCH_SEGMENTS.
+    let small = test_repo("cold-batches-small");
+    write_fake_index(&small.repo, INGEST_BATCH_SEGMENTS as u64 + 1, 2);
+    let (_c2, cache2) = temp_sub("cache2");
+    let report = open_repo(&small.loc, &cache2)
+        .sync_index_report(false)
+        .unwrap();
+    assert_eq!(report.batches, 2, "{report:?}");
+}
+
+#[test]
+fn a_cache_left_by_a_killed_ingestion_holds_whole_segments_and_is_completed() {
+    let t = test_repo("cold-partial");
+    let per = 20_000u64;
+    let segments = 12u64;
+    write_fake_index(&t.repo, segments, per);
+    let (_c, cache) = temp_sub("cache");
+    // Reads of index/ fail from the 10th on, as if the pod were killed
+    // while ingesting: the transactions committed before stay.
+    let reads = Arc::new(AtomicU64::new(0));
+    let seen = reads.clone();
+    let failing: DynStorage = Arc::new(Hooked {
+        inner: storage(&t.loc),
+        on_index_read: Box::new(move |path| {
+            if seen.fetch_add(1, Ordering::SeqCst) >= 9 {
+                return Err(StorageError::new(
+                    StorageErrorKind::Other,
+                    format!("read {path}"),
+                    "connection reset (injected)",
+                ));
+            }
+            Ok(())
+        }),
+    });
+    let repo = open_on(failing, &cache).unwrap();
+    let err = repo.has_blob(&fake_blob(0)).unwrap_err();
+    assert!(err.to_string().contains("injected"), "{err}");
+    let partial = repo.cache().segments().unwrap().len() as u64;
+    assert!(partial > 0 && partial < segments, "{partial} segments");
+    assert_eq!(
+        repo.cache().blob_count().unwrap(),
+        partial * per,
+        "only whole segments are recorded"
+    );
+    // The failed sync is not taken as done: the handle syncs again.
+    assert!(!repo.index_view().is_synced());
+    drop(repo);
+
+    let repo = open_repo(&t.loc, &cache);
+    let report = repo.sync_index_report(false).unwrap();
+    assert_eq!(report.ingested, segments - partial, "{report:?}");
+    assert_eq!(repo.index().unwrap().blob_count().unwrap(), segments * per);
+    for s in 0..segments {
+        assert!(repo.has_blob(&fake_blob(s * per + per - 1)).unwrap());
+    }
+}
+
+#[test]
+fn a_segment_superseded_while_a_cold_sync_reads_the_index_is_followed() {
+    let t = test_repo("cold-superseded");
+    write_fake_index(&t.repo, 4, 50);
+    // A fifth segment, which maintenance compacts while the sync runs.
+    let victim = t.repo.save_segment(&fake_segment(1000, 50)).unwrap();
+    let victim_path = format!("index/{}", victim.to_hex());
+    let (_c, cache) = temp_sub("cache");
+    let maintenance = t.reopen().unwrap();
+    let done = Arc::new(Mutex::new(false));
+    let hooked: DynStorage = Arc::new(Hooked {
+        inner: storage(&t.loc),
+        on_index_read: Box::new(move |path| {
+            let mut done = done.lock().unwrap();
+            if path == victim_path && !*done {
+                *done = true;
+                // Between the listing and this read: the replacement is
+                // written, then the segment it supersedes deleted.
+                let mut seg = fake_segment(1000, 50);
+                seg.supersedes = vec![victim];
+                maintenance.save_segment(&seg).expect("replacement");
+                maintenance.storage().delete(path).expect("delete");
+            }
+            Ok(())
+        }),
+    });
+    let repo = open_on(hooked, &cache).unwrap();
+    let report = repo.sync_index_report(false).unwrap();
+    assert_eq!(report.vanished, 1, "{report:?}");
+    assert_eq!(report.listings, 2, "index/ listed again: {report:?}");
+    for n in [1000, 1049] {
+        assert!(
+            repo.has_blob(&fake_blob(n)).unwrap(),
+            "blob {n} of the superseded segment is found in its replacement"
+        );
+    }
+    assert_eq!(repo.index().unwrap().blob_count().unwrap(), 250);
+}
+
+#[test]
+fn an_in_memory_cache_opens_cold_too() {
+    let t = test_repo("cold-memory");
+    write_fake_index(&t.repo, 2, 10);
+    let repo = Repository::open(storage(&t.loc), PASSWORD, &OpenOptions::default()).unwrap();
+    assert!(!repo.index_view().is_synced());
+    assert!(repo.has_blob(&fake_blob(19)).unwrap());
+    assert!(!repo.has_blob(&fake_blob(20)).unwrap());
+}
