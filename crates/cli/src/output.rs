@@ -70,6 +70,7 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
 /// | 16 | permission denied (storage or local files) |
 /// | 17 | no space left (storage or local disk) |
 /// | 18 | a source to back up does not exist |
+/// | 19 | a backup's new objects were removed under it (concurrent maintenance) |
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     let Some(core) = e.downcast_ref::<cairn_core::Error>() else {
         // Errors of the CLI itself: classed by the first I/O or storage cause.
@@ -83,6 +84,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         ErrorKind::Usage => 2,
         ErrorKind::Internal => 14,
         ErrorKind::SourceMissing => 18,
+        ErrorKind::Interference => 19,
         ErrorKind::Storage | ErrorKind::Io | ErrorKind::Cache => {
             e.chain().skip(1).find_map(cause_code).unwrap_or(1)
         }
@@ -228,6 +230,15 @@ mod tests {
             path: "/nonexistent".into(),
         });
         assert_eq!(exit_code(&missing), 18);
+        let gone = anyhow::Error::new(cairn_core::Error::Interference {
+            location: "/repo".into(),
+            object: "write packs/ab/ab12".into(),
+            cause: "No such file or directory (os error 2)".into(),
+        });
+        assert_eq!(exit_code(&gone), 19);
+        assert!(gone
+            .to_string()
+            .contains("resumes from its last checkpoint"));
     }
 
     /// `Error::Storage` prints its source and anyhow's chain prints it again;

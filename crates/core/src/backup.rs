@@ -112,6 +112,26 @@ pub fn save_backup(repo: &Repository, snapshot: &Snapshot) -> Result<SnapshotId>
 /// repository when this returns; until the snapshot is saved only the backup's last
 /// checkpoint references them: save it promptly (well within the GC safety window).
 pub fn backup_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapshot> {
+    stages_unsaved(repo, opts).map_err(vanished_under_backup)
+}
+
+/// A repository object missing during a backup was written or chosen by
+/// this backup moments before: something removed it while the backup ran,
+/// which the GC protocol allows only to a maintenance whose safety window
+/// is shorter than the backup's checkpoint interval (or to a person). Said
+/// so, instead of reporting a damaged repository.
+fn vanished_under_backup(e: Error) -> Error {
+    match e {
+        Error::Storage { location, source } if source.is_not_found() => Error::Interference {
+            location,
+            object: source.op.clone(),
+            cause: source.message,
+        },
+        other => other,
+    }
+}
+
+fn stages_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapshot> {
     let started = Instant::now();
     let plan = plan::BackupPlan::new(repo, opts)?;
     let template = plan.snapshot(BlobId::default(), false, Summary::default(), Vec::new());
@@ -234,4 +254,39 @@ fn run_stages(
         writer,
         ckpt,
     })
+}
+
+#[cfg(test)]
+mod vanished_tests {
+    use super::vanished_under_backup;
+    use crate::{Error, ErrorKind};
+    use cairn_storage::{StorageError, StorageErrorKind};
+
+    /// A staging file or pack removed under a running backup used to be
+    /// reported as a damaged repository (exit 12).
+    #[test]
+    fn an_object_missing_during_a_backup_is_interference_not_damage() {
+        let gone = Error::Storage {
+            location: "/repo".into(),
+            source: StorageError::new(
+                StorageErrorKind::NotFound,
+                "write packs/a5/a5f0",
+                "No such file or directory (os error 2)",
+            ),
+        };
+        assert_eq!(gone.kind(), ErrorKind::Corrupt);
+        let e = vanished_under_backup(gone);
+        assert_eq!(e.kind(), ErrorKind::Interference);
+        assert!(e.is_retryable());
+        let text = e.to_string();
+        assert!(text.contains("write packs/a5/a5f0"), "{text}");
+        assert!(text.contains("safety window"), "{text}");
+        let other = vanished_under_backup(Error::Usage("x".into()));
+        assert_eq!(other.kind(), ErrorKind::Usage);
+        let slow = vanished_under_backup(Error::Storage {
+            location: "/repo".into(),
+            source: StorageError::new(StorageErrorKind::Temporary, "write x", "timeout"),
+        });
+        assert_eq!(slow.kind(), ErrorKind::Storage);
+    }
 }

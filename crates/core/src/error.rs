@@ -30,6 +30,8 @@ pub enum ErrorKind {
     Internal,
     /// A path given to back up does not exist.
     SourceMissing,
+    /// Another process removed objects a running operation had just written.
+    Interference,
 }
 
 /// A failed engine operation.
@@ -133,6 +135,23 @@ pub enum Error {
         /// The path as given.
         path: PathBuf,
     },
+    /// Objects a backup had just written or chosen vanished while it ran.
+    #[error(
+        "the backup was interrupted: {object} vanished from {location} while the backup ran ({cause}). \
+         A maintenance or prune run with a safety window shorter than the backup's checkpoint interval \
+         (or --now / --no-backup-running while this backup ran) removes a running backup's newest \
+         packs and staging files; so does deleting files in the repository by hand. Nothing already \
+         snapshotted is affected: run the backup again, it resumes from its last checkpoint, and keep \
+         maintenance at its default window while backups run"
+    )]
+    Interference {
+        /// Repository location.
+        location: String,
+        /// The operation and object, e.g. `write packs/ab/ab12…`.
+        object: String,
+        /// The storage's own words.
+        cause: String,
+    },
     /// A broken internal invariant: a bug.
     #[error("internal error: {0} (a bug in cairn; please report it with the log)")]
     Internal(String),
@@ -180,12 +199,18 @@ impl Error {
             Error::Spawn { .. } => ErrorKind::Io,
             Error::Internal(_) => ErrorKind::Internal,
             Error::SourceMissing { .. } => ErrorKind::SourceMissing,
+            Error::Interference { .. } => ErrorKind::Interference,
         }
     }
 
     /// Whether running the same operation again can succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Storage { source, .. } if source.is_temporary())
+        match self {
+            Error::Storage { source, .. } => source.is_temporary(),
+            // A re-run resumes from the last checkpoint.
+            Error::Interference { .. } => true,
+            _ => false,
+        }
     }
 
     /// A thread named `what` could not be started.

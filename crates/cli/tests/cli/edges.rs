@@ -497,3 +497,50 @@ fn a_safety_window_shorter_than_the_checkpoint_interval_is_refused() {
         &["maintenance", "run", "--full", "--safety-window", "15m"],
     );
 }
+
+/// A maintenance loop told no backup runs (`--no-backup-running`, window
+/// 0) while one does: the backup's newest packs vanish under it. It says
+/// so, with its own exit code, instead of reporting a damaged repository;
+/// the repository stays whole and a re-run completes.
+#[test]
+fn a_backup_whose_packs_vanish_under_it_says_so_and_a_rerun_completes() {
+    let f = Fixture::new();
+    let big = f.tmp.path().join("big");
+    std::fs::create_dir_all(&big).expect("mkdir");
+    for i in 0..20 {
+        std::fs::write(
+            big.join(format!("f{i}")),
+            xorshift_bytes(1000 + i, 2_000_000),
+        )
+        .expect("write");
+    }
+    // About 5 s of upload: long enough for the loop below to hit it.
+    let mut backup = f
+        .cmd(&[
+            "backup",
+            "--limit-upload",
+            "8MiB",
+            big.to_str().expect("utf-8"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    while backup.try_wait().expect("wait").is_none() {
+        let _ = f.output(&[
+            "maintenance",
+            "run",
+            "--full",
+            "--safety-window",
+            "0s",
+            "--no-backup-running",
+        ]);
+    }
+    let out = backup.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(19), "{err}");
+    assert!(err.contains("vanished from"), "{err}");
+    assert!(err.contains("resumes from its last checkpoint"), "{err}");
+    f.run(0, &["check", "--read-data"]);
+    f.run(0, &["backup", big.to_str().expect("utf-8")]);
+}
