@@ -162,6 +162,14 @@ fn stages_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapshot> {
     summary.bytes_added = stats.stored_bytes;
     summary.duration_ms = started.elapsed().as_millis() as u64;
     summary.errors = progress.errors.load(Ordering::Relaxed);
+    summary.files_changed_while_read = progress.changed.load(Ordering::Relaxed);
+    summary.changed_while_read = crate::sync::lock(&progress.changed_paths)
+        .drain(..)
+        .map(|(path, what)| crate::format::snapshot::ChangedFile {
+            path: crate::format::snapshot::RawPath(path),
+            what,
+        })
+        .collect();
     Ok(plan.snapshot(root, true, summary, opts.hooks.clone()))
 }
 

@@ -17,7 +17,15 @@ pub struct Progress {
     pub scan_done: AtomicBool,
     /// Errors met (unreadable entries).
     pub errors: AtomicU64,
+    /// Files that changed while they were read.
+    pub changed: AtomicU64,
+    /// The first [`CHANGED_LISTED`] of them, with what changed.
+    pub changed_paths: std::sync::Mutex<Vec<(std::path::PathBuf, String)>>,
 }
+
+/// How many files that changed while read a backup lists by name (all are
+/// counted).
+pub const CHANGED_LISTED: usize = 100;
 
 /// A point-in-time copy of [`Progress`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +66,18 @@ impl Progress {
     }
 
     /// Logs and counts an entry left out because it cannot be read.
+    /// Records a file that changed while it was read: what was stored is
+    /// neither its content before nor after (borg: "file changed while we
+    /// backed it up").
+    pub(crate) fn changed_while_read(&self, path: &std::path::Path, what: &str) {
+        tracing::debug!("{} changed while it was read: {what}", path.display());
+        self.changed.fetch_add(1, Ordering::Relaxed);
+        let mut listed = crate::sync::lock(&self.changed_paths);
+        if listed.len() < CHANGED_LISTED {
+            listed.push((path.to_path_buf(), what.to_string()));
+        }
+    }
+
     pub(crate) fn skip(&self, path: &std::path::Path, err: &std::io::Error) {
         tracing::warn!("skipping {}: {err}", path.display());
         self.errors.fetch_add(1, Ordering::Relaxed);

@@ -282,6 +282,30 @@ impl Engine for CoreEngine {
                 s.errors
             ));
         }
+        if s.files_changed_while_read > 0 {
+            // A live volume (no CSI snapshot): what was stored of these is
+            // neither their old nor their new content.
+            let named: Vec<String> = s
+                .changed_while_read
+                .iter()
+                .take(5)
+                .map(|c| c.path.0.display().to_string())
+                .collect();
+            let more = s.files_changed_while_read - named.len() as u64;
+            summary.push_str(&format!(
+                "; {} files changed while they were read: {}{}",
+                s.files_changed_while_read,
+                named.join(", "),
+                if more > 0 {
+                    format!(" and {more} more (see the job log)")
+                } else {
+                    String::new()
+                }
+            ));
+            for c in &s.changed_while_read {
+                tracing::warn!(path = %c.path.0.display(), what = %c.what, "changed while it was read");
+            }
+        }
         tracing::info!(%summary, "backup done");
         Ok(BackupJobResult {
             snapshot_id: result.id.to_hex(),

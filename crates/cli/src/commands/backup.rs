@@ -23,6 +23,11 @@ pub struct BackupArgs {
     /// Files and directories to back up.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
+    /// A file that changes while it is read (size, mtime or ctime differ
+    /// before and after) is stored as neither version: `warn` names it and
+    /// exits 3, `fail` saves no snapshot, `ignore` says nothing.
+    #[arg(long, value_enum, default_value = "warn")]
+    pub on_change: OnChange,
     /// Tag the snapshot (repeatable).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
@@ -119,6 +124,32 @@ pub struct HookArgs {
     pub hook_timeout: Option<Duration>,
 }
 
+/// What a backup does about files that changed while they were read.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnChange {
+    /// Name each, save the snapshot, exit 3.
+    Warn,
+    /// Name each, save no snapshot, fail.
+    Fail,
+    /// Save the snapshot, say nothing.
+    Ignore,
+}
+
+/// Names the files that changed while they were read.
+fn warn_changed(s: &cairn_core::format::snapshot::Summary) {
+    for c in &s.changed_while_read {
+        eprintln!(
+            "warning: {}: changed while it was read ({}); the stored copy may mix old and new content",
+            c.path.0.display(),
+            c.what
+        );
+    }
+    let unlisted = s.files_changed_while_read - s.changed_while_read.len() as u64;
+    if unlisted > 0 {
+        eprintln!("warning: and {unlisted} more files changed while they were read");
+    }
+}
+
 /// Every path given exists (a dangling symlink counts: it is backed up as a link).
 fn sources_exist(paths: &[PathBuf]) -> cairn_core::Result<()> {
     for path in paths {
@@ -190,6 +221,17 @@ pub fn run(g: &GlobalOpts, a: BackupArgs) -> Result<ExitCode> {
         }
         BodyOutcome::Finished(Ok(snapshot)) => snapshot,
     };
+    let changed = snapshot.summary.files_changed_while_read;
+    if changed > 0 && a.on_change != OnChange::Ignore {
+        warn_changed(&snapshot.summary);
+        if a.on_change == OnChange::Fail {
+            return Err(anyhow!(
+                "{changed} file(s) changed while they were read (--on-change fail): no snapshot \
+                 saved. Back up a snapshot of the volume (or quiesce the application with \
+                 --pre-exec), or accept the change with --on-change warn{post_note}"
+            ));
+        }
+    }
     snapshot.hooks = outcomes
         .iter()
         .map(serde_json::to_value)
@@ -205,7 +247,8 @@ pub fn run(g: &GlobalOpts, a: BackupArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(3));
     }
-    Ok(if snapshot.summary.errors > 0 {
+    let changed_counts = changed > 0 && a.on_change == OnChange::Warn;
+    Ok(if snapshot.summary.errors > 0 || changed_counts {
         ExitCode::from(3)
     } else {
         ExitCode::SUCCESS
@@ -255,6 +298,12 @@ fn print_summary(id: &SnapshotId, snap: &Snapshot, json: bool) -> Result<()> {
         s.files_unchanged
     );
     outln!("dirs:     {}", s.dirs);
+    if s.files_changed_while_read > 0 {
+        outln!(
+            "changed while read: {} (see the warnings)",
+            s.files_changed_while_read
+        );
+    }
     outln!(
         "read:     {} of {}",
         size(s.bytes_read),

@@ -544,3 +544,65 @@ fn a_backup_whose_packs_vanish_under_it_says_so_and_a_rerun_completes() {
     f.run(0, &["check", "--read-data"]);
     f.run(0, &["backup", big.to_str().expect("utf-8")]);
 }
+
+/// A file appended to while it is read is stored as neither version: the
+/// backup names it and exits 3 (`warn`), saves nothing (`fail`), or says
+/// nothing (`ignore`); `--json` counts and lists it.
+#[test]
+fn a_file_that_changes_while_it_is_read_is_named_with_exit_3() {
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let f = Fixture::new();
+    let live = f.tmp.path().join("live");
+    std::fs::create_dir_all(&live).expect("mkdir");
+    let log = live.join("db.log");
+    std::fs::write(&log, xorshift_bytes(77, 48 << 20)).expect("write");
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let appender = {
+        let (stop, log) = (stop.clone(), log.clone());
+        std::thread::spawn(move || {
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&log)
+                .expect("open");
+            let block = xorshift_bytes(78, 4096);
+            while !stop.load(Ordering::Relaxed) {
+                file.write_all(&block).expect("append");
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
+    let dir = live.to_str().expect("utf-8");
+    let (json, err) = f.run(3, &["backup", "--json", dir]);
+    assert!(
+        err.contains("db.log: changed while it was read (size"),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(v["summary"]["files_changed_while_read"], 1, "{v}");
+    assert!(
+        v["summary"]["changed_while_read"][0]["path"]
+            .as_str()
+            .expect("path")
+            .ends_with("db.log"),
+        "{v}"
+    );
+    let snapshots = |f: &Fixture| {
+        let (out, _) = f.run(0, &["snapshots", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&out)
+            .expect("json")
+            .as_array()
+            .expect("list")
+            .len()
+    };
+    let before = snapshots(&f);
+    let (_, err) = f.run(1, &["backup", "--on-change", "fail", "--force", dir]);
+    assert!(err.contains("no snapshot saved"), "{err}");
+    assert_eq!(snapshots(&f), before, "--on-change fail saved a snapshot");
+    let (_, err) = f.run(0, &["backup", "--on-change", "ignore", "--force", dir]);
+    assert!(!err.contains("changed while"), "{err}");
+    stop.store(true, Ordering::Relaxed);
+    appender.join().expect("appender");
+    // Quiet again: no warning, exit 0.
+    f.run(0, &["backup", "--force", dir]);
+}

@@ -552,3 +552,37 @@ fn json_log_lines_name_the_resource_the_job_works_for() {
         assert_eq!(line["span"]["kind"], "VolumeBackup", "{line}");
     }
 }
+
+/// A live volume (Direct mode): a file appended to while the job reads it
+/// is named in the outcome's message, which the VolumeBackup's status shows.
+#[test]
+fn a_file_changing_during_a_backup_job_is_named_in_its_outcome() {
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let pod = Pod::new("job-live");
+    let data = pod.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let log = data.join("wal.log");
+    std::fs::write(&log, vec![7u8; 48 << 20]).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let appender = {
+        let (stop, log) = (stop.clone(), log.clone());
+        std::thread::spawn(move || {
+            let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                file.write_all(&[9u8; 4096]).unwrap();
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        })
+    };
+    let (out, outcome) = pod.job(&["backup", "--source", data.to_str().unwrap()]);
+    stop.store(true, Ordering::Relaxed);
+    appender.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(outcome["succeeded"], true, "{outcome}");
+    let message = outcome["message"].as_str().unwrap();
+    assert!(
+        message.contains("1 files changed while they were read:") && message.contains("wal.log"),
+        "{message}"
+    );
+}

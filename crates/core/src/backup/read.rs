@@ -161,21 +161,66 @@ thread_local! {
 
 /// Reads, chunks and hashes one file, sending new chunks to sealing.
 pub(super) fn read_file(ctx: &ReadCtx, path: &Path) -> ReadOutcome {
-    let file = match std::fs::File::open(path) {
+    let mut file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) => return ReadOutcome::Unreadable(e),
     };
+    let before = file.metadata().ok().map(|m| Stamp::of(&m));
     let mut chunks = Vec::new();
     let mut read = 0u64;
     let mut window = WINDOW.take();
-    let result = chunk_stream(ctx, file, &mut window, &mut chunks, &mut read);
+    let result = chunk_stream(ctx, &mut file, &mut window, &mut chunks, &mut read);
     if window.capacity() > READ_WINDOW {
         window = Vec::new();
     }
     WINDOW.set(window);
     match result {
-        Ok(()) => ReadOutcome::Done { chunks, read },
+        Ok(()) => {
+            let after = file.metadata().ok().map(|m| Stamp::of(&m));
+            if let (Some(before), Some(after)) = (before, after) {
+                if before != after || after.size != read {
+                    ctx.progress
+                        .changed_while_read(path, &before.describe_change(&after, read));
+                }
+            }
+            ReadOutcome::Done { chunks, read }
+        }
         Err(o) => o,
+    }
+}
+
+/// What tells that a file changed: its size, modification and change
+/// times (a write that keeps the size still moves both times).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            size: m.size(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        }
+    }
+
+    /// How `self` (when the read began) differs from `after` (when it
+    /// ended), and what was stored.
+    fn describe_change(&self, after: &Stamp, read: u64) -> String {
+        if self.size != after.size {
+            format!(
+                "size {} bytes when the read began, {} when it ended, {read} stored",
+                self.size, after.size
+            )
+        } else if self.size != read {
+            format!("{} bytes by size, {read} read", self.size)
+        } else {
+            "modified while it was read (same size)".to_string()
+        }
     }
 }
 
@@ -188,14 +233,14 @@ fn first_cut(data: &[u8], min: u32, avg: u32, max: u32) -> usize {
 
 fn chunk_stream(
     ctx: &ReadCtx,
-    mut file: std::fs::File,
+    file: &mut std::fs::File,
     window: &mut Vec<u8>,
     chunks: &mut Vec<ChunkRef>,
     read: &mut u64,
 ) -> std::result::Result<(), ReadOutcome> {
     let cfg = ctx.repo.config();
     for_each_chunk(
-        &mut file,
+        file,
         window,
         (cfg.chunk_min, cfg.chunk_avg, cfg.chunk_max),
         |chunk| add_chunk(ctx, chunk, chunks, read),

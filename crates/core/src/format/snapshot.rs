@@ -38,6 +38,27 @@ pub struct Summary {
     pub errors: u64,
     /// Wall time.
     pub duration_ms: u64,
+    /// Files whose size, modification or change time differed between the
+    /// start and the end of their read: what was stored is neither their
+    /// content before nor after. Absent (0) in snapshots of older versions.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub files_changed_while_read: u64,
+    /// The first 100 of them, each with what changed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changed_while_read: Vec<ChangedFile>,
+}
+
+/// A file that changed while a backup read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangedFile {
+    /// Its path as the backup met it.
+    pub path: RawPath,
+    /// What changed (sizes before and after, bytes stored).
+    pub what: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A path that survives JSON even when it is not UTF-8.
