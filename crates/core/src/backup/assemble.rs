@@ -5,13 +5,12 @@
 //! every finished one).
 
 use super::read;
-use super::seal::WorkerError;
+use super::seal::{content_from_chunks, WorkerError};
 use super::walk::{self, Pending};
 use crate::checkpoint::Checkpointer;
 use crate::error::{Error, Result};
 use crate::format::snapshot::Summary;
-use crate::format::tree::{encode_list, ChunkRef, Content, ListRef, Node, Payload, Tree};
-use crate::format::tree::{INLINE_CHUNKS_MAX, LIST_CHUNKS_MAX};
+use crate::format::tree::{Node, Payload, Tree};
 use crate::format::{BlobId, BlobKind};
 use crate::packer::PackWriter;
 use crate::progress::Progress;
@@ -211,21 +210,4 @@ impl Assembler<'_> {
     fn skip(&self, path: &Path, err: &std::io::Error) {
         self.progress.skip(path, err);
     }
-}
-
-/// A file's content from its chunks: inline, or in list blobs when long.
-pub(super) fn content_from_chunks(writer: &PackWriter, chunks: Vec<ChunkRef>) -> Result<Content> {
-    if chunks.len() <= INLINE_CHUNKS_MAX {
-        return Ok(Content::Inline(chunks));
-    }
-    let mut lists = Vec::new();
-    for part in chunks.chunks(LIST_CHUNKS_MAX) {
-        let (id, _) = writer.add_plain(BlobKind::List, &encode_list(part))?;
-        lists.push(ListRef {
-            id,
-            chunks: part.len() as u64,
-            bytes: part.iter().map(|c| c.len as u64).sum(),
-        });
-    }
-    Ok(Content::Lists(lists))
 }

@@ -7,6 +7,8 @@
 
 use crate::bufpool::BufferPool;
 use crate::error::{Error, Result};
+use crate::format::tree::{encode_list, ChunkRef, Content, ListRef};
+use crate::format::tree::{INLINE_CHUNKS_MAX, LIST_CHUNKS_MAX};
 use crate::format::{BlobId, BlobKind};
 use crate::packer::PackWriter;
 use crate::repo::Repository;
@@ -171,6 +173,23 @@ impl Sealer {
 /// The sealing threads have stopped (one failed; its error is in the
 /// [`WorkerError`]).
 pub(super) struct Stopped;
+
+/// A file's content from its chunks: inline, or in list blobs when long.
+pub(super) fn content_from_chunks(writer: &PackWriter, chunks: Vec<ChunkRef>) -> Result<Content> {
+    if chunks.len() <= INLINE_CHUNKS_MAX {
+        return Ok(Content::Inline(chunks));
+    }
+    let mut lists = Vec::new();
+    for part in chunks.chunks(LIST_CHUNKS_MAX) {
+        let (id, _) = writer.add_plain(BlobKind::List, &encode_list(part))?;
+        lists.push(ListRef {
+            id,
+            chunks: part.len() as u64,
+            bytes: part.iter().map(|c| c.len as u64).sum(),
+        });
+    }
+    Ok(Content::Lists(lists))
+}
 
 #[cfg(test)]
 mod tests {

@@ -13,8 +13,8 @@
 //! matched by one `Leave`, and the walk ends with the `Leave` of the root
 //! (or a `Failed`).
 
-use super::assemble::content_from_chunks;
 use super::read::{self, ReadCtx, ReaderPool};
+use super::seal::content_from_chunks;
 use super::seal::WorkerError;
 use crate::error::{Error, Result};
 use crate::format::snapshot::Summary;
