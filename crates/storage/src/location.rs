@@ -87,6 +87,20 @@ pub(crate) fn not_a_directory(root: &std::path::Path, op: String) -> StorageErro
     )
 }
 
+/// An OpenDAL builder refused the location's settings: its gist, the full
+/// text as detail.
+fn unconfigurable(what: &str, e: &opendal::Error) -> StorageError {
+    let full = e.to_string();
+    invalid(
+        what,
+        format!(
+            "cannot configure the backend: {}",
+            crate::opendal_error::gist(&full)
+        ),
+    )
+    .with_detail(full)
+}
+
 fn invalid(what: &str, message: impl Into<String>) -> StorageError {
     StorageError::new(
         StorageErrorKind::InvalidConfig,
@@ -422,17 +436,11 @@ impl Location {
         };
         let what = self.redacted();
         let builder = services::Fs::default().root(&root.to_string_lossy());
-        Some(Operator::new(builder).map(|b| b.finish()).map_err(|e| {
-            let full = e.to_string();
-            invalid(
-                &what,
-                format!(
-                    "cannot configure the backend: {}",
-                    crate::opendal_error::gist(&full)
-                ),
-            )
-            .with_detail(full)
-        }))
+        Some(
+            Operator::new(builder)
+                .map(|b| b.finish())
+                .map_err(|e| unconfigurable(&what, &e)),
+        )
     }
 
     /// Builds the OpenDAL operator, reading credentials from `env`. For a
@@ -440,17 +448,7 @@ impl Location {
     /// call it only to write.
     pub(crate) fn operator(&self, env: Env<'_>) -> Result<Operator> {
         let what = self.redacted();
-        let map = |e: opendal::Error| {
-            let full = e.to_string();
-            invalid(
-                &what,
-                format!(
-                    "cannot configure the backend: {}",
-                    crate::opendal_error::gist(&full)
-                ),
-            )
-            .with_detail(full)
-        };
+        let map = |e: opendal::Error| unconfigurable(&what, &e);
         let op = match &self.service {
             Service::Fs { root } => {
                 if root.exists() && !root.is_dir() {
