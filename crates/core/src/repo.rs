@@ -110,6 +110,12 @@ fn storage_err(location: &str) -> impl Fn(StorageError) -> Error {
     }
 }
 
+/// Why a pack read by a handle with a stale index failed (see
+/// [`Repository::read_blob`], which looks the blob up again).
+const PACK_LEFT_THE_INDEX: &str = "the pack was removed by a maintenance run after this process \
+    read the index (its blobs were repacked or forgotten); the index is refreshed: run the \
+    command again";
+
 impl Repository {
     /// Creates a repository in empty storage and opens it.
     pub fn init(
@@ -544,6 +550,9 @@ impl Repository {
                 format!("short read: got {} of {want} bytes", b.len()),
             ))),
             Err(e) if e.is_not_found() => {
+                if self.pack_left_the_index(pack) {
+                    return Err(Error::corrupt(path, PACK_LEFT_THE_INDEX));
+                }
                 self.note_damage(crate::damage::whole_pack(*pack, DamageReason::PackMissing));
                 Err(Error::corrupt(path, "the pack is missing"))
             }
@@ -612,17 +621,42 @@ impl Repository {
         self.0.sealer.with_open(kind, id, stored, object, f)
     }
 
+    /// Whether `pack`, found missing, is also gone from the index once it
+    /// is brought up to date: a handle kept open (a mount, a long restore)
+    /// across a maintenance run that repacked and swept it holds a stale
+    /// index, not a damaged repository.
+    fn pack_left_the_index(&self, pack: &PackId) -> bool {
+        if let Err(e) = self.sync_index(true) {
+            tracing::debug!("refreshing the index after a missing pack failed: {e}");
+            return false;
+        }
+        self.index()
+            .and_then(|cache| cache.segments_listing(pack))
+            .is_ok_and(|segments| segments.is_empty())
+    }
+
     /// Reads, decrypts and verifies one blob.
     pub fn read_blob(&self, kind: BlobKind, id: &BlobId) -> Result<Vec<u8>> {
+        self.read_blob_retrying(kind, id, true)
+    }
+
+    /// [`Repository::read_blob`]; with `retry`, a blob whose pack left the
+    /// index since this handle looked it up is looked up again once.
+    fn read_blob_retrying(&self, kind: BlobKind, id: &BlobId, retry: bool) -> Result<Vec<u8>> {
         let loc = self.lookup(id)?.ok_or_else(|| Error::BlobNotFound {
             kind,
             id: id.to_hex(),
         })?;
         let path = loc.pack.path();
-        let stored = self.read_pack_range(
-            &loc.pack,
-            loc.offset as u64..loc.offset as u64 + loc.stored_len as u64,
-        )?;
+        let range = loc.offset as u64..loc.offset as u64 + loc.stored_len as u64;
+        let stored = match self.read_pack_range(&loc.pack, range) {
+            Ok(stored) => stored,
+            Err(Error::Corrupt { reason, .. }) if retry && reason == PACK_LEFT_THE_INDEX => {
+                tracing::debug!("{path}: {reason}; looking {} up again", id.short());
+                return self.read_blob_retrying(kind, id, false);
+            }
+            Err(e) => return Err(e),
+        };
         self.open_blob(kind, id, &stored, &path).inspect_err(|e| {
             if matches!(e, Error::Corrupt { .. }) {
                 self.note_damage(crate::damage::one_copy(*id, loc.pack));

@@ -786,3 +786,56 @@ fn copy_rewrites_ids_for_the_destination_and_a_second_copy_adds_nothing() {
         .unwrap()
         .is_clean());
 }
+
+/// A handle opened before a maintenance run repacked and swept packs (a
+/// FUSE mount, a long browse) holds a stale index: a blob whose pack is
+/// gone is looked up again in the refreshed index and read from its new
+/// pack, and nothing is recorded as damage.
+#[test]
+fn a_handle_older_than_a_repack_reads_blobs_from_their_new_packs() {
+    let repo_dir = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    write_tree(src.path(), 9, 12);
+    let repo = init(repo_dir.path());
+    backup(&repo, &opts(src.path())).unwrap();
+    let old: Vec<_> = repo.list_snapshots().unwrap();
+    for (i, f) in walk(src.path()).into_iter().enumerate() {
+        if !i.is_multiple_of(4) {
+            std::fs::write(&f, format!("new content {i}").repeat(300)).unwrap();
+        }
+    }
+    let s2 = backup(&repo, &opts(src.path())).unwrap();
+    // The long-lived reader: its index is read now.
+    let reader = reopen(repo_dir.path());
+    reader.load_tree(&s2.snapshot.tree).unwrap();
+    for (id, _) in old {
+        repo.delete_snapshot(&id).unwrap();
+    }
+    let m = maintenance::run(
+        &repo,
+        &MaintenanceOptions {
+            mode: Mode::Prune,
+            gc: GcOptions {
+                repack_threshold: 0.9,
+                ..now_opts(chrono::Utc::now(), 0)
+            },
+        },
+    )
+    .unwrap()
+    .mark
+    .unwrap();
+    assert!(m.repacked_packs > 0, "{m:?}");
+    // Every blob of the new snapshot, read through the stale handle.
+    let mut read = 0;
+    repo.index()
+        .unwrap()
+        .for_each_location(|_, _, e| {
+            reader.read_blob(e.kind, &e.id).unwrap();
+            read += 1;
+            Ok(())
+        })
+        .unwrap();
+    assert!(read > 0);
+    assert_eq!(reader.record_found_damage().unwrap(), 0, "no damage noted");
+    assert_restores(&reopen(repo_dir.path()), &s2.snapshot.tree, src.path());
+}
