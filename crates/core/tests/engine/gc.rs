@@ -254,26 +254,38 @@ fn sweep_keeps_planned_packs_a_new_snapshot_uses() {
     assert_no_dangling(repo_dir.path());
 }
 
-#[test]
-fn repack_rewrites_live_blobs_out_of_sparse_packs() {
-    let repo_dir = tempfile::tempdir().unwrap();
-    let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), 6, 12);
-    let repo = init(repo_dir.path());
-    backup(&repo, &opts(src.path())).unwrap();
-    // Change most files: old packs become mostly garbage.
-    let old: Vec<_> = repo.list_snapshots().unwrap();
-    for (i, f) in walk(src.path()).into_iter().enumerate() {
+/// Backs up a tree of `src` (noise from `seed`), changes three files in
+/// four and backs up again, so the first version's packs become mostly
+/// garbage once it is forgotten; returns the first version's snapshots and
+/// the second backup.
+fn two_versions(
+    repo: &Repository,
+    src: &Path,
+    seed: u64,
+) -> (
+    Vec<cairn_core::SnapshotId>,
+    cairn_core::backup::BackupResult,
+) {
+    write_tree(src, seed, 12);
+    backup(repo, &opts(src)).unwrap();
+    let old = repo
+        .list_snapshots()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    for (i, f) in walk(src).into_iter().enumerate() {
         if !i.is_multiple_of(4) {
             std::fs::write(&f, format!("new content {i}").repeat(300)).unwrap();
         }
     }
-    let s2 = backup(&repo, &opts(src.path())).unwrap();
-    for (id, _) in old {
-        repo.delete_snapshot(&id).unwrap();
-    }
-    let r = maintenance::run(
-        &repo,
+    (old, backup(repo, &opts(src)).unwrap())
+}
+
+/// Runs a prune that deletes at once and repacks packs under 90% live.
+fn repack_now(repo: &Repository) -> cairn_core::gc::MarkReport {
+    maintenance::run(
+        repo,
         &MaintenanceOptions {
             mode: Mode::Prune,
             gc: GcOptions {
@@ -282,8 +294,21 @@ fn repack_rewrites_live_blobs_out_of_sparse_packs() {
             },
         },
     )
-    .unwrap();
-    let m = r.mark.unwrap();
+    .unwrap()
+    .mark
+    .unwrap()
+}
+
+#[test]
+fn repack_rewrites_live_blobs_out_of_sparse_packs() {
+    let repo_dir = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let repo = init(repo_dir.path());
+    let (old, s2) = two_versions(&repo, src.path(), 6);
+    for id in old {
+        repo.delete_snapshot(&id).unwrap();
+    }
+    let m = repack_now(&repo);
     assert!(m.repacked_packs > 0 && m.repacked_blobs > 0, "{m:?}");
     assert_no_dangling(repo_dir.path());
     assert_restores(&reopen(repo_dir.path()), &s2.snapshot.tree, src.path());
@@ -795,35 +820,15 @@ fn copy_rewrites_ids_for_the_destination_and_a_second_copy_adds_nothing() {
 fn a_handle_older_than_a_repack_reads_blobs_from_their_new_packs() {
     let repo_dir = tempfile::tempdir().unwrap();
     let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), 9, 12);
     let repo = init(repo_dir.path());
-    backup(&repo, &opts(src.path())).unwrap();
-    let old: Vec<_> = repo.list_snapshots().unwrap();
-    for (i, f) in walk(src.path()).into_iter().enumerate() {
-        if !i.is_multiple_of(4) {
-            std::fs::write(&f, format!("new content {i}").repeat(300)).unwrap();
-        }
-    }
-    let s2 = backup(&repo, &opts(src.path())).unwrap();
+    let (old, s2) = two_versions(&repo, src.path(), 9);
     // The long-lived reader: its index is read now.
     let reader = reopen(repo_dir.path());
     reader.load_tree(&s2.snapshot.tree).unwrap();
-    for (id, _) in old {
+    for id in old {
         repo.delete_snapshot(&id).unwrap();
     }
-    let m = maintenance::run(
-        &repo,
-        &MaintenanceOptions {
-            mode: Mode::Prune,
-            gc: GcOptions {
-                repack_threshold: 0.9,
-                ..now_opts(chrono::Utc::now(), 0)
-            },
-        },
-    )
-    .unwrap()
-    .mark
-    .unwrap();
+    let m = repack_now(&repo);
     assert!(m.repacked_packs > 0, "{m:?}");
     // Every blob of the new snapshot, read through the stale handle.
     let mut read = 0;
