@@ -93,8 +93,8 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 
 /// The exit code a storage or local I/O cause stands for, if it is one.
 fn cause_code(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
-    use cairn_storage::StorageErrorKind as S;
-    if let Some(s) = cause.downcast_ref::<cairn_storage::StorageError>() {
+    use cairn_storage::{StorageError, StorageErrorKind as S};
+    if let Some(s) = cause.downcast_ref::<StorageError>() {
         return Some(match s.kind {
             S::PermissionDenied => 16,
             S::NoSpace => 17,
@@ -103,11 +103,11 @@ fn cause_code(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
             S::Temporary | S::Other => 15,
         });
     }
+    // A local file: classed as the fs backend classes the same errno.
     let io = cause.downcast_ref::<std::io::Error>()?;
-    match (io.kind(), io.raw_os_error()) {
-        (std::io::ErrorKind::PermissionDenied, _) | (_, Some(30)) => Some(16),
-        // ENOSPC, EDQUOT
-        (_, Some(28 | 122)) => Some(17),
+    match StorageError::from_io("", io).kind {
+        S::PermissionDenied => Some(16),
+        S::NoSpace => Some(17),
         _ => None,
     }
 }
