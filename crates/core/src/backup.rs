@@ -19,11 +19,13 @@
 //!   directory's tree after its entries; checkpoints between directories.
 
 mod assemble;
+mod partial;
 mod plan;
 mod read;
 mod seal;
 mod walk;
 
+pub use partial::PARTIAL_XATTR;
 pub use walk::Exclude;
 
 use crate::checkpoint::Checkpointer;
@@ -79,6 +81,9 @@ pub struct BackupOptions {
     pub progress: Option<Arc<Progress>>,
     /// When to write checkpoints (index segment + incomplete snapshot).
     pub checkpoint: crate::checkpoint::CheckpointOptions,
+    /// Read the source at most this many bytes per second (all readers
+    /// together), to spare a live application's disk.
+    pub limit_read: Option<u64>,
 }
 
 /// The result of a backup.
@@ -203,11 +208,19 @@ fn run_stages(
     let writer = Arc::new(PackWriter::new(repo, opts.uploaders)?);
     let errors = seal::WorkerError::default();
     let (sealer, seals) = seal::SealPool::start(repo, &writer, workers, &errors)?;
+    let in_flight = Arc::new(partial::InFlight::default());
     let reader = read::ReadCtx {
         repo: repo.clone(),
         writer: writer.clone(),
         sealer,
         progress: progress.clone(),
+        limit: opts.limit_read.map(|rate| {
+            Arc::new(cairn_storage::TokenBucket::new(
+                rate,
+                std::time::Instant::now(),
+            ))
+        }),
+        in_flight: in_flight.clone(),
     };
     let pool = read::ReaderPool::new(&reader, workers)?;
     let (events, events_rx) = bounded(walk::EVENTS_AHEAD);
@@ -222,6 +235,7 @@ fn run_stages(
         events,
         summary: Summary::default(),
         hardlinks: HashMap::new(),
+        in_flight: in_flight.clone(),
     };
     let mut assembler = assemble::Assembler::new(
         repo,
@@ -230,6 +244,7 @@ fn run_stages(
         progress.clone(),
         ckpt,
         plan.root_is_dir,
+        in_flight,
     );
     let (walked, scanned) = std::thread::scope(|s| {
         let scan = std::thread::Builder::new()

@@ -17,7 +17,7 @@
 
 use crate::error::{Error, Result};
 use crate::format::snapshot::{Snapshot, Summary};
-use crate::format::tree::{Content, Payload};
+use crate::format::tree::{Content, ListRef, Payload};
 use crate::format::{BlobId, Id, SnapshotId};
 use crate::packer::PackWriter;
 use crate::repo::Repository;
@@ -41,6 +41,15 @@ impl Default for CheckpointOptions {
             every_blobs: 0,
         }
     }
+}
+
+/// Content a backup holds that no tree references yet (files read ahead of
+/// the tree, reused content waiting for its directory): chunks, and list
+/// blobs standing for theirs.
+#[derive(Debug, Default)]
+pub(crate) struct Loose {
+    pub chunks: Vec<BlobId>,
+    pub lists: Vec<ListRef>,
 }
 
 /// Decides when to checkpoint and writes checkpoints for one backup.
@@ -78,19 +87,49 @@ impl Checkpointer {
                 && blobs_added >= self.blobs_at_last + self.opts.every_blobs)
     }
 
+    /// How long until a time-based checkpoint is due: how long a stage
+    /// waiting for work may sleep before it looks again (at most a second,
+    /// for count-based checkpoints).
+    pub fn next_due(&self) -> Duration {
+        const LOOK_AT_LEAST_EVERY: Duration = Duration::from_secs(1);
+        if self.opts.every.is_zero() {
+            return LOOK_AT_LEAST_EVERY;
+        }
+        self.opts
+            .every
+            .saturating_sub(self.last.elapsed())
+            .clamp(Duration::from_millis(10), LOOK_AT_LEAST_EVERY)
+    }
+
+    /// Loads the current `gc/` plans, which deduplication heeds from now
+    /// on; returns their ids for [`Checkpointer::write`]. A running backup
+    /// calls it with no deduplication decision under way, then collects
+    /// what it holds in flight.
+    pub(crate) fn look(&self, repo: &Repository) -> Result<Vec<Id>> {
+        repo.refresh_plans()?;
+        Ok(repo.planned_packs().plan_ids())
+    }
+
     /// Writes a checkpoint whose tree is `partial`: the backup's tree as far
     /// as it got (every finished entry of every directory still open, each
-    /// finished directory whole). The caller has drained its sealing
-    /// workers, so every blob below `partial` has been handed to `writer`.
-    pub fn write(
+    /// finished directory whole, the file being read as far as it is).
+    /// `ahead` are the blobs of files read ahead of the tree, which the
+    /// checkpoint cannot reference yet: they are protected from a
+    /// concurrent maintenance's plans all the same. `plans` are what
+    /// [`Checkpointer::look`] returned before `ahead` was collected. The
+    /// caller has drained its sealing workers, so every blob below
+    /// `partial` and in `ahead` has been handed to `writer`.
+    pub(crate) fn write(
         &mut self,
         repo: &Repository,
         writer: &PackWriter,
         partial: BlobId,
         summary: &Summary,
+        ahead: &Loose,
+        plans: Vec<Id>,
     ) -> Result<SnapshotId> {
         writer.sync()?;
-        self.protect(repo, writer, &[partial])?;
+        self.keep_planned(repo, writer, plans, &[partial], ahead)?;
         let mut snap = self.template.clone();
         snap.tree = partial;
         snap.complete = false;
@@ -118,55 +157,49 @@ impl Checkpointer {
         writer: &PackWriter,
         roots: &[BlobId],
     ) -> Result<()> {
-        repo.refresh_plans()?;
-        let plans = repo.planned_packs().plan_ids();
+        let plans = self.look(repo)?;
+        self.keep_planned(repo, writer, plans, roots, &Loose::default())
+    }
+
+    /// [`Checkpointer::protect`] against `plans` (loaded by
+    /// [`Checkpointer::look`]), and also the blobs `loose` (content no tree
+    /// references yet: chunks, and list blobs with their chunks).
+    fn keep_planned(
+        &mut self,
+        repo: &Repository,
+        writer: &PackWriter,
+        plans: Vec<Id>,
+        roots: &[BlobId],
+        loose: &Loose,
+    ) -> Result<()> {
         if plans.iter().all(|p| self.plans_seen.contains(p)) {
             self.plans_seen = plans;
             return Ok(());
         }
-        let mut rewritten = 0u64;
-        let mut seen: HashSet<BlobId> = HashSet::new();
-        let mut stack: Vec<BlobId> = roots.to_vec();
-        let mut keep = |id: &BlobId| -> Result<()> {
-            if !repo.has_blob(id)? {
-                crate::gc::rewrite_blob(repo, writer, id)?;
-                rewritten += 1;
-            }
-            Ok(())
+        let mut keeper = Keeper {
+            repo,
+            writer,
+            seen: HashSet::new(),
+            rewritten: 0,
         };
+        for id in &loose.chunks {
+            keeper.chunk(id)?;
+        }
+        keeper.content(&Content::Lists(loose.lists.clone()))?;
+        let mut stack: Vec<BlobId> = roots.to_vec();
         while let Some(t) = stack.pop() {
-            if !seen.insert(t) {
+            if !keeper.blob(&t)? {
                 continue;
             }
-            keep(&t)?;
-            let tree = repo.load_tree(&t)?;
-            for node in &tree.nodes {
+            for node in &repo.load_tree(&t)?.nodes {
                 match &node.payload {
                     Payload::Dir(sub) => stack.push(*sub),
-                    Payload::File(Content::Inline(chunks)) => {
-                        for c in chunks.iter().filter(|c| !c.is_hole()) {
-                            if seen.insert(c.id) {
-                                keep(&c.id)?;
-                            }
-                        }
-                    }
-                    Payload::File(Content::Lists(lists)) => {
-                        for l in lists {
-                            if !seen.insert(l.id) {
-                                continue;
-                            }
-                            keep(&l.id)?;
-                            for c in repo.chunk_list(&Content::Lists(vec![*l]))? {
-                                if !c.is_hole() && seen.insert(c.id) {
-                                    keep(&c.id)?;
-                                }
-                            }
-                        }
-                    }
+                    Payload::File(content) => keeper.content(content)?,
                     Payload::Symlink(_) | Payload::None => {}
                 }
             }
         }
+        let rewritten = keeper.rewritten;
         if rewritten > 0 {
             tracing::info!(
                 "{rewritten} reused blobs sat in packs planned for deletion; stored them again"
@@ -180,6 +213,68 @@ impl Checkpointer {
     /// Checkpoints this backup wrote and has not yet replaced.
     pub fn written(&self) -> &[SnapshotId] {
         &self.written
+    }
+}
+
+/// Walks what a snapshot is about to reference and stores again each blob
+/// found only in planned packs.
+struct Keeper<'a> {
+    repo: &'a Repository,
+    writer: &'a PackWriter,
+    seen: HashSet<BlobId>,
+    rewritten: u64,
+}
+
+impl Keeper<'_> {
+    /// Keeps `id` unless seen already; returns whether it was new.
+    fn blob(&mut self, id: &BlobId) -> Result<bool> {
+        if !self.seen.insert(*id) {
+            return Ok(false);
+        }
+        if !self.repo.has_blob(id)? {
+            crate::gc::rewrite_blob(self.repo, self.writer, id).map_err(|e| match e {
+                // Planned, and swept before this backup looked again: it
+                // stalled for longer than the maintenance's window.
+                Error::BlobNotFound { .. } => Error::Interference {
+                    location: self.repo.location().to_string(),
+                    object: format!("copy blob {}", id.to_hex()),
+                    cause: "its only copies were in packs a concurrent maintenance planned to \
+                            delete, and has deleted since this backup last looked"
+                        .into(),
+                },
+                e => e,
+            })?;
+            self.rewritten += 1;
+        }
+        Ok(true)
+    }
+
+    fn chunk(&mut self, id: &BlobId) -> Result<()> {
+        self.blob(id).map(|_| ())
+    }
+
+    /// A file's content: its chunks, or its list blobs and theirs.
+    fn content(&mut self, content: &Content) -> Result<()> {
+        match content {
+            Content::Inline(chunks) => {
+                for c in chunks.iter().filter(|c| !c.is_hole()) {
+                    self.chunk(&c.id)?;
+                }
+            }
+            Content::Lists(lists) => {
+                for l in lists {
+                    if !self.blob(&l.id)? {
+                        continue;
+                    }
+                    for c in self.repo.chunk_list(&Content::Lists(vec![*l]))? {
+                        if !c.is_hole() {
+                            self.chunk(&c.id)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 

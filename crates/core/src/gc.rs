@@ -487,15 +487,7 @@ fn rewrite_blobs(
 /// Re-stores one blob whose only indexed copies sit in planned packs, so a
 /// writer that reused it keeps a copy the sweep will not delete.
 pub fn rewrite_blob(repo: &Repository, writer: &PackWriter, id: &BlobId) -> Result<()> {
-    let loc = repo.lookup(id)?.ok_or_else(|| Error::BlobNotFound {
-        kind: BlobKind::Data,
-        id: id.to_hex(),
-    })?;
-    let range = loc.offset as u64..loc.offset as u64 + loc.stored_len as u64;
-    let stored = repo
-        .storage()
-        .read_range(&loc.pack.path(), range)
-        .map_err(repo.serr())?;
+    let (loc, stored) = repo.read_stored(BlobKind::Data, id)?;
     writer.add_sealed(loc.kind, *id, &stored, loc.raw_len)
 }
 

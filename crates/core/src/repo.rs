@@ -643,25 +643,45 @@ impl Repository {
     /// [`Repository::read_blob`]; with `retry`, a blob whose pack left the
     /// index since this handle looked it up is looked up again once.
     fn read_blob_retrying(&self, kind: BlobKind, id: &BlobId, retry: bool) -> Result<Vec<u8>> {
-        let loc = self.lookup(id)?.ok_or_else(|| Error::BlobNotFound {
-            kind,
-            id: id.to_hex(),
-        })?;
+        let (loc, stored) = self.read_stored_retrying(kind, id, retry)?;
         let path = loc.pack.path();
-        let range = loc.offset as u64..loc.offset as u64 + loc.stored_len as u64;
-        let stored = match self.read_pack_range(&loc.pack, range) {
-            Ok(stored) => stored,
-            Err(Error::Corrupt { reason, .. }) if retry && reason == PACK_LEFT_THE_INDEX => {
-                tracing::debug!("{path}: {reason}; looking {} up again", id.short());
-                return self.read_blob_retrying(kind, id, false);
-            }
-            Err(e) => return Err(e),
-        };
         self.open_blob(kind, id, &stored, &path).inspect_err(|e| {
             if matches!(e, Error::Corrupt { .. }) {
                 self.note_damage(crate::damage::one_copy(*id, loc.pack));
             }
         })
+    }
+
+    /// One blob's stored (sealed) bytes and where they were read, as a copy
+    /// keeps them; looked up again once when its pack left the index since
+    /// this handle looked (see [`Repository::read_blob`]).
+    pub fn read_stored(&self, kind: BlobKind, id: &BlobId) -> Result<(BlobLocation, Bytes)> {
+        self.read_stored_retrying(kind, id, true)
+    }
+
+    fn read_stored_retrying(
+        &self,
+        kind: BlobKind,
+        id: &BlobId,
+        retry: bool,
+    ) -> Result<(BlobLocation, Bytes)> {
+        let loc = self.lookup(id)?.ok_or_else(|| Error::BlobNotFound {
+            kind,
+            id: id.to_hex(),
+        })?;
+        let range = loc.offset as u64..loc.offset as u64 + loc.stored_len as u64;
+        match self.read_pack_range(&loc.pack, range) {
+            Ok(stored) => Ok((loc, stored)),
+            Err(Error::Corrupt { reason, .. }) if retry && reason == PACK_LEFT_THE_INDEX => {
+                tracing::debug!(
+                    "{}: {reason}; looking {} up again",
+                    loc.pack.path(),
+                    id.short()
+                );
+                self.read_stored_retrying(kind, id, false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Loads a tree, from the cache when possible.

@@ -48,7 +48,7 @@ pub use location::{Location, WEBDAV_PASSWORD_ENV, WEBDAV_USER_ENV};
 pub use opendal_store::OpendalStorage;
 pub use options::StorageOptions;
 pub use retry::{RetryPolicy, RetryStorage};
-pub use throttle::ThrottleStorage;
+pub use throttle::{ThrottleStorage, TokenBucket};
 pub use wire::{HttpCounts, SSL_CERT_DIR_ENV, SSL_CERT_FILE_ENV};
 pub use writer::{BufferedWriter, ObjectWriter};
 

@@ -14,9 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A bucket refilling at `rate` bytes per second, holding up to one
-/// second's worth.
+/// second's worth. Shared by threads (it locks); the backup's source-read
+/// limit uses one too.
 #[derive(Debug)]
-pub(crate) struct TokenBucket {
+pub struct TokenBucket {
     rate: f64,
     state: Mutex<BucketState>,
 }
@@ -30,7 +31,7 @@ struct BucketState {
 
 impl TokenBucket {
     /// A full bucket refilling at `rate` bytes per second (at least 1).
-    pub(crate) fn new(rate: u64, now: Instant) -> Self {
+    pub fn new(rate: u64, now: Instant) -> Self {
         let rate = rate.max(1) as f64;
         Self {
             rate,
@@ -57,7 +58,8 @@ impl TokenBucket {
         wait
     }
 
-    fn pace(&self, bytes: u64) {
+    /// Takes `bytes` now and sleeps until the caller may go on.
+    pub fn pace(&self, bytes: u64) {
         let wait = self.take(bytes, Instant::now());
         if !wait.is_zero() {
             std::thread::sleep(wait);

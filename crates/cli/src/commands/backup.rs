@@ -28,6 +28,16 @@ pub struct BackupArgs {
     /// exits 3, `fail` saves no snapshot, `ignore` says nothing.
     #[arg(long, value_enum, default_value = "warn")]
     pub on_change: OnChange,
+    /// Make what was stored so far durable and resumable this often (an
+    /// index segment and an incomplete snapshot, which also covers a file
+    /// still being read). Must stay well under the safety window of any
+    /// maintenance that runs meanwhile (default 5m).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub checkpoint_interval: Option<Duration>,
+    /// Read the source at most this many bytes per second (e.g. 50MiB), to
+    /// spare the disk of an application that runs during the backup.
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    pub limit_read: Option<u64>,
     /// Tag the snapshot (repeatable).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
@@ -189,6 +199,21 @@ pub fn run(g: &GlobalOpts, a: BackupArgs) -> Result<ExitCode> {
         // Without a bar nobody reads the counters, and the core skips the
         // second pass that counts totals.
         progress: show_bar.then(|| progress.clone()),
+        checkpoint: match a.checkpoint_interval {
+            Some(every) if every.is_zero() => {
+                return Err(anyhow!(cairn_core::Error::Usage(
+                    "--checkpoint-interval 0 would never make a long backup resumable; give a \
+                     duration such as 1m"
+                        .into(),
+                )))
+            }
+            Some(every) => cairn_core::checkpoint::CheckpointOptions {
+                every,
+                every_blobs: 0,
+            },
+            None => Default::default(),
+        },
+        limit_read: a.limit_read,
         ..Default::default()
     };
     let hooks = Hooks {

@@ -1,9 +1,14 @@
 //! Tree assembly: takes the scanner's events in order, waits for each
 //! file's chunks, turns them into the file's content (inline, or list blobs
 //! when long) and stores every directory's tree once its last entry is in
-//! (children before parents, so a checkpoint between directories covers
-//! every finished one).
+//! (children before parents, so a checkpoint covers every finished one).
+//!
+//! Checkpoints are written between entries, and while the assembler waits
+//! (for the scanner, or for a file still being read): a file whose read
+//! outlives the checkpoint interval goes into the checkpoint as the prefix
+//! read so far ([`super::partial`]).
 
+use super::partial::{mark_partial, InFlight, Partial};
 use super::read;
 use super::seal::{content_from_chunks, WorkerError};
 use super::walk::{self, Pending};
@@ -15,6 +20,7 @@ use crate::format::{BlobId, BlobKind};
 use crate::packer::PackWriter;
 use crate::progress::Progress;
 use crate::repo::Repository;
+use crossbeam_channel::RecvTimeoutError;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -29,6 +35,8 @@ pub(super) struct Assembler<'a> {
     ckpt: Checkpointer,
     /// Whether the root is a directory (else a synthetic root of the paths).
     root_is_dir: bool,
+    /// Files being read ahead of this assembler.
+    in_flight: Arc<InFlight>,
 }
 
 /// A directory being assembled: its node (`None` for the root) and the
@@ -46,6 +54,7 @@ impl<'a> Assembler<'a> {
         progress: Arc<Progress>,
         ckpt: Checkpointer,
         root_is_dir: bool,
+        in_flight: Arc<InFlight>,
     ) -> Self {
         Self {
             repo,
@@ -55,6 +64,7 @@ impl<'a> Assembler<'a> {
             summary: Summary::default(),
             ckpt,
             root_is_dir,
+            in_flight,
         }
     }
 
@@ -77,13 +87,16 @@ impl Assembler<'_> {
             nodes: Vec::new(),
         }];
         loop {
-            let event = events
-                .recv()
-                .map_err(|_| Error::Internal("the walk ended early".into()))?;
-            // The root frame stays until its Leave, which returns.
-            let top = stack
-                .last_mut()
-                .ok_or_else(|| Error::Internal("the walk left the root twice".into()))?;
+            let event = match events.recv_timeout(self.ckpt.next_due()) {
+                Ok(event) => event,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.maybe_checkpoint(&stack, None)?;
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Error::Internal("the walk ended early".into()))
+                }
+            };
             match event {
                 walk::Event::Enter(node) => {
                     self.check_workers()?;
@@ -93,9 +106,13 @@ impl Assembler<'_> {
                     });
                 }
                 walk::Event::Entry(pending) => {
-                    if let Some(node) = self.resolve(pending)? {
-                        top.nodes.push(node);
-                    }
+                    let node = self.resolve(pending, &stack)?;
+                    // The root frame stays until its Leave, which returns.
+                    let top = stack
+                        .last_mut()
+                        .ok_or_else(|| Error::Internal("the walk left the root twice".into()))?;
+                    top.nodes.extend(node);
+                    self.maybe_checkpoint(&stack, None)?;
                 }
                 walk::Event::Leave => {
                     let frame = stack.pop().ok_or_else(|| {
@@ -112,7 +129,7 @@ impl Assembler<'_> {
                         }
                         _ => return Ok(id),
                     }
-                    self.maybe_checkpoint(&stack)?;
+                    self.maybe_checkpoint(&stack, None)?;
                 }
                 walk::Event::Failed(e) => return Err(e),
             }
@@ -131,19 +148,45 @@ impl Assembler<'_> {
         Ok(id)
     }
 
-    /// Writes a checkpoint when one is due (between directories). Its tree
-    /// is the open directories with the entries they have so far, so a
-    /// re-run after a crash reuses every finished file and directory.
-    fn maybe_checkpoint(&mut self, stack: &[Frame]) -> Result<()> {
+    /// Writes a checkpoint when one is due. Its tree is the open
+    /// directories with the entries they have so far and, when the
+    /// assembler is waiting for a file (`reading`: its node as walked, and
+    /// its chunks), that file's prefix read so far; so a re-run after a
+    /// crash reuses every finished file and directory and resumes within
+    /// the file. The chunks of files read ahead are protected too.
+    fn maybe_checkpoint(
+        &mut self,
+        stack: &[Frame],
+        reading: Option<(&Node, &Partial)>,
+    ) -> Result<()> {
         if !self.ckpt.due(self.writer.stats().blobs) {
             return Ok(());
         }
+        // The plans first, with no deduplication decision under way: every
+        // blob used on an older decision is in flight by then, and is
+        // collected next; later decisions heed these plans. Collected
+        // before the claims are drained: every chunk published by then is
+        // claimed or stored, so stored once they are.
+        let plans = self.in_flight.alone(|| self.ckpt.look(self.repo))?;
+        let ahead = self.in_flight.loose();
+        let prefix = reading.map(|(node, chunks)| (node, chunks.snapshot()));
         self.writer.drain_claims(|| self.check_workers())?;
+        let mut prefix_node = match prefix {
+            Some((node, chunks)) if !chunks.is_empty() => {
+                let len = chunks.iter().map(|c| u64::from(c.len)).sum();
+                let mut n = mark_partial(node, len);
+                n.payload = Payload::File(content_from_chunks(&self.writer, chunks)?);
+                Some(n)
+            }
+            _ => None,
+        };
         let mut partial = None;
         let mut below: Option<Node> = None;
         for (depth, frame) in stack.iter().enumerate().rev() {
             let mut nodes = frame.nodes.clone();
-            // The open directory below sorts after every finished entry.
+            // The file being read, then the open directory below, sort
+            // after every finished entry.
+            nodes.extend(prefix_node.take());
             nodes.extend(below.take());
             let id = self.store_tree(nodes, depth == 0)?;
             match &frame.node {
@@ -158,21 +201,36 @@ impl Assembler<'_> {
         let Some(partial) = partial else {
             return Ok(());
         };
-        self.ckpt
-            .write(self.repo, &self.writer, partial, &self.summary)?;
+        self.ckpt.write(
+            self.repo,
+            &self.writer,
+            partial,
+            &self.summary,
+            &ahead,
+            plans,
+        )?;
         Ok(())
     }
 
-    /// A finished entry's node: waits for a file being read; `None` when
-    /// the file could not be read and is skipped.
-    fn resolve(&mut self, pending: Pending) -> Result<Option<Node>> {
-        let (mut node, path, was_file, slot) = match pending {
+    /// A finished entry's node: waits for a file being read, writing the
+    /// checkpoints that fall due meanwhile; `None` when the file could not
+    /// be read and is skipped.
+    fn resolve(&mut self, pending: Pending, stack: &[Frame]) -> Result<Option<Node>> {
+        let (mut node, path, was_file, slot, chunks, resumed) = match pending {
             Pending::Ready(node) => return Ok(Some(node)),
+            Pending::Reused { node, keep } => {
+                // Its content is in `node` now.
+                drop(keep);
+                return Ok(Some(node));
+            }
             Pending::Read {
                 node,
                 was_file,
                 read,
+                chunks,
             } => {
+                // Its chunks are in `node` now.
+                drop(chunks);
                 self.count_read(was_file, read);
                 self.progress.file_done();
                 return Ok(Some(node));
@@ -182,18 +240,29 @@ impl Assembler<'_> {
                 path,
                 was_file,
                 slot,
-            } => (node, path, was_file, slot),
+                chunks,
+                resumed,
+            } => (node, path, was_file, slot, chunks, resumed),
         };
-        let outcome = read::wait(&slot);
+        let outcome = loop {
+            match slot.recv_timeout(self.ckpt.next_due()) {
+                Ok(outcome) => break outcome,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.maybe_checkpoint(stack, Some((&node, &chunks)))?
+                }
+                Err(RecvTimeoutError::Disconnected) => break read::ReadOutcome::Stopped,
+            }
+        };
         if matches!(outcome, read::ReadOutcome::Stopped) {
             self.check_workers()?;
         }
-        let Some((chunks, read)) = read::into_result(outcome, |e| self.skip(&path, e))? else {
+        let Some((list, read)) = read::into_result(outcome, &chunks, |e| self.skip(&path, e))?
+        else {
             return Ok(None);
         };
         self.count_read(was_file, read);
-        node.size = read;
-        node.payload = Payload::File(content_from_chunks(&self.writer, chunks)?);
+        node.size = resumed + read;
+        node.payload = Payload::File(content_from_chunks(&self.writer, list)?);
         self.progress.file_done();
         Ok(Some(node))
     }

@@ -8,6 +8,7 @@
 //! reusable window of [`READ_WINDOW`] bytes (up to `chunk_max` while a
 //! chunk needs it), and chunk buffers come from a [`BufferPool`].
 
+use super::partial::{InFlight, Partial};
 use super::seal::Sealer;
 use crate::error::{Error, Result};
 use crate::format::tree::ChunkRef;
@@ -16,15 +17,15 @@ use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::zeros::is_zero;
 use crossbeam_channel::{bounded, Receiver, Sender};
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// What reading one file produced.
 pub(super) enum ReadOutcome {
-    /// The chunks and the bytes read.
-    Done { chunks: Vec<ChunkRef>, read: u64 },
+    /// The bytes read; the chunks are in the file's [`Partial`].
+    Done { read: u64 },
     /// The file could not be opened or read: skip it.
     Unreadable(std::io::Error),
     /// A repository error; the backup fails.
@@ -42,10 +43,22 @@ pub(super) struct ReadCtx {
     pub writer: Arc<PackWriter>,
     pub sealer: Sealer,
     pub progress: Arc<Progress>,
+    /// Bytes per second read from the source, at most (`--limit-read`).
+    pub limit: Option<Arc<cairn_storage::TokenBucket>>,
+    /// Files in flight, and the gate deduplication decisions pass.
+    pub in_flight: Arc<InFlight>,
 }
 
-struct ReadJob {
-    path: PathBuf,
+/// One file for a reader: where its chunks go, and the offset to start
+/// at (after a killed run's prefix, which `chunks` already holds).
+pub(super) struct ReadJob {
+    pub path: PathBuf,
+    pub chunks: Arc<Partial>,
+    pub start: u64,
+}
+
+struct Queued {
+    job: ReadJob,
     slot: Sender<ReadOutcome>,
 }
 
@@ -59,10 +72,10 @@ const BATCH_BYTES: u64 = 1 << 20;
 
 /// Threads reading submitted files.
 pub(super) struct ReaderPool {
-    tx: Option<Sender<Vec<ReadJob>>>,
+    tx: Option<Sender<Vec<Queued>>>,
     threads: Vec<JoinHandle<()>>,
     /// Files submitted but not yet handed to the readers.
-    batch: Vec<ReadJob>,
+    batch: Vec<Queued>,
     batch_bytes: u64,
 }
 
@@ -70,10 +83,10 @@ impl ReaderPool {
     /// A pool of `threads` readers (at least one).
     pub fn new(ctx: &ReadCtx, threads: usize) -> Result<Self> {
         let threads = threads.max(1);
-        let (tx, rx) = bounded::<Vec<ReadJob>>(threads * 4);
+        let (tx, rx) = bounded::<Vec<Queued>>(threads * 4);
         let threads = (0..threads)
             .map(|i| {
-                let rx: Receiver<Vec<ReadJob>> = rx.clone();
+                let rx: Receiver<Vec<Queued>> = rx.clone();
                 let ctx = ctx.clone();
                 std::thread::Builder::new()
                     .name(format!("cairn-read-{i}"))
@@ -82,9 +95,9 @@ impl ReaderPool {
                         for batch in rx {
                             // Results go out together: whoever waits for the
                             // first file wakes once for the batch.
-                            outcomes.extend(batch.iter().map(|job| read_file(&ctx, &job.path)));
-                            for (job, outcome) in batch.into_iter().zip(outcomes.drain(..)) {
-                                let _ = job.slot.send(outcome);
+                            outcomes.extend(batch.iter().map(|q| read_file(&ctx, &q.job)));
+                            for (q, outcome) in batch.into_iter().zip(outcomes.drain(..)) {
+                                let _ = q.slot.send(outcome);
                             }
                         }
                     })
@@ -99,13 +112,13 @@ impl ReaderPool {
         })
     }
 
-    /// Queues `path` (of `size` bytes); the result arrives on the returned
-    /// slot once the file's batch is read. A batch is handed to the readers
-    /// when full; call [`ReaderPool::flush`] before waiting on anything that
-    /// may wait for a queued file.
-    pub fn submit(&mut self, path: PathBuf, size: u64) -> Receiver<ReadOutcome> {
+    /// Queues `job` (`size` bytes to read); the result arrives on the
+    /// returned slot once the file's batch is read. A batch is handed to the
+    /// readers when full; call [`ReaderPool::flush`] before waiting on
+    /// anything that may wait for a queued file.
+    pub fn submit(&mut self, job: ReadJob, size: u64) -> Receiver<ReadOutcome> {
         let (slot, result) = bounded(1);
-        self.batch.push(ReadJob { path, slot });
+        self.batch.push(Queued { job, slot });
         self.batch_bytes += size;
         if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
             self.flush();
@@ -122,8 +135,8 @@ impl ReaderPool {
         self.batch_bytes = 0;
         if let Some(tx) = &self.tx {
             if let Err(e) = tx.send(batch) {
-                for job in e.0 {
-                    let _ = job.slot.send(ReadOutcome::Stopped);
+                for q in e.0 {
+                    let _ = q.slot.send(ReadOutcome::Stopped);
                 }
             }
         }
@@ -159,17 +172,28 @@ thread_local! {
     static WINDOW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Reads, chunks and hashes one file, sending new chunks to sealing.
-pub(super) fn read_file(ctx: &ReadCtx, path: &Path) -> ReadOutcome {
+/// Reads, chunks and hashes one file from `job.start`, sending new chunks
+/// to sealing and publishing each in `job.chunks`.
+pub(super) fn read_file(ctx: &ReadCtx, job: &ReadJob) -> ReadOutcome {
+    let path = &job.path;
     let mut file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) => return ReadOutcome::Unreadable(e),
     };
     let before = file.metadata().ok().map(|m| Stamp::of(&m));
-    let mut chunks = Vec::new();
+    if job.start > 0 {
+        if let Err(e) = file.seek(SeekFrom::Start(job.start)) {
+            return ReadOutcome::Unreadable(e);
+        }
+        ctx.progress.add_bytes(job.start);
+    }
     let mut read = 0u64;
     let mut window = WINDOW.take();
-    let result = chunk_stream(ctx, &mut file, &mut window, &mut chunks, &mut read);
+    let mut src = Paced {
+        inner: &mut file,
+        limit: ctx.limit.as_deref(),
+    };
+    let result = chunk_stream(ctx, &mut src, &mut window, &job.chunks, &mut read);
     if window.capacity() > READ_WINDOW {
         window = Vec::new();
     }
@@ -177,13 +201,14 @@ pub(super) fn read_file(ctx: &ReadCtx, path: &Path) -> ReadOutcome {
     match result {
         Ok(()) => {
             let after = file.metadata().ok().map(|m| Stamp::of(&m));
+            let stored = job.start + read;
             if let (Some(before), Some(after)) = (before, after) {
-                if before != after || after.size != read {
+                if before != after || after.size != stored {
                     ctx.progress
-                        .changed_while_read(path, &before.describe_change(&after, read));
+                        .changed_while_read(path, &before.describe_change(&after, stored));
                 }
             }
-            ReadOutcome::Done { chunks, read }
+            ReadOutcome::Done { read }
         }
         Err(o) => o,
     }
@@ -231,11 +256,27 @@ fn first_cut(data: &[u8], min: u32, avg: u32, max: u32) -> usize {
         .map_or(data.len(), |c| c.length)
 }
 
+/// A source read through the `--limit-read` bucket, if any.
+struct Paced<'a, R> {
+    inner: R,
+    limit: Option<&'a cairn_storage::TokenBucket>,
+}
+
+impl<R: Read> Read for Paced<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(limit) = self.limit {
+            limit.pace(n as u64);
+        }
+        Ok(n)
+    }
+}
+
 fn chunk_stream(
     ctx: &ReadCtx,
-    file: &mut std::fs::File,
+    file: &mut impl Read,
     window: &mut Vec<u8>,
-    chunks: &mut Vec<ChunkRef>,
+    chunks: &Partial,
     read: &mut u64,
 ) -> std::result::Result<(), ReadOutcome> {
     let cfg = ctx.repo.config();
@@ -308,11 +349,14 @@ fn for_each_chunk<E>(
 const INLINE_SEAL_BELOW: usize = 256 << 10;
 
 /// Records one chunk; a new one is claimed and sealed here when small,
-/// else copied into a pooled buffer and sent to sealing.
+/// else copied into a pooled buffer and sent to sealing. The chunk is
+/// claimed (or found stored) and published in `chunks` under the in-flight
+/// gate, so a checkpoint sees it there once it has loaded the plans, and
+/// drains the claims before it references it.
 fn add_chunk(
     ctx: &ReadCtx,
     data: &[u8],
-    chunks: &mut Vec<ChunkRef>,
+    chunks: &Partial,
     read: &mut u64,
 ) -> std::result::Result<(), ReadOutcome> {
     let len = data.len() as u32;
@@ -323,8 +367,13 @@ fn add_chunk(
         return Ok(());
     }
     let id = ctx.repo.blob_id(data);
-    chunks.push(ChunkRef { id, len });
-    if ctx.writer.claim(&id).map_err(ReadOutcome::Failed)? {
+    let claimed = {
+        let _deciding = ctx.in_flight.deciding();
+        let claimed = ctx.writer.claim(&id).map_err(ReadOutcome::Failed)?;
+        chunks.push(ChunkRef { id, len });
+        claimed
+    };
+    if claimed {
         if ctx.sealer.errors().failed() {
             return Err(ReadOutcome::Stopped);
         }
@@ -338,18 +387,16 @@ fn add_chunk(
     Ok(())
 }
 
-/// Collects a submitted file's result.
-pub(super) fn wait(slot: &Receiver<ReadOutcome>) -> ReadOutcome {
-    slot.recv().unwrap_or(ReadOutcome::Stopped)
-}
-
-/// Turns a pool outcome into the walker's view: `Ok(None)` skips the file.
+/// Turns a pool outcome into the walker's view: the file's chunks (all of
+/// them, a resumed prefix included) and the bytes read now; `Ok(None)`
+/// skips the file.
 pub(super) fn into_result(
     outcome: ReadOutcome,
+    chunks: &Partial,
     on_skip: impl FnOnce(&std::io::Error),
 ) -> Result<Option<(Vec<ChunkRef>, u64)>> {
     match outcome {
-        ReadOutcome::Done { chunks, read } => Ok(Some((chunks, read))),
+        ReadOutcome::Done { read } => Ok(Some((chunks.take(), read))),
         ReadOutcome::Unreadable(e) => {
             on_skip(&e);
             Ok(None)

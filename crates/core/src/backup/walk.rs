@@ -13,7 +13,8 @@
 //! matched by one `Leave`, and the walk ends with the `Leave` of the root
 //! (or a `Failed`).
 
-use super::read::{self, ReadCtx, ReaderPool};
+use super::partial::{partial_of, InFlight, Partial};
+use super::read::{self, ReadCtx, ReadJob, ReaderPool};
 use super::seal::content_from_chunks;
 use super::seal::WorkerError;
 use crate::error::{Error, Result};
@@ -58,18 +59,30 @@ pub(super) enum Event {
 /// An entry as the scanner hands it on: complete, or a file still being read.
 pub(super) enum Pending {
     Ready(Node),
+    /// An unchanged file whose content is reused; `keep` registers that
+    /// content in flight until the file's directory is stored.
+    Reused {
+        node: Node,
+        keep: Arc<Partial>,
+    },
     /// A file read by the scanner itself (hard links): bytes to count.
+    /// `chunks` keeps its chunks in flight until its directory is stored.
     Read {
         node: Node,
         was_file: bool,
         read: u64,
+        chunks: Arc<Partial>,
     },
-    /// A file queued on the reader pool; its outcome arrives on `slot`.
+    /// A file queued on the reader pool; its outcome arrives on `slot`, its
+    /// chunks in `chunks`. `resumed` bytes of it were stored by a killed
+    /// run (`chunks` starts with them) and are not read again.
     Reading {
         node: Node,
         path: PathBuf,
         was_file: bool,
         slot: crossbeam_channel::Receiver<read::ReadOutcome>,
+        chunks: Arc<Partial>,
+        resumed: u64,
     },
 }
 
@@ -86,6 +99,8 @@ pub(super) struct Scanner<'a> {
     /// What the scanner counts: unchanged files, others, bytes_total.
     pub summary: Summary,
     pub hardlinks: HashMap<(u64, u64), Content>,
+    /// Files submitted for reading whose nodes are not yet stored.
+    pub in_flight: Arc<InFlight>,
 }
 
 impl Scanner<'_> {
@@ -289,49 +304,63 @@ impl Scanner<'_> {
     ) -> Result<Option<Pending>> {
         let size = meta.size();
         self.summary.bytes_total += size;
-        let reuse = |node: &mut Node, content: &Content| {
+        let reuse = |mut node: Node, content: &Content, keep: Arc<Partial>| {
             node.size = size;
             node.payload = Payload::File(content.clone());
+            Pending::Reused { node, keep }
         };
         if meta.nlink() > 1 {
             if let Some(content) = self.hardlinks.get(&(meta.dev(), meta.ino())) {
                 self.summary.files_unchanged += 1;
-                reuse(&mut node, content);
                 self.progress.file_done();
-                return Ok(Some(Pending::Ready(node)));
+                let keep = self.in_flight.register(Partial::reused(content));
+                return Ok(Some(reuse(node, content, keep)));
             }
         }
-        for old in olds {
-            if let Payload::File(content) = &old.payload {
-                if file_unchanged(&node, old) && self.content_known(content)? {
-                    self.summary.files_unchanged += 1;
-                    self.progress.add_bytes(size);
-                    self.remember_link(meta, content);
-                    reuse(&mut node, content);
-                    self.progress.file_done();
-                    return Ok(Some(Pending::Ready(node)));
-                }
-            }
+        if let Some((content, keep)) = self.unchanged_content(&node, olds)? {
+            self.summary.files_unchanged += 1;
+            self.progress.add_bytes(size);
+            self.remember_link(meta, &content);
+            self.progress.file_done();
+            return Ok(Some(reuse(node, &content, keep)));
         }
         let was_file = olds.iter().any(|o| o.kind == NodeType::File);
         if meta.nlink() <= 1 {
-            let slot = self.pool.submit(path.to_path_buf(), size);
+            let (chunks, resumed) = self.resumable_prefix(path, &node, olds)?;
+            let job = ReadJob {
+                path: path.to_path_buf(),
+                chunks: chunks.clone(),
+                start: resumed,
+            };
+            let slot = self.pool.submit(job, size.saturating_sub(resumed));
             return Ok(Some(Pending::Reading {
                 node,
                 path: path.to_path_buf(),
                 was_file,
                 slot,
+                chunks,
+                resumed,
             }));
         }
         self.check_workers()?;
-        let outcome = read::read_file(&self.reader, path);
+        let chunks = self.in_flight.register(Partial::default());
+        let job = ReadJob {
+            path: path.to_path_buf(),
+            chunks: chunks.clone(),
+            start: 0,
+        };
+        let outcome = read::read_file(&self.reader, &job);
         if matches!(outcome, read::ReadOutcome::Stopped) {
             self.check_workers()?;
         }
-        let Some((chunks, read)) = read::into_result(outcome, |e| self.skip(path, e))? else {
+        let Some((list, read)) = read::into_result(outcome, &chunks, |e| self.skip(path, e))?
+        else {
             return Ok(None);
         };
-        let content = content_from_chunks(&self.writer, chunks)?;
+        // Kept in `chunks` too, so checkpoints protect them until the
+        // directory's tree references them.
+        list.iter().for_each(|c| chunks.push(*c));
+        let content = content_from_chunks(&self.writer, list)?;
         self.remember_link(meta, &content);
         node.size = read;
         node.payload = Payload::File(content);
@@ -339,7 +368,72 @@ impl Scanner<'_> {
             node,
             was_file,
             read,
+            chunks,
         }))
+    }
+
+    /// The content of the first parent entry the file is unchanged from,
+    /// if all of it is stored, registered in flight (decided and registered
+    /// under the in-flight gate).
+    fn unchanged_content(
+        &self,
+        node: &Node,
+        olds: &[&Node],
+    ) -> Result<Option<(Content, Arc<Partial>)>> {
+        let _deciding = self.in_flight.deciding();
+        for old in olds {
+            if let Payload::File(content) = &old.payload {
+                if file_unchanged(node, old) && self.content_known(content)? {
+                    let keep = self.in_flight.register(Partial::reused(content));
+                    return Ok(Some((content.clone(), keep)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The file's chunks to start from, registered in flight, and the
+    /// offset to read from: where a killed run's checkpoint left the file
+    /// half read, when the checkpoint's partial entry was read from the
+    /// file as it is now (same size, times and inode) and everything it
+    /// holds is still stored; else nothing: read it all. Decided and
+    /// registered under the in-flight gate.
+    fn resumable_prefix(
+        &self,
+        path: &Path,
+        node: &Node,
+        olds: &[&Node],
+    ) -> Result<(Arc<Partial>, u64)> {
+        let _deciding = self.in_flight.deciding();
+        for old in olds {
+            let (Some(size_then), Payload::File(content)) = (partial_of(old), &old.payload) else {
+                continue;
+            };
+            let same_file = old.kind == NodeType::File
+                && size_then == node.size
+                && old.size <= node.size
+                && old.mtime_ns == node.mtime_ns
+                && old.ctime_ns == node.ctime_ns
+                && old.inode == node.inode;
+            if !same_file || !self.content_known(content)? {
+                continue;
+            }
+            let prefix = match self.repo.chunk_list(content) {
+                Ok(c) => c,
+                Err(e) if e.kind() == crate::ErrorKind::Corrupt => continue,
+                Err(e) => return Err(e),
+            };
+            let len: u64 = prefix.iter().map(|c| u64::from(c.len)).sum();
+            if len != old.size {
+                continue;
+            }
+            tracing::info!(
+                "{}: resuming after the {len} bytes a killed run stored",
+                path.display()
+            );
+            return Ok((self.in_flight.register(Partial::starting_with(prefix)), len));
+        }
+        Ok((self.in_flight.register(Partial::default()), 0))
     }
 
     fn remember_link(&mut self, meta: &Metadata, content: &Content) {
@@ -366,7 +460,7 @@ fn file_unchanged(node: &Node, old: &Node) -> bool {
         && !old
             .xattrs
             .iter()
-            .any(|(k, _)| k == crate::repair::DAMAGED_XATTR)
+            .any(|(k, _)| k == crate::repair::DAMAGED_XATTR || k == super::partial::PARTIAL_XATTR)
         && old.size == node.size
         && old.mtime_ns == node.mtime_ns
         && old.ctime_ns == node.ctime_ns
