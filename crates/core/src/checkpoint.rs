@@ -105,8 +105,16 @@ impl Checkpointer {
     /// on; returns their ids for [`Checkpointer::write`]. A running backup
     /// calls it with no deduplication decision under way, then collects
     /// what it holds in flight.
+    ///
+    /// The index is synced after the plans are loaded: a plan this backup
+    /// never saw (made and swept between two looks, when a look came later
+    /// than the maintenance's window allows) has had its packs removed
+    /// from the index by then, so a blob whose only copies it deleted
+    /// counts as absent and the check fails loudly on it, instead of
+    /// trusting a stale index and writing a snapshot that references it.
     pub(crate) fn look(&self, repo: &Repository) -> Result<Vec<Id>> {
         repo.refresh_plans()?;
+        repo.sync_index(true)?;
         Ok(repo.planned_packs().plan_ids())
     }
 
