@@ -606,3 +606,72 @@ fn a_file_that_changes_while_it_is_read_is_named_with_exit_3() {
     // Quiet again: no warning, exit 0.
     f.run(0, &["backup", "--force", dir]);
 }
+
+/// `--checkpoint-interval` and `--limit-read` end to end: a backup of one
+/// file read at 256 KiB/s is killed (-9) once a checkpoint holds part of
+/// it; the re-run resumes within the file instead of reading it again, and
+/// the repository checks clean down to the data.
+#[test]
+fn a_backup_killed_mid_file_resumes_within_it() {
+    let f = Fixture::new();
+    let big = f.tmp.path().join("big");
+    std::fs::create_dir_all(&big).expect("mkdir");
+    let len = 3u64 << 20;
+    std::fs::write(big.join("disk.img"), xorshift_bytes(91, len as usize)).expect("write");
+    let dir = big.to_str().expect("utf-8");
+    let (_, err) = f.run(2, &["backup", "--checkpoint-interval", "0s", dir]);
+    assert!(err.contains("--checkpoint-interval 0"), "{err}");
+    let mut slow = f
+        .cmd(&[
+            "backup",
+            "--limit-read",
+            "256KiB",
+            "--checkpoint-interval",
+            "300ms",
+            dir,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let started = std::time::Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no checkpoint within a minute"
+        );
+        assert!(
+            slow.try_wait().expect("wait").is_none(),
+            "the throttled backup ended before it was killed"
+        );
+        let (out, _) = f.run(0, &["snapshots"]);
+        if out.contains("(incomplete)") && started.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    slow.kill().expect("kill -9");
+    slow.wait().expect("reap");
+    let (json, _) = f.run(0, &["backup", "--json", dir]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let read = v["summary"]["bytes_read"].as_u64().expect("bytes_read");
+    assert!(
+        read < len - (256 << 10),
+        "the re-run read {read} of {len} bytes: it did not resume ({v})"
+    );
+    f.run(0, &["check", "--read-data"]);
+    let out = f.tmp.path().join("out");
+    f.run(
+        0,
+        &[
+            "restore",
+            "latest",
+            "--target",
+            out.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(
+        std::fs::read(out.join("disk.img")).expect("restored"),
+        std::fs::read(big.join("disk.img")).expect("source")
+    );
+}
