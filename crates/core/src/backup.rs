@@ -22,6 +22,8 @@ mod assemble;
 mod plan;
 mod read;
 mod seal;
+mod sparse;
+pub mod stream;
 mod walk;
 
 pub use walk::Exclude;
@@ -79,6 +81,11 @@ pub struct BackupOptions {
     pub progress: Option<Arc<Progress>>,
     /// When to write checkpoints (index segment + incomplete snapshot).
     pub checkpoint: crate::checkpoint::CheckpointOptions,
+    /// Read block devices (given as paths, links to them, or met in the
+    /// walk) as files of their size, instead of recording device nodes.
+    /// The snapshot holds each as a regular file: restore it into a file
+    /// or onto a device ([`crate::restore::RestoreOptions::target_device`]).
+    pub read_devices: bool,
 }
 
 /// The result of a backup.
@@ -141,7 +148,14 @@ fn stages_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapshot> {
     let totals = opts
         .progress
         .as_ref()
-        .map(|p| walk::spawn_totals(plan.paths.clone(), opts.exclude.clone(), p.clone()))
+        .map(|p| {
+            walk::spawn_totals(
+                plan.paths.clone(),
+                opts.exclude.clone(),
+                p.clone(),
+                opts.read_devices,
+            )
+        })
         .transpose()?;
     let progress = opts.progress.clone().unwrap_or_default();
     let stored = run_stages(repo, opts, &plan, ckpt, &progress);
@@ -222,6 +236,7 @@ fn run_stages(
         events,
         summary: Summary::default(),
         hardlinks: HashMap::new(),
+        read_devices: opts.read_devices,
     };
     let mut assembler = assemble::Assembler::new(
         repo,

@@ -165,11 +165,19 @@ pub(super) fn read_file(ctx: &ReadCtx, path: &Path) -> ReadOutcome {
         Ok(f) => f,
         Err(e) => return ReadOutcome::Unreadable(e),
     };
-    let before = file.metadata().ok().map(|m| Stamp::of(&m));
+    let meta = file.metadata().ok();
+    // Only a regular file's size and times tell a change (a device's are
+    // those of its node).
+    let before = meta.as_ref().filter(|m| m.is_file()).map(Stamp::of);
     let mut chunks = Vec::new();
     let mut read = 0u64;
     let mut window = WINDOW.take();
-    let result = chunk_stream(ctx, &mut file, &mut window, &mut chunks, &mut read);
+    let result = if meta.as_ref().is_some_and(super::sparse::looks_sparse) {
+        let mut data = super::sparse::DataReader::new(&file);
+        chunk_stream(ctx, &mut data, &mut window, &mut chunks, &mut read)
+    } else {
+        chunk_stream(ctx, &mut file, &mut window, &mut chunks, &mut read)
+    };
     if window.capacity() > READ_WINDOW {
         window = Vec::new();
     }
@@ -233,7 +241,7 @@ fn first_cut(data: &[u8], min: u32, avg: u32, max: u32) -> usize {
 
 fn chunk_stream(
     ctx: &ReadCtx,
-    file: &mut std::fs::File,
+    file: &mut impl Read,
     window: &mut Vec<u8>,
     chunks: &mut Vec<ChunkRef>,
     read: &mut u64,
@@ -254,7 +262,7 @@ fn chunk_stream(
 /// the first position whose hash matches, and the masks up to it do not
 /// depend on what follows); otherwise the window is refilled, or grown up
 /// to `max` bytes, and the cut retried.
-fn for_each_chunk<E>(
+pub(super) fn for_each_chunk<E>(
     src: &mut impl Read,
     window: &mut Vec<u8>,
     (min, avg, max): (u32, u32, u32),
@@ -309,7 +317,7 @@ const INLINE_SEAL_BELOW: usize = 256 << 10;
 
 /// Records one chunk; a new one is claimed and sealed here when small,
 /// else copied into a pooled buffer and sent to sealing.
-fn add_chunk(
+pub(super) fn add_chunk(
     ctx: &ReadCtx,
     data: &[u8],
     chunks: &mut Vec<ChunkRef>,
