@@ -58,7 +58,7 @@ impl<'f> DataReader<'f> {
 
     /// Bytes actually read from the file so far.
     #[cfg(test)]
-    pub fn from_disk(&self) -> u64 {
+    pub fn bytes_from_disk(&self) -> u64 {
         self.from_disk
     }
 
@@ -167,9 +167,9 @@ mod tests {
         // File systems allocate whole blocks (up to 64 KiB on some) around
         // each island.
         assert!(
-            reader.from_disk() < data + (1 << 20),
+            reader.bytes_from_disk() < data + (1 << 20),
             "read {} bytes from the disk for {data} bytes of data",
-            reader.from_disk()
+            reader.bytes_from_disk()
         );
     }
 
@@ -185,6 +185,6 @@ mod tests {
         let mut got = Vec::new();
         reader.read_to_end(&mut got).unwrap();
         assert!(got == data);
-        assert_eq!(reader.from_disk(), data.len() as u64);
+        assert_eq!(reader.bytes_from_disk(), data.len() as u64);
     }
 }
