@@ -304,3 +304,73 @@ fn a_disk_image_restores_onto_a_device_and_a_small_one_is_refused() {
         ],
     );
 }
+
+/// A disk image backed up with --read-devices is a plain file in the FUSE
+/// mount, and a file system inside it can be loop-mounted read-only from
+/// there (docs/MOUNT.md). Skipped, saying why, without FUSE, root, loop
+/// devices or mkfs.ext4.
+#[test]
+fn a_disk_image_in_the_mount_loop_mounts_read_only() {
+    use crate::common::{fuse_available, Mounted};
+    if !fuse_available() {
+        return;
+    }
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid() == 0
+    });
+    let tools = ["mkfs.ext4", "losetup"]
+        .iter()
+        .all(|t| Command::new(t).arg("-V").output().is_ok());
+    if !root || !tools || !std::path::Path::new("/dev/loop-control").exists() {
+        eprintln!("skipped: needs root, /dev/loop-control, losetup and mkfs.ext4");
+        return;
+    }
+    let f = Fixture::new();
+    let img = f.path("vda");
+    std::fs::File::create(&img)
+        .and_then(|file| file.set_len(32 << 20))
+        .expect("image");
+    let sh = |script: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .expect("sh");
+        assert!(out.status.success(), "{script}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let (img_s, fs_dir) = (img.to_str().expect("utf-8"), f.path("fs"));
+    std::fs::create_dir(&fs_dir).expect("dir");
+    let fs_s = fs_dir.to_str().expect("utf-8");
+    sh(&format!("mkfs.ext4 -q -F {img_s}"));
+    sh(&format!(
+        "mount -o loop {img_s} {fs_s} && echo 'hello from the vm' > {fs_s}/greeting && umount {fs_s}"
+    ));
+    f.run(0, &["backup", "--read-devices", img_s]);
+    let mnt = f.path("mnt");
+    std::fs::create_dir(&mnt).expect("mountpoint");
+    let mounted = Mounted::spawn(
+        f.cmd(&[
+            "mount",
+            mnt.to_str().expect("utf-8"),
+            "--snapshot",
+            "latest",
+        ]),
+        &mnt.canonicalize().expect("canonical"),
+    );
+    let inside = mnt.join("vda");
+    assert_eq!(std::fs::metadata(&inside).expect("vda").len(), 32 << 20);
+    let dev = sh(&format!("losetup -f --show -r {}", inside.display()));
+    let read = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "mount -o ro,noload {dev} {fs_s} && cat {fs_s}/greeting; s=$?; umount {fs_s}; exit $s"
+        ))
+        .output()
+        .expect("sh");
+    let _ = Command::new("losetup").arg("-d").arg(&dev).status();
+    drop(mounted);
+    assert!(read.status.success(), "{}", text(&read));
+    assert_eq!(String::from_utf8_lossy(&read.stdout), "hello from the vm\n");
+}
