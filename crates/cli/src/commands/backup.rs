@@ -205,6 +205,14 @@ pub fn run(g: &GlobalOpts, a: BackupArgs) -> Result<ExitCode> {
         ParentChoice::Auto
     };
     let streamed = a.stdin || a.stdin_from_command;
+    if a.stdin && std::io::stdin().is_terminal() {
+        return Err(anyhow!(cairn_core::Error::Usage(
+            "--stdin reads standard input, which is a terminal here: pipe the data in \
+             (`pg_dump db | cairn backup --stdin --stdin-filename db.sql`), or use \
+             --stdin-from-command -- CMD ARGS"
+                .into()
+        )));
+    }
     // Rules are compiled before any hook runs: a typo in them never freezes an application.
     let excluders = if streamed {
         None

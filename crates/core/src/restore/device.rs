@@ -113,11 +113,25 @@ fn open_target(device: &Path) -> Result<File> {
             device.display()
         )));
     }
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(device)
-        .map_err(|e| Error::io(device, e))
+    let mut open = std::fs::OpenOptions::new();
+    open.read(true).write(true);
+    if kind.is_block_device() {
+        // An exclusive open fails while the device is mounted or held
+        // (by LVM, a RAID, another writer): never write under a file system.
+        use std::os::unix::fs::OpenOptionsExt;
+        open.custom_flags(nix::fcntl::OFlag::O_EXCL.bits());
+    }
+    open.open(device).map_err(|e| {
+        if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) {
+            Error::Usage(format!(
+                "{} is in use (mounted, or held by another process or device mapper): \
+                 unmount or release it before restoring onto it (nothing was written)",
+                device.display()
+            ))
+        } else {
+            Error::io(device, e)
+        }
+    })
 }
 
 /// The bytes the target holds: a device's size, an image file's length.

@@ -278,6 +278,26 @@ fn a_loop_device_round_trips_onto_another_loop_device() {
         "the device is stored as a file of its content"
     );
     assert_eq!(n.size, size);
+    {
+        // Held exclusively (as a mount holds it): refused, nothing written.
+        use std::os::unix::fs::OpenOptionsExt;
+        let _held = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_EXCL.bits())
+            .open(&b.path)
+            .unwrap();
+        let err = restore(
+            &t.repo,
+            &first.snapshot.tree,
+            &RestoreOptions {
+                target_device: Some(b.path.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Usage, "{err}");
+        assert!(err.to_string().contains("is in use"), "{err}");
+    }
     let stats = restore(
         &t.repo,
         &first.snapshot.tree,
