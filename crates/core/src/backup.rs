@@ -23,6 +23,8 @@ mod partial;
 mod plan;
 mod read;
 mod seal;
+mod sparse;
+pub mod stream;
 mod walk;
 
 pub use partial::PARTIAL_XATTR;
@@ -84,6 +86,11 @@ pub struct BackupOptions {
     /// Read the source at most this many bytes per second (all readers
     /// together), to spare a live application's disk.
     pub limit_read: Option<u64>,
+    /// Read block devices (given as paths, links to them, or met in the
+    /// walk) as files of their size, instead of recording device nodes.
+    /// The snapshot holds each as a regular file: restore it into a file
+    /// or onto a device ([`crate::restore::RestoreOptions::target_device`]).
+    pub read_devices: bool,
 }
 
 /// The result of a backup.
@@ -146,7 +153,14 @@ fn stages_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapshot> {
     let totals = opts
         .progress
         .as_ref()
-        .map(|p| walk::spawn_totals(plan.paths.clone(), opts.exclude.clone(), p.clone()))
+        .map(|p| {
+            walk::spawn_totals(
+                plan.paths.clone(),
+                opts.exclude.clone(),
+                p.clone(),
+                opts.read_devices,
+            )
+        })
         .transpose()?;
     let progress = opts.progress.clone().unwrap_or_default();
     let stored = run_stages(repo, opts, &plan, ckpt, &progress);
@@ -236,6 +250,7 @@ fn run_stages(
         summary: Summary::default(),
         hardlinks: HashMap::new(),
         in_flight: in_flight.clone(),
+        read_devices: opts.read_devices,
     };
     let mut assembler = assemble::Assembler::new(
         repo,

@@ -9,6 +9,7 @@
 //! reads, parallel decryption, writes at offsets) and [`finalize`]
 //! (metadata, links, special files, verification, directories last).
 
+mod device;
 mod fetch;
 mod finalize;
 mod plan;
@@ -43,6 +44,12 @@ pub struct RestoreOptions {
     pub workers: usize,
     /// Live progress counters.
     pub progress: Option<Arc<Progress>>,
+    /// Write the one file `includes` selects (or the snapshot's only file)
+    /// onto this existing block device (or image file) instead of into
+    /// `target`: refused when it is smaller than the file; not truncated,
+    /// its metadata untouched. For disks backed up with
+    /// [`crate::backup::BackupOptions::read_devices`].
+    pub target_device: Option<PathBuf>,
 }
 
 /// What a restore did.
@@ -86,6 +93,9 @@ pub struct RestoreTimings {
 
 /// Restores the tree `root` into `opts.target`.
 pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Result<RestoreStats> {
+    if let Some(device) = &opts.target_device {
+        return device::restore(repo, root, device, opts);
+    }
     let started = Instant::now();
     let target = &opts.target;
     if target.exists() {
@@ -131,13 +141,8 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
     stats.timings.plan = started.elapsed();
 
     let started = Instant::now();
-    let workers = if opts.workers == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    } else {
-        opts.workers
-    };
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(workers)
+        .num_threads(workers(opts.workers))
         .thread_name(|i| format!("cairn-restore-{i}"))
         .build()
         .map_err(|e| Error::Usage(format!("cannot start restore threads: {e}")))?;
@@ -152,4 +157,13 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
     repo.record_found_damage_or_warn();
     stats.timings.finalize = started.elapsed();
     Ok(stats)
+}
+
+/// Decrypting threads for `asked` (0 = number of CPUs).
+fn workers(asked: usize) -> usize {
+    if asked == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        asked
+    }
 }

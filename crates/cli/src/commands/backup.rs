@@ -5,6 +5,7 @@
 use crate::common::{parse_size, GlobalOpts};
 use crate::output::size;
 use anyhow::{anyhow, Context, Result};
+use cairn_core::backup::stream::{backup_command_unsaved, backup_stream_unsaved, StreamOptions};
 use cairn_core::backup::{backup_unsaved, BackupOptions, ParentChoice};
 use cairn_core::exclude::RootExcluders;
 use cairn_core::progress::Progress;
@@ -12,6 +13,7 @@ use cairn_core::{Snapshot, SnapshotId};
 use cairn_policy::exclude::ExcludeOptions;
 use cairn_policy::hooks::{BodyOutcome, HookOutcome, HookPhase, Hooks};
 use clap::Args;
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,9 +22,28 @@ use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct BackupArgs {
-    /// Files and directories to back up.
-    #[arg(required = true)]
+    /// Files and directories to back up; with --stdin-from-command, the
+    /// command and its arguments (after `--`).
+    #[arg(required_unless_present = "stdin", value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+    /// Read block devices (given as paths, links to them, or met in the
+    /// walk) as files of their size, instead of recording device nodes.
+    /// A device is read whole at every backup; unchanged blocks add nothing.
+    #[arg(long)]
+    pub read_devices: bool,
+    /// Store standard input as one file of the snapshot (see --stdin-filename).
+    #[arg(long, conflicts_with_all = ["paths", "read_devices", "stdin_from_command"])]
+    pub stdin: bool,
+    /// Run the command given after `--` and store its standard output as one
+    /// file; no snapshot is saved when it exits non-zero or is killed.
+    #[arg(long, requires = "paths", conflicts_with = "read_devices")]
+    pub stdin_from_command: bool,
+    /// Name of the file a stream becomes in the snapshot.
+    #[arg(long, value_name = "NAME", default_value = "stdin")]
+    pub stdin_filename: String,
+    /// Permission bits of the file a stream becomes (octal).
+    #[arg(long, value_name = "MODE", default_value = "0600", value_parser = parse_mode)]
+    pub stdin_mode: u32,
     /// A file that changes while it is read (size, mtime or ctime differ
     /// before and after) is stored as neither version: `warn` names it and
     /// exits 3, `fail` saves no snapshot, `ignore` says nothing.
@@ -160,6 +181,16 @@ fn warn_changed(s: &cairn_core::format::snapshot::Summary) {
     }
 }
 
+/// Octal permission bits: `0640`, `640`.
+fn parse_mode(s: &str) -> std::result::Result<u32, String> {
+    match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
+        Ok(mode) if mode <= 0o7777 => Ok(mode),
+        _ => Err(format!(
+            "{s:?} is not a file mode: give octal permission bits, e.g. 0640"
+        )),
+    }
+}
+
 /// Every path given exists (a dangling symlink counts: it is backed up as a link).
 fn sources_exist(paths: &[PathBuf]) -> cairn_core::Result<()> {
     for path in paths {
@@ -183,9 +214,24 @@ pub fn run(g: &GlobalOpts, a: BackupArgs) -> Result<ExitCode> {
     } else {
         ParentChoice::Auto
     };
+    let streamed = a.stdin || a.stdin_from_command;
+    if a.stdin && std::io::stdin().is_terminal() {
+        return Err(anyhow!(cairn_core::Error::Usage(
+            "--stdin reads standard input, which is a terminal here: pipe the data in \
+             (`pg_dump db | cairn backup --stdin --stdin-filename db.sql`), or use \
+             --stdin-from-command -- CMD ARGS"
+                .into()
+        )));
+    }
     // Rules are compiled before any hook runs: a typo in them never freezes an application.
-    let excluders = RootExcluders::new(&a.exclude.options()?, &a.paths)
-        .map_err(|e| anyhow!(cairn_core::Error::Usage(e.to_string())))?;
+    let excluders = if streamed {
+        None
+    } else {
+        Some(
+            RootExcluders::new(&a.exclude.options()?, &a.paths)
+                .map_err(|e| anyhow!(cairn_core::Error::Usage(e.to_string())))?,
+        )
+    };
     let progress = Arc::new(Progress::default());
     let show_bar = !a.json && !g.quiet && std::io::stderr().is_terminal();
     let opts = BackupOptions {
@@ -194,8 +240,9 @@ pub fn run(g: &GlobalOpts, a: BackupArgs) -> Result<ExitCode> {
         source: a.source.clone(),
         tags: a.tags.clone(),
         parent,
-        exclude_rules: excluders.rules(),
-        exclude: Some(Arc::new(excluders)),
+        exclude_rules: excluders.as_ref().map(|x| x.rules()).unwrap_or_default(),
+        exclude: excluders.map(|x| Arc::new(x) as Arc<dyn cairn_core::backup::Exclude>),
+        read_devices: a.read_devices,
         // Without a bar nobody reads the counters, and the core skips the
         // second pass that counts totals.
         progress: show_bar.then(|| progress.clone()),
@@ -225,8 +272,19 @@ pub fn run(g: &GlobalOpts, a: BackupArgs) -> Result<ExitCode> {
     let run = hooks.run(|| {
         let bar =
             show_bar.then(|| crate::output::ProgressBar::start(progress.clone(), "backing up"));
-        // Checked after the pre-exec hook, which may be what creates the source (a dump, a mount).
-        let result = sources_exist(&opts.paths).and_then(|()| backup_unsaved(&repo, &opts));
+        let stream = StreamOptions {
+            name: a.stdin_filename.clone(),
+            mode: a.stdin_mode,
+        };
+        let result = if a.stdin {
+            backup_stream_unsaved(&repo, &opts, &stream, &mut std::io::stdin().lock())
+        } else if a.stdin_from_command {
+            let argv: Vec<OsString> = a.paths.iter().map(|p| p.clone().into_os_string()).collect();
+            backup_command_unsaved(&repo, &opts, &stream, &argv)
+        } else {
+            // Checked after the pre-exec hook, which may be what creates the source (a dump, a mount).
+            sources_exist(&opts.paths).and_then(|()| backup_unsaved(&repo, &opts))
+        };
         if let Some(bar) = bar {
             bar.finish();
         }

@@ -2,7 +2,7 @@
 
 use super::FilterOpts;
 use crate::common::GlobalOpts;
-use anyhow::{bail, Result};
+use anyhow::{anyhow, Result};
 use cairn_core::browse::{dump, resolve, Resolved};
 use clap::Args;
 use std::path::PathBuf;
@@ -22,10 +22,12 @@ pub fn run(g: &GlobalOpts, a: DumpArgs) -> Result<ExitCode> {
     let repo = g.open()?;
     let (_, snap) = repo.find_snapshot(&a.snapshot, &a.filter.filter())?;
     let Resolved::Node(node) = resolve(&repo, &snap.tree, &a.path)? else {
-        bail!(
-            "{} is the snapshot's root directory; dump prints regular files",
-            a.path.display()
-        );
+        return Err(anyhow!(cairn_core::Error::Usage(format!(
+            "{} is the snapshot's root directory; dump prints regular files: name one \
+             (`cairn ls {}` lists them)",
+            a.path.display(),
+            a.snapshot
+        ))));
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());

@@ -17,8 +17,13 @@ pub struct RestoreArgs {
     /// Snapshot id prefix or `latest`.
     pub snapshot: String,
     /// Directory to restore into (created if missing; must be empty unless --overwrite).
-    #[arg(long, short = 't')]
-    pub target: PathBuf,
+    #[arg(long, short = 't', required_unless_present = "target_device")]
+    pub target: Option<PathBuf>,
+    /// Write one file of the snapshot (a disk image, a device backed up with
+    /// --read-devices; pick it with --include) onto this existing block device
+    /// or image file, which must be at least as large. Its holes are zeroed.
+    #[arg(long, value_name = "DEV", conflicts_with_all = ["target", "overwrite"])]
+    pub target_device: Option<PathBuf>,
     /// Restore only this path of the snapshot (repeatable).
     #[arg(long = "include")]
     pub includes: Vec<PathBuf>,
@@ -43,8 +48,14 @@ pub fn run(g: &GlobalOpts, a: RestoreArgs) -> Result<ExitCode> {
     let repo = g.open()?;
     let (id, snap) = repo.find_snapshot(&a.snapshot, &a.filter.filter())?;
     let progress = Arc::new(Progress::default());
+    let target = a
+        .target
+        .clone()
+        .or_else(|| a.target_device.clone())
+        .unwrap_or_default();
     let opts = RestoreOptions {
-        target: a.target.clone(),
+        target: target.clone(),
+        target_device: a.target_device.clone(),
         includes: a.includes.clone(),
         overwrite: a.overwrite,
         owners: nix_is_root(),
@@ -60,9 +71,7 @@ pub fn run(g: &GlobalOpts, a: RestoreArgs) -> Result<ExitCode> {
     }
     let mut stats = stats?;
     if let (Some(lost), true) = (&snap.damaged_root, a.includes.is_empty()) {
-        stats
-            .zero_filled
-            .insert(0, (a.target.clone(), lost.clone()));
+        stats.zero_filled.insert(0, (target.clone(), lost.clone()));
     }
     if a.json {
         let failed: Vec<_> = stats
@@ -89,7 +98,7 @@ pub fn run(g: &GlobalOpts, a: RestoreArgs) -> Result<ExitCode> {
         outln!(
             "restored snapshot {} to {}: {} files, {} dirs, {} other entries, {}",
             id.short(),
-            a.target.display(),
+            target.display(),
             stats.files,
             stats.dirs,
             stats.others,

@@ -3,6 +3,7 @@
 //! area, against the backend `CAIRN_TEST_BACKEND` names where the area has
 //! a repository.
 
+mod block;
 mod common;
 mod damage;
 mod edges;

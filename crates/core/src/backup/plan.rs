@@ -73,6 +73,30 @@ impl BackupPlan {
         })
     }
 
+    /// The plan of a stream stored as the one file `name` of the snapshot
+    /// (`/name` is its path; the source defaults to `stdin:name`, so the
+    /// next dump of the same name finds this one as its parent).
+    pub fn for_stream(repo: &Repository, opts: &BackupOptions, name: &str) -> Result<Self> {
+        let time = chrono::Utc::now();
+        let host = opts.host.clone().unwrap_or_else(hostname);
+        let source = opts
+            .source
+            .clone()
+            .unwrap_or_else(|| format!("stdin:{name}"));
+        let (parent, _) = parents(repo, &opts.parent, &host, &source)?;
+        Ok(Self {
+            time,
+            paths: vec![PathBuf::from("/").join(name)],
+            root_is_dir: false,
+            host,
+            source,
+            parent,
+            parents: Vec::new(),
+            tags: opts.tags.clone(),
+            excludes: opts.exclude_rules.clone(),
+        })
+    }
+
     /// The backup's snapshot of `tree`: a checkpoint (`complete: false`)
     /// or the final one.
     pub fn snapshot(

@@ -180,7 +180,10 @@ pub(super) fn read_file(ctx: &ReadCtx, job: &ReadJob) -> ReadOutcome {
         Ok(f) => f,
         Err(e) => return ReadOutcome::Unreadable(e),
     };
-    let before = file.metadata().ok().map(|m| Stamp::of(&m));
+    let meta = file.metadata().ok();
+    // Only a regular file's size and times tell a change (a device's are
+    // those of its node).
+    let before = meta.as_ref().filter(|m| m.is_file()).map(Stamp::of);
     if job.start > 0 {
         if let Err(e) = file.seek(SeekFrom::Start(job.start)) {
             return ReadOutcome::Unreadable(e);
@@ -189,11 +192,20 @@ pub(super) fn read_file(ctx: &ReadCtx, job: &ReadJob) -> ReadOutcome {
     }
     let mut read = 0u64;
     let mut window = WINDOW.take();
-    let mut src = Paced {
-        inner: &mut file,
-        limit: ctx.limit.as_deref(),
+    let limit = ctx.limit.as_deref();
+    let result = if meta.as_ref().is_some_and(super::sparse::looks_sparse) {
+        let mut data = Paced {
+            inner: super::sparse::DataReader::at(&file, job.start),
+            limit,
+        };
+        chunk_stream(ctx, &mut data, &mut window, &job.chunks, &mut read)
+    } else {
+        let mut src = Paced {
+            inner: &mut file,
+            limit,
+        };
+        chunk_stream(ctx, &mut src, &mut window, &job.chunks, &mut read)
     };
-    let result = chunk_stream(ctx, &mut src, &mut window, &job.chunks, &mut read);
     if window.capacity() > READ_WINDOW {
         window = Vec::new();
     }
@@ -257,9 +269,9 @@ fn first_cut(data: &[u8], min: u32, avg: u32, max: u32) -> usize {
 }
 
 /// A source read through the `--limit-read` bucket, if any.
-struct Paced<'a, R> {
-    inner: R,
-    limit: Option<&'a cairn_storage::TokenBucket>,
+pub(super) struct Paced<'a, R> {
+    pub inner: R,
+    pub limit: Option<&'a cairn_storage::TokenBucket>,
 }
 
 impl<R: Read> Read for Paced<'_, R> {
@@ -295,7 +307,7 @@ fn chunk_stream(
 /// the first position whose hash matches, and the masks up to it do not
 /// depend on what follows); otherwise the window is refilled, or grown up
 /// to `max` bytes, and the cut retried.
-fn for_each_chunk<E>(
+pub(super) fn for_each_chunk<E>(
     src: &mut impl Read,
     window: &mut Vec<u8>,
     (min, avg, max): (u32, u32, u32),
@@ -353,7 +365,7 @@ const INLINE_SEAL_BELOW: usize = 256 << 10;
 /// claimed (or found stored) and published in `chunks` under the in-flight
 /// gate, so a checkpoint sees it there once it has loaded the plans, and
 /// drains the claims before it references it.
-fn add_chunk(
+pub(super) fn add_chunk(
     ctx: &ReadCtx,
     data: &[u8],
     chunks: &Partial,

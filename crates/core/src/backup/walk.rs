@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -101,6 +101,9 @@ pub(super) struct Scanner<'a> {
     pub hardlinks: HashMap<(u64, u64), Content>,
     /// Files submitted for reading whose nodes are not yet stored.
     pub in_flight: Arc<InFlight>,
+    /// Block devices are read as files of their size (else recorded as
+    /// device nodes).
+    pub read_devices: bool,
 }
 
 impl Scanner<'_> {
@@ -168,7 +171,15 @@ impl Scanner<'_> {
                 )));
             }
             names.push(name.clone());
-            let meta = std::fs::symlink_metadata(p).map_err(|e| Error::io(p, e))?;
+            let mut meta = std::fs::symlink_metadata(p).map_err(|e| Error::io(p, e))?;
+            if self.read_devices && meta.file_type().is_symlink() {
+                // `/dev/vg/lv` and `/dev/disk/by-id/...` are links to the device.
+                if let Ok(target) = std::fs::metadata(p) {
+                    if target.file_type().is_block_device() {
+                        meta = target;
+                    }
+                }
+            }
             let olds = matches(parents, &name);
             self.entry(p, &name, &meta, &olds)?;
         }
@@ -247,6 +258,12 @@ impl Scanner<'_> {
             },
             NodeType::File => {
                 return match self.file(path, meta, node, olds)? {
+                    Some(pending) => self.emit(Event::Entry(pending)),
+                    None => Ok(()),
+                };
+            }
+            NodeType::BlockDev if self.read_devices => {
+                return match self.device(path, node, olds) {
                     Some(pending) => self.emit(Event::Entry(pending)),
                     None => Ok(()),
                 };
@@ -436,6 +453,41 @@ impl Scanner<'_> {
         Ok((self.in_flight.register(Partial::default()), 0))
     }
 
+    /// A block device read as a file of its size. It is always read: a
+    /// device's node has no times that follow its content. Its unchanged
+    /// blocks deduplicate, so an unchanged device adds nothing.
+    fn device(&mut self, path: &Path, mut node: Node, olds: &[&Node]) -> Option<Pending> {
+        let size = match device_size(path) {
+            Ok(size) => size,
+            Err(e) => {
+                self.skip(path, &e);
+                return None;
+            }
+        };
+        self.summary.bytes_total += size;
+        node.kind = NodeType::File;
+        node.rdev = 0;
+        node.size = size;
+        let was_file = olds.iter().any(|o| o.kind == NodeType::File);
+        // Never resumed from a checkpoint's prefix either: the node's times
+        // do not say whether the blocks before it changed.
+        let chunks = self.in_flight.register(Partial::default());
+        let job = ReadJob {
+            path: path.to_path_buf(),
+            chunks: chunks.clone(),
+            start: 0,
+        };
+        let slot = self.pool.submit(job, size);
+        Some(Pending::Reading {
+            node,
+            path: path.to_path_buf(),
+            was_file,
+            slot,
+            chunks,
+            resumed: 0,
+        })
+    }
+
     fn remember_link(&mut self, meta: &Metadata, content: &Content) {
         if meta.nlink() > 1 {
             self.hardlinks
@@ -467,17 +519,39 @@ fn file_unchanged(node: &Node, old: &Node) -> bool {
         && old.inode == node.inode
 }
 
+/// The size of a block device (or of any file): where a seek to its end lands.
+pub(crate) fn device_size(path: &Path) -> std::io::Result<u64> {
+    use std::io::Seek;
+    std::fs::File::open(path)?.seek(std::io::SeekFrom::End(0))
+}
+
 /// Counts files and bytes to back up, for progress totals, on a thread of
-/// its own (it stats every entry a second time).
+/// its own (it stats every entry a second time); block devices count at
+/// their size when `read_devices`.
 pub(super) fn spawn_totals(
     paths: Vec<PathBuf>,
     exclude: Option<Arc<dyn Exclude>>,
     progress: Arc<Progress>,
+    read_devices: bool,
 ) -> Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("cairn-scan".into())
         .spawn(move || {
-            let mut stack = paths;
+            let device = |path: &Path, m: &Metadata| {
+                if read_devices && m.file_type().is_block_device() {
+                    progress.files_total.fetch_add(1, Ordering::Relaxed);
+                    let size = device_size(path).unwrap_or(0);
+                    progress.bytes_total.fetch_add(size, Ordering::Relaxed);
+                }
+            };
+            let mut stack = Vec::new();
+            for p in paths {
+                // A path given that links to a device is read as the device.
+                match std::fs::metadata(&p) {
+                    Ok(m) if read_devices && m.file_type().is_block_device() => device(&p, &m),
+                    _ => stack.push(p),
+                }
+            }
             while let Some(p) = stack.pop() {
                 let Ok(meta) = std::fs::symlink_metadata(&p) else {
                     continue;
@@ -497,6 +571,8 @@ pub(super) fn spawn_totals(
                             } else if m.is_file() {
                                 progress.files_total.fetch_add(1, Ordering::Relaxed);
                                 progress.bytes_total.fetch_add(m.len(), Ordering::Relaxed);
+                            } else {
+                                device(&path, &m);
                             }
                         }
                     }
@@ -505,6 +581,8 @@ pub(super) fn spawn_totals(
                     progress
                         .bytes_total
                         .fetch_add(meta.len(), Ordering::Relaxed);
+                } else {
+                    device(&p, &meta);
                 }
             }
             progress.scan_done.store(true, Ordering::Relaxed);

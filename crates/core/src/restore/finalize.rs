@@ -132,8 +132,24 @@ fn repaired_loss(node: &Node) -> Option<String> {
 }
 
 fn verify_file(repo: &Repository, f: &FileTask) -> Result<()> {
+    let offset = verify_content(repo, f)?;
+    let len = std::fs::metadata(&f.path)
+        .map_err(|e| Error::io(&f.path, e))?
+        .len();
+    if len != offset {
+        return Err(Error::corrupt(
+            f.path.display().to_string(),
+            format!("size {len}, snapshot says {offset}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Re-reads the file's content from `f.path` and checks it against the
+/// snapshot; returns its length (the target may be longer: a device).
+pub(super) fn verify_content(repo: &Repository, f: &FileTask) -> Result<u64> {
     let Payload::File(content) = &f.node.payload else {
-        return Ok(());
+        return Ok(0);
     };
     let chunks = repo.chunk_list(content)?;
     let file = std::fs::File::open(&f.path).map_err(|e| Error::io(&f.path, e))?;
@@ -156,12 +172,5 @@ fn verify_file(repo: &Repository, f: &FileTask) -> Result<()> {
         }
         offset += c.len as u64;
     }
-    let len = file.metadata().map_err(|e| Error::io(&f.path, e))?.len();
-    if len != offset {
-        return Err(Error::corrupt(
-            f.path.display().to_string(),
-            format!("size {len}, snapshot says {offset}"),
-        ));
-    }
-    Ok(())
+    Ok(offset)
 }

@@ -343,7 +343,13 @@ fn orphan_packs_are_deleted_after_the_window_and_compaction_merges_segments() {
         "checkpoints wrote several small segments"
     );
     let r2 = maintenance::run(&repo, &full(t0 + chrono::Duration::seconds(61))).unwrap();
-    assert_eq!(r2.sweep.unwrap().packs_deleted, 1);
+    // The orphan, and packs holding only the trees of superseded
+    // checkpoints (one is written after every few blobs here).
+    assert!(r2.sweep.unwrap().packs_deleted >= 1);
+    assert!(!repo_dir
+        .path()
+        .join("packs/ab/ab00000000000000000000000000000000000000000000000000000000000000")
+        .exists());
     assert_no_dangling(repo_dir.path());
     assert_restores(&reopen(repo_dir.path()), &s.snapshot.tree, src.path());
 }

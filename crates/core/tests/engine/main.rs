@@ -8,6 +8,7 @@
 //! the suite runs against S3 with `CAIRN_TEST_BACKEND=s3`.
 
 mod bad_input;
+mod block;
 mod cache;
 mod check_repair;
 mod cold;
