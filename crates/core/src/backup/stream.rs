@@ -60,7 +60,7 @@ pub fn backup_stream_unsaved(
     src: &mut dyn Read,
 ) -> Result<Snapshot> {
     let (plan, node) = prepare(repo, opts, stream)?;
-    let stored = store(repo, opts, &plan, node, src);
+    let stored = store(repo, opts, &plan, node, src).map(|(snapshot, _)| snapshot);
     stored.map_err(super::vanished_under_backup)
 }
 
@@ -105,8 +105,14 @@ pub fn backup_command_unsaved(
         let _ = child.kill();
     }
     let status = child.wait().map_err(|e| Error::io(&shown, e))?;
-    let snapshot = stored.map_err(super::vanished_under_backup)?;
+    let (snapshot, checkpoints) = stored.map_err(super::vanished_under_backup)?;
     if !status.success() {
+        // Its checkpoints would hold the short dump as a partial file.
+        for id in checkpoints {
+            if let Err(e) = repo.delete_snapshot(&id) {
+                tracing::warn!("could not delete checkpoint {}: {e}", id.short());
+            }
+        }
         return Err(Error::io(
             &shown,
             std::io::Error::other(format!(
@@ -171,14 +177,15 @@ fn prepare(
 }
 
 /// Chunks, seals and packs `src`, stores the root tree holding `node` and
-/// syncs the index; the snapshot returned is complete but not saved.
+/// syncs the index; the snapshot returned is complete but not saved, the
+/// checkpoints written meanwhile are still there.
 fn store(
     repo: &Repository,
     opts: &BackupOptions,
     plan: &BackupPlan,
     mut node: Node,
     src: &mut dyn Read,
-) -> Result<Snapshot> {
+) -> Result<(Snapshot, Vec<crate::format::SnapshotId>)> {
     let started = Instant::now();
     let template = plan.snapshot(BlobId::default(), false, Summary::default(), Vec::new());
     let mut ckpt = Checkpointer::new(repo, opts.checkpoint, template)?;
@@ -272,7 +279,10 @@ fn store(
         duration_ms: started.elapsed().as_millis() as u64,
         ..Summary::default()
     };
-    Ok(plan.snapshot(root, true, summary, opts.hooks.clone()))
+    Ok((
+        plan.snapshot(root, true, summary, opts.hooks.clone()),
+        ckpt.written().to_vec(),
+    ))
 }
 
 /// A checkpoint of a stream being stored: a root holding the stream's one

@@ -478,3 +478,98 @@ fn a_failing_or_killed_command_fails_the_backup_and_saves_no_snapshot() {
     .unwrap_err();
     assert!(err.to_string().contains("cannot run the command"), "{err}");
 }
+
+/// A stream that yields `first` bytes, then (after a pause longer than the
+/// checkpoint interval) `second` bytes, then looks for the checkpoint the
+/// backup must have written meanwhile and ends.
+struct PausingStream {
+    data: Vec<u8>,
+    pos: usize,
+    first: usize,
+    paused: bool,
+    repo: Repository,
+    /// The prefix the checkpoint's partial entry held, once seen.
+    seen: Option<u64>,
+}
+
+impl std::io::Read for PausingStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos == self.first && !self.paused {
+            self.paused = true;
+            std::thread::sleep(std::time::Duration::from_millis(400));
+        }
+        if self.pos == self.data.len() && self.seen.is_none() {
+            self.seen = self
+                .repo
+                .list_snapshots()
+                .unwrap()
+                .into_iter()
+                .filter(|(_, s)| !s.complete)
+                .find_map(|(_, s)| {
+                    let root = self.repo.load_tree(&s.tree).ok()?;
+                    let n = root.nodes.first()?;
+                    n.xattrs
+                        .iter()
+                        .any(|(k, _)| k == cairn_core::backup::PARTIAL_XATTR)
+                        .then_some(n.size)
+                });
+            return Ok(0);
+        }
+        let end = if self.pos < self.first {
+            self.first
+        } else {
+            self.data.len()
+        };
+        let n = buf.len().min(end - self.pos);
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// A stream that outlives the checkpoint interval is checkpointed like a
+/// large file: an incomplete snapshot whose root holds the stream so far as
+/// a partial entry, so maintenance keeps what it stored; the saved snapshot
+/// supersedes it.
+#[test]
+fn a_long_stream_is_checkpointed_as_a_partial_file() {
+    let t = test_repo_with("stream-checkpoint", &disk_init());
+    let mut data = vec![0u8; 12 << 20];
+    rand::rngs::StdRng::seed_from_u64(5).fill_bytes(&mut data);
+    let mut src = PausingStream {
+        data: data.clone(),
+        pos: 0,
+        first: 8 << 20,
+        paused: false,
+        repo: t.repo.clone(),
+        seen: None,
+    };
+    let mut opts = stream_opts();
+    opts.checkpoint.every = std::time::Duration::from_millis(200);
+    let stream = StreamOptions {
+        name: "long.sql".into(),
+        mode: 0o600,
+    };
+    let snap = backup_stream_unsaved(&t.repo, &opts, &stream, &mut src).unwrap();
+    let prefix = src.seen.expect("no checkpoint held the stream so far");
+    assert!(
+        prefix > 0 && prefix < data.len() as u64,
+        "the checkpoint held {prefix} of {} bytes",
+        data.len()
+    );
+    save_backup(&t.repo, &snap).unwrap();
+    let left: Vec<bool> = t
+        .repo
+        .list_snapshots()
+        .unwrap()
+        .into_iter()
+        .map(|(_, s)| s.complete)
+        .collect();
+    assert_eq!(left, vec![true], "the checkpoint is gone with the snapshot");
+    let mut out = Vec::new();
+    let Resolved::Node(n) = resolve(&t.repo, &snap.tree, Path::new("long.sql")).unwrap() else {
+        panic!("long.sql is not in the snapshot");
+    };
+    dump(&t.repo, &n, &mut out).unwrap();
+    assert!(out == data, "dumped bytes differ");
+}
