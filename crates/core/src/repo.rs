@@ -452,6 +452,21 @@ impl Repository {
         self.0.index.lookup(&self.objects(), &self.damage(), id)
     }
 
+    /// [`Repository::lookup`] of a blob stored as `kind`: trees and chunk
+    /// lists are located without ingesting the index's data rows.
+    pub fn lookup_kind(&self, kind: BlobKind, id: &BlobId) -> Result<Option<BlobLocation>> {
+        self.0
+            .index
+            .lookup_kind(&self.objects(), &self.damage(), kind, id)
+    }
+
+    /// Brings the index rows of the data blobs `ids` into the cache (see
+    /// [`IndexView::cover`]): their lookups and dedup checks then need no
+    /// ingestion of the whole index.
+    pub fn cover_blobs(&self, ids: &std::collections::HashSet<BlobId>) -> Result<SyncReport> {
+        self.0.index.cover(&self.objects(), ids)
+    }
+
     /// Whether the index holds blob `id` in a pack no `gc/` plan lists and
     /// no `damage/` record names for it. Writers deduplicate only against
     /// such blobs: a blob whose copies are all planned for deletion or known
@@ -643,10 +658,12 @@ impl Repository {
     /// [`Repository::read_blob`]; with `retry`, a blob whose pack left the
     /// index since this handle looked it up is looked up again once.
     fn read_blob_retrying(&self, kind: BlobKind, id: &BlobId, retry: bool) -> Result<Vec<u8>> {
-        let loc = self.lookup(id)?.ok_or_else(|| Error::BlobNotFound {
-            kind,
-            id: id.to_hex(),
-        })?;
+        let loc = self
+            .lookup_kind(kind, id)?
+            .ok_or_else(|| Error::BlobNotFound {
+                kind,
+                id: id.to_hex(),
+            })?;
         let path = loc.pack.path();
         let range = loc.offset as u64..loc.offset as u64 + loc.stored_len as u64;
         let stored = match self.read_pack_range(&loc.pack, range) {
