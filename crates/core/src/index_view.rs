@@ -61,6 +61,62 @@ const MAX_LISTINGS: u32 = 4;
 /// covered blob).
 pub const MAX_COVERED: usize = 1 << 20;
 
+/// Bits of the data-blob filter per data row expected (about 0.05% false
+/// positives with [`FILTER_PROBES`] probes).
+const FILTER_BITS_PER_ROW: u64 = 16;
+/// Probes per blob in the data-blob filter.
+const FILTER_PROBES: u64 = 11;
+/// The data-blob filter's size at most, in bits (128 MiB: ~10 bits a row
+/// at 100M rows, ~1% false positives; each costs a full ingestion).
+const MAX_FILTER_BITS: u64 = 1 << 30;
+/// Index rows expected per stored byte of a segment, at most (a row is 45
+/// bytes before compression, and random ids do not compress).
+const ROWS_PER_BYTE_DIVISOR: u64 = 32;
+
+/// A Bloom filter of the data blobs of the segments a handle ingested
+/// partially: "not in it" proves a blob has no data row the cache lacks.
+/// Blob ids are keyed BLAKE3 hashes, uniform already: probes are taken
+/// from their bytes, not hashed again.
+struct DataFilter {
+    words: Vec<u64>,
+    mask: u64,
+}
+
+impl DataFilter {
+    /// A filter sized for about `rows` data rows.
+    fn for_rows(rows: u64) -> Self {
+        let bits = rows
+            .saturating_mul(FILTER_BITS_PER_ROW)
+            .next_power_of_two()
+            .clamp(1 << 16, MAX_FILTER_BITS);
+        Self {
+            words: vec![0; (bits / 64) as usize],
+            mask: bits - 1,
+        }
+    }
+
+    fn probes(id: &BlobId) -> impl Iterator<Item = u64> {
+        let b = &id.0 .0;
+        let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
+        let (h1, h2) = (word(0), word(8) | 1);
+        (0..FILTER_PROBES).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)))
+    }
+
+    fn insert(&mut self, id: &BlobId) {
+        for p in Self::probes(id) {
+            let bit = p & self.mask;
+            self.words[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+    }
+
+    fn may_contain(&self, id: &BlobId) -> bool {
+        Self::probes(id).all(|p| {
+            let bit = p & self.mask;
+            self.words[(bit / 64) as usize] & (1 << (bit % 64)) != 0
+        })
+    }
+}
+
 /// How much of the index a handle has brought into the cache, as of its
 /// last listing of `index/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -135,6 +191,12 @@ pub struct IndexView {
     /// The segments of this handle's last listing of `index/`, with their
     /// stored sizes.
     listing: Mutex<Vec<(IndexId, u64)>>,
+    /// The data blobs of the segments this handle read below
+    /// [`Level::Full`], and which segments those were.
+    filter: Mutex<Option<(DataFilter, HashSet<IndexId>)>>,
+    /// Whether the filter holds every partial segment of the view: only
+    /// then does "not in the filter" prove a blob absent.
+    filter_whole: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for IndexView {
@@ -156,6 +218,8 @@ impl IndexView {
             damaged_segments: Mutex::new(Vec::new()),
             plans: RwLock::new(PlanSet::default()),
             listing: Mutex::default(),
+            filter: Mutex::default(),
+            filter_whole: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -285,6 +349,16 @@ impl IndexView {
                 .collect();
             // Not twice in one sync (a pass after a segment vanished).
             todo.retain(|(id, _)| !done.contains(id));
+            if goal.level < Level::Full {
+                let mut filter = crate::sync::lock(&self.filter);
+                if filter.is_none() {
+                    let bytes: u64 = todo.iter().map(|t| t.1).sum();
+                    *filter = Some((
+                        DataFilter::for_rows(bytes / ROWS_PER_BYTE_DIVISOR),
+                        HashSet::new(),
+                    ));
+                }
+            }
             todo.sort_unstable();
             partial_left =
                 goal.level < Level::Full && listed.iter().any(|l| cached.get(&l.0) != Some(&true));
@@ -322,8 +396,20 @@ impl IndexView {
         };
         if level == Level::Full {
             crate::sync::write(&self.covered).clear();
+            *crate::sync::lock(&self.filter) = None;
+            self.filter_whole.store(false, Ordering::Release);
         } else {
             *crate::sync::write(&self.covered) = goal.cover.clone();
+            let filter = crate::sync::lock(&self.filter);
+            let whole = match &*filter {
+                Some((_, filtered)) => self
+                    .cache
+                    .segment_levels()?
+                    .iter()
+                    .all(|(id, full)| *full || filtered.contains(id)),
+                None => false,
+            };
+            self.filter_whole.store(whole, Ordering::Release);
         }
         self.level.store(level as u8, Ordering::Release);
         Ok(report)
@@ -397,6 +483,14 @@ impl IndexView {
                 let step = if goal.level == Level::Full {
                     Step::Full
                 } else {
+                    if let Some((filter, filtered)) = &mut *crate::sync::lock(&self.filter) {
+                        for (_, _, blobs) in &rows {
+                            for b in blobs.iter().filter(|b| b.kind == BlobKind::Data) {
+                                filter.insert(&b.id);
+                            }
+                        }
+                        filtered.insert(id);
+                    }
                     // Tree and list rows when the segment is new (a partial
                     // one has them already), data rows of covered blobs.
                     for (_, _, blobs) in rows.iter_mut() {
@@ -466,7 +560,7 @@ impl IndexView {
         id: &BlobId,
     ) -> Result<Option<BlobLocation>> {
         let cache = self.reach(objects, self.first_question())?;
-        if self.level() < Level::Full && self.is_covered(id) {
+        if self.level() < Level::Full && (self.is_covered(id) || self.surely_no_data_row(id)) {
             return Ok(self.best(cache.locations(id)?, damage, id));
         }
         let cache = self.synced_cache(objects)?;
@@ -527,6 +621,15 @@ impl IndexView {
         }
     }
 
+    /// Whether blob `id` has no data row in any segment of the view that
+    /// the cache holds partially (the filter holds them all and not it).
+    fn surely_no_data_row(&self, id: &BlobId) -> bool {
+        self.filter_whole.load(Ordering::Acquire)
+            && crate::sync::lock(&self.filter)
+                .as_ref()
+                .is_some_and(|(f, _)| !f.may_contain(id))
+    }
+
     fn is_covered(&self, id: &BlobId) -> bool {
         crate::sync::read(&self.covered).contains(id)
     }
@@ -544,7 +647,7 @@ impl IndexView {
                 .locations(id)?
                 .iter()
                 .any(|l| !plans.contains(&l.pack) && !damage.is_bad(id, &l.pack));
-            if witness || self.is_covered(id) {
+            if witness || self.is_covered(id) || self.surely_no_data_row(id) {
                 return Ok(witness);
             }
         }
@@ -581,4 +684,23 @@ pub(crate) fn segment_rows(seg: IndexSegment) -> Vec<SegmentRows> {
         .into_iter()
         .map(|p| (p.id, p.len, p.blobs))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Id;
+
+    #[test]
+    fn the_data_filter_has_no_false_negatives_and_few_false_positives() {
+        let n = 50_000u64;
+        let mut f = DataFilter::for_rows(n);
+        let id = |i: u64| BlobId(Id::hash(format!("filter {i}").as_bytes()));
+        for i in 0..n {
+            f.insert(&id(i));
+        }
+        assert!((0..n).all(|i| f.may_contain(&id(i))));
+        let false_positives = (n..2 * n).filter(|i| f.may_contain(&id(*i))).count();
+        assert!(false_positives < 50, "{false_positives} of {n}");
+    }
 }

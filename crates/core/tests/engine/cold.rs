@@ -513,3 +513,29 @@ fn a_tree_level_cache_left_by_a_killed_ingestion_is_completed_and_never_taken_as
     repo.sync_index(false).unwrap();
     assert!(repo.index().unwrap().blob_count().unwrap() > segments * per);
 }
+
+#[test]
+fn a_new_file_on_an_empty_cache_is_stored_without_ingesting_the_index() {
+    let t = test_repo("cold-new-file");
+    let (_s, src) = temp_sub("src");
+    write_source(&src, 2, "e");
+    backup_dir(&t.repo, &src);
+    write_fake_index(&t.repo, 3, 2000);
+    let (_c, cache) = temp_sub("cache");
+    let repo = open_repo(&t.loc, &cache);
+    std::fs::write(src.join("fresh"), "never seen before ".repeat(100)).unwrap();
+    let result = backup_dir(&repo, &src);
+    let summary = &result.snapshot.summary;
+    assert_eq!(summary.files_new, 1, "{summary:?}");
+    assert!(
+        summary.blobs_added >= 2,
+        "the new chunk and the root tree: {summary:?}"
+    );
+    assert_eq!(
+        repo.index_view().level(),
+        Level::Trees,
+        "the data-blob filter proves the new chunk absent"
+    );
+    let target = tempfile::tempdir().unwrap();
+    restore_all(&open_repo(&t.loc, &cache), &result, target.path());
+}
