@@ -11,11 +11,13 @@
 //!   the rows), the level [`Level::Trees`]. Browsing commands stop there.
 //!   Data rows are ingested for the blobs a caller names ([`IndexView::cover`]:
 //!   a backup the chunks of its parent's files, a restore the chunks it
-//!   reads), extracted from every segment of the view; any other data
-//!   question ingests the rest ([`Level::Full`]).
+//!   reads), extracted from every segment of the view; a Bloom filter of
+//!   the data blobs read proves new chunks and trees absent; any other
+//!   data question ingests the rest ([`Level::Full`]).
 //! - An answer is given only where the rows in the cache are all the rows
 //!   the index has for that blob: at [`Level::Full`], for tree and list
-//!   locations, for covered blobs, or "present" from a copy outside every
+//!   locations, for covered blobs, for blobs the filter proves have no
+//!   data row, or "present" from a copy outside every
 //!   plan and damage record (a real row of a listed segment). Anything
 //!   else first ingests the index in full.
 //! - Ingestion streams: a fixed number of segments are loaded at once and
@@ -69,9 +71,10 @@ const FILTER_PROBES: u64 = 11;
 /// The data-blob filter's size at most, in bits (128 MiB: ~10 bits a row
 /// at 100M rows, ~1% false positives; each costs a full ingestion).
 const MAX_FILTER_BITS: u64 = 1 << 30;
-/// Index rows expected per stored byte of a segment, at most (a row is 45
-/// bytes before compression, and random ids do not compress).
-const ROWS_PER_BYTE_DIVISOR: u64 = 32;
+/// Stored bytes of a segment per index row, about (a row is 45 bytes
+/// before compression, and random ids do not compress; more rows than
+/// this estimate only raise the false positives).
+const ROWS_PER_BYTE_DIVISOR: u64 = 40;
 
 /// A Bloom filter of the data blobs of the segments a handle ingested
 /// partially: "not in it" proves a blob has no data row the cache lacks.
@@ -79,19 +82,19 @@ const ROWS_PER_BYTE_DIVISOR: u64 = 32;
 /// from their bytes, not hashed again.
 struct DataFilter {
     words: Vec<u64>,
-    mask: u64,
+    bits: u64,
 }
 
 impl DataFilter {
     /// A filter sized for about `rows` data rows.
     fn for_rows(rows: u64) -> Self {
-        let bits = rows
+        let words = rows
             .saturating_mul(FILTER_BITS_PER_ROW)
-            .next_power_of_two()
-            .clamp(1 << 16, MAX_FILTER_BITS);
+            .clamp(1 << 16, MAX_FILTER_BITS)
+            / 64;
         Self {
-            words: vec![0; (bits / 64) as usize],
-            mask: bits - 1,
+            words: vec![0; words as usize],
+            bits: words * 64,
         }
     }
 
@@ -104,14 +107,14 @@ impl DataFilter {
 
     fn insert(&mut self, id: &BlobId) {
         for p in Self::probes(id) {
-            let bit = p & self.mask;
+            let bit = p % self.bits;
             self.words[(bit / 64) as usize] |= 1 << (bit % 64);
         }
     }
 
     fn may_contain(&self, id: &BlobId) -> bool {
         Self::probes(id).all(|p| {
-            let bit = p & self.mask;
+            let bit = p % self.bits;
             self.words[(bit / 64) as usize] & (1 << (bit % 64)) != 0
         })
     }
