@@ -51,13 +51,24 @@ struct Read {
     trees: Vec<(BlobId, u64, u64)>,
 }
 
-/// Fetches every tree below `root` that the cache lacks.
+/// Fetches every tree below `root` that the cache lacks, then brings in
+/// the index rows of its files' chunks (a backup's parent).
 pub fn prefetch_subtrees(repo: &Repository, root: &Tree) -> Result<PrefetchStats> {
+    prefetch(repo, root, true)
+}
+
+/// Fetches every tree below `root` that the cache lacks, for a command
+/// that reads trees and no content (`ls -R`, `find`).
+pub fn prefetch_trees(repo: &Repository, root: &Tree) -> Result<PrefetchStats> {
+    prefetch(repo, root, false)
+}
+
+fn prefetch(repo: &Repository, root: &Tree, cover: bool) -> Result<PrefetchStats> {
     let mut stats = PrefetchStats::default();
     let mut seen = HashSet::new();
     let mut chunks = HashSet::new();
     let mut collect = |tree: &Tree| {
-        if chunks.len() <= MAX_COVERED {
+        if cover && chunks.len() <= MAX_COVERED {
             chunks.extend(file_chunks(tree));
         }
     };

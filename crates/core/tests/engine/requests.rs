@@ -592,6 +592,24 @@ fn browsing_a_snapshot_on_an_empty_cache_reads_the_index_once_and_no_data_pack()
         Level::Trees,
         "no data row ingested"
     );
+
+    // `ls -R` and `find` prefetch the trees first: reads merged per pack
+    // and level, not one per directory.
+    let cold = c.open(false);
+    c.take();
+    let root = cold.load_tree(&result.snapshot.tree).expect("root");
+    let stats = cairn_core::prefetch::prefetch_trees(&cold, &root).expect("prefetch");
+    assert_eq!(stats.fetched, trees - 1, "{stats:?}");
+    assert_eq!(stats.covered, 0, "no chunk rows for a listing");
+    let (counts, log) = c.take();
+    show(&format!("prefetch of {trees} trees, empty cache"), &counts);
+    assert_eq!(
+        counts.prefix("packs").read_range,
+        1 + stats.reads,
+        "{log:?}"
+    );
+    assert!(stats.reads < trees - 1, "{stats:?}");
+    assert_eq!(cold.index_view().level(), Level::Trees);
 }
 
 #[test]
