@@ -3,8 +3,9 @@
 # CAIRN_COLD_BLOBS fake blobs (default 10M, `cairn-benchgen fake-index`)
 # and a 10k-file tree backed up once; then, each with /usr/bin/time -v's
 # wall time and peak RSS: an unchanged backup with the warm cache, an
-# unchanged backup with an empty cache (a job pod), `snapshots` with an
-# empty cache. CAIRN_BIN picks the cairn binary (to compare builds on the
+# unchanged backup with an empty cache (a job pod), `snapshots`, `ls -R`
+# of the snapshot, a restore of it, and a backup with 1% of the files
+# changed, each with an empty cache. CAIRN_BIN picks the cairn binary (to compare builds on the
 # same repository); CAIRN_COLD_KEEP=1 reuses the repository of a previous
 # run with the same size. Every run is printed.
 set -euo pipefail
@@ -46,3 +47,15 @@ CAIRN_CACHE_DIR=$work/cold measure "unchanged backup, empty cache" "$cairn" -q -
 rm -rf "$work/cold"
 CAIRN_CACHE_DIR=$work/cold measure "snapshots, empty cache" "$cairn" -q -r "$repo" snapshots
 rm -rf "$work/cold"
+CAIRN_CACHE_DIR=$work/cold measure "ls -R latest, empty cache" "$cairn" -q -r "$repo" ls -R latest
+rm -rf "$work/cold" "$work/restored"
+CAIRN_CACHE_DIR=$work/cold measure "restore latest, empty cache" "$cairn" -q -r "$repo" restore latest -t "$work/restored"
+rm -rf "$work/cold" "$work/restored"
+# 1% of the files changed (every 100th), then put back and backed up
+# again, unmeasured, so the next run starts from an unchanged tree.
+changed=$(find "$work/tree" -type f | sort | awk 'NR % 100 == 0')
+for f in $changed; do echo "changed $RANDOM" >>"$f"; done
+CAIRN_CACHE_DIR=$work/cold measure "backup, 1% of files changed, empty cache" "$cairn" -q -r "$repo" backup "$work/tree"
+rm -rf "$work/cold"
+for f in $changed; do sed -i '$d' "$f"; done
+CAIRN_CACHE_DIR=$work/cache-$blobs "$cairn" -q -r "$repo" backup "$work/tree" >/dev/null

@@ -14,14 +14,16 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock};
 
 /// Schema version of the cache file; a different one is rebuilt.
-const SCHEMA_VERSION: i64 = 1;
+/// 2: `segments.full` (a segment ingested for tree and list locations
+/// only, see [`Cache::ingest`]).
+const SCHEMA_VERSION: i64 = 2;
 
 /// Stores one object (`put_object`, `put_objects`).
 const PUT_OBJECT: &str = "INSERT OR REPLACE INTO objects(id, kind, data) VALUES (?1, ?2, ?3)";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS segments(seq INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS segments(seq INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, full INTEGER NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS packs(seq INTEGER PRIMARY KEY, id BLOB NOT NULL, seg INTEGER NOT NULL, len INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS packs_seg ON packs(seg);
 CREATE INDEX IF NOT EXISTS packs_id ON packs(id);
@@ -383,20 +385,52 @@ impl Cache {
         })
     }
 
-    /// Ingests one index segment's packs in one transaction.
+    /// Index segments already ingested, each with whether it was ingested
+    /// in full (false: its packs and its tree and list rows only, plus any
+    /// data rows a sync extracted for chosen blobs).
+    pub fn segment_levels(&self) -> Result<Vec<(IndexId, bool)>> {
+        self.write(|conn| {
+            let mut stmt = conn.prepare("SELECT id, full FROM segments")?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, full) = row?;
+                out.push((IndexId(id32(&id, "malformed segment id")?), full != 0));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Ingests one index segment's packs in full, in one transaction.
     pub fn add_segment(&self, id: &IndexId, packs: &[SegmentRows]) -> Result<()> {
         self.add_segments(&[(*id, packs)])
     }
 
-    /// Ingests several index segments in one transaction: a segment is
-    /// recorded as ingested in the transaction that inserts its last row,
-    /// so a cache left by a killed ingestion holds whole segments only,
-    /// and the next sync ingests the rest.
+    /// Ingests several index segments in full, in one transaction (see
+    /// [`Cache::ingest`]).
     pub fn add_segments(&self, segments: &[(IndexId, &[SegmentRows])]) -> Result<()> {
+        let items: Vec<Ingest<'_>> = segments
+            .iter()
+            .map(|(id, packs)| Ingest::Full(*id, packs))
+            .collect();
+        self.ingest(&items)
+    }
+
+    /// Applies `items` in one transaction. A segment is recorded as
+    /// ingested (in full or not) in the transaction that inserts its last
+    /// row, so a cache left by a killed ingestion holds whole segments
+    /// only, and the next sync ingests the rest. A segment ingested in
+    /// full over a partial one replaces its rows.
+    pub fn ingest(&self, items: &[Ingest<'_>]) -> Result<()> {
         self.write(|conn| {
             let tx = conn.transaction()?;
-            for (id, packs) in segments {
-                insert_segment(&tx, id, packs)?;
+            for item in items {
+                match item {
+                    Ingest::Full(id, packs) => insert_segment(&tx, id, packs, true)?,
+                    Ingest::Partial(id, packs) => insert_segment(&tx, id, packs, false)?,
+                    Ingest::Rows(id, packs) => insert_rows(&tx, id, packs)?,
+                }
             }
             Ok(tx.commit()?)
         })
@@ -649,31 +683,108 @@ fn stream_locations(
 /// length and its blobs.
 pub type SegmentRows = (PackId, u64, Vec<BlobEntry>);
 
-/// Inserts one segment's rows and records the segment, inside `tx`.
+/// What one ingestion step does with one index segment ([`Cache::ingest`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Ingest<'a> {
+    /// Every row of the segment: the segment is ingested in full.
+    Full(IndexId, &'a [SegmentRows]),
+    /// The segment's packs and the blob rows given (its tree and list
+    /// rows, and whichever data rows the caller chose): the segment is
+    /// recorded as not ingested in full.
+    Partial(IndexId, &'a [SegmentRows]),
+    /// More blob rows of a segment already recorded (not in full); its
+    /// packs are already there. Nothing happens if the segment is not.
+    Rows(IndexId, &'a [SegmentRows]),
+}
+
+const ADD_BLOB: &str = "INSERT OR REPLACE INTO blobs(id, pack, kind, offset, stored_len, raw_len) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+/// Inserts one segment's packs and the blob rows given and records the
+/// segment (`full` or not), inside `tx`. A segment already recorded in
+/// full is left alone; one recorded partially is replaced.
 fn insert_segment(
     tx: &rusqlite::Transaction<'_>,
     id: &IndexId,
     packs: &[SegmentRows],
+    full: bool,
 ) -> Result<(), Fail> {
-    tx.execute(
-        "INSERT OR IGNORE INTO segments(id) VALUES (?1)",
-        [&id.0 .0[..]],
-    )?;
-    let seg: i64 = tx.query_row(
-        "SELECT seq FROM segments WHERE id = ?1",
-        [&id.0 .0[..]],
-        |r| r.get(0),
-    )?;
+    let existing: Option<(i64, i64)> = tx
+        .query_row(
+            "SELECT seq, full FROM segments WHERE id = ?1",
+            [&id.0 .0[..]],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let seg = match existing {
+        Some((_, 1)) => return Ok(()),
+        Some(_) if !full => return insert_rows(tx, id, packs),
+        Some((seg, _)) => {
+            tx.execute(
+                "DELETE FROM blobs WHERE pack IN (SELECT seq FROM packs WHERE seg = ?1)",
+                [seg],
+            )?;
+            tx.execute("DELETE FROM packs WHERE seg = ?1", [seg])?;
+            tx.execute("UPDATE segments SET full = 1 WHERE seq = ?1", [seg])?;
+            seg
+        }
+        None => {
+            tx.execute(
+                "INSERT INTO segments(id, full) VALUES (?1, ?2)",
+                params![&id.0 .0[..], full as i64],
+            )?;
+            tx.last_insert_rowid()
+        }
+    };
     let mut add_pack = tx.prepare_cached("INSERT INTO packs(id, seg, len) VALUES (?1, ?2, ?3)")?;
-    let mut add_blob = tx.prepare_cached(
-        "INSERT OR REPLACE INTO blobs(id, pack, kind, offset, stored_len, raw_len) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
     let mut rows = Vec::with_capacity(packs.iter().map(|p| p.2.len()).sum());
     for (pack, len, blobs) in packs {
         add_pack.execute(params![&pack.0 .0[..], seg, *len as i64])?;
         let pack_seq = tx.last_insert_rowid();
         rows.extend(blobs.iter().map(|b| (b, pack_seq)));
     }
+    add_blob_rows(tx, rows)
+}
+
+/// Inserts blob rows of segment `id`, already recorded, whose packs are
+/// already there; a segment not recorded (dropped meanwhile) is skipped.
+fn insert_rows(
+    tx: &rusqlite::Transaction<'_>,
+    id: &IndexId,
+    packs: &[SegmentRows],
+) -> Result<(), Fail> {
+    let seg: Option<i64> = tx
+        .query_row(
+            "SELECT seq FROM segments WHERE id = ?1",
+            [&id.0 .0[..]],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(seg) = seg else {
+        return Ok(());
+    };
+    let mut pack_seq =
+        tx.prepare_cached("SELECT seq FROM packs WHERE seg = ?1 AND id = ?2 LIMIT 1")?;
+    let mut rows = Vec::new();
+    for (pack, _, blobs) in packs {
+        if blobs.is_empty() {
+            continue;
+        }
+        let seq: Option<i64> = pack_seq
+            .query_row(params![seg, &pack.0 .0[..]], |r| r.get(0))
+            .optional()?;
+        let seq = seq.ok_or(Fail::Malformed(
+            "a partially ingested segment lacks one of its packs",
+        ))?;
+        rows.extend(blobs.iter().map(|b| (b, seq)));
+    }
+    add_blob_rows(tx, rows)
+}
+
+fn add_blob_rows(
+    tx: &rusqlite::Transaction<'_>,
+    mut rows: Vec<(&BlobEntry, i64)>,
+) -> Result<(), Fail> {
+    let mut add_blob = tx.prepare_cached(ADD_BLOB)?;
     // In key order: neighbouring inserts then share B-tree pages
     // (about 5% faster on a fresh cache, more on a large one).
     rows.sort_unstable_by_key(|(b, pack_seq)| (b.id, *pack_seq));

@@ -114,7 +114,7 @@ impl Checkpointer {
     /// trusting a stale index and writing a snapshot that references it.
     pub(crate) fn look(&self, repo: &Repository) -> Result<Vec<Id>> {
         repo.refresh_plans()?;
-        repo.sync_index(true)?;
+        repo.refresh_index()?;
         Ok(repo.planned_packs().plan_ids())
     }
 

@@ -6,6 +6,20 @@
 //! - Nothing reads the index until something asks where a blob is or
 //!   whether it exists: listing snapshots, reading cached trees and
 //!   forgetting snapshots cost no index request.
+//! - The first question ingests only what locates trees and chunk lists
+//!   (every segment's packs and its tree and list rows: a few per cent of
+//!   the rows), the level [`Level::Trees`]. Browsing commands stop there.
+//!   Data rows are ingested for the blobs a caller names ([`IndexView::cover`]:
+//!   a backup the chunks of its parent's files, a restore the chunks it
+//!   reads), extracted from every segment of the view; a Bloom filter of
+//!   the data blobs read proves new chunks and trees absent; any other
+//!   data question ingests the rest ([`Level::Full`]).
+//! - An answer is given only where the rows in the cache are all the rows
+//!   the index has for that blob: at [`Level::Full`], for tree and list
+//!   locations, for covered blobs, for blobs the filter proves have no
+//!   data row, or "present" from a copy outside every
+//!   plan and damage record (a real row of a listed segment). Anything
+//!   else first ingests the index in full.
 //! - Ingestion streams: a fixed number of segments are loaded at once and
 //!   inserted as they arrive, several per transaction, so memory follows
 //!   the number in flight, never the size of the index.
@@ -17,16 +31,16 @@
 //!   superseded by maintenance, whose replacement may be newer than the
 //!   listing: `index/` is listed again until a pass sees nothing vanish.
 
-use crate::cache::{BlobLocation, Cache, SegmentRows};
+use crate::cache::{BlobLocation, Cache, Ingest, SegmentRows};
 use crate::damage::DamageSet;
 use crate::error::Result;
 use crate::format::index::IndexSegment;
 use crate::format::kinds::IndexSegments;
-use crate::format::{BlobId, IndexId};
+use crate::format::{BlobId, BlobKind, IndexId};
 use crate::objects::Objects;
 use crate::plans::PlanSet;
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, RwLock};
 
 /// Segments loaded at once while ingesting, at most.
@@ -44,35 +58,151 @@ pub const INGEST_BATCH_SEGMENTS: usize = 256;
 /// vanishing under it; past them it goes on with what it has (blobs it
 /// misses count as absent: written again, never lost).
 const MAX_LISTINGS: u32 = 4;
+/// Blobs one handle covers at most ([`IndexView::cover`]); past it the
+/// index is ingested in full instead (memory stays bounded: ~80 bytes a
+/// covered blob).
+pub const MAX_COVERED: usize = 1 << 20;
+
+/// Bits of the data-blob filter per data row expected (about 0.05% false
+/// positives with [`FILTER_PROBES`] probes).
+const FILTER_BITS_PER_ROW: u64 = 16;
+/// Probes per blob in the data-blob filter.
+const FILTER_PROBES: u64 = 11;
+/// The data-blob filter's size at most, in bits (128 MiB: ~10 bits a row
+/// at 100M rows, ~1% false positives; each costs a full ingestion).
+const MAX_FILTER_BITS: u64 = 1 << 30;
+/// Stored bytes of a segment per index row, about (a row is 45 bytes
+/// before compression, and random ids do not compress; more rows than
+/// this estimate only raise the false positives).
+const ROWS_PER_BYTE_DIVISOR: u64 = 40;
+
+/// A Bloom filter of the data blobs of the segments a handle ingested
+/// partially: "not in it" proves a blob has no data row the cache lacks.
+/// Blob ids are keyed BLAKE3 hashes, uniform already: probes are taken
+/// from their bytes, not hashed again.
+struct DataFilter {
+    words: Vec<u64>,
+    bits: u64,
+}
+
+impl DataFilter {
+    /// A filter sized for about `rows` data rows.
+    fn for_rows(rows: u64) -> Self {
+        let words = rows
+            .saturating_mul(FILTER_BITS_PER_ROW)
+            .clamp(1 << 16, MAX_FILTER_BITS)
+            / 64;
+        Self {
+            words: vec![0; words as usize],
+            bits: words * 64,
+        }
+    }
+
+    fn probes(id: &BlobId) -> impl Iterator<Item = u64> {
+        let b = &id.0 .0;
+        let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
+        let (h1, h2) = (word(0), word(8) | 1);
+        (0..FILTER_PROBES).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)))
+    }
+
+    fn insert(&mut self, id: &BlobId) {
+        for p in Self::probes(id) {
+            let bit = p % self.bits;
+            self.words[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+    }
+
+    fn may_contain(&self, id: &BlobId) -> bool {
+        Self::probes(id).all(|p| {
+            let bit = p % self.bits;
+            self.words[(bit / 64) as usize] & (1 << (bit % 64)) != 0
+        })
+    }
+}
+
+/// How much of the index a handle has brought into the cache, as of its
+/// last listing of `index/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Nothing synced by this handle: no index question is answered.
+    None = 0,
+    /// Every segment's packs, tree and list rows, and the data rows of the
+    /// covered blobs.
+    Trees = 1,
+    /// Every row.
+    Full = 2,
+}
+
+impl Level {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            2 => Level::Full,
+            1 => Level::Trees,
+            _ => Level::None,
+        }
+    }
+}
+
+/// What a sync brings in: the level, and the blobs whose data rows are
+/// extracted (at [`Level::Trees`]).
+struct Goal<'a> {
+    level: Level,
+    cover: &'a HashSet<BlobId>,
+    /// Whether to list `index/` first even when this handle listed it
+    /// before (an explicit sync); otherwise a handle that already has a
+    /// view goes on from its last listing (listing again only if a
+    /// segment of it vanished), as a full sync's later lookups do.
+    relist: bool,
+    /// A refresh at the view's own level and cover: segments already read
+    /// in part hold what that cover needs and are not read again.
+    refresh: bool,
+}
 
 /// What one sync of the index did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncReport {
     /// Listings of `index/`.
     pub listings: u32,
-    /// Segments ingested.
+    /// Segments ingested (in full, or for trees and lists only).
     pub ingested: u64,
+    /// Segments already partially in the cache that were read again (to
+    /// cover more blobs, or to ingest them in full).
+    pub reread: u64,
+    /// Blob rows inserted.
+    pub rows: u64,
     /// Segments dropped from the cache (no longer in `index/`).
     pub removed: u64,
     /// Segments listed that vanished before they were read.
     pub vanished: u64,
     /// Transactions that inserted segments.
     pub batches: u64,
-    /// Blobs in the largest of them.
+    /// Rows read (kept or not) in the largest of them.
     pub largest_batch_blobs: u64,
 }
 
 /// The index (in the cache) and the `gc/` plans, as one handle sees them.
 pub struct IndexView {
     cache: Cache,
-    /// Set once a sync by this handle completed: until then the cache's
-    /// index is not trusted for any lookup.
-    synced: AtomicBool,
+    /// The [`Level`] the last completed sync by this handle reached: until
+    /// one completed, the cache's index is not trusted for any lookup.
+    level: AtomicU8,
+    /// Blobs whose data rows the syncs of this handle extracted from every
+    /// segment (meaningful below [`Level::Full`]).
+    covered: RwLock<HashSet<BlobId>>,
     /// Held while syncing: concurrent first lookups wait for one sync.
     syncing: Mutex<()>,
     tolerate_damage: bool,
     damaged_segments: Mutex<Vec<(IndexId, String)>>,
     plans: RwLock<PlanSet>,
+    /// The segments of this handle's last listing of `index/`, with their
+    /// stored sizes.
+    listing: Mutex<Vec<(IndexId, u64)>>,
+    /// The data blobs of the segments this handle read below
+    /// [`Level::Full`], and which segments those were.
+    filter: Mutex<Option<(DataFilter, HashSet<IndexId>)>>,
+    /// Whether the filter holds every partial segment of the view: only
+    /// then does "not in the filter" prove a blob absent.
+    filter_whole: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for IndexView {
@@ -87,11 +217,15 @@ impl IndexView {
     pub fn new(cache: Cache, tolerate_damage: bool) -> Self {
         Self {
             cache,
-            synced: AtomicBool::new(false),
+            level: AtomicU8::new(Level::None as u8),
+            covered: RwLock::default(),
             syncing: Mutex::new(()),
             tolerate_damage,
             damaged_segments: Mutex::new(Vec::new()),
             plans: RwLock::new(PlanSet::default()),
+            listing: Mutex::default(),
+            filter: Mutex::default(),
+            filter_whole: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -101,49 +235,178 @@ impl IndexView {
         &self.cache
     }
 
-    /// Whether a sync by this handle completed.
+    /// Whether a sync by this handle brought the whole index in.
     pub fn is_synced(&self) -> bool {
-        self.synced.load(Ordering::Acquire)
+        self.level() == Level::Full
     }
 
-    /// The cache, its index in line with `index/` (synced now if this
-    /// handle never synced).
+    /// How much of the index this handle has brought into the cache.
+    pub fn level(&self) -> Level {
+        Level::from_u8(self.level.load(Ordering::Acquire))
+    }
+
+    /// The cache, its index in line with `index/` in full (synced now if
+    /// this handle never synced in full).
     pub fn synced_cache(&self, objects: &Objects<'_>) -> Result<&Cache> {
-        if !self.is_synced() {
+        self.reach(objects, Level::Full)
+    }
+
+    /// The cache with at least `level` of the index in line with `index/`.
+    fn reach(&self, objects: &Objects<'_>, level: Level) -> Result<&Cache> {
+        if self.level() < level {
             let _one = crate::sync::lock(&self.syncing);
-            if !self.is_synced() {
-                self.sync_locked(objects, self.tolerate_damage)?;
+            if self.level() < level {
+                let cover = crate::sync::read(&self.covered).clone();
+                let goal = Goal {
+                    level,
+                    cover: &cover,
+                    relist: false,
+                    refresh: false,
+                };
+                self.sync_locked(objects, self.tolerate_damage, goal)?;
             }
         }
         Ok(&self.cache)
     }
 
-    /// Brings the cached index in line with `index/`: ingests new segments,
-    /// drops vanished ones.
-    pub fn sync(&self, objects: &Objects<'_>, tolerate_damage: bool) -> Result<SyncReport> {
+    /// Brings the data rows of the blobs `ids` into the cache, from every
+    /// segment of the view (nothing to do once the index is in full), so
+    /// that questions about them need no full ingestion. Past
+    /// [`MAX_COVERED`] blobs the index is ingested in full instead.
+    pub fn cover(&self, objects: &Objects<'_>, ids: &HashSet<BlobId>) -> Result<SyncReport> {
         let _one = crate::sync::lock(&self.syncing);
-        self.sync_locked(objects, tolerate_damage)
+        if self.level() == Level::Full {
+            return Ok(SyncReport::default());
+        }
+        let mut cover = crate::sync::read(&self.covered).clone();
+        let before = cover.len();
+        cover.extend(ids.iter().copied());
+        if cover.len() == before && self.level() >= Level::Trees {
+            return Ok(SyncReport::default());
+        }
+        let level = if cover.len() > MAX_COVERED {
+            Level::Full
+        } else {
+            Level::Trees
+        };
+        let goal = Goal {
+            level,
+            cover: &cover,
+            relist: false,
+            refresh: false,
+        };
+        self.sync_locked(objects, self.tolerate_damage, goal)
     }
 
-    fn sync_locked(&self, objects: &Objects<'_>, tolerate_damage: bool) -> Result<SyncReport> {
+    /// Brings the cached index in line with `index/` in full: ingests new
+    /// segments, completes partial ones, drops vanished ones.
+    pub fn sync(&self, objects: &Objects<'_>, tolerate_damage: bool) -> Result<SyncReport> {
+        let _one = crate::sync::lock(&self.syncing);
+        let cover = HashSet::new();
+        self.sync_locked(
+            objects,
+            tolerate_damage,
+            Goal {
+                level: Level::Full,
+                cover: &cover,
+                relist: true,
+                refresh: false,
+            },
+        )
+    }
+
+    /// Brings this handle's view in line with `index/` at the level and
+    /// cover it has reached (listing again, reading new segments, dropping
+    /// vanished ones), without raising its level: a long-running writer's
+    /// check that no pack it believes indexed was swept under it.
+    pub fn refresh(&self, objects: &Objects<'_>) -> Result<SyncReport> {
+        let _one = crate::sync::lock(&self.syncing);
+        let level = self.level();
+        if level == Level::None {
+            // Nothing read yet: the first use lists `index/`.
+            return Ok(SyncReport::default());
+        }
+        let cover = crate::sync::read(&self.covered).clone();
+        self.sync_locked(
+            objects,
+            self.tolerate_damage,
+            Goal {
+                level,
+                cover: &cover,
+                relist: true,
+                refresh: level < Level::Full,
+            },
+        )
+    }
+
+    fn sync_locked(
+        &self,
+        objects: &Objects<'_>,
+        tolerate_damage: bool,
+        goal: Goal<'_>,
+    ) -> Result<SyncReport> {
         let mut report = SyncReport::default();
         let mut damaged = Vec::new();
+        let mut partial_left;
+        let mut list = goal.relist || self.level() == Level::None;
+        let mut done = HashSet::new();
         loop {
-            report.listings += 1;
-            let listed = objects.list::<IndexSegments>()?;
-            let present: HashSet<IndexId> = listed.iter().map(|l| l.id).collect();
-            let cached: HashSet<IndexId> = self.cache.segments()?.into_iter().collect();
-            for gone in cached.difference(&present) {
+            let listed: Vec<(IndexId, u64)> = if list {
+                report.listings += 1;
+                let listed: Vec<(IndexId, u64)> = objects
+                    .list::<IndexSegments>()?
+                    .into_iter()
+                    .map(|l| (l.id, l.size))
+                    .collect();
+                *crate::sync::lock(&self.listing) = listed.clone();
+                listed
+            } else {
+                crate::sync::lock(&self.listing).clone()
+            };
+            list = true;
+            let present: HashSet<IndexId> = listed.iter().map(|l| l.0).collect();
+            let cached: HashMap<IndexId, bool> = self.cache.segment_levels()?.into_iter().collect();
+            for gone in cached.keys().filter(|id| !present.contains(id)) {
                 self.cache.remove_segment(gone)?;
                 report.removed += 1;
             }
-            let mut new: Vec<(IndexId, u64)> = listed
+            // New segments, and partial ones this goal needs again.
+            let mut todo: Vec<(IndexId, u64)> = listed
                 .iter()
-                .filter(|l| !cached.contains(&l.id))
-                .map(|l| (l.id, l.size))
+                .filter(|l| match cached.get(&l.0) {
+                    None => true,
+                    Some(true) => false,
+                    Some(false) => {
+                        !goal.refresh && (goal.level == Level::Full || !goal.cover.is_empty())
+                    }
+                })
+                .copied()
                 .collect();
-            new.sort_unstable();
-            let vanished = self.ingest(objects, new, tolerate_damage, &mut report, &mut damaged)?;
+            // Not twice in one sync (a pass after a segment vanished).
+            todo.retain(|(id, _)| !done.contains(id));
+            if goal.level < Level::Full {
+                let mut filter = crate::sync::lock(&self.filter);
+                if filter.is_none() {
+                    let bytes: u64 = todo.iter().map(|t| t.1).sum();
+                    *filter = Some((
+                        DataFilter::for_rows(bytes / ROWS_PER_BYTE_DIVISOR),
+                        HashSet::new(),
+                    ));
+                }
+            }
+            todo.sort_unstable();
+            partial_left =
+                goal.level < Level::Full && listed.iter().any(|l| cached.get(&l.0) != Some(&true));
+            let vanished = self.ingest(
+                objects,
+                todo,
+                &cached,
+                &goal,
+                tolerate_damage,
+                &mut report,
+                &mut damaged,
+                &mut done,
+            )?;
             report.vanished += vanished;
             if vanished == 0 {
                 break;
@@ -159,59 +422,141 @@ impl IndexView {
             );
         }
         *crate::sync::lock(&self.damaged_segments) = damaged;
-        self.synced.store(true, Ordering::Release);
+        // A view whose every segment is in the cache in full is the whole
+        // index, whatever was asked.
+        let level = if partial_left {
+            goal.level
+        } else {
+            Level::Full
+        };
+        if level == Level::Full {
+            crate::sync::write(&self.covered).clear();
+            *crate::sync::lock(&self.filter) = None;
+            self.filter_whole.store(false, Ordering::Release);
+        } else {
+            *crate::sync::write(&self.covered) = goal.cover.clone();
+            let filter = crate::sync::lock(&self.filter);
+            let whole = match &*filter {
+                Some((_, filtered)) => self
+                    .cache
+                    .segment_levels()?
+                    .iter()
+                    .all(|(id, full)| *full || filtered.contains(id)),
+                None => false,
+            };
+            self.filter_whole.store(whole, Ordering::Release);
+        }
+        self.level.store(level as u8, Ordering::Release);
         Ok(report)
     }
 
-    /// Loads the segments `new` (id and stored size; at most
+    /// Loads the segments `todo` (id and stored size; at most
     /// [`INGEST_IN_FLIGHT`] and about [`INGEST_IN_FLIGHT_BYTES`] at once)
-    /// and inserts them in batches as they arrive; returns how many
-    /// vanished.
+    /// and inserts what `goal` needs of them in batches as they arrive;
+    /// returns how many vanished. `cached` says which are already in the
+    /// cache and whether in full; `done` gains the segments handled.
+    #[allow(clippy::too_many_arguments)]
     fn ingest(
         &self,
         objects: &Objects<'_>,
-        new: Vec<(IndexId, u64)>,
+        todo: Vec<(IndexId, u64)>,
+        cached: &HashMap<IndexId, bool>,
+        goal: &Goal<'_>,
         tolerate_damage: bool,
         report: &mut SyncReport,
         damaged: &mut Vec<(IndexId, String)>,
+        done: &mut HashSet<IndexId>,
     ) -> Result<u64> {
-        let mut batch: Vec<(IndexId, Vec<SegmentRows>)> = Vec::new();
+        /// One segment's rows and what to do with them.
+        enum Step {
+            Full,
+            Partial,
+            Rows,
+        }
+        let mut batch: Vec<(IndexId, Step, Vec<SegmentRows>)> = Vec::new();
         let mut batch_blobs = 0usize;
-        let flush = |batch: &mut Vec<(IndexId, Vec<SegmentRows>)>,
+        let mut inserted = 0usize;
+        let flush = |batch: &mut Vec<(IndexId, Step, Vec<SegmentRows>)>,
                      blobs: &mut usize,
+                     inserted: &mut usize,
                      report: &mut SyncReport|
          -> Result<()> {
             if batch.is_empty() {
                 return Ok(());
             }
-            let rows: Vec<(IndexId, &[SegmentRows])> =
-                batch.iter().map(|(id, p)| (*id, p.as_slice())).collect();
-            self.cache.add_segments(&rows)?;
+            let items: Vec<Ingest<'_>> = batch
+                .iter()
+                .map(|(id, step, rows)| match step {
+                    Step::Full => Ingest::Full(*id, rows),
+                    Step::Partial => Ingest::Partial(*id, rows),
+                    Step::Rows => Ingest::Rows(*id, rows),
+                })
+                .collect();
+            self.cache.ingest(&items)?;
             report.batches += 1;
-            report.ingested += batch.len() as u64;
+            report.rows += *inserted as u64;
             report.largest_batch_blobs = report.largest_batch_blobs.max(*blobs as u64);
             batch.clear();
             *blobs = 0;
+            *inserted = 0;
             Ok(())
         };
-        let largest = new.iter().map(|(_, size)| *size).max().unwrap_or(0);
+        let largest = todo.iter().map(|(_, size)| *size).max().unwrap_or(0);
         let in_flight = (INGEST_IN_FLIGHT_BYTES / largest.max(1)).clamp(1, INGEST_IN_FLIGHT as u64);
-        let ids = new.into_iter().map(|(id, _)| id).collect();
+        let ids = todo.into_iter().map(|(id, _)| id).collect();
         let loaded = Objects::stream_each::<IndexSegments>(
             ids,
             in_flight as usize,
             |id| objects.load::<IndexSegments>(id),
             |id, seg| {
-                let rows = segment_rows(seg);
+                let known = cached.contains_key(&id);
+                done.insert(id);
+                let mut rows = segment_rows(seg);
+                // Batches close by the rows read, kept or not: a killed
+                // pass keeps its progress in whole segments either way.
                 batch_blobs += rows.iter().map(|p| p.2.len()).sum::<usize>();
-                batch.push((id, rows));
+                let step = if goal.level == Level::Full {
+                    Step::Full
+                } else {
+                    if let Some((filter, filtered)) = &mut *crate::sync::lock(&self.filter) {
+                        for (_, _, blobs) in &rows {
+                            for b in blobs.iter().filter(|b| b.kind == BlobKind::Data) {
+                                filter.insert(&b.id);
+                            }
+                        }
+                        filtered.insert(id);
+                    }
+                    // Tree and list rows when the segment is new (a partial
+                    // one has them already), data rows of covered blobs.
+                    for (_, _, blobs) in rows.iter_mut() {
+                        blobs.retain(|b| {
+                            if b.kind == BlobKind::Data {
+                                goal.cover.contains(&b.id)
+                            } else {
+                                !known
+                            }
+                        });
+                    }
+                    if known {
+                        Step::Rows
+                    } else {
+                        Step::Partial
+                    }
+                };
+                if known {
+                    report.reread += 1;
+                } else {
+                    report.ingested += 1;
+                }
+                inserted += rows.iter().map(|p| p.2.len()).sum::<usize>();
+                batch.push((id, step, rows));
                 if batch_blobs >= INGEST_BATCH_BLOBS || batch.len() >= INGEST_BATCH_SEGMENTS {
-                    flush(&mut batch, &mut batch_blobs, report)?;
+                    flush(&mut batch, &mut batch_blobs, &mut inserted, report)?;
                 }
                 Ok(())
             },
         )?;
-        flush(&mut batch, &mut batch_blobs, report)?;
+        flush(&mut batch, &mut batch_blobs, &mut inserted, report)?;
         for (id, e) in loaded.damaged {
             if !tolerate_damage {
                 return Err(e);
@@ -230,7 +575,14 @@ impl IndexView {
 
     /// Adds a segment this process wrote.
     pub fn add_written(&self, id: &IndexId, seg: &IndexSegment) -> Result<()> {
-        self.cache.add_segment(id, &segment_rows(seg.clone()))
+        self.cache.add_segment(id, &segment_rows(seg.clone()))?;
+        // Part of this handle's view from now on (a sync going on from the
+        // last listing must not drop it as vanished).
+        let mut listing = crate::sync::lock(&self.listing);
+        if !listing.iter().any(|l| l.0 == *id) {
+            listing.push((*id, 0));
+        }
+        Ok(())
     }
 
     /// Where a blob is stored, if indexed. Preferred, in order: a copy
@@ -242,23 +594,98 @@ impl IndexView {
         damage: &DamageSet,
         id: &BlobId,
     ) -> Result<Option<BlobLocation>> {
+        let cache = self.reach(objects, self.first_question())?;
+        if self.level() < Level::Full && (self.is_covered(id) || self.surely_no_data_row(id)) {
+            return Ok(self.best(cache.locations(id)?, damage, id));
+        }
         let cache = self.synced_cache(objects)?;
         let plans = crate::sync::read(&self.plans);
         if plans.is_empty() && damage.is_empty() {
             return cache.lookup(id);
         }
-        let all = cache.locations(id)?;
+        drop(plans);
+        Ok(self.best(cache.locations(id)?, damage, id))
+    }
+
+    /// [`IndexView::lookup`] of a blob stored as `kind`: a tree or a chunk
+    /// list is located from the tree and list rows alone, without
+    /// ingesting the index in full.
+    pub fn lookup_kind(
+        &self,
+        objects: &Objects<'_>,
+        damage: &DamageSet,
+        kind: BlobKind,
+        id: &BlobId,
+    ) -> Result<Option<BlobLocation>> {
+        if kind == BlobKind::Data {
+            return self.lookup(objects, damage, id);
+        }
+        let cache = self.reach(objects, Level::Trees)?;
+        if self.level() == Level::Full {
+            return self.lookup(objects, damage, id);
+        }
+        let mut all = cache.locations(id)?;
+        all.retain(|l| l.kind == kind);
+        Ok(self.best(all, damage, id))
+    }
+
+    /// The preferred of `all` (see [`IndexView::lookup`]).
+    fn best(
+        &self,
+        all: Vec<BlobLocation>,
+        damage: &DamageSet,
+        id: &BlobId,
+    ) -> Option<BlobLocation> {
+        let plans = crate::sync::read(&self.plans);
         let rank = |l: &BlobLocation| match (damage.is_bad(id, &l.pack), plans.contains(&l.pack)) {
             (false, false) => 0,
             (false, true) => 1,
             (true, _) => 2,
         };
-        Ok(all.iter().min_by_key(|l| rank(l)).copied())
+        all.iter().min_by_key(|l| rank(l)).copied()
+    }
+
+    /// The level a question about a blob of any kind needs first: before
+    /// any sync, the whole index (nothing is covered yet, so
+    /// [`Level::Trees`] would answer only for trees and lists, and a
+    /// second pass would follow); after one, what is there.
+    fn first_question(&self) -> Level {
+        match self.level() {
+            Level::None => Level::Full,
+            level => level,
+        }
+    }
+
+    /// Whether blob `id` has no data row in any segment of the view that
+    /// the cache holds partially (the filter holds them all and not it).
+    fn surely_no_data_row(&self, id: &BlobId) -> bool {
+        self.filter_whole.load(Ordering::Acquire)
+            && crate::sync::lock(&self.filter)
+                .as_ref()
+                .is_some_and(|(f, _)| !f.may_contain(id))
+    }
+
+    fn is_covered(&self, id: &BlobId) -> bool {
+        crate::sync::read(&self.covered).contains(id)
     }
 
     /// Whether the index holds blob `id` in a pack no `gc/` plan lists and
-    /// no `damage/` record names for it.
+    /// no `damage/` record names for it. Below [`Level::Full`]: "yes" from
+    /// any such copy in the cache (a row of a segment listed by this
+    /// handle), "no" only for a covered blob; anything else ingests the
+    /// index in full first.
     pub fn has_blob(&self, objects: &Objects<'_>, damage: &DamageSet, id: &BlobId) -> Result<bool> {
+        let cache = self.reach(objects, self.first_question())?;
+        if self.level() < Level::Full {
+            let plans = crate::sync::read(&self.plans);
+            let witness = cache
+                .locations(id)?
+                .iter()
+                .any(|l| !plans.contains(&l.pack) && !damage.is_bad(id, &l.pack));
+            if witness || self.is_covered(id) || self.surely_no_data_row(id) {
+                return Ok(witness);
+            }
+        }
         let cache = self.synced_cache(objects)?;
         let plans = crate::sync::read(&self.plans);
         if plans.is_empty() && damage.is_empty() {
@@ -292,4 +719,23 @@ pub(crate) fn segment_rows(seg: IndexSegment) -> Vec<SegmentRows> {
         .into_iter()
         .map(|p| (p.id, p.len, p.blobs))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Id;
+
+    #[test]
+    fn the_data_filter_has_no_false_negatives_and_few_false_positives() {
+        let n = 50_000u64;
+        let mut f = DataFilter::for_rows(n);
+        let id = |i: u64| BlobId(Id::hash(format!("filter {i}").as_bytes()));
+        for i in 0..n {
+            f.insert(&id(i));
+        }
+        assert!((0..n).all(|i| f.may_contain(&id(i))));
+        let false_positives = (n..2 * n).filter(|i| f.may_contain(&id(*i))).count();
+        assert!(false_positives < 50, "{false_positives} of {n}");
+    }
 }

@@ -11,8 +11,9 @@
 
 use crate::cache::CachedKind;
 use crate::error::Result;
-use crate::format::tree::{Payload, Tree};
+use crate::format::tree::{Content, Payload, Tree};
 use crate::format::{BlobId, BlobKind, Id, PackId};
+use crate::index_view::MAX_COVERED;
 use crate::repo::Repository;
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
@@ -36,6 +37,10 @@ pub struct PrefetchStats {
     pub reads: u64,
     /// Trees that could not be fetched or opened (left to the walk).
     pub skipped: u64,
+    /// Chunks of the parent's files whose index rows were brought in (0
+    /// when the index was already in the cache in full, or past
+    /// [`crate::index_view::MAX_COVERED`]).
+    pub covered: u64,
 }
 
 /// One merged read: a range of a pack and the trees inside it.
@@ -46,10 +51,28 @@ struct Read {
     trees: Vec<(BlobId, u64, u64)>,
 }
 
-/// Fetches every tree below `root` that the cache lacks.
+/// Fetches every tree below `root` that the cache lacks, then brings in
+/// the index rows of its files' chunks (a backup's parent).
 pub fn prefetch_subtrees(repo: &Repository, root: &Tree) -> Result<PrefetchStats> {
+    prefetch(repo, root, true)
+}
+
+/// Fetches every tree below `root` that the cache lacks, for a command
+/// that reads trees and no content (`ls -R`, `find`).
+pub fn prefetch_trees(repo: &Repository, root: &Tree) -> Result<PrefetchStats> {
+    prefetch(repo, root, false)
+}
+
+fn prefetch(repo: &Repository, root: &Tree, cover: bool) -> Result<PrefetchStats> {
     let mut stats = PrefetchStats::default();
     let mut seen = HashSet::new();
+    let mut chunks = HashSet::new();
+    let mut collect = |tree: &Tree| {
+        if cover && chunks.len() <= MAX_COVERED {
+            chunks.extend(file_chunks(tree));
+        }
+    };
+    collect(root);
     let mut level = subtrees(root);
     while !level.is_empty() {
         stats.levels += 1;
@@ -58,7 +81,10 @@ pub fn prefetch_subtrees(repo: &Repository, root: &Tree) -> Result<PrefetchStats
         let mut wanted = Vec::new();
         for id in level {
             match cached_tree(repo, &id)? {
-                Some(tree) => next.extend(subtrees(&tree)),
+                Some(tree) => {
+                    collect(&tree);
+                    next.extend(subtrees(&tree));
+                }
                 None => wanted.push(id),
             }
         }
@@ -68,6 +94,7 @@ pub fn prefetch_subtrees(repo: &Repository, root: &Tree) -> Result<PrefetchStats
         let rows: Vec<(Id, Vec<u8>)> = fetched
             .into_iter()
             .map(|(id, data, tree)| {
+                collect(&tree);
                 next.extend(subtrees(&tree));
                 (id.0, data)
             })
@@ -76,7 +103,27 @@ pub fn prefetch_subtrees(repo: &Repository, root: &Tree) -> Result<PrefetchStats
         repo.cache().put_objects(CachedKind::Tree, &rows)?;
         level = next;
     }
+    if !chunks.is_empty() && chunks.len() <= MAX_COVERED && !repo.index_view().is_synced() {
+        let report = repo.cover_blobs(&chunks)?;
+        if !repo.index_view().is_synced() {
+            stats.covered = chunks.len() as u64;
+        }
+        tracing::debug!("index rows of the parent's chunks: {report:?}");
+    }
     Ok(stats)
+}
+
+/// The stored chunks of a tree's files kept inline (a long file's chunk
+/// lists are tree-like blobs, located without covering).
+fn file_chunks(tree: &Tree) -> impl Iterator<Item = BlobId> + '_ {
+    tree.nodes.iter().flat_map(|n| match &n.payload {
+        Payload::File(Content::Inline(chunks)) => chunks
+            .iter()
+            .filter(|c| !c.is_hole())
+            .map(|c| c.id)
+            .collect::<Vec<_>>(),
+        _ => Vec::new(),
+    })
 }
 
 fn subtrees(tree: &Tree) -> Vec<BlobId> {
@@ -106,7 +153,7 @@ fn plan_reads(
 ) -> Result<Vec<Read>> {
     let mut by_pack: BTreeMap<PackId, Vec<(BlobId, u64, u64)>> = BTreeMap::new();
     for id in wanted {
-        match repo.lookup(&id)? {
+        match repo.lookup_kind(BlobKind::Tree, &id)? {
             Some(loc) if loc.kind == BlobKind::Tree => by_pack.entry(loc.pack).or_default().push((
                 id,
                 loc.offset as u64,

@@ -427,6 +427,12 @@ impl Repository {
         self.sync_index_report(tolerate_damage).map(|_| ())
     }
 
+    /// Brings the index this handle has read in line with `index/`, at
+    /// the level it has reached (see [`IndexView::refresh`]).
+    pub fn refresh_index(&self) -> Result<SyncReport> {
+        self.0.index.refresh(&self.objects())
+    }
+
     /// [`Repository::sync_index`], saying what it did.
     pub fn sync_index_report(&self, tolerate_damage: bool) -> Result<SyncReport> {
         self.0.index.sync(&self.objects(), tolerate_damage)
@@ -450,6 +456,21 @@ impl Repository {
     /// fails with the damage named).
     pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
         self.0.index.lookup(&self.objects(), &self.damage(), id)
+    }
+
+    /// [`Repository::lookup`] of a blob stored as `kind`: trees and chunk
+    /// lists are located without ingesting the index's data rows.
+    pub fn lookup_kind(&self, kind: BlobKind, id: &BlobId) -> Result<Option<BlobLocation>> {
+        self.0
+            .index
+            .lookup_kind(&self.objects(), &self.damage(), kind, id)
+    }
+
+    /// Brings the index rows of the data blobs `ids` into the cache (see
+    /// [`IndexView::cover`]): their lookups and dedup checks then need no
+    /// ingestion of the whole index.
+    pub fn cover_blobs(&self, ids: &std::collections::HashSet<BlobId>) -> Result<SyncReport> {
+        self.0.index.cover(&self.objects(), ids)
     }
 
     /// Whether the index holds blob `id` in a pack no `gc/` plan lists and
@@ -665,10 +686,12 @@ impl Repository {
         id: &BlobId,
         retry: bool,
     ) -> Result<(BlobLocation, Bytes)> {
-        let loc = self.lookup(id)?.ok_or_else(|| Error::BlobNotFound {
-            kind,
-            id: id.to_hex(),
-        })?;
+        let loc = self
+            .lookup_kind(kind, id)?
+            .ok_or_else(|| Error::BlobNotFound {
+                kind,
+                id: id.to_hex(),
+            })?;
         let range = loc.offset as u64..loc.offset as u64 + loc.stored_len as u64;
         match self.read_pack_range(&loc.pack, range) {
             Ok(stored) => Ok((loc, stored)),

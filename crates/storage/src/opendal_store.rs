@@ -221,7 +221,13 @@ impl OpendalStorage {
 
     /// The error of a read at a filesystem root that does not exist.
     fn no_root(&self, op: String) -> StorageError {
-        if let Some(file) = self.local_root.as_ref().filter(|r| r.exists()) {
+        // Made a directory since the caller looked (a racing init): it did
+        // not exist then, which is the answer.
+        if let Some(file) = self
+            .local_root
+            .as_ref()
+            .filter(|r| r.exists() && !r.is_dir())
+        {
             return crate::location::not_a_directory(file, op);
         }
         let root = self

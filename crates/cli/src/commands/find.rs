@@ -67,6 +67,11 @@ pub fn run(g: &GlobalOpts, a: FindArgs) -> Result<ExitCode> {
     let snaps = a.filter.select(&repo, &a.snapshots)?;
     let mut found = Vec::new();
     for (id, snap) in &snaps {
+        // Its trees in a few merged reads; a root that does not load is
+        // reported by the walk.
+        if let Ok(root) = repo.load_tree(&snap.tree) {
+            cairn_core::prefetch::prefetch_trees(&repo, &root)?;
+        }
         walk(&repo, &snap.tree, &mut |path, node| {
             let name =
                 <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(node.name.as_slice());

@@ -184,6 +184,12 @@ pub fn run(g: &GlobalOpts, a: LsArgs) -> Result<ExitCode> {
         resolved => {
             let tree_id = resolved.tree_id().expect("directory");
             let _ = list_dir(&repo, &snap.tree, &path)?;
+            if a.recursive {
+                // Every tree below in a few merged reads, not one round
+                // trip per directory.
+                let root = repo.load_tree(&tree_id)?;
+                cairn_core::prefetch::prefetch_trees(&repo, &root)?;
+            }
             walk(
                 &repo,
                 &tree_id,

@@ -6,7 +6,7 @@ use crate::cache::BlobLocation;
 use crate::error::{Error, Result};
 use crate::format::tree::{ChunkRef, Content, Node, Payload, Tree};
 use crate::format::{BlobId, PackId};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -17,6 +17,11 @@ pub(super) trait Source {
     fn tree(&self, id: &BlobId) -> Result<Tree>;
     fn chunks(&self, content: &Content) -> Result<Vec<ChunkRef>>;
     fn locate(&self, id: &BlobId) -> Result<Option<BlobLocation>>;
+    /// Prepares the lookups of `ids` (one pass over the index on an empty
+    /// cache, instead of ingesting all of it).
+    fn cover(&self, _ids: &HashSet<BlobId>) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl Source for crate::repo::Repository {
@@ -28,6 +33,9 @@ impl Source for crate::repo::Repository {
     }
     fn locate(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
         self.lookup(id)
+    }
+    fn cover(&self, ids: &HashSet<BlobId>) -> Result<()> {
+        self.cover_blobs(ids).map(drop)
     }
 }
 
@@ -179,6 +187,9 @@ pub(super) fn reads(
 ) -> Result<Reads> {
     let mut packs: HashMap<PackId, HashMap<BlobId, PackBlob>> = HashMap::new();
     let mut failed = BTreeMap::new();
+    // Every file's chunks first, so the index is asked about them at once.
+    let mut lists = Vec::new();
+    let mut wanted = HashSet::new();
     for (i, f) in files.iter().enumerate() {
         if skip.contains_key(&i) {
             continue;
@@ -186,13 +197,19 @@ pub(super) fn reads(
         let Payload::File(content) = &f.node.payload else {
             continue;
         };
-        let chunks = match src.chunks(content) {
-            Ok(c) => c,
+        match src.chunks(content) {
+            Ok(c) => {
+                wanted.extend(c.iter().filter(|c| !c.is_hole()).map(|c| c.id));
+                lists.push((i, c));
+            }
             Err(e) => {
                 failed.insert(i, e.to_string());
-                continue;
             }
-        };
+        }
+    }
+    src.cover(&wanted)?;
+    drop(wanted);
+    for (i, chunks) in lists {
         let mut offset = 0u64;
         for c in chunks {
             if !c.is_hole() {

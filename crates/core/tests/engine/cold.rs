@@ -8,7 +8,7 @@ use bytes::Bytes;
 use cairn_core::format::index::{IndexSegment, IndexedPack};
 use cairn_core::format::pack::BlobEntry;
 use cairn_core::format::Id;
-use cairn_core::index_view::{INGEST_BATCH_BLOBS, INGEST_BATCH_SEGMENTS};
+use cairn_core::index_view::{Level, INGEST_BATCH_BLOBS, INGEST_BATCH_SEGMENTS};
 use cairn_core::{BlobId, BlobKind, OpenOptions, PackId, Repository};
 use cairn_storage::{DynStorage, ObjectInfo, Storage, StorageError, StorageErrorKind};
 use std::ops::Range;
@@ -242,4 +242,300 @@ fn an_in_memory_cache_opens_cold_too() {
     assert!(!repo.index_view().is_synced());
     assert!(repo.has_blob(&fake_blob(19)).unwrap());
     assert!(!repo.has_blob(&fake_blob(20)).unwrap());
+}
+
+/// A small source: `dirs` directories of three files each, a file at the
+/// top.
+fn write_source(root: &std::path::Path, dirs: usize, tag: &str) {
+    std::fs::write(root.join("top"), format!("top {tag}")).unwrap();
+    for d in 0..dirs {
+        let dir = root.join(format!("d{d}")).join("inner");
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..3 {
+            std::fs::write(
+                dir.join(format!("f{f}")),
+                format!("{tag} {d} {f} ").repeat(50),
+            )
+            .unwrap();
+        }
+    }
+}
+
+/// Every tree of the snapshot below `root`, read as `ls -R` would.
+fn browse(repo: &Repository, root: &BlobId) -> usize {
+    let tree = repo.load_tree(root).unwrap();
+    let mut n = 1;
+    for node in &tree.nodes {
+        if let cairn_core::format::tree::Payload::Dir(id) = &node.payload {
+            n += browse(repo, id);
+        }
+    }
+    n
+}
+
+#[test]
+fn browsing_on_an_empty_cache_ingests_tree_rows_not_data_rows() {
+    let t = test_repo("cold-browse");
+    let (_s, src) = temp_sub("src");
+    write_source(&src, 4, "a");
+    let first = backup_dir(&t.repo, &src);
+    write_fake_index(&t.repo, 3, 2000);
+    let (_c, cache) = temp_sub("cache");
+    let repo = open_repo(&t.loc, &cache);
+    let trees = browse(&repo, &first.snapshot.tree);
+    assert_eq!(trees, 1 + 4 * 2);
+    assert_eq!(repo.index_view().level(), Level::Trees);
+    let segments = count(&t.storage().unwrap(), "index/");
+    assert_eq!(repo.cache().segments().unwrap().len(), segments);
+    let rows = repo.cache().blob_count().unwrap();
+    assert!(
+        rows < 100,
+        "only tree and list rows are ingested, not the 6,000 data rows: {rows}"
+    );
+    // A question about data ingests the rest, once.
+    assert!(repo.has_blob(&fake_blob(5999)).unwrap());
+    assert_eq!(repo.index_view().level(), Level::Full);
+    assert!(repo.cache().blob_count().unwrap() > 6000);
+    // A cache left at the tree level is completed by the next handle.
+    let (_c2, cache2) = temp_sub("cache2");
+    let browsed = open_repo(&t.loc, &cache2);
+    browse(&browsed, &first.snapshot.tree);
+    drop(browsed);
+    let again = open_repo(&t.loc, &cache2);
+    let report = again.sync_index_report(false).unwrap();
+    assert_eq!(
+        (report.ingested, report.reread),
+        (0, segments as u64),
+        "{report:?}"
+    );
+    assert!(again.has_blob(&fake_blob(0)).unwrap());
+    assert_eq!(
+        again.index().unwrap().blob_count().unwrap(),
+        repo.cache().blob_count().unwrap()
+    );
+}
+
+#[test]
+fn an_unchanged_backup_on_an_empty_cache_ingests_its_parents_rows_only() {
+    let t = test_repo("cold-unchanged");
+    let (_s, src) = temp_sub("src");
+    write_source(&src, 3, "b");
+    let first = backup_dir(&t.repo, &src);
+    write_fake_index(&t.repo, 4, 2000);
+    let (_c, cache) = temp_sub("cache");
+    let repo = open_repo(&t.loc, &cache);
+    let second = backup_dir(&repo, &src);
+    assert_eq!(second.snapshot.tree, first.snapshot.tree);
+    let summary = &second.snapshot.summary;
+    assert_eq!(summary.files_unchanged, 1 + 3 * 3, "{summary:?}");
+    assert_eq!(
+        summary.files_new + summary.files_changed + summary.blobs_added,
+        0
+    );
+    assert_eq!(
+        repo.index_view().level(),
+        Level::Trees,
+        "no ingestion of the whole index"
+    );
+    let rows = repo.cache().blob_count().unwrap();
+    assert!(rows < 100, "{rows} rows");
+    // Its covered answers are exact: a parent chunk is present, a blob
+    // of the fake index not covered is answered after a full ingestion.
+    assert!(repo.has_blob(&fake_blob(7)).unwrap());
+    assert_eq!(repo.index_view().level(), Level::Full);
+    let target = tempfile::tempdir().unwrap();
+    restore_all(&open_repo(&t.loc, &cache), &second, target.path());
+}
+
+#[test]
+fn a_changed_file_on_an_empty_cache_is_deduplicated_exactly() {
+    let t = test_repo("cold-changed");
+    let (_s, src) = temp_sub("src");
+    write_source(&src, 2, "c");
+    // Content the parent does not hold but another snapshot does.
+    let (_o, other) = temp_sub("other");
+    std::fs::write(other.join("x"), "elsewhere ".repeat(300)).unwrap();
+    backup_dir(&t.repo, &other);
+    backup_dir(&t.repo, &src);
+    let (_c, cache) = temp_sub("cache");
+    let repo = open_repo(&t.loc, &cache);
+    std::fs::write(src.join("new"), "elsewhere ".repeat(300)).unwrap();
+    let result = backup_dir(&repo, &src);
+    let summary = &result.snapshot.summary;
+    assert_eq!(summary.files_new, 1, "{summary:?}");
+    assert_eq!(
+        summary.blobs_added, 1,
+        "the root tree only: the new file's chunk is found in the other snapshot: {summary:?}"
+    );
+}
+
+#[test]
+fn a_covered_blob_whose_copies_maintenance_planned_to_delete_counts_as_absent() {
+    use cairn_core::gc::{self, GcOptions, Roots};
+    let t = test_repo("cold-planned");
+    let (_s, src) = temp_sub("src");
+    std::fs::write(src.join("doomed"), "doomed content ".repeat(200)).unwrap();
+    let s1 = backup_dir(&t.repo, &src);
+    let chunks = match &t.repo.load_tree(&s1.snapshot.tree).unwrap().nodes[0].payload {
+        cairn_core::format::tree::Payload::File(c) => t.repo.chunk_list(c).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let chunk = chunks[0].id;
+    t.repo.delete_snapshot(&s1.id).unwrap();
+    let m = gc::mark(
+        &t.repo,
+        &Roots::load(&t.repo).unwrap(),
+        &GcOptions {
+            safety_window: std::time::Duration::from_secs(3600),
+            repack_threshold: 0.5,
+            now: chrono::Utc::now(),
+            dry_run: false,
+        },
+    )
+    .unwrap();
+    assert!(m.unused_packs > 0);
+    let (_c, cache) = temp_sub("cache");
+    let repo = open_repo(&t.loc, &cache);
+    repo.lookup_kind(BlobKind::Tree, &s1.snapshot.tree).unwrap();
+    assert_eq!(repo.index_view().level(), Level::Trees);
+    repo.cover_blobs(&[chunk].into_iter().collect()).unwrap();
+    assert_eq!(repo.index_view().level(), Level::Trees);
+    assert!(
+        !repo.has_blob(&chunk).unwrap(),
+        "a blob whose only copy is planned for deletion is absent"
+    );
+    let loc = repo
+        .lookup(&chunk)
+        .unwrap()
+        .expect("still located for reading");
+    assert!(repo.planned_packs().contains(&loc.pack));
+    assert_eq!(
+        repo.index_view().level(),
+        Level::Trees,
+        "answered from covered rows"
+    );
+}
+
+#[test]
+fn a_segment_superseded_while_a_cover_pass_reads_it_is_followed() {
+    let t = test_repo("cold-cover-superseded");
+    write_fake_index(&t.repo, 3, 50);
+    let victim = t.repo.save_segment(&fake_segment(1000, 50)).unwrap();
+    let victim_path = format!("index/{}", victim.to_hex());
+    let (_c, cache) = temp_sub("cache");
+    let maintenance = t.reopen().unwrap();
+    let reads = Arc::new(AtomicU64::new(0));
+    let seen = reads.clone();
+    let hooked: DynStorage = Arc::new(Hooked {
+        inner: storage(&t.loc),
+        on_index_read: Box::new(move |path| {
+            // The second read of the victim is the cover pass's: before
+            // it, maintenance writes its replacement and deletes it.
+            if path == victim_path && seen.fetch_add(1, Ordering::SeqCst) == 1 {
+                let mut seg = fake_segment(1000, 50);
+                seg.supersedes = vec![victim];
+                maintenance.save_segment(&seg).expect("replacement");
+                maintenance.storage().delete(path).expect("delete");
+            }
+            Ok(())
+        }),
+    });
+    let repo = open_on(hooked, &cache).unwrap();
+    assert!(repo
+        .lookup_kind(BlobKind::Tree, &fake_blob(1))
+        .unwrap()
+        .is_none());
+    assert_eq!(repo.index_view().level(), Level::Trees);
+    let wanted = [fake_blob(1010), fake_blob(20)].into_iter().collect();
+    let report = repo.cover_blobs(&wanted).unwrap();
+    assert_eq!(reads.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        (report.vanished, report.listings, report.ingested, report.reread),
+        (1, 1, 1, 3),
+        "the pass goes on from the handle's listing, lists index/ again when a segment vanished, reads each other segment once: {report:?}"
+    );
+    assert_eq!(repo.index_view().level(), Level::Trees);
+    for id in &wanted {
+        assert!(repo.has_blob(id).unwrap(), "found in the replacement");
+    }
+    assert_eq!(repo.index_view().level(), Level::Trees);
+    assert_eq!(repo.cache().blob_count().unwrap(), 2);
+}
+
+#[test]
+fn a_tree_level_cache_left_by_a_killed_ingestion_is_completed_and_never_taken_as_whole() {
+    let t = test_repo("cold-partial-trees");
+    let (_s, src) = temp_sub("src");
+    write_source(&src, 2, "d");
+    let first = backup_dir(&t.repo, &src);
+    let per = 20_000u64;
+    let segments = 12u64;
+    write_fake_index(&t.repo, segments, per);
+    let all = count(&t.storage().unwrap(), "index/") as u64;
+    let (_c, cache) = temp_sub("cache");
+    let reads = Arc::new(AtomicU64::new(0));
+    let seen = reads.clone();
+    let failing: DynStorage = Arc::new(Hooked {
+        inner: storage(&t.loc),
+        on_index_read: Box::new(move |path| {
+            if seen.fetch_add(1, Ordering::SeqCst) >= 9 {
+                return Err(StorageError::new(
+                    StorageErrorKind::Other,
+                    format!("read {path}"),
+                    "connection reset (injected)",
+                ));
+            }
+            Ok(())
+        }),
+    });
+    let repo = open_on(failing, &cache).unwrap();
+    let err = repo.load_tree(&first.snapshot.tree).unwrap_err();
+    assert!(err.to_string().contains("injected"), "{err}");
+    assert_eq!(
+        repo.index_view().level(),
+        Level::None,
+        "not taken as synced"
+    );
+    let partial = repo.cache().segments().unwrap().len() as u64;
+    assert!(partial > 0 && partial < all, "{partial} segments");
+    drop(repo);
+
+    let repo = open_repo(&t.loc, &cache);
+    let wanted = (0..segments).map(|s| fake_blob(s * per + 3)).collect();
+    let report = repo.cover_blobs(&wanted).unwrap();
+    assert_eq!(report.ingested, all - partial, "{report:?}");
+    assert_eq!(report.reread, partial, "{report:?}");
+    for id in &wanted {
+        assert!(repo.has_blob(id).unwrap());
+    }
+    assert_eq!(repo.index_view().level(), Level::Trees);
+    assert_eq!(browse(&repo, &first.snapshot.tree), 1 + 2 * 2);
+    repo.sync_index(false).unwrap();
+    assert!(repo.index().unwrap().blob_count().unwrap() > segments * per);
+}
+
+#[test]
+fn a_new_file_on_an_empty_cache_is_stored_without_ingesting_the_index() {
+    let t = test_repo("cold-new-file");
+    let (_s, src) = temp_sub("src");
+    write_source(&src, 2, "e");
+    backup_dir(&t.repo, &src);
+    write_fake_index(&t.repo, 3, 2000);
+    let (_c, cache) = temp_sub("cache");
+    let repo = open_repo(&t.loc, &cache);
+    std::fs::write(src.join("fresh"), "never seen before ".repeat(100)).unwrap();
+    let result = backup_dir(&repo, &src);
+    let summary = &result.snapshot.summary;
+    assert_eq!(summary.files_new, 1, "{summary:?}");
+    assert!(
+        summary.blobs_added >= 2,
+        "the new chunk and the root tree: {summary:?}"
+    );
+    assert_eq!(
+        repo.index_view().level(),
+        Level::Trees,
+        "the data-blob filter proves the new chunk absent"
+    );
+    let target = tempfile::tempdir().unwrap();
+    restore_all(&open_repo(&t.loc, &cache), &result, target.path());
 }

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use cairn_core::backup::BackupResult;
 use cairn_core::check::{check, CheckOptions, DataSubset};
 use cairn_core::format::tree::{Content, Payload};
+use cairn_core::index_view::Level;
 use cairn_core::restore::{restore, RestoreOptions};
 use cairn_core::{BlobId, InitOptions, OpenOptions, PackId, Repository};
 use cairn_golden::fixture::Rng;
@@ -521,15 +522,94 @@ fn restore_reads_only_the_packs_it_needs_about_once_each() {
             stats.ranges_read + need.meta_blobs.len() as u64,
             "{what}: plus one per tree or list blob"
         );
-        // Nothing but pack range reads, and the index sync of the
-        // handle's first lookup (one listing, one read per segment).
-        assert!(counts.prefix("index").list <= 1, "{log:?}");
+        // Nothing but pack range reads, and the index: one listing, each
+        // segment read twice (tree and list rows to plan, then the rows
+        // of the chunks restored), never ingested whole.
+        let segments = c.listed("index/").len() as u64;
+        assert_eq!(counts.prefix("index").list, 1, "{log:?}");
+        assert_eq!(counts.prefix("index").read, 2 * segments, "{log:?}");
+        assert_eq!(cold.index_view().level(), Level::Trees);
         assert_eq!(
             counts.all.total(),
             counts.prefix("packs").read_range + counts.prefix("index").total(),
             "{log:?}"
         );
     }
+}
+
+#[test]
+fn browsing_a_snapshot_on_an_empty_cache_reads_the_index_once_and_no_data_pack() {
+    let c = Counted::new("requests-browse");
+    let repo = c.init();
+    let src = tempfile::tempdir().expect("src");
+    write_tree(src.path(), 5, 6, 20, 2048..6144);
+    let result = backup_of(&repo, src.path());
+    let need = needed(&repo, &result.snapshot.tree, None);
+    let segments = c.listed("index/").len() as u64;
+    // `ls -R` of the snapshot on an empty cache: every tree, no content.
+    let cold = c.open(false);
+    c.take();
+    let mut stack = vec![result.snapshot.tree];
+    let mut trees = 0;
+    while let Some(id) = stack.pop() {
+        trees += 1;
+        for node in cold.load_tree(&id).expect("tree").nodes {
+            if let Payload::Dir(sub) = node.payload {
+                stack.push(sub);
+            }
+        }
+    }
+    let (counts, log) = c.take();
+    show(
+        &format!("ls -R of {trees} directories, empty cache"),
+        &counts,
+    );
+    assert_eq!(counts.prefix("index").list, 1, "{log:?}");
+    assert_eq!(
+        counts.prefix("index").read,
+        segments,
+        "each segment once: {log:?}"
+    );
+    let read = packs_read(&log);
+    for pack in read.keys() {
+        assert!(
+            need.meta_packs.iter().any(|p| p.path() == *pack),
+            "only tree packs are read: {pack}"
+        );
+    }
+    assert_eq!(
+        counts.prefix("packs").read_range,
+        trees,
+        "one read per tree"
+    );
+    assert_eq!(
+        counts.all.total(),
+        1 + segments + trees,
+        "nothing else: {log:?}"
+    );
+    assert_eq!(
+        cold.index_view().level(),
+        Level::Trees,
+        "no data row ingested"
+    );
+
+    // `ls -R` and `find` prefetch the trees first: reads merged per pack
+    // and level, not one per directory.
+    let cold = c.open(false);
+    c.take();
+    let root = cold.load_tree(&result.snapshot.tree).expect("root");
+    let stats = cairn_core::prefetch::prefetch_trees(&cold, &root).expect("prefetch");
+    assert_eq!(stats.fetched, trees - 1, "{stats:?}");
+    assert_eq!(stats.covered, 0, "no chunk rows for a listing");
+    let (counts, log) = c.take();
+    show(&format!("prefetch of {trees} trees, empty cache"), &counts);
+    assert_eq!(
+        counts.prefix("packs").read_range,
+        1 + stats.reads,
+        "{log:?}"
+    );
+    assert!(stats.reads < trees - 1, "{stats:?}");
+    assert_eq!(cold.index_view().level(), Level::Trees);
 }
 
 #[test]
