@@ -458,28 +458,7 @@ fn backups_beside_a_maintenance_loop_at_the_smallest_window() {
     let repo_dir = work.path().join("repo");
     std::fs::create_dir(&repo_dir).unwrap();
     init(&repo_dir);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let looping = {
-        let (stop, repo_dir) = (stop.clone(), repo_dir.clone());
-        std::thread::spawn(move || {
-            let repo = open(&repo_dir);
-            let mut runs = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let opts = MaintenanceOptions {
-                    mode: Mode::Full,
-                    gc: GcOptions {
-                        safety_window: window,
-                        repack_threshold: 0.9,
-                        now: chrono::Utc::now(),
-                        ..Default::default()
-                    },
-                };
-                maintenance::run(&repo, &opts).unwrap();
-                runs += 1;
-            }
-            runs
-        })
-    };
+    let looping = MaintenanceLoop::start(&repo_dir, window, 0.9, Duration::ZERO);
     let mut kept: Vec<(BlobId, PathBuf, cairn_core::SnapshotId)> = Vec::new();
     for round in 0..ROUNDS {
         // Each step opens the repository afresh, as each CLI command does.
@@ -507,8 +486,7 @@ fn backups_beside_a_maintenance_loop_at_the_smallest_window() {
             assert_restores(&open(&repo_dir), tree, src);
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let runs = looping.join().unwrap();
+    let runs = looping.stop();
     for (tree, src, _) in &kept {
         assert_restores(&open(&repo_dir), tree, src);
     }
@@ -546,15 +524,16 @@ fn slow_source(root: &Path, seconds: u64) -> u64 {
     len
 }
 
-/// A maintenance loop at a 3 s window, until the returned guard is
-/// stopped; the guard's `stop` returns how many runs completed.
+/// Full maintenance in a loop on a handle of its own (a `window`, a
+/// repack threshold, a pause between runs), until `stop`, which returns how
+/// many runs completed.
 struct MaintenanceLoop {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<u64>,
 }
 
 impl MaintenanceLoop {
-    fn start(repo_dir: &Path) -> Self {
+    fn start(repo_dir: &Path, window: Duration, repack_threshold: f64, pause: Duration) -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread = {
             let (stop, repo_dir) = (stop.clone(), repo_dir.to_path_buf());
@@ -565,14 +544,15 @@ impl MaintenanceLoop {
                     let opts = MaintenanceOptions {
                         mode: Mode::Full,
                         gc: GcOptions {
-                            safety_window: Duration::from_secs(3),
+                            safety_window: window,
+                            repack_threshold,
                             now: chrono::Utc::now(),
                             ..Default::default()
                         },
                     };
                     maintenance::run(&repo, &opts).unwrap();
                     runs += 1;
-                    std::thread::sleep(Duration::from_millis(200));
+                    std::thread::sleep(pause);
                 }
                 runs
             })
@@ -609,7 +589,12 @@ fn a_file_whose_read_outlives_the_safety_window_is_kept_by_its_checkpoints() {
     let mut opts = slow_backup_opts(&src);
     opts.checkpoint.every = Duration::from_secs(1);
 
-    let maintenance = MaintenanceLoop::start(&repo_dir);
+    let maintenance = MaintenanceLoop::start(
+        &repo_dir,
+        Duration::from_secs(3),
+        0.5,
+        Duration::from_millis(200),
+    );
     let started = Instant::now();
     let first = backup(&open(&repo_dir), &opts);
     let took = started.elapsed();
@@ -634,7 +619,12 @@ fn a_file_whose_read_outlives_the_safety_window_is_kept_by_its_checkpoints() {
         testkit::noise(&mut state, 8 * SLOW_READ as usize),
     )
     .unwrap();
-    let maintenance = MaintenanceLoop::start(&repo_dir);
+    let maintenance = MaintenanceLoop::start(
+        &repo_dir,
+        Duration::from_secs(3),
+        0.5,
+        Duration::from_millis(200),
+    );
     let second = {
         let (repo_dir, opts) = (repo_dir.clone(), opts.clone());
         std::thread::spawn(move || backup(&open(&repo_dir), &opts))
