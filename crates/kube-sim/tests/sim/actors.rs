@@ -556,9 +556,13 @@ fn the_kubelet_gives_block_volumes_as_devices_only() {
                 "containers": [c]}}}})
     };
     sim.create(pod_job("device", "disk", true)).unwrap();
-    sim.wait_for("device job complete", PATIENCE, |s| {
-        (condition(s, "device")? == ("Complete".into(), "Completed".into())).then_some(())
-    });
+    let ended = sim.wait_for("device job ended", PATIENCE, |s| condition(s, "device"));
+    assert_eq!(
+        ended.0,
+        "Complete",
+        "{ended:?}: {:?}",
+        pods_of(&sim, "device")
+    );
     let bytes = std::fs::read(&image).unwrap();
     assert_eq!((&bytes[..7], bytes.len()), (&b"written"[..], 1 << 20));
 
