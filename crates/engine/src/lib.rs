@@ -379,7 +379,6 @@ impl Engine for CoreEngine {
             verify: false,
             workers: 0,
             progress: Some(counters.clone()),
-            ..Default::default()
         };
         let mut stats = with_progress(&counters, progress, || restore(&repo, &snap.tree, &opts))
             .map_err(|e| core_error("restore", e))?;
