@@ -156,6 +156,28 @@ fn excluder(req: &BackupJobRequest, root: &Path) -> Result<Excluder, EngineError
     Excluder::new(&opts, root).map_err(|e| permanent(format!("exclusion rules: {e}")))
 }
 
+/// Refuses a `--device` source that is neither a block device nor an image file: the
+/// Job got the volume mounted (a Filesystem PVC), or no volume at all.
+fn check_device(path: &Path) -> Result<(), EngineError> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        permanent(format!(
+            "backup device {}: {e}: is the Block volume attached (volumeDevices)?",
+            path.display()
+        ))
+    })?;
+    let kind = meta.file_type();
+    if kind.is_block_device() || kind.is_file() {
+        Ok(())
+    } else {
+        Err(permanent(format!(
+            "backup device {} is neither a block device nor an image file: a Filesystem \
+             volume is backed up as a directory (--source)",
+            path.display()
+        )))
+    }
+}
+
 /// `key=value` snapshot tags from a VolumeBackup's tag map, in key order.
 fn tags_to_snapshot(tags: &BTreeMap<String, String>) -> Vec<String> {
     tags.iter().map(|(k, v)| format!("{k}={v}")).collect()
@@ -235,13 +257,20 @@ impl Engine for CoreEngine {
                 req.source.to_string_lossy()
             ))
         })?;
-        if !root.is_dir() {
+        if req.device {
+            check_device(&root)?;
+        } else if !root.is_dir() {
             return Err(permanent(format!(
                 "backup source {} is not a directory: is the volume mounted?",
                 root.display()
             )));
         }
-        let excluder = excluder(req, &root)?;
+        // A device is one file: the exclusion list names files of a filesystem.
+        let excluder = if req.device {
+            None
+        } else {
+            Some(excluder(req, &root)?)
+        };
         let repo = open(&req.repository)?;
         let counters = Arc::new(Progress::default());
         let opts = BackupOptions {
@@ -250,8 +279,9 @@ impl Engine for CoreEngine {
             source: Some(req.source_name.clone()).filter(|s| !s.is_empty()),
             tags: tags_to_snapshot(&req.tags),
             parent: ParentChoice::Auto,
-            exclude_rules: excluder.rules(),
-            exclude: Some(Arc::new(excluder)),
+            exclude_rules: excluder.as_ref().map(|e| e.rules()).unwrap_or_default(),
+            exclude: excluder.map(|e| Arc::new(e) as Arc<dyn cairn_core::backup::Exclude>),
+            read_devices: req.device,
             progress: Some(counters.clone()),
             checkpoint: match req.checkpoint_interval {
                 Some(every) => cairn_core::checkpoint::CheckpointOptions {
@@ -265,16 +295,27 @@ impl Engine for CoreEngine {
         let result = with_progress(&counters, progress, || backup(&repo, &opts))
             .map_err(|e| core_error("backup", e))?;
         let s = &result.snapshot.summary;
-        let mut summary = format!(
-            "snapshot {}: {} files new, {} changed, {} unchanged; read {} of {}, added {}",
-            result.id.short(),
-            s.files_new,
-            s.files_changed,
-            s.files_unchanged,
-            size(s.bytes_read),
-            size(s.bytes_total),
-            size(s.bytes_added),
-        );
+        let mut summary = if req.device {
+            format!(
+                "snapshot {}: device {} of {}; read {} that is not zero, added {}",
+                result.id.short(),
+                req.source.display(),
+                size(s.bytes_total),
+                size(s.bytes_read),
+                size(s.bytes_added),
+            )
+        } else {
+            format!(
+                "snapshot {}: {} files new, {} changed, {} unchanged; read {} of {}, added {}",
+                result.id.short(),
+                s.files_new,
+                s.files_changed,
+                s.files_unchanged,
+                size(s.bytes_read),
+                size(s.bytes_total),
+                size(s.bytes_added),
+            )
+        };
         if s.errors > 0 {
             // The snapshot holds everything else; running again would skip the same entries.
             summary.push_str(&format!(
@@ -329,6 +370,7 @@ impl Engine for CoreEngine {
         let counters = Arc::new(Progress::default());
         let opts = RestoreOptions {
             target: req.target.clone(),
+            target_device: req.device.then(|| req.target.clone()),
             includes: req.include_paths.iter().map(PathBuf::from).collect(),
             // The target is a volume: a fresh one holds lost+found, an existing one is
             // restored into on purpose (the VolumeRestore names it).
@@ -337,7 +379,6 @@ impl Engine for CoreEngine {
             verify: false,
             workers: 0,
             progress: Some(counters.clone()),
-            ..Default::default()
         };
         let mut stats = with_progress(&counters, progress, || restore(&repo, &snap.tree, &opts))
             .map_err(|e| core_error("restore", e))?;
@@ -365,14 +406,24 @@ impl Engine for CoreEngine {
             )));
         }
         let total = counters.snapshot().bytes_total.max(stats.bytes);
-        let summary = format!(
-            "restored snapshot {}: {} files, {} dirs, {} other entries, {}",
-            id.short(),
-            stats.files,
-            stats.dirs,
-            stats.others,
-            size(stats.bytes)
-        );
+        let summary = if req.device {
+            format!(
+                "restored snapshot {} onto device {}: {} written of {}",
+                id.short(),
+                req.target.display(),
+                size(stats.bytes),
+                size(total)
+            )
+        } else {
+            format!(
+                "restored snapshot {}: {} files, {} dirs, {} other entries, {}",
+                id.short(),
+                stats.files,
+                stats.dirs,
+                stats.others,
+                size(stats.bytes)
+            )
+        };
         tracing::info!(%summary, "restore done");
         Ok(RestoreJobResult {
             bytes_done: stats.bytes,

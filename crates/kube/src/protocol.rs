@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 
 /// Where the volume being backed up (read-only) or restored into is mounted.
 pub const DATA_DIR: &str = "/data";
+/// Where a `volumeMode: Block` volume being backed up or restored onto appears in job
+/// pods (through `volumeDevices`, instead of [`DATA_DIR`]).
+pub const DATA_DEVICE: &str = "/dev/cairn-data";
 /// Where the repository password Secret is mounted.
 pub const PASSWORD_DIR: &str = "/etc/cairn/password";
 /// Where the storage credentials Secret is mounted, one file per key.

@@ -10,6 +10,7 @@ mod edges;
 mod engine_v1;
 mod job;
 mod kube_app;
+mod kube_block;
 mod kube_e2e;
 mod kube_kdmp;
 mod kube_metrics;

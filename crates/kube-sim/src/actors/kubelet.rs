@@ -2,7 +2,10 @@
 //! container as a local process (the image's entrypoint, or the container's command),
 //! with its args and env (env, envFrom, Secret/ConfigMap refs, fieldRefs) and its
 //! volumes as directories: a PVC's directory, Secret and ConfigMap keys written as files,
-//! emptyDirs. Container paths are mapped by rewriting every argument and environment
+//! emptyDirs. A `volumeMode: Block` PVC is an image file, given through `volumeDevices`
+//! (its `devicePath` maps to the image); as the real kubelet, a Block volume in
+//! `volumeMounts` or a Filesystem one in `volumeDevices` keeps the pod from starting.
+//! Container paths are mapped by rewriting every argument and environment
 //! value that starts with a mount path (the process shares the host's filesystem; there
 //! is no mount namespace). The termination message file is read back into the pod
 //! status (`FallbackToLogsOnError` uses the log tail). Deleting a pod sends SIGTERM to its
@@ -465,6 +468,8 @@ fn prepare(
     let io = |e: std::io::Error| ("CreateContainerError", e.to_string());
     std::fs::create_dir_all(dir.join("volumes")).map_err(io)?;
     let mut volumes: BTreeMap<String, PathBuf> = BTreeMap::new();
+    // Volumes of Block PVCs: devices, never mounted.
+    let mut block: Vec<String> = Vec::new();
     for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
         let vname = v["name"].as_str().unwrap_or_default().to_string();
         let vdir = dir.join("volumes").join(&vname);
@@ -490,6 +495,9 @@ fn prepare(
                     "ContainerCreating",
                     format!("persistentvolumeclaim \"{claim}\" is being deleted"),
                 ));
+            }
+            if super::storage::is_block(&pvc) {
+                block.push(vname.clone());
             }
             volumes.insert(vname, super::storage::volume_path(shared, pv));
         } else if v["secret"].is_object() || v["configMap"].is_object() {
@@ -548,7 +556,27 @@ fn prepare(
             volumes.insert(vname, vdir);
         }
     }
+    let mode_mismatch = |vname: &str, mode: &str, field: &str| {
+        (
+            "ContainerCreating",
+            format!("volume {vname} has volumeMode {mode}, but is specified in {field}"),
+        )
+    };
     let mut mounts: Vec<(String, PathBuf)> = Vec::new();
+    for d in container["volumeDevices"].as_array().into_iter().flatten() {
+        let vname = d["name"].as_str().unwrap_or_default();
+        let Some(host) = volumes.get(vname) else {
+            return Err((
+                "CreateContainerConfigError",
+                format!("volume {vname:?} is not defined in the pod"),
+            ));
+        };
+        if !block.iter().any(|b| b == vname) {
+            return Err(mode_mismatch(vname, "Filesystem", "volumeDevices"));
+        }
+        let path = d["devicePath"].as_str().unwrap_or_default();
+        mounts.push((path.to_string(), host.clone()));
+    }
     for m in container["volumeMounts"].as_array().into_iter().flatten() {
         let vname = m["name"].as_str().unwrap_or_default();
         let Some(host) = volumes.get(vname) else {
@@ -557,6 +585,9 @@ fn prepare(
                 format!("volume {vname:?} is not defined in the pod"),
             ));
         };
+        if block.iter().any(|b| b == vname) {
+            return Err(mode_mismatch(vname, "Block", "volumeMounts"));
+        }
         let host = match m["subPath"].as_str().filter(|p| !p.is_empty()) {
             Some(sub) => host.join(sub),
             None => host.clone(),

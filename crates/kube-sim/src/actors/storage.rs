@@ -1,4 +1,5 @@
-//! Storage: a provisioner binding each PVC to a new PV backed by a directory (a PVC from
+//! Storage: a provisioner binding each PVC to a new PV backed by a directory, or for a
+//! `volumeMode: Block` claim by a sparse image file of the requested size (a PVC from
 //! a VolumeSnapshot or another PVC starts as a copy of it), PV reclaim, the
 //! `kubernetes.io/pvc-protection` finalizer (a PVC in use by a pod stays until the pod
 //! ends), and a CSI snapshotter (a VolumeSnapshot is a copy of its PVC's directory,
@@ -16,12 +17,12 @@ use std::time::Instant;
 /// Finalizer the snapshotter puts on VolumeSnapshots it bound.
 const SNAPSHOT_FINALIZER: &str = "snapshot.storage.kubernetes.io/volumesnapshot-bound-protection";
 
-/// The directory of PV `pv`.
+/// The directory of PV `pv`, or its image file when it is a Block volume.
 pub fn volume_path(shared: &Shared, pv: &str) -> PathBuf {
     shared.root.join("volumes").join(pv)
 }
 
-/// The directory of VolumeSnapshotContent `content`.
+/// The directory (or image file) of VolumeSnapshotContent `content`.
 pub fn snapshot_path(shared: &Shared, content: &str) -> PathBuf {
     shared.root.join("snapshots").join(content)
 }
@@ -57,6 +58,124 @@ pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
             let f = std::fs::File::options().write(true).open(&target)?;
             f.set_modified(meta.modified()?)?;
         }
+    }
+    Ok(())
+}
+
+/// Whether a PVC or PV object is a raw block volume.
+pub fn is_block(object: &Value) -> bool {
+    object["spec"]["volumeMode"] == "Block"
+}
+
+/// Bytes of a quantity such as `64Mi`, `1Gi`, `500M` or `1048576` (the forms a PVC's
+/// storage request takes); None for anything else.
+pub fn quantity_bytes(text: &str) -> Option<u64> {
+    const SUFFIXES: [(&str, u64); 12] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("Pi", 1 << 50),
+        ("Ei", 1 << 60),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+        ("P", 1_000_000_000_000_000),
+        ("E", 1_000_000_000_000_000_000),
+    ];
+    let (number, unit) = SUFFIXES
+        .iter()
+        .find_map(|(suffix, unit)| Some((text.strip_suffix(suffix)?, *unit)))
+        .unwrap_or((text, 1));
+    number.parse::<u64>().ok()?.checked_mul(unit)
+}
+
+/// Copies a volume: a directory tree, or an image file with its holes kept (all-zero
+/// blocks of 64 KiB are skipped, so a sparse image stays sparse).
+pub fn copy_volume(from: &Path, to: &Path) -> std::io::Result<()> {
+    if !std::fs::metadata(from)?.is_file() {
+        return copy_tree(from, to);
+    }
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut source = std::fs::File::open(from)?;
+    let target = std::fs::File::create(to)?;
+    let mut block = vec![0u8; 64 << 10];
+    let mut at = 0u64;
+    loop {
+        let n = source.read(&mut block)?;
+        if n == 0 {
+            break;
+        }
+        if block[..n].iter().any(|b| *b != 0) {
+            target.write_all_at(&block[..n], at)?;
+        }
+        at += n as u64;
+    }
+    target.set_len(at)
+}
+
+/// Removes a volume's directory or image file.
+fn remove_volume(path: &Path) {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => {
+            let _ = std::fs::remove_file(path);
+        }
+        _ => {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
+}
+
+/// Makes the PV at `path` for `pvc`: a directory, or for a Block claim an image file of
+/// at least the requested size, starting as a copy of `from` when given. A Block claim
+/// from a Filesystem source (or the reverse) is refused, as CSI drivers do.
+fn make_volume(pvc: &Value, from: Option<&Path>, path: &Path) -> Result<(), String> {
+    let block = is_block(pvc);
+    if let Some(from) = from {
+        let source_block = std::fs::metadata(from)
+            .map_err(|e| format!("reading the data source: {e}"))?
+            .is_file();
+        if source_block != block {
+            let mode = |b: bool| if b { "Block" } else { "Filesystem" };
+            return Err(format!(
+                "the data source has volume mode {} but the claim asks for {}",
+                mode(source_block),
+                mode(block)
+            ));
+        }
+        copy_volume(from, path).map_err(|e| format!("copying the data source: {e}"))?;
+    } else if !block {
+        std::fs::create_dir_all(path).map_err(|e| format!("creating the volume: {e}"))?;
+    }
+    if block {
+        let request = pvc["spec"]["resources"]["requests"]["storage"]
+            .as_str()
+            .unwrap_or_default();
+        let Some(size) = quantity_bytes(request) else {
+            return Err(format!(
+                "the claim's storage request {request:?} is not a size this provisioner reads"
+            ));
+        };
+        let grow = || -> std::io::Result<()> {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let image = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path)?;
+            if image.metadata()?.len() < size {
+                image.set_len(size)?;
+            }
+            Ok(())
+        };
+        grow().map_err(|e| format!("creating the image file: {e}"))?;
     }
     Ok(())
 }
@@ -138,7 +257,7 @@ pub fn provision(shared: &Shared) {
             if pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete" {
                 let t = ty(s, "core/persistentvolumes");
                 let _ = s.delete(&t, None, &name(&pv), &DeleteOptions::default());
-                let _ = std::fs::remove_dir_all(volume_path(shared, &name(&pv)));
+                remove_volume(&volume_path(shared, &name(&pv)));
             } else if pv["status"]["phase"] != "Released" {
                 set_status(
                     s,
@@ -259,19 +378,22 @@ fn bind(shared: &Shared, s: &mut State, pvc: &Value) {
     };
     let pv_name = format!("pvc-{}", uid(pvc));
     let dir = volume_path(shared, &pv_name);
-    let copied = match &from {
-        Some(f) => copy_tree(f, &dir),
-        None => std::fs::create_dir_all(&dir),
-    };
-    if let Err(e) = copied {
-        event(
-            s,
-            pvc,
-            "Warning",
-            "ProvisioningFailed",
-            &format!("copying the data source: {e}"),
-            "sim-provisioner",
-        );
+    if let Err(why) = make_volume(pvc, from.as_deref(), &dir) {
+        remove_volume(&dir);
+        let already = s.all("core/events").iter().any(|e| {
+            e["involvedObject"]["uid"] == pvc["metadata"]["uid"]
+                && e["reason"] == "ProvisioningFailed"
+        });
+        if !already {
+            event(
+                s,
+                pvc,
+                "Warning",
+                "ProvisioningFailed",
+                &why,
+                "sim-provisioner",
+            );
+        }
         return;
     }
     let size = pvc["spec"]["resources"]["requests"]["storage"].clone();
@@ -448,7 +570,7 @@ impl Snapshotter {
         }
         let content = format!("snapcontent-{}", uid(vs));
         let pv = pvc["spec"]["volumeName"].as_str().unwrap_or_default();
-        if let Err(e) = copy_tree(&volume_path(shared, pv), &snapshot_path(shared, &content)) {
+        if let Err(e) = copy_volume(&volume_path(shared, pv), &snapshot_path(shared, &content)) {
             return self.fail(s, vs, format!("cutting the snapshot: {e}"));
         }
         let object = json!({
@@ -513,7 +635,7 @@ impl Snapshotter {
                 if c["spec"]["deletionPolicy"] == "Delete" {
                     let dir = content_dir(shared, s, content);
                     let _ = s.delete(&t, None, content, &DeleteOptions::default());
-                    let _ = std::fs::remove_dir_all(dir);
+                    remove_volume(&dir);
                 }
             }
         }

@@ -412,3 +412,182 @@ fn a_claim_for_an_access_mode_its_class_cannot_serve_stays_pending_with_an_event
         .unwrap();
     assert_eq!(claim["status"]["phase"], "Pending", "{claim}");
 }
+
+fn block_claim(name: &str, size: &str, source: Option<Value>) -> Value {
+    let mut o = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"storageClassName": "sc", "accessModes": ["ReadWriteOnce"], "volumeMode": "Block",
+                 "resources": {"requests": {"storage": size}}}});
+    if let Some(source) = source {
+        o["spec"]["dataSource"] = source;
+    }
+    o
+}
+
+fn events_of(sim: &Sim, name: &str, reason: &str) -> Vec<String> {
+    sim.list("v1", "Event", Some("default"))
+        .into_iter()
+        .filter(|e| e["involvedObject"]["name"] == name && e["reason"] == reason)
+        .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// A Block claim is a sparse image file of its size; a snapshot and a clone of it copy
+/// the image (and grow it to a larger request); a Filesystem claim from a Block snapshot
+/// is refused by the provisioner.
+#[test]
+fn a_block_pvc_is_an_image_file_that_snapshots_and_clones_copy() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let sim = sim();
+    for o in [
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "sc"}, "provisioner": "d"}),
+        json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass", "metadata": {"name": "vsc"},
+               "driver": "d", "deletionPolicy": "Delete"}),
+        block_claim("disk", "64Mi", None),
+    ] {
+        sim.create(o).unwrap();
+    }
+    let image = sim.wait_for("disk bound", PATIENCE, |s| s.volume_dir("default", "disk"));
+    let meta = std::fs::metadata(&image).unwrap();
+    assert!(meta.is_file(), "{}", image.display());
+    assert_eq!(meta.len(), 64 << 20);
+    assert!(
+        meta.blocks() * 512 < 1 << 20,
+        "sparse: {} blocks",
+        meta.blocks()
+    );
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap();
+    file.write_all_at(b"boot sector", 0).unwrap();
+    file.write_all_at(b"middle", 40 << 20).unwrap();
+    sim.create(json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+        "metadata": {"name": "s1", "namespace": "default"},
+        "spec": {"volumeSnapshotClassName": "vsc", "source": {"persistentVolumeClaimName": "disk"}}}))
+        .unwrap();
+    sim.wait_for("s1 ready", PATIENCE, |s| {
+        (s.get(
+            "snapshot.storage.k8s.io/v1",
+            "VolumeSnapshot",
+            Some("default"),
+            "s1",
+        )?["status"]["readyToUse"]
+            == true)
+            .then_some(())
+    });
+    file.write_all_at(b"changed", 0).unwrap();
+    let from_snapshot =
+        json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "s1"});
+    sim.create(block_claim(
+        "restored",
+        "128Mi",
+        Some(from_snapshot.clone()),
+    ))
+    .unwrap();
+    sim.create(block_claim(
+        "clone",
+        "64Mi",
+        Some(json!({"kind": "PersistentVolumeClaim", "name": "disk"})),
+    ))
+    .unwrap();
+    let restored = sim.wait_for("restored bound", PATIENCE, |s| {
+        s.volume_dir("default", "restored")
+    });
+    let bytes = std::fs::read(&restored).unwrap();
+    assert_eq!(bytes.len(), 128 << 20, "grown to the claim's size");
+    assert_eq!(&bytes[..11], b"boot sector", "the snapshot's content");
+    assert_eq!(&bytes[40 << 20..(40 << 20) + 6], b"middle");
+    assert!(std::fs::metadata(&restored).unwrap().blocks() * 512 < 4 << 20);
+    let clone = sim.wait_for("clone bound", PATIENCE, |s| {
+        s.volume_dir("default", "clone")
+    });
+    assert_eq!(&std::fs::read(&clone).unwrap()[..7], b"changed");
+
+    let mut filesystem = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "fs", "namespace": "default"},
+        "spec": {"storageClassName": "sc", "accessModes": ["ReadWriteOnce"],
+                 "resources": {"requests": {"storage": "64Mi"}}}});
+    filesystem["spec"]["dataSource"] = from_snapshot;
+    sim.create(filesystem).unwrap();
+    let refused = sim.wait_for("fs refused", PATIENCE, |s| {
+        events_of(s, "fs", "ProvisioningFailed").into_iter().next()
+    });
+    assert!(
+        refused.contains("volume mode Block but the claim asks for Filesystem"),
+        "{refused}"
+    );
+    assert_eq!(
+        sim.get("v1", "PersistentVolumeClaim", Some("default"), "fs")
+            .unwrap()["status"]["phase"],
+        "Pending"
+    );
+}
+
+/// The kubelet gives a Block volume as the `devicePath` of `volumeDevices` (rewritten to
+/// the image file), and refuses a Block volume in volumeMounts or a Filesystem one in
+/// volumeDevices.
+#[test]
+fn the_kubelet_gives_block_volumes_as_devices_only() {
+    let sim = sim();
+    for o in [
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "sc"}, "provisioner": "d"}),
+        block_claim("disk", "1Mi", None),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "files", "namespace": "default"},
+               "spec": {"storageClassName": "sc", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}}}),
+    ] {
+        sim.create(o).unwrap();
+    }
+    let image = sim.wait_for("disk bound", PATIENCE, |s| s.volume_dir("default", "disk"));
+    sim.wait_for("files bound", PATIENCE, |s| {
+        s.volume_dir("default", "files")
+    });
+    let pod_job = |name: &str, claim: &str, devices: bool| {
+        let mut c = json!({"name": "c", "image": "shell",
+            "args": ["-c", "printf written | dd of=\"$1\" conv=notrunc 2>/dev/null", "sh", "/dev/xvda"]});
+        if devices {
+            c["volumeDevices"] = json!([{"name": "v", "devicePath": "/dev/xvda"}]);
+        } else {
+            c["volumeMounts"] = json!([{"name": "v", "mountPath": "/dev/xvda"}]);
+        }
+        json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never",
+                "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": claim}}],
+                "containers": [c]}}}})
+    };
+    sim.create(pod_job("device", "disk", true)).unwrap();
+    let ended = sim.wait_for("device job ended", PATIENCE, |s| condition(s, "device"));
+    assert_eq!(
+        ended.0,
+        "Complete",
+        "{ended:?}: {:?}",
+        pods_of(&sim, "device")
+    );
+    let bytes = std::fs::read(&image).unwrap();
+    assert_eq!((&bytes[..7], bytes.len()), (&b"written"[..], 1 << 20));
+
+    for (job, claim, devices, message) in [
+        (
+            "mounted-block",
+            "disk",
+            false,
+            "volume v has volumeMode Block, but is specified in volumeMounts",
+        ),
+        (
+            "device-of-files",
+            "files",
+            true,
+            "volume v has volumeMode Filesystem, but is specified in volumeDevices",
+        ),
+    ] {
+        sim.create(pod_job(job, claim, devices)).unwrap();
+        let waiting = sim.wait_for(&format!("{job} refused"), PATIENCE, |s| {
+            let pod = pods_of(s, job).into_iter().next()?;
+            pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+                .as_str()
+                .map(str::to_string)
+        });
+        assert_eq!(waiting, message);
+        assert_eq!(pods_of(&sim, job)[0]["status"]["phase"], "Pending");
+    }
+}

@@ -361,6 +361,7 @@ pub async fn observe_restore(
         source_backup,
         repository,
         target_exists: target_pvc.is_some(),
+        target_block: target_pvc.as_ref().is_some_and(crate::controller::is_block),
         target_node: if rwo && !terminal {
             claim_node(client, &ns, target).await?
         } else {

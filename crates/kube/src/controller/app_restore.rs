@@ -373,7 +373,8 @@ fn create_volume_restores(
                             "repositoryNamespace": (v.namespace != ns).then(|| ns.clone()) },
                 "target": { "persistentVolumeClaim": v.persistent_volume_claim,
                             "create": { "storageClassName": v.storage_class_name,
-                                        "size": v.size, "accessModes": v.access_modes } },
+                                        "size": v.size, "accessModes": v.access_modes,
+                                        "volumeMode": v.volume_mode } },
             }
         });
         match serde_json::from_value::<VolumeRestore>(child) {

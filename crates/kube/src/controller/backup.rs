@@ -219,6 +219,7 @@ fn step(obs: &BackupObserved, ctx: &DecideContext, plan: &mut Plan<VolumeBackupS
                 claim: pvc_name.clone(),
                 read_only: true,
                 node: rwo_node(pvc, obs),
+                block: objects::is_block(pvc),
             };
             create_job(obs, ctx, plan, repository, data);
         }
@@ -252,6 +253,7 @@ fn step(obs: &BackupObserved, ctx: &DecideContext, plan: &mut Plan<VolumeBackupS
                     claim,
                     read_only: true,
                     node: None,
+                    block: objects::is_block(pvc),
                 },
             );
         }
@@ -449,6 +451,7 @@ fn expose(obs: &BackupObserved, ctx: &DecideContext, pvc: &PersistentVolumeClaim
         source_class.as_deref(),
         &size,
         cfg,
+        objects::is_block(pvc),
         &owner(vb),
     )))
 }
@@ -524,12 +527,18 @@ fn create_job(
         .as_ref()
         .and_then(|p| p.spec.as_ref()?.storage_class_name.clone())
         .unwrap_or_default();
+    // A Block volume is read as one file of the device's size.
+    let source = if data.block {
+        ["--device", crate::protocol::DATA_DEVICE]
+    } else {
+        ["--source", crate::protocol::DATA_DIR]
+    };
     let mut args = vec![
         "backup".to_string(),
         "--volume-backup".into(),
         vb.name_any(),
-        "--source".into(),
-        crate::protocol::DATA_DIR.into(),
+        source[0].into(),
+        source[1].into(),
         "--source-name".into(),
         format!("{ns}/{}", vb.spec.source.persistent_volume_claim),
         "--storage-class".into(),
@@ -620,11 +629,13 @@ fn uploading(
                 claim,
                 read_only: true,
                 node: None,
+                block: objects::is_block(pvc),
             },
             _ => DataVolume {
                 claim: obs.backup.spec.source.persistent_volume_claim.clone(),
                 read_only: true,
                 node: rwo_node(pvc, obs),
+                block: objects::is_block(pvc),
             },
         };
         create_job(obs, ctx, plan, repository, data);

@@ -22,7 +22,8 @@ pub use application::{
 };
 pub use backup::{decide_backup, record_hook, BackupObserved, SnapshotClassInfo, SnapshotInfo};
 pub use objects::{
-    job_name, short_hash, volume_snapshot, JobKind, LABEL_JOB_KIND, LABEL_OWNER, LABEL_REPOSITORY,
+    is_block, job_name, short_hash, volume_snapshot, JobKind, LABEL_JOB_KIND, LABEL_OWNER,
+    LABEL_REPOSITORY,
 };
 pub use repository::{decide_repository, RepositoryObserved, DEFAULT_FULL, DEFAULT_QUICK};
 pub use restore::{decide_restore, RestoreObserved};

@@ -8,8 +8,8 @@ use crate::config::{BackupPvcConfig, Config};
 use crate::controller::JobSettings;
 use crate::crd::BackupRepository;
 use crate::protocol::{
-    CACHE_DIR, CREDENTIALS_DIR, DATA_DIR, ENV_EXCLUDE_FILE_LIST, PASSWORD_DIR, SCRATCH_DIR,
-    TERMINATION_LOG,
+    CACHE_DIR, CREDENTIALS_DIR, DATA_DEVICE, DATA_DIR, ENV_EXCLUDE_FILE_LIST, PASSWORD_DIR,
+    SCRATCH_DIR, TERMINATION_LOG,
 };
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
@@ -112,8 +112,16 @@ pub fn volume_snapshot(
     })
 }
 
+/// Whether `pvc` is a raw block volume (`spec.volumeMode: Block`): Jobs get it as a device
+/// through `volumeDevices`, not mounted.
+pub fn is_block(pvc: &PersistentVolumeClaim) -> bool {
+    pvc.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block")
+}
+
 /// The backupPVC: a PVC provisioned from the snapshot, with the per-storage-class override
-/// of its class and access mode.
+/// of its class and access mode. `block` makes it a raw block volume like its source
+/// (a Filesystem claim from a Block snapshot would be refused by the provisioner).
+#[allow(clippy::too_many_arguments)]
 pub fn backup_pvc(
     namespace: &str,
     name: &str,
@@ -121,6 +129,7 @@ pub fn backup_pvc(
     source_class: Option<&str>,
     size: &str,
     cfg: Option<&BackupPvcConfig>,
+    block: bool,
     owner: &OwnerReference,
 ) -> PersistentVolumeClaim {
     let class = cfg
@@ -140,6 +149,7 @@ pub fn backup_pvc(
         "spec": {
             "storageClassName": class,
             "accessModes": [mode],
+            "volumeMode": block.then_some("Block"),
             "resources": { "requests": { "storage": size } },
             "dataSource": { "apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": snapshot },
         }
@@ -147,12 +157,15 @@ pub fn backup_pvc(
 }
 
 /// A restore target PVC. Not owned by the VolumeRestore: restored data outlives it.
+/// `volume_mode` is `Block` for a raw block volume; Filesystem (Kubernetes' default)
+/// when absent.
 pub fn target_pvc(
     namespace: &str,
     name: &str,
     class: Option<&str>,
     size: &str,
     modes: &[String],
+    volume_mode: Option<&str>,
 ) -> PersistentVolumeClaim {
     let modes: Vec<&str> = if modes.is_empty() {
         vec!["ReadWriteOnce"]
@@ -161,7 +174,8 @@ pub fn target_pvc(
     };
     typed(json!({
         "metadata": { "name": name, "namespace": namespace, "labels": { "app.kubernetes.io/created-by": "cairn" } },
-        "spec": { "storageClassName": class, "accessModes": modes, "resources": { "requests": { "storage": size } } }
+        "spec": { "storageClassName": class, "accessModes": modes, "volumeMode": volume_mode,
+                  "resources": { "requests": { "storage": size } } }
     }))
 }
 
@@ -174,6 +188,9 @@ pub struct DataVolume {
     pub read_only: bool,
     /// Pin the pod to this node (a ReadWriteOnce volume in use there).
     pub node: Option<String>,
+    /// A raw block volume: given to the container as the device [`DATA_DEVICE`]
+    /// (`volumeDevices`) instead of mounted at [`DATA_DIR`].
+    pub block: bool,
 }
 
 /// Everything that varies between Jobs.
@@ -192,7 +209,7 @@ pub struct JobSpec<'a> {
     /// `backup`, `restore`, `maintenance` or `catalog`, then its own arguments; the
     /// repository arguments are added here.
     pub args: Vec<String>,
-    /// The volume mounted at /data.
+    /// The volume mounted at /data (or given as the device /dev/cairn-data).
     pub data: Option<DataVolume>,
     /// Pass KDMP_EXCLUDE_FILE_LIST in the environment.
     pub with_excludes: bool,
@@ -235,9 +252,18 @@ pub fn job(spec: &JobSpec<'_>, config: &Config, settings: &JobSettings) -> Job {
             .push(json!({ "name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": true }));
     }
     let mut node_name = None;
+    let mut devices = Vec::new();
     if let Some(data) = &spec.data {
         volumes.push(json!({ "name": "data", "persistentVolumeClaim": { "claimName": data.claim, "readOnly": data.read_only } }));
-        mounts.push(json!({ "name": "data", "mountPath": DATA_DIR, "readOnly": data.read_only }));
+        if data.block {
+            // The kubelet refuses a Block volume in volumeMounts (and a Filesystem one
+            // in volumeDevices). A device has no read-only flag of its own: the claim's
+            // readOnly attaches it read-only.
+            devices.push(json!({ "name": "data", "devicePath": DATA_DEVICE }));
+        } else {
+            mounts
+                .push(json!({ "name": "data", "mountPath": DATA_DIR, "readOnly": data.read_only }));
+        }
         node_name = data.node.clone();
     }
     let mut env = vec![
@@ -292,11 +318,15 @@ pub fn job(spec: &JobSpec<'_>, config: &Config, settings: &JobSettings) -> Job {
                         "args": args,
                         "env": env,
                         "volumeMounts": mounts,
+                        "volumeDevices": (!devices.is_empty()).then_some(devices),
                         "resources": { "requests": requests, "limits": limits },
                         "terminationMessagePath": TERMINATION_LOG,
                         "terminationMessagePolicy": "FallbackToLogsOnError",
                         "securityContext": {
-                            // Root reads and restores files of every owner; nothing else is granted.
+                            // Root reads and restores files of every owner, and opens the
+                            // device of a Block volume (root-owned in the container);
+                            // nothing else is granted: no privileged mode, no device
+                            // capability (docs/KUBERNETES.md, "Block volumes").
                             "runAsUser": 0,
                             "allowPrivilegeEscalation": false,
                             "readOnlyRootFilesystem": true,

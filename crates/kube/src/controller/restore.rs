@@ -25,6 +25,9 @@ pub struct RestoreObserved {
     pub repository: Option<BackupRepository>,
     /// Whether the target PVC exists.
     pub target_exists: bool,
+    /// Whether the target PVC is a raw block volume (`volumeMode: Block`): the Job writes
+    /// the snapshot's one file (a device backed up as such) onto it.
+    pub target_block: bool,
     /// Node of a running pod using the target PVC, for ReadWriteOnce targets.
     pub target_node: Option<String>,
     /// The Job named in the status, if it exists.
@@ -202,6 +205,7 @@ fn step(
                     new.storage_class_name.as_deref(),
                     &new.size,
                     &new.access_modes,
+                    new.volume_mode.map(|m| m.as_str()),
                 );
                 actions.push(Action::CreatePvc(Box::new(pvc)));
                 status.created_target = true;
@@ -305,14 +309,21 @@ fn create_job(
     let ns = vr.namespace().unwrap_or_default();
     let attempt = status.attempts + 1;
     let name = objects::job_name(&vr.name_any(), &format!("restore-{attempt}"));
+    // A Block target receives the snapshot's one file, written onto the device; the
+    // job refuses a device smaller than that file.
+    let target = if obs.target_block {
+        ["--device", crate::protocol::DATA_DEVICE]
+    } else {
+        ["--target", crate::protocol::DATA_DIR]
+    };
     let mut args = vec![
         "restore".to_string(),
         "--volume-restore".into(),
         vr.name_any(),
         "--snapshot".into(),
         snapshot_id.to_string(),
-        "--target".into(),
-        crate::protocol::DATA_DIR.into(),
+        target[0].into(),
+        target[1].into(),
     ];
     for path in &vr.spec.include_paths {
         args.extend(["--include".into(), path.clone()]);
@@ -322,6 +333,7 @@ fn create_job(
         claim: vr.spec.target.persistent_volume_claim.clone(),
         read_only: false,
         node: obs.target_node.clone(),
+        block: obs.target_block,
     };
     let (repository, copies) = repository_for_job(repository, &ns, &owner);
     actions.extend(copies);

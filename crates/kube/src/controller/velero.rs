@@ -536,6 +536,7 @@ fn upload_accepted(
             class.as_deref(),
             size.as_deref().unwrap_or("1Gi"),
             Some(&cfg),
+            false,
             &owner("DataUpload", du.metadata.uid.as_deref(), &name),
         );
         disown(&mut pvc.metadata, "DataUpload", &name, v);
@@ -614,6 +615,7 @@ fn upload_prepared(
         claim: name.clone(),
         read_only: true,
         node: None,
+        block: false,
     };
     let job = velero_job(
         ctx,
@@ -1000,6 +1002,7 @@ fn download_accepted(
             spec.storage_class_name.as_deref(),
             &size,
             &spec.access_modes.unwrap_or_default(),
+            None,
         );
         pvc.spec.get_or_insert_with(Default::default).volume_mode = spec.volume_mode;
         disown(&mut pvc.metadata, "DataDownload", &name, v);
@@ -1067,6 +1070,7 @@ fn download_prepared(
         claim: name.clone(),
         read_only: false,
         node: None,
+        block: false,
     };
     let job = velero_job(
         ctx,

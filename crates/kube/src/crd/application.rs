@@ -395,6 +395,10 @@ pub struct RestoreVolume {
     /// Access modes, from the captured PVC.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_modes: Vec<String>,
+    /// Volume mode, from the captured PVC: a Block PVC is created Block and restored
+    /// onto as a device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_mode: Option<super::VolumeMode>,
     /// The child VolumeRestore, once created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_restore: Option<String>,

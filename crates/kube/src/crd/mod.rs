@@ -34,7 +34,7 @@ pub use repository::{
     MaintenanceRun, MaintenanceSchedule, MaintenanceStatus, SecretKeyRef, SecretRef,
 };
 pub use restore::{
-    NewVolumeClaim, RestoreSource, RestoreTarget, VolumeRestore, VolumeRestorePhase,
+    NewVolumeClaim, RestoreSource, RestoreTarget, VolumeMode, VolumeRestore, VolumeRestorePhase,
     VolumeRestoreSpec, VolumeRestoreStatus,
 };
 pub use rule::{BackupRule, BackupRuleSpec, BackupRuleStatus, RuleAction, RuleRun};

@@ -88,6 +88,29 @@ pub struct NewVolumeClaim {
     /// Access modes; `ReadWriteOnce` when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_modes: Vec<String>,
+    /// `Block` for a raw block volume (to restore a backup of a Block PVC onto);
+    /// `Filesystem` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_mode: Option<VolumeMode>,
+}
+
+/// How a PVC presents its volume: a mounted filesystem, or a raw block device.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum VolumeMode {
+    /// A filesystem mounted into the pod (Kubernetes' default).
+    Filesystem,
+    /// A raw block device (`volumeDevices`).
+    Block,
+}
+
+impl VolumeMode {
+    /// The PVC's `spec.volumeMode` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeMode::Filesystem => "Filesystem",
+            VolumeMode::Block => "Block",
+        }
+    }
 }
 
 /// Where a VolumeRestore is in its life.

@@ -222,6 +222,7 @@ async fn capture(
     let req = BackupJobRequest {
         repository: params.repository.clone(),
         source: root.clone(),
+        device: false,
         source_name: format!("resources:{ns}/{name}"),
         tags,
         storage_class: None,

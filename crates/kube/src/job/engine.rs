@@ -45,8 +45,11 @@ impl fmt::Debug for RepositoryAccess {
 pub struct BackupJobRequest {
     /// The repository.
     pub repository: RepositoryAccess,
-    /// Directory to back up (the mounted volume).
+    /// Directory to back up (the mounted volume), or the block device with `device`.
     pub source: PathBuf,
+    /// `source` is a block device (a `volumeMode: Block` volume): back up its contents as
+    /// one file of its size; progress counts against that size.
+    pub device: bool,
     /// Name recorded as the snapshot's source (`namespace/pvc`), which finds the parent.
     pub source_name: String,
     /// Tags recorded in the snapshot.
@@ -96,8 +99,12 @@ pub struct RestoreJobRequest {
     pub repository: RepositoryAccess,
     /// Snapshot id or unique prefix.
     pub snapshot: String,
-    /// Directory to restore into (the mounted target volume).
+    /// Directory to restore into (the mounted target volume), or the block device with
+    /// `device`.
     pub target: PathBuf,
+    /// `target` is a block device: write the snapshot's one file (selected by
+    /// `include_paths` when it has more) onto it, refusing a device smaller than the file.
+    pub device: bool,
     /// Paths to restore; everything when empty.
     pub include_paths: Vec<String>,
 }

@@ -232,6 +232,7 @@ fn run_engine(
             let req = BackupJobRequest {
                 repository,
                 source: params.source.clone().unwrap_or_default(),
+                device: params.device,
                 source_name: params.source_name.clone().unwrap_or_default(),
                 tags: params.tags.clone(),
                 storage_class: params.storage_class.clone(),
@@ -269,6 +270,7 @@ fn run_engine(
                 repository,
                 snapshot: params.snapshot.clone().unwrap_or_default(),
                 target: params.target.clone().unwrap_or_default(),
+                device: params.device,
                 include_paths: params.include_paths.clone(),
             };
             match engine.restore(&req, progress) {

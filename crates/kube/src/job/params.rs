@@ -69,7 +69,7 @@ pub struct JobParams {
     pub volume_backup: Option<String>,
     /// VolumeRestore whose status receives progress (restore).
     pub volume_restore: Option<String>,
-    /// Source directory (backup).
+    /// Source directory (backup), or the block device with `device`.
     pub source: Option<PathBuf>,
     /// Source name (backup).
     pub source_name: Option<String>,
@@ -83,8 +83,12 @@ pub struct JobParams {
     pub retention: RetentionPolicy,
     /// Snapshot to restore, or the one snapshot to forget.
     pub snapshot: Option<String>,
-    /// Restore target directory.
+    /// Restore target directory, or the block device with `device`.
     pub target: Option<PathBuf>,
+    /// `--device PATH`: the volume is a raw block device (a `volumeMode: Block` PVC), read
+    /// as one file of its size (backup) or written with the snapshot's one file (restore);
+    /// `source` or `target` is that path.
+    pub device: bool,
     /// Paths to restore.
     pub include_paths: Vec<String>,
     /// Maintenance kind.
@@ -136,6 +140,7 @@ const FLAGS: &[&str] = &[
     "tag",
     "snapshot",
     "target",
+    "device",
     "include",
     "kind",
     "termination-log",
@@ -294,6 +299,21 @@ impl JobParams {
                 )))
             }
         };
+        let device = one("device").map(PathBuf::from);
+        let path_or_device = |flag: &str| -> Result<Option<PathBuf>, JobError> {
+            match (one(flag), &device) {
+                (Some(_), Some(_)) => Err(JobError::Usage(format!(
+                    "--{flag} and --device name the same thing (a directory, or a block \
+                     device); give one"
+                ))),
+                (Some(path), None) => Ok(Some(PathBuf::from(path))),
+                (None, device) => Ok(device.clone()),
+            }
+        };
+        let (source, target) = match command {
+            JobCommand::Restore => (one("source").map(PathBuf::from), path_or_device("target")?),
+            _ => (path_or_device("source")?, one("target").map(PathBuf::from)),
+        };
         let params = JobParams {
             command,
             namespace: one("namespace").or_else(|| env("POD_NAMESPACE")),
@@ -306,13 +326,14 @@ impl JobParams {
             },
             volume_backup: one("volume-backup"),
             volume_restore: one("volume-restore"),
-            source: one("source").map(PathBuf::from),
+            source,
             source_name: one("source-name"),
             storage_class: one("storage-class").filter(|s| !s.is_empty()),
             exclude_config,
             tags,
             snapshot: one("snapshot"),
-            target: one("target").map(PathBuf::from),
+            target,
+            device: device.is_some(),
             include_paths: many("include"),
             maintenance_kind,
             termination_log: one("termination-log")
@@ -331,12 +352,16 @@ impl JobParams {
             init_if_missing,
         };
         match command {
-            JobCommand::Backup if params.source.is_none() => {
-                Err(JobError::Usage("backup needs --source".into()))
+            JobCommand::Backup if params.source.is_none() => Err(JobError::Usage(
+                "backup needs --source (a directory) or --device (a block device)".into(),
+            )),
+            JobCommand::Restore if params.snapshot.is_none() || params.target.is_none() => {
+                Err(JobError::Usage(
+                    "restore needs --snapshot and --target (a directory) or --device (a block \
+                     device)"
+                        .into(),
+                ))
             }
-            JobCommand::Restore if params.snapshot.is_none() || params.target.is_none() => Err(
-                JobError::Usage("restore needs --snapshot and --target".into()),
-            ),
             JobCommand::Catalog
                 if params.namespace.is_none() || params.repository_name.is_none() =>
             {

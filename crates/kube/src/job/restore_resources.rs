@@ -84,6 +84,7 @@ async fn restore(
         repository: params.repository.clone(),
         snapshot: snapshot.clone(),
         target: root.clone(),
+        device: false,
         include_paths: Vec::new(),
     };
     let span = tracing::Span::current();

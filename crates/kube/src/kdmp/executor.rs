@@ -317,6 +317,7 @@ async fn backup(
     let req = BackupJobRequest {
         repository: access.clone(),
         source: a.source_path.clone(),
+        device: false,
         source_name: repo_name,
         tags: BTreeMap::from([(TAG_VOLUME_BACKUP.to_string(), name.clone())]),
         storage_class: exclude.as_ref().map(|_| EXCLUDE_CLASS.to_string()),
@@ -374,6 +375,7 @@ async fn restore(
         repository: location.access(&a.repository_dir, Some(env.cache_dir.clone())),
         snapshot: a.snapshot_id.clone(),
         target: a.target_path.clone(),
+        device: false,
         include_paths: Vec::new(),
     };
     let (tx, rx) = watch::channel(None::<EngineProgress>);

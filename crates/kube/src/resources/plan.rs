@@ -348,6 +348,7 @@ fn volume_of(p: &PlannedObject) -> Result<Option<RestoreVolume>, String> {
             .flatten()
             .filter_map(|m| m.as_str().map(str::to_string))
             .collect(),
+        volume_mode: (o["spec"]["volumeMode"] == "Block").then_some(crate::crd::VolumeMode::Block),
         ..Default::default()
     }))
 }

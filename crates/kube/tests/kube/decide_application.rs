@@ -1119,7 +1119,7 @@ fn restore_resolves_its_source_and_runs_the_configuration_stage() {
 fn after_the_configuration_stage_each_listed_volume_gets_a_volume_restore() {
     let status = json!({"phase": "RestoringConfiguration", "repository": "main", "snapshotId": "res-1",
         "jobName": "back-configuration-1", "attempts": 1, "stageAttempts": 1, "created": 5,
-        "volumes": [rvolume("shop", "db", json!({})), rvolume("shop-copy", "web", json!({})),
+        "volumes": [rvolume("shop", "db", json!({})), rvolume("shop-copy", "web", json!({"volumeMode": "Block"})),
                     rvolume("locked", "cache", json!({}))]});
     let mut obs = restore_obs(ares(json!({}), status));
     obs.repository = Some(repository(&["shop-copy"]));
@@ -1156,6 +1156,10 @@ fn after_the_configuration_stage_each_listed_volume_gets_a_volume_restore() {
     assert_eq!(web["metadata"]["namespace"], "shop-copy");
     assert_eq!(web["spec"]["source"]["repositoryNamespace"], "shop");
     assert_eq!(web["metadata"]["ownerReferences"], json!([]));
+    assert_eq!(
+        web["spec"]["target"]["create"]["volumeMode"], "Block",
+        "a Block PVC is recreated Block"
+    );
     // A namespace the repository does not allow: that volume fails, with the field to set.
     let locked = &st.volumes[2];
     assert_eq!(locked.phase.as_deref(), Some("Failed"));

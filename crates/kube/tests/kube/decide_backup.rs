@@ -1009,3 +1009,137 @@ fn a_pre_cut_snapshot_is_deleted_after_upload_only_without_offload() {
         assert_eq!(deletes_snapshot, deleted, "offload {offload}: {actions:?}");
     }
 }
+
+fn block_pvc() -> k8s_openapi::api::core::v1::PersistentVolumeClaim {
+    serde_json::from_value(json!({
+        "metadata": {"name": "data-db-0", "namespace": "shop"},
+        "spec": {"storageClassName": "gp3", "accessModes": ["ReadWriteOnce"], "volumeMode": "Block",
+                 "resources": {"requests": {"storage": "10Gi"}}},
+    }))
+    .unwrap()
+}
+
+/// The container of `job`, its data volume, and its args.
+fn block_job_shape(job: &Value) -> (Value, Value, Vec<String>) {
+    let pod = &job["spec"]["template"]["spec"];
+    let c = pod["containers"][0].clone();
+    let data = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "data")
+        .unwrap()
+        .clone();
+    let args = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    (c, data, args)
+}
+
+/// A Job for a Block volume gets it as a device, never mounted (the kubelet refuses a
+/// Block volume in volumeMounts), and is told to read a device.
+fn assert_backs_up_a_device(job: &Value, claim: &str) {
+    let (c, data, args) = block_job_shape(job);
+    assert_eq!(
+        data["persistentVolumeClaim"],
+        json!({"claimName": claim, "readOnly": true})
+    );
+    assert_eq!(
+        c["volumeDevices"],
+        json!([{"name": "data", "devicePath": "/dev/cairn-data"}])
+    );
+    assert!(
+        !c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "data"),
+        "{c}"
+    );
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--device", "/dev/cairn-data"]),
+        "{args:?}"
+    );
+    assert!(!args.iter().any(|a| a == "--source"), "{args:?}");
+    let security = &c["securityContext"];
+    assert_eq!(security["privileged"], Value::Null, "no privileged mode");
+    assert_eq!(security["capabilities"]["add"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn a_block_pvc_is_backed_up_as_a_device_in_direct_mode() {
+    let mut obs = observed(backup(json!({"mode": "Direct"}), json!(null)));
+    obs.pvc = Some(block_pvc());
+    let job = created_job(&decide_backup(&obs, &ctx()));
+    assert_backs_up_a_device(&job, "data-db-0");
+    assert_eq!(job["spec"]["template"]["spec"]["nodeName"], "node-a");
+}
+
+#[test]
+fn a_block_pvc_is_snapshotted_into_a_block_backup_pvc_given_to_the_job_as_a_device() {
+    let mut obs = observed(backup(
+        json!({}),
+        in_phase("SnapshotInProgress", json!({"backupPvcName": null})),
+    ));
+    obs.pvc = Some(block_pvc());
+    obs.volume_snapshot = ready_snapshot();
+    let actions = decide_backup(&obs, &ctx());
+    let pvc = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::CreatePvc(p) => Some(serde_json::to_value(p).unwrap()),
+            _ => None,
+        })
+        .expect("CreatePvc");
+    assert_eq!(pvc["spec"]["volumeMode"], "Block", "{pvc}");
+
+    obs.backup = backup(json!({}), in_phase("Exposing", json!({})));
+    obs.backup_pvc_exists = true;
+    let job = created_job(&decide_backup(&obs, &ctx()));
+    assert_backs_up_a_device(&job, "db-nightly-backup-pvc");
+
+    // A retry after a failed attempt keeps the device.
+    obs.backup = backup(
+        json!({}),
+        in_phase(
+            "Uploading",
+            json!({"attempts": 1, "jobName": "db-nightly-backup-1"}),
+        ),
+    );
+    obs.job = failed_job("db-nightly-backup-1", "killed");
+    let job = created_job(&decide_backup(&obs, &ctx()));
+    assert_backs_up_a_device(&job, "db-nightly-backup-pvc");
+}
+
+#[test]
+fn a_filesystem_pvc_is_still_mounted_and_its_backup_pvc_has_no_volume_mode() {
+    let mut obs = observed(backup(
+        json!({}),
+        in_phase("SnapshotInProgress", json!({"backupPvcName": null})),
+    ));
+    obs.volume_snapshot = ready_snapshot();
+    let actions = decide_backup(&obs, &ctx());
+    let pvc = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::CreatePvc(p) => Some(serde_json::to_value(p).unwrap()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(pvc["spec"].get("volumeMode"), None);
+    let mut obs = observed(backup(json!({"mode": "Direct"}), json!(null)));
+    obs.pvc = Some(pvc_with_mode("Filesystem"));
+    let (c, _, args) = block_job_shape(&created_job(&decide_backup(&obs, &ctx())));
+    assert_eq!(c.get("volumeDevices"), None);
+    assert!(args.windows(2).any(|w| w == ["--source", "/data"]));
+}
+
+fn pvc_with_mode(mode: &str) -> k8s_openapi::api::core::v1::PersistentVolumeClaim {
+    let mut p = pvc(&["ReadWriteOnce"]);
+    p.spec.as_mut().unwrap().volume_mode = Some(mode.into());
+    p
+}

@@ -65,6 +65,7 @@ fn restore_obs(vr: VolumeRestore) -> RestoreObserved {
         source_backup: Some(completed_backup()),
         repository: Some(repository(json!(null))),
         target_exists: false,
+        target_block: false,
         target_node: None,
         job: None,
         running_restore_jobs: 0,
@@ -486,4 +487,73 @@ fn restore_from_a_repository_of_another_namespace_needs_its_permission_and_mount
             assert!(jobs(&actions).is_empty());
         }
     }
+}
+
+#[test]
+fn a_block_target_is_restored_onto_as_a_device_and_can_be_created_block() {
+    let spec = json!({"source": {"volumeBackup": "nightly"},
+        "target": {"persistentVolumeClaim": "disk-restored",
+                   "create": {"size": "10Gi", "volumeMode": "Block"}}});
+    let mut obs = restore_obs(restore(spec.clone(), json!(null)));
+    let actions = decide_restore(&obs, &ctx());
+    let pvc = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::CreatePvc(p) => Some(serde_json::to_value(p).unwrap()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(pvc["spec"]["volumeMode"], "Block", "{pvc}");
+
+    obs.restore = restore(spec, actions_json(&actions));
+    obs.target_exists = true;
+    obs.target_block = true;
+    let actions = decide_restore(&obs, &ctx());
+    let job = &jobs(&actions)[0];
+    let c = &job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        c["volumeDevices"],
+        json!([{"name": "data", "devicePath": "/dev/cairn-data"}])
+    );
+    assert!(!c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["name"] == "data"));
+    let args = args(job);
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--device", "/dev/cairn-data"]),
+        "{args:?}"
+    );
+    assert!(!args.iter().any(|a| a == "--target"), "{args:?}");
+    let data = job["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "data")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        data["persistentVolumeClaim"],
+        json!({"claimName": "disk-restored", "readOnly": false})
+    );
+
+    // A Filesystem target is mounted, as before.
+    obs.target_block = false;
+    let job = &jobs(&decide_restore(&obs, &ctx()))[0];
+    assert!(args_of_has(job, ["--target", "/data"]));
+    assert_eq!(
+        job["spec"]["template"]["spec"]["containers"][0].get("volumeDevices"),
+        None
+    );
+}
+
+fn args_of_has(job: &Value, pair: [&str; 2]) -> bool {
+    args(job).windows(2).any(|w| w == pair)
+}
+
+/// The status a decision patched, as the JSON a VolumeRestore carries.
+fn actions_json(actions: &[Action]) -> Value {
+    serde_json::to_value(restore_status(actions)).unwrap()
 }

@@ -463,3 +463,65 @@ async fn forget_job_passes_the_tag_and_keep_rules_and_refuses_to_forget_everythi
         assert!(err.to_string().contains(why), "{extra:?}: {err}");
     }
 }
+
+#[tokio::test]
+async fn device_jobs_back_up_and_restore_a_block_device() {
+    let m = Mounted::new();
+    let engine = Arc::new(FakeEngine::default());
+    let password = m.path("password/password");
+    let termination = m.path("t");
+    let base = [
+        "--location",
+        "fs:///repo",
+        "--password-file",
+        &password,
+        "--termination-log",
+        &termination,
+    ];
+    let mut backup = args(&base);
+    backup.extend(args(&["--device", "/dev/cairn-data"]));
+    let params = JobParams::parse(JobCommand::Backup, &backup, &|_: &str| None).unwrap();
+    assert_eq!(
+        (params.source.as_deref(), params.device),
+        (Some(std::path::Path::new("/dev/cairn-data")), true)
+    );
+    let outcome = run_job(params, engine.clone(), None).await.unwrap();
+    assert!(outcome.succeeded, "{outcome:?}");
+    let mut restore = args(&base);
+    restore.extend(args(&["--snapshot", "5f3a", "--device", "/dev/cairn-data"]));
+    let params = JobParams::parse(JobCommand::Restore, &restore, &|_: &str| None).unwrap();
+    assert_eq!(
+        (params.target.as_deref(), params.device),
+        (Some(std::path::Path::new("/dev/cairn-data")), true)
+    );
+    run_job(params, engine.clone(), None).await.unwrap();
+    let seen = engine.seen.lock().unwrap().clone();
+    assert!(
+        seen[0].contains("source: \"/dev/cairn-data\", device: true"),
+        "{seen:?}"
+    );
+    assert!(
+        seen[1].contains("target: \"/dev/cairn-data\", device: true"),
+        "{seen:?}"
+    );
+
+    // A directory and a device at once is a usage error, whichever the job.
+    let env = |n: &str| (n == "CAIRN_PASSWORD").then(|| "p".to_string());
+    for (command, flag) in [
+        (JobCommand::Backup, "--source"),
+        (JobCommand::Restore, "--target"),
+    ] {
+        let both = args(&[
+            "--location",
+            "x",
+            "--snapshot",
+            "5f3a",
+            flag,
+            "/data",
+            "--device",
+            "/dev/cairn-data",
+        ]);
+        let e = JobParams::parse(command, &both, &env).unwrap_err();
+        assert!(e.to_string().contains("give one"), "{e}");
+    }
+}

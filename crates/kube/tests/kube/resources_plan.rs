@@ -216,7 +216,8 @@ fn tree() -> Vec<CapturedObject> {
             "data-db-0",
             json!({
             "metadata": {"annotations": {"cairn.io/snapshot-id": "abc123"}},
-            "spec": {"storageClassName": "fast", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Gi"}}}}),
+            "spec": {"storageClassName": "fast", "accessModes": ["ReadWriteOnce"], "volumeMode": "Block",
+                     "resources": {"requests": {"storage": "10Gi"}}}}),
         ),
         obj(
             "v1",
@@ -357,6 +358,7 @@ fn namespaces_storage_classes_and_subjects_are_rewritten() {
             storage_class_name: Some("premium".into()),
             size: "10Gi".into(),
             access_modes: vec!["ReadWriteOnce".into()],
+            volume_mode: Some(cairn_kube::crd::VolumeMode::Block),
             ..Default::default()
         })
     );
