@@ -290,6 +290,7 @@ impl Engine for CoreEngine {
                 },
                 None => Default::default(),
             },
+            limit_read: req.limit_read,
             ..Default::default()
         };
         let result = with_progress(&counters, progress, || backup(&repo, &opts))

@@ -71,12 +71,24 @@ impl Cluster {
         maintenance: Value,
         args: &[&str],
     ) -> Cluster {
+        Cluster::start_with_job_env(name, config_map, maintenance, args, &[])
+    }
+
+    /// [`Cluster::start_with_args`], with `job_env` added to every Job pod's environment.
+    pub(crate) fn start_with_job_env(
+        name: &str,
+        config_map: Value,
+        maintenance: Value,
+        args: &[&str],
+        job_env: &[(&str, &str)],
+    ) -> Cluster {
         // Checkpoints every 300 ms instead of every 5 minutes: a retry of a backup that
         // ran for seconds has something to resume from.
         let mut env = vec![
             ("RUST_LOG".to_string(), "info".to_string()),
             ("CAIRN_CHECKPOINT_INTERVAL".to_string(), "300ms".to_string()),
         ];
+        env.extend(job_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         env.extend(std::env::vars().filter(|(k, _)| {
             k.starts_with("AWS_") && k != "AWS_ACCESS_KEY_ID" && k != "AWS_SECRET_ACCESS_KEY"
         }));
@@ -632,10 +644,17 @@ const PER_DIR: u64 = 24 << 20;
 /// `CAIRN_CHECKPOINT_INTERVAL`).
 #[test]
 fn a_killed_job_pod_is_retried_and_the_retry_uploads_only_what_its_checkpoint_lacks() {
-    let c = Cluster::start("e2e-resume", config(&[]));
-    // 8 directories that take a while each to read: 1 MiB and PER_DIR - 1 MiB of data
-    // (noise: zeros, sparse or not, cost next to nothing). Checkpoints fall between
-    // entries and within files.
+    // The first attempt reads at 24 MiB/s (`--limit-read` through the environment), so
+    // it is still running when its first checkpoint is seen and the pod is killed.
+    let c = Cluster::start_with_job_env(
+        "e2e-resume",
+        config(&[]),
+        json!({"suspend": true}),
+        &[],
+        &[("CAIRN_LIMIT_READ", "24Mi")],
+    );
+    // 8 directories of 1 MiB and PER_DIR - 1 MiB of data (noise: zeros, sparse or not,
+    // cost next to nothing). Checkpoints fall between entries and within files.
     let dir = c.volume("data", &[]);
     for i in 0..8u64 {
         let d = dir.join(format!("d{i}"));

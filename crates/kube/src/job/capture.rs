@@ -228,6 +228,7 @@ async fn capture(
         storage_class: None,
         exclude_config: None,
         checkpoint_interval: params.checkpoint_interval,
+        limit_read: None,
     };
     let result = {
         let req = req.clone();

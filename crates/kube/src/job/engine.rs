@@ -60,6 +60,8 @@ pub struct BackupJobRequest {
     pub exclude_config: Option<String>,
     /// Time between checkpoints; None = the engine's default.
     pub checkpoint_interval: Option<std::time::Duration>,
+    /// Bytes per second read from the volume at most; None = unlimited.
+    pub limit_read: Option<u64>,
 }
 
 /// What a backup produced.

@@ -238,6 +238,7 @@ fn run_engine(
                 storage_class: params.storage_class.clone(),
                 exclude_config: params.exclude_config.clone(),
                 checkpoint_interval: params.checkpoint_interval,
+                limit_read: params.limit_read,
             };
             if params.init_if_missing {
                 if let Err(e) = ensure_repository(engine, &req.repository) {

@@ -100,6 +100,9 @@ pub struct JobParams {
     /// Time between backup checkpoints (what a retry resumes from); None = the engine's
     /// default.
     pub checkpoint_interval: Option<Duration>,
+    /// Bytes per second a backup reads from the volume at most (a Kubernetes quantity
+    /// such as 50Mi); None = unlimited.
+    pub limit_read: Option<u64>,
     /// ApplicationBackup whose configuration is captured (capture-resources).
     pub application_backup: Option<String>,
     /// ApplicationRestore served (restore-resources).
@@ -146,6 +149,7 @@ const FLAGS: &[&str] = &[
     "termination-log",
     "progress-interval",
     "checkpoint-interval",
+    "limit-read",
     "application-backup",
     "application-restore",
     "stage",
@@ -265,6 +269,19 @@ impl JobParams {
                     .map_err(|e| JobError::Usage(format!("--checkpoint-interval: {e}")))?,
             ),
         };
+        let limit_read = match one("limit-read") {
+            None => None,
+            Some(text) => match crate::config::parse_quantity(&text) {
+                Ok(rate) if rate >= 1.0 => Some(rate as u64),
+                Ok(_) => {
+                    return Err(JobError::Usage(format!(
+                        "--limit-read {text:?}: give a rate of at least one byte per second, \
+                         such as 50Mi"
+                    )))
+                }
+                Err(e) => return Err(JobError::Usage(format!("--limit-read: {e}"))),
+            },
+        };
         let count = |name: &str| -> Result<Option<u32>, JobError> {
             one(name)
                 .map(|text| {
@@ -341,6 +358,7 @@ impl JobParams {
                 .unwrap_or_else(|| TERMINATION_LOG.into()),
             progress_interval,
             checkpoint_interval,
+            limit_read,
             application_backup: one("application-backup"),
             application_restore: one("application-restore"),
             retention,

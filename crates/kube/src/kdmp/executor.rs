@@ -323,6 +323,7 @@ async fn backup(
         storage_class: exclude.as_ref().map(|_| EXCLUDE_CLASS.to_string()),
         exclude_config: exclude,
         checkpoint_interval: None,
+        limit_read: None,
     };
     let (tx, rx) = watch::channel(None::<EngineProgress>);
     let reporter = tokio::spawn(report_progress(
