@@ -8,7 +8,7 @@
 //! outlives the checkpoint interval goes into the checkpoint as the prefix
 //! read so far ([`super::partial`]).
 
-use super::partial::{mark_partial, InFlight, Partial};
+use super::partial::{InFlight, Partial};
 use super::read;
 use super::seal::{content_from_chunks, WorkerError};
 use super::walk::{self, Pending};
@@ -162,24 +162,12 @@ impl Assembler<'_> {
         if !self.ckpt.due(self.writer.stats().blobs) {
             return Ok(());
         }
-        // The plans first, with no deduplication decision under way: every
-        // blob used on an older decision is in flight by then, and is
-        // collected next; later decisions heed these plans. Collected
-        // before the claims are drained: every chunk published by then is
-        // claimed or stored, so stored once they are.
-        let plans = self.in_flight.alone(|| self.ckpt.look(self.repo))?;
-        let ahead = self.in_flight.loose();
-        let prefix = reading.map(|(node, chunks)| (node, chunks.snapshot()));
-        self.writer.drain_claims(|| self.check_workers())?;
-        let mut prefix_node = match prefix {
-            Some((node, chunks)) if !chunks.is_empty() => {
-                let len = chunks.iter().map(|c| u64::from(c.len)).sum();
-                let mut n = mark_partial(node, len);
-                n.payload = Payload::File(content_from_chunks(&self.writer, chunks)?);
-                Some(n)
-            }
-            _ => None,
-        };
+        let settled =
+            self.in_flight
+                .settle(&self.ckpt, self.repo, &self.writer, reading, || {
+                    self.check_workers()
+                })?;
+        let mut prefix_node = settled.reading;
         let mut partial = None;
         let mut below: Option<Node> = None;
         for (depth, frame) in stack.iter().enumerate().rev() {
@@ -206,8 +194,8 @@ impl Assembler<'_> {
             &self.writer,
             partial,
             &self.summary,
-            &ahead,
-            plans,
+            &settled.ahead,
+            settled.plans,
         )?;
         Ok(())
     }
@@ -256,13 +244,14 @@ impl Assembler<'_> {
         if matches!(outcome, read::ReadOutcome::Stopped) {
             self.check_workers()?;
         }
-        let Some((list, read)) = read::into_result(outcome, &chunks, |e| self.skip(&path, e))?
-        else {
+        let Some(read) = read::into_result(outcome, |e| self.skip(&path, e))? else {
             return Ok(None);
         };
         self.count_read(was_file, read);
         node.size = resumed + read;
-        node.payload = Payload::File(content_from_chunks(&self.writer, list)?);
+        // Taken: checkpoints run on this thread, and the node is in the
+        // directory's frame before the next one.
+        node.payload = Payload::File(content_from_chunks(&self.writer, chunks.take())?);
         self.progress.file_done();
         Ok(Some(node))
     }

@@ -13,8 +13,13 @@
 //! seen by a checkpoint would never be checked against them again, and a
 //! sweep could delete them before the tree referencing them is written.)
 
-use crate::checkpoint::Loose;
-use crate::format::tree::{ChunkRef, Content, ListRef, Node};
+use super::seal::content_from_chunks;
+use crate::checkpoint::{Checkpointer, Loose};
+use crate::error::Result;
+use crate::format::tree::{ChunkRef, Content, ListRef, Node, Payload};
+use crate::format::Id;
+use crate::packer::PackWriter;
+use crate::repo::Repository;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 /// The extended attribute that marks a checkpoint's entry for a file whose
@@ -109,6 +114,42 @@ impl InFlight {
         look()
     }
 
+    /// The first half of a checkpoint of a running backup, in the order the
+    /// gate relies on: the plans, loaded with no deduplication decision
+    /// under way (every blob used on an older decision is in flight by
+    /// then); what is in flight, and the chunks of the file being read
+    /// (`reading`: its node as walked, and its chunks), collected before the
+    /// claims are drained (every chunk published by then is claimed or
+    /// stored, so stored once they are). The file's prefix comes back as its
+    /// partial entry, `None` while nothing of it is read.
+    pub fn settle(
+        &self,
+        ckpt: &Checkpointer,
+        repo: &Repository,
+        writer: &PackWriter,
+        reading: Option<(&Node, &Partial)>,
+        check: impl Fn() -> Result<()>,
+    ) -> Result<Settled> {
+        let plans = self.alone(|| ckpt.look(repo))?;
+        let ahead = self.loose();
+        let prefix = reading.map(|(node, chunks)| (node, chunks.snapshot()));
+        writer.drain_claims(check)?;
+        let reading = match prefix {
+            Some((node, chunks)) if !chunks.is_empty() => {
+                let len = chunks.iter().map(|c| u64::from(c.len)).sum();
+                let mut n = mark_partial(node, len);
+                n.payload = Payload::File(content_from_chunks(writer, chunks)?);
+                Some(n)
+            }
+            _ => None,
+        };
+        Ok(Settled {
+            plans,
+            ahead,
+            reading,
+        })
+    }
+
     /// Registers a file about to be read (or content about to be reused).
     pub fn register(&self, file: Partial) -> Arc<Partial> {
         let file = Arc::new(file);
@@ -144,6 +185,15 @@ impl InFlight {
     }
 }
 
+/// What [`InFlight::settle`] gathered for a checkpoint's tree and its
+/// [`Checkpointer::write`].
+pub(crate) struct Settled {
+    pub plans: Vec<Id>,
+    pub ahead: Loose,
+    /// The partial entry of the file being read.
+    pub reading: Option<Node>,
+}
+
 /// The size a file had when the read of a partial entry began, if `node`
 /// is one.
 pub(crate) fn partial_of(node: &Node) -> Option<u64> {
@@ -155,7 +205,7 @@ pub(crate) fn partial_of(node: &Node) -> Option<u64> {
 
 /// `node` (as walked: its size is the file's) marked as a partial entry
 /// holding `prefix` bytes; the caller sets the payload.
-pub(crate) fn mark_partial(node: &Node, prefix: u64) -> Node {
+fn mark_partial(node: &Node, prefix: u64) -> Node {
     let mut n = node.clone();
     n.xattrs.retain(|(k, _)| k != PARTIAL_XATTR);
     n.xattrs

@@ -399,16 +399,15 @@ pub(super) fn add_chunk(
     Ok(())
 }
 
-/// Turns a pool outcome into the walker's view: the file's chunks (all of
-/// them, a resumed prefix included) and the bytes read now; `Ok(None)`
-/// skips the file.
+/// Turns a pool outcome into the walker's view: the bytes read now (the
+/// chunks, a resumed prefix included, are in the file's [`Partial`]);
+/// `Ok(None)` skips the file.
 pub(super) fn into_result(
     outcome: ReadOutcome,
-    chunks: &Partial,
     on_skip: impl FnOnce(&std::io::Error),
-) -> Result<Option<(Vec<ChunkRef>, u64)>> {
+) -> Result<Option<u64>> {
     match outcome {
-        ReadOutcome::Done { read } => Ok(Some((chunks.take(), read))),
+        ReadOutcome::Done { read } => Ok(Some(read)),
         ReadOutcome::Unreadable(e) => {
             on_skip(&e);
             Ok(None)

@@ -12,7 +12,7 @@
 //! backup fails and what it stored is referenced by no snapshot (garbage
 //! collection removes it; a re-run deduplicates against it meanwhile).
 
-use super::partial::{mark_partial, InFlight, Partial};
+use super::partial::{InFlight, Partial};
 use super::plan::BackupPlan;
 use super::read::{self, ReadCtx, ReadOutcome};
 use super::seal::{content_from_chunks, SealPool, WorkerError};
@@ -298,27 +298,22 @@ struct Checkpoint<'a> {
 
 impl Checkpoint<'_> {
     fn write(&self, ckpt: &mut Checkpointer, node: &Node, chunks: &Partial) -> Result<()> {
-        let plans = self.in_flight.alone(|| ckpt.look(self.repo))?;
-        let ahead = self.in_flight.loose();
-        let prefix = chunks.snapshot();
-        self.writer.drain_claims(|| self.errors.check())?;
-        let len = prefix.iter().map(|c| u64::from(c.len)).sum();
-        let mut partial = mark_partial(node, len);
-        partial.payload = Payload::File(content_from_chunks(self.writer, prefix)?);
-        let (root, _) = self.writer.add_plain(
-            BlobKind::Tree,
-            &Tree {
-                nodes: vec![partial],
-            }
-            .encode(),
-        )?;
+        let settled =
+            self.in_flight
+                .settle(ckpt, self.repo, self.writer, Some((node, chunks)), || {
+                    self.errors.check()
+                })?;
+        let nodes = settled.reading.into_iter().collect();
+        let (root, _) = self
+            .writer
+            .add_plain(BlobKind::Tree, &Tree { nodes }.encode())?;
         ckpt.write(
             self.repo,
             self.writer,
             root,
             &Summary::default(),
-            &ahead,
-            plans,
+            &settled.ahead,
+            settled.plans,
         )?;
         Ok(())
     }

@@ -344,20 +344,7 @@ impl Scanner<'_> {
         let was_file = olds.iter().any(|o| o.kind == NodeType::File);
         if meta.nlink() <= 1 {
             let (chunks, resumed) = self.resumable_prefix(path, &node, olds)?;
-            let job = ReadJob {
-                path: path.to_path_buf(),
-                chunks: chunks.clone(),
-                start: resumed,
-            };
-            let slot = self.pool.submit(job, size.saturating_sub(resumed));
-            return Ok(Some(Pending::Reading {
-                node,
-                path: path.to_path_buf(),
-                was_file,
-                slot,
-                chunks,
-                resumed,
-            }));
+            return Ok(Some(self.queue(path, node, was_file, chunks, resumed)));
         }
         self.check_workers()?;
         let chunks = self.in_flight.register(Partial::default());
@@ -370,14 +357,13 @@ impl Scanner<'_> {
         if matches!(outcome, read::ReadOutcome::Stopped) {
             self.check_workers()?;
         }
-        let Some((list, read)) = read::into_result(outcome, &chunks, |e| self.skip(path, e))?
-        else {
+        let Some(read) = read::into_result(outcome, |e| self.skip(path, e))? else {
             return Ok(None);
         };
-        // Kept in `chunks` too, so checkpoints protect them until the
-        // directory's tree references them.
-        list.iter().for_each(|c| chunks.push(*c));
-        let content = content_from_chunks(&self.writer, list)?;
+        // Copied, not taken: `chunks` keeps them in flight, so checkpoints
+        // (on the assembler's thread) protect them until the directory's
+        // tree references them.
+        let content = content_from_chunks(&self.writer, chunks.snapshot())?;
         self.remember_link(meta, &content);
         node.size = read;
         node.payload = Payload::File(content);
@@ -429,9 +415,7 @@ impl Scanner<'_> {
             let same_file = old.kind == NodeType::File
                 && size_then == node.size
                 && old.size <= node.size
-                && old.mtime_ns == node.mtime_ns
-                && old.ctime_ns == node.ctime_ns
-                && old.inode == node.inode;
+                && same_times_and_inode(node, old);
             if !same_file || !self.content_known(content)? {
                 continue;
             }
@@ -472,20 +456,34 @@ impl Scanner<'_> {
         // Never resumed from a checkpoint's prefix either: the node's times
         // do not say whether the blocks before it changed.
         let chunks = self.in_flight.register(Partial::default());
+        Some(self.queue(path, node, was_file, chunks, 0))
+    }
+
+    /// Queues the file at `path` on the reader pool, its chunks going to
+    /// `chunks` (registered in flight) from byte `resumed` on; its node
+    /// waits in the returned entry.
+    fn queue(
+        &mut self,
+        path: &Path,
+        node: Node,
+        was_file: bool,
+        chunks: Arc<Partial>,
+        resumed: u64,
+    ) -> Pending {
         let job = ReadJob {
             path: path.to_path_buf(),
             chunks: chunks.clone(),
-            start: 0,
+            start: resumed,
         };
-        let slot = self.pool.submit(job, size);
-        Some(Pending::Reading {
+        let slot = self.pool.submit(job, node.size.saturating_sub(resumed));
+        Pending::Reading {
             node,
             path: path.to_path_buf(),
             was_file,
             slot,
             chunks,
-            resumed: 0,
-        })
+            resumed,
+        }
     }
 
     fn remember_link(&mut self, meta: &Metadata, content: &Content) {
@@ -514,9 +512,13 @@ fn file_unchanged(node: &Node, old: &Node) -> bool {
             .iter()
             .any(|(k, _)| k == crate::repair::DAMAGED_XATTR || k == super::partial::PARTIAL_XATTR)
         && old.size == node.size
-        && old.mtime_ns == node.mtime_ns
-        && old.ctime_ns == node.ctime_ns
-        && old.inode == node.inode
+        && same_times_and_inode(node, old)
+}
+
+/// Whether `node` and `old` name the same file, untouched since `old` was
+/// recorded: the same inode, modification and change times.
+fn same_times_and_inode(node: &Node, old: &Node) -> bool {
+    old.mtime_ns == node.mtime_ns && old.ctime_ns == node.ctime_ns && old.inode == node.inode
 }
 
 /// The size of a block device (or of any file): where a seek to its end lands.
