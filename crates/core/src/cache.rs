@@ -372,17 +372,13 @@ impl Cache {
         &self.path
     }
 
-    /// Index segments already ingested.
+    /// Index segments already ingested (in full or not).
     pub fn segments(&self) -> Result<Vec<IndexId>> {
-        self.write(|conn| {
-            let mut stmt = conn.prepare("SELECT id FROM segments")?;
-            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(IndexId(id32(&row?, "malformed segment id")?));
-            }
-            Ok(out)
-        })
+        Ok(self
+            .segment_levels()?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
     }
 
     /// Index segments already ingested, each with whether it was ingested
