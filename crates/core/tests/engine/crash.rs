@@ -365,7 +365,10 @@ fn a_rerun_after_a_kill_reads_only_what_its_checkpoint_lacks() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while snapshot_objects(repo_dir.path()) == 0 {
+    // Checkpoints fall between entries and inside files: wait for one that
+    // holds a finished file, which is what the re-run must not read again.
+    while snapshot_objects(repo_dir.path()) == 0 || !checkpoint_holds_a_whole_file(repo_dir.path())
+    {
         assert!(Instant::now() < deadline, "no checkpoint within a minute");
         assert!(
             child.try_wait().unwrap().is_none(),
@@ -405,6 +408,42 @@ fn a_rerun_after_a_kill_reads_only_what_its_checkpoint_lacks() {
     assert_eq!(left, vec![true]);
     let report = check(&repo, &CheckOptions::default()).unwrap();
     assert!(report.is_clean(), "{:?}", report.damage);
+}
+
+/// Whether a checkpoint in the repository at `dir` holds a file whole
+/// (not as a partial entry).
+fn checkpoint_holds_a_whole_file(dir: &Path) -> bool {
+    let Ok(repo) = testkit::open_at(dir.to_str().unwrap(), PW) else {
+        return false;
+    };
+    let Ok(snapshots) = repo.list_snapshots() else {
+        return false;
+    };
+    let mut trees: Vec<BlobId> = snapshots
+        .into_iter()
+        .filter(|(_, s)| !s.complete)
+        .map(|(_, s)| s.tree)
+        .collect();
+    while let Some(t) = trees.pop() {
+        let Ok(tree) = repo.load_tree(&t) else {
+            return false;
+        };
+        for n in tree.nodes {
+            match n.payload {
+                cairn_core::format::tree::Payload::Dir(sub) => trees.push(sub),
+                cairn_core::format::tree::Payload::File(_)
+                    if !n
+                        .xattrs
+                        .iter()
+                        .any(|(k, _)| k == cairn_core::backup::PARTIAL_XATTR) =>
+                {
+                    return true
+                }
+                _ => {}
+            }
+        }
+    }
+    false
 }
 
 fn read_data() -> CheckOptions {
