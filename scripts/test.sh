@@ -43,6 +43,10 @@ cargo fmt --all -- --check
 echo "==> cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 disk "after clippy"
+# The criterion benches (benches/benches/) are built, not run, so they cannot
+# rot; in the dev profile, sharing the tests' build instead of a release one.
+echo "==> cargo bench --no-run (compile check)"
+cargo bench --workspace --profile dev --no-run --quiet
 
 echo "==> tests on the local filesystem backend"
 CAIRN_TEST_BACKEND=fs cargo nextest run --workspace --profile ci
