@@ -63,18 +63,14 @@ pub(super) fn restore(
     progress.files_total.store(1, Ordering::Relaxed);
     progress.bytes_total.store(size, Ordering::Relaxed);
     progress.scan_done.store(true, Ordering::Relaxed);
-    let reads = plan::reads(repo, &plan.files, &BTreeMap::new())?;
+    let pool = super::pool(opts.workers)?;
+    let reads = plan::reads(repo, &pool, &plan.files, &BTreeMap::new())?;
     let mut failed = reads.failed;
     let mut stats = RestoreStats::default();
     stats.timings.plan = started.elapsed();
 
     let started = Instant::now();
     zero_range(&target, size, capacity).map_err(|e| Error::io(device, e))?;
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(super::workers(opts.workers))
-        .thread_name(|i| format!("cairn-restore-{i}"))
-        .build()
-        .map_err(|e| Error::Usage(format!("cannot start restore threads: {e}")))?;
     stats.packs_read = reads.packs.len() as u64;
     let fetched = fetch::fetch(repo, &pool, &plan, &reads.packs, &progress, &mut failed);
     stats.bytes = fetched.bytes;

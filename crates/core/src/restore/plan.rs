@@ -6,6 +6,7 @@ use crate::cache::BlobLocation;
 use crate::error::{Error, Result};
 use crate::format::tree::{ChunkRef, Content, Node, Payload, Tree};
 use crate::format::{BlobId, PackId};
+use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -180,24 +181,33 @@ pub(super) struct Reads {
 }
 
 /// Plans the blob reads filling `files`; files in `skip` are left out.
+/// The chunk lists and the index lookups run on `pool` (a restore of many
+/// small files asks the index once per chunk, tens of thousands of times);
+/// the placements are then gathered in file order.
 pub(super) fn reads(
-    src: &impl Source,
+    src: &(impl Source + Sync),
+    pool: &rayon::ThreadPool,
     files: &[FileTask],
     skip: &BTreeMap<usize, String>,
 ) -> Result<Reads> {
     let mut packs: HashMap<PackId, HashMap<BlobId, PackBlob>> = HashMap::new();
     let mut failed = BTreeMap::new();
     // Every file's chunks first, so the index is asked about them at once.
-    let mut lists = Vec::new();
+    let listed: Vec<(usize, Result<Vec<ChunkRef>>)> = pool.install(|| {
+        files
+            .par_iter()
+            .enumerate()
+            .filter(|(i, _)| !skip.contains_key(i))
+            .filter_map(|(i, f)| match &f.node.payload {
+                Payload::File(content) => Some((i, src.chunks(content))),
+                _ => None,
+            })
+            .collect()
+    });
+    let mut lists = Vec::with_capacity(listed.len());
     let mut wanted = HashSet::new();
-    for (i, f) in files.iter().enumerate() {
-        if skip.contains_key(&i) {
-            continue;
-        }
-        let Payload::File(content) = &f.node.payload else {
-            continue;
-        };
-        match src.chunks(content) {
+    for (i, chunks) in listed {
+        match chunks {
             Ok(c) => {
                 wanted.extend(c.iter().filter(|c| !c.is_hole()).map(|c| c.id));
                 lists.push((i, c));
@@ -209,30 +219,42 @@ pub(super) fn reads(
     }
     src.cover(&wanted)?;
     drop(wanted);
-    for (i, chunks) in lists {
+    // Each chunk's copy in the index, in the chunk list's order: `None`
+    // for a hole, `Some(None)` for a blob the index lacks.
+    let located: Vec<Result<Vec<Option<Option<BlobLocation>>>>> = pool.install(|| {
+        lists
+            .par_iter()
+            .map(|(_, chunks)| {
+                chunks
+                    .iter()
+                    .map(|c| (!c.is_hole()).then(|| src.locate(&c.id)).transpose())
+                    .collect()
+            })
+            .collect()
+    });
+    for ((i, chunks), locations) in lists.into_iter().zip(located) {
         let mut offset = 0u64;
-        for c in chunks {
-            if !c.is_hole() {
-                match src.locate(&c.id)? {
-                    Some(loc) => {
-                        let blob = packs
-                            .entry(loc.pack)
-                            .or_default()
-                            .entry(c.id)
-                            .or_insert_with(|| PackBlob {
-                                id: c.id,
-                                offset: loc.offset as u64,
-                                stored_len: loc.stored_len as u64,
-                                targets: Vec::new(),
-                            });
-                        blob.targets.push(Placement { file: i, offset });
-                    }
-                    None => {
-                        failed.insert(
-                            i,
-                            format!("data blob {} is not in the index", c.id.to_hex()),
-                        );
-                    }
+        for (c, loc) in chunks.iter().zip(locations?) {
+            match loc {
+                None => {}
+                Some(Some(loc)) => {
+                    let blob = packs
+                        .entry(loc.pack)
+                        .or_default()
+                        .entry(c.id)
+                        .or_insert_with(|| PackBlob {
+                            id: c.id,
+                            offset: loc.offset as u64,
+                            stored_len: loc.stored_len as u64,
+                            targets: Vec::new(),
+                        });
+                    blob.targets.push(Placement { file: i, offset });
+                }
+                Some(None) => {
+                    failed.insert(
+                        i,
+                        format!("data blob {} is not in the index", c.id.to_hex()),
+                    );
                 }
             }
             offset += c.len as u64;
@@ -406,7 +428,11 @@ mod tests {
     fn reads_group_blobs_by_pack_in_offset_order_with_every_placement() {
         let mut m = sample();
         let plan = Plan::new(&m, &id(1), Path::new("/t"), &[]).unwrap();
-        let reads = reads(&m, &plan.files, &BTreeMap::new()).unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let reads = reads(&m, &pool, &plan.files, &BTreeMap::new()).unwrap();
         assert!(reads.failed.is_empty());
         let mut packs: Vec<_> = reads.packs.iter().collect();
         packs.sort_by_key(|(p, _)| p.0 .0[0]);
@@ -425,8 +451,13 @@ mod tests {
         assert_eq!(placements(&packs[1].1[0]), [(1, 80)]);
         // A file whose blob the index lacks fails alone; skipped files are not planned.
         m.index.remove(&id(12));
-        let reads2 =
-            super::reads(&m, &plan.files, &BTreeMap::from([(0, "in the way".into())])).unwrap();
+        let reads2 = super::reads(
+            &m,
+            &pool,
+            &plan.files,
+            &BTreeMap::from([(0, "in the way".into())]),
+        )
+        .unwrap();
         assert_eq!(reads2.failed.keys().copied().collect::<Vec<_>>(), [1]);
         assert!(reads2.failed[&1].contains("not in the index"));
         assert!(reads2

@@ -10,16 +10,18 @@ use std::path::Path;
 pub(super) fn clear_path(path: &Path, overwrite: bool) -> Result<()> {
     match std::fs::symlink_metadata(path) {
         Err(_) => Ok(()),
-        Ok(_) if !overwrite => Err(Error::Usage(format!(
-            "{} exists; pass --overwrite to replace it",
-            path.display()
-        ))),
+        Ok(_) if !overwrite => Err(in_the_way(path)),
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(path).map_err(|e| Error::io(path, e)),
         Ok(_) => std::fs::remove_file(path).map_err(|e| Error::io(path, e)),
     }
 }
 
 pub(super) fn make_dir(path: &Path, overwrite: bool) -> Result<()> {
+    // The common case, a new directory whose parent exists, in one call;
+    // anything else (it exists, or its parent does not) is looked at.
+    if std::fs::create_dir(path).is_ok() {
+        return Ok(());
+    }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => {
@@ -31,9 +33,31 @@ pub(super) fn make_dir(path: &Path, overwrite: bool) -> Result<()> {
 }
 
 pub(super) fn create_sized(path: &Path, size: u64, overwrite: bool) -> Result<()> {
-    clear_path(path, overwrite)?;
-    let f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    let f = if overwrite {
+        clear_path(path, overwrite)?;
+        std::fs::File::create(path).map_err(|e| Error::io(path, e))?
+    } else {
+        // Without --overwrite, creating exclusively is the check that
+        // nothing is in the way: one call instead of a lookup and a create.
+        match std::fs::File::create_new(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(in_the_way(path));
+            }
+            Err(e) => return Err(Error::io(path, e)),
+        }
+    };
+    if size == 0 {
+        return Ok(());
+    }
     f.set_len(size).map_err(|e| Error::io(path, e))
+}
+
+fn in_the_way(path: &Path) -> Error {
+    Error::Usage(format!(
+        "{} exists; pass --overwrite to replace it",
+        path.display()
+    ))
 }
 
 pub(super) fn make_special(path: &Path, node: &Node, overwrite: bool) -> Result<()> {
