@@ -82,3 +82,53 @@ pub(super) fn make_special(path: &Path, node: &Node, overwrite: bool) -> Result<
     };
     res.map_err(|e| Error::io(path, std::io::Error::from(e)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_in_the_way_is_refused_without_overwrite_and_replaced_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        create_sized(&path, 10, false).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 10);
+        let e = create_sized(&path, 5, false).unwrap_err();
+        assert!(e.to_string().contains("exists; pass --overwrite"), "{e}");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            10,
+            "left as it was"
+        );
+        create_sized(&path, 5, true).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 5);
+        // A directory in the way goes too, with --overwrite only.
+        let sub = dir.path().join("d");
+        make_dir(&sub, false).unwrap();
+        std::fs::write(sub.join("x"), b"x").unwrap();
+        assert!(create_sized(&sub, 1, false).is_err());
+        create_sized(&sub, 1, true).unwrap();
+        assert!(std::fs::metadata(&sub).unwrap().is_file());
+        // A new empty file gets no size call and is empty.
+        create_sized(&dir.path().join("empty"), 0, false).unwrap();
+        assert_eq!(
+            std::fs::metadata(dir.path().join("empty")).unwrap().len(),
+            0
+        );
+    }
+
+    #[test]
+    fn make_dir_keeps_a_directory_and_replaces_a_file_only_with_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("a/b");
+        make_dir(&d, false).unwrap();
+        make_dir(&d, false).unwrap();
+        assert!(d.is_dir());
+        let f = dir.path().join("f");
+        std::fs::write(&f, b"x").unwrap();
+        assert!(make_dir(&f, false).is_err());
+        assert!(f.is_file());
+        make_dir(&f, true).unwrap();
+        assert!(f.is_dir());
+    }
+}
