@@ -75,7 +75,10 @@ pub(super) fn fetch(
                             let res = std::fs::OpenOptions::new()
                                 .write(true)
                                 .open(&file.path)
-                                .and_then(|f| write_sparse(&f, plain, t.offset));
+                                .and_then(|f| {
+                                    let uncached = file.node.size >= UNCACHED_FROM;
+                                    write_sparse(&f, plain, t.offset, uncached)
+                                });
                             match res {
                                 Ok(()) => {
                                     bytes.fetch_add(plain.len() as u64, Ordering::Relaxed);
@@ -136,15 +139,29 @@ const SPARSE_BLOCK: usize = 4096;
 /// freshly handed back by the host was 40% of a 12 GiB restore's CPU.
 const RWF_DONTCACHE: u32 = 0x80;
 
+/// Files at least this large are written uncached ([`RWF_DONTCACHE`]);
+/// smaller ones through the page cache, as `cp` writes them. An uncached
+/// write starts its writeback at once: per small file that was a separate
+/// write-out and block allocation where the page cache batches thousands.
+/// Restoring the 30k files (532 MiB) of a crate-source tree onto a fresh
+/// ext4 took 2.27-2.70 s uncached and 1.77-2.41 s buffered (`cp -a`:
+/// 1.61-3.03 s), in alternated runs.
+const UNCACHED_FROM: u64 = 1 << 20;
+
 /// Whether `RWF_DONTCACHE` still looks supported: cleared on the first
 /// refusal (an older kernel, a file system without it), after which every
 /// write is a plain one.
 static DONTCACHE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
-/// Writes all of `buf` at `offset`, uncached where the kernel allows.
-fn write_all_at(file: &std::fs::File, mut buf: &[u8], mut offset: u64) -> std::io::Result<()> {
+/// Writes all of `buf` at `offset`; `uncached` where the kernel allows.
+fn write_all_at(
+    file: &std::fs::File,
+    mut buf: &[u8],
+    mut offset: u64,
+    uncached: bool,
+) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
-    while !buf.is_empty() && DONTCACHE.load(Ordering::Relaxed) {
+    while uncached && !buf.is_empty() && DONTCACHE.load(Ordering::Relaxed) {
         use rustix::io::{pwritev2, Errno, ReadWriteFlags};
         let flags = ReadWriteFlags::from_bits_retain(RWF_DONTCACHE);
         match pwritev2(file, &[std::io::IoSlice::new(buf)], offset, flags) {
@@ -167,7 +184,12 @@ fn write_all_at(file: &std::fs::File, mut buf: &[u8], mut offset: u64) -> std::i
 /// created at its final size with `set_len`, so skipped ranges stay holes
 /// and read back as zeros. Keeps files sparse even where a hole is smaller
 /// than a chunk.
-fn write_sparse(file: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<()> {
+fn write_sparse(
+    file: &std::fs::File,
+    data: &[u8],
+    offset: u64,
+    uncached: bool,
+) -> std::io::Result<()> {
     let mut run_start: Option<usize> = None;
     for (i, block) in data.chunks(SPARSE_BLOCK).enumerate() {
         let at = i * SPARSE_BLOCK;
@@ -175,14 +197,14 @@ fn write_sparse(file: &std::fs::File, data: &[u8], offset: u64) -> std::io::Resu
         match (zero, run_start) {
             (false, None) => run_start = Some(at),
             (true, Some(start)) => {
-                write_all_at(file, &data[start..at], offset + start as u64)?;
+                write_all_at(file, &data[start..at], offset + start as u64, uncached)?;
                 run_start = None;
             }
             _ => {}
         }
     }
     if let Some(start) = run_start {
-        write_all_at(file, &data[start..], offset + start as u64)?;
+        write_all_at(file, &data[start..], offset + start as u64, uncached)?;
     }
     Ok(())
 }
@@ -231,8 +253,9 @@ mod tests {
             let path = dir.path().join("f");
             let file = std::fs::File::create(&path).unwrap();
             let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-            write_all_at(&file, &data[100_000..], 100_000).unwrap();
-            write_all_at(&file, &data[..100_000], 0).unwrap();
+            write_all_at(&file, &data[100_000..], 100_000, true).unwrap();
+            write_all_at(&file, &data[..100_000], 0, true).unwrap();
+            write_all_at(&file, &data[..10], 0, false).unwrap();
             drop(file);
             assert_eq!(
                 std::fs::read(&path).unwrap(),
@@ -252,7 +275,7 @@ mod tests {
         data[(1 << 20) - 5..].fill(9);
         let f = std::fs::File::create(&path).unwrap();
         f.set_len(data.len() as u64).unwrap();
-        write_sparse(&f, &data, 0).unwrap();
+        write_sparse(&f, &data, 0, true).unwrap();
         drop(f);
         assert_eq!(std::fs::read(&path).unwrap(), data);
         // Two 4 KiB blocks hold data; the rest stays unallocated.
