@@ -385,6 +385,8 @@ fn unchanged_backup(
 /// needs: metadata (its ancestors' and its own trees, list blobs) and data.
 struct Needed {
     meta_blobs: BTreeSet<BlobId>,
+    /// The list blobs among `meta_blobs`.
+    list_blobs: BTreeSet<BlobId>,
     meta_packs: BTreeSet<PackId>,
     data_packs: BTreeSet<PackId>,
 }
@@ -392,6 +394,7 @@ struct Needed {
 fn needed(repo: &Repository, root: &BlobId, include: Option<&str>) -> Needed {
     let mut n = Needed {
         meta_blobs: BTreeSet::new(),
+        list_blobs: BTreeSet::new(),
         meta_packs: BTreeSet::new(),
         data_packs: BTreeSet::new(),
     };
@@ -412,6 +415,7 @@ fn needed(repo: &Repository, root: &BlobId, include: Option<&str>) -> Needed {
                     if let Content::Lists(lists) = content {
                         for l in lists {
                             n.meta_blobs.insert(l.id);
+                            n.list_blobs.insert(l.id);
                             n.meta_packs.insert(pack_of(&l.id));
                         }
                     }
@@ -500,8 +504,7 @@ fn restore_reads_only_the_packs_it_needs_about_once_each() {
         if include.is_some() {
             assert!(read.len() < all_packs.len(), "{what} reads a subset");
         }
-        // Data packs: one merged range read each. Metadata: one range read
-        // per tree or list blob fetched (not cached yet).
+        // Data packs: one merged range read each. Metadata: below.
         let data_reads: u64 = need
             .data_packs
             .iter()
@@ -517,11 +520,26 @@ fn restore_reads_only_the_packs_it_needs_about_once_each() {
             need.data_packs.len() as u64,
             "{what}: one range per data pack"
         );
-        assert_eq!(
-            counts.prefix("packs").read_range,
-            stats.ranges_read + need.meta_blobs.len() as u64,
-            "{what}: plus one per tree or list blob"
-        );
+        let meta_reads = counts.prefix("packs").read_range - stats.ranges_read;
+        let lists = need.list_blobs.len() as u64;
+        if include.is_some() {
+            assert_eq!(
+                meta_reads,
+                need.meta_blobs.len() as u64,
+                "{what}: plus one per tree or list blob"
+            );
+        } else {
+            // A whole snapshot's trees are prefetched: the root, then its level (the 8
+            // directories) in one merged read per metadata pack holding them, instead of
+            // one read per directory; list blobs one by one.
+            assert!(
+                meta_reads <= 1 + need.meta_packs.len() as u64 + lists
+                    && meta_reads < need.meta_blobs.len() as u64,
+                "{what}: {meta_reads} metadata reads for {} trees in {} packs and {lists} list blobs: {log:?}",
+                need.meta_blobs.len() as u64 - lists,
+                need.meta_packs.len(),
+            );
+        }
         // Nothing but pack range reads, and the index: one listing, each
         // segment read twice (tree and list rows to plan, then the rows
         // of the chunks restored), never ingested whole.
