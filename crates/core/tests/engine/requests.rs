@@ -630,6 +630,73 @@ fn browsing_a_snapshot_on_an_empty_cache_reads_the_index_once_and_no_data_pack()
     assert_eq!(cold.index_view().level(), Level::Trees);
 }
 
+/// Regression (S3 with a 20 ms round trip, benches/latency.sh): a parent of
+/// 13 levels whose trees were all in one metadata pack cost 22 sequential
+/// range reads of that pack on an empty cache, one or more per level.
+#[test]
+fn prefetching_a_deep_tree_reads_each_metadata_pack_once_not_once_per_level() {
+    const DEPTH: usize = 12;
+    let c = Counted::new("requests-deep");
+    let repo = c.init();
+    let src = tempfile::tempdir().expect("src");
+    // A chain of 12 directories, each with 3 small files and an empty sibling.
+    let mut dir = src.path().to_path_buf();
+    let mut rng = Rng::new(12);
+    for level in 0..DEPTH {
+        dir = dir.join(format!("l{level:02}"));
+        std::fs::create_dir_all(dir.join("side")).expect("mkdir");
+        for f in 0..3 {
+            std::fs::write(dir.join(format!("f{f}")), rng.bytes(300)).expect("write");
+        }
+    }
+    let result = backup_of(&repo, src.path());
+    let need = needed(&repo, &result.snapshot.tree, None);
+
+    let cold = c.open(false);
+    c.take();
+    let root = cold.load_tree(&result.snapshot.tree).expect("root");
+    let stats = cairn_core::prefetch::prefetch_trees(&cold, &root).expect("prefetch");
+    let (counts, log) = c.take();
+    show("prefetch of a 12-level tree, empty cache", &counts);
+    assert!(stats.levels as usize >= DEPTH, "{stats:?}");
+    assert_eq!(
+        stats.fetched as usize,
+        need.meta_blobs.len() - 1,
+        "{stats:?}"
+    );
+    assert_eq!(stats.skipped, 0, "{stats:?}");
+    assert_eq!(
+        counts.prefix("packs").read_range,
+        1 + stats.reads,
+        "the root, then the prefetch's reads: {log:?}"
+    );
+    // Each metadata pack holding the trees is read (whole) once at most,
+    // however many levels it serves.
+    let read = packs_read(&log);
+    assert!(
+        read.values().all(|n| *n <= 2),
+        "the root's read, then once: {read:?}"
+    );
+    assert!(
+        stats.reads <= need.meta_packs.len() as u64 && stats.reads < stats.levels as u64,
+        "{} reads for {} levels in {} metadata packs: {log:?}",
+        stats.reads,
+        stats.levels,
+        need.meta_packs.len()
+    );
+    // The trees landed in the cache: walking them costs nothing more.
+    let mut stack = vec![result.snapshot.tree];
+    while let Some(id) = stack.pop() {
+        for node in cold.load_tree(&id).expect("tree").nodes {
+            if let Payload::Dir(sub) = node.payload {
+                stack.push(sub);
+            }
+        }
+    }
+    let (counts, log) = c.take();
+    assert_eq!(counts.all.total(), 0, "{log:?}");
+}
+
 #[test]
 fn listing_snapshots_costs_one_list_and_one_read_per_snapshot() {
     let c = Counted::new("requests-snapshots");
