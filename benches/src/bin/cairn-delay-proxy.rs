@@ -30,9 +30,12 @@ fn main() -> Result<()> {
     if args.len() != 4 {
         bail!("usage: cairn-delay-proxy LISTEN UPSTREAM DELAY_MS (for example 127.0.0.1:0 127.0.0.1:9000 10)");
     }
-    let delay_ms: u64 = args[3]
-        .parse()
-        .with_context(|| format!("DELAY_MS must be a whole number of milliseconds, not {:?}", args[3]))?;
+    let delay_ms: u64 = args[3].parse().with_context(|| {
+        format!(
+            "DELAY_MS must be a whole number of milliseconds, not {:?}",
+            args[3]
+        )
+    })?;
     let line = DelayLine {
         delay: Duration::from_millis(delay_ms),
         in_flight: IN_FLIGHT,
