@@ -70,8 +70,6 @@ struct Read {
 /// Whole metadata packs read by one prefetch, for its later levels.
 #[derive(Default)]
 struct Held {
-    /// Every indexed pack's length, looked up once, when first needed.
-    lengths: Option<HashMap<PackId, u64>>,
     packs: HashMap<PackId, Bytes>,
     /// Bytes of the packs kept and of the whole reads under way.
     bytes: u64,
@@ -84,11 +82,7 @@ impl Held {
         if self.bytes >= HELD_BYTES {
             return Ok(None);
         }
-        if self.lengths.is_none() {
-            self.lengths = Some(repo.cache().packs()?.into_iter().collect());
-        }
-        let len = self.lengths.as_ref().and_then(|l| l.get(pack)).copied();
-        Ok(match len {
+        Ok(match repo.cache().pack_len(pack)? {
             Some(len) if len <= WHOLE_PACK && self.bytes + len <= HELD_BYTES => {
                 self.bytes += len;
                 Some(len)
