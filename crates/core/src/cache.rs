@@ -599,6 +599,16 @@ impl Cache {
         })
     }
 
+    /// The length of an indexed pack, or `None` when no segment names it.
+    pub fn pack_len(&self, pack: &PackId) -> Result<Option<u64>> {
+        self.write(|conn| {
+            let mut s = conn.prepare_cached("SELECT len FROM packs WHERE id = ?1 LIMIT 1")?;
+            Ok(s.query_row(params![&pack.0 .0[..]], |r| r.get::<_, i64>(0))
+                .optional()?
+                .map(|len| len as u64))
+        })
+    }
+
     /// A cached object's bytes.
     pub fn get_object(&self, kind: CachedKind, id: &Id) -> Result<Option<Vec<u8>>> {
         self.write(|conn| {

@@ -110,6 +110,16 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
     } else {
         std::fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
     }
+    // The plan reads one tree per directory, one after another: on an empty cache (a job
+    // pod) each would be a round trip to the repository. A whole snapshot's trees are
+    // fetched first, level by level in merged reads per pack; a partial restore plans
+    // without them (it may need few of a large snapshot's trees). A root that cannot be
+    // read is left to the plan, which reports it.
+    if opts.includes.is_empty() {
+        if let Ok(tree) = repo.load_tree(root) {
+            crate::prefetch::prefetch_trees(repo, &tree)?;
+        }
+    }
     let mut plan = plan::Plan::new(repo, root, target, &opts.includes)?;
     let progress = opts.progress.clone().unwrap_or_default();
     progress

@@ -385,6 +385,8 @@ fn unchanged_backup(
 /// needs: metadata (its ancestors' and its own trees, list blobs) and data.
 struct Needed {
     meta_blobs: BTreeSet<BlobId>,
+    /// The list blobs among `meta_blobs`.
+    list_blobs: BTreeSet<BlobId>,
     meta_packs: BTreeSet<PackId>,
     data_packs: BTreeSet<PackId>,
 }
@@ -392,6 +394,7 @@ struct Needed {
 fn needed(repo: &Repository, root: &BlobId, include: Option<&str>) -> Needed {
     let mut n = Needed {
         meta_blobs: BTreeSet::new(),
+        list_blobs: BTreeSet::new(),
         meta_packs: BTreeSet::new(),
         data_packs: BTreeSet::new(),
     };
@@ -412,6 +415,7 @@ fn needed(repo: &Repository, root: &BlobId, include: Option<&str>) -> Needed {
                     if let Content::Lists(lists) = content {
                         for l in lists {
                             n.meta_blobs.insert(l.id);
+                            n.list_blobs.insert(l.id);
                             n.meta_packs.insert(pack_of(&l.id));
                         }
                     }
@@ -500,8 +504,7 @@ fn restore_reads_only_the_packs_it_needs_about_once_each() {
         if include.is_some() {
             assert!(read.len() < all_packs.len(), "{what} reads a subset");
         }
-        // Data packs: one merged range read each. Metadata: one range read
-        // per tree or list blob fetched (not cached yet).
+        // Data packs: one merged range read each. Metadata: below.
         let data_reads: u64 = need
             .data_packs
             .iter()
@@ -517,11 +520,26 @@ fn restore_reads_only_the_packs_it_needs_about_once_each() {
             need.data_packs.len() as u64,
             "{what}: one range per data pack"
         );
-        assert_eq!(
-            counts.prefix("packs").read_range,
-            stats.ranges_read + need.meta_blobs.len() as u64,
-            "{what}: plus one per tree or list blob"
-        );
+        let meta_reads = counts.prefix("packs").read_range - stats.ranges_read;
+        let lists = need.list_blobs.len() as u64;
+        if include.is_some() {
+            assert_eq!(
+                meta_reads,
+                need.meta_blobs.len() as u64,
+                "{what}: plus one per tree or list blob"
+            );
+        } else {
+            // A whole snapshot's trees are prefetched: the root, then its level (the 8
+            // directories) in one merged read per metadata pack holding them, instead of
+            // one read per directory; list blobs one by one.
+            assert!(
+                meta_reads <= 1 + need.meta_packs.len() as u64 + lists
+                    && meta_reads < need.meta_blobs.len() as u64,
+                "{what}: {meta_reads} metadata reads for {} trees in {} packs and {lists} list blobs: {log:?}",
+                need.meta_blobs.len() as u64 - lists,
+                need.meta_packs.len(),
+            );
+        }
         // Nothing but pack range reads, and the index: one listing, each
         // segment read twice (tree and list rows to plan, then the rows
         // of the chunks restored), never ingested whole.
@@ -610,6 +628,73 @@ fn browsing_a_snapshot_on_an_empty_cache_reads_the_index_once_and_no_data_pack()
     );
     assert!(stats.reads < trees - 1, "{stats:?}");
     assert_eq!(cold.index_view().level(), Level::Trees);
+}
+
+/// Regression (S3 with a 20 ms round trip, benches/latency.sh): a parent of
+/// 13 levels whose trees were all in one metadata pack cost 22 sequential
+/// range reads of that pack on an empty cache, one or more per level.
+#[test]
+fn prefetching_a_deep_tree_reads_each_metadata_pack_once_not_once_per_level() {
+    const DEPTH: usize = 12;
+    let c = Counted::new("requests-deep");
+    let repo = c.init();
+    let src = tempfile::tempdir().expect("src");
+    // A chain of 12 directories, each with 3 small files and an empty sibling.
+    let mut dir = src.path().to_path_buf();
+    let mut rng = Rng::new(12);
+    for level in 0..DEPTH {
+        dir = dir.join(format!("l{level:02}"));
+        std::fs::create_dir_all(dir.join("side")).expect("mkdir");
+        for f in 0..3 {
+            std::fs::write(dir.join(format!("f{f}")), rng.bytes(300)).expect("write");
+        }
+    }
+    let result = backup_of(&repo, src.path());
+    let need = needed(&repo, &result.snapshot.tree, None);
+
+    let cold = c.open(false);
+    c.take();
+    let root = cold.load_tree(&result.snapshot.tree).expect("root");
+    let stats = cairn_core::prefetch::prefetch_trees(&cold, &root).expect("prefetch");
+    let (counts, log) = c.take();
+    show("prefetch of a 12-level tree, empty cache", &counts);
+    assert!(stats.levels as usize >= DEPTH, "{stats:?}");
+    assert_eq!(
+        stats.fetched as usize,
+        need.meta_blobs.len() - 1,
+        "{stats:?}"
+    );
+    assert_eq!(stats.skipped, 0, "{stats:?}");
+    assert_eq!(
+        counts.prefix("packs").read_range,
+        1 + stats.reads,
+        "the root, then the prefetch's reads: {log:?}"
+    );
+    // Each metadata pack holding the trees is read (whole) once at most,
+    // however many levels it serves.
+    let read = packs_read(&log);
+    assert!(
+        read.values().all(|n| *n <= 2),
+        "the root's read, then once: {read:?}"
+    );
+    assert!(
+        stats.reads <= need.meta_packs.len() as u64 && stats.reads < stats.levels as u64,
+        "{} reads for {} levels in {} metadata packs: {log:?}",
+        stats.reads,
+        stats.levels,
+        need.meta_packs.len()
+    );
+    // The trees landed in the cache: walking them costs nothing more.
+    let mut stack = vec![result.snapshot.tree];
+    while let Some(id) = stack.pop() {
+        for node in cold.load_tree(&id).expect("tree").nodes {
+            if let Payload::Dir(sub) = node.payload {
+                stack.push(sub);
+            }
+        }
+    }
+    let (counts, log) = c.take();
+    assert_eq!(counts.all.total(), 0, "{log:?}");
 }
 
 #[test]
