@@ -11,7 +11,7 @@ use crate::repo::Repository;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Two blobs closer than this in a pack are fetched in one range read.
@@ -21,6 +21,10 @@ pub const MERGE_GAP: u64 = 1 << 20;
 /// restore memory: 4 MiB keeps a 2-thread restore near its baseline while a
 /// 16 MiB pack still takes only four reads.
 pub const MAX_RANGE: u64 = 4 << 20;
+/// Range reads in flight during a restore, on their own threads; with the
+/// decrypting threads' ranges and those waiting for them, at most
+/// `READS_AHEAD + 2 x threads` ranges ([`MAX_RANGE`]) are held.
+const READS_AHEAD: usize = 6;
 
 /// What fetching did.
 #[derive(Debug, Default)]
@@ -48,14 +52,54 @@ pub(super) fn fetch(
     let fail = |file: usize, why: &dyn Fn() -> String| {
         crate::sync::lock(&failed_m).entry(file).or_insert_with(why);
     };
-    pool.install(|| {
-        packs.par_iter().for_each(|(pack, blobs)| {
-            for range in merge_ranges(blobs) {
+    // Range reads run on their own threads, ahead of the pool that
+    // decrypts and writes: through an object store each read is a round
+    // trip, and with one read per pool thread only two were in flight.
+    let tasks: Vec<(&PackId, &[PackBlob])> = packs
+        .iter()
+        .flat_map(|(pack, blobs)| merge_ranges(blobs).into_iter().map(move |r| (pack, r)))
+        .collect();
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = crossbeam_channel::bounded::<(usize, crate::error::Result<bytes::Bytes>)>(
+        pool.current_num_threads(),
+    );
+    std::thread::scope(|scope| {
+        for i in 0..READS_AHEAD.min(tasks.len()) {
+            let (tx, tasks, next) = (tx.clone(), &tasks, &next);
+            let spawned = std::thread::Builder::new()
+                .name(format!("cairn-restore-read-{i}"))
+                .spawn_scoped(scope, move || loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((pack, range)) = tasks.get(k) else {
+                        break;
+                    };
+                    let (start, end) = span(range);
+                    let data = repo.read_pack_range(pack, start..end);
+                    if tx.send((k, data)).is_err() {
+                        break;
+                    }
+                });
+            if spawned.is_err() && i == 0 {
+                // No thread at all: read on the pool instead (below).
+                break;
+            }
+        }
+        drop(tx);
+        // Whatever no reading thread took (none could start) is read here.
+        let rest = std::iter::from_fn(|| {
+            let k = next.fetch_add(1, Ordering::Relaxed);
+            let (pack, range) = tasks.get(k)?;
+            let (start, end) = span(range);
+            Some((k, repo.read_pack_range(pack, start..end)))
+        });
+        let arrived = rx.into_iter().chain(rest);
+        pool.install(|| {
+            arrived.par_bridge().for_each(|(k, data)| {
+                let (pack, range) = tasks[k];
                 ranges.fetch_add(1, Ordering::Relaxed);
                 let start = range[0].offset;
-                let end = range.last().map_or(start, |b| b.offset + b.stored_len);
                 let path = pack.path();
-                let data = match repo.read_pack_range(pack, start..end) {
+                let data = match data {
                     Ok(d) => d,
                     Err(e) => {
                         for b in range {
@@ -63,7 +107,7 @@ pub(super) fn fetch(
                                 fail(t.file, &|| format!("reading {path}: {e}"));
                             }
                         }
-                        continue;
+                        return;
                     }
                 };
                 for b in range {
@@ -101,14 +145,21 @@ pub(super) fn fetch(
                         }
                     }
                 }
-            }
-        })
+            })
+        });
     });
     *failed = crate::sync::into_inner(failed_m);
     Fetched {
         bytes: bytes.load(Ordering::Relaxed),
         ranges: ranges.load(Ordering::Relaxed),
     }
+}
+
+/// The byte range of a pack that `range` (blobs sorted by offset) spans.
+fn span(range: &[PackBlob]) -> (u64, u64) {
+    let start = range.first().map_or(0, |b| b.offset);
+    let end = range.last().map_or(start, |b| b.offset + b.stored_len);
+    (start, end)
 }
 
 /// Groups a pack's blobs (sorted by offset) into ranges worth one read each.
