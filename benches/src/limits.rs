@@ -100,7 +100,7 @@ pub struct Sample {
 
 impl Sample {
     fn new(data: Vec<u8>, files: Vec<(usize, usize)>) -> Sample {
-        let cfg = Config::new(Id::default());
+        let cfg = bench_config();
         let cuts = files
             .iter()
             .flat_map(|&(start, len)| {
@@ -184,6 +184,19 @@ fn list_files(dir: &Path, out: &mut Vec<(PathBuf, u64)>) -> std::io::Result<()> 
     Ok(())
 }
 
+/// The repository defaults, with the zstd level of `CAIRN_LIMITS_ZSTD_LEVEL`
+/// when set (to weigh another default level against this one).
+fn bench_config() -> Config {
+    let mut cfg = Config::new(Id::default());
+    if let Some(level) = std::env::var("CAIRN_LIMITS_ZSTD_LEVEL")
+        .ok()
+        .and_then(|l| l.parse().ok())
+    {
+        cfg.zstd_level = level;
+    }
+    cfg
+}
+
 /// The envelope of `chunk` at the level a backup seals it at (binary
 /// chunks at a faster level than text).
 fn data_envelope(cfg: &Config, chunk: &[u8]) -> Vec<u8> {
@@ -192,7 +205,7 @@ fn data_envelope(cfg: &Config, chunk: &[u8]) -> Vec<u8> {
 
 /// Measures every stage on `sample`, each for at least `min_time`.
 pub fn measure_sample(sample: &Sample, min_time: Duration) -> StageRates {
-    let cfg = Config::new(Id::default());
+    let cfg = bench_config();
     let len = sample.len();
     let hasher = IdHasher::new([7; 32]);
     let key = SealKey::new(&[9; 32]);
@@ -259,7 +272,7 @@ pub fn measure_sample(sample: &Sample, min_time: Duration) -> StageRates {
 /// Ratio of stored to plain size of `sample`, each chunk at the level a
 /// backup seals it at.
 pub fn sample_compress_ratio(sample: &Sample) -> f64 {
-    let cfg = Config::new(Id::default());
+    let cfg = bench_config();
     let stored: usize = sample.chunks().map(|c| data_envelope(&cfg, c).len()).sum();
     stored as f64 / sample.len().max(1) as f64
 }

@@ -227,8 +227,22 @@ impl Repository {
                 });
             }
         }
-        let keys = Keyring::open(&storage, &location, password)?;
-        let sealed = storage.read(CONFIG_PATH).map_err(&serr)?;
+        // The config is read while the key is derived: through an object
+        // store the read is a round trip, the derivation tens of
+        // milliseconds of CPU, and neither needs the other.
+        let (keys, sealed) = std::thread::scope(|scope| {
+            let config = std::thread::Builder::new()
+                .name("cairn-open".into())
+                .spawn_scoped(scope, || storage.read(CONFIG_PATH));
+            let keys = Keyring::open(&storage, &location, password);
+            let sealed = match config {
+                Ok(reading) => reading.join().unwrap_or_else(|_| storage.read(CONFIG_PATH)),
+                Err(_) => storage.read(CONFIG_PATH),
+            };
+            (keys, sealed)
+        });
+        let keys = keys?;
+        let sealed = sealed.map_err(&serr)?;
         let config_damaged = |reason: String| {
             Error::corrupt(
                 CONFIG_PATH,
