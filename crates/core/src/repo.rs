@@ -102,6 +102,23 @@ impl std::fmt::Debug for Repository {
 pub use crate::keyring::{hostname, user_at_host, KeyInfo};
 pub use crate::sealer::{zstd_level_for, BINARY_ZSTD_LEVEL};
 
+/// Runs `a` here and `b` on a thread of its own, at once: two round trips
+/// to an object store that do not depend on each other cost one. Where no
+/// thread can be started, or `b` panicked on it, `b` runs here after `a`.
+fn together<A, B: Send>(a: impl FnOnce() -> A, b: impl Fn() -> B + Sync) -> (A, B) {
+    std::thread::scope(|scope| {
+        let other = std::thread::Builder::new()
+            .name("cairn-open".into())
+            .spawn_scoped(scope, &b);
+        let a = a();
+        let b = match other {
+            Ok(handle) => handle.join().unwrap_or_else(|_| b()),
+            Err(_) => b(),
+        };
+        (a, b)
+    })
+}
+
 fn storage_err(location: &str) -> impl Fn(StorageError) -> Error {
     let location = location.to_string();
     move |source| Error::Storage {
@@ -230,17 +247,10 @@ impl Repository {
         // The config is read while the key is derived: through an object
         // store the read is a round trip, the derivation tens of
         // milliseconds of CPU, and neither needs the other.
-        let (keys, sealed) = std::thread::scope(|scope| {
-            let config = std::thread::Builder::new()
-                .name("cairn-open".into())
-                .spawn_scoped(scope, || storage.read(CONFIG_PATH));
-            let keys = Keyring::open(&storage, &location, password);
-            let sealed = match config {
-                Ok(reading) => reading.join().unwrap_or_else(|_| storage.read(CONFIG_PATH)),
-                Err(_) => storage.read(CONFIG_PATH),
-            };
-            (keys, sealed)
-        });
+        let (keys, sealed) = together(
+            || Keyring::open(&storage, &location, password),
+            || storage.read(CONFIG_PATH),
+        );
         let keys = keys?;
         let sealed = sealed.map_err(&serr)?;
         let config_damaged = |reason: String| {
@@ -343,9 +353,11 @@ impl Repository {
                     .ok_or_else(|| Error::Internal("the repository handle was closed".into()))?;
                 Repository(inner).fill_index(fresh, tolerate)
             }));
-        // The index is synced on first use (see crate::index_view).
-        repo.refresh_plans()?;
-        repo.refresh_damage()?;
+        // The index is synced on first use (see crate::index_view). The
+        // plans and the damage records are two listings, fetched together.
+        let (plans, damage) = together(|| repo.refresh_plans(), || repo.refresh_damage());
+        plans?;
+        damage?;
         Ok(repo)
     }
 
