@@ -82,7 +82,12 @@ limits=$bin_dir/cairn-limits
 
 export CAIRN_PASSWORD=bench RESTIC_PASSWORD=bench
 export CAIRN_CACHE_DIR=$work/cache/cairn XDG_CACHE_HOME=$work/cache
+mountpoint -q "$work/restore" 2>/dev/null && umount "$work/restore"
 rm -rf "$work/repos" "$work/restore" "$work/cache" "$work/results"
+fresh_fs=
+if [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null && [ "${CAIRN_BENCH_FRESH_FS:-1}" = 1 ]; then
+  fresh_fs=1
+fi
 mkdir -p "$work/repos" "$work/results"
 
 # run TOOL DATASET OP CMD...: times CMD, appends "tool dataset op seconds peak_kib" to results.
@@ -142,21 +147,51 @@ initial() {
   case $repo in *-again) rm -rf "$repo" ;; esac
 }
 
+# disk_target NAME: an empty directory for a restore or copy on disk, after
+# an untimed sync. ext4 will not hand out an inode freed in the last 60 s
+# (360 s while its table block is dirty), and looks each candidate up:
+# creating 30k files within a minute of deleting 30k others (a previous
+# restore, or the dataset's regeneration) cost either tool 8-10 s of
+# system time (recently_deleted() in perf), 8x the restore itself, and a
+# 61 s wait did not always cover it (5 s and 26 s for the same restore).
+# So where this runs as root with mkfs.ext4, every run gets a fresh ext4
+# on a loop device (an image file beside the work dir, 3x the dataset),
+# with its inode tables and journal written at mkfs time rather than in
+# the background during the run; elsewhere it waits the window out.
+disk_target() {
+  local out="$work/restore/$1" size img="$work/restore.img"
+  if [ -n "${fresh_fs:-}" ]; then
+    mountpoint -q "$work/restore" && umount "$work/restore"
+    rm -f "$img"
+    size=$(( $(du -sb "$work/data/$2" | cut -f1) * 3 + (256 << 20) ))
+    truncate -s "$size" "$img"
+    mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$img"
+    mkdir -p "$work/restore"
+    mount -o loop "$img" "$work/restore"
+    sync
+  else
+    rm -rf "$out"; sync; sleep 61
+  fi
+  mkdir -p "$out"
+  echo "$out"
+}
+
+release_disk_target() {
+  if [ -n "${fresh_fs:-}" ] && mountpoint -q "$work/restore"; then
+    umount "$work/restore"; rm -f "$work/restore.img"
+  fi
+}
+
 restore() { # TOOL DATASET
-  local out="$work/restore/$1-$2"
-  # ext4 will not hand out an inode freed in the last 60 s (360 s while its
-  # table block is dirty), and looks each candidate up: creating 30k files
-  # within a minute of deleting 30k others (a previous restore, or the
-  # dataset's regeneration) cost either tool 8-10 s of system time
-  # (recently_deleted() in perf), 8x the restore itself. Wait that window
-  # out, untimed, after a sync.
-  rm -rf "$out"; sync; sleep 61; mkdir -p "$out"
+  local out
+  out=$(disk_target "$1-$2" "$2")
   warm "$work/repos/$1-$2"
   case $1 in
     cairn) run cairn "$2" restore "$cairn" -q -r "$work/repos/cairn-$2" restore latest -t "$out" ;;
     restic) run restic "$2" restore restic -q -r "$work/repos/restic-$2" restore latest --target "$out" ;;
   esac
   rm -rf "$out"
+  release_disk_target
 }
 
 # restore_tmpfs TOOL DATASET: the same restore into memory: what the tool
@@ -175,11 +210,12 @@ restore_tmpfs() {
 # copy DATASET: `cp -a` of the dataset from the page cache to the disk the
 # restores write to, with the same untimed sync and pause before it.
 copy() {
-  local out="$work/restore/cp-$1"
-  rm -rf "$out"; sync; sleep 61; mkdir -p "$out"
+  local out
+  out=$(disk_target "cp-$1" "$1")
   warm "$work/data/$1"
   run cp "$1" copy cp -a "$work/data/$1/." "$out/"
   rm -rf "$out"
+  release_disk_target
 }
 
 for ds in $datasets; do
