@@ -31,7 +31,8 @@
 # first. The VM's DAMON also pages out file pages a minute after they go
 # cold, so the data (or, for a restore, the repository) is read once,
 # untimed, right before each timed run: "warm page cache" as the issue asks.
-# Every run is listed under "per operation".
+# Every run is listed under "per operation". Then, unless
+# CAIRN_BENCH_LATENCY=0, the S3-with-latency rows of benches/latency.sh.
 #
 # Sizes default to the issue's (50k files; 3 x 4 GiB); CAIRN_BENCH_SCALE=small
 # sets 30k files and 2 x 1 GiB (about 10 minutes on 2 loaded cores).
@@ -326,3 +327,13 @@ awk -v limit_text="$limit_text" -v limit_bin="$limit_bin" '
 echo
 echo "per operation, every run (seconds, peak RSS MiB):"
 awk '$3 != "repo_bytes" { printf "  %-6s %-4s %-13s %7.2f s %6.0f MiB\n", $1, $2, $3, $4, $5 / 1024 }' "$work/results/all"
+
+# The same builds on S3 with 20 ms of round trip (benches/latency.sh: moto
+# behind cairn-delay-proxy, the real tree, cairn and restic side by side).
+# CAIRN_BENCH_LATENCY=0 leaves it out.
+if [ "${CAIRN_BENCH_LATENCY:-1}" = 1 ]; then
+  echo
+  echo "on S3 with latency (benches/latency.sh):"
+  CAIRN_BIN=$cairn CAIRN_DELAY_PROXY=$bin_dir/cairn-delay-proxy CAIRN_LATENCY_SRC=$real_src \
+    CAIRN_BENCH_DIR=$work/latency "$here/latency.sh"
+fi
