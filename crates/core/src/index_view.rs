@@ -31,11 +31,13 @@
 //!   superseded by maintenance, whose replacement may be newer than the
 //!   listing: `index/` is listed again until a pass sees nothing vanish.
 
-use crate::cache::{BlobLocation, Cache, Ingest, SegmentRows};
+use crate::cache::{BlobLocation, Cache, Record, SegmentRows, SegmentSink};
+use crate::crypto::OpenedEnvelope;
 use crate::damage::DamageSet;
-use crate::error::Result;
-use crate::format::index::IndexSegment;
-use crate::format::kinds::IndexSegments;
+use crate::error::{Error, Result};
+use crate::format::codec::DecodeError;
+use crate::format::index::{visit_segment, IndexSegment, SegmentItem};
+use crate::format::kinds::{IndexSegments, ObjectKind};
 use crate::format::{BlobId, BlobKind, IndexId};
 use crate::objects::Objects;
 use crate::plans::PlanSet;
@@ -117,6 +119,129 @@ impl DataFilter {
             let bit = p % self.bits;
             self.words[(bit / 64) as usize] & (1 << (bit % 64)) != 0
         })
+    }
+}
+
+/// An index segment loaded for ingestion: its opened envelope (the body
+/// still compressed, decoded as a stream when inserted), its row count
+/// from a first, checking read, and its share of the loading budget.
+struct LoadedSegment<'b> {
+    id: IndexId,
+    opened: OpenedEnvelope,
+    rows: u64,
+    permit: Permit<'b>,
+}
+
+impl<'b> LoadedSegment<'b> {
+    /// Reads, checks and opens segment `id` and reads its body through
+    /// once: a segment that does not decode is damaged before any of its
+    /// rows is inserted.
+    fn load(objects: &Objects<'_>, id: &IndexId, permit: Permit<'b>) -> Result<Self> {
+        let opened = objects.read_opened::<IndexSegments>(id)?;
+        let corrupt = |e: &dyn std::fmt::Display| Error::corrupt(IndexSegments::path(id), e);
+        let body = opened.body().map_err(|e| corrupt(&e))?;
+        let summary = visit_segment(body, |_| Ok::<(), DecodeError>(())).map_err(|e| corrupt(&e))?;
+        Ok(Self {
+            id: *id,
+            opened,
+            rows: summary.blobs,
+            permit,
+        })
+    }
+}
+
+/// Why a streamed read of a segment stopped.
+enum Visit {
+    Decode(DecodeError),
+    Sink(Error),
+}
+
+impl From<DecodeError> for Visit {
+    fn from(e: DecodeError) -> Self {
+        Visit::Decode(e)
+    }
+}
+
+/// Stored bytes of the segments in memory while ingesting: those loading,
+/// loaded, and waiting in the batch to be inserted. A load waits until its
+/// segment fits, unless everything held is the batch of a consumer
+/// waiting for more (then it would wait forever), so one segment larger
+/// than the budget is loaded alone.
+struct Budget {
+    limit: u64,
+    /// Bytes held, bytes of those in the consumer's batch, and whether the
+    /// consumer is waiting for the next segment.
+    state: Mutex<(u64, u64, bool)>,
+    changed: std::sync::Condvar,
+}
+
+impl Budget {
+    fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            state: Mutex::new((0, 0, true)),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn acquire(&self, bytes: u64) -> Permit<'_> {
+        let mut state = crate::sync::lock(&self.state);
+        loop {
+            let (held, batch, waiting) = *state;
+            if held + bytes <= self.limit || (waiting && held == batch) {
+                break;
+            }
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        state.0 += bytes;
+        Permit {
+            budget: self,
+            bytes,
+            in_batch: false,
+        }
+    }
+
+    /// The consumer took a segment and works on it (loads wait for room).
+    fn working(&self) {
+        crate::sync::lock(&self.state).2 = false;
+    }
+
+    /// The consumer waits for the next segment.
+    fn waiting(&self) {
+        crate::sync::lock(&self.state).2 = true;
+        self.changed.notify_all();
+    }
+}
+
+/// A share of a [`Budget`], given back when dropped.
+struct Permit<'b> {
+    budget: &'b Budget,
+    bytes: u64,
+    in_batch: bool,
+}
+
+impl Permit<'_> {
+    /// Its segment waits in the consumer's batch.
+    fn hold(&mut self) {
+        if !self.in_batch {
+            self.in_batch = true;
+            crate::sync::lock(&self.budget.state).1 += self.bytes;
+        }
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let mut state = crate::sync::lock(&self.budget.state);
+        state.0 -= self.bytes;
+        if self.in_batch {
+            state.1 -= self.bytes;
+        }
+        drop(state);
+        self.budget.changed.notify_all();
     }
 }
 
@@ -451,9 +576,11 @@ impl IndexView {
     }
 
     /// Loads the segments `todo` (id and stored size; at most
-    /// [`INGEST_IN_FLIGHT`] and about [`INGEST_IN_FLIGHT_BYTES`] at once)
-    /// and inserts what `goal` needs of them in batches as they arrive;
-    /// returns how many vanished. `cached` says which are already in the
+    /// [`INGEST_IN_FLIGHT`] at once, and [`INGEST_IN_FLIGHT_BYTES`] of
+    /// them in memory, counting those waiting to be inserted) and inserts
+    /// what `goal` needs of them in batches as they arrive; returns how
+    /// many vanished. A segment is held as its opened envelope and decoded
+    /// as a stream, never whole. `cached` says which are already in the
     /// cache and whether in full; `done` gains the segments handled.
     #[allow(clippy::too_many_arguments)]
     fn ingest(
@@ -467,96 +594,69 @@ impl IndexView {
         damaged: &mut Vec<(IndexId, String)>,
         done: &mut HashSet<IndexId>,
     ) -> Result<u64> {
-        /// One segment's rows and what to do with them.
-        enum Step {
-            Full,
-            Partial,
-            Rows,
-        }
-        let mut batch: Vec<(IndexId, Step, Vec<SegmentRows>)> = Vec::new();
-        let mut batch_blobs = 0usize;
-        let mut inserted = 0usize;
-        let flush = |batch: &mut Vec<(IndexId, Step, Vec<SegmentRows>)>,
-                     blobs: &mut usize,
-                     inserted: &mut usize,
+        let budget = Budget::new(INGEST_IN_FLIGHT_BYTES);
+        let mut batch: Vec<(IndexId, Record, LoadedSegment<'_>)> = Vec::new();
+        let mut batch_blobs = 0u64;
+        let flush = |batch: &mut Vec<(IndexId, Record, LoadedSegment<'_>)>,
+                     blobs: &mut u64,
                      report: &mut SyncReport|
          -> Result<()> {
             if batch.is_empty() {
                 return Ok(());
             }
-            let items: Vec<Ingest<'_>> = batch
+            let items: Vec<(IndexId, Record, (bool, &LoadedSegment<'_>))> = batch
                 .iter()
-                .map(|(id, step, rows)| match step {
-                    Step::Full => Ingest::Full(*id, rows),
-                    Step::Partial => Ingest::Partial(*id, rows),
-                    Step::Rows => Ingest::Rows(*id, rows),
-                })
+                .map(|(id, record, seg)| (*id, *record, (cached.contains_key(id), seg)))
                 .collect();
-            self.cache.ingest(&items)?;
+            let rows = self
+                .cache
+                .ingest_with(&items, |(known, seg), sink| self.fill(seg, *known, goal, sink))?;
             report.batches += 1;
-            report.rows += *inserted as u64;
-            report.largest_batch_blobs = report.largest_batch_blobs.max(*blobs as u64);
+            report.rows += rows;
+            report.largest_batch_blobs = report.largest_batch_blobs.max(*blobs);
             batch.clear();
             *blobs = 0;
-            *inserted = 0;
             Ok(())
         };
         let largest = todo.iter().map(|(_, size)| *size).max().unwrap_or(0);
         let in_flight = (INGEST_IN_FLIGHT_BYTES / largest.max(1)).clamp(1, INGEST_IN_FLIGHT as u64);
+        let sizes: HashMap<IndexId, u64> = todo.iter().copied().collect();
         let ids = todo.into_iter().map(|(id, _)| id).collect();
-        let loaded = Objects::stream_each::<IndexSegments>(
+        let loaded = Objects::stream_each::<IndexSegments, LoadedSegment<'_>>(
             ids,
             in_flight as usize,
-            |id| objects.load::<IndexSegments>(id),
-            |id, seg| {
+            |id| {
+                let permit = budget.acquire(sizes.get(id).copied().unwrap_or(0));
+                LoadedSegment::load(objects, id, permit)
+            },
+            |id, mut seg| {
+                budget.working();
                 let known = cached.contains_key(&id);
                 done.insert(id);
-                let mut rows = segment_rows(seg);
                 // Batches close by the rows read, kept or not: a killed
                 // pass keeps its progress in whole segments either way.
-                batch_blobs += rows.iter().map(|p| p.2.len()).sum::<usize>();
-                let step = if goal.level == Level::Full {
-                    Step::Full
-                } else {
-                    if let Some((filter, filtered)) = &mut *crate::sync::lock(&self.filter) {
-                        for (_, _, blobs) in &rows {
-                            for b in blobs.iter().filter(|b| b.kind == BlobKind::Data) {
-                                filter.insert(&b.id);
-                            }
-                        }
-                        filtered.insert(id);
-                    }
-                    // Tree and list rows when the segment is new (a partial
-                    // one has them already), data rows of covered blobs.
-                    for (_, _, blobs) in rows.iter_mut() {
-                        blobs.retain(|b| {
-                            if b.kind == BlobKind::Data {
-                                goal.cover.contains(&b.id)
-                            } else {
-                                !known
-                            }
-                        });
-                    }
-                    if known {
-                        Step::Rows
-                    } else {
-                        Step::Partial
-                    }
+                batch_blobs += seg.rows;
+                let record = match (goal.level, known) {
+                    (Level::Full, _) => Record::Full,
+                    (_, true) => Record::Rows,
+                    (_, false) => Record::Partial,
                 };
                 if known {
                     report.reread += 1;
                 } else {
                     report.ingested += 1;
                 }
-                inserted += rows.iter().map(|p| p.2.len()).sum::<usize>();
-                batch.push((id, step, rows));
-                if batch_blobs >= INGEST_BATCH_BLOBS || batch.len() >= INGEST_BATCH_SEGMENTS {
-                    flush(&mut batch, &mut batch_blobs, &mut inserted, report)?;
+                seg.permit.hold();
+                batch.push((id, record, seg));
+                if batch_blobs >= INGEST_BATCH_BLOBS as u64 || batch.len() >= INGEST_BATCH_SEGMENTS
+                {
+                    flush(&mut batch, &mut batch_blobs, report)?;
                 }
+                budget.waiting();
                 Ok(())
             },
         )?;
-        flush(&mut batch, &mut batch_blobs, &mut inserted, report)?;
+        flush(&mut batch, &mut batch_blobs, report)?;
         for (id, e) in loaded.damaged {
             if !tolerate_damage {
                 return Err(e);
@@ -565,6 +665,61 @@ impl IndexView {
             damaged.push((id, e.to_string()));
         }
         Ok(loaded.vanished.len() as u64)
+    }
+
+    /// Feeds what `goal` needs of segment `seg` into `sink`, read as a
+    /// stream: every row at [`Level::Full`]; below it the data blobs go
+    /// into the filter, and the rows kept are the tree and list rows of a
+    /// segment new to the cache (`known`: a partial one has them) and the
+    /// data rows of covered blobs.
+    fn fill(
+        &self,
+        seg: &LoadedSegment<'_>,
+        known: bool,
+        goal: &Goal<'_>,
+        sink: &mut SegmentSink<'_, '_>,
+    ) -> Result<()> {
+        let corrupt = |e: &dyn std::fmt::Display| Error::corrupt(IndexSegments::path(&seg.id), e);
+        let body = seg.opened.body().map_err(|e| corrupt(&e))?;
+        let visited = if goal.level == Level::Full {
+            if !sink.wants_rows() {
+                return Ok(());
+            }
+            visit_segment(body, |item| match item {
+                SegmentItem::Pack { id, len, .. } => sink.pack(&id, len).map_err(Visit::Sink),
+                SegmentItem::Blob(b) => sink.blob(&b).map_err(Visit::Sink),
+            })
+        } else {
+            let mut filter = crate::sync::lock(&self.filter);
+            let visited = visit_segment(body, |item| match item {
+                SegmentItem::Pack { id, len, .. } => sink.pack(&id, len).map_err(Visit::Sink),
+                SegmentItem::Blob(b) => {
+                    let keep = if b.kind == BlobKind::Data {
+                        if let Some((filter, _)) = &mut *filter {
+                            filter.insert(&b.id);
+                        }
+                        goal.cover.contains(&b.id)
+                    } else {
+                        !known
+                    };
+                    if keep {
+                        sink.blob(&b).map_err(Visit::Sink)?;
+                    }
+                    Ok(())
+                }
+            });
+            if visited.is_ok() {
+                if let Some((_, filtered)) = &mut *filter {
+                    filtered.insert(seg.id);
+                }
+            }
+            visited
+        };
+        match visited {
+            Ok(_) => Ok(()),
+            Err(Visit::Sink(e)) => Err(e),
+            Err(Visit::Decode(e)) => Err(corrupt(&e)),
+        }
     }
 
     /// Index segments that failed to load in the last sync (only when
@@ -711,6 +866,26 @@ impl IndexView {
     pub fn planned_packs(&self) -> PlanSet {
         crate::sync::read(&self.plans).clone()
     }
+}
+
+/// Ingests segment `id` in full into `cache` (one being rebuilt), decoded
+/// as a stream: memory is its stored size, whatever its row count.
+pub(crate) fn ingest_in_full(cache: &Cache, objects: &Objects<'_>, id: &IndexId) -> Result<()> {
+    let opened = objects.read_opened::<IndexSegments>(id)?;
+    let corrupt = |e: &dyn std::fmt::Display| Error::corrupt(IndexSegments::path(id), e);
+    cache.ingest_with(&[(*id, Record::Full, &opened)], |opened, sink| {
+        let body = opened.body().map_err(|e| corrupt(&e))?;
+        let visited = visit_segment(body, |item| match item {
+            SegmentItem::Pack { id, len, .. } => sink.pack(&id, len).map_err(Visit::Sink),
+            SegmentItem::Blob(b) => sink.blob(&b).map_err(Visit::Sink),
+        });
+        match visited {
+            Ok(_) => Ok(()),
+            Err(Visit::Sink(e)) => Err(e),
+            Err(Visit::Decode(e)) => Err(corrupt(&e)),
+        }
+    })?;
+    Ok(())
 }
 
 /// An index segment's packs as the cache ingests them.
