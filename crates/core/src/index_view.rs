@@ -186,11 +186,7 @@ impl Budget {
 
     fn acquire(&self, bytes: u64) -> Permit<'_> {
         let mut state = crate::sync::lock(&self.state);
-        loop {
-            let (held, batch, waiting) = *state;
-            if held + bytes <= self.limit || (waiting && held == batch) {
-                break;
-            }
+        while !self.fits(*state, bytes) {
             state = self
                 .changed
                 .wait(state)
@@ -202,6 +198,11 @@ impl Budget {
             bytes,
             in_batch: false,
         }
+    }
+
+    /// Whether a load of `bytes` may start in `state`.
+    fn fits(&self, (held, batch, waiting): (u64, u64, bool), bytes: u64) -> bool {
+        held + bytes <= self.limit || (waiting && held == batch)
     }
 
     /// The consumer took a segment and works on it (loads wait for room).
@@ -800,15 +801,14 @@ impl IndexView {
         all.iter().min_by_key(|l| rank(l)).copied()
     }
 
-    /// The level a question about a blob of any kind needs first: before
-    /// any sync, the whole index (nothing is covered yet, so
-    /// [`Level::Trees`] would answer only for trees and lists, and a
-    /// second pass would follow); after one, what is there.
+    /// The level a question about a blob of any kind needs first: at
+    /// least [`Level::Trees`], whose pass also fills the data-blob filter.
+    /// A first backup on an empty cache then stores its new chunks (the
+    /// filter proves them absent) without ingesting the index; a blob the
+    /// filter may hold ingests the rest (one more pass, whose cost the
+    /// inserts dominate).
     fn first_question(&self) -> Level {
-        match self.level() {
-            Level::None => Level::Full,
-            level => level,
-        }
+        self.level().max(Level::Trees)
     }
 
     /// Whether blob `id` has no data row in any segment of the view that
@@ -900,6 +900,34 @@ pub(crate) fn segment_rows(seg: IndexSegment) -> Vec<SegmentRows> {
 mod tests {
     use super::*;
     use crate::format::Id;
+
+    #[test]
+    fn the_loading_budget_holds_one_large_segment_at_a_time_and_never_deadlocks() {
+        let budget = Budget::new(32);
+        let state = |b: &Budget| *crate::sync::lock(&b.state);
+        // Small segments load side by side up to the limit.
+        let a = budget.acquire(10);
+        let b = budget.acquire(10);
+        assert!(budget.fits(state(&budget), 12));
+        assert!(!budget.fits(state(&budget), 13));
+        drop((a, b));
+        // A segment larger than the limit loads when nothing is held...
+        let mut large = budget.acquire(40);
+        assert_eq!(state(&budget).0, 40);
+        // ...and the next waits while the consumer works on it,
+        budget.working();
+        assert!(!budget.fits(state(&budget), 40));
+        assert!(!budget.fits(state(&budget), 1));
+        // and while it waits in the consumer's batch with the consumer
+        // busy, but not once the consumer waits for more: everything held
+        // is then its batch, which only a new segment can close.
+        large.hold();
+        assert!(!budget.fits(state(&budget), 40));
+        budget.waiting();
+        assert!(budget.fits(state(&budget), 40));
+        drop(large);
+        assert_eq!(state(&budget), (0, 0, true));
+    }
 
     #[test]
     fn the_data_filter_has_no_false_negatives_and_few_false_positives() {
