@@ -65,6 +65,10 @@ const MAX_LISTINGS: u32 = 4;
 /// covered blob).
 pub const MAX_COVERED: usize = 1 << 20;
 
+/// Blobs the data-blob filter may hold that one handle covers one at a
+/// time (each a read of every segment) before it ingests the index in
+/// full instead.
+pub const MAX_CONFIRMATIONS: u32 = 4;
 /// Bits of the data-blob filter per data row expected (about 0.05% false
 /// positives with [`FILTER_PROBES`] probes).
 const FILTER_BITS_PER_ROW: u64 = 16;
@@ -329,6 +333,9 @@ pub struct IndexView {
     /// Whether the filter holds every partial segment of the view: only
     /// then does "not in the filter" prove a blob absent.
     filter_whole: std::sync::atomic::AtomicBool,
+    /// Blobs the filter may hold that were covered to answer for them
+    /// ([`IndexView::confirm`]).
+    confirmations: std::sync::atomic::AtomicU32,
 }
 
 impl std::fmt::Debug for IndexView {
@@ -352,6 +359,7 @@ impl IndexView {
             listing: Mutex::default(),
             filter: Mutex::default(),
             filter_whole: std::sync::atomic::AtomicBool::new(false),
+            confirmations: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -692,11 +700,14 @@ impl IndexView {
             })
         } else {
             let mut filter = crate::sync::lock(&self.filter);
+            // A segment's blobs go into the filter once (a cover pass
+            // reads segments the first pass filtered).
+            let filtered_before = filter.as_ref().is_some_and(|(_, f)| f.contains(&seg.id));
             let visited = visit_segment(body, |item| match item {
                 SegmentItem::Pack { id, len, .. } => sink.pack(&id, len).map_err(Visit::Sink),
                 SegmentItem::Blob(b) => {
                     let keep = if b.kind == BlobKind::Data {
-                        if let Some((filter, _)) = &mut *filter {
+                        if let Some((filter, _)) = filter.as_mut().filter(|_| !filtered_before) {
                             filter.insert(&b.id);
                         }
                         goal.cover.contains(&b.id)
@@ -751,7 +762,9 @@ impl IndexView {
         id: &BlobId,
     ) -> Result<Option<BlobLocation>> {
         let cache = self.reach(objects, self.first_question())?;
-        if self.level() < Level::Full && (self.is_covered(id) || self.surely_no_data_row(id)) {
+        if self.level() < Level::Full
+            && (self.is_covered(id) || self.surely_no_data_row(id) || self.confirm(objects, id)?)
+        {
             return Ok(self.best(cache.locations(id)?, damage, id));
         }
         let cache = self.synced_cache(objects)?;
@@ -820,6 +833,23 @@ impl IndexView {
                 .is_some_and(|(f, _)| !f.may_contain(id))
     }
 
+    /// Below [`Level::Full`], for a blob the data-blob filter may hold
+    /// (a duplicate, or a false positive: about 0.05% at 16 bits a row,
+    /// ~1% at the filter's cap): covers it, one more read of every
+    /// segment, where ingesting the rest would insert every row (at 100M
+    /// rows, minutes and gigabytes of cache). At most
+    /// [`MAX_CONFIRMATIONS`] times a handle: a command meeting many
+    /// duplicates (a first backup of data the repository holds) ingests
+    /// the index in full instead. Returns whether the blob is covered now
+    /// (false: the caller asks the whole index).
+    fn confirm(&self, objects: &Objects<'_>, id: &BlobId) -> Result<bool> {
+        if self.confirmations.fetch_add(1, Ordering::AcqRel) >= MAX_CONFIRMATIONS {
+            return Ok(false);
+        }
+        self.cover(objects, &HashSet::from([*id]))?;
+        Ok(self.level() < Level::Full && self.is_covered(id))
+    }
+
     fn is_covered(&self, id: &BlobId) -> bool {
         crate::sync::read(&self.covered).contains(id)
     }
@@ -831,14 +861,20 @@ impl IndexView {
     /// index in full first.
     pub fn has_blob(&self, objects: &Objects<'_>, damage: &DamageSet, id: &BlobId) -> Result<bool> {
         let cache = self.reach(objects, self.first_question())?;
-        if self.level() < Level::Full {
+        let witness = || -> Result<bool> {
             let plans = crate::sync::read(&self.plans);
-            let witness = cache
+            Ok(cache
                 .locations(id)?
                 .iter()
-                .any(|l| !plans.contains(&l.pack) && !damage.is_bad(id, &l.pack));
-            if witness || self.is_covered(id) || self.surely_no_data_row(id) {
-                return Ok(witness);
+                .any(|l| !plans.contains(&l.pack) && !damage.is_bad(id, &l.pack)))
+        };
+        if self.level() < Level::Full {
+            let found = witness()?;
+            if found || self.is_covered(id) || self.surely_no_data_row(id) {
+                return Ok(found);
+            }
+            if self.confirm(objects, id)? {
+                return witness();
             }
         }
         let cache = self.synced_cache(objects)?;
