@@ -141,7 +141,7 @@ impl<'b> LoadedSegment<'b> {
     /// once: a segment that does not decode is damaged before any of its
     /// rows is inserted.
     fn load(objects: &Objects<'_>, id: &IndexId, permit: Permit<'b>) -> Result<Self> {
-        let opened = objects.read_opened::<IndexSegments>(id)?;
+        let opened = objects.read_opened::<IndexSegments>(id, permit.bytes)?;
         let corrupt = |e: &dyn std::fmt::Display| Error::corrupt(IndexSegments::path(id), e);
         let body = opened.body().map_err(|e| corrupt(&e))?;
         let summary = visit_segment(body, |_| Ok::<(), DecodeError>(())).map_err(|e| corrupt(&e))?;
@@ -555,6 +555,11 @@ impl IndexView {
                 "{vanished} index segment(s) vanished since the listing; listing index/ again"
             );
         }
+        tracing::debug!(
+            "index sync for {:?} level, {} blobs covered: {report:?}",
+            goal.level,
+            goal.cover.len()
+        );
         *crate::sync::lock(&self.damaged_segments) = damaged;
         // A view whose every segment is in the cache in full is the whole
         // index, whatever was asked.
@@ -906,8 +911,14 @@ impl IndexView {
 
 /// Ingests segment `id` in full into `cache` (one being rebuilt), decoded
 /// as a stream: memory is its stored size, whatever its row count.
-pub(crate) fn ingest_in_full(cache: &Cache, objects: &Objects<'_>, id: &IndexId) -> Result<()> {
-    let opened = objects.read_opened::<IndexSegments>(id)?;
+/// `size` is its stored size as listed (0: not known).
+pub(crate) fn ingest_in_full(
+    cache: &Cache,
+    objects: &Objects<'_>,
+    id: &IndexId,
+    size: u64,
+) -> Result<()> {
+    let opened = objects.read_opened::<IndexSegments>(id, size)?;
     let corrupt = |e: &dyn std::fmt::Display| Error::corrupt(IndexSegments::path(id), e);
     cache.ingest_with(&[(*id, Record::Full, &opened)], |opened, sink| {
         let body = opened.body().map_err(|e| corrupt(&e))?;

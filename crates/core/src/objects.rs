@@ -20,6 +20,10 @@ use bytes::Bytes;
 use cairn_storage::{DynStorage, StorageError};
 use rayon::prelude::*;
 
+/// Objects larger than this are read in ranges of this size by
+/// [`Objects::read_opened`].
+pub const RANGED_READ: u64 = 8 << 20;
+
 /// One listed object of kind `K`.
 #[derive(Debug, Clone)]
 pub struct Listed<K: ObjectKind> {
@@ -169,11 +173,36 @@ impl<'a> Objects<'a> {
         K::decode(&body).map_err(|e| Error::corrupt(K::path(id), e))
     }
 
-    /// Reads and checks object `id` and opens its seal in the buffer it
-    /// was read into, leaving the body to be decoded as a stream (large
-    /// index segments): memory is the stored size, once.
-    pub fn read_opened<K: SealedKind>(&self, id: &K::Id) -> Result<OpenedEnvelope> {
-        let stored = Vec::from(self.read::<K>(id)?);
+    /// Reads and checks object `id` (of `size` stored bytes, as listed:
+    /// 0 if not known) and opens its seal in the buffer it was read into,
+    /// leaving the body to be decoded as a stream (large index segments):
+    /// memory is the stored size, once. An object larger than
+    /// [`RANGED_READ`] is read in ranges of that size into one buffer,
+    /// instead of whole into the storage's buffers and copied.
+    pub fn read_opened<K: SealedKind>(&self, id: &K::Id, size: u64) -> Result<OpenedEnvelope> {
+        let stored = if size > RANGED_READ {
+            let path = K::path(id);
+            let mut stored = Vec::with_capacity(size as usize);
+            let mut at = 0;
+            while at < size {
+                let end = (at + RANGED_READ).min(size);
+                let part = self
+                    .storage
+                    .read_range(&path, at..end)
+                    .map_err(self.serr())?;
+                stored.extend_from_slice(&part);
+                at = end;
+            }
+            if Id::hash(&stored) != K::raw(id) {
+                return Err(Error::corrupt(
+                    path,
+                    "content does not match its name (BLAKE3 mismatch)",
+                ));
+            }
+            stored
+        } else {
+            Vec::from(self.read::<K>(id)?)
+        };
         self.key
             .open_envelope_in_place(K::AAD, stored)
             .map_err(|e| Error::corrupt(K::path(id), e))

@@ -340,8 +340,10 @@ impl Repository {
     /// may run on a rayon worker while the pool's other threads wait for
     /// the rebuild), each decoded as a stream.
     fn fill_index(&self, fresh: &Cache, tolerate_damage: bool) -> Result<()> {
-        for id in self.objects().list_ids::<IndexSegments>()? {
-            match crate::index_view::ingest_in_full(fresh, &self.objects(), &id) {
+        let mut listed = self.objects().list::<IndexSegments>()?;
+        listed.sort_by_key(|l| l.id);
+        for crate::objects::Listed { id, size, .. } in listed {
+            match crate::index_view::ingest_in_full(fresh, &self.objects(), &id, size) {
                 Ok(()) => {}
                 Err(e) if crate::objects::is_vanished(&e) => {}
                 Err(e) if tolerate_damage => tracing::warn!("{e}"),
