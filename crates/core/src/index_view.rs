@@ -74,6 +74,8 @@ pub const MAX_CONFIRMATIONS: u32 = 4;
 /// Bits of the data-blob filter per data row expected (about 0.1% false
 /// positives with [`FILTER_PROBES`] probes in blocks of 512 bits).
 const FILTER_BITS_PER_ROW: u64 = 16;
+/// Blobs the data-blob filter takes at once (see [`DataFilter::insert_all`]).
+const FILTER_BATCH: usize = 32;
 /// Probes per blob in the data-blob filter, all in one block.
 const FILTER_PROBES: u32 = 8;
 /// The data-blob filter's size at most, in bits (128 MiB: ~10.7 bits a
@@ -119,11 +121,31 @@ impl DataFilter {
         (block, probes)
     }
 
+    #[cfg(test)]
     fn insert(&mut self, id: &BlobId) {
-        let (block, probes) = self.probes(id);
-        let block = &mut self.blocks[block];
-        for (word, bit) in probes {
-            block[word] |= bit;
+        self.insert_all(std::slice::from_ref(id));
+    }
+
+    /// Inserts `ids` (up to [`FILTER_BATCH`] at a time is best): their
+    /// blocks are found first, then set in a tight loop, so the cache
+    /// misses of several blocks overlap instead of one per row between
+    /// the reads of a segment.
+    fn insert_all(&mut self, ids: &[BlobId]) {
+        for ids in ids.chunks(FILTER_BATCH) {
+            let mut at = [(0usize, [0u64; 8]); FILTER_BATCH];
+            for (slot, id) in at.iter_mut().zip(ids) {
+                let (block, probes) = self.probes(id);
+                slot.0 = block;
+                for (word, bit) in probes {
+                    slot.1[word] |= bit;
+                }
+            }
+            for (block, bits) in &at[..ids.len()] {
+                let block = &mut self.blocks[*block];
+                for (word, bit) in block.iter_mut().zip(bits) {
+                    *word |= bit;
+                }
+            }
         }
     }
 
@@ -716,12 +738,17 @@ impl IndexView {
             // A segment's blobs go into the filter once (a cover pass
             // reads segments the first pass filtered).
             let filtered_before = filter.as_ref().is_some_and(|(_, f)| f.contains(&seg.id));
+            let mut pending = Vec::with_capacity(FILTER_BATCH);
             let visited = visit_segment(body, |item| match item {
                 SegmentItem::Pack { id, len, .. } => sink.pack(&id, len).map_err(Visit::Sink),
                 SegmentItem::Blob(b) => {
                     let keep = if b.kind == BlobKind::Data {
                         if let Some((filter, _)) = filter.as_mut().filter(|_| !filtered_before) {
-                            filter.insert(&b.id);
+                            pending.push(b.id);
+                            if pending.len() == FILTER_BATCH {
+                                filter.insert_all(&pending);
+                                pending.clear();
+                            }
                         }
                         goal.cover.contains(&b.id)
                     } else {
@@ -734,7 +761,8 @@ impl IndexView {
                 }
             });
             if visited.is_ok() {
-                if let Some((_, filtered)) = &mut *filter {
+                if let Some((filter, filtered)) = &mut *filter {
+                    filter.insert_all(&pending);
                     filtered.insert(seg.id);
                 }
             }

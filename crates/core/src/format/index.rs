@@ -113,6 +113,9 @@ pub struct SegmentSummary {
     pub blobs: u64,
 }
 
+/// Blob entries [`visit_segment`] reads at once.
+const STREAM_RUN: usize = 1024;
+
 /// Reads fields of a segment body from a byte stream.
 struct StreamReader<R> {
     r: R,
@@ -122,16 +125,22 @@ struct StreamReader<R> {
 impl<R: std::io::Read> StreamReader<R> {
     fn bytes<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         let mut buf = [0u8; N];
-        self.r.read_exact(&mut buf).map_err(|e| {
+        self.fill(&mut buf)?;
+        Ok(buf)
+    }
+
+    /// Fills `buf` from the stream.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), DecodeError> {
+        self.r.read_exact(buf).map_err(|e| {
             let reason = if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                format!("truncated: need {N} bytes at offset {}", self.read)
+                format!("truncated: need {} bytes at offset {}", buf.len(), self.read)
             } else {
                 format!("unreadable at offset {}: {e}", self.read)
             };
             DecodeError::new("index segment", reason)
         })?;
-        self.read += N as u64;
-        Ok(buf)
+        self.read += buf.len() as u64;
+        Ok(())
     }
 
     fn u32(&mut self) -> Result<u32, DecodeError> {
@@ -177,6 +186,7 @@ pub fn visit_segment<E: From<DecodeError>>(
         return Err(DecodeError::new("index segment", format!("unsupported version {version}")).into());
     }
     let mut summary = SegmentSummary::default();
+    let mut run = vec![0u8; STREAM_RUN * ENTRY_LEN];
     for _ in 0..r.u32()? {
         summary.supersedes.push(IndexId(r.id()?));
     }
@@ -185,11 +195,17 @@ pub fn visit_segment<E: From<DecodeError>>(
         let len = u64::from_le_bytes(r.bytes::<8>()?);
         let blobs = r.u32()?;
         f(SegmentItem::Pack { id, len, blobs })?;
-        for _ in 0..blobs {
-            let entry = r.bytes::<ENTRY_LEN>()?;
-            let mut er = super::codec::Reader::new(&entry, "index segment");
-            f(SegmentItem::Blob(BlobEntry::decode_from(&mut er)?))?;
-            summary.blobs += 1;
+        // Entries are read in runs into one buffer and decoded in place.
+        let mut left = blobs as usize;
+        while left > 0 {
+            let n = left.min(STREAM_RUN);
+            r.fill(&mut run[..n * ENTRY_LEN])?;
+            for entry in run[..n * ENTRY_LEN].chunks_exact(ENTRY_LEN) {
+                let mut er = super::codec::Reader::new(entry, "index segment");
+                f(SegmentItem::Blob(BlobEntry::decode_from(&mut er)?))?;
+            }
+            summary.blobs += n as u64;
+            left -= n;
         }
     }
     r.finish()?;
