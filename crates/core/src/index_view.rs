@@ -174,7 +174,8 @@ impl<'b> LoadedSegment<'b> {
         let opened = objects.read_opened::<IndexSegments>(id, permit.bytes)?;
         let corrupt = |e: &dyn std::fmt::Display| Error::corrupt(IndexSegments::path(id), e);
         let body = opened.body().map_err(|e| corrupt(&e))?;
-        let summary = visit_segment(body, |_| Ok::<(), DecodeError>(())).map_err(|e| corrupt(&e))?;
+        let summary =
+            visit_segment(body, |_| Ok::<(), DecodeError>(())).map_err(|e| corrupt(&e))?;
         Ok(Self {
             id: *id,
             opened,
@@ -652,9 +653,9 @@ impl IndexView {
                 .iter()
                 .map(|(id, record, seg)| (*id, *record, (cached.contains_key(id), seg)))
                 .collect();
-            let rows = self
-                .cache
-                .ingest_with(&items, |(known, seg), sink| self.fill(seg, *known, goal, sink))?;
+            let rows = self.cache.ingest_with(&items, |(known, seg), sink| {
+                self.fill(seg, *known, goal, sink)
+            })?;
             report.batches += 1;
             report.rows += rows;
             report.largest_batch_blobs = report.largest_batch_blobs.max(*blobs);

@@ -133,7 +133,11 @@ impl<R: std::io::Read> StreamReader<R> {
     fn fill(&mut self, buf: &mut [u8]) -> Result<(), DecodeError> {
         self.r.read_exact(buf).map_err(|e| {
             let reason = if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                format!("truncated: need {} bytes at offset {}", buf.len(), self.read)
+                format!(
+                    "truncated: need {} bytes at offset {}",
+                    buf.len(),
+                    self.read
+                )
             } else {
                 format!("unreadable at offset {}: {e}", self.read)
             };
@@ -183,7 +187,9 @@ pub fn visit_segment<E: From<DecodeError>>(
     };
     let version = r.u32()?;
     if version != INDEX_VERSION {
-        return Err(DecodeError::new("index segment", format!("unsupported version {version}")).into());
+        return Err(
+            DecodeError::new("index segment", format!("unsupported version {version}")).into(),
+        );
     }
     let mut summary = SegmentSummary::default();
     let mut run = vec![0u8; STREAM_RUN * ENTRY_LEN];
@@ -283,7 +289,11 @@ mod tests {
         let mut packs: Vec<IndexedPack> = Vec::new();
         let summary = visit_segment(body, |item| {
             match item {
-                SegmentItem::Pack { id, len, .. } => packs.push(IndexedPack { id, len, blobs: Vec::new() }),
+                SegmentItem::Pack { id, len, .. } => packs.push(IndexedPack {
+                    id,
+                    len,
+                    blobs: Vec::new(),
+                }),
                 SegmentItem::Blob(b) => packs
                     .last_mut()
                     .ok_or_else(|| DecodeError::new("test", "a blob before any pack"))?
@@ -292,6 +302,9 @@ mod tests {
             }
             Ok::<(), DecodeError>(())
         })?;
-        Ok(IndexSegment { supersedes: summary.supersedes, packs })
+        Ok(IndexSegment {
+            supersedes: summary.supersedes,
+            packs,
+        })
     }
 }

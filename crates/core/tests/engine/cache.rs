@@ -337,7 +337,10 @@ fn a_segment_failing_midway_through_a_streamed_ingestion_leaves_no_row() {
         sink.pack(&PackId(Id([n as u8; 32])), n)?;
         for k in 0..n {
             if n == rows && k == SINK_RUN as u64 + 3 {
-                return Err(cairn_core::Error::corrupt("index/large", "cut short (injected)"));
+                return Err(cairn_core::Error::corrupt(
+                    "index/large",
+                    "cut short (injected)",
+                ));
             }
             sink.blob(&entry(n * 1_000_000 + k))?;
         }
@@ -358,5 +361,8 @@ fn a_segment_failing_midway_through_a_streamed_ingestion_leaves_no_row() {
     assert_eq!(inserted, rows + 10);
     assert_eq!(cache.blob_count().unwrap(), rows + 10);
     assert_eq!(cache.segment_levels().unwrap().len(), 2);
-    assert!(cache.lookup(&entry(rows * 1_000_000 + rows - 1).id).unwrap().is_some());
+    assert!(cache
+        .lookup(&entry(rows * 1_000_000 + rows - 1).id)
+        .unwrap()
+        .is_some());
 }

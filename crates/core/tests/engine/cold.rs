@@ -8,9 +8,7 @@ use bytes::Bytes;
 use cairn_core::format::index::{IndexSegment, IndexedPack};
 use cairn_core::format::pack::BlobEntry;
 use cairn_core::format::Id;
-use cairn_core::index_view::{
-    Level, INGEST_BATCH_BLOBS, INGEST_BATCH_SEGMENTS, MAX_CONFIRMATIONS,
-};
+use cairn_core::index_view::{Level, INGEST_BATCH_BLOBS, INGEST_BATCH_SEGMENTS, MAX_CONFIRMATIONS};
 use cairn_core::{BlobId, BlobKind, OpenOptions, PackId, Repository};
 use cairn_storage::{DynStorage, ObjectInfo, Storage, StorageError, StorageErrorKind};
 use std::ops::Range;

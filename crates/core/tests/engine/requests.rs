@@ -285,7 +285,11 @@ fn init_and_open_cost_a_fixed_number_of_requests_and_the_first_lookup_lists_the_
         let segment_reads = if warm { 0 } else { segments };
         assert_eq!(first.prefix("index").list, 1, "{log:?}");
         assert_eq!(first.prefix("index").read, segment_reads);
-        assert_eq!(first.all.total(), 1 + segment_reads, "nothing else: {log:?}");
+        assert_eq!(
+            first.all.total(),
+            1 + segment_reads,
+            "nothing else: {log:?}"
+        );
         // The whole index, asked for next, reads again what the first
         // question read in part, without listing `index/` again.
         repo.index().expect("index");
