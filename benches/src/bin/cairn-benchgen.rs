@@ -10,6 +10,7 @@
 //!   cairn-benchgen fake-index REPO BLOBS      add index segments naming BLOBS blobs of fake
 //!                                             packs (lookups only; never read them); password
 //!                                             from CAIRN_PASSWORD, cache from CAIRN_CACHE_DIR
+//!                                             (none with CAIRN_BENCHGEN_NO_CACHE=1)
 
 use anyhow::{bail, Context, Result};
 use cairn_benches::data::Gen;
@@ -121,6 +122,9 @@ fn fake_index(repo: &str, blobs: u64) -> Result<()> {
         tolerate_damage: false,
     };
     let repo = Repository::open(storage, &password, &open)?;
+    // Without the cache, only the segments are written (at 100M blobs the
+    // cache would be ~13 GB of SQLite and most of the time).
+    let no_cache = std::env::var_os("CAIRN_BENCHGEN_NO_CACHE").is_some_and(|v| v == "1");
     const PER_PACK: u64 = 10_000;
     const PER_SEGMENT: u64 = 100;
     let mut i = 0u64;
@@ -144,10 +148,16 @@ fn fake_index(repo: &str, blobs: u64) -> Result<()> {
                 blobs: entries,
             });
         }
-        repo.save_segment(&IndexSegment {
+        let seg = IndexSegment {
             supersedes: Vec::new(),
             packs,
-        })?;
+        };
+        if no_cache {
+            repo.objects()
+                .save::<cairn_core::format::kinds::IndexSegments>(&seg)?;
+        } else {
+            repo.save_segment(&seg)?;
+        }
     }
     Ok(())
 }

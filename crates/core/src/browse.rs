@@ -93,7 +93,16 @@ pub fn dump(repo: &Repository, node: &Node, out: &mut dyn Write) -> Result<u64> 
     let zeros = vec![0u8; 1 << 16];
     let mut written = 0u64;
     let stdout_err = |e: std::io::Error| Error::io("<output>", e);
-    for c in repo.chunk_list(content)? {
+    let chunks = repo.chunk_list(content)?;
+    // On a cache below the whole index: the file's chunk rows in one
+    // pass, instead of a pass (or the whole index) per chunk.
+    let wanted = chunks
+        .iter()
+        .filter(|c| !c.is_hole())
+        .map(|c| c.id)
+        .collect();
+    repo.cover_blobs(&wanted)?;
+    for c in chunks {
         if c.is_hole() {
             let mut left = c.len as usize;
             while left > 0 {

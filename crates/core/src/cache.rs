@@ -111,6 +111,10 @@ enum Fail {
     Sql(rusqlite::Error),
     /// A row that does not decode (an id of the wrong length, an unknown kind).
     Malformed(&'static str),
+    /// The caller's own failure inside a transaction (a segment being
+    /// streamed in that does not decode): the transaction is rolled back
+    /// and the error returned as it is.
+    Caller(Error),
 }
 
 impl From<rusqlite::Error> for Fail {
@@ -124,6 +128,7 @@ impl std::fmt::Display for Fail {
         match self {
             Fail::Sql(e) => e.fmt(f),
             Fail::Malformed(what) => f.write_str(what),
+            Fail::Caller(e) => e.fmt(f),
         }
     }
 }
@@ -139,6 +144,7 @@ impl Fail {
                 !matches!(e.code, DatabaseBusy | DatabaseLocked | DiskFull)
             }
             Fail::Sql(_) | Fail::Malformed(_) => true,
+            Fail::Caller(_) => false,
         }
     }
 }
@@ -222,6 +228,9 @@ impl Cache {
     }
 
     fn error(&self, fail: Fail) -> Error {
+        if let Fail::Caller(e) = fail {
+            return e;
+        }
         Error::Cache {
             path: self.path.clone(),
             reason: fail.to_string(),
@@ -419,16 +428,49 @@ impl Cache {
     /// only, and the next sync ingests the rest. A segment ingested in
     /// full over a partial one replaces its rows.
     pub fn ingest(&self, items: &[Ingest<'_>]) -> Result<()> {
-        self.write(|conn| {
-            let tx = conn.transaction()?;
-            for item in items {
-                match item {
-                    Ingest::Full(id, packs) => insert_segment(&tx, id, packs, true)?,
-                    Ingest::Partial(id, packs) => insert_segment(&tx, id, packs, false)?,
-                    Ingest::Rows(id, packs) => insert_rows(&tx, id, packs)?,
+        let items: Vec<(IndexId, Record, &[SegmentRows])> = items
+            .iter()
+            .map(|item| match *item {
+                Ingest::Full(id, packs) => (id, Record::Full, packs),
+                Ingest::Partial(id, packs) => (id, Record::Partial, packs),
+                Ingest::Rows(id, packs) => (id, Record::Rows, packs),
+            })
+            .collect();
+        self.ingest_with(&items, |packs, sink| {
+            for (pack, len, blobs) in *packs {
+                sink.pack(pack, *len)?;
+                for b in blobs {
+                    sink.blob(b)?;
                 }
             }
-            Ok(tx.commit()?)
+            Ok(())
+        })
+        .map(|_| ())
+    }
+
+    /// [`Cache::ingest`] of segments handed over as streams: for each item
+    /// `(id, record, source)`, `fill(source, sink)` feeds the segment's
+    /// packs and the blob rows to keep into `sink`, which inserts them in
+    /// sorted runs of at most [`SINK_RUN`] rows, so memory does not follow
+    /// the segment's size. One transaction for all the items, by the same
+    /// rules as [`Cache::ingest`]; `fill` may run twice (after a rebuild of a
+    /// damaged cache) and an error from it rolls everything back. Returns
+    /// the blob rows inserted.
+    pub fn ingest_with<S>(
+        &self,
+        items: &[(IndexId, Record, S)],
+        fill: impl Fn(&S, &mut SegmentSink<'_, '_>) -> Result<()>,
+    ) -> Result<u64> {
+        self.write(|conn| {
+            let tx = conn.transaction()?;
+            let mut inserted = 0;
+            for (id, record, source) in items {
+                let mut sink = SegmentSink::begin(&tx, id, *record)?;
+                let filled = fill(source, &mut sink);
+                inserted += sink.finish(filled)?;
+            }
+            tx.commit()?;
+            Ok(inserted)
         })
     }
 
@@ -703,108 +745,196 @@ pub enum Ingest<'a> {
     Rows(IndexId, &'a [SegmentRows]),
 }
 
+/// What [`Cache::ingest_with`] records for one segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record {
+    /// Every row: the segment is ingested in full (replacing the rows of a
+    /// partial ingestion; nothing happens to a segment already in full).
+    Full,
+    /// Its packs and the rows given: recorded as not in full (on a
+    /// segment already recorded, the rows given are added).
+    Partial,
+    /// More rows of a segment already recorded (not in full), whose packs
+    /// are there; nothing happens if the segment is not.
+    Rows,
+}
+
+/// Blob rows a [`SegmentSink`] holds before inserting them, at most.
+pub const SINK_RUN: usize = 64 << 10;
+
 const ADD_BLOB: &str = "INSERT OR REPLACE INTO blobs(id, pack, kind, offset, stored_len, raw_len) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
-/// Inserts one segment's packs and the blob rows given and records the
-/// segment (`full` or not), inside `tx`. A segment already recorded in
-/// full is left alone; one recorded partially is replaced.
-fn insert_segment(
-    tx: &rusqlite::Transaction<'_>,
-    id: &IndexId,
-    packs: &[SegmentRows],
-    full: bool,
-) -> Result<(), Fail> {
-    let existing: Option<(i64, i64)> = tx
-        .query_row(
-            "SELECT seq, full FROM segments WHERE id = ?1",
-            [&id.0 .0[..]],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    let seg = match existing {
-        Some((_, 1)) => return Ok(()),
-        Some(_) if !full => return insert_rows(tx, id, packs),
-        Some((seg, _)) => {
-            tx.execute(
-                "DELETE FROM blobs WHERE pack IN (SELECT seq FROM packs WHERE seg = ?1)",
-                [seg],
-            )?;
-            tx.execute("DELETE FROM packs WHERE seg = ?1", [seg])?;
-            tx.execute("UPDATE segments SET full = 1 WHERE seq = ?1", [seg])?;
-            seg
-        }
-        None => {
-            tx.execute(
-                "INSERT INTO segments(id, full) VALUES (?1, ?2)",
-                params![&id.0 .0[..], full as i64],
-            )?;
-            tx.last_insert_rowid()
-        }
-    };
-    let mut add_pack = tx.prepare_cached("INSERT INTO packs(id, seg, len) VALUES (?1, ?2, ?3)")?;
-    let mut rows = Vec::with_capacity(packs.iter().map(|p| p.2.len()).sum());
-    for (pack, len, blobs) in packs {
-        add_pack.execute(params![&pack.0 .0[..], seg, *len as i64])?;
-        let pack_seq = tx.last_insert_rowid();
-        rows.extend(blobs.iter().map(|b| (b, pack_seq)));
-    }
-    add_blob_rows(tx, rows)
+/// Takes one segment's packs and blob rows inside the transaction of
+/// [`Cache::ingest_with`]: packs are inserted (or, for [`Record::Rows`],
+/// found) as they come, blob rows in sorted runs.
+pub struct SegmentSink<'t, 'c> {
+    tx: &'t rusqlite::Transaction<'c>,
+    /// The segment's row, or `None` when nothing is to be written (in full
+    /// already, or rows of a segment dropped meanwhile).
+    seg: Option<i64>,
+    /// Whether packs are already there (found, not inserted).
+    find_packs: bool,
+    /// The current pack: its row once known, else its id to find.
+    pack: Option<Result<i64, PackId>>,
+    run: Vec<(BlobEntry, i64)>,
+    inserted: u64,
+    /// The first database failure: reported by [`Cache::ingest_with`]
+    /// itself (a damaged cache is rebuilt), whatever `fill` returns.
+    failed: Option<Fail>,
 }
 
-/// Inserts blob rows of segment `id`, already recorded, whose packs are
-/// already there; a segment not recorded (dropped meanwhile) is skipped.
-fn insert_rows(
-    tx: &rusqlite::Transaction<'_>,
-    id: &IndexId,
-    packs: &[SegmentRows],
-) -> Result<(), Fail> {
-    let seg: Option<i64> = tx
-        .query_row(
-            "SELECT seq FROM segments WHERE id = ?1",
-            [&id.0 .0[..]],
-            |r| r.get(0),
-        )
-        .optional()?;
-    let Some(seg) = seg else {
-        return Ok(());
-    };
-    let mut pack_seq =
-        tx.prepare_cached("SELECT seq FROM packs WHERE seg = ?1 AND id = ?2 LIMIT 1")?;
-    let mut rows = Vec::new();
-    for (pack, _, blobs) in packs {
-        if blobs.is_empty() {
-            continue;
-        }
-        let seq: Option<i64> = pack_seq
-            .query_row(params![seg, &pack.0 .0[..]], |r| r.get(0))
+impl<'t, 'c> SegmentSink<'t, 'c> {
+    /// Records segment `id` as `record` says and returns its sink. A
+    /// segment recorded in full is left alone; one recorded partially is
+    /// replaced by [`Record::Full`], added to by the others.
+    fn begin(
+        tx: &'t rusqlite::Transaction<'c>,
+        id: &IndexId,
+        record: Record,
+    ) -> Result<Self, Fail> {
+        let existing: Option<(i64, i64)> = tx
+            .query_row(
+                "SELECT seq, full FROM segments WHERE id = ?1",
+                [&id.0 .0[..]],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?;
-        let seq = seq.ok_or(Fail::Malformed(
-            "a partially ingested segment lacks one of its packs",
-        ))?;
-        rows.extend(blobs.iter().map(|b| (b, seq)));
+        let (seg, find_packs) = match (existing, record) {
+            (Some((_, 1)), _) => (None, false),
+            (None, Record::Rows) => (None, false),
+            (Some((seg, _)), Record::Rows | Record::Partial) => (Some(seg), true),
+            (Some((seg, _)), Record::Full) => {
+                tx.execute(
+                    "DELETE FROM blobs WHERE pack IN (SELECT seq FROM packs WHERE seg = ?1)",
+                    [seg],
+                )?;
+                tx.execute("DELETE FROM packs WHERE seg = ?1", [seg])?;
+                tx.execute("UPDATE segments SET full = 1 WHERE seq = ?1", [seg])?;
+                (Some(seg), false)
+            }
+            (None, Record::Full | Record::Partial) => {
+                tx.execute(
+                    "INSERT INTO segments(id, full) VALUES (?1, ?2)",
+                    params![&id.0 .0[..], (record == Record::Full) as i64],
+                )?;
+                (Some(tx.last_insert_rowid()), false)
+            }
+        };
+        Ok(Self {
+            tx,
+            seg,
+            find_packs,
+            pack: None,
+            run: Vec::new(),
+            inserted: 0,
+            failed: None,
+        })
     }
-    add_blob_rows(tx, rows)
-}
 
-fn add_blob_rows(
-    tx: &rusqlite::Transaction<'_>,
-    mut rows: Vec<(&BlobEntry, i64)>,
-) -> Result<(), Fail> {
-    let mut add_blob = tx.prepare_cached(ADD_BLOB)?;
-    // In key order: neighbouring inserts then share B-tree pages
-    // (about 5% faster on a fresh cache, more on a large one).
-    rows.sort_unstable_by_key(|(b, pack_seq)| (b.id, *pack_seq));
-    for (b, pack_seq) in rows {
-        add_blob.execute(params![
-            &b.id.0 .0[..],
-            pack_seq,
-            b.kind.code(),
-            b.offset,
-            b.stored_len,
-            b.raw_len
-        ])?;
+    /// Whether anything given to this sink is written (false for a
+    /// segment already in full): a caller may skip reading it.
+    pub fn wants_rows(&self) -> bool {
+        self.seg.is_some()
     }
-    Ok(())
+
+    /// Starts the next pack of the segment.
+    pub fn pack(&mut self, id: &PackId, len: u64) -> Result<()> {
+        let Some(seg) = self.seg else {
+            return Ok(());
+        };
+        if self.find_packs {
+            // Found at its first row: packs without rows cost no query.
+            self.pack = Some(Err(*id));
+            return Ok(());
+        }
+        let added = self
+            .tx
+            .prepare_cached("INSERT INTO packs(id, seg, len) VALUES (?1, ?2, ?3)")
+            .and_then(|mut add| add.execute(params![&id.0 .0[..], seg, len as i64]));
+        self.check(added.map_err(Fail::from))?;
+        self.pack = Some(Ok(self.tx.last_insert_rowid()));
+        Ok(())
+    }
+
+    /// Adds one blob row of the current pack.
+    pub fn blob(&mut self, b: &BlobEntry) -> Result<()> {
+        let Some(seg) = self.seg else {
+            return Ok(());
+        };
+        let pack = match self.pack {
+            Some(Ok(seq)) => seq,
+            Some(Err(id)) => {
+                let found = self
+                    .tx
+                    .prepare_cached("SELECT seq FROM packs WHERE seg = ?1 AND id = ?2 LIMIT 1")
+                    .and_then(|mut find| {
+                        find.query_row(params![seg, &id.0 .0[..]], |r| r.get::<_, i64>(0))
+                            .optional()
+                    })
+                    .map_err(Fail::from)
+                    .and_then(|seq| {
+                        seq.ok_or(Fail::Malformed(
+                            "a partially ingested segment lacks one of its packs",
+                        ))
+                    });
+                let seq = self.check(found)?;
+                self.pack = Some(Ok(seq));
+                seq
+            }
+            None => {
+                return self.check(Err(Fail::Malformed("a blob row before any pack")));
+            }
+        };
+        self.run.push((*b, pack));
+        if self.run.len() >= SINK_RUN {
+            let flushed = self.flush();
+            self.check(flushed)?;
+        }
+        Ok(())
+    }
+
+    /// Records `r`'s failure, if any, as the sink's, and stops the caller.
+    fn check<T>(&mut self, r: Result<T, Fail>) -> Result<T> {
+        r.map_err(|fail| {
+            let message = fail.to_string();
+            self.failed.get_or_insert(fail);
+            Error::Cache {
+                path: PathBuf::from("(ingestion)"),
+                reason: message,
+            }
+        })
+    }
+
+    /// Inserts the rows held, in key order: neighbouring inserts then
+    /// share B-tree pages (about 5% faster on a fresh cache, more on a
+    /// large one).
+    fn flush(&mut self) -> Result<(), Fail> {
+        let mut add_blob = self.tx.prepare_cached(ADD_BLOB)?;
+        self.run.sort_unstable_by_key(|(b, pack)| (b.id, *pack));
+        for (b, pack) in self.run.drain(..) {
+            add_blob.execute(params![
+                &b.id.0 .0[..],
+                pack,
+                b.kind.code(),
+                b.offset,
+                b.stored_len,
+                b.raw_len
+            ])?;
+            self.inserted += 1;
+        }
+        Ok(())
+    }
+
+    /// Ends the segment: the database's failure first, then the caller's
+    /// (`filled`), else the rows left are inserted.
+    fn finish(mut self, filled: Result<()>) -> Result<u64, Fail> {
+        if let Some(fail) = self.failed.take() {
+            return Err(fail);
+        }
+        filled.map_err(Fail::Caller)?;
+        self.flush()?;
+        Ok(self.inserted)
+    }
 }
 
 /// Path standing for an in-memory cache.

@@ -115,6 +115,40 @@ impl SealKey {
         unenvelope(plain)
     }
 
+    /// Opens an envelope sealed by [`SealKey::seal_envelope`] in `sealed`'s
+    /// own buffer, leaving its body compressed: for bodies read as a
+    /// stream ([`OpenedEnvelope::body`]) instead of decompressed whole, so
+    /// a large object costs its stored size in memory, once.
+    pub fn open_envelope_in_place(
+        &self,
+        aad: &[u8],
+        mut sealed: Vec<u8>,
+    ) -> Result<OpenedEnvelope, CryptoError> {
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err(CryptoError::TooShort(sealed.len()));
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&sealed[..NONCE_LEN]);
+        let len = self
+            .cipher
+            .open_within(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut sealed,
+                NONCE_LEN..,
+            )
+            .map_err(|_| CryptoError::Authentication)?
+            .len();
+        sealed.truncate(len);
+        match sealed.first() {
+            Some(&COMPRESSION_NONE | &COMPRESSION_ZSTD) => Ok(OpenedEnvelope(sealed)),
+            Some(b) => Err(CryptoError::Envelope(format!(
+                "unknown compression byte {b}"
+            ))),
+            None => Err(CryptoError::Envelope("empty".into())),
+        }
+    }
+
     /// Opens an envelope like [`SealKey::open_envelope`] and hands its body
     /// to `f`, decrypting and decompressing in this thread's reusable
     /// buffers: no allocation per blob, and a body stored uncompressed is
@@ -168,6 +202,36 @@ impl SealKey {
             .len();
         plain.truncate(len);
         Ok(())
+    }
+}
+
+/// An envelope's plaintext, its body still compressed
+/// ([`SealKey::open_envelope_in_place`]).
+#[derive(Debug)]
+pub struct OpenedEnvelope(Vec<u8>);
+
+impl OpenedEnvelope {
+    /// The body as a stream: decompressed as it is read (with a buffer of
+    /// about zstd's window, never the whole body).
+    pub fn body(&self) -> Result<Box<dyn std::io::Read + '_>, CryptoError> {
+        match self.0.split_first() {
+            Some((&COMPRESSION_ZSTD, frame)) => Ok(Box::new(
+                zstd::stream::read::Decoder::with_buffer(frame)
+                    .map_err(|e| CryptoError::Envelope(format!("zstd: {e}")))?,
+            )),
+            Some((_, stored)) => Ok(Box::new(stored)),
+            None => Err(CryptoError::Envelope("empty".into())),
+        }
+    }
+
+    /// Bytes held: the stored size less the seal.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether nothing is held (never: an envelope has its compression byte).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 

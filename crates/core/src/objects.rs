@@ -12,13 +12,17 @@
 //! (check reports it, listings warn and go on, gc refuses to act). Every
 //! other failure (storage unreachable, permissions) fails the operation.
 
-use crate::crypto::SealKey;
+use crate::crypto::{OpenedEnvelope, SealKey};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::kinds::{ObjectKind, SealedKind};
 use crate::format::Id;
 use bytes::Bytes;
 use cairn_storage::{DynStorage, StorageError};
 use rayon::prelude::*;
+
+/// Objects larger than this are read in ranges of this size by
+/// [`Objects::read_opened`].
+pub const RANGED_READ: u64 = 8 << 20;
 
 /// One listed object of kind `K`.
 #[derive(Debug, Clone)]
@@ -53,7 +57,7 @@ impl<K: SealedKind> Loaded<K> {
 
     /// Files the outcome of loading `id`: the body when it loaded, `None`
     /// when it vanished or is damaged (recorded here), an error otherwise.
-    fn sort(&mut self, id: K::Id, r: Result<K::Body>) -> Result<Option<K::Body>> {
+    fn sort<T>(&mut self, id: K::Id, r: Result<T>) -> Result<Option<T>> {
         match r {
             Ok(body) => Ok(Some(body)),
             Err(e) if is_vanished(&e) => {
@@ -169,6 +173,41 @@ impl<'a> Objects<'a> {
         K::decode(&body).map_err(|e| Error::corrupt(K::path(id), e))
     }
 
+    /// Reads and checks object `id` (of `size` stored bytes, as listed:
+    /// 0 if not known) and opens its seal in the buffer it was read into,
+    /// leaving the body to be decoded as a stream (large index segments):
+    /// memory is the stored size, once. An object larger than
+    /// [`RANGED_READ`] is read in ranges of that size into one buffer,
+    /// instead of whole into the storage's buffers and copied.
+    pub fn read_opened<K: SealedKind>(&self, id: &K::Id, size: u64) -> Result<OpenedEnvelope> {
+        let stored = if size > RANGED_READ {
+            let path = K::path(id);
+            let mut stored = Vec::with_capacity(size as usize);
+            let mut at = 0;
+            while at < size {
+                let end = (at + RANGED_READ).min(size);
+                let part = self
+                    .storage
+                    .read_range(&path, at..end)
+                    .map_err(self.serr())?;
+                stored.extend_from_slice(&part);
+                at = end;
+            }
+            if Id::hash(&stored) != K::raw(id) {
+                return Err(Error::corrupt(
+                    path,
+                    "content does not match its name (BLAKE3 mismatch)",
+                ));
+            }
+            stored
+        } else {
+            Vec::from(self.read::<K>(id)?)
+        };
+        self.key
+            .open_envelope_in_place(K::AAD, stored)
+            .map_err(|e| Error::corrupt(K::path(id), e))
+    }
+
     /// Reads, checks, opens and decodes object `id`.
     pub fn load<K: SealedKind>(&self, id: &K::Id) -> Result<K::Body> {
         let stored = self.read::<K>(id)?;
@@ -218,21 +257,23 @@ impl<'a> Objects<'a> {
 
     /// Loads the objects `ids` on `in_flight` threads and hands each to
     /// `f` on the calling thread as it arrives (in no set order), by the
-    /// same policy as [`Objects::load_each`]. At most `in_flight` objects
-    /// are loading or waiting for `f` besides the one `f` holds, so memory
-    /// follows `in_flight`, not the number of objects. An error from `f` or from a load stops
-    /// the loaders and is returned.
-    pub fn stream_each<K: SealedKind>(
+    /// same policy as [`Objects::load_each`]; `load` may return the body
+    /// or any other form of the object (an opened envelope to decode as a
+    /// stream). At most `in_flight` objects are loading or waiting for `f`
+    /// besides the one `f` holds, so memory follows `in_flight`, not the
+    /// number of objects. An error from `f` or from a load stops the
+    /// loaders and is returned.
+    pub fn stream_each<K: SealedKind, T: Send>(
         ids: Vec<K::Id>,
         in_flight: usize,
-        load: impl Fn(&K::Id) -> Result<K::Body> + Sync,
-        mut f: impl FnMut(K::Id, K::Body) -> Result<()>,
+        load: impl Fn(&K::Id) -> Result<T> + Sync,
+        mut f: impl FnMut(K::Id, T) -> Result<()>,
     ) -> Result<Loaded<K>> {
         use std::sync::atomic::{AtomicBool, Ordering};
         let in_flight = in_flight.clamp(1, ids.len().max(1));
         let queue = std::sync::Mutex::new(ids.into_iter());
         let stop = AtomicBool::new(false);
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(K::Id, Result<K::Body>)>(in_flight - 1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(K::Id, Result<T>)>(in_flight - 1);
         std::thread::scope(|s| {
             let mut out = Loaded::empty();
             let mut spawned = Ok(());

@@ -14,7 +14,7 @@ use crate::format::kinds::{IndexSegments, KeyFiles, ObjectKind, Snapshots};
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{decode_list, ChunkRef, Content, Tree};
 use crate::format::{BlobId, BlobKind, Id, IndexId, PackId, SnapshotId, FORMAT_VERSION};
-use crate::index_view::{segment_rows, IndexView, SyncReport};
+use crate::index_view::{IndexView, SyncReport};
 use crate::keyring::{new_key_file, Keyring};
 use crate::objects::{any_on, list_on, Objects};
 use crate::plans::PlanSet;
@@ -362,13 +362,15 @@ impl Repository {
     }
 
     /// Ingests every index segment into `fresh`, a cache being rebuilt
-    /// after damage. One segment at a time, on the calling thread: this
+    /// after damage. One segment at a time, on the calling thread (this
     /// may run on a rayon worker while the pool's other threads wait for
-    /// the rebuild.
+    /// the rebuild), each decoded as a stream.
     fn fill_index(&self, fresh: &Cache, tolerate_damage: bool) -> Result<()> {
-        for id in self.objects().list_ids::<IndexSegments>()? {
-            match self.load_segment(&id) {
-                Ok(seg) => fresh.add_segment(&id, &segment_rows(seg))?,
+        let mut listed = self.objects().list::<IndexSegments>()?;
+        listed.sort_by_key(|l| l.id);
+        for crate::objects::Listed { id, size, .. } in listed {
+            match crate::index_view::ingest_in_full(fresh, &self.objects(), &id, size) {
+                Ok(()) => {}
                 Err(e) if crate::objects::is_vanished(&e) => {}
                 Err(e) if tolerate_damage => tracing::warn!("{e}"),
                 Err(e) => return Err(e),

@@ -134,6 +134,9 @@ impl StatsWalk<'_> {
 /// Totals over `snapshots` (their trees must be readable: run `check` on a
 /// damaged repository).
 pub fn stats(repo: &Repository, snapshots: &[(SnapshotId, Snapshot)]) -> Result<RepoStats> {
+    // The repository's totals (blobs indexed) need every row: ingested
+    // first, so the walk's lookups are answered from it.
+    repo.index()?;
     let mut w = StatsWalk {
         repo,
         seen: HashSet::new(),

@@ -88,6 +88,136 @@ impl IndexSegment {
     }
 }
 
+/// One item of a segment body read as a stream ([`visit_segment`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentItem {
+    /// A pack, followed by its `blobs` entries.
+    Pack {
+        /// Pack id.
+        id: PackId,
+        /// Pack length in bytes.
+        len: u64,
+        /// How many [`SegmentItem::Blob`] items follow.
+        blobs: u32,
+    },
+    /// One blob of the last pack.
+    Blob(BlobEntry),
+}
+
+/// What [`visit_segment`] read besides the items.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SegmentSummary {
+    /// Segments this one replaces.
+    pub supersedes: Vec<IndexId>,
+    /// Blob entries read.
+    pub blobs: u64,
+}
+
+/// Blob entries [`visit_segment`] reads at once.
+const STREAM_RUN: usize = 1024;
+
+/// Reads fields of a segment body from a byte stream.
+struct StreamReader<R> {
+    r: R,
+    read: u64,
+}
+
+impl<R: std::io::Read> StreamReader<R> {
+    fn bytes<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut buf = [0u8; N];
+        self.fill(&mut buf)?;
+        Ok(buf)
+    }
+
+    /// Fills `buf` from the stream.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), DecodeError> {
+        self.r.read_exact(buf).map_err(|e| {
+            let reason = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                format!(
+                    "truncated: need {} bytes at offset {}",
+                    buf.len(),
+                    self.read
+                )
+            } else {
+                format!("unreadable at offset {}: {e}", self.read)
+            };
+            DecodeError::new("index segment", reason)
+        })?;
+        self.read += buf.len() as u64;
+        Ok(())
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.bytes::<4>()?))
+    }
+
+    fn id(&mut self) -> Result<super::Id, DecodeError> {
+        Ok(super::Id(self.bytes::<32>()?))
+    }
+
+    /// Fails unless the stream is at its end.
+    fn finish(mut self) -> Result<(), DecodeError> {
+        let mut one = [0u8; 1];
+        match self.r.read(&mut one) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(DecodeError::new(
+                "index segment",
+                format!("trailing bytes at offset {}", self.read),
+            )),
+            Err(e) => Err(DecodeError::new(
+                "index segment",
+                format!("unreadable at offset {}: {e}", self.read),
+            )),
+        }
+    }
+}
+
+/// Decodes a segment body from `body` as a stream, handing each pack and
+/// blob entry to `f` in order, so memory stays one entry whatever the
+/// segment's size; the same checks as [`IndexSegment::decode`] (version,
+/// truncation, unknown kinds, trailing bytes). An error from `f` stops the
+/// read and is returned.
+pub fn visit_segment<E: From<DecodeError>>(
+    body: impl std::io::Read,
+    mut f: impl FnMut(SegmentItem) -> Result<(), E>,
+) -> Result<SegmentSummary, E> {
+    let mut r = StreamReader {
+        r: std::io::BufReader::with_capacity(64 << 10, body),
+        read: 0,
+    };
+    let version = r.u32()?;
+    if version != INDEX_VERSION {
+        return Err(
+            DecodeError::new("index segment", format!("unsupported version {version}")).into(),
+        );
+    }
+    let mut summary = SegmentSummary::default();
+    let mut run = vec![0u8; STREAM_RUN * ENTRY_LEN];
+    for _ in 0..r.u32()? {
+        summary.supersedes.push(IndexId(r.id()?));
+    }
+    for _ in 0..r.u32()? {
+        let id = PackId(r.id()?);
+        let len = u64::from_le_bytes(r.bytes::<8>()?);
+        let blobs = r.u32()?;
+        f(SegmentItem::Pack { id, len, blobs })?;
+        // Entries are read in runs into one buffer and decoded in place.
+        let mut left = blobs as usize;
+        while left > 0 {
+            let n = left.min(STREAM_RUN);
+            r.fill(&mut run[..n * ENTRY_LEN])?;
+            for entry in run[..n * ENTRY_LEN].chunks_exact(ENTRY_LEN) {
+                let mut er = super::codec::Reader::new(entry, "index segment");
+                f(SegmentItem::Blob(BlobEntry::decode_from(&mut er)?))?;
+            }
+            summary.blobs += n as u64;
+            left -= n;
+        }
+    }
+    r.finish()?;
+    Ok(summary)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,12 +251,60 @@ mod tests {
                 supersedes: sup.into_iter().map(|i| IndexId(Id(i))).collect(),
                 packs: packs.into_iter().map(|(id, len, blobs)| IndexedPack { id: PackId(Id(id)), len, blobs }).collect(),
             };
-            prop_assert_eq!(IndexSegment::decode(&seg.encode()).unwrap(), seg);
+            prop_assert_eq!(IndexSegment::decode(&seg.encode()).unwrap(), seg.clone());
+            prop_assert_eq!(streamed(&seg.encode()).unwrap(), seg);
         }
 
         #[test]
         fn decode_never_panics(data in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = IndexSegment::decode(&data);
+            let _ = streamed(&data);
         }
+
+        #[test]
+        fn the_stream_decoder_accepts_and_refuses_what_the_whole_one_does(
+            packs in proptest::collection::vec((any::<[u8; 32]>(), any::<u64>(), proptest::collection::vec(entry(), 0..4)), 0..3),
+            cut in any::<prop::sample::Index>(),
+            flip in any::<prop::sample::Index>(),
+        ) {
+            let seg = IndexSegment {
+                supersedes: Vec::new(),
+                packs: packs.into_iter().map(|(id, len, blobs)| IndexedPack { id: PackId(Id(id)), len, blobs }).collect(),
+            };
+            let body = seg.encode();
+            let truncated = &body[..cut.index(body.len())];
+            prop_assert_eq!(IndexSegment::decode(truncated).is_ok(), streamed(truncated).is_ok());
+            let mut longer = body.clone();
+            longer.push(0);
+            prop_assert!(streamed(&longer).is_err());
+            let mut flipped = body.clone();
+            let at = flip.index(flipped.len());
+            flipped[at] ^= 0xff;
+            prop_assert_eq!(IndexSegment::decode(&flipped).ok(), streamed(&flipped).ok());
+        }
+    }
+
+    /// A segment rebuilt from what [`visit_segment`] hands out.
+    fn streamed(body: &[u8]) -> Result<IndexSegment, DecodeError> {
+        let mut packs: Vec<IndexedPack> = Vec::new();
+        let summary = visit_segment(body, |item| {
+            match item {
+                SegmentItem::Pack { id, len, .. } => packs.push(IndexedPack {
+                    id,
+                    len,
+                    blobs: Vec::new(),
+                }),
+                SegmentItem::Blob(b) => packs
+                    .last_mut()
+                    .ok_or_else(|| DecodeError::new("test", "a blob before any pack"))?
+                    .blobs
+                    .push(b),
+            }
+            Ok::<(), DecodeError>(())
+        })?;
+        Ok(IndexSegment {
+            supersedes: summary.supersedes,
+            packs,
+        })
     }
 }

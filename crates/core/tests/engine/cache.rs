@@ -310,3 +310,59 @@ fn threads_that_meet_a_damaged_cache_at_once_share_one_rebuild() {
     assert_eq!(refills.load(Ordering::SeqCst), 1, "one rebuild");
     assert_eq!(cache.blob_count().unwrap(), entries.len() as u64);
 }
+
+/// A segment streamed into the cache in several sorted runs (more rows
+/// than [`SINK_RUN`]) whose reading fails past the first run leaves
+/// nothing of itself, nor of the segments in the same transaction: a
+/// killed ingestion holds whole segments only, however large.
+#[test]
+fn a_segment_failing_midway_through_a_streamed_ingestion_leaves_no_row() {
+    use cairn_core::cache::{Record, SINK_RUN};
+    use cairn_core::format::pack::BlobEntry;
+    use cairn_core::{BlobId, BlobKind, IndexId, PackId};
+    let (_d, dir) = temp_sub("cache-midway");
+    let cache = Cache::open(Some(&dir.join("c.sqlite")), &Id([1; 32]), b"fp").unwrap();
+    let entry = |n: u64| BlobEntry {
+        id: BlobId(Id::hash(format!("midway {n}").as_bytes())),
+        kind: BlobKind::Data,
+        offset: n as u32,
+        stored_len: 1,
+        raw_len: 1,
+    };
+    let rows = 2 * SINK_RUN as u64 + 7;
+    let small = IndexId(Id([2; 32]));
+    let large = IndexId(Id([3; 32]));
+    let items = [(small, Record::Full, 10u64), (large, Record::Full, rows)];
+    let failing = cache.ingest_with(&items, |&n, sink| {
+        sink.pack(&PackId(Id([n as u8; 32])), n)?;
+        for k in 0..n {
+            if n == rows && k == SINK_RUN as u64 + 3 {
+                return Err(cairn_core::Error::corrupt(
+                    "index/large",
+                    "cut short (injected)",
+                ));
+            }
+            sink.blob(&entry(n * 1_000_000 + k))?;
+        }
+        Ok(())
+    });
+    let err = failing.unwrap_err();
+    assert!(err.to_string().contains("injected"), "{err}");
+    assert!(cache.segments().unwrap().is_empty());
+    assert_eq!(cache.blob_count().unwrap(), 0);
+    assert!(cache.packs().unwrap().is_empty());
+    // The same items read through are ingested whole, in runs.
+    let inserted = cache
+        .ingest_with(&items, |&n, sink| {
+            sink.pack(&PackId(Id([n as u8; 32])), n)?;
+            (0..n).try_for_each(|k| sink.blob(&entry(n * 1_000_000 + k)))
+        })
+        .unwrap();
+    assert_eq!(inserted, rows + 10);
+    assert_eq!(cache.blob_count().unwrap(), rows + 10);
+    assert_eq!(cache.segment_levels().unwrap().len(), 2);
+    assert!(cache
+        .lookup(&entry(rows * 1_000_000 + rows - 1).id)
+        .unwrap()
+        .is_some());
+}

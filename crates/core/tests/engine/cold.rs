@@ -8,7 +8,7 @@ use bytes::Bytes;
 use cairn_core::format::index::{IndexSegment, IndexedPack};
 use cairn_core::format::pack::BlobEntry;
 use cairn_core::format::Id;
-use cairn_core::index_view::{Level, INGEST_BATCH_BLOBS, INGEST_BATCH_SEGMENTS};
+use cairn_core::index_view::{Level, INGEST_BATCH_BLOBS, INGEST_BATCH_SEGMENTS, MAX_CONFIRMATIONS};
 use cairn_core::{BlobId, BlobKind, OpenOptions, PackId, Repository};
 use cairn_storage::{DynStorage, ObjectInfo, Storage, StorageError, StorageErrorKind};
 use std::ops::Range;
@@ -109,8 +109,12 @@ fn opening_and_listing_snapshots_ingest_no_index_until_a_lookup_needs_it() {
     assert_eq!(repo.list_snapshots().unwrap().len(), 1);
     assert!(repo.cache().segments().unwrap().is_empty());
     assert!(!repo.index_view().is_synced());
-    // The first blob question syncs the whole index, once.
+    // The first blob question reads the index at the tree level; a blob
+    // the data-blob filter may hold is confirmed by covering it.
     assert!(repo.has_blob(&fake_blob(0)).unwrap());
+    assert_eq!(repo.index_view().level(), Level::Trees);
+    assert!(!repo.has_blob(&fake_blob(1 << 40)).unwrap());
+    repo.index().unwrap();
     assert!(repo.index_view().is_synced());
     assert_eq!(
         repo.cache().segments().unwrap().len(),
@@ -173,7 +177,7 @@ fn a_cache_left_by_a_killed_ingestion_holds_whole_segments_and_is_completed() {
         }),
     });
     let repo = open_on(failing, &cache).unwrap();
-    let err = repo.has_blob(&fake_blob(0)).unwrap_err();
+    let err = repo.index().unwrap_err();
     assert!(err.to_string().contains("injected"), "{err}");
     let partial = repo.cache().segments().unwrap().len() as u64;
     assert!(partial > 0 && partial < segments, "{partial} segments");
@@ -292,8 +296,17 @@ fn browsing_on_an_empty_cache_ingests_tree_rows_not_data_rows() {
         rows < 100,
         "only tree and list rows are ingested, not the 6,000 data rows: {rows}"
     );
-    // A question about data ingests the rest, once.
+    // A question about a data blob the filter may hold covers it (one
+    // more read of every segment); past MAX_CONFIRMATIONS of them, the
+    // rest is ingested, once.
     assert!(repo.has_blob(&fake_blob(5999)).unwrap());
+    assert_eq!(repo.index_view().level(), Level::Trees);
+    assert!(repo.cache().blob_count().unwrap() < rows + 5);
+    for n in 0..u64::from(MAX_CONFIRMATIONS) - 1 {
+        assert!(repo.has_blob(&fake_blob(n)).unwrap());
+        assert_eq!(repo.index_view().level(), Level::Trees);
+    }
+    assert!(repo.has_blob(&fake_blob(4000)).unwrap());
     assert_eq!(repo.index_view().level(), Level::Full);
     assert!(repo.cache().blob_count().unwrap() > 6000);
     // A cache left at the tree level is completed by the next handle.
@@ -340,9 +353,11 @@ fn an_unchanged_backup_on_an_empty_cache_ingests_its_parents_rows_only() {
     let rows = repo.cache().blob_count().unwrap();
     assert!(rows < 100, "{rows} rows");
     // Its covered answers are exact: a parent chunk is present, a blob
-    // of the fake index not covered is answered after a full ingestion.
+    // of the fake index not covered is covered to answer for it.
     assert!(repo.has_blob(&fake_blob(7)).unwrap());
-    assert_eq!(repo.index_view().level(), Level::Full);
+    assert_eq!(repo.index_view().level(), Level::Trees);
+    let loc = repo.lookup(&fake_blob(7)).unwrap().expect("located");
+    assert_eq!(loc.stored_len, 100);
     let target = tempfile::tempdir().unwrap();
     restore_all(&open_repo(&t.loc, &cache), &second, target.path());
 }
