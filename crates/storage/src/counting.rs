@@ -254,6 +254,10 @@ impl Storage for CountingStorage {
     fn missing_root(&self) -> Option<String> {
         self.inner.missing_root()
     }
+
+    fn is_local(&self) -> bool {
+        self.inner.is_local()
+    }
 }
 
 #[cfg(test)]

@@ -383,6 +383,10 @@ impl Storage for FaultStorage {
     fn missing_root(&self) -> Option<String> {
         self.inner.missing_root()
     }
+
+    fn is_local(&self) -> bool {
+        self.inner.is_local()
+    }
 }
 
 #[cfg(test)]

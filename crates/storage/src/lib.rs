@@ -129,6 +129,12 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     fn missing_root(&self) -> Option<String> {
         None
     }
+    /// Whether objects are files on this machine (a local directory, NFS
+    /// included): a read costs no round trip, so reading ahead buys nothing
+    /// and only holds memory. `false` (the default) for object stores.
+    fn is_local(&self) -> bool {
+        false
+    }
 }
 
 /// Where the fs backend stages objects under a local repository root
@@ -174,6 +180,9 @@ impl<S: Storage + ?Sized> Storage for Arc<S> {
     }
     fn missing_root(&self) -> Option<String> {
         (**self).missing_root()
+    }
+    fn is_local(&self) -> bool {
+        (**self).is_local()
     }
 }
 

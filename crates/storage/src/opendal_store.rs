@@ -489,6 +489,10 @@ impl Storage for OpendalStorage {
         let root = self.local_root.as_ref()?;
         (!root.exists()).then(|| format!("the directory {} does not exist", root.display()))
     }
+
+    fn is_local(&self) -> bool {
+        self.local_root.is_some()
+    }
 }
 
 #[cfg(test)]
@@ -498,6 +502,19 @@ mod tests {
     fn fs_storage(dir: &tempfile::TempDir) -> OpendalStorage {
         let location = Location::parse(&dir.path().to_string_lossy()).unwrap();
         OpendalStorage::open(&location, &StorageOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn a_directory_is_local_and_other_storage_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(fs_storage(&dir).is_local());
+        // Anything else says no unless it knows better (an object store).
+        assert!(!crate::testing::MemStorage::new().is_local());
+        // Wrappers answer for what they wrap.
+        let wrapped: crate::DynStorage = std::sync::Arc::new(crate::CountingStorage::new(
+            std::sync::Arc::new(fs_storage(&dir)),
+        ));
+        assert!(wrapped.is_local());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

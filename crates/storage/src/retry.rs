@@ -168,6 +168,10 @@ impl Storage for RetryStorage {
     fn missing_root(&self) -> Option<String> {
         self.inner.missing_root()
     }
+
+    fn is_local(&self) -> bool {
+        self.inner.is_local()
+    }
 }
 
 #[cfg(test)]

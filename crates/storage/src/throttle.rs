@@ -177,6 +177,10 @@ impl Storage for ThrottleStorage {
     fn missing_root(&self) -> Option<String> {
         self.inner.missing_root()
     }
+
+    fn is_local(&self) -> bool {
+        self.inner.is_local()
+    }
 }
 
 #[cfg(test)]

@@ -21,9 +21,10 @@ pub const MERGE_GAP: u64 = 1 << 20;
 /// restore memory: 4 MiB keeps a 2-thread restore near its baseline while a
 /// 16 MiB pack still takes only four reads.
 pub const MAX_RANGE: u64 = 4 << 20;
-/// Range reads in flight during a restore, on their own threads; with the
-/// decrypting threads' ranges and those waiting for them, at most
-/// `READS_AHEAD + 2 x threads` ranges ([`MAX_RANGE`]) are held.
+/// Range reads in flight during a restore from an object store, on their
+/// own threads; with the decrypting threads' ranges and those waiting for
+/// them, at most `READS_AHEAD + 2 x threads` ranges ([`MAX_RANGE`]) are
+/// held. A local repository reads on the decrypting threads instead.
 const READS_AHEAD: usize = 6;
 
 /// What fetching did.
@@ -64,7 +65,14 @@ pub(super) fn fetch(
         pool.current_num_threads(),
     );
     std::thread::scope(|scope| {
-        for i in 0..READS_AHEAD.min(tasks.len()) {
+        // A local repository's reads cost no round trip: the pool reads
+        // them itself, holding no ranges ahead.
+        let ahead = if repo.storage().is_local() {
+            0
+        } else {
+            READS_AHEAD.min(tasks.len())
+        };
+        for i in 0..ahead {
             let (tx, tasks, next) = (tx.clone(), &tasks, &next);
             let spawned = std::thread::Builder::new()
                 .name(format!("cairn-restore-read-{i}"))
