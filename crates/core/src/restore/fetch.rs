@@ -53,107 +53,105 @@ pub(super) fn fetch(
     let fail = |file: usize, why: &dyn Fn() -> String| {
         crate::sync::lock(&failed_m).entry(file).or_insert_with(why);
     };
-    // Range reads run on their own threads, ahead of the pool that
-    // decrypts and writes: through an object store each read is a round
+    // From an object store, range reads run on threads of their own,
+    // ahead of the pool that decrypts and writes: each read is a round
     // trip, and with one read per pool thread only two were in flight.
     let tasks: Vec<(&PackId, &[PackBlob])> = packs
         .iter()
         .flat_map(|(pack, blobs)| merge_ranges(blobs).into_iter().map(move |r| (pack, r)))
         .collect();
-    let next = AtomicUsize::new(0);
-    let (tx, rx) = crossbeam_channel::bounded::<(usize, crate::error::Result<bytes::Bytes>)>(
-        pool.current_num_threads(),
-    );
-    std::thread::scope(|scope| {
-        // A local repository's reads cost no round trip: the pool reads
-        // them itself, holding no ranges ahead.
-        let ahead = if repo.storage().is_local() {
-            0
-        } else {
-            READS_AHEAD.min(tasks.len())
+    // What to do with range `k` once read: decrypt its blobs, write them.
+    let process = |k: usize, data: crate::error::Result<bytes::Bytes>| {
+        let (pack, range) = tasks[k];
+        ranges.fetch_add(1, Ordering::Relaxed);
+        let start = range[0].offset;
+        let path = pack.path();
+        let data = match data {
+            Ok(d) => d,
+            Err(e) => {
+                for b in range {
+                    for t in &b.targets {
+                        fail(t.file, &|| format!("reading {path}: {e}"));
+                    }
+                }
+                return;
+            }
         };
+        for b in range {
+            let rel = (b.offset - start) as usize;
+            let stored = &data[rel..rel + b.stored_len as usize];
+            let write_targets = |plain: &[u8]| {
+                for t in &b.targets {
+                    let file = &plan.files[t.file];
+                    let res = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&file.path)
+                        .and_then(|f| {
+                            let uncached = file.node.size >= UNCACHED_FROM;
+                            write_sparse(&f, plain, t.offset, uncached)
+                        });
+                    match res {
+                        Ok(()) => {
+                            bytes.fetch_add(plain.len() as u64, Ordering::Relaxed);
+                            progress.add_bytes(plain.len() as u64);
+                        }
+                        Err(e) => {
+                            fail(t.file, &|| format!("{}: {e}", file.path.display()));
+                        }
+                    }
+                }
+            };
+            let opened = repo.with_open_blob(BlobKind::Data, &b.id, stored, &path, write_targets);
+            if let Err(e) = opened {
+                if matches!(e, Error::Corrupt { .. }) {
+                    repo.note_damage(crate::damage::one_copy(b.id, *pack));
+                }
+                for t in &b.targets {
+                    fail(t.file, &|| e.to_string());
+                }
+            }
+        }
+    };
+    let read = |k: usize| {
+        let (pack, range) = tasks[k];
+        let (start, end) = span(range);
+        repo.read_pack_range(pack, start..end)
+    };
+    // A local repository's reads cost no round trip: each pool thread
+    // reads its own ranges (NFS included, two in flight), holding none
+    // ahead.
+    let ahead = if repo.storage().is_local() {
+        0
+    } else {
+        READS_AHEAD.min(tasks.len())
+    };
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = crossbeam_channel::bounded(pool.current_num_threads());
+    std::thread::scope(|scope| {
+        let mut readers = 0;
         for i in 0..ahead {
-            let (tx, tasks, next) = (tx.clone(), &tasks, &next);
+            let (tx, next, read, count) = (tx.clone(), &next, &read, tasks.len());
             let spawned = std::thread::Builder::new()
                 .name(format!("cairn-restore-read-{i}"))
                 .spawn_scoped(scope, move || loop {
                     let k = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((pack, range)) = tasks.get(k) else {
-                        break;
-                    };
-                    let (start, end) = span(range);
-                    let data = repo.read_pack_range(pack, start..end);
-                    if tx.send((k, data)).is_err() {
+                    if k >= count || tx.send((k, read(k))).is_err() {
                         break;
                     }
                 });
-            if spawned.is_err() && i == 0 {
-                // No thread at all: read on the pool instead (below).
-                break;
-            }
+            readers += usize::from(spawned.is_ok());
         }
         drop(tx);
-        // Whatever no reading thread took (none could start) is read here.
-        let rest = std::iter::from_fn(|| {
-            let k = next.fetch_add(1, Ordering::Relaxed);
-            let (pack, range) = tasks.get(k)?;
-            let (start, end) = span(range);
-            Some((k, repo.read_pack_range(pack, start..end)))
-        });
-        let arrived = rx.into_iter().chain(rest);
         pool.install(|| {
-            arrived.par_bridge().for_each(|(k, data)| {
-                let (pack, range) = tasks[k];
-                ranges.fetch_add(1, Ordering::Relaxed);
-                let start = range[0].offset;
-                let path = pack.path();
-                let data = match data {
-                    Ok(d) => d,
-                    Err(e) => {
-                        for b in range {
-                            for t in &b.targets {
-                                fail(t.file, &|| format!("reading {path}: {e}"));
-                            }
-                        }
-                        return;
-                    }
-                };
-                for b in range {
-                    let rel = (b.offset - start) as usize;
-                    let stored = &data[rel..rel + b.stored_len as usize];
-                    let write_targets = |plain: &[u8]| {
-                        for t in &b.targets {
-                            let file = &plan.files[t.file];
-                            let res = std::fs::OpenOptions::new()
-                                .write(true)
-                                .open(&file.path)
-                                .and_then(|f| {
-                                    let uncached = file.node.size >= UNCACHED_FROM;
-                                    write_sparse(&f, plain, t.offset, uncached)
-                                });
-                            match res {
-                                Ok(()) => {
-                                    bytes.fetch_add(plain.len() as u64, Ordering::Relaxed);
-                                    progress.add_bytes(plain.len() as u64);
-                                }
-                                Err(e) => {
-                                    fail(t.file, &|| format!("{}: {e}", file.path.display()));
-                                }
-                            }
-                        }
-                    };
-                    let opened =
-                        repo.with_open_blob(BlobKind::Data, &b.id, stored, &path, write_targets);
-                    if let Err(e) = opened {
-                        if matches!(e, Error::Corrupt { .. }) {
-                            repo.note_damage(crate::damage::one_copy(b.id, *pack));
-                        }
-                        for t in &b.targets {
-                            fail(t.file, &|| e.to_string());
-                        }
-                    }
-                }
-            })
+            if readers == 0 {
+                (0..tasks.len())
+                    .into_par_iter()
+                    .for_each(|k| process(k, read(k)));
+            } else {
+                rx.into_iter()
+                    .par_bridge()
+                    .for_each(|(k, data)| process(k, data));
+            }
         });
     });
     *failed = crate::sync::into_inner(failed_m);
