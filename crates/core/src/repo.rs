@@ -104,7 +104,8 @@ pub use crate::sealer::{zstd_level_for, BINARY_ZSTD_LEVEL};
 
 /// Runs `a` here and `b` on a thread of its own, at once: two round trips
 /// to an object store that do not depend on each other cost one. Where no
-/// thread can be started, or `b` panicked on it, `b` runs here after `a`.
+/// thread can be started, `b` runs here after `a`; a panic in `b` goes on
+/// here, as if `b` had run here.
 fn together<A, B: Send>(a: impl FnOnce() -> A, b: impl Fn() -> B + Sync) -> (A, B) {
     std::thread::scope(|scope| {
         let other = std::thread::Builder::new()
@@ -112,7 +113,9 @@ fn together<A, B: Send>(a: impl FnOnce() -> A, b: impl Fn() -> B + Sync) -> (A, 
             .spawn_scoped(scope, &b);
         let a = a();
         let b = match other {
-            Ok(handle) => handle.join().unwrap_or_else(|_| b()),
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
             Err(_) => b(),
         };
         (a, b)

@@ -153,8 +153,6 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
                     .err()
                     .map(|e| (i, e.to_string()))
             })
-            .collect::<Vec<_>>()
-            .into_iter()
             .collect()
     });
     let reads = plan::reads(repo, &pool, &plan.files, &failed)?;

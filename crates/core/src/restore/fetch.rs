@@ -64,7 +64,7 @@ pub(super) fn fetch(
     let process = |k: usize, data: crate::error::Result<bytes::Bytes>| {
         let (pack, range) = tasks[k];
         ranges.fetch_add(1, Ordering::Relaxed);
-        let start = range[0].offset;
+        let (start, _) = span(range);
         let path = pack.path();
         let data = match data {
             Ok(d) => d,
