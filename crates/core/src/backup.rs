@@ -251,6 +251,7 @@ fn run_stages(
         hardlinks: HashMap::new(),
         in_flight: in_flight.clone(),
         read_devices: opts.read_devices,
+        known: Arc::default(),
     };
     let mut assembler = assemble::Assembler::new(
         repo,

@@ -517,6 +517,31 @@ impl Cache {
         self.query_locations(id, -1)
     }
 
+    /// The packs holding each of `ids`, in their order, looked up in one
+    /// read transaction: a query on its own takes and releases SQLite's
+    /// file locks (two `fcntl` calls), which cost more than the lookup.
+    pub fn packs_of_all(&self, ids: &[BlobId]) -> Result<Vec<Vec<PackId>>> {
+        self.read(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let mut stmt = tx.prepare_cached(
+                "SELECT p.id FROM blobs b JOIN packs p ON p.seq = b.pack WHERE b.id = ?1",
+            )?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let mut packs = Vec::new();
+                let mut rows = stmt.query([&id.0 .0[..]])?;
+                while let Some(row) = rows.next()? {
+                    let pack: Vec<u8> = row.get(0)?;
+                    packs.push(PackId(id32(&pack, "malformed index row")?));
+                }
+                out.push(packs);
+            }
+            drop(stmt);
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
     /// Up to `limit` locations of blob `id` (-1: all).
     fn query_locations(&self, id: &BlobId, limit: i64) -> Result<Vec<BlobLocation>> {
         self.read(|conn| {

@@ -355,6 +355,8 @@ pub struct IndexView {
     tolerate_damage: bool,
     damaged_segments: Mutex<Vec<(IndexId, String)>>,
     plans: RwLock<PlanSet>,
+    /// Bumped each time the plans are replaced ([`IndexView::plans_epoch`]).
+    plans_epoch: std::sync::atomic::AtomicU64,
     /// The segments of this handle's last listing of `index/`, with their
     /// stored sizes.
     listing: Mutex<Vec<(IndexId, u64)>>,
@@ -383,6 +385,7 @@ impl IndexView {
             cache,
             level: AtomicU8::new(Level::None as u8),
             covered: RwLock::default(),
+            plans_epoch: std::sync::atomic::AtomicU64::new(0),
             syncing: Mutex::new(()),
             tolerate_damage,
             damaged_segments: Mutex::new(Vec::new()),
@@ -938,7 +941,40 @@ impl IndexView {
         let fresh = crate::plans::load(objects, &current)?;
         let changed = fresh.plan_ids() != current.plan_ids();
         *crate::sync::write(&self.plans) = fresh;
+        self.plans_epoch.fetch_add(1, Ordering::AcqRel);
         Ok(changed)
+    }
+
+    /// Which of `ids` the index holds in a pack no `gc/` plan lists and no
+    /// `damage/` record names for the blob: the "yes" answers of
+    /// [`IndexView::has_blob`], from one cache transaction. A blob not
+    /// returned may still be present (not covered yet): ask
+    /// [`IndexView::has_blob`] for it.
+    pub fn present_among(
+        &self,
+        objects: &Objects<'_>,
+        damage: &DamageSet,
+        ids: &[BlobId],
+    ) -> Result<HashSet<BlobId>> {
+        let cache = self.reach(objects, self.first_question())?;
+        let packs = cache.packs_of_all(ids)?;
+        let plans = crate::sync::read(&self.plans);
+        Ok(ids
+            .iter()
+            .zip(packs)
+            .filter(|(id, packs)| {
+                packs
+                    .iter()
+                    .any(|p| !plans.contains(p) && !damage.is_bad(id, p))
+            })
+            .map(|(id, _)| *id)
+            .collect())
+    }
+
+    /// Counts the times the plans were replaced: an answer from
+    /// [`IndexView::present_among`] holds while this has not moved.
+    pub fn plans_epoch(&self) -> u64 {
+        self.plans_epoch.load(Ordering::Acquire)
     }
 
     /// The plans seen by the last refresh.

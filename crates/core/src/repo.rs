@@ -85,6 +85,8 @@ pub(crate) struct Inner {
     damage: std::sync::RwLock<DamageSet>,
     /// Damage this process met and has not recorded yet.
     found: std::sync::Mutex<BTreeSet<DamageEntry>>,
+    /// Bumped each time `damage` is replaced ([`Repository::decisions_epoch`]).
+    damage_epoch: std::sync::atomic::AtomicU64,
     /// Set when `cairn.repository` is damaged but the repository opened.
     header_damage: Option<String>,
 }
@@ -342,6 +344,7 @@ impl Repository {
             index: IndexView::new(cache, opts.tolerate_damage),
             damage: Default::default(),
             found: Default::default(),
+            damage_epoch: Default::default(),
             header_damage,
         }));
         // A cache found damaged after this is rebuilt from the index.
@@ -512,6 +515,27 @@ impl Repository {
         self.0.index.has_blob(&self.objects(), &self.damage(), id)
     }
 
+    /// Which of `ids` [`Repository::has_blob`] says "yes" to, looked up
+    /// together (one cache transaction); the others may be present too
+    /// and are asked one by one. The answer holds while
+    /// [`Repository::decisions_epoch`] has not moved.
+    pub fn present_blobs(&self, ids: &[BlobId]) -> Result<std::collections::HashSet<BlobId>> {
+        self.0
+            .index
+            .present_among(&self.objects(), &self.damage(), ids)
+    }
+
+    /// Changes each time the `gc/` plans or the `damage/` records this
+    /// handle decides with are replaced: a presence answer taken at one
+    /// epoch is not used at another.
+    pub fn decisions_epoch(&self) -> u64 {
+        self.0.index.plans_epoch()
+            + self
+                .0
+                .damage_epoch
+                .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// The recorded damage, for reading. A poisoned lock still holds a
     /// whole set (it is only ever replaced whole).
     fn damage(&self) -> std::sync::RwLockReadGuard<'_, DamageSet> {
@@ -533,6 +557,9 @@ impl Repository {
         let known = self.damage_set();
         let fresh = crate::damage::load_damage_set(&self.objects(), &known)?;
         *crate::sync::write(&self.0.damage) = fresh;
+        self.0
+            .damage_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(())
     }
 

@@ -104,6 +104,19 @@ pub(super) struct Scanner<'a> {
     /// Block devices are read as files of their size (else recorded as
     /// device nodes).
     pub read_devices: bool,
+    /// The stored chunks of the current directory's unchanged files.
+    pub known: Arc<Known>,
+}
+
+/// Blobs found stored together, for a directory's unchanged files: one
+/// cache transaction for the directory instead of one per file (each
+/// costing two file-lock system calls, more than the lookup itself).
+#[derive(Debug, Default)]
+pub(super) struct Known {
+    /// [`Repository::decisions_epoch`] when they were looked up: the
+    /// answer is not used once the plans or the damage records changed.
+    epoch: u64,
+    present: std::collections::HashSet<crate::format::BlobId>,
 }
 
 impl Scanner<'_> {
@@ -204,6 +217,7 @@ impl Scanner<'_> {
             }
         };
         entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let mut listed = Vec::with_capacity(entries.len());
         for (name, dirent) in entries {
             let child = dirent.path();
             // lstat relative to the open directory: no walk of the whole
@@ -222,10 +236,59 @@ impl Scanner<'_> {
             {
                 continue;
             }
+            listed.push((name, child, meta));
+        }
+        let known = Arc::new(self.known_content(&listed, parents)?);
+        for (name, child, meta) in listed {
+            self.known = known.clone();
             let olds = matches(parents, &name);
             self.entry(&child, &name, &meta, &olds)?;
         }
         self.emit(Event::Leave)
+    }
+
+    /// The blobs of the files in `listed` unchanged from a parent entry
+    /// that are stored, looked up together.
+    fn known_content(
+        &self,
+        listed: &[(OsString, PathBuf, Metadata)],
+        parents: &[Tree],
+    ) -> Result<Known> {
+        let mut ids = Vec::new();
+        for (name, _, meta) in listed {
+            if !meta.is_file() {
+                continue;
+            }
+            let node = node_from_meta(name, meta);
+            for old in matches(parents, name) {
+                match &old.payload {
+                    Payload::File(Content::Inline(chunks)) if file_unchanged(&node, old) => {
+                        ids.extend(chunks.iter().filter(|c| !c.is_hole()).map(|c| c.id));
+                    }
+                    Payload::File(Content::Lists(lists)) if file_unchanged(&node, old) => {
+                        ids.extend(lists.iter().map(|l| l.id));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if ids.is_empty() {
+            return Ok(Known::default());
+        }
+        let epoch = self.repo.decisions_epoch();
+        Ok(Known {
+            epoch,
+            present: self.repo.present_blobs(&ids)?,
+        })
+    }
+
+    /// Whether blob `id` is stored: from the directory's lookup while it
+    /// holds, else asked alone.
+    fn blob_known(&self, id: &crate::format::BlobId) -> Result<bool> {
+        if self.known.present.contains(id) && self.known.epoch == self.repo.decisions_epoch() {
+            return Ok(true);
+        }
+        self.writer.contains(id)
     }
 
     /// Emits one entry: a directory with everything below it, or a node
@@ -233,7 +296,10 @@ impl Scanner<'_> {
     /// read are skipped.
     fn entry(&mut self, path: &Path, name: &OsStr, meta: &Metadata, olds: &[&Node]) -> Result<()> {
         let mut node = node_from_meta(name, meta);
-        node.xattrs = read_xattrs(path);
+        node.xattrs = match olds.iter().find(|old| xattrs_unchanged(&node, old)) {
+            Some(old) => old.xattrs.clone(),
+            None => read_xattrs(path),
+        };
         match node.kind {
             NodeType::Dir => {
                 let old_trees: Vec<Tree> = olds
@@ -277,7 +343,7 @@ impl Scanner<'_> {
         match content {
             Content::Inline(chunks) => {
                 for c in chunks {
-                    if !c.is_hole() && !self.writer.contains(&c.id)? {
+                    if !c.is_hole() && !self.blob_known(&c.id)? {
                         return Ok(false);
                     }
                 }
@@ -285,7 +351,7 @@ impl Scanner<'_> {
             }
             Content::Lists(lists) => {
                 for l in lists {
-                    if !self.writer.contains(&l.id)? {
+                    if !self.blob_known(&l.id)? {
                         return Ok(false);
                     }
                 }
@@ -507,12 +573,27 @@ fn matches<'t>(parents: &'t [Tree], name: &OsStr) -> Vec<&'t Node> {
 /// (those are read again, so damage is never inherited).
 fn file_unchanged(node: &Node, old: &Node) -> bool {
     old.kind == NodeType::File
-        && !old
-            .xattrs
-            .iter()
-            .any(|(k, _)| k == crate::repair::DAMAGED_XATTR || k == super::partial::PARTIAL_XATTR)
+        && !carries_marker(old)
         && old.size == node.size
         && same_times_and_inode(node, old)
+}
+
+/// Whether `old`'s xattrs are still `node`'s, without reading them (a
+/// system call walking the whole path, for every entry of an unchanged
+/// tree): the same kind of entry, inode and times. Setting or removing an
+/// xattr changes the change time. An entry carrying one of cairn's own
+/// markers (a file `repair snapshots` filled with holes, a checkpoint's
+/// partial file) has them read again, so a marker is never inherited.
+fn xattrs_unchanged(node: &Node, old: &Node) -> bool {
+    old.kind == node.kind && same_times_and_inode(node, old) && !carries_marker(old)
+}
+
+/// Whether `old` carries one of cairn's own xattrs: filled with holes by
+/// `repair snapshots`, or a checkpoint's partial file.
+fn carries_marker(old: &Node) -> bool {
+    old.xattrs
+        .iter()
+        .any(|(k, _)| k == crate::repair::DAMAGED_XATTR || k == super::partial::PARTIAL_XATTR)
 }
 
 /// Whether `node` and `old` name the same file, untouched since `old` was

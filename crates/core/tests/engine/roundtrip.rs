@@ -259,3 +259,51 @@ fn thousands_of_small_files_and_links_in_one_directory_round_trip() {
     assert!(stats.failed.is_empty(), "{:#?}", stats.failed);
     assert_same_tree(&src, &dst, &compare_opts(&src));
 }
+
+/// An unchanged entry keeps its parent's xattrs without reading them again;
+/// setting an xattr changes the entry's change time, so the next backup
+/// reads them, though the file's content and modification time are the
+/// same.
+#[test]
+fn an_xattr_set_after_a_backup_is_in_the_next_one() {
+    let t = test_repo("xattr-next");
+    let (_src_dir, src) = temp_sub("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("d/f"), "content\n").unwrap();
+    if !cairn_golden::fixture::xattrs_supported(&src) {
+        eprintln!("skipped: the file system keeps no user xattrs");
+        return;
+    }
+    xattr::set(src.join("d/f"), "user.a", b"one").unwrap();
+    xattr::set(src.join("d"), "user.dir", b"one").unwrap();
+    let first = backup_dir(&t.repo, &src);
+    let unchanged = backup_dir(&t.repo, &src);
+    assert_eq!(unchanged.snapshot.summary.files_unchanged, 1);
+    let f = node(&t.repo, &unchanged.snapshot.tree, "d/f");
+    assert_eq!(f.xattrs, vec![(b"user.a".to_vec(), b"one".to_vec())]);
+    assert_eq!(
+        node(&t.repo, &unchanged.snapshot.tree, "d").xattrs,
+        vec![(b"user.dir".to_vec(), b"one".to_vec())]
+    );
+    assert_eq!(unchanged.snapshot.tree, first.snapshot.tree);
+
+    let mtime = filetime::FileTime::from_last_modification_time(
+        &std::fs::metadata(src.join("d/f")).unwrap(),
+    );
+    xattr::set(src.join("d/f"), "user.a", b"two").unwrap();
+    xattr::set(src.join("d/f"), "user.b", b"new").unwrap();
+    xattr::remove(src.join("d"), "user.dir").unwrap();
+    filetime::set_file_mtime(src.join("d/f"), mtime).unwrap();
+    let changed = backup_dir(&t.repo, &src);
+    assert_eq!(
+        node(&t.repo, &changed.snapshot.tree, "d/f").xattrs,
+        vec![
+            (b"user.a".to_vec(), b"two".to_vec()),
+            (b"user.b".to_vec(), b"new".to_vec())
+        ]
+    );
+    assert!(node(&t.repo, &changed.snapshot.tree, "d").xattrs.is_empty());
+    let (_dst_dir, dst) = temp_sub("dst");
+    restore_all(&t.repo, &changed, &dst);
+    assert_same_tree(&src, &dst, &compare_opts(&src));
+}
