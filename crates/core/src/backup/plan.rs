@@ -32,18 +32,29 @@ pub(super) struct BackupPlan {
     excludes: Vec<String>,
 }
 
-impl BackupPlan {
-    /// Resolves `opts` against the file system and the repository's snapshots.
-    pub fn new(repo: &Repository, opts: &BackupOptions) -> Result<Self> {
-        let time = chrono::Utc::now();
-        if opts.paths.is_empty() {
+/// What a backup reads: its paths, absolute, and whether they are one
+/// directory (the snapshot's root) or the entries of a synthetic root.
+pub struct Sources {
+    pub paths: Vec<PathBuf>,
+    pub root_is_dir: bool,
+}
+
+impl Sources {
+    /// Resolves `opts.paths` against the file system.
+    pub fn resolve(opts: &BackupOptions) -> Result<Self> {
+        Self::of(&opts.paths)
+    }
+
+    /// Resolves `paths` against the file system.
+    pub fn of(paths_given: &[PathBuf]) -> Result<Self> {
+        if paths_given.is_empty() {
             return Err(Error::Usage(
                 "nothing to back up: give at least one path".into(),
             ));
         }
         let mut paths = Vec::new();
         let mut all_dirs = true;
-        for p in &opts.paths {
+        for p in paths_given {
             let abs = std::path::absolute(p).map_err(|e| Error::io(p, e))?;
             all_dirs &= std::fs::symlink_metadata(&abs)
                 .map_err(|e| Error::io(&abs, e))?
@@ -51,6 +62,28 @@ impl BackupPlan {
             paths.push(abs);
         }
         let root_is_dir = paths.len() == 1 && all_dirs;
+        Ok(Self { paths, root_is_dir })
+    }
+
+    /// The directories the walk enters first, in its order: the root, or
+    /// the directories among the entries of a synthetic root.
+    pub fn first_dirs(&self) -> Vec<PathBuf> {
+        if self.root_is_dir {
+            return self.paths.clone();
+        }
+        self.paths
+            .iter()
+            .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()))
+            .cloned()
+            .collect()
+    }
+}
+
+impl BackupPlan {
+    /// Resolves `opts` against the repository's snapshots, for `sources`.
+    pub fn new(repo: &Repository, opts: &BackupOptions, sources: Sources) -> Result<Self> {
+        let time = chrono::Utc::now();
+        let Sources { paths, root_is_dir } = sources;
         let host = opts.host.clone().unwrap_or_else(hostname);
         let source = opts.source.clone().unwrap_or_else(|| {
             paths

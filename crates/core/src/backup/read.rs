@@ -55,6 +55,10 @@ pub(super) struct ReadJob {
     pub path: PathBuf,
     pub chunks: Arc<Partial>,
     pub start: u64,
+    /// The file's lstat from the walk, which its node records: what the
+    /// file must still be when its read ends (`None`: a device, whose
+    /// node's times are not its content's; the open file is asked).
+    pub walked: Option<std::fs::Metadata>,
 }
 
 struct Queued {
@@ -180,7 +184,12 @@ pub(super) fn read_file(ctx: &ReadCtx, job: &ReadJob) -> ReadOutcome {
         Ok(f) => f,
         Err(e) => return ReadOutcome::Unreadable(e),
     };
-    let meta = file.metadata().ok();
+    // One fstat less per file: the walk's lstat is the state the node
+    // records, so a change since then is one while the file was read.
+    let meta = match &job.walked {
+        Some(walked) => Some(walked.clone()),
+        None => file.metadata().ok(),
+    };
     // Only a regular file's size and times tell a change (a device's are
     // those of its node).
     let before = meta.as_ref().filter(|m| m.is_file()).map(Stamp::of);

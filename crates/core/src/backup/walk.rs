@@ -13,6 +13,7 @@
 //! matched by one `Leave`, and the walk ends with the `Leave` of the root
 //! (or a `Failed`).
 
+use super::list::{list_dir, Lister};
 use super::partial::{partial_of, InFlight, Partial};
 use super::read::{self, ReadCtx, ReadJob, ReaderPool};
 use super::seal::content_from_chunks;
@@ -106,6 +107,8 @@ pub(super) struct Scanner<'a> {
     pub read_devices: bool,
     /// The stored chunks of the current directory's unchanged files.
     pub known: Arc<Known>,
+    /// Lists directories ahead (`None`: listed here).
+    pub lister: Option<Lister>,
 }
 
 /// Blobs found stored together, for a directory's unchanged files: one
@@ -201,43 +204,17 @@ impl Scanner<'_> {
 
     fn dir(&mut self, path: &Path, parents: &[Tree]) -> Result<()> {
         self.check_workers()?;
-        let mut entries: Vec<(OsString, std::fs::DirEntry)> = match std::fs::read_dir(path) {
-            Ok(rd) => rd
-                .filter_map(|e| match e {
-                    Ok(e) => Some((e.file_name(), e)),
-                    Err(err) => {
-                        self.skip(path, &err);
-                        None
-                    }
-                })
-                .collect(),
-            Err(err) => {
-                self.skip(path, &err);
-                Vec::new()
+        let listed = match self.lister.as_mut().and_then(|l| l.take(path)) {
+            Some(listed) => listed,
+            None => {
+                self.lister = None;
+                list_dir(path, self.exclude.as_deref())
             }
         };
-        entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        let mut listed = Vec::with_capacity(entries.len());
-        for (name, dirent) in entries {
-            let child = dirent.path();
-            // lstat relative to the open directory: no walk of the whole
-            // path per entry.
-            let meta = match dirent.metadata() {
-                Ok(m) => m,
-                Err(err) => {
-                    self.skip(&child, &err);
-                    continue;
-                }
-            };
-            if self
-                .exclude
-                .as_ref()
-                .is_some_and(|x| x.is_excluded(&child, &meta))
-            {
-                continue;
-            }
-            listed.push((name, child, meta));
+        for (path, err) in &listed.skipped {
+            self.skip(path, err);
         }
+        let listed = listed.entries;
         let known = Arc::new(self.known_content(&listed, parents)?);
         for (name, child, meta) in listed {
             self.known = known.clone();
@@ -410,7 +387,10 @@ impl Scanner<'_> {
         let was_file = olds.iter().any(|o| o.kind == NodeType::File);
         if meta.nlink() <= 1 {
             let (chunks, resumed) = self.resumable_prefix(path, &node, olds)?;
-            return Ok(Some(self.queue(path, node, was_file, chunks, resumed)));
+            let walked = Some(meta.clone());
+            return Ok(Some(
+                self.queue(path, node, was_file, chunks, resumed, walked),
+            ));
         }
         self.check_workers()?;
         let chunks = self.in_flight.register(Partial::default());
@@ -418,6 +398,7 @@ impl Scanner<'_> {
             path: path.to_path_buf(),
             chunks: chunks.clone(),
             start: 0,
+            walked: Some(meta.clone()),
         };
         let outcome = read::read_file(&self.reader, &job);
         if matches!(outcome, read::ReadOutcome::Stopped) {
@@ -522,12 +503,12 @@ impl Scanner<'_> {
         // Never resumed from a checkpoint's prefix either: the node's times
         // do not say whether the blocks before it changed.
         let chunks = self.in_flight.register(Partial::default());
-        Some(self.queue(path, node, was_file, chunks, 0))
+        Some(self.queue(path, node, was_file, chunks, 0, None))
     }
 
     /// Queues the file at `path` on the reader pool, its chunks going to
     /// `chunks` (registered in flight) from byte `resumed` on; its node
-    /// waits in the returned entry.
+    /// waits in the returned entry. `walked` is its lstat, if a file's.
     fn queue(
         &mut self,
         path: &Path,
@@ -535,11 +516,13 @@ impl Scanner<'_> {
         was_file: bool,
         chunks: Arc<Partial>,
         resumed: u64,
+        walked: Option<Metadata>,
     ) -> Pending {
         let job = ReadJob {
             path: path.to_path_buf(),
             chunks: chunks.clone(),
             start: resumed,
+            walked,
         };
         let slot = self.pool.submit(job, node.size.saturating_sub(resumed));
         Pending::Reading {

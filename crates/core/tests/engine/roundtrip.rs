@@ -307,3 +307,56 @@ fn an_xattr_set_after_a_backup_is_in_the_next_one() {
     restore_all(&t.repo, &changed, &dst);
     assert_same_tree(&src, &dst, &compare_opts(&src));
 }
+
+/// Excludes entries named `skipped`.
+struct SkipNamed;
+
+impl cairn_core::backup::Exclude for SkipNamed {
+    fn is_excluded(&self, path: &Path, _meta: &std::fs::Metadata) -> bool {
+        path.file_name().is_some_and(|n| n == "skipped")
+    }
+}
+
+/// A listing started before the backup (while the repository opens) is
+/// used only by a backup of the same paths with the very same rules: one
+/// started for other paths, or without the backup's excludes, is dropped
+/// and the backup lists on its own.
+#[test]
+fn a_listing_started_early_serves_only_its_own_paths_and_rules() {
+    use cairn_core::backup::{backup, BackupOptions, Exclude, Prelisted};
+    use std::sync::Arc;
+    let t = test_repo("prelisted");
+    let (_src_dir, src) = temp_sub("src");
+    for d in ["a/b", "skipped/inner", "c"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+        std::fs::write(src.join(d).join("f"), d).unwrap();
+    }
+    let (_other_dir, other) = temp_sub("other");
+    std::fs::write(other.join("x"), "x").unwrap();
+    let rules: Arc<dyn Exclude> = Arc::new(SkipNamed);
+    let run = |prelisted: Prelisted| {
+        let opts = BackupOptions {
+            paths: vec![src.clone()],
+            exclude: Some(rules.clone()),
+            prelisted,
+            ..Default::default()
+        };
+        backup(&t.repo, &opts).expect("backup")
+    };
+    let has = |r: &cairn_core::backup::BackupResult, p: &str| {
+        resolve(&t.repo, &r.snapshot.tree, Path::new(p)).is_ok()
+    };
+
+    let alone = run(Prelisted::default());
+    assert!(has(&alone, "a/b/f") && has(&alone, "c/f") && !has(&alone, "skipped"));
+    let others = run(Prelisted::start(&[other.clone()], Some(rules.clone())));
+    assert_eq!(others.snapshot.tree, alone.snapshot.tree);
+    let without_rules = run(Prelisted::start(&[src.clone()], None));
+    assert_eq!(without_rules.snapshot.tree, alone.snapshot.tree);
+    let same = run(Prelisted::start(&[src.clone()], Some(rules.clone())));
+    assert_eq!(same.snapshot.tree, alone.snapshot.tree);
+    let (_dst_dir, dst) = temp_sub("dst");
+    restore_all(&t.repo, &same, &dst);
+    assert_eq!(std::fs::read(dst.join("a/b/f")).unwrap(), b"a/b");
+    assert!(!dst.join("skipped").exists());
+}
