@@ -349,11 +349,17 @@ fn a_listing_started_early_serves_only_its_own_paths_and_rules() {
 
     let alone = run(Prelisted::default());
     assert!(has(&alone, "a/b/f") && has(&alone, "c/f") && !has(&alone, "skipped"));
-    let others = run(Prelisted::start(&[other.clone()], Some(rules.clone())));
+    let others = run(Prelisted::start(
+        std::slice::from_ref(&other),
+        Some(rules.clone()),
+    ));
     assert_eq!(others.snapshot.tree, alone.snapshot.tree);
-    let without_rules = run(Prelisted::start(&[src.clone()], None));
+    let without_rules = run(Prelisted::start(std::slice::from_ref(&src), None));
     assert_eq!(without_rules.snapshot.tree, alone.snapshot.tree);
-    let same = run(Prelisted::start(&[src.clone()], Some(rules.clone())));
+    let same = run(Prelisted::start(
+        std::slice::from_ref(&src),
+        Some(rules.clone()),
+    ));
     assert_eq!(same.snapshot.tree, alone.snapshot.tree);
     let (_dst_dir, dst) = temp_sub("dst");
     restore_all(&t.repo, &same, &dst);
