@@ -11,7 +11,7 @@
 //! as parents and group per PVC; storage credentials reach the storage layer as values
 //! ([`credentials`]), never through the process environment.
 
-use cairn_core::backup::{backup, BackupOptions, ParentChoice};
+use cairn_core::backup::{backup, BackupOptions, ParentChoice, Prelisted};
 use cairn_core::gc::GcOptions;
 use cairn_core::maintenance::{self, MaintenanceOptions, Mode};
 use cairn_core::progress::Progress;
@@ -271,16 +271,27 @@ impl Engine for CoreEngine {
         } else {
             Some(excluder(req, &root)?)
         };
+        let exclude_rules = excluder.as_ref().map(|e| e.rules()).unwrap_or_default();
+        let exclude = excluder.map(|e| Arc::new(e) as Arc<dyn cairn_core::backup::Exclude>);
+        // The volume is listed while the repository opens (a job pod's
+        // cache is empty, so the open is most of an unchanged backup's
+        // start); a device is one file, with nothing to list.
+        let prelisted = if req.device {
+            Prelisted::default()
+        } else {
+            Prelisted::start(std::slice::from_ref(&root), exclude.clone())
+        };
         let repo = open(&req.repository)?;
         let counters = Arc::new(Progress::default());
         let opts = BackupOptions {
             paths: vec![root],
+            prelisted,
             host: Some(JOB_HOST.to_string()),
             source: Some(req.source_name.clone()).filter(|s| !s.is_empty()),
             tags: tags_to_snapshot(&req.tags),
             parent: ParentChoice::Auto,
-            exclude_rules: excluder.as_ref().map(|e| e.rules()).unwrap_or_default(),
-            exclude: excluder.map(|e| Arc::new(e) as Arc<dyn cairn_core::backup::Exclude>),
+            exclude_rules,
+            exclude,
             read_devices: req.device,
             progress: Some(counters.clone()),
             checkpoint: match req.checkpoint_interval {
