@@ -26,8 +26,9 @@ use std::thread::JoinHandle;
 
 /// Entries listed and not yet taken by the scanner, at most (as far as
 /// whole directories allow: a larger directory is listed alone). About
-/// 300 bytes each.
-const ENTRIES_AHEAD: usize = 16 << 10;
+/// 350 bytes each: ~11 MiB at most, the whole tree of 30k files listed
+/// while the repository opens.
+const ENTRIES_AHEAD: usize = 32 << 10;
 
 /// One directory as the scanner walks it.
 pub(super) struct Listed {
@@ -83,8 +84,8 @@ pub(super) fn list_dir(path: &Path, exclude: Option<&dyn Exclude>) -> Listed {
 }
 
 /// Entries listed ahead and not yet taken.
-#[derive(Default)]
 struct Budget {
+    limit: usize,
     ahead: Mutex<usize>,
     taken: Condvar,
     stop: AtomicBool,
@@ -95,7 +96,7 @@ impl Budget {
     /// the lister is stopped.
     fn reserve(&self, n: usize) -> bool {
         let mut ahead = crate::sync::lock(&self.ahead);
-        while *ahead > 0 && *ahead + n > ENTRIES_AHEAD && !self.stop.load(Ordering::Acquire) {
+        while *ahead > 0 && *ahead + n > self.limit && !self.stop.load(Ordering::Acquire) {
             ahead = crate::sync::wait(&self.taken, ahead);
         }
         *ahead += n;
@@ -127,7 +128,17 @@ impl Lister {
     /// in order) and everything below them. Without a thread, lists
     /// nothing: the scanner lists on its own.
     pub fn start(roots: Vec<PathBuf>, exclude: Option<Arc<dyn Exclude>>) -> Lister {
-        let budget = Arc::new(Budget::default());
+        Self::start_ahead(roots, exclude, ENTRIES_AHEAD)
+    }
+
+    /// [`Lister::start`], at most `limit` entries ahead.
+    fn start_ahead(roots: Vec<PathBuf>, exclude: Option<Arc<dyn Exclude>>, limit: usize) -> Lister {
+        let budget = Arc::new(Budget {
+            limit,
+            ahead: Mutex::new(0),
+            taken: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
         let (tx, rx) = unbounded();
         let b = budget.clone();
         let thread = std::thread::Builder::new()
@@ -259,13 +270,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("big")).unwrap();
         std::fs::create_dir_all(dir.path().join("next")).unwrap();
-        for i in 0..ENTRIES_AHEAD + 10 {
+        for i in 0..110 {
             std::fs::write(dir.path().join(format!("big/{i:06}")), "").unwrap();
         }
-        let mut lister = Lister::start(vec![dir.path().to_path_buf()], None);
+        let mut lister = Lister::start_ahead(vec![dir.path().to_path_buf()], None, 100);
         assert_eq!(lister.take(dir.path()).unwrap().entries.len(), 2);
         let big = lister.take(&dir.path().join("big")).unwrap();
-        assert_eq!(big.entries.len(), ENTRIES_AHEAD + 10);
+        assert_eq!(big.entries.len(), 110);
         assert!(lister.take(&dir.path().join("next")).is_some());
     }
 
