@@ -6,6 +6,7 @@
 
 use cairn_core::backup::{backup, BackupOptions, ParentChoice};
 use cairn_core::checkpoint::{CheckpointOptions, Checkpointer};
+use cairn_core::format::kinds::IndexSegments;
 use cairn_core::gc::{self, GcOptions, Roots};
 use cairn_core::maintenance::{self, MaintenanceOptions, Mode};
 use cairn_core::packer::PackWriter;
@@ -72,7 +73,7 @@ fn walk(p: &Path) -> Vec<std::path::PathBuf> {
 fn assert_no_dangling(dir: &Path) {
     let repo = reopen(dir);
     let roots = Roots::load(&repo).unwrap();
-    for b in &roots.blobs {
+    for b in &roots.all_referenced(&repo).unwrap() {
         let loc = repo
             .lookup(b)
             .unwrap()
@@ -316,6 +317,97 @@ fn repack_rewrites_live_blobs_out_of_sparse_packs() {
     assert!(m.repacked_packs > 0 && m.repacked_blobs > 0, "{m:?}");
     assert_no_dangling(repo_dir.path());
     assert_restores(&reopen(repo_dir.path()), &s2.snapshot.tree, src.path());
+}
+
+/// The packs listed in `gc/` plans, sorted.
+fn planned(repo: &Repository) -> Vec<cairn_core::PackId> {
+    let mut packs: Vec<_> = gc::load_plan_set(repo, &Default::default())
+        .unwrap()
+        .plans()
+        .flat_map(|(_, p)| p.packs.clone())
+        .collect();
+    packs.sort();
+    packs
+}
+
+/// Every data blob the mark and the sweep meet is a false positive of the
+/// reachability filter (a saturated one): the second walk that confirms
+/// them must make them plan, rewrite and delete exactly what exact
+/// reachability does, and never keep a dead pack for them.
+#[test]
+fn reachability_filter_false_positives_change_no_decision() {
+    let exact_dir = tempfile::tempdir().unwrap();
+    let filtered_dir = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let exact = init(exact_dir.path());
+    let (old, s2) = two_versions(&exact, src.path(), 11);
+    for id in old {
+        exact.delete_snapshot(&id).unwrap();
+    }
+    // The same repository, copied before any maintenance.
+    cairn_golden::repos::copy_dir(exact_dir.path(), filtered_dir.path()).unwrap();
+    let filtered = reopen(filtered_dir.path());
+    let t0 = chrono::Utc::now();
+    let g = |now| GcOptions {
+        repack_threshold: 0.9,
+        ..now_opts(now, 60)
+    };
+    let m_exact = gc::mark(&exact, &Roots::load(&exact).unwrap(), &g(t0)).unwrap();
+    let roots = Roots::load_saturated(&filtered).unwrap();
+    let m_filtered = gc::mark(&filtered, &roots, &g(t0)).unwrap();
+    assert!(
+        m_exact.unused_packs + m_exact.repacked_packs > 0 && m_exact.repacked_blobs > 0,
+        "{m_exact:?}"
+    );
+    let mut same = m_filtered.clone();
+    same.plan = m_exact.plan;
+    same.referenced_blobs = m_exact.referenced_blobs;
+    assert_eq!(same, m_exact, "the same decisions");
+    assert_eq!(planned(&filtered), planned(&exact));
+    let later = t0 + chrono::Duration::seconds(61);
+    let w_exact = gc::sweep(&exact, &Roots::load(&exact).unwrap(), &g(later)).unwrap();
+    let w_filtered = gc::sweep(&filtered, &roots, &g(later)).unwrap();
+    assert!(w_exact.packs_deleted > 0, "{w_exact:?}");
+    assert_eq!(w_filtered, w_exact, "the same packs deleted, none kept");
+    assert!(planned(&filtered).is_empty());
+    assert_no_dangling(filtered_dir.path());
+    assert_restores(&reopen(filtered_dir.path()), &s2.snapshot.tree, src.path());
+}
+
+/// A sweep's index rewrite merges the old segments in groups, one new
+/// segment each: with groups of one blob every segment listing a kept pack
+/// becomes one of its own, each superseding exactly its old one, and the
+/// index describes the same packs.
+#[test]
+fn segments_are_rewritten_in_groups_of_bounded_size() {
+    let repo_dir = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let repo = init(repo_dir.path());
+    let mut last = None;
+    for seed in [21, 22, 23] {
+        write_tree(src.path(), seed, 6);
+        let mut o = opts(src.path());
+        o.checkpoint.every_blobs = 0;
+        last = Some(backup(&repo, &o).unwrap());
+    }
+    let last = last.unwrap();
+    let mut old = repo.objects().list_ids::<IndexSegments>().unwrap();
+    old.sort();
+    assert!(old.len() >= 3, "{old:?}");
+    let before = gc::indexed_packs(&repo).unwrap();
+    let written = gc::supersede_segments_in_groups(&repo, &old, |_| true, 1).unwrap();
+    assert_eq!(written.len(), old.len());
+    for (new, old) in written.iter().zip(&old) {
+        assert_eq!(repo.load_segment(new).unwrap().supersedes, vec![*old]);
+    }
+    let mut now = repo.objects().list_ids::<IndexSegments>().unwrap();
+    now.sort();
+    let mut expected = written.clone();
+    expected.sort();
+    assert_eq!(now, expected, "the old segments are gone");
+    assert_eq!(gc::indexed_packs(&repo).unwrap(), before);
+    assert_no_dangling(repo_dir.path());
+    assert_restores(&reopen(repo_dir.path()), &last.snapshot.tree, src.path());
 }
 
 #[test]
