@@ -601,6 +601,27 @@ fn scan_index(
     )))
 }
 
+/// What the segments in `index/` describe, read as a stream: the stored
+/// bytes of every pack they list and the blob entries of those packs (a
+/// blob stored in two packs counts twice).
+pub fn index_totals(repo: &Repository) -> Result<(u64, u64)> {
+    let (mut bytes, mut blobs) = (0u64, 0u64);
+    let mut packs = HashSet::new();
+    scan_index(
+        repo,
+        |seen| {
+            if packs.insert(seen.pack) {
+                bytes += seen.len;
+            }
+        },
+        |_, _, _| {
+            blobs += 1;
+            Ok(())
+        },
+    )?;
+    Ok((bytes, blobs))
+}
+
 /// Every pack the segments in `index/` list.
 pub fn indexed_packs(repo: &Repository) -> Result<HashSet<PackId>> {
     let mut packs = HashSet::new();
