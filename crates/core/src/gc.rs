@@ -349,7 +349,7 @@ pub struct Roots {
     trees: Vec<BlobId>,
     /// Every tree and chunk list referenced.
     meta: HashSet<BlobId>,
-    /// Every data blob referenced, and possibly a few more.
+    /// Every blob referenced (data, trees and lists), and possibly a few more.
     data: DataFilter,
     /// Distinct data blobs referenced, about (filter insertions that were new).
     data_count: u64,
@@ -402,6 +402,9 @@ impl Roots {
                 data_count += u64::from(data.insert(&c.id));
             }
         })?;
+        for id in &meta {
+            data.insert(id);
+        }
         let mut ids: Vec<SnapshotId> = snaps.into_iter().map(|(id, _)| id).collect();
         ids.sort();
         Ok(Self {
@@ -450,7 +453,8 @@ impl Roots {
     /// Whether a snapshot may reference blob `id`: always true when one
     /// does; for a data blob, sometimes true when none does.
     pub fn may_reference(&self, id: &BlobId) -> bool {
-        self.meta.contains(id) || self.data.may_contain(id)
+        // The filter holds the trees and lists too: one probe, no hashing.
+        self.data.may_contain(id)
     }
 
     /// Every blob the snapshots reference, exactly (a second walk; memory
@@ -513,8 +517,8 @@ impl From<DecodeError> for ScanStop {
 
 /// Reads every index segment in `index/` as a stream (one loading while
 /// the previous one is decoded), never ingesting it into the cache:
-/// `on_pack` sees every pack header of every segment, `on_blob` every blob
-/// of every pack once (a pack listed by two segments, as after a crash
+/// `on_pack` sees every pack header of every segment, `on_blobs` the blobs
+/// of every pack once, all together (a pack listed by two segments, as after a crash
 /// between a rewrite and the deletion of what it superseded, is handed out
 /// from the first). A segment that vanishes while the scan runs was
 /// superseded: `index/` is listed again and what is new read, until a pass
@@ -522,7 +526,7 @@ impl From<DecodeError> for ScanStop {
 fn scan_index(
     repo: &Repository,
     mut on_pack: impl FnMut(PackSeen<'_>),
-    mut on_blob: impl FnMut(PackId, u64, &BlobEntry) -> Result<()>,
+    mut on_blobs: impl FnMut(PackId, u64, &[BlobEntry]) -> Result<()>,
 ) -> Result<Vec<IndexId>> {
     let mut done: HashSet<IndexId> = HashSet::new();
     let mut packs: HashSet<PackId> = HashSet::new();
@@ -559,21 +563,33 @@ fn scan_index(
                 let corrupt =
                     |e: &dyn std::fmt::Display| Error::corrupt(IndexSegments::path(&id), e);
                 let body = opened.body().map_err(|e| corrupt(&e))?;
-                let mut current: Option<(PackId, u64)> = None;
+                // The pack being read, its length and blob count, unless
+                // an earlier segment listed it; its blobs so far.
+                let mut current: Option<(PackId, u64, usize)> = None;
+                let mut blobs: Vec<BlobEntry> = Vec::new();
                 let read = visit_segment(body, |item| -> std::result::Result<(), ScanStop> {
                     match item {
-                        SegmentItem::Pack { id: pack, len, .. } => {
+                        SegmentItem::Pack {
+                            id: pack,
+                            len,
+                            blobs: count,
+                        } => {
                             let repeat = !packs.insert(pack);
                             on_pack(PackSeen {
                                 segment: &id,
                                 pack,
                                 len,
                             });
-                            current = (!repeat).then_some((pack, len));
+                            current = (!repeat && count > 0).then_some((pack, len, count as usize));
+                            blobs.clear();
                         }
                         SegmentItem::Blob(e) => {
-                            if let Some((pack, len)) = current {
-                                on_blob(pack, len, &e).map_err(ScanStop::Caller)?;
+                            if let Some((pack, len, count)) = current {
+                                blobs.push(e);
+                                if blobs.len() == count {
+                                    on_blobs(pack, len, &blobs).map_err(ScanStop::Caller)?;
+                                    blobs.clear();
+                                }
                             }
                         }
                     }
@@ -614,8 +630,8 @@ pub fn index_totals(repo: &Repository) -> Result<(u64, u64)> {
                 bytes += seen.len;
             }
         },
-        |_, _, _| {
-            blobs += 1;
+        |_, _, entries| {
+            blobs += entries.len() as u64;
             Ok(())
         },
     )?;
@@ -665,12 +681,14 @@ pub fn mark(repo: &Repository, roots: &Roots, opts: &GcOptions) -> Result<MarkRe
     scan_index(
         repo,
         |_| {},
-        |pack, len, e| {
+        |pack, len, entries| {
             let u = usage.entry(pack).or_default();
             u.len = len;
-            u.stored += e.stored_len as u64;
-            if roots.may_reference(&e.id) {
-                u.live += e.stored_len as u64;
+            for e in entries {
+                u.stored += e.stored_len as u64;
+                if roots.may_reference(&e.id) {
+                    u.live += e.stored_len as u64;
+                }
             }
             Ok(())
         },
@@ -776,10 +794,12 @@ fn repack_candidates(
     scan_index(
         repo,
         |_| {},
-        |pack, _, e| {
-            if repack.contains(&pack) && roots.may_reference(&e.id) {
-                let bad = damage.is_bad(&e.id, &pack);
-                candidates.entry(e.id).or_default().push((pack, *e, bad));
+        |pack, _, entries| {
+            if repack.contains(&pack) {
+                for e in entries.iter().filter(|e| roots.may_reference(&e.id)) {
+                    let bad = damage.is_bad(&e.id, &pack);
+                    candidates.entry(e.id).or_default().push((pack, *e, bad));
+                }
             }
             Ok(())
         },
@@ -805,13 +825,17 @@ fn repack_candidates(
         scan_index(
             repo,
             |_| {},
-            |pack, _, e| {
-                if candidates.contains_key(&e.id)
-                    && !repack.contains(&pack)
-                    && !planned.contains(&pack)
-                    && !damage.is_bad(&e.id, &pack)
-                {
-                    covered.insert(e.id);
+            |pack, _, entries| {
+                if repack.contains(&pack) || planned.contains(&pack) {
+                    return Ok(());
+                }
+                for e in entries {
+                    if roots.may_reference(&e.id)
+                        && candidates.contains_key(&e.id)
+                        && !damage.is_bad(&e.id, &pack)
+                    {
+                        covered.insert(e.id);
+                    }
                 }
                 Ok(())
             },
@@ -923,10 +947,13 @@ pub fn sweep(repo: &Repository, roots: &Roots, opts: &GcOptions) -> Result<Sweep
                 listing.entry(seen.pack).or_default().push(*seen.segment);
             }
         },
-        |pack, _, e| {
-            if doomed.contains(&pack) && roots.may_reference(&e.id) && !damage.is_bad(&e.id, &pack)
-            {
-                at_risk.push((pack, e.id));
+        |pack, _, entries| {
+            if doomed.contains(&pack) {
+                for e in entries {
+                    if roots.may_reference(&e.id) && !damage.is_bad(&e.id, &pack) {
+                        at_risk.push((pack, e.id));
+                    }
+                }
             }
             Ok(())
         },
@@ -937,12 +964,17 @@ pub fn sweep(repo: &Repository, roots: &Roots, opts: &GcOptions) -> Result<Sweep
         scan_index(
             repo,
             |_| {},
-            |pack, _, e| {
-                if unsafe_ids.contains(&e.id)
-                    && !plans.contains(&pack)
-                    && !damage.is_bad(&e.id, &pack)
-                {
-                    safe.insert(e.id);
+            |pack, _, entries| {
+                if plans.contains(&pack) {
+                    return Ok(());
+                }
+                for e in entries {
+                    if roots.may_reference(&e.id)
+                        && unsafe_ids.contains(&e.id)
+                        && !damage.is_bad(&e.id, &pack)
+                    {
+                        safe.insert(e.id);
+                    }
                 }
                 Ok(())
             },
