@@ -543,18 +543,21 @@ fn scan_index(
         std::thread::scope(|s| -> Result<()> {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
             let loader = todo.clone();
-            s.spawn(move || {
-                for (id, size) in loader {
-                    let loaded = match objects.read_opened::<IndexSegments>(&id, size) {
-                        Ok(opened) => Ok(Some(opened)),
-                        Err(e) if crate::objects::is_vanished(&e) => Ok(None),
-                        Err(e) => Err(e),
-                    };
-                    if tx.send((id, loaded)).is_err() {
-                        break;
+            let read_ahead = std::thread::Builder::new().name("cairn-gc-index".into());
+            read_ahead
+                .spawn_scoped(s, move || {
+                    for (id, size) in loader {
+                        let loaded = match objects.read_opened::<IndexSegments>(&id, size) {
+                            Ok(opened) => Ok(Some(opened)),
+                            Err(e) if crate::objects::is_vanished(&e) => Ok(None),
+                            Err(e) => Err(e),
+                        };
+                        if tx.send((id, loaded)).is_err() {
+                            break;
+                        }
                     }
-                }
-            });
+                })
+                .map_err(Error::spawn("the index reader of maintenance"))?;
             for (id, loaded) in rx {
                 let Some(opened) = loaded? else {
                     vanished = true;

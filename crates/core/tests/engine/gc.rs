@@ -6,7 +6,7 @@
 
 use cairn_core::backup::{backup, BackupOptions, ParentChoice};
 use cairn_core::checkpoint::{CheckpointOptions, Checkpointer};
-use cairn_core::format::kinds::IndexSegments;
+use cairn_core::format::kinds::{IndexSegments, ObjectKind};
 use cairn_core::gc::{self, GcOptions, Roots};
 use cairn_core::maintenance::{self, MaintenanceOptions, Mode};
 use cairn_core::packer::PackWriter;
@@ -952,4 +952,115 @@ fn a_handle_older_than_a_repack_reads_blobs_from_their_new_packs() {
     assert!(read > 0);
     assert_eq!(reader.record_found_damage().unwrap(), 0, "no damage noted");
     assert_restores(&reopen(repo_dir.path()), &s2.snapshot.tree, src.path());
+}
+
+/// Runs `hook` once, before the first read of `victim` after it is armed.
+struct OnRead {
+    inner: cairn_storage::DynStorage,
+    victim: String,
+    armed: std::sync::atomic::AtomicBool,
+    hook: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+impl std::fmt::Debug for OnRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OnRead({})", self.victim)
+    }
+}
+
+impl OnRead {
+    fn fire(&self, path: &str) {
+        use std::sync::atomic::Ordering;
+        if path == self.victim && self.armed.swap(false, Ordering::SeqCst) {
+            (self.hook)(path);
+        }
+    }
+}
+
+impl cairn_storage::Storage for OnRead {
+    fn read(&self, path: &str) -> cairn_storage::Result<bytes::Bytes> {
+        self.fire(path);
+        self.inner.read(path)
+    }
+    fn read_range(
+        &self,
+        path: &str,
+        range: std::ops::Range<u64>,
+    ) -> cairn_storage::Result<bytes::Bytes> {
+        self.fire(path);
+        self.inner.read_range(path, range)
+    }
+    fn write(&self, path: &str, data: bytes::Bytes) -> cairn_storage::Result<()> {
+        self.inner.write(path, data)
+    }
+    fn list(&self, prefix: &str) -> cairn_storage::Result<Vec<cairn_storage::ObjectInfo>> {
+        self.inner.list(prefix)
+    }
+    fn stat(&self, path: &str) -> cairn_storage::Result<cairn_storage::ObjectInfo> {
+        self.inner.stat(path)
+    }
+    fn delete(&self, path: &str) -> cairn_storage::Result<()> {
+        self.inner.delete(path)
+    }
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+}
+
+/// Mark reads the index from `index/`, not from the cache: a segment
+/// superseded (its replacement written, then it deleted) between the
+/// listing and its read is followed to its replacement, and the mark
+/// decides what it would have decided without the race.
+#[test]
+fn a_segment_superseded_while_the_mark_reads_the_index_is_followed() {
+    let repo_dir = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let repo = init(repo_dir.path());
+    let mut first = None;
+    for seed in [31, 32, 33] {
+        write_tree(src.path(), seed, 6);
+        let mut o = opts(src.path());
+        o.checkpoint.every_blobs = 0;
+        let s = backup(&repo, &o).unwrap();
+        first.get_or_insert(s.id);
+    }
+    repo.delete_snapshot(&first.unwrap()).unwrap();
+    let dry = GcOptions {
+        dry_run: true,
+        ..now_opts(chrono::Utc::now(), 60)
+    };
+    let expected = gc::mark(&repo, &Roots::load(&repo).unwrap(), &dry).unwrap();
+    assert!(expected.unused_packs > 0, "{expected:?}");
+    let victim = repo.objects().list_ids::<IndexSegments>().unwrap()[0];
+    let maintenance = reopen(repo_dir.path());
+    let fired = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = fired.clone();
+    let hooked = std::sync::Arc::new(OnRead {
+        inner: repo.storage().clone(),
+        victim: IndexSegments::path(&victim),
+        armed: false.into(),
+        hook: Box::new(move |path| {
+            let mut seg = maintenance.load_segment(&victim).expect("victim");
+            seg.supersedes = vec![victim];
+            maintenance
+                .objects()
+                .save::<IndexSegments>(&seg)
+                .expect("replacement");
+            maintenance.storage().delete(path).expect("delete");
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }),
+    });
+    let handle = Repository::open(hooked.clone(), PW, &cairn_core::OpenOptions::default()).unwrap();
+    let roots = Roots::load(&handle).unwrap();
+    hooked
+        .armed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let got = gc::mark(&handle, &roots, &dry).unwrap();
+    assert_eq!(fired.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(got, expected);
+    assert!(!repo
+        .objects()
+        .list_ids::<IndexSegments>()
+        .unwrap()
+        .contains(&victim));
 }
