@@ -10,7 +10,13 @@
 //!   cairn-benchgen fake-index REPO BLOBS      add index segments naming BLOBS blobs of fake
 //!                                             packs (lookups only; never read them); password
 //!                                             from CAIRN_PASSWORD, cache from CAIRN_CACHE_DIR
-//!                                             (none with CAIRN_BENCHGEN_NO_CACHE=1)
+//!                                             (none with CAIRN_BENCHGEN_NO_CACHE=1);
+//!                                             with CAIRN_BENCHGEN_PACKS=1 an empty object is
+//!                                             stored for each fake pack (so maintenance finds
+//!                                             them present, not missing); with
+//!                                             CAIRN_BENCHGEN_LIVE=PERCENT a snapshot references
+//!                                             every blob of PERCENT% of the fake packs through
+//!                                             real chunk lists (maintenance walks them)
 
 use anyhow::{bail, Context, Result};
 use cairn_benches::data::Gen;
@@ -110,6 +116,10 @@ fn tiny_tree(root: &Path, files: u64) -> Result<()> {
     Ok(())
 }
 
+fn env_flag(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| v == "1")
+}
+
 fn fake_index(repo: &str, blobs: u64) -> Result<()> {
     use cairn_core::format::index::{IndexSegment, IndexedPack};
     use cairn_core::format::pack::BlobEntry;
@@ -124,10 +134,20 @@ fn fake_index(repo: &str, blobs: u64) -> Result<()> {
     let repo = Repository::open(storage, &password, &open)?;
     // Without the cache, only the segments are written (at 100M blobs the
     // cache would be ~13 GB of SQLite and most of the time).
-    let no_cache = std::env::var_os("CAIRN_BENCHGEN_NO_CACHE").is_some_and(|v| v == "1");
+    let no_cache = env_flag("CAIRN_BENCHGEN_NO_CACHE");
+    let store_packs = env_flag("CAIRN_BENCHGEN_PACKS");
+    let live_percent: u64 = match std::env::var("CAIRN_BENCHGEN_LIVE") {
+        Ok(v) => v.parse().context("CAIRN_BENCHGEN_LIVE: a percentage")?,
+        Err(_) => 0,
+    };
+    if live_percent > 100 {
+        bail!("CAIRN_BENCHGEN_LIVE={live_percent}: a percentage, 0 to 100");
+    }
+    let mut live = LiveTree::new(&repo)?;
     const PER_PACK: u64 = 10_000;
     const PER_SEGMENT: u64 = 100;
     let mut i = 0u64;
+    let mut pack_no = 0u64;
     while i < blobs {
         let mut packs = Vec::new();
         while packs.len() < PER_SEGMENT as usize && i < blobs {
@@ -142,8 +162,20 @@ fn fake_index(repo: &str, blobs: u64) -> Result<()> {
                 })
                 .collect();
             i += entries.len() as u64;
+            let id = PackId(Id::hash(format!("fake pack {first}").as_bytes()));
+            if store_packs {
+                repo.storage()
+                    .write(&id.path(), bytes::Bytes::new())
+                    .with_context(|| format!("storing empty fake pack {}", id.path()))?;
+            }
+            // Whole packs are live or dead: no fake pack is repacked (its
+            // blobs cannot be read).
+            if pack_no % 100 < live_percent {
+                live.add_file(&entries)?;
+            }
+            pack_no += 1;
             packs.push(IndexedPack {
-                id: PackId(Id::hash(format!("fake pack {first}").as_bytes())),
+                id,
                 len: PER_PACK * 1000,
                 blobs: entries,
             });
@@ -159,7 +191,140 @@ fn fake_index(repo: &str, blobs: u64) -> Result<()> {
             repo.save_segment(&seg)?;
         }
     }
-    Ok(())
+    live.finish()
+}
+
+/// The snapshot of CAIRN_BENCHGEN_LIVE: one file per live fake pack,
+/// whose chunk lists (real list blobs in real packs) name its blobs,
+/// 1000 files per directory.
+struct LiveTree<'r> {
+    repo: &'r cairn_core::Repository,
+    writer: cairn_core::packer::PackWriter,
+    files: Vec<cairn_core::format::tree::Node>,
+    dirs: Vec<cairn_core::format::tree::Node>,
+}
+
+impl<'r> LiveTree<'r> {
+    fn new(repo: &'r cairn_core::Repository) -> Result<Self> {
+        Ok(Self {
+            repo,
+            writer: cairn_core::packer::PackWriter::new(repo, 2)?,
+            files: Vec::new(),
+            dirs: Vec::new(),
+        })
+    }
+
+    /// Stores a blob without asking the index whether it exists (these
+    /// are new, and a lookup would read the whole fake index).
+    fn store(&self, kind: cairn_core::BlobKind, plain: &[u8]) -> Result<cairn_core::BlobId> {
+        let (id, sealed) = self.repo.seal_blob(kind, plain);
+        self.writer
+            .add_sealed(kind, id, &sealed, plain.len() as u32)?;
+        Ok(id)
+    }
+
+    fn node(
+        name: String,
+        kind: cairn_core::format::tree::NodeType,
+        size: u64,
+        payload: cairn_core::format::tree::Payload,
+    ) -> cairn_core::format::tree::Node {
+        cairn_core::format::tree::Node {
+            name: name.into_bytes(),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            size,
+            inode: 0,
+            dev: 0,
+            nlink: 1,
+            rdev: 0,
+            xattrs: vec![],
+            payload,
+        }
+    }
+
+    fn add_file(&mut self, entries: &[cairn_core::format::pack::BlobEntry]) -> Result<()> {
+        use cairn_core::format::tree::{
+            encode_list, ChunkRef, Content, ListRef, NodeType, Payload, LIST_CHUNKS_MAX,
+        };
+        let refs: Vec<ChunkRef> = entries
+            .iter()
+            .map(|e| ChunkRef {
+                id: e.id,
+                len: e.raw_len,
+            })
+            .collect();
+        let mut lists = Vec::new();
+        for part in refs.chunks(LIST_CHUNKS_MAX) {
+            let id = self.store(cairn_core::BlobKind::List, &encode_list(part))?;
+            lists.push(ListRef {
+                id,
+                chunks: part.len() as u64,
+                bytes: part.iter().map(|c| c.len as u64).sum(),
+            });
+        }
+        let size = lists.iter().map(|l| l.bytes).sum();
+        // Zero-padded: a tree's entries are sorted by name.
+        let name = format!("f{:09}", self.dirs.len() * 1000 + self.files.len());
+        self.files.push(Self::node(
+            name,
+            NodeType::File,
+            size,
+            Payload::File(Content::Lists(lists)),
+        ));
+        if self.files.len() == 1000 {
+            self.close_dir()?;
+        }
+        Ok(())
+    }
+
+    fn close_dir(&mut self) -> Result<()> {
+        use cairn_core::format::tree::{NodeType, Payload, Tree};
+        let nodes = std::mem::take(&mut self.files);
+        let tree = self.store(cairn_core::BlobKind::Tree, &Tree { nodes }.encode())?;
+        let name = format!("d{:05}", self.dirs.len());
+        self.dirs
+            .push(Self::node(name, NodeType::Dir, 0, Payload::Dir(tree)));
+        Ok(())
+    }
+
+    /// Writes the last directory, the root and the snapshot (nothing when
+    /// no pack was live).
+    fn finish(mut self) -> Result<()> {
+        use cairn_core::format::snapshot::{RawPath, Snapshot, Summary, SNAPSHOT_VERSION};
+        use cairn_core::format::tree::Tree;
+        if !self.files.is_empty() {
+            self.close_dir()?;
+        }
+        if self.dirs.is_empty() {
+            self.writer.finish()?;
+            return Ok(());
+        }
+        let nodes = std::mem::take(&mut self.dirs);
+        let root = self.store(cairn_core::BlobKind::Tree, &Tree { nodes }.encode())?;
+        self.writer.finish()?;
+        self.repo.save_snapshot(&Snapshot {
+            version: SNAPSHOT_VERSION,
+            time: chrono::Utc::now(),
+            host: "benchgen".into(),
+            source: "fake-index".into(),
+            paths: vec![RawPath("/fake".into())],
+            tags: vec!["fake".into()],
+            tree: root,
+            parent: None,
+            complete: true,
+            summary: Summary::default(),
+            program_version: "benchgen".into(),
+            excludes: vec![],
+            hooks: vec![],
+            damaged_root: None,
+        })?;
+        Ok(())
+    }
 }
 
 fn main() -> Result<()> {

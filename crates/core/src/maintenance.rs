@@ -5,7 +5,7 @@
 //! beside backups without locks; see docs/MAINTENANCE.md.
 
 use crate::error::Result;
-use crate::format::kinds::DamageRecords;
+use crate::format::kinds::{DamageRecords, IndexSegments};
 use crate::format::{IndexId, PackId};
 use crate::gc::{self, GcOptions, MarkReport, Roots, SweepReport};
 use crate::repo::Repository;
@@ -107,7 +107,7 @@ fn forget_damage_resolved(repo: &Repository, dry_run: bool) -> Result<u64> {
     if set.record_count() == 0 {
         return Ok(0);
     }
-    let indexed: HashSet<PackId> = repo.index()?.packs()?.into_iter().map(|(p, _)| p).collect();
+    let indexed: HashSet<PackId> = gc::indexed_packs(repo)?;
     let mut n = 0;
     for (id, rec) in set.records() {
         if rec.entries.iter().any(|e| indexed.contains(&e.pack)) {
@@ -141,20 +141,33 @@ fn sweep_due(repo: &Repository, g: &GcOptions) -> Result<SweepReport> {
     gc::sweep(repo, &roots, g)
 }
 
+/// Stored size past which a segment is not read by compaction: one
+/// holding fewer than [`SMALL_SEGMENT_BLOBS`] blobs, each in a pack of its
+/// own, takes under half of it (45 bytes an entry, 44 a pack header,
+/// random ids do not compress); a larger one is not small, or lists so
+/// many superseded segments that merging it is not worth a read.
+pub const SMALL_SEGMENT_MAX_STORED: u64 = SMALL_SEGMENT_BLOBS as u64 * 200;
+
 /// Merges index segments holding fewer than [`SMALL_SEGMENT_BLOBS`] blobs
 /// into one (when there are at least two). Segments listing a planned pack
 /// are left for the sweep to rewrite, so a compaction never re-lists a pack
-/// a concurrent sweep deletes. Returns how many segments were merged.
+/// a concurrent sweep deletes. Only segments stored in under
+/// [`SMALL_SEGMENT_MAX_STORED`] bytes are read. Returns how many segments
+/// were merged.
 pub fn compact_index(repo: &Repository, dry_run: bool) -> Result<u64> {
-    repo.sync_index(false)?;
     repo.refresh_plans()?;
     let planned = repo.planned_packs();
     let mut small: Vec<IndexId> = Vec::new();
     let mut blobs = 0usize;
-    for id in repo.index()?.segments()? {
-        let seg = match repo.load_segment(&id) {
+    let mut listed = repo.objects().list::<IndexSegments>()?;
+    listed.sort_by_key(|l| l.id);
+    for listed in listed {
+        if listed.size > SMALL_SEGMENT_MAX_STORED {
+            continue;
+        }
+        let seg = match repo.load_segment(&listed.id) {
             Ok(s) => s,
-            Err(crate::Error::Storage { source, .. }) if source.is_not_found() => continue,
+            Err(e) if crate::objects::is_vanished(&e) => continue,
             Err(e) => return Err(e),
         };
         if seg.blob_count() >= SMALL_SEGMENT_BLOBS
@@ -166,14 +179,14 @@ pub fn compact_index(repo: &Repository, dry_run: bool) -> Result<u64> {
             break;
         }
         blobs += seg.blob_count();
-        small.push(id);
+        small.push(listed.id);
     }
     if small.len() < 2 {
         return Ok(0);
     }
     if !dry_run {
         gc::supersede_segments(repo, &small, |_| true)?;
-        repo.sync_index(false)?;
+        repo.refresh_index()?;
     }
     Ok(small.len() as u64)
 }

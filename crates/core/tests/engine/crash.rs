@@ -188,7 +188,7 @@ fn kill_backups_at_random_points() {
         assert!(report.is_clean(), "trial {trial}: {:?}", report.damage);
         let before = indexed(&repo);
         let rerun = backup(&repo, &backup_opts(src.path(), 0)).unwrap();
-        let referenced = Roots::load(&repo).unwrap().blobs;
+        let referenced = Roots::load(&repo).unwrap().all_referenced(&repo).unwrap();
         let missing = referenced.difference(&before).count() as u64;
         // The re-run stores only what the index lacked: everything indexed
         // before (up to the last checkpoint) is reused.

@@ -6,6 +6,7 @@
 
 use cairn_core::backup::{backup, BackupOptions, ParentChoice};
 use cairn_core::checkpoint::{CheckpointOptions, Checkpointer};
+use cairn_core::format::kinds::{IndexSegments, ObjectKind};
 use cairn_core::gc::{self, GcOptions, Roots};
 use cairn_core::maintenance::{self, MaintenanceOptions, Mode};
 use cairn_core::packer::PackWriter;
@@ -72,7 +73,7 @@ fn walk(p: &Path) -> Vec<std::path::PathBuf> {
 fn assert_no_dangling(dir: &Path) {
     let repo = reopen(dir);
     let roots = Roots::load(&repo).unwrap();
-    for b in &roots.blobs {
+    for b in &roots.all_referenced(&repo).unwrap() {
         let loc = repo
             .lookup(b)
             .unwrap()
@@ -316,6 +317,100 @@ fn repack_rewrites_live_blobs_out_of_sparse_packs() {
     assert!(m.repacked_packs > 0 && m.repacked_blobs > 0, "{m:?}");
     assert_no_dangling(repo_dir.path());
     assert_restores(&reopen(repo_dir.path()), &s2.snapshot.tree, src.path());
+}
+
+/// The packs listed in `gc/` plans, sorted.
+fn planned(repo: &Repository) -> Vec<cairn_core::PackId> {
+    let mut packs: Vec<_> = gc::load_plan_set(repo, &Default::default())
+        .unwrap()
+        .plans()
+        .flat_map(|(_, p)| p.packs.clone())
+        .collect();
+    packs.sort();
+    packs
+}
+
+/// Every data blob the mark and the sweep meet is a false positive of the
+/// reachability filter (a saturated one): the second walk that confirms
+/// them must make them plan, rewrite and delete exactly what exact
+/// reachability does, and never keep a dead pack for them. (A saturated
+/// filter makes every pack look wholly live, so the repack threshold is
+/// set above 1: every pack goes through the confirmed path. A real filter
+/// inflates a pack's live bytes by its false-positive rate, ~0.1%.)
+#[test]
+fn reachability_filter_false_positives_change_no_decision() {
+    let exact_dir = tempfile::tempdir().unwrap();
+    let filtered_dir = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let exact = init(exact_dir.path());
+    let (old, s2) = two_versions(&exact, src.path(), 11);
+    for id in old {
+        exact.delete_snapshot(&id).unwrap();
+    }
+    // The same repository, copied before any maintenance.
+    cairn_golden::repos::copy_dir(exact_dir.path(), filtered_dir.path()).unwrap();
+    let filtered = reopen(filtered_dir.path());
+    let t0 = chrono::Utc::now();
+    let g = |now| GcOptions {
+        repack_threshold: 1.01,
+        ..now_opts(now, 60)
+    };
+    let m_exact = gc::mark(&exact, &Roots::load(&exact).unwrap(), &g(t0)).unwrap();
+    let roots = Roots::load_saturated(&filtered).unwrap();
+    let m_filtered = gc::mark(&filtered, &roots, &g(t0)).unwrap();
+    assert!(
+        m_exact.unused_packs + m_exact.repacked_packs > 0 && m_exact.repacked_blobs > 0,
+        "{m_exact:?}"
+    );
+    let mut same = m_filtered.clone();
+    same.plan = m_exact.plan;
+    same.referenced_blobs = m_exact.referenced_blobs;
+    assert_eq!(same, m_exact, "the same decisions");
+    assert_eq!(planned(&filtered), planned(&exact));
+    let later = t0 + chrono::Duration::seconds(61);
+    let w_exact = gc::sweep(&exact, &Roots::load(&exact).unwrap(), &g(later)).unwrap();
+    let w_filtered = gc::sweep(&filtered, &roots, &g(later)).unwrap();
+    assert!(w_exact.packs_deleted > 0, "{w_exact:?}");
+    assert_eq!(w_filtered, w_exact, "the same packs deleted, none kept");
+    assert!(planned(&filtered).is_empty());
+    assert_no_dangling(filtered_dir.path());
+    assert_restores(&reopen(filtered_dir.path()), &s2.snapshot.tree, src.path());
+}
+
+/// A sweep's index rewrite merges the old segments in groups, one new
+/// segment each: with groups of one blob every segment listing a kept pack
+/// becomes one of its own, each superseding exactly its old one, and the
+/// index describes the same packs.
+#[test]
+fn segments_are_rewritten_in_groups_of_bounded_size() {
+    let repo_dir = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let repo = init(repo_dir.path());
+    let mut last = None;
+    for seed in [21, 22, 23] {
+        write_tree(src.path(), seed, 6);
+        let mut o = opts(src.path());
+        o.checkpoint.every_blobs = 0;
+        last = Some(backup(&repo, &o).unwrap());
+    }
+    let last = last.unwrap();
+    let mut old = repo.objects().list_ids::<IndexSegments>().unwrap();
+    old.sort();
+    assert!(old.len() >= 3, "{old:?}");
+    let before = gc::indexed_packs(&repo).unwrap();
+    let written = gc::supersede_segments_in_groups(&repo, &old, |_| true, 1).unwrap();
+    assert_eq!(written.len(), old.len());
+    for (new, old) in written.iter().zip(&old) {
+        assert_eq!(repo.load_segment(new).unwrap().supersedes, vec![*old]);
+    }
+    let mut now = repo.objects().list_ids::<IndexSegments>().unwrap();
+    now.sort();
+    let mut expected = written.clone();
+    expected.sort();
+    assert_eq!(now, expected, "the old segments are gone");
+    assert_eq!(gc::indexed_packs(&repo).unwrap(), before);
+    assert_no_dangling(repo_dir.path());
+    assert_restores(&reopen(repo_dir.path()), &last.snapshot.tree, src.path());
 }
 
 #[test]
@@ -857,4 +952,115 @@ fn a_handle_older_than_a_repack_reads_blobs_from_their_new_packs() {
     assert!(read > 0);
     assert_eq!(reader.record_found_damage().unwrap(), 0, "no damage noted");
     assert_restores(&reopen(repo_dir.path()), &s2.snapshot.tree, src.path());
+}
+
+/// Runs `hook` once, before the first read of `victim` after it is armed.
+struct OnRead {
+    inner: cairn_storage::DynStorage,
+    victim: String,
+    armed: std::sync::atomic::AtomicBool,
+    hook: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+impl std::fmt::Debug for OnRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OnRead({})", self.victim)
+    }
+}
+
+impl OnRead {
+    fn fire(&self, path: &str) {
+        use std::sync::atomic::Ordering;
+        if path == self.victim && self.armed.swap(false, Ordering::SeqCst) {
+            (self.hook)(path);
+        }
+    }
+}
+
+impl cairn_storage::Storage for OnRead {
+    fn read(&self, path: &str) -> cairn_storage::Result<bytes::Bytes> {
+        self.fire(path);
+        self.inner.read(path)
+    }
+    fn read_range(
+        &self,
+        path: &str,
+        range: std::ops::Range<u64>,
+    ) -> cairn_storage::Result<bytes::Bytes> {
+        self.fire(path);
+        self.inner.read_range(path, range)
+    }
+    fn write(&self, path: &str, data: bytes::Bytes) -> cairn_storage::Result<()> {
+        self.inner.write(path, data)
+    }
+    fn list(&self, prefix: &str) -> cairn_storage::Result<Vec<cairn_storage::ObjectInfo>> {
+        self.inner.list(prefix)
+    }
+    fn stat(&self, path: &str) -> cairn_storage::Result<cairn_storage::ObjectInfo> {
+        self.inner.stat(path)
+    }
+    fn delete(&self, path: &str) -> cairn_storage::Result<()> {
+        self.inner.delete(path)
+    }
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+}
+
+/// Mark reads the index from `index/`, not from the cache: a segment
+/// superseded (its replacement written, then it deleted) between the
+/// listing and its read is followed to its replacement, and the mark
+/// decides what it would have decided without the race.
+#[test]
+fn a_segment_superseded_while_the_mark_reads_the_index_is_followed() {
+    let repo_dir = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let repo = init(repo_dir.path());
+    let mut first = None;
+    for seed in [31, 32, 33] {
+        write_tree(src.path(), seed, 6);
+        let mut o = opts(src.path());
+        o.checkpoint.every_blobs = 0;
+        let s = backup(&repo, &o).unwrap();
+        first.get_or_insert(s.id);
+    }
+    repo.delete_snapshot(&first.unwrap()).unwrap();
+    let dry = GcOptions {
+        dry_run: true,
+        ..now_opts(chrono::Utc::now(), 60)
+    };
+    let expected = gc::mark(&repo, &Roots::load(&repo).unwrap(), &dry).unwrap();
+    assert!(expected.unused_packs > 0, "{expected:?}");
+    let victim = repo.objects().list_ids::<IndexSegments>().unwrap()[0];
+    let maintenance = reopen(repo_dir.path());
+    let fired = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = fired.clone();
+    let hooked = std::sync::Arc::new(OnRead {
+        inner: repo.storage().clone(),
+        victim: IndexSegments::path(&victim),
+        armed: false.into(),
+        hook: Box::new(move |path| {
+            let mut seg = maintenance.load_segment(&victim).expect("victim");
+            seg.supersedes = vec![victim];
+            maintenance
+                .objects()
+                .save::<IndexSegments>(&seg)
+                .expect("replacement");
+            maintenance.storage().delete(path).expect("delete");
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }),
+    });
+    let handle = Repository::open(hooked.clone(), PW, &cairn_core::OpenOptions::default()).unwrap();
+    let roots = Roots::load(&handle).unwrap();
+    hooked
+        .armed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let got = gc::mark(&handle, &roots, &dry).unwrap();
+    assert_eq!(fired.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(got, expected);
+    assert!(!repo
+        .objects()
+        .list_ids::<IndexSegments>()
+        .unwrap()
+        .contains(&victim));
 }

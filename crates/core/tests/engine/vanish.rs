@@ -141,7 +141,7 @@ fn gc_follows_only_the_snapshots_still_present() {
     assert_eq!(wrapper.fired(), 1, "the listing never returned the victim");
     assert_eq!(roots.snapshot_count(), 1);
     assert_eq!(roots.unreadable, 0);
-    assert!(roots.blobs.contains(&first.snapshot.tree));
+    assert!(roots.may_reference(&first.snapshot.tree));
     let opts = GcOptions {
         dry_run: true,
         ..Default::default()
