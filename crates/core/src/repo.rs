@@ -14,7 +14,7 @@ use crate::format::kinds::{IndexSegments, KeyFiles, ObjectKind, Snapshots};
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{decode_list, ChunkRef, Content, Tree};
 use crate::format::{BlobId, BlobKind, Id, IndexId, PackId, SnapshotId, FORMAT_VERSION};
-use crate::index_view::{IndexView, SyncReport};
+use crate::index_view::{IndexView, Presence, SyncReport};
 use crate::keyring::{new_key_file, Keyring};
 use crate::objects::{any_on, list_on, Objects};
 use crate::plans::PlanSet;
@@ -510,6 +510,21 @@ impl Repository {
     /// to be damaged counts as absent and is written again.
     pub fn has_blob(&self, id: &BlobId) -> Result<bool> {
         self.0.index.has_blob(&self.objects(), &self.damage(), id)
+    }
+
+    /// What the index says of blob `id` without reading it beyond the tree
+    /// level (see [`IndexView::presence`]): a writer deduplicating takes
+    /// [`Presence::Unknown`] as absent (stores the blob again) and
+    /// confirms such blobs in batches. Copies in packs of `ignore` do not
+    /// count. Callers that need an exact answer use [`Repository::has_blob`].
+    pub fn presence(
+        &self,
+        id: &BlobId,
+        ignore: &std::collections::HashSet<PackId>,
+    ) -> Result<Presence> {
+        self.0
+            .index
+            .presence(&self.objects(), &self.damage(), id, ignore)
     }
 
     /// The recorded damage, for reading. A poisoned lock still holds a
