@@ -293,6 +293,8 @@ pub struct PackWriter {
     confirming: Mutex<()>,
     /// The packs this writer indexed: its own copies are not duplicates.
     own_packs: Mutex<HashSet<PackId>>,
+    /// Whether blobs may be stored unconfirmed ([`PackWriter::for_backup`]).
+    unconfirmed_allowed: bool,
 }
 
 /// Claimed blobs not yet in a pack.
@@ -356,7 +358,20 @@ impl PackWriter {
             unconfirmed: Mutex::default(),
             confirming: Mutex::new(()),
             own_packs: Mutex::default(),
+            unconfirmed_allowed: false,
         })
+    }
+
+    /// A backup's writer ([`PackWriter::new`]): a chunk or tree the index
+    /// view cannot answer for cheaply is stored unconfirmed, up to a
+    /// budget, and confirmed with others in one pass (see
+    /// [`PackWriter::claim`]). A duplicate stored this way costs space
+    /// until maintenance, never data; copy and repair, which promise to
+    /// add nothing a repository holds, keep exact answers.
+    pub fn for_backup(repo: &Repository, uploaders: usize) -> Result<Self> {
+        let mut writer = Self::new(repo, uploaders)?;
+        writer.unconfirmed_allowed = true;
+        Ok(writer)
     }
 
     fn check_error(&self) -> Result<()> {
@@ -379,20 +394,29 @@ impl PackWriter {
 
     /// Claims `id` (`len` plaintext bytes) for this writer: true when the
     /// caller must store the blob, false when it is already stored or
-    /// being stored. A blob the index view cannot answer for without
-    /// reading more of the index is stored unconfirmed, up to a budget
+    /// being stored. In a backup's writer ([`PackWriter::for_backup`]) a
+    /// blob the index view cannot answer for without reading more of the
+    /// index is stored unconfirmed, up to a budget
     /// ([`UNCONFIRMED_BUDGET`]); past it, the blobs stored so far and this
-    /// one are confirmed in one cover pass. "Already stored" is only ever
-    /// a copy outside every `gc/` plan and `damage/` record.
+    /// one are confirmed in one cover pass. Other writers ask
+    /// [`Repository::has_blob`], exact. "Already stored" is only ever a
+    /// copy outside every `gc/` plan and `damage/` record.
     pub fn claim(&self, id: &BlobId, len: usize) -> Result<bool> {
-        let unconfirmed = match self.repo.presence(id, &HashSet::new())? {
-            Presence::Present => return Ok(false),
-            Presence::Absent => false,
-            Presence::Unknown => match self.confirm(id, len as u64)? {
-                Some(true) => return Ok(false),
-                Some(false) => false,
-                None => true,
-            },
+        let unconfirmed = if !self.unconfirmed_allowed {
+            if self.repo.has_blob(id)? {
+                return Ok(false);
+            }
+            false
+        } else {
+            match self.repo.presence(id, &HashSet::new())? {
+                Presence::Present => return Ok(false),
+                Presence::Absent => false,
+                Presence::Unknown => match self.confirm(id, len as u64)? {
+                    Some(true) => return Ok(false),
+                    Some(false) => false,
+                    None => true,
+                },
+            }
         };
         let claimed = crate::sync::lock(&self.pending).insert(*id);
         if claimed {
