@@ -14,7 +14,13 @@
 //!   reads), extracted from every segment of the view; a Bloom filter of
 //!   the data blobs read proves new chunks and trees absent; a blob it may
 //!   hold is covered to answer for it, a few times a handle, after which
-//!   the rest is ingested ([`Level::Full`]).
+//!   the rest is ingested ([`Level::Full`]). A backup's writer asks
+//!   [`IndexView::presence`] instead, which never reads more: it stores
+//!   such blobs unconfirmed and confirms them in batches (one cover pass
+//!   each, `crate::packer`).
+//! - A pass below [`Level::Full`] keeps small segments (up to
+//!   [`HELD_SEGMENT_BYTES`]) for the handle's next pass, so that the cover
+//!   pass following the tree level reads nothing again.
 //! - An answer is given only where the rows in the cache are all the rows
 //!   the index has for that blob: at [`Level::Full`], for tree and list
 //!   locations, for covered blobs, for blobs the filter proves have no
@@ -415,6 +421,8 @@ pub struct IndexView {
     held: Mutex<HeldSegments>,
     /// Whether passes keep segments ([`IndexView::hold_segments`]).
     hold: std::sync::atomic::AtomicBool,
+    /// When the plans were last read ([`IndexView::refresh_plans`]).
+    plans_read: Mutex<Option<std::time::Instant>>,
 }
 
 /// What the index view knows of a blob without reading more of the index
@@ -458,6 +466,7 @@ impl IndexView {
             filter_cap: std::sync::atomic::AtomicU64::new(MAX_FILTER_BITS),
             held: Mutex::default(),
             hold: std::sync::atomic::AtomicBool::new(true),
+            plans_read: Mutex::new(None),
         }
     }
 
@@ -1095,10 +1104,27 @@ impl IndexView {
     /// before); returns whether the set of plans changed.
     pub fn refresh_plans(&self, objects: &Objects<'_>) -> Result<bool> {
         let current = crate::sync::read(&self.plans).clone();
+        let started = std::time::Instant::now();
         let fresh = crate::plans::load(objects, &current)?;
+        *crate::sync::lock(&self.plans_read) = Some(started);
         let changed = fresh.plan_ids() != current.plan_ids();
         *crate::sync::write(&self.plans) = fresh;
         Ok(changed)
+    }
+
+    /// [`IndexView::refresh_plans`] unless this handle read the plans less
+    /// than `age` ago (a backup starting right after the open that read
+    /// them: one round trip less on an object store).
+    pub fn refresh_plans_unless_within(
+        &self,
+        objects: &Objects<'_>,
+        age: std::time::Duration,
+    ) -> Result<()> {
+        let read = *crate::sync::lock(&self.plans_read);
+        if read.is_some_and(|at| at.elapsed() < age) {
+            return Ok(());
+        }
+        self.refresh_plans(objects).map(|_| ())
     }
 
     /// The plans seen by the last refresh.

@@ -640,6 +640,14 @@ impl Repository {
         self.0.index.refresh_plans(&self.objects())
     }
 
+    /// [`Repository::refresh_plans`] unless this handle read the plans
+    /// less than `age` ago.
+    pub fn refresh_plans_unless_within(&self, age: std::time::Duration) -> Result<()> {
+        self.0
+            .index
+            .refresh_plans_unless_within(&self.objects(), age)
+    }
+
     /// The packs listed in the `gc/` plans seen by the last refresh.
     pub fn planned_packs(&self) -> PlanSet {
         self.0.index.planned_packs()

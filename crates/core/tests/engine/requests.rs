@@ -386,6 +386,11 @@ fn unchanged_backup(
     let result = backup_of(repo, src);
     let (counts, log) = c.take();
     show(&format!("unchanged backup, {cache} cache"), &counts);
+    if std::env::var("DEDUP_SHOW").is_ok() {
+        for l in &log {
+            eprintln!("REQ {l:?}");
+        }
+    }
     assert_eq!(result.snapshot.summary.files_unchanged, files as u64);
     assert_eq!(counts.all.write, 1, "only the snapshot: {log:?}");
     (counts, log)
