@@ -275,7 +275,7 @@ fn run_stages(
     } else {
         opts.workers
     };
-    let writer = Arc::new(PackWriter::new(repo, opts.uploaders)?);
+    let writer = Arc::new(PackWriter::for_backup(repo, opts.uploaders)?);
     let errors = seal::WorkerError::default();
     let (sealer, seals) = seal::SealPool::start(repo, &writer, workers, &errors)?;
     let in_flight = Arc::new(partial::InFlight::default());

@@ -52,6 +52,13 @@ pub(crate) struct Loose {
     pub lists: Vec<ListRef>,
 }
 
+/// Plans read by the handle this recently count as the backup's first look
+/// at `gc/` (the open reads them; a listing more costs a round trip on an
+/// object store). A plan made since is found by the look before the first
+/// snapshot, as one made during the backup is (see
+/// [`Checkpointer::protect`]): the safety window is many minutes.
+pub const PLANS_FRESH_FOR: Duration = Duration::from_secs(60);
+
 /// Decides when to checkpoint and writes checkpoints for one backup.
 pub struct Checkpointer {
     opts: CheckpointOptions,
@@ -66,9 +73,10 @@ pub struct Checkpointer {
 impl Checkpointer {
     /// Starts tracking; `template` supplies the checkpoint snapshots'
     /// host, source, paths, tags, start time and parent. Loads the current
-    /// `gc/` plans so deduplication ignores planned packs from the start.
+    /// `gc/` plans so deduplication ignores planned packs from the start
+    /// (unless the open read them moments ago: [`PLANS_FRESH_FOR`]).
     pub fn new(repo: &Repository, opts: CheckpointOptions, template: Snapshot) -> Result<Self> {
-        repo.refresh_plans()?;
+        repo.refresh_plans_unless_within(PLANS_FRESH_FOR)?;
         Ok(Self {
             opts,
             started: Instant::now(),

@@ -14,7 +14,13 @@
 //!   reads), extracted from every segment of the view; a Bloom filter of
 //!   the data blobs read proves new chunks and trees absent; a blob it may
 //!   hold is covered to answer for it, a few times a handle, after which
-//!   the rest is ingested ([`Level::Full`]).
+//!   the rest is ingested ([`Level::Full`]). A backup's writer asks
+//!   [`IndexView::presence`] instead, which never reads more: it stores
+//!   such blobs unconfirmed and confirms them in batches (one cover pass
+//!   each, `crate::packer`).
+//! - A pass below [`Level::Full`] keeps small segments (up to
+//!   [`HELD_SEGMENT_BYTES`]) for the handle's next pass, so that the cover
+//!   pass following the tree level reads nothing again.
 //! - An answer is given only where the rows in the cache are all the rows
 //!   the index has for that blob: at [`Level::Full`], for tree and list
 //!   locations, for covered blobs, for blobs the filter proves have no
@@ -40,12 +46,12 @@ use crate::error::{Error, Result};
 use crate::format::codec::DecodeError;
 use crate::format::index::{visit_segment, IndexSegment, SegmentItem};
 use crate::format::kinds::{IndexSegments, ObjectKind};
-use crate::format::{BlobId, BlobKind, IndexId};
+use crate::format::{BlobId, BlobKind, IndexId, PackId};
 use crate::objects::Objects;
 use crate::plans::PlanSet;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Segments loaded at once while ingesting, at most.
 pub const INGEST_IN_FLIGHT: usize = 4;
@@ -66,6 +72,11 @@ const MAX_LISTINGS: u32 = 4;
 /// index is ingested in full instead (memory stays bounded: ~80 bytes a
 /// covered blob).
 pub const MAX_COVERED: usize = 1 << 20;
+
+/// Opened bytes of index segments a handle keeps between passes below
+/// [`Level::Full`] ([`HeldSegments`]), at most: the budget a prefetch
+/// keeps for whole metadata packs' first levels is of the same order.
+pub const HELD_SEGMENT_BYTES: u64 = 8 << 20;
 
 /// Blobs the data-blob filter may hold that one handle covers one at a
 /// time (each a read of every segment) before it ingests the index in
@@ -98,11 +109,12 @@ struct DataFilter {
 }
 
 impl DataFilter {
-    /// A filter sized for about `rows` data rows.
-    fn for_rows(rows: u64) -> Self {
+    /// A filter sized for about `rows` data rows, at most `cap` bits.
+    fn for_rows(rows: u64, cap: u64) -> Self {
+        let cap = cap.clamp(512, MAX_FILTER_BITS);
         let bits = rows
             .saturating_mul(FILTER_BITS_PER_ROW)
-            .clamp(1 << 16, MAX_FILTER_BITS);
+            .clamp((1 << 16).min(cap), cap);
         Self {
             blocks: vec![[0; 8]; (bits / 512) as usize],
         }
@@ -161,7 +173,7 @@ impl DataFilter {
 /// from a first, checking read, and its share of the loading budget.
 struct LoadedSegment<'b> {
     id: IndexId,
-    opened: OpenedEnvelope,
+    opened: Arc<OpenedEnvelope>,
     rows: u64,
     permit: Permit<'b>,
 }
@@ -178,10 +190,46 @@ impl<'b> LoadedSegment<'b> {
             visit_segment(body, |_| Ok::<(), DecodeError>(())).map_err(|e| corrupt(&e))?;
         Ok(Self {
             id: *id,
-            opened,
+            opened: Arc::new(opened),
             rows: summary.blobs,
             permit,
         })
+    }
+}
+
+/// Segments a pass below [`Level::Full`] read, kept as their opened
+/// envelopes for the next pass (a backup's cover of its parent's chunks
+/// follows the tree-level pass at once): on an object store each segment
+/// is then read once, not twice. Up to [`HELD_SEGMENT_BYTES`].
+#[derive(Default)]
+struct HeldSegments {
+    segments: HashMap<IndexId, (Arc<OpenedEnvelope>, u64)>,
+    bytes: u64,
+}
+
+impl HeldSegments {
+    /// Keeps `seg` if it fits.
+    fn keep(&mut self, seg: &LoadedSegment<'_>) {
+        let len = seg.opened.len() as u64;
+        if self.bytes + len <= HELD_SEGMENT_BYTES && !self.segments.contains_key(&seg.id) {
+            self.bytes += len;
+            self.segments.insert(seg.id, (seg.opened.clone(), seg.rows));
+        }
+    }
+
+    fn get(&self, id: &IndexId) -> Option<(Arc<OpenedEnvelope>, u64)> {
+        self.segments.get(id).cloned()
+    }
+
+    fn drop_segment(&mut self, id: &IndexId) {
+        if let Some((opened, _)) = self.segments.remove(id) {
+            self.bytes -= opened.len() as u64;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.segments.clear();
+        self.bytes = 0;
     }
 }
 
@@ -369,6 +417,30 @@ pub struct IndexView {
     /// Blobs the filter may hold that were covered to answer for them
     /// ([`IndexView::confirm`]).
     confirmations: std::sync::atomic::AtomicU32,
+    /// The data-blob filter's size at most, in bits ([`IndexView::limit_filter`]).
+    filter_cap: std::sync::atomic::AtomicU64,
+    /// Segments read below [`Level::Full`], kept for the next pass.
+    held: Mutex<HeldSegments>,
+    /// Whether passes keep segments ([`IndexView::hold_segments`]).
+    hold: std::sync::atomic::AtomicBool,
+    /// When the plans were last read ([`IndexView::refresh_plans`]).
+    plans_read: Mutex<Option<std::time::Instant>>,
+}
+
+/// What the index view knows of a blob without reading more of the index
+/// ([`IndexView::presence`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// A copy outside every `gc/` plan and `damage/` record (a real row of
+    /// a listed segment).
+    Present,
+    /// Every row the index has for the blob is in the cache, and none is
+    /// such a copy (covered, proven absent by the filter, or the index is
+    /// in full).
+    Absent,
+    /// The filter may hold it and it is not covered: only another read of
+    /// the segments (a cover pass) or a full ingestion can tell.
+    Unknown,
 }
 
 impl std::fmt::Debug for IndexView {
@@ -394,7 +466,34 @@ impl IndexView {
             filter: Mutex::default(),
             filter_whole: std::sync::atomic::AtomicBool::new(false),
             confirmations: std::sync::atomic::AtomicU32::new(0),
+            filter_cap: std::sync::atomic::AtomicU64::new(MAX_FILTER_BITS),
+            held: Mutex::default(),
+            hold: std::sync::atomic::AtomicBool::new(true),
+            plans_read: Mutex::new(None),
         }
+    }
+
+    /// Whether passes below the full level keep the segments they read
+    /// for the next pass (the default; tests turn it off to make a pass
+    /// read the repository again).
+    pub fn hold_segments(&self, hold: bool) {
+        self.hold.store(hold, Ordering::Relaxed);
+        if !hold {
+            crate::sync::lock(&self.held).clear();
+        }
+    }
+
+    /// Caps the data-blob filter at `bits` (at least 512, at most its own
+    /// cap), from the next time it is built: tests and benchmarks make its
+    /// false positives as common as an index far larger would.
+    pub fn limit_filter(&self, bits: u64) {
+        self.filter_cap.store(bits, Ordering::Relaxed);
+    }
+
+    /// Stored bytes of the segments of this handle's last listing of
+    /// `index/` (what one cover pass reads at most).
+    pub fn listed_bytes(&self) -> u64 {
+        crate::sync::lock(&self.listing).iter().map(|l| l.1).sum()
     }
 
     /// The cache, whatever its index holds (trees, snapshots, or index
@@ -538,6 +637,18 @@ impl IndexView {
                 self.cache.remove_segment(gone)?;
                 report.removed += 1;
             }
+            {
+                let mut held = crate::sync::lock(&self.held);
+                let stale: Vec<IndexId> = held
+                    .segments
+                    .keys()
+                    .filter(|id| !present.contains(id))
+                    .copied()
+                    .collect();
+                for id in stale {
+                    held.drop_segment(&id);
+                }
+            }
             // New segments, and partial ones this goal needs again.
             let mut todo: Vec<(IndexId, u64)> = listed
                 .iter()
@@ -557,7 +668,10 @@ impl IndexView {
                 if filter.is_none() {
                     let bytes: u64 = todo.iter().map(|t| t.1).sum();
                     *filter = Some((
-                        DataFilter::for_rows(bytes / ROWS_PER_BYTE_DIVISOR),
+                        DataFilter::for_rows(
+                            bytes / ROWS_PER_BYTE_DIVISOR,
+                            self.filter_cap.load(Ordering::Relaxed),
+                        ),
                         HashSet::new(),
                     ));
                 }
@@ -603,6 +717,7 @@ impl IndexView {
             Level::Full
         };
         if level == Level::Full {
+            crate::sync::lock(&self.held).clear();
             crate::sync::write(&self.covered).clear();
             *crate::sync::lock(&self.filter) = None;
             self.filter_whole.store(false, Ordering::Release);
@@ -674,6 +789,16 @@ impl IndexView {
             ids,
             in_flight as usize,
             |id| {
+                let held = crate::sync::lock(&self.held).get(id);
+                if let Some((opened, rows)) = held {
+                    // In memory already (counted by the holding budget).
+                    return Ok(LoadedSegment {
+                        id: *id,
+                        opened,
+                        rows,
+                        permit: budget.acquire(0),
+                    });
+                }
                 let permit = budget.acquire(sizes.get(id).copied().unwrap_or(0));
                 LoadedSegment::load(objects, id, permit)
             },
@@ -695,6 +820,9 @@ impl IndexView {
                     report.ingested += 1;
                 }
                 seg.permit.hold();
+                if goal.level < Level::Full && self.hold.load(Ordering::Relaxed) {
+                    crate::sync::lock(&self.held).keep(&seg);
+                }
                 batch.push((id, record, seg));
                 if batch_blobs >= INGEST_BATCH_BLOBS as u64 || batch.len() >= INGEST_BATCH_SEGMENTS
                 {
@@ -915,8 +1043,10 @@ impl IndexView {
                 .any(|l| !plans.contains(&l.pack) && !damage.is_bad(id, &l.pack)))
         };
         if self.level() < Level::Full {
+            // Decided before the rows are read (see `presence`).
+            let complete = self.is_covered(id) || self.surely_no_data_row(id);
             let found = witness()?;
-            if found || self.is_covered(id) || self.surely_no_data_row(id) {
+            if found || complete {
                 return Ok(found);
             }
             if self.confirm(objects, id)? {
@@ -934,11 +1064,52 @@ impl IndexView {
             .any(|l| !plans.contains(&l.pack) && !damage.is_bad(id, &l.pack)))
     }
 
+    /// What is known of blob `id` without reading the index beyond the
+    /// tree level (reached first if this handle has not): never a cover
+    /// pass or a full ingestion, so a writer can take
+    /// [`Presence::Unknown`] as absent (storing the blob again is safe)
+    /// and confirm many such blobs in one pass later. Copies in packs of
+    /// `ignore` (a writer's own) do not count as present. Exact at
+    /// [`Level::Full`] and for covered blobs; "present" only from a copy
+    /// outside every plan and damage record, at any level.
+    pub fn presence(
+        &self,
+        objects: &Objects<'_>,
+        damage: &DamageSet,
+        id: &BlobId,
+        ignore: &HashSet<PackId>,
+    ) -> Result<Presence> {
+        let cache = self.reach(objects, self.first_question())?;
+        let full = self.level() == Level::Full;
+        // Whether the cache holds every row of the blob, decided before
+        // its rows are read: a cover pass marks blobs covered only once
+        // their rows are in.
+        let complete = full || self.is_covered(id) || self.surely_no_data_row(id);
+        let plans = crate::sync::read(&self.plans);
+        if full && ignore.is_empty() && plans.is_empty() && damage.is_empty() {
+            return Ok(match cache.contains(id)? {
+                true => Presence::Present,
+                false => Presence::Absent,
+            });
+        }
+        let found = cache.locations(id)?.iter().any(|l| {
+            !plans.contains(&l.pack) && !damage.is_bad(id, &l.pack) && !ignore.contains(&l.pack)
+        });
+        drop(plans);
+        Ok(match (found, complete) {
+            (true, _) => Presence::Present,
+            (false, true) => Presence::Absent,
+            (false, false) => Presence::Unknown,
+        })
+    }
+
     /// Re-reads the `gc/` plans (lists `gc/`, loads only plans not seen
     /// before); returns whether the set of plans changed.
     pub fn refresh_plans(&self, objects: &Objects<'_>) -> Result<bool> {
         let current = crate::sync::read(&self.plans).clone();
+        let started = std::time::Instant::now();
         let fresh = crate::plans::load(objects, &current)?;
+        *crate::sync::lock(&self.plans_read) = Some(started);
         let changed = fresh.plan_ids() != current.plan_ids();
         *crate::sync::write(&self.plans) = fresh;
         self.plans_epoch.fetch_add(1, Ordering::AcqRel);
@@ -975,6 +1146,21 @@ impl IndexView {
     /// [`IndexView::present_among`] holds while this has not moved.
     pub fn plans_epoch(&self) -> u64 {
         self.plans_epoch.load(Ordering::Acquire)
+    }
+
+    /// [`IndexView::refresh_plans`] unless this handle read the plans less
+    /// than `age` ago (a backup starting right after the open that read
+    /// them: one round trip less on an object store).
+    pub fn refresh_plans_unless_within(
+        &self,
+        objects: &Objects<'_>,
+        age: std::time::Duration,
+    ) -> Result<()> {
+        let read = *crate::sync::lock(&self.plans_read);
+        if read.is_some_and(|at| at.elapsed() < age) {
+            return Ok(());
+        }
+        self.refresh_plans(objects).map(|_| ())
     }
 
     /// The plans seen by the last refresh.
@@ -1056,7 +1242,7 @@ mod tests {
         // Sized for the rows (16 bits each), then as full as the cap makes
         // it at 100M rows (10.7 bits each).
         for (n, sized_for, most) in [(100_000u64, 100_000u64, 200), (100_000, 67_000, 1500)] {
-            let mut f = DataFilter::for_rows(sized_for);
+            let mut f = DataFilter::for_rows(sized_for, MAX_FILTER_BITS);
             for i in 0..n {
                 f.insert(&id(i));
             }

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::format::index::{IndexSegment, IndexedPack};
 use crate::format::pack::{pack_tail, BlobEntry, PACK_MAGIC};
 use crate::format::{BlobId, BlobKind, Id, IndexId, PackId};
+use crate::index_view::Presence;
 use crate::repo::Repository;
 use cairn_storage::{DynStorage, ObjectWriter, StorageError};
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -41,6 +42,16 @@ pub const BLOBS_PER_PACK: usize = 16 << 10;
 /// ~30 ms instead of ~110 ms, and the others overlap the backup.
 pub const BLOBS_PER_SEGMENT: usize = 16 << 10;
 
+/// Plaintext bytes of blobs a writer stores without confirming they are
+/// new before it confirms them in one cover pass, at most. A blob is
+/// unconfirmed when the index view cannot answer for it without reading
+/// more of the index (the data-blob filter may hold it: a duplicate, or a
+/// false positive); storing it again is safe (never lost; maintenance
+/// reclaims the duplicate), reading every segment for each such blob is
+/// not cheap. The first budget is the smaller of this and the stored size
+/// of the index (what a pass reads); each pass doubles it.
+pub const UNCONFIRMED_BUDGET: u64 = 64 << 20;
+
 /// Totals of what a writer added.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct WriteStats {
@@ -52,6 +63,32 @@ pub struct WriteStats {
     pub packs: u64,
     /// Index segments written.
     pub segments: u64,
+    /// Blobs added without confirming they were new (see
+    /// [`UNCONFIRMED_BUDGET`]), and their plaintext bytes.
+    pub unconfirmed_blobs: u64,
+    /// Plaintext bytes of the unconfirmed blobs.
+    pub unconfirmed_bytes: u64,
+    /// Cover passes that confirmed unconfirmed blobs in batches.
+    pub confirm_passes: u64,
+    /// Of the blobs those passes confirmed, those the repository held
+    /// already (stored twice until maintenance removes one copy).
+    pub duplicates_stored: u64,
+}
+
+/// The blobs a writer stored without confirming they were new.
+#[derive(Default)]
+struct Unconfirmed {
+    /// Since the last cover pass.
+    open: Vec<BlobId>,
+    /// Their plaintext bytes.
+    bytes: u64,
+    /// Cover passes made.
+    passes: u64,
+    /// Totals: blobs and plaintext bytes stored unconfirmed, and the
+    /// duplicates among those a pass confirmed.
+    blobs: u64,
+    total_bytes: u64,
+    duplicates: u64,
 }
 
 struct Shared {
@@ -250,6 +287,14 @@ pub struct PackWriter {
     sealed: Condvar,
     /// Trees stored by this writer, on their way to the local cache.
     tree_cache: Mutex<TreeBatch>,
+    /// Blobs stored without confirming they were new.
+    unconfirmed: Mutex<Unconfirmed>,
+    /// Held while a cover pass confirms unconfirmed blobs (one at a time).
+    confirming: Mutex<()>,
+    /// The packs this writer indexed: its own copies are not duplicates.
+    own_packs: Mutex<HashSet<PackId>>,
+    /// Whether blobs may be stored unconfirmed ([`PackWriter::for_backup`]).
+    unconfirmed_allowed: bool,
 }
 
 /// Claimed blobs not yet in a pack.
@@ -310,7 +355,23 @@ impl PackWriter {
             claims: Mutex::default(),
             sealed: Condvar::new(),
             tree_cache: Mutex::default(),
+            unconfirmed: Mutex::default(),
+            confirming: Mutex::new(()),
+            own_packs: Mutex::default(),
+            unconfirmed_allowed: false,
         })
+    }
+
+    /// A backup's writer ([`PackWriter::new`]): a chunk or tree the index
+    /// view cannot answer for cheaply is stored unconfirmed, up to a
+    /// budget, and confirmed with others in one pass (see
+    /// [`PackWriter::claim`]). A duplicate stored this way costs space
+    /// until maintenance, never data; copy and repair, which promise to
+    /// add nothing a repository holds, keep exact answers.
+    pub fn for_backup(repo: &Repository, uploaders: usize) -> Result<Self> {
+        let mut writer = Self::new(repo, uploaders)?;
+        writer.unconfirmed_allowed = true;
+        Ok(writer)
     }
 
     fn check_error(&self) -> Result<()> {
@@ -331,17 +392,120 @@ impl PackWriter {
         self.repo.has_blob(id)
     }
 
-    /// Claims `id` for this writer: true when the caller must store the
-    /// blob, false when it is already stored or being stored.
-    pub fn claim(&self, id: &BlobId) -> Result<bool> {
-        if self.repo.has_blob(id)? {
-            return Ok(false);
-        }
+    /// Claims `id` (`len` plaintext bytes) for this writer: true when the
+    /// caller must store the blob, false when it is already stored or
+    /// being stored. In a backup's writer ([`PackWriter::for_backup`]) a
+    /// blob the index view cannot answer for without reading more of the
+    /// index is stored unconfirmed, up to a budget
+    /// ([`UNCONFIRMED_BUDGET`]); past it, the blobs stored so far and this
+    /// one are confirmed in one cover pass. Other writers ask
+    /// [`Repository::has_blob`], exact. "Already stored" is only ever a
+    /// copy outside every `gc/` plan and `damage/` record.
+    pub fn claim(&self, id: &BlobId, len: usize) -> Result<bool> {
+        let unconfirmed = if !self.unconfirmed_allowed {
+            if self.repo.has_blob(id)? {
+                return Ok(false);
+            }
+            false
+        } else {
+            match self.repo.presence(id, &HashSet::new())? {
+                Presence::Present => return Ok(false),
+                Presence::Absent => false,
+                Presence::Unknown => match self.confirm(id, len as u64)? {
+                    Some(true) => return Ok(false),
+                    Some(false) => false,
+                    None => true,
+                },
+            }
+        };
         let claimed = crate::sync::lock(&self.pending).insert(*id);
         if claimed {
             crate::sync::lock(&self.claims).unsealed.insert(*id);
+            if unconfirmed {
+                let mut u = crate::sync::lock(&self.unconfirmed);
+                u.open.push(*id);
+                u.bytes += len as u64;
+                u.blobs += 1;
+                u.total_bytes += len as u64;
+            }
         }
         Ok(claimed)
+    }
+
+    /// The plaintext bytes stored unconfirmed that make a cover pass due.
+    fn unconfirmed_budget(&self, passes: u64) -> u64 {
+        let pass = self.repo.index_view().listed_bytes();
+        UNCONFIRMED_BUDGET
+            .min(pass)
+            .saturating_mul(1 << passes.min(16))
+    }
+
+    /// Whether `len` more unconfirmed bytes fit the budget.
+    fn fits_unconfirmed(&self, len: u64) -> bool {
+        let u = crate::sync::lock(&self.unconfirmed);
+        u.bytes + len <= self.unconfirmed_budget(u.passes)
+    }
+
+    /// For blob `id`, which the index view cannot answer for cheaply:
+    /// `None` to store it unconfirmed (within the budget), else whether
+    /// the repository holds it, found by one cover pass over the blobs
+    /// stored unconfirmed since the last pass and this one. When most of
+    /// them were duplicates (data the repository holds: hits will keep
+    /// coming), the index is ingested in full instead, where every later
+    /// answer is exact.
+    fn confirm(&self, id: &BlobId, len: u64) -> Result<Option<bool>> {
+        if self.fits_unconfirmed(len) {
+            return Ok(None);
+        }
+        let _one = crate::sync::lock(&self.confirming);
+        // A pass made while this thread waited may have answered, or
+        // made room.
+        match self.repo.presence(id, &HashSet::new())? {
+            Presence::Present => return Ok(Some(true)),
+            Presence::Absent => return Ok(Some(false)),
+            Presence::Unknown => {}
+        }
+        if self.fits_unconfirmed(len) {
+            return Ok(None);
+        }
+        let mut batch = {
+            let mut u = crate::sync::lock(&self.unconfirmed);
+            u.bytes = 0;
+            std::mem::take(&mut u.open)
+        };
+        batch.push(*id);
+        let report = self.repo.cover_blobs(&batch.iter().copied().collect())?;
+        // Duplicates: blobs stored unconfirmed that have a copy other
+        // than this writer's own.
+        let own = crate::sync::lock(&self.own_packs).clone();
+        let stored = &batch[..batch.len() - 1];
+        let mut duplicates = 0u64;
+        for b in stored {
+            if self.repo.presence(b, &own)? == Presence::Present {
+                duplicates += 1;
+            }
+        }
+        let present = self.repo.presence(id, &HashSet::new())? == Presence::Present;
+        let passes = {
+            let mut u = crate::sync::lock(&self.unconfirmed);
+            u.passes += 1;
+            u.duplicates += duplicates;
+            u.passes
+        };
+        tracing::debug!(
+            "cover pass {passes} confirmed {} blobs stored unconfirmed ({duplicates} held by the repository already) and one more ({}): {report:?}",
+            stored.len(),
+            if present { "held" } else { "new" }
+        );
+        let hits = duplicates + u64::from(present);
+        if hits * 2 > batch.len() as u64 && !self.repo.index_view().is_synced() {
+            tracing::info!(
+                "{hits} of {} blobs confirmed were in the repository already: reading the index in full to deduplicate the rest exactly",
+                batch.len()
+            );
+            self.repo.index()?;
+        }
+        Ok(Some(present))
     }
 
     /// Waits until every blob claimed before this call has been added
@@ -370,7 +534,7 @@ impl PackWriter {
     /// Seals and adds a blob unless it is already stored; returns whether it was added.
     pub fn add_plain(&self, kind: BlobKind, plaintext: &[u8]) -> Result<(BlobId, bool)> {
         let id = self.repo.blob_id(plaintext);
-        if !self.claim(&id)? {
+        if !self.claim(&id, plaintext.len())? {
             return Ok((id, false));
         }
         let stored = self.repo.seal_blob_with_id(kind, id, plaintext);
@@ -525,6 +689,7 @@ impl PackWriter {
         if packs.is_empty() {
             return Ok(None);
         }
+        crate::sync::lock(&self.own_packs).extend(packs.iter().map(|p| p.id));
         let seg = IndexSegment {
             supersedes: Vec::new(),
             packs,
@@ -551,16 +716,31 @@ impl PackWriter {
         flushed?;
         self.check_error()?;
         self.write_segment()?;
-        Ok(self.stats())
+        let stats = self.stats();
+        if stats.unconfirmed_blobs > 0 {
+            tracing::info!(
+                "{} blobs ({} bytes) were stored without confirming they were new (the local cache does not hold the index in full, and its filter of data blobs may hold them); {} cover passes found {} duplicates among them; maintenance removes duplicate copies",
+                stats.unconfirmed_blobs,
+                stats.unconfirmed_bytes,
+                stats.confirm_passes,
+                stats.duplicates_stored
+            );
+        }
+        Ok(stats)
     }
 
     /// Totals so far.
     pub fn stats(&self) -> WriteStats {
+        let u = crate::sync::lock(&self.unconfirmed);
         WriteStats {
             blobs: self.blobs.load(Ordering::Relaxed),
             stored_bytes: self.stored_bytes.load(Ordering::Relaxed),
             packs: self.shared.packs.load(Ordering::Relaxed),
             segments: self.shared.segments.load(Ordering::Relaxed),
+            unconfirmed_blobs: u.blobs,
+            unconfirmed_bytes: u.total_bytes,
+            confirm_passes: u.passes,
+            duplicates_stored: u.duplicates,
         }
     }
 }

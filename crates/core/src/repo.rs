@@ -14,7 +14,7 @@ use crate::format::kinds::{IndexSegments, KeyFiles, ObjectKind, Snapshots};
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{decode_list, ChunkRef, Content, Tree};
 use crate::format::{BlobId, BlobKind, Id, IndexId, PackId, SnapshotId, FORMAT_VERSION};
-use crate::index_view::{IndexView, SyncReport};
+use crate::index_view::{IndexView, Presence, SyncReport};
 use crate::keyring::{new_key_file, Keyring};
 use crate::objects::{any_on, list_on, Objects};
 use crate::plans::PlanSet;
@@ -536,6 +536,21 @@ impl Repository {
                 .load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// What the index says of blob `id` without reading it beyond the tree
+    /// level (see [`IndexView::presence`]): a writer deduplicating takes
+    /// [`Presence::Unknown`] as absent (stores the blob again) and
+    /// confirms such blobs in batches. Copies in packs of `ignore` do not
+    /// count. Callers that need an exact answer use [`Repository::has_blob`].
+    pub fn presence(
+        &self,
+        id: &BlobId,
+        ignore: &std::collections::HashSet<PackId>,
+    ) -> Result<Presence> {
+        self.0
+            .index
+            .presence(&self.objects(), &self.damage(), id, ignore)
+    }
+
     /// The recorded damage, for reading. A poisoned lock still holds a
     /// whole set (it is only ever replaced whole).
     fn damage(&self) -> std::sync::RwLockReadGuard<'_, DamageSet> {
@@ -650,6 +665,14 @@ impl Repository {
     /// before); returns whether the set of planned packs changed.
     pub fn refresh_plans(&self) -> Result<bool> {
         self.0.index.refresh_plans(&self.objects())
+    }
+
+    /// [`Repository::refresh_plans`] unless this handle read the plans
+    /// less than `age` ago.
+    pub fn refresh_plans_unless_within(&self, age: std::time::Duration) -> Result<()> {
+        self.0
+            .index
+            .refresh_plans_unless_within(&self.objects(), age)
     }
 
     /// The packs listed in the `gc/` plans seen by the last refresh.

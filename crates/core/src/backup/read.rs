@@ -390,7 +390,10 @@ pub(super) fn add_chunk(
     let id = ctx.repo.blob_id(data);
     let claimed = {
         let _deciding = ctx.in_flight.deciding();
-        let claimed = ctx.writer.claim(&id).map_err(ReadOutcome::Failed)?;
+        let claimed = ctx
+            .writer
+            .claim(&id, data.len())
+            .map_err(ReadOutcome::Failed)?;
         chunks.push(ChunkRef { id, len });
         claimed
     };

@@ -197,7 +197,7 @@ fn store(
     } else {
         opts.workers
     };
-    let writer = Arc::new(PackWriter::new(repo, opts.uploaders)?);
+    let writer = Arc::new(PackWriter::for_backup(repo, opts.uploaders)?);
     let errors = WorkerError::default();
     let (sealer, seals) = SealPool::start(repo, &writer, workers, &errors)?;
     let in_flight = Arc::new(InFlight::default());

@@ -456,6 +456,9 @@ fn a_segment_superseded_while_a_cover_pass_reads_it_is_followed() {
         }),
     });
     let repo = open_on(hooked, &cache).unwrap();
+    // The cover pass reads the segments again (not the ones the tree
+    // level kept).
+    repo.index_view().hold_segments(false);
     assert!(repo
         .lookup_kind(BlobKind::Tree, &fake_blob(1))
         .unwrap()
@@ -553,4 +556,226 @@ fn a_new_file_on_an_empty_cache_is_stored_without_ingesting_the_index() {
     );
     let target = tempfile::tempdir().unwrap();
     restore_all(&open_repo(&t.loc, &cache), &result, target.path());
+}
+
+/// `files` files of 4 KiB each, unique to `tag` (several chunks each at
+/// the test repositories' 1 KiB average).
+fn write_files(root: &std::path::Path, files: usize, tag: &str) {
+    for f in 0..files {
+        let text: String = (0..512).map(|k| format!("{tag}{f:05}{k:05}\n")).collect();
+        std::fs::write(root.join(format!("f{f:04}")), &text[..4096]).unwrap();
+    }
+}
+
+/// A storage counting its reads of `index/` objects, and that count.
+fn counting(loc: &cairn_storage::testing::TestLocation) -> (DynStorage, Arc<AtomicU64>) {
+    let reads = Arc::new(AtomicU64::new(0));
+    let seen = reads.clone();
+    let hooked: DynStorage = Arc::new(Hooked {
+        inner: storage(loc),
+        on_index_read: Box::new(move |_| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }),
+    });
+    (hooked, reads)
+}
+
+/// The snapshot of `result` restores to exactly `src`, and the repository
+/// checks clean down to the data.
+fn restores_and_checks_clean(
+    loc: &cairn_storage::testing::TestLocation,
+    result: &cairn_core::backup::BackupResult,
+    src: &std::path::Path,
+) {
+    use cairn_core::check::{check, CheckOptions, DataSubset};
+    let (_c, cache) = temp_sub("verify-cache");
+    let repo = open_repo(loc, &cache);
+    let target = tempfile::tempdir().unwrap();
+    restore_all(&repo, result, target.path());
+    cairn_golden::assert_same_tree(src, target.path(), &compare_opts(src));
+    let report = check(
+        &repo,
+        &CheckOptions {
+            read_data: Some(DataSubset::All),
+        },
+    )
+    .unwrap();
+    assert!(report.is_clean(), "{:?}", report.damage);
+}
+
+#[test]
+fn a_first_backup_meeting_many_filter_hits_stores_them_unconfirmed_in_one_pass_over_the_index() {
+    let t = test_repo("cold-hits-within-budget");
+    write_fake_index(&t.repo, 4, 2000);
+    let segments = count(&t.storage().unwrap(), "index/") as u64;
+    let (_s, src) = temp_sub("src");
+    let files = 40;
+    write_files(&src, files, "new");
+    let (_c, cache) = temp_sub("cache");
+    let (hooked, reads) = counting(&t.loc);
+    let repo = open_on(hooked, &cache).unwrap();
+    // One block: every data blob is a filter hit, as a false positive or
+    // a duplicate would be, far more than MAX_CONFIRMATIONS.
+    repo.index_view().limit_filter(512);
+    let result = backup_dir(&repo, &src);
+    let summary = &result.snapshot.summary;
+    assert_eq!(summary.files_new, files as u64, "{summary:?}");
+    assert!(
+        summary.blobs_added > files as u64 + MAX_CONFIRMATIONS as u64,
+        "{summary:?}"
+    );
+    assert_eq!(
+        repo.index_view().level(),
+        Level::Trees,
+        "no ingestion of the whole index"
+    );
+    assert_eq!(
+        reads.load(Ordering::SeqCst),
+        segments,
+        "one read of each segment (the tree level); the hits are stored unconfirmed, within the budget"
+    );
+    restores_and_checks_clean(&t.loc, &result, &src);
+}
+
+#[test]
+fn filter_hits_past_the_budget_are_confirmed_in_a_few_batched_passes_never_in_full() {
+    let t = test_repo("cold-hits-past-budget");
+    write_fake_index(&t.repo, 2, 300);
+    let segments = count(&t.storage().unwrap(), "index/") as u64;
+    let listed: u64 = t
+        .storage()
+        .unwrap()
+        .list("index/")
+        .unwrap()
+        .iter()
+        .map(|o| o.size)
+        .sum();
+    let (_s, src) = temp_sub("src");
+    let files = 100;
+    write_files(&src, files, "fresh");
+    assert!(
+        (files as u64 * 4096) > 4 * listed,
+        "past the first budget ({listed} bytes) more than twice"
+    );
+    let (_c, cache) = temp_sub("cache");
+    let (hooked, reads) = counting(&t.loc);
+    let repo = open_on(hooked, &cache).unwrap();
+    repo.index_view().limit_filter(512);
+    // Each pass reads the segments (counted here), none kept in memory.
+    repo.index_view().hold_segments(false);
+    let result = backup_dir(&repo, &src);
+    assert_eq!(result.snapshot.summary.files_new, files as u64);
+    assert_eq!(
+        repo.index_view().level(),
+        Level::Trees,
+        "the hits were false positives: confirmed by cover passes, not a full ingestion"
+    );
+    let read = reads.load(Ordering::SeqCst);
+    assert_eq!(
+        read % segments,
+        0,
+        "whole passes: {read} reads of {segments} segments"
+    );
+    let passes = read / segments - 1;
+    // The budget doubles after each pass: log2(400 KiB / budget) + 1.
+    assert!(
+        (1..=6).contains(&passes),
+        "{passes} cover passes for {} hits",
+        result.snapshot.summary.blobs_added
+    );
+    restores_and_checks_clean(&t.loc, &result, &src);
+}
+
+#[test]
+fn a_backup_of_data_the_repository_holds_reads_the_index_in_full_after_one_pass() {
+    let t = test_repo("cold-hits-duplicates");
+    let (_a, first) = temp_sub("first");
+    let files = 100;
+    write_files(&first, files, "held");
+    let original = backup_dir(&t.repo, &first);
+    write_fake_index(&t.repo, 2, 300);
+    // The same files at another path: no parent, every chunk a duplicate.
+    let (_b, clone) = temp_sub("clone");
+    write_files(&clone, files, "held");
+    let (_c, cache) = temp_sub("cache");
+    let repo = open_repo(&t.loc, &cache);
+    let result = cairn_core::backup::backup(
+        &repo,
+        &cairn_core::backup::BackupOptions {
+            paths: vec![clone.clone()],
+            source: Some("a clone".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(result.snapshot.parent.is_none());
+    assert_eq!(
+        repo.index_view().level(),
+        Level::Full,
+        "duplicates keep coming: the index is read in full, where answers are exact"
+    );
+    let stored_again = result.snapshot.summary.blobs_added;
+    assert!(
+        stored_again < original.snapshot.summary.blobs_added / 4,
+        "{stored_again} blobs stored again of {}",
+        original.snapshot.summary.blobs_added
+    );
+    restores_and_checks_clean(&t.loc, &result, &clone);
+}
+
+#[test]
+fn a_blob_whose_copies_maintenance_planned_to_delete_is_never_taken_as_present_by_a_backup() {
+    use cairn_core::gc::{self, GcOptions, Roots};
+    use cairn_core::index_view::Presence;
+    let t = test_repo("cold-hits-planned");
+    let (_s, src) = temp_sub("src");
+    std::fs::write(src.join("doomed"), "doomed content ".repeat(200)).unwrap();
+    let s1 = backup_dir(&t.repo, &src);
+    let chunks = match &t.repo.load_tree(&s1.snapshot.tree).unwrap().nodes[0].payload {
+        cairn_core::format::tree::Payload::File(c) => t.repo.chunk_list(c).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    t.repo.delete_snapshot(&s1.id).unwrap();
+    gc::mark(
+        &t.repo,
+        &Roots::load(&t.repo).unwrap(),
+        &GcOptions {
+            safety_window: std::time::Duration::from_secs(3600),
+            repack_threshold: 0.5,
+            now: chrono::Utc::now(),
+            dry_run: false,
+        },
+    )
+    .unwrap();
+    write_fake_index(&t.repo, 2, 300);
+    let (_c, cache) = temp_sub("cache");
+    let repo = open_repo(&t.loc, &cache);
+    repo.index_view().limit_filter(512);
+    let none = std::collections::HashSet::new();
+    for c in &chunks {
+        assert_ne!(repo.presence(&c.id, &none).unwrap(), Presence::Present);
+    }
+    assert_eq!(repo.index_view().level(), Level::Trees);
+    // The same content at another path: stored again, unconfirmed or
+    // confirmed absent, never deduplicated against the planned copies.
+    let (_o, other) = temp_sub("other");
+    std::fs::copy(src.join("doomed"), other.join("doomed")).unwrap();
+    let result = backup_dir(&repo, &other);
+    assert!(
+        result.snapshot.summary.blobs_added > chunks.len() as u64,
+        "{:?}",
+        result.snapshot.summary
+    );
+    let (_v, fresh) = temp_sub("fresh");
+    let check_repo = open_repo(&t.loc, &fresh);
+    check_repo.sync_index(false).unwrap();
+    for c in &chunks {
+        let loc = check_repo.lookup(&c.id).unwrap().expect("located");
+        assert!(
+            !check_repo.planned_packs().contains(&loc.pack),
+            "a copy outside the plan"
+        );
+    }
+    restores_and_checks_clean(&t.loc, &result, &other);
 }
