@@ -362,7 +362,7 @@ impl PackWriter {
         })
     }
 
-    /// A backup's writer ([`PackWriter::new`]): a chunk or tree the index
+    /// A backup's writer: as [`PackWriter::new`], but a chunk or tree the index
     /// view cannot answer for cheaply is stored unconfirmed, up to a
     /// budget, and confirmed with others in one pass (see
     /// [`PackWriter::claim`]). A duplicate stored this way costs space
@@ -411,6 +411,11 @@ impl PackWriter {
             match self.repo.presence(id, &HashSet::new())? {
                 Presence::Present => return Ok(false),
                 Presence::Absent => false,
+                // Being stored by this writer already (a chunk repeated
+                // in the backup): no pass for it.
+                Presence::Unknown if crate::sync::lock(&self.pending).contains(id) => {
+                    return Ok(false)
+                }
                 Presence::Unknown => match self.confirm(id, len as u64)? {
                     Some(true) => return Ok(false),
                     Some(false) => false,
