@@ -18,7 +18,10 @@
 # runs only the rows that back up changed or new files;
 # CAIRN_COLD_TIMEOUT=S stops a measured command after S seconds (printed
 # as such: a build that ingests a 100M-blob index in full takes many
-# minutes and ~13 GB of cache). Every run is printed.
+# minutes and ~13 GB of cache). CAIRN_COLD_S3=1 puts the repository on a
+# local S3 server (moto, started and stopped by .ci/s3.sh with a state
+# directory of its own) instead of the local file system. Every run is
+# printed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -31,6 +34,15 @@ cairn=${CAIRN_BIN:-$target_dir/release/cairn}
 gen=${CAIRN_BENCHGEN:-$target_dir/release/cairn-benchgen}
 export CAIRN_PASSWORD=bench
 repo=$work/repo-$blobs
+if [ "${CAIRN_COLD_S3:-0}" = 1 ]; then
+  export CAIRN_S3_STATE_DIR=$work/s3-state
+  s3_env="$("$root/.ci/s3.sh" start)"
+  eval "$s3_env"
+  trap '"$root/.ci/s3.sh" stop >/dev/null 2>&1 || true' EXIT
+  # A fresh prefix each run: the server keeps its objects in memory.
+  repo="s3://$CAIRN_TEST_S3_BUCKET/cold-$blobs-$(date +%s)?endpoint=$CAIRN_TEST_S3_ENDPOINT"
+  echo "repository on moto: $repo"
+fi
 measure() { # label, then the command
   local label=$1; shift
   local limit=()
@@ -68,8 +80,9 @@ backup_big() {
     CAIRN_CACHE_DIR=$work/cache-$blobs "$cairn" -q -r "$repo" backup --tag big "$work/big" >/dev/null
   fi
 }
-if [ "${CAIRN_COLD_KEEP:-0}" != 1 ] || [ ! -e "$repo/cairn.repository" ]; then
-  rm -rf "$repo" "$work/cache-$blobs"
+if [ "${CAIRN_COLD_S3:-0}" = 1 ] || [ "${CAIRN_COLD_KEEP:-0}" != 1 ] || [ ! -e "$repo/cairn.repository" ]; then
+  [ "${CAIRN_COLD_S3:-0}" = 1 ] || rm -rf "$repo"
+  rm -rf "$work/cache-$blobs"
   CAIRN_CACHE_DIR=$work/cache-$blobs "$cairn" -q -r "$repo" init >/dev/null
   if [ "${CAIRN_COLD_WARM:-1}" = 0 ]; then
     # CAIRN_COLD_WARM=0: the trees are backed up before the fake index is

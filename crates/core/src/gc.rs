@@ -624,21 +624,37 @@ fn scan_index(
 /// bytes of every pack they list and the blob entries of those packs (a
 /// blob stored in two packs counts twice).
 pub fn index_totals(repo: &Repository) -> Result<(u64, u64)> {
-    let (mut bytes, mut blobs) = (0u64, 0u64);
+    let totals = index_pack_totals(repo)?;
+    Ok((totals.bytes, totals.blobs))
+}
+
+/// The packs the segments in `index/` list, their stored bytes and their
+/// blob entries (a blob in two packs counts twice), read as a stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndexTotals {
+    pub packs: u64,
+    pub bytes: u64,
+    pub blobs: u64,
+}
+
+/// [`IndexTotals`] of the repository, without ingesting the index.
+pub fn index_pack_totals(repo: &Repository) -> Result<IndexTotals> {
+    let mut totals = IndexTotals::default();
     let mut packs = HashSet::new();
     scan_index(
         repo,
         |seen| {
             if packs.insert(seen.pack) {
-                bytes += seen.len;
+                totals.bytes += seen.len;
             }
         },
         |_, _, entries| {
-            blobs += entries.len() as u64;
+            totals.blobs += entries.len() as u64;
             Ok(())
         },
     )?;
-    Ok((bytes, blobs))
+    totals.packs = packs.len() as u64;
+    Ok(totals)
 }
 
 /// Every pack the segments in `index/` list.

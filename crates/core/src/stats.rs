@@ -37,7 +37,8 @@ pub struct RepoStats {
     pub packs: u64,
     /// Bytes of those packs.
     pub pack_size: u64,
-    /// Blobs in the index (referenced or not).
+    /// Blob entries in the index, referenced or not (a blob stored in two
+    /// packs counts twice).
     pub indexed_blobs: u64,
 }
 
@@ -64,6 +65,8 @@ impl RepoStats {
 
 struct StatsWalk<'a> {
     repo: &'a Repository,
+    /// Every blob the snapshots reference, each once: located after the
+    /// walk, all together.
     seen: HashSet<BlobId>,
     /// Files and bytes below each tree walked.
     sizes: HashMap<BlobId, (u64, u64)>,
@@ -71,20 +74,33 @@ struct StatsWalk<'a> {
 }
 
 impl StatsWalk<'_> {
-    /// Counts a blob once; returns whether it was new.
+    /// Notes a blob (counted by [`StatsWalk::count_blobs`]); returns
+    /// whether it was new.
     fn blob(&mut self, id: &BlobId) -> Result<bool> {
-        if id.0.is_zero() || !self.seen.insert(*id) {
-            return Ok(false);
+        Ok(!id.0.is_zero() && self.seen.insert(*id))
+    }
+
+    /// Locates every blob seen and counts its sizes: the index rows of
+    /// those blobs are read in one pass over the segments (the whole index
+    /// only past [`crate::index_view::MAX_COVERED`] blobs), not ingested
+    /// for a lookup each.
+    fn count_blobs(&mut self) -> Result<()> {
+        if self.seen.len() <= crate::index_view::MAX_COVERED {
+            self.repo.cover_blobs(&self.seen)?;
+        } else {
+            self.repo.index()?;
         }
-        match self.repo.lookup(id)? {
-            Some(loc) => {
-                self.stats.unique_blobs += 1;
-                self.stats.unique_raw_size += u64::from(loc.raw_len);
-                self.stats.unique_stored_size += u64::from(loc.stored_len);
+        for id in &self.seen {
+            match self.repo.lookup(id)? {
+                Some(loc) => {
+                    self.stats.unique_blobs += 1;
+                    self.stats.unique_raw_size += u64::from(loc.raw_len);
+                    self.stats.unique_stored_size += u64::from(loc.stored_len);
+                }
+                None => self.stats.missing_blobs += 1,
             }
-            None => self.stats.missing_blobs += 1,
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Files and bytes below tree `id`, counting the blobs not seen before.
@@ -134,9 +150,6 @@ impl StatsWalk<'_> {
 /// Totals over `snapshots` (their trees must be readable: run `check` on a
 /// damaged repository).
 pub fn stats(repo: &Repository, snapshots: &[(SnapshotId, Snapshot)]) -> Result<RepoStats> {
-    // The repository's totals (blobs indexed) need every row: ingested
-    // first, so the walk's lookups are answered from it.
-    repo.index()?;
     let mut w = StatsWalk {
         repo,
         seen: HashSet::new(),
@@ -149,10 +162,13 @@ pub fn stats(repo: &Repository, snapshots: &[(SnapshotId, Snapshot)]) -> Result<
         w.stats.files += sizes.0;
         w.stats.restore_size += sizes.1;
     }
-    let packs = repo.index()?.packs()?;
-    w.stats.packs = packs.len() as u64;
-    w.stats.pack_size = packs.iter().map(|(_, len)| len).sum();
-    w.stats.indexed_blobs = repo.index()?.blob_count()?;
+    w.count_blobs()?;
+    // The repository's totals from the segments as they stream past, not
+    // from an ingested index (at 100M blobs, ~13 GB of cache).
+    let totals = crate::gc::index_pack_totals(repo)?;
+    w.stats.packs = totals.packs;
+    w.stats.pack_size = totals.bytes;
+    w.stats.indexed_blobs = totals.blobs;
     Ok(w.stats)
 }
 

@@ -779,3 +779,38 @@ fn a_blob_whose_copies_maintenance_planned_to_delete_is_never_taken_as_present_b
     }
     restores_and_checks_clean(&t.loc, &result, &other);
 }
+
+/// `stats` of a snapshot on an empty cache locates the snapshot's blobs
+/// in one pass and sums the repository's packs from the segments as they
+/// stream past: it stays at the tree level, and says what a handle with
+/// the whole index says.
+#[test]
+fn stats_on_an_empty_cache_does_not_ingest_the_index() {
+    let t = test_repo("cold-stats");
+    let (_s, src) = temp_sub("src");
+    write_source(&src, 3, "s");
+    let first = backup_dir(&t.repo, &src);
+    write_fake_index(&t.repo, 4, 2000);
+    let (_c, cache) = temp_sub("cache");
+    let repo = open_repo(&t.loc, &cache);
+    let snap = repo.load_snapshot(&first.id).unwrap();
+    let cold = cairn_core::stats::stats(&repo, &[(first.id, snap.clone())]).unwrap();
+    assert_eq!(
+        repo.index_view().level(),
+        Level::Trees,
+        "no ingestion of the whole index"
+    );
+    assert!(repo.cache().blob_count().unwrap() < 100);
+
+    let (_w, whole) = temp_sub("whole");
+    let full = open_repo(&t.loc, &whole);
+    full.index().unwrap();
+    let warm = cairn_core::stats::stats(&full, &[(first.id, snap)]).unwrap();
+    assert_eq!(cold.unique_blobs, warm.unique_blobs);
+    assert_eq!(cold.unique_stored_size, warm.unique_stored_size);
+    assert_eq!(cold.missing_blobs, 0);
+    assert_eq!((cold.packs, cold.pack_size), (warm.packs, warm.pack_size));
+    // The first backup's blobs and the 4 x 2000 fake ones.
+    assert_eq!(cold.indexed_blobs, full.cache().blob_count().unwrap());
+    assert!(cold.indexed_blobs >= 8000);
+}
