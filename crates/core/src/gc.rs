@@ -795,6 +795,35 @@ pub fn mark(repo: &Repository, roots: &Roots, opts: &GcOptions) -> Result<MarkRe
     Ok(report)
 }
 
+/// The blobs `wanted` names (among those the roots may reference) that
+/// the index holds an intact copy of in a pack `skipped` does not name:
+/// one more pass over `index/`.
+fn intact_copies_outside(
+    repo: &Repository,
+    roots: &Roots,
+    damage: &crate::damage::DamageSet,
+    wanted: impl Fn(&BlobId) -> bool,
+    skipped: impl Fn(&PackId) -> bool,
+) -> Result<HashSet<BlobId>> {
+    let mut found = HashSet::new();
+    scan_index(
+        repo,
+        |_| {},
+        |pack, _, entries| {
+            if skipped(&pack) {
+                return Ok(());
+            }
+            for e in entries {
+                if roots.may_reference(&e.id) && wanted(&e.id) && !damage.is_bad(&e.id, &pack) {
+                    found.insert(e.id);
+                }
+            }
+            Ok(())
+        },
+    )?;
+    Ok(found)
+}
+
 /// The live blobs of the packs to `repack` that have no kept, intact copy
 /// elsewhere, each with its copies to rewrite (intact ones first), in
 /// pack order. Two more reads of the index and a second walk: the blobs
@@ -840,24 +869,12 @@ fn repack_candidates(
     // A live blob must stay readable from a kept, intact copy: drop those
     // that have one outside the packs being repacked (and every plan).
     if !candidates.is_empty() {
-        let mut covered: HashSet<BlobId> = HashSet::new();
-        scan_index(
+        let covered = intact_copies_outside(
             repo,
-            |_| {},
-            |pack, _, entries| {
-                if repack.contains(&pack) || planned.contains(&pack) {
-                    return Ok(());
-                }
-                for e in entries {
-                    if roots.may_reference(&e.id)
-                        && candidates.contains_key(&e.id)
-                        && !damage.is_bad(&e.id, &pack)
-                    {
-                        covered.insert(e.id);
-                    }
-                }
-                Ok(())
-            },
+            roots,
+            damage,
+            |id| candidates.contains_key(id),
+            |pack| repack.contains(pack) || planned.contains(pack),
         )?;
         candidates.retain(|id, _| !covered.contains(id));
     }
@@ -979,24 +996,12 @@ pub fn sweep(repo: &Repository, roots: &Roots, opts: &GcOptions) -> Result<Sweep
     )?;
     let mut unsafe_ids: HashSet<BlobId> = at_risk.iter().map(|(_, b)| *b).collect();
     if !unsafe_ids.is_empty() {
-        let mut safe: HashSet<BlobId> = HashSet::new();
-        scan_index(
+        let safe = intact_copies_outside(
             repo,
-            |_| {},
-            |pack, _, entries| {
-                if plans.contains(&pack) {
-                    return Ok(());
-                }
-                for e in entries {
-                    if roots.may_reference(&e.id)
-                        && unsafe_ids.contains(&e.id)
-                        && !damage.is_bad(&e.id, &pack)
-                    {
-                        safe.insert(e.id);
-                    }
-                }
-                Ok(())
-            },
+            roots,
+            &damage,
+            |id| unsafe_ids.contains(id),
+            |pack| plans.contains(pack),
         )?;
         unsafe_ids.retain(|id| !safe.contains(id));
     }
