@@ -384,18 +384,23 @@ fn a_changed_file_on_an_empty_cache_is_deduplicated_exactly() {
     );
 }
 
-#[test]
-fn a_covered_blob_whose_copies_maintenance_planned_to_delete_counts_as_absent() {
+/// Backs up `src/doomed`, forgets its snapshot and marks: the packs
+/// holding its chunks are planned for deletion. Returns the backup and the
+/// chunks.
+fn a_file_planned_for_deletion(
+    t: &TestRepo,
+    src: &std::path::Path,
+) -> (
+    cairn_core::backup::BackupResult,
+    Vec<cairn_core::format::tree::ChunkRef>,
+) {
     use cairn_core::gc::{self, GcOptions, Roots};
-    let t = test_repo("cold-planned");
-    let (_s, src) = temp_sub("src");
     std::fs::write(src.join("doomed"), "doomed content ".repeat(200)).unwrap();
-    let s1 = backup_dir(&t.repo, &src);
+    let s1 = backup_dir(&t.repo, src);
     let chunks = match &t.repo.load_tree(&s1.snapshot.tree).unwrap().nodes[0].payload {
         cairn_core::format::tree::Payload::File(c) => t.repo.chunk_list(c).unwrap(),
         other => panic!("{other:?}"),
     };
-    let chunk = chunks[0].id;
     t.repo.delete_snapshot(&s1.id).unwrap();
     let m = gc::mark(
         &t.repo,
@@ -409,6 +414,15 @@ fn a_covered_blob_whose_copies_maintenance_planned_to_delete_counts_as_absent() 
     )
     .unwrap();
     assert!(m.unused_packs > 0);
+    (s1, chunks)
+}
+
+#[test]
+fn a_covered_blob_whose_copies_maintenance_planned_to_delete_counts_as_absent() {
+    let t = test_repo("cold-planned");
+    let (_s, src) = temp_sub("src");
+    let (s1, chunks) = a_file_planned_for_deletion(&t, &src);
+    let chunk = chunks[0].id;
     let (_c, cache) = temp_sub("cache");
     let repo = open_repo(&t.loc, &cache);
     repo.lookup_kind(BlobKind::Tree, &s1.snapshot.tree).unwrap();
@@ -730,28 +744,10 @@ fn a_backup_of_data_the_repository_holds_reads_the_index_in_full_after_one_pass(
 
 #[test]
 fn a_blob_whose_copies_maintenance_planned_to_delete_is_never_taken_as_present_by_a_backup() {
-    use cairn_core::gc::{self, GcOptions, Roots};
     use cairn_core::index_view::Presence;
     let t = test_repo("cold-hits-planned");
     let (_s, src) = temp_sub("src");
-    std::fs::write(src.join("doomed"), "doomed content ".repeat(200)).unwrap();
-    let s1 = backup_dir(&t.repo, &src);
-    let chunks = match &t.repo.load_tree(&s1.snapshot.tree).unwrap().nodes[0].payload {
-        cairn_core::format::tree::Payload::File(c) => t.repo.chunk_list(c).unwrap(),
-        other => panic!("{other:?}"),
-    };
-    t.repo.delete_snapshot(&s1.id).unwrap();
-    gc::mark(
-        &t.repo,
-        &Roots::load(&t.repo).unwrap(),
-        &GcOptions {
-            safety_window: std::time::Duration::from_secs(3600),
-            repack_threshold: 0.5,
-            now: chrono::Utc::now(),
-            dry_run: false,
-        },
-    )
-    .unwrap();
+    let (_s1, chunks) = a_file_planned_for_deletion(&t, &src);
     write_fake_index(&t.repo, 2, 300);
     let (_c, cache) = temp_sub("cache");
     let repo = open_repo(&t.loc, &cache);
