@@ -4,14 +4,12 @@
 //! sync reads the index is followed to its replacement.
 
 use crate::support::*;
-use bytes::Bytes;
 use cairn_core::format::index::{IndexSegment, IndexedPack};
 use cairn_core::format::pack::BlobEntry;
 use cairn_core::format::Id;
 use cairn_core::index_view::{Level, INGEST_BATCH_BLOBS, INGEST_BATCH_SEGMENTS, MAX_CONFIRMATIONS};
 use cairn_core::{BlobId, BlobKind, OpenOptions, PackId, Repository};
-use cairn_storage::{DynStorage, ObjectInfo, Storage, StorageError, StorageErrorKind};
-use std::ops::Range;
+use cairn_storage::{DynStorage, StorageError, StorageErrorKind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -52,45 +50,19 @@ fn open_on(storage: DynStorage, cache: &std::path::Path) -> cairn_core::Result<R
     Repository::open(storage, PASSWORD, &open_opts(cache))
 }
 
-/// A storage whose reads of `index/` objects call `on_index_read` first
-/// (which may fail the read).
-struct Hooked {
+/// `inner` with `on_index_read` called before each read of an `index/`
+/// object (which it may fail).
+fn hooked(
     inner: DynStorage,
-    #[allow(clippy::type_complexity)]
-    on_index_read: Box<dyn Fn(&str) -> cairn_storage::Result<()> + Send + Sync>,
-}
-
-impl std::fmt::Debug for Hooked {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Hooked({})", self.inner.location())
-    }
-}
-
-impl Storage for Hooked {
-    fn read(&self, path: &str) -> cairn_storage::Result<Bytes> {
-        if path.starts_with("index/") {
-            (self.on_index_read)(path)?;
-        }
-        self.inner.read(path)
-    }
-    fn read_range(&self, path: &str, range: Range<u64>) -> cairn_storage::Result<Bytes> {
-        self.inner.read_range(path, range)
-    }
-    fn write(&self, path: &str, data: Bytes) -> cairn_storage::Result<()> {
-        self.inner.write(path, data)
-    }
-    fn list(&self, prefix: &str) -> cairn_storage::Result<Vec<ObjectInfo>> {
-        self.inner.list(prefix)
-    }
-    fn stat(&self, path: &str) -> cairn_storage::Result<ObjectInfo> {
-        self.inner.stat(path)
-    }
-    fn delete(&self, path: &str) -> cairn_storage::Result<()> {
-        self.inner.delete(path)
-    }
-    fn location(&self) -> String {
-        self.inner.location()
-    }
+    on_index_read: impl Fn(&str) -> cairn_storage::Result<()> + Send + Sync + 'static,
+) -> DynStorage {
+    Arc::new(ReadHooked {
+        inner,
+        on_read: Box::new(move |path| match path.starts_with("index/") {
+            true => on_index_read(path),
+            false => Ok(()),
+        }),
+    })
 }
 
 #[test]
@@ -163,18 +135,15 @@ fn a_cache_left_by_a_killed_ingestion_holds_whole_segments_and_is_completed() {
     // while ingesting: the transactions committed before stay.
     let reads = Arc::new(AtomicU64::new(0));
     let seen = reads.clone();
-    let failing: DynStorage = Arc::new(Hooked {
-        inner: storage(&t.loc),
-        on_index_read: Box::new(move |path| {
-            if seen.fetch_add(1, Ordering::SeqCst) >= 9 {
-                return Err(StorageError::new(
-                    StorageErrorKind::Other,
-                    format!("read {path}"),
-                    "connection reset (injected)",
-                ));
-            }
-            Ok(())
-        }),
+    let failing: DynStorage = hooked(storage(&t.loc), move |path| {
+        if seen.fetch_add(1, Ordering::SeqCst) >= 9 {
+            return Err(StorageError::new(
+                StorageErrorKind::Other,
+                format!("read {path}"),
+                "connection reset (injected)",
+            ));
+        }
+        Ok(())
     });
     let repo = open_on(failing, &cache).unwrap();
     let err = repo.index().unwrap_err();
@@ -209,21 +178,18 @@ fn a_segment_superseded_while_a_cold_sync_reads_the_index_is_followed() {
     let (_c, cache) = temp_sub("cache");
     let maintenance = t.reopen().unwrap();
     let done = Arc::new(Mutex::new(false));
-    let hooked: DynStorage = Arc::new(Hooked {
-        inner: storage(&t.loc),
-        on_index_read: Box::new(move |path| {
-            let mut done = done.lock().unwrap();
-            if path == victim_path && !*done {
-                *done = true;
-                // Between the listing and this read: the replacement is
-                // written, then the segment it supersedes deleted.
-                let mut seg = fake_segment(1000, 50);
-                seg.supersedes = vec![victim];
-                maintenance.save_segment(&seg).expect("replacement");
-                maintenance.storage().delete(path).expect("delete");
-            }
-            Ok(())
-        }),
+    let hooked: DynStorage = hooked(storage(&t.loc), move |path| {
+        let mut done = done.lock().unwrap();
+        if path == victim_path && !*done {
+            *done = true;
+            // Between the listing and this read: the replacement is
+            // written, then the segment it supersedes deleted.
+            let mut seg = fake_segment(1000, 50);
+            seg.supersedes = vec![victim];
+            maintenance.save_segment(&seg).expect("replacement");
+            maintenance.storage().delete(path).expect("delete");
+        }
+        Ok(())
     });
     let repo = open_on(hooked, &cache).unwrap();
     let report = repo.sync_index_report(false).unwrap();
@@ -455,19 +421,16 @@ fn a_segment_superseded_while_a_cover_pass_reads_it_is_followed() {
     let maintenance = t.reopen().unwrap();
     let reads = Arc::new(AtomicU64::new(0));
     let seen = reads.clone();
-    let hooked: DynStorage = Arc::new(Hooked {
-        inner: storage(&t.loc),
-        on_index_read: Box::new(move |path| {
-            // The second read of the victim is the cover pass's: before
-            // it, maintenance writes its replacement and deletes it.
-            if path == victim_path && seen.fetch_add(1, Ordering::SeqCst) == 1 {
-                let mut seg = fake_segment(1000, 50);
-                seg.supersedes = vec![victim];
-                maintenance.save_segment(&seg).expect("replacement");
-                maintenance.storage().delete(path).expect("delete");
-            }
-            Ok(())
-        }),
+    let hooked: DynStorage = hooked(storage(&t.loc), move |path| {
+        // The second read of the victim is the cover pass's: before
+        // it, maintenance writes its replacement and deletes it.
+        if path == victim_path && seen.fetch_add(1, Ordering::SeqCst) == 1 {
+            let mut seg = fake_segment(1000, 50);
+            seg.supersedes = vec![victim];
+            maintenance.save_segment(&seg).expect("replacement");
+            maintenance.storage().delete(path).expect("delete");
+        }
+        Ok(())
     });
     let repo = open_on(hooked, &cache).unwrap();
     // The cover pass reads the segments again (not the ones the tree
@@ -507,18 +470,15 @@ fn a_tree_level_cache_left_by_a_killed_ingestion_is_completed_and_never_taken_as
     let (_c, cache) = temp_sub("cache");
     let reads = Arc::new(AtomicU64::new(0));
     let seen = reads.clone();
-    let failing: DynStorage = Arc::new(Hooked {
-        inner: storage(&t.loc),
-        on_index_read: Box::new(move |path| {
-            if seen.fetch_add(1, Ordering::SeqCst) >= 9 {
-                return Err(StorageError::new(
-                    StorageErrorKind::Other,
-                    format!("read {path}"),
-                    "connection reset (injected)",
-                ));
-            }
-            Ok(())
-        }),
+    let failing: DynStorage = hooked(storage(&t.loc), move |path| {
+        if seen.fetch_add(1, Ordering::SeqCst) >= 9 {
+            return Err(StorageError::new(
+                StorageErrorKind::Other,
+                format!("read {path}"),
+                "connection reset (injected)",
+            ));
+        }
+        Ok(())
     });
     let repo = open_on(failing, &cache).unwrap();
     let err = repo.load_tree(&first.snapshot.tree).unwrap_err();
@@ -585,12 +545,9 @@ fn write_files(root: &std::path::Path, files: usize, tag: &str) {
 fn counting(loc: &cairn_storage::testing::TestLocation) -> (DynStorage, Arc<AtomicU64>) {
     let reads = Arc::new(AtomicU64::new(0));
     let seen = reads.clone();
-    let hooked: DynStorage = Arc::new(Hooked {
-        inner: storage(loc),
-        on_index_read: Box::new(move |_| {
-            seen.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }),
+    let hooked: DynStorage = hooked(storage(loc), move |_| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     });
     (hooked, reads)
 }

@@ -954,59 +954,6 @@ fn a_handle_older_than_a_repack_reads_blobs_from_their_new_packs() {
     assert_restores(&reopen(repo_dir.path()), &s2.snapshot.tree, src.path());
 }
 
-/// Runs `hook` once, before the first read of `victim` after it is armed.
-struct OnRead {
-    inner: cairn_storage::DynStorage,
-    victim: String,
-    armed: std::sync::atomic::AtomicBool,
-    hook: Box<dyn Fn(&str) + Send + Sync>,
-}
-
-impl std::fmt::Debug for OnRead {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "OnRead({})", self.victim)
-    }
-}
-
-impl OnRead {
-    fn fire(&self, path: &str) {
-        use std::sync::atomic::Ordering;
-        if path == self.victim && self.armed.swap(false, Ordering::SeqCst) {
-            (self.hook)(path);
-        }
-    }
-}
-
-impl cairn_storage::Storage for OnRead {
-    fn read(&self, path: &str) -> cairn_storage::Result<bytes::Bytes> {
-        self.fire(path);
-        self.inner.read(path)
-    }
-    fn read_range(
-        &self,
-        path: &str,
-        range: std::ops::Range<u64>,
-    ) -> cairn_storage::Result<bytes::Bytes> {
-        self.fire(path);
-        self.inner.read_range(path, range)
-    }
-    fn write(&self, path: &str, data: bytes::Bytes) -> cairn_storage::Result<()> {
-        self.inner.write(path, data)
-    }
-    fn list(&self, prefix: &str) -> cairn_storage::Result<Vec<cairn_storage::ObjectInfo>> {
-        self.inner.list(prefix)
-    }
-    fn stat(&self, path: &str) -> cairn_storage::Result<cairn_storage::ObjectInfo> {
-        self.inner.stat(path)
-    }
-    fn delete(&self, path: &str) -> cairn_storage::Result<()> {
-        self.inner.delete(path)
-    }
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-}
-
 /// Mark reads the index from `index/`, not from the cache: a segment
 /// superseded (its replacement written, then it deleted) between the
 /// listing and its read is followed to its replacement, and the mark
@@ -1035,26 +982,29 @@ fn a_segment_superseded_while_the_mark_reads_the_index_is_followed() {
     let maintenance = reopen(repo_dir.path());
     let fired = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let counter = fired.clone();
-    let hooked = std::sync::Arc::new(OnRead {
+    let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trigger = armed.clone();
+    let victim_path = IndexSegments::path(&victim);
+    // Runs once, before the first read of the victim after it is armed.
+    let hooked = std::sync::Arc::new(crate::support::ReadHooked {
         inner: repo.storage().clone(),
-        victim: IndexSegments::path(&victim),
-        armed: false.into(),
-        hook: Box::new(move |path| {
-            let mut seg = maintenance.load_segment(&victim).expect("victim");
-            seg.supersedes = vec![victim];
-            maintenance
-                .objects()
-                .save::<IndexSegments>(&seg)
-                .expect("replacement");
-            maintenance.storage().delete(path).expect("delete");
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        on_read: Box::new(move |path| {
+            if path == victim_path && trigger.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                let mut seg = maintenance.load_segment(&victim).expect("victim");
+                seg.supersedes = vec![victim];
+                maintenance
+                    .objects()
+                    .save::<IndexSegments>(&seg)
+                    .expect("replacement");
+                maintenance.storage().delete(path).expect("delete");
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(())
         }),
     });
     let handle = Repository::open(hooked.clone(), PW, &cairn_core::OpenOptions::default()).unwrap();
     let roots = Roots::load(&handle).unwrap();
-    hooked
-        .armed
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
     let got = gc::mark(&handle, &roots, &dry).unwrap();
     assert_eq!(fired.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(got, expected);

@@ -109,3 +109,48 @@ pub fn file_count(dir: &Path) -> u64 {
     }
     n
 }
+
+/// A storage whose reads, whole or ranged, call `on_read(path)` first,
+/// which may fail them: tests that change the repository between a
+/// listing and a read, or fail a read.
+pub struct ReadHooked {
+    pub inner: DynStorage,
+    #[allow(clippy::type_complexity)]
+    pub on_read: Box<dyn Fn(&str) -> cairn_storage::Result<()> + Send + Sync>,
+}
+
+impl std::fmt::Debug for ReadHooked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReadHooked({})", self.inner.location())
+    }
+}
+
+impl cairn_storage::Storage for ReadHooked {
+    fn read(&self, path: &str) -> cairn_storage::Result<bytes::Bytes> {
+        (self.on_read)(path)?;
+        self.inner.read(path)
+    }
+    fn read_range(
+        &self,
+        path: &str,
+        range: std::ops::Range<u64>,
+    ) -> cairn_storage::Result<bytes::Bytes> {
+        (self.on_read)(path)?;
+        self.inner.read_range(path, range)
+    }
+    fn write(&self, path: &str, data: bytes::Bytes) -> cairn_storage::Result<()> {
+        self.inner.write(path, data)
+    }
+    fn list(&self, prefix: &str) -> cairn_storage::Result<Vec<cairn_storage::ObjectInfo>> {
+        self.inner.list(prefix)
+    }
+    fn stat(&self, path: &str) -> cairn_storage::Result<cairn_storage::ObjectInfo> {
+        self.inner.stat(path)
+    }
+    fn delete(&self, path: &str) -> cairn_storage::Result<()> {
+        self.inner.delete(path)
+    }
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+}
