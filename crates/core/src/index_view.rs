@@ -1111,6 +1111,9 @@ impl IndexView {
         let fresh = crate::plans::load(objects, &current)?;
         *crate::sync::lock(&self.plans_read) = Some(started);
         let changed = fresh.plan_ids() != current.plan_ids();
+        // A lookup after this sees the cache as it is now, whatever
+        // another process changed in it (see `ReadSession`).
+        self.cache.renew_sessions();
         *crate::sync::write(&self.plans) = fresh;
         self.plans_epoch.fetch_add(1, Ordering::AcqRel);
         Ok(changed)

@@ -571,6 +571,7 @@ impl Repository {
     pub fn refresh_damage(&self) -> Result<()> {
         let known = self.damage_set();
         let fresh = crate::damage::load_damage_set(&self.objects(), &known)?;
+        self.cache().renew_sessions();
         *crate::sync::write(&self.0.damage) = fresh;
         self.0
             .damage_epoch

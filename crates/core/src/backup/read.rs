@@ -97,9 +97,13 @@ impl ReaderPool {
                     .spawn(move || {
                         let mut outcomes = Vec::with_capacity(BATCH_FILES);
                         for batch in rx {
+                            // The batch's dedup questions share one read
+                            // transaction of the cache (see `ReadSession`).
+                            let session = ctx.repo.cache().session();
                             // Results go out together: whoever waits for the
                             // first file wakes once for the batch.
                             outcomes.extend(batch.iter().map(|q| read_file(&ctx, &q.job)));
+                            drop(session);
                             for (q, outcome) in batch.into_iter().zip(outcomes.drain(..)) {
                                 let _ = q.slot.send(outcome);
                             }
@@ -209,8 +213,15 @@ pub(super) fn read_file(ctx: &ReadCtx, job: &ReadJob) -> ReadOutcome {
         };
         chunk_stream(ctx, &mut data, &mut window, &job.chunks, &mut read)
     } else {
+        // A regular file is read up to its walked size and no further: the
+        // read that would return no bytes is not made (one system call a
+        // small file). A file grown since the walk ends as a change while
+        // read, as one changed any other way.
+        let expected = before
+            .filter(|b| b.size > job.start)
+            .map_or(u64::MAX, |b| b.size - job.start);
         let mut src = Paced {
-            inner: &mut file,
+            inner: (&mut file).take(expected),
             limit,
         };
         chunk_stream(ctx, &mut src, &mut window, &job.chunks, &mut read)
