@@ -58,9 +58,26 @@ pub fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     let Ok(names) = xattr::list(path) else {
         return Vec::new();
     };
+    sorted_xattrs(names, |n| xattr::get(path, n))
+}
+
+/// [`read_xattrs`] of a file open for reading: no path lookup, and the
+/// attributes are those of the very file whose content is read.
+pub fn read_xattrs_of(file: &std::fs::File) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use xattr::FileExt;
+    let Ok(names) = file.list_xattr() else {
+        return Vec::new();
+    };
+    sorted_xattrs(names, |n| file.get_xattr(n))
+}
+
+fn sorted_xattrs(
+    names: xattr::XAttrs,
+    get: impl Fn(&OsStr) -> std::io::Result<Option<Vec<u8>>>,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut out: Vec<(Vec<u8>, Vec<u8>)> = names
         .filter_map(|n| {
-            let v = xattr::get(path, &n).ok().flatten()?;
+            let v = get(&n).ok().flatten()?;
             Some((n.as_bytes().to_vec(), v))
         })
         .collect();

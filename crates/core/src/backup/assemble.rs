@@ -232,7 +232,7 @@ impl Assembler<'_> {
                 resumed,
             } => (node, path, was_file, slot, chunks, resumed),
         };
-        let outcome = loop {
+        let mut outcome = loop {
             match slot.recv_timeout(self.ckpt.next_due()) {
                 Ok(outcome) => break outcome,
                 Err(RecvTimeoutError::Timeout) => {
@@ -243,6 +243,13 @@ impl Assembler<'_> {
         };
         if matches!(outcome, read::ReadOutcome::Stopped) {
             self.check_workers()?;
+        }
+        if let read::ReadOutcome::Done {
+            xattrs: Some(xattrs),
+            ..
+        } = &mut outcome
+        {
+            node.xattrs = std::mem::take(xattrs);
         }
         let Some(read) = read::into_result(outcome, |e| self.skip(&path, e))? else {
             return Ok(None);

@@ -18,14 +18,18 @@ use crate::repo::Repository;
 use crate::zeros::is_zero;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use std::io::{Read, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// What reading one file produced.
 pub(super) enum ReadOutcome {
-    /// The bytes read; the chunks are in the file's [`Partial`].
-    Done { read: u64 },
+    /// The bytes read; the chunks are in the file's [`Partial`]. With the
+    /// file's xattrs when the job asked for them.
+    Done {
+        read: u64,
+        xattrs: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    },
     /// The file could not be opened or read: skip it.
     Unreadable(std::io::Error),
     /// A repository error; the backup fails.
@@ -59,6 +63,9 @@ pub(super) struct ReadJob {
     /// file must still be when its read ends (`None`: a device, whose
     /// node's times are not its content's; the open file is asked).
     pub walked: Option<std::fs::Metadata>,
+    /// Read the file's xattrs from the open file (the walk left them out:
+    /// no parent entry had them unchanged).
+    pub xattrs: bool,
 }
 
 struct Queued {
@@ -178,16 +185,50 @@ pub const READ_WINDOW: usize = 4 << 20;
 thread_local! {
     /// Each reader thread's window, reused from file to file.
     static WINDOW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The directory of the file this reader opened last, held open
+    /// (`O_PATH`) for the files after it in the same directory.
+    static DIR: std::cell::RefCell<Option<(PathBuf, std::os::fd::OwnedFd)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Opens `path` for reading. A reader's batch holds files of one directory
+/// mostly, so the file is opened by its name relative to its directory,
+/// which is opened by path once: one path lookup a directory, not one of
+/// the whole path a file. The directory is the one the walk listed, even
+/// if something was renamed over its path since.
+fn open_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return std::fs::File::open(path);
+    };
+    DIR.with_borrow_mut(|held| {
+        if held.as_ref().is_none_or(|(p, _)| p != dir) {
+            *held = None;
+            let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+            match rustix::fs::open(dir, flags, Mode::empty()) {
+                Ok(fd) => *held = Some((dir.to_path_buf(), fd)),
+                Err(_) => return std::fs::File::open(path),
+            }
+        }
+        let Some((_, fd)) = held.as_ref() else {
+            return std::fs::File::open(path);
+        };
+        rustix::fs::openat(fd, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+            .map(std::fs::File::from)
+            .map_err(std::io::Error::from)
+    })
 }
 
 /// Reads, chunks and hashes one file from `job.start`, sending new chunks
 /// to sealing and publishing each in `job.chunks`.
 pub(super) fn read_file(ctx: &ReadCtx, job: &ReadJob) -> ReadOutcome {
     let path = &job.path;
-    let mut file = match std::fs::File::open(path) {
+    let mut file = match open_file(path) {
         Ok(f) => f,
         Err(e) => return ReadOutcome::Unreadable(e),
     };
+    // Before the content, as the walk would have read them.
+    let xattrs = job.xattrs.then(|| crate::fsmeta::read_xattrs_of(&file));
     // One fstat less per file: the walk's lstat is the state the node
     // records, so a change since then is one while the file was read.
     let meta = match &job.walked {
@@ -240,7 +281,7 @@ pub(super) fn read_file(ctx: &ReadCtx, job: &ReadJob) -> ReadOutcome {
                         .changed_while_read(path, &before.describe_change(&after, stored));
                 }
             }
-            ReadOutcome::Done { read }
+            ReadOutcome::Done { read, xattrs }
         }
         Err(o) => o,
     }
@@ -430,7 +471,7 @@ pub(super) fn into_result(
     on_skip: impl FnOnce(&std::io::Error),
 ) -> Result<Option<u64>> {
     match outcome {
-        ReadOutcome::Done { read } => Ok(Some(read)),
+        ReadOutcome::Done { read, .. } => Ok(Some(read)),
         ReadOutcome::Unreadable(e) => {
             on_skip(&e);
             Ok(None)

@@ -273,8 +273,16 @@ impl Scanner<'_> {
     /// read are skipped.
     fn entry(&mut self, path: &Path, name: &OsStr, meta: &Metadata, olds: &[&Node]) -> Result<()> {
         let mut node = node_from_meta(name, meta);
+        // A regular file's changed xattrs are read where its content is,
+        // from the open file, when it is read; `file` reads them by path
+        // otherwise.
+        let mut xattrs_later = false;
         node.xattrs = match olds.iter().find(|old| xattrs_unchanged(&node, old)) {
             Some(old) => old.xattrs.clone(),
+            None if node.kind == NodeType::File => {
+                xattrs_later = true;
+                Vec::new()
+            }
             None => read_xattrs(path),
         };
         match node.kind {
@@ -300,7 +308,7 @@ impl Scanner<'_> {
                 }
             },
             NodeType::File => {
-                return match self.file(path, meta, node, olds)? {
+                return match self.file(path, meta, node, olds, xattrs_later)? {
                     Some(pending) => self.emit(Event::Entry(pending)),
                     None => Ok(()),
                 };
@@ -361,8 +369,15 @@ impl Scanner<'_> {
         meta: &Metadata,
         mut node: Node,
         olds: &[&Node],
+        xattrs_later: bool,
     ) -> Result<Option<Pending>> {
         let size = meta.size();
+        let nlink = meta.nlink();
+        // Read by path unless the file goes to a reader, which reads them
+        // from the file it opens.
+        if xattrs_later && nlink > 1 {
+            node.xattrs = read_xattrs(path);
+        }
         self.summary.bytes_total += size;
         let reuse = |mut node: Node, content: &Content, keep: Arc<Partial>| {
             node.size = size;
@@ -378,6 +393,9 @@ impl Scanner<'_> {
             }
         }
         if let Some((content, keep)) = self.unchanged_content(&node, olds)? {
+            if xattrs_later && nlink <= 1 {
+                node.xattrs = read_xattrs(path);
+            }
             self.summary.files_unchanged += 1;
             self.progress.add_bytes(size);
             self.remember_link(meta, &content);
@@ -388,9 +406,14 @@ impl Scanner<'_> {
         if meta.nlink() <= 1 {
             let (chunks, resumed) = self.resumable_prefix(path, &node, olds)?;
             let walked = Some(meta.clone());
-            return Ok(Some(
-                self.queue(path, node, was_file, chunks, resumed, walked),
-            ));
+            return Ok(Some(self.queue(
+                path,
+                node,
+                was_file,
+                chunks,
+                (resumed, walked),
+                xattrs_later,
+            )));
         }
         self.check_workers()?;
         let chunks = self.in_flight.register(Partial::default());
@@ -399,6 +422,7 @@ impl Scanner<'_> {
             chunks: chunks.clone(),
             start: 0,
             walked: Some(meta.clone()),
+            xattrs: false,
         };
         let outcome = read::read_file(&self.reader, &job);
         if matches!(outcome, read::ReadOutcome::Stopped) {
@@ -503,7 +527,7 @@ impl Scanner<'_> {
         // Never resumed from a checkpoint's prefix either: the node's times
         // do not say whether the blocks before it changed.
         let chunks = self.in_flight.register(Partial::default());
-        Some(self.queue(path, node, was_file, chunks, 0, None))
+        Some(self.queue(path, node, was_file, chunks, (0, None), false))
     }
 
     /// Queues the file at `path` on the reader pool, its chunks going to
@@ -515,14 +539,15 @@ impl Scanner<'_> {
         node: Node,
         was_file: bool,
         chunks: Arc<Partial>,
-        resumed: u64,
-        walked: Option<Metadata>,
+        (resumed, walked): (u64, Option<Metadata>),
+        xattrs: bool,
     ) -> Pending {
         let job = ReadJob {
             path: path.to_path_buf(),
             chunks: chunks.clone(),
             start: resumed,
             walked,
+            xattrs,
         };
         let slot = self.pool.submit(job, node.size.saturating_sub(resumed));
         Pending::Reading {

@@ -308,6 +308,54 @@ fn an_xattr_set_after_a_backup_is_in_the_next_one() {
     assert_same_tree(&src, &dst, &compare_opts(&src));
 }
 
+/// A file whose content is read has its xattrs read from the very file
+/// the reader opened; a hard-linked one, read by the walk, by its path.
+/// Either way they are the file's, new or changed with its content.
+#[test]
+fn a_file_read_again_carries_its_current_xattrs() {
+    let t = test_repo("xattr-read");
+    let (_src_dir, src) = temp_sub("src");
+    std::fs::write(src.join("f"), "one\n").unwrap();
+    std::fs::write(src.join("plain"), "no xattrs\n").unwrap();
+    if !cairn_golden::fixture::xattrs_supported(&src) {
+        eprintln!("skipped: the file system keeps no user xattrs");
+        return;
+    }
+    std::fs::write(src.join("linked"), "linked\n").unwrap();
+    std::fs::hard_link(src.join("linked"), src.join("link2")).unwrap();
+    xattr::set(src.join("f"), "user.a", b"one").unwrap();
+    xattr::set(src.join("linked"), "user.l", b"x").unwrap();
+    let first = backup_dir(&t.repo, &src);
+    let tree = &first.snapshot.tree;
+    assert_eq!(
+        node(&t.repo, tree, "f").xattrs,
+        vec![(b"user.a".to_vec(), b"one".to_vec())]
+    );
+    assert!(node(&t.repo, tree, "plain").xattrs.is_empty());
+    for name in ["linked", "link2"] {
+        assert_eq!(
+            node(&t.repo, tree, name).xattrs,
+            vec![(b"user.l".to_vec(), b"x".to_vec())],
+            "{name}"
+        );
+    }
+
+    std::fs::write(src.join("f"), "two, longer\n").unwrap();
+    xattr::set(src.join("f"), "user.b", b"two").unwrap();
+    let second = backup_dir(&t.repo, &src);
+    assert_eq!(second.snapshot.summary.files_changed, 1);
+    assert_eq!(
+        node(&t.repo, &second.snapshot.tree, "f").xattrs,
+        vec![
+            (b"user.a".to_vec(), b"one".to_vec()),
+            (b"user.b".to_vec(), b"two".to_vec())
+        ]
+    );
+    let (_dst_dir, dst) = temp_sub("dst");
+    restore_all(&t.repo, &second, &dst);
+    assert_same_tree(&src, &dst, &compare_opts(&src));
+}
+
 /// Excludes entries named `skipped`.
 struct SkipNamed;
 
