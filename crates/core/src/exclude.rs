@@ -7,12 +7,17 @@
 use crate::backup::Exclude;
 use cairn_policy::exclude::{ExcludeOptions, Excluder};
 use cairn_policy::PolicyError;
+use std::ffi::OsStr;
 use std::fs::Metadata;
 use std::path::{Path, PathBuf};
 
 impl Exclude for Excluder {
     fn is_excluded(&self, path: &Path, meta: &Metadata) -> bool {
         Excluder::is_excluded(self, path, meta)
+    }
+
+    fn listed(&self, dir: &Path, has: &dyn Fn(&OsStr) -> bool) {
+        Excluder::listed(self, dir, has)
     }
 }
 
@@ -66,6 +71,12 @@ impl Exclude for RootExcluders {
     fn is_excluded(&self, path: &Path, meta: &Metadata) -> bool {
         self.excluder_for(path)
             .is_some_and(|excluder| excluder.is_excluded(path, meta))
+    }
+
+    fn listed(&self, dir: &Path, has: &dyn Fn(&OsStr) -> bool) {
+        if let Some(excluder) = self.excluder_for(dir) {
+            excluder.listed(dir, has);
+        }
     }
 }
 

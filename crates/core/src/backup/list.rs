@@ -59,6 +59,14 @@ pub(super) fn list_dir(path: &Path, exclude: Option<&dyn Exclude>) -> Listed {
         }
     };
     names.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    if let Some(x) = exclude {
+        let has = |name: &std::ffi::OsStr| {
+            names
+                .binary_search_by(|(n, _)| n.as_bytes().cmp(name.as_bytes()))
+                .is_ok()
+        };
+        x.listed(path, &has);
+    }
     let mut entries = Vec::with_capacity(names.len());
     for (name, dirent) in names {
         let child = dirent.path();

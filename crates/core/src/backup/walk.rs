@@ -39,6 +39,11 @@ use std::sync::Arc;
 pub trait Exclude: Send + Sync {
     /// Whether `path` (absolute, below a backup root) is left out; `meta` is its lstat.
     fn is_excluded(&self, path: &Path, meta: &Metadata) -> bool;
+
+    /// Told, before its entries are judged, the names directory `dir`
+    /// holds (`has(name)`), so that rules reading files inside it (a
+    /// per-directory ignore file) need not look for ones it does not hold.
+    fn listed(&self, _dir: &Path, _has: &dyn Fn(&OsStr) -> bool) {}
 }
 
 /// Entries the scanner may run ahead of the assembler.

@@ -65,15 +65,45 @@ impl IgnoreFiles {
         None
     }
 
+    /// Told the names `dir` holds: when its ignore file is not among them, its chain is its
+    /// parent's, cached now without looking for the file (one failed open a directory).
+    pub(crate) fn listed(&self, dir: &Path, has: &dyn Fn(&std::ffi::OsStr) -> bool) {
+        if has(std::ffi::OsStr::new(&self.file_name)) || !dir.starts_with(&self.root) {
+            return;
+        }
+        if self.read_cache().contains_key(dir) {
+            return;
+        }
+        let chain = match dir.parent() {
+            Some(parent) if dir != self.root && parent.starts_with(&self.root) => {
+                self.chain_for(parent)
+            }
+            _ => Arc::new(Vec::new()),
+        };
+        self.remember(dir, chain);
+    }
+
+    fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, HashMap<PathBuf, Chain>> {
+        self.cache
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn remember(&self, dir: &Path, chain: Chain) {
+        let mut cache = self
+            .cache
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if cache.len() >= self.capacity {
+            cache.clear();
+        }
+        cache.insert(dir.to_path_buf(), chain);
+    }
+
     /// The chain of `dir`, from the cache or built from its parent's chain. `dir` must be the
     /// root or below it.
     fn chain_for(&self, dir: &Path) -> Chain {
-        if let Some(chain) = self
-            .cache
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(dir)
-        {
+        if let Some(chain) = self.read_cache().get(dir) {
             return chain.clone();
         }
         let parent_chain = match dir.parent() {
@@ -90,14 +120,7 @@ impl IgnoreFiles {
             }
             None => parent_chain,
         };
-        let mut cache = self
-            .cache
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if cache.len() >= self.capacity {
-            cache.clear();
-        }
-        cache.insert(dir.to_path_buf(), chain.clone());
+        self.remember(dir, chain.clone());
         chain
     }
 
@@ -163,5 +186,31 @@ mod tests {
             }
             assert!(files.cache.read().unwrap().len() <= 3);
         }
+    }
+
+    /// A directory whose listing lacks the ignore file takes its parent's rules without
+    /// looking for the file (one created after the listing is not read); one whose listing
+    /// holds it reads it, under the parent's rules.
+    #[test]
+    fn a_listing_without_the_ignore_file_is_not_probed() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::write(r.join(".cairnignore"), "*.bak\n").unwrap();
+        std::fs::create_dir_all(r.join("plain")).unwrap();
+        std::fs::create_dir_all(r.join("own")).unwrap();
+        std::fs::write(r.join("own/.cairnignore"), "*.tmp\n").unwrap();
+        let files = IgnoreFiles::new(r, ".cairnignore");
+        let holds = |names: &'static [&'static str]| {
+            move |n: &std::ffi::OsStr| names.iter().any(|x| std::ffi::OsStr::new(x) == n)
+        };
+        files.listed(r, &holds(&[".cairnignore", "own", "plain"]));
+        files.listed(&r.join("plain"), &holds(&["a.tmp", "a.bak"]));
+        files.listed(&r.join("own"), &holds(&[".cairnignore", "a.tmp"]));
+        // Written after the listing said `plain` has none: not read.
+        std::fs::write(r.join("plain/.cairnignore"), "*.tmp\n").unwrap();
+        assert!(files.matched(&r.join("plain/a.bak"), false).is_some());
+        assert_eq!(files.matched(&r.join("plain/a.tmp"), false), None);
+        assert!(files.matched(&r.join("own/a.tmp"), false).is_some());
+        assert!(files.matched(&r.join("own/a.bak"), false).is_some());
     }
 }

@@ -149,6 +149,14 @@ impl Excluder {
         })
     }
 
+    /// Told the names directory `dir` holds (`has(name)`) before its entries are judged: a
+    /// directory listed without the ignore file is not probed for one.
+    pub fn listed(&self, dir: &Path, has: &dyn Fn(&std::ffi::OsStr) -> bool) {
+        if let Some(ignore_files) = &self.ignore_files {
+            ignore_files.listed(dir, has);
+        }
+    }
+
     /// True when the walker must leave `path` out (and, for a directory, not descend).
     /// `meta` is the entry's `lstat`. Paths not strictly below the root are never excluded.
     pub fn is_excluded(&self, path: &Path, meta: &std::fs::Metadata) -> bool {
