@@ -542,34 +542,26 @@ impl Cache {
         })
     }
 
-    /// Up to `limit` locations of blob `id` (-1: all).
-    fn query_locations(&self, id: &BlobId, limit: i64) -> Result<Vec<BlobLocation>> {
+    /// Every location of each of `ids`, in their order, looked up in one
+    /// read transaction (see [`Cache::packs_of_all`]): a prefetch locates
+    /// a level of trees at once.
+    pub fn locations_of_all(&self, ids: &[BlobId]) -> Result<Vec<Vec<BlobLocation>>> {
         self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT p.id, b.kind, b.offset, b.stored_len, b.raw_len FROM blobs b JOIN packs p ON p.seq = b.pack WHERE b.id = ?1 LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![&id.0 .0[..], limit], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, u8>(1)?,
-                    r.get::<_, u32>(2)?,
-                    r.get::<_, u32>(3)?,
-                    r.get::<_, u32>(4)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (pack, kind, offset, stored_len, raw_len) = row?;
-                out.push(BlobLocation {
-                    pack: PackId(id32(&pack, "malformed index row")?),
-                    kind: BlobKind::from_code(kind).ok_or(Fail::Malformed("malformed index row"))?,
-                    offset,
-                    stored_len,
-                    raw_len,
-                });
+            let tx = conn.unchecked_transaction()?;
+            let mut stmt = tx.prepare_cached(LOCATIONS)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.push(locations_from(&mut stmt, id, -1)?);
             }
+            drop(stmt);
+            tx.commit()?;
             Ok(out)
         })
+    }
+
+    /// Up to `limit` locations of blob `id` (-1: all).
+    fn query_locations(&self, id: &BlobId, limit: i64) -> Result<Vec<BlobLocation>> {
+        self.read(|conn| locations_from(&mut conn.prepare_cached(LOCATIONS)?, id, limit))
     }
 
     /// Calls `f(pack, pack length, entry)` for every indexed blob location,
@@ -686,6 +678,26 @@ impl Cache {
         })
     }
 
+    /// The cached bytes of each of `ids` (of one kind), in their order,
+    /// read in one transaction: a query on its own takes and releases
+    /// SQLite's file locks, which cost more than the read.
+    pub fn get_objects(&self, kind: CachedKind, ids: &[Id]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.write(|conn| {
+            let tx = conn.transaction()?;
+            let mut s = tx.prepare_cached("SELECT data FROM objects WHERE id = ?1 AND kind = ?2")?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.push(
+                    s.query_row(params![&id.0[..], kind as i64], |r| r.get(0))
+                        .optional()?,
+                );
+            }
+            drop(s);
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
     /// Stores an object's bytes.
     pub fn put_object(&self, kind: CachedKind, id: &Id, data: &[u8]) -> Result<()> {
         self.write(|conn| {
@@ -716,6 +728,38 @@ impl Cache {
             Ok(())
         })
     }
+}
+
+/// Every location of one blob: the blob's id, then the limit (-1: all).
+const LOCATIONS: &str = "SELECT p.id, b.kind, b.offset, b.stored_len, b.raw_len FROM blobs b JOIN packs p ON p.seq = b.pack WHERE b.id = ?1 LIMIT ?2";
+
+/// Up to `limit` locations of blob `id` (-1: all), by `stmt` ([`LOCATIONS`]).
+fn locations_from(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    id: &BlobId,
+    limit: i64,
+) -> Result<Vec<BlobLocation>, Fail> {
+    let rows = stmt.query_map(params![&id.0 .0[..], limit], |r| {
+        Ok((
+            r.get::<_, Vec<u8>>(0)?,
+            r.get::<_, u8>(1)?,
+            r.get::<_, u32>(2)?,
+            r.get::<_, u32>(3)?,
+            r.get::<_, u32>(4)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (pack, kind, offset, stored_len, raw_len) = row?;
+        out.push(BlobLocation {
+            pack: PackId(id32(&pack, "malformed index row")?),
+            kind: BlobKind::from_code(kind).ok_or(Fail::Malformed("malformed index row"))?,
+            offset,
+            stored_len,
+            raw_len,
+        });
+    }
+    Ok(out)
 }
 
 /// Streams every blob location to `f` (see [`Cache::for_each_location`]);

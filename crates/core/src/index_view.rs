@@ -971,6 +971,45 @@ impl IndexView {
         Ok(self.best(all, damage, id))
     }
 
+    /// [`IndexView::lookup_kind`] of each of `ids`, in their order, from
+    /// one cache transaction (a prefetch locates a level of trees at once).
+    pub fn lookup_kind_all(
+        &self,
+        objects: &Objects<'_>,
+        damage: &DamageSet,
+        kind: BlobKind,
+        ids: &[BlobId],
+    ) -> Result<Vec<Option<BlobLocation>>> {
+        if kind == BlobKind::Data {
+            return ids
+                .iter()
+                .map(|id| self.lookup(objects, damage, id))
+                .collect();
+        }
+        let cache = self.reach(objects, Level::Trees)?;
+        // In full, any copy answers, as `lookup` would; below, only tree
+        // and list rows are complete.
+        let full = self.level() == Level::Full;
+        let found = cache.locations_of_all(ids)?;
+        Ok(ids
+            .iter()
+            .zip(found)
+            .map(|(id, mut all)| {
+                if !full {
+                    all.retain(|l| l.kind == kind);
+                }
+                self.best(all, damage, id)
+            })
+            .collect())
+    }
+
+    /// Brings the index to [`Level::Trees`] if this handle has not yet:
+    /// the first thing any backup asks, started early so that its reads
+    /// overlap others (a backup's listing of its snapshots).
+    pub fn reach_trees(&self, objects: &Objects<'_>) -> Result<()> {
+        self.reach(objects, Level::Trees).map(|_| ())
+    }
+
     /// The preferred of `all` (see [`IndexView::lookup`]).
     fn best(
         &self,

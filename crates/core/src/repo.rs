@@ -89,6 +89,27 @@ pub(crate) struct Inner {
     damage_epoch: std::sync::atomic::AtomicU64,
     /// Set when `cairn.repository` is damaged but the repository opened.
     header_damage: Option<String>,
+    /// Trees a backup's prefetch fetched or read from the cache, kept
+    /// decoded for its walk ([`Repository::load_tree`] takes each once).
+    prefetched: std::sync::Mutex<Prefetched>,
+}
+
+/// Plaintext bytes of the trees a handle keeps decoded for the walk that
+/// follows a prefetch ([`Repository::keep_prefetched`]), at most; past it
+/// the walk reads the rest from the cache.
+pub const PREFETCHED_TREE_BYTES: u64 = 32 << 20;
+
+/// Snapshots read at once by [`Repository::list_snapshots`] (those not in
+/// the cache: all of them on an empty one, each a round trip on an object
+/// store).
+pub const SNAPSHOT_READS: usize = 16;
+
+/// Decoded trees kept for a walk, each with its plaintext length, and
+/// their plaintext bytes in all.
+#[derive(Default)]
+struct Prefetched {
+    trees: std::collections::HashMap<BlobId, (Tree, u64)>,
+    bytes: u64,
 }
 
 /// An open repository. Cheap to clone; clones share the cache and keys.
@@ -108,7 +129,7 @@ pub use crate::sealer::{zstd_level_for, BINARY_ZSTD_LEVEL};
 /// to an object store that do not depend on each other cost one. Where no
 /// thread can be started, `b` runs here after `a`; a panic in `b` goes on
 /// here, as if `b` had run here.
-fn together<A, B: Send>(a: impl FnOnce() -> A, b: impl Fn() -> B + Sync) -> (A, B) {
+pub(crate) fn together<A, B: Send>(a: impl FnOnce() -> A, b: impl Fn() -> B + Sync) -> (A, B) {
     std::thread::scope(|scope| {
         let other = std::thread::Builder::new()
             .name("cairn-open".into())
@@ -346,6 +367,7 @@ impl Repository {
             found: Default::default(),
             damage_epoch: Default::default(),
             header_damage,
+            prefetched: Default::default(),
         }));
         // A cache found damaged after this is rebuilt from the index.
         let weak = Arc::downgrade(&repo.0);
@@ -498,6 +520,18 @@ impl Repository {
         self.0
             .index
             .lookup_kind(&self.objects(), &self.damage(), kind, id)
+    }
+
+    /// [`Repository::lookup_kind`] of each of `ids`, in their order, from
+    /// one cache transaction.
+    pub fn lookup_kind_all(
+        &self,
+        kind: BlobKind,
+        ids: &[BlobId],
+    ) -> Result<Vec<Option<BlobLocation>>> {
+        self.0
+            .index
+            .lookup_kind_all(&self.objects(), &self.damage(), kind, ids)
     }
 
     /// Brings the index rows of the data blobs `ids` into the cache (see
@@ -788,8 +822,48 @@ impl Repository {
         }
     }
 
-    /// Loads a tree, from the cache when possible.
+    /// Keeps `tree` (whose plaintext of `len` bytes hashed to `id`)
+    /// decoded for the walk that follows a prefetch, within
+    /// [`PREFETCHED_TREE_BYTES`]; returns whether it was kept.
+    pub(crate) fn keep_prefetched(&self, id: BlobId, tree: Tree, len: usize) -> bool {
+        let mut kept = crate::sync::lock(&self.0.prefetched);
+        if kept.bytes + len as u64 > PREFETCHED_TREE_BYTES || kept.trees.contains_key(&id) {
+            return false;
+        }
+        kept.bytes += len as u64;
+        kept.trees.insert(id, (tree, len as u64));
+        true
+    }
+
+    /// Drops the trees a prefetch kept that no walk took (directories gone
+    /// from the source since the parent).
+    pub fn forget_prefetched(&self) {
+        let mut kept = crate::sync::lock(&self.0.prefetched);
+        kept.trees = Default::default();
+        kept.bytes = 0;
+    }
+
+    /// Reads the index's tree level now, if this handle has not (see
+    /// [`IndexView::reach_trees`]).
+    pub fn reach_tree_level(&self) -> Result<()> {
+        self.0.index.reach_trees(&self.objects())
+    }
+
+    /// Loads a tree: one a prefetch kept for this walk (taken: a walk
+    /// loads each directory's tree once), else from the cache when
+    /// possible, else from the repository.
     pub fn load_tree(&self, id: &BlobId) -> Result<Tree> {
+        let kept = {
+            let mut kept = crate::sync::lock(&self.0.prefetched);
+            let taken = kept.trees.remove(id);
+            if let Some((_, len)) = &taken {
+                kept.bytes -= len;
+            }
+            taken
+        };
+        if let Some((tree, _)) = kept {
+            return Ok(tree);
+        }
         if let Some(data) = self.0.index.cache().get_object(CachedKind::Tree, &id.0)? {
             if self.blob_id(&data) == *id {
                 if let Ok(tree) = Tree::decode(&data) {
@@ -911,14 +985,22 @@ impl Repository {
     /// failures fail the listing.
     pub fn list_snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
         let ids = self.objects().list_ids::<Snapshots>()?;
-        let loaded = Objects::load_each::<Snapshots>(ids, |id| self.load_snapshot(id))?;
+        let mut out = Vec::with_capacity(ids.len());
+        let loaded = Objects::stream_each::<Snapshots, _>(
+            ids,
+            SNAPSHOT_READS,
+            |id| self.load_snapshot(id),
+            |id, snapshot| {
+                out.push((id, snapshot));
+                Ok(())
+            },
+        )?;
         for (id, e) in &loaded.damaged {
             tracing::warn!(
                 "skipping snapshot {}: {e} (`cairn repair snapshots` removes it)",
                 id.short()
             );
         }
-        let mut out = loaded.objects;
         sort_snapshots(&mut out);
         Ok(out)
     }

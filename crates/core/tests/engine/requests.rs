@@ -349,10 +349,10 @@ fn backup_writes_in_proportion_to_packs_not_files() {
     assert_eq!(again.prefix("snapshots").write, 1);
     assert_eq!(again.prefix("packs").reads(), 0, "{log:?}");
 
-    // The same from another machine (an empty cache): the parent's root
-    // tree, then its subtrees prefetched in one merged read per pack
-    // holding them (not one read per tree), and one read per snapshot
-    // manifest to find it.
+    // The same from another machine (an empty cache): the parent's trees
+    // prefetched in one merged read per pack holding them, the root with
+    // its pack (not one read per tree, nor the root alone first), and one
+    // read per snapshot manifest to find it.
     let cold = c.open(false);
     c.take();
     let (elsewhere, log) = unchanged_backup(&c, &cold, src.path(), "cold", DIRS * FILES);
@@ -361,9 +361,10 @@ fn backup_writes_in_proportion_to_packs_not_files() {
         .filter(|(k, _)| *k == OpKind::ReadRange)
         .map(|(_, p)| p)
         .collect();
-    assert!(
-        elsewhere.prefix("packs").read_range <= 1 + tree_packs.len() as u64,
-        "the root, then one read per pack of subtrees: {log:?}"
+    assert_eq!(
+        elsewhere.prefix("packs").read_range,
+        tree_packs.len() as u64,
+        "one read per pack of trees, the root's included: {log:?}"
     );
     assert!(
         elsewhere.prefix("packs").read_range < (DIRS + 1) as u64 / 2,
@@ -713,6 +714,55 @@ fn prefetching_a_deep_tree_reads_each_metadata_pack_once_not_once_per_level() {
     }
     let (counts, log) = c.take();
     assert_eq!(counts.all.total(), 0, "{log:?}");
+}
+
+/// A backup's prefetch of its parent keeps the trees decoded for the walk
+/// that follows: the walk neither reads them back from the cache nor asks
+/// the repository, and takes each once.
+#[test]
+fn a_parents_prefetch_keeps_its_trees_for_the_walk_which_takes_each_once() {
+    let c = Counted::new("requests-kept");
+    let repo = c.init();
+    let src = tempfile::tempdir().expect("src");
+    write_tree(src.path(), 9, 4, 5, 100..400);
+    let result = backup_of(&repo, src.path());
+    let need = needed(&repo, &result.snapshot.tree, None);
+    let cold = c.open(false);
+    c.take();
+    let stats =
+        cairn_core::prefetch::prefetch_parent(&cold, &result.snapshot.tree).expect("prefetch");
+    assert_eq!(stats.fetched as usize, need.meta_blobs.len(), "{stats:?}");
+    assert_eq!(stats.levels, 1, "the level below the root: {stats:?}");
+    assert_eq!(stats.covered, 20, "the parent's chunks: {stats:?}");
+    let (counts, log) = c.take();
+    assert_eq!(
+        counts.prefix("packs").read_range,
+        need.meta_packs.len() as u64,
+        "the root with its pack: {log:?}"
+    );
+    // Dropped from the cache: the trees kept answer without it.
+    for id in &need.meta_blobs {
+        cold.cache().remove_object(&id.0).expect("remove");
+    }
+    for id in &need.meta_blobs {
+        assert!(cold.load_tree(id).is_ok());
+    }
+    let (counts, log) = c.take();
+    assert_eq!(counts.all.total(), 0, "kept trees: {log:?}");
+    // Taken once: the next load asks the repository.
+    cold.load_tree(&result.snapshot.tree).expect("root again");
+    let (counts, log) = c.take();
+    assert_eq!(counts.prefix("packs").read_range, 1, "{log:?}");
+    // What no walk took is dropped.
+    cairn_core::prefetch::prefetch_parent(&cold, &result.snapshot.tree).expect("again");
+    cold.forget_prefetched();
+    c.take();
+    cold.cache()
+        .remove_object(&result.snapshot.tree.0)
+        .expect("remove");
+    cold.load_tree(&result.snapshot.tree).expect("root");
+    let (counts, log) = c.take();
+    assert_eq!(counts.prefix("packs").read_range, 1, "forgotten: {log:?}");
 }
 
 #[test]
