@@ -684,7 +684,8 @@ impl Cache {
     pub fn get_objects(&self, kind: CachedKind, ids: &[Id]) -> Result<Vec<Option<Vec<u8>>>> {
         self.write(|conn| {
             let tx = conn.transaction()?;
-            let mut s = tx.prepare_cached("SELECT data FROM objects WHERE id = ?1 AND kind = ?2")?;
+            let mut s =
+                tx.prepare_cached("SELECT data FROM objects WHERE id = ?1 AND kind = ?2")?;
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
                 out.push(

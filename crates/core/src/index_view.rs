@@ -1145,9 +1145,21 @@ impl IndexView {
     /// Re-reads the `gc/` plans (lists `gc/`, loads only plans not seen
     /// before); returns whether the set of plans changed.
     pub fn refresh_plans(&self, objects: &Objects<'_>) -> Result<bool> {
-        let current = crate::sync::read(&self.plans).clone();
         let started = std::time::Instant::now();
-        let fresh = crate::plans::load(objects, &current)?;
+        let listed = objects.list_ids::<crate::format::kinds::GcPlans>()?;
+        self.refresh_plans_listed(objects, listed, started)
+    }
+
+    /// [`IndexView::refresh_plans`] from a listing of `gc/` (`listed`)
+    /// started at `started` (the plans are as old as the listing).
+    pub fn refresh_plans_listed(
+        &self,
+        objects: &Objects<'_>,
+        listed: Vec<crate::format::Id>,
+        started: std::time::Instant,
+    ) -> Result<bool> {
+        let current = crate::sync::read(&self.plans).clone();
+        let fresh = crate::plans::load_listed(objects, &current, listed)?;
         *crate::sync::lock(&self.plans_read) = Some(started);
         let changed = fresh.plan_ids() != current.plan_ids();
         *crate::sync::write(&self.plans) = fresh;

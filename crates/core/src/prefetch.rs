@@ -14,9 +14,9 @@
 //! Prefetching only warms the cache: a tree it cannot fetch or open is left
 //! for the walk, whose own read reports it. A backup's prefetch of its
 //! parent ([`prefetch_parent`]) starts from the root's id, so that the
-//! root arrives with the pack holding it, and keeps the trees decoded for
-//! its walk ([`Repository::load_tree`] takes them), which then neither
-//! reads them back from the cache nor hashes and decodes them again.
+//! root arrives with the pack holding it, and keeps the trees for its walk
+//! ([`Repository::load_tree`] takes them), which then neither reads them
+//! back from the cache nor hashes them again.
 
 use crate::cache::CachedKind;
 use crate::error::Result;
@@ -118,8 +118,8 @@ pub fn prefetch_trees(repo: &Repository, root: &Tree) -> Result<PrefetchStats> {
 }
 
 /// Where a prefetch starts: below a tree the caller holds, or at a root
-/// it only knows by id (fetched with the first level's reads and kept
-/// decoded, with the trees below it, for the walk).
+/// it only knows by id (fetched with the first level's reads and kept,
+/// with the trees below it, for the walk).
 enum Start<'a> {
     Tree(&'a Tree),
     Id(BlobId),
@@ -136,8 +136,6 @@ fn prefetch(repo: &Repository, start: Start<'_>, cover: bool) -> Result<Prefetch
         }
     };
     let keep = matches!(start, Start::Id(_));
-    // Keeps a tree for the walk, if this prefetch is a walk's.
-    let kept = |id: BlobId, tree: Tree, len: usize| keep && repo.keep_prefetched(id, tree, len);
     let mut level = match start {
         Start::Tree(root) => {
             collect(root);
@@ -152,10 +150,12 @@ fn prefetch(repo: &Repository, start: Start<'_>, cover: bool) -> Result<Prefetch
         let mut wanted = Vec::new();
         for (id, tree) in cached_trees(repo, level)? {
             match tree {
-                Some((tree, len)) => {
+                Some((tree, data)) => {
                     collect(&tree);
                     next.extend(subtrees(&tree));
-                    kept(id, tree, len);
+                    if keep {
+                        repo.keep_prefetched(id, data);
+                    }
                 }
                 None => wanted.push(id),
             }
@@ -169,12 +169,16 @@ fn prefetch(repo: &Repository, start: Start<'_>, cover: bool) -> Result<Prefetch
             .map(|(id, data, tree)| {
                 collect(&tree);
                 next.extend(subtrees(&tree));
-                kept(id, tree, data.len());
                 (id.0, data)
             })
             .collect();
         stats.fetched += rows.len() as u64;
         repo.cache().put_objects(CachedKind::Tree, &rows)?;
+        if keep {
+            for (id, data) in rows {
+                repo.keep_prefetched(BlobId(id), data);
+            }
+        }
         level = next;
     }
     if keep {
@@ -215,8 +219,8 @@ fn subtrees(tree: &Tree) -> Vec<BlobId> {
 }
 
 /// Each of `ids` with its cached tree, if its bytes hash to its id and
-/// decode (with their length), read in one cache transaction.
-type Cached = Vec<(BlobId, Option<(Tree, usize)>)>;
+/// decode (with those bytes), read in one cache transaction.
+type Cached = Vec<(BlobId, Option<(Tree, Vec<u8>)>)>;
 
 fn cached_trees(repo: &Repository, ids: Vec<BlobId>) -> Result<Cached> {
     let keys: Vec<Id> = ids.iter().map(|id| id.0).collect();
@@ -227,7 +231,7 @@ fn cached_trees(repo: &Repository, ids: Vec<BlobId>) -> Result<Cached> {
         .map(|(id, data)| {
             let tree = data
                 .filter(|data| repo.blob_id(data) == id)
-                .and_then(|data| Tree::decode(&data).ok().map(|t| (t, data.len())));
+                .and_then(|data| Tree::decode(&data).ok().map(|t| (t, data)));
             (id, tree)
         })
         .collect())

@@ -89,14 +89,14 @@ pub(crate) struct Inner {
     damage_epoch: std::sync::atomic::AtomicU64,
     /// Set when `cairn.repository` is damaged but the repository opened.
     header_damage: Option<String>,
-    /// Trees a backup's prefetch fetched or read from the cache, kept
-    /// decoded for its walk ([`Repository::load_tree`] takes each once).
+    /// Trees a backup's prefetch fetched or read from the cache, kept for
+    /// its walk ([`Repository::load_tree`] takes each once).
     prefetched: std::sync::Mutex<Prefetched>,
 }
 
-/// Plaintext bytes of the trees a handle keeps decoded for the walk that
-/// follows a prefetch ([`Repository::keep_prefetched`]), at most; past it
-/// the walk reads the rest from the cache.
+/// Plaintext bytes of the trees a handle keeps for the walk that follows a
+/// prefetch ([`Repository::keep_prefetched`]), at most; past it the walk
+/// reads the rest from the cache.
 pub const PREFETCHED_TREE_BYTES: u64 = 32 << 20;
 
 /// Snapshots read at once by [`Repository::list_snapshots`] (those not in
@@ -104,11 +104,13 @@ pub const PREFETCHED_TREE_BYTES: u64 = 32 << 20;
 /// store).
 pub const SNAPSHOT_READS: usize = 16;
 
-/// Decoded trees kept for a walk, each with its plaintext length, and
-/// their plaintext bytes in all.
+/// Trees kept for a walk: their plaintext, checked against their ids
+/// (kept as plaintext: decoded, a tree takes about three times the
+/// memory, and decoding is the cheap part of a cache read), and its bytes
+/// in all.
 #[derive(Default)]
 struct Prefetched {
-    trees: std::collections::HashMap<BlobId, (Tree, u64)>,
+    trees: std::collections::HashMap<BlobId, Vec<u8>>,
     bytes: u64,
 }
 
@@ -143,6 +145,45 @@ pub(crate) fn together<A, B: Send>(a: impl FnOnce() -> A, b: impl Fn() -> B + Sy
         };
         (a, b)
     })
+}
+
+/// Listings of `gc/` and `damage/` an open makes while the key is derived
+/// (the listing needs no key; the objects it names do), with when they
+/// started: plans are as old as their listing.
+struct Listings {
+    started: std::time::Instant,
+    plans: std::result::Result<Vec<Id>, String>,
+    damage: std::result::Result<Vec<Id>, String>,
+}
+
+impl Listings {
+    /// Lists `gc/` and `damage/` at once. A failure is kept as text only:
+    /// the open lists again, and that listing reports it.
+    fn take(storage: &DynStorage, location: &str) -> Self {
+        let started = std::time::Instant::now();
+        let ids = |listed: Result<Vec<Id>>| -> std::result::Result<Vec<Id>, String> {
+            let mut ids = listed.map_err(|e| e.to_string())?;
+            ids.sort();
+            Ok(ids)
+        };
+        let (plans, damage) = together(
+            || {
+                ids(list_on::<crate::format::kinds::GcPlans>(storage, location)
+                    .map(|l| l.into_iter().map(|l| l.id).collect()))
+            },
+            || {
+                ids(
+                    list_on::<crate::format::kinds::DamageRecords>(storage, location)
+                        .map(|l| l.into_iter().map(|l| l.id).collect()),
+                )
+            },
+        );
+        Self {
+            started,
+            plans,
+            damage,
+        }
+    }
 }
 
 fn storage_err(location: &str) -> impl Fn(StorageError) -> Error {
@@ -226,7 +267,9 @@ impl Repository {
             .map_err(&serr)?;
         drop(claim);
         let keys = Keyring::new(master, key_id);
-        Self::assemble(storage, location, config, keys, None, open)
+        let repo = Self::assemble(storage, location, config, keys, None, open)?;
+        let listed = Listings::take(&repo.0.storage, &repo.0.location);
+        repo.refresh_from(listed)
     }
 
     /// Opens a repository with a password.
@@ -270,12 +313,18 @@ impl Repository {
                 });
             }
         }
-        // The config is read while the key is derived: through an object
-        // store the read is a round trip, the derivation tens of
-        // milliseconds of CPU, and neither needs the other.
-        let (keys, sealed) = together(
+        // The config is read, and `gc/` and `damage/` listed, while the
+        // key is derived: through an object store each is a round trip, the
+        // derivation tens of milliseconds of CPU, and none needs another
+        // (what the listings name is opened with the key, after it).
+        let (keys, (sealed, listed)) = together(
             || Keyring::open(&storage, &location, password),
-            || storage.read(CONFIG_PATH),
+            || {
+                together(
+                    || storage.read(CONFIG_PATH),
+                    || Listings::take(&storage, &location),
+                )
+            },
         );
         let keys = keys?;
         let sealed = sealed.map_err(&serr)?;
@@ -311,6 +360,7 @@ impl Repository {
             damage
         });
         Self::assemble(storage, location, config, keys, header_damage, opts)
+            .and_then(|repo| repo.refresh_from(listed))
     }
 
     /// What is wrong with `cairn.repository`, when the repository opened
@@ -381,12 +431,34 @@ impl Repository {
                     .ok_or_else(|| Error::Internal("the repository handle was closed".into()))?;
                 Repository(inner).fill_index(fresh, tolerate)
             }));
-        // The index is synced on first use (see crate::index_view). The
-        // plans and the damage records are two listings, fetched together.
-        let (plans, damage) = together(|| repo.refresh_plans(), || repo.refresh_damage());
+        Ok(repo)
+    }
+
+    /// Reads the `gc/` plans and the `damage/` records `listed` names (the
+    /// index is synced on first use, see crate::index_view). A listing
+    /// that failed is made again here, and reports its error.
+    fn refresh_from(self, listed: Listings) -> Result<Self> {
+        let Listings {
+            started,
+            plans,
+            damage,
+        } = listed;
+        let (plans, damage) = together(
+            || match plans.clone() {
+                Ok(ids) => self
+                    .0
+                    .index
+                    .refresh_plans_listed(&self.objects(), ids, started),
+                Err(_) => self.refresh_plans(),
+            },
+            || match damage.clone() {
+                Ok(ids) => self.refresh_damage_listed(ids),
+                Err(_) => self.refresh_damage(),
+            },
+        );
         plans?;
         damage?;
-        Ok(repo)
+        Ok(self)
     }
 
     /// Ingests every index segment into `fresh`, a cache being rebuilt
@@ -603,8 +675,16 @@ impl Repository {
 
     /// Re-reads the `damage/` records (loads only records not seen before).
     pub fn refresh_damage(&self) -> Result<()> {
+        let listed = self
+            .objects()
+            .list_ids::<crate::format::kinds::DamageRecords>()?;
+        self.refresh_damage_listed(listed)
+    }
+
+    /// [`Repository::refresh_damage`] from a listing of `damage/` (`listed`).
+    fn refresh_damage_listed(&self, listed: Vec<Id>) -> Result<()> {
         let known = self.damage_set();
-        let fresh = crate::damage::load_damage_set(&self.objects(), &known)?;
+        let fresh = crate::damage::load_damage_set_listed(&self.objects(), &known, listed)?;
         *crate::sync::write(&self.0.damage) = fresh;
         self.0
             .damage_epoch
@@ -822,16 +902,17 @@ impl Repository {
         }
     }
 
-    /// Keeps `tree` (whose plaintext of `len` bytes hashed to `id`)
-    /// decoded for the walk that follows a prefetch, within
+    /// Keeps the plaintext `data` of tree `id` (it hashed to `id` and
+    /// decoded) for the walk that follows a prefetch, within
     /// [`PREFETCHED_TREE_BYTES`]; returns whether it was kept.
-    pub(crate) fn keep_prefetched(&self, id: BlobId, tree: Tree, len: usize) -> bool {
+    pub(crate) fn keep_prefetched(&self, id: BlobId, data: Vec<u8>) -> bool {
         let mut kept = crate::sync::lock(&self.0.prefetched);
-        if kept.bytes + len as u64 > PREFETCHED_TREE_BYTES || kept.trees.contains_key(&id) {
+        let len = data.len() as u64;
+        if kept.bytes + len > PREFETCHED_TREE_BYTES || kept.trees.contains_key(&id) {
             return false;
         }
-        kept.bytes += len as u64;
-        kept.trees.insert(id, (tree, len as u64));
+        kept.bytes += len;
+        kept.trees.insert(id, data);
         true
     }
 
@@ -856,12 +937,12 @@ impl Repository {
         let kept = {
             let mut kept = crate::sync::lock(&self.0.prefetched);
             let taken = kept.trees.remove(id);
-            if let Some((_, len)) = &taken {
-                kept.bytes -= len;
+            if let Some(data) = &taken {
+                kept.bytes -= data.len() as u64;
             }
             taken
         };
-        if let Some((tree, _)) = kept {
+        if let Some(tree) = kept.and_then(|data| Tree::decode(&data).ok()) {
             return Ok(tree);
         }
         if let Some(data) = self.0.index.cache().get_object(CachedKind::Tree, &id.0)? {

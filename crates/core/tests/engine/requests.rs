@@ -852,3 +852,123 @@ fn counting_sees_every_pack_written_to_a_local_repository() {
         "the counted bytes are the packs', segments' and snapshot's"
     );
 }
+
+/// Storage whose request for `held` (a read of that object, or a listing
+/// of that prefix) waits until a request under `until` has started, or
+/// [`Gate::PATIENCE`] has passed: whether the two were in flight at once.
+#[derive(Debug)]
+struct Gate {
+    inner: DynStorage,
+    held: String,
+    until: String,
+    /// Whether a request under `until` started; whether `held` met it.
+    state: Mutex<(bool, Option<bool>)>,
+    started: std::sync::Condvar,
+}
+
+impl Gate {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
+    fn new(inner: DynStorage, held: &str, until: &str) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            held: held.to_string(),
+            until: until.to_string(),
+            state: Mutex::default(),
+            started: std::sync::Condvar::new(),
+        })
+    }
+
+    fn note(&self, path: &str) {
+        if path.starts_with(&self.until) {
+            self.state.lock().expect("gate").0 = true;
+            self.started.notify_all();
+        }
+        if path == self.held {
+            let state = self.state.lock().expect("gate");
+            let (mut state, _) = self
+                .started
+                .wait_timeout_while(state, Self::PATIENCE, |s| !s.0)
+                .expect("gate");
+            state.1 = Some(state.0);
+        }
+    }
+
+    /// Whether the held request was in flight with one under `until`
+    /// (`None`: it was never made).
+    fn overlapped(&self) -> Option<bool> {
+        self.state.lock().expect("gate").1
+    }
+}
+
+impl Storage for Gate {
+    fn read(&self, path: &str) -> cairn_storage::Result<Bytes> {
+        self.note(path);
+        self.inner.read(path)
+    }
+    fn read_range(&self, path: &str, range: Range<u64>) -> cairn_storage::Result<Bytes> {
+        self.note(path);
+        self.inner.read_range(path, range)
+    }
+    fn write(&self, path: &str, data: Bytes) -> cairn_storage::Result<()> {
+        self.inner.write(path, data)
+    }
+    fn writer(self: Arc<Self>, size_hint: usize) -> cairn_storage::Result<Box<dyn ObjectWriter>> {
+        self.inner.clone().writer(size_hint)
+    }
+    fn list(&self, prefix: &str) -> cairn_storage::Result<Vec<ObjectInfo>> {
+        self.note(prefix);
+        self.inner.list(prefix)
+    }
+    fn stat(&self, path: &str) -> cairn_storage::Result<ObjectInfo> {
+        self.inner.stat(path)
+    }
+    fn delete(&self, path: &str) -> cairn_storage::Result<()> {
+        self.inner.delete(path)
+    }
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+}
+
+/// On an object store every request an empty-cache backup makes before
+/// its walk is a round trip; those that do not depend on each other are
+/// made at once: an open lists `gc/` and `damage/` while it reads the
+/// config and derives the key, and a backup lists `index/` (the tree
+/// level its parent's trees need) while it reads its snapshots.
+#[test]
+fn an_empty_cache_backup_makes_its_independent_requests_at_once() {
+    let loc = fresh_location("requests-overlap").expect("test location");
+    let opts = StorageOptions::default();
+    let backend = open_backend(loc.location(), &opts).expect("backend");
+    let cache = tempfile::tempdir().expect("cache dir");
+    let repo = Repository::init(
+        wrap(backend.clone(), &opts),
+        PASSWORD,
+        &init_options(),
+        &testkit::cached(cache.path()),
+    )
+    .expect("init");
+    let src = tempfile::tempdir().expect("src");
+    write_tree(src.path(), 3, 2, 5, 100..400);
+    let parent = backup_of(&repo, src.path());
+    drop(repo);
+
+    let gate = Gate::new(backend.clone(), "config", "gc/");
+    let repo = Repository::open(wrap(gate.clone(), &opts), PASSWORD, &OpenOptions::default())
+        .expect("open");
+    assert_eq!(gate.overlapped(), Some(true), "config read beside gc/");
+    drop(repo);
+
+    let snapshot = format!("snapshots/{}", parent.id.to_hex());
+    let gate = Gate::new(backend, &snapshot, "index/");
+    let repo = Repository::open(wrap(gate.clone(), &opts), PASSWORD, &OpenOptions::default())
+        .expect("open");
+    let again = backup_of(&repo, src.path());
+    assert_eq!(again.snapshot.parent, Some(parent.id));
+    assert_eq!(
+        gate.overlapped(),
+        Some(true),
+        "the parent snapshot read beside the index listing"
+    );
+}
