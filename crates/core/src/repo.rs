@@ -1066,16 +1066,38 @@ impl Repository {
     /// failures fail the listing.
     pub fn list_snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
         let ids = self.objects().list_ids::<Snapshots>()?;
+        // The cached manifests in one cache transaction, those read from
+        // the repository stored in another: on an empty cache, two
+        // transactions instead of one per snapshot.
+        let keys: Vec<Id> = ids.iter().map(|id| id.0).collect();
+        let cached: std::collections::HashMap<SnapshotId, Vec<u8>> = ids
+            .iter()
+            .copied()
+            .zip(self.cache().get_objects(CachedKind::Snapshot, &keys)?)
+            .filter_map(|(id, stored)| stored.filter(|s| Id::hash(s) == id.0).map(|s| (id, s)))
+            .collect();
+        let fetched = std::sync::Mutex::new(Vec::new());
+        let reads = ids.len() - cached.len();
         let mut out = Vec::with_capacity(ids.len());
         let loaded = Objects::stream_each::<Snapshots, _>(
             ids,
-            SNAPSHOT_READS,
-            |id| self.load_snapshot(id),
+            SNAPSHOT_READS.min(reads).max(2),
+            |id| match cached.get(id) {
+                Some(stored) => self.objects().open::<Snapshots>(id, stored),
+                None => {
+                    let stored = self.objects().read::<Snapshots>(id)?.to_vec();
+                    let snapshot = self.objects().open::<Snapshots>(id, &stored);
+                    crate::sync::lock(&fetched).push((id.0, stored));
+                    snapshot
+                }
+            },
             |id, snapshot| {
                 out.push((id, snapshot));
                 Ok(())
             },
         )?;
+        self.cache()
+            .put_objects(CachedKind::Snapshot, &crate::sync::into_inner(fetched))?;
         for (id, e) in &loaded.damaged {
             tracing::warn!(
                 "skipping snapshot {}: {e} (`cairn repair snapshots` removes it)",
