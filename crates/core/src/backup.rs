@@ -219,6 +219,8 @@ fn stages_unsaved(repo: &Repository, opts: &BackupOptions) -> Result<Snapshot> {
         .transpose()?;
     let progress = opts.progress.clone().unwrap_or_default();
     let stored = run_stages(repo, opts, &plan, ckpt, &progress, lister);
+    // Trees of the parent no walk took (directories gone since).
+    repo.forget_prefetched();
     if let Some(totals) = totals {
         let _ = totals.join();
     }

@@ -685,54 +685,44 @@ impl Cache {
     /// file locks (two `fcntl` calls), which cost more than the lookup.
     pub fn packs_of_all(&self, ids: &[BlobId]) -> Result<Vec<Vec<PackId>>> {
         self.read(|conn| {
-            let tx = conn.unchecked_transaction()?;
-            let mut stmt = tx.prepare_cached(
-                "SELECT p.id FROM blobs b JOIN packs p ON p.seq = b.pack WHERE b.id = ?1",
-            )?;
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                let mut packs = Vec::new();
-                let mut rows = stmt.query([&id.0 .0[..]])?;
-                while let Some(row) = rows.next()? {
-                    let pack: Vec<u8> = row.get(0)?;
-                    packs.push(PackId(id32(&pack, "malformed index row")?));
+            in_transaction(conn, |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT p.id FROM blobs b JOIN packs p ON p.seq = b.pack WHERE b.id = ?1",
+                )?;
+                let mut out = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let mut packs = Vec::new();
+                    let mut rows = stmt.query([&id.0 .0[..]])?;
+                    while let Some(row) = rows.next()? {
+                        let pack: Vec<u8> = row.get(0)?;
+                        packs.push(PackId(id32(&pack, "malformed index row")?));
+                    }
+                    out.push(packs);
                 }
-                out.push(packs);
-            }
-            drop(stmt);
-            tx.commit()?;
-            Ok(out)
+                Ok(out)
+            })
+        })
+    }
+
+    /// Every location of each of `ids`, in their order, looked up in one
+    /// read transaction (see [`Cache::packs_of_all`]): a prefetch locates
+    /// a level of trees at once.
+    pub fn locations_of_all(&self, ids: &[BlobId]) -> Result<Vec<Vec<BlobLocation>>> {
+        self.read(|conn| {
+            in_transaction(conn, |conn| {
+                let mut stmt = conn.prepare_cached(LOCATIONS)?;
+                let mut out = Vec::with_capacity(ids.len());
+                for id in ids {
+                    out.push(locations_from(&mut stmt, id, -1)?);
+                }
+                Ok(out)
+            })
         })
     }
 
     /// Up to `limit` locations of blob `id` (-1: all).
     fn query_locations(&self, id: &BlobId, limit: i64) -> Result<Vec<BlobLocation>> {
-        self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT p.id, b.kind, b.offset, b.stored_len, b.raw_len FROM blobs b JOIN packs p ON p.seq = b.pack WHERE b.id = ?1 LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![&id.0 .0[..], limit], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, u8>(1)?,
-                    r.get::<_, u32>(2)?,
-                    r.get::<_, u32>(3)?,
-                    r.get::<_, u32>(4)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (pack, kind, offset, stored_len, raw_len) = row?;
-                out.push(BlobLocation {
-                    pack: PackId(id32(&pack, "malformed index row")?),
-                    kind: BlobKind::from_code(kind).ok_or(Fail::Malformed("malformed index row"))?,
-                    offset,
-                    stored_len,
-                    raw_len,
-                });
-            }
-            Ok(out)
-        })
+        self.read(|conn| locations_from(&mut conn.prepare_cached(LOCATIONS)?, id, limit))
     }
 
     /// Calls `f(pack, pack length, entry)` for every indexed blob location,
@@ -849,6 +839,27 @@ impl Cache {
         })
     }
 
+    /// The cached bytes of each of `ids` (of one kind), in their order,
+    /// read in one transaction: a query on its own takes and releases
+    /// SQLite's file locks, which cost more than the read.
+    pub fn get_objects(&self, kind: CachedKind, ids: &[Id]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.write(|conn| {
+            let tx = conn.transaction()?;
+            let mut s =
+                tx.prepare_cached("SELECT data FROM objects WHERE id = ?1 AND kind = ?2")?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.push(
+                    s.query_row(params![&id.0[..], kind as i64], |r| r.get(0))
+                        .optional()?,
+                );
+            }
+            drop(s);
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
     /// Stores an object's bytes.
     pub fn put_object(&self, kind: CachedKind, id: &Id, data: &[u8]) -> Result<()> {
         self.write(|conn| {
@@ -879,6 +890,38 @@ impl Cache {
             Ok(())
         })
     }
+}
+
+/// Every location of one blob: the blob's id, then the limit (-1: all).
+const LOCATIONS: &str = "SELECT p.id, b.kind, b.offset, b.stored_len, b.raw_len FROM blobs b JOIN packs p ON p.seq = b.pack WHERE b.id = ?1 LIMIT ?2";
+
+/// Up to `limit` locations of blob `id` (-1: all), by `stmt` ([`LOCATIONS`]).
+fn locations_from(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    id: &BlobId,
+    limit: i64,
+) -> Result<Vec<BlobLocation>, Fail> {
+    let rows = stmt.query_map(params![&id.0 .0[..], limit], |r| {
+        Ok((
+            r.get::<_, Vec<u8>>(0)?,
+            r.get::<_, u8>(1)?,
+            r.get::<_, u32>(2)?,
+            r.get::<_, u32>(3)?,
+            r.get::<_, u32>(4)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (pack, kind, offset, stored_len, raw_len) = row?;
+        out.push(BlobLocation {
+            pack: PackId(id32(&pack, "malformed index row")?),
+            kind: BlobKind::from_code(kind).ok_or(Fail::Malformed("malformed index row"))?,
+            offset,
+            stored_len,
+            raw_len,
+        });
+    }
+    Ok(out)
 }
 
 /// Streams every blob location to `f` (see [`Cache::for_each_location`]);
@@ -1125,6 +1168,21 @@ impl<'t, 'c> SegmentSink<'t, 'c> {
     }
 }
 
+/// Runs the lookups `f` in one read transaction on `conn`: its own, or
+/// the [`ReadSession`]'s it is already in.
+fn in_transaction<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, Fail>,
+) -> Result<T, Fail> {
+    if !conn.is_autocommit() {
+        return f(conn);
+    }
+    let tx = conn.unchecked_transaction()?;
+    let out = f(&tx)?;
+    tx.commit()?;
+    Ok(out)
+}
+
 /// Path standing for an in-memory cache.
 const MEMORY: &str = ":memory:";
 
@@ -1190,10 +1248,19 @@ mod tests {
         segment(&cache, 1);
         assert!(cache.contains(&entry(1).id).unwrap(), "own write");
 
+        // A lookup of many in one transaction runs in the session's.
+        assert_eq!(
+            cache.packs_of_all(&[entry(1).id]).unwrap(),
+            vec![vec![PackId(Id([1; 32]))]]
+        );
         segment(&other, 2);
         assert!(
             !cache.contains(&entry(2).id).unwrap(),
             "another process's write waits for a renewal (the snapshot is kept)"
+        );
+        assert_eq!(
+            cache.locations_of_all(&[entry(2).id]).unwrap(),
+            vec![vec![]]
         );
         cache.renew_sessions();
         assert!(cache.contains(&entry(2).id).unwrap(), "after a renewal");

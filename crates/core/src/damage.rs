@@ -99,9 +99,18 @@ impl DamageSet {
 /// record that does not open is skipped with a warning (it can only make
 /// writers store more, never less).
 pub fn load_damage_set(objects: &Objects<'_>, known: &DamageSet) -> Result<DamageSet> {
+    load_damage_set_listed(objects, known, objects.list_ids::<DamageRecords>()?)
+}
+
+/// [`load_damage_set`] from a listing of `damage/` already made (`listed`).
+pub fn load_damage_set_listed(
+    objects: &Objects<'_>,
+    known: &DamageSet,
+    listed: Vec<Id>,
+) -> Result<DamageSet> {
     let mut records = BTreeMap::new();
     let mut new = Vec::new();
-    for id in objects.list_ids::<DamageRecords>()? {
+    for id in listed {
         match known.records.get(&id) {
             Some(r) => {
                 records.insert(id, r.clone());

@@ -971,6 +971,45 @@ impl IndexView {
         Ok(self.best(all, damage, id))
     }
 
+    /// [`IndexView::lookup_kind`] of each of `ids`, in their order, from
+    /// one cache transaction (a prefetch locates a level of trees at once).
+    pub fn lookup_kind_all(
+        &self,
+        objects: &Objects<'_>,
+        damage: &DamageSet,
+        kind: BlobKind,
+        ids: &[BlobId],
+    ) -> Result<Vec<Option<BlobLocation>>> {
+        if kind == BlobKind::Data {
+            return ids
+                .iter()
+                .map(|id| self.lookup(objects, damage, id))
+                .collect();
+        }
+        let cache = self.reach(objects, Level::Trees)?;
+        // In full, any copy answers, as `lookup` would; below, only tree
+        // and list rows are complete.
+        let full = self.level() == Level::Full;
+        let found = cache.locations_of_all(ids)?;
+        Ok(ids
+            .iter()
+            .zip(found)
+            .map(|(id, mut all)| {
+                if !full {
+                    all.retain(|l| l.kind == kind);
+                }
+                self.best(all, damage, id)
+            })
+            .collect())
+    }
+
+    /// Brings the index to [`Level::Trees`] if this handle has not yet:
+    /// the first thing any backup asks, started early so that its reads
+    /// overlap others (a backup's listing of its snapshots).
+    pub fn reach_trees(&self, objects: &Objects<'_>) -> Result<()> {
+        self.reach(objects, Level::Trees).map(|_| ())
+    }
+
     /// The preferred of `all` (see [`IndexView::lookup`]).
     fn best(
         &self,
@@ -1106,9 +1145,21 @@ impl IndexView {
     /// Re-reads the `gc/` plans (lists `gc/`, loads only plans not seen
     /// before); returns whether the set of plans changed.
     pub fn refresh_plans(&self, objects: &Objects<'_>) -> Result<bool> {
-        let current = crate::sync::read(&self.plans).clone();
         let started = std::time::Instant::now();
-        let fresh = crate::plans::load(objects, &current)?;
+        let listed = objects.list_ids::<crate::format::kinds::GcPlans>()?;
+        self.refresh_plans_listed(objects, listed, started)
+    }
+
+    /// [`IndexView::refresh_plans`] from a listing of `gc/` (`listed`)
+    /// started at `started` (the plans are as old as the listing).
+    pub fn refresh_plans_listed(
+        &self,
+        objects: &Objects<'_>,
+        listed: Vec<crate::format::Id>,
+        started: std::time::Instant,
+    ) -> Result<bool> {
+        let current = crate::sync::read(&self.plans).clone();
+        let fresh = crate::plans::load_listed(objects, &current, listed)?;
         *crate::sync::lock(&self.plans_read) = Some(started);
         let changed = fresh.plan_ids() != current.plan_ids();
         // A lookup after this sees the cache as it is now, whatever

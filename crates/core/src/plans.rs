@@ -43,9 +43,14 @@ impl PlanSet {
 /// run since the listing is skipped; a damaged plan fails: which packs it
 /// protects from writers cannot be known.
 pub fn load(objects: &Objects<'_>, known: &PlanSet) -> Result<PlanSet> {
+    load_listed(objects, known, objects.list_ids::<GcPlans>()?)
+}
+
+/// [`load`] from a listing of `gc/` already made (`listed`).
+pub fn load_listed(objects: &Objects<'_>, known: &PlanSet, listed: Vec<Id>) -> Result<PlanSet> {
     let mut plans = BTreeMap::new();
     let mut new = Vec::new();
-    for id in objects.list_ids::<GcPlans>()? {
+    for id in listed {
         match known.plans.get(&id) {
             Some(p) => {
                 plans.insert(id, p.clone());

@@ -12,7 +12,11 @@
 //! 13 levels in one pack took 22 sequential reads). Larger packs, or packs
 //! past that budget, are read in ranges, neighbours merged into one read.
 //! Prefetching only warms the cache: a tree it cannot fetch or open is left
-//! for the walk, whose own read reports it.
+//! for the walk, whose own read reports it. A backup's prefetch of its
+//! parent ([`prefetch_parent`]) starts from the root's id, so that the
+//! root arrives with the pack holding it, and keeps the trees for its walk
+//! ([`Repository::load_tree`] takes them), which then neither reads them
+//! back from the cache nor hashes them again.
 
 use crate::cache::CachedKind;
 use crate::error::Result;
@@ -92,19 +96,36 @@ impl Held {
     }
 }
 
+/// Fetches the tree `root` and every tree below it that the cache lacks,
+/// then brings in the index rows of its files' chunks: a backup's parent,
+/// whose walk follows at once and takes the trees kept for it
+/// ([`Repository::load_tree`]). The root's level is not counted in
+/// [`PrefetchStats::levels`].
+pub fn prefetch_parent(repo: &Repository, root: &BlobId) -> Result<PrefetchStats> {
+    prefetch(repo, Start::Id(*root), true)
+}
+
 /// Fetches every tree below `root` that the cache lacks, then brings in
-/// the index rows of its files' chunks (a backup's parent).
+/// the index rows of its files' chunks.
 pub fn prefetch_subtrees(repo: &Repository, root: &Tree) -> Result<PrefetchStats> {
-    prefetch(repo, root, true)
+    prefetch(repo, Start::Tree(root), true)
 }
 
 /// Fetches every tree below `root` that the cache lacks, for a command
 /// that reads trees and no content (`ls -R`, `find`).
 pub fn prefetch_trees(repo: &Repository, root: &Tree) -> Result<PrefetchStats> {
-    prefetch(repo, root, false)
+    prefetch(repo, Start::Tree(root), false)
 }
 
-fn prefetch(repo: &Repository, root: &Tree, cover: bool) -> Result<PrefetchStats> {
+/// Where a prefetch starts: below a tree the caller holds, or at a root
+/// it only knows by id (fetched with the first level's reads and kept,
+/// with the trees below it, for the walk).
+enum Start<'a> {
+    Tree(&'a Tree),
+    Id(BlobId),
+}
+
+fn prefetch(repo: &Repository, start: Start<'_>, cover: bool) -> Result<PrefetchStats> {
     let mut stats = PrefetchStats::default();
     let mut seen = HashSet::new();
     let mut chunks = HashSet::new();
@@ -114,18 +135,27 @@ fn prefetch(repo: &Repository, root: &Tree, cover: bool) -> Result<PrefetchStats
             chunks.extend(file_chunks(tree));
         }
     };
-    collect(root);
-    let mut level = subtrees(root);
+    let keep = matches!(start, Start::Id(_));
+    let mut level = match start {
+        Start::Tree(root) => {
+            collect(root);
+            subtrees(root)
+        }
+        Start::Id(root) => vec![root],
+    };
     while !level.is_empty() {
         stats.levels += 1;
         level.retain(|id| seen.insert(*id));
         let mut next = Vec::new();
         let mut wanted = Vec::new();
-        for id in level {
-            match cached_tree(repo, &id)? {
-                Some(tree) => {
+        for (id, tree) in cached_trees(repo, level)? {
+            match tree {
+                Some((tree, data)) => {
                     collect(&tree);
                     next.extend(subtrees(&tree));
+                    if keep {
+                        repo.keep_prefetched(id, data);
+                    }
                 }
                 None => wanted.push(id),
             }
@@ -144,7 +174,16 @@ fn prefetch(repo: &Repository, root: &Tree, cover: bool) -> Result<PrefetchStats
             .collect();
         stats.fetched += rows.len() as u64;
         repo.cache().put_objects(CachedKind::Tree, &rows)?;
+        if keep {
+            for (id, data) in rows {
+                repo.keep_prefetched(BlobId(id), data);
+            }
+        }
         level = next;
+    }
+    if keep {
+        // The root's own level.
+        stats.levels = stats.levels.saturating_sub(1);
     }
     if !chunks.is_empty() && chunks.len() <= MAX_COVERED && !repo.index_view().is_synced() {
         let report = repo.cover_blobs(&chunks)?;
@@ -179,13 +218,23 @@ fn subtrees(tree: &Tree) -> Vec<BlobId> {
         .collect()
 }
 
-/// A cached tree whose bytes hash to its id and decode.
-fn cached_tree(repo: &Repository, id: &BlobId) -> Result<Option<Tree>> {
-    Ok(repo
-        .cache()
-        .get_object(CachedKind::Tree, &id.0)?
-        .filter(|data| repo.blob_id(data) == *id)
-        .and_then(|data| Tree::decode(&data).ok()))
+/// Each of `ids` with its cached tree, if its bytes hash to its id and
+/// decode (with those bytes), read in one cache transaction.
+type Cached = Vec<(BlobId, Option<(Tree, Vec<u8>)>)>;
+
+fn cached_trees(repo: &Repository, ids: Vec<BlobId>) -> Result<Cached> {
+    let keys: Vec<Id> = ids.iter().map(|id| id.0).collect();
+    let found = repo.cache().get_objects(CachedKind::Tree, &keys)?;
+    Ok(ids
+        .into_iter()
+        .zip(found)
+        .map(|(id, data)| {
+            let tree = data
+                .filter(|data| repo.blob_id(data) == id)
+                .and_then(|data| Tree::decode(&data).ok().map(|t| (t, data)));
+            (id, tree)
+        })
+        .collect())
 }
 
 /// Groups `wanted` by pack: a pack held already or to be read whole is one
@@ -197,8 +246,12 @@ fn plan_reads(
     stats: &mut PrefetchStats,
 ) -> Result<Vec<Read>> {
     let mut by_pack: BTreeMap<PackId, Vec<(BlobId, u64, u64)>> = BTreeMap::new();
-    for id in wanted {
-        match repo.lookup_kind(BlobKind::Tree, &id)? {
+    let found = match wanted.is_empty() {
+        true => Vec::new(),
+        false => repo.lookup_kind_all(BlobKind::Tree, &wanted)?,
+    };
+    for (id, loc) in wanted.into_iter().zip(found) {
+        match loc {
             Some(loc) if loc.kind == BlobKind::Tree => by_pack.entry(loc.pack).or_default().push((
                 id,
                 loc.offset as u64,

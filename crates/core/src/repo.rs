@@ -89,6 +89,29 @@ pub(crate) struct Inner {
     damage_epoch: std::sync::atomic::AtomicU64,
     /// Set when `cairn.repository` is damaged but the repository opened.
     header_damage: Option<String>,
+    /// Trees a backup's prefetch fetched or read from the cache, kept for
+    /// its walk ([`Repository::load_tree`] takes each once).
+    prefetched: std::sync::Mutex<Prefetched>,
+}
+
+/// Plaintext bytes of the trees a handle keeps for the walk that follows a
+/// prefetch ([`Repository::keep_prefetched`]), at most; past it the walk
+/// reads the rest from the cache.
+pub const PREFETCHED_TREE_BYTES: u64 = 32 << 20;
+
+/// Snapshots read at once by [`Repository::list_snapshots`] (those not in
+/// the cache: all of them on an empty one, each a round trip on an object
+/// store).
+pub const SNAPSHOT_READS: usize = 16;
+
+/// Trees kept for a walk: their plaintext, checked against their ids
+/// (kept as plaintext: decoded, a tree takes about three times the
+/// memory, and decoding is the cheap part of a cache read), and its bytes
+/// in all.
+#[derive(Default)]
+struct Prefetched {
+    trees: std::collections::HashMap<BlobId, Vec<u8>>,
+    bytes: u64,
 }
 
 /// An open repository. Cheap to clone; clones share the cache and keys.
@@ -108,7 +131,7 @@ pub use crate::sealer::{zstd_level_for, BINARY_ZSTD_LEVEL};
 /// to an object store that do not depend on each other cost one. Where no
 /// thread can be started, `b` runs here after `a`; a panic in `b` goes on
 /// here, as if `b` had run here.
-fn together<A, B: Send>(a: impl FnOnce() -> A, b: impl Fn() -> B + Sync) -> (A, B) {
+pub(crate) fn together<A, B: Send>(a: impl FnOnce() -> A, b: impl Fn() -> B + Sync) -> (A, B) {
     std::thread::scope(|scope| {
         let other = std::thread::Builder::new()
             .name("cairn-open".into())
@@ -122,6 +145,45 @@ fn together<A, B: Send>(a: impl FnOnce() -> A, b: impl Fn() -> B + Sync) -> (A, 
         };
         (a, b)
     })
+}
+
+/// Listings of `gc/` and `damage/` an open makes while the key is derived
+/// (the listing needs no key; the objects it names do), with when they
+/// started: plans are as old as their listing.
+struct Listings {
+    started: std::time::Instant,
+    plans: std::result::Result<Vec<Id>, String>,
+    damage: std::result::Result<Vec<Id>, String>,
+}
+
+impl Listings {
+    /// Lists `gc/` and `damage/` at once. A failure is kept as text only:
+    /// the open lists again, and that listing reports it.
+    fn take(storage: &DynStorage, location: &str) -> Self {
+        let started = std::time::Instant::now();
+        let ids = |listed: Result<Vec<Id>>| -> std::result::Result<Vec<Id>, String> {
+            let mut ids = listed.map_err(|e| e.to_string())?;
+            ids.sort();
+            Ok(ids)
+        };
+        let (plans, damage) = together(
+            || {
+                ids(list_on::<crate::format::kinds::GcPlans>(storage, location)
+                    .map(|l| l.into_iter().map(|l| l.id).collect()))
+            },
+            || {
+                ids(
+                    list_on::<crate::format::kinds::DamageRecords>(storage, location)
+                        .map(|l| l.into_iter().map(|l| l.id).collect()),
+                )
+            },
+        );
+        Self {
+            started,
+            plans,
+            damage,
+        }
+    }
 }
 
 fn storage_err(location: &str) -> impl Fn(StorageError) -> Error {
@@ -205,7 +267,9 @@ impl Repository {
             .map_err(&serr)?;
         drop(claim);
         let keys = Keyring::new(master, key_id);
-        Self::assemble(storage, location, config, keys, None, open)
+        let repo = Self::assemble(storage, location, config, keys, None, open)?;
+        let listed = Listings::take(&repo.0.storage, &repo.0.location);
+        repo.refresh_from(listed)
     }
 
     /// Opens a repository with a password.
@@ -249,12 +313,18 @@ impl Repository {
                 });
             }
         }
-        // The config is read while the key is derived: through an object
-        // store the read is a round trip, the derivation tens of
-        // milliseconds of CPU, and neither needs the other.
-        let (keys, sealed) = together(
+        // The config is read, and `gc/` and `damage/` listed, while the
+        // key is derived: through an object store each is a round trip, the
+        // derivation tens of milliseconds of CPU, and none needs another
+        // (what the listings name is opened with the key, after it).
+        let (keys, (sealed, listed)) = together(
             || Keyring::open(&storage, &location, password),
-            || storage.read(CONFIG_PATH),
+            || {
+                together(
+                    || storage.read(CONFIG_PATH),
+                    || Listings::take(&storage, &location),
+                )
+            },
         );
         let keys = keys?;
         let sealed = sealed.map_err(&serr)?;
@@ -290,6 +360,7 @@ impl Repository {
             damage
         });
         Self::assemble(storage, location, config, keys, header_damage, opts)
+            .and_then(|repo| repo.refresh_from(listed))
     }
 
     /// What is wrong with `cairn.repository`, when the repository opened
@@ -346,6 +417,7 @@ impl Repository {
             found: Default::default(),
             damage_epoch: Default::default(),
             header_damage,
+            prefetched: Default::default(),
         }));
         // A cache found damaged after this is rebuilt from the index.
         let weak = Arc::downgrade(&repo.0);
@@ -359,12 +431,34 @@ impl Repository {
                     .ok_or_else(|| Error::Internal("the repository handle was closed".into()))?;
                 Repository(inner).fill_index(fresh, tolerate)
             }));
-        // The index is synced on first use (see crate::index_view). The
-        // plans and the damage records are two listings, fetched together.
-        let (plans, damage) = together(|| repo.refresh_plans(), || repo.refresh_damage());
+        Ok(repo)
+    }
+
+    /// Reads the `gc/` plans and the `damage/` records `listed` names (the
+    /// index is synced on first use, see crate::index_view). A listing
+    /// that failed is made again here, and reports its error.
+    fn refresh_from(self, listed: Listings) -> Result<Self> {
+        let Listings {
+            started,
+            plans,
+            damage,
+        } = listed;
+        let (plans, damage) = together(
+            || match plans.clone() {
+                Ok(ids) => self
+                    .0
+                    .index
+                    .refresh_plans_listed(&self.objects(), ids, started),
+                Err(_) => self.refresh_plans(),
+            },
+            || match damage.clone() {
+                Ok(ids) => self.refresh_damage_listed(ids),
+                Err(_) => self.refresh_damage(),
+            },
+        );
         plans?;
         damage?;
-        Ok(repo)
+        Ok(self)
     }
 
     /// Ingests every index segment into `fresh`, a cache being rebuilt
@@ -500,6 +594,18 @@ impl Repository {
             .lookup_kind(&self.objects(), &self.damage(), kind, id)
     }
 
+    /// [`Repository::lookup_kind`] of each of `ids`, in their order, from
+    /// one cache transaction.
+    pub fn lookup_kind_all(
+        &self,
+        kind: BlobKind,
+        ids: &[BlobId],
+    ) -> Result<Vec<Option<BlobLocation>>> {
+        self.0
+            .index
+            .lookup_kind_all(&self.objects(), &self.damage(), kind, ids)
+    }
+
     /// Brings the index rows of the data blobs `ids` into the cache (see
     /// [`IndexView::cover`]): their lookups and dedup checks then need no
     /// ingestion of the whole index.
@@ -569,8 +675,16 @@ impl Repository {
 
     /// Re-reads the `damage/` records (loads only records not seen before).
     pub fn refresh_damage(&self) -> Result<()> {
+        let listed = self
+            .objects()
+            .list_ids::<crate::format::kinds::DamageRecords>()?;
+        self.refresh_damage_listed(listed)
+    }
+
+    /// [`Repository::refresh_damage`] from a listing of `damage/` (`listed`).
+    fn refresh_damage_listed(&self, listed: Vec<Id>) -> Result<()> {
         let known = self.damage_set();
-        let fresh = crate::damage::load_damage_set(&self.objects(), &known)?;
+        let fresh = crate::damage::load_damage_set_listed(&self.objects(), &known, listed)?;
         self.cache().renew_sessions();
         *crate::sync::write(&self.0.damage) = fresh;
         self.0
@@ -789,8 +903,49 @@ impl Repository {
         }
     }
 
-    /// Loads a tree, from the cache when possible.
+    /// Keeps the plaintext `data` of tree `id` (it hashed to `id` and
+    /// decoded) for the walk that follows a prefetch, within
+    /// [`PREFETCHED_TREE_BYTES`]; returns whether it was kept.
+    pub(crate) fn keep_prefetched(&self, id: BlobId, data: Vec<u8>) -> bool {
+        let mut kept = crate::sync::lock(&self.0.prefetched);
+        let len = data.len() as u64;
+        if kept.bytes + len > PREFETCHED_TREE_BYTES || kept.trees.contains_key(&id) {
+            return false;
+        }
+        kept.bytes += len;
+        kept.trees.insert(id, data);
+        true
+    }
+
+    /// Drops the trees a prefetch kept that no walk took (directories gone
+    /// from the source since the parent).
+    pub fn forget_prefetched(&self) {
+        let mut kept = crate::sync::lock(&self.0.prefetched);
+        kept.trees = Default::default();
+        kept.bytes = 0;
+    }
+
+    /// Reads the index's tree level now, if this handle has not (see
+    /// [`IndexView::reach_trees`]).
+    pub fn reach_tree_level(&self) -> Result<()> {
+        self.0.index.reach_trees(&self.objects())
+    }
+
+    /// Loads a tree: one a prefetch kept for this walk (taken: a walk
+    /// loads each directory's tree once), else from the cache when
+    /// possible, else from the repository.
     pub fn load_tree(&self, id: &BlobId) -> Result<Tree> {
+        let kept = {
+            let mut kept = crate::sync::lock(&self.0.prefetched);
+            let taken = kept.trees.remove(id);
+            if let Some(data) = &taken {
+                kept.bytes -= data.len() as u64;
+            }
+            taken
+        };
+        if let Some(tree) = kept.and_then(|data| Tree::decode(&data).ok()) {
+            return Ok(tree);
+        }
         if let Some(data) = self.0.index.cache().get_object(CachedKind::Tree, &id.0)? {
             if self.blob_id(&data) == *id {
                 if let Ok(tree) = Tree::decode(&data) {
@@ -912,14 +1067,44 @@ impl Repository {
     /// failures fail the listing.
     pub fn list_snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
         let ids = self.objects().list_ids::<Snapshots>()?;
-        let loaded = Objects::load_each::<Snapshots>(ids, |id| self.load_snapshot(id))?;
+        // The cached manifests in one cache transaction, those read from
+        // the repository stored in another: on an empty cache, two
+        // transactions instead of one per snapshot.
+        let keys: Vec<Id> = ids.iter().map(|id| id.0).collect();
+        let cached: std::collections::HashMap<SnapshotId, Vec<u8>> = ids
+            .iter()
+            .copied()
+            .zip(self.cache().get_objects(CachedKind::Snapshot, &keys)?)
+            .filter_map(|(id, stored)| stored.filter(|s| Id::hash(s) == id.0).map(|s| (id, s)))
+            .collect();
+        let fetched = std::sync::Mutex::new(Vec::new());
+        let reads = ids.len() - cached.len();
+        let mut out = Vec::with_capacity(ids.len());
+        let loaded = Objects::stream_each::<Snapshots, _>(
+            ids,
+            SNAPSHOT_READS.min(reads).max(2),
+            |id| match cached.get(id) {
+                Some(stored) => self.objects().open::<Snapshots>(id, stored),
+                None => {
+                    let stored = self.objects().read::<Snapshots>(id)?.to_vec();
+                    let snapshot = self.objects().open::<Snapshots>(id, &stored);
+                    crate::sync::lock(&fetched).push((id.0, stored));
+                    snapshot
+                }
+            },
+            |id, snapshot| {
+                out.push((id, snapshot));
+                Ok(())
+            },
+        )?;
+        self.cache()
+            .put_objects(CachedKind::Snapshot, &crate::sync::into_inner(fetched))?;
         for (id, e) in &loaded.damaged {
             tracing::warn!(
                 "skipping snapshot {}: {e} (`cairn repair snapshots` removes it)",
                 id.short()
             );
         }
-        let mut out = loaded.objects;
         sort_snapshots(&mut out);
         Ok(out)
     }

@@ -117,6 +117,8 @@ impl BackupPlan {
             .clone()
             .unwrap_or_else(|| format!("stdin:{name}"));
         let (parent, _) = parents(repo, &opts.parent, &host, &source)?;
+        // No walk takes the parent's trees.
+        repo.forget_prefetched();
         Ok(Self {
             time,
             paths: vec![PathBuf::from("/").join(name)],
@@ -174,7 +176,19 @@ fn parents(
     };
     let earlier = match choice {
         ParentChoice::None => Vec::new(),
-        _ => repo.list_snapshots()?,
+        _ => {
+            // The index's tree level, which the parent's trees need next
+            // (and any backup needs), is read while the snapshots are: on
+            // an empty cache and an object store, two chains of round
+            // trips at once instead of one after the other. A failure here
+            // is met again, and reported, where the index is needed.
+            let (listed, indexed) =
+                crate::repo::together(|| repo.list_snapshots(), || repo.reach_tree_level());
+            if let Err(e) = indexed {
+                tracing::debug!("reading the index beside the snapshots: {e}");
+            }
+            listed?
+        }
     };
     let parent = match choice {
         ParentChoice::None => None,
@@ -207,16 +221,15 @@ fn parents(
 /// cannot be read only costs speed: every file is read again, and what the
 /// backup meets is recorded as damage.
 fn parent_root(repo: &Repository, id: &SnapshotId, what: &str) -> Result<Option<Tree>> {
-    match repo
-        .load_snapshot(id)
-        .and_then(|snap| repo.load_tree(&snap.tree))
-    {
-        Ok(tree) => {
-            // Its trees arrive in a few parallel reads instead of one
-            // round trip per directory during the walk.
-            crate::prefetch::prefetch_subtrees(repo, &tree)?;
-            Ok(Some(tree))
-        }
+    match repo.load_snapshot(id).and_then(|snap| {
+        // Its trees arrive in a few parallel reads (the root with the
+        // pack holding it) instead of one round trip per directory during
+        // the walk, and are kept decoded for the walk; a tree the prefetch
+        // could not fetch is read here or by the walk, which report it.
+        crate::prefetch::prefetch_parent(repo, &snap.tree)?;
+        repo.load_tree(&snap.tree)
+    }) {
+        Ok(tree) => Ok(Some(tree)),
         Err(e) if e.kind() == crate::ErrorKind::Corrupt => {
             tracing::warn!(
                 "{what} {} cannot be read ({e}); reading its files again",

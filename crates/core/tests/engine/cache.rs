@@ -366,3 +366,26 @@ fn a_segment_failing_midway_through_a_streamed_ingestion_leaves_no_row() {
         .unwrap()
         .is_some());
 }
+
+#[test]
+fn objects_read_together_come_back_in_order_with_the_missing_ones_named() {
+    use cairn_core::cache::CachedKind;
+    let (repo_id, a, b, missing) = (Id([1; 32]), Id([2; 32]), Id([3; 32]), Id([4; 32]));
+    let c = Cache::open(None, &repo_id, b"fp").unwrap();
+    c.put_objects(
+        CachedKind::Tree,
+        &[(a, b"tree a".to_vec()), (b, b"tree b".to_vec())],
+    )
+    .unwrap();
+    c.put_object(CachedKind::Snapshot, &missing, b"a snapshot")
+        .unwrap();
+    assert_eq!(
+        c.get_objects(CachedKind::Tree, &[b, missing, a]).unwrap(),
+        vec![Some(b"tree b".to_vec()), None, Some(b"tree a".to_vec())],
+        "in the order asked; another kind's object is not this kind's"
+    );
+    assert_eq!(
+        c.get_objects(CachedKind::Tree, &[]).unwrap(),
+        Vec::<Option<Vec<u8>>>::new()
+    );
+}
