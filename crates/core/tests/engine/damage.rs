@@ -125,7 +125,12 @@ fn missing_data_pack_fails_only_its_files_and_names_the_pack() {
         let why = failed_with(&stats, f);
         assert!(why.contains(&pack), "{why}");
         // Created all the same, at its size, as when files were made
-        // before any read.
+        // before any read; but readme.md is the second name of a hard link
+        // (docs/readme-link.md sorts first), linked only to a first name
+        // that was restored.
+        if *f == "docs/readme.md" {
+            continue;
+        }
         assert_eq!(
             std::fs::symlink_metadata(dst.join(f)).unwrap().len(),
             std::fs::symlink_metadata(src.join(f)).unwrap().len(),
