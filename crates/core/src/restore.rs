@@ -1,5 +1,6 @@
-//! Restore: plan by pack, read merged ranges, decrypt in parallel, write at
-//! offsets (holes stay sparse), then metadata, deepest directories last.
+//! Restore: plan by pack, read merged ranges, decrypt in parallel, create
+//! each file with its first write at offsets (holes stay sparse), then
+//! metadata, deepest directories last.
 //!
 //! A damaged or missing pack fails only the files that need it: every other
 //! file is restored, and the failures are listed in [`RestoreStats::failed`].
@@ -15,13 +16,12 @@ mod finalize;
 mod plan;
 mod target;
 
-pub use fetch::{MAX_RANGE, MERGE_GAP};
+pub use fetch::{MAX_RANGE, MAX_REMOTE_RANGE, MERGE_GAP};
 
 use crate::error::{Error, Result};
 use crate::format::BlobId;
 use crate::progress::Progress;
 use crate::repo::Repository;
-use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -132,44 +132,60 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
         ..Default::default()
     };
 
-    // Every directory (parents first), then every file at its final size
-    // (sparse), on the pool: tens of thousands of creations were most of a
-    // small-file restore's time on one thread. The reads are planned for
-    // the files that could be created.
+    // Every directory (parents first), while the reads are planned on the
+    // pool: the chunk lists and index lookups of every file. Files are
+    // created as their content arrives (see `fetch`): creating tens of
+    // thousands of them on the pool up front was a small-file restore's
+    // longest step before its first read.
     let pool = pool(opts.workers)?;
-    for dir in &plan.ancestors {
-        target::make_dir(dir, true)?;
-    }
-    for (dir, _) in &plan.dirs {
-        target::make_dir(dir, opts.overwrite)?;
-    }
-    stats.dirs = plan.dirs.len() as u64;
-    let mut failed: BTreeMap<usize, String> = pool.install(|| {
-        plan.files
-            .par_iter()
-            .enumerate()
-            .filter_map(|(i, f)| {
-                target::create_sized(&f.path, f.node.size, opts.overwrite)
-                    .err()
-                    .map(|e| (i, e.to_string()))
-            })
-            .collect()
+    let (made, reads) = std::thread::scope(|scope| {
+        let made = scope.spawn(|| -> Result<()> {
+            for dir in &plan.ancestors {
+                target::make_dir(dir, true)?;
+            }
+            for (dir, _) in &plan.dirs {
+                target::make_dir(dir, opts.overwrite)?;
+            }
+            Ok(())
+        });
+        let reads = plan::reads(repo, &pool, &plan.files, &BTreeMap::new());
+        let made = made
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (made, reads)
     });
-    let reads = plan::reads(repo, &pool, &plan.files, &failed)?;
-    failed.extend(reads.failed);
+    made?;
+    let reads = reads?;
+    stats.dirs = plan.dirs.len() as u64;
+    let mut failed = reads.failed;
     stats.timings.plan = started.elapsed();
 
     let started = Instant::now();
     stats.packs_read = reads.packs.len() as u64;
-    let fetched = fetch::fetch(repo, &pool, &plan, &reads.packs, &progress, &mut failed);
+    let fetched = fetch::fetch(
+        repo,
+        &pool,
+        &plan,
+        &reads.packs,
+        &progress,
+        &mut failed,
+        Some(opts.overwrite),
+    );
     stats.bytes = fetched.bytes;
     stats.ranges_read = fetched.ranges;
     stats.timings.fetch = started.elapsed();
+    tracing::debug!(
+        "restore: planned in {:?}, {} ranges fetched in {:?}",
+        stats.timings.plan,
+        stats.ranges_read,
+        stats.timings.fetch
+    );
 
     let started = Instant::now();
     finalize::finalize(repo, &pool, &plan, &failed, opts, &progress, &mut stats);
     repo.record_found_damage_or_warn();
     stats.timings.finalize = started.elapsed();
+    tracing::debug!("restore: finalized in {:?}", stats.timings.finalize);
     Ok(stats)
 }
 

@@ -30,6 +30,11 @@ use std::time::Duration;
 /// Stats run at once when a listing has to look up sizes (filesystem).
 const LIST_STAT_CONCURRENCY: usize = 32;
 
+/// A range read's buffer is allocated whole up to this length, and grows
+/// as the bytes arrive past it (a range asked of a short object may never
+/// fill it).
+const MAX_PREALLOCATED: u64 = 64 << 20;
+
 /// Prefix of the local staging directory for atomic filesystem writes.
 const FS_STAGING_DIR: &str = ".tmp/";
 const _: () = assert!(FS_STAGING_DIR.len() == crate::STAGING_DIR_NAME.len() + 1);
@@ -387,7 +392,15 @@ impl Storage for OpendalStorage {
         let Some(operator) = self.read_operator()? else {
             return Err(self.no_root(op));
         };
-        let buf = match self.run(&op, self.io_timeout, operator.read_with(path).range(range)) {
+        // Into one buffer of the range's length as the body arrives: the
+        // pieces collected and then joined held a large range twice.
+        let read = async {
+            let reader = operator.reader(path).await?;
+            let mut buf = bytes::BytesMut::with_capacity(want.min(MAX_PREALLOCATED) as usize);
+            reader.read_into(&mut buf, range).await?;
+            Ok(buf)
+        };
+        let buf = match self.run(&op, self.io_timeout, read) {
             Ok(buf) => buf,
             // Some services refuse a range past the end instead of
             // returning it short: tell a truncated object from a failure.
@@ -400,7 +413,7 @@ impl Storage for OpendalStorage {
             Err(e) => return Err(e),
         };
         if buf.len() as u64 == want {
-            return Ok(buf.to_bytes());
+            return Ok(buf.freeze());
         }
         // Short: either the object is shorter than the range (a caller bug
         // or a damaged object, not worth retrying) or the transfer was cut.

@@ -72,7 +72,15 @@ pub(super) fn restore(
     let started = Instant::now();
     zero_range(&target, size, capacity).map_err(|e| Error::io(device, e))?;
     stats.packs_read = reads.packs.len() as u64;
-    let fetched = fetch::fetch(repo, &pool, &plan, &reads.packs, &progress, &mut failed);
+    let fetched = fetch::fetch(
+        repo,
+        &pool,
+        &plan,
+        &reads.packs,
+        &progress,
+        &mut failed,
+        None,
+    );
     stats.bytes = fetched.bytes;
     stats.ranges_read = fetched.ranges;
     target.sync_all().map_err(|e| Error::io(device, e))?;

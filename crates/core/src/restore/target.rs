@@ -32,7 +32,9 @@ pub(super) fn make_dir(path: &Path, overwrite: bool) -> Result<()> {
     }
 }
 
-pub(super) fn create_sized(path: &Path, size: u64, overwrite: bool) -> Result<()> {
+/// Creates the file `path` at `size` (a hole until written) and returns it
+/// open for writing.
+pub(super) fn create_sized(path: &Path, size: u64, overwrite: bool) -> Result<std::fs::File> {
     let f = if overwrite {
         clear_path(path, overwrite)?;
         std::fs::File::create(path).map_err(|e| Error::io(path, e))?
@@ -47,10 +49,10 @@ pub(super) fn create_sized(path: &Path, size: u64, overwrite: bool) -> Result<()
             Err(e) => return Err(Error::io(path, e)),
         }
     };
-    if size == 0 {
-        return Ok(());
+    if size > 0 {
+        f.set_len(size).map_err(|e| Error::io(path, e))?;
     }
-    f.set_len(size).map_err(|e| Error::io(path, e))
+    Ok(f)
 }
 
 fn in_the_way(path: &Path) -> Error {
