@@ -348,12 +348,19 @@ impl Cache {
     /// Ends a session's transaction and gives its connection back to the
     /// idle readers (dropped if the cache was rebuilt meanwhile).
     fn close_session(&self, open: OpenSession) {
+        let db = crate::sync::read(&self.db);
+        self.end_session(&db, open);
+    }
+
+    /// [`Cache::close_session`] under `db`'s read lock, where the generation
+    /// is that of `db`'s file: a connection to a file a rebuild replaced
+    /// never joins the new file's readers.
+    fn end_session(&self, db: &Db, open: OpenSession) {
         if open.conn.execute_batch("COMMIT").is_err()
             || open.generation != self.generation.load(Ordering::Acquire)
         {
             return;
         }
-        let db = crate::sync::read(&self.db);
         let mut idle = crate::sync::lock(&db.readers);
         if idle.len() < MAX_IDLE_READERS {
             idle.push(open.conn);
@@ -372,21 +379,22 @@ impl Cache {
             Some(session) if session.cache == me => Some(session.open.take()),
             _ => None,
         })?;
+        // Held while `f` runs, as for any query: a rebuild swaps the file
+        // under the write lock, and the generation read here is the file's.
+        let db = crate::sync::read(&self.db);
         let generation = self.generation.load(Ordering::Acquire);
         let epoch = self.epoch.load(Ordering::Acquire);
         let open = match open {
-            Some(o) if o.generation == generation && o.epoch == epoch => Some(o),
+            Some(o) if o.generation == generation && o.epoch == epoch => o,
             stale => {
                 if let Some(o) = stale {
-                    self.close_session(o);
+                    self.end_session(&db, o);
                 }
-                self.begin_session(generation, epoch)
+                self.begin_session(&db, generation, epoch)?
             }
-        }?;
-        let out = {
-            let _db = crate::sync::read(&self.db);
-            f(&open.conn)
         };
+        let out = f(&open.conn);
+        drop(db);
         match out {
             Ok(v) => {
                 SESSION.with(|s| {
@@ -401,13 +409,9 @@ impl Cache {
         }
     }
 
-    /// A reader connection in a new read transaction.
-    fn begin_session(&self, generation: u64, epoch: u64) -> Option<OpenSession> {
-        let idle = {
-            let db = crate::sync::read(&self.db);
-            let conn = crate::sync::lock(&db.readers).pop();
-            conn
-        };
+    /// A reader connection of `db` in a new read transaction.
+    fn begin_session(&self, db: &Db, generation: u64, epoch: u64) -> Option<OpenSession> {
+        let idle = crate::sync::lock(&db.readers).pop();
         let conn = match idle {
             Some(c) => c,
             None => Db::connect(&self.path).ok()?,
