@@ -203,19 +203,21 @@ fn open_file(path: &Path) -> std::io::Result<std::fs::File> {
     };
     DIR.with_borrow_mut(|held| {
         if held.as_ref().is_none_or(|(p, _)| p != dir) {
-            *held = None;
             let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-            match rustix::fs::open(dir, flags, Mode::empty()) {
-                Ok(fd) => *held = Some((dir.to_path_buf(), fd)),
-                Err(_) => return std::fs::File::open(path),
-            }
+            *held = rustix::fs::open(dir, flags, Mode::empty())
+                .ok()
+                .map(|fd| (dir.to_path_buf(), fd));
         }
-        let Some((_, fd)) = held.as_ref() else {
-            return std::fs::File::open(path);
-        };
-        rustix::fs::openat(fd, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-            .map(std::fs::File::from)
-            .map_err(std::io::Error::from)
+        match held {
+            Some((_, fd)) => {
+                rustix::fs::openat(&*fd, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+                    .map(std::fs::File::from)
+                    .map_err(std::io::Error::from)
+            }
+            // The directory could not be opened: by the whole path, which
+            // reports what is wrong with it.
+            None => std::fs::File::open(path),
+        }
     })
 }
 

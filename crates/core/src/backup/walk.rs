@@ -389,7 +389,7 @@ impl Scanner<'_> {
             node.payload = Payload::File(content.clone());
             Pending::Reused { node, keep }
         };
-        if meta.nlink() > 1 {
+        if nlink > 1 {
             if let Some(content) = self.hardlinks.get(&(meta.dev(), meta.ino())) {
                 self.summary.files_unchanged += 1;
                 self.progress.file_done();
@@ -408,7 +408,7 @@ impl Scanner<'_> {
             return Ok(Some(reuse(node, &content, keep)));
         }
         let was_file = olds.iter().any(|o| o.kind == NodeType::File);
-        if meta.nlink() <= 1 {
+        if nlink <= 1 {
             let (chunks, resumed) = self.resumable_prefix(path, &node, olds)?;
             let walked = Some(meta.clone());
             return Ok(Some(self.queue(

@@ -133,18 +133,7 @@ fn a_cache_left_by_a_killed_ingestion_holds_whole_segments_and_is_completed() {
     let (_c, cache) = temp_sub("cache");
     // Reads of index/ fail from the 10th on, as if the pod were killed
     // while ingesting: the transactions committed before stay.
-    let reads = Arc::new(AtomicU64::new(0));
-    let seen = reads.clone();
-    let failing: DynStorage = hooked(storage(&t.loc), move |path| {
-        if seen.fetch_add(1, Ordering::SeqCst) >= 9 {
-            return Err(StorageError::new(
-                StorageErrorKind::Other,
-                format!("read {path}"),
-                "connection reset (injected)",
-            ));
-        }
-        Ok(())
-    });
+    let failing = failing_from_read(&t.loc, 10);
     let repo = open_on(failing, &cache).unwrap();
     let err = repo.index().unwrap_err();
     assert!(err.to_string().contains("injected"), "{err}");
@@ -468,18 +457,7 @@ fn a_tree_level_cache_left_by_a_killed_ingestion_is_completed_and_never_taken_as
     write_fake_index(&t.repo, segments, per);
     let all = count(&t.storage().unwrap(), "index/") as u64;
     let (_c, cache) = temp_sub("cache");
-    let reads = Arc::new(AtomicU64::new(0));
-    let seen = reads.clone();
-    let failing: DynStorage = hooked(storage(&t.loc), move |path| {
-        if seen.fetch_add(1, Ordering::SeqCst) >= 9 {
-            return Err(StorageError::new(
-                StorageErrorKind::Other,
-                format!("read {path}"),
-                "connection reset (injected)",
-            ));
-        }
-        Ok(())
-    });
+    let failing = failing_from_read(&t.loc, 10);
     let repo = open_on(failing, &cache).unwrap();
     let err = repo.load_tree(&first.snapshot.tree).unwrap_err();
     assert!(err.to_string().contains("injected"), "{err}");
@@ -539,6 +517,22 @@ fn write_files(root: &std::path::Path, files: usize, tag: &str) {
         let text: String = (0..512).map(|k| format!("{tag}{f:05}{k:05}\n")).collect();
         std::fs::write(root.join(format!("f{f:04}")), &text[..4096]).unwrap();
     }
+}
+
+/// A storage whose reads of `index/` objects fail from the `nth` on, as if
+/// the pod were killed while ingesting.
+fn failing_from_read(loc: &cairn_storage::testing::TestLocation, nth: u64) -> DynStorage {
+    let reads = AtomicU64::new(0);
+    hooked(storage(loc), move |path| {
+        if reads.fetch_add(1, Ordering::SeqCst) + 1 >= nth {
+            return Err(StorageError::new(
+                StorageErrorKind::Other,
+                format!("read {path}"),
+                "connection reset (injected)",
+            ));
+        }
+        Ok(())
+    })
 }
 
 /// A storage counting its reads of `index/` objects, and that count.

@@ -74,12 +74,7 @@ impl IgnoreFiles {
         if self.read_cache().contains_key(dir) {
             return;
         }
-        let chain = match dir.parent() {
-            Some(parent) if dir != self.root && parent.starts_with(&self.root) => {
-                self.chain_for(parent)
-            }
-            _ => Arc::new(Vec::new()),
-        };
+        let chain = self.parent_chain(dir);
         self.remember(dir, chain);
     }
 
@@ -100,18 +95,23 @@ impl IgnoreFiles {
         cache.insert(dir.to_path_buf(), chain);
     }
 
+    /// The chain of `dir`'s parent (none for the root).
+    fn parent_chain(&self, dir: &Path) -> Chain {
+        match dir.parent() {
+            Some(parent) if dir != self.root && parent.starts_with(&self.root) => {
+                self.chain_for(parent)
+            }
+            _ => Arc::new(Vec::new()),
+        }
+    }
+
     /// The chain of `dir`, from the cache or built from its parent's chain. `dir` must be the
     /// root or below it.
     fn chain_for(&self, dir: &Path) -> Chain {
         if let Some(chain) = self.read_cache().get(dir) {
             return chain.clone();
         }
-        let parent_chain = match dir.parent() {
-            Some(parent) if dir != self.root && parent.starts_with(&self.root) => {
-                self.chain_for(parent)
-            }
-            _ => Arc::new(Vec::new()),
-        };
+        let parent_chain = self.parent_chain(dir);
         let chain = match self.load(dir) {
             Some(own) => {
                 let mut files = parent_chain.as_ref().clone();
