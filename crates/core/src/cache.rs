@@ -88,56 +88,6 @@ pub struct Cache {
     rebuilds: AtomicU32,
     rebuild_lock: Mutex<()>,
     refill: OnceLock<Refill>,
-    /// Bumped after every write through this handle and by
-    /// [`Cache::renew_sessions`]: a [`ReadSession`]'s snapshot serves only
-    /// while it is unchanged.
-    epoch: AtomicU64,
-}
-
-thread_local! {
-    /// This thread's [`ReadSession`], if one is open.
-    static SESSION: std::cell::RefCell<Option<Session>> = const { std::cell::RefCell::new(None) };
-}
-
-/// The state of a [`ReadSession`]: the cache it reads (by address), and
-/// once a lookup ran, its connection inside an open read transaction.
-struct Session {
-    cache: usize,
-    open: Option<OpenSession>,
-}
-
-struct OpenSession {
-    conn: Connection,
-    generation: u64,
-    epoch: u64,
-}
-
-/// Lookups of this thread share one read transaction while the guard
-/// lives ([`Cache::session`]).
-///
-/// A query on its own takes and releases SQLite's file locks (two `fcntl`
-/// calls and an `fstat`), which cost more than a lookup of a blob: a
-/// reader's batch of small files asked once per chunk. Inside a session the
-/// snapshot is the one of the first lookup, and it is used only while no
-/// write went through this handle and no [`Cache::renew_sessions`] came
-/// since ([`Cache`]'s epoch); otherwise the next lookup starts a fresh
-/// transaction. So every answer is the one a lookup on its own would have
-/// given at that moment in this process; another process's writes are
-/// seen at the next renewal, as if the lookups had run a moment earlier.
-pub struct ReadSession<'a> {
-    cache: Option<&'a Cache>,
-}
-
-impl Drop for ReadSession<'_> {
-    fn drop(&mut self) {
-        let Some(cache) = self.cache else {
-            return;
-        };
-        let open = SESSION.with(|s| s.borrow_mut().take()).and_then(|s| s.open);
-        if let Some(open) = open {
-            cache.close_session(open);
-        }
-    }
 }
 
 /// The open connections to one cache file.
@@ -261,7 +211,6 @@ impl Cache {
             rebuilds: AtomicU32::new(0),
             rebuild_lock: Mutex::new(()),
             refill: OnceLock::new(),
-            epoch: AtomicU64::new(0),
         };
         cache.init_schema()?;
         Ok(cache)
@@ -309,129 +258,13 @@ impl Cache {
 
     /// Runs `f` on the main connection (see [`Cache::run`]).
     fn write<T>(&self, f: impl Fn(&mut Connection) -> Result<T, Fail>) -> Result<T> {
-        let out = self.run(|db| f(&mut crate::sync::lock(&db.conn)));
-        self.renew_sessions();
-        out
-    }
-
-    /// Opens a [`ReadSession`] on this thread: its lookups share one read
-    /// transaction until the guard drops. A no-op for an in-memory cache
-    /// (one connection) and inside another session.
-    pub fn session(&self) -> ReadSession<'_> {
-        if self.is_memory() {
-            return ReadSession { cache: None };
-        }
-        let opened = SESSION.with(|s| {
-            let mut slot = s.borrow_mut();
-            if slot.is_some() {
-                return false;
-            }
-            *slot = Some(Session {
-                cache: self as *const Cache as usize,
-                open: None,
-            });
-            true
-        });
-        ReadSession {
-            cache: opened.then_some(self),
-        }
-    }
-
-    /// Ends the snapshots of open [`ReadSession`]s: their next lookup reads
-    /// the cache as it is now. Called after every write through this
-    /// handle, and by whoever changes what an answer is checked against
-    /// (the `gc/` plans, the `damage/` records).
-    pub fn renew_sessions(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// Ends a session's transaction and gives its connection back to the
-    /// idle readers (dropped if the cache was rebuilt meanwhile).
-    fn close_session(&self, open: OpenSession) {
-        let db = crate::sync::read(&self.db);
-        self.end_session(&db, open);
-    }
-
-    /// [`Cache::close_session`] under `db`'s read lock, where the generation
-    /// is that of `db`'s file: a connection to a file a rebuild replaced
-    /// never joins the new file's readers.
-    fn end_session(&self, db: &Db, open: OpenSession) {
-        if open.conn.execute_batch("COMMIT").is_err()
-            || open.generation != self.generation.load(Ordering::Acquire)
-        {
-            return;
-        }
-        let mut idle = crate::sync::lock(&db.readers);
-        if idle.len() < MAX_IDLE_READERS {
-            idle.push(open.conn);
-        }
-    }
-
-    /// Runs `f` inside this thread's session on this cache, if one is
-    /// open: in its transaction while that is current, else in a new one.
-    /// `None` when there is no session, or `f` failed in it (the caller
-    /// runs `f` the ordinary way, which rebuilds a damaged cache).
-    fn read_in_session<T>(&self, f: &impl Fn(&Connection) -> Result<T, Fail>) -> Option<T> {
-        let me = self as *const Cache as usize;
-        // Taken out of the slot while `f` runs, so that a lookup `f` makes
-        // itself runs the ordinary way.
-        let open = SESSION.with(|s| match s.borrow_mut().as_mut() {
-            Some(session) if session.cache == me => Some(session.open.take()),
-            _ => None,
-        })?;
-        // Held while `f` runs, as for any query: a rebuild swaps the file
-        // under the write lock, and the generation read here is the file's.
-        let db = crate::sync::read(&self.db);
-        let generation = self.generation.load(Ordering::Acquire);
-        let epoch = self.epoch.load(Ordering::Acquire);
-        let open = match open {
-            Some(o) if o.generation == generation && o.epoch == epoch => o,
-            stale => {
-                if let Some(o) = stale {
-                    self.end_session(&db, o);
-                }
-                self.begin_session(&db, generation, epoch)?
-            }
-        };
-        let out = f(&open.conn);
-        drop(db);
-        match out {
-            Ok(v) => {
-                SESSION.with(|s| {
-                    if let Some(session) = s.borrow_mut().as_mut() {
-                        session.open = Some(open);
-                    }
-                });
-                Some(v)
-            }
-            // Rolled back as the connection drops.
-            Err(_) => None,
-        }
-    }
-
-    /// A reader connection of `db` in a new read transaction.
-    fn begin_session(&self, db: &Db, generation: u64, epoch: u64) -> Option<OpenSession> {
-        let idle = crate::sync::lock(&db.readers).pop();
-        let conn = match idle {
-            Some(c) => c,
-            None => Db::connect(&self.path).ok()?,
-        };
-        conn.execute_batch("BEGIN").ok()?;
-        Some(OpenSession {
-            conn,
-            generation,
-            epoch,
-        })
+        self.run(|db| f(&mut crate::sync::lock(&db.conn)))
     }
 
     /// Runs the read-only query `f` on an idle reader connection (a new
     /// one when all are busy), or on the main one for an in-memory cache,
-    /// which other connections cannot see (see [`Cache::run`]); inside a
-    /// [`ReadSession`], in its transaction.
+    /// which other connections cannot see (see [`Cache::run`]).
     fn read<T>(&self, f: impl Fn(&Connection) -> Result<T, Fail>) -> Result<T> {
-        if let Some(v) = self.read_in_session(&f) {
-            return Ok(v);
-        }
         self.run(|db| {
             if self.is_memory() {
                 return f(&crate::sync::lock(&db.conn));
@@ -1172,8 +1005,8 @@ impl<'t, 'c> SegmentSink<'t, 'c> {
     }
 }
 
-/// Runs the lookups `f` in one read transaction on `conn`: its own, or
-/// the [`ReadSession`]'s it is already in.
+/// Runs the lookups `f` in one read transaction on `conn` (or in the
+/// transaction it is already in).
 fn in_transaction<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, Fail>,
@@ -1214,86 +1047,5 @@ impl Db {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(60))?;
         Ok(conn)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(n: u8) -> BlobEntry {
-        BlobEntry {
-            id: BlobId(Id([n; 32])),
-            kind: BlobKind::Data,
-            offset: 0,
-            stored_len: 10,
-            raw_len: 10,
-        }
-    }
-
-    fn segment(cache: &Cache, n: u8) {
-        let rows: Vec<SegmentRows> = vec![(PackId(Id([n; 32])), 100, vec![entry(n)])];
-        cache.add_segment(&IndexId(Id([n; 32])), &rows).unwrap();
-    }
-
-    /// A session's snapshot never hides what a lookup on its own would
-    /// see: a write through the handle, or a renewal after another
-    /// process's write, starts a fresh transaction for the next lookup.
-    #[test]
-    fn a_session_sees_every_write_a_lookup_on_its_own_would() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("cache.sqlite");
-        let cache = Cache::open(Some(&path), &Id([7; 32]), b"fp").unwrap();
-        // Another process with the same cache file.
-        let other = Cache::open(Some(&path), &Id([7; 32]), b"fp").unwrap();
-
-        let session = cache.session();
-        assert!(!cache.contains(&entry(1).id).unwrap());
-        segment(&cache, 1);
-        assert!(cache.contains(&entry(1).id).unwrap(), "own write");
-
-        // A lookup of many in one transaction runs in the session's.
-        assert_eq!(
-            cache.packs_of_all(&[entry(1).id]).unwrap(),
-            vec![vec![PackId(Id([1; 32]))]]
-        );
-        segment(&other, 2);
-        assert!(
-            !cache.contains(&entry(2).id).unwrap(),
-            "another process's write waits for a renewal (the snapshot is kept)"
-        );
-        assert_eq!(
-            cache.locations_of_all(&[entry(2).id]).unwrap(),
-            vec![vec![]]
-        );
-        cache.renew_sessions();
-        assert!(cache.contains(&entry(2).id).unwrap(), "after a renewal");
-        drop(session);
-
-        // Without a session every lookup reads the file as it is now.
-        segment(&other, 3);
-        assert!(cache.contains(&entry(3).id).unwrap());
-        // The session's connection went back to the idle readers.
-        let db = crate::sync::read(&cache.db);
-        assert!(!crate::sync::lock(&db.readers).is_empty());
-    }
-
-    /// One session a thread: a nested one is a no-op, and a lookup that
-    /// runs inside another lookup's closure does not reuse the connection.
-    #[test]
-    fn sessions_do_not_nest() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::open(Some(&dir.path().join("c.sqlite")), &Id([7; 32]), b"fp").unwrap();
-        let outer = cache.session();
-        let inner = cache.session();
-        assert!(inner.cache.is_none());
-        segment(&cache, 4);
-        drop(inner);
-        assert!(cache.contains(&entry(4).id).unwrap());
-        drop(outer);
-        assert!(cache.contains(&entry(4).id).unwrap());
-        // An in-memory cache has one connection: no session.
-        let memory = Cache::open(None, &Id([7; 32]), b"fp").unwrap();
-        assert!(memory.session().cache.is_none());
     }
 }

@@ -1162,9 +1162,6 @@ impl IndexView {
         let fresh = crate::plans::load_listed(objects, &current, listed)?;
         *crate::sync::lock(&self.plans_read) = Some(started);
         let changed = fresh.plan_ids() != current.plan_ids();
-        // A lookup after this sees the cache as it is now, whatever
-        // another process changed in it (see `ReadSession`).
-        self.cache.renew_sessions();
         *crate::sync::write(&self.plans) = fresh;
         self.plans_epoch.fetch_add(1, Ordering::AcqRel);
         Ok(changed)

@@ -685,7 +685,6 @@ impl Repository {
     fn refresh_damage_listed(&self, listed: Vec<Id>) -> Result<()> {
         let known = self.damage_set();
         let fresh = crate::damage::load_damage_set_listed(&self.objects(), &known, listed)?;
-        self.cache().renew_sessions();
         *crate::sync::write(&self.0.damage) = fresh;
         self.0
             .damage_epoch
