@@ -52,11 +52,12 @@ pub(crate) struct Loose {
     pub lists: Vec<ListRef>,
 }
 
-/// Plans read by the handle this recently count as the backup's first look
-/// at `gc/` (the open reads them; a listing more costs a round trip on an
-/// object store). A plan made since is found by the look before the first
-/// snapshot, as one made during the backup is (see
-/// [`Checkpointer::protect`]): the safety window is many minutes.
+/// Plans the handle read this recently count as the first backup's first
+/// look at `gc/` (the open reads them; a listing more costs a round trip on
+/// an object store). A plan made since is found by the backup's next look,
+/// as one made during the backup is (see [`Checkpointer::protect`]): the
+/// safety window is many minutes. A later backup on the handle looks
+/// itself ([`Repository::refresh_plans_unless_opened_within`]).
 pub const PLANS_FRESH_FOR: Duration = Duration::from_secs(60);
 
 /// Decides when to checkpoint and writes checkpoints for one backup.
@@ -76,7 +77,7 @@ impl Checkpointer {
     /// `gc/` plans so deduplication ignores planned packs from the start
     /// (unless the open read them moments ago: [`PLANS_FRESH_FOR`]).
     pub fn new(repo: &Repository, opts: CheckpointOptions, template: Snapshot) -> Result<Self> {
-        repo.refresh_plans_unless_within(PLANS_FRESH_FOR)?;
+        repo.refresh_plans_unless_opened_within(PLANS_FRESH_FOR)?;
         Ok(Self {
             opts,
             started: Instant::now(),

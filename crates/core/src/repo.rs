@@ -781,12 +781,13 @@ impl Repository {
         self.0.index.refresh_plans(&self.objects())
     }
 
-    /// [`Repository::refresh_plans`] unless this handle read the plans
-    /// less than `age` ago.
-    pub fn refresh_plans_unless_within(&self, age: std::time::Duration) -> Result<()> {
+    /// [`Repository::refresh_plans`] unless this is the handle's first
+    /// call and it read the plans less than `age` ago (see
+    /// [`IndexView::refresh_plans_unless_opened_within`]).
+    pub fn refresh_plans_unless_opened_within(&self, age: std::time::Duration) -> Result<()> {
         self.0
             .index
-            .refresh_plans_unless_within(&self.objects(), age)
+            .refresh_plans_unless_opened_within(&self.objects(), age)
     }
 
     /// The packs listed in the `gc/` plans seen by the last refresh.

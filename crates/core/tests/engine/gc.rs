@@ -512,6 +512,29 @@ fn staging_files_of_dead_writers_are_removed_after_the_window() {
     assert_restores(&reopen(repo_dir.path()), &snap.snapshot.tree, src.path());
 }
 
+/// Backs up with `o`, again if the backup failed with "interference": the
+/// loud failure the protocol gives a backup that went longer than the
+/// safety window between two looks at `gc/` (here 2 s, which a loaded
+/// machine's scheduler can exceed; the CLI does not accept under 15 min
+/// while backups run). Such a backup wrote no snapshot; counted in
+/// `stalls`. Any other failure fails the test.
+fn backup_despite_stalls(
+    repo: &Repository,
+    o: &BackupOptions,
+    stalls: &std::sync::atomic::AtomicU32,
+) {
+    for _ in 0..3 {
+        match backup(repo, o) {
+            Ok(_) => return,
+            Err(cairn_core::Error::Interference { .. }) => {
+                stalls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => panic!("backup failed: {e}"),
+        }
+    }
+    panic!("three backups in a row stalled past the safety window");
+}
+
 #[test]
 fn concurrent_backups_and_maintenance_never_lose_a_referenced_blob() {
     let repo_dir = tempfile::tempdir().unwrap();
@@ -522,6 +545,8 @@ fn concurrent_backups_and_maintenance_never_lose_a_referenced_blob() {
     }
     init(repo_dir.path());
     let path = repo_dir.path().to_path_buf();
+    let stalls = std::sync::atomic::AtomicU32::new(0);
+    let stalls = &stalls;
     for round in 0..8u64 {
         std::thread::scope(|scope| {
             for (i, s) in srcs.iter().enumerate() {
@@ -539,7 +564,7 @@ fn concurrent_backups_and_maintenance_never_lose_a_referenced_blob() {
                         }
                         let mut o = opts(s);
                         o.source = Some(format!("src{i}"));
-                        backup(&repo, &o).unwrap();
+                        backup_despite_stalls(&repo, &o, &stalls);
                         let mine: Vec<_> = gc::list_snapshots(&repo)
                             .unwrap()
                             .into_iter()
@@ -573,6 +598,9 @@ fn concurrent_backups_and_maintenance_never_lose_a_referenced_blob() {
         });
         assert_no_dangling(&path);
     }
+    // 48 backups: a stall past the window is rare even on a loaded machine.
+    let stalls = stalls.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(stalls <= 4, "{stalls} backups stalled past a 2 s window");
     let repo = reopen(&path);
     for (i, s) in srcs.iter().enumerate() {
         let (_, snap) = repo
