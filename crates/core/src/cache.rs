@@ -88,6 +88,58 @@ pub struct Cache {
     rebuilds: AtomicU32,
     rebuild_lock: Mutex<()>,
     refill: OnceLock<Refill>,
+    /// Bumped after every write through this handle: a [`ReadSession`]'s
+    /// snapshot serves only while it is unchanged.
+    epoch: AtomicU64,
+}
+
+thread_local! {
+    /// This thread's [`ReadSession`], if one is open.
+    static SESSION: std::cell::RefCell<Option<Session>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The state of a [`ReadSession`]: the cache it reads (by address), and
+/// once a lookup ran, its connection inside an open read transaction.
+struct Session {
+    cache: usize,
+    open: Option<OpenSession>,
+}
+
+struct OpenSession {
+    conn: Connection,
+    generation: u64,
+    epoch: u64,
+}
+
+/// While the guard lives, this thread's dedup questions that find nothing
+/// share one read transaction ([`Cache::session`]).
+///
+/// A query on its own takes and releases SQLite's file locks (two `fcntl`
+/// calls and an `fstat`), which cost more than a lookup of a blob: a
+/// backup reader asks once per new chunk. Inside a session,
+/// [`Cache::contains`] and [`Cache::locations`] look first in the
+/// session's snapshot (the one of its first lookup, kept while no write
+/// went through this handle). An answer that finds nothing is taken from
+/// it; one that finds the blob is asked again in a transaction of its
+/// own. So every "present" answer is exactly as fresh as without a
+/// session, and a stale snapshot can only miss a blob another process
+/// added meanwhile: the caller stores it again, which costs space until
+/// maintenance, never data.
+pub struct ReadSession<'a> {
+    cache: Option<&'a Cache>,
+}
+
+impl Drop for ReadSession<'_> {
+    fn drop(&mut self) {
+        let Some(cache) = self.cache else {
+            return;
+        };
+        let open = SESSION.with(|s| s.borrow_mut().take()).and_then(|s| s.open);
+        if let Some(open) = open {
+            let db = crate::sync::read(&cache.db);
+            cache.end_session(&db, open);
+        }
+    }
 }
 
 /// The open connections to one cache file.
@@ -211,6 +263,7 @@ impl Cache {
             rebuilds: AtomicU32::new(0),
             rebuild_lock: Mutex::new(()),
             refill: OnceLock::new(),
+            epoch: AtomicU64::new(0),
         };
         cache.init_schema()?;
         Ok(cache)
@@ -258,7 +311,109 @@ impl Cache {
 
     /// Runs `f` on the main connection (see [`Cache::run`]).
     fn write<T>(&self, f: impl Fn(&mut Connection) -> Result<T, Fail>) -> Result<T> {
-        self.run(|db| f(&mut crate::sync::lock(&db.conn)))
+        let out = self.run(|db| f(&mut crate::sync::lock(&db.conn)));
+        // This handle's own writes are seen by the next lookup of a session.
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        out
+    }
+
+    /// Opens a [`ReadSession`] on this thread: until the guard drops, its
+    /// dedup questions that find nothing share one read transaction. A
+    /// no-op for an in-memory cache (one connection) and inside another
+    /// session.
+    pub fn session(&self) -> ReadSession<'_> {
+        if self.is_memory() {
+            return ReadSession { cache: None };
+        }
+        let opened = SESSION.with(|s| {
+            let mut slot = s.borrow_mut();
+            if slot.is_some() {
+                return false;
+            }
+            *slot = Some(Session {
+                cache: self as *const Cache as usize,
+                open: None,
+            });
+            true
+        });
+        ReadSession {
+            cache: opened.then_some(self),
+        }
+    }
+
+    /// Ends a session's transaction and gives its connection back to the
+    /// idle readers, under `db`'s read lock, where the generation is that
+    /// of `db`'s file: a connection to a file a rebuild replaced never
+    /// joins the new file's readers.
+    fn end_session(&self, db: &Db, open: OpenSession) {
+        if open.conn.execute_batch("COMMIT").is_err()
+            || open.generation != self.generation.load(Ordering::Acquire)
+        {
+            return;
+        }
+        let mut idle = crate::sync::lock(&db.readers);
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(open.conn);
+        }
+    }
+
+    /// Runs the lookup `f` in this thread's session on this cache, if one
+    /// is open: in its transaction while that is current, else in a new
+    /// one. `None` when there is no session, or `f` failed in it (the
+    /// caller runs `f` the ordinary way, which rebuilds a damaged cache).
+    /// Only for answers the caller takes when they find nothing (see
+    /// [`ReadSession`]).
+    fn read_in_session<T>(&self, f: &impl Fn(&Connection) -> Result<T, Fail>) -> Option<T> {
+        let me = self as *const Cache as usize;
+        // Taken out of the slot while `f` runs, so that a lookup `f` makes
+        // itself runs the ordinary way.
+        let open = SESSION.with(|s| match s.borrow_mut().as_mut() {
+            Some(session) if session.cache == me => Some(session.open.take()),
+            _ => None,
+        })?;
+        // Held while `f` runs, as for any query: a rebuild swaps the file
+        // under the write lock, and the generation read here is the file's.
+        let db = crate::sync::read(&self.db);
+        let generation = self.generation.load(Ordering::Acquire);
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let open = match open {
+            Some(o) if o.generation == generation && o.epoch == epoch => o,
+            stale => {
+                if let Some(o) = stale {
+                    self.end_session(&db, o);
+                }
+                self.begin_session(&db, generation, epoch)?
+            }
+        };
+        let out = f(&open.conn);
+        drop(db);
+        match out {
+            Ok(v) => {
+                SESSION.with(|s| {
+                    if let Some(session) = s.borrow_mut().as_mut() {
+                        session.open = Some(open);
+                    }
+                });
+                Some(v)
+            }
+            // Rolled back as the connection drops.
+            Err(_) => None,
+        }
+    }
+
+    /// A reader connection of `db` in a new read transaction.
+    fn begin_session(&self, db: &Db, generation: u64, epoch: u64) -> Option<OpenSession> {
+        let idle = crate::sync::lock(&db.readers).pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => Db::connect(&self.path).ok()?,
+        };
+        conn.execute_batch("BEGIN").ok()?;
+        Some(OpenSession {
+            conn,
+            generation,
+            epoch,
+        })
     }
 
     /// Runs the read-only query `f` on an idle reader connection (a new
@@ -504,17 +659,28 @@ impl Cache {
 
     /// Whether the index holds blob `id` (in any pack): the dedup check,
     /// one index probe without the pack join [`Cache::lookup`] needs.
+    /// Inside a [`ReadSession`], a "no" may come from its snapshot.
     pub fn contains(&self, id: &BlobId) -> Result<bool> {
-        self.read(|conn| {
+        let probe = |conn: &Connection| -> Result<bool, Fail> {
             let mut stmt = conn.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1 LIMIT 1")?;
             Ok(stmt.exists([&id.0 .0[..]])?)
-        })
+        };
+        if self.read_in_session(&probe) == Some(false) {
+            return Ok(false);
+        }
+        self.read(probe)
     }
 
     /// Every place blob `id` is stored (several packs when concurrent
-    /// writers or a repack stored it more than once).
+    /// writers or a repack stored it more than once). Inside a
+    /// [`ReadSession`], "nowhere" may come from its snapshot.
     pub fn locations(&self, id: &BlobId) -> Result<Vec<BlobLocation>> {
-        self.query_locations(id, -1)
+        let query =
+            |conn: &Connection| locations_from(&mut conn.prepare_cached(LOCATIONS)?, id, -1);
+        match self.read_in_session(&query) {
+            Some(none) if none.is_empty() => Ok(none),
+            _ => self.read(query),
+        }
     }
 
     /// The packs holding each of `ids`, in their order, looked up in one
@@ -1047,5 +1213,95 @@ impl Db {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(60))?;
         Ok(conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u8) -> BlobEntry {
+        BlobEntry {
+            id: BlobId(Id([n; 32])),
+            kind: BlobKind::Data,
+            offset: 0,
+            stored_len: 10,
+            raw_len: 10,
+        }
+    }
+
+    /// Segment `seg` holding blob `blob` in pack `seg`.
+    fn segment(cache: &Cache, seg: u8, blob: u8) {
+        let rows: Vec<SegmentRows> = vec![(PackId(Id([seg; 32])), 100, vec![entry(blob)])];
+        cache.add_segment(&IndexId(Id([seg; 32])), &rows).unwrap();
+    }
+
+    fn packs(cache: &Cache, blob: u8) -> Vec<PackId> {
+        let found = cache.locations(&entry(blob).id).unwrap();
+        found.into_iter().map(|l| l.pack).collect()
+    }
+
+    /// Inside a session, an answer that finds a blob is as fresh as one
+    /// without: another process's removal is seen at once. Only "nowhere"
+    /// may come from the session's snapshot, and this handle's own writes
+    /// end that snapshot.
+    #[test]
+    fn a_session_answers_present_only_from_a_fresh_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.sqlite");
+        let cache = Cache::open(Some(&path), &Id([7; 32]), b"fp").unwrap();
+        // Another process with the same cache file.
+        let other = Cache::open(Some(&path), &Id([7; 32]), b"fp").unwrap();
+        segment(&other, 1, 1);
+
+        let session = cache.session();
+        // The session's snapshot starts here, holding blob 1 in pack 1.
+        assert!(!cache.contains(&entry(9).id).unwrap());
+        assert!(cache.contains(&entry(1).id).unwrap());
+
+        // Another process moves blob 1 from pack 1 to pack 2.
+        segment(&other, 2, 1);
+        other.remove_segment(&IndexId(Id([1; 32]))).unwrap();
+        assert_eq!(packs(&cache, 1), vec![PackId(Id([2; 32]))], "fresh");
+        other.remove_segment(&IndexId(Id([2; 32]))).unwrap();
+        assert!(!cache.contains(&entry(1).id).unwrap(), "removed: fresh");
+        assert!(packs(&cache, 1).is_empty());
+
+        // A blob another process added may be missed (stored again by
+        // the caller): the snapshot is shared, which is the point.
+        segment(&other, 3, 3);
+        assert!(!cache.contains(&entry(3).id).unwrap(), "snapshot kept");
+        assert!(packs(&cache, 3).is_empty(), "snapshot kept");
+        // This handle's own write ends the snapshot.
+        segment(&cache, 4, 4);
+        assert!(cache.contains(&entry(4).id).unwrap(), "own write");
+        assert!(cache.contains(&entry(3).id).unwrap(), "renewed");
+        drop(session);
+
+        // Without a session every lookup reads the file as it is now.
+        segment(&other, 5, 5);
+        assert!(cache.contains(&entry(5).id).unwrap());
+        assert_eq!(packs(&cache, 5), vec![PackId(Id([5; 32]))]);
+        // The session's connection went back to the idle readers.
+        let db = crate::sync::read(&cache.db);
+        assert!(!crate::sync::lock(&db.readers).is_empty());
+    }
+
+    /// One session a thread: a nested one is a no-op; an in-memory cache
+    /// has one connection and no session.
+    #[test]
+    fn sessions_do_not_nest() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(Some(&dir.path().join("c.sqlite")), &Id([7; 32]), b"fp").unwrap();
+        let outer = cache.session();
+        let inner = cache.session();
+        assert!(inner.cache.is_none());
+        segment(&cache, 4, 4);
+        drop(inner);
+        assert!(cache.contains(&entry(4).id).unwrap());
+        drop(outer);
+        assert!(cache.contains(&entry(4).id).unwrap());
+        let memory = Cache::open(None, &Id([7; 32]), b"fp").unwrap();
+        assert!(memory.session().cache.is_none());
     }
 }

@@ -303,6 +303,10 @@ struct Claims {
     unsealed: HashSet<BlobId>,
     /// Whether adding a claimed blob failed: it will never arrive.
     failed: bool,
+    /// Threads waiting in [`PackWriter::drain_claims`]: a blob's arrival
+    /// wakes them only when there are any (a wake is a system call even
+    /// when nobody waits, and arrivals come once per new blob).
+    waiters: usize,
 }
 
 impl PackWriter {
@@ -530,7 +534,9 @@ impl PackWriter {
                         "a blob claimed by this writer could not be stored".into(),
                     ));
                 }
+                claims.waiters += 1;
                 claims = crate::sync::wait(&self.sealed, claims);
+                claims.waiters -= 1;
             }
         }
         Ok(())
@@ -592,7 +598,9 @@ impl PackWriter {
             } else {
                 claims.failed = true;
             }
-            self.sealed.notify_all();
+            if claims.waiters > 0 {
+                self.sealed.notify_all();
+            }
         }
         added?;
         self.blobs.fetch_add(1, Ordering::Relaxed);

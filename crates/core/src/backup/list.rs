@@ -94,7 +94,10 @@ pub(super) fn list_dir(path: &Path, exclude: Option<&dyn Exclude>) -> Listed {
 /// Entries listed ahead and not yet taken.
 struct Budget {
     limit: usize,
-    ahead: Mutex<usize>,
+    /// Entries ahead, and the threads waiting for room (a release wakes
+    /// them only when there are any: a wake is a system call even when
+    /// nobody waits, and releases come once per directory).
+    ahead: Mutex<(usize, usize)>,
     taken: Condvar,
     stop: AtomicBool,
 }
@@ -104,17 +107,21 @@ impl Budget {
     /// the lister is stopped.
     fn reserve(&self, n: usize) -> bool {
         let mut ahead = crate::sync::lock(&self.ahead);
-        while *ahead > 0 && *ahead + n > self.limit && !self.stop.load(Ordering::Acquire) {
+        while ahead.0 > 0 && ahead.0 + n > self.limit && !self.stop.load(Ordering::Acquire) {
+            ahead.1 += 1;
             ahead = crate::sync::wait(&self.taken, ahead);
+            ahead.1 -= 1;
         }
-        *ahead += n;
+        ahead.0 += n;
         !self.stop.load(Ordering::Acquire)
     }
 
     fn release(&self, n: usize) {
         let mut ahead = crate::sync::lock(&self.ahead);
-        *ahead = ahead.saturating_sub(n);
-        self.taken.notify_all();
+        ahead.0 = ahead.0.saturating_sub(n);
+        if ahead.1 > 0 {
+            self.taken.notify_all();
+        }
     }
 
     fn stop(&self) {
@@ -143,7 +150,7 @@ impl Lister {
     fn start_ahead(roots: Vec<PathBuf>, exclude: Option<Arc<dyn Exclude>>, limit: usize) -> Lister {
         let budget = Arc::new(Budget {
             limit,
-            ahead: Mutex::new(0),
+            ahead: Mutex::new((0, 0)),
             taken: Condvar::new(),
             stop: AtomicBool::new(false),
         });

@@ -104,9 +104,14 @@ impl ReaderPool {
                     .spawn(move || {
                         let mut outcomes = Vec::with_capacity(BATCH_FILES);
                         for batch in rx {
+                            // The batch's dedup questions that find nothing
+                            // share one cache read transaction (see
+                            // `ReadSession`).
+                            let session = ctx.repo.cache().session();
                             // Results go out together: whoever waits for the
                             // first file wakes once for the batch.
                             outcomes.extend(batch.iter().map(|q| read_file(&ctx, &q.job)));
+                            drop(session);
                             for (q, outcome) in batch.into_iter().zip(outcomes.drain(..)) {
                                 let _ = q.slot.send(outcome);
                             }
