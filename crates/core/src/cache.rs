@@ -549,7 +549,7 @@ impl Cache {
     /// in full (false: its packs and its tree and list rows only, plus any
     /// data rows a sync extracted for chosen blobs).
     pub fn segment_levels(&self) -> Result<Vec<(IndexId, bool)>> {
-        self.write(|conn| {
+        self.read(|conn| {
             let mut stmt = conn.prepare("SELECT id, full FROM segments")?;
             let rows =
                 stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
@@ -783,7 +783,7 @@ impl Cache {
 
     /// The ingested segments that list pack `pack`.
     pub fn segments_listing(&self, pack: &PackId) -> Result<Vec<IndexId>> {
-        self.write(|conn| {
+        self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT DISTINCT s.id FROM packs p JOIN segments s ON s.seq = p.seg WHERE p.id = ?1",
             )?;
@@ -798,7 +798,7 @@ impl Cache {
 
     /// Number of distinct blobs indexed.
     pub fn blob_count(&self) -> Result<u64> {
-        self.write(|conn| {
+        self.read(|conn| {
             Ok(
                 conn.query_row("SELECT COUNT(DISTINCT id) FROM blobs", [], |r| {
                     r.get::<_, i64>(0)
@@ -809,7 +809,7 @@ impl Cache {
 
     /// Every indexed pack with its length.
     pub fn packs(&self) -> Result<Vec<(PackId, u64)>> {
-        self.write(|conn| {
+        self.read(|conn| {
             let mut stmt = conn.prepare("SELECT DISTINCT id, len FROM packs")?;
             let rows =
                 stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
@@ -824,7 +824,7 @@ impl Cache {
 
     /// The length of an indexed pack, or `None` when no segment names it.
     pub fn pack_len(&self, pack: &PackId) -> Result<Option<u64>> {
-        self.write(|conn| {
+        self.read(|conn| {
             let mut s = conn.prepare_cached("SELECT len FROM packs WHERE id = ?1 LIMIT 1")?;
             Ok(s.query_row(params![&pack.0 .0[..]], |r| r.get::<_, i64>(0))
                 .optional()?
@@ -834,32 +834,29 @@ impl Cache {
 
     /// A cached object's bytes.
     pub fn get_object(&self, kind: CachedKind, id: &Id) -> Result<Option<Vec<u8>>> {
-        self.write(|conn| {
-            let mut s =
-                conn.prepare_cached("SELECT data FROM objects WHERE id = ?1 AND kind = ?2")?;
-            Ok(s.query_row(params![&id.0[..], kind as i64], |r| r.get(0))
-                .optional()?)
-        })
+        Ok(self
+            .get_objects(kind, std::slice::from_ref(id))?
+            .pop()
+            .flatten())
     }
 
     /// The cached bytes of each of `ids` (of one kind), in their order,
     /// read in one transaction: a query on its own takes and releases
     /// SQLite's file locks, which cost more than the read.
     pub fn get_objects(&self, kind: CachedKind, ids: &[Id]) -> Result<Vec<Option<Vec<u8>>>> {
-        self.write(|conn| {
-            let tx = conn.transaction()?;
-            let mut s =
-                tx.prepare_cached("SELECT data FROM objects WHERE id = ?1 AND kind = ?2")?;
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                out.push(
-                    s.query_row(params![&id.0[..], kind as i64], |r| r.get(0))
-                        .optional()?,
-                );
-            }
-            drop(s);
-            tx.commit()?;
-            Ok(out)
+        self.read(|conn| {
+            in_transaction(conn, |conn| {
+                let mut s =
+                    conn.prepare_cached("SELECT data FROM objects WHERE id = ?1 AND kind = ?2")?;
+                let mut out = Vec::with_capacity(ids.len());
+                for id in ids {
+                    out.push(
+                        s.query_row(params![&id.0[..], kind as i64], |r| r.get(0))
+                            .optional()?,
+                    );
+                }
+                Ok(out)
+            })
         })
     }
 
