@@ -21,6 +21,13 @@
 //! - A pass below [`Level::Full`] keeps small segments (up to
 //!   [`HELD_SEGMENT_BYTES`]) for the handle's next pass, so that the cover
 //!   pass following the tree level reads nothing again.
+//! - The data rows a cover pass extracts are this handle's alone (no
+//!   other handle takes a blob as covered): they are kept in memory
+//!   ([`CoveredRows`], up to [`MAX_HELD_ROWS`]; past it, in the cache),
+//!   not inserted into the cache, and every lookup below [`Level::Full`]
+//!   reads them beside the cache's rows. Rows of a segment that leaves
+//!   the listing are dropped with it; at [`Level::Full`] the cache holds
+//!   every row and the memory ones are dropped.
 //! - An answer is given only where the rows in the cache are all the rows
 //!   the index has for that blob: at [`Level::Full`], for tree and list
 //!   locations, for covered blobs, for blobs the filter proves have no
@@ -72,6 +79,11 @@ const MAX_LISTINGS: u32 = 4;
 /// index is ingested in full instead (memory stays bounded: ~80 bytes a
 /// covered blob).
 pub const MAX_COVERED: usize = 1 << 20;
+
+/// Data rows of covered blobs one handle keeps in memory at most
+/// ([`CoveredRows`], ~120 bytes each); a cover pass past it inserts the
+/// rest into the cache.
+pub const MAX_HELD_ROWS: usize = 1 << 17;
 
 /// Opened bytes of index segments a handle keeps between passes below
 /// [`Level::Full`] ([`HeldSegments`]), at most: the budget a prefetch
@@ -194,6 +206,60 @@ impl<'b> LoadedSegment<'b> {
             rows: summary.blobs,
             permit,
         })
+    }
+}
+
+/// The data rows of covered blobs that cover passes of one handle
+/// extracted, kept in memory instead of the cache: a backup's cover of
+/// its parent's chunks (25k rows for a 30k-file tree) cost tens of
+/// milliseconds of inserts before the walk could start, for rows only
+/// this handle asks for. Each row is a real row of a segment of the
+/// view, with that segment's id, so that it leaves with the segment.
+#[derive(Default)]
+struct CoveredRows {
+    rows: HashMap<BlobId, Vec<(IndexId, BlobLocation)>>,
+    count: usize,
+}
+
+impl CoveredRows {
+    /// Rows that may be added before [`MAX_HELD_ROWS`].
+    fn room(&self) -> usize {
+        MAX_HELD_ROWS.saturating_sub(self.count)
+    }
+
+    /// Adds `rows` of segment `seg` (a row already held is not held twice:
+    /// a segment is read again by a later cover pass, or by a transaction
+    /// retried on a rebuilt cache).
+    fn add(&mut self, seg: IndexId, rows: Vec<(BlobId, BlobLocation)>) {
+        for (id, loc) in rows {
+            let held = self.rows.entry(id).or_default();
+            if !held.contains(&(seg, loc)) {
+                held.push((seg, loc));
+                self.count += 1;
+            }
+        }
+    }
+
+    /// The locations held for `id`.
+    fn locations(&self, id: &BlobId) -> impl Iterator<Item = BlobLocation> + '_ {
+        self.rows.get(id).into_iter().flatten().map(|(_, loc)| *loc)
+    }
+
+    /// Drops the rows of segments not in `listed`.
+    fn keep_segments(&mut self, listed: &HashSet<IndexId>) {
+        if self.rows.values().flatten().all(|(seg, _)| listed.contains(seg)) {
+            return;
+        }
+        self.rows.retain(|_, held| {
+            held.retain(|(seg, _)| listed.contains(seg));
+            !held.is_empty()
+        });
+        self.count = self.rows.values().map(Vec::len).sum();
+    }
+
+    fn clear(&mut self) {
+        self.rows = HashMap::new();
+        self.count = 0;
     }
 }
 
@@ -377,8 +443,11 @@ pub struct SyncReport {
     /// Segments already partially in the cache that were read again (to
     /// cover more blobs, or to ingest them in full).
     pub reread: u64,
-    /// Blob rows inserted.
+    /// Blob rows inserted into the cache.
     pub rows: u64,
+    /// Data rows of covered blobs kept in memory for this handle
+    /// ([`CoveredRows`]) instead.
+    pub held_rows: u64,
     /// Segments dropped from the cache (no longer in `index/`).
     pub removed: u64,
     /// Segments listed that vanished before they were read.
@@ -398,6 +467,8 @@ pub struct IndexView {
     /// Blobs whose data rows the syncs of this handle extracted from every
     /// segment (meaningful below [`Level::Full`]).
     covered: RwLock<HashSet<BlobId>>,
+    /// The covered blobs' data rows that are not in the cache.
+    covered_rows: RwLock<CoveredRows>,
     /// Held while syncing: concurrent first lookups wait for one sync.
     syncing: Mutex<()>,
     tolerate_damage: bool,
@@ -457,6 +528,7 @@ impl IndexView {
             cache,
             level: AtomicU8::new(Level::None as u8),
             covered: RwLock::default(),
+            covered_rows: RwLock::default(),
             plans_epoch: std::sync::atomic::AtomicU64::new(0),
             syncing: Mutex::new(()),
             tolerate_damage,
@@ -494,6 +566,12 @@ impl IndexView {
     /// `index/` (what one cover pass reads at most).
     pub fn listed_bytes(&self) -> u64 {
         crate::sync::lock(&self.listing).iter().map(|l| l.1).sum()
+    }
+
+    /// Data rows of covered blobs this handle holds in memory, not in the
+    /// cache ([`MAX_HELD_ROWS`] at most).
+    pub fn held_rows(&self) -> usize {
+        crate::sync::read(&self.covered_rows).count
     }
 
     /// The cache, whatever its index holds (trees, snapshots, or index
@@ -632,6 +710,7 @@ impl IndexView {
             };
             list = true;
             let present: HashSet<IndexId> = listed.iter().map(|l| l.0).collect();
+            crate::sync::write(&self.covered_rows).keep_segments(&present);
             let cached: HashMap<IndexId, bool> = self.cache.segment_levels()?.into_iter().collect();
             for gone in cached.keys().filter(|id| !present.contains(id)) {
                 self.cache.remove_segment(gone)?;
@@ -719,6 +798,7 @@ impl IndexView {
         if level == Level::Full {
             crate::sync::lock(&self.held).clear();
             crate::sync::write(&self.covered).clear();
+            crate::sync::write(&self.covered_rows).clear();
             *crate::sync::lock(&self.filter) = None;
             self.filter_whole.store(false, Ordering::Release);
         } else {
@@ -771,11 +851,14 @@ impl IndexView {
                 .iter()
                 .map(|(id, record, seg)| (*id, *record, (cached.contains_key(id), seg)))
                 .collect();
+            let held = std::cell::Cell::new(0u64);
             let rows = self.cache.ingest_with(&items, |(known, seg), sink| {
-                self.fill(seg, *known, goal, sink)
+                held.set(held.get() + self.fill(seg, *known, goal, sink)?);
+                Ok(())
             })?;
             report.batches += 1;
             report.rows += rows;
+            report.held_rows += held.get();
             report.largest_batch_blobs = report.largest_batch_blobs.max(*blobs);
             batch.clear();
             *blobs = 0;
@@ -847,19 +930,21 @@ impl IndexView {
     /// stream: every row at [`Level::Full`]; below it the data blobs go
     /// into the filter, and the rows kept are the tree and list rows of a
     /// segment new to the cache (`known`: a partial one has them) and the
-    /// data rows of covered blobs.
+    /// data rows of covered blobs, which are held in memory
+    /// ([`CoveredRows`]) while there is room. Returns the rows held.
     fn fill(
         &self,
         seg: &LoadedSegment<'_>,
         known: bool,
         goal: &Goal<'_>,
         sink: &mut SegmentSink<'_, '_>,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let corrupt = |e: &dyn std::fmt::Display| Error::corrupt(IndexSegments::path(&seg.id), e);
         let body = seg.opened.body().map_err(|e| corrupt(&e))?;
+        let mut held = Vec::new();
         let visited = if goal.level == Level::Full {
             if !sink.wants_rows() {
-                return Ok(());
+                return Ok(0);
             }
             visit_segment(body, |item| match item {
                 SegmentItem::Pack { id, len, .. } => sink.pack(&id, len).map_err(Visit::Sink),
@@ -871,8 +956,18 @@ impl IndexView {
             // reads segments the first pass filtered).
             let filtered_before = filter.as_ref().is_some_and(|(_, f)| f.contains(&seg.id));
             let mut pending = Vec::with_capacity(FILTER_BATCH);
+            // Passes run one at a time (under `syncing`): the room seen
+            // here is this pass's.
+            let room = match goal.cover.is_empty() {
+                true => 0,
+                false => crate::sync::read(&self.covered_rows).room(),
+            };
+            let mut pack = None;
             let visited = visit_segment(body, |item| match item {
-                SegmentItem::Pack { id, len, .. } => sink.pack(&id, len).map_err(Visit::Sink),
+                SegmentItem::Pack { id, len, .. } => {
+                    pack = Some(id);
+                    sink.pack(&id, len).map_err(Visit::Sink)
+                }
                 SegmentItem::Blob(b) => {
                     let keep = if b.kind == BlobKind::Data {
                         if let Some((filter, _)) = filter.as_mut().filter(|_| !filtered_before) {
@@ -882,7 +977,14 @@ impl IndexView {
                                 pending.clear();
                             }
                         }
-                        goal.cover.contains(&b.id)
+                        let covered = goal.cover.contains(&b.id);
+                        match pack {
+                            Some(pack) if covered && held.len() < room => {
+                                held.push((b.id, location(pack, &b)));
+                                false
+                            }
+                            _ => covered,
+                        }
                     } else {
                         !known
                     };
@@ -901,7 +1003,13 @@ impl IndexView {
             visited
         };
         match visited {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                let rows = held.len() as u64;
+                if rows > 0 {
+                    crate::sync::write(&self.covered_rows).add(seg.id, held);
+                }
+                Ok(rows)
+            }
             Err(Visit::Sink(e)) => Err(e),
             Err(Visit::Decode(e)) => Err(corrupt(&e)),
         }
@@ -938,7 +1046,7 @@ impl IndexView {
         if self.level() < Level::Full
             && (self.is_covered(id) || self.surely_no_data_row(id) || self.confirm(objects, id)?)
         {
-            return Ok(self.best(cache.locations(id)?, damage, id));
+            return Ok(self.best(self.locations(cache, id)?, damage, id));
         }
         let cache = self.synced_cache(objects)?;
         let plans = crate::sync::read(&self.plans);
@@ -1075,9 +1183,9 @@ impl IndexView {
     pub fn has_blob(&self, objects: &Objects<'_>, damage: &DamageSet, id: &BlobId) -> Result<bool> {
         let cache = self.reach(objects, self.first_question())?;
         let witness = || -> Result<bool> {
+            let all = self.locations(cache, id)?;
             let plans = crate::sync::read(&self.plans);
-            Ok(cache
-                .locations(id)?
+            Ok(all
                 .iter()
                 .any(|l| !plans.contains(&l.pack) && !damage.is_bad(id, &l.pack)))
         };
@@ -1131,7 +1239,7 @@ impl IndexView {
                 false => Presence::Absent,
             });
         }
-        let found = cache.locations(id)?.iter().any(|l| {
+        let found = self.locations(cache, id)?.iter().any(|l| {
             !plans.contains(&l.pack) && !damage.is_bad(id, &l.pack) && !ignore.contains(&l.pack)
         });
         drop(plans);
@@ -1179,18 +1287,48 @@ impl IndexView {
         ids: &[BlobId],
     ) -> Result<HashSet<BlobId>> {
         let cache = self.reach(objects, self.first_question())?;
-        let packs = cache.packs_of_all(ids)?;
+        // Covered rows held in memory answer first; the cache is asked
+        // only for the rest (none, for a backup's unchanged files).
+        let mut present = HashSet::new();
+        let mut rest = Vec::new();
+        {
+            let held = crate::sync::read(&self.covered_rows);
+            let plans = crate::sync::read(&self.plans);
+            for id in ids {
+                if held
+                    .locations(id)
+                    .any(|l| !plans.contains(&l.pack) && !damage.is_bad(id, &l.pack))
+                {
+                    present.insert(*id);
+                } else {
+                    rest.push(*id);
+                }
+            }
+        }
+        if rest.is_empty() {
+            return Ok(present);
+        }
+        let packs = cache.packs_of_all(&rest)?;
         let plans = crate::sync::read(&self.plans);
-        Ok(ids
-            .iter()
-            .zip(packs)
-            .filter(|(id, packs)| {
-                packs
-                    .iter()
-                    .any(|p| !plans.contains(p) && !damage.is_bad(id, p))
-            })
-            .map(|(id, _)| *id)
-            .collect())
+        present.extend(
+            rest.iter()
+                .zip(packs)
+                .filter(|(id, packs)| {
+                    packs
+                        .iter()
+                        .any(|p| !plans.contains(p) && !damage.is_bad(id, p))
+                })
+                .map(|(id, _)| *id),
+        );
+        Ok(present)
+    }
+
+    /// Every location of `id` this handle knows: the cache's rows and the
+    /// covered rows held in memory ([`CoveredRows`]).
+    fn locations(&self, cache: &Cache, id: &BlobId) -> Result<Vec<BlobLocation>> {
+        let mut all = cache.locations(id)?;
+        all.extend(crate::sync::read(&self.covered_rows).locations(id));
+        Ok(all)
     }
 
     /// Counts the times the plans were replaced: an answer from
@@ -1246,6 +1384,17 @@ pub(crate) fn ingest_in_full(
     Ok(())
 }
 
+/// Where index row `b` of pack `pack` says its blob is.
+fn location(pack: PackId, b: &crate::format::pack::BlobEntry) -> BlobLocation {
+    BlobLocation {
+        pack,
+        kind: b.kind,
+        offset: b.offset,
+        stored_len: b.stored_len,
+        raw_len: b.raw_len,
+    }
+}
+
 /// An index segment's packs as the cache ingests them.
 pub(crate) fn segment_rows(seg: IndexSegment) -> Vec<SegmentRows> {
     seg.packs
@@ -1285,6 +1434,32 @@ mod tests {
         assert!(budget.fits(state(&budget), 40));
         drop(large);
         assert_eq!(state(&budget), (0, 0, true));
+    }
+
+    #[test]
+    fn covered_rows_are_held_once_and_leave_with_their_segment() {
+        let id = |i: u64| BlobId(Id::hash(format!("held {i}").as_bytes()));
+        let seg = |i: u64| IndexId(Id::hash(format!("segment {i}").as_bytes()));
+        let loc = |i: u64| BlobLocation {
+            pack: PackId(Id::hash(format!("pack {i}").as_bytes())),
+            kind: BlobKind::Data,
+            offset: 0,
+            stored_len: 10,
+            raw_len: 10,
+        };
+        let mut rows = CoveredRows::default();
+        rows.add(seg(1), vec![(id(1), loc(1)), (id(2), loc(1))]);
+        // The same segment read again (a later cover pass), and the same
+        // blob in a second segment's pack.
+        rows.add(seg(1), vec![(id(1), loc(1))]);
+        rows.add(seg(2), vec![(id(1), loc(2))]);
+        assert_eq!(rows.count, 3);
+        assert_eq!(rows.locations(&id(1)).count(), 2);
+        assert_eq!(rows.room(), MAX_HELD_ROWS - 3);
+        rows.keep_segments(&HashSet::from([seg(2)]));
+        assert_eq!(rows.count, 1);
+        assert_eq!(rows.locations(&id(1)).collect::<Vec<_>>(), vec![loc(2)]);
+        assert_eq!(rows.locations(&id(2)).count(), 0);
     }
 
     #[test]
