@@ -53,6 +53,7 @@ use crate::error::{Error, Result};
 use crate::format::codec::DecodeError;
 use crate::format::index::{visit_segment, IndexSegment, SegmentItem};
 use crate::format::kinds::{IndexSegments, ObjectKind};
+use crate::format::pack::BlobEntry;
 use crate::format::{BlobId, BlobKind, IndexId, PackId};
 use crate::objects::Objects;
 use crate::plans::PlanSet;
@@ -81,7 +82,7 @@ const MAX_LISTINGS: u32 = 4;
 pub const MAX_COVERED: usize = 1 << 20;
 
 /// Data rows of covered blobs one handle keeps in memory at most
-/// ([`CoveredRows`], ~120 bytes each); a cover pass past it inserts the
+/// ([`CoveredRows`], ~60 bytes each); a cover pass past it inserts the
 /// rest into the cache.
 pub const MAX_HELD_ROWS: usize = 1 << 17;
 
@@ -214,11 +215,30 @@ impl<'b> LoadedSegment<'b> {
 /// its parent's chunks (25k rows for a 30k-file tree) cost tens of
 /// milliseconds of inserts before the walk could start, for rows only
 /// this handle asks for. Each row is a real row of a segment of the
-/// view, with that segment's id, so that it leaves with the segment.
+/// view and names that segment, so that it leaves with the segment.
+/// Segments and packs are named by number: a row is 24 bytes beside its
+/// blob's id.
 #[derive(Default)]
 struct CoveredRows {
-    rows: HashMap<BlobId, Vec<(IndexId, BlobLocation)>>,
+    /// Each blob's first row.
+    first: HashMap<BlobId, Row>,
+    /// Further rows of a blob (stored in several packs: rare).
+    more: HashMap<BlobId, Vec<Row>>,
+    segments: Vec<IndexId>,
+    packs: Vec<PackId>,
+    pack_numbers: HashMap<PackId, u32>,
     count: usize,
+}
+
+/// One row of [`CoveredRows`]: segment and pack by number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Row {
+    seg: u32,
+    pack: u32,
+    kind: BlobKind,
+    offset: u32,
+    stored_len: u32,
+    raw_len: u32,
 }
 
 impl CoveredRows {
@@ -227,39 +247,92 @@ impl CoveredRows {
         MAX_HELD_ROWS.saturating_sub(self.count)
     }
 
-    /// Adds `rows` of segment `seg` (a row already held is not held twice:
-    /// a segment is read again by a later cover pass, or by a transaction
-    /// retried on a rebuilt cache).
-    fn add(&mut self, seg: IndexId, rows: Vec<(BlobId, BlobLocation)>) {
-        for (id, loc) in rows {
-            let held = self.rows.entry(id).or_default();
-            if !held.contains(&(seg, loc)) {
-                held.push((seg, loc));
+    /// Adds `rows` of segment `seg`, each with the index in `packs` of its
+    /// pack (a row already held is not held twice: a segment is read
+    /// again by a later cover pass, or by a transaction retried on a
+    /// rebuilt cache).
+    fn add(&mut self, seg: IndexId, packs: &[PackId], rows: Vec<(BlobEntry, u32)>) {
+        let seg = match self.segments.iter().position(|s| *s == seg) {
+            Some(n) => n as u32,
+            None => {
+                self.segments.push(seg);
+                (self.segments.len() - 1) as u32
+            }
+        };
+        let numbers: Vec<u32> = packs
+            .iter()
+            .map(|p| {
+                *self.pack_numbers.entry(*p).or_insert_with(|| {
+                    self.packs.push(*p);
+                    (self.packs.len() - 1) as u32
+                })
+            })
+            .collect();
+        for (b, pack) in rows {
+            let row = Row {
+                seg,
+                pack: numbers[pack as usize],
+                kind: b.kind,
+                offset: b.offset,
+                stored_len: b.stored_len,
+                raw_len: b.raw_len,
+            };
+            self.insert(b.id, row);
+        }
+    }
+
+    fn insert(&mut self, id: BlobId, row: Row) {
+        match self.first.entry(id) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(row);
                 self.count += 1;
+            }
+            std::collections::hash_map::Entry::Occupied(e) if *e.get() == row => {}
+            std::collections::hash_map::Entry::Occupied(_) => {
+                let more = self.more.entry(id).or_default();
+                if !more.contains(&row) {
+                    more.push(row);
+                    self.count += 1;
+                }
             }
         }
     }
 
     /// The locations held for `id`.
     fn locations(&self, id: &BlobId) -> impl Iterator<Item = BlobLocation> + '_ {
-        self.rows.get(id).into_iter().flatten().map(|(_, loc)| *loc)
+        let rows = self.first.get(id).into_iter();
+        rows.chain(self.more.get(id).into_iter().flatten())
+            .map(|r| BlobLocation {
+                pack: self.packs[r.pack as usize],
+                kind: r.kind,
+                offset: r.offset,
+                stored_len: r.stored_len,
+                raw_len: r.raw_len,
+            })
     }
 
     /// Drops the rows of segments not in `listed`.
     fn keep_segments(&mut self, listed: &HashSet<IndexId>) {
-        if self.rows.values().flatten().all(|(seg, _)| listed.contains(seg)) {
+        let keep: Vec<bool> = self.segments.iter().map(|s| listed.contains(s)).collect();
+        if keep.iter().all(|k| *k) {
             return;
         }
-        self.rows.retain(|_, held| {
-            held.retain(|(seg, _)| listed.contains(seg));
-            !held.is_empty()
-        });
-        self.count = self.rows.values().map(Vec::len).sum();
+        let more = std::mem::take(&mut self.more)
+            .into_iter()
+            .flat_map(|(id, rows)| rows.into_iter().map(move |r| (id, r)));
+        let rows: Vec<(BlobId, Row)> = std::mem::take(&mut self.first)
+            .into_iter()
+            .chain(more)
+            .filter(|(_, r)| keep[r.seg as usize])
+            .collect();
+        self.count = 0;
+        for (id, row) in rows {
+            self.insert(id, row);
+        }
     }
 
     fn clear(&mut self) {
-        self.rows = HashMap::new();
-        self.count = 0;
+        *self = Self::default();
     }
 }
 
@@ -941,7 +1014,9 @@ impl IndexView {
     ) -> Result<u64> {
         let corrupt = |e: &dyn std::fmt::Display| Error::corrupt(IndexSegments::path(&seg.id), e);
         let body = seg.opened.body().map_err(|e| corrupt(&e))?;
-        let mut held = Vec::new();
+        // Covered rows to hold, each with its pack's index in `packs`.
+        let mut held: Vec<(BlobEntry, u32)> = Vec::new();
+        let mut packs: Vec<PackId> = Vec::new();
         let visited = if goal.level == Level::Full {
             if !sink.wants_rows() {
                 return Ok(0);
@@ -962,10 +1037,9 @@ impl IndexView {
                 true => 0,
                 false => crate::sync::read(&self.covered_rows).room(),
             };
-            let mut pack = None;
             let visited = visit_segment(body, |item| match item {
                 SegmentItem::Pack { id, len, .. } => {
-                    pack = Some(id);
+                    packs.push(id);
                     sink.pack(&id, len).map_err(Visit::Sink)
                 }
                 SegmentItem::Blob(b) => {
@@ -978,9 +1052,9 @@ impl IndexView {
                             }
                         }
                         let covered = goal.cover.contains(&b.id);
-                        match pack {
+                        match packs.len().checked_sub(1) {
                             Some(pack) if covered && held.len() < room => {
-                                held.push((b.id, location(pack, &b)));
+                                held.push((b, pack as u32));
                                 false
                             }
                             _ => covered,
@@ -1006,7 +1080,7 @@ impl IndexView {
             Ok(_) => {
                 let rows = held.len() as u64;
                 if rows > 0 {
-                    crate::sync::write(&self.covered_rows).add(seg.id, held);
+                    crate::sync::write(&self.covered_rows).add(seg.id, &packs, held);
                 }
                 Ok(rows)
             }
@@ -1292,8 +1366,9 @@ impl IndexView {
         let mut present = HashSet::new();
         let mut rest = Vec::new();
         {
-            let held = crate::sync::read(&self.covered_rows);
+            // Locks in this order wherever both are held (`presence` too).
             let plans = crate::sync::read(&self.plans);
+            let held = crate::sync::read(&self.covered_rows);
             for id in ids {
                 if held
                     .locations(id)
@@ -1384,17 +1459,6 @@ pub(crate) fn ingest_in_full(
     Ok(())
 }
 
-/// Where index row `b` of pack `pack` says its blob is.
-fn location(pack: PackId, b: &crate::format::pack::BlobEntry) -> BlobLocation {
-    BlobLocation {
-        pack,
-        kind: b.kind,
-        offset: b.offset,
-        stored_len: b.stored_len,
-        raw_len: b.raw_len,
-    }
-}
-
 /// An index segment's packs as the cache ingests them.
 pub(crate) fn segment_rows(seg: IndexSegment) -> Vec<SegmentRows> {
     seg.packs
@@ -1447,12 +1511,20 @@ mod tests {
             stored_len: 10,
             raw_len: 10,
         };
+        let entry = |i: u64| BlobEntry {
+            id: id(i),
+            kind: BlobKind::Data,
+            offset: 0,
+            stored_len: 10,
+            raw_len: 10,
+        };
         let mut rows = CoveredRows::default();
-        rows.add(seg(1), vec![(id(1), loc(1)), (id(2), loc(1))]);
+        let packs = |i: u64| [loc(0).pack, loc(i).pack];
+        rows.add(seg(1), &packs(1), vec![(entry(1), 1), (entry(2), 1)]);
         // The same segment read again (a later cover pass), and the same
         // blob in a second segment's pack.
-        rows.add(seg(1), vec![(id(1), loc(1))]);
-        rows.add(seg(2), vec![(id(1), loc(2))]);
+        rows.add(seg(1), &packs(1), vec![(entry(1), 1)]);
+        rows.add(seg(2), &packs(2), vec![(entry(1), 1)]);
         assert_eq!(rows.count, 3);
         assert_eq!(rows.locations(&id(1)).count(), 2);
         assert_eq!(rows.room(), MAX_HELD_ROWS - 3);
