@@ -7,7 +7,9 @@ use crate::support::*;
 use cairn_core::format::index::{IndexSegment, IndexedPack};
 use cairn_core::format::pack::BlobEntry;
 use cairn_core::format::Id;
-use cairn_core::index_view::{Level, INGEST_BATCH_BLOBS, INGEST_BATCH_SEGMENTS, MAX_CONFIRMATIONS};
+use cairn_core::index_view::{
+    Level, INGEST_BATCH_BLOBS, INGEST_BATCH_SEGMENTS, MAX_CONFIRMATIONS, MAX_HELD_ROWS,
+};
 use cairn_core::{BlobId, BlobKind, OpenOptions, PackId, Repository};
 use cairn_storage::{DynStorage, StorageError, StorageErrorKind};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -382,6 +384,33 @@ fn the_cover_pass_of_an_unchanged_backup_writes_no_data_rows_into_the_cache() {
         (Level::Trees, 0),
         "answered from the rows held"
     );
+}
+
+/// Past [`MAX_HELD_ROWS`] a cover pass puts the rest of its rows into
+/// the cache, and answers from both.
+#[test]
+fn a_cover_pass_past_the_rows_held_in_memory_puts_the_rest_into_the_cache() {
+    let t = test_repo("cold-cover-overflow");
+    let (per, segments) = (50_000u64, 3u64);
+    let all = per * segments;
+    assert!(all > MAX_HELD_ROWS as u64);
+    write_fake_index(&t.repo, segments, per);
+    let (_c, cache) = temp_sub("cache");
+    let repo = open_repo(&t.loc, &cache);
+    let ids: Vec<BlobId> = (0..all).map(fake_blob).collect();
+    let report = repo.cover_blobs(&ids.iter().copied().collect()).unwrap();
+    assert_eq!(repo.index_view().level(), Level::Trees);
+    assert_eq!(report.held_rows, MAX_HELD_ROWS as u64, "{report:?}");
+    assert_eq!(report.rows, all - MAX_HELD_ROWS as u64, "{report:?}");
+    assert_eq!(repo.index_view().held_rows(), MAX_HELD_ROWS);
+    assert_eq!(cached_data_rows(&repo), all - MAX_HELD_ROWS as u64);
+    assert_eq!(repo.present_blobs(&ids).unwrap().len() as u64, all);
+    for n in [0, per - 1, per, 2 * per + 7, all - 1] {
+        assert!(repo.has_blob(&fake_blob(n)).unwrap(), "blob {n}");
+        let loc = repo.lookup(&fake_blob(n)).unwrap().expect("located");
+        assert_eq!(loc.offset, ((n % per) * 100) as u32);
+    }
+    assert_eq!(repo.index_view().level(), Level::Trees);
 }
 
 #[test]
