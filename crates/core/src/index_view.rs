@@ -21,6 +21,13 @@
 //! - A pass below [`Level::Full`] keeps small segments (up to
 //!   [`HELD_SEGMENT_BYTES`]) for the handle's next pass, so that the cover
 //!   pass following the tree level reads nothing again.
+//! - The data rows a cover pass extracts are this handle's alone (no
+//!   other handle takes a blob as covered): they are kept in memory
+//!   ([`CoveredRows`], up to [`MAX_HELD_ROWS`]; past it, in the cache),
+//!   not inserted into the cache, and every lookup below [`Level::Full`]
+//!   reads them beside the cache's rows. Rows of a segment that leaves
+//!   the listing are dropped with it; at [`Level::Full`] the cache holds
+//!   every row and the memory ones are dropped.
 //! - An answer is given only where the rows in the cache are all the rows
 //!   the index has for that blob: at [`Level::Full`], for tree and list
 //!   locations, for covered blobs, for blobs the filter proves have no
@@ -46,6 +53,7 @@ use crate::error::{Error, Result};
 use crate::format::codec::DecodeError;
 use crate::format::index::{visit_segment, IndexSegment, SegmentItem};
 use crate::format::kinds::{IndexSegments, ObjectKind};
+use crate::format::pack::BlobEntry;
 use crate::format::{BlobId, BlobKind, IndexId, PackId};
 use crate::objects::Objects;
 use crate::plans::PlanSet;
@@ -72,6 +80,11 @@ const MAX_LISTINGS: u32 = 4;
 /// index is ingested in full instead (memory stays bounded: ~80 bytes a
 /// covered blob).
 pub const MAX_COVERED: usize = 1 << 20;
+
+/// Data rows of covered blobs one handle keeps in memory at most
+/// ([`CoveredRows`], ~60 bytes each); a cover pass past it inserts the
+/// rest into the cache.
+pub const MAX_HELD_ROWS: usize = 1 << 17;
 
 /// Opened bytes of index segments a handle keeps between passes below
 /// [`Level::Full`] ([`HeldSegments`]), at most: the budget a prefetch
@@ -194,6 +207,132 @@ impl<'b> LoadedSegment<'b> {
             rows: summary.blobs,
             permit,
         })
+    }
+}
+
+/// The data rows of covered blobs that cover passes of one handle
+/// extracted, kept in memory instead of the cache: a backup's cover of
+/// its parent's chunks (25k rows for a 30k-file tree) cost tens of
+/// milliseconds of inserts before the walk could start, for rows only
+/// this handle asks for. Each row is a real row of a segment of the
+/// view and names that segment, so that it leaves with the segment.
+/// Segments and packs are named by number: a row is 24 bytes beside its
+/// blob's id.
+#[derive(Default)]
+struct CoveredRows {
+    /// Each blob's first row.
+    first: HashMap<BlobId, Row>,
+    /// Further rows of a blob (stored in several packs: rare).
+    more: HashMap<BlobId, Vec<Row>>,
+    segments: Vec<IndexId>,
+    packs: Vec<PackId>,
+    pack_numbers: HashMap<PackId, u32>,
+    count: usize,
+}
+
+/// One row of [`CoveredRows`]: segment and pack by number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Row {
+    seg: u32,
+    pack: u32,
+    kind: BlobKind,
+    offset: u32,
+    stored_len: u32,
+    raw_len: u32,
+}
+
+impl CoveredRows {
+    /// Rows that may be added before [`MAX_HELD_ROWS`].
+    fn room(&self) -> usize {
+        MAX_HELD_ROWS.saturating_sub(self.count)
+    }
+
+    /// Adds `rows` of segment `seg`, each with the index in `packs` of its
+    /// pack (a row already held is not held twice: a segment is read
+    /// again by a later cover pass, or by a transaction retried on a
+    /// rebuilt cache).
+    fn add(&mut self, seg: IndexId, packs: &[PackId], rows: Vec<(BlobEntry, u32)>) {
+        let seg = match self.segments.iter().position(|s| *s == seg) {
+            Some(n) => n as u32,
+            None => {
+                self.segments.push(seg);
+                (self.segments.len() - 1) as u32
+            }
+        };
+        let numbers: Vec<u32> = packs
+            .iter()
+            .map(|p| {
+                *self.pack_numbers.entry(*p).or_insert_with(|| {
+                    self.packs.push(*p);
+                    (self.packs.len() - 1) as u32
+                })
+            })
+            .collect();
+        for (b, pack) in rows {
+            let row = Row {
+                seg,
+                pack: numbers[pack as usize],
+                kind: b.kind,
+                offset: b.offset,
+                stored_len: b.stored_len,
+                raw_len: b.raw_len,
+            };
+            self.insert(b.id, row);
+        }
+    }
+
+    fn insert(&mut self, id: BlobId, row: Row) {
+        match self.first.entry(id) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(row);
+                self.count += 1;
+            }
+            std::collections::hash_map::Entry::Occupied(e) if *e.get() == row => {}
+            std::collections::hash_map::Entry::Occupied(_) => {
+                let more = self.more.entry(id).or_default();
+                if !more.contains(&row) {
+                    more.push(row);
+                    self.count += 1;
+                }
+            }
+        }
+    }
+
+    /// The locations held for `id`.
+    fn locations(&self, id: &BlobId) -> impl Iterator<Item = BlobLocation> + '_ {
+        let rows = self.first.get(id).into_iter();
+        rows.chain(self.more.get(id).into_iter().flatten())
+            .map(|r| BlobLocation {
+                pack: self.packs[r.pack as usize],
+                kind: r.kind,
+                offset: r.offset,
+                stored_len: r.stored_len,
+                raw_len: r.raw_len,
+            })
+    }
+
+    /// Drops the rows of segments not in `listed`.
+    fn keep_segments(&mut self, listed: &HashSet<IndexId>) {
+        let keep: Vec<bool> = self.segments.iter().map(|s| listed.contains(s)).collect();
+        if keep.iter().all(|k| *k) {
+            return;
+        }
+        let more = std::mem::take(&mut self.more)
+            .into_iter()
+            .flat_map(|(id, rows)| rows.into_iter().map(move |r| (id, r)));
+        let rows: Vec<(BlobId, Row)> = std::mem::take(&mut self.first)
+            .into_iter()
+            .chain(more)
+            .filter(|(_, r)| keep[r.seg as usize])
+            .collect();
+        self.count = 0;
+        for (id, row) in rows {
+            self.insert(id, row);
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
     }
 }
 
@@ -377,8 +516,11 @@ pub struct SyncReport {
     /// Segments already partially in the cache that were read again (to
     /// cover more blobs, or to ingest them in full).
     pub reread: u64,
-    /// Blob rows inserted.
+    /// Blob rows inserted into the cache.
     pub rows: u64,
+    /// Data rows of covered blobs kept in memory for this handle
+    /// ([`CoveredRows`]) instead.
+    pub held_rows: u64,
     /// Segments dropped from the cache (no longer in `index/`).
     pub removed: u64,
     /// Segments listed that vanished before they were read.
@@ -398,6 +540,8 @@ pub struct IndexView {
     /// Blobs whose data rows the syncs of this handle extracted from every
     /// segment (meaningful below [`Level::Full`]).
     covered: RwLock<HashSet<BlobId>>,
+    /// The covered blobs' data rows that are not in the cache.
+    covered_rows: RwLock<CoveredRows>,
     /// Held while syncing: concurrent first lookups wait for one sync.
     syncing: Mutex<()>,
     tolerate_damage: bool,
@@ -460,6 +604,7 @@ impl IndexView {
             cache,
             level: AtomicU8::new(Level::None as u8),
             covered: RwLock::default(),
+            covered_rows: RwLock::default(),
             plans_epoch: std::sync::atomic::AtomicU64::new(0),
             syncing: Mutex::new(()),
             tolerate_damage,
@@ -498,6 +643,12 @@ impl IndexView {
     /// `index/` (what one cover pass reads at most).
     pub fn listed_bytes(&self) -> u64 {
         crate::sync::lock(&self.listing).iter().map(|l| l.1).sum()
+    }
+
+    /// Data rows of covered blobs this handle holds in memory, not in the
+    /// cache ([`MAX_HELD_ROWS`] at most).
+    pub fn held_rows(&self) -> usize {
+        crate::sync::read(&self.covered_rows).count
     }
 
     /// The cache, whatever its index holds (trees, snapshots, or index
@@ -636,6 +787,7 @@ impl IndexView {
             };
             list = true;
             let present: HashSet<IndexId> = listed.iter().map(|l| l.0).collect();
+            crate::sync::write(&self.covered_rows).keep_segments(&present);
             let cached: HashMap<IndexId, bool> = self.cache.segment_levels()?.into_iter().collect();
             for gone in cached.keys().filter(|id| !present.contains(id)) {
                 self.cache.remove_segment(gone)?;
@@ -723,6 +875,7 @@ impl IndexView {
         if level == Level::Full {
             crate::sync::lock(&self.held).clear();
             crate::sync::write(&self.covered).clear();
+            crate::sync::write(&self.covered_rows).clear();
             *crate::sync::lock(&self.filter) = None;
             self.filter_whole.store(false, Ordering::Release);
         } else {
@@ -775,11 +928,14 @@ impl IndexView {
                 .iter()
                 .map(|(id, record, seg)| (*id, *record, (cached.contains_key(id), seg)))
                 .collect();
+            let held = std::cell::Cell::new(0u64);
             let rows = self.cache.ingest_with(&items, |(known, seg), sink| {
-                self.fill(seg, *known, goal, sink)
+                held.set(held.get() + self.fill(seg, *known, goal, sink)?);
+                Ok(())
             })?;
             report.batches += 1;
             report.rows += rows;
+            report.held_rows += held.get();
             report.largest_batch_blobs = report.largest_batch_blobs.max(*blobs);
             batch.clear();
             *blobs = 0;
@@ -851,19 +1007,23 @@ impl IndexView {
     /// stream: every row at [`Level::Full`]; below it the data blobs go
     /// into the filter, and the rows kept are the tree and list rows of a
     /// segment new to the cache (`known`: a partial one has them) and the
-    /// data rows of covered blobs.
+    /// data rows of covered blobs, which are held in memory
+    /// ([`CoveredRows`]) while there is room. Returns the rows held.
     fn fill(
         &self,
         seg: &LoadedSegment<'_>,
         known: bool,
         goal: &Goal<'_>,
         sink: &mut SegmentSink<'_, '_>,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let corrupt = |e: &dyn std::fmt::Display| Error::corrupt(IndexSegments::path(&seg.id), e);
         let body = seg.opened.body().map_err(|e| corrupt(&e))?;
+        // Covered rows to hold, each with its pack's index in `packs`.
+        let mut held: Vec<(BlobEntry, u32)> = Vec::new();
+        let mut packs: Vec<PackId> = Vec::new();
         let visited = if goal.level == Level::Full {
             if !sink.wants_rows() {
-                return Ok(());
+                return Ok(0);
             }
             visit_segment(body, |item| match item {
                 SegmentItem::Pack { id, len, .. } => sink.pack(&id, len).map_err(Visit::Sink),
@@ -875,8 +1035,17 @@ impl IndexView {
             // reads segments the first pass filtered).
             let filtered_before = filter.as_ref().is_some_and(|(_, f)| f.contains(&seg.id));
             let mut pending = Vec::with_capacity(FILTER_BATCH);
+            // Passes run one at a time (under `syncing`): the room seen
+            // here is this pass's.
+            let room = match goal.cover.is_empty() {
+                true => 0,
+                false => crate::sync::read(&self.covered_rows).room(),
+            };
             let visited = visit_segment(body, |item| match item {
-                SegmentItem::Pack { id, len, .. } => sink.pack(&id, len).map_err(Visit::Sink),
+                SegmentItem::Pack { id, len, .. } => {
+                    packs.push(id);
+                    sink.pack(&id, len).map_err(Visit::Sink)
+                }
                 SegmentItem::Blob(b) => {
                     let keep = if b.kind == BlobKind::Data {
                         if let Some((filter, _)) = filter.as_mut().filter(|_| !filtered_before) {
@@ -886,7 +1055,14 @@ impl IndexView {
                                 pending.clear();
                             }
                         }
-                        goal.cover.contains(&b.id)
+                        let covered = goal.cover.contains(&b.id);
+                        match packs.len().checked_sub(1) {
+                            Some(pack) if covered && held.len() < room => {
+                                held.push((b, pack as u32));
+                                false
+                            }
+                            _ => covered,
+                        }
                     } else {
                         !known
                     };
@@ -905,7 +1081,13 @@ impl IndexView {
             visited
         };
         match visited {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                let rows = held.len() as u64;
+                if rows > 0 {
+                    crate::sync::write(&self.covered_rows).add(seg.id, &packs, held);
+                }
+                Ok(rows)
+            }
             Err(Visit::Sink(e)) => Err(e),
             Err(Visit::Decode(e)) => Err(corrupt(&e)),
         }
@@ -942,7 +1124,7 @@ impl IndexView {
         if self.level() < Level::Full
             && (self.is_covered(id) || self.surely_no_data_row(id) || self.confirm(objects, id)?)
         {
-            return Ok(self.best(cache.locations(id)?, damage, id));
+            return Ok(self.best(self.locations(cache, id)?, damage, id));
         }
         let cache = self.synced_cache(objects)?;
         let plans = crate::sync::read(&self.plans);
@@ -1079,9 +1261,9 @@ impl IndexView {
     pub fn has_blob(&self, objects: &Objects<'_>, damage: &DamageSet, id: &BlobId) -> Result<bool> {
         let cache = self.reach(objects, self.first_question())?;
         let witness = || -> Result<bool> {
+            let all = self.locations(cache, id)?;
             let plans = crate::sync::read(&self.plans);
-            Ok(cache
-                .locations(id)?
+            Ok(all
                 .iter()
                 .any(|l| !plans.contains(&l.pack) && !damage.is_bad(id, &l.pack)))
         };
@@ -1135,7 +1317,7 @@ impl IndexView {
                 false => Presence::Absent,
             });
         }
-        let found = cache.locations(id)?.iter().any(|l| {
+        let found = self.locations(cache, id)?.iter().any(|l| {
             !plans.contains(&l.pack) && !damage.is_bad(id, &l.pack) && !ignore.contains(&l.pack)
         });
         drop(plans);
@@ -1183,18 +1365,49 @@ impl IndexView {
         ids: &[BlobId],
     ) -> Result<HashSet<BlobId>> {
         let cache = self.reach(objects, self.first_question())?;
-        let packs = cache.packs_of_all(ids)?;
+        // Covered rows held in memory answer first; the cache is asked
+        // only for the rest (none, for a backup's unchanged files).
+        let mut present = HashSet::new();
+        let mut rest = Vec::new();
+        {
+            // Locks in this order wherever both are held (`presence` too).
+            let plans = crate::sync::read(&self.plans);
+            let held = crate::sync::read(&self.covered_rows);
+            for id in ids {
+                if held
+                    .locations(id)
+                    .any(|l| !plans.contains(&l.pack) && !damage.is_bad(id, &l.pack))
+                {
+                    present.insert(*id);
+                } else {
+                    rest.push(*id);
+                }
+            }
+        }
+        if rest.is_empty() {
+            return Ok(present);
+        }
+        let packs = cache.packs_of_all(&rest)?;
         let plans = crate::sync::read(&self.plans);
-        Ok(ids
-            .iter()
-            .zip(packs)
-            .filter(|(id, packs)| {
-                packs
-                    .iter()
-                    .any(|p| !plans.contains(p) && !damage.is_bad(id, p))
-            })
-            .map(|(id, _)| *id)
-            .collect())
+        present.extend(
+            rest.iter()
+                .zip(packs)
+                .filter(|(id, packs)| {
+                    packs
+                        .iter()
+                        .any(|p| !plans.contains(p) && !damage.is_bad(id, p))
+                })
+                .map(|(id, _)| *id),
+        );
+        Ok(present)
+    }
+
+    /// Every location of `id` this handle knows: the cache's rows and the
+    /// covered rows held in memory ([`CoveredRows`]).
+    fn locations(&self, cache: &Cache, id: &BlobId) -> Result<Vec<BlobLocation>> {
+        let mut all = cache.locations(id)?;
+        all.extend(crate::sync::read(&self.covered_rows).locations(id));
+        Ok(all)
     }
 
     /// Counts the times the plans were replaced: an answer from
@@ -1298,6 +1511,40 @@ mod tests {
         assert!(budget.fits(state(&budget), 40));
         drop(large);
         assert_eq!(state(&budget), (0, 0, true));
+    }
+
+    #[test]
+    fn covered_rows_are_held_once_and_leave_with_their_segment() {
+        let id = |i: u64| BlobId(Id::hash(format!("held {i}").as_bytes()));
+        let seg = |i: u64| IndexId(Id::hash(format!("segment {i}").as_bytes()));
+        let loc = |i: u64| BlobLocation {
+            pack: PackId(Id::hash(format!("pack {i}").as_bytes())),
+            kind: BlobKind::Data,
+            offset: 0,
+            stored_len: 10,
+            raw_len: 10,
+        };
+        let entry = |i: u64| BlobEntry {
+            id: id(i),
+            kind: BlobKind::Data,
+            offset: 0,
+            stored_len: 10,
+            raw_len: 10,
+        };
+        let mut rows = CoveredRows::default();
+        let packs = |i: u64| [loc(0).pack, loc(i).pack];
+        rows.add(seg(1), &packs(1), vec![(entry(1), 1), (entry(2), 1)]);
+        // The same segment read again (a later cover pass), and the same
+        // blob in a second segment's pack.
+        rows.add(seg(1), &packs(1), vec![(entry(1), 1)]);
+        rows.add(seg(2), &packs(2), vec![(entry(1), 1)]);
+        assert_eq!(rows.count, 3);
+        assert_eq!(rows.locations(&id(1)).count(), 2);
+        assert_eq!(rows.room(), MAX_HELD_ROWS - 3);
+        rows.keep_segments(&HashSet::from([seg(2)]));
+        assert_eq!(rows.count, 1);
+        assert_eq!(rows.locations(&id(1)).collect::<Vec<_>>(), vec![loc(2)]);
+        assert_eq!(rows.locations(&id(2)).count(), 0);
     }
 
     #[test]

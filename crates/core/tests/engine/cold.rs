@@ -7,7 +7,9 @@ use crate::support::*;
 use cairn_core::format::index::{IndexSegment, IndexedPack};
 use cairn_core::format::pack::BlobEntry;
 use cairn_core::format::Id;
-use cairn_core::index_view::{Level, INGEST_BATCH_BLOBS, INGEST_BATCH_SEGMENTS, MAX_CONFIRMATIONS};
+use cairn_core::index_view::{
+    Level, INGEST_BATCH_BLOBS, INGEST_BATCH_SEGMENTS, MAX_CONFIRMATIONS, MAX_HELD_ROWS,
+};
 use cairn_core::{BlobId, BlobKind, OpenOptions, PackId, Repository};
 use cairn_storage::{DynStorage, StorageError, StorageErrorKind};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -317,6 +319,100 @@ fn an_unchanged_backup_on_an_empty_cache_ingests_its_parents_rows_only() {
     restore_all(&open_repo(&t.loc, &cache), &second, target.path());
 }
 
+/// The data rows in the cache (not those a handle holds in memory).
+fn cached_data_rows(repo: &Repository) -> u64 {
+    let mut n = 0;
+    repo.cache()
+        .for_each_location(|_, _, e| {
+            n += u64::from(e.kind == BlobKind::Data);
+            Ok(())
+        })
+        .unwrap();
+    n
+}
+
+/// The stored chunks of every file below tree `root`.
+fn chunks_below(repo: &Repository, root: &BlobId) -> Vec<BlobId> {
+    use cairn_core::format::tree::Payload;
+    let mut out = Vec::new();
+    for node in repo.load_tree(root).unwrap().nodes {
+        match &node.payload {
+            Payload::Dir(id) => out.extend(chunks_below(repo, id)),
+            Payload::File(content) => out.extend(
+                repo.chunk_list(content)
+                    .unwrap()
+                    .iter()
+                    .filter(|c| !c.is_hole())
+                    .map(|c| c.id),
+            ),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Regression (issue 19): the cover pass of an unchanged backup on an
+/// empty cache inserted the parent's chunk rows into the cache, the
+/// largest serial step before the walk. They are held in memory for the
+/// handle (only it takes them as covered), and answer as the cache's rows
+/// did: present, located, read by a restore, without another pass.
+#[test]
+fn the_cover_pass_of_an_unchanged_backup_writes_no_data_rows_into_the_cache() {
+    let t = test_repo("cold-cover-held");
+    let (_s, src) = temp_sub("src");
+    write_source(&src, 3, "h");
+    let first = backup_dir(&t.repo, &src);
+    let (_c, cache) = temp_sub("cache");
+    let repo = open_repo(&t.loc, &cache);
+    let second = backup_dir(&repo, &src);
+    assert_eq!(second.snapshot.tree, first.snapshot.tree);
+    assert_eq!(second.snapshot.summary.blobs_added, 0);
+    assert_eq!(repo.index_view().level(), Level::Trees);
+    assert_eq!(cached_data_rows(&repo), 0, "no chunk rows in the cache");
+    let chunks = chunks_below(&repo, &first.snapshot.tree);
+    assert_eq!(chunks.len(), 1 + 3 * 3);
+    assert_eq!(repo.index_view().held_rows(), chunks.len());
+    assert_eq!(repo.present_blobs(&chunks).unwrap().len(), chunks.len());
+    for c in &chunks {
+        assert!(repo.has_blob(c).unwrap());
+        assert!(repo.lookup(c).unwrap().is_some());
+    }
+    let target = tempfile::tempdir().unwrap();
+    restore_all(&repo, &second, target.path());
+    assert_eq!(
+        (repo.index_view().level(), cached_data_rows(&repo)),
+        (Level::Trees, 0),
+        "answered from the rows held"
+    );
+}
+
+/// Past [`MAX_HELD_ROWS`] a cover pass puts the rest of its rows into
+/// the cache, and answers from both.
+#[test]
+fn a_cover_pass_past_the_rows_held_in_memory_puts_the_rest_into_the_cache() {
+    let t = test_repo("cold-cover-overflow");
+    let (per, segments) = (50_000u64, 3u64);
+    let all = per * segments;
+    assert!(all > MAX_HELD_ROWS as u64);
+    write_fake_index(&t.repo, segments, per);
+    let (_c, cache) = temp_sub("cache");
+    let repo = open_repo(&t.loc, &cache);
+    let ids: Vec<BlobId> = (0..all).map(fake_blob).collect();
+    let report = repo.cover_blobs(&ids.iter().copied().collect()).unwrap();
+    assert_eq!(repo.index_view().level(), Level::Trees);
+    assert_eq!(report.held_rows, MAX_HELD_ROWS as u64, "{report:?}");
+    assert_eq!(report.rows, all - MAX_HELD_ROWS as u64, "{report:?}");
+    assert_eq!(repo.index_view().held_rows(), MAX_HELD_ROWS);
+    assert_eq!(cached_data_rows(&repo), all - MAX_HELD_ROWS as u64);
+    assert_eq!(repo.present_blobs(&ids).unwrap().len() as u64, all);
+    for n in [0, per - 1, per, 2 * per + 7, all - 1] {
+        assert!(repo.has_blob(&fake_blob(n)).unwrap(), "blob {n}");
+        let loc = repo.lookup(&fake_blob(n)).unwrap().expect("located");
+        assert_eq!(loc.offset, ((n % per) * 100) as u32);
+    }
+    assert_eq!(repo.index_view().level(), Level::Trees);
+}
+
 #[test]
 fn a_changed_file_on_an_empty_cache_is_deduplicated_exactly() {
     let t = test_repo("cold-changed");
@@ -443,7 +539,11 @@ fn a_segment_superseded_while_a_cover_pass_reads_it_is_followed() {
         assert!(repo.has_blob(id).unwrap(), "found in the replacement");
     }
     assert_eq!(repo.index_view().level(), Level::Trees);
-    assert_eq!(repo.cache().blob_count().unwrap(), 2);
+    assert_eq!(
+        repo.cache().blob_count().unwrap() + repo.index_view().held_rows() as u64,
+        2,
+        "the vanished segment's rows are gone"
+    );
 }
 
 #[test]
