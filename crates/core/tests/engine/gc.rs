@@ -564,7 +564,7 @@ fn concurrent_backups_and_maintenance_never_lose_a_referenced_blob() {
                         }
                         let mut o = opts(s);
                         o.source = Some(format!("src{i}"));
-                        backup_despite_stalls(&repo, &o, &stalls);
+                        backup_despite_stalls(&repo, &o, stalls);
                         let mine: Vec<_> = gc::list_snapshots(&repo)
                             .unwrap()
                             .into_iter()
