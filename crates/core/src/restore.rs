@@ -161,8 +161,7 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
     stats.timings.plan = started.elapsed();
 
     let started = Instant::now();
-    stats.packs_read = reads.packs.len() as u64;
-    let fetched = fetch::fetch(
+    fetch::fetch(
         repo,
         &pool,
         &plan,
@@ -170,9 +169,8 @@ pub fn restore(repo: &Repository, root: &BlobId, opts: &RestoreOptions) -> Resul
         &progress,
         &mut failed,
         Some(opts.overwrite),
-    );
-    stats.bytes = fetched.bytes;
-    stats.ranges_read = fetched.ranges;
+    )
+    .record(&mut stats);
     stats.timings.fetch = started.elapsed();
     tracing::debug!(
         "restore: planned in {:?}, {} ranges fetched in {:?}",

@@ -71,8 +71,7 @@ pub(super) fn restore(
 
     let started = Instant::now();
     zero_range(&target, size, capacity).map_err(|e| Error::io(device, e))?;
-    stats.packs_read = reads.packs.len() as u64;
-    let fetched = fetch::fetch(
+    fetch::fetch(
         repo,
         &pool,
         &plan,
@@ -80,9 +79,8 @@ pub(super) fn restore(
         &progress,
         &mut failed,
         None,
-    );
-    stats.bytes = fetched.bytes;
-    stats.ranges_read = fetched.ranges;
+    )
+    .record(&mut stats);
     target.sync_all().map_err(|e| Error::io(device, e))?;
     stats.timings.fetch = started.elapsed();
 

@@ -49,10 +49,21 @@ const HELD_BYTES: u64 = 40 << 20;
 /// What fetching did.
 #[derive(Debug, Default)]
 pub(super) struct Fetched {
+    /// Packs read from.
+    packs: u64,
     /// Content bytes written.
-    pub bytes: u64,
+    bytes: u64,
     /// Range reads issued.
-    pub ranges: u64,
+    ranges: u64,
+}
+
+impl Fetched {
+    /// Puts these figures into a restore's `stats`.
+    pub fn record(self, stats: &mut super::RestoreStats) {
+        stats.packs_read = self.packs;
+        stats.bytes = self.bytes;
+        stats.ranges_read = self.ranges;
+    }
 }
 
 /// Bytes of ranges held, against [`HELD_BYTES`].
@@ -290,6 +301,7 @@ pub(super) fn fetch(
     }
     *failed = crate::sync::into_inner(failed_m);
     Fetched {
+        packs: packs.len() as u64,
         bytes: bytes.load(Ordering::Relaxed),
         ranges: ranges.load(Ordering::Relaxed),
     }
