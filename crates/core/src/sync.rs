@@ -59,6 +59,58 @@ pub(crate) fn lock_or_internal<'a, T>(m: &'a Mutex<T>, what: &str) -> Result<Mut
     })
 }
 
+/// An amount threads take shares of and give back, bounded by a limit: a
+/// taker waits until its share fits, or until nothing is held (a share
+/// larger than the whole limit goes alone). Entries a lister runs ahead,
+/// bytes of ranges a restore holds.
+///
+/// A give wakes takers only when some wait: a condvar's notify is a
+/// system call even when nobody waits, and gives come once per item.
+pub(crate) struct Budget {
+    limit: u64,
+    /// Held, and the takers waiting.
+    state: Mutex<(u64, usize)>,
+    freed: Condvar,
+}
+
+impl Budget {
+    pub fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            state: Mutex::new((0, 0)),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Takes `n`, once it fits or `stopped()` (looked at again after every
+    /// give and [`Budget::wake_all`]).
+    pub fn take(&self, n: u64, stopped: impl Fn() -> bool) {
+        let mut state = lock(&self.state);
+        while state.0 > 0 && state.0 + n > self.limit && !stopped() {
+            state.1 += 1;
+            state = wait(&self.freed, state);
+            state.1 -= 1;
+        }
+        state.0 += n;
+    }
+
+    /// Gives `n` back.
+    pub fn give_back(&self, n: u64) {
+        let mut state = lock(&self.state);
+        state.0 = state.0.saturating_sub(n);
+        if state.1 > 0 {
+            self.freed.notify_all();
+        }
+    }
+
+    /// Wakes every waiting taker, to look at its `stopped` again (set it
+    /// first).
+    pub fn wake_all(&self) {
+        let _state = lock(&self.state);
+        self.freed.notify_all();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +138,37 @@ mod tests {
             "{e}"
         );
         assert_eq!(*lock(&m), vec![1]);
+    }
+
+    /// A share that does not fit waits for a give (or a stop); one larger
+    /// than the whole limit goes when nothing else is held.
+    #[test]
+    fn a_budget_share_waits_until_it_fits_or_the_taker_stops() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let budget = Budget::new(10);
+        let stop = AtomicBool::new(false);
+        budget.take(8, || false);
+        std::thread::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let budget = &budget;
+            s.spawn(move || {
+                budget.take(5, || false);
+                tx.send(()).unwrap();
+            });
+            let wait = std::time::Duration::from_millis(100);
+            assert!(rx.recv_timeout(wait).is_err(), "8 + 5 > 10: waits");
+            budget.give_back(8);
+            rx.recv().unwrap();
+        });
+        // 5 held: a share past the whole limit waits until a stop.
+        std::thread::scope(|s| {
+            let taker = s.spawn(|| budget.take(20, || stop.load(Ordering::Acquire)));
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(!taker.is_finished());
+            stop.store(true, Ordering::Release);
+            budget.wake_all();
+        });
+        budget.give_back(25);
+        budget.take(20, || false);
     }
 }

@@ -21,7 +21,7 @@ use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// Entries listed and not yet taken by the scanner, at most (as far as
@@ -93,12 +93,7 @@ pub(super) fn list_dir(path: &Path, exclude: Option<&dyn Exclude>) -> Listed {
 
 /// Entries listed ahead and not yet taken.
 struct Budget {
-    limit: usize,
-    /// Entries ahead, and the threads waiting for room (a release wakes
-    /// them only when there are any: a wake is a system call even when
-    /// nobody waits, and releases come once per directory).
-    ahead: Mutex<(usize, usize)>,
-    taken: Condvar,
+    ahead: crate::sync::Budget,
     stop: AtomicBool,
 }
 
@@ -106,28 +101,18 @@ impl Budget {
     /// Waits until `n` more entries fit (or nothing is ahead); false once
     /// the lister is stopped.
     fn reserve(&self, n: usize) -> bool {
-        let mut ahead = crate::sync::lock(&self.ahead);
-        while ahead.0 > 0 && ahead.0 + n > self.limit && !self.stop.load(Ordering::Acquire) {
-            ahead.1 += 1;
-            ahead = crate::sync::wait(&self.taken, ahead);
-            ahead.1 -= 1;
-        }
-        ahead.0 += n;
-        !self.stop.load(Ordering::Acquire)
+        let stopped = || self.stop.load(Ordering::Acquire);
+        self.ahead.take(n as u64, stopped);
+        !stopped()
     }
 
     fn release(&self, n: usize) {
-        let mut ahead = crate::sync::lock(&self.ahead);
-        ahead.0 = ahead.0.saturating_sub(n);
-        if ahead.1 > 0 {
-            self.taken.notify_all();
-        }
+        self.ahead.give_back(n as u64);
     }
 
     fn stop(&self) {
         self.stop.store(true, Ordering::Release);
-        let _ahead = crate::sync::lock(&self.ahead);
-        self.taken.notify_all();
+        self.ahead.wake_all();
     }
 }
 
@@ -149,9 +134,7 @@ impl Lister {
     /// [`Lister::start`], at most `limit` entries ahead.
     fn start_ahead(roots: Vec<PathBuf>, exclude: Option<Arc<dyn Exclude>>, limit: usize) -> Lister {
         let budget = Arc::new(Budget {
-            limit,
-            ahead: Mutex::new((0, 0)),
-            taken: Condvar::new(),
+            ahead: crate::sync::Budget::new(limit as u64),
             stop: AtomicBool::new(false),
         });
         let (tx, rx) = unbounded();

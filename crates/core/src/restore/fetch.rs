@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
 /// Two blobs closer than this in a pack are fetched in one range read.
 pub const MERGE_GAP: u64 = 1 << 20;
@@ -63,30 +63,6 @@ impl Fetched {
         stats.packs_read = self.packs;
         stats.bytes = self.bytes;
         stats.ranges_read = self.ranges;
-    }
-}
-
-/// Bytes of ranges held, against [`HELD_BYTES`].
-struct Budget {
-    held: Mutex<u64>,
-    freed: Condvar,
-}
-
-impl Budget {
-    /// Waits until `n` bytes fit (a range larger than the whole budget
-    /// waits until nothing else is held) and takes them.
-    fn take(&self, n: u64) {
-        let mut held = crate::sync::lock(&self.held);
-        while *held > 0 && *held + n > HELD_BYTES {
-            held = self.freed.wait(held).unwrap_or_else(|p| p.into_inner());
-        }
-        *held += n;
-    }
-
-    fn give_back(&self, n: u64) {
-        let mut held = crate::sync::lock(&self.held);
-        *held = held.saturating_sub(n);
-        self.freed.notify_all();
     }
 }
 
@@ -240,10 +216,8 @@ pub(super) fn fetch(
     } else {
         0
     };
-    let budget = Budget {
-        held: Mutex::new(0),
-        freed: Condvar::new(),
-    };
+    // Bytes of ranges held.
+    let budget = crate::sync::Budget::new(HELD_BYTES);
     let length = |k: usize| {
         let (start, end) = span(tasks[k].1);
         end - start
@@ -262,7 +236,7 @@ pub(super) fn fetch(
                     if k >= count {
                         break;
                     }
-                    budget.take(length(k));
+                    budget.take(length(k), || false);
                     if tx.send((k, read(k))).is_err() {
                         budget.give_back(length(k));
                         break;
