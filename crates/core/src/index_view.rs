@@ -1263,9 +1263,7 @@ impl IndexView {
         let witness = || -> Result<bool> {
             let all = self.locations(cache, id)?;
             let plans = crate::sync::read(&self.plans);
-            Ok(all
-                .iter()
-                .any(|l| !plans.contains(&l.pack) && !damage.is_bad(id, &l.pack)))
+            Ok(all.iter().any(|l| usable(&plans, damage, id, &l.pack)))
         };
         if self.level() < Level::Full {
             // Decided before the rows are read (see `presence`).
@@ -1286,7 +1284,7 @@ impl IndexView {
         Ok(cache
             .locations(id)?
             .iter()
-            .any(|l| !plans.contains(&l.pack) && !damage.is_bad(id, &l.pack)))
+            .any(|l| usable(&plans, damage, id, &l.pack)))
     }
 
     /// What is known of blob `id` without reading the index beyond the
@@ -1317,9 +1315,10 @@ impl IndexView {
                 false => Presence::Absent,
             });
         }
-        let found = self.locations(cache, id)?.iter().any(|l| {
-            !plans.contains(&l.pack) && !damage.is_bad(id, &l.pack) && !ignore.contains(&l.pack)
-        });
+        let found = self
+            .locations(cache, id)?
+            .iter()
+            .any(|l| usable(&plans, damage, id, &l.pack) && !ignore.contains(&l.pack));
         drop(plans);
         Ok(match (found, complete) {
             (true, _) => Presence::Present,
@@ -1376,7 +1375,7 @@ impl IndexView {
             for id in ids {
                 if held
                     .locations(id)
-                    .any(|l| !plans.contains(&l.pack) && !damage.is_bad(id, &l.pack))
+                    .any(|l| usable(&plans, damage, id, &l.pack))
                 {
                     present.insert(*id);
                 } else {
@@ -1392,11 +1391,7 @@ impl IndexView {
         present.extend(
             rest.iter()
                 .zip(packs)
-                .filter(|(id, packs)| {
-                    packs
-                        .iter()
-                        .any(|p| !plans.contains(p) && !damage.is_bad(id, p))
-                })
+                .filter(|(id, packs)| packs.iter().any(|p| usable(&plans, damage, id, p)))
                 .map(|(id, _)| *id),
         );
         Ok(present)
@@ -1478,6 +1473,12 @@ pub(crate) fn segment_rows(seg: IndexSegment) -> Vec<SegmentRows> {
         .into_iter()
         .map(|p| (p.id, p.len, p.blobs))
         .collect()
+}
+
+/// Whether a copy of blob `id` in `pack` makes it present: the pack is
+/// outside every `gc/` plan and no `damage/` record names the blob in it.
+fn usable(plans: &PlanSet, damage: &DamageSet, id: &BlobId, pack: &PackId) -> bool {
+    !plans.contains(pack) && !damage.is_bad(id, pack)
 }
 
 #[cfg(test)]
