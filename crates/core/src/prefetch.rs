@@ -102,46 +102,40 @@ impl Held {
 /// ([`Repository::load_tree`]). The root's level is not counted in
 /// [`PrefetchStats::levels`].
 pub fn prefetch_parent(repo: &Repository, root: &BlobId) -> Result<PrefetchStats> {
-    prefetch(repo, Start::Id(*root), true)
-}
-
-/// Fetches every tree below `root` that the cache lacks, then brings in
-/// the index rows of its files' chunks.
-pub fn prefetch_subtrees(repo: &Repository, root: &Tree) -> Result<PrefetchStats> {
-    prefetch(repo, Start::Tree(root), true)
+    prefetch(repo, Start::Parent(*root))
 }
 
 /// Fetches every tree below `root` that the cache lacks, for a command
 /// that reads trees and no content (`ls -R`, `find`).
 pub fn prefetch_trees(repo: &Repository, root: &Tree) -> Result<PrefetchStats> {
-    prefetch(repo, Start::Tree(root), false)
+    prefetch(repo, Start::Below(root))
 }
 
-/// Where a prefetch starts: below a tree the caller holds, or at a root
-/// it only knows by id (fetched with the first level's reads and kept,
-/// with the trees below it, for the walk).
+/// Where a prefetch starts, and what it is for.
 enum Start<'a> {
-    Tree(&'a Tree),
-    Id(BlobId),
+    /// Below a tree the caller holds, for its trees only.
+    Below(&'a Tree),
+    /// At a backup's parent root, known by id: fetched with the first
+    /// level's reads and kept, with the trees below it, for the walk; the
+    /// index rows of its files' chunks brought in.
+    Parent(BlobId),
 }
 
-fn prefetch(repo: &Repository, start: Start<'_>, cover: bool) -> Result<PrefetchStats> {
+fn prefetch(repo: &Repository, start: Start<'_>) -> Result<PrefetchStats> {
     let mut stats = PrefetchStats::default();
     let mut seen = HashSet::new();
     let mut chunks = HashSet::new();
     let mut held = Held::default();
+    // A backup's parent: its trees kept for the walk, its chunks covered.
+    let keep = matches!(start, Start::Parent(_));
     let mut collect = |tree: &Tree| {
-        if cover && chunks.len() <= MAX_COVERED {
+        if keep && chunks.len() <= MAX_COVERED {
             chunks.extend(file_chunks(tree));
         }
     };
-    let keep = matches!(start, Start::Id(_));
     let mut level = match start {
-        Start::Tree(root) => {
-            collect(root);
-            subtrees(root)
-        }
-        Start::Id(root) => vec![root],
+        Start::Below(root) => subtrees(root),
+        Start::Parent(root) => vec![root],
     };
     while !level.is_empty() {
         stats.levels += 1;
