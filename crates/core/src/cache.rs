@@ -1168,15 +1168,11 @@ impl<'t, 'c> SegmentSink<'t, 'c> {
     }
 }
 
-/// Runs the lookups `f` in one read transaction on `conn` (or in the
-/// transaction it is already in).
+/// Runs the lookups `f` in one read transaction on `conn`.
 fn in_transaction<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, Fail>,
 ) -> Result<T, Fail> {
-    if !conn.is_autocommit() {
-        return f(conn);
-    }
     let tx = conn.unchecked_transaction()?;
     let out = f(&tx)?;
     tx.commit()?;

@@ -392,11 +392,6 @@ pub fn classify(data: &[u8]) -> DataClass {
     }
 }
 
-/// Whether `data` looks like text ([`DataClass::Text`]).
-pub fn looks_like_text(data: &[u8]) -> bool {
-    classify(data) == DataClass::Text
-}
-
 /// Builds an envelope plaintext: a compression byte then the (maybe compressed) body.
 pub fn envelope(body: &[u8], level: i32) -> Vec<u8> {
     let mut out = Vec::new();
@@ -640,13 +635,13 @@ mod tests {
     #[test]
     fn text_is_told_from_binary() {
         let text = "fn main() {\n    println!(\"hello\");\n}\n".repeat(500);
-        assert!(looks_like_text(text.as_bytes()));
+        assert_eq!(classify(text.as_bytes()), DataClass::Text);
         let random: Vec<u8> = (0..100_000u32)
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();
-        assert!(!looks_like_text(&random));
-        assert!(!looks_like_text(&[0u8; 100_000]));
-        assert!(!looks_like_text(&[]));
+        assert_ne!(classify(&random), DataClass::Text);
+        assert_ne!(classify(&[0u8; 100_000]), DataClass::Text);
+        assert_ne!(classify(&[]), DataClass::Text);
         assert_eq!(classify(&random), DataClass::Dense);
         assert_eq!(classify(&[0u8; 100_000]), DataClass::Redundant);
         // An archive of small objects: names and headers among zeros.
