@@ -53,6 +53,7 @@ fn build(n: u64) -> (tempfile::TempDir, Repository) {
                     offset: (k * 100) as u32,
                     stored_len: 100,
                     raw_len: 100,
+                    inner: None,
                 })
                 .collect::<Vec<_>>();
             i += blobs.len() as u64;

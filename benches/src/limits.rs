@@ -4,8 +4,8 @@
 //! Every stage is timed on one thread over the same sample, with the
 //! repository's default chunker sizes and compression level: generated
 //! text or binary data as one long file, or a dataset's own files, each
-//! chunked on its own (a tree of 11 KiB files is compressed as 11 KiB
-//! frames, which zstd does ~20% slower per byte than 1 MiB ones). The
+//! chunked on its own, and small chunks compressed in bundles as a backup
+//! seals them (see `cairn_core::sealer::BUNDLE_MEMBER_MAX`). The
 //! pipeline limit is the slower of: the serial stage (the one thread that
 //! chunks and hashes a file), and all cores spending the summed CPU cost
 //! of every stage on each byte.
@@ -15,6 +15,7 @@ use cairn_core::crypto::{blob_aad, envelope, IdHasher, SealKey};
 use cairn_core::format::config::Config;
 use cairn_core::format::Id;
 use cairn_core::repo::zstd_level_for;
+use cairn_core::sealer::{bundle_zstd_level, bundles, BUNDLE_TARGET};
 use cairn_core::BlobKind;
 use fastcdc::v2020::FastCDC;
 use std::io::Read;
@@ -203,6 +204,52 @@ fn data_envelope(cfg: &Config, chunk: &[u8]) -> Vec<u8> {
     envelope(chunk, zstd_level_for(BlobKind::Data, cfg.zstd_level, chunk))
 }
 
+/// What a backup compresses as one frame: a chunk on its own, or small
+/// chunks gathered into a bundle (see `cairn_core::sealer::bundles`).
+enum Unit<'a> {
+    Whole(&'a [u8]),
+    Bundle(Vec<&'a [u8]>),
+}
+
+/// The sample's chunks as a backup seals them: small chunks that are not
+/// dense in bundles of [`BUNDLE_TARGET`] bytes, in the sample's order.
+fn units<'a>(cfg: &Config, chunks: impl Iterator<Item = &'a [u8]>) -> Vec<Unit<'a>> {
+    let mut out = Vec::new();
+    let mut open: Vec<&[u8]> = Vec::new();
+    let mut open_len = 0;
+    for c in chunks {
+        if !bundles(BlobKind::Data, cfg.zstd_level, c) {
+            out.push(Unit::Whole(c));
+            continue;
+        }
+        open.push(c);
+        open_len += c.len();
+        if open_len >= BUNDLE_TARGET {
+            out.push(Unit::Bundle(std::mem::take(&mut open)));
+            open_len = 0;
+        }
+    }
+    if !open.is_empty() {
+        out.push(Unit::Bundle(open));
+    }
+    out
+}
+
+/// The envelope of `unit` as a backup makes it; `buf` holds a bundle's
+/// plaintext while it is compressed.
+fn unit_envelope(cfg: &Config, unit: &Unit<'_>, buf: &mut Vec<u8>) -> Vec<u8> {
+    match unit {
+        Unit::Whole(c) => data_envelope(cfg, c),
+        Unit::Bundle(members) => {
+            buf.clear();
+            for m in members {
+                buf.extend_from_slice(m);
+            }
+            envelope(buf, bundle_zstd_level(cfg.zstd_level))
+        }
+    }
+}
+
 /// Measures every stage on `sample`, each for at least `min_time`.
 pub fn measure_sample(sample: &Sample, min_time: Duration) -> StageRates {
     let cfg = bench_config();
@@ -240,12 +287,17 @@ pub fn measure_sample(sample: &Sample, min_time: Duration) -> StageRates {
         },
         min_time,
     );
-    let compressed: Vec<Vec<u8>> = chunks().map(|c| data_envelope(&cfg, c)).collect();
+    let units = units(&cfg, chunks());
+    let mut buf = Vec::new();
+    let compressed: Vec<Vec<u8>> = units
+        .iter()
+        .map(|u| unit_envelope(&cfg, u, &mut buf))
+        .collect();
     let compress = rate(
         len,
         || {
-            for c in chunks() {
-                std::hint::black_box(data_envelope(&cfg, c));
+            for u in &units {
+                std::hint::black_box(unit_envelope(&cfg, u, &mut buf));
             }
         },
         min_time,
@@ -270,10 +322,14 @@ pub fn measure_sample(sample: &Sample, min_time: Duration) -> StageRates {
 }
 
 /// Ratio of stored to plain size of `sample`, each chunk at the level a
-/// backup seals it at.
+/// backup seals it at, small ones in bundles.
 pub fn sample_compress_ratio(sample: &Sample) -> f64 {
     let cfg = bench_config();
-    let stored: usize = sample.chunks().map(|c| data_envelope(&cfg, c).len()).sum();
+    let mut buf = Vec::new();
+    let stored: usize = units(&cfg, sample.chunks())
+        .iter()
+        .map(|u| unit_envelope(&cfg, u, &mut buf).len())
+        .sum();
     stored as f64 / sample.len().max(1) as f64
 }
 

@@ -159,6 +159,7 @@ fn fake_index(repo: &str, blobs: u64) -> Result<()> {
                     offset: (k * 1000) as u32,
                     stored_len: 1000,
                     raw_len: 1000,
+                    inner: None,
                 })
                 .collect();
             i += entries.len() as u64;

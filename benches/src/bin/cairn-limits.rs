@@ -110,9 +110,10 @@ fn main() -> anyhow::Result<()> {
     row("chunk (FastCDC)", &|r| mib_s(r.chunk));
     row("zero check", &|r| mib_s(r.zero_check));
     row("hash (keyed BLAKE3)", &|r| mib_s(r.hash));
-    row("compress (zstd: level 3 text, -1 binary)", &|r| {
-        mib_s(r.compress)
-    });
+    row(
+        "compress (zstd: small text in level 1 bundles, else level 3 text, -1 binary)",
+        &|r| mib_s(r.compress),
+    );
     row("encrypt (AES-256-GCM)", &|r| mib_s(r.encrypt));
     row("serial stage: chunk + zero check + hash", &|r| {
         mib_s(r.serial())

@@ -15,8 +15,8 @@ use std::sync::{Mutex, OnceLock, RwLock};
 
 /// Schema version of the cache file; a different one is rebuilt.
 /// 2: `segments.full` (a segment ingested for tree and list locations
-/// only, see [`Cache::ingest`]).
-const SCHEMA_VERSION: i64 = 2;
+/// only, see [`Cache::ingest`]); 3: `blobs.inner` (bundled blobs).
+const SCHEMA_VERSION: i64 = 3;
 
 /// Stores one object (`put_object`, `put_objects`).
 const PUT_OBJECT: &str = "INSERT OR REPLACE INTO objects(id, kind, data) VALUES (?1, ?2, ?3)";
@@ -29,7 +29,7 @@ CREATE INDEX IF NOT EXISTS packs_seg ON packs(seg);
 CREATE INDEX IF NOT EXISTS packs_id ON packs(id);
 CREATE TABLE IF NOT EXISTS blobs(id BLOB NOT NULL, pack INTEGER NOT NULL, kind INTEGER NOT NULL,
     offset INTEGER NOT NULL, stored_len INTEGER NOT NULL, raw_len INTEGER NOT NULL,
-    PRIMARY KEY(id, pack)) WITHOUT ROWID;
+    inner INTEGER, PRIMARY KEY(id, pack)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS blobs_pack ON blobs(pack);
 CREATE TABLE IF NOT EXISTS objects(id BLOB PRIMARY KEY, kind INTEGER NOT NULL, data BLOB NOT NULL);
 ";
@@ -47,6 +47,28 @@ pub struct BlobLocation {
     pub stored_len: u32,
     /// Plaintext length.
     pub raw_len: u32,
+    /// Where its plaintext starts in its bundle's, for a bundled blob
+    /// (see [`crate::format::pack::BlobEntry::inner`]).
+    pub inner: Option<u32>,
+}
+
+impl BlobLocation {
+    /// The location of the copy `entry` describes in `pack`.
+    pub fn of(pack: PackId, entry: &BlobEntry) -> Self {
+        Self {
+            pack,
+            kind: entry.kind,
+            offset: entry.offset,
+            stored_len: entry.stored_len,
+            raw_len: entry.raw_len,
+            inner: entry.inner,
+        }
+    }
+
+    /// The stored bytes to read: the blob's, or its bundle's.
+    pub fn range(&self) -> std::ops::Range<u64> {
+        self.offset as u64..self.offset as u64 + self.stored_len as u64
+    }
 }
 
 /// Reader connections kept open between lookups (one per busy thread).
@@ -893,7 +915,7 @@ impl Cache {
 }
 
 /// Every location of one blob: the blob's id, then the limit (-1: all).
-const LOCATIONS: &str = "SELECT p.id, b.kind, b.offset, b.stored_len, b.raw_len FROM blobs b JOIN packs p ON p.seq = b.pack WHERE b.id = ?1 LIMIT ?2";
+const LOCATIONS: &str = "SELECT p.id, b.kind, b.offset, b.stored_len, b.raw_len, b.inner FROM blobs b JOIN packs p ON p.seq = b.pack WHERE b.id = ?1 LIMIT ?2";
 
 /// Up to `limit` locations of blob `id` (-1: all), by `stmt` ([`LOCATIONS`]).
 fn locations_from(
@@ -908,17 +930,19 @@ fn locations_from(
             r.get::<_, u32>(2)?,
             r.get::<_, u32>(3)?,
             r.get::<_, u32>(4)?,
+            r.get::<_, Option<u32>>(5)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (pack, kind, offset, stored_len, raw_len) = row?;
+        let (pack, kind, offset, stored_len, raw_len, inner) = row?;
         out.push(BlobLocation {
             pack: PackId(id32(&pack, "malformed index row")?),
             kind: BlobKind::from_code(kind).ok_or(Fail::Malformed("malformed index row"))?,
             offset,
             stored_len,
             raw_len,
+            inner,
         });
     }
     Ok(out)
@@ -934,7 +958,7 @@ fn stream_locations(
 ) -> Result<Result<()>, Fail> {
     let conn = crate::sync::lock(&db.conn);
     let mut stmt = conn.prepare(
-        "SELECT p.id, p.len, b.id, b.kind, b.offset, b.stored_len, b.raw_len FROM blobs b JOIN packs p ON p.seq = b.pack",
+        "SELECT p.id, p.len, b.id, b.kind, b.offset, b.stored_len, b.raw_len, b.inner FROM blobs b JOIN packs p ON p.seq = b.pack",
     )?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
@@ -948,6 +972,7 @@ fn stream_locations(
             offset: r.get(4)?,
             stored_len: r.get(5)?,
             raw_len: r.get(6)?,
+            inner: r.get(7)?,
         };
         let pack = PackId(id32(&pack, "malformed index row")?);
         *delivered = true;
@@ -993,7 +1018,7 @@ pub enum Record {
 /// Blob rows a [`SegmentSink`] holds before inserting them, at most.
 pub const SINK_RUN: usize = 64 << 10;
 
-const ADD_BLOB: &str = "INSERT OR REPLACE INTO blobs(id, pack, kind, offset, stored_len, raw_len) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+const ADD_BLOB: &str = "INSERT OR REPLACE INTO blobs(id, pack, kind, offset, stored_len, raw_len, inner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
 /// Takes one segment's packs and blob rows inside the transaction of
 /// [`Cache::ingest_with`]: packs are inserted (or, for [`Record::Rows`],
@@ -1149,7 +1174,8 @@ impl<'t, 'c> SegmentSink<'t, 'c> {
                 b.kind.code(),
                 b.offset,
                 b.stored_len,
-                b.raw_len
+                b.raw_len,
+                b.inner
             ])?;
             self.inserted += 1;
         }
@@ -1220,6 +1246,7 @@ mod tests {
             offset: 0,
             stored_len: 10,
             raw_len: 10,
+            inner: None,
         }
     }
 

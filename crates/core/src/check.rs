@@ -719,19 +719,53 @@ fn verify_pack(
             }
         }
     };
-    for e in entries {
-        let range = e.offset as usize..e.end() as usize;
-        let reason = match pack.get(range) {
-            None => Some("extends past the end of the pack".to_string()),
-            Some(stored) => {
-                repo.open_blob(e.kind, &e.id, stored, &object)
-                    .err()
-                    .map(|err| match err {
-                        Error::Corrupt { reason, .. } => reason,
-                        other => other.to_string(),
-                    })
+    let reason_of = |err: Error| match err {
+        Error::Corrupt { reason, .. } => reason,
+        other => other.to_string(),
+    };
+    // Each blob's verdict; a bundle is opened once for all its members.
+    let mut verdicts: Vec<(BlobEntry, Option<String>)> = Vec::with_capacity(entries.len());
+    let mut sorted = entries;
+    sorted.sort_by_key(|e| (e.offset, e.inner));
+    for group in
+        sorted.chunk_by(|a, b| a.offset == b.offset && a.inner.is_some() && b.inner.is_some())
+    {
+        let first = &group[0];
+        let stored = pack.get(first.offset as usize..first.end() as usize);
+        match (stored, first.inner) {
+            (None, _) => verdicts.extend(
+                group
+                    .iter()
+                    .map(|e| (*e, Some("extends past the end of the pack".to_string()))),
+            ),
+            (Some(stored), None) => verdicts.extend(group.iter().map(|e| {
+                let reason = repo.open_blob(e.kind, &e.id, stored, &object).err();
+                (*e, reason.map(reason_of))
+            })),
+            (Some(stored), Some(_)) => {
+                let opened = repo.sealer().with_open_bundle(stored, &object, |bundle| {
+                    group
+                        .iter()
+                        .map(|e| {
+                            let inner = e.inner.unwrap_or_default();
+                            let member = repo
+                                .sealer()
+                                .member(bundle, &e.id, inner, e.raw_len, &object);
+                            (*e, member.err().map(reason_of))
+                        })
+                        .collect::<Vec<_>>()
+                });
+                match opened {
+                    Ok(v) => verdicts.extend(v),
+                    Err(err) => {
+                        let reason = reason_of(err);
+                        verdicts.extend(group.iter().map(|e| (*e, Some(reason.clone()))));
+                    }
+                }
             }
-        };
+        }
+    }
+    for (e, reason) in verdicts {
         if let Some(reason) = reason {
             v.damage.push(Damage::BlobDamaged {
                 object: object.clone(),

@@ -703,12 +703,10 @@ pub fn mark(repo: &Repository, roots: &Roots, opts: &GcOptions) -> Result<MarkRe
         |pack, len, entries| {
             let u = usage.entry(pack).or_default();
             u.len = len;
-            for e in entries {
-                u.stored += e.stored_len as u64;
-                if roots.may_reference(&e.id) {
-                    u.live += e.stored_len as u64;
-                }
-            }
+            let (stored, live) =
+                crate::format::pack::bundle_shares(entries, |e| roots.may_reference(&e.id));
+            u.stored += stored;
+            u.live += live;
             Ok(())
         },
     )?;
@@ -762,7 +760,7 @@ pub fn mark(repo: &Repository, roots: &Roots, opts: &GcOptions) -> Result<MarkRe
     }
     if opts.dry_run {
         report.repacked_blobs = candidates.len() as u64;
-        report.repacked_bytes = candidates.iter().map(|c| c[0].1.stored_len as u64).sum();
+        report.repacked_bytes = candidates.iter().map(|c| c[0].1.stored_share()).sum();
     } else if !candidates.is_empty() {
         let (rewritten, bytes, lost) = rewrite_blobs(repo, &candidates)?;
         report.repacked_blobs = rewritten;
@@ -901,9 +899,53 @@ fn rewrite_blobs(
 ) -> Result<(u64, u64, u64)> {
     let writer = PackWriter::new(repo, 2)?;
     let (mut rewritten, mut bytes, mut lost) = (0, 0, 0);
+    // The bundle last opened (copies come in pack and offset order, so a
+    // bundle's live members follow each other): its pack and offset, and
+    // its plaintext.
+    let mut bundle: Option<((PackId, u32), Vec<u8>)> = None;
     for copies in blobs {
         let mut done = false;
         for (pack, e, bad) in copies {
+            if let Some(inner) = e.inner {
+                // A bundled blob is re-stored from its plaintext (into a
+                // new bundle with the other live members): the bundle's
+                // dead members are left behind.
+                let key = (*pack, e.offset);
+                if bundle.as_ref().map(|(k, _)| *k) != Some(key) {
+                    bundle = None;
+                    let stored = match repo.read_pack_range(pack, e.offset as u64..e.end()) {
+                        Ok(b) => b,
+                        Err(err) if *bad && err.kind() == crate::ErrorKind::Corrupt => continue,
+                        Err(err) => return Err(err),
+                    };
+                    match repo
+                        .sealer()
+                        .with_open_bundle(&stored, &pack.path(), <[u8]>::to_vec)
+                    {
+                        Ok(plain) => bundle = Some((key, plain)),
+                        // Another copy may be intact; this one is recorded.
+                        Err(_) => {
+                            repo.note_damage(crate::damage::one_copy(e.id, *pack));
+                            continue;
+                        }
+                    }
+                }
+                let Some((_, plain)) = &bundle else { continue };
+                match repo
+                    .sealer()
+                    .member(plain, &e.id, inner, e.raw_len, &pack.path())
+                {
+                    Ok(member) => writer.store(BlobKind::Data, e.id, member)?,
+                    Err(_) => {
+                        repo.note_damage(crate::damage::one_copy(e.id, *pack));
+                        continue;
+                    }
+                }
+                rewritten += 1;
+                bytes += e.stored_share();
+                done = true;
+                break;
+            }
             let range = e.offset as u64..e.end();
             let stored = match repo.read_pack_range(pack, range) {
                 Ok(b) => b,
@@ -940,7 +982,14 @@ fn rewrite_blobs(
 /// writer that reused it keeps a copy the sweep will not delete.
 pub fn rewrite_blob(repo: &Repository, writer: &PackWriter, id: &BlobId) -> Result<()> {
     let (loc, stored) = repo.read_stored(BlobKind::Data, id)?;
-    writer.add_sealed(loc.kind, *id, &stored, loc.raw_len)
+    match loc.inner {
+        None => writer.add_sealed(loc.kind, *id, &stored, loc.raw_len),
+        // A bundle holds other blobs too: this one goes into a new bundle.
+        Some(_) => {
+            let plain = repo.open_copy(&loc, id, &stored, &loc.pack.path())?;
+            writer.store(loc.kind, *id, &plain)
+        }
+    }
 }
 
 /// Phase 2: for every plan at least a safety window old, re-checks its

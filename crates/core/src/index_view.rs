@@ -216,7 +216,7 @@ impl<'b> LoadedSegment<'b> {
 /// milliseconds of inserts before the walk could start, for rows only
 /// this handle asks for. Each row is a real row of a segment of the
 /// view and names that segment, so that it leaves with the segment.
-/// Segments and packs are named by number: a row is 24 bytes beside its
+/// Segments and packs are named by number: a row is 28 bytes beside its
 /// blob's id.
 #[derive(Default)]
 struct CoveredRows {
@@ -239,7 +239,12 @@ struct Row {
     offset: u32,
     stored_len: u32,
     raw_len: u32,
+    /// Where a bundled blob starts in its bundle, else [`WHOLE`].
+    inner: u32,
 }
+
+/// [`Row::inner`] of a blob stored on its own.
+const WHOLE: u32 = u32::MAX;
 
 impl CoveredRows {
     /// Rows that may be added before [`MAX_HELD_ROWS`].
@@ -276,6 +281,7 @@ impl CoveredRows {
                 offset: b.offset,
                 stored_len: b.stored_len,
                 raw_len: b.raw_len,
+                inner: b.inner.unwrap_or(WHOLE),
             };
             self.insert(b.id, row);
         }
@@ -308,6 +314,7 @@ impl CoveredRows {
                 offset: r.offset,
                 stored_len: r.stored_len,
                 raw_len: r.raw_len,
+                inner: Some(r.inner).filter(|i| *i != WHOLE),
             })
     }
 
@@ -1524,6 +1531,7 @@ mod tests {
             offset: 0,
             stored_len: 10,
             raw_len: 10,
+            inner: None,
         };
         let entry = |i: u64| BlobEntry {
             id: id(i),
@@ -1531,6 +1539,7 @@ mod tests {
             offset: 0,
             stored_len: 10,
             raw_len: 10,
+            inner: None,
         };
         let mut rows = CoveredRows::default();
         let packs = |i: u64| [loc(0).pack, loc(i).pack];

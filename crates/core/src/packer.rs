@@ -19,6 +19,7 @@ use crate::format::pack::{pack_tail, BlobEntry, PACK_MAGIC};
 use crate::format::{BlobId, BlobKind, Id, IndexId, PackId};
 use crate::index_view::Presence;
 use crate::repo::Repository;
+use crate::sealer::BUNDLE_TARGET;
 use cairn_storage::{DynStorage, ObjectWriter, StorageError};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use std::collections::HashSet;
@@ -164,7 +165,26 @@ impl OpenPack {
         self.blob_count() == 0
     }
 
-    /// Adds a blob (the first one opens the writer and writes the magic).
+    /// Appends a blob's or a bundle's stored bytes (the first ones open
+    /// the writer and write the magic); returns their offset. The caller
+    /// adds the entries.
+    fn append_stored(
+        &mut self,
+        storage: &DynStorage,
+        blocks: &BufferPool,
+        stored: &[u8],
+    ) -> std::result::Result<u32, StorageError> {
+        if self.writer.is_none() {
+            self.writer = Some(storage.clone().writer(self.size_hint)?);
+            self.block = blocks.take(HASH_BLOCK);
+            self.append(PACK_MAGIC)?;
+        }
+        let offset = self.len as u32;
+        self.append(stored)?;
+        Ok(offset)
+    }
+
+    /// Adds a blob stored on its own.
     fn add(
         &mut self,
         storage: &DynStorage,
@@ -174,19 +194,36 @@ impl OpenPack {
         stored: &[u8],
         raw_len: u32,
     ) -> std::result::Result<(), StorageError> {
-        if self.writer.is_none() {
-            self.writer = Some(storage.clone().writer(self.size_hint)?);
-            self.block = blocks.take(HASH_BLOCK);
-            self.append(PACK_MAGIC)?;
-        }
-        self.append(stored)?;
+        let offset = self.append_stored(storage, blocks, stored)?;
         self.entries.push(BlobEntry {
             id,
             kind,
-            offset: (self.len - stored.len()) as u32,
+            offset,
             stored_len: stored.len() as u32,
             raw_len,
+            inner: None,
         });
+        Ok(())
+    }
+
+    /// Adds a sealed bundle of data blobs, `members` as in [`Bundle`].
+    fn add_bundle(
+        &mut self,
+        storage: &DynStorage,
+        blocks: &BufferPool,
+        members: &[(BlobId, u32, u32)],
+        stored: &[u8],
+    ) -> std::result::Result<(), StorageError> {
+        let offset = self.append_stored(storage, blocks, stored)?;
+        self.entries
+            .extend(members.iter().map(|&(id, inner, raw_len)| BlobEntry {
+                id,
+                kind: BlobKind::Data,
+                offset,
+                stored_len: stored.len() as u32,
+                raw_len,
+                inner: Some(inner),
+            }));
         Ok(())
     }
 
@@ -261,6 +298,15 @@ impl OpenPack {
 const TREE_CACHE_BATCH: usize = 256;
 const TREE_CACHE_BATCH_BYTES: usize = 4 << 20;
 
+/// Small data blobs gathered for one bundle (see
+/// [`crate::sealer::BUNDLE_MEMBER_MAX`]): their plaintexts back to back.
+#[derive(Default)]
+struct Bundle {
+    plain: Vec<u8>,
+    /// Each member's id, start in `plain` and length.
+    members: Vec<(BlobId, u32, u32)>,
+}
+
 #[derive(Default)]
 struct TreeBatch {
     trees: Vec<(Id, Vec<u8>)>,
@@ -287,6 +333,8 @@ pub struct PackWriter {
     sealed: Condvar,
     /// Trees stored by this writer, on their way to the local cache.
     tree_cache: Mutex<TreeBatch>,
+    /// Small data blobs claimed and waiting for their bundle to fill.
+    bundle: Mutex<Bundle>,
     /// Blobs stored without confirming they were new.
     unconfirmed: Mutex<Unconfirmed>,
     /// Held while a cover pass confirms unconfirmed blobs (one at a time).
@@ -359,6 +407,7 @@ impl PackWriter {
             claims: Mutex::default(),
             sealed: Condvar::new(),
             tree_cache: Mutex::default(),
+            bundle: Mutex::default(),
             unconfirmed: Mutex::default(),
             confirming: Mutex::new(()),
             own_packs: Mutex::default(),
@@ -534,6 +583,15 @@ impl PackWriter {
                         "a blob claimed by this writer could not be stored".into(),
                     ));
                 }
+                // A claimed blob may wait in the open bundle: seal it now.
+                // One added after this look wakes this thread (see
+                // `add_to_bundle`), which then looks again.
+                if !crate::sync::lock(&self.bundle).members.is_empty() {
+                    drop(claims);
+                    self.flush_bundle()?;
+                    claims = crate::sync::lock(&self.claims);
+                    continue;
+                }
                 claims.waiters += 1;
                 claims = crate::sync::wait(&self.sealed, claims);
                 claims.waiters -= 1;
@@ -548,8 +606,7 @@ impl PackWriter {
         if !self.claim(&id, plaintext.len())? {
             return Ok((id, false));
         }
-        let stored = self.repo.seal_blob_with_id(kind, id, plaintext);
-        self.add_sealed(kind, id, &stored, plaintext.len() as u32)?;
+        self.store(kind, id, plaintext)?;
         if kind == BlobKind::Tree && !self.repo.cache().is_memory() {
             // The next backup compares against this tree: keep it so that
             // backup does not fetch it again (one range read per directory).
@@ -580,6 +637,101 @@ impl PackWriter {
         self.repo.cache().put_objects(CachedKind::Tree, &trees)
     }
 
+    /// Stores blob `id` (the caller claimed it, or needs no claim) from
+    /// its plaintext: into the open bundle when the sealer bundles it,
+    /// else sealed on its own.
+    pub fn store(&self, kind: BlobKind, id: BlobId, plaintext: &[u8]) -> Result<()> {
+        if self.repo.sealer().bundles(kind, plaintext) {
+            return self.add_to_bundle(id, plaintext);
+        }
+        let stored = self.repo.seal_blob_with_id(kind, id, plaintext);
+        self.add_sealed(kind, id, &stored, plaintext.len() as u32)
+    }
+
+    /// Adds a claimed small data blob to the open bundle (see
+    /// [`crate::sealer::BlobSealer::bundles`]); the bundle is sealed and
+    /// added to a pack once it holds [`BUNDLE_TARGET`] bytes, by the
+    /// thread that filled it, or by `drain_claims`, `flush_packs` or
+    /// `finish`. Its blobs stay claimed until then.
+    pub fn add_to_bundle(&self, id: BlobId, plaintext: &[u8]) -> Result<()> {
+        self.check_error()?;
+        let full = {
+            let mut b = crate::sync::lock(&self.bundle);
+            let inner = b.plain.len() as u32;
+            b.plain.extend_from_slice(plaintext);
+            b.members.push((id, inner, plaintext.len() as u32));
+            (b.plain.len() >= BUNDLE_TARGET).then(|| std::mem::take(&mut *b))
+        };
+        match full {
+            Some(bundle) => self.seal_bundle(bundle),
+            None => {
+                // A thread draining the claims seals the bundle for it.
+                let claims = crate::sync::lock(&self.claims);
+                if claims.waiters > 0 {
+                    self.sealed.notify_all();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Seals the open bundle now, if it holds any blob.
+    fn flush_bundle(&self) -> Result<()> {
+        let bundle = std::mem::take(&mut *crate::sync::lock(&self.bundle));
+        self.seal_bundle(bundle)
+    }
+
+    /// Seals `bundle` and adds it to a data pack; its blobs stop being
+    /// claimed.
+    fn seal_bundle(&self, bundle: Bundle) -> Result<()> {
+        if bundle.members.is_empty() {
+            return Ok(());
+        }
+        let mut stored = Vec::with_capacity(bundle.plain.len() / 2 + 64);
+        self.repo
+            .sealer()
+            .seal_bundle_into(&bundle.plain, &mut stored);
+        let added = self.check_error().and_then(|()| {
+            let target = self.repo.config().data_pack_size as usize;
+            let mut b = crate::sync::lock_or_internal(&self.data, "pack builder")?;
+            if !b.is_empty()
+                && (b.len() + stored.len() > target
+                    || b.blob_count() + bundle.members.len() > BLOBS_PER_PACK)
+            {
+                self.close_pack(&mut b, target)?;
+            }
+            let storage = self.repo.storage();
+            if let Err(e) = b.add_bundle(storage, &self.shared.blocks, &bundle.members, &stored) {
+                self.shared.fail(e);
+                return self.check_error();
+            }
+            Ok(())
+        });
+        self.release(bundle.members.iter().map(|m| m.0), added.is_ok());
+        added?;
+        self.blobs
+            .fetch_add(bundle.members.len() as u64, Ordering::Relaxed);
+        self.stored_bytes
+            .fetch_add(stored.len() as u64, Ordering::Relaxed);
+        self.maybe_write_segment()
+    }
+
+    /// Ends the claims on `ids`: added to a pack (`added`), or never to
+    /// be; either way `drain_claims` stops waiting for them.
+    fn release(&self, ids: impl Iterator<Item = BlobId>, added: bool) {
+        let mut claims = crate::sync::lock(&self.claims);
+        if added {
+            for id in ids {
+                claims.unsealed.remove(&id);
+            }
+        } else {
+            claims.failed = true;
+        }
+        if claims.waiters > 0 {
+            self.sealed.notify_all();
+        }
+    }
+
     /// Adds an already-sealed blob (the caller claimed it).
     pub fn add_sealed(
         &self,
@@ -589,19 +741,8 @@ impl PackWriter {
         raw_len: u32,
     ) -> Result<()> {
         let added = self.add_to_pack(kind, id, stored, raw_len);
-        {
-            // In a pack now (a later `sync` uploads and indexes it), or
-            // never: either way `drain_claims` stops waiting for it.
-            let mut claims = crate::sync::lock(&self.claims);
-            if added.is_ok() {
-                claims.unsealed.remove(&id);
-            } else {
-                claims.failed = true;
-            }
-            if claims.waiters > 0 {
-                self.sealed.notify_all();
-            }
-        }
+        // In a pack now (a later `sync` uploads and indexes it), or never.
+        self.release(std::iter::once(id), added.is_ok());
         added?;
         self.blobs.fetch_add(1, Ordering::Relaxed);
         self.stored_bytes
@@ -662,8 +803,10 @@ impl PackWriter {
         Ok(())
     }
 
-    /// Sends the partly filled packs to upload now (used at checkpoints).
+    /// Seals the open bundle and sends the partly filled packs to upload
+    /// now (used at checkpoints).
     pub fn flush_packs(&self) -> Result<()> {
+        self.flush_bundle()?;
         let config = self.repo.config();
         let targets = [
             (&self.data, config.data_pack_size as usize),

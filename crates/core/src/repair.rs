@@ -17,7 +17,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::index::{IndexSegment, IndexedPack};
 use crate::format::kinds::{IndexSegments, Packs};
 use crate::format::pack::{
-    decode_entries, parse_footer, BlobEntry, FIRST_BLOB_OFFSET, FOOTER_LEN, TRAILER_AAD,
+    decode_entries, pack_version, parse_footer, BlobEntry, FIRST_BLOB_OFFSET, FOOTER_LEN,
+    TRAILER_AAD,
 };
 use crate::format::tree::{
     encode_list, ChunkRef, Content, ListRef, Node, Payload, Tree, INLINE_CHUNKS_MAX,
@@ -110,6 +111,15 @@ fn read_pack_trailer(
         Ok(x) => x,
         Err(e) => return Ok(Err(e.to_string())),
     };
+    // The start magic says how the trailer's entries are encoded.
+    let magic = repo
+        .storage()
+        .read_range(path, 0..FIRST_BLOB_OFFSET as u64)
+        .map_err(repo.serr())?;
+    let version = match pack_version(&magic) {
+        Ok(v) => v,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
     let sealed = repo
         .storage()
         .read_range(path, start..start + u64::from(tlen))
@@ -122,7 +132,7 @@ fn read_pack_trailer(
         Ok(b) => b,
         Err(e) => return Ok(Err(format!("trailer: {e}"))),
     };
-    let entries = match decode_entries(&body) {
+    let entries = match decode_entries(&body, version) {
         Ok(e) => e,
         Err(e) => return Ok(Err(e.to_string())),
     };
@@ -329,8 +339,7 @@ impl Rewriter<'_> {
             return Ok(id);
         }
         if let Some(w) = &self.writer {
-            let stored = self.repo.seal_blob_with_id(kind, id, plain);
-            w.add_sealed(kind, id, &stored, plain.len() as u32)?;
+            w.store(kind, id, plain)?;
         }
         self.written.insert(id);
         Ok(id)

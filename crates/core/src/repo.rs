@@ -824,6 +824,20 @@ impl Repository {
         self.0.sealer.open(kind, id, stored, object)
     }
 
+    /// Opens the copy at `loc` from its stored bytes (the blob's own, or
+    /// its bundle's; see [`BlobSealer::open_copy`]).
+    pub fn open_copy(
+        &self,
+        loc: &BlobLocation,
+        id: &BlobId,
+        stored: &[u8],
+        object: &str,
+    ) -> Result<Vec<u8>> {
+        self.0
+            .sealer
+            .open_copy(loc.kind, id, loc.inner, loc.raw_len, stored, object)
+    }
+
     /// Opens a stored blob and hands its plaintext to `f` (see
     /// [`BlobSealer::with_open`]).
     #[inline]
@@ -862,7 +876,7 @@ impl Repository {
     fn read_blob_retrying(&self, kind: BlobKind, id: &BlobId, retry: bool) -> Result<Vec<u8>> {
         let (loc, stored) = self.read_stored_retrying(kind, id, retry)?;
         let path = loc.pack.path();
-        self.open_blob(kind, id, &stored, &path).inspect_err(|e| {
+        self.open_copy(&loc, id, &stored, &path).inspect_err(|e| {
             if matches!(e, Error::Corrupt { .. }) {
                 self.note_damage(crate::damage::one_copy(*id, loc.pack));
             }

@@ -4,6 +4,7 @@
 
 use crate::crypto::{blob_aad, DataClass, IdHasher, SealKey};
 use crate::error::{Error, Result};
+use crate::format::pack::BUNDLE_AAD;
 use crate::format::{BlobId, BlobKind};
 
 /// zstd level for dense data blobs ([`DataClass::Dense`]). On the binary
@@ -18,6 +19,37 @@ pub const BINARY_ZSTD_LEVEL: i32 = -1;
 /// libraries level 1 stores 7% less than level -1 at 11% more time (level
 /// 3 would store another 9% less at 50% more time).
 pub const REDUNDANT_ZSTD_LEVEL: i32 = 1;
+
+/// Data blobs smaller than this whose content is not dense
+/// ([`DataClass::Dense`]) are stored in bundles: sealed together with
+/// their neighbours as one zstd frame. On the real source tree (25k files
+/// under 64 KiB, 171 MB) one frame per 256 KiB of them at level 1 stores
+/// 29.9 MiB where a frame per file at level 3 stores 41.1 MiB, in 63% of
+/// the compression time: a frame per small file pays zstd's per-frame
+/// costs and cannot use what files have in common.
+pub const BUNDLE_MEMBER_MAX: usize = 64 << 10;
+
+/// A bundle is sealed once its plaintext reaches this size. A reader of
+/// one member reads and decompresses the whole bundle.
+pub const BUNDLE_TARGET: usize = 256 << 10;
+
+/// The zstd level of bundles: two below the configured level (at least
+/// 1), since a bundle compresses better than its members one by one (at
+/// the default 3, level 1 bundles store 27% less than level 3 frames per
+/// file, see [`BUNDLE_MEMBER_MAX`]).
+pub fn bundle_zstd_level(configured: i32) -> i32 {
+    (configured - 2).max(1)
+}
+
+/// Whether a blob of `kind` with `plaintext` goes into a bundle in a
+/// repository whose configured zstd level is `configured`: small data that
+/// is not dense, never with compression off.
+pub fn bundles(kind: BlobKind, configured: i32, plaintext: &[u8]) -> bool {
+    kind == BlobKind::Data
+        && plaintext.len() < BUNDLE_MEMBER_MAX
+        && configured > 0
+        && crate::crypto::classify(plaintext) != DataClass::Dense
+}
 
 /// The zstd level a blob of `kind` is sealed at, given the repository's
 /// configured level: metadata at least level 1; data by its
@@ -84,6 +116,91 @@ impl BlobSealer {
         let level = zstd_level_for(kind, self.zstd_level, plaintext);
         self.key
             .seal_envelope_into(&blob_aad(&id, kind), plaintext, level, out)
+    }
+
+    /// Whether a blob of `kind` with `plaintext` goes into a bundle (see
+    /// [`BUNDLE_MEMBER_MAX`]); never with compression off.
+    pub fn bundles(&self, kind: BlobKind, plaintext: &[u8]) -> bool {
+        bundles(kind, self.zstd_level, plaintext)
+    }
+
+    /// Seals a bundle's plaintext (its members back to back) into `out`
+    /// (cleared first).
+    pub fn seal_bundle_into(&self, plaintext: &[u8], out: &mut Vec<u8>) {
+        self.key.seal_envelope_into(
+            BUNDLE_AAD,
+            plaintext,
+            bundle_zstd_level(self.zstd_level),
+            out,
+        )
+    }
+
+    /// Opens a stored bundle and hands its plaintext to `f`, in this
+    /// thread's reusable buffers. Its members are then sliced out with
+    /// [`BlobSealer::member`].
+    pub fn with_open_bundle<R>(
+        &self,
+        stored: &[u8],
+        object: &str,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
+        self.key
+            .with_opened_envelope(BUNDLE_AAD, stored, f)
+            .map_err(|e| Error::corrupt(object, format!("bundle: {e}")))
+    }
+
+    /// The plaintext of data blob `id`, `raw_len` bytes from `inner` in
+    /// the opened `bundle`, checked against its id.
+    pub fn member<'a>(
+        &self,
+        bundle: &'a [u8],
+        id: &BlobId,
+        inner: u32,
+        raw_len: u32,
+        object: &str,
+    ) -> Result<&'a [u8]> {
+        let plain = bundle
+            .get(inner as usize..inner as usize + raw_len as usize)
+            .ok_or_else(|| {
+                Error::corrupt(
+                    object,
+                    format!(
+                        "data blob {} extends past the end of its bundle ({} bytes)",
+                        id.short(),
+                        bundle.len()
+                    ),
+                )
+            })?;
+        self.verify_id(BlobKind::Data, id, plain, object)?;
+        Ok(plain)
+    }
+
+    /// Opens the copy of blob `id` stored in `stored`: the blob's own
+    /// sealed bytes, or (`inner` given) its bundle's.
+    pub fn open_copy(
+        &self,
+        kind: BlobKind,
+        id: &BlobId,
+        inner: Option<u32>,
+        raw_len: u32,
+        stored: &[u8],
+        object: &str,
+    ) -> Result<Vec<u8>> {
+        match inner {
+            None => self.open(kind, id, stored, object),
+            Some(inner) => {
+                if kind != BlobKind::Data {
+                    return Err(Error::corrupt(
+                        object,
+                        format!("{kind} blob {} is indexed in a bundle", id.short()),
+                    ));
+                }
+                self.with_open_bundle(stored, object, |bundle| {
+                    self.member(bundle, id, inner, raw_len, object)
+                        .map(<[u8]>::to_vec)
+                })?
+            }
+        }
     }
 
     /// Opens a stored blob and checks its id.

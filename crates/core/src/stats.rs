@@ -95,7 +95,8 @@ impl StatsWalk<'_> {
                 Some(loc) => {
                     self.stats.unique_blobs += 1;
                     self.stats.unique_raw_size += u64::from(loc.raw_len);
-                    self.stats.unique_stored_size += u64::from(loc.stored_len);
+                    self.stats.unique_stored_size +=
+                        crate::format::pack::stored_share(loc.stored_len, loc.raw_len, loc.inner);
                 }
                 None => self.stats.missing_blobs += 1,
             }

@@ -35,6 +35,9 @@ pub const V1_FLIPPED_BYTE: &str = "v1-flipped-byte";
 /// `v1-flipped-byte` after `check --read-data`: one `damage/` record names
 /// the damaged copy.
 pub const V1_DAMAGE_RECORDED: &str = "v1-damage-recorded";
+/// The same two snapshots as `v1`, written with version 2 packs and index
+/// segments (small files in bundles, 2026-12-08).
+pub const V2: &str = "v2";
 
 /// Why writing the golden repositories failed.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +155,49 @@ pub fn damaged_blob(repo: &Repository) -> Result<(String, u64), GoldenError> {
         .lookup(&chunk.id)?
         .ok_or_else(|| GoldenError::Unexpected("a chunk is not indexed".into()))?;
     Ok((loc.pack.path(), loc.offset as u64))
+}
+
+/// Writes the intact repository `name` under `out` (replacing an earlier
+/// one): the two golden snapshots, as today's code writes them. Returns
+/// the index segments the second backup wrote.
+fn write_intact(out: &Path, name: &str) -> Result<Vec<String>, GoldenError> {
+    let work = out.join(".golden-work");
+    let _ = std::fs::remove_dir_all(&work);
+    let tree = work.join("tree");
+    std::fs::create_dir_all(&tree).map_err(io(&tree))?;
+    golden_tree(&tree).map_err(io(&tree))?;
+    let dir = out.join(name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+    }
+    let repo = testkit::init_at(&dir.to_string_lossy(), PASSWORD, &init_options())?;
+    snapshot_of(&repo, &tree, FIRST_TAG)?;
+    let first_segments = list_names(&dir.join("index"))?;
+    golden_update(&tree).map_err(io(&tree))?;
+    snapshot_of(&repo, &tree, SECOND_TAG)?;
+    let second_segments: Vec<String> = list_names(&dir.join("index"))?
+        .difference(&first_segments)
+        .cloned()
+        .collect();
+    if second_segments.is_empty() {
+        return Err(GoldenError::Unexpected(
+            "the second backup wrote no index segment".into(),
+        ));
+    }
+    drop(repo);
+    let _ = std::fs::remove_dir_all(dir.join(".tmp"));
+    // Empty once the init is done (git keeps no empty directory anyway).
+    let _ = std::fs::remove_dir(dir.join("init"));
+    std::fs::remove_dir_all(&work).map_err(io(&work))?;
+    Ok(second_segments)
+}
+
+/// Writes `v2` under `out` (replacing an earlier one); returns its
+/// directory. The `v1` repositories stay as they are: they are the samples
+/// of the version 1 format.
+pub fn write_v2(out: &Path) -> Result<PathBuf, GoldenError> {
+    write_intact(out, V2)?;
+    Ok(out.join(V2))
 }
 
 /// Writes `v1` and its broken variants under `out` (replacing earlier

@@ -133,8 +133,12 @@ impl SealPool {
 }
 
 impl Seal {
-    /// Seals a claimed data chunk into a pooled buffer and adds it to a pack.
+    /// Seals a claimed data chunk into a pooled buffer and adds it to a
+    /// pack, or adds it to the writer's open bundle when it is small.
     fn seal(&self, id: BlobId, data: &[u8]) -> Result<()> {
+        if self.repo.sealer().bundles(BlobKind::Data, data) {
+            return self.writer.add_to_bundle(id, data);
+        }
         // Room for the envelope's compression byte, nonce and tag, should the
         // chunk not compress.
         let mut stored = self.bufs.take(data.len() + 64);

@@ -6,8 +6,12 @@ use super::{IndexId, PackId};
 
 /// Associated data of a sealed index segment.
 pub const INDEX_AAD: &[u8] = b"cairn.index";
-/// Segment version.
-pub const INDEX_VERSION: u32 = 1;
+/// Segment version written (2: blob entries with the bundle field).
+pub const INDEX_VERSION: u32 = 2;
+/// Segment versions read.
+fn known_version(version: u32) -> bool {
+    version == 1 || version == INDEX_VERSION
+}
 
 /// The blobs of one pack, as listed in an index segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +64,7 @@ impl IndexSegment {
     pub fn decode(data: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(data, "index segment");
         let version = r.u32()?;
-        if version != INDEX_VERSION {
+        if !known_version(version) {
             return Err(DecodeError::new(
                 "index segment",
                 format!("unsupported version {version}"),
@@ -76,10 +80,10 @@ impl IndexSegment {
         for _ in 0..np {
             let id = PackId(r.id()?);
             let len = r.u64()?;
-            let nb = r.count(ENTRY_LEN)?;
+            let nb = r.count(BlobEntry::encoded_len(version))?;
             let mut blobs = Vec::with_capacity(nb);
             for _ in 0..nb {
-                blobs.push(BlobEntry::decode_from(&mut r)?);
+                blobs.push(BlobEntry::decode_version(&mut r, version)?);
             }
             packs.push(IndexedPack { id, len, blobs });
         }
@@ -186,13 +190,14 @@ pub fn visit_segment<E: From<DecodeError>>(
         read: 0,
     };
     let version = r.u32()?;
-    if version != INDEX_VERSION {
+    if !known_version(version) {
         return Err(
             DecodeError::new("index segment", format!("unsupported version {version}")).into(),
         );
     }
     let mut summary = SegmentSummary::default();
-    let mut run = vec![0u8; STREAM_RUN * ENTRY_LEN];
+    let entry_len = BlobEntry::encoded_len(version);
+    let mut run = vec![0u8; STREAM_RUN * entry_len];
     for _ in 0..r.u32()? {
         summary.supersedes.push(IndexId(r.id()?));
     }
@@ -205,10 +210,12 @@ pub fn visit_segment<E: From<DecodeError>>(
         let mut left = blobs as usize;
         while left > 0 {
             let n = left.min(STREAM_RUN);
-            r.fill(&mut run[..n * ENTRY_LEN])?;
-            for entry in run[..n * ENTRY_LEN].chunks_exact(ENTRY_LEN) {
+            r.fill(&mut run[..n * entry_len])?;
+            for entry in run[..n * entry_len].chunks_exact(entry_len) {
                 let mut er = super::codec::Reader::new(entry, "index segment");
-                f(SegmentItem::Blob(BlobEntry::decode_from(&mut er)?))?;
+                f(SegmentItem::Blob(BlobEntry::decode_version(
+                    &mut er, version,
+                )?))?;
             }
             summary.blobs += n as u64;
             left -= n;
@@ -231,14 +238,80 @@ mod tests {
             any::<u32>(),
             any::<u32>(),
             any::<u32>(),
+            proptest::option::of(0u32..1 << 20),
         )
-            .prop_map(|(id, k, o, s, r)| BlobEntry {
-                id: BlobId(Id(id)),
-                kind: BlobKind::from_code(k).unwrap(),
-                offset: o,
-                stored_len: s,
-                raw_len: r,
+            .prop_map(|(id, k, o, s, r, inner)| {
+                // Only data blobs are bundled, and within a bundle's size.
+                let inner = inner.filter(|_| k == 0);
+                BlobEntry {
+                    id: BlobId(Id(id)),
+                    kind: BlobKind::from_code(k).unwrap(),
+                    offset: o,
+                    stored_len: s,
+                    raw_len: if inner.is_some() { r % (1 << 20) } else { r },
+                    inner,
+                }
             })
+    }
+
+    /// Version 1 segments (45-byte entries, no bundles) still decode,
+    /// whole and as a stream.
+    #[test]
+    fn version_1_segments_still_decode() {
+        let e = BlobEntry {
+            id: BlobId(Id([7; 32])),
+            kind: BlobKind::Tree,
+            offset: 8,
+            stored_len: 100,
+            raw_len: 90,
+            inner: None,
+        };
+        let mut w = Writer::with_capacity(128);
+        w.u32(1);
+        w.u32(0);
+        w.u32(1);
+        w.id(&Id([9; 32]));
+        w.u64(4096);
+        w.u32(1);
+        w.bytes(e.id.as_bytes());
+        w.u8(e.kind.code());
+        w.u32(e.offset);
+        w.u32(e.stored_len);
+        w.u32(e.raw_len);
+        let body = w.finish();
+        let seg = IndexSegment {
+            supersedes: Vec::new(),
+            packs: vec![IndexedPack {
+                id: PackId(Id([9; 32])),
+                len: 4096,
+                blobs: vec![e],
+            }],
+        };
+        assert_eq!(IndexSegment::decode(&body).unwrap(), seg);
+        assert_eq!(streamed(&body).unwrap(), seg);
+    }
+
+    /// Only data blobs can be bundle members; an entry saying otherwise
+    /// is refused, not followed.
+    #[test]
+    fn a_bundled_tree_entry_is_refused() {
+        let e = BlobEntry {
+            id: BlobId(Id([7; 32])),
+            kind: BlobKind::Tree,
+            offset: 8,
+            stored_len: 100,
+            raw_len: 90,
+            inner: Some(0),
+        };
+        let seg = IndexSegment {
+            supersedes: Vec::new(),
+            packs: vec![IndexedPack {
+                id: PackId(Id([9; 32])),
+                len: 4096,
+                blobs: vec![e],
+            }],
+        };
+        assert!(IndexSegment::decode(&seg.encode()).is_err());
     }
 
     proptest! {

@@ -4,16 +4,32 @@ use super::codec::{DecodeError, Reader, Writer};
 use super::{BlobId, BlobKind};
 use crate::crypto::SealKey;
 
-/// Magic at the start of a pack.
-pub const PACK_MAGIC: &[u8; 8] = b"CAIRNPK1";
+/// Magic at the start of a pack (version 2: trailer entries of
+/// [`ENTRY_LEN`] bytes, with the bundle field).
+pub const PACK_MAGIC: &[u8; 8] = b"CAIRNPK2";
+/// Magic at the start of a version 1 pack (trailer entries of
+/// [`ENTRY_LEN_V1`] bytes, no bundles); still read.
+pub const PACK_MAGIC_V1: &[u8; 8] = b"CAIRNPK1";
 /// Magic at the end of a pack.
 pub const PACK_END_MAGIC: &[u8; 8] = b"CAIRNPKE";
 /// Associated data of a pack trailer.
 pub const TRAILER_AAD: &[u8] = b"cairn.pack-trailer";
-/// Encoded size of one blob entry (trailer and index).
-pub const ENTRY_LEN: usize = 32 + 1 + 4 + 4 + 4;
+/// Encoded size of one blob entry (trailer and index, version 2).
+pub const ENTRY_LEN: usize = 32 + 1 + 4 + 4 + 4 + 4;
+/// Encoded size of one blob entry in version 1 packs and segments.
+pub const ENTRY_LEN_V1: usize = 32 + 1 + 4 + 4 + 4;
+/// The bundle field of an entry whose blob is stored on its own.
+const NOT_BUNDLED: u32 = u32::MAX;
 /// Bytes after the trailer: its length and the end magic.
 pub const FOOTER_LEN: usize = 4 + 8;
+/// Associated data of a sealed bundle: several small data blobs whose
+/// plaintexts, back to back, are sealed as one envelope, so that zstd
+/// compresses them together. Each member's entry says where its
+/// plaintext starts; a reader checks the member's id after slicing it.
+pub const BUNDLE_AAD: &[u8] = b"cairn.bundle";
+/// The most plaintext bytes a bundle holds (writers stay well below it);
+/// an entry placing a member past it is damaged.
+pub const MAX_BUNDLE_PLAIN: u32 = 16 << 20;
 /// Offset of the first blob.
 pub const FIRST_BLOB_OFFSET: usize = PACK_MAGIC.len();
 
@@ -30,37 +46,130 @@ pub struct BlobEntry {
     pub stored_len: u32,
     /// Plaintext length.
     pub raw_len: u32,
+    /// For a blob stored in a bundle (several small data blobs sealed as
+    /// one, see [`BUNDLE_AAD`]): where its plaintext starts in the
+    /// bundle's plaintext. `offset` and `stored_len` are then the
+    /// bundle's.
+    pub inner: Option<u32>,
 }
 
 impl BlobEntry {
-    /// Appends the 45-byte encoding.
+    /// Appends the encoding ([`ENTRY_LEN`] bytes).
     pub fn encode_into(&self, w: &mut Writer) {
         w.bytes(self.id.as_bytes());
         w.u8(self.kind.code());
         w.u32(self.offset);
         w.u32(self.stored_len);
         w.u32(self.raw_len);
+        w.u32(self.inner.unwrap_or(NOT_BUNDLED));
     }
 
-    /// Reads one entry.
+    /// Reads one entry of a version 2 pack or segment.
     pub fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Self::decode_version(r, 2)
+    }
+
+    /// Reads one entry of a pack or segment of `version` (1: no bundle
+    /// field; 2: with it).
+    pub fn decode_version(r: &mut Reader<'_>, version: u32) -> Result<Self, DecodeError> {
         let id = BlobId(r.id()?);
         let code = r.u8()?;
         let kind = BlobKind::from_code(code)
             .ok_or_else(|| DecodeError::new("blob entry", format!("unknown kind {code}")))?;
+        let (offset, stored_len, raw_len) = (r.u32()?, r.u32()?, r.u32()?);
+        let inner = match version {
+            1 => None,
+            _ => Some(r.u32()?).filter(|i| *i != NOT_BUNDLED),
+        };
+        if inner.is_some() && kind != BlobKind::Data {
+            return Err(DecodeError::new(
+                "blob entry",
+                format!("a {kind} blob cannot be in a bundle"),
+            ));
+        }
+        if inner.is_some_and(|i| i as u64 + raw_len as u64 > MAX_BUNDLE_PLAIN as u64) {
+            return Err(DecodeError::new(
+                "blob entry",
+                format!("blob {} extends past the largest bundle", id.short()),
+            ));
+        }
         Ok(BlobEntry {
             id,
             kind,
-            offset: r.u32()?,
-            stored_len: r.u32()?,
-            raw_len: r.u32()?,
+            offset,
+            stored_len,
+            raw_len,
+            inner,
         })
+    }
+
+    /// The encoded length of an entry of `version`.
+    pub fn encoded_len(version: u32) -> usize {
+        if version == 1 {
+            ENTRY_LEN_V1
+        } else {
+            ENTRY_LEN
+        }
+    }
+
+    /// The stored bytes this blob accounts for: its own, or for a bundled
+    /// blob its share of the bundle's by plaintext length, estimated for
+    /// a bundle of [`crate::sealer::BUNDLE_TARGET`] bytes (an entry does
+    /// not say how large its bundle's plaintext is; [`bundle_shares`]
+    /// computes the exact shares from every entry of a pack).
+    pub fn stored_share(&self) -> u64 {
+        stored_share(self.stored_len, self.raw_len, self.inner)
     }
 
     /// End offset of the stored blob.
     pub fn end(&self) -> u64 {
         self.offset as u64 + self.stored_len as u64
     }
+}
+
+/// See [`BlobEntry::stored_share`].
+pub fn stored_share(stored_len: u32, raw_len: u32, inner: Option<u32>) -> u64 {
+    match inner {
+        None => stored_len as u64,
+        Some(_) => {
+            let bundle = (crate::sealer::BUNDLE_TARGET as u64).max(raw_len as u64);
+            stored_len as u64 * raw_len as u64 / bundle.max(1)
+        }
+    }
+}
+
+/// The stored bytes of a pack's blobs (`entries`, every entry of the pack)
+/// and of those `live` says are live: a bundle's bytes count once, and
+/// count as live in the share of its plaintext its live members hold.
+pub fn bundle_shares(entries: &[BlobEntry], live: impl Fn(&BlobEntry) -> bool) -> (u64, u64) {
+    let (mut stored, mut kept) = (0u64, 0u64);
+    // Bundles by offset: stored length, plaintext, live plaintext.
+    let mut bundles: std::collections::HashMap<u32, (u64, u64, u64)> = Default::default();
+    for e in entries {
+        let is_live = live(e);
+        match e.inner {
+            None => {
+                stored += e.stored_len as u64;
+                if is_live {
+                    kept += e.stored_len as u64;
+                }
+            }
+            Some(_) => {
+                let b = bundles
+                    .entry(e.offset)
+                    .or_insert((e.stored_len as u64, 0, 0));
+                b.1 += e.raw_len as u64;
+                if is_live {
+                    b.2 += e.raw_len as u64;
+                }
+            }
+        }
+    }
+    for (len, plain, live_plain) in bundles.into_values() {
+        stored += len;
+        kept += len * live_plain / plain.max(1);
+    }
+    (stored, kept)
 }
 
 /// Encodes trailer entries (the envelope body).
@@ -73,13 +182,13 @@ pub fn encode_entries(entries: &[BlobEntry]) -> Vec<u8> {
     w.finish()
 }
 
-/// Decodes trailer entries.
-pub fn decode_entries(data: &[u8]) -> Result<Vec<BlobEntry>, DecodeError> {
+/// Decodes the trailer entries of a pack of `version`.
+pub fn decode_entries(data: &[u8], version: u32) -> Result<Vec<BlobEntry>, DecodeError> {
     let mut r = Reader::new(data, "pack trailer");
-    let n = r.count(ENTRY_LEN)?;
+    let n = r.count(BlobEntry::encoded_len(version))?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        out.push(BlobEntry::decode_from(&mut r)?);
+        out.push(BlobEntry::decode_version(&mut r, version)?);
     }
     r.finish()?;
     Ok(out)
@@ -139,7 +248,24 @@ impl PackBuilder {
             offset,
             stored_len: stored.len() as u32,
             raw_len,
+            inner: None,
         });
+    }
+
+    /// Appends a sealed bundle holding `members` (id, start in the
+    /// bundle's plaintext, plaintext length), all data blobs.
+    pub fn add_bundle(&mut self, members: &[(BlobId, u32, u32)], stored: &[u8]) {
+        let offset = self.buf.len() as u32;
+        self.buf.extend_from_slice(stored);
+        self.entries
+            .extend(members.iter().map(|&(id, inner, raw_len)| BlobEntry {
+                id,
+                kind: BlobKind::Data,
+                offset,
+                stored_len: stored.len() as u32,
+                raw_len,
+                inner: Some(inner),
+            }));
     }
 
     /// Appends the sealed trailer and footer; returns the pack bytes and entries.
@@ -181,17 +307,29 @@ pub fn parse_footer(pack_len: u64, footer: &[u8]) -> Result<(u64, u32), DecodeEr
     Ok((start, len))
 }
 
+/// The version of a pack starting with `magic`.
+pub fn pack_version(magic: &[u8]) -> Result<u32, DecodeError> {
+    if magic == PACK_MAGIC {
+        Ok(2)
+    } else if magic == PACK_MAGIC_V1 {
+        Ok(1)
+    } else {
+        Err(DecodeError::new("pack", "bad start magic"))
+    }
+}
+
 /// Reads the blob entries of a whole pack held in memory.
 pub fn read_trailer(pack: &[u8], key: &SealKey) -> Result<Vec<BlobEntry>, DecodeError> {
-    if pack.len() < FIRST_BLOB_OFFSET + FOOTER_LEN || &pack[..8] != PACK_MAGIC {
+    if pack.len() < FIRST_BLOB_OFFSET + FOOTER_LEN {
         return Err(DecodeError::new("pack", "bad start magic"));
     }
+    let version = pack_version(&pack[..8])?;
     let (start, len) = parse_footer(pack.len() as u64, &pack[pack.len() - FOOTER_LEN..])?;
     let sealed = &pack[start as usize..start as usize + len as usize];
     let body = key
         .open_envelope(TRAILER_AAD, sealed)
         .map_err(|e| DecodeError::new("pack trailer", e.to_string()))?;
-    let entries = decode_entries(&body)?;
+    let entries = decode_entries(&body, version)?;
     for e in &entries {
         if e.end() > start {
             return Err(DecodeError::new(

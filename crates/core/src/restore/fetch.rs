@@ -170,21 +170,52 @@ pub(super) fn fetch(
                 return;
             }
         };
-        range.par_iter().for_each(|b| {
-            let rel = (b.offset - start) as usize;
+        let failed = |b: &PackBlob, e: &Error| {
+            if matches!(e, Error::Corrupt { .. }) {
+                repo.note_damage(crate::damage::one_copy(b.id, *pack));
+            }
+            for t in &b.targets {
+                fail(t.file, &|| e.to_string());
+            }
+        };
+        // A bundle's members (one stored object, sorted together) are
+        // opened together: the bundle is decrypted and decompressed once.
+        let stored_objects: Vec<&[PackBlob]> =
+            range.chunk_by(|a, b| a.offset == b.offset).collect();
+        stored_objects.par_iter().for_each(|blobs| {
+            let first = &blobs[0];
+            let rel = (first.offset - start) as usize;
             // The read covers every blob of the range (see `span`).
             let stored = data
-                .get(rel..rel + b.stored_len as usize)
+                .get(rel..rel + first.stored_len as usize)
                 .unwrap_or_default();
-            let opened = repo.with_open_blob(BlobKind::Data, &b.id, stored, &path, |plain| {
-                write_targets(b, plain)
+            if first.inner.is_none() {
+                for b in blobs.iter() {
+                    let opened =
+                        repo.with_open_blob(BlobKind::Data, &b.id, stored, &path, |plain| {
+                            write_targets(b, plain)
+                        });
+                    if let Err(e) = opened {
+                        failed(b, &e);
+                    }
+                }
+                return;
+            }
+            let opened = repo.sealer().with_open_bundle(stored, &path, |bundle| {
+                for b in blobs.iter() {
+                    let member = b.inner.map_or_else(
+                        || Err(Error::corrupt(&path, "a blob and a bundle share an offset")),
+                        |inner| repo.sealer().member(bundle, &b.id, inner, b.raw_len, &path),
+                    );
+                    match member {
+                        Ok(plain) => write_targets(b, plain),
+                        Err(e) => failed(b, &e),
+                    }
+                }
             });
             if let Err(e) = opened {
-                if matches!(e, Error::Corrupt { .. }) {
-                    repo.note_damage(crate::damage::one_copy(b.id, *pack));
-                }
-                for t in &b.targets {
-                    fail(t.file, &|| e.to_string());
+                for b in blobs.iter() {
+                    failed(b, &e);
                 }
             }
         });
@@ -310,7 +341,9 @@ fn merge_ranges(blobs: &[PackBlob], max: u64) -> Vec<&[PackBlob]> {
         let split = i == blobs.len() || {
             let prev_end = blobs[i - 1].offset + blobs[i - 1].stored_len;
             let long = blobs[i].offset + blobs[i].stored_len - blobs[start].offset;
-            blobs[i].offset > prev_end + MERGE_GAP || long > max || long > length
+            // A bundle's members share its read.
+            blobs[i].offset != blobs[i - 1].offset
+                && (blobs[i].offset > prev_end + MERGE_GAP || long > max || long > length)
         };
         if split {
             out.push(&blobs[start..i]);
@@ -415,6 +448,8 @@ mod tests {
             id: BlobId::default(),
             offset,
             stored_len,
+            inner: None,
+            raw_len: 0,
             targets: Vec::new(),
         }
     }

@@ -167,8 +167,12 @@ pub(super) struct Placement {
 /// One blob to read from a pack, and every place it goes.
 pub(super) struct PackBlob {
     pub id: BlobId,
+    /// The stored bytes to read: the blob's, or its bundle's.
     pub offset: u64,
     pub stored_len: u64,
+    /// Where the blob starts in its bundle's plaintext, if bundled.
+    pub inner: Option<u32>,
+    pub raw_len: u32,
     pub targets: Vec<Placement>,
 }
 
@@ -246,6 +250,8 @@ pub(super) fn reads(
                             id: c.id,
                             offset: loc.offset as u64,
                             stored_len: loc.stored_len as u64,
+                            inner: loc.inner,
+                            raw_len: loc.raw_len,
                             targets: Vec::new(),
                         });
                     blob.targets.push(Placement { file: i, offset });
@@ -264,7 +270,8 @@ pub(super) fn reads(
         .into_iter()
         .map(|(p, blobs)| {
             let mut v: Vec<PackBlob> = blobs.into_values().collect();
-            v.sort_by_key(|b| b.offset);
+            // A bundle's members in the order of their plaintext.
+            v.sort_by_key(|b| (b.offset, b.inner));
             (p, v)
         })
         .collect();
@@ -365,6 +372,7 @@ mod tests {
             offset,
             stored_len: 100,
             raw_len: 80,
+            inner: None,
         }
     }
 

@@ -273,6 +273,7 @@ fn threads_that_meet_a_damaged_cache_at_once_share_one_rebuild() {
                 offset: i,
                 stored_len: 100,
                 raw_len: 72,
+                inner: None,
             }
         })
         .collect();
@@ -328,6 +329,7 @@ fn a_segment_failing_midway_through_a_streamed_ingestion_leaves_no_row() {
         offset: n as u32,
         stored_len: 1,
         raw_len: 1,
+        inner: None,
     };
     let rows = 2 * SINK_RUN as u64 + 7;
     let small = IndexId(Id([2; 32]));

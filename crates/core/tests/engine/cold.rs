@@ -34,6 +34,7 @@ fn fake_segment(first: u64, count: u64) -> IndexSegment {
                     offset: (k * 100) as u32,
                     stored_len: 100,
                     raw_len: 100,
+                    inner: None,
                 })
                 .collect(),
         }],

@@ -96,7 +96,77 @@ fn objects(root: &Path) -> BTreeSet<String> {
 
 #[test]
 fn v1_opens_lists_and_restores_both_snapshots() {
+    opens_lists_and_restores_both_snapshots(repos::V1);
+    // Version 1: packs without bundles.
+    let packs = pack_magics(&testdata(repos::V1));
+    assert!(!packs.is_empty());
+    assert!(packs.iter().all(|m| m == b"CAIRNPK1"), "{packs:?}");
+}
+
+#[test]
+fn v2_opens_lists_and_restores_both_snapshots_from_bundles() {
+    opens_lists_and_restores_both_snapshots(repos::V2);
+    let packs = pack_magics(&testdata(repos::V2));
+    assert!(packs.iter().all(|m| m == b"CAIRNPK2"), "{packs:?}");
+    // Its small files are in bundles, and each bundle holds several.
+    let g = Golden::open(repos::V2);
+    let mut bundles = std::collections::HashMap::new();
+    g.repo.index().unwrap();
+    g.repo
+        .cache()
+        .for_each_location(|pack, _, e: cairn_core::format::pack::BlobEntry| {
+            if e.inner.is_some() {
+                *bundles.entry((pack, e.offset)).or_insert(0) += 1;
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert!(!bundles.is_empty());
+    assert!(bundles.values().any(|n| *n > 1), "{bundles:?}");
+}
+
+/// A backup into a version 1 repository adds version 2 packs beside the
+/// old ones; every snapshot, old and new, restores and checks clean.
+#[test]
+fn a_backup_into_a_v1_repository_writes_bundles_beside_the_old_packs() {
     let g = Golden::open(repos::V1);
+    let (_e, tree) = expected(SECOND_TAG);
+    std::fs::write(tree.join("added-now.txt"), b"a new small file\n".repeat(50)).unwrap();
+    let snap = backup_dir(&g.repo, &tree).snapshot;
+    let magics = pack_magics(&g.dir.path().join("repo"));
+    assert!(magics.iter().any(|m| m == b"CAIRNPK1"));
+    assert!(magics.iter().any(|m| m == b"CAIRNPK2"));
+    let report = cairn_core::check::check(
+        &g.repo,
+        &cairn_core::check::CheckOptions {
+            read_data: Some(cairn_core::check::DataSubset::All),
+        },
+    )
+    .unwrap();
+    assert!(report.is_clean(), "{report:#?}");
+    for tag in [FIRST_TAG, SECOND_TAG] {
+        let (_d, dst, stats) = g.restore(tag);
+        assert!(stats.unwrap().failed.is_empty());
+        let (_e, expected_tree) = expected(tag);
+        assert_same_tree(&expected_tree, &dst, &golden_compare());
+    }
+    let (_d, dst) = temp_sub("new");
+    let stats = restore(&g.repo, &snap.tree, &restore_opts(&dst)).unwrap();
+    assert!(stats.failed.is_empty());
+    assert_same_tree(&tree, &dst, &golden_compare());
+}
+
+/// The start magic of every pack below `repo`.
+fn pack_magics(repo: &Path) -> Vec<Vec<u8>> {
+    objects(repo)
+        .into_iter()
+        .filter(|o| o.starts_with("packs/"))
+        .map(|o| std::fs::read(repo.join(o)).unwrap()[..8].to_vec())
+        .collect()
+}
+
+fn opens_lists_and_restores_both_snapshots(name: &str) {
+    let g = Golden::open(name);
     let snaps = g.repo.list_snapshots().unwrap();
     assert_eq!(snaps.len(), 2);
     let tags: Vec<_> = snaps.iter().map(|(_, s)| s.tags.clone()).collect();

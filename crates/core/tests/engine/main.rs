@@ -9,6 +9,7 @@
 
 mod bad_input;
 mod block;
+mod bundles;
 mod cache;
 mod check_repair;
 mod cold;
