@@ -15,7 +15,7 @@ use cairn_core::crypto::{blob_aad, envelope, IdHasher, SealKey};
 use cairn_core::format::config::Config;
 use cairn_core::format::Id;
 use cairn_core::repo::zstd_level_for;
-use cairn_core::sealer::{bundle_zstd_level, bundles, BUNDLE_TARGET};
+use cairn_core::sealer::{bundles, BUNDLE_TARGET};
 use cairn_core::BlobKind;
 use fastcdc::v2020::FastCDC;
 use std::io::Read;
@@ -245,7 +245,7 @@ fn unit_envelope(cfg: &Config, unit: &Unit<'_>, buf: &mut Vec<u8>) -> Vec<u8> {
             for m in members {
                 buf.extend_from_slice(m);
             }
-            envelope(buf, bundle_zstd_level(cfg.zstd_level))
+            envelope(buf, cfg.zstd_level)
         }
     }
 }

@@ -111,7 +111,7 @@ fn main() -> anyhow::Result<()> {
     row("zero check", &|r| mib_s(r.zero_check));
     row("hash (keyed BLAKE3)", &|r| mib_s(r.hash));
     row(
-        "compress (zstd: small text in level 1 bundles, else level 3 text, -1 binary)",
+        "compress (zstd: text at the default level, small text in bundles; -1 dense binary)",
         &|r| mib_s(r.compress),
     );
     row("encrypt (AES-256-GCM)", &|r| mib_s(r.encrypt));

@@ -19,7 +19,7 @@ use crate::format::pack::{pack_tail, BlobEntry, PACK_MAGIC};
 use crate::format::{BlobId, BlobKind, Id, IndexId, PackId};
 use crate::index_view::Presence;
 use crate::repo::Repository;
-use crate::sealer::BUNDLE_TARGET;
+use crate::sealer::{BUNDLE_MEMBER_MAX, BUNDLE_TARGET};
 use cairn_storage::{DynStorage, ObjectWriter, StorageError};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use std::collections::HashSet;
@@ -298,6 +298,11 @@ impl OpenPack {
 const TREE_CACHE_BATCH: usize = 256;
 const TREE_CACHE_BATCH_BYTES: usize = 4 << 20;
 
+/// Capacity of a bundle buffer: a full bundle's plaintext (its target
+/// and the member that took it past), or its sealed bytes should they not
+/// compress (zstd's bound, the envelope byte, nonce and tag).
+const BUNDLE_BUFFER: usize = BUNDLE_TARGET + BUNDLE_MEMBER_MAX + (8 << 10);
+
 /// Small data blobs gathered for one bundle (see
 /// [`crate::sealer::BUNDLE_MEMBER_MAX`]): their plaintexts back to back.
 #[derive(Default)]
@@ -335,6 +340,11 @@ pub struct PackWriter {
     tree_cache: Mutex<TreeBatch>,
     /// Small data blobs claimed and waiting for their bundle to fill.
     bundle: Mutex<Bundle>,
+    /// Buffers for bundles' plaintext and sealed bytes: each is larger
+    /// than glibc's mmap threshold in a backup (see cairn's `malloc.rs`),
+    /// so a fresh one per bundle was a mapping and a page fault per 4 KiB
+    /// (a third more system time on the real source tree).
+    bundle_bufs: BufferPool,
     /// Blobs stored without confirming they were new.
     unconfirmed: Mutex<Unconfirmed>,
     /// Held while a cover pass confirms unconfirmed blobs (one at a time).
@@ -408,6 +418,7 @@ impl PackWriter {
             sealed: Condvar::new(),
             tree_cache: Mutex::default(),
             bundle: Mutex::default(),
+            bundle_bufs: BufferPool::new(4, BUNDLE_BUFFER),
             unconfirmed: Mutex::default(),
             confirming: Mutex::new(()),
             own_packs: Mutex::default(),
@@ -657,6 +668,9 @@ impl PackWriter {
         self.check_error()?;
         let full = {
             let mut b = crate::sync::lock(&self.bundle);
+            if b.plain.capacity() == 0 {
+                b.plain = self.bundle_bufs.take(BUNDLE_BUFFER);
+            }
             let inner = b.plain.len() as u32;
             b.plain.extend_from_slice(plaintext);
             b.members.push((id, inner, plaintext.len() as u32));
@@ -687,7 +701,7 @@ impl PackWriter {
         if bundle.members.is_empty() {
             return Ok(());
         }
-        let mut stored = Vec::with_capacity(bundle.plain.len() / 2 + 64);
+        let mut stored = self.bundle_bufs.take(BUNDLE_BUFFER);
         self.repo
             .sealer()
             .seal_bundle_into(&bundle.plain, &mut stored);
@@ -713,6 +727,8 @@ impl PackWriter {
             .fetch_add(bundle.members.len() as u64, Ordering::Relaxed);
         self.stored_bytes
             .fetch_add(stored.len() as u64, Ordering::Relaxed);
+        self.bundle_bufs.give(stored);
+        self.bundle_bufs.give(bundle.plain);
         self.maybe_write_segment()
     }
 

@@ -22,24 +22,16 @@ pub const REDUNDANT_ZSTD_LEVEL: i32 = 1;
 
 /// Data blobs smaller than this whose content is not dense
 /// ([`DataClass::Dense`]) are stored in bundles: sealed together with
-/// their neighbours as one zstd frame. On the real source tree (25k files
-/// under 64 KiB, 171 MB) one frame per 256 KiB of them at level 1 stores
-/// 29.9 MiB where a frame per file at level 3 stores 41.1 MiB, in 63% of
-/// the compression time: a frame per small file pays zstd's per-frame
-/// costs and cannot use what files have in common.
+/// their neighbours as one zstd frame, at the configured level. On the
+/// real source tree (25k files under 64 KiB, 171 MB) one frame per 256 KiB
+/// of them at level 1 stores 29.9 MiB where a frame per file at level 3
+/// stores 41.1 MiB, in 63% of the compression time: a frame per small file
+/// pays zstd's per-frame costs and cannot use what files have in common.
 pub const BUNDLE_MEMBER_MAX: usize = 64 << 10;
 
 /// A bundle is sealed once its plaintext reaches this size. A reader of
 /// one member reads and decompresses the whole bundle.
 pub const BUNDLE_TARGET: usize = 256 << 10;
-
-/// The zstd level of bundles: two below the configured level (at least
-/// 1), since a bundle compresses better than its members one by one (at
-/// the default 3, level 1 bundles store 27% less than level 3 frames per
-/// file, see [`BUNDLE_MEMBER_MAX`]).
-pub fn bundle_zstd_level(configured: i32) -> i32 {
-    (configured - 2).max(1)
-}
 
 /// Whether a blob of `kind` with `plaintext` goes into a bundle in a
 /// repository whose configured zstd level is `configured`: small data that
@@ -127,12 +119,8 @@ impl BlobSealer {
     /// Seals a bundle's plaintext (its members back to back) into `out`
     /// (cleared first).
     pub fn seal_bundle_into(&self, plaintext: &[u8], out: &mut Vec<u8>) {
-        self.key.seal_envelope_into(
-            BUNDLE_AAD,
-            plaintext,
-            bundle_zstd_level(self.zstd_level),
-            out,
-        )
+        self.key
+            .seal_envelope_into(BUNDLE_AAD, plaintext, self.zstd_level, out)
     }
 
     /// Opens a stored bundle and hands its plaintext to `f`, in this

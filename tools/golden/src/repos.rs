@@ -201,7 +201,9 @@ pub fn write_v2(out: &Path) -> Result<PathBuf, GoldenError> {
 }
 
 /// Writes `v1` and its broken variants under `out` (replacing earlier
-/// ones) and returns the directories written.
+/// ones) and returns the directories written. Today's code writes format
+/// version 2: the committed `v1` repositories were written before it and
+/// are not regenerated (the command line does not offer it).
 pub fn write_repos(out: &Path) -> Result<Vec<PathBuf>, GoldenError> {
     let work = out.join(".golden-work");
     let _ = std::fs::remove_dir_all(&work);

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 #[derive(Args, Debug)]
 pub struct InitArgs {
     /// zstd level for new data (0 disables compression).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = cairn_core::format::config::DEFAULT_ZSTD_LEVEL)]
     pub compression: i32,
 }
 
