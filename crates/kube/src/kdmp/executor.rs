@@ -134,7 +134,9 @@ pub fn kopia_refusal(location: &str) -> String {
 /// KDMP's default is `s2-parallel-8`). cairn compresses with zstd only, so each kopia
 /// algorithm maps onto the zstd level of the same intent: `none` stores uncompressed,
 /// the fast ones (s2, lz4, `*-fastest`, `*-best-speed`) level 1, `*-better-compression`
-/// 6, `*-best-compression` 9, the rest cairn's default. `None` for no flag.
+/// 6, `*-best-compression` 9, the rest zstd's own default level, 3 (an algorithm named at
+/// its default strength; cairn's default for a new repository, level 1, applies only when
+/// no flag is given). `None` for no flag.
 pub fn compression_level(name: Option<&str>) -> Result<Option<i32>, ExecutorError> {
     let Some(name) = name else { return Ok(None) };
     let family = name.split('-').next().unwrap_or_default();
@@ -160,15 +162,13 @@ pub fn compression_level(name: Option<&str>) -> Result<Option<i32>, ExecutorErro
     } else if name.ends_with("-better-compression") || name.ends_with("-better") {
         6
     } else {
-        cairn_core_default_level()
+        ZSTD_DEFAULT_LEVEL
     };
     Ok(Some(level))
 }
 
-/// cairn's default zstd level for new repositories (`cairn init --compression`).
-fn cairn_core_default_level() -> i32 {
-    3
-}
+/// zstd's own default level (`zstd` without `-#`), kopia's for its `zstd` algorithm.
+const ZSTD_DEFAULT_LEVEL: i32 = 3;
 
 /// `--exclude-file-list a,b` as the exclude configuration the engine reads, in the
 /// kdmp-config ConfigMap's syntax under [`EXCLUDE_CLASS`]: the same entries mean the same
