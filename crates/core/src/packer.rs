@@ -665,7 +665,11 @@ impl PackWriter {
     /// thread that filled it, or by `drain_claims`, `flush_packs` or
     /// `finish`. Its blobs stay claimed until then.
     pub fn add_to_bundle(&self, id: BlobId, plaintext: &[u8]) -> Result<()> {
-        self.check_error()?;
+        if let Err(e) = self.check_error() {
+            // Never to be stored: `drain_claims` must not wait for it.
+            self.release(std::iter::once(id), false);
+            return Err(e);
+        }
         let full = {
             let mut b = crate::sync::lock(&self.bundle);
             if b.plain.capacity() == 0 {
