@@ -92,6 +92,36 @@ pub(crate) struct Inner {
     /// Trees a backup's prefetch fetched or read from the cache, kept for
     /// its walk ([`Repository::load_tree`] takes each once).
     prefetched: std::sync::Mutex<Prefetched>,
+    /// Bundles [`Repository::read_blob`] opened last (see [`RecentBundles`]).
+    recent_bundles: std::sync::Mutex<RecentBundles>,
+}
+
+/// Bundles most recently opened by [`Repository::read_blob`], at most.
+/// A bundle's members are files backed up one after the other, and readers
+/// of blobs one at a time (copy, dump, a mount) read them one after the
+/// other: the bundle's other members then cost neither a read nor a
+/// decompression.
+const RECENT_BUNDLES: usize = 4;
+
+/// The plaintexts of the last [`RECENT_BUNDLES`] bundles opened, by pack
+/// and offset, newest last.
+#[derive(Default)]
+struct RecentBundles(std::collections::VecDeque<((PackId, u32), Arc<Vec<u8>>)>);
+
+impl RecentBundles {
+    fn get(&self, key: (PackId, u32)) -> Option<Arc<Vec<u8>>> {
+        self.0
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, b)| b.clone())
+    }
+
+    fn put(&mut self, key: (PackId, u32), bundle: Arc<Vec<u8>>) {
+        if self.0.len() >= RECENT_BUNDLES {
+            self.0.pop_front();
+        }
+        self.0.push_back((key, bundle));
+    }
 }
 
 /// Plaintext bytes of the trees a handle keeps for the walk that follows a
@@ -418,6 +448,7 @@ impl Repository {
             damage_epoch: Default::default(),
             header_damage,
             prefetched: Default::default(),
+            recent_bundles: Default::default(),
         }));
         // A cache found damaged after this is rebuilt from the index.
         let weak = Arc::downgrade(&repo.0);
@@ -874,13 +905,54 @@ impl Repository {
     /// [`Repository::read_blob`]; with `retry`, a blob whose pack left the
     /// index since this handle looked it up is looked up again once.
     fn read_blob_retrying(&self, kind: BlobKind, id: &BlobId, retry: bool) -> Result<Vec<u8>> {
-        let (loc, stored) = self.read_stored_retrying(kind, id, retry)?;
-        let path = loc.pack.path();
-        self.open_copy(&loc, id, &stored, &path).inspect_err(|e| {
+        let loc = self.locate_for_read(kind, id)?;
+        let recent = loc
+            .inner
+            .and_then(|_| crate::sync::lock(&self.0.recent_bundles).get((loc.pack, loc.offset)));
+        let (loc, opened) = match recent {
+            Some(bundle) => (loc, self.member_of(&loc, id, &bundle)),
+            None => {
+                let (loc, stored) = self.read_located(kind, id, loc, retry)?;
+                let path = loc.pack.path();
+                let opened = match loc.inner {
+                    None => self.open_blob(kind, id, &stored, &path),
+                    Some(_) => self
+                        .0
+                        .sealer
+                        .with_open_bundle(&stored, &path, <[u8]>::to_vec)
+                        .and_then(|bundle| {
+                            let bundle = Arc::new(bundle);
+                            crate::sync::lock(&self.0.recent_bundles)
+                                .put((loc.pack, loc.offset), bundle.clone());
+                            self.member_of(&loc, id, &bundle)
+                        }),
+                };
+                (loc, opened)
+            }
+        };
+        opened.inspect_err(|e| {
             if matches!(e, Error::Corrupt { .. }) {
                 self.note_damage(crate::damage::one_copy(*id, loc.pack));
             }
         })
+    }
+
+    /// Bundled blob `id`'s plaintext, from its opened `bundle`.
+    fn member_of(&self, loc: &BlobLocation, id: &BlobId, bundle: &[u8]) -> Result<Vec<u8>> {
+        let inner = loc.inner.unwrap_or_default();
+        self.0
+            .sealer
+            .member(bundle, id, inner, loc.raw_len, &loc.pack.path())
+            .map(<[u8]>::to_vec)
+    }
+
+    /// The copy of blob `id` a read uses.
+    fn locate_for_read(&self, kind: BlobKind, id: &BlobId) -> Result<BlobLocation> {
+        self.lookup_kind(kind, id)?
+            .ok_or_else(|| Error::BlobNotFound {
+                kind,
+                id: id.to_hex(),
+            })
     }
 
     /// One blob's stored (sealed) bytes and where they were read, as a copy
@@ -896,14 +968,20 @@ impl Repository {
         id: &BlobId,
         retry: bool,
     ) -> Result<(BlobLocation, Bytes)> {
-        let loc = self
-            .lookup_kind(kind, id)?
-            .ok_or_else(|| Error::BlobNotFound {
-                kind,
-                id: id.to_hex(),
-            })?;
-        let range = loc.offset as u64..loc.offset as u64 + loc.stored_len as u64;
-        match self.read_pack_range(&loc.pack, range) {
+        let loc = self.locate_for_read(kind, id)?;
+        self.read_located(kind, id, loc, retry)
+    }
+
+    /// The stored bytes at `loc`, blob `id`'s copy; with `retry`, looked
+    /// up again once if its pack left the index since the lookup.
+    fn read_located(
+        &self,
+        kind: BlobKind,
+        id: &BlobId,
+        loc: BlobLocation,
+        retry: bool,
+    ) -> Result<(BlobLocation, Bytes)> {
+        match self.read_pack_range(&loc.pack, loc.range()) {
             Ok(stored) => Ok((loc, stored)),
             Err(Error::Corrupt { reason, .. }) if retry && reason == PACK_LEFT_THE_INDEX => {
                 tracing::debug!(

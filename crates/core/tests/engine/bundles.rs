@@ -352,3 +352,51 @@ fn walk(p: &Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+/// Readers of one blob at a time (copy, dump, a mount) read the files of
+/// a bundle one after the other: the bundle is read and opened once for
+/// them, not once per member.
+#[test]
+fn reading_a_bundles_members_one_by_one_reads_the_bundle_once() {
+    let repo_dir = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let repo = init(repo_dir.path());
+    write_text_tree(src.path(), 31, 200);
+    backup(&repo, &opts(src.path())).unwrap();
+    let data_reads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = data_reads.clone();
+    let hooked = std::sync::Arc::new(crate::support::ReadHooked {
+        inner: testkit::storage_at(&repo_dir.path().to_string_lossy()).unwrap(),
+        on_read: Box::new(move |path| {
+            if path.starts_with("packs/") {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(())
+        }),
+    });
+    let fresh = Repository::open(hooked, PW, &Default::default()).unwrap();
+    // Every bundled blob, in the order the backup stored them.
+    let mut members: Vec<(PackId, BlobEntry)> = copies(&fresh)
+        .into_iter()
+        .filter(|(_, e)| e.inner.is_some())
+        .collect();
+    members.sort_by_key(|(p, e)| (*p, e.offset, e.inner));
+    let bundles = bundles(&fresh).len();
+    assert!(
+        members.len() > bundles * 4,
+        "{} in {bundles}",
+        members.len()
+    );
+    let before = data_reads.load(std::sync::atomic::Ordering::Relaxed);
+    for (_, e) in &members {
+        let plain = fresh.read_blob(cairn_core::BlobKind::Data, &e.id).unwrap();
+        assert_eq!(fresh.blob_id(&plain), e.id);
+    }
+    let reads = data_reads.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert_eq!(
+        reads,
+        bundles,
+        "pack reads for {} blobs in {bundles} bundles",
+        members.len()
+    );
+}
