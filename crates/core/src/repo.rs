@@ -103,20 +103,23 @@ pub(crate) struct Inner {
 /// decompression.
 const RECENT_BUNDLES: usize = 4;
 
-/// The plaintexts of the last [`RECENT_BUNDLES`] bundles opened, by pack
-/// and offset, newest last.
+/// Where a bundle is stored: its pack and offset.
+type BundleKey = (PackId, u32);
+
+/// The plaintexts of the last [`RECENT_BUNDLES`] bundles opened, newest
+/// last.
 #[derive(Default)]
-struct RecentBundles(std::collections::VecDeque<((PackId, u32), Arc<Vec<u8>>)>);
+struct RecentBundles(std::collections::VecDeque<(BundleKey, Arc<Vec<u8>>)>);
 
 impl RecentBundles {
-    fn get(&self, key: (PackId, u32)) -> Option<Arc<Vec<u8>>> {
+    fn get(&self, key: BundleKey) -> Option<Arc<Vec<u8>>> {
         self.0
             .iter()
             .find(|(k, _)| *k == key)
             .map(|(_, b)| b.clone())
     }
 
-    fn put(&mut self, key: (PackId, u32), bundle: Arc<Vec<u8>>) {
+    fn put(&mut self, key: BundleKey, bundle: Arc<Vec<u8>>) {
         if self.0.len() >= RECENT_BUNDLES {
             self.0.pop_front();
         }
