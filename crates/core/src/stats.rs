@@ -29,7 +29,9 @@ pub struct RepoStats {
     pub unique_blobs: u64,
     /// Plaintext bytes of those blobs (deduplicated size).
     pub unique_raw_size: u64,
-    /// Stored bytes of those blobs (after compression and encryption).
+    /// Stored bytes of those blobs (after compression and encryption; a
+    /// bundled blob counts its share of its bundle's, estimated from its
+    /// length, see [`crate::format::pack::BlobEntry::stored_share`]).
     pub unique_stored_size: u64,
     /// Referenced blobs the index does not know (see `cairn check`).
     pub missing_blobs: u64,
