@@ -305,7 +305,7 @@ struct IndexedInfo {
 fn entries_digest(entries: &[BlobEntry]) -> Id {
     let mut sorted = entries.to_vec();
     sorted.sort_by_key(|e| (e.id, e.offset));
-    Id::hash(&encode_entries(&sorted))
+    Id::hash(&encode_entries(&sorted, 2))
 }
 
 /// Which blobs are unusable: packs missing or truncated, blobs found

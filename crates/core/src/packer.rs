@@ -15,7 +15,7 @@ use crate::cache::CachedKind;
 use crate::crypto::SealKey;
 use crate::error::{Error, Result};
 use crate::format::index::{IndexSegment, IndexedPack};
-use crate::format::pack::{pack_tail, BlobEntry, PACK_MAGIC};
+use crate::format::pack::{pack_magic, pack_tail, BlobEntry};
 use crate::format::{BlobId, BlobKind, Id, IndexId, PackId};
 use crate::index_view::Presence;
 use crate::repo::Repository;
@@ -130,6 +130,8 @@ const HASH_BLOCK: usize = 1 << 20;
 /// first blob) a block at a time, hashed on the way. Dropped unfinished,
 /// its writer leaves nothing in the repository.
 struct OpenPack {
+    /// The pack format version: the repository's.
+    version: u32,
     writer: Option<Box<dyn ObjectWriter>>,
     /// What the writer is told to expect (a buffering writer reserves it).
     size_hint: usize,
@@ -141,9 +143,11 @@ struct OpenPack {
 }
 
 impl OpenPack {
-    /// An empty pack of about `target` bytes; allocates nothing yet.
-    fn new(target: usize) -> Self {
+    /// An empty pack of `version` of about `target` bytes; allocates
+    /// nothing yet.
+    fn new(target: usize, version: u32) -> Self {
         Self {
+            version,
             writer: None,
             size_hint: target + target / 16,
             block: Vec::new(),
@@ -177,7 +181,7 @@ impl OpenPack {
         if self.writer.is_none() {
             self.writer = Some(storage.clone().writer(self.size_hint)?);
             self.block = blocks.take(HASH_BLOCK);
-            self.append(PACK_MAGIC)?;
+            self.append(pack_magic(self.version))?;
         }
         let offset = self.len as u32;
         self.append(stored)?;
@@ -214,6 +218,14 @@ impl OpenPack {
         members: &[(BlobId, u32, u32)],
         stored: &[u8],
     ) -> std::result::Result<(), StorageError> {
+        if self.version < 2 {
+            // The sealer bundles only in repositories of version 2 on.
+            return Err(StorageError::new(
+                cairn_storage::StorageErrorKind::Other,
+                "write a pack",
+                "internal error: a bundle for a version 1 pack",
+            ));
+        }
         let offset = self.append_stored(storage, blocks, stored)?;
         self.entries
             .extend(members.iter().map(|&(id, inner, raw_len)| BlobEntry {
@@ -277,7 +289,7 @@ impl OpenPack {
         seal_key: &SealKey,
         blocks: &BufferPool,
     ) -> std::result::Result<IndexedPack, StorageError> {
-        let tail = pack_tail(&self.entries, seal_key);
+        let tail = pack_tail(&self.entries, seal_key, self.version);
         self.append(&tail)?;
         self.flush()?;
         blocks.give(std::mem::take(&mut self.block));
@@ -404,8 +416,14 @@ impl PackWriter {
             .collect::<Result<_>>()?;
         Ok(Self {
             repo: repo.clone(),
-            data: Mutex::new(OpenPack::new(config.data_pack_size as usize)),
-            meta: Mutex::new(OpenPack::new(config.meta_pack_size as usize)),
+            data: Mutex::new(OpenPack::new(
+                config.data_pack_size as usize,
+                repo.format_version(),
+            )),
+            meta: Mutex::new(OpenPack::new(
+                config.meta_pack_size as usize,
+                repo.format_version(),
+            )),
             pending: Mutex::new(HashSet::new()),
             tx: Some(tx),
             uploaders: handles,
@@ -799,7 +817,7 @@ impl PackWriter {
     fn close_pack(&self, builder: &mut OpenPack, target: usize) -> Result<()> {
         // Counted while the builder lock is held, so `sync` waits for it.
         self.sent.fetch_add(1, Ordering::SeqCst);
-        let pack = std::mem::replace(builder, OpenPack::new(target));
+        let pack = std::mem::replace(builder, OpenPack::new(target, self.repo.format_version()));
         let Some(tx) = self.tx.as_ref() else {
             return Err(Error::Internal("pack writer already finished".into()));
         };

@@ -13,7 +13,9 @@ use crate::format::index::IndexSegment;
 use crate::format::kinds::{IndexSegments, KeyFiles, ObjectKind, Snapshots};
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{decode_list, ChunkRef, Content, Tree};
-use crate::format::{BlobId, BlobKind, Id, IndexId, PackId, SnapshotId, FORMAT_VERSION};
+use crate::format::{
+    BlobId, BlobKind, Id, IndexId, PackId, SnapshotId, FORMAT_VERSION, OLDEST_FORMAT_VERSION,
+};
 use crate::index_view::{IndexView, Presence, SyncReport};
 use crate::keyring::{new_key_file, Keyring};
 use crate::objects::{any_on, list_on, Objects};
@@ -92,9 +94,17 @@ pub(crate) struct Inner {
     /// Trees a backup's prefetch fetched or read from the cache, kept for
     /// its walk ([`Repository::load_tree`] takes each once).
     prefetched: std::sync::Mutex<Prefetched>,
+    /// The repository's format version (from its header; 1 when the
+    /// header is unreadable): what its packs are written as.
+    format_version: u32,
+    /// The version a readable header named.
+    header_version: Option<u32>,
     /// Bundles [`Repository::read_blob`] opened last (see [`RecentBundles`]).
     recent_bundles: std::sync::Mutex<RecentBundles>,
 }
+
+/// The first format version with bundles (packs `CAIRNPK2`).
+const BUNDLES_SINCE: u32 = 2;
 
 /// Bundles most recently opened by [`Repository::read_blob`], at most.
 /// A bundle's members are files backed up one after the other, and readers
@@ -300,7 +310,15 @@ impl Repository {
             .map_err(&serr)?;
         drop(claim);
         let keys = Keyring::new(master, key_id);
-        let repo = Self::assemble(storage, location, config, keys, None, open)?;
+        let repo = Self::assemble(
+            storage,
+            location,
+            config,
+            keys,
+            Some(FORMAT_VERSION),
+            None,
+            open,
+        )?;
         let listed = Listings::take(&repo.0.storage, &repo.0.location);
         repo.refresh_from(listed)
     }
@@ -374,6 +392,9 @@ impl Repository {
             .open_envelope(CONFIG_AAD, &sealed)
             .map_err(|e| config_damaged(e.to_string()))?;
         let config = Config::decode(&body).map_err(|e| config_damaged(e.to_string()))?;
+        // Without a readable header the version is unknown: written as
+        // version 1, which every reader reads.
+        let header_version = header.as_ref().ok().map(|h| h.version);
         // The config is authenticated under the master key; the plaintext
         // header is not: when their ids differ, the header is the damaged one.
         let header_damage = match header {
@@ -392,8 +413,16 @@ impl Repository {
             tracing::warn!("{damage}");
             damage
         });
-        Self::assemble(storage, location, config, keys, header_damage, opts)
-            .and_then(|repo| repo.refresh_from(listed))
+        Self::assemble(
+            storage,
+            location,
+            config,
+            keys,
+            header_version,
+            header_damage,
+            opts,
+        )
+        .and_then(|repo| repo.refresh_from(listed))
     }
 
     /// What is wrong with `cairn.repository`, when the repository opened
@@ -403,6 +432,26 @@ impl Repository {
         self.0.header_damage.as_deref()
     }
 
+    /// Moves the repository to the current format version by rewriting
+    /// `cairn.repository` with it (the objects stored already are read as
+    /// they are). Handles opened before, this one included, keep writing
+    /// the old version's objects, which every reader reads; from the next
+    /// open on, backups bundle small files, and a cairn that reads only
+    /// the old version refuses the repository. Refused while the header is
+    /// damaged (`repair header` first, which writes the current version).
+    pub fn upgrade_format(&self) -> Result<()> {
+        if let Some(why) = &self.0.header_damage {
+            return Err(Error::Usage(format!(
+                "cannot upgrade while {HEADER_PATH} is damaged ({why}); run `cairn repair header`"
+            )));
+        }
+        let header = Header::new(self.id());
+        self.0
+            .storage
+            .write(HEADER_PATH, Bytes::from(header.encode()))
+            .map_err(self.serr())
+    }
+
     /// Rewrites `cairn.repository` from the config when
     /// [`Repository::header_damage`] says it is damaged; returns whether it
     /// did.
@@ -410,9 +459,16 @@ impl Repository {
         if self.0.header_damage.is_none() {
             return Ok(false);
         }
+        // A header that decoded keeps its version; one that did not is
+        // written with today's, which a reader of an older version refuses
+        // rather than misread the repository's newer objects.
+        let header = Header {
+            version: self.0.header_version.unwrap_or(FORMAT_VERSION),
+            repo_id: self.id(),
+        };
         self.0
             .storage
-            .write(HEADER_PATH, Bytes::from(Header::new(self.id()).encode()))
+            .write(HEADER_PATH, Bytes::from(header.encode()))
             .map_err(self.serr())?;
         Ok(true)
     }
@@ -422,9 +478,11 @@ impl Repository {
         location: String,
         config: Config,
         keys: Keyring,
+        header_version: Option<u32>,
         header_damage: Option<String>,
         opts: &OpenOptions,
     ) -> Result<Self> {
+        let format_version = header_version.unwrap_or(OLDEST_FORMAT_VERSION);
         let fingerprint = blake3::hash(&config.encode());
         let cache_path = opts
             .cache_dir
@@ -440,7 +498,10 @@ impl Repository {
                 keys.seal_key().clone(),
                 IdHasher::new(config.id_key),
                 config.zstd_level,
+                format_version >= BUNDLES_SINCE,
             ),
+            format_version,
+            header_version,
             keys,
             storage,
             location,
@@ -570,6 +631,13 @@ impl Repository {
     /// Seals and opens this repository's blobs.
     pub fn sealer(&self) -> &BlobSealer {
         &self.0.sealer
+    }
+
+    /// The repository's format version: version 1 repositories are
+    /// written version 1 packs (no bundles), so readers that predate
+    /// version 2 keep reading them.
+    pub fn format_version(&self) -> u32 {
+        self.0.format_version
     }
 
     pub(crate) fn serr(&self) -> impl Fn(StorageError) -> Error {

@@ -68,16 +68,20 @@ pub struct BlobSealer {
     key: SealKey,
     hasher: IdHasher,
     zstd_level: i32,
+    /// Whether small data goes into bundles (format version 2 and later).
+    bundling: bool,
 }
 
 impl BlobSealer {
     /// A sealer with the master key's seal `key`, the id `hasher` and the
-    /// configured zstd level.
-    pub fn new(key: SealKey, hasher: IdHasher, zstd_level: i32) -> Self {
+    /// configured zstd level; `bundling` when the repository's format has
+    /// bundles.
+    pub fn new(key: SealKey, hasher: IdHasher, zstd_level: i32, bundling: bool) -> Self {
         Self {
             key,
             hasher,
             zstd_level,
+            bundling,
         }
     }
 
@@ -113,7 +117,7 @@ impl BlobSealer {
     /// Whether a blob of `kind` with `plaintext` goes into a bundle (see
     /// [`BUNDLE_MEMBER_MAX`]); never with compression off.
     pub fn bundles(&self, kind: BlobKind, plaintext: &[u8]) -> bool {
-        bundles(kind, self.zstd_level, plaintext)
+        self.bundling && bundles(kind, self.zstd_level, plaintext)
     }
 
     /// Seals a bundle's plaintext (its members back to back) into `out`

@@ -21,6 +21,7 @@ mod restore;
 mod snapshots;
 mod stats;
 mod unlock;
+mod upgrade;
 
 use crate::common::GlobalOpts;
 use anyhow::Result;
@@ -119,6 +120,9 @@ pub enum Command {
     Find(find::FindArgs),
     /// Remove stale exclusive locks.
     Unlock(unlock::UnlockArgs),
+    /// Move a repository to the current format (version 2: small files in
+    /// bundles); a cairn older than that format can no longer open it.
+    Upgrade(upgrade::UpgradeArgs),
     /// Browse the repository's snapshots as a read-only file system.
     Mount(mount::MountArgs),
     /// Kubernetes: print the CRDs, run the controller, mount a VolumeBackup.
@@ -158,6 +162,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Diff(a) => diff::run(g, a),
         Command::Find(a) => find::run(g, a),
         Command::Unlock(a) => unlock::run(g, a),
+        Command::Upgrade(a) => upgrade::run(g, a),
         Command::Mount(a) => mount::run(g, a),
         Command::Kube(k) => kube::run(g, k),
         Command::Job(a) => job::run(a),

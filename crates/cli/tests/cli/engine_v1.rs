@@ -451,3 +451,84 @@ fn damaged_repository_errors_name_the_object() {
     let out = run(env.cmd().env("CAIRN_CACHE_DIR", fresh.path()).arg("check"));
     expect_failure(&out, 12, &seg, &["check"]);
 }
+
+/// `cairn upgrade` moves the golden version 1 repository to version 2:
+/// later backups bundle small files, what was stored reads as before, and
+/// a second upgrade has nothing to do.
+#[test]
+fn upgrade_moves_a_version_1_repository_to_bundles() {
+    let env = Env::new("upgrade");
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/repos/v1");
+    let s = env.storage();
+    let mut stack = vec![golden.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p
+                    .strip_prefix(&golden)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                s.write(&rel, std::fs::read(&p).unwrap().into()).unwrap();
+            }
+        }
+    }
+    let golden_run = |args: &[&str]| {
+        let out = run(env.cmd().env("CAIRN_PASSWORD", "cairn-golden").args(args));
+        assert!(
+            out.status.success(),
+            "cairn {args:?}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    };
+    let version = || s.read("cairn.repository").unwrap()[8];
+    let packs_v2 = || {
+        s.list("packs/")
+            .unwrap()
+            .iter()
+            .filter(|o| &s.read_range(&o.path, 0..8).unwrap()[..] == b"CAIRNPK2")
+            .count()
+    };
+    assert!(golden_run(&["upgrade", "--dry-run"])
+        .contains("would upgrade the repository from format version 1 to 2"));
+    assert_eq!(version(), 1);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..40 {
+        std::fs::write(
+            src.join(format!("f{i}.txt")),
+            format!("line {i} of a small text file\n").repeat(20),
+        )
+        .unwrap();
+    }
+    // Before the upgrade a backup keeps the repository version 1.
+    golden_run(&["backup", src.to_str().unwrap()]);
+    assert_eq!(packs_v2(), 0);
+    assert!(golden_run(&["upgrade"]).contains("upgraded the repository from format version 1 to 2"));
+    assert_eq!(version(), 2);
+    assert!(golden_run(&["upgrade"]).contains("nothing to upgrade"));
+    for i in 0..40 {
+        std::fs::write(
+            src.join(format!("g{i}.txt")),
+            format!("another line {i}\n").repeat(30),
+        )
+        .unwrap();
+    }
+    golden_run(&["backup", src.to_str().unwrap()]);
+    assert!(packs_v2() > 0);
+    golden_run(&["check", "--read-data"]);
+    let out = env.path("restored");
+    golden_run(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    // A snapshot of one directory holds its entries: restored into the target.
+    let diff = Command::new("diff")
+        .arg("-r")
+        .arg(&src)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(diff.status.success(), "{}", text(&diff.stdout));
+}

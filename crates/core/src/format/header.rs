@@ -1,7 +1,7 @@
 //! `cairn.repository`: the plaintext header naming the format version and repository id.
 
 use super::codec::{DecodeError, Reader, Writer};
-use super::{Id, FORMAT_VERSION};
+use super::{Id, FORMAT_VERSION, OLDEST_FORMAT_VERSION};
 
 /// Object path of the header.
 pub const HEADER_PATH: &str = "cairn.repository";
@@ -26,7 +26,7 @@ pub enum HeaderError {
     #[error("the header does not start with the cairn magic")]
     BadMagic,
     /// A cairn header of another version.
-    #[error("repository format version {found}, this cairn reads version {FORMAT_VERSION}")]
+    #[error("repository format version {found}, this cairn reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}")]
     UnsupportedVersion {
         /// Version found.
         found: u32,
@@ -61,7 +61,7 @@ impl Header {
             return Err(HeaderError::BadMagic);
         }
         let version = r.u32()?;
-        if version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(HeaderError::UnsupportedVersion { found: version });
         }
         let repo_id = r.id()?;
@@ -81,11 +81,14 @@ mod tests {
         assert_eq!(enc.len(), HEADER_LEN);
         assert_eq!(Header::decode(&enc).unwrap(), h);
         assert_eq!(Header::decode(b"hello"), Err(HeaderError::BadMagic));
-        let mut v2 = enc.clone();
-        v2[8] = 2;
+        let mut v1 = enc.clone();
+        v1[8] = 1;
+        assert_eq!(Header::decode(&v1).unwrap().version, 1);
+        let mut v3 = enc.clone();
+        v3[8] = 3;
         assert_eq!(
-            Header::decode(&v2),
-            Err(HeaderError::UnsupportedVersion { found: 2 })
+            Header::decode(&v3),
+            Err(HeaderError::UnsupportedVersion { found: 3 })
         );
         assert!(Header::decode(&enc[..20]).is_err());
     }

@@ -39,11 +39,18 @@ impl IndexSegment {
         self.packs.iter().map(|p| p.blobs.len()).sum()
     }
 
-    /// Encodes the body.
+    /// Encodes the body: as version 2 when a blob is bundled, else as
+    /// version 1, which readers that predate bundles read (a version 1
+    /// repository's segments stay version 1).
     pub fn encode(&self) -> Vec<u8> {
+        let bundled = self
+            .packs
+            .iter()
+            .any(|p| p.blobs.iter().any(|b| b.inner.is_some()));
+        let version = if bundled { INDEX_VERSION } else { 1 };
         let mut w =
             Writer::with_capacity(16 + self.blob_count() * ENTRY_LEN + self.packs.len() * 44);
-        w.u32(INDEX_VERSION);
+        w.u32(version);
         w.u32(self.supersedes.len() as u32);
         for s in &self.supersedes {
             w.id(&s.0);
@@ -54,7 +61,7 @@ impl IndexSegment {
             w.u64(p.len);
             w.u32(p.blobs.len() as u32);
             for b in &p.blobs {
-                b.encode_into(&mut w);
+                b.encode_version(&mut w, version);
             }
         }
         w.finish()

@@ -56,12 +56,20 @@ pub struct BlobEntry {
 impl BlobEntry {
     /// Appends the encoding ([`ENTRY_LEN`] bytes).
     pub fn encode_into(&self, w: &mut Writer) {
+        self.encode_version(w, 2);
+    }
+
+    /// Appends the encoding of `version` (1: without the bundle field,
+    /// [`ENTRY_LEN_V1`] bytes; callers never give it a bundled entry).
+    pub fn encode_version(&self, w: &mut Writer, version: u32) {
         w.bytes(self.id.as_bytes());
         w.u8(self.kind.code());
         w.u32(self.offset);
         w.u32(self.stored_len);
         w.u32(self.raw_len);
-        w.u32(self.inner.unwrap_or(NOT_BUNDLED));
+        if version >= 2 {
+            w.u32(self.inner.unwrap_or(NOT_BUNDLED));
+        }
     }
 
     /// Reads one entry of a version 2 pack or segment.
@@ -172,14 +180,23 @@ pub fn bundle_shares(entries: &[BlobEntry], live: impl Fn(&BlobEntry) -> bool) -
     (stored, kept)
 }
 
-/// Encodes trailer entries (the envelope body).
-pub fn encode_entries(entries: &[BlobEntry]) -> Vec<u8> {
+/// Encodes trailer entries (the envelope body) of a pack of `version`.
+pub fn encode_entries(entries: &[BlobEntry], version: u32) -> Vec<u8> {
     let mut w = Writer::with_capacity(4 + entries.len() * ENTRY_LEN);
     w.u32(entries.len() as u32);
     for e in entries {
-        e.encode_into(&mut w);
+        e.encode_version(&mut w, version);
     }
     w.finish()
+}
+
+/// The start magic of a pack of `version`.
+pub fn pack_magic(version: u32) -> &'static [u8; 8] {
+    if version >= 2 {
+        PACK_MAGIC
+    } else {
+        PACK_MAGIC_V1
+    }
 }
 
 /// Decodes the trailer entries of a pack of `version`.
@@ -270,15 +287,16 @@ impl PackBuilder {
 
     /// Appends the sealed trailer and footer; returns the pack bytes and entries.
     pub fn finish(mut self, key: &SealKey) -> (Vec<u8>, Vec<BlobEntry>) {
-        self.buf.extend_from_slice(&pack_tail(&self.entries, key));
+        self.buf
+            .extend_from_slice(&pack_tail(&self.entries, key, 2));
         (self.buf, self.entries)
     }
 }
 
-/// What follows the blobs of a pack holding `entries`: the sealed trailer,
-/// its length and the end magic.
-pub fn pack_tail(entries: &[BlobEntry], key: &SealKey) -> Vec<u8> {
-    let mut tail = key.seal_envelope(TRAILER_AAD, &encode_entries(entries), 1);
+/// What follows the blobs of a pack of `version` holding `entries`: the
+/// sealed trailer, its length and the end magic.
+pub fn pack_tail(entries: &[BlobEntry], key: &SealKey, version: u32) -> Vec<u8> {
+    let mut tail = key.seal_envelope(TRAILER_AAD, &encode_entries(entries, version), 1);
     let len = tail.len() as u32;
     tail.extend_from_slice(&len.to_le_bytes());
     tail.extend_from_slice(PACK_END_MAGIC);

@@ -106,6 +106,7 @@ fn v1_opens_lists_and_restores_both_snapshots() {
 #[test]
 fn v2_opens_lists_and_restores_both_snapshots_from_bundles() {
     opens_lists_and_restores_both_snapshots(repos::V2);
+    assert_eq!(Golden::open(repos::V2).repo.format_version(), 2);
     let packs = pack_magics(&testdata(repos::V2));
     assert!(packs.iter().all(|m| m == b"CAIRNPK2"), "{packs:?}");
     // Its small files are in bundles, and each bundle holds several.
@@ -125,17 +126,38 @@ fn v2_opens_lists_and_restores_both_snapshots_from_bundles() {
     assert!(bundles.values().any(|n| *n > 1), "{bundles:?}");
 }
 
-/// A backup into a version 1 repository adds version 2 packs beside the
-/// old ones; every snapshot, old and new, restores and checks clean.
+/// A backup into a version 1 repository keeps it version 1: version 1
+/// packs and segments, no bundles, so the cairn that wrote it still reads
+/// everything; every snapshot, old and new, restores and checks clean.
 #[test]
-fn a_backup_into_a_v1_repository_writes_bundles_beside_the_old_packs() {
+fn a_backup_into_a_v1_repository_keeps_it_version_1() {
     let g = Golden::open(repos::V1);
+    assert_eq!(g.repo.format_version(), 1);
     let (_e, tree) = expected(SECOND_TAG);
     std::fs::write(tree.join("added-now.txt"), b"a new small file\n".repeat(50)).unwrap();
     let snap = backup_dir(&g.repo, &tree).snapshot;
-    let magics = pack_magics(&g.dir.path().join("repo"));
-    assert!(magics.iter().any(|m| m == b"CAIRNPK1"));
-    assert!(magics.iter().any(|m| m == b"CAIRNPK2"));
+    let repo_dir = g.dir.path().join("repo");
+    let magics = pack_magics(&repo_dir);
+    assert!(magics.len() > pack_magics(&testdata(repos::V1)).len());
+    assert!(magics.iter().all(|m| m == b"CAIRNPK1"), "{magics:?}");
+    assert_eq!(
+        std::fs::read(repo_dir.join("cairn.repository")).unwrap(),
+        std::fs::read(testdata(repos::V1).join("cairn.repository")).unwrap()
+    );
+    // Every segment, the new ones too, reads as version 1.
+    for seg in objects(&repo_dir)
+        .iter()
+        .filter(|o| o.starts_with("index/"))
+    {
+        let stored = std::fs::read(repo_dir.join(seg)).unwrap();
+        let body = g
+            .repo
+            .keyring()
+            .seal_key()
+            .open_envelope(cairn_core::format::index::INDEX_AAD, &stored)
+            .unwrap();
+        assert_eq!(&body[..4], &1u32.to_le_bytes(), "{seg}");
+    }
     let report = cairn_core::check::check(
         &g.repo,
         &cairn_core::check::CheckOptions {
