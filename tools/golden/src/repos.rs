@@ -205,37 +205,16 @@ pub fn write_v2(out: &Path) -> Result<PathBuf, GoldenError> {
 /// version 2: the committed `v1` repositories were written before it and
 /// are not regenerated (the command line does not offer it).
 pub fn write_repos(out: &Path) -> Result<Vec<PathBuf>, GoldenError> {
-    let work = out.join(".golden-work");
-    let _ = std::fs::remove_dir_all(&work);
-    let tree = work.join("tree");
-    std::fs::create_dir_all(&tree).map_err(io(&tree))?;
-    golden_tree(&tree).map_err(io(&tree))?;
-
-    let v1 = out.join(V1);
-    for name in [V1, V1_MISSING_PACK, V1_MISSING_INDEX, V1_FLIPPED_BYTE] {
+    for name in [V1_MISSING_PACK, V1_MISSING_INDEX, V1_FLIPPED_BYTE] {
         let dir = out.join(name);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
         }
     }
-    let repo = testkit::init_at(&v1.to_string_lossy(), PASSWORD, &init_options())?;
-    snapshot_of(&repo, &tree, FIRST_TAG)?;
-    let first_segments = list_names(&v1.join("index"))?;
-    golden_update(&tree).map_err(io(&tree))?;
-    snapshot_of(&repo, &tree, SECOND_TAG)?;
-    let second_segments: Vec<String> = list_names(&v1.join("index"))?
-        .difference(&first_segments)
-        .cloned()
-        .collect();
-    if second_segments.is_empty() {
-        return Err(GoldenError::Unexpected(
-            "the second backup wrote no index segment".into(),
-        ));
-    }
-    let (pack, offset) = damaged_blob(&repo)?;
-    drop(repo);
+    let second_segments = write_intact(out, V1)?;
+    let v1 = out.join(V1);
+    let (pack, offset) = damaged_blob(&open(&v1)?)?;
     let _ = std::fs::remove_dir_all(v1.join(".tmp"));
-    std::fs::remove_dir_all(&work).map_err(io(&work))?;
 
     let missing_pack = out.join(V1_MISSING_PACK);
     copy_dir(&v1, &missing_pack)?;
