@@ -263,16 +263,30 @@ mod tests {
 
     /// Version 1 segments (45-byte entries, no bundles) still decode,
     /// whole and as a stream.
+    /// A segment of one pack (id 9s, 4096 bytes) holding one tree blob
+    /// (id 7s), bundled at `inner` if given.
+    fn one_tree(inner: Option<u32>) -> IndexSegment {
+        IndexSegment {
+            supersedes: Vec::new(),
+            packs: vec![IndexedPack {
+                id: PackId(Id([9; 32])),
+                len: 4096,
+                blobs: vec![BlobEntry {
+                    id: BlobId(Id([7; 32])),
+                    kind: BlobKind::Tree,
+                    offset: 8,
+                    stored_len: 100,
+                    raw_len: 90,
+                    inner,
+                }],
+            }],
+        }
+    }
+
     #[test]
     fn version_1_segments_still_decode() {
-        let e = BlobEntry {
-            id: BlobId(Id([7; 32])),
-            kind: BlobKind::Tree,
-            offset: 8,
-            stored_len: 100,
-            raw_len: 90,
-            inner: None,
-        };
+        let seg = one_tree(None);
+        let e = seg.packs[0].blobs[0];
         let mut w = Writer::with_capacity(128);
         w.u32(1);
         w.u32(0);
@@ -286,14 +300,6 @@ mod tests {
         w.u32(e.stored_len);
         w.u32(e.raw_len);
         let body = w.finish();
-        let seg = IndexSegment {
-            supersedes: Vec::new(),
-            packs: vec![IndexedPack {
-                id: PackId(Id([9; 32])),
-                len: 4096,
-                blobs: vec![e],
-            }],
-        };
         assert_eq!(IndexSegment::decode(&body).unwrap(), seg);
         assert_eq!(streamed(&body).unwrap(), seg);
     }
@@ -302,22 +308,7 @@ mod tests {
     /// is refused, not followed.
     #[test]
     fn a_bundled_tree_entry_is_refused() {
-        let e = BlobEntry {
-            id: BlobId(Id([7; 32])),
-            kind: BlobKind::Tree,
-            offset: 8,
-            stored_len: 100,
-            raw_len: 90,
-            inner: Some(0),
-        };
-        let seg = IndexSegment {
-            supersedes: Vec::new(),
-            packs: vec![IndexedPack {
-                id: PackId(Id([9; 32])),
-                len: 4096,
-                blobs: vec![e],
-            }],
-        };
+        let seg = one_tree(Some(0));
         assert!(IndexSegment::decode(&seg.encode()).is_err());
     }
 
