@@ -269,22 +269,6 @@ impl PackBuilder {
         });
     }
 
-    /// Appends a sealed bundle holding `members` (id, start in the
-    /// bundle's plaintext, plaintext length), all data blobs.
-    pub fn add_bundle(&mut self, members: &[(BlobId, u32, u32)], stored: &[u8]) {
-        let offset = self.buf.len() as u32;
-        self.buf.extend_from_slice(stored);
-        self.entries
-            .extend(members.iter().map(|&(id, inner, raw_len)| BlobEntry {
-                id,
-                kind: BlobKind::Data,
-                offset,
-                stored_len: stored.len() as u32,
-                raw_len,
-                inner: Some(inner),
-            }));
-    }
-
     /// Appends the sealed trailer and footer; returns the pack bytes and entries.
     pub fn finish(mut self, key: &SealKey) -> (Vec<u8>, Vec<BlobEntry>) {
         self.buf
