@@ -222,7 +222,10 @@ fn repack_keeps_a_bundles_live_members_and_leaves_its_dead_ones() {
     let first = backup(&repo, &opts(src.path())).unwrap();
     // Two files in three change: their old blobs die with the first snapshot.
     let mut dead = HashSet::new();
-    for (i, e) in walk(src.path()).into_iter().enumerate() {
+    for (i, e) in crate::support::files_below(src.path())
+        .into_iter()
+        .enumerate()
+    {
         if i % 3 != 0 {
             dead.insert(repo.blob_id(&std::fs::read(&e).unwrap()));
             std::fs::write(&e, text(5000 + i as u64, 900)).unwrap();
@@ -275,7 +278,7 @@ fn a_damaged_bundle_fails_exactly_its_members_files_and_check_names_each() {
     let members: HashSet<BlobId> = members.into_iter().collect();
     // The files whose only chunk is in the bundle (text files up to 3 KiB
     // are one chunk of the test chunker or a few).
-    let hit: HashSet<String> = walk(src.path())
+    let hit: HashSet<String> = crate::support::files_below(src.path())
         .into_iter()
         .filter(|p| {
             let data = std::fs::read(p).unwrap();
@@ -330,27 +333,6 @@ fn a_damaged_bundle_fails_exactly_its_members_files_and_check_names_each() {
             report.damage
         );
     }
-}
-
-fn walk(p: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![p.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let mut entries: Vec<_> = std::fs::read_dir(&d)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        entries.sort();
-        for e in entries {
-            if e.is_dir() {
-                stack.push(e);
-            } else {
-                out.push(e);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Readers of one blob at a time (copy, dump, a mount) read the files of

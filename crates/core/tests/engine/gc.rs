@@ -56,19 +56,6 @@ fn assert_restores(repo: &Repository, tree: &cairn_core::BlobId, src: &Path) {
     testkit::restores_to(repo, tree, src).unwrap();
 }
 
-fn walk(p: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(p).unwrap() {
-        let path = e.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
-
 /// Every blob of every snapshot is indexed in a pack storage holds.
 fn assert_no_dangling(dir: &Path) {
     let repo = reopen(dir);
@@ -279,7 +266,7 @@ fn two_versions(
         .into_iter()
         .map(|(id, _)| id)
         .collect();
-    for (i, f) in walk(src).into_iter().enumerate() {
+    for (i, f) in crate::support::files_below(src).into_iter().enumerate() {
         if !i.is_multiple_of(4) {
             std::fs::write(&f, format!("new content {i}").repeat(300)).unwrap();
         }
@@ -577,7 +564,7 @@ fn concurrent_backups_and_maintenance(compressed: bool) {
                     for k in 0..3u64 {
                         // Change a third of the files, back up, forget all
                         // but the newest snapshot of this source.
-                        for (j, f) in walk(s).into_iter().enumerate() {
+                        for (j, f) in crate::support::files_below(s).into_iter().enumerate() {
                             if (j as u64 + k + round).is_multiple_of(3) {
                                 std::fs::write(&f, format!("{i}/{round}/{k}/{j}").repeat(200 + j))
                                     .unwrap();

@@ -154,3 +154,22 @@ impl cairn_storage::Storage for ReadHooked {
         self.inner.location()
     }
 }
+
+/// Every file below `dir` (directories left out), sorted by path, so a
+/// test that picks files by position picks the same ones on every run.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir") {
+            let path = e.expect("dir entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
