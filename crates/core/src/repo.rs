@@ -94,10 +94,8 @@ pub(crate) struct Inner {
     /// Trees a backup's prefetch fetched or read from the cache, kept for
     /// its walk ([`Repository::load_tree`] takes each once).
     prefetched: std::sync::Mutex<Prefetched>,
-    /// The repository's format version (from its header; 1 when the
-    /// header is unreadable): what its packs are written as.
-    format_version: u32,
-    /// The version a readable header named.
+    /// The version a readable header named (see
+    /// [`Repository::format_version`]).
     header_version: Option<u32>,
     /// Bundles [`Repository::read_blob`] opened last (see [`RecentBundles`]).
     recent_bundles: std::sync::Mutex<RecentBundles>,
@@ -445,7 +443,16 @@ impl Repository {
                 "cannot upgrade while {HEADER_PATH} is damaged ({why}); run `cairn repair header`"
             )));
         }
-        let header = Header::new(self.id());
+        self.write_header(FORMAT_VERSION)
+    }
+
+    /// Writes `cairn.repository` naming format `version` and this
+    /// repository's id.
+    fn write_header(&self, version: u32) -> Result<()> {
+        let header = Header {
+            version,
+            repo_id: self.id(),
+        };
         self.0
             .storage
             .write(HEADER_PATH, Bytes::from(header.encode()))
@@ -462,14 +469,7 @@ impl Repository {
         // A header that decoded keeps its version; one that did not is
         // written with today's, which a reader of an older version refuses
         // rather than misread the repository's newer objects.
-        let header = Header {
-            version: self.0.header_version.unwrap_or(FORMAT_VERSION),
-            repo_id: self.id(),
-        };
-        self.0
-            .storage
-            .write(HEADER_PATH, Bytes::from(header.encode()))
-            .map_err(self.serr())?;
+        self.write_header(self.0.header_version.unwrap_or(FORMAT_VERSION))?;
         Ok(true)
     }
 
@@ -482,7 +482,6 @@ impl Repository {
         header_damage: Option<String>,
         opts: &OpenOptions,
     ) -> Result<Self> {
-        let format_version = header_version.unwrap_or(OLDEST_FORMAT_VERSION);
         let fingerprint = blake3::hash(&config.encode());
         let cache_path = opts
             .cache_dir
@@ -498,9 +497,8 @@ impl Repository {
                 keys.seal_key().clone(),
                 IdHasher::new(config.id_key),
                 config.zstd_level,
-                format_version >= BUNDLES_SINCE,
+                header_version.unwrap_or(OLDEST_FORMAT_VERSION) >= BUNDLES_SINCE,
             ),
-            format_version,
             header_version,
             keys,
             storage,
@@ -633,11 +631,12 @@ impl Repository {
         &self.0.sealer
     }
 
-    /// The repository's format version: version 1 repositories are
-    /// written version 1 packs (no bundles), so readers that predate
-    /// version 2 keep reading them.
+    /// The repository's format version, what its packs are written as:
+    /// its header's, or 1 when the header is unreadable. Version 1
+    /// repositories are written version 1 packs (no bundles), so readers
+    /// that predate version 2 keep reading them.
     pub fn format_version(&self) -> u32 {
-        self.0.format_version
+        self.0.header_version.unwrap_or(OLDEST_FORMAT_VERSION)
     }
 
     pub(crate) fn serr(&self) -> impl Fn(StorageError) -> Error {
