@@ -53,18 +53,6 @@ pub struct BlobLocation {
 }
 
 impl BlobLocation {
-    /// The location of the copy `entry` describes in `pack`.
-    pub fn of(pack: PackId, entry: &BlobEntry) -> Self {
-        Self {
-            pack,
-            kind: entry.kind,
-            offset: entry.offset,
-            stored_len: entry.stored_len,
-            raw_len: entry.raw_len,
-            inner: entry.inner,
-        }
-    }
-
     /// The stored bytes to read: the blob's, or its bundle's.
     pub fn range(&self) -> std::ops::Range<u64> {
         self.offset as u64..self.offset as u64 + self.stored_len as u64
