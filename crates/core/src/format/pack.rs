@@ -54,13 +54,9 @@ pub struct BlobEntry {
 }
 
 impl BlobEntry {
-    /// Appends the encoding ([`ENTRY_LEN`] bytes).
-    pub fn encode_into(&self, w: &mut Writer) {
-        self.encode_version(w, 2);
-    }
-
-    /// Appends the encoding of `version` (1: without the bundle field,
-    /// [`ENTRY_LEN_V1`] bytes; callers never give it a bundled entry).
+    /// Appends the encoding of `version` (2: [`ENTRY_LEN`] bytes; 1:
+    /// without the bundle field, [`ENTRY_LEN_V1`] bytes, and callers never
+    /// give it a bundled entry).
     pub fn encode_version(&self, w: &mut Writer, version: u32) {
         w.bytes(self.id.as_bytes());
         w.u8(self.kind.code());
@@ -70,11 +66,6 @@ impl BlobEntry {
         if version >= 2 {
             w.u32(self.inner.unwrap_or(NOT_BUNDLED));
         }
-    }
-
-    /// Reads one entry of a version 2 pack or segment.
-    pub fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Self::decode_version(r, 2)
     }
 
     /// Reads one entry of a pack or segment of `version` (1: no bundle
