@@ -188,37 +188,15 @@ impl OpenPack {
         Ok(offset)
     }
 
-    /// Adds a blob stored on its own.
+    /// Adds `what`, stored as `stored`.
     fn add(
         &mut self,
         storage: &DynStorage,
         blocks: &BufferPool,
-        id: BlobId,
-        kind: BlobKind,
-        stored: &[u8],
-        raw_len: u32,
-    ) -> std::result::Result<(), StorageError> {
-        let offset = self.append_stored(storage, blocks, stored)?;
-        self.entries.push(BlobEntry {
-            id,
-            kind,
-            offset,
-            stored_len: stored.len() as u32,
-            raw_len,
-            inner: None,
-        });
-        Ok(())
-    }
-
-    /// Adds a sealed bundle of data blobs, `members` as in [`Bundle`].
-    fn add_bundle(
-        &mut self,
-        storage: &DynStorage,
-        blocks: &BufferPool,
-        members: &[(BlobId, u32, u32)],
+        what: &Stored<'_>,
         stored: &[u8],
     ) -> std::result::Result<(), StorageError> {
-        if self.version < 2 {
+        if matches!(what, Stored::Bundle(_)) && self.version < 2 {
             // The sealer bundles only in repositories of version 2 on.
             return Err(StorageError::new(
                 cairn_storage::StorageErrorKind::Other,
@@ -227,15 +205,28 @@ impl OpenPack {
             ));
         }
         let offset = self.append_stored(storage, blocks, stored)?;
-        self.entries
-            .extend(members.iter().map(|&(id, inner, raw_len)| BlobEntry {
+        let stored_len = stored.len() as u32;
+        match *what {
+            Stored::Blob { kind, id, raw_len } => self.entries.push(BlobEntry {
                 id,
-                kind: BlobKind::Data,
+                kind,
                 offset,
-                stored_len: stored.len() as u32,
+                stored_len,
                 raw_len,
-                inner: Some(inner),
-            }));
+                inner: None,
+            }),
+            Stored::Bundle(members) => {
+                self.entries
+                    .extend(members.iter().map(|&(id, inner, raw_len)| BlobEntry {
+                        id,
+                        kind: BlobKind::Data,
+                        offset,
+                        stored_len,
+                        raw_len,
+                        inner: Some(inner),
+                    }))
+            }
+        }
         Ok(())
     }
 
@@ -314,6 +305,37 @@ const TREE_CACHE_BATCH_BYTES: usize = 4 << 20;
 /// and the member that took it past), or its sealed bytes should they not
 /// compress (zstd's bound, the envelope byte, nonce and tag).
 const BUNDLE_BUFFER: usize = BUNDLE_TARGET + BUNDLE_MEMBER_MAX + (8 << 10);
+
+/// What a pack gets from one sealed object: a blob stored on its own, or
+/// the members of a bundle (each member's id, start in the bundle's
+/// plaintext and length; all data blobs).
+enum Stored<'a> {
+    Blob {
+        kind: BlobKind,
+        id: BlobId,
+        raw_len: u32,
+    },
+    Bundle(&'a [(BlobId, u32, u32)]),
+}
+
+impl Stored<'_> {
+    /// The blobs it holds.
+    fn ids(&self) -> impl Iterator<Item = BlobId> + '_ {
+        let (one, many) = match self {
+            Stored::Blob { id, .. } => (Some(*id), &[][..]),
+            Stored::Bundle(members) => (None, *members),
+        };
+        one.into_iter().chain(many.iter().map(|m| m.0))
+    }
+
+    /// How many blobs it holds.
+    fn count(&self) -> usize {
+        match self {
+            Stored::Blob { .. } => 1,
+            Stored::Bundle(members) => members.len(),
+        }
+    }
+}
 
 /// Small data blobs gathered for one bundle (see
 /// [`crate::sealer::BUNDLE_MEMBER_MAX`]): their plaintexts back to back.
@@ -727,31 +749,10 @@ impl PackWriter {
         self.repo
             .sealer()
             .seal_bundle_into(&bundle.plain, &mut stored);
-        let added = self.check_error().and_then(|()| {
-            let target = self.repo.config().data_pack_size as usize;
-            let mut b = crate::sync::lock_or_internal(&self.data, "pack builder")?;
-            if !b.is_empty()
-                && (b.len() + stored.len() > target
-                    || b.blob_count() + bundle.members.len() > BLOBS_PER_PACK)
-            {
-                self.close_pack(&mut b, target)?;
-            }
-            let storage = self.repo.storage();
-            if let Err(e) = b.add_bundle(storage, &self.shared.blocks, &bundle.members, &stored) {
-                self.shared.fail(e);
-                return self.check_error();
-            }
-            Ok(())
-        });
-        self.release(bundle.members.iter().map(|m| m.0), added.is_ok());
-        added?;
-        self.blobs
-            .fetch_add(bundle.members.len() as u64, Ordering::Relaxed);
-        self.stored_bytes
-            .fetch_add(stored.len() as u64, Ordering::Relaxed);
+        self.add_stored(&Stored::Bundle(&bundle.members), &stored)?;
         self.bundle_bufs.give(stored);
         self.bundle_bufs.give(bundle.plain);
-        self.maybe_write_segment()
+        Ok(())
     }
 
     /// Ends the claims on `ids`: added to a pack (`added`), or never to
@@ -778,19 +779,25 @@ impl PackWriter {
         stored: &[u8],
         raw_len: u32,
     ) -> Result<()> {
-        let added = self.add_to_pack(kind, id, stored, raw_len);
+        self.add_stored(&Stored::Blob { kind, id, raw_len }, stored)
+    }
+
+    /// Adds `what` to a pack; its blobs stop being claimed.
+    fn add_stored(&self, what: &Stored<'_>, stored: &[u8]) -> Result<()> {
+        let added = self.add_to_pack(what, stored);
         // In a pack now (a later `sync` uploads and indexes it), or never.
-        self.release(std::iter::once(id), added.is_ok());
+        self.release(what.ids(), added.is_ok());
         added?;
-        self.blobs.fetch_add(1, Ordering::Relaxed);
+        self.blobs.fetch_add(what.count() as u64, Ordering::Relaxed);
         self.stored_bytes
             .fetch_add(stored.len() as u64, Ordering::Relaxed);
         self.maybe_write_segment()
     }
 
-    fn add_to_pack(&self, kind: BlobKind, id: BlobId, stored: &[u8], raw_len: u32) -> Result<()> {
+    fn add_to_pack(&self, what: &Stored<'_>, stored: &[u8]) -> Result<()> {
         self.check_error()?;
-        let (builder, target) = if kind.is_metadata() {
+        let metadata = matches!(what, Stored::Blob { kind, .. } if kind.is_metadata());
+        let (builder, target) = if metadata {
             (&self.meta, self.repo.config().meta_pack_size as usize)
         } else {
             (&self.data, self.repo.config().data_pack_size as usize)
@@ -799,11 +806,13 @@ impl PackWriter {
         // A pack closes before the blob that would take it past its
         // target, so it never grows beyond the target (a blob larger than
         // the target gets a pack of its own), or past BLOBS_PER_PACK blobs.
-        if !b.is_empty() && (b.len() + stored.len() > target || b.blob_count() >= BLOBS_PER_PACK) {
+        if !b.is_empty()
+            && (b.len() + stored.len() > target || b.blob_count() + what.count() > BLOBS_PER_PACK)
+        {
             self.close_pack(&mut b, target)?;
         }
         let storage = self.repo.storage();
-        if let Err(e) = b.add(storage, &self.shared.blocks, id, kind, stored, raw_len) {
+        if let Err(e) = b.add(storage, &self.shared.blocks, what, stored) {
             self.shared.fail(e);
             return self.check_error();
         }
